@@ -1,0 +1,105 @@
+//! The cluster manager: answers `…cluster.status` with every live node's heartbeat.
+//!
+//! Supervised by the node supervisor; supervises nothing. Subscribes to `…cluster.status`
+//! on the queue group `cluster-manager`, so several can run and each request is answered
+//! once. It holds no state: heartbeats live in the nodes KV bucket. If its subscription
+//! ends it fails and is restarted.
+
+use bitinglip_bus_schema::{decode_token, ClusterStatus, ErrorKind, GetClusterStatus, NodeHeartbeat, WireError};
+use futures::TryStreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::{serve::spawn_serve, NodeContext};
+
+/// The cluster manager actor.
+pub struct ClusterManager;
+
+/// Its arguments.
+pub struct ClusterManagerArgs {
+    /// Shared node context.
+    pub ctx: NodeContext,
+}
+
+/// Its state: the serving task.
+pub struct ClusterManagerState {
+    serve: JoinHandle<()>,
+}
+
+/// Messages to the cluster manager.
+#[derive(Debug, Clone)]
+pub enum ClusterManagerMsg {
+    /// The subscription ended; fail so the supervisor restarts us.
+    SubscriptionEnded,
+}
+
+/// Reads every live node's heartbeat from KV, oldest node first.
+pub async fn live_nodes(ctx: &NodeContext) -> Result<Vec<NodeHeartbeat>, WireError> {
+    let unavailable = |e: &dyn std::fmt::Display| WireError::new(ErrorKind::Unavailable, format!("nodes registry: {e}"));
+    let keys: Vec<String> = ctx.kv.nodes.keys().await.map_err(|e| unavailable(&e))?.try_collect().await.map_err(|e| unavailable(&e))?;
+    let ttl_ms = ctx.config.cluster.node_ttl.as_millis() as u64;
+    let now = bitinglip_nats::now_ms();
+    let mut nodes = Vec::new();
+    for key in keys {
+        if decode_token(&key).is_err() {
+            continue;
+        }
+        let Some(bytes) = ctx.kv.nodes.get(&key).await.map_err(|e| unavailable(&e))? else { continue };
+        match bitinglip_bus_schema::decode_body::<NodeHeartbeat>(&bytes, usize::MAX) {
+            Ok(hb) if now.saturating_sub(hb.time_ms) <= ttl_ms => nodes.push(hb),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(key = %key, cause = %err, "undecodable heartbeat ignored"),
+        }
+    }
+    nodes.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then(a.node_id.cmp(&b.node_id)));
+    Ok(nodes)
+}
+
+#[ractor::async_trait]
+impl Actor for ClusterManager {
+    type Msg = ClusterManagerMsg;
+    type State = ClusterManagerState;
+    type Arguments = ClusterManagerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ClusterManagerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let subject = ctx.bus.subjects().cluster_status();
+        let sub = ctx.bus.queue_subscribe(subject, "cluster-manager".into()).await?;
+        let serve = spawn_serve(sub, myself, ClusterManagerMsg::SubscriptionEnded, move |msg| {
+            let ctx = ctx.clone();
+            async move {
+                let reply = match ctx.bus.decode::<GetClusterStatus>(&msg) {
+                    Err(err) => ClusterStatus::Error(err.into()),
+                    Ok(_) => match live_nodes(&ctx).await {
+                        Ok(nodes) => ClusterStatus::Nodes { nodes },
+                        Err(err) => ClusterStatus::Error(err),
+                    },
+                };
+                if let Err(err) = ctx.bus.reply(&msg, &reply).await {
+                    tracing::warn!(cause = %err, "cluster status reply not sent");
+                }
+            }
+        });
+        Ok(ClusterManagerState { serve })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ClusterManagerMsg::SubscriptionEnded => Err("cluster status subscription ended".into()),
+        }
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.serve.abort();
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! What every actor of a node shares: the bus, the KV handles, the config, and the live
+//! state of this node's workers (read by the heartbeat).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+};
+
+use bitinglip_bus_schema::WorkerInfo;
+use bitinglip_config::Config;
+use bitinglip_nats::{Bus, Provisioned};
+
+/// Shared, immutable handles plus the workers' status table.
+#[derive(Clone)]
+pub struct NodeContext {
+    /// The typed bus.
+    pub bus: Bus,
+    /// Streams' and buckets' handles.
+    pub kv: Provisioned,
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// Process start, ms since the epoch.
+    pub started_ms: u64,
+    /// Workers on this node, by worker id; written by workers, read by the heartbeat.
+    pub workers: Arc<RwLock<BTreeMap<String, WorkerInfo>>>,
+    /// Where the gateway listens, once it does.
+    pub http_addr: Arc<RwLock<Option<String>>>,
+}
+
+impl NodeContext {
+    /// Builds a context for a connected, provisioned node.
+    pub fn new(bus: Bus, kv: Provisioned, config: Config) -> Self {
+        Self {
+            bus,
+            kv,
+            config: Arc::new(config),
+            started_ms: bitinglip_nats::now_ms(),
+            workers: Arc::default(),
+            http_addr: Arc::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        self.bus.node_id()
+    }
+
+    /// Updates one worker's row in the status table.
+    pub fn set_worker(&self, info: WorkerInfo) {
+        if let Ok(mut w) = self.workers.write() {
+            w.insert(info.worker_id.clone(), info);
+        }
+    }
+
+    /// Removes one worker's row.
+    pub fn remove_worker(&self, worker_id: &str) {
+        if let Ok(mut w) = self.workers.write() {
+            w.remove(worker_id);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The gateway: the HTTP bridge. OpenAI-compatible `POST /v1/chat/completions` (plain
+//! and SSE-streamed), `GET /v1/models`, `GET /health`, `GET /ready`.
+//!
+//! Supervised by the node supervisor; supervises nothing (the HTTP server is a task it
+//! owns). For a chat request it subscribes to the task's events subject, then requests
+//! `…task.submit`, then relays the events; a client that disconnects publishes
+//! `…task.<id>.cancel`. It keeps no state of its own, so any number can run behind a load
+//! balancer. If its listener fails the actor fails and the supervisor starts it again; a
+//! port already in use at start fails the node's start instead.
+
+mod openai;
+mod routes;
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::NodeContext;
+
+/// The gateway actor.
+pub struct Gateway;
+
+/// Its arguments.
+pub struct GatewayArgs {
+    /// Shared node context.
+    pub ctx: NodeContext,
+}
+
+/// Its state: the server task and its stop signal.
+pub struct GatewayState {
+    stop: CancellationToken,
+    server: Option<JoinHandle<()>>,
+}
+
+/// Messages to the gateway.
+#[derive(Debug)]
+pub enum GatewayMsg {
+    /// The HTTP server ended on its own.
+    ServerEnded(String),
+}
+
+#[ractor::async_trait]
+impl Actor for Gateway {
+    type Msg = GatewayMsg;
+    type State = GatewayState;
+    type Arguments = GatewayArgs;
+
+    async fn pre_start(&self, myself: ActorRef<GatewayMsg>, args: GatewayArgs) -> Result<GatewayState, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let addr = ctx.config.gateway.http.clone();
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("gateway cannot listen on {addr}: {e}"))?;
+        let local = listener.local_addr()?;
+        if let Ok(mut a) = ctx.http_addr.write() {
+            *a = Some(local.to_string());
+        }
+        tracing::info!(http = %local, "gateway listening");
+        let stop = CancellationToken::new();
+        let app = routes::router(ctx.clone());
+        let shutdown = stop.clone();
+        let server = tokio::spawn(async move {
+            let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+            let reason = match result {
+                Ok(()) => "stopped".to_string(),
+                Err(e) => e.to_string(),
+            };
+            let _ = myself.cast(GatewayMsg::ServerEnded(reason));
+        });
+        Ok(GatewayState { stop, server: Some(server) })
+    }
+
+    async fn handle(&self, _myself: ActorRef<GatewayMsg>, msg: GatewayMsg, state: &mut GatewayState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            GatewayMsg::ServerEnded(reason) if !state.stop.is_cancelled() => Err(format!("HTTP server ended: {reason}").into()),
+            GatewayMsg::ServerEnded(_) => Ok(()),
+        }
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<GatewayMsg>, state: &mut GatewayState) -> Result<(), ActorProcessingErr> {
+        state.stop.cancel();
+        if let Some(server) = state.server.take() {
+            // Open streams get a moment to finish; then they are cut (their tasks go on).
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
+                abort.abort();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,215 @@
+//! HTTP routes of the gateway.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode},
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
+    routing::{get, post},
+    Json, Router,
+};
+use bitinglip_bus_schema::{
+    ErrorKind, ListModels, ModelList, Priority, SubmitReply, SubmitRequest, TaskId, WireError,
+};
+use bitinglip_nats::trace::TraceParent;
+use futures::Stream;
+use serde_json::json;
+
+use super::openai::{self, ApiError};
+use crate::{
+    client::{CancelOnDrop, Relayed, TaskWatch},
+    task_manager::task_id_for,
+    NodeContext,
+};
+
+pub(super) fn router(ctx: NodeContext) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .fallback(not_found)
+        .with_state(ctx)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found_error", format!("no route {} {}", req.method(), req.uri().path()))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(ctx): State<NodeContext>) -> Response {
+    let connected = ctx.bus.client().connection_state() == async_nats::connection::State::Connected;
+    let jetstream = connected
+        && tokio::time::timeout(Duration::from_secs(2), ctx.bus.jetstream().query_account())
+            .await
+            .is_ok_and(|r| r.is_ok());
+    let status = if connected && jetstream { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"status": if status == StatusCode::OK {"ready"} else {"not_ready"}, "nats": connected, "jetstream": jetstream})))
+        .into_response()
+}
+
+async fn models(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value>, ApiError> {
+    let reply: ModelList = ctx
+        .bus
+        .request(ctx.bus.subjects().model_list(), &ListModels {}, None, None)
+        .await
+        .map_err(|e| ApiError::from(WireError::from(&e)))?;
+    let models = match reply {
+        ModelList::Models { models } => models,
+        ModelList::Error(err) => return Err(err.into()),
+    };
+    let data: Vec<_> = models
+        .iter()
+        .map(|m| json!({"id": m.id, "object": "model", "created": m.created_ms / 1000, "owned_by": "bitinglip", "context_length": m.context_length}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// Reads the body up to the configured limit: a larger one is a 413 in OpenAI's shape.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::from(WireError::new(ErrorKind::PayloadTooLarge, format!("request body is over the limit of {limit} bytes")))
+    })
+}
+
+async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(body, ctx.config.gateway.max_body_bytes).await?;
+    let request = openai::parse_request(&body)?;
+    let stream = request.stream;
+    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let chat = request.into_chat()?;
+    let model = chat.model.clone();
+    let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let priority = match headers.get("x-priority").and_then(|v| v.to_str().ok()) {
+        Some("batch") => Priority::Batch,
+        _ => Priority::Interactive,
+    };
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(TraceParent::new_root);
+
+    let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority };
+    let task_id: TaskId = task_id_for(&submit);
+    submit.task_id = Some(task_id.clone());
+
+    // Subscribe before submitting, so not even the first chunk can be missed.
+    let watch = TaskWatch::subscribe(&ctx.bus, &task_id).await?;
+    let reply: SubmitReply = ctx
+        .bus
+        .request(ctx.bus.subjects().task_submit(), &submit, Some(&trace), None)
+        .await
+        .map_err(|e| match e {
+            bitinglip_nats::BusError::NoResponders { .. } => {
+                ApiError::from(WireError::new(ErrorKind::Unavailable, "no task manager is running"))
+            }
+            other => ApiError::from(WireError::from(&other)),
+        })?;
+    match reply {
+        SubmitReply::Accepted(_) => {}
+        SubmitReply::Rejected(err) => return Err(err.into()),
+    }
+    let cancel = CancelOnDrop::new(&ctx.bus, &task_id);
+    let id = format!("chatcmpl-{task_id}");
+    let created = bitinglip_nats::now_ms() / 1000;
+    if stream {
+        let events = sse_events(watch, cancel, id, created, model, include_usage);
+        let mut resp = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
+        resp.headers_mut().insert("x-task-id", task_id.as_str().parse().expect("task ids are valid header values"));
+        Ok(resp)
+    } else {
+        let timeout = ctx.config.gateway.request_timeout;
+        let result = tokio::time::timeout(timeout, gather(watch)).await;
+        let mut cancel = cancel;
+        let (text, done) = match result {
+            Err(_) => return Err(WireError::new(ErrorKind::Timeout, format!("no answer within {timeout:?}")).into()),
+            Ok(Err(err)) => {
+                cancel.disarm();
+                return Err(err.into());
+            }
+            Ok(Ok(v)) => v,
+        };
+        cancel.disarm();
+        let body = openai::completion(&id, created, &model, &text, done.finish_reason, &done.usage);
+        let mut resp = Json(body).into_response();
+        resp.headers_mut().insert("x-task-id", task_id.as_str().parse().expect("task ids are valid header values"));
+        Ok(resp)
+    }
+}
+
+async fn gather(mut watch: TaskWatch) -> Result<(String, bitinglip_bus_schema::TaskCompleted), WireError> {
+    let mut text = String::new();
+    while let Some(r) = watch.next().await {
+        match r {
+            Relayed::Text(t) => text.push_str(&t),
+            Relayed::Done(done) => return Ok((text, done)),
+            Relayed::Failed(err) => return Err(err),
+        }
+    }
+    Err(WireError::new(ErrorKind::Internal, "event stream ended without a result"))
+}
+
+fn sse_events(
+    watch: TaskWatch,
+    cancel: CancelOnDrop,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    enum Phase {
+        Start,
+        Relay,
+        Usage(bitinglip_bus_schema::Usage),
+        Done,
+        End,
+    }
+    let state = (watch, cancel, Phase::Start);
+    futures::stream::unfold(state, move |(mut watch, mut cancel, phase)| {
+        let id = id.clone();
+        let model = model.clone();
+        async move {
+            let data = |v: serde_json::Value| Event::default().data(v.to_string());
+            match phase {
+                Phase::Start => {
+                    let first = openai::chunk(&id, created, &model, json!({"role": "assistant", "content": ""}), None, None);
+                    Some((Ok(data(first)), (watch, cancel, Phase::Relay)))
+                }
+                Phase::Relay => match watch.next().await {
+                    Some(Relayed::Text(t)) => {
+                        let c = openai::chunk(&id, created, &model, json!({"content": t}), None, None);
+                        Some((Ok(data(c)), (watch, cancel, Phase::Relay)))
+                    }
+                    Some(Relayed::Done(done)) => {
+                        cancel.disarm();
+                        let c = openai::chunk(&id, created, &model, json!({}), Some(done.finish_reason), Some(&done.usage));
+                        let next = if include_usage { Phase::Usage(done.usage) } else { Phase::Done };
+                        Some((Ok(data(c)), (watch, cancel, next)))
+                    }
+                    Some(Relayed::Failed(err)) => {
+                        cancel.disarm();
+                        // Headers are gone; the error travels as an event in OpenAI's shape.
+                        let body = ApiError::from(err).body();
+                        Some((Ok(data(body)), (watch, cancel, Phase::Done)))
+                    }
+                    None => None,
+                },
+                Phase::Usage(usage) => {
+                    let c = openai::usage_chunk(&id, created, &model, &usage);
+                    Some((Ok(data(c)), (watch, cancel, Phase::Done)))
+                }
+                Phase::Done => Some((Ok(Event::default().data("[DONE]")), (watch, cancel, Phase::End))),
+                Phase::End => None,
+            }
+        }
+    })
+}

@@ -1,0 +1,87 @@
+//! The heartbeat: every node, whatever its roles, writes a [`NodeHeartbeat`] into the
+//! nodes KV bucket every `cluster.heartbeat_interval`. The bucket's max age is the node
+//! TTL, so a node that stops writing (killed, partitioned) disappears on its own.
+//!
+//! Supervised by the node supervisor; supervises nothing; publishes nothing but KV puts.
+//! A failed put is logged and retried at the next tick (the bus may be reconnecting). On
+//! a clean stop it deletes its entry, so the cluster sees the node leave at once.
+
+use std::time::Duration;
+
+use bitinglip_bus_schema::{encode_token, Envelope, NodeHeartbeat};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::NodeContext;
+
+/// The heartbeat actor.
+pub struct Heartbeat;
+
+/// Its arguments.
+pub struct HeartbeatArgs {
+    /// Shared node context.
+    pub ctx: NodeContext,
+}
+
+/// Its state: the ticking task.
+pub struct HeartbeatState {
+    ctx: NodeContext,
+    ticker: JoinHandle<()>,
+}
+
+/// Builds this node's heartbeat from the shared context.
+pub fn current_heartbeat(ctx: &NodeContext) -> NodeHeartbeat {
+    NodeHeartbeat {
+        node_id: ctx.node_id().to_string(),
+        roles: ctx.config.roles.iter().map(|r| r.as_str().to_string()).collect(),
+        http: ctx.http_addr.read().ok().and_then(|a| a.clone()),
+        workers: ctx.workers.read().map(|w| w.values().cloned().collect()).unwrap_or_default(),
+        started_ms: ctx.started_ms,
+        time_ms: bitinglip_nats::now_ms(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Writes one heartbeat now.
+pub async fn beat(ctx: &NodeContext) -> Result<(), String> {
+    let body = current_heartbeat(ctx);
+    let env = Envelope::new(ulid::Ulid::new().to_string(), body.time_ms, ctx.node_id(), &body);
+    let bytes = bitinglip_bus_schema::encode(&env).map_err(|e| e.to_string())?;
+    ctx.kv.nodes.put(encode_token(ctx.node_id()), bytes.into()).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[ractor::async_trait]
+impl Actor for Heartbeat {
+    type Msg = ();
+    type State = HeartbeatState;
+    type Arguments = HeartbeatArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<()>, args: HeartbeatArgs) -> Result<HeartbeatState, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let interval = ctx.config.cluster.heartbeat_interval;
+        let tick_ctx = ctx.clone();
+        let ticker = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(err) = tokio::time::timeout(Duration::from_secs(5), beat(&tick_ctx))
+                    .await
+                    .map_err(|_| "timed out".to_string())
+                    .and_then(|r| r)
+                {
+                    tracing::warn!(cause = %err, "heartbeat not written");
+                }
+            }
+        });
+        Ok(HeartbeatState { ctx, ticker })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<()>, state: &mut HeartbeatState) -> Result<(), ActorProcessingErr> {
+        state.ticker.abort();
+        let key = encode_token(state.ctx.node_id());
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.ctx.kv.nodes.delete(key)).await;
+        Ok(())
+    }
+}

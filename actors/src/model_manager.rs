@@ -1,0 +1,142 @@
+//! The model manager: keeps the model registry in the models KV bucket.
+//!
+//! Supervised by the node supervisor; supervises nothing. Serves, on the queue group
+//! `model-manager`, `…model.register` (a worker announces the model it serves; the entry
+//! is created or refreshed, keeping its first-registration time) and `…model.list` (every
+//! registered model). Stateless: several can run. If a subscription ends it fails and is
+//! restarted.
+
+use bitinglip_bus_schema::{
+    decode_body, encode, encode_token, Ack, Envelope, ErrorKind, ListModels, ModelList, ModelRecord, RegisterModel,
+    WireError,
+};
+use futures::TryStreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::{serve::spawn_serve, NodeContext};
+
+/// The model manager actor.
+pub struct ModelManager;
+
+/// Its arguments.
+pub struct ModelManagerArgs {
+    /// Shared node context.
+    pub ctx: NodeContext,
+}
+
+/// Its state: the serving tasks.
+pub struct ModelManagerState {
+    serves: Vec<JoinHandle<()>>,
+}
+
+/// Messages to the model manager.
+#[derive(Debug, Clone)]
+pub enum ModelManagerMsg {
+    /// A subscription ended; fail so the supervisor restarts us.
+    SubscriptionEnded,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> WireError {
+    WireError::new(ErrorKind::Unavailable, format!("model registry: {e}"))
+}
+
+/// Reads one model's record.
+pub async fn get_model(ctx: &NodeContext, id: &str) -> Result<Option<ModelRecord>, WireError> {
+    let Some(bytes) = ctx.kv.models.get(encode_token(id)).await.map_err(unavailable)? else { return Ok(None) };
+    decode_body::<ModelRecord>(&bytes, usize::MAX)
+        .map(Some)
+        .map_err(|e| WireError::new(ErrorKind::Internal, format!("registry entry of {id}: {e}")))
+}
+
+/// Reads every registered model, sorted by id.
+pub async fn list_models(ctx: &NodeContext) -> Result<Vec<ModelRecord>, WireError> {
+    let keys: Vec<String> =
+        ctx.kv.models.keys().await.map_err(unavailable)?.try_collect().await.map_err(unavailable)?;
+    let mut models = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Some(bytes) = ctx.kv.models.get(&key).await.map_err(unavailable)? else { continue };
+        match decode_body::<ModelRecord>(&bytes, usize::MAX) {
+            Ok(m) => models.push(m),
+            Err(err) => tracing::warn!(key = %key, cause = %err, "undecodable registry entry ignored"),
+        }
+    }
+    models.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(models)
+}
+
+async fn register(ctx: &NodeContext, req: RegisterModel) -> Result<(), WireError> {
+    let mut record = req.model;
+    if record.id.trim().is_empty() {
+        return Err(WireError::new(ErrorKind::InvalidRequest, "model.id is empty"));
+    }
+    let now = bitinglip_nats::now_ms();
+    if let Some(existing) = get_model(ctx, &record.id).await? {
+        record.created_ms = existing.created_ms;
+    } else {
+        record.created_ms = now;
+    }
+    record.updated_ms = now;
+    let env = Envelope::new(ulid::Ulid::new().to_string(), now, ctx.node_id(), &record);
+    let bytes = encode(&env).map_err(|e| WireError::new(ErrorKind::Internal, e.to_string()))?;
+    ctx.kv.models.put(encode_token(&record.id), bytes.into()).await.map_err(unavailable)?;
+    tracing::info!(model = %record.id, worker = %req.worker, "model registered");
+    Ok(())
+}
+
+#[ractor::async_trait]
+impl Actor for ModelManager {
+    type Msg = ModelManagerMsg;
+    type State = ModelManagerState;
+    type Arguments = ModelManagerArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ModelManagerArgs) -> Result<Self::State, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let subjects = ctx.bus.subjects().clone();
+        let group = "model-manager".to_string();
+
+        let reg_sub = ctx.bus.queue_subscribe(subjects.model_register(), group.clone()).await?;
+        let reg_ctx = ctx.clone();
+        let register_serve = spawn_serve(reg_sub, myself.clone(), ModelManagerMsg::SubscriptionEnded, move |msg| {
+            let ctx = reg_ctx.clone();
+            async move {
+                let reply = match ctx.bus.decode::<RegisterModel>(&msg) {
+                    Err(err) => Ack::Error(err.into()),
+                    Ok(req) => match register(&ctx, req.envelope.body).await {
+                        Ok(()) => Ack::Ok,
+                        Err(err) => Ack::Error(err),
+                    },
+                };
+                let _ = ctx.bus.reply(&msg, &reply).await;
+            }
+        });
+
+        let list_sub = ctx.bus.queue_subscribe(subjects.model_list(), group).await?;
+        let list_ctx = ctx.clone();
+        let list_serve = spawn_serve(list_sub, myself, ModelManagerMsg::SubscriptionEnded, move |msg| {
+            let ctx = list_ctx.clone();
+            async move {
+                let reply = match ctx.bus.decode::<ListModels>(&msg) {
+                    Err(err) => ModelList::Error(err.into()),
+                    Ok(_) => match list_models(&ctx).await {
+                        Ok(models) => ModelList::Models { models },
+                        Err(err) => ModelList::Error(err),
+                    },
+                };
+                let _ = ctx.bus.reply(&msg, &reply).await;
+            }
+        });
+        Ok(ModelManagerState { serves: vec![register_serve, list_serve] })
+    }
+
+    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ModelManagerMsg::SubscriptionEnded => Err("model manager subscription ended".into()),
+        }
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        state.serves.iter().for_each(JoinHandle::abort);
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! A worker: serves one model with one engine, pulling that model's tasks from the tasks
+//! stream only while it has a free sequence slot.
+//!
+//! Supervised by the node supervisor; supervises nothing (its slots are tokio tasks it
+//! owns). On start it loads the engine (mistral.rs by default) in the background, then
+//! registers the model with the model managers (`…model.register`), makes sure the model's
+//! durable consumer exists, and starts one slot loop per sequence it may run
+//! (`max_sequences`): each slot has at most one pull request outstanding and pulls the next
+//! task only when the previous one is finished, so a busy worker never takes work another
+//! could do. It subscribes to `…task.*.cancel` to stop a running sequence, and publishes
+//! each task's events on `…task.<id>.events`.
+//!
+//! If the engine fails to load, the worker reports `failed` in the heartbeat and serves
+//! nothing; it does not crash-loop. When it stops (node shutdown, or a failure), every
+//! task it holds is handed back with a nak, so another worker takes it at once.
+
+mod echo;
+pub mod engine;
+mod mistral;
+mod run;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bitinglip_bus_schema::{Ack, CancelTask, ModelRecord, ModelSource, RegisterModel, TaskId, WorkerInfo};
+use bitinglip_config::{EngineKind, ModelConfig};
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::NodeContext;
+use engine::Engine;
+
+/// The worker actor.
+pub struct Worker;
+
+/// Its arguments.
+pub struct WorkerArgs {
+    /// Shared node context.
+    pub ctx: NodeContext,
+    /// The model it serves.
+    pub model: ModelConfig,
+    /// Its index in `worker.models` (part of its id).
+    pub index: usize,
+}
+
+/// What the slot loops share.
+pub(crate) struct WorkerShared {
+    pub(crate) ctx: NodeContext,
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) worker_id: String,
+    pub(crate) model: String,
+    /// Cancel tokens of running tasks, by task id.
+    pub(crate) running: Mutex<HashMap<TaskId, CancellationToken>>,
+    /// Fires when the worker stops: slots stop pulling and hand back what they hold.
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) in_flight: AtomicU32,
+    info: Mutex<WorkerInfo>,
+}
+
+impl WorkerShared {
+    pub(crate) fn publish_info(&self) {
+        if let Ok(mut info) = self.info.lock() {
+            info.in_flight = self.in_flight.load(Ordering::Relaxed);
+            self.ctx.set_worker(info.clone());
+        }
+    }
+}
+
+/// Its state.
+pub struct WorkerState {
+    ctx: NodeContext,
+    worker_id: String,
+    model: ModelConfig,
+    shared: Option<Arc<WorkerShared>>,
+    tasks: Vec<JoinHandle<()>>,
+    loader: Option<JoinHandle<()>>,
+}
+
+/// Messages to a worker.
+pub enum WorkerMsg {
+    /// The engine is loaded.
+    Loaded(Arc<dyn Engine>),
+    /// The engine could not be loaded.
+    LoadFailed(String),
+    /// A task loop ended unexpectedly; fail so the supervisor restarts us.
+    LoopEnded(&'static str),
+}
+
+fn info(worker_id: &str, model: &ModelConfig, engine: &str, state: &str) -> WorkerInfo {
+    WorkerInfo {
+        worker_id: worker_id.to_string(),
+        model: model.served_name(),
+        engine: engine.to_string(),
+        max_sequences: model.max_sequences,
+        in_flight: 0,
+        state: state.to_string(),
+    }
+}
+
+fn engine_name(kind: EngineKind) -> &'static str {
+    match kind {
+        EngineKind::Mistralrs => "mistralrs",
+        EngineKind::Echo => "echo",
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(&self, myself: ActorRef<WorkerMsg>, args: WorkerArgs) -> Result<WorkerState, ActorProcessingErr> {
+        let WorkerArgs { ctx, model, index } = args;
+        let worker_id = format!("{}-w{index}", ctx.node_id());
+        ctx.set_worker(info(&worker_id, &model, engine_name(model.engine), "loading"));
+        let force_cpu = ctx.config.worker.force_cpu;
+        let load_cfg = model.clone();
+        let loader = tokio::spawn(async move {
+            tracing::info!(model = %load_cfg.source, engine = engine_name(load_cfg.engine), "loading model");
+            let loaded: Result<Arc<dyn Engine>, String> = match load_cfg.engine {
+                EngineKind::Echo => Ok(Arc::new(echo::EchoEngine::new(load_cfg.echo_tokens_per_sec))),
+                EngineKind::Mistralrs => mistral::MistralEngine::load(&load_cfg, force_cpu)
+                    .await
+                    .map(|e| Arc::new(e) as Arc<dyn Engine>)
+                    .map_err(|e| e.to_string()),
+            };
+            let _ = match loaded {
+                Ok(engine) => myself.cast(WorkerMsg::Loaded(engine)),
+                Err(err) => myself.cast(WorkerMsg::LoadFailed(err)),
+            };
+        });
+        Ok(WorkerState { ctx, worker_id, model, shared: None, tasks: Vec::new(), loader: Some(loader) })
+    }
+
+    async fn handle(&self, myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Loaded(engine) => {
+                state.loader = None;
+                let served = state.model.served_name();
+                tracing::info!(model = %served, worker = %state.worker_id, context = ?engine.context_length(), "model loaded");
+                let shared = Arc::new(WorkerShared {
+                    ctx: state.ctx.clone(),
+                    engine: engine.clone(),
+                    worker_id: state.worker_id.clone(),
+                    model: served.clone(),
+                    running: Mutex::new(HashMap::new()),
+                    shutdown: CancellationToken::new(),
+                    in_flight: AtomicU32::new(0),
+                    info: Mutex::new(info(&state.worker_id, &state.model, engine.kind(), "ready")),
+                });
+                register_model(&state.ctx, &state.model, &state.worker_id, engine.context_length()).await?;
+                let consumer = run::ensure_consumer(&state.ctx, &served).await?;
+                state.tasks.push(spawn_cancel_listener(shared.clone(), myself.clone()).await?);
+                for slot in 0..state.model.max_sequences {
+                    let shared = shared.clone();
+                    let consumer = consumer.clone();
+                    let me = myself.clone();
+                    state.tasks.push(tokio::spawn(async move {
+                        run::slot_loop(shared.clone(), consumer, slot).await;
+                        if !shared.shutdown.is_cancelled() {
+                            let _ = me.cast(WorkerMsg::LoopEnded("slot"));
+                        }
+                    }));
+                }
+                // Ready only now: the heartbeat tells task managers this model has a worker.
+                shared.publish_info();
+                state.shared = Some(shared);
+            }
+            WorkerMsg::LoadFailed(err) => {
+                state.loader = None;
+                tracing::error!(model = %state.model.source, cause = %err, "model failed to load; this worker serves nothing");
+                state.ctx.set_worker(info(&state.worker_id, &state.model, engine_name(state.model.engine), "failed"));
+            }
+            WorkerMsg::LoopEnded(which) => return Err(format!("worker {which} loop ended").into()),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<WorkerMsg>, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
+        if let Some(loader) = state.loader.take() {
+            loader.abort();
+        }
+        if let Some(shared) = state.shared.take() {
+            // Slots stop pulling and hand back (nak) what they hold; wait for them so the
+            // naks are sent before the process goes.
+            shared.shutdown.cancel();
+            let tasks = std::mem::take(&mut state.tasks);
+            let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
+        }
+        state.tasks.iter().for_each(JoinHandle::abort);
+        state.ctx.remove_worker(&state.worker_id);
+        Ok(())
+    }
+}
+
+/// Announces the served model to the model managers, retrying until one answers.
+async fn register_model(
+    ctx: &NodeContext,
+    model: &ModelConfig,
+    worker_id: &str,
+    context_length: Option<u32>,
+) -> Result<(), ActorProcessingErr> {
+    let source = if model.is_local() {
+        ModelSource::Local { path: model.source.clone() }
+    } else {
+        ModelSource::Hub { revision: model.revision.clone() }
+    };
+    let req = RegisterModel {
+        model: ModelRecord { id: model.served_name(), source, context_length, created_ms: 0, updated_ms: 0 },
+        worker: worker_id.to_string(),
+    };
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match ctx.bus.request::<_, Ack>(ctx.bus.subjects().model_register(), &req, None, Some(Duration::from_secs(5))).await {
+            Ok(Ack::Ok) => return Ok(()),
+            Ok(Ack::Error(err)) => return Err(format!("model registration refused: {err}").into()),
+            Err(err) => {
+                tracing::warn!(cause = %err, "model registration not answered yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Listens for cancels of any task and fires the token of the ones running here.
+async fn spawn_cancel_listener(shared: Arc<WorkerShared>, me: ActorRef<WorkerMsg>) -> Result<JoinHandle<()>, ActorProcessingErr> {
+    let mut sub = shared.ctx.bus.subscribe(shared.ctx.bus.subjects().all_task_cancels()).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let cancel = match shared.ctx.bus.decode::<CancelTask>(&msg) {
+                Ok(c) => c.envelope.body,
+                Err(err) => {
+                    tracing::warn!(subject = %msg.subject, cause = %err, "undecodable cancel dropped");
+                    continue;
+                }
+            };
+            let token = shared.running.lock().ok().and_then(|r| r.get(&cancel.task_id).cloned());
+            if let Some(token) = token {
+                tracing::info!(task.id = %cancel.task_id, reason = %cancel.reason, "cancelling");
+                token.cancel();
+            }
+        }
+        if !shared.shutdown.is_cancelled() {
+            let _ = me.cast(WorkerMsg::LoopEnded("cancel listener"));
+        }
+    }))
+}

@@ -1,0 +1,146 @@
+//! The echo engine: answers with the last user message, word by word, at a configurable
+//! rate. It never runs by default; it exists to measure the platform's own overhead and to
+//! drive fault tests where mistral.rs's speed would get in the way.
+
+use std::time::Duration;
+
+use bitinglip_bus_schema::FinishReason;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{Engine, EngineError, GenerateRequest, Generation};
+
+/// Echoes the prompt back.
+pub struct EchoEngine {
+    tokens_per_sec: f64,
+}
+
+impl EchoEngine {
+    /// An echo engine producing `tokens_per_sec` words per second (0: no delay).
+    pub fn new(tokens_per_sec: f64) -> Self {
+        Self { tokens_per_sec }
+    }
+}
+
+/// Splits text into "tokens": words with their trailing whitespace.
+fn words(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut in_space = false;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            in_space = true;
+        } else if in_space {
+            out.push(&text[start..i]);
+            start = i;
+            in_space = false;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl Engine for EchoEngine {
+    fn kind(&self) -> &'static str {
+        "echo"
+    }
+
+    fn context_length(&self) -> Option<u32> {
+        Some(1 << 20)
+    }
+
+    async fn generate(
+        &self,
+        req: GenerateRequest,
+        out: mpsc::Sender<String>,
+        cancel: CancellationToken,
+    ) -> Result<Generation, EngineError> {
+        let prompt_tokens: usize = req.messages.iter().map(|m| words(&m.content).len()).sum();
+        let answer = req.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        let pieces = words(&answer);
+        let delay = (self.tokens_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / self.tokens_per_sec));
+        let mut produced = 0u32;
+        let mut text = String::new();
+        for piece in pieces.iter() {
+            if produced >= req.max_tokens {
+                return Ok(Generation {
+                    finish_reason: FinishReason::Length,
+                    prompt_tokens: prompt_tokens as u32,
+                    completion_tokens: produced,
+                });
+            }
+            if let Some(d) = delay {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = cancel.cancelled() => break,
+                }
+            }
+            if cancel.is_cancelled() {
+                break;
+            }
+            text.push_str(piece);
+            produced += 1;
+            if out.send(piece.to_string()).await.is_err() {
+                break;
+            }
+            if req.stop.iter().any(|s| text.contains(s.as_str())) {
+                return Ok(Generation {
+                    finish_reason: FinishReason::Stop,
+                    prompt_tokens: prompt_tokens as u32,
+                    completion_tokens: produced,
+                });
+            }
+        }
+        let finish_reason = if cancel.is_cancelled() { FinishReason::Cancelled } else { FinishReason::Stop };
+        Ok(Generation { finish_reason, prompt_tokens: prompt_tokens as u32, completion_tokens: produced })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bitinglip_bus_schema::ChatMessage;
+
+    use super::*;
+
+    fn req(text: &str, max_tokens: u32) -> GenerateRequest {
+        GenerateRequest {
+            messages: vec![ChatMessage { role: "user".into(), content: text.into() }],
+            max_tokens,
+            temperature: None,
+            top_p: None,
+            stop: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn echoes_word_by_word_and_respects_max_tokens() {
+        let engine = EchoEngine::new(0.0);
+        let (tx, mut rx) = mpsc::channel(64);
+        let g = engine.generate(req("a bb  ccc", 10), tx, CancellationToken::new()).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(p) = rx.recv().await {
+            got.push(p);
+        }
+        assert_eq!(got, ["a ", "bb  ", "ccc"]);
+        assert_eq!(g.completion_tokens, 3);
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+
+        let (tx, _rx) = mpsc::channel(64);
+        let g = engine.generate(req("a b c d", 2), tx, CancellationToken::new()).await.unwrap();
+        assert_eq!((g.completion_tokens, g.finish_reason), (2, FinishReason::Length));
+    }
+
+    #[tokio::test]
+    async fn stops_when_cancelled() {
+        let engine = EchoEngine::new(1000.0);
+        let (tx, _rx) = mpsc::channel(1024);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let g = engine.generate(req(&"w ".repeat(100), 1000), tx, cancel).await.unwrap();
+        assert_eq!(g.finish_reason, FinishReason::Cancelled);
+        assert_eq!(g.completion_tokens, 0);
+    }
+}

@@ -1,0 +1,121 @@
+//! Encoding and decoding of envelopes: MessagePack with named fields.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{envelope::SCHEMA_VERSION, Envelope, ErrorKind, WireError};
+
+/// NATS's default max payload (1 MiB). Decoding refuses anything larger before parsing.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Why a payload could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The payload is larger than the limit.
+    #[error("payload of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge {
+        /// Payload size.
+        size: usize,
+        /// The limit it broke.
+        limit: usize,
+    },
+    /// Not a valid MessagePack envelope of the expected type.
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        /// The type that was expected.
+        what: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+    /// A schema version this build does not speak.
+    #[error("schema version {found} is not supported (this node speaks {SCHEMA_VERSION})")]
+    Version {
+        /// The version found in the envelope.
+        found: u16,
+    },
+    /// Serialization failed (a bug: every wire type serializes).
+    #[error("cannot encode: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+impl From<&CodecError> for WireError {
+    fn from(err: &CodecError) -> Self {
+        let kind = match err {
+            CodecError::TooLarge { .. } => ErrorKind::PayloadTooLarge,
+            CodecError::Decode { .. } => ErrorKind::Decode,
+            CodecError::Version { .. } => ErrorKind::UnsupportedVersion,
+            CodecError::Encode(_) => ErrorKind::Internal,
+        };
+        WireError::new(kind, err.to_string())
+    }
+}
+
+impl From<CodecError> for WireError {
+    fn from(err: CodecError) -> Self {
+        WireError::from(&err)
+    }
+}
+
+/// Encodes an envelope as MessagePack with field names.
+pub fn encode<T: Serialize>(envelope: &Envelope<T>) -> Result<Vec<u8>, CodecError> {
+    Ok(rmp_serde::to_vec_named(envelope)?)
+}
+
+/// Decodes an envelope, refusing payloads over `max_payload` bytes and unknown versions.
+pub fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_payload: usize,
+) -> Result<Envelope<T>, CodecError> {
+    if bytes.len() > max_payload {
+        return Err(CodecError::TooLarge { size: bytes.len(), limit: max_payload });
+    }
+    // Decode the version first, so a newer sender gets a version error rather than a
+    // confusing field error.
+    #[derive(serde::Deserialize)]
+    struct VersionOnly {
+        v: u16,
+    }
+    let what = std::any::type_name::<T>().rsplit("::").next().unwrap_or("message");
+    let version: VersionOnly = rmp_serde::from_slice(bytes)
+        .map_err(|source| CodecError::Decode { what: "envelope", source })?;
+    if version.v != SCHEMA_VERSION {
+        return Err(CodecError::Version { found: version.v });
+    }
+    rmp_serde::from_slice(bytes).map_err(|source| CodecError::Decode { what, source })
+}
+
+/// Decodes an envelope and returns only its body.
+pub fn decode_body<T: DeserializeOwned>(bytes: &[u8], max_payload: usize) -> Result<T, CodecError> {
+    decode(bytes, max_payload).map(|e| e.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_garbage_and_truncation_with_a_decode_error() {
+        let env = Envelope::new("id", 1, "n", "hello".to_string());
+        let bytes = encode(&env).unwrap();
+        for cut in 0..bytes.len() {
+            let err = decode::<String>(&bytes[..cut], DEFAULT_MAX_PAYLOAD).unwrap_err();
+            assert!(matches!(err, CodecError::Decode { .. }), "{err}");
+        }
+        assert!(decode::<String>(&[0xc1, 0xff, 0x00], DEFAULT_MAX_PAYLOAD).is_err());
+    }
+
+    #[test]
+    fn refuses_oversized_payloads_before_parsing() {
+        let err = decode::<String>(&vec![0u8; 100], 10).unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { size: 100, limit: 10 }));
+    }
+
+    #[test]
+    fn refuses_other_versions() {
+        let mut env = Envelope::new("id", 1, "n", 5u32);
+        env.v = 99;
+        let err = decode::<u32>(&encode(&env).unwrap(), DEFAULT_MAX_PAYLOAD).unwrap_err();
+        assert!(matches!(err, CodecError::Version { found: 99 }));
+        assert_eq!(WireError::from(err).kind, ErrorKind::UnsupportedVersion);
+    }
+}

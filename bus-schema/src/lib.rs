@@ -1,0 +1,18 @@
+//! Wire types of BitingLip: everything that crosses a node boundary.
+//!
+//! This crate is deliberately pure (serde and rmp-serde only: no tokio, no NATS, no
+//! ractor) so that every node and every outside Rust client can share it, and so that it
+//! compiles in seconds. A client in another language needs only the README: every payload
+//! is an [`Envelope`] encoded as MessagePack with named fields.
+
+pub mod codec;
+pub mod envelope;
+pub mod error;
+pub mod messages;
+pub mod subjects;
+
+pub use codec::{decode, decode_body, encode, CodecError, DEFAULT_MAX_PAYLOAD};
+pub use envelope::{Envelope, SCHEMA_VERSION};
+pub use error::{ErrorKind, WireError};
+pub use messages::*;
+pub use subjects::{encode_token, decode_token, SubjectError, Subjects, TaskId};

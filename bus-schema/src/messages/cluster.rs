@@ -1,0 +1,91 @@
+//! Node heartbeats and cluster status.
+
+use serde::{Deserialize, Serialize};
+
+use crate::WireError;
+
+/// One worker actor on a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// The worker's id (unique in the cluster).
+    pub worker_id: String,
+    /// The model it serves.
+    pub model: String,
+    /// `mistralrs` or `echo`.
+    pub engine: String,
+    /// Most sequences it runs at once.
+    pub max_sequences: u32,
+    /// Sequences running now.
+    pub in_flight: u32,
+    /// `loading`, `ready` or `failed`.
+    pub state: String,
+}
+
+/// A node's heartbeat, in the nodes KV bucket (entries expire after the bucket's TTL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeHeartbeat {
+    /// The node's id.
+    pub node_id: String,
+    /// Roles it runs.
+    pub roles: Vec<String>,
+    /// Its HTTP address, when it runs a gateway.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// Its workers.
+    #[serde(default)]
+    pub workers: Vec<WorkerInfo>,
+    /// Process start, ms since the epoch.
+    pub started_ms: u64,
+    /// This heartbeat, ms since the epoch.
+    pub time_ms: u64,
+    /// BitingLip version.
+    pub version: String,
+}
+
+/// Request on `…cluster.status`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GetClusterStatus {}
+
+/// Reply on `…cluster.status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClusterStatus {
+    /// Every live node's last heartbeat.
+    Nodes {
+        /// The nodes.
+        nodes: Vec<NodeHeartbeat>,
+    },
+    /// The registry could not be read.
+    Error(WireError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::testing::pin;
+
+    #[test]
+    fn cluster_messages_pin_their_fields() {
+        let worker = WorkerInfo {
+            worker_id: "n1-w0".into(),
+            model: "m".into(),
+            engine: "mistralrs".into(),
+            max_sequences: 4,
+            in_flight: 1,
+            state: "ready".into(),
+        };
+        pin(worker.clone(), &["worker_id", "model", "engine", "max_sequences", "in_flight", "state"]);
+        let hb = NodeHeartbeat {
+            node_id: "n1".into(),
+            roles: vec!["worker".into()],
+            http: None,
+            workers: vec![worker],
+            started_ms: 1,
+            time_ms: 2,
+            version: "0.1.0".into(),
+        };
+        pin(hb.clone(), &["node_id", "roles", "http", "workers", "started_ms", "time_ms", "version"]);
+        pin(GetClusterStatus {}, &[]);
+        pin(ClusterStatus::Nodes { nodes: vec![hb] }, &["type", "nodes"]);
+    }
+}

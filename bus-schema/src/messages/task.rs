@@ -1,0 +1,283 @@
+//! Submitting a task and asking about it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{TaskId, WireError};
+
+/// Who wrote a message of the conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` (or `tool`).
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// Scheduling class of a task. Interactive tasks are served first; batch is never starved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// A person is waiting (the default).
+    #[default]
+    Interactive,
+    /// Throughput work.
+    Batch,
+}
+
+impl Priority {
+    /// The subject token of this class.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+}
+
+/// What to generate: the OpenAI chat-completion fields BitingLip understands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatParams {
+    /// Model id as registered (`Qwen/Qwen2.5-0.5B-Instruct`, or a local model's name).
+    pub model: String,
+    /// The conversation so far.
+    pub messages: Vec<ChatMessage>,
+    /// Most tokens to generate; the worker clamps it to what the context allows.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature, 0 to 2.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass, 0 to 1.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Strings that end the generation.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Sampling seed.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// Request on `…task.submit`: queue a chat task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The generation itself.
+    pub chat: ChatParams,
+    /// Caller-chosen task id. Subscribe to the task's events subject before submitting
+    /// to see every event live. When absent, the task manager assigns one.
+    #[serde(default)]
+    pub task_id: Option<TaskId>,
+    /// Retries with the same key within the dedupe window return the same task.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Scheduling class.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+/// Reply on `…task.submit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SubmitReply {
+    /// Stored durably in the tasks stream: from now on the task cannot be lost.
+    Accepted(TaskAccepted),
+    /// Not queued; nothing was stored.
+    Rejected(WireError),
+}
+
+/// The task is in the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAccepted {
+    /// The task's id.
+    pub task_id: TaskId,
+    /// The subject its events are published on.
+    pub events_subject: String,
+    /// True when this was a retry of an earlier submit (same id or idempotency key).
+    #[serde(default)]
+    pub duplicate: bool,
+}
+
+/// The message stored in the tasks stream: what a worker runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task's id (also the stream message's `Nats-Msg-Id`).
+    pub task_id: TaskId,
+    /// The generation.
+    pub chat: ChatParams,
+    /// Scheduling class.
+    pub priority: Priority,
+    /// When the task manager accepted it, ms since the epoch.
+    pub accepted_ms: u64,
+}
+
+/// Request on `…task.get`: read one task's status record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetTask {
+    /// Which task.
+    pub task_id: TaskId,
+}
+
+/// Reply on `…task.get`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TaskStatusReply {
+    /// The record.
+    Found(TaskRecord),
+    /// Unknown id (or expired), or the store failed.
+    Error(WireError),
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// In the stream, waiting for a worker.
+    Queued,
+    /// A worker claimed it and is generating.
+    Running,
+    /// Finished with a result.
+    Completed,
+    /// Finished with an error.
+    Failed,
+    /// Stopped at a client's request.
+    Cancelled,
+}
+
+impl TaskState {
+    /// True for completed, failed and cancelled.
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+/// A task's status record, kept in the tasks KV bucket under its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task's id.
+    pub task_id: TaskId,
+    /// Model id.
+    pub model: String,
+    /// Current state.
+    pub state: TaskState,
+    /// Delivery attempt that owns the task (0 while queued). Writes are fenced on it.
+    pub attempt: u32,
+    /// Worker that claimed the current attempt.
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// Accepted at, ms since the epoch.
+    pub created_ms: u64,
+    /// Last change, ms since the epoch.
+    pub updated_ms: u64,
+    /// Final result, once completed.
+    #[serde(default)]
+    pub result: Option<crate::TaskCompleted>,
+    /// Why it failed or was cancelled.
+    #[serde(default)]
+    pub error: Option<WireError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::testing::pin;
+    use crate::ErrorKind;
+
+    pub(crate) fn chat() -> ChatParams {
+        ChatParams {
+            model: "Qwen/Qwen2.5-0.5B-Instruct".into(),
+            messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
+            max_tokens: Some(16),
+            temperature: Some(0.5),
+            top_p: None,
+            stop: vec!["\n".into()],
+            seed: Some(1),
+        }
+    }
+
+    #[test]
+    fn submit_request_pins_its_fields() {
+        let req = SubmitRequest {
+            chat: chat(),
+            task_id: Some(TaskId::parse("t1").unwrap()),
+            idempotency_key: Some("k".into()),
+            priority: Priority::Batch,
+        };
+        pin(req, &["chat", "task_id", "idempotency_key", "priority"]);
+        pin(chat(), &["model", "messages", "max_tokens", "temperature", "top_p", "stop", "seed"]);
+        pin(ChatMessage { role: "user".into(), content: "x".into() }, &["role", "content"]);
+    }
+
+    #[test]
+    fn submit_request_needs_only_chat_model_and_messages() {
+        #[derive(Serialize)]
+        struct Minimal {
+            chat: MinimalChat,
+        }
+        #[derive(Serialize)]
+        struct MinimalChat {
+            model: &'static str,
+            messages: Vec<ChatMessage>,
+        }
+        let env = crate::Envelope::new("x", 1, "py", Minimal {
+            chat: MinimalChat { model: "m", messages: vec![] },
+        });
+        let bytes = rmp_serde::to_vec_named(&env).unwrap();
+        let req: SubmitRequest = crate::decode_body(&bytes, 1 << 20).unwrap();
+        assert_eq!(req.priority, Priority::Interactive);
+        assert_eq!(req.task_id, None);
+    }
+
+    #[test]
+    fn submit_reply_pins_its_fields() {
+        pin(
+            SubmitReply::Accepted(TaskAccepted {
+                task_id: TaskId::parse("t1").unwrap(),
+                events_subject: "bitinglip.v1.task.t1.events".into(),
+                duplicate: false,
+            }),
+            &["type", "task_id", "events_subject", "duplicate"],
+        );
+        pin(
+            SubmitReply::Rejected(WireError::new(ErrorKind::UnknownModel, "no such model")),
+            &["type", "kind", "message"],
+        );
+    }
+
+    #[test]
+    fn task_spec_and_record_pin_their_fields() {
+        let id = TaskId::parse("t1").unwrap();
+        pin(
+            TaskSpec { task_id: id.clone(), chat: chat(), priority: Priority::Interactive, accepted_ms: 5 },
+            &["task_id", "chat", "priority", "accepted_ms"],
+        );
+        let record = TaskRecord {
+            task_id: id.clone(),
+            model: "m".into(),
+            state: TaskState::Running,
+            attempt: 2,
+            worker: Some("w".into()),
+            created_ms: 1,
+            updated_ms: 2,
+            result: None,
+            error: None,
+        };
+        pin(
+            record.clone(),
+            &["task_id", "model", "state", "attempt", "worker", "created_ms", "updated_ms", "result", "error"],
+        );
+        pin(GetTask { task_id: id }, &["task_id"]);
+        pin(TaskStatusReply::Found(record), &[
+            "type", "task_id", "model", "state", "attempt", "worker", "created_ms", "updated_ms",
+            "result", "error",
+        ]);
+    }
+
+    #[test]
+    fn invalid_task_ids_are_refused_when_decoding() {
+        let env = crate::Envelope::new("x", 1, "py", GetTask { task_id: TaskId::parse("ok").unwrap() });
+        let mut bytes = rmp_serde::to_vec_named(&env).unwrap();
+        let pos = bytes.windows(2).position(|w| w == b"ok").unwrap();
+        bytes[pos] = b'.';
+        assert!(crate::decode_body::<GetTask>(&bytes, 1 << 20).is_err());
+    }
+}

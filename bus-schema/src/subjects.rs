@@ -1,0 +1,301 @@
+//! Every NATS subject, stream, consumer and bucket name BitingLip uses, built here and
+//! nowhere else.
+//!
+//! Subjects read general to specific, `<root>.v1.<domain>.<target…>.<verb>`, so that `*`
+//! and `>` work at every level. Model ids such as `Qwen/Qwen2.5-0.5B-Instruct` hold `/` and
+//! `.`, which are not valid subject tokens; [`encode_token`] maps them, reversibly, onto
+//! `[A-Za-z0-9_-]` plus `=XX` hex escapes (`Qwen=2FQwen2=2E5-0=2E5B-Instruct`).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The version token in every subject.
+pub const VERSION_TOKEN: &str = "v1";
+
+/// A subject token or root that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// The subject root is empty or holds characters NATS does not allow in tokens.
+    #[error("invalid subject root {0:?}: use dot-separated tokens of letters, digits, '-' and '_'")]
+    Root(String),
+    /// A task id is empty, too long, or holds characters outside `[A-Za-z0-9_-]`.
+    #[error("invalid task id {0:?}: use 1 to 128 letters, digits, '-' and '_'")]
+    TaskId(String),
+    /// A token could not be decoded.
+    #[error("invalid encoded token {0:?}")]
+    Token(String),
+}
+
+fn is_plain(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+/// Encodes any string (a model id, a node id) as one subject token that is also a valid
+/// JetStream key and consumer name. Bytes outside `[A-Za-z0-9_-]` become `=XX`.
+pub fn encode_token(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + 8);
+    for b in raw.bytes() {
+        let c = b as char;
+        if b.is_ascii() && is_plain(c) {
+            out.push(c);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push('=');
+    }
+    out
+}
+
+/// Reverses [`encode_token`].
+pub fn decode_token(token: &str) -> Result<String, SubjectError> {
+    if token == "=" {
+        return Ok(String::new());
+    }
+    let bytes = token.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            let hex = token.get(i + 1..i + 3).ok_or_else(|| SubjectError::Token(token.into()))?;
+            let b = u8::from_str_radix(hex, 16).map_err(|_| SubjectError::Token(token.into()))?;
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| SubjectError::Token(token.into()))
+}
+
+/// A validated task id: 1 to 128 of `[A-Za-z0-9_-]`, so it is one subject token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskId(String);
+
+impl TaskId {
+    /// Validates `raw` as a task id.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, SubjectError> {
+        let raw = raw.into();
+        if raw.is_empty() || raw.len() > 128 || !raw.chars().all(is_plain) {
+            return Err(SubjectError::TaskId(raw));
+        }
+        Ok(Self(raw))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TaskId {
+    type Error = SubjectError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(value: TaskId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Builds every subject and JetStream name under one root (default `bitinglip`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    root: String,
+    prefix: String,
+    name_prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self::new("bitinglip").expect("the default root is valid")
+    }
+}
+
+impl Subjects {
+    /// Validates the root (one or more dot-separated tokens of `[A-Za-z0-9_-]`).
+    pub fn new(root: impl Into<String>) -> Result<Self, SubjectError> {
+        let root = root.into();
+        let valid = !root.is_empty()
+            && root.split('.').all(|t| !t.is_empty() && t.chars().all(is_plain));
+        if !valid {
+            return Err(SubjectError::Root(root));
+        }
+        let name_prefix = root.replace(['.', '-'], "_").to_ascii_uppercase();
+        let prefix = format!("{root}.{VERSION_TOKEN}");
+        Ok(Self { root, prefix, name_prefix })
+    }
+
+    /// The root this builder was made with.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn subject(&self, rest: &[&str]) -> String {
+        let mut s = self.prefix.clone();
+        for token in rest {
+            s.push('.');
+            s.push_str(token);
+        }
+        s
+    }
+
+    // ---- tasks -------------------------------------------------------------------------
+
+    /// Request/reply: submit a chat task ([`crate::SubmitRequest`] → [`crate::SubmitReply`]).
+    /// Task managers serve it on the queue group [`Self::task_manager_queue_group`].
+    pub fn task_submit(&self) -> String {
+        self.subject(&["task", "submit"])
+    }
+
+    /// Queue group of the task managers on [`Self::task_submit`].
+    pub fn task_manager_queue_group(&self) -> String {
+        "task-manager".to_string()
+    }
+
+    /// Publish: the events of one task ([`crate::TaskEvent`]), in sequence order.
+    pub fn task_events(&self, task: &TaskId) -> String {
+        self.subject(&["task", task.as_str(), "events"])
+    }
+
+    /// The events of every task (the events stream captures this).
+    pub fn all_task_events(&self) -> String {
+        self.subject(&["task", "*", "events"])
+    }
+
+    /// Publish: cancel one task ([`crate::CancelTask`]).
+    pub fn task_cancel(&self, task: &TaskId) -> String {
+        self.subject(&["task", task.as_str(), "cancel"])
+    }
+
+    /// Cancels of every task (workers subscribe to this).
+    pub fn all_task_cancels(&self) -> String {
+        self.subject(&["task", "*", "cancel"])
+    }
+
+    /// Request/reply: a task's status record ([`crate::GetTask`] → [`crate::TaskStatusReply`]).
+    pub fn task_get(&self) -> String {
+        self.subject(&["task", "get"])
+    }
+
+    /// JetStream subject of one model's queue for one priority class.
+    pub fn queue(&self, model: &str, priority: crate::Priority) -> String {
+        self.subject(&["queue", &encode_token(model), priority.as_str()])
+    }
+
+    /// Every queue subject of one model (a worker's consumer filter).
+    pub fn model_queues(&self, model: &str) -> String {
+        self.subject(&["queue", &encode_token(model), "*"])
+    }
+
+    /// Every queue subject (the tasks stream captures this).
+    pub fn all_queues(&self) -> String {
+        self.subject(&["queue", ">"])
+    }
+
+    // ---- models and cluster -------------------------------------------------------------
+
+    /// Request/reply: list registered models ([`crate::ListModels`] → [`crate::ModelList`]).
+    pub fn model_list(&self) -> String {
+        self.subject(&["model", "list"])
+    }
+
+    /// Request/reply: a worker registers the model it serves
+    /// ([`crate::RegisterModel`] → [`crate::Ack`]).
+    pub fn model_register(&self) -> String {
+        self.subject(&["model", "register"])
+    }
+
+    /// Request/reply: every node's last heartbeat ([`crate::GetClusterStatus`] → [`crate::ClusterStatus`]).
+    pub fn cluster_status(&self) -> String {
+        self.subject(&["cluster", "status"])
+    }
+
+    // ---- JetStream names ----------------------------------------------------------------
+
+    /// The work-queue stream holding accepted tasks.
+    pub fn tasks_stream(&self) -> String {
+        format!("{}_TASKS", self.name_prefix)
+    }
+
+    /// The limits stream holding task events, for replay and resume.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.name_prefix)
+    }
+
+    /// The durable pull consumer shared by every worker of one model.
+    pub fn worker_consumer(&self, model: &str) -> String {
+        format!("worker-{}", encode_token(model))
+    }
+
+    /// KV bucket of task status records, keyed by task id.
+    pub fn tasks_bucket(&self) -> String {
+        format!("{}_tasks", self.name_prefix.to_ascii_lowercase())
+    }
+
+    /// KV bucket of the model registry, keyed by [`encode_token`] of the model id.
+    pub fn models_bucket(&self) -> String {
+        format!("{}_models", self.name_prefix.to_ascii_lowercase())
+    }
+
+    /// KV bucket of node heartbeats, keyed by [`encode_token`] of the node id.
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}_nodes", self.name_prefix.to_ascii_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Priority;
+
+    #[test]
+    fn model_ids_encode_to_single_tokens_and_back() {
+        for id in ["Qwen/Qwen2.5-0.5B-Instruct", "a.b*c>d e", "", "==", "ünï/cødé"] {
+            let token = encode_token(id);
+            assert!(token.chars().all(|c| is_plain(c) || c == '='), "{token}");
+            assert_eq!(decode_token(&token).unwrap(), id);
+        }
+        assert_eq!(encode_token("Qwen/Qwen2.5-0.5B"), "Qwen=2FQwen2=2E5-0=2E5B");
+        assert!(decode_token("abc=Z").is_err());
+    }
+
+    #[test]
+    fn subjects_are_general_to_specific() {
+        let s = Subjects::default();
+        let task = TaskId::parse("01J0ABC").unwrap();
+        assert_eq!(s.task_submit(), "bitinglip.v1.task.submit");
+        assert_eq!(s.task_events(&task), "bitinglip.v1.task.01J0ABC.events");
+        assert_eq!(s.task_cancel(&task), "bitinglip.v1.task.01J0ABC.cancel");
+        assert_eq!(s.queue("org/m.1", Priority::Batch), "bitinglip.v1.queue.org=2Fm=2E1.batch");
+        assert_eq!(s.model_queues("m"), "bitinglip.v1.queue.m.*");
+        assert_eq!(s.tasks_stream(), "BITINGLIP_TASKS");
+        assert_eq!(s.nodes_bucket(), "bitinglip_nodes");
+    }
+
+    #[test]
+    fn roots_and_task_ids_are_validated() {
+        assert!(Subjects::new("acme.prod").is_ok());
+        assert_eq!(Subjects::new("acme.prod").unwrap().tasks_stream(), "ACME_PROD_TASKS");
+        for bad in ["", "a..b", "a b", "a.*", "a.>", ".a"] {
+            assert!(Subjects::new(bad).is_err(), "{bad}");
+        }
+        assert!(TaskId::parse("ok-1_2").is_ok());
+        for bad in ["", "a.b", "a*", "x".repeat(129).as_str()] {
+            assert!(TaskId::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

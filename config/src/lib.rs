@@ -1,0 +1,461 @@
+//! Typed, layered configuration for every BitingLip role.
+//!
+//! Layers, later ones winning: built-in defaults < one TOML file < `BITINGLIP_*`
+//! environment variables (`__` between levels: `BITINGLIP_GATEWAY__HTTP=0.0.0.0:8080`) <
+//! command-line flags. [`Config::load`] merges them and [`Config::validate`] checks every
+//! key once, at start, with a message that names the key and the bad value. The example
+//! file `config/bitinglip.example.toml` documents every key.
+
+use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+mod validate;
+
+pub use validate::ConfigError;
+
+/// A role a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The HTTP bridge (OpenAI-compatible API).
+    Gateway,
+    /// Validates and queues tasks.
+    TaskManager,
+    /// Keeps the model registry.
+    ModelManager,
+    /// Keeps node membership and health.
+    ClusterManager,
+    /// Runs engines.
+    Worker,
+}
+
+impl Role {
+    /// Every role, in start order.
+    pub const ALL: [Role; 5] =
+        [Role::ClusterManager, Role::ModelManager, Role::TaskManager, Role::Worker, Role::Gateway];
+
+    /// The kebab-case name used in config and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::TaskManager => "task-manager",
+            Role::ModelManager => "model-manager",
+            Role::ClusterManager => "cluster-manager",
+            Role::Worker => "worker",
+        }
+    }
+
+    /// Parses a kebab-case role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s.trim())
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A secret string: prints as `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id; empty means `<hostname>-<random>`.
+    pub node_id: String,
+    /// Roles this node runs.
+    pub roles: Vec<Role>,
+    /// Folder for the local nats-server's JetStream data and other state.
+    pub data_dir: PathBuf,
+    /// NATS connection.
+    pub nats: NatsConfig,
+    /// JetStream streams and buckets.
+    pub jetstream: JetStreamConfig,
+    /// The HTTP gateway.
+    pub gateway: GatewayConfig,
+    /// The task manager.
+    pub task_manager: TaskManagerConfig,
+    /// Workers.
+    pub worker: WorkerConfig,
+    /// Heartbeats and membership.
+    pub cluster: ClusterConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            roles: Role::ALL.to_vec(),
+            data_dir: PathBuf::from(".bitinglip"),
+            nats: NatsConfig::default(),
+            jetstream: JetStreamConfig::default(),
+            gateway: GatewayConfig::default(),
+            task_manager: TaskManagerConfig::default(),
+            worker: WorkerConfig::default(),
+            cluster: ClusterConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://host:4222`, `tls://…`); the client fails over between them.
+    pub servers: Vec<String>,
+    /// Subject root of every subject and prefix of every stream and bucket.
+    pub subject_root: String,
+    /// Token authentication.
+    pub token: Option<Secret>,
+    /// User for user/password authentication.
+    pub user: Option<String>,
+    /// Password for user/password authentication.
+    pub password: Option<Secret>,
+    /// NKey seed (`SU…`) for nkey authentication.
+    pub nkey_seed: Option<Secret>,
+    /// Credentials file (JWT plus nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// Require TLS.
+    pub tls_required: bool,
+    /// Extra root CA certificate (PEM).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for mutual TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Client key (PEM), for mutual TLS.
+    pub tls_key_file: Option<PathBuf>,
+    /// How long to wait for the first connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Default timeout of a request/reply on the bus.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Start a local nats-server when none answers (only `bitinglip up` does by default).
+    pub embedded: EmbeddedNatsConfig,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            servers: vec!["nats://127.0.0.1:4222".to_string()],
+            subject_root: "bitinglip".to_string(),
+            token: None,
+            user: None,
+            password: None,
+            nkey_seed: None,
+            creds_file: None,
+            tls_required: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            embedded: EmbeddedNatsConfig::default(),
+        }
+    }
+}
+
+/// The local nats-server that `bitinglip up` starts when no server answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedNatsConfig {
+    /// The nats-server binary (a path, or a name looked up on `PATH`).
+    pub binary: String,
+    /// JetStream's fsync interval (`sync_interval`): `always` syncs every write (safe
+    /// against power loss on a single node, slower); a duration such as `2m` is the
+    /// server's default batching.
+    pub sync: String,
+}
+
+impl Default for EmbeddedNatsConfig {
+    fn default() -> Self {
+        Self { binary: "nats-server".to_string(), sync: "always".to_string() }
+    }
+}
+
+/// Streams and buckets, created idempotently at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// Replicas of every stream and bucket (1 on a single server, 3 in a cluster).
+    pub replicas: usize,
+    /// How long a worker may hold a task without an in-progress ack before it is redelivered.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Most delivery attempts of one task.
+    pub max_deliver: i64,
+    /// Window in which a resubmitted task id is recognised as a duplicate.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    /// How long task events are kept for replay.
+    #[serde(with = "humantime_serde")]
+    pub events_max_age: Duration,
+    /// How long task status records are kept.
+    #[serde(with = "humantime_serde")]
+    pub tasks_max_age: Duration,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            dedupe_window: Duration::from_secs(120),
+            events_max_age: Duration::from_secs(3600),
+            tasks_max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The HTTP gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listen address.
+    pub http: String,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Longest a non-streamed request waits for its answer.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            http: "127.0.0.1:8080".to_string(),
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The task manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskManagerConfig {
+    /// Largest `max_tokens` a request may ask for.
+    pub max_tokens_limit: u32,
+    /// `max_tokens` when the request gives none.
+    pub default_max_tokens: u32,
+    /// Most messages in one request.
+    pub max_messages: usize,
+}
+
+impl Default for TaskManagerConfig {
+    fn default() -> Self {
+        Self { max_tokens_limit: 32768, default_max_tokens: 256, max_messages: 1024 }
+    }
+}
+
+/// Which engine a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// mistral.rs (the default).
+    #[default]
+    Mistralrs,
+    /// Echoes the prompt back; only for measuring the platform and for fault tests.
+    Echo,
+}
+
+/// One model a worker serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A Hugging Face id (`Qwen/Qwen2.5-0.5B-Instruct`) or a local folder in HF layout.
+    pub source: String,
+    /// The id clients use; defaults to the hub id, or the folder's name.
+    pub name: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    pub revision: String,
+    /// Engine.
+    pub engine: EngineKind,
+    /// Most sequences generated at once.
+    pub max_sequences: u32,
+    /// Echo engine only: tokens per second (0 = as fast as possible).
+    pub echo_tokens_per_sec: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            source: String::new(),
+            name: None,
+            revision: "main".to_string(),
+            engine: EngineKind::Mistralrs,
+            max_sequences: 4,
+            echo_tokens_per_sec: 0.0,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// A model from a hub id or folder, with defaults for the rest.
+    pub fn new(source: impl Into<String>) -> Self {
+        Self { source: source.into(), ..Self::default() }
+    }
+
+    /// True when the source names an existing local folder.
+    pub fn is_local(&self) -> bool {
+        std::path::Path::new(&self.source).is_dir()
+    }
+
+    /// The id clients use for this model.
+    pub fn served_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        if self.is_local() {
+            let path = std::path::Path::new(&self.source);
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+            if let Some(name) = canonical.file_name() {
+                return name.to_string_lossy().into_owned();
+            }
+        }
+        self.source.clone()
+    }
+}
+
+/// Workers on this node.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// One worker per entry.
+    pub models: Vec<ModelConfig>,
+    /// Force CPU even when the build has a GPU backend.
+    pub force_cpu: bool,
+}
+
+/// Heartbeats and membership.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// How often every node writes its heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A node whose last heartbeat is older than this is gone.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { heartbeat_interval: Duration::from_secs(2), node_ttl: Duration::from_secs(10) }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `bitinglip=debug,async_nats=warn`); `RUST_LOG` wins.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".to_string(), format: "text".to_string() }
+    }
+}
+
+/// Where the layers come from.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// A TOML file; it must exist when given.
+    pub file: Option<PathBuf>,
+    /// Environment variables (pass `std::env::vars()`; tests pass their own).
+    pub env: BTreeMap<String, String>,
+    /// Overrides from flags, as dotted keys (`gateway.http`) to TOML values.
+    pub overrides: Vec<(String, OverrideValue)>,
+}
+
+/// A flag's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OverrideValue {
+    /// A string.
+    Str(String),
+    /// A list of strings.
+    List(Vec<String>),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl Config {
+    /// Merges defaults, the file, the environment and the overrides, then validates.
+    pub fn load(sources: Sources) -> Result<Config, ConfigError> {
+        use config::{Environment, File, FileFormat};
+
+        let defaults = config::Config::try_from(&Config::default())
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = &sources.file {
+            if !path.is_file() {
+                return Err(ConfigError::File { path: path.clone(), reason: "no such file".into() });
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::File { path: path.clone(), reason: e.to_string() })?;
+            builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = sources
+            .env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("BITINGLIP_") && k != "BITINGLIP_CONFIG")
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("BITINGLIP")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("roles")
+                .with_list_parse_key("nats.servers")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        for (key, value) in sources.overrides {
+            builder = match value {
+                OverrideValue::Str(s) => builder.set_override(key, s),
+                OverrideValue::List(l) => builder.set_override(key, l),
+                OverrideValue::Bool(b) => builder.set_override(key, b),
+            }
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        }
+        let merged = builder.build().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config =
+            merged.try_deserialize().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// True when this node runs `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+#[cfg(test)]
+mod tests;

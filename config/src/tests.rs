@@ -1,0 +1,102 @@
+//! Layering and validation tests. They build their sources directly and never touch the
+//! process environment.
+
+use std::{collections::BTreeMap, io::Write, time::Duration};
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn defaults_are_valid() {
+    let c = Config::load(Sources::default()).unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.roles.len(), 5);
+}
+
+#[test]
+fn layers_apply_in_order_file_env_flags() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "roles = [\"worker\"]\n[gateway]\nhttp = \"127.0.0.1:1111\"\nmax_body_bytes = 4096\n[cluster]\nheartbeat_interval = \"1s\"\n[[worker.models]]\nsource = \"org/model\"\nmax_sequences = 2"
+    )
+    .unwrap();
+    let c = Config::load(Sources {
+        file: Some(file.path().to_path_buf()),
+        env: env(&[
+            ("BITINGLIP_GATEWAY__HTTP", "127.0.0.1:2222"),
+            ("BITINGLIP_NATS__SERVERS", "nats://a:1,nats://b:2"),
+            ("OTHER", "ignored"),
+        ]),
+        overrides: vec![("gateway.http".into(), OverrideValue::Str("127.0.0.1:3333".into()))],
+    })
+    .unwrap();
+    assert_eq!(c.roles, vec![Role::Worker]);
+    assert_eq!(c.gateway.http, "127.0.0.1:3333");
+    assert_eq!(c.gateway.max_body_bytes, 4096);
+    assert_eq!(c.nats.servers, vec!["nats://a:1", "nats://b:2"]);
+    assert_eq!(c.cluster.heartbeat_interval, Duration::from_secs(1));
+    assert_eq!(c.worker.models[0].source, "org/model");
+    assert_eq!(c.worker.models[0].max_sequences, 2);
+    assert_eq!(c.worker.models[0].revision, "main");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("BITINGLIP_GATEWAY__HTTP", "not-an-addr", "gateway.http"),
+        ("BITINGLIP_NATS__SERVERS", "http://x:1", "nats.servers"),
+        ("BITINGLIP_JETSTREAM__REPLICAS", "9", "jetstream.replicas"),
+        ("BITINGLIP_CLUSTER__NODE_TTL", "1s", "cluster.node_ttl"),
+        ("BITINGLIP_LOG__FORMAT", "xml", "log.format"),
+        ("BITINGLIP_NATS__SUBJECT_ROOT", "a..b", "nats.subject_root"),
+        ("BITINGLIP_NATS__EMBEDDED__SYNC", "sometimes", "nats.embedded.sync"),
+    ];
+    for (k, v, key) in cases {
+        let err = Config::load(Sources { env: env(&[(k, v)]), ..Default::default() }).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(key), "{k}={v}: {text}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_are_refused() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "[gateway]\nhtttp = \"x\"").unwrap();
+    let err = Config::load(Sources { file: Some(file.path().into()), ..Default::default() }).unwrap_err();
+    assert!(err.to_string().contains("htttp"), "{err}");
+
+    let err = Config::load(Sources {
+        env: env(&[("BITINGLIP_GATEWAY__MAX_BODY_BYTES", "lots")]),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("max_body_bytes"), "{err}");
+
+    let err = Config::load(Sources { file: Some("/no/such/file.toml".into()), ..Default::default() })
+        .unwrap_err();
+    assert!(err.to_string().contains("/no/such/file.toml"), "{err}");
+}
+
+#[test]
+fn secrets_never_print() {
+    let c = Config::load(Sources {
+        env: env(&[("BITINGLIP_NATS__TOKEN", "s3cret-token")]),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(c.nats.token.as_ref().unwrap().expose(), "s3cret-token");
+    let printed = format!("{c:?}");
+    assert!(!printed.contains("s3cret"));
+    assert!(printed.contains("<redacted>"));
+}
+
+#[test]
+fn the_example_file_is_valid_and_complete() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bitinglip.example.toml");
+    let c = Config::load(Sources { file: Some(path), ..Default::default() }).unwrap();
+    assert_eq!(c.roles.len(), 5);
+}

@@ -1,0 +1,180 @@
+//! Validation of a merged [`Config`](crate::Config): every check names its key.
+
+use std::path::PathBuf;
+
+use crate::{Config, Role};
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A layer does not parse, or a value has the wrong type or an unknown key.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A key has a value outside what it allows.
+    #[error("invalid value for `{key}`: {value:?}: {reason}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// The bad value.
+        value: String,
+        /// What it allows.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, value: impl ToString, reason: &str) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), value: value.to_string(), reason: reason.to_string() }
+}
+
+impl Config {
+    /// Checks every key; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.node_id.is_empty()
+            && !self.node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid("node_id", &self.node_id, "use letters, digits, '-' and '_'"));
+        }
+        if self.roles.is_empty() {
+            return Err(invalid("roles", "[]", "name at least one role"));
+        }
+        let n = &self.nats;
+        if n.servers.is_empty() {
+            return Err(invalid("nats.servers", "[]", "name at least one server URL"));
+        }
+        for s in &n.servers {
+            let parsed = url::Url::parse(s)
+                .map_err(|e| invalid("nats.servers", s, &format!("not a URL ({e})")))?;
+            if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") {
+                return Err(invalid("nats.servers", s, "scheme must be nats://, tls://, ws:// or wss://"));
+            }
+            if parsed.host_str().is_none_or(|h| h.is_empty()) {
+                return Err(invalid("nats.servers", s, "no host"));
+            }
+        }
+        if bitinglip_subject_root_invalid(&n.subject_root) {
+            return Err(invalid(
+                "nats.subject_root",
+                &n.subject_root,
+                "use dot-separated tokens of letters, digits, '-' and '_'",
+            ));
+        }
+        if n.user.is_some() != n.password.is_some() {
+            return Err(invalid("nats.user", n.user.clone().unwrap_or_default(), "user and password go together"));
+        }
+        let methods = [n.token.is_some(), n.user.is_some(), n.nkey_seed.is_some(), n.creds_file.is_some()];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(invalid("nats", "several", "choose one of token, user/password, nkey_seed, creds_file"));
+        }
+        if let Some(seed) = &n.nkey_seed {
+            if !seed.expose().starts_with("SU") {
+                return Err(invalid("nats.nkey_seed", "<redacted>", "a user nkey seed starts with SU"));
+            }
+        }
+        for (key, file) in [
+            ("nats.creds_file", &n.creds_file),
+            ("nats.tls_ca_file", &n.tls_ca_file),
+            ("nats.tls_cert_file", &n.tls_cert_file),
+            ("nats.tls_key_file", &n.tls_key_file),
+        ] {
+            if let Some(f) = file {
+                if !f.is_file() {
+                    return Err(invalid(key, f.display(), "no such file"));
+                }
+            }
+        }
+        if n.tls_cert_file.is_some() != n.tls_key_file.is_some() {
+            return Err(invalid("nats.tls_cert_file", "", "tls_cert_file and tls_key_file go together"));
+        }
+        if n.connect_timeout.is_zero() {
+            return Err(invalid("nats.connect_timeout", "0s", "must be above zero"));
+        }
+        if n.request_timeout.is_zero() {
+            return Err(invalid("nats.request_timeout", "0s", "must be above zero"));
+        }
+        if n.embedded.sync != "always" && humantime::parse_duration(&n.embedded.sync).is_err() {
+            return Err(invalid("nats.embedded.sync", &n.embedded.sync, "`always` or a duration such as `2m`"));
+        }
+        let js = &self.jetstream;
+        if !matches!(js.replicas, 1..=5) {
+            return Err(invalid("jetstream.replicas", js.replicas, "must be 1 to 5"));
+        }
+        if js.ack_wait < std::time::Duration::from_secs(1) {
+            return Err(invalid("jetstream.ack_wait", format!("{:?}", js.ack_wait), "must be at least 1s"));
+        }
+        if js.max_deliver < 1 {
+            return Err(invalid("jetstream.max_deliver", js.max_deliver, "must be at least 1"));
+        }
+        for (key, d) in [
+            ("jetstream.dedupe_window", js.dedupe_window),
+            ("jetstream.events_max_age", js.events_max_age),
+            ("jetstream.tasks_max_age", js.tasks_max_age),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "0s", "must be above zero"));
+            }
+        }
+        if self.has_role(Role::Gateway) {
+            self.gateway
+                .http
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| invalid("gateway.http", &self.gateway.http, "an address such as 127.0.0.1:8080"))?;
+        }
+        if self.gateway.max_body_bytes < 1024 {
+            return Err(invalid("gateway.max_body_bytes", self.gateway.max_body_bytes, "must be at least 1024"));
+        }
+        let tm = &self.task_manager;
+        if tm.default_max_tokens == 0 || tm.default_max_tokens > tm.max_tokens_limit {
+            return Err(invalid(
+                "task_manager.default_max_tokens",
+                tm.default_max_tokens,
+                "must be from 1 to task_manager.max_tokens_limit",
+            ));
+        }
+        for (i, m) in self.worker.models.iter().enumerate() {
+            let key = |k: &str| format!("worker.models[{i}].{k}");
+            if m.source.trim().is_empty() {
+                return Err(invalid(&key("source"), &m.source, "a Hugging Face id or a local folder"));
+            }
+            let looks_like_path = m.source.starts_with('/') || m.source.starts_with("./") || m.source.starts_with("../") || m.source.starts_with('~');
+            if looks_like_path && !std::path::Path::new(&m.source).is_dir() {
+                return Err(invalid(&key("source"), &m.source, "no such folder"));
+            }
+            if m.max_sequences == 0 {
+                return Err(invalid(&key("max_sequences"), 0, "must be at least 1"));
+            }
+            if !(m.echo_tokens_per_sec >= 0.0 && m.echo_tokens_per_sec.is_finite()) {
+                return Err(invalid(&key("echo_tokens_per_sec"), m.echo_tokens_per_sec, "must be 0 or above"));
+            }
+        }
+        let c = &self.cluster;
+        if c.heartbeat_interval.is_zero() {
+            return Err(invalid("cluster.heartbeat_interval", "0s", "must be above zero"));
+        }
+        if c.node_ttl <= c.heartbeat_interval {
+            return Err(invalid(
+                "cluster.node_ttl",
+                format!("{:?}", c.node_ttl),
+                "must be longer than cluster.heartbeat_interval",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", &self.log.format, "`text` or `json`"));
+        }
+        Ok(())
+    }
+}
+
+fn bitinglip_subject_root_invalid(root: &str) -> bool {
+    root.is_empty()
+        || !root.split('.').all(|t| {
+            !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}

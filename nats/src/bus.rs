@@ -1,0 +1,181 @@
+//! The typed bus: every payload in an [`Envelope`], MessagePack with named fields, and a
+//! W3C `traceparent` header on every message so one request stays one trace.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{jetstream, Client, HeaderMap, Message};
+use bitinglip_bus_schema::{self as schema, CodecError, Envelope, Subjects};
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{trace::TraceParent, BusError};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A decoded message: its envelope, trace context and reply subject.
+#[derive(Debug)]
+pub struct Incoming<T> {
+    /// The envelope.
+    pub envelope: Envelope<T>,
+    /// The sender's trace context, when it sent one.
+    pub trace: Option<TraceParent>,
+}
+
+/// A connected bus, cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    node_id: String,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("node_id", &self.inner.node_id).finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Wraps a connected client.
+    pub fn new(client: Client, subjects: Subjects, node_id: impl Into<String>, request_timeout: Duration) -> Self {
+        let js = jetstream::new(client.clone());
+        Self { inner: Arc::new(Inner { client, js, subjects, node_id: node_id.into(), request_timeout }) }
+    }
+
+    /// The raw client.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    /// Subject builders.
+    pub fn subjects(&self) -> &Subjects {
+        &self.inner.subjects
+    }
+
+    /// This node's id (the envelope's `source`).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The server's max payload (what one message may carry).
+    pub fn max_payload(&self) -> usize {
+        self.inner.client.server_info().max_payload.max(1024)
+    }
+
+    /// Wraps `body` in an envelope from this node and encodes it.
+    pub fn encode<T: Serialize>(&self, body: &T) -> Result<Bytes, BusError> {
+        let env = Envelope::new(ulid::Ulid::new().to_string(), now_ms(), self.node_id(), body);
+        Ok(Bytes::from(schema::encode(&env)?))
+    }
+
+    /// Decodes a message's envelope, refusing payloads over the server's max payload.
+    pub fn decode<T: DeserializeOwned>(&self, msg: &Message) -> Result<Incoming<T>, CodecError> {
+        let envelope = schema::decode(&msg.payload, self.max_payload())?;
+        Ok(Incoming { envelope, trace: trace_of(msg) })
+    }
+
+    /// Headers carrying a child of `trace` (or a new root).
+    pub fn headers(trace: Option<&TraceParent>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let tp = trace.map(TraceParent::child).unwrap_or_else(TraceParent::new_root);
+        headers.insert(crate::trace::TRACEPARENT, tp.to_string().as_str());
+        headers
+    }
+
+    /// Publishes `body` on `subject` (core NATS: no acknowledgement, no round trip).
+    pub async fn publish<T: Serialize>(
+        &self,
+        subject: String,
+        body: &T,
+        trace: Option<&TraceParent>,
+    ) -> Result<(), BusError> {
+        let payload = self.encode(body)?;
+        self.inner
+            .client
+            .publish_with_headers(subject.clone(), Self::headers(trace), payload)
+            .await
+            .map_err(|e| BusError::Publish { subject, message: e.to_string() })
+    }
+
+    /// Sends a request and decodes the reply's body. `timeout` defaults to the configured
+    /// request timeout.
+    pub async fn request<Req: Serialize, Rep: DeserializeOwned>(
+        &self,
+        subject: String,
+        body: &Req,
+        trace: Option<&TraceParent>,
+        timeout: Option<Duration>,
+    ) -> Result<Rep, BusError> {
+        let payload = self.encode(body)?;
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .headers(Self::headers(trace))
+            .timeout(Some(timeout.unwrap_or(self.inner.request_timeout)));
+        let reply = self
+            .inner
+            .client
+            .send_request(subject.clone(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::TimedOut => BusError::Timeout { subject: subject.clone() },
+                async_nats::RequestErrorKind::NoResponders => BusError::NoResponders { subject: subject.clone() },
+                _ => BusError::Request { subject: subject.clone(), message: e.to_string() },
+            })?;
+        Ok(schema::decode::<Rep>(&reply.payload, self.max_payload().max(reply.payload.len()))?.body)
+    }
+
+    /// Answers a request; a message without a reply subject is ignored.
+    pub async fn reply<T: Serialize>(&self, msg: &Message, body: &T) -> Result<(), BusError> {
+        let Some(reply) = msg.reply.clone() else { return Ok(()) };
+        let payload = self.encode(body)?;
+        let headers = Self::headers(trace_of(msg).as_ref());
+        self.inner
+            .client
+            .publish_with_headers(reply.clone(), headers, payload)
+            .await
+            .map_err(|e| BusError::Publish { subject: reply.to_string(), message: e.to_string() })
+    }
+
+    /// Subscribes to `subject`.
+    pub async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, BusError> {
+        self.inner
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| BusError::Subscribe { subject, message: e.to_string() })
+    }
+
+    /// Subscribes to `subject` in queue group `group` (each message goes to one member).
+    pub async fn queue_subscribe(&self, subject: String, group: String) -> Result<async_nats::Subscriber, BusError> {
+        self.inner
+            .client
+            .queue_subscribe(subject.clone(), group)
+            .await
+            .map_err(|e| BusError::Subscribe { subject, message: e.to_string() })
+    }
+}
+
+/// The trace context in a message's headers, when it has a valid one.
+pub fn trace_of(msg: &Message) -> Option<TraceParent> {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(crate::trace::TRACEPARENT))
+        .and_then(|v| TraceParent::parse(v.as_str()))
+}

@@ -1,0 +1,56 @@
+//! Connecting to NATS from config: server list, auth, TLS, and reconnects that keep every
+//! subscription (async-nats resubscribes by itself after a reconnect).
+
+use bitinglip_config::NatsConfig;
+
+use crate::ConnectError;
+
+/// Connects with every option of `cfg`. `name` shows up in the server's connection list.
+pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, ConnectError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(cfg.connect_timeout)
+        .request_timeout(Some(cfg.request_timeout))
+        // A node outlives any server restart: reconnect forever, with the client's backoff.
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                async_nats::Event::Disconnected => tracing::warn!("nats disconnected; reconnecting"),
+                other => tracing::debug!(event = %other, "nats event"),
+            }
+        });
+    if let Some(token) = &cfg.token {
+        opts = opts.token(token.expose().to_string());
+    }
+    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
+        opts = opts.user_and_password(user.clone(), password.expose().to_string());
+    }
+    if let Some(seed) = &cfg.nkey_seed {
+        opts = opts.nkey(seed.expose().to_string());
+    }
+    if let Some(path) = &cfg.creds_file {
+        opts = opts.credentials_file(path).await.map_err(|source| ConnectError::Credentials {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    if cfg.tls_required {
+        opts = opts.require_tls(true);
+    }
+    if let Some(ca) = &cfg.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    let servers: Vec<async_nats::ServerAddr> = cfg
+        .servers
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    opts.connect(servers).await.map_err(|source| ConnectError::Connect {
+        servers: cfg.servers.join(","),
+        source,
+    })
+}

@@ -1,0 +1,148 @@
+//! JetStream provisioning at start: the tasks stream, the events stream and the KV
+//! buckets. Safe to run from every node at once and on every start: an existing stream
+//! is updated to the wanted config, an identical one is left alone.
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bitinglip_bus_schema::Subjects;
+use bitinglip_config::{ClusterConfig, JetStreamConfig};
+
+use crate::ProvisionError;
+
+/// Handles to everything provisioned.
+#[derive(Clone)]
+pub struct Provisioned {
+    /// Task status records.
+    pub tasks: kv::Store,
+    /// Model registry.
+    pub models: kv::Store,
+    /// Node heartbeats (entries expire).
+    pub nodes: kv::Store,
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> ProvisionError {
+    ProvisionError { what: what.to_string(), message: e.to_string() }
+}
+
+/// Creates or updates every stream and bucket.
+pub async fn provision(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    cfg: &JetStreamConfig,
+    cluster: &ClusterConfig,
+) -> Result<Provisioned, ProvisionError> {
+    // Accepted tasks: a work queue on file storage. No max age: an accepted task leaves
+    // the stream only when a worker acks it (or it is terminated after max_deliver).
+    ensure_stream(js, stream::Config {
+        name: subjects.tasks_stream(),
+        description: Some("BitingLip accepted tasks, one subject per model and priority".into()),
+        subjects: vec![subjects.all_queues()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        duplicate_window: cfg.dedupe_window,
+        ..Default::default()
+    })
+    .await?;
+
+    // Task events: published with core NATS (no per-token round trip) and captured here
+    // for replay. Memory storage: a per-token fsync would cost more than the token.
+    ensure_stream(js, stream::Config {
+        name: subjects.events_stream(),
+        description: Some("BitingLip task events, for replay and resume".into()),
+        subjects: vec![subjects.all_task_events()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::Memory,
+        num_replicas: cfg.replicas,
+        max_age: cfg.events_max_age,
+        max_bytes: 512 * 1024 * 1024,
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    })
+    .await?;
+
+    let tasks = ensure_kv(js, kv::Config {
+        bucket: subjects.tasks_bucket(),
+        description: "BitingLip task status records".into(),
+        history: 1,
+        max_age: cfg.tasks_max_age,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await?;
+    let models = ensure_kv(js, kv::Config {
+        bucket: subjects.models_bucket(),
+        description: "BitingLip model registry".into(),
+        history: 5,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await?;
+    // Heartbeats expire on their own: a node that stops writing disappears after the TTL.
+    let nodes = ensure_kv(js, kv::Config {
+        bucket: subjects.nodes_bucket(),
+        description: "BitingLip node heartbeats".into(),
+        history: 1,
+        max_age: cluster.node_ttl,
+        storage: stream::StorageType::Memory,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await?;
+    Ok(Provisioned { tasks, models, nodes })
+}
+
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), ProvisionError> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Ok(mut existing) => {
+            let info = existing.info().await.map_err(|e| err(&name, e))?;
+            if differs(&info.config, &config) {
+                js.update_stream(config).await.map_err(|e| err(&name, e))?;
+                tracing::info!(stream = %name, "stream config updated");
+            }
+            Ok(())
+        }
+        Err(_) => match js.create_stream(config.clone()).await {
+            Ok(_) => Ok(()),
+            // Another node created it between our get and create.
+            Err(_) if js.get_stream(&name).await.is_ok() => Ok(()),
+            Err(e) => Err(err(&name, e)),
+        },
+    }
+}
+
+fn differs(have: &stream::Config, want: &stream::Config) -> bool {
+    have.subjects != want.subjects
+        || have.max_age != want.max_age
+        || have.duplicate_window != want.duplicate_window
+        || have.max_bytes != want.max_bytes
+        || have.num_replicas != want.num_replicas
+}
+
+async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ProvisionError> {
+    let bucket = config.bucket.clone();
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        Err(create) => js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|_| err(&bucket, create)),
+    }
+}
+
+/// The durable pull consumer every worker of `model` shares: explicit acks, a lease of
+/// `ack_wait` renewed by in-progress acks, at most `max_deliver` attempts.
+pub fn worker_consumer_config(subjects: &Subjects, model: &str, cfg: &JetStreamConfig) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(subjects.worker_consumer(model)),
+        description: Some(format!("workers of {model}")),
+        filter_subject: subjects.model_queues(model),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cfg.ack_wait,
+        max_deliver: cfg.max_deliver,
+        max_ack_pending: -1,
+        ..Default::default()
+    }
+}

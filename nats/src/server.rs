@@ -1,0 +1,196 @@
+//! A local `nats-server` with JetStream on a data folder, started as a child process.
+//! `bitinglip up` uses it when no server answers; the test harness uses it for every test.
+//! The server is killed when the handle is dropped.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::ServerError;
+
+/// How to start a local server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Binary: a path or a name on `PATH`.
+    pub binary: String,
+    /// Listen host.
+    pub host: String,
+    /// Port; 0 picks a free one.
+    pub port: u16,
+    /// JetStream store folder (created when missing); the config and log files go beside it.
+    pub data_dir: PathBuf,
+    /// JetStream `sync_interval`: `always` or a duration such as `2m`.
+    pub sync: String,
+    /// Extra lines for the server's config file (cluster blocks in tests).
+    pub extra_config: String,
+}
+
+impl ServerOptions {
+    /// Defaults: `nats-server` on `PATH`, 127.0.0.1, a free port, `sync_interval: always`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: "nats-server".into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            data_dir: data_dir.into(),
+            sync: "always".into(),
+            extra_config: String::new(),
+        }
+    }
+}
+
+/// A running local nats-server.
+#[derive(Debug)]
+pub struct LocalNatsServer {
+    child: Option<Child>,
+    opts: ServerOptions,
+    binary: PathBuf,
+    port: u16,
+}
+
+/// Finds a nats-server binary: an explicit path, then `PATH`.
+pub fn find_nats_server(binary: &str) -> Option<PathBuf> {
+    let candidate = Path::new(binary);
+    if candidate.components().count() > 1 {
+        return candidate.is_file().then(|| candidate.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|dir| dir.join(binary)).find(|p| p.is_file())
+    })
+}
+
+/// Asks the OS for a free TCP port on `host`.
+pub(crate) fn free_port(host: &str) -> std::io::Result<u16> {
+    Ok(TcpListener::bind((host, 0))?.local_addr()?.port())
+}
+
+impl LocalNatsServer {
+    /// Starts the server and waits until a client can connect.
+    pub async fn start(opts: ServerOptions) -> Result<Self, ServerError> {
+        let binary = find_nats_server(&opts.binary).ok_or_else(|| ServerError::NotFound(opts.binary.clone()))?;
+        let port = if opts.port == 0 { free_port(&opts.host)? } else { opts.port };
+        let mut server = Self { child: None, opts, binary, port };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("nats://{}:{}", self.opts.host, self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.opts.data_dir
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.opts.data_dir.join("nats-server.log")
+    }
+
+    async fn spawn(&mut self) -> Result<(), ServerError> {
+        let dir = &self.opts.data_dir;
+        std::fs::create_dir_all(dir.join("jetstream"))?;
+        let store = dir.join("jetstream");
+        let conf = dir.join("nats-server.conf");
+        let sync = if self.opts.sync == "always" { "always".to_string() } else { format!("\"{}\"", self.opts.sync) };
+        std::fs::write(
+            &conf,
+            format!(
+                "host: \"{host}\"\nport: {port}\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: {sync}\n}}\n{extra}\n",
+                host = self.opts.host,
+                port = self.port,
+                store = store.display(),
+                extra = self.opts.extra_config,
+            ),
+        )?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), ServerError> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = self.url();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(ServerError::NotReady { url, log: format!("exited with {status}: {}", self.log_tail()) });
+                }
+            }
+            // Ready means a client can connect and JetStream answers.
+            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(1), async_nats::connect(&url)).await {
+                let js = async_nats::jetstream::new(client);
+                if js.query_account().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(ServerError::NotReady { url, log: self.log_tail() });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+
+    /// Stops the server (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM, so JetStream flushes), killing it after 10 s.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Kills the server and starts it again on the same port and data folder.
+    pub async fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        self.spawn().await
+    }
+}
+
+impl Drop for LocalNatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,166 @@
+//! The command line: subcommands and the flags that override config keys.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use bitinglip_config::{Config, ConfigError, OverrideValue, Role, Sources};
+use clap::{Args, Parser, Subcommand};
+
+/// BitingLip: distributed LLM inference over NATS.
+#[derive(Debug, Parser)]
+#[command(name = "bitinglip", version, about)]
+pub(crate) struct Cli {
+    /// TOML config file (also BITINGLIP_CONFIG).
+    #[arg(long, global = true, env = "BITINGLIP_CONFIG")]
+    config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated (config `nats.servers`).
+    #[arg(long, global = true, value_delimiter = ',')]
+    nats: Vec<String>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run one node with every role; start a local nats-server if none answers.
+    Up(ServeArgs),
+    /// Run a node with chosen roles on an existing NATS.
+    Node(NodeArgs),
+    /// Chat with a model over NATS, streaming the answer.
+    Chat(ChatArgs),
+    /// List the cluster's nodes, roles, workers and models.
+    Status(StatusArgs),
+}
+
+impl Command {
+    /// True for the long-running commands (they log to stderr at info by default).
+    pub(crate) fn is_server(&self) -> bool {
+        matches!(self, Command::Up(_) | Command::Node(_))
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// A model to serve: a Hugging Face id or a local folder in HF layout (repeatable).
+    #[arg(long = "model")]
+    pub(crate) models: Vec<String>,
+    /// Engine for the models given with --model: mistralrs (default) or echo.
+    #[arg(long)]
+    pub(crate) engine: Option<String>,
+    /// Most sequences generated at once per model.
+    #[arg(long)]
+    pub(crate) max_sequences: Option<u32>,
+    /// HTTP listen address (config `gateway.http`).
+    #[arg(long)]
+    pub(crate) http: Option<String>,
+    /// Data folder, for the local nats-server's JetStream (config `data_dir`).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// This node's id (config `node_id`).
+    #[arg(long)]
+    pub(crate) node_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// Roles, comma-separated: gateway, task-manager, model-manager, cluster-manager, worker.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) roles: Vec<String>,
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ChatArgs {
+    /// The model to ask.
+    #[arg(long)]
+    pub(crate) model: String,
+    /// Most tokens to generate.
+    #[arg(long)]
+    pub(crate) max_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[arg(long)]
+    pub(crate) temperature: Option<f64>,
+    /// A system prompt.
+    #[arg(long)]
+    pub(crate) system: Option<String>,
+    /// The prompt.
+    pub(crate) prompt: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl Cli {
+    /// Layers defaults, the file, the environment and these flags into one config.
+    pub(crate) fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut overrides: Vec<(String, OverrideValue)> = Vec::new();
+        if !self.nats.is_empty() {
+            overrides.push(("nats.servers".into(), OverrideValue::List(self.nats.clone())));
+        }
+        let serve = match &self.command {
+            Command::Up(s) => {
+                let all: Vec<String> = Role::ALL.iter().map(|r| r.as_str().to_string()).collect();
+                overrides.push(("roles".into(), OverrideValue::List(all)));
+                Some(s)
+            }
+            Command::Node(n) => {
+                if !n.roles.is_empty() {
+                    for r in &n.roles {
+                        if Role::parse(r).is_none() {
+                            return Err(ConfigError::Invalid {
+                                key: "roles".into(),
+                                value: r.clone(),
+                                reason: "use gateway, task-manager, model-manager, cluster-manager or worker".into(),
+                            });
+                        }
+                    }
+                    overrides.push(("roles".into(), OverrideValue::List(n.roles.clone())));
+                }
+                Some(&n.serve)
+            }
+            _ => None,
+        };
+        if let Some(s) = serve {
+            if let Some(http) = &s.http {
+                overrides.push(("gateway.http".into(), OverrideValue::Str(http.clone())));
+            }
+            if let Some(dir) = &s.data_dir {
+                overrides.push(("data_dir".into(), OverrideValue::Str(dir.display().to_string())));
+            }
+            if let Some(id) = &s.node_id {
+                overrides.push(("node_id".into(), OverrideValue::Str(id.clone())));
+            }
+        }
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let mut config = Config::load(Sources { file: self.config.clone(), env, overrides })?;
+        if let Some(s) = serve {
+            // --model adds workers beside those in the config file.
+            for source in &s.models {
+                let mut m = bitinglip_config::ModelConfig::new(source.clone());
+                if let Some(engine) = &s.engine {
+                    m.engine = match engine.as_str() {
+                        "mistralrs" => bitinglip_config::EngineKind::Mistralrs,
+                        "echo" => bitinglip_config::EngineKind::Echo,
+                        other => {
+                            return Err(ConfigError::Invalid {
+                                key: "--engine".into(),
+                                value: other.into(),
+                                reason: "use mistralrs or echo".into(),
+                            })
+                        }
+                    };
+                }
+                if let Some(n) = s.max_sequences {
+                    m.max_sequences = n;
+                }
+                config.worker.models.push(m);
+            }
+            config.validate()?;
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,41 @@
+//! The subcommands.
+
+mod chat;
+mod serve;
+mod status;
+
+use bitinglip_bus_schema::Subjects;
+use bitinglip_config::Config;
+use bitinglip_nats::Bus;
+
+use crate::cli::Command;
+
+/// Logs to stderr: `RUST_LOG` wins over `log.level`. Client commands log warnings only.
+pub(crate) fn init_tracing(config: &Config, server: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if server { config.log.level.clone() } else { "warn".to_string() };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Up(_) => serve::run(config, true).await,
+        Command::Node(_) => serve::run(config, false).await,
+        Command::Chat(args) => chat::run(config, args).await,
+        Command::Status(args) => status::run(config, args).await,
+    }
+}
+
+/// A client connection for the CLI's one-shot commands.
+async fn client_bus(config: &Config) -> anyhow::Result<Bus> {
+    let name = format!("bitinglip-cli-{}", std::process::id());
+    let client = bitinglip_nats::connect(&config.nats, &name).await?;
+    let subjects = Subjects::new(config.nats.subject_root.clone())?;
+    Ok(Bus::new(client, subjects, name, config.nats.request_timeout))
+}

@@ -1,0 +1,121 @@
+//! `bitinglip up` and `bitinglip node`: connect (starting a local nats-server for `up`
+//! when none answers), provision JetStream, start the node supervisor, wait for Ctrl-C or
+//! SIGTERM, stop cleanly.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bitinglip_actors::{NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
+use bitinglip_bus_schema::Subjects;
+use bitinglip_config::{Config, Role};
+use bitinglip_nats::{Bus, LocalNatsServer, ServerOptions};
+use ractor::Actor;
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "node".into());
+    let host: String = host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    let suffix: u16 = rand_suffix();
+    format!("{}-{suffix:04x}", if host.is_empty() { "node" } else { &host })
+}
+
+fn rand_suffix() -> u16 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    (nanos ^ std::process::id().rotate_left(7)) as u16
+}
+
+/// True when `url` names this machine (only then may `up` start a server for it).
+fn is_local(url: &str) -> bool {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .is_some_and(|h| matches!(h.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]" | "0.0.0.0"))
+}
+
+async fn answers(url: &str) -> bool {
+    matches!(tokio::time::timeout(Duration::from_secs(1), async_nats::connect(url)).await, Ok(Ok(_)))
+}
+
+pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()> {
+    if config.node_id.is_empty() {
+        config.node_id = default_node_id();
+    }
+    let node_id = config.node_id.clone();
+
+    // `up` is the one-machine default: if nothing answers at the (single, local) URL,
+    // start a nats-server with JetStream in the data folder, and stop it on exit.
+    let mut local_server = None;
+    if embedded && config.nats.servers.len() == 1 && is_local(&config.nats.servers[0]) && !answers(&config.nats.servers[0]).await {
+        let url = url::Url::parse(&config.nats.servers[0])?;
+        let mut opts = ServerOptions::new(config.data_dir.join("nats"));
+        opts.binary = config.nats.embedded.binary.clone();
+        opts.sync = config.nats.embedded.sync.clone();
+        opts.port = url.port().unwrap_or(4222);
+        opts.host = "127.0.0.1".into();
+        let server = LocalNatsServer::start(opts).await.context("starting a local nats-server")?;
+        println!("bitinglip: started nats-server at {} (JetStream in {})", server.url(), server.data_dir().display());
+        config.nats.servers = vec![server.url()];
+        local_server = Some(server);
+    }
+
+    let client = bitinglip_nats::connect(&config.nats, &format!("bitinglip-{node_id}")).await?;
+    let subjects = Subjects::new(config.nats.subject_root.clone())?;
+    let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout);
+    let kv = bitinglip_nats::provision(bus.jetstream(), &subjects, &config.jetstream, &config.cluster).await?;
+
+    let roles: Vec<&str> = config.roles.iter().map(|r| r.as_str()).collect();
+    let roles = roles.join(",");
+    let has_gateway = config.has_role(Role::Gateway);
+    let has_worker = config.has_role(Role::Worker);
+    let no_models = config.worker.models.is_empty();
+    let http = config.gateway.http.clone();
+    let ctx = NodeContext::new(bus, kv, config);
+    let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, NodeSupervisorArgs { ctx: ctx.clone() })
+        .await
+        .map_err(|e| anyhow::anyhow!("node failed to start: {e}"))?;
+
+    println!("bitinglip: node {node_id} running roles {roles}");
+    if has_gateway {
+        let addr = ctx.http_addr.read().ok().and_then(|a| a.clone()).unwrap_or(http);
+        println!("bitinglip: OpenAI-compatible API at http://{addr}/v1");
+    }
+    if has_worker && no_models {
+        println!("bitinglip: no model served yet; start with --model <hugging-face-id or folder>, e.g. --model Qwen/Qwen2.5-0.5B-Instruct");
+    }
+
+    wait_for_signal().await;
+    println!("bitinglip: stopping");
+    let _ = ractor::call!(supervisor, NodeSupervisorMsg::Shutdown);
+    supervisor.stop(None);
+    let _ = handle.await;
+    let _ = client.flush().await;
+    drop(client);
+    if let Some(mut server) = local_server {
+        server.stop().await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

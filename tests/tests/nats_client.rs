@@ -1,0 +1,104 @@
+//! A client that follows only the README: a plain NATS connection and hand-built
+//! MessagePack maps, no BitingLip crate. It subscribes to the task's events subject,
+//! submits on `bitinglip.v1.task.submit`, and reads the streamed answer.
+
+use std::time::Duration;
+
+use bitinglip_tests::{test_config, Arch, ModelDir, ModelSpec, NodeProcess, TestNats};
+use futures::StreamExt;
+use rmpv::Value;
+
+fn map(pairs: Vec<(&str, Value)>) -> Value {
+    Value::Map(pairs.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+}
+
+fn envelope(body: Value) -> Vec<u8> {
+    let env = map(vec![
+        ("v", Value::from(1)),
+        ("id", Value::from("client-msg-1")),
+        ("time_ms", Value::from(0)),
+        ("source", Value::from("other-language-client")),
+        ("body", body),
+    ]);
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, &env).unwrap();
+    out
+}
+
+fn get<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.as_map().and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)).unwrap_or(&Value::Nil)
+}
+
+fn decode(bytes: &[u8]) -> Value {
+    rmpv::decode::read_value(&mut &bytes[..]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_nats_client_submits_and_reads_the_stream() {
+    let nats = TestNats::start().await;
+    let model = ModelDir::generate("tiny-nats", &ModelSpec::tiny(Arch::Llama));
+    let config = test_config(&nats.url());
+    let path = model.path();
+    let mut node = NodeProcess::spawn(&config, &["node", "--model", path.to_str().unwrap()]);
+    node.wait_for_model("tiny-nats", Duration::from_secs(120)).await;
+
+    let client = nats.client().await;
+    let task_id = "readme-client-task-1";
+    let mut events = client.subscribe(format!("bitinglip.v1.task.{task_id}.events")).await.unwrap();
+    client.flush().await.unwrap();
+
+    let submit = map(vec![
+        ("chat", map(vec![
+            ("model", Value::from("tiny-nats")),
+            ("messages", Value::Array(vec![map(vec![("role", Value::from("user")), ("content", Value::from("hello"))])])),
+            ("max_tokens", Value::from(6)),
+        ])),
+        ("task_id", Value::from(task_id)),
+    ]);
+    let reply = client.request("bitinglip.v1.task.submit", envelope(submit).into()).await.unwrap();
+    let reply = decode(&reply.payload);
+    let body = get(&reply, "body");
+    assert_eq!(get(body, "type").as_str(), Some("accepted"), "{reply}");
+    assert_eq!(get(body, "task_id").as_str(), Some(task_id));
+    assert_eq!(get(body, "events_subject").as_str(), Some("bitinglip.v1.task.readme-client-task-1.events"));
+
+    let mut next_seq = 0;
+    let mut text = String::new();
+    let completed = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), events.next()).await.unwrap().unwrap();
+        let event = decode(&msg.payload);
+        let body = get(&event, "body").clone();
+        match get(&body, "type").as_str() {
+            Some("started") => assert_eq!(get(&body, "attempt").as_u64(), Some(1)),
+            Some("chunk") => {
+                assert_eq!(get(&body, "seq").as_u64(), Some(next_seq), "chunks arrive in order");
+                next_seq += 1;
+                text.push_str(get(&body, "text").as_str().unwrap());
+            }
+            Some("completed") => break body,
+            other => panic!("unexpected event {other:?}: {event}"),
+        }
+    };
+    assert_eq!(get(&completed, "text").as_str(), Some(text.as_str()));
+    assert_eq!(get(&completed, "chunks").as_u64(), Some(next_seq));
+    let usage = get(&completed, "usage");
+    let n = get(usage, "completion_tokens").as_u64().unwrap();
+    assert!((1..=6).contains(&n));
+    assert!(get(usage, "time_to_first_token_ms").as_f64().unwrap() > 0.0);
+    assert!(matches!(get(&completed, "finish_reason").as_str(), Some("length" | "stop")));
+
+    // The status record says completed, over the documented request subject.
+    let get_req = map(vec![("task_id", Value::from(task_id))]);
+    let reply = client.request("bitinglip.v1.task.get", envelope(get_req).into()).await.unwrap();
+    let reply = decode(&reply.payload);
+    let body = get(&reply, "body");
+    assert_eq!(get(body, "type").as_str(), Some("found"), "{reply}");
+    assert_eq!(get(body, "state").as_str(), Some("completed"));
+
+    // Garbage on the submit subject gets a decode error, and the next request still works.
+    let reply = client.request("bitinglip.v1.task.submit", vec![0xc1, 0x00, 0xff].into()).await.unwrap();
+    let reply = decode(&reply.payload);
+    let body = get(&reply, "body");
+    assert_eq!(get(body, "type").as_str(), Some("rejected"));
+    assert_eq!(get(body, "kind").as_str(), Some("decode"));
+}
