@@ -130,10 +130,12 @@ pub struct CancelOnDrop {
 }
 
 impl CancelOnDrop {
+    /// Armed: dropping it cancels `task_id`.
     pub fn new(bus: &Bus, task_id: &TaskId) -> Self {
         Self { bus: bus.clone(), task_id: task_id.clone(), armed: true }
     }
 
+    /// The task ended; dropping no longer cancels it.
     pub fn disarm(&mut self) {
         self.armed = false;
     }

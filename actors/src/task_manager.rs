@@ -105,6 +105,12 @@ impl LiveNodes {
     }
 }
 
+/// Reads the nodes bucket: does a live node have a ready worker for `model`?
+async fn serves_now(ctx: &NodeContext, model: &str) -> Result<bool, WireError> {
+    let nodes = crate::cluster_manager::live_nodes(ctx).await?;
+    Ok(nodes.iter().any(|n| n.workers.iter().any(|w| w.model == model && w.state == "ready")))
+}
+
 /// The task id for a request: the caller's, one derived from the idempotency key (so a
 /// retry through any gateway maps to the same task), or a new ULID.
 pub fn task_id_for(req: &SubmitRequest) -> TaskId {
@@ -129,7 +135,9 @@ async fn submit(ctx: &NodeContext, live: &LiveNodes, mut req: SubmitRequest, tra
     if get_model(ctx, &model).await?.is_none() {
         return Err(WireError::new(ErrorKind::UnknownModel, format!("model `{model}` is not registered")));
     }
-    if !live.serves(&model, ctx.config.cluster.node_ttl) {
+    // The cache answers yes quickly; a no is checked against the bucket itself, since a
+    // fresh task manager's watch may not have caught up yet.
+    if !live.serves(&model, ctx.config.cluster.node_ttl) && !serves_now(ctx, &model).await? {
         return Err(WireError::new(ErrorKind::NoWorker, format!("no live worker serves model `{model}`")));
     }
     let task_id = task_id_for(&req);

@@ -56,7 +56,6 @@ pub(crate) struct WorkerShared {
     pub(crate) ctx: NodeContext,
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) worker_id: String,
-    pub(crate) model: String,
     /// Cancel tokens of running tasks, by task id.
     pub(crate) running: Mutex<HashMap<TaskId, CancellationToken>>,
     /// Fires when the worker stops: slots stop pulling and hand back what they hold.
@@ -151,7 +150,6 @@ impl Actor for Worker {
                     ctx: state.ctx.clone(),
                     engine: engine.clone(),
                     worker_id: state.worker_id.clone(),
-                    model: served.clone(),
                     running: Mutex::new(HashMap::new()),
                     shutdown: CancellationToken::new(),
                     in_flight: AtomicU32::new(0),

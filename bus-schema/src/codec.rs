@@ -76,12 +76,22 @@ pub fn decode<T: DeserializeOwned>(
         v: u16,
     }
     let what = std::any::type_name::<T>().rsplit("::").next().unwrap_or("message");
-    let version: VersionOnly = rmp_serde::from_slice(bytes)
-        .map_err(|source| CodecError::Decode { what: "envelope", source })?;
+    let version: VersionOnly =
+        from_slice_bounded(bytes).map_err(|source| CodecError::Decode { what: "envelope", source })?;
     if version.v != SCHEMA_VERSION {
         return Err(CodecError::Version { found: version.v });
     }
-    rmp_serde::from_slice(bytes).map_err(|source| CodecError::Decode { what, source })
+    from_slice_bounded(bytes).map_err(|source| CodecError::Decode { what, source })
+}
+
+/// Deepest nesting accepted. BitingLip's messages nest a few levels; a hostile payload of
+/// nested arrays must fail long before it can exhaust a thread's stack.
+const MAX_DEPTH: usize = 32;
+
+fn from_slice_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de)
 }
 
 /// Decodes an envelope and returns only its body.
@@ -118,4 +128,45 @@ mod tests {
         assert!(matches!(err, CodecError::Version { found: 99 }));
         assert_eq!(WireError::from(err).kind, ErrorKind::UnsupportedVersion);
     }
+
+    /// Hostile input of every kind decodes to an error, never a panic or a huge allocation.
+    #[test]
+    fn hostile_input_is_an_error_not_a_crash() {
+        use crate::{SubmitRequest, TaskEvent};
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        // Declared lengths of gigabytes: str32, bin32, array32, map32.
+        for marker in [0xdbu8, 0xc6, 0xdd, 0xdf] {
+            inputs.push(vec![marker, 0xff, 0xff, 0xff, 0xf0, b'a']);
+            let mut env = vec![0x85, 0xa1, b'v', 0x01, 0xa4, b'b', b'o', b'd', b'y'];
+            env.extend([marker, 0xff, 0xff, 0xff, 0xf0]);
+            inputs.push(env);
+        }
+        // Deep nesting: a million nested one-element arrays, and maps.
+        inputs.push(vec![0x91; 1_000_000]);
+        let mut deep_map = Vec::new();
+        for _ in 0..100_000 {
+            deep_map.extend([0x81, 0xa1, b'k']);
+        }
+        inputs.push(deep_map);
+        // The wrong schema: a valid envelope holding another message.
+        inputs.push(encode(&Envelope::new("x", 1, "n", vec![1u8, 2, 3])).unwrap());
+        // Random bytes from a fixed seed.
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        for len in 0..2000usize {
+            let bytes: Vec<u8> = (0..len % 97)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            inputs.push(bytes);
+        }
+        for input in &inputs {
+            assert!(decode::<SubmitRequest>(input, DEFAULT_MAX_PAYLOAD).is_err());
+            let _ = decode::<TaskEvent>(input, usize::MAX);
+        }
+    }
 }
+

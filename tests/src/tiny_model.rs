@@ -192,28 +192,28 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
 
     let mut rng = Rng(spec.seed.max(1));
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut random = |name: String, shape: Vec<usize>, rng: &mut Rng| {
+    fn random(tensors: &mut Vec<(String, Vec<usize>, Vec<f32>)>, name: String, shape: Vec<usize>, rng: &mut Rng) {
         let n: usize = shape.iter().product();
         tensors.push((name, shape, (0..n).map(|_| rng.normalish()).collect()));
-    };
+    }
     let h = spec.hidden;
     let kv = spec.kv_heads * head_dim;
-    random("model.embed_tokens.weight".into(), vec![vocab, h], &mut rng);
-    random("lm_head.weight".into(), vec![vocab, h], &mut rng);
+    random(&mut tensors, "model.embed_tokens.weight".into(), vec![vocab, h], &mut rng);
+    random(&mut tensors, "lm_head.weight".into(), vec![vocab, h], &mut rng);
     for l in 0..spec.layers {
         let p = format!("model.layers.{l}");
-        random(format!("{p}.self_attn.q_proj.weight"), vec![spec.heads * head_dim, h], &mut rng);
-        random(format!("{p}.self_attn.k_proj.weight"), vec![kv, h], &mut rng);
-        random(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], &mut rng);
-        random(format!("{p}.self_attn.o_proj.weight"), vec![h, spec.heads * head_dim], &mut rng);
+        random(&mut tensors, format!("{p}.self_attn.q_proj.weight"), vec![spec.heads * head_dim, h], &mut rng);
+        random(&mut tensors, format!("{p}.self_attn.k_proj.weight"), vec![kv, h], &mut rng);
+        random(&mut tensors, format!("{p}.self_attn.v_proj.weight"), vec![kv, h], &mut rng);
+        random(&mut tensors, format!("{p}.self_attn.o_proj.weight"), vec![h, spec.heads * head_dim], &mut rng);
         if spec.arch == Arch::Qwen2 {
-            random(format!("{p}.self_attn.q_proj.bias"), vec![spec.heads * head_dim], &mut rng);
-            random(format!("{p}.self_attn.k_proj.bias"), vec![kv], &mut rng);
-            random(format!("{p}.self_attn.v_proj.bias"), vec![kv], &mut rng);
+            random(&mut tensors, format!("{p}.self_attn.q_proj.bias"), vec![spec.heads * head_dim], &mut rng);
+            random(&mut tensors, format!("{p}.self_attn.k_proj.bias"), vec![kv], &mut rng);
+            random(&mut tensors, format!("{p}.self_attn.v_proj.bias"), vec![kv], &mut rng);
         }
-        random(format!("{p}.mlp.gate_proj.weight"), vec![spec.intermediate, h], &mut rng);
-        random(format!("{p}.mlp.up_proj.weight"), vec![spec.intermediate, h], &mut rng);
-        random(format!("{p}.mlp.down_proj.weight"), vec![h, spec.intermediate], &mut rng);
+        random(&mut tensors, format!("{p}.mlp.gate_proj.weight"), vec![spec.intermediate, h], &mut rng);
+        random(&mut tensors, format!("{p}.mlp.up_proj.weight"), vec![spec.intermediate, h], &mut rng);
+        random(&mut tensors, format!("{p}.mlp.down_proj.weight"), vec![h, spec.intermediate], &mut rng);
         tensors.push((format!("{p}.input_layernorm.weight"), vec![h], vec![1.0; h]));
         tensors.push((format!("{p}.post_attention_layernorm.weight"), vec![h], vec![1.0; h]));
     }

@@ -131,3 +131,24 @@ async fn sigterm_stops_up_cleanly_with_its_nats_server() {
     let port: u16 = conf.lines().find_map(|l| l.strip_prefix("port: ")).unwrap().trim().parse().unwrap();
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_openai_python_client_works() {
+    let model = ModelDir::generate("tiny-openai", &ModelSpec::tiny(Arch::Qwen2));
+    let (node, _data) = up_with(&model).await;
+    let base = format!("{}/v1", node.http.clone().unwrap());
+    let root = bitinglip_tests::workspace_root();
+    let python = root.join(".venv/bin/python");
+    assert!(python.is_file(), "{} missing: run .ci/setup", python.display());
+    let out = tokio::process::Command::new(python)
+        .arg(root.join("tests/clients/openai_chat.py"))
+        .arg(&base)
+        .arg("tiny-openai")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "openai client failed:\n{stdout}\n{stderr}\n{}", node.log());
+    assert!(stdout.starts_with("ok"), "{stdout}");
+}

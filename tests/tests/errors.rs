@@ -68,7 +68,8 @@ async fn http_errors_have_the_right_status_and_shape() {
     let (s, _) = error_of(http.get(format!("{base}/v1/nothing")).send().await.unwrap()).await;
     assert_eq!(s, 404);
 
-    // 503: a registered model whose only worker is gone.
+    // 503: a registered model whose only worker is gone. Until its heartbeat expires
+    // (cluster.node_ttl) requests are still accepted and queued for it; after, 503.
     node.kill9();
     let mut config2 = test_config(&nats.url());
     config2.gateway.http = config.gateway.http.clone();
@@ -76,7 +77,7 @@ async fn http_errors_have_the_right_status_and_shape() {
     let _front = NodeProcess::spawn(&config2, &["node"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let (s, b) = loop {
-        if let Ok(resp) = http.post(&url).json(&ok).send().await {
+        if let Ok(resp) = http.post(&url).timeout(Duration::from_secs(2)).json(&ok).send().await {
             let (s, b) = error_of(resp).await;
             if s == 503 || std::time::Instant::now() > deadline {
                 break (s, b);

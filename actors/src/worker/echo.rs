@@ -11,13 +11,13 @@ use tokio_util::sync::CancellationToken;
 use super::engine::{Engine, EngineError, GenerateRequest, Generation};
 
 /// Echoes the prompt back.
-pub struct EchoEngine {
+pub(super) struct EchoEngine {
     tokens_per_sec: f64,
 }
 
 impl EchoEngine {
     /// An echo engine producing `tokens_per_sec` words per second (0: no delay).
-    pub fn new(tokens_per_sec: f64) -> Self {
+    pub(super) fn new(tokens_per_sec: f64) -> Self {
         Self { tokens_per_sec }
     }
 }

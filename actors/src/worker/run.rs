@@ -21,6 +21,7 @@ use bitinglip_nats::{now_ms, trace::TraceParent, worker_consumer_config};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     engine::{EngineError, GenerateRequest},
@@ -168,12 +169,14 @@ pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: jetstream::Message
             return;
         }
     };
-    let task_id = spec.task_id.clone();
-    let span = tracing::info_span!("worker", task.id = %task_id, attempt, worker = %shared.worker_id,
+    let span = tracing::info_span!("worker", task.id = %spec.task_id, attempt, worker = %shared.worker_id,
         trace_id = trace.map(|t| t.trace_id_hex()).unwrap_or_default());
-    let _enter = span.enter();
-    drop(_enter);
+    run_claimed(shared, msg, spec, attempt, trace).instrument(span).await
+}
 
+async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: TaskSpec, attempt: u32, trace: Option<TraceParent>) {
+    let ctx = &shared.ctx;
+    let task_id = spec.task_id.clone();
     let claimed_at = Instant::now();
     let (revision, record) = match claim(shared, &spec, attempt).await {
         Ok(Claim::Owned { revision, record }) => (revision, record),

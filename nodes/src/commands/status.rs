@@ -34,7 +34,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
         let uptime = format!("{}s", now.saturating_sub(n.started_ms) / 1000);
         let base = vec![n.node_id.clone(), n.roles.join(","), n.http.clone().unwrap_or_else(|| "-".into()), uptime];
         if n.workers.is_empty() {
-            rows.push([base, vec!["-".into(); 5]].concat());
+            rows.push([base.clone(), vec!["-".into(); 5]].concat());
         }
         for w in &n.workers {
             rows.push([base.clone(), vec![
