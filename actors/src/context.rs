@@ -25,6 +25,9 @@ pub struct NodeContext {
     pub workers: Arc<RwLock<BTreeMap<String, WorkerInfo>>>,
     /// Where the gateway listens, once it does.
     pub http_addr: Arc<RwLock<Option<String>>>,
+    /// Wakes the heartbeat at once (a worker became ready or failed), so the cluster
+    /// learns of it now rather than at the next tick.
+    pub heartbeat_now: Arc<tokio::sync::Notify>,
 }
 
 impl NodeContext {
@@ -37,6 +40,7 @@ impl NodeContext {
             started_ms: bitinglip_nats::now_ms(),
             workers: Arc::default(),
             http_addr: Arc::default(),
+            heartbeat_now: Arc::default(),
         }
     }
 
@@ -45,10 +49,15 @@ impl NodeContext {
         self.bus.node_id()
     }
 
-    /// Updates one worker's row in the status table.
+    /// Updates one worker's row in the status table; a change of state (loading, ready,
+    /// failed) is written to the cluster at once.
     pub fn set_worker(&self, info: WorkerInfo) {
-        if let Ok(mut w) = self.workers.write() {
-            w.insert(info.worker_id.clone(), info);
+        let changed = match self.workers.write() {
+            Ok(mut w) => w.insert(info.worker_id.clone(), info.clone()).is_none_or(|old| old.state != info.state),
+            Err(_) => false,
+        };
+        if changed {
+            self.heartbeat_now.notify_one();
         }
     }
 
@@ -57,5 +66,6 @@ impl NodeContext {
         if let Ok(mut w) = self.workers.write() {
             w.remove(worker_id);
         }
+        self.heartbeat_now.notify_one();
     }
 }

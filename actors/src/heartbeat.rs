@@ -65,7 +65,10 @@ impl Actor for Heartbeat {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = tick_ctx.heartbeat_now.notified() => {}
+                }
                 if let Err(err) = tokio::time::timeout(Duration::from_secs(5), beat(&tick_ctx))
                     .await
                     .map_err(|_| "timed out".to_string())

@@ -117,7 +117,8 @@ fn differs(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects != want.subjects
         || have.max_age != want.max_age
         || have.duplicate_window != want.duplicate_window
-        || have.max_bytes != want.max_bytes
+        // The server reports "unlimited" as -1 where the config says 0.
+        || have.max_bytes.max(0) != want.max_bytes.max(0)
         || have.num_replicas != want.num_replicas
 }
 

@@ -7,6 +7,7 @@ pub mod tiny_model;
 
 use std::{
     io::Read,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -154,7 +155,10 @@ impl NodeProcess {
         let config_path = dir.path().join("bitinglip.toml");
         std::fs::write(&config_path, toml::to_string(config).expect("config serializes")).expect("config written");
         let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
+        // Its own process group: dropping the handle kills whatever it started too (the
+        // nats-server of `up`), while `kill9` kills only the node, like a crash.
         let child = Command::new(bitinglip_bin())
+            .process_group(0)
             .args(args)
             .arg("--config")
             .arg(&config_path)
@@ -258,6 +262,9 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("---- node log ----\n{}", self.log());
+        }
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGKILL);
         }
         self.kill9();
     }

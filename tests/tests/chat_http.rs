@@ -51,6 +51,18 @@ async fn plain_and_streamed(arch: Arch, name: &str) {
         assert_eq!(completion, 12);
     }
 
+    // A prompt longer than the context is refused before any inference.
+    let long = "hello ".repeat(3000);
+    let resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": name, "messages": [{"role": "user", "content": long}], "max_tokens": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "context_length", "{err}");
+
     // Streamed.
     let resp = http
         .post(format!("{base}/v1/chat/completions"))

@@ -92,8 +92,25 @@ impl Engine for MistralEngine {
         for m in &req.messages {
             messages = messages.add_message(role(&m.role), &m.content);
         }
+        // Tokenize first (the chat template applied): the prompt's length is checked against
+        // the context before any inference, and max_tokens is clamped to what is left.
+        let prompt = self
+            .model
+            .tokenize(either::Either::Left(messages.clone()), None, true, true, None)
+            .await
+            .map_err(|e| EngineError::Invalid(format!("cannot tokenize the prompt: {e}")))?;
+        let prompt_len = prompt.len() as u32;
+        let mut max_tokens = req.max_tokens;
+        if let Some(context) = self.context_length {
+            if prompt_len >= context {
+                return Err(EngineError::ContextLength(format!(
+                    "the prompt is {prompt_len} tokens; the model's context is {context} tokens"
+                )));
+            }
+            max_tokens = max_tokens.min(context - prompt_len);
+        }
         let mut sampling = SamplingParams::neutral();
-        sampling.max_len = Some(req.max_tokens as usize);
+        sampling.max_len = Some(max_tokens as usize);
         sampling.temperature = req.temperature;
         sampling.top_p = req.top_p;
         if !req.stop.is_empty() {
@@ -122,7 +139,8 @@ impl Engine for MistralEngine {
         sender.send(request).await.map_err(|e| EngineError::Failed(format!("engine stopped: {e}")))?;
 
         let mut completion_tokens = 0u32;
-        let mut prompt_tokens = 0u32;
+        let mut prompt_tokens = prompt_len;
+        let mut received_any = false;
         loop {
             let response = tokio::select! {
                 biased;
@@ -136,8 +154,17 @@ impl Engine for MistralEngine {
                 r = rx.recv() => r,
             };
             let Some(response) = response else {
-                return Err(EngineError::Failed("the engine closed the sequence without finishing it".into()));
+                if !received_any {
+                    return Err(EngineError::Failed("the engine closed the sequence without answering".into()));
+                }
+                // mistral.rs ends a streamed sequence without a final chunk when its last
+                // token completes no whole UTF-8 character (the bytes are held back, so no
+                // delta, so no chunk). The sequence did finish: by length if we saw every
+                // token, else by a stop token.
+                let finish_reason = if completion_tokens >= max_tokens { FinishReason::Length } else { FinishReason::Stop };
+                return Ok(Generation { finish_reason, prompt_tokens, completion_tokens: completion_tokens.max(1) });
             };
+            received_any = true;
             match response {
                 Response::Chunk(chunk) => {
                     let mut finished = None;

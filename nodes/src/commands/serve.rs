@@ -91,6 +91,8 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     supervisor.stop(None);
     let _ = handle.await;
     let _ = client.flush().await;
+    // Every handle to the connection goes before the server it talks to.
+    drop(ctx);
     drop(client);
     if let Some(mut server) = local_server {
         server.stop().await;
