@@ -1,10 +1,17 @@
-//! Following one task's events as a client: in order, without repeats, and with a
-//! fallback to the task's status record when the events go quiet (a lost final event, or
-//! a retried submit whose task had already finished). The gateway and the CLI both use it.
+//! Following one task's events as a client: in order, without repeats or gaps, across
+//! attempts, and resumable from any position. The gateway and the CLI both use it.
+//!
+//! Live events come from a core-NATS subscription. Events already published (before the
+//! subscription, or lost by it) are read back from the events stream, which captured them.
+//! When events go quiet the task's status record is consulted, so a lost final event never
+//! leaves a client waiting.
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
 
-use async_nats::Subscriber;
+use async_nats::{jetstream::consumer, Subscriber};
 use bitinglip_bus_schema::{
     CancelTask, ErrorKind, GetTask, TaskCompleted, TaskEvent, TaskId, TaskState, TaskStatusReply, WireError,
 };
@@ -14,12 +21,75 @@ use futures::StreamExt;
 /// What the client is told next.
 #[derive(Debug)]
 pub enum Relayed {
-    /// More text.
-    Text(String),
+    /// A worker started (or restarted) the task.
+    Started {
+        /// Delivery attempt.
+        attempt: u32,
+        /// Chunks before this attempt's first.
+        resume_from_seq: u64,
+    },
+    /// More text: chunk `seq`.
+    Text {
+        /// Position of the chunk.
+        seq: u64,
+        /// Its text.
+        text: String,
+    },
     /// Finished; no more follows.
     Done(TaskCompleted),
     /// Failed; no more follows.
     Failed(WireError),
+}
+
+/// Every event stored for `task_id` in the events stream, in publication order.
+pub async fn stored_events(bus: &Bus, task_id: &TaskId) -> Result<Vec<TaskEvent>, String> {
+    let subjects = bus.subjects();
+    let stream = bus.jetstream().get_stream(subjects.events_stream()).await.map_err(|e| e.to_string())?;
+    let mut consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: subjects.task_events(task_id),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = consumer.info().await.map_err(|e| e.to_string())?.num_pending;
+    let mut events = Vec::new();
+    if pending > 0 {
+        let mut messages = consumer
+            .batch()
+            .max_messages(pending as usize)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut seen = 0u64;
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(|e| e.to_string())?;
+            seen += 1;
+            if let Ok(incoming) = bus.decode::<TaskEvent>(&msg.message) {
+                events.push(incoming.envelope.body);
+            }
+            if seen >= pending {
+                break;
+            }
+        }
+    }
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    Ok(events)
+}
+
+/// The chunks in `events`, first copy of each `seq`.
+pub fn chunks_by_seq(events: &[TaskEvent]) -> BTreeMap<u64, String> {
+    let mut chunks = BTreeMap::new();
+    for e in events {
+        if let TaskEvent::Chunk(c) = e {
+            chunks.entry(c.seq).or_insert_with(|| c.text.clone());
+        }
+    }
+    chunks
 }
 
 /// A task's events, as seen by one client.
@@ -28,7 +98,10 @@ pub struct TaskWatch {
     sub: Subscriber,
     task_id: TaskId,
     next_seq: u64,
+    attempt: u32,
     relayed_bytes: usize,
+    backlog: VecDeque<TaskEvent>,
+    pending_done: Option<TaskCompleted>,
     finished: bool,
 }
 
@@ -36,49 +109,146 @@ pub struct TaskWatch {
 const QUIET: Duration = Duration::from_secs(5);
 
 impl TaskWatch {
-    /// Subscribes to the task's events. Call before submitting, so nothing is missed.
+    /// Subscribes to the task's events from the start. Call before submitting, so nothing
+    /// is missed.
     pub async fn subscribe(bus: &Bus, task_id: &TaskId) -> Result<Self, WireError> {
         let sub = bus.subscribe(bus.subjects().task_events(task_id)).await.map_err(|e| WireError::from(&e))?;
-        Ok(Self { bus: bus.clone(), sub, task_id: task_id.clone(), next_seq: 0, relayed_bytes: 0, finished: false })
+        Ok(Self {
+            bus: bus.clone(),
+            sub,
+            task_id: task_id.clone(),
+            next_seq: 0,
+            attempt: 0,
+            relayed_bytes: 0,
+            backlog: VecDeque::new(),
+            pending_done: None,
+            finished: false,
+        })
+    }
+
+    /// Follows a task that may have started: chunks from `next_seq` on (everything when 0),
+    /// read back from the events stream, then live.
+    pub async fn resume(bus: &Bus, task_id: &TaskId, next_seq: u64) -> Result<Self, WireError> {
+        let mut watch = Self::subscribe(bus, task_id).await?;
+        watch.next_seq = next_seq;
+        let stored = stored_events(bus, task_id).await.map_err(|e| WireError::new(ErrorKind::Unavailable, e))?;
+        watch.backlog.extend(stored);
+        Ok(watch)
     }
 
     /// The next thing to tell the client; `None` after the end.
     pub async fn next(&mut self) -> Option<Relayed> {
+        if let Some(done) = self.pending_done.take() {
+            return Some(self.end(Relayed::Done(done)));
+        }
         if self.finished {
             return None;
         }
         loop {
-            let msg = match tokio::time::timeout(QUIET, self.sub.next()).await {
-                Ok(Some(msg)) => msg,
-                Ok(None) => return Some(self.end(Relayed::Failed(WireError::new(ErrorKind::Unavailable, "event subscription closed")))),
-                Err(_) => match self.from_record().await {
-                    Some(r) => return Some(r),
-                    None => continue,
+            let event = match self.backlog.pop_front() {
+                Some(e) => e,
+                None => match tokio::time::timeout(QUIET, self.sub.next()).await {
+                    Ok(Some(msg)) => match self.bus.decode::<TaskEvent>(&msg) {
+                        Ok(e) => e.envelope.body,
+                        Err(err) => {
+                            tracing::warn!(task.id = %self.task_id, cause = %err, "undecodable event ignored");
+                            continue;
+                        }
+                    },
+                    Ok(None) => {
+                        let err = WireError::new(ErrorKind::Unavailable, "event subscription closed");
+                        return Some(self.end(Relayed::Failed(err)));
+                    }
+                    Err(_) => match self.from_record().await {
+                        Some(r) => return Some(r),
+                        None => continue,
+                    },
                 },
             };
-            let event = match self.bus.decode::<TaskEvent>(&msg) {
-                Ok(e) => e.envelope.body,
-                Err(err) => {
-                    tracing::warn!(task.id = %self.task_id, cause = %err, "undecodable event ignored");
-                    continue;
+            if let Some(r) = self.handle(event).await {
+                return Some(r);
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: TaskEvent) -> Option<Relayed> {
+        match event {
+            TaskEvent::Started(s) => {
+                if s.attempt <= self.attempt {
+                    return None;
                 }
-            };
-            match event {
-                TaskEvent::Started(_) => continue,
-                TaskEvent::Chunk(c) => {
-                    if c.seq < self.next_seq {
-                        continue; // a repeat (another attempt re-sent what we have)
-                    }
-                    if c.seq > self.next_seq {
+                self.attempt = s.attempt;
+                // The new attempt continues at `resume_from_seq`. Anything between what we
+                // have and that point was published and stored: read it back.
+                if s.resume_from_seq > self.next_seq {
+                    self.fill_gap(s.resume_from_seq).await;
+                }
+                Some(Relayed::Started { attempt: s.attempt, resume_from_seq: s.resume_from_seq })
+            }
+            TaskEvent::Chunk(c) => {
+                if c.attempt < self.attempt || c.seq < self.next_seq {
+                    return None; // a stale attempt, or a repeat
+                }
+                self.attempt = self.attempt.max(c.attempt);
+                if c.seq > self.next_seq {
+                    self.fill_gap(c.seq).await;
+                    if c.seq != self.next_seq {
                         tracing::warn!(task.id = %self.task_id, expected = self.next_seq, got = c.seq, "gap in task events");
                     }
-                    self.next_seq = c.seq + 1;
-                    self.relayed_bytes += c.text.len();
-                    return Some(Relayed::Text(c.text));
                 }
-                TaskEvent::Completed(done) => return Some(self.complete(done)),
-                TaskEvent::Failed(f) => return Some(self.end(Relayed::Failed(f.error))),
+                if let Some(r) = self.backlog_text() {
+                    // Text read back for the gap goes first; this chunk follows it.
+                    self.backlog.push_front(TaskEvent::Chunk(c));
+                    return Some(r);
+                }
+                self.next_seq = c.seq + 1;
+                self.relayed_bytes += c.text.len();
+                Some(Relayed::Text { seq: c.seq, text: c.text })
             }
+            TaskEvent::Completed(done) => {
+                if done.attempt < self.attempt {
+                    return None;
+                }
+                Some(self.complete(done))
+            }
+            TaskEvent::Failed(f) => {
+                if f.attempt < self.attempt {
+                    return None;
+                }
+                Some(self.end(Relayed::Failed(f.error)))
+            }
+        }
+    }
+
+    /// Puts the stored chunks `next_seq..until` at the front of the backlog.
+    async fn fill_gap(&mut self, until: u64) {
+        let Ok(stored) = stored_events(&self.bus, &self.task_id).await else { return };
+        let chunks = chunks_by_seq(&stored);
+        let missing: Vec<TaskEvent> = chunks
+            .range(self.next_seq..until)
+            .map(|(seq, text)| {
+                TaskEvent::Chunk(bitinglip_bus_schema::TokenChunk {
+                    task_id: self.task_id.clone(),
+                    attempt: self.attempt,
+                    seq: *seq,
+                    text: text.clone(),
+                })
+            })
+            .collect();
+        for e in missing.into_iter().rev() {
+            self.backlog.push_front(e);
+        }
+    }
+
+    fn backlog_text(&mut self) -> Option<Relayed> {
+        match self.backlog.front() {
+            Some(TaskEvent::Chunk(c)) if c.seq == self.next_seq => {
+                let Some(TaskEvent::Chunk(c)) = self.backlog.pop_front() else { return None };
+                self.next_seq = c.seq + 1;
+                self.relayed_bytes += c.text.len();
+                Some(Relayed::Text { seq: c.seq, text: c.text })
+            }
+            _ => None,
         }
     }
 
@@ -92,7 +262,10 @@ impl TaskWatch {
         if self.relayed_bytes < done.text.len() && done.text.is_char_boundary(self.relayed_bytes) {
             let missing = done.text[self.relayed_bytes..].to_string();
             self.relayed_bytes = done.text.len();
-            return Relayed::Text(missing);
+            let seq = self.next_seq;
+            self.next_seq = done.chunks.max(seq + 1);
+            self.pending_done = Some(done);
+            return Relayed::Text { seq, text: missing };
         }
         self.end(Relayed::Done(done))
     }
@@ -114,10 +287,16 @@ impl TaskWatch {
             TaskState::Queued | TaskState::Running => None,
         }
     }
+}
 
-    /// True once the final event was relayed.
-    pub fn is_finished(&self) -> bool {
-        self.finished
+/// Asks for a task to be cancelled: a queued task is marked cancelled, a running one is
+/// stopped by its worker.
+pub async fn cancel(bus: &Bus, task_id: &TaskId, reason: &str) -> Result<(), WireError> {
+    let req = CancelTask { task_id: task_id.clone(), reason: reason.to_string() };
+    match bus.request::<_, bitinglip_bus_schema::Ack>(bus.subjects().task_cancel(task_id), &req, None, None).await {
+        Ok(bitinglip_bus_schema::Ack::Ok) => Ok(()),
+        Ok(bitinglip_bus_schema::Ack::Error(e)) => Err(e),
+        Err(e) => Err(WireError::from(&e)),
     }
 }
 
@@ -149,10 +328,8 @@ impl Drop for CancelOnDrop {
         let bus = self.bus.clone();
         let task_id = self.task_id.clone();
         tokio::spawn(async move {
-            let cancel = CancelTask { task_id: task_id.clone(), reason: "client disconnected".into() };
-            let subject = bus.subjects().task_cancel(&task_id);
-            if let Err(err) = bus.publish(subject, &cancel, None).await {
-                tracing::warn!(task.id = %task_id, cause = %err, "cancel not published");
+            if let Err(err) = cancel(&bus, &task_id, "client disconnected").await {
+                tracing::warn!(task.id = %task_id, cause = %err, "cancel not delivered");
             }
         });
     }

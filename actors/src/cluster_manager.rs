@@ -1,9 +1,13 @@
-//! The cluster manager: answers `…cluster.status` with every live node's heartbeat.
+//! The cluster manager: membership, failure handling, and `…cluster.status`.
 //!
 //! Supervised by the node supervisor; supervises nothing. Subscribes to `…cluster.status`
-//! on the queue group `cluster-manager`, so several can run and each request is answered
-//! once. It holds no state: heartbeats live in the nodes KV bucket. If its subscription
+//! and to JetStream's max-deliveries advisories of the tasks stream, on the queue group
+//! `cluster-manager`, so several can run and each is handled once; watches the nodes
+//! bucket and hands on the tasks of nodes whose heartbeats stop (see
+//! `cluster_manager/failover.rs`). It holds no state that is not in KV. If a subscription
 //! ends it fails and is restarted.
+
+mod failover;
 
 use bitinglip_bus_schema::{decode_token, ClusterStatus, ErrorKind, GetClusterStatus, NodeHeartbeat, WireError};
 use futures::TryStreamExt;
@@ -23,7 +27,7 @@ pub struct ClusterManagerArgs {
 
 /// Its state: the serving task.
 pub struct ClusterManagerState {
-    serve: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Messages to the cluster manager.
@@ -68,7 +72,15 @@ impl Actor for ClusterManager {
     ) -> Result<Self::State, ActorProcessingErr> {
         let ctx = args.ctx;
         let subject = ctx.bus.subjects().cluster_status();
-        let sub = ctx.bus.queue_subscribe(subject, "cluster-manager".into()).await?;
+        let group = ctx.bus.subjects().cluster_manager_queue_group();
+        let advisories = ctx.bus.queue_subscribe(ctx.bus.subjects().max_deliveries_advisory(), group.clone()).await?;
+        let poison_ctx = ctx.clone();
+        let poison = spawn_serve(advisories, myself.clone(), ClusterManagerMsg::SubscriptionEnded, move |msg| {
+            let ctx = poison_ctx.clone();
+            async move { failover::poison(&ctx, &msg.payload).await }
+        });
+        let watcher = tokio::spawn(failover::watch_nodes(ctx.clone()));
+        let sub = ctx.bus.queue_subscribe(subject, group).await?;
         let serve = spawn_serve(sub, myself, ClusterManagerMsg::SubscriptionEnded, move |msg| {
             let ctx = ctx.clone();
             async move {
@@ -84,7 +96,7 @@ impl Actor for ClusterManager {
                 }
             }
         });
-        Ok(ClusterManagerState { serve })
+        Ok(ClusterManagerState { tasks: vec![poison, watcher, serve] })
     }
 
     async fn handle(
@@ -99,7 +111,7 @@ impl Actor for ClusterManager {
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        state.serve.abort();
+        state.tasks.iter().for_each(JoinHandle::abort);
         Ok(())
     }
 }

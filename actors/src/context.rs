@@ -28,6 +28,8 @@ pub struct NodeContext {
     /// Wakes the heartbeat at once (a worker became ready or failed), so the cluster
     /// learns of it now rather than at the next tick.
     pub heartbeat_now: Arc<tokio::sync::Notify>,
+    /// Messages dropped because they could not be decoded and had no reply subject.
+    pub dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl NodeContext {
@@ -41,6 +43,7 @@ impl NodeContext {
             workers: Arc::default(),
             http_addr: Arc::default(),
             heartbeat_now: Arc::default(),
+            dropped: Arc::default(),
         }
     }
 
@@ -59,6 +62,11 @@ impl NodeContext {
         if changed {
             self.heartbeat_now.notify_one();
         }
+    }
+
+    /// Counts a message dropped for bad input (no reply subject to answer on).
+    pub fn count_dropped(&self) {
+        self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Removes one worker's row.

@@ -1,5 +1,7 @@
 //! The gateway: the HTTP bridge. OpenAI-compatible `POST /v1/chat/completions` (plain
-//! and SSE-streamed), `GET /v1/models`, `GET /health`, `GET /ready`.
+//! and SSE-streamed), `GET /v1/models`, `GET /health`, `GET /ready`, and the task API for
+//! clients that do not wait on one connection: `POST /v1/tasks`, `GET /v1/tasks`,
+//! `GET /v1/tasks/{id}`, `GET /v1/tasks/{id}/events` (resumable SSE), `DELETE /v1/tasks/{id}`.
 //!
 //! Supervised by the node supervisor; supervises nothing (the HTTP server is a task it
 //! owns). For a chat request it subscribes to the task's events subject, then requests
@@ -10,6 +12,7 @@
 
 mod openai;
 mod routes;
+mod tasks;
 
 use std::time::Duration;
 

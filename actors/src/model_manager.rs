@@ -93,7 +93,7 @@ impl Actor for ModelManager {
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ModelManagerArgs) -> Result<Self::State, ActorProcessingErr> {
         let ctx = args.ctx;
         let subjects = ctx.bus.subjects().clone();
-        let group = "model-manager".to_string();
+        let group = subjects.model_manager_queue_group();
 
         let reg_sub = ctx.bus.queue_subscribe(subjects.model_register(), group.clone()).await?;
         let reg_ctx = ctx.clone();

@@ -9,9 +9,15 @@
 //! and answers `accepted` only after the stream's PubAck: from then on the task cannot be
 //! lost. A resubmitted id within the dedupe window is a duplicate, not a second task.
 //!
+//! It also serves `…task.list`, and `…task.*.cancel` (a task still queued is marked
+//! cancelled here, so no worker ever runs it; a running one is stopped by its worker,
+//! which gets the same message).
+//!
 //! It keeps a cache of live workers per model from a watch on the nodes bucket; the watch
 //! is restarted when it ends. If a subscription ends the actor fails and is restarted.
 
+mod backpressure;
+mod cancel;
 mod validate;
 
 use std::{
@@ -140,6 +146,7 @@ async fn submit(ctx: &NodeContext, live: &LiveNodes, mut req: SubmitRequest, tra
     if !live.serves(&model, ctx.config.cluster.node_ttl) && !serves_now(ctx, &model).await? {
         return Err(WireError::new(ErrorKind::NoWorker, format!("no live worker serves model `{model}`")));
     }
+    backpressure::check_age(ctx, &model, req.priority).await?;
     let task_id = task_id_for(&req);
     let now = now_ms();
     let subjects = ctx.bus.subjects();
@@ -147,17 +154,7 @@ async fn submit(ctx: &NodeContext, live: &LiveNodes, mut req: SubmitRequest, tra
 
     // The status record first: a worker that claims the task finds it. An existing record
     // means a retry; a finished one is answered without queueing again.
-    let record = TaskRecord {
-        task_id: task_id.clone(),
-        model: model.clone(),
-        state: TaskState::Queued,
-        attempt: 0,
-        worker: None,
-        created_ms: now,
-        updated_ms: now,
-        result: None,
-        error: None,
-    };
+    let record = TaskRecord::queued(task_id.clone(), model.clone(), req.priority, now);
     let bytes = encode(&Envelope::new(ulid::Ulid::new().to_string(), now, ctx.node_id(), &record))
         .map_err(|e| WireError::new(ErrorKind::Internal, e.to_string()))?;
     match ctx.kv.tasks.create(task_id.as_str(), bytes.into()).await {
@@ -183,9 +180,9 @@ async fn submit(ctx: &NodeContext, live: &LiveNodes, mut req: SubmitRequest, tra
         .jetstream()
         .publish_with_headers(subjects.queue(&model, spec.priority), headers, payload)
         .await
-        .map_err(|e| unavailable("tasks stream", e))?
+        .map_err(backpressure::publish_error)?
         .await
-        .map_err(|e| unavailable("tasks stream", e))?;
+        .map_err(backpressure::publish_error)?;
     tracing::debug!(task.id = %task_id, model = %model, stream.seq = ack.sequence, duplicate = ack.duplicate, "task accepted");
     Ok(TaskAccepted { duplicate: ack.duplicate, ..accepted })
 }
@@ -238,7 +235,7 @@ impl Actor for TaskManager {
 
         let get_sub = ctx.bus.queue_subscribe(subjects.task_get(), group).await?;
         let get_ctx = ctx.clone();
-        let get_serve = spawn_serve(get_sub, myself, TaskManagerMsg::SubscriptionEnded, move |msg| {
+        let get_serve = spawn_serve(get_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |msg| {
             let ctx = get_ctx.clone();
             async move {
                 let reply = match ctx.bus.decode::<GetTask>(&msg) {
@@ -255,7 +252,20 @@ impl Actor for TaskManager {
                 let _ = ctx.bus.reply(&msg, &reply).await;
             }
         });
-        Ok(TaskManagerState { tasks: vec![watch, submit_serve, get_serve] })
+        let cancel_sub = ctx.bus.queue_subscribe(subjects.all_task_cancels(), subjects.task_manager_queue_group()).await?;
+        let cancel_ctx = ctx.clone();
+        let cancel_serve = spawn_serve(cancel_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |msg| {
+            let ctx = cancel_ctx.clone();
+            async move { cancel::handle(&ctx, msg).await }
+        });
+
+        let list_sub = ctx.bus.queue_subscribe(subjects.task_list(), subjects.task_manager_queue_group()).await?;
+        let list_ctx = ctx.clone();
+        let list_serve = spawn_serve(list_sub, myself, TaskManagerMsg::SubscriptionEnded, move |msg| {
+            let ctx = list_ctx.clone();
+            async move { cancel::list(&ctx, msg).await }
+        });
+        Ok(TaskManagerState { tasks: vec![watch, submit_serve, get_serve, cancel_serve, list_serve] })
     }
 
     async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {

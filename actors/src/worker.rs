@@ -11,13 +11,17 @@
 //! each task's events on `…task.<id>.events`.
 //!
 //! If the engine fails to load, the worker reports `failed` in the heartbeat and serves
-//! nothing; it does not crash-loop. When it stops (node shutdown, or a failure), every
-//! task it holds is handed back with a nak, so another worker takes it at once.
+//! nothing; it does not crash-loop. When it stops (SIGTERM, node shutdown) it drains:
+//! it takes no new task, lets running ones finish within `worker.drain_grace`, then hands
+//! back (nak) what is left, so another worker takes it at once. A task redelivered after
+//! a worker died continues from the text already streamed (see `worker/resume.rs`).
 
 mod echo;
 pub mod engine;
 mod mistral;
+mod resume;
 mod run;
+mod slots;
 
 use std::{
     collections::HashMap,
@@ -25,10 +29,10 @@ use std::{
         atomic::{AtomicU32, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use bitinglip_bus_schema::{Ack, CancelTask, ModelRecord, ModelSource, RegisterModel, TaskId, WorkerInfo};
+use bitinglip_bus_schema::{Ack, CancelTask, ModelRecord, ModelSource, RegisterModel, RunningTask, TaskId, WorkerInfo};
 use bitinglip_config::{EngineKind, ModelConfig};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -51,23 +55,45 @@ pub struct WorkerArgs {
     pub index: usize,
 }
 
+/// A task running in one of the slots.
+pub(crate) struct Running {
+    pub(crate) cancel: CancellationToken,
+    pub(crate) attempt: u32,
+    pub(crate) ack_subject: String,
+    /// When a client's cancel reached this worker.
+    pub(crate) cancelled_at: Option<Instant>,
+}
+
 /// What the slot loops share.
 pub(crate) struct WorkerShared {
     pub(crate) ctx: NodeContext,
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) worker_id: String,
-    /// Cancel tokens of running tasks, by task id.
-    pub(crate) running: Mutex<HashMap<TaskId, CancellationToken>>,
-    /// Fires when the worker stops: slots stop pulling and hand back what they hold.
-    pub(crate) shutdown: CancellationToken,
+    /// Running tasks, by task id.
+    pub(crate) running: Mutex<HashMap<TaskId, Running>>,
+    /// Fires when the worker starts draining: slots take no new task.
+    pub(crate) stop_fetching: CancellationToken,
+    /// Fires when the drain grace is over: running tasks stop and are handed back.
+    pub(crate) hand_back: CancellationToken,
     pub(crate) in_flight: AtomicU32,
     info: Mutex<WorkerInfo>,
 }
 
 impl WorkerShared {
+    /// Refreshes this worker's row (slots in use, running tasks) for the heartbeat.
     pub(crate) fn publish_info(&self) {
+        let running: Vec<RunningTask> = self
+            .running
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, t)| RunningTask { task_id: id.clone(), attempt: t.attempt, ack_subject: t.ack_subject.clone() })
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Ok(mut info) = self.info.lock() {
             info.in_flight = self.in_flight.load(Ordering::Relaxed);
+            info.running = running;
             self.ctx.set_worker(info.clone());
         }
     }
@@ -79,7 +105,10 @@ pub struct WorkerState {
     worker_id: String,
     model: ModelConfig,
     shared: Option<Arc<WorkerShared>>,
+    /// The slot loops.
     tasks: Vec<JoinHandle<()>>,
+    /// The cancel listener.
+    listener: Option<JoinHandle<()>>,
     loader: Option<JoinHandle<()>>,
 }
 
@@ -101,6 +130,7 @@ fn info(worker_id: &str, model: &ModelConfig, engine: &str, state: &str) -> Work
         max_sequences: model.max_sequences,
         in_flight: 0,
         state: state.to_string(),
+        running: Vec::new(),
     }
 }
 
@@ -137,7 +167,7 @@ impl Actor for Worker {
                 Err(err) => myself.cast(WorkerMsg::LoadFailed(err)),
             };
         });
-        Ok(WorkerState { ctx, worker_id, model, shared: None, tasks: Vec::new(), loader: Some(loader) })
+        Ok(WorkerState { ctx, worker_id, model, shared: None, tasks: Vec::new(), listener: None, loader: Some(loader) })
     }
 
     async fn handle(&self, myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
@@ -151,20 +181,21 @@ impl Actor for Worker {
                     engine: engine.clone(),
                     worker_id: state.worker_id.clone(),
                     running: Mutex::new(HashMap::new()),
-                    shutdown: CancellationToken::new(),
+                    stop_fetching: CancellationToken::new(),
+                    hand_back: CancellationToken::new(),
                     in_flight: AtomicU32::new(0),
                     info: Mutex::new(info(&state.worker_id, &state.model, engine.kind(), "ready")),
                 });
                 register_model(&state.ctx, &state.model, &state.worker_id, engine.context_length()).await?;
-                let consumer = run::ensure_consumer(&state.ctx, &served).await?;
-                state.tasks.push(spawn_cancel_listener(shared.clone(), myself.clone()).await?);
+                let consumers = slots::ensure_consumers(&state.ctx, &served).await?;
+                state.listener = Some(spawn_cancel_listener(shared.clone(), myself.clone()).await?);
                 for slot in 0..state.model.max_sequences {
                     let shared = shared.clone();
-                    let consumer = consumer.clone();
+                    let consumers = consumers.clone();
                     let me = myself.clone();
                     state.tasks.push(tokio::spawn(async move {
-                        run::slot_loop(shared.clone(), consumer, slot).await;
-                        if !shared.shutdown.is_cancelled() {
+                        slots::slot_loop(shared.clone(), consumers, slot).await;
+                        if !shared.stop_fetching.is_cancelled() {
                             let _ = me.cast(WorkerMsg::LoopEnded("slot"));
                         }
                     }));
@@ -188,13 +219,25 @@ impl Actor for Worker {
             loader.abort();
         }
         if let Some(shared) = state.shared.take() {
-            // Slots stop pulling and hand back (nak) what they hold; wait for them so the
-            // naks are sent before the process goes.
-            shared.shutdown.cancel();
-            let tasks = std::mem::take(&mut state.tasks);
-            let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await;
+            // Drain: slots take nothing new; running tasks get the grace period to finish,
+            // then are stopped and handed back (nak) so another worker takes them at once.
+            shared.stop_fetching.cancel();
+            let grace = state.ctx.config.worker.drain_grace;
+            let in_flight = shared.in_flight.load(Ordering::Relaxed);
+            if in_flight > 0 {
+                tracing::info!(in_flight, grace = ?grace, "draining");
+            }
+            let mut tasks = futures::future::join_all(std::mem::take(&mut state.tasks));
+            if tokio::time::timeout(grace, &mut tasks).await.is_err() {
+                tracing::info!("drain grace over; handing back running tasks");
+                shared.hand_back.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(10), tasks).await;
+            }
         }
         state.tasks.iter().for_each(JoinHandle::abort);
+        if let Some(listener) = state.listener.take() {
+            listener.abort();
+        }
         state.ctx.remove_worker(&state.worker_id);
         Ok(())
     }
@@ -242,13 +285,18 @@ async fn spawn_cancel_listener(shared: Arc<WorkerShared>, me: ActorRef<WorkerMsg
                     continue;
                 }
             };
-            let token = shared.running.lock().ok().and_then(|r| r.get(&cancel.task_id).cloned());
+            let token = shared.running.lock().ok().and_then(|mut r| {
+                r.get_mut(&cancel.task_id).map(|t| {
+                    t.cancelled_at.get_or_insert_with(Instant::now);
+                    t.cancel.clone()
+                })
+            });
             if let Some(token) = token {
                 tracing::info!(task.id = %cancel.task_id, reason = %cancel.reason, "cancelling");
                 token.cancel();
             }
         }
-        if !shared.shutdown.is_cancelled() {
+        if !shared.stop_fetching.is_cancelled() {
             let _ = me.cast(WorkerMsg::LoopEnded("cancel listener"));
         }
     }))

@@ -161,9 +161,19 @@ impl Subjects {
         self.subject(&["task", "submit"])
     }
 
-    /// Queue group of the task managers on [`Self::task_submit`].
+    /// Queue group of the task managers.
     pub fn task_manager_queue_group(&self) -> String {
         "task-manager".to_string()
+    }
+
+    /// Queue group of the model managers.
+    pub fn model_manager_queue_group(&self) -> String {
+        "model-manager".to_string()
+    }
+
+    /// Queue group of the cluster managers.
+    pub fn cluster_manager_queue_group(&self) -> String {
+        "cluster-manager".to_string()
     }
 
     /// Publish: the events of one task ([`crate::TaskEvent`]), in sequence order.
@@ -191,12 +201,23 @@ impl Subjects {
         self.subject(&["task", "get"])
     }
 
+    /// Request/reply: the most recent tasks ([`crate::ListTasks`] → [`crate::TaskList`]).
+    pub fn task_list(&self) -> String {
+        self.subject(&["task", "list"])
+    }
+
+    /// JetStream's advisory that a message of the tasks stream used up its deliveries
+    /// (any consumer).
+    pub fn max_deliveries_advisory(&self) -> String {
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*", self.tasks_stream())
+    }
+
     /// JetStream subject of one model's queue for one priority class.
     pub fn queue(&self, model: &str, priority: crate::Priority) -> String {
         self.subject(&["queue", &encode_token(model), priority.as_str()])
     }
 
-    /// Every queue subject of one model (a worker's consumer filter).
+    /// Every queue subject of one model.
     pub fn model_queues(&self, model: &str) -> String {
         self.subject(&["queue", &encode_token(model), "*"])
     }
@@ -236,9 +257,10 @@ impl Subjects {
         format!("{}_EVENTS", self.name_prefix)
     }
 
-    /// The durable pull consumer shared by every worker of one model.
-    pub fn worker_consumer(&self, model: &str) -> String {
-        format!("worker-{}", encode_token(model))
+    /// The durable pull consumer shared by every worker of one model, for one priority
+    /// class.
+    pub fn worker_consumer(&self, model: &str, priority: crate::Priority) -> String {
+        format!("worker-{}-{}", encode_token(model), priority.as_str())
     }
 
     /// KV bucket of task status records, keyed by task id.

@@ -240,6 +240,8 @@ pub struct GatewayConfig {
     /// Longest a non-streamed request waits for its answer.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Most requests in progress at once; more get 503 with `Retry-After` at once.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for GatewayConfig {
@@ -248,6 +250,7 @@ impl Default for GatewayConfig {
             http: "127.0.0.1:8080".to_string(),
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(600),
+            max_concurrent_requests: 4096,
         }
     }
 }
@@ -262,11 +265,25 @@ pub struct TaskManagerConfig {
     pub default_max_tokens: u32,
     /// Most messages in one request.
     pub max_messages: usize,
+    /// Most queued tasks per model and priority class; more get 429.
+    pub queue_max_tasks: i64,
+    /// Most bytes of queued tasks, all models together; more get 503.
+    pub queue_max_bytes: i64,
+    /// A model whose oldest queued task is older than this takes no more (429); 0 = off.
+    #[serde(with = "humantime_serde")]
+    pub queue_max_age: Duration,
 }
 
 impl Default for TaskManagerConfig {
     fn default() -> Self {
-        Self { max_tokens_limit: 32768, default_max_tokens: 256, max_messages: 1024 }
+        Self {
+            max_tokens_limit: 32768,
+            default_max_tokens: 256,
+            max_messages: 1024,
+            queue_max_tasks: 10_000,
+            queue_max_bytes: 1 << 30,
+            queue_max_age: Duration::from_secs(600),
+        }
     }
 }
 
@@ -340,13 +357,22 @@ impl ModelConfig {
 }
 
 /// Workers on this node.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
     /// One worker per entry.
     pub models: Vec<ModelConfig>,
     /// Force CPU even when the build has a GPU backend.
     pub force_cpu: bool,
+    /// On SIGTERM, how long running tasks may take to finish before they are handed back.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { models: Vec::new(), force_cpu: false, drain_grace: Duration::from_secs(30) }
+    }
 }
 
 /// Heartbeats and membership.

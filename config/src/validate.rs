@@ -138,6 +138,15 @@ impl Config {
                 "must be from 1 to task_manager.max_tokens_limit",
             ));
         }
+        if tm.queue_max_tasks < 1 {
+            return Err(invalid("task_manager.queue_max_tasks", tm.queue_max_tasks, "must be at least 1"));
+        }
+        if tm.queue_max_bytes < 1024 {
+            return Err(invalid("task_manager.queue_max_bytes", tm.queue_max_bytes, "must be at least 1024"));
+        }
+        if self.gateway.max_concurrent_requests == 0 {
+            return Err(invalid("gateway.max_concurrent_requests", 0, "must be at least 1"));
+        }
         for (i, m) in self.worker.models.iter().enumerate() {
             let key = |k: &str| format!("worker.models[{i}].{k}");
             if m.source.trim().is_empty() {

@@ -6,18 +6,36 @@ use bitinglip_config::NatsConfig;
 use crate::ConnectError;
 
 /// Connects with every option of `cfg`. `name` shows up in the server's connection list.
-pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, ConnectError> {
+/// `reconnected`, when given, is notified on every connection after the first, so the
+/// caller can provision again (a restarted server may have lost memory-stored streams).
+pub async fn connect(
+    cfg: &NatsConfig,
+    name: &str,
+    reconnected: Option<std::sync::Arc<tokio::sync::Notify>>,
+) -> Result<async_nats::Client, ConnectError> {
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(cfg.connect_timeout)
         .request_timeout(Some(cfg.request_timeout))
         // A node outlives any server restart: reconnect forever, with the client's backoff.
         .max_reconnects(None)
-        .event_callback(|event| async move {
+        .event_callback(move |event| {
+            let first = first.clone();
+            let reconnected = reconnected.clone();
+            async move {
             match event {
-                async_nats::Event::Connected => tracing::info!("nats connected"),
+                async_nats::Event::Connected => {
+                    tracing::info!("nats connected");
+                    if !first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        if let Some(n) = &reconnected {
+                            n.notify_one();
+                        }
+                    }
+                }
                 async_nats::Event::Disconnected => tracing::warn!("nats disconnected; reconnecting"),
                 other => tracing::debug!(event = %other, "nats event"),
+            }
             }
         });
     if let Some(token) = &cfg.token {

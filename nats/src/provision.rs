@@ -3,8 +3,8 @@
 //! is updated to the wanted config, an identical one is left alone.
 
 use async_nats::jetstream::{self, consumer, kv, stream};
-use bitinglip_bus_schema::Subjects;
-use bitinglip_config::{ClusterConfig, JetStreamConfig};
+use bitinglip_bus_schema::{Priority, Subjects};
+use bitinglip_config::{Config, JetStreamConfig};
 
 use crate::ProvisionError;
 
@@ -24,14 +24,14 @@ fn err(what: &str, e: impl std::fmt::Display) -> ProvisionError {
 }
 
 /// Creates or updates every stream and bucket.
-pub async fn provision(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    cfg: &JetStreamConfig,
-    cluster: &ClusterConfig,
-) -> Result<Provisioned, ProvisionError> {
+pub async fn provision(js: &jetstream::Context, subjects: &Subjects, config: &Config) -> Result<Provisioned, ProvisionError> {
+    let cfg = &config.jetstream;
+    let cluster = &config.cluster;
+    let tm = &config.task_manager;
     // Accepted tasks: a work queue on file storage. No max age: an accepted task leaves
     // the stream only when a worker acks it (or it is terminated after max_deliver).
+    // Queue limits refuse new tasks (never drop accepted ones): per model and class by
+    // count, all together by bytes.
     ensure_stream(js, stream::Config {
         name: subjects.tasks_stream(),
         description: Some("BitingLip accepted tasks, one subject per model and priority".into()),
@@ -40,6 +40,10 @@ pub async fn provision(
         storage: stream::StorageType::File,
         num_replicas: cfg.replicas,
         duplicate_window: cfg.dedupe_window,
+        max_messages_per_subject: tm.queue_max_tasks,
+        max_bytes: tm.queue_max_bytes,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
         ..Default::default()
     })
     .await?;
@@ -120,6 +124,8 @@ fn differs(have: &stream::Config, want: &stream::Config) -> bool {
         // The server reports "unlimited" as -1 where the config says 0.
         || have.max_bytes.max(0) != want.max_bytes.max(0)
         || have.num_replicas != want.num_replicas
+        || have.max_messages_per_subject != want.max_messages_per_subject
+        || have.discard != want.discard
 }
 
 async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ProvisionError> {
@@ -133,13 +139,19 @@ async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::St
     }
 }
 
-/// The durable pull consumer every worker of `model` shares: explicit acks, a lease of
-/// `ack_wait` renewed by in-progress acks, at most `max_deliver` attempts.
-pub fn worker_consumer_config(subjects: &Subjects, model: &str, cfg: &JetStreamConfig) -> consumer::pull::Config {
+/// The durable pull consumer every worker of `model` shares for one priority class:
+/// explicit acks, a lease of `ack_wait` renewed by in-progress acks, at most
+/// `max_deliver` attempts.
+pub fn worker_consumer_config(
+    subjects: &Subjects,
+    model: &str,
+    priority: Priority,
+    cfg: &JetStreamConfig,
+) -> consumer::pull::Config {
     consumer::pull::Config {
-        durable_name: Some(subjects.worker_consumer(model)),
-        description: Some(format!("workers of {model}")),
-        filter_subject: subjects.model_queues(model),
+        durable_name: Some(subjects.worker_consumer(model, priority)),
+        description: Some(format!("workers of {model}, {} tasks", priority.as_str())),
+        filter_subject: subjects.queue(model, priority),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: cfg.ack_wait,
         max_deliver: cfg.max_deliver,

@@ -29,6 +29,60 @@ pub(crate) enum Command {
     Chat(ChatArgs),
     /// List the cluster's nodes, roles, workers and models.
     Status(StatusArgs),
+    /// Submit, inspect, follow and cancel tasks over NATS.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TasksCommand {
+    /// Queue a chat task and print its id at once.
+    Submit {
+        /// The model.
+        #[arg(long)]
+        model: String,
+        /// Most tokens to generate.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// `interactive` (default) or `batch`.
+        #[arg(long, default_value = "interactive")]
+        priority: String,
+        /// A retry with the same key returns the same task.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// The prompt.
+        prompt: String,
+    },
+    /// Print a task's status record.
+    Get {
+        /// Task id.
+        id: String,
+    },
+    /// Stream a task's answer from the start (or from chunk --from).
+    Watch {
+        /// Task id.
+        id: String,
+        /// First chunk to show.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// Task id.
+        id: String,
+    },
+    /// List recent tasks.
+    Ls {
+        /// Only this state: queued, running, completed, failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Most tasks to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Command {

@@ -3,6 +3,7 @@
 mod chat;
 mod serve;
 mod status;
+mod tasks;
 
 use bitinglip_bus_schema::Subjects;
 use bitinglip_config::Config;
@@ -29,13 +30,14 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Node(_) => serve::run(config, false).await,
         Command::Chat(args) => chat::run(config, args).await,
         Command::Status(args) => status::run(config, args).await,
+        Command::Tasks(cmd) => tasks::run(config, cmd).await,
     }
 }
 
 /// A client connection for the CLI's one-shot commands.
 async fn client_bus(config: &Config) -> anyhow::Result<Bus> {
     let name = format!("bitinglip-cli-{}", std::process::id());
-    let client = bitinglip_nats::connect(&config.nats, &name).await?;
+    let client = bitinglip_nats::connect(&config.nats, &name, None).await?;
     let subjects = Subjects::new(config.nats.subject_root.clone())?;
     Ok(Bus::new(client, subjects, name, config.nats.request_timeout))
 }

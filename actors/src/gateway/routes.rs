@@ -31,6 +31,9 @@ pub(super) fn router(ctx: NodeContext) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/tasks", post(super::tasks::submit).get(super::tasks::list))
+        .route("/v1/tasks/{id}", get(super::tasks::get).delete(super::tasks::cancel))
+        .route("/v1/tasks/{id}/events", get(super::tasks::events))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .fallback(not_found)
@@ -73,20 +76,42 @@ async fn models(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
-/// Reads the body up to the configured limit: a larger one is a 413 in OpenAI's shape.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// Reads the body up to the limit (the configured one, or what one bus message can carry
+/// when that is less): a larger one is a 413 in OpenAI's shape.
+pub(super) async fn read_body(ctx: &NodeContext, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    // Room for the envelope and the other fields around the request's own bytes.
+    let bus_limit = ctx.bus.max_payload().saturating_sub(4096);
+    let limit = ctx.config.gateway.max_body_bytes.min(bus_limit);
+    let too_large = || {
         ApiError::from(WireError::new(ErrorKind::PayloadTooLarge, format!("request body is over the limit of {limit} bytes")))
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        let over = std::error::Error::source(&err)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over {
+            too_large()
+        } else {
+            ApiError::from(WireError::new(ErrorKind::InvalidRequest, format!("could not read the request body: {err}")))
+        }
     })
 }
 
-async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let body = read_body(body, ctx.config.gateway.max_body_bytes).await?;
-    let request = openai::parse_request(&body)?;
-    let stream = request.stream;
-    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let chat = request.into_chat()?;
-    let model = chat.model.clone();
+/// Submits a chat request from HTTP: the task id comes from the `Idempotency-Key` header
+/// when there is one, `X-Priority: batch` picks the batch class, `traceparent` continues
+/// the caller's trace. Subscribes to the task's events before submitting, so not even the
+/// first chunk can be missed; returns the watch and whether it was a retry.
+pub(super) async fn submit_chat(
+    ctx: &NodeContext,
+    headers: &HeaderMap,
+    chat: bitinglip_bus_schema::ChatParams,
+) -> Result<(TaskId, TaskWatch, bool), ApiError> {
     let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let priority = match headers.get("x-priority").and_then(|v| v.to_str().ok()) {
         Some("batch") => Priority::Batch,
@@ -97,12 +122,9 @@ async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, bo
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse)
         .unwrap_or_else(TraceParent::new_root);
-
     let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority };
     let task_id: TaskId = task_id_for(&submit);
     submit.task_id = Some(task_id.clone());
-
-    // Subscribe before submitting, so not even the first chunk can be missed.
     let watch = TaskWatch::subscribe(&ctx.bus, &task_id).await?;
     let reply: SubmitReply = ctx
         .bus
@@ -115,9 +137,23 @@ async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, bo
             other => ApiError::from(WireError::from(&other)),
         })?;
     match reply {
-        SubmitReply::Accepted(_) => {}
-        SubmitReply::Rejected(err) => return Err(err.into()),
+        SubmitReply::Accepted(a) => {
+            // A retry of a task that already ran: follow it from its stored events.
+            let watch = if a.duplicate { TaskWatch::resume(&ctx.bus, &task_id, 0).await? } else { watch };
+            Ok((task_id, watch, a.duplicate))
+        }
+        SubmitReply::Rejected(err) => Err(err.into()),
     }
+}
+
+async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(&ctx, &headers, body).await?;
+    let request = openai::parse_request(&body)?;
+    let stream = request.stream;
+    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let chat = request.into_chat()?;
+    let model = chat.model.clone();
+    let (task_id, watch, _) = submit_chat(&ctx, &headers, chat).await?;
     let cancel = CancelOnDrop::new(&ctx.bus, &task_id);
     let id = format!("chatcmpl-{task_id}");
     let created = bitinglip_nats::now_ms() / 1000;
@@ -146,16 +182,27 @@ async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, bo
     }
 }
 
-async fn gather(mut watch: TaskWatch) -> Result<(String, bitinglip_bus_schema::TaskCompleted), WireError> {
+pub(super) async fn gather(mut watch: TaskWatch) -> Result<(String, bitinglip_bus_schema::TaskCompleted), WireError> {
     let mut text = String::new();
     while let Some(r) = watch.next().await {
         match r {
-            Relayed::Text(t) => text.push_str(&t),
+            Relayed::Text { text: t, .. } => text.push_str(&t),
+            Relayed::Started { .. } => {}
             Relayed::Done(done) => return Ok((text, done)),
             Relayed::Failed(err) => return Err(err),
         }
     }
     Err(WireError::new(ErrorKind::Internal, "event stream ended without a result"))
+}
+
+/// The next event a chat client sees (workers starting are not shown).
+async fn next_visible(watch: &mut TaskWatch) -> Option<Relayed> {
+    loop {
+        match watch.next().await {
+            Some(Relayed::Started { .. }) => continue,
+            other => return other,
+        }
+    }
 }
 
 fn sse_events(
@@ -184,8 +231,9 @@ fn sse_events(
                     let first = openai::chunk(&id, created, &model, json!({"role": "assistant", "content": ""}), None, None);
                     Some((Ok(data(first)), (watch, cancel, Phase::Relay)))
                 }
-                Phase::Relay => match watch.next().await {
-                    Some(Relayed::Text(t)) => {
+                Phase::Relay => match next_visible(&mut watch).await {
+                    Some(Relayed::Started { .. }) => unreachable!("filtered by next_visible"),
+                    Some(Relayed::Text { text: t, .. }) => {
                         let c = openai::chunk(&id, created, &model, json!({"content": t}), None, None);
                         Some((Ok(data(c)), (watch, cancel, Phase::Relay)))
                     }

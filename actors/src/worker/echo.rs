@@ -42,6 +42,26 @@ fn words(text: &str) -> Vec<&str> {
     out
 }
 
+/// Faults a test can ask for in the prompt (the echo engine is never what users run):
+/// `[[fail]]` fails every attempt, `[[panic]]` panics, `[[abort-at-N]]` aborts the whole
+/// process once N tokens were produced (a crash mid-stream, like a kill -9).
+fn fault(prompt: &str, produced: u32) -> Result<(), EngineError> {
+    if prompt.contains("[[fail]]") {
+        return Err(EngineError::Failed("injected failure".into()));
+    }
+    if prompt.contains("[[panic]]") {
+        panic!("injected panic");
+    }
+    if let Some(rest) = prompt.split("[[abort-at-").nth(1) {
+        if let Some(n) = rest.split("]]").next().and_then(|n| n.parse::<u32>().ok()) {
+            if produced >= n {
+                std::process::abort();
+            }
+        }
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Engine for EchoEngine {
     fn kind(&self) -> &'static str {
@@ -61,10 +81,13 @@ impl Engine for EchoEngine {
         let prompt_tokens: usize = req.messages.iter().map(|m| words(&m.content).len()).sum();
         let answer = req.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
         let pieces = words(&answer);
+        // A continuation skips what an earlier attempt already produced.
+        let skip = words(&req.prefix).len();
+        let mut produced = skip as u32;
         let delay = (self.tokens_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / self.tokens_per_sec));
-        let mut produced = 0u32;
-        let mut text = String::new();
-        for piece in pieces.iter() {
+        let mut text = req.prefix.clone();
+        fault(&answer, produced)?;
+        for piece in pieces.iter().skip(skip) {
             if produced >= req.max_tokens {
                 return Ok(Generation {
                     finish_reason: FinishReason::Length,
@@ -83,6 +106,7 @@ impl Engine for EchoEngine {
             }
             text.push_str(piece);
             produced += 1;
+            fault(&answer, produced)?;
             if out.send(piece.to_string()).await.is_err() {
                 break;
             }
@@ -108,6 +132,7 @@ mod tests {
     fn req(text: &str, max_tokens: u32) -> GenerateRequest {
         GenerateRequest {
             messages: vec![ChatMessage { role: "user".into(), content: text.into() }],
+            prefix: String::new(),
             max_tokens,
             temperature: None,
             top_p: None,
@@ -131,6 +156,21 @@ mod tests {
         let (tx, _rx) = mpsc::channel(64);
         let g = engine.generate(req("a b c d", 2), tx, CancellationToken::new()).await.unwrap();
         assert_eq!((g.completion_tokens, g.finish_reason), (2, FinishReason::Length));
+    }
+
+    #[tokio::test]
+    async fn continues_after_a_prefix() {
+        let engine = EchoEngine::new(0.0);
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut r = req("a b c d", 10);
+        r.prefix = "a b ".into();
+        let g = engine.generate(r, tx, CancellationToken::new()).await.unwrap();
+        let mut got = String::new();
+        while let Some(p) = rx.recv().await {
+            got.push_str(&p);
+        }
+        assert_eq!(got, "c d");
+        assert_eq!(g.completion_tokens, 4);
     }
 
     #[tokio::test]

@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 pub struct GenerateRequest {
     /// The conversation.
     pub messages: Vec<ChatMessage>,
+    /// Answer text already streamed by an earlier attempt: generation continues after it,
+    /// and `max_tokens` counts it.
+    pub prefix: String,
     /// Most tokens to generate (already clamped to the context).
     pub max_tokens: u32,
     /// Sampling temperature.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bitinglip_bus_schema::FinishReason;
 use bitinglip_config::ModelConfig;
 use mistralrs::{
-    Constraint, Model, NormalRequest, Request, RequestLike, Response, SamplingParams, StopTokens, TextMessageRole,
+    Constraint, Model, NormalRequest, Request, RequestLike, RequestMessage, Response, SamplingParams, StopTokens, TextMessageRole,
     TextMessages, TextModelBuilder,
 };
 use tokio::sync::mpsc;
@@ -99,15 +99,28 @@ impl Engine for MistralEngine {
             .tokenize(either::Either::Left(messages.clone()), None, true, true, None)
             .await
             .map_err(|e| EngineError::Invalid(format!("cannot tokenize the prompt: {e}")))?;
-        let prompt_len = prompt.len() as u32;
-        let mut max_tokens = req.max_tokens;
+        let mut tokens = prompt;
+        let prompt_len = tokens.len() as u32;
+        // A continuation: the prompt plus the answer so far, as raw tokens, so the model
+        // goes on from where the earlier attempt stopped.
+        let mut prefix_len = 0u32;
+        if !req.prefix.is_empty() {
+            let prefix = self
+                .model
+                .tokenize(either::Either::Right(req.prefix.clone()), None, false, false, None)
+                .await
+                .map_err(|e| EngineError::Invalid(format!("cannot tokenize the answer so far: {e}")))?;
+            prefix_len = prefix.len() as u32;
+            tokens.extend(prefix);
+        }
+        let mut max_tokens = req.max_tokens.saturating_sub(prefix_len).max(1);
         if let Some(context) = self.context_length {
             if prompt_len >= context {
                 return Err(EngineError::ContextLength(format!(
                     "the prompt is {prompt_len} tokens; the model's context is {context} tokens"
                 )));
             }
-            max_tokens = max_tokens.min(context - prompt_len);
+            max_tokens = max_tokens.min(context.saturating_sub(prompt_len + prefix_len).max(1));
         }
         let mut sampling = SamplingParams::neutral();
         sampling.max_len = Some(max_tokens as usize);
@@ -118,8 +131,11 @@ impl Engine for MistralEngine {
         }
         // A roomy channel: the engine must never wait on us between tokens.
         let (tx, mut rx) = mpsc::channel::<Response>(256);
+        let continuing = prefix_len > 0;
+        let request_messages =
+            if continuing { RequestMessage::CompletionTokens(tokens) } else { messages.take_messages() };
         let request = Request::Normal(Box::new(NormalRequest {
-            messages: messages.take_messages(),
+            messages: request_messages,
             sampling_params: sampling,
             response: tx,
             return_logprobs: false,
@@ -138,9 +154,8 @@ impl Engine for MistralEngine {
         let sender = self.model.inner().get_sender(None).map_err(|e| EngineError::Failed(e.to_string()))?;
         sender.send(request).await.map_err(|e| EngineError::Failed(format!("engine stopped: {e}")))?;
 
-        let mut completion_tokens = 0u32;
+        let mut completion_tokens = prefix_len;
         let mut prompt_tokens = prompt_len;
-        let mut received_any = false;
         loop {
             let response = tokio::select! {
                 biased;
@@ -154,17 +169,16 @@ impl Engine for MistralEngine {
                 r = rx.recv() => r,
             };
             let Some(response) = response else {
-                if !received_any {
-                    return Err(EngineError::Failed("the engine closed the sequence without answering".into()));
+                if sender.is_closed() {
+                    return Err(EngineError::Failed("the engine stopped without finishing the sequence".into()));
                 }
-                // mistral.rs ends a streamed sequence without a final chunk when its last
-                // token completes no whole UTF-8 character (the bytes are held back, so no
-                // delta, so no chunk). The sequence did finish: by length if we saw every
-                // token, else by a stop token.
+                // The engine lives, yet ended the sequence without a final chunk: mistral.rs
+                // does so when the last token completes no whole UTF-8 character (the
+                // bytes are held back, so no delta, so no chunk). The sequence did finish:
+                // by length if we saw every token, else by a stop token.
                 let finish_reason = if completion_tokens >= max_tokens { FinishReason::Length } else { FinishReason::Stop };
                 return Ok(Generation { finish_reason, prompt_tokens, completion_tokens: completion_tokens.max(1) });
             };
-            received_any = true;
             match response {
                 Response::Chunk(chunk) => {
                     let mut finished = None;
@@ -181,7 +195,22 @@ impl Engine for MistralEngine {
                     }
                     if let Some(usage) = &chunk.usage {
                         prompt_tokens = usage.prompt_tokens as u32;
-                        completion_tokens = usage.completion_tokens as u32;
+                        completion_tokens = usage.completion_tokens as u32 + prefix_len;
+                    }
+                    if let Some(finish_reason) = finished {
+                        return Ok(Generation { finish_reason, prompt_tokens, completion_tokens });
+                    }
+                }
+                Response::CompletionChunk(chunk) => {
+                    let mut finished = None;
+                    for choice in &chunk.choices {
+                        if !choice.text.is_empty() && out.send(choice.text.clone()).await.is_err() {
+                            cancel.cancel();
+                        }
+                        completion_tokens += 1;
+                        if let Some(reason) = &choice.finish_reason {
+                            finished = Some(finish_reason(reason));
+                        }
                     }
                     if let Some(finish_reason) = finished {
                         return Ok(Generation { finish_reason, prompt_tokens, completion_tokens });
@@ -195,13 +224,9 @@ impl Engine for MistralEngine {
                         completion_tokens: done.usage.completion_tokens as u32,
                     });
                 }
-                Response::ValidationError(e) => {
-                    let text = e.to_string();
-                    if text.contains("context") || text.contains("length") || text.contains("too long") {
-                        return Err(EngineError::ContextLength(text));
-                    }
-                    return Err(EngineError::Invalid(text));
-                }
+                // The context length was checked above; anything else the engine refuses is
+                // a request it can never run.
+                Response::ValidationError(e) => return Err(EngineError::Invalid(e.to_string())),
                 Response::InternalError(e) => return Err(EngineError::Failed(e.to_string())),
                 Response::ModelError(e, _) => return Err(EngineError::Failed(e)),
                 _ => return Err(EngineError::Failed("unexpected response kind from the engine".into())),

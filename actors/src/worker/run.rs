@@ -5,81 +5,42 @@
 //! after the final state is in KV and the final event is published, so a crash anywhere
 //! before that means redelivery, not loss. While generating, an in-progress ack every third
 //! of AckWait keeps the lease, so a long generation is never redelivered while its worker
-//! lives. Chunks cost one core-NATS publish each, never a JetStream round trip.
+//! lives. Chunks cost one core-NATS publish each, never a JetStream round trip; a worker
+//! whose lease was not confirmed recently checks that it still owns the task before it
+//! publishes more, so a frozen worker that wakes up cannot interleave with its successor.
 
 use std::{
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{self, consumer::PullConsumer, kv, AckKind};
+use async_nats::jetstream::{self, kv, AckKind};
 use bitinglip_bus_schema::{
     decode_body, encode, Envelope, ErrorKind, FinishReason, TaskCompleted, TaskEvent, TaskFailed, TaskId, TaskRecord,
     TaskSpec, TaskStarted, TaskState, TokenChunk, Usage, WireError,
 };
-use bitinglip_nats::{now_ms, trace::TraceParent, worker_consumer_config};
-use futures::StreamExt;
+use bitinglip_nats::{now_ms, trace::TraceParent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
     engine::{EngineError, GenerateRequest},
-    WorkerShared,
+    resume::{read_prefix, Prefix},
+    Running, WorkerShared,
 };
 use crate::NodeContext;
-
-/// Creates (or finds) the model's durable consumer.
-pub(super) async fn ensure_consumer(ctx: &NodeContext, model: &str) -> Result<PullConsumer, ractor::ActorProcessingErr> {
-    let subjects = ctx.bus.subjects();
-    let stream = ctx.bus.jetstream().get_stream(subjects.tasks_stream()).await?;
-    let config = worker_consumer_config(subjects, model, &ctx.config.jetstream);
-    let name = config.durable_name.clone().unwrap_or_default();
-    Ok(stream.get_or_create_consumer(&name, config).await?)
-}
-
-/// One sequence slot: pull one task, run it, repeat, until shutdown.
-pub(super) async fn slot_loop(shared: Arc<WorkerShared>, consumer: PullConsumer, slot: u32) {
-    let mut backoff = Duration::from_millis(100);
-    while !shared.shutdown.is_cancelled() {
-        let fetch = consumer.fetch().max_messages(1).expires(Duration::from_secs(10)).messages();
-        let mut batch = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            b = fetch => match b {
-                Ok(b) => b,
-                Err(err) => {
-                    tracing::warn!(slot, cause = %err, "fetch failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(100);
-        loop {
-            let next = tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
-                n = batch.next() => n,
-            };
-            match next {
-                None => break,
-                Some(Ok(msg)) => run_task(&shared, msg).await,
-                Some(Err(err)) => {
-                    tracing::debug!(slot, cause = %err, "fetch ended");
-                    break;
-                }
-            }
-        }
-    }
-}
 
 enum Claim {
     /// This attempt owns the task; writes are fenced on this KV revision.
     Owned { revision: u64, record: TaskRecord },
-    /// Already finished (redelivered after its final write, before the ack).
+    /// Already finished (redelivered after its final write, before the ack), or cancelled
+    /// while queued.
     Final,
     /// A newer attempt owns it.
     Stale,
+    /// Another copy of the same task is running.
+    Duplicate,
 }
 
 fn record_bytes(ctx: &NodeContext, record: &TaskRecord) -> bytes::Bytes {
@@ -87,7 +48,7 @@ fn record_bytes(ctx: &NodeContext, record: &TaskRecord) -> bytes::Bytes {
     encode(&env).expect("a task record always encodes").into()
 }
 
-async fn claim(shared: &WorkerShared, spec: &TaskSpec, attempt: u32) -> Result<Claim, String> {
+async fn claim(shared: &WorkerShared, spec: &TaskSpec, attempt: u32, stream_seq: u64, ack_subject: &str) -> Result<Claim, String> {
     let ctx = &shared.ctx;
     let key = spec.task_id.as_str();
     for _ in 0..5 {
@@ -99,17 +60,7 @@ async fn claim(shared: &WorkerShared, spec: &TaskSpec, attempt: u32) -> Result<C
                 (record, Some(e.revision))
             }
             other => (
-                TaskRecord {
-                    task_id: spec.task_id.clone(),
-                    model: spec.chat.model.clone(),
-                    state: TaskState::Queued,
-                    attempt: 0,
-                    worker: None,
-                    created_ms: spec.accepted_ms,
-                    updated_ms: now,
-                    result: None,
-                    error: None,
-                },
+                TaskRecord::queued(spec.task_id.clone(), spec.chat.model.clone(), spec.priority, spec.accepted_ms),
                 other.map(|e| e.revision),
             ),
         };
@@ -119,9 +70,16 @@ async fn claim(shared: &WorkerShared, spec: &TaskSpec, attempt: u32) -> Result<C
         if record.attempt > attempt {
             return Ok(Claim::Stale);
         }
+        if record.state == TaskState::Running && record.stream_seq != 0 && record.stream_seq != stream_seq {
+            // A second copy of a task that is already running (resubmitted after the
+            // dedupe window): the first copy carries it.
+            return Ok(Claim::Duplicate);
+        }
         record.state = TaskState::Running;
+        record.stream_seq = stream_seq;
         record.attempt = attempt;
         record.worker = Some(shared.worker_id.clone());
+        record.ack_subject = Some(ack_subject.to_string());
         record.updated_ms = now;
         let bytes = record_bytes(ctx, &record);
         let result = match revision {
@@ -137,8 +95,19 @@ async fn claim(shared: &WorkerShared, spec: &TaskSpec, attempt: u32) -> Result<C
     Err("task status record kept changing under the claim".into())
 }
 
-/// Writes the final record, fenced on the claim's revision. False when a newer attempt
-/// owns the task: then this attempt must publish nothing more and not ack.
+/// True while the record still carries our claim's revision (nobody else wrote it).
+async fn still_owner(ctx: &NodeContext, task_id: &TaskId, revision: u64) -> bool {
+    match ctx.kv.tasks.entry(task_id.as_str()).await {
+        Ok(Some(e)) => e.revision == revision,
+        Ok(None) => false,
+        // The store is unreachable: keep going; the final write is fenced anyway.
+        Err(_) => true,
+    }
+}
+
+/// Writes the final record, fenced on the claim's revision. False when someone else
+/// wrote the record (a newer attempt): then this attempt must publish nothing more and not
+/// ack.
 async fn finish_record(ctx: &NodeContext, mut record: TaskRecord, revision: u64) -> Result<bool, String> {
     record.updated_ms = now_ms();
     let bytes = record_bytes(ctx, &record);
@@ -177,28 +146,57 @@ pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: jetstream::Message
 async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: TaskSpec, attempt: u32, trace: Option<TraceParent>) {
     let ctx = &shared.ctx;
     let task_id = spec.task_id.clone();
+    let ack_subject = msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
+    let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let claimed_at = Instant::now();
-    let (revision, record) = match claim(shared, &spec, attempt).await {
+    let (revision, record) = match claim(shared, &spec, attempt, stream_seq, &ack_subject).await {
         Ok(Claim::Owned { revision, record }) => (revision, record),
         Ok(Claim::Final) => {
             let _ = msg.double_ack().await;
             return;
         }
         Ok(Claim::Stale) => {
-            tracing::info!(task.id = %task_id, attempt, "stale delivery ignored");
+            tracing::info!("stale delivery ignored");
+            return;
+        }
+        Ok(Claim::Duplicate) => {
+            tracing::info!("duplicate copy of a running task dropped");
+            let _ = msg.ack_with(AckKind::Term).await;
             return;
         }
         Err(err) => {
-            tracing::warn!(task.id = %task_id, cause = %err, "claim failed; handing back");
+            tracing::warn!(cause = %err, "claim failed; handing back");
             let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             return;
         }
     };
     let queue_time_ms = now_ms().saturating_sub(spec.accepted_ms) as f64;
 
+    // A redelivered task continues after what earlier attempts streamed.
+    let prefix = if attempt > 1 {
+        match read_prefix(ctx, &task_id).await {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::warn!(cause = %err, "cannot read earlier chunks; handing back");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return;
+            }
+        }
+    } else {
+        Prefix::default()
+    };
+    if prefix.next_seq > 0 {
+        tracing::info!(resume_from_seq = prefix.next_seq, "continuing after an earlier attempt");
+    }
+
     let cancel = CancellationToken::new();
     if let Ok(mut running) = shared.running.lock() {
-        running.insert(task_id.clone(), cancel.clone());
+        running.insert(task_id.clone(), Running {
+            cancel: cancel.clone(),
+            attempt,
+            ack_subject: ack_subject.clone(),
+            cancelled_at: None,
+        });
     }
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
     shared.publish_info();
@@ -207,50 +205,87 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
         task_id: task_id.clone(),
         attempt,
         worker: shared.worker_id.clone(),
-        resume_from_seq: 0,
+        resume_from_seq: prefix.next_seq,
     }), trace.as_ref()).await;
 
-    // Keep the lease: an in-progress ack resets AckWait while we generate.
-    let progress_every = ctx.config.jetstream.ack_wait / 3;
+    // The lease: an in-progress ack resets AckWait while we generate. Fence: the chunks
+    // below are published only while the lease was confirmed within half the shorter of
+    // AckWait and the node TTL (after which a cluster manager may hand the task on).
+    let ack_wait = ctx.config.jetstream.ack_wait;
+    let fence_after = ack_wait.min(ctx.config.cluster.node_ttl) / 2;
+    let confirmed = std::sync::Mutex::new(Instant::now());
+    let stale = CancellationToken::new();
     let lease = async {
-        let mut tick = tokio::time::interval(progress_every);
+        let mut tick = tokio::time::interval((ack_wait / 3).min(fence_after));
         tick.tick().await;
         loop {
             tick.tick().await;
             if let Err(err) = msg.ack_with(AckKind::Progress).await {
-                tracing::warn!(task.id = %task_id, cause = %err, "in-progress ack failed");
+                tracing::warn!(cause = %err, "in-progress ack failed");
+            }
+            if still_owner(ctx, &task_id, revision).await {
+                if let Ok(mut c) = confirmed.lock() {
+                    *c = Instant::now();
+                }
+            } else {
+                tracing::warn!("lost the task to a newer attempt; stopping");
+                stale.cancel();
+                cancel.cancel();
             }
         }
     };
 
-    // Shutdown of the worker cancels the sequence too, but hands the task back.
-    let shutdown = shared.shutdown.clone();
+    // The drain grace ending cancels the sequence too, and hands the task back.
+    let hand_back = shared.hand_back.clone();
     let engine_cancel = cancel.clone();
-    let watch_shutdown = async {
-        shutdown.cancelled().await;
+    let watch_hand_back = async {
+        hand_back.cancelled().await;
         engine_cancel.cancel();
         std::future::pending::<()>().await
     };
 
-    let mut max_tokens = spec.chat.max_tokens.unwrap_or(256);
-    if let Some(ctx_len) = shared.engine.context_length() {
-        max_tokens = max_tokens.min(ctx_len.max(1));
-    }
     let request = GenerateRequest {
         messages: spec.chat.messages.clone(),
-        max_tokens,
+        prefix: prefix.text.clone(),
+        max_tokens: spec.chat.max_tokens.unwrap_or(256),
         temperature: spec.chat.temperature,
         top_p: spec.chat.top_p,
         stop: spec.chat.stop.clone(),
     };
     let (tx, mut rx) = mpsc::channel::<String>(256);
-    let generate = shared.engine.generate(request, tx, cancel.clone());
-    let mut text = String::new();
-    let mut seq = 0u64;
+    // In its own task, so an engine that panics fails this attempt, not the slot.
+    let engine = shared.engine.clone();
+    let engine_token = cancel.clone();
+    let generate = async move {
+        match tokio::spawn(async move { engine.generate(request, tx, engine_token).await }).await {
+            Ok(result) => result,
+            Err(join) => Err(EngineError::Failed(format!("the engine panicked: {join}"))),
+        }
+    };
+    let mut text = prefix.text.clone();
+    let mut seq = prefix.next_seq;
     let mut first_token: Option<Duration> = None;
+    let mut last_token: Option<Instant> = None;
     let relay = async {
         while let Some(piece) = rx.recv().await {
+            if stale.is_cancelled() {
+                continue;
+            }
+            let fresh = confirmed.lock().map(|c| c.elapsed() < fence_after).unwrap_or(true);
+            if !fresh {
+                if still_owner(ctx, &task_id, revision).await {
+                    if let Ok(mut c) = confirmed.lock() {
+                        *c = Instant::now();
+                    }
+                } else {
+                    tracing::warn!("lost the task to a newer attempt; stopping");
+                    stale.cancel();
+                    cancel.cancel();
+                    continue;
+                }
+            }
             first_token.get_or_insert_with(|| claimed_at.elapsed());
+            last_token = Some(Instant::now());
             text.push_str(&piece);
             let chunk = TaskEvent::Chunk(TokenChunk { task_id: task_id.clone(), attempt, seq, text: piece });
             seq += 1;
@@ -260,16 +295,17 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     let result = tokio::select! {
         (result, ()) = futures::future::join(generate, relay) => result,
         _ = lease => unreachable!("the lease loop never ends"),
-        _ = watch_shutdown => unreachable!("the shutdown watch never ends"),
+        _ = watch_hand_back => unreachable!("the hand-back watch never ends"),
     };
     let total = claimed_at.elapsed();
 
-    if let Ok(mut running) = shared.running.lock() {
-        running.remove(&task_id);
-    }
+    let cancelled_at = shared.running.lock().ok().and_then(|mut r| r.remove(&task_id)).and_then(|t| t.cancelled_at);
     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
     shared.publish_info();
 
+    if stale.is_cancelled() {
+        return;
+    }
     let fail = |error: WireError| {
         let mut r = record.clone();
         r.state = if error.kind == ErrorKind::Cancelled { TaskState::Cancelled } else { TaskState::Failed };
@@ -277,16 +313,21 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
         r
     };
     let (final_record, event, ack) = match result {
-        Ok(_) if shared.shutdown.is_cancelled() => {
-            // Hand back: the task goes to another worker at once.
-            tracing::info!(task.id = %task_id, "worker stopping; task handed back");
+        Ok(_) if shared.hand_back.is_cancelled() => {
+            // Hand back: the task goes to another worker at once, which continues it.
+            tracing::info!("worker stopping; task handed back");
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             return;
         }
         Ok(g) if g.finish_reason == FinishReason::Cancelled => {
+            // From the cancel reaching us to the engine's last token.
+            let stop_ms = cancelled_at.map(|at| last_token.filter(|t| *t > at).map_or(0.0, |t| (t - at).as_secs_f64() * 1000.0));
+            tracing::info!(cancel_to_stop_ms = ?stop_ms, "cancelled");
             let error = WireError::new(ErrorKind::Cancelled, "cancelled by the client");
             let event = TaskEvent::Failed(TaskFailed { task_id: task_id.clone(), attempt, error: error.clone() });
-            (fail(error), event, AckKind::Ack)
+            let mut r = fail(error);
+            r.cancel_to_stop_ms = stop_ms;
+            (r, event, AckKind::Ack)
         }
         Ok(g) => {
             let usage = Usage {
@@ -318,7 +359,7 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
         Err(EngineError::Failed(reason)) => {
             let max = ctx.config.jetstream.max_deliver.max(1) as u32;
             if attempt < max {
-                tracing::warn!(task.id = %task_id, attempt, cause = %reason, "engine failed; task will be retried");
+                tracing::warn!(cause = %reason, "engine failed; task will be retried");
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 return;
             }
@@ -331,13 +372,13 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     match finish_record(ctx, final_record, revision).await {
         Ok(true) => {}
         Ok(false) => {
-            tracing::info!(task.id = %task_id, attempt, "a newer attempt owns the task; result dropped");
+            tracing::info!("a newer attempt owns the task; result dropped");
             return;
         }
         Err(err) => {
             // The record could not be written (store unreachable): hand back rather than
             // ack a task whose outcome nobody can read.
-            tracing::warn!(task.id = %task_id, cause = %err, "final record not written; handing back");
+            tracing::warn!(cause = %err, "final record not written; handing back");
             let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             return;
         }
@@ -348,6 +389,6 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
         other => msg.ack_with(other).await,
     };
     if let Err(err) = acked {
-        tracing::warn!(task.id = %task_id, cause = %err, "ack not confirmed; a redelivery will find the task finished");
+        tracing::warn!(cause = %err, "ack not confirmed; a redelivery will find the task finished");
     }
 }

@@ -19,6 +19,20 @@ pub struct WorkerInfo {
     pub in_flight: u32,
     /// `loading`, `ready` or `failed`.
     pub state: String,
+    /// Tasks running now, with their deliveries' ack subjects.
+    #[serde(default)]
+    pub running: Vec<RunningTask>,
+}
+
+/// A task a worker is generating.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningTask {
+    /// The task.
+    pub task_id: crate::TaskId,
+    /// Its delivery attempt.
+    pub attempt: u32,
+    /// The delivery's JetStream ack subject.
+    pub ack_subject: String,
 }
 
 /// A node's heartbeat, in the nodes KV bucket (entries expire after the bucket's TTL).
@@ -73,8 +87,14 @@ mod tests {
             max_sequences: 4,
             in_flight: 1,
             state: "ready".into(),
+            running: vec![RunningTask {
+                task_id: crate::TaskId::parse("t").unwrap(),
+                attempt: 1,
+                ack_subject: "$JS.ACK.x".into(),
+            }],
         };
-        pin(worker.clone(), &["worker_id", "model", "engine", "max_sequences", "in_flight", "state"]);
+        pin(worker.clone(), &["worker_id", "model", "engine", "max_sequences", "in_flight", "state", "running"]);
+        pin(worker.running[0].clone(), &["task_id", "attempt", "ack_subject"]);
         let hb = NodeHeartbeat {
             node_id: "n1".into(),
             roles: vec!["worker".into()],

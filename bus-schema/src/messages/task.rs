@@ -174,6 +174,69 @@ pub struct TaskRecord {
     /// Why it failed or was cancelled.
     #[serde(default)]
     pub error: Option<WireError>,
+    /// Scheduling class.
+    #[serde(default)]
+    pub priority: Priority,
+    /// JetStream ack subject of the current delivery: a cluster manager that sees the
+    /// worker die naks it, so the task is redelivered at once instead of after AckWait.
+    #[serde(default)]
+    pub ack_subject: Option<String>,
+    /// Stream sequence of the message the current attempt runs (a resubmitted copy of the
+    /// same task has another, and is dropped).
+    #[serde(default)]
+    pub stream_seq: u64,
+    /// When a cancel was asked for, ms since the epoch.
+    #[serde(default)]
+    pub cancel_requested_ms: Option<u64>,
+    /// From the cancel reaching the worker to the engine's last token, ms.
+    #[serde(default)]
+    pub cancel_to_stop_ms: Option<f64>,
+}
+
+impl TaskRecord {
+    /// A new queued record.
+    pub fn queued(task_id: TaskId, model: String, priority: Priority, now_ms: u64) -> Self {
+        Self {
+            task_id,
+            model,
+            state: TaskState::Queued,
+            attempt: 0,
+            worker: None,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            result: None,
+            error: None,
+            priority,
+            ack_subject: None,
+            stream_seq: 0,
+            cancel_requested_ms: None,
+            cancel_to_stop_ms: None,
+        }
+    }
+}
+
+/// Request on `…task.list`: the most recent tasks.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ListTasks {
+    /// Most records to return (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Only tasks in this state.
+    #[serde(default)]
+    pub state: Option<TaskState>,
+}
+
+/// Reply on `…task.list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TaskList {
+    /// Newest first.
+    Tasks {
+        /// The records.
+        tasks: Vec<TaskRecord>,
+    },
+    /// The store could not be read.
+    Error(WireError),
 }
 
 #[cfg(test)]
@@ -250,26 +313,21 @@ mod tests {
             TaskSpec { task_id: id.clone(), chat: chat(), priority: Priority::Interactive, accepted_ms: 5 },
             &["task_id", "chat", "priority", "accepted_ms"],
         );
-        let record = TaskRecord {
-            task_id: id.clone(),
-            model: "m".into(),
-            state: TaskState::Running,
-            attempt: 2,
-            worker: Some("w".into()),
-            created_ms: 1,
-            updated_ms: 2,
-            result: None,
-            error: None,
-        };
-        pin(
-            record.clone(),
-            &["task_id", "model", "state", "attempt", "worker", "created_ms", "updated_ms", "result", "error"],
-        );
+        let mut record = TaskRecord::queued(id.clone(), "m".into(), Priority::Batch, 1);
+        record.state = TaskState::Running;
+        record.attempt = 2;
+        record.worker = Some("w".into());
+        const RECORD: [&str; 14] = [
+            "task_id", "model", "state", "attempt", "worker", "created_ms", "updated_ms", "result", "error",
+            "priority", "ack_subject", "stream_seq", "cancel_requested_ms", "cancel_to_stop_ms",
+        ];
+        pin(record.clone(), &RECORD);
         pin(GetTask { task_id: id }, &["task_id"]);
-        pin(TaskStatusReply::Found(record), &[
-            "type", "task_id", "model", "state", "attempt", "worker", "created_ms", "updated_ms",
-            "result", "error",
-        ]);
+        let mut tagged = RECORD.to_vec();
+        tagged.push("type");
+        pin(TaskStatusReply::Found(record.clone()), &tagged);
+        pin(ListTasks { limit: Some(5), state: Some(TaskState::Queued) }, &["limit", "state"]);
+        pin(TaskList::Tasks { tasks: vec![record] }, &["type", "tasks"]);
     }
 
     #[test]

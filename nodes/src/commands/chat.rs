@@ -39,7 +39,8 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     while let Some(r) = watch.next().await {
         match r {
-            Relayed::Text(t) => {
+            Relayed::Started { .. } => {}
+            Relayed::Text { text: t, .. } => {
                 out.write_all(t.as_bytes())?;
                 out.flush()?;
             }

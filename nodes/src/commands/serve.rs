@@ -60,10 +60,35 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
         local_server = Some(server);
     }
 
-    let client = bitinglip_nats::connect(&config.nats, &format!("bitinglip-{node_id}")).await?;
+    let reconnected = std::sync::Arc::new(tokio::sync::Notify::new());
+    let client = bitinglip_nats::connect(&config.nats, &format!("bitinglip-{node_id}"), Some(reconnected.clone())).await?;
     let subjects = Subjects::new(config.nats.subject_root.clone())?;
     let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout);
-    let kv = bitinglip_nats::provision(bus.jetstream(), &subjects, &config.jetstream, &config.cluster).await?;
+    let kv = bitinglip_nats::provision(bus.jetstream(), &subjects, &config).await?;
+    // After a reconnect (a restarted server, a failover) provision again: memory-stored
+    // streams and buckets may be gone, and every operation is idempotent.
+    let reprovision = {
+        let (js, subjects, config) = (bus.jetstream().clone(), subjects.clone(), config.clone());
+        tokio::spawn(async move {
+            loop {
+                reconnected.notified().await;
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    match bitinglip_nats::provision(&js, &subjects, &config).await {
+                        Ok(_) => {
+                            tracing::info!("JetStream provisioned again after reconnect");
+                            break;
+                        }
+                        Err(err) => {
+                            tracing::warn!(cause = %err, "provisioning after reconnect failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        })
+    };
 
     let roles: Vec<&str> = config.roles.iter().map(|r| r.as_str()).collect();
     let roles = roles.join(",");
@@ -87,6 +112,7 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
 
     wait_for_signal().await;
     println!("bitinglip: stopping");
+    reprovision.abort();
     let _ = ractor::call!(supervisor, NodeSupervisorMsg::Shutdown);
     supervisor.stop(None);
     let _ = handle.await;

@@ -1,0 +1,131 @@
+//! `bitinglip tasks …`: the task API over NATS.
+
+use std::io::Write;
+
+use anyhow::bail;
+use bitinglip_actors::client::{cancel, Relayed, TaskWatch};
+use bitinglip_bus_schema::{
+    ChatMessage, ChatParams, GetTask, ListTasks, Priority, SubmitReply, SubmitRequest, TaskId, TaskList, TaskRecord,
+    TaskState, TaskStatusReply,
+};
+use bitinglip_config::Config;
+
+use crate::cli::TasksCommand;
+
+fn state_name(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Queued => "queued",
+        TaskState::Running => "running",
+        TaskState::Completed => "completed",
+        TaskState::Failed => "failed",
+        TaskState::Cancelled => "cancelled",
+    }
+}
+
+fn record_json(r: &TaskRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.task_id.as_str(), "model": r.model, "status": state_name(r.state), "attempts": r.attempt,
+        "worker": r.worker, "created_ms": r.created_ms, "updated_ms": r.updated_ms,
+        "text": r.result.as_ref().map(|d| d.text.clone()),
+        "finish_reason": r.result.as_ref().map(|d| d.finish_reason.as_str()),
+        "completion_tokens": r.result.as_ref().map(|d| d.usage.completion_tokens),
+        "error": r.error.as_ref().map(|e| format!("{}: {}", e.kind, e.message)),
+        "cancel_to_stop_ms": r.cancel_to_stop_ms,
+    })
+}
+
+pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()> {
+    let bus = super::client_bus(&config).await?;
+    match cmd {
+        TasksCommand::Submit { model, max_tokens, priority, idempotency_key, prompt } => {
+            let priority = match priority.as_str() {
+                "interactive" => Priority::Interactive,
+                "batch" => Priority::Batch,
+                other => bail!("--priority {other:?}: use interactive or batch"),
+            };
+            let chat = ChatParams {
+                model,
+                messages: vec![ChatMessage { role: "user".into(), content: prompt }],
+                max_tokens,
+                temperature: None,
+                top_p: None,
+                stop: vec![],
+                seed: None,
+            };
+            let req = SubmitRequest { chat, task_id: None, idempotency_key, priority };
+            match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await? {
+                SubmitReply::Accepted(a) => println!("{}", a.task_id),
+                SubmitReply::Rejected(e) => bail!("rejected ({}): {}", e.kind, e.message),
+            }
+        }
+        TasksCommand::Get { id } => {
+            let task_id = TaskId::parse(id)?;
+            match bus.request::<_, TaskStatusReply>(bus.subjects().task_get(), &GetTask { task_id }, None, None).await? {
+                TaskStatusReply::Found(r) => println!("{}", serde_json::to_string_pretty(&record_json(&r))?),
+                TaskStatusReply::Error(e) => bail!("{}: {}", e.kind, e.message),
+            }
+        }
+        TasksCommand::Watch { id, from } => {
+            let task_id = TaskId::parse(id)?;
+            let mut watch = TaskWatch::resume(&bus, &task_id, from).await?;
+            let mut out = std::io::stdout().lock();
+            while let Some(r) = watch.next().await {
+                match r {
+                    Relayed::Started { attempt, .. } if attempt > 1 => eprintln!("[attempt {attempt}]"),
+                    Relayed::Started { .. } => {}
+                    Relayed::Text { text, .. } => {
+                        out.write_all(text.as_bytes())?;
+                        out.flush()?;
+                    }
+                    Relayed::Done(d) => {
+                        writeln!(out)?;
+                        eprintln!("[{} · {} tokens]", d.finish_reason.as_str(), d.usage.completion_tokens);
+                        return Ok(());
+                    }
+                    Relayed::Failed(e) => bail!("task failed ({}): {}", e.kind, e.message),
+                }
+            }
+        }
+        TasksCommand::Cancel { id } => {
+            let task_id = TaskId::parse(id)?;
+            cancel(&bus, &task_id, "cancelled from the CLI").await?;
+            println!("cancel requested for {task_id}");
+        }
+        TasksCommand::Ls { state, limit, json } => {
+            let state = match state.as_deref() {
+                None => None,
+                Some(s) => Some(
+                    [TaskState::Queued, TaskState::Running, TaskState::Completed, TaskState::Failed, TaskState::Cancelled]
+                        .into_iter()
+                        .find(|st| state_name(*st) == s)
+                        .ok_or_else(|| anyhow::anyhow!("--state {s:?}: use queued, running, completed, failed or cancelled"))?,
+                ),
+            };
+            let tasks = match bus.request::<_, TaskList>(bus.subjects().task_list(), &ListTasks { limit: Some(limit), state }, None, None).await? {
+                TaskList::Tasks { tasks } => tasks,
+                TaskList::Error(e) => bail!("{}: {}", e.kind, e.message),
+            };
+            if json {
+                let v: Vec<_> = tasks.iter().map(record_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let mut rows = vec![["ID", "MODEL", "STATUS", "ATTEMPTS", "WORKER"].map(String::from).to_vec()];
+            for t in &tasks {
+                rows.push(vec![
+                    t.task_id.to_string(),
+                    t.model.clone(),
+                    state_name(t.state).into(),
+                    t.attempt.to_string(),
+                    t.worker.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+            for r in &rows {
+                let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+                println!("{}", line.join("  ").trim_end());
+            }
+        }
+    }
+    Ok(())
+}
