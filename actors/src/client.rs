@@ -103,6 +103,8 @@ pub struct TaskWatch {
     backlog: VecDeque<TaskEvent>,
     pending_done: Option<TaskCompleted>,
     finished: bool,
+    /// Relayed from chunk 0 (so `relayed_bytes` measures the answer so far).
+    from_start: bool,
 }
 
 /// How long without any event before the status record is consulted.
@@ -123,6 +125,7 @@ impl TaskWatch {
             backlog: VecDeque::new(),
             pending_done: None,
             finished: false,
+            from_start: true,
         })
     }
 
@@ -131,6 +134,7 @@ impl TaskWatch {
     pub async fn resume(bus: &Bus, task_id: &TaskId, next_seq: u64) -> Result<Self, WireError> {
         let mut watch = Self::subscribe(bus, task_id).await?;
         watch.next_seq = next_seq;
+        watch.from_start = next_seq == 0;
         let stored = stored_events(bus, task_id).await.map_err(|e| WireError::new(ErrorKind::Unavailable, e))?;
         watch.backlog.extend(stored);
         Ok(watch)
@@ -209,6 +213,15 @@ impl TaskWatch {
                 if done.attempt < self.attempt {
                     return None;
                 }
+                if done.chunks > self.next_seq {
+                    // Chunks we have not relayed: read them back, send them, then this.
+                    self.fill_gap(done.chunks).await;
+                    if let Some(r) = self.backlog_text() {
+                        let at = self.backlog.iter().position(|e| !matches!(e, TaskEvent::Chunk(_))).unwrap_or(self.backlog.len());
+                        self.backlog.insert(at, TaskEvent::Completed(done));
+                        return Some(r);
+                    }
+                }
                 Some(self.complete(done))
             }
             TaskEvent::Failed(f) => {
@@ -257,9 +270,14 @@ impl TaskWatch {
         r
     }
 
-    /// Finishes with `done`; text the events never brought is sent first.
+    /// Finishes with `done`; text the events never brought (and the events stream no
+    /// longer holds) is sent first, when this watch saw the answer from its start.
     fn complete(&mut self, done: TaskCompleted) -> Relayed {
-        if self.relayed_bytes < done.text.len() && done.text.is_char_boundary(self.relayed_bytes) {
+        if self.from_start
+            && self.next_seq < done.chunks
+            && self.relayed_bytes < done.text.len()
+            && done.text.is_char_boundary(self.relayed_bytes)
+        {
             let missing = done.text[self.relayed_bytes..].to_string();
             self.relayed_bytes = done.text.len();
             let seq = self.next_seq;

@@ -71,6 +71,9 @@ pub(crate) struct WorkerShared {
     pub(crate) worker_id: String,
     /// Running tasks, by task id.
     pub(crate) running: Mutex<HashMap<TaskId, Running>>,
+    /// Cancels of tasks not running here when they arrived, for a minute: a task claimed
+    /// just after its cancel went by is stopped at once.
+    pub(crate) recent_cancels: Mutex<HashMap<TaskId, Instant>>,
     /// Fires when the worker starts draining: slots take no new task.
     pub(crate) stop_fetching: CancellationToken,
     /// Fires when the drain grace is over: running tasks stop and are handed back.
@@ -181,6 +184,7 @@ impl Actor for Worker {
                     engine: engine.clone(),
                     worker_id: state.worker_id.clone(),
                     running: Mutex::new(HashMap::new()),
+                    recent_cancels: Mutex::new(HashMap::new()),
                     stop_fetching: CancellationToken::new(),
                     hand_back: CancellationToken::new(),
                     in_flight: AtomicU32::new(0),
@@ -294,6 +298,9 @@ async fn spawn_cancel_listener(shared: Arc<WorkerShared>, me: ActorRef<WorkerMsg
             if let Some(token) = token {
                 tracing::info!(task.id = %cancel.task_id, reason = %cancel.reason, "cancelling");
                 token.cancel();
+            } else if let Ok(mut recent) = shared.recent_cancels.lock() {
+                recent.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+                recent.insert(cancel.task_id, Instant::now());
             }
         }
         if !shared.stop_fetching.is_cancelled() {

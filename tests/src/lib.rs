@@ -285,3 +285,57 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 pub fn sse_data(body: &str) -> Vec<String> {
     body.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.trim_start().to_string()).collect()
 }
+
+/// A worker entry for the echo engine at `tokens_per_sec` (0: as fast as possible).
+pub fn echo_model(name: &str, tokens_per_sec: f64, max_sequences: u32) -> bitinglip_config::ModelConfig {
+    let mut m = bitinglip_config::ModelConfig::new(name);
+    m.engine = bitinglip_config::EngineKind::Echo;
+    m.echo_tokens_per_sec = tokens_per_sec;
+    m.max_sequences = max_sequences;
+    m
+}
+
+/// `n` words: `w0 w1 … w{n-1}` (the echo engine answers with them, one token each).
+pub fn words(n: usize) -> String {
+    (0..n).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ")
+}
+
+/// A streamed chat request's SSE body, read chunk by chunk.
+pub struct SseReader {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    /// Wraps a streaming response.
+    pub fn new(resp: reqwest::Response) -> Self {
+        Self { resp, buf: String::new() }
+    }
+
+    /// The next event as (id, event name, data); `None` at the end of the body.
+    pub async fn next(&mut self) -> Option<(Option<String>, Option<String>, String)> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, None, Vec::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.trim_start().to_string());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some((id, event, data.join("\n")));
+            }
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+}

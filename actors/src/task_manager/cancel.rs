@@ -44,13 +44,15 @@ async fn cancel(ctx: &NodeContext, req: &CancelTask) -> Result<(), WireError> {
         };
         let mut record: TaskRecord = decode_body(&entry.value, usize::MAX)
             .map_err(|e| WireError::new(ErrorKind::Internal, e.to_string()))?;
-        if record.state.is_final() {
+        if record.state != TaskState::Queued {
+            // Final: nothing to do. Running: its worker got this same message and stops
+            // the sequence; the record is the worker's to write (its claim fences it).
             return Ok(());
         }
         let now = now_ms();
         record.cancel_requested_ms.get_or_insert(now);
         record.updated_ms = now;
-        let queued = record.state == TaskState::Queued;
+        let queued = true;
         let error = WireError::new(ErrorKind::Cancelled, "cancelled before it started");
         if queued {
             record.state = TaskState::Cancelled;

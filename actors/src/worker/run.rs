@@ -190,13 +190,17 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     }
 
     let cancel = CancellationToken::new();
+    let cancelled_before = shared.recent_cancels.lock().ok().and_then(|mut r| r.remove(&task_id));
     if let Ok(mut running) = shared.running.lock() {
         running.insert(task_id.clone(), Running {
             cancel: cancel.clone(),
             attempt,
             ack_subject: ack_subject.clone(),
-            cancelled_at: None,
+            cancelled_at: cancelled_before,
         });
+    }
+    if cancelled_before.is_some() {
+        cancel.cancel();
     }
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
     shared.publish_info();
