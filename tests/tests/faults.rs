@@ -1,0 +1,281 @@
+//! Real faults: kill -9 and SIGSTOP of worker nodes mid-stream, poison tasks, and a
+//! nats-server restart under load. Nothing accepted may be lost; a streaming client sees
+//! one unbroken answer.
+
+use std::time::{Duration, Instant};
+
+use bitinglip_config::{Config, Role};
+use bitinglip_tests::{echo_model, test_config, words, Arch, ModelDir, ModelSpec, NodeProcess, SseReader, TestNats};
+use serde_json::{json, Value};
+
+fn fast_failover(url: &str) -> Config {
+    let mut c = test_config(url);
+    c.cluster.heartbeat_interval = Duration::from_millis(300);
+    c.cluster.node_ttl = Duration::from_secs(2);
+    c.jetstream.ack_wait = Duration::from_secs(30);
+    c
+}
+
+fn control(url: &str) -> Config {
+    let mut c = fast_failover(url);
+    c.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
+    c
+}
+
+fn worker(url: &str, id: &str, model: bitinglip_config::ModelConfig) -> Config {
+    let mut c = fast_failover(url);
+    c.node_id = id.into();
+    c.roles = vec![Role::Worker];
+    c.worker.models.push(model);
+    c
+}
+
+async fn task(http: &reqwest::Client, base: &str, id: &str) -> Value {
+    http.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Streams a chat; after `after` chunks calls `fault` with the task's worker id; returns
+/// (streamed text, task id, time from the fault to the next chunk), or None when the
+/// answer ended before `after` chunks.
+async fn stream_with_fault(
+    base: &str,
+    body: Value,
+    after: usize,
+    mut fault: impl FnMut(&str),
+) -> Option<(String, String, Duration)> {
+    let http = reqwest::Client::new();
+    let resp = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-task-id"].to_str().unwrap().to_string();
+    let mut sse = SseReader::new(resp);
+    let mut text = String::new();
+    let mut chunks = 0;
+    let mut faulted_at: Option<Instant> = None;
+    let mut gap = None;
+    while let Some((_, _, data)) = sse.next().await {
+        if data == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(&data).unwrap();
+        assert!(v.get("error").is_none(), "stream failed: {v}");
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            if t.is_empty() {
+                continue;
+            }
+            if let (Some(at), None) = (faulted_at, gap) {
+                gap = Some(at.elapsed());
+            }
+            text.push_str(t);
+            chunks += 1;
+            if chunks == after && faulted_at.is_none() {
+                let record = task(&http, base, &id).await;
+                let worker = record["worker"].as_str().unwrap().to_string();
+                fault(&worker);
+                faulted_at = Some(Instant::now());
+            }
+        }
+    }
+    gap.map(|g| (text, id, g))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_of_a_worker_mid_stream_continues_on_another() {
+    let nats = TestNats::start().await;
+    let mut front = NodeProcess::spawn(&control(&nats.url()), &["node"]);
+    let mut a = NodeProcess::spawn(&worker(&nats.url(), "worker-a", echo_model("echo", 25.0, 2)), &["node"]);
+    let mut b = NodeProcess::spawn(&worker(&nats.url(), "worker-b", echo_model("echo", 25.0, 2)), &["node"]);
+    front.wait_for_model("echo", Duration::from_secs(60)).await;
+    a.wait_for_log("model loaded", Duration::from_secs(30)).await;
+    b.wait_for_log("model loaded", Duration::from_secs(30)).await;
+    let base = front.http.clone().unwrap();
+
+    let prompt = words(80);
+    let body = json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000, "stream": true});
+    let (text, id, gap) = stream_with_fault(&base, body, 15, |w| {
+        if w.starts_with("worker-a") { a.kill9() } else { b.kill9() }
+    })
+    .await
+    .expect("the stream outlives the kill");
+    eprintln!("kill -9 of the worker to the next token: {gap:?} (node TTL 2 s, AckWait 30 s)");
+    assert_eq!(text, prompt, "one unbroken answer: nothing repeated, nothing skipped");
+    assert!(gap < Duration::from_secs(30), "redelivered sooner than AckWait: {gap:?}");
+    let record = task(&reqwest::Client::new(), &base, &id).await;
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["attempts"], 2);
+    assert_eq!(record["result"]["text"], prompt.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_of_a_mistralrs_worker_mid_stream_continues_on_another() {
+    let nats = TestNats::start().await;
+    // Big enough that decoding takes a few seconds on 2 cores, so it can be killed mid-stream.
+    let spec = ModelSpec { hidden: 384, layers: 6, heads: 6, kv_heads: 2, intermediate: 1024, ..ModelSpec::tiny(Arch::Llama) };
+    let model = ModelDir::generate("slow-llama", &spec);
+    let path = model.path().display().to_string();
+    let mut m = bitinglip_config::ModelConfig::new(path);
+    m.max_sequences = 2;
+    let mut front = NodeProcess::spawn(&control(&nats.url()), &["node"]);
+    let mut a = NodeProcess::spawn(&worker(&nats.url(), "worker-a", m.clone()), &["node"]);
+    let mut b = NodeProcess::spawn(&worker(&nats.url(), "worker-b", m), &["node"]);
+    front.wait_for_model("slow-llama", Duration::from_secs(120)).await;
+    a.wait_for_log("model loaded", Duration::from_secs(60)).await;
+    b.wait_for_log("model loaded", Duration::from_secs(60)).await;
+    let base = front.http.clone().unwrap();
+    let http = reqwest::Client::new();
+
+    // Random weights may stop early on an end token; try again until a stream is long
+    // enough to be killed in the middle.
+    for _ in 0..5 {
+        let body = json!({"model": "slow-llama", "messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 400, "stream": true});
+        let Some((text, id, gap)) = stream_with_fault(&base, body, 12, |w| {
+            if w.starts_with("worker-a") { a.kill9() } else { b.kill9() }
+        })
+        .await
+        else {
+            continue;
+        };
+        eprintln!("mistral.rs: kill -9 of the worker to the next token: {gap:?}");
+        let record = task(&http, &base, &id).await;
+        assert_eq!(record["status"], "completed", "{record}");
+        assert_eq!(record["attempts"], 2, "{record}");
+        assert_eq!(record["result"]["text"].as_str().unwrap(), text, "the client saw exactly the recorded answer");
+        return;
+    }
+    panic!("no stream was long enough to be killed mid-way");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_worker_loses_its_task_and_cannot_interleave_when_it_wakes() {
+    let nats = TestNats::start().await;
+    let mut front = NodeProcess::spawn(&control(&nats.url()), &["node"]);
+    let mut a = NodeProcess::spawn(&worker(&nats.url(), "worker-a", echo_model("echo", 25.0, 2)), &["node"]);
+    let mut b = NodeProcess::spawn(&worker(&nats.url(), "worker-b", echo_model("echo", 25.0, 2)), &["node"]);
+    front.wait_for_model("echo", Duration::from_secs(60)).await;
+    a.wait_for_log("model loaded", Duration::from_secs(30)).await;
+    b.wait_for_log("model loaded", Duration::from_secs(30)).await;
+    let base = front.http.clone().unwrap();
+    let (pa, pb) = (a.pid(), b.pid());
+    let mut frozen = 0u32;
+    let prompt = words(120);
+    let body = json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000, "stream": true});
+    let (text, id, gap) = stream_with_fault(&base, body, 10, |w| {
+        frozen = if w.starts_with("worker-a") { pa } else { pb };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(frozen as i32), nix::sys::signal::Signal::SIGSTOP);
+        // Wake it while the other worker is still generating.
+        let pid = frozen;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(4));
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+        });
+    })
+    .await
+    .expect("the stream outlives the freeze");
+    eprintln!("SIGSTOP of the worker to the next token: {gap:?}");
+    assert_eq!(text, prompt, "the woken worker's late chunks changed nothing");
+    let record = task(&reqwest::Client::new(), &base, &id).await;
+    assert_eq!(record["result"]["text"], prompt.as_str());
+    assert_eq!(record["attempts"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_tasks_fail_after_max_deliver_and_others_keep_flowing() {
+    let nats = TestNats::start().await;
+    let mut config = fast_failover(&nats.url());
+    config.jetstream.max_deliver = 3;
+    config.worker.models.push(echo_model("echo", 0.0, 2));
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_model("echo", Duration::from_secs(60)).await;
+    let base = node.http.clone().unwrap();
+    let http = reqwest::Client::new();
+    for fault in ["[[fail]]", "[[panic]]"] {
+        let started = Instant::now();
+        let resp = http
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "echo", "messages": [{"role": "user", "content": format!("poison {fault}")}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+        let body: Value = resp.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("after 3 attempts"), "{fault}: {body}");
+        eprintln!("{fault}: failed after 3 attempts in {:?}", started.elapsed());
+        // Others keep flowing, and the worker did not crash-loop.
+        let ok: Value = http.post(format!("{base}/v1/chat/completions")).json(&json!({"model": "echo", "messages": [{"role": "user", "content": "fine"}]})).send().await.unwrap().json().await.unwrap();
+        assert_eq!(ok["choices"][0]["message"]["content"], "fine");
+    }
+    assert!(!node.log().contains("restarting"), "no actor restarted:\n{}", node.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_crashes_every_worker_is_failed_by_the_cluster_manager() {
+    let nats = TestNats::start().await;
+    let mut c = control(&nats.url());
+    c.jetstream.max_deliver = 2;
+    c.jetstream.ack_wait = Duration::from_secs(3);
+    let mut front = NodeProcess::spawn(&c, &["node"]);
+    let mut w = worker(&nats.url(), "crashy", echo_model("echo", 50.0, 1));
+    w.jetstream = c.jetstream.clone();
+    let mut node = NodeProcess::spawn(&w, &["node"]);
+    front.wait_for_model("echo", Duration::from_secs(60)).await;
+    let base = front.http.clone().unwrap();
+    let http = reqwest::Client::new();
+    let resp = http.post(format!("{base}/v1/tasks")).json(&json!({"model": "echo", "messages": [{"role": "user", "content": "a b c d e [[abort-at-2]]"}]})).send().await.unwrap();
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // Each attempt aborts the worker process; a supervisor (here, the test) restarts it.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let record = task(&http, &base, &id).await;
+        if record["status"] == "failed" {
+            assert!(record["error"]["message"].as_str().unwrap().contains("2 attempts"), "{record}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never failed: {record}");
+        if node.try_exit_status().is_some() {
+            node = NodeProcess::spawn(&w, &["node"]);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The queue is clear: a normal task runs.
+    let ok: Value = http.post(format!("{base}/v1/chat/completions")).json(&json!({"model": "echo", "messages": [{"role": "user", "content": "after"}]})).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ok["choices"][0]["message"]["content"], "after");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_server_restart_under_load_loses_no_accepted_task() {
+    let mut nats = TestNats::start().await;
+    let mut config = fast_failover(&nats.url());
+    config.worker.models.push(echo_model("echo", 200.0, 4));
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_model("echo", Duration::from_secs(60)).await;
+    let base = node.http.clone().unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..40 {
+        if i == 15 {
+            nats.restart().await;
+        }
+        match http.post(format!("{base}/v1/tasks")).json(&json!({"model": "echo", "messages": [{"role": "user", "content": words(10)}]})).send().await {
+            Ok(r) if r.status() == 202 => accepted.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()),
+            _ => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("{} accepted, {refused} refused while the server restarted", accepted.len());
+    assert!(accepted.len() >= 20);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for id in &accepted {
+        loop {
+            if let Ok(r) = http.get(format!("{base}/v1/tasks/{id}")).send().await {
+                if let Ok(v) = r.json::<Value>().await {
+                    if v["status"] == "completed" {
+                        break;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "accepted task {id} never completed:\n{}", node.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
