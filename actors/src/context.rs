@@ -53,10 +53,13 @@ impl NodeContext {
     }
 
     /// Updates one worker's row in the status table; a change of state (loading, ready,
-    /// failed) is written to the cluster at once.
+    /// failed) or of the tasks it runs is written to the cluster at once, so a cluster
+    /// manager knows what to hand on if this node dies.
     pub fn set_worker(&self, info: WorkerInfo) {
         let changed = match self.workers.write() {
-            Ok(mut w) => w.insert(info.worker_id.clone(), info.clone()).is_none_or(|old| old.state != info.state),
+            Ok(mut w) => w
+                .insert(info.worker_id.clone(), info.clone())
+                .is_none_or(|old| old.state != info.state || old.running != info.running),
             Err(_) => false,
         };
         if changed {

@@ -65,16 +65,20 @@ impl Actor for Heartbeat {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = tick_ctx.heartbeat_now.notified() => {}
-                }
+                let nudged = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = tick_ctx.heartbeat_now.notified() => true,
+                };
                 if let Err(err) = tokio::time::timeout(Duration::from_secs(5), beat(&tick_ctx))
                     .await
                     .map_err(|_| "timed out".to_string())
                     .and_then(|r| r)
                 {
                     tracing::warn!(cause = %err, "heartbeat not written");
+                }
+                if nudged {
+                    // Coalesce bursts of changes (many tasks starting at once).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         });

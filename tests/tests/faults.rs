@@ -135,6 +135,7 @@ async fn kill9_of_a_mistralrs_worker_mid_stream_continues_on_another() {
             continue;
         };
         eprintln!("mistral.rs: kill -9 of the worker to the next token: {gap:?}");
+        assert!(gap < Duration::from_secs(30), "redelivered sooner than AckWait: {gap:?}");
         let record = task(&http, &base, &id).await;
         assert_eq!(record["status"], "completed", "{record}");
         assert_eq!(record["attempts"], 2, "{record}");
