@@ -30,6 +30,8 @@ pub struct NodeContext {
     pub heartbeat_now: Arc<tokio::sync::Notify>,
     /// Messages dropped because they could not be decoded and had no reply subject.
     pub dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// The gateway's requests in progress (`gateway.max_concurrent_requests`).
+    pub gateway_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl NodeContext {
@@ -38,6 +40,7 @@ impl NodeContext {
         Self {
             bus,
             kv,
+            gateway_permits: Arc::new(tokio::sync::Semaphore::new(config.gateway.max_concurrent_requests)),
             config: Arc::new(config),
             started_ms: bitinglip_nats::now_ms(),
             workers: Arc::default(),

@@ -76,6 +76,17 @@ async fn models(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
+/// Takes one of the gateway's request slots, or answers 503 with `Retry-After` at once:
+/// a flood of requests costs a bounded amount of memory.
+pub(super) fn admit(ctx: &NodeContext) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    ctx.gateway_permits.clone().try_acquire_owned().map_err(|_| {
+        ApiError::from(WireError::new(
+            ErrorKind::Unavailable,
+            format!("the gateway has {} requests in progress; retry later", ctx.config.gateway.max_concurrent_requests),
+        ))
+    })
+}
+
 /// Reads the body up to the limit (the configured one, or what one bus message can carry
 /// when that is less): a larger one is a 413 in OpenAI's shape.
 pub(super) async fn read_body(ctx: &NodeContext, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
@@ -147,6 +158,7 @@ pub(super) async fn submit_chat(
 }
 
 async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let permit = admit(&ctx)?;
     let body = read_body(&ctx, &headers, body).await?;
     let request = openai::parse_request(&body)?;
     let stream = request.stream;
@@ -159,6 +171,11 @@ async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, bo
     let created = bitinglip_nats::now_ms() / 1000;
     if stream {
         let events = sse_events(watch, cancel, id, created, model, include_usage);
+        // The slot is held while the stream is open.
+        let events = futures::StreamExt::map(events, move |e| {
+            let _held = &permit;
+            e
+        });
         let mut resp = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
         resp.headers_mut().insert("x-task-id", task_id.as_str().parse().expect("task ids are valid header values"));
         Ok(resp)

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::{
     openai::{self, ApiError},
-    routes::{read_body, submit_chat},
+    routes::{admit, read_body, submit_chat},
 };
 use crate::{
     client::{Relayed, TaskWatch},
@@ -84,6 +84,7 @@ async fn read(ctx: &NodeContext, id: &TaskId) -> Result<TaskRecord, ApiError> {
 
 /// `POST /v1/tasks`: the chat request; answers 202 with the id at once.
 pub(super) async fn submit(State(ctx): State<NodeContext>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let _permit = admit(&ctx)?;
     let body = read_body(&ctx, &headers, body).await?;
     let chat = openai::parse_request(&body)?.into_chat()?;
     let model = chat.model.clone();
@@ -149,6 +150,7 @@ pub(super) async fn events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let permit = admit(&ctx)?;
     let id = parse_id(&id)?;
     // Unknown ids are a 404 now, not an endless stream.
     read(&ctx, &id).await?;
@@ -185,6 +187,11 @@ pub(super) async fn events(
             }
         };
         Some((Ok(event), Some(watch)))
+    });
+    // The slot is held while the stream is open.
+    let stream = futures::StreamExt::map(stream, move |e| {
+        let _held = &permit;
+        e
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
