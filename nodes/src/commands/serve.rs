@@ -34,8 +34,14 @@ fn is_local(url: &str) -> bool {
         .is_some_and(|h| matches!(h.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]" | "0.0.0.0"))
 }
 
-async fn answers(url: &str) -> bool {
-    matches!(tokio::time::timeout(Duration::from_secs(1), async_nats::connect(url)).await, Ok(Ok(_)))
+/// True when a server answers with this node's connection settings (auth, TLS).
+async fn answers(config: &Config) -> bool {
+    let mut probe = config.nats.clone();
+    probe.connect_timeout = Duration::from_secs(1);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), bitinglip_nats::connect(&probe, "bitinglip-probe", None)).await,
+        Ok(Ok(_))
+    )
 }
 
 pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()> {
@@ -47,7 +53,7 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     // `up` is the one-machine default: if nothing answers at the (single, local) URL,
     // start a nats-server with JetStream in the data folder, and stop it on exit.
     let mut local_server = None;
-    if embedded && config.nats.servers.len() == 1 && is_local(&config.nats.servers[0]) && !answers(&config.nats.servers[0]).await {
+    if embedded && config.nats.servers.len() == 1 && is_local(&config.nats.servers[0]) && !answers(&config).await {
         let url = url::Url::parse(&config.nats.servers[0])?;
         let mut opts = ServerOptions::new(config.data_dir.join("nats"));
         opts.binary = config.nats.embedded.binary.clone();
