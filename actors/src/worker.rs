@@ -112,6 +112,8 @@ pub struct WorkerState {
     tasks: Vec<JoinHandle<()>>,
     /// The cancel listener.
     listener: Option<JoinHandle<()>>,
+    /// Registering the model with a model manager.
+    registration: Option<JoinHandle<()>>,
     loader: Option<JoinHandle<()>>,
 }
 
@@ -170,7 +172,7 @@ impl Actor for Worker {
                 Err(err) => myself.cast(WorkerMsg::LoadFailed(err)),
             };
         });
-        Ok(WorkerState { ctx, worker_id, model, shared: None, tasks: Vec::new(), listener: None, loader: Some(loader) })
+        Ok(WorkerState { ctx, worker_id, model, shared: None, tasks: Vec::new(), listener: None, registration: None, loader: Some(loader) })
     }
 
     async fn handle(&self, myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
@@ -190,7 +192,6 @@ impl Actor for Worker {
                     in_flight: AtomicU32::new(0),
                     info: Mutex::new(info(&state.worker_id, &state.model, engine.kind(), "ready")),
                 });
-                register_model(&state.ctx, &state.model, &state.worker_id, engine.context_length()).await?;
                 let consumers = slots::ensure_consumers(&state.ctx, &served).await?;
                 state.listener = Some(spawn_cancel_listener(shared.clone(), myself.clone()).await?);
                 for slot in 0..state.model.max_sequences {
@@ -204,8 +205,20 @@ impl Actor for Worker {
                         }
                     }));
                 }
-                // Ready only now: the heartbeat tells task managers this model has a worker.
-                shared.publish_info();
+                // Registered, then ready: the heartbeat tells task managers this model has a
+                // worker. Registration waits for a model manager without holding the actor.
+                let (reg_ctx, reg_model, reg_id, reg_shared, me) =
+                    (state.ctx.clone(), state.model.clone(), state.worker_id.clone(), shared.clone(), myself.clone());
+                let context_length = engine.context_length();
+                state.registration = Some(tokio::spawn(async move {
+                    match register_model(&reg_ctx, &reg_model, &reg_id, context_length).await {
+                        Ok(()) => reg_shared.publish_info(),
+                        Err(err) => {
+                            tracing::error!(cause = %err, "model registration refused");
+                            let _ = me.cast(WorkerMsg::LoopEnded("registration"));
+                        }
+                    }
+                }));
                 state.shared = Some(shared);
             }
             WorkerMsg::LoadFailed(err) => {
@@ -221,6 +234,9 @@ impl Actor for Worker {
     async fn post_stop(&self, _myself: ActorRef<WorkerMsg>, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
         if let Some(loader) = state.loader.take() {
             loader.abort();
+        }
+        if let Some(registration) = state.registration.take() {
+            registration.abort();
         }
         if let Some(shared) = state.shared.take() {
             // Drain: slots take nothing new; running tasks get the grace period to finish,

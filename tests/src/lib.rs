@@ -339,3 +339,21 @@ impl SseReader {
         }
     }
 }
+
+/// `GET /v1/tasks/{id}` on `base`.
+pub async fn task_record(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
+    http.get(format!("{base}/v1/tasks/{id}")).send().await.expect("gateway answers").json().await.expect("JSON")
+}
+
+/// Polls `GET /v1/tasks/{id}` until its status is `status` (60 s at most).
+pub async fn wait_task_status(http: &reqwest::Client, base: &str, id: &str, status: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = task_record(http, base, id).await;
+        if t["status"] == status {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "task {id} never became {status}: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -21,21 +21,7 @@ async fn id_of(resp: reqwest::Response) -> String {
     body["id"].as_str().unwrap().to_string()
 }
 
-async fn record(http: &reqwest::Client, base: &str, id: &str) -> Value {
-    http.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap()
-}
-
-async fn until(http: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = record(http, base, id).await;
-        if r["status"] == status {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "{id} never {status}: {r}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use bitinglip_tests::wait_task_status as until;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn full_queues_refuse_at_once_and_priorities_are_fair() {

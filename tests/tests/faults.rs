@@ -30,9 +30,7 @@ fn worker(url: &str, id: &str, model: bitinglip_config::ModelConfig) -> Config {
     c
 }
 
-async fn task(http: &reqwest::Client, base: &str, id: &str) -> Value {
-    http.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap()
-}
+use bitinglip_tests::task_record as task;
 
 /// Streams a chat; after `after` chunks calls `fault` with the task's worker id; returns
 /// (streamed text, task id, time from the fault to the next chunk), or None when the
@@ -101,7 +99,7 @@ async fn kill9_of_a_worker_mid_stream_continues_on_another() {
     assert!(gap < Duration::from_secs(30), "redelivered sooner than AckWait: {gap:?}");
     let record = task(&reqwest::Client::new(), &base, &id).await;
     assert_eq!(record["status"], "completed");
-    assert_eq!(record["attempts"], 2);
+    assert!(record["attempts"].as_u64().unwrap() >= 2, "{record}");
     assert_eq!(record["result"]["text"], prompt.as_str());
 }
 
@@ -138,7 +136,7 @@ async fn kill9_of_a_mistralrs_worker_mid_stream_continues_on_another() {
         assert!(gap < Duration::from_secs(30), "redelivered sooner than AckWait: {gap:?}");
         let record = task(&http, &base, &id).await;
         assert_eq!(record["status"], "completed", "{record}");
-        assert_eq!(record["attempts"], 2, "{record}");
+        assert!(record["attempts"].as_u64().unwrap() >= 2, "{record}");
         assert_eq!(record["result"]["text"].as_str().unwrap(), text, "the client saw exactly the recorded answer");
         return;
     }
@@ -175,7 +173,7 @@ async fn a_frozen_worker_loses_its_task_and_cannot_interleave_when_it_wakes() {
     assert_eq!(text, prompt, "the woken worker's late chunks changed nothing");
     let record = task(&reqwest::Client::new(), &base, &id).await;
     assert_eq!(record["result"]["text"], prompt.as_str());
-    assert_eq!(record["attempts"], 2);
+    assert!(record["attempts"].as_u64().unwrap() >= 2, "{record}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

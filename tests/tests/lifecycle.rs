@@ -12,21 +12,7 @@ fn chat(model: &str, prompt: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000})
 }
 
-async fn task(http: &reqwest::Client, base: &str, id: &str) -> Value {
-    http.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap()
-}
-
-async fn wait_status(http: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let t = task(http, base, id).await;
-        if t["status"] == status {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "task {id} never became {status}: {t}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use bitinglip_tests::{task_record as task, wait_task_status as wait_status};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idempotent_submit_returns_the_same_task() {
@@ -218,7 +204,7 @@ async fn sigterm_drains_then_hands_back() {
     next.wait_for_log("model loaded", Duration::from_secs(30)).await;
     let t = wait_status(&http, &base, &id, "completed").await;
     assert_eq!(t["result"]["text"], prompt.as_str(), "{t}");
-    assert_eq!(t["attempts"], 2);
+    assert!(t["attempts"].as_u64().unwrap() >= 2, "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

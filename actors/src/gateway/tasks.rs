@@ -30,15 +30,6 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     TaskId::parse(id).map_err(|e| ApiError::invalid(&e.to_string(), Some("id")))
 }
 
-fn state_name(s: TaskState) -> &'static str {
-    match s {
-        TaskState::Queued => "queued",
-        TaskState::Running => "running",
-        TaskState::Completed => "completed",
-        TaskState::Failed => "failed",
-        TaskState::Cancelled => "cancelled",
-    }
-}
 
 /// A status record as JSON.
 fn record_json(r: &TaskRecord) -> Value {
@@ -46,7 +37,7 @@ fn record_json(r: &TaskRecord) -> Value {
         "id": r.task_id.as_str(),
         "object": "task",
         "model": r.model,
-        "status": state_name(r.state),
+        "status": r.state.as_str(),
         "priority": r.priority.as_str(),
         "attempts": r.attempt,
         "worker": r.worker,
@@ -116,12 +107,7 @@ pub(super) struct ListQuery {
 pub(super) async fn list(State(ctx): State<NodeContext>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
     let state = match q.status.as_deref() {
         None => None,
-        Some(s) => Some(
-            [TaskState::Queued, TaskState::Running, TaskState::Completed, TaskState::Failed, TaskState::Cancelled]
-                .into_iter()
-                .find(|st| state_name(*st) == s)
-                .ok_or_else(|| ApiError::invalid(&format!("unknown status {s:?}"), Some("status")))?,
-        ),
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| ApiError::invalid(&format!("unknown status {s:?}"), Some("status")))?),
     };
     let reply: TaskList = ctx
         .bus

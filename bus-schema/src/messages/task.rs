@@ -144,6 +144,26 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state.
+    pub const ALL: [TaskState; 5] =
+        [TaskState::Queued, TaskState::Running, TaskState::Completed, TaskState::Failed, TaskState::Cancelled];
+
+    /// The snake_case name used on the wire and in the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a state name.
+    pub fn parse(name: &str) -> Option<TaskState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// True for completed, failed and cancelled.
     pub fn is_final(self) -> bool {
         matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Cancelled)

@@ -12,19 +12,10 @@ use bitinglip_config::Config;
 
 use crate::cli::TasksCommand;
 
-fn state_name(s: TaskState) -> &'static str {
-    match s {
-        TaskState::Queued => "queued",
-        TaskState::Running => "running",
-        TaskState::Completed => "completed",
-        TaskState::Failed => "failed",
-        TaskState::Cancelled => "cancelled",
-    }
-}
 
 fn record_json(r: &TaskRecord) -> serde_json::Value {
     serde_json::json!({
-        "id": r.task_id.as_str(), "model": r.model, "status": state_name(r.state), "attempts": r.attempt,
+        "id": r.task_id.as_str(), "model": r.model, "status": r.state.as_str(), "attempts": r.attempt,
         "worker": r.worker, "created_ms": r.created_ms, "updated_ms": r.updated_ms,
         "text": r.result.as_ref().map(|d| d.text.clone()),
         "finish_reason": r.result.as_ref().map(|d| d.finish_reason.as_str()),
@@ -94,10 +85,8 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
         TasksCommand::Ls { state, limit, json } => {
             let state = match state.as_deref() {
                 None => None,
-                Some(s) => Some(
-                    [TaskState::Queued, TaskState::Running, TaskState::Completed, TaskState::Failed, TaskState::Cancelled]
-                        .into_iter()
-                        .find(|st| state_name(*st) == s)
+                        Some(s) => Some(
+                    TaskState::parse(s)
                         .ok_or_else(|| anyhow::anyhow!("--state {s:?}: use queued, running, completed, failed or cancelled"))?,
                 ),
             };
@@ -115,7 +104,7 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
                 rows.push(vec![
                     t.task_id.to_string(),
                     t.model.clone(),
-                    state_name(t.state).into(),
+                    t.state.as_str().into(),
                     t.attempt.to_string(),
                     t.worker.clone().unwrap_or_else(|| "-".into()),
                 ]);
