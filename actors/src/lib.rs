@@ -7,6 +7,7 @@
 //! | gateway | `gateway.rs` | HTTP: OpenAI-compatible API, health |
 //! | task manager | `task_manager.rs` | `…task.submit`, `…task.get` |
 //! | worker | `worker.rs` | pulls tasks of one model, runs its engine |
+//! | puller | `puller.rs` | `…model.pull`: hub downloads on worker nodes |
 //! | model manager | `model_manager.rs` | `…model.register`, `…model.list` |
 //! | cluster manager | `cluster_manager.rs` | `…cluster.status` |
 
@@ -17,6 +18,7 @@ pub mod gateway;
 pub mod heartbeat;
 pub mod model_manager;
 pub mod node;
+pub mod puller;
 mod serve;
 pub mod task_manager;
 pub mod worker;

@@ -1,14 +1,15 @@
 //! The model manager: keeps the model registry in the models KV bucket.
 //!
 //! Supervised by the node supervisor; supervises nothing. Serves, on the queue group
-//! `model-manager`, `…model.register` (a worker announces the model it serves; the entry
+//! `model-manager`, `…model.search` (the hub's search API at the configured endpoint),
+//! `…model.register` (a worker announces the model it serves; the entry
 //! is created or refreshed, keeping its first-registration time) and `…model.list` (every
 //! registered model). Stateless: several can run. If a subscription ends it fails and is
 //! restarted.
 
 use bitinglip_bus_schema::{
     decode_body, encode, encode_token, Ack, Envelope, ErrorKind, ListModels, ModelList, ModelRecord, RegisterModel,
-    WireError,
+    SearchModels, SearchResults, WireError,
 };
 use futures::TryStreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -73,6 +74,13 @@ async fn register(ctx: &NodeContext, req: RegisterModel) -> Result<(), WireError
     let now = bitinglip_nats::now_ms();
     if let Some(existing) = get_model(ctx, &record.id).await? {
         record.created_ms = existing.created_ms;
+        // A worker that loaded the model adds its context length; what a pull recorded
+        // (revision sha, files) stays.
+        if record.files.is_empty() {
+            record.files = existing.files;
+        }
+        record.revision_sha = record.revision_sha.or(existing.revision_sha);
+        record.context_length = record.context_length.or(existing.context_length);
     } else {
         record.created_ms = now;
     }
@@ -111,6 +119,29 @@ impl Actor for ModelManager {
             }
         });
 
+        let search_sub = ctx.bus.queue_subscribe(subjects.model_search(), group.clone()).await?;
+        let search_ctx = ctx.clone();
+        let search_serve = spawn_serve(search_sub, myself.clone(), ModelManagerMsg::SubscriptionEnded, move |msg| {
+            let ctx = search_ctx.clone();
+            async move {
+                let reply = match ctx.bus.decode::<SearchModels>(&msg) {
+                    Err(err) => SearchResults::Error(err.into()),
+                    Ok(req) => {
+                        let req = req.envelope.body;
+                        let found = match crate::puller::hub::Hub::new(&ctx.config.hub) {
+                            Ok(hub) => hub.search(&req.query, req.limit.unwrap_or(20).clamp(1, 100)).await,
+                            Err(e) => Err(e),
+                        };
+                        match found {
+                            Ok(models) => SearchResults::Models { models },
+                            Err(err) => SearchResults::Error(err),
+                        }
+                    }
+                };
+                let _ = ctx.bus.reply(&msg, &reply).await;
+            }
+        });
+
         let list_sub = ctx.bus.queue_subscribe(subjects.model_list(), group).await?;
         let list_ctx = ctx.clone();
         let list_serve = spawn_serve(list_sub, myself, ModelManagerMsg::SubscriptionEnded, move |msg| {
@@ -126,7 +157,7 @@ impl Actor for ModelManager {
                 let _ = ctx.bus.reply(&msg, &reply).await;
             }
         });
-        Ok(ModelManagerState { serves: vec![register_serve, list_serve] })
+        Ok(ModelManagerState { serves: vec![register_serve, search_serve, list_serve] })
     }
 
     async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {

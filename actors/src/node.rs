@@ -21,6 +21,7 @@ use crate::{
     gateway::{Gateway, GatewayArgs},
     heartbeat::{Heartbeat, HeartbeatArgs},
     model_manager::{ModelManager, ModelManagerArgs},
+    puller::{Puller, PullerArgs},
     task_manager::{TaskManager, TaskManagerArgs},
     worker::{Worker, WorkerArgs},
     NodeContext,
@@ -50,6 +51,8 @@ pub enum ChildKind {
     Worker(usize),
     /// The gateway.
     Gateway,
+    /// The hub puller (on worker nodes).
+    Puller,
 }
 
 /// The supervisor's state.
@@ -89,7 +92,10 @@ impl Actor for NodeSupervisor {
                 Role::ClusterManager => kinds.push(ChildKind::ClusterManager),
                 Role::ModelManager => kinds.push(ChildKind::ModelManager),
                 Role::TaskManager => kinds.push(ChildKind::TaskManager),
-                Role::Worker => kinds.extend((0..ctx.config.worker.models.len()).map(ChildKind::Worker)),
+                Role::Worker => {
+                    kinds.push(ChildKind::Puller);
+                    kinds.extend((0..ctx.config.worker.models.len()).map(ChildKind::Worker));
+                }
                 Role::Gateway => kinds.push(ChildKind::Gateway),
             }
         }
@@ -125,7 +131,7 @@ impl Actor for NodeSupervisor {
                 // tasks), then the control roles and the heartbeat.
                 let order = |k: &ChildKind| match k {
                     ChildKind::Gateway => 0,
-                    ChildKind::Worker(_) => 1,
+                    ChildKind::Worker(_) | ChildKind::Puller => 1,
                     ChildKind::TaskManager => 2,
                     ChildKind::ModelManager | ChildKind::ClusterManager => 3,
                     ChildKind::Heartbeat => 4,
@@ -194,6 +200,7 @@ async fn spawn_child(
             Actor::spawn_linked(None, Worker, WorkerArgs { ctx, model, index }, sup).await?.0.get_cell()
         }
         ChildKind::Gateway => Actor::spawn_linked(None, Gateway, GatewayArgs { ctx }, sup).await?.0.get_cell(),
+        ChildKind::Puller => Actor::spawn_linked(None, Puller, PullerArgs { ctx }, sup).await?.0.get_cell(),
     };
     state.children.insert(cell.get_id(), (kind, cell));
     Ok(())

@@ -157,8 +157,23 @@ impl Actor for Worker {
         let worker_id = format!("{}-w{index}", ctx.node_id());
         ctx.set_worker(info(&worker_id, &model, engine_name(model.engine), "loading"));
         let force_cpu = ctx.config.worker.force_cpu;
-        let load_cfg = model.clone();
+        let mut load_cfg = model.clone();
+        let pull_ctx = ctx.clone();
         let loader = tokio::spawn(async move {
+            // A hub model is pulled into the hub cache first (progress, resume,
+            // verification), then loaded from its snapshot folder.
+            if load_cfg.engine == EngineKind::Mistralrs && !load_cfg.is_local() {
+                match crate::puller::pull(&pull_ctx, &load_cfg.source, &load_cfg.revision).await {
+                    Ok(pulled) => {
+                        load_cfg.name.get_or_insert_with(|| load_cfg.source.clone());
+                        load_cfg.source = pulled.dir.display().to_string();
+                    }
+                    Err(err) => {
+                        let _ = myself.cast(WorkerMsg::LoadFailed(err.to_string()));
+                        return;
+                    }
+                }
+            }
             tracing::info!(model = %load_cfg.source, engine = engine_name(load_cfg.engine), "loading model");
             let loaded: Result<Arc<dyn Engine>, String> = match load_cfg.engine {
                 EngineKind::Echo => Ok(Arc::new(echo::EchoEngine::new(load_cfg.echo_tokens_per_sec))),
@@ -276,7 +291,15 @@ async fn register_model(
         ModelSource::Hub { revision: model.revision.clone() }
     };
     let req = RegisterModel {
-        model: ModelRecord { id: model.served_name(), source, context_length, created_ms: 0, updated_ms: 0 },
+        model: ModelRecord {
+            id: model.served_name(),
+            source,
+            context_length,
+            revision_sha: None,
+            files: Vec::new(),
+            created_ms: 0,
+            updated_ms: 0,
+        },
         worker: worker_id.to_string(),
     };
     let mut delay = Duration::from_millis(100);

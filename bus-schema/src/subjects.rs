@@ -240,6 +240,27 @@ impl Subjects {
         self.subject(&["model", "register"])
     }
 
+    /// Request/reply: download a hub model on a worker node ([`crate::PullModel`] →
+    /// [`crate::PullReply`]). Nodes with workers serve it on [`Self::puller_queue_group`].
+    pub fn model_pull(&self) -> String {
+        self.subject(&["model", "pull"])
+    }
+
+    /// Queue group of the nodes that pull models.
+    pub fn puller_queue_group(&self) -> String {
+        "puller".to_string()
+    }
+
+    /// Publish: progress of a pull ([`crate::PullProgress`]).
+    pub fn model_progress(&self, model: &str) -> String {
+        self.subject(&["model", &encode_token(model), "progress"])
+    }
+
+    /// Request/reply: search the hub ([`crate::SearchModels`] → [`crate::SearchResults`]).
+    pub fn model_search(&self) -> String {
+        self.subject(&["model", "search"])
+    }
+
     /// Request/reply: every node's last heartbeat ([`crate::GetClusterStatus`] → [`crate::ClusterStatus`]).
     pub fn cluster_status(&self) -> String {
         self.subject(&["cluster", "status"])

@@ -98,6 +98,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Heartbeats and membership.
     pub cluster: ClusterConfig,
+    /// The Hugging Face hub.
+    pub hub: HubConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -114,8 +116,54 @@ impl Default for Config {
             task_manager: TaskManagerConfig::default(),
             worker: WorkerConfig::default(),
             cluster: ClusterConfig::default(),
+            hub: HubConfig::default(),
             log: LogConfig::default(),
         }
+    }
+}
+
+/// The Hugging Face hub. Unset keys follow the usual variables: `HF_ENDPOINT`, `HF_TOKEN`,
+/// `HF_HOME` (the cache is `$HF_HOME/hub`, by default `~/.cache/huggingface/hub`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// Hub URL (default `HF_ENDPOINT`, else `https://huggingface.co`).
+    pub endpoint: Option<String>,
+    /// Access token (default `HF_TOKEN`).
+    pub token: Option<Secret>,
+    /// Cache folder in the hub's layout (default `$HF_HOME/hub`).
+    pub cache_dir: Option<PathBuf>,
+    /// Download chunk size in bytes: an interrupted download resumes from the last whole
+    /// chunk (default 10 MiB).
+    pub chunk_size: Option<usize>,
+}
+
+impl HubConfig {
+    /// The endpoint, from config, else `HF_ENDPOINT`, else the public hub.
+    pub fn endpoint_or_env(&self) -> String {
+        self.endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok())
+            .unwrap_or_else(|| "https://huggingface.co".to_string())
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// The token, from config, else `HF_TOKEN`.
+    pub fn token_or_env(&self) -> Option<String> {
+        self.token.as_ref().map(|t| t.expose().to_string()).or_else(|| std::env::var("HF_TOKEN").ok())
+    }
+
+    /// The cache folder, from config, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+    pub fn cache_dir_or_env(&self) -> PathBuf {
+        if let Some(dir) = &self.cache_dir {
+            return dir.clone();
+        }
+        if let Ok(home) = std::env::var("HF_HOME") {
+            return PathBuf::from(home).join("hub");
+        }
+        let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+        PathBuf::from(home).join(".cache/huggingface/hub")
     }
 }
 

@@ -18,4 +18,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<ModelList>(data, max);
     let _ = decode::<NodeHeartbeat>(data, max);
     let _ = decode::<ClusterStatus>(data, max);
+    let _ = decode::<PullModel>(data, max);
+    let _ = decode::<SearchModels>(data, max);
 });

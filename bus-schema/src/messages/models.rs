@@ -30,10 +30,102 @@ pub struct ModelRecord {
     /// Longest sequence (prompt plus answer) the model accepts, when known.
     #[serde(default)]
     pub context_length: Option<u32>,
+    /// Commit sha the revision resolved to, for hub models that were pulled.
+    #[serde(default)]
+    pub revision_sha: Option<String>,
+    /// The model's files, for hub models that were pulled.
+    #[serde(default)]
+    pub files: Vec<ModelFile>,
     /// First registered, ms since the epoch.
     pub created_ms: u64,
     /// Last registration, ms since the epoch.
     pub updated_ms: u64,
+}
+
+/// One file of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// Path inside the repository.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// sha256 (hex), when the hub gives it (LFS files).
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// Request on `…model.pull`: download a hub model into the Hugging Face cache of a node
+/// that runs workers, verify it, and register it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullModel {
+    /// Hub id (`org/name`).
+    pub model: String,
+    /// Branch, tag or commit (default `main`).
+    #[serde(default)]
+    pub revision: Option<String>,
+}
+
+/// Reply on `…model.pull`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PullReply {
+    /// Downloaded, verified and registered.
+    Pulled(ModelRecord),
+    /// Why not.
+    Error(WireError),
+}
+
+/// Published on `…model.<model>.progress` while a pull runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullProgress {
+    /// Hub id.
+    pub model: String,
+    /// The file being downloaded.
+    pub file: String,
+    /// Bytes of this file so far (resumed bytes included).
+    pub file_done: u64,
+    /// Bytes of this file.
+    pub file_size: u64,
+    /// Files finished.
+    pub files_done: u32,
+    /// Files in all.
+    pub files_total: u32,
+}
+
+/// Request on `…model.search`: search the hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchModels {
+    /// Search text.
+    pub query: String,
+    /// Most results (default 20).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Reply on `…model.search`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SearchResults {
+    /// Hub models, as the hub ranks them.
+    Models {
+        /// The results.
+        models: Vec<HubModel>,
+    },
+    /// Why not.
+    Error(WireError),
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HubModel {
+    /// Hub id.
+    pub id: String,
+    /// Downloads, when the hub says.
+    #[serde(default)]
+    pub downloads: Option<u64>,
+    /// Likes, when the hub says.
+    #[serde(default)]
+    pub likes: Option<u64>,
 }
 
 /// Request on `…model.register`: a worker announces the model it serves.
@@ -72,6 +164,8 @@ mod tests {
             id: "org/m".into(),
             source: ModelSource::Hub { revision: "main".into() },
             context_length: Some(2048),
+            revision_sha: Some("abc".into()),
+            files: vec![ModelFile { name: "config.json".into(), size: 10, sha256: None }],
             created_ms: 1,
             updated_ms: 2,
         }
@@ -79,7 +173,16 @@ mod tests {
 
     #[test]
     fn registry_messages_pin_their_fields() {
-        pin(record(), &["id", "source", "context_length", "created_ms", "updated_ms"]);
+        pin(record(), &["id", "source", "context_length", "revision_sha", "files", "created_ms", "updated_ms"]);
+        pin(record().files[0].clone(), &["name", "size", "sha256"]);
+        pin(PullModel { model: "a/b".into(), revision: None }, &["model", "revision"]);
+        pin(PullReply::Pulled(record()), &["type", "id", "source", "context_length", "revision_sha", "files", "created_ms", "updated_ms"]);
+        pin(
+            PullProgress { model: "a/b".into(), file: "f".into(), file_done: 1, file_size: 2, files_done: 0, files_total: 3 },
+            &["model", "file", "file_done", "file_size", "files_done", "files_total"],
+        );
+        pin(SearchModels { query: "q".into(), limit: Some(3) }, &["query", "limit"]);
+        pin(SearchResults::Models { models: vec![HubModel { id: "a/b".into(), downloads: Some(1), likes: None }] }, &["type", "models"]);
         pin(ModelSource::Local { path: "/m".into() }, &["type", "path"]);
         pin(RegisterModel { model: record(), worker: "w".into() }, &["model", "worker"]);
         pin(ListModels {}, &[]);

@@ -1,0 +1,117 @@
+//! The puller: downloads hub models on a node that runs workers (where they will be
+//! served), into the Hugging Face cache, and registers them.
+//!
+//! Supervised by the node supervisor; supervises nothing. Runs on nodes with the worker
+//! role. Serves `…model.pull` on the queue group `puller`; publishes progress on
+//! `…model.<model>.progress`; registers the pulled model (revision sha, files, sizes)
+//! through `…model.register`. A pull that fails leaves hf-hub's partial files in the
+//! cache, so the next pull resumes. If its subscription ends it fails and is restarted.
+
+pub mod hub;
+
+use bitinglip_bus_schema::{
+    Ack, ErrorKind, ModelRecord, ModelSource, PullModel, PullProgress, PullReply, RegisterModel, WireError,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use crate::{serve::spawn_serve, NodeContext};
+
+/// The puller actor.
+pub struct Puller;
+
+/// Its arguments.
+pub struct PullerArgs {
+    /// Shared node context.
+    pub ctx: NodeContext,
+}
+
+/// Its state: the serving task.
+pub struct PullerState {
+    serve: JoinHandle<()>,
+}
+
+/// Messages to the puller.
+#[derive(Debug, Clone)]
+pub enum PullerMsg {
+    /// The subscription ended; fail so the supervisor restarts us.
+    SubscriptionEnded,
+}
+
+/// Pulls `model` at `revision`, publishing progress on the bus.
+pub async fn pull(ctx: &NodeContext, model: &str, revision: &str) -> Result<hub::Pulled, WireError> {
+    if model.trim().is_empty() || model.contains("..") {
+        return Err(WireError::new(ErrorKind::InvalidRequest, format!("invalid model id {model:?}")));
+    }
+    let hub = hub::Hub::new(&ctx.config.hub)?;
+    let bus = ctx.bus.clone();
+    let subject = bus.subjects().model_progress(model);
+    let progress = move |p: PullProgress| {
+        let (bus, subject) = (bus.clone(), subject.clone());
+        tokio::spawn(async move {
+            let _ = bus.publish(subject, &p, None).await;
+        });
+    };
+    tracing::info!(model, revision, "pulling from the hub");
+    let pulled = hub.pull(model, revision, progress).await?;
+    tracing::info!(model, sha = %pulled.sha, files = pulled.files.len(), dir = %pulled.dir.display(), "pulled");
+    Ok(pulled)
+}
+
+async fn pull_and_register(ctx: &NodeContext, req: PullModel) -> Result<ModelRecord, WireError> {
+    let revision = req.revision.clone().unwrap_or_else(|| "main".to_string());
+    let pulled = pull(ctx, &req.model, &revision).await?;
+    let record = ModelRecord {
+        id: req.model.clone(),
+        source: ModelSource::Hub { revision },
+        context_length: None,
+        revision_sha: Some(pulled.sha),
+        files: pulled.files,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    let reg = RegisterModel { model: record.clone(), worker: ctx.node_id().to_string() };
+    match ctx.bus.request::<_, Ack>(ctx.bus.subjects().model_register(), &reg, None, None).await {
+        Ok(Ack::Ok) => Ok(record),
+        Ok(Ack::Error(e)) => Err(e),
+        Err(e) => Err(WireError::from(&e)),
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for Puller {
+    type Msg = PullerMsg;
+    type State = PullerState;
+    type Arguments = PullerArgs;
+
+    async fn pre_start(&self, myself: ActorRef<PullerMsg>, args: PullerArgs) -> Result<PullerState, ActorProcessingErr> {
+        let ctx = args.ctx;
+        let subjects = ctx.bus.subjects().clone();
+        let sub = ctx.bus.queue_subscribe(subjects.model_pull(), subjects.puller_queue_group()).await?;
+        let serve = spawn_serve(sub, myself, PullerMsg::SubscriptionEnded, move |msg| {
+            let ctx = ctx.clone();
+            async move {
+                let reply = match ctx.bus.decode::<PullModel>(&msg) {
+                    Err(err) => PullReply::Error(err.into()),
+                    Ok(req) => match pull_and_register(&ctx, req.envelope.body).await {
+                        Ok(record) => PullReply::Pulled(record),
+                        Err(err) => PullReply::Error(err),
+                    },
+                };
+                let _ = ctx.bus.reply(&msg, &reply).await;
+            }
+        });
+        Ok(PullerState { serve })
+    }
+
+    async fn handle(&self, _myself: ActorRef<PullerMsg>, msg: PullerMsg, _state: &mut PullerState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PullerMsg::SubscriptionEnded => Err("puller subscription ended".into()),
+        }
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<PullerMsg>, state: &mut PullerState) -> Result<(), ActorProcessingErr> {
+        state.serve.abort();
+        Ok(())
+    }
+}
