@@ -32,6 +32,38 @@ pub(crate) enum Command {
     /// Submit, inspect, follow and cancel tasks over NATS.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Hub models: search, pull, list.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelsCommand {
+    /// Search the hub.
+    Search {
+        /// Search text.
+        query: String,
+        /// Most results.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a hub model on a worker node (live progress), verify and register it.
+    Pull {
+        /// Hub id (`org/name`).
+        model: String,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+    },
+    /// List registered models.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

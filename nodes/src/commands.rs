@@ -1,6 +1,7 @@
 //! The subcommands.
 
 mod chat;
+mod models;
 mod serve;
 mod status;
 mod tasks;
@@ -31,6 +32,7 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Chat(args) => chat::run(config, args).await,
         Command::Status(args) => status::run(config, args).await,
         Command::Tasks(cmd) => tasks::run(config, cmd).await,
+        Command::Models(cmd) => models::run(config, cmd).await,
     }
 }
 

@@ -3,6 +3,7 @@
 //! generated tiny models, and an `assert_eventually!` that polls with a deadline instead
 //! of sleeping.
 
+pub mod fake_hub;
 pub mod tiny_model;
 
 use std::{

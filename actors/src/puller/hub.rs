@@ -31,6 +31,7 @@ pub struct Hub {
     api: Api,
     endpoint: String,
     token: Option<String>,
+    cache_dir: PathBuf,
     http: reqwest::Client,
 }
 
@@ -123,14 +124,15 @@ impl Hub {
     pub fn new(cfg: &HubConfig) -> Result<Self, WireError> {
         let endpoint = cfg.endpoint_or_env();
         let token = cfg.token_or_env();
+        let cache_dir = cfg.cache_dir_or_env();
         let mut builder = ApiBuilder::new()
             .with_endpoint(endpoint.clone())
-            .with_cache_dir(cfg.cache_dir_or_env())
+            .with_cache_dir(cache_dir.clone())
             .with_token(token.clone())
             .with_progress(false);
         builder = builder.with_chunk_size(Some(cfg.chunk_size.unwrap_or(10 * 1024 * 1024)));
         let api = builder.build().map_err(|e| unavailable("hub client", e))?;
-        Ok(Self { api, endpoint, token, http: reqwest::Client::new() })
+        Ok(Self { api, endpoint, token, cache_dir, http: reqwest::Client::new() })
     }
 
     fn get(&self, url: String) -> reqwest::RequestBuilder {
@@ -203,8 +205,15 @@ impl Hub {
                     })
                 })
             };
+            // Already in the cache at this commit: verify, do not fetch again.
+            let cached = hf_hub::Cache::new(self.cache_dir.clone())
+                .repo(Repo::with_revision(model.to_string(), RepoType::Model, info.sha.clone()))
+                .get(&name);
             let mut attempt = 0;
             let path = loop {
+                if let Some(path) = &cached {
+                    break path.clone();
+                }
                 let reporter = Reporter {
                     done: Arc::default(),
                     size: Arc::default(),

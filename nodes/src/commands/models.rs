@@ -1,0 +1,122 @@
+//! `bitinglip models …`: search the hub, pull with a live progress bar, list.
+
+use std::{io::Write, time::Duration};
+
+use anyhow::bail;
+use bitinglip_bus_schema::{ListModels, ModelList, ModelSource, PullModel, PullProgress, PullReply, SearchModels, SearchResults};
+use bitinglip_config::Config;
+use futures::StreamExt;
+
+use crate::cli::ModelsCommand;
+
+fn table(rows: Vec<Vec<String>>) {
+    let n = rows.first().map(Vec::len).unwrap_or(0);
+    let widths: Vec<usize> = (0..n).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn bar(p: &PullProgress) -> String {
+    let frac = if p.file_size == 0 { 1.0 } else { p.file_done as f64 / p.file_size as f64 };
+    let filled = (frac * 30.0).round() as usize;
+    format!(
+        "\r[{}{}] {:>3.0}%  {} ({:.1}/{:.1} MB)  file {}/{}   ",
+        "#".repeat(filled.min(30)),
+        " ".repeat(30 - filled.min(30)),
+        frac * 100.0,
+        p.file,
+        p.file_done as f64 / 1e6,
+        p.file_size as f64 / 1e6,
+        p.files_done + 1,
+        p.files_total
+    )
+}
+
+pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()> {
+    let bus = super::client_bus(&config).await?;
+    match cmd {
+        ModelsCommand::Search { query, limit, json } => {
+            let req = SearchModels { query, limit: Some(limit) };
+            let models = match bus.request::<_, SearchResults>(bus.subjects().model_search(), &req, None, Some(Duration::from_secs(60))).await? {
+                SearchResults::Models { models } => models,
+                SearchResults::Error(e) => bail!("search failed ({}): {}", e.kind, e.message),
+            };
+            if json {
+                let v: Vec<_> = models.iter().map(|m| serde_json::json!({"id": m.id, "downloads": m.downloads, "likes": m.likes})).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let mut rows = vec![vec!["ID".to_string(), "DOWNLOADS".into(), "LIKES".into()]];
+            for m in models {
+                let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+                rows.push(vec![m.id, n(m.downloads), n(m.likes)]);
+            }
+            table(rows);
+        }
+        ModelsCommand::Pull { model, revision } => {
+            let mut progress = bus.subscribe(bus.subjects().model_progress(&model)).await?;
+            let req = PullModel { model: model.clone(), revision: Some(revision) };
+            let pull = bus.request::<_, PullReply>(bus.subjects().model_pull(), &req, None, Some(Duration::from_secs(24 * 3600)));
+            tokio::pin!(pull);
+            let mut err = std::io::stderr();
+            let reply = loop {
+                tokio::select! {
+                    reply = &mut pull => break reply?,
+                    Some(msg) = progress.next() => {
+                        if let Ok(p) = bus.decode::<PullProgress>(&msg) {
+                            let _ = write!(err, "{}", bar(&p.envelope.body));
+                            let _ = err.flush();
+                        }
+                    }
+                }
+            };
+            let _ = writeln!(err);
+            match reply {
+                PullReply::Pulled(record) => {
+                    let bytes: u64 = record.files.iter().map(|f| f.size).sum();
+                    println!(
+                        "pulled {} at {} ({} files, {:.1} MB)",
+                        record.id,
+                        record.revision_sha.unwrap_or_default(),
+                        record.files.len(),
+                        bytes as f64 / 1e6
+                    );
+                }
+                PullReply::Error(e) => bail!("pull failed ({}): {}", e.kind, e.message),
+            }
+        }
+        ModelsCommand::Ls { json } => {
+            let models = match bus.request::<_, ModelList>(bus.subjects().model_list(), &ListModels {}, None, None).await? {
+                ModelList::Models { models } => models,
+                ModelList::Error(e) => bail!("{}: {}", e.kind, e.message),
+            };
+            if json {
+                let v: Vec<_> = models
+                    .iter()
+                    .map(|m| serde_json::json!({"id": m.id, "revision_sha": m.revision_sha, "context_length": m.context_length,
+                        "files": m.files.iter().map(|f| serde_json::json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>()}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let mut rows = vec![vec!["ID".to_string(), "SOURCE".into(), "REVISION".into(), "FILES".into(), "CONTEXT".into()]];
+            for m in models {
+                let source = match &m.source {
+                    ModelSource::Local { path } => path.clone(),
+                    ModelSource::Hub { revision } => format!("hub@{revision}"),
+                };
+                rows.push(vec![
+                    m.id.clone(),
+                    source,
+                    m.revision_sha.clone().map(|s| s.chars().take(12).collect()).unwrap_or_else(|| "-".into()),
+                    m.files.len().to_string(),
+                    m.context_length.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            table(rows);
+        }
+    }
+    Ok(())
+}

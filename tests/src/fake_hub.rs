@@ -1,0 +1,192 @@
+//! A local HTTP server that speaks the Hugging Face hub's file API, for download tests
+//! through the same hf-hub code users run: model info (`/api/models/{id}/revision/{rev}`),
+//! search (`/api/models?search=`), and files with ranges (`/{id}/resolve/{rev}/{file}`).
+//! It can cut a file's download once (an interrupted transfer) or serve corrupted bytes
+//! under the right checksum.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    body::Body,
+    extract::{Path as UrlPath, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde_json::{json, Value};
+use sha2::Digest;
+
+/// One repository.
+#[derive(Clone)]
+struct HubRepo {
+    sha: String,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    repos: HashMap<String, HubRepo>,
+    /// File name → bytes after which its first transfer is cut.
+    cut_once: HashMap<String, usize>,
+    /// Files served with one byte flipped.
+    corrupt: HashSet<String>,
+    /// (file, first byte, last byte) of every range served.
+    served: Vec<(String, usize, usize)>,
+}
+
+/// The running fake hub.
+#[derive(Clone)]
+pub struct FakeHub {
+    inner: Arc<Mutex<Inner>>,
+    url: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_lfs(name: &str) -> bool {
+    name.ends_with(".safetensors") || name.ends_with(".bin")
+}
+
+impl FakeHub {
+    /// Starts on a free port.
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = Router::new()
+            .route("/api/models", get(search))
+            .route("/api/models/{*rest}", get(info))
+            .route("/{org}/{name}/resolve/{rev}/{*file}", get(file))
+            .with_state(inner.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { inner, url }
+    }
+
+    /// Its base URL (`HF_ENDPOINT`).
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Publishes every file of `dir` as repository `id` at commit `sha`.
+    pub fn add_repo_from_dir(&self, id: &str, sha: &str, dir: &Path) {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("model dir") {
+            let entry = entry.expect("entry");
+            let name = entry.file_name().to_string_lossy().into_owned();
+            files.push((name, std::fs::read(entry.path()).expect("file")));
+        }
+        files.sort();
+        self.inner.lock().unwrap().repos.insert(id.to_string(), HubRepo { sha: sha.to_string(), files });
+    }
+
+    /// Cuts the first transfer of `file` after `bytes` bytes.
+    pub fn cut_once(&self, file: &str, bytes: usize) {
+        self.inner.lock().unwrap().cut_once.insert(file.to_string(), bytes);
+    }
+
+    /// Serves `file` with one byte flipped (its advertised checksum stays right).
+    pub fn corrupt(&self, file: &str) {
+        self.inner.lock().unwrap().corrupt.insert(file.to_string());
+    }
+
+    /// Ranges served for `file`.
+    pub fn served(&self, file: &str) -> Vec<(usize, usize)> {
+        self.inner.lock().unwrap().served.iter().filter(|(f, _, _)| f == file).map(|(_, a, b)| (*a, *b)).collect()
+    }
+}
+
+type Shared = State<Arc<Mutex<Inner>>>;
+
+async fn search(State(inner): Shared, Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    let needle = q.get("search").cloned().unwrap_or_default();
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(20);
+    let inner = inner.lock().unwrap();
+    let mut ids: Vec<&String> = inner.repos.keys().filter(|id| id.contains(&needle)).collect();
+    ids.sort();
+    Json(json!(ids.into_iter().take(limit).map(|id| json!({"id": id, "modelId": id, "downloads": 7, "likes": 1})).collect::<Vec<_>>()))
+}
+
+async fn info(State(inner): Shared, UrlPath(rest): UrlPath<String>) -> Response {
+    let (id, _rev) = rest.split_once("/revision/").unwrap_or((rest.as_str(), "main"));
+    let inner = inner.lock().unwrap();
+    let Some(repo) = inner.repos.get(id) else {
+        return (StatusCode::NOT_FOUND, Json(json!({"error": "Repository not found"}))).into_response();
+    };
+    let siblings: Vec<Value> = repo
+        .files
+        .iter()
+        .map(|(name, bytes)| {
+            let mut s = json!({"rfilename": name, "size": bytes.len()});
+            if is_lfs(name) {
+                s["lfs"] = json!({"sha256": hex(&sha2::Sha256::digest(bytes)), "size": bytes.len()});
+            }
+            s
+        })
+        .collect();
+    Json(json!({"id": id, "sha": repo.sha, "siblings": siblings})).into_response()
+}
+
+async fn file(
+    State(inner): Shared,
+    UrlPath((org, name, _rev, file)): UrlPath<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let id = format!("{org}/{name}");
+    let mut guard = inner.lock().unwrap();
+    let Some(repo) = guard.repos.get(&id).cloned() else { return StatusCode::NOT_FOUND.into_response() };
+    let Some((_, bytes)) = repo.files.iter().find(|(n, _)| *n == file).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let size = bytes.len();
+    let (start, end) = headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+        .unwrap_or((0, size.saturating_sub(1)));
+    let end = end.min(size.saturating_sub(1));
+    let digest = hex(&sha2::Sha256::digest(&bytes));
+    let mut body = bytes[start..=end].to_vec();
+    if guard.corrupt.contains(&file) && !body.is_empty() && end > 0 {
+        body[0] ^= 0xff;
+    }
+    guard.served.push((file.clone(), start, end));
+    let cut = if end > start { guard.cut_once.get(&file).copied().filter(|at| *at > start && *at <= end) } else { None };
+    if cut.is_some() {
+        guard.cut_once.remove(&file);
+    }
+    drop(guard);
+    let mut resp = Response::builder()
+        .status(StatusCode::PARTIAL_CONTENT)
+        .header("x-repo-commit", &repo.sha)
+        .header("content-range", format!("bytes {start}-{end}/{size}"))
+        .header("accept-ranges", "bytes");
+    resp = if is_lfs(&file) {
+        resp.header("x-linked-etag", format!("\"{digest}\"")).header("etag", format!("\"{digest}\""))
+    } else {
+        resp.header("etag", format!("\"{}\"", &digest[..40]))
+    };
+    let body = match cut {
+        // Send the first part, then fail the body: the connection is cut mid-transfer.
+        Some(at) => {
+            let first = bytes::Bytes::from(body[..at - start].to_vec());
+            let stream = futures::stream::iter(vec![
+                Ok::<_, std::io::Error>(first),
+                Err(std::io::Error::other("connection cut")),
+            ]);
+            Body::from_stream(stream)
+        }
+        None => Body::from(body),
+    };
+    resp.body(body).expect("a valid response")
+}

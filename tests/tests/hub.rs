@@ -1,0 +1,114 @@
+//! Hub downloads through the same hf-hub code users run, against a local server that
+//! speaks the hub's API: a pull with live progress into the standard cache layout, an
+//! interrupted download that resumes, a corrupted file that is refused, search, and a
+//! pulled model served by id.
+
+use std::time::Duration;
+
+use bitinglip_config::Role;
+use bitinglip_tests::{fake_hub::FakeHub, run_cli, test_config, Arch, ModelDir, ModelSpec, NodeProcess, TestNats};
+use serde_json::{json, Value};
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_resumes_verifies_searches_and_serves() {
+    let nats = TestNats::start().await;
+    let hub = FakeHub::start().await;
+    let model = ModelDir::generate("tiny-chat", &ModelSpec::tiny(Arch::Qwen2));
+    hub.add_repo_from_dir("acme/tiny-chat", SHA, &model.path());
+    hub.add_repo_from_dir("other/thing", SHA, &model.path());
+    let weights = std::fs::metadata(model.path().join("model.safetensors")).unwrap().len() as usize;
+    assert!(weights > 200_000, "weights of {weights} bytes are too small to cut");
+    // The first transfer of the weights is cut in the middle of the third chunk.
+    hub.cut_once("model.safetensors", 150_000);
+
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats.url());
+    config.hub.endpoint = Some(hub.url());
+    config.hub.cache_dir = Some(cache.path().to_path_buf());
+    config.hub.chunk_size = Some(64 * 1024);
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_log("gateway listening", Duration::from_secs(30)).await;
+
+    // Pull: progress on stderr, the resolved commit on stdout.
+    let (code, out, err) = run_cli(&["models", "pull", "acme/tiny-chat", "--nats", &nats.url()]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", node.log());
+    assert!(out.contains(&format!("pulled acme/tiny-chat at {SHA}")), "{out}");
+    assert!(err.contains('%') && err.contains("model.safetensors"), "a progress bar: {err}");
+
+    // The standard hub cache layout, shared with other tools.
+    let repo = cache.path().join("models--acme--tiny-chat");
+    let snapshot = repo.join("snapshots").join(SHA);
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"] {
+        assert!(snapshot.join(f).exists(), "{f} in {}", snapshot.display());
+    }
+    assert_eq!(std::fs::read(snapshot.join("model.safetensors")).unwrap(), std::fs::read(model.path().join("model.safetensors")).unwrap());
+    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap().trim(), SHA);
+
+    // The cut transfer resumed: the chunks before the cut were fetched once.
+    let served = hub.served("model.safetensors");
+    let first_chunk = served.iter().filter(|(a, b)| *a == 0 && *b > 0).count();
+    assert_eq!(first_chunk, 1, "resumed, not restarted: {served:?}");
+    assert!(node.log().contains("download interrupted; resuming"), "{}", node.log());
+
+    // The registry records the commit and the files with their sizes and sha256.
+    let (code, out, err) = run_cli(&["models", "ls", "--json", "--nats", &nats.url()]);
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let entry = list.as_array().unwrap().iter().find(|m| m["id"] == "acme/tiny-chat").expect("registered");
+    assert_eq!(entry["revision_sha"], SHA);
+    let w = entry["files"].as_array().unwrap().iter().find(|f| f["name"] == "model.safetensors").unwrap();
+    assert_eq!(w["size"].as_u64().unwrap() as usize, weights);
+    assert_eq!(w["sha256"].as_str().unwrap().len(), 64);
+
+    // Search goes to the hub's search API at the configured endpoint.
+    let (code, out, err) = run_cli(&["models", "search", "tiny", "--nats", &nats.url()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("acme/tiny-chat") && !out.contains("other/thing"), "{out}");
+
+    // An unknown model is a clear error.
+    let (code, _, err) = run_cli(&["models", "pull", "acme/nothing", "--nats", &nats.url()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown_model"), "{err}");
+
+    // A pulled model is served by its hub id, loaded from the cache.
+    let mut w = test_config(&nats.url());
+    w.roles = vec![Role::Worker];
+    w.hub = config.hub.clone();
+    w.worker.models.push(bitinglip_config::ModelConfig::new("acme/tiny-chat"));
+    let mut worker = NodeProcess::spawn(&w, &["node"]);
+    worker.wait_for_log("model loaded", Duration::from_secs(60)).await;
+    let base = node.http.clone().unwrap();
+    node.wait_for_model("acme/tiny-chat", Duration::from_secs(60)).await;
+    let body: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["model"], "acme/tiny-chat", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_file_is_refused() {
+    let nats = TestNats::start().await;
+    let hub = FakeHub::start().await;
+    let model = ModelDir::generate("tiny-bad", &ModelSpec::tiny(Arch::Llama));
+    hub.add_repo_from_dir("acme/broken", SHA, &model.path());
+    hub.corrupt("model.safetensors");
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats.url());
+    config.hub.endpoint = Some(hub.url());
+    config.hub.cache_dir = Some(cache.path().to_path_buf());
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_log("gateway listening", Duration::from_secs(30)).await;
+    let (code, out, err) = run_cli(&["models", "pull", "acme/broken", "--nats", &nats.url()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("model.safetensors failed verification"), "{err}");
+    let snapshot = cache.path().join("models--acme--broken/snapshots").join(SHA);
+    assert!(!snapshot.join("model.safetensors").exists(), "the bad file was deleted");
+}
