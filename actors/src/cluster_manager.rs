@@ -28,6 +28,7 @@ pub struct ClusterManagerArgs {
 /// Its state: the serving task.
 pub struct ClusterManagerState {
     tasks: Vec<JoinHandle<()>>,
+    _service: async_nats::service::Service,
 }
 
 /// Messages to the cluster manager.
@@ -80,23 +81,24 @@ impl Actor for ClusterManager {
             async move { failover::poison(&ctx, &msg.payload).await }
         });
         let watcher = tokio::spawn(failover::watch_nodes(ctx.clone()));
-        let sub = ctx.bus.queue_subscribe(subject, group).await?;
-        let serve = spawn_serve(sub, myself, ClusterManagerMsg::SubscriptionEnded, move |msg| {
+        let service = ctx.bus.service("bitinglip-cluster-manager", "BitingLip membership and cluster status", &group).await?;
+        let sub = ctx.bus.endpoint(&service, "status", subject).await?;
+        let serve = spawn_serve(sub, myself, ClusterManagerMsg::SubscriptionEnded, move |req: async_nats::service::Request| {
             let ctx = ctx.clone();
             async move {
-                let reply = match ctx.bus.decode::<GetClusterStatus>(&msg) {
+                let reply = match ctx.bus.decode::<GetClusterStatus>(&req.message) {
                     Err(err) => ClusterStatus::Error(err.into()),
                     Ok(_) => match live_nodes(&ctx).await {
                         Ok(nodes) => ClusterStatus::Nodes { nodes },
                         Err(err) => ClusterStatus::Error(err),
                     },
                 };
-                if let Err(err) = ctx.bus.reply(&msg, &reply).await {
+                if let Err(err) = ctx.bus.respond(&req, &reply).await {
                     tracing::warn!(cause = %err, "cluster status reply not sent");
                 }
             }
         });
-        Ok(ClusterManagerState { tasks: vec![poison, watcher, serve] })
+        Ok(ClusterManagerState { tasks: vec![poison, watcher, serve], _service: service })
     }
 
     async fn handle(

@@ -11,6 +11,7 @@ use bitinglip_bus_schema::{
     decode_body, encode, encode_token, Ack, Envelope, ErrorKind, ListModels, ModelList, ModelRecord, RegisterModel,
     SearchModels, SearchResults, WireError,
 };
+use async_nats::service::Request;
 use futures::TryStreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
@@ -29,6 +30,7 @@ pub struct ModelManagerArgs {
 /// Its state: the serving tasks.
 pub struct ModelManagerState {
     serves: Vec<JoinHandle<()>>,
+    _service: async_nats::service::Service,
 }
 
 /// Messages to the model manager.
@@ -103,28 +105,29 @@ impl Actor for ModelManager {
         let subjects = ctx.bus.subjects().clone();
         let group = subjects.model_manager_queue_group();
 
-        let reg_sub = ctx.bus.queue_subscribe(subjects.model_register(), group.clone()).await?;
+        let service = ctx.bus.service("bitinglip-model-manager", "BitingLip model registry: register, list, search", &group).await?;
+        let reg_sub = ctx.bus.endpoint(&service, "register", subjects.model_register()).await?;
         let reg_ctx = ctx.clone();
-        let register_serve = spawn_serve(reg_sub, myself.clone(), ModelManagerMsg::SubscriptionEnded, move |msg| {
+        let register_serve = spawn_serve(reg_sub, myself.clone(), ModelManagerMsg::SubscriptionEnded, move |req: Request| {
             let ctx = reg_ctx.clone();
             async move {
-                let reply = match ctx.bus.decode::<RegisterModel>(&msg) {
+                let reply = match ctx.bus.decode::<RegisterModel>(&req.message) {
                     Err(err) => Ack::Error(err.into()),
                     Ok(req) => match register(&ctx, req.envelope.body).await {
                         Ok(()) => Ack::Ok,
                         Err(err) => Ack::Error(err),
                     },
                 };
-                let _ = ctx.bus.reply(&msg, &reply).await;
+                let _ = ctx.bus.respond(&req, &reply).await;
             }
         });
 
-        let search_sub = ctx.bus.queue_subscribe(subjects.model_search(), group.clone()).await?;
+        let search_sub = ctx.bus.endpoint(&service, "search", subjects.model_search()).await?;
         let search_ctx = ctx.clone();
-        let search_serve = spawn_serve(search_sub, myself.clone(), ModelManagerMsg::SubscriptionEnded, move |msg| {
+        let search_serve = spawn_serve(search_sub, myself.clone(), ModelManagerMsg::SubscriptionEnded, move |req: Request| {
             let ctx = search_ctx.clone();
             async move {
-                let reply = match ctx.bus.decode::<SearchModels>(&msg) {
+                let reply = match ctx.bus.decode::<SearchModels>(&req.message) {
                     Err(err) => SearchResults::Error(err.into()),
                     Ok(req) => {
                         let req = req.envelope.body;
@@ -138,26 +141,26 @@ impl Actor for ModelManager {
                         }
                     }
                 };
-                let _ = ctx.bus.reply(&msg, &reply).await;
+                let _ = ctx.bus.respond(&req, &reply).await;
             }
         });
 
-        let list_sub = ctx.bus.queue_subscribe(subjects.model_list(), group).await?;
+        let list_sub = ctx.bus.endpoint(&service, "list", subjects.model_list()).await?;
         let list_ctx = ctx.clone();
-        let list_serve = spawn_serve(list_sub, myself, ModelManagerMsg::SubscriptionEnded, move |msg| {
+        let list_serve = spawn_serve(list_sub, myself, ModelManagerMsg::SubscriptionEnded, move |req: Request| {
             let ctx = list_ctx.clone();
             async move {
-                let reply = match ctx.bus.decode::<ListModels>(&msg) {
+                let reply = match ctx.bus.decode::<ListModels>(&req.message) {
                     Err(err) => ModelList::Error(err.into()),
                     Ok(_) => match list_models(&ctx).await {
                         Ok(models) => ModelList::Models { models },
                         Err(err) => ModelList::Error(err),
                     },
                 };
-                let _ = ctx.bus.reply(&msg, &reply).await;
+                let _ = ctx.bus.respond(&req, &reply).await;
             }
         });
-        Ok(ModelManagerState { serves: vec![register_serve, search_serve, list_serve] })
+        Ok(ModelManagerState { serves: vec![register_serve, search_serve, list_serve], _service: service })
     }
 
     async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {

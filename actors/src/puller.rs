@@ -29,6 +29,7 @@ pub struct PullerArgs {
 /// Its state: the serving task.
 pub struct PullerState {
     serve: JoinHandle<()>,
+    _service: async_nats::service::Service,
 }
 
 /// Messages to the puller.
@@ -87,21 +88,22 @@ impl Actor for Puller {
     async fn pre_start(&self, myself: ActorRef<PullerMsg>, args: PullerArgs) -> Result<PullerState, ActorProcessingErr> {
         let ctx = args.ctx;
         let subjects = ctx.bus.subjects().clone();
-        let sub = ctx.bus.queue_subscribe(subjects.model_pull(), subjects.puller_queue_group()).await?;
-        let serve = spawn_serve(sub, myself, PullerMsg::SubscriptionEnded, move |msg| {
+        let service = ctx.bus.service("bitinglip-puller", "BitingLip hub downloads on worker nodes", &subjects.puller_queue_group()).await?;
+        let sub = ctx.bus.endpoint(&service, "pull", subjects.model_pull()).await?;
+        let serve = spawn_serve(sub, myself, PullerMsg::SubscriptionEnded, move |req: async_nats::service::Request| {
             let ctx = ctx.clone();
             async move {
-                let reply = match ctx.bus.decode::<PullModel>(&msg) {
+                let reply = match ctx.bus.decode::<PullModel>(&req.message) {
                     Err(err) => PullReply::Error(err.into()),
                     Ok(req) => match pull_and_register(&ctx, req.envelope.body).await {
                         Ok(record) => PullReply::Pulled(record),
                         Err(err) => PullReply::Error(err),
                     },
                 };
-                let _ = ctx.bus.reply(&msg, &reply).await;
+                let _ = ctx.bus.respond(&req, &reply).await;
             }
         });
-        Ok(PullerState { serve })
+        Ok(PullerState { serve, _service: service })
     }
 
     async fn handle(&self, _myself: ActorRef<PullerMsg>, msg: PullerMsg, _state: &mut PullerState) -> Result<(), ActorProcessingErr> {

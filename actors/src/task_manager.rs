@@ -1,4 +1,5 @@
 //! The task manager: validates submitted tasks, records them, and queues them durably.
+//! Its endpoints form the NATS service `bitinglip-task-manager` (`nats micro ls`).
 //!
 //! Supervised by the node supervisor; supervises nothing. Serves `…task.submit` and
 //! `…task.get` on the queue group `task-manager`, so several can run and each request is
@@ -26,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::{jetstream::kv, HeaderMap};
+use async_nats::{jetstream::kv, service::Request, HeaderMap};
 use bitinglip_bus_schema::{
     decode_body, encode, ErrorKind, Envelope, GetTask, NodeHeartbeat, SubmitReply, SubmitRequest, TaskAccepted, TaskId,
     TaskRecord, TaskSpec, TaskState, TaskStatusReply, WireError,
@@ -51,6 +52,7 @@ pub struct TaskManagerArgs {
 /// Its state: the serving tasks and the live-node watch.
 pub struct TaskManagerState {
     tasks: Vec<JoinHandle<()>>,
+    _service: async_nats::service::Service,
 }
 
 /// Messages to the task manager.
@@ -210,14 +212,16 @@ impl Actor for TaskManager {
         let subjects = ctx.bus.subjects().clone();
         let group = subjects.task_manager_queue_group();
 
-        let submit_sub = ctx.bus.queue_subscribe(subjects.task_submit(), group.clone()).await?;
+        let service = ctx.bus.service("bitinglip-task-manager", "BitingLip task manager: submit, get, list, cancel", &group).await?;
+        let submit_sub = ctx.bus.endpoint(&service, "submit", subjects.task_submit()).await?;
         let submit_ctx = ctx.clone();
-        let submit_serve = spawn_serve(submit_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |msg| {
+        let submit_serve = spawn_serve(submit_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |req: Request| {
             let ctx = submit_ctx.clone();
             let live = live.clone();
             async move {
-                let trace = trace_of(&msg);
-                let reply = match ctx.bus.decode::<SubmitRequest>(&msg) {
+                let msg = &req.message;
+                let trace = trace_of(msg);
+                let reply = match ctx.bus.decode::<SubmitRequest>(msg) {
                     Err(err) => SubmitReply::Rejected(err.into()),
                     Ok(req) => match submit(&ctx, &live, req.envelope.body, trace.as_ref()).await {
                         Ok(accepted) => SubmitReply::Accepted(accepted),
@@ -227,18 +231,18 @@ impl Actor for TaskManager {
                 if let SubmitReply::Rejected(err) = &reply {
                     tracing::info!(kind = %err.kind, cause = %err.message, "submit rejected");
                 }
-                if let Err(err) = ctx.bus.reply(&msg, &reply).await {
+                if let Err(err) = ctx.bus.respond(&req, &reply).await {
                     tracing::warn!(cause = %err, "submit reply not sent");
                 }
             }
         });
 
-        let get_sub = ctx.bus.queue_subscribe(subjects.task_get(), group).await?;
+        let get_sub = ctx.bus.endpoint(&service, "get", subjects.task_get()).await?;
         let get_ctx = ctx.clone();
-        let get_serve = spawn_serve(get_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |msg| {
+        let get_serve = spawn_serve(get_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |req: Request| {
             let ctx = get_ctx.clone();
             async move {
-                let reply = match ctx.bus.decode::<GetTask>(&msg) {
+                let reply = match ctx.bus.decode::<GetTask>(&req.message) {
                     Err(err) => TaskStatusReply::Error(err.into()),
                     Ok(req) => match read_record(&ctx, &req.envelope.body.task_id).await {
                         Ok(Some(record)) => TaskStatusReply::Found(record),
@@ -249,23 +253,23 @@ impl Actor for TaskManager {
                         Err(err) => TaskStatusReply::Error(err),
                     },
                 };
-                let _ = ctx.bus.reply(&msg, &reply).await;
+                let _ = ctx.bus.respond(&req, &reply).await;
             }
         });
-        let cancel_sub = ctx.bus.queue_subscribe(subjects.all_task_cancels(), subjects.task_manager_queue_group()).await?;
+        let cancel_sub = ctx.bus.endpoint(&service, "cancel", subjects.all_task_cancels()).await?;
         let cancel_ctx = ctx.clone();
-        let cancel_serve = spawn_serve(cancel_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |msg| {
+        let cancel_serve = spawn_serve(cancel_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |msg: Request| {
             let ctx = cancel_ctx.clone();
             async move { cancel::handle(&ctx, msg).await }
         });
 
-        let list_sub = ctx.bus.queue_subscribe(subjects.task_list(), subjects.task_manager_queue_group()).await?;
+        let list_sub = ctx.bus.endpoint(&service, "list", subjects.task_list()).await?;
         let list_ctx = ctx.clone();
-        let list_serve = spawn_serve(list_sub, myself, TaskManagerMsg::SubscriptionEnded, move |msg| {
+        let list_serve = spawn_serve(list_sub, myself, TaskManagerMsg::SubscriptionEnded, move |msg: Request| {
             let ctx = list_ctx.clone();
             async move { cancel::list(&ctx, msg).await }
         });
-        Ok(TaskManagerState { tasks: vec![watch, submit_serve, get_serve, cancel_serve, list_serve] })
+        Ok(TaskManagerState { tasks: vec![watch, submit_serve, get_serve, cancel_serve, list_serve], _service: service })
     }
 
     async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {

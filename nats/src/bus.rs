@@ -153,6 +153,48 @@ impl Bus {
             .map_err(|e| BusError::Publish { subject: reply.to_string(), message: e.to_string() })
     }
 
+    /// Answers a request that came through a NATS service endpoint, so the service API's
+    /// stats (`nats micro stats`) count it. A message without a reply subject is ignored.
+    pub async fn respond<T: Serialize>(&self, req: &async_nats::service::Request, body: &T) -> Result<(), BusError> {
+        if req.message.reply.is_none() {
+            return Ok(());
+        }
+        let payload = self.encode(body)?;
+        let headers = Self::headers(trace_of(&req.message).as_ref());
+        req.respond_with_headers(Ok(payload), headers)
+            .await
+            .map_err(|e| BusError::Publish { subject: req.message.subject.to_string(), message: e.to_string() })
+    }
+
+    /// Starts a NATS service (`nats micro ls | info | stats` show it) whose endpoints
+    /// use `queue_group`, so each request is answered by one instance.
+    pub async fn service(&self, name: &str, description: &str, queue_group: &str) -> Result<async_nats::service::Service, BusError> {
+        use async_nats::service::ServiceExt;
+        self.inner
+            .client
+            .service_builder()
+            .description(description)
+            .queue_group(queue_group)
+            .start(name, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| BusError::Subscribe { subject: format!("$SRV.*.{name}"), message: e.to_string() })
+    }
+
+    /// Adds an endpoint named `name` on `subject` to `service`.
+    pub async fn endpoint(
+        &self,
+        service: &async_nats::service::Service,
+        name: &str,
+        subject: String,
+    ) -> Result<async_nats::service::endpoint::Endpoint, BusError> {
+        service
+            .endpoint_builder()
+            .name(name)
+            .add(subject.clone())
+            .await
+            .map_err(|e| BusError::Subscribe { subject, message: e.to_string() })
+    }
+
     /// Subscribes to `subject`.
     pub async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, BusError> {
         self.inner

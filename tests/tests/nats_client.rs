@@ -101,4 +101,25 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
     let body = get(&reply, "body");
     assert_eq!(get(body, "type").as_str(), Some("rejected"));
     assert_eq!(get(body, "kind").as_str(), Some("decode"));
+
+    // Every actor endpoint is a NATS service: what `nats micro ls | info | stats` read.
+    let inbox = client.new_inbox();
+    let mut pongs = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish_with_reply("$SRV.PING", inbox, "".into()).await.unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), pongs.next()).await {
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        names.insert(v["name"].as_str().unwrap().to_string());
+    }
+    for service in ["bitinglip-task-manager", "bitinglip-model-manager", "bitinglip-cluster-manager", "bitinglip-puller"] {
+        assert!(names.contains(service), "{service} in {names:?}");
+    }
+    let info = client.request("$SRV.INFO.bitinglip-task-manager", "".into()).await.unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+    let endpoints = info["endpoints"].as_array().unwrap();
+    assert!(endpoints.iter().any(|e| e["name"] == "submit" && e["subject"] == "bitinglip.v1.task.submit"), "{info}");
+    let stats = client.request("$SRV.STATS.bitinglip-task-manager", "".into()).await.unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.payload).unwrap();
+    let submit = stats["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == "submit").unwrap().clone();
+    assert!(submit["num_requests"].as_u64().unwrap() >= 2, "{stats}");
 }

@@ -1,6 +1,6 @@
 //! Cancelling and listing tasks.
 
-use async_nats::{jetstream::kv, Message};
+use async_nats::{jetstream::kv, service::Request};
 use bitinglip_bus_schema::{
     decode_body, encode, Ack, CancelTask, Envelope, ErrorKind, ListTasks, TaskEvent, TaskFailed, TaskList, TaskRecord,
     TaskState, WireError,
@@ -13,8 +13,9 @@ use crate::NodeContext;
 /// Marks a queued task cancelled (its eventual delivery is then dropped), or notes the
 /// request on a running one (its worker stops it on the same message). Answers when the
 /// message has a reply subject.
-pub(super) async fn handle(ctx: &NodeContext, msg: Message) {
-    let reply = match ctx.bus.decode::<CancelTask>(&msg) {
+pub(super) async fn handle(ctx: &NodeContext, req: Request) {
+    let msg = &req.message;
+    let reply = match ctx.bus.decode::<CancelTask>(msg) {
         Err(err) => {
             if msg.reply.is_none() {
                 tracing::warn!(subject = %msg.subject, cause = %err, "undecodable cancel dropped");
@@ -27,7 +28,7 @@ pub(super) async fn handle(ctx: &NodeContext, msg: Message) {
             Err(err) => Ack::Error(err),
         },
     };
-    let _ = ctx.bus.reply(&msg, &reply).await;
+    let _ = ctx.bus.respond(&req, &reply).await;
 }
 
 async fn cancel(ctx: &NodeContext, req: &CancelTask) -> Result<(), WireError> {
@@ -75,15 +76,15 @@ async fn cancel(ctx: &NodeContext, req: &CancelTask) -> Result<(), WireError> {
 }
 
 /// Answers `…task.list`: the newest records first.
-pub(super) async fn list(ctx: &NodeContext, msg: Message) {
-    let reply = match ctx.bus.decode::<ListTasks>(&msg) {
+pub(super) async fn list(ctx: &NodeContext, req: Request) {
+    let reply = match ctx.bus.decode::<ListTasks>(&req.message) {
         Err(err) => TaskList::Error(err.into()),
         Ok(req) => match read_all(ctx, &req.envelope.body).await {
             Ok(tasks) => TaskList::Tasks { tasks },
             Err(err) => TaskList::Error(err),
         },
     };
-    let _ = ctx.bus.reply(&msg, &reply).await;
+    let _ = ctx.bus.respond(&req, &reply).await;
 }
 
 async fn read_all(ctx: &NodeContext, req: &ListTasks) -> Result<Vec<TaskRecord>, WireError> {
