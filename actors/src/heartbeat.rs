@@ -31,6 +31,7 @@ pub struct HeartbeatState {
 
 /// Builds this node's heartbeat from the shared context.
 pub fn current_heartbeat(ctx: &NodeContext) -> NodeHeartbeat {
+    let (memory_total, memory_free) = memory();
     NodeHeartbeat {
         node_id: ctx.node_id().to_string(),
         roles: ctx.config.roles.iter().map(|r| r.as_str().to_string()).collect(),
@@ -39,7 +40,35 @@ pub fn current_heartbeat(ctx: &NodeContext) -> NodeHeartbeat {
         started_ms: ctx.started_ms,
         time_ms: bitinglip_nats::now_ms(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        device: device().to_string(),
+        memory_total,
+        memory_free,
     }
+}
+
+/// What this build's engines run on.
+fn device() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "cuda"
+    } else if cfg!(feature = "metal") {
+        "metal"
+    } else {
+        "cpu"
+    }
+}
+
+/// (total, available) memory from /proc/meminfo, bytes; zeros where it cannot be read.
+fn memory() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    (field("MemTotal:"), field("MemAvailable:"))
 }
 
 /// Writes one heartbeat now.

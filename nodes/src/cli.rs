@@ -35,6 +35,28 @@ pub(crate) enum Command {
     /// Hub models: search, pull, list.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Workers across the cluster.
+    #[command(subcommand)]
+    Workers(WorkersCommand),
+    /// The cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WorkersCommand {
+    /// Every live worker: node, model, engine, device, state, slots in use.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Every live node with its roles, device, memory and workers (as `bitinglip status`).
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -33,6 +33,8 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Status(args) => status::run(config, args).await,
         Command::Tasks(cmd) => tasks::run(config, cmd).await,
         Command::Models(cmd) => models::run(config, cmd).await,
+        Command::Workers(crate::cli::WorkersCommand::Ls { json }) => status::workers(config, json).await,
+        Command::Cluster(crate::cli::ClusterCommand::Status(args)) => status::run(config, args).await,
     }
 }
 

@@ -43,4 +43,9 @@ async fn gateway_node_and_worker_node_serve_a_request_across_the_bus() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("control-1") && out.contains("gpu-box-1"), "{out}");
     assert!(out.contains("2 node(s)"), "{out}");
+    assert!(out.contains("cpu") && out.contains("GB"), "device and memory: {out}");
+
+    let (code, out, err) = bitinglip_tests::run_cli(&["workers", "ls", "--nats", &nats.url()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("gpu-box-1-w0") && out.contains("tiny-remote") && out.contains("ready"), "{out}");
 }

@@ -54,6 +54,15 @@ pub struct NodeHeartbeat {
     pub time_ms: u64,
     /// BitingLip version.
     pub version: String,
+    /// `cpu`, `cuda` or `metal`: what its engines run on.
+    #[serde(default)]
+    pub device: String,
+    /// Memory of the machine (or the GPU, for GPU builds), bytes.
+    #[serde(default)]
+    pub memory_total: u64,
+    /// Memory free now, bytes.
+    #[serde(default)]
+    pub memory_free: u64,
 }
 
 /// Request on `…cluster.status`.
@@ -103,8 +112,14 @@ mod tests {
             started_ms: 1,
             time_ms: 2,
             version: "0.1.0".into(),
+            device: "cpu".into(),
+            memory_total: 8,
+            memory_free: 4,
         };
-        pin(hb.clone(), &["node_id", "roles", "http", "workers", "started_ms", "time_ms", "version"]);
+        pin(
+            hb.clone(),
+            &["node_id", "roles", "http", "workers", "started_ms", "time_ms", "version", "device", "memory_total", "memory_free"],
+        );
         pin(GetClusterStatus {}, &[]);
         pin(ClusterStatus::Nodes { nodes: vec![hb] }, &["type", "nodes"]);
     }
