@@ -10,6 +10,7 @@
 //! balancer. If its listener fails the actor fails and the supervisor starts it again; a
 //! port already in use at start fails the node's start instead.
 
+mod admin;
 mod openai;
 mod routes;
 mod tasks;

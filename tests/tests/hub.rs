@@ -67,6 +67,18 @@ async fn pull_resumes_verifies_searches_and_serves() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("acme/tiny-chat") && !out.contains("other/thing"), "{out}");
 
+    // The same over HTTP, described by the OpenAPI document.
+    let base = node.http.clone().unwrap();
+    let http = reqwest::Client::new();
+    let found: Value = http.get(format!("{base}/api/v1/models/search?q=tiny")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(found["data"][0]["id"], "acme/tiny-chat", "{found}");
+    let registry: Value = http.get(format!("{base}/api/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert!(registry["data"].as_array().unwrap().iter().any(|m| m["revision_sha"] == SHA), "{registry}");
+    let spec: Value = http.get(format!("{base}/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(spec["paths"]["/api/v1/models/search"].is_object());
+    let cluster: Value = http.get(format!("{base}/api/v1/cluster")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cluster["nodes"].as_array().unwrap().len(), 1, "{cluster}");
+
     // An unknown model is a clear error.
     let (code, _, err) = run_cli(&["models", "pull", "acme/nothing", "--nats", &nats.url()]);
     assert_ne!(code, 0);

@@ -1,0 +1,172 @@
+//! The admin API under `/api/v1`: models (registry, hub search, pull), workers, cluster,
+//! and the OpenAPI document at `/openapi.json`.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{Query, State},
+    Json,
+};
+use bitinglip_bus_schema::{
+    ClusterStatus, GetClusterStatus, ListModels, ModelList, ModelRecord, ModelSource, PullModel, PullReply, SearchModels,
+    SearchResults, WireError,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::openai::ApiError;
+use crate::NodeContext;
+
+fn bus_error(e: bitinglip_nats::BusError) -> ApiError {
+    ApiError::from(WireError::from(&e))
+}
+
+fn model_json(m: &ModelRecord) -> Value {
+    json!({
+        "id": m.id,
+        "source": match &m.source {
+            ModelSource::Local { path } => json!({"type": "local", "path": path}),
+            ModelSource::Hub { revision } => json!({"type": "hub", "revision": revision}),
+        },
+        "revision_sha": m.revision_sha,
+        "context_length": m.context_length,
+        "files": m.files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(),
+        "created_ms": m.created_ms,
+        "updated_ms": m.updated_ms,
+    })
+}
+
+/// `GET /api/v1/models`: the registry.
+pub(super) async fn models(State(ctx): State<NodeContext>) -> Result<Json<Value>, ApiError> {
+    match ctx.bus.request::<_, ModelList>(ctx.bus.subjects().model_list(), &ListModels {}, None, None).await.map_err(bus_error)? {
+        ModelList::Models { models } => Ok(Json(json!({"data": models.iter().map(model_json).collect::<Vec<_>>()}))),
+        ModelList::Error(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SearchQuery {
+    q: String,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/models/search?q=…&limit=…`: the hub's search.
+pub(super) async fn search(State(ctx): State<NodeContext>, Query(q): Query<SearchQuery>) -> Result<Json<Value>, ApiError> {
+    let req = SearchModels { query: q.q, limit: q.limit };
+    match ctx
+        .bus
+        .request::<_, SearchResults>(ctx.bus.subjects().model_search(), &req, None, Some(Duration::from_secs(60)))
+        .await
+        .map_err(bus_error)?
+    {
+        SearchResults::Models { models } => Ok(Json(json!({
+            "data": models.iter().map(|m| json!({"id": m.id, "downloads": m.downloads, "likes": m.likes})).collect::<Vec<_>>()
+        }))),
+        SearchResults::Error(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct PullBody {
+    model: String,
+    #[serde(default)]
+    revision: Option<String>,
+}
+
+/// `POST /api/v1/models/pull {model, revision?}`: downloads on a worker node; answers when
+/// done (progress is on the bus, `…model.<model>.progress`).
+pub(super) async fn pull(State(ctx): State<NodeContext>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    let body: PullBody = serde_json::from_slice(&body).map_err(|e| ApiError::invalid(&format!("invalid body: {e}"), None))?;
+    let req = PullModel { model: body.model, revision: body.revision };
+    match ctx
+        .bus
+        .request::<_, PullReply>(ctx.bus.subjects().model_pull(), &req, None, Some(Duration::from_secs(24 * 3600)))
+        .await
+        .map_err(bus_error)?
+    {
+        PullReply::Pulled(record) => Ok(Json(model_json(&record))),
+        PullReply::Error(e) => Err(e.into()),
+    }
+}
+
+async fn cluster_nodes(ctx: &NodeContext) -> Result<Vec<bitinglip_bus_schema::NodeHeartbeat>, ApiError> {
+    match ctx
+        .bus
+        .request::<_, ClusterStatus>(ctx.bus.subjects().cluster_status(), &GetClusterStatus {}, None, None)
+        .await
+        .map_err(bus_error)?
+    {
+        ClusterStatus::Nodes { nodes } => Ok(nodes),
+        ClusterStatus::Error(e) => Err(e.into()),
+    }
+}
+
+/// `GET /api/v1/workers`.
+pub(super) async fn workers(State(ctx): State<NodeContext>) -> Result<Json<Value>, ApiError> {
+    let nodes = cluster_nodes(&ctx).await?;
+    let data: Vec<Value> = nodes
+        .iter()
+        .flat_map(|n| {
+            n.workers.iter().map(move |w| {
+                json!({"worker_id": w.worker_id, "node_id": n.node_id, "model": w.model, "engine": w.engine, "device": n.device,
+                       "state": w.state, "in_flight": w.in_flight, "max_sequences": w.max_sequences})
+            })
+        })
+        .collect();
+    Ok(Json(json!({"data": data})))
+}
+
+/// `GET /api/v1/cluster`.
+pub(super) async fn cluster(State(ctx): State<NodeContext>) -> Result<Json<Value>, ApiError> {
+    let nodes = cluster_nodes(&ctx).await?;
+    let data: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            json!({"node_id": n.node_id, "roles": n.roles, "http": n.http, "device": n.device, "memory_total": n.memory_total,
+                   "memory_free": n.memory_free, "started_ms": n.started_ms, "last_heartbeat_ms": n.time_ms, "version": n.version,
+                   "workers": n.workers.iter().map(|w| json!({"worker_id": w.worker_id, "model": w.model, "state": w.state,
+                       "in_flight": w.in_flight, "max_sequences": w.max_sequences})).collect::<Vec<_>>()})
+        })
+        .collect();
+    Ok(Json(json!({"nodes": data})))
+}
+
+/// `GET /openapi.json`: this API, described.
+pub(super) async fn openapi() -> Json<Value> {
+    let op = |summary: &str| json!({"summary": summary, "responses": {"200": {"description": "OK"}, "default": {"description": "an error in OpenAI's shape", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}});
+    let with_body = |summary: &str, schema: &str| {
+        let mut v = op(summary);
+        v["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+        v
+    };
+    let id_param = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "BitingLip", "version": env!("CARGO_PKG_VERSION"), "description": "OpenAI-compatible inference, a durable task API and cluster administration."},
+        "paths": {
+            "/v1/chat/completions": {"post": with_body("Chat completion, plain or streamed (SSE)", "ChatCompletionRequest")},
+            "/v1/models": {"get": op("Registered models, OpenAI list format")},
+            "/v1/tasks": {"post": with_body("Queue a chat task; 202 with its id", "ChatCompletionRequest"), "get": op("Recent tasks")},
+            "/v1/tasks/{id}": {"parameters": id_param, "get": op("A task's status and result"), "delete": op("Cancel a task")},
+            "/v1/tasks/{id}/events": {"parameters": id_param, "get": op("A task's events as SSE; resume with Last-Event-ID")},
+            "/api/v1/models": {"get": op("The model registry")},
+            "/api/v1/models/search": {"get": {"summary": "Search the hub", "parameters": [{"name": "q", "in": "query", "required": true, "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}], "responses": {"200": {"description": "OK"}}}},
+            "/api/v1/models/pull": {"post": with_body("Download a hub model on a worker node", "PullRequest")},
+            "/api/v1/workers": {"get": op("Live workers")},
+            "/api/v1/cluster": {"get": op("Live nodes and their workers")},
+            "/health": {"get": op("Alive")},
+            "/ready": {"get": op("NATS and JetStream reachable")},
+        },
+        "components": {"schemas": {
+            "ChatCompletionRequest": {"type": "object", "required": ["model", "messages"], "properties": {
+                "model": {"type": "string"},
+                "messages": {"type": "array", "items": {"type": "object", "required": ["role"], "properties": {"role": {"type": "string"}, "content": {}}}},
+                "max_tokens": {"type": "integer", "minimum": 1}, "max_completion_tokens": {"type": "integer", "minimum": 1},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 2}, "top_p": {"type": "number"},
+                "stop": {}, "stream": {"type": "boolean"}, "seed": {"type": "integer"}}},
+            "PullRequest": {"type": "object", "required": ["model"], "properties": {"model": {"type": "string"}, "revision": {"type": "string"}}},
+            "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "message": {"type": "string"}, "type": {"type": "string"}, "param": {}, "code": {"type": "string"}}}}},
+        }},
+    }))
+}
