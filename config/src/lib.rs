@@ -136,6 +136,9 @@ pub struct HubConfig {
     /// Download chunk size in bytes: an interrupted download resumes from the last whole
     /// chunk (default 10 MiB).
     pub chunk_size: Option<usize>,
+    /// Chunks of one file downloaded at once (default 8). With 1, chunks arrive in order,
+    /// so an interruption loses at most the chunk in flight.
+    pub parallel_chunks: Option<usize>,
 }
 
 impl HubConfig {

@@ -28,6 +28,8 @@ async fn pull_resumes_verifies_searches_and_serves() {
     config.hub.endpoint = Some(hub.url());
     config.hub.cache_dir = Some(cache.path().to_path_buf());
     config.hub.chunk_size = Some(64 * 1024);
+    // In order, so what the cut leaves behind is exactly the chunks before it.
+    config.hub.parallel_chunks = Some(1);
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_log("gateway listening", Duration::from_secs(30)).await;
 

@@ -130,7 +130,9 @@ impl Hub {
             .with_cache_dir(cache_dir.clone())
             .with_token(token.clone())
             .with_progress(false);
-        builder = builder.with_chunk_size(Some(cfg.chunk_size.unwrap_or(10 * 1024 * 1024)));
+        builder = builder
+            .with_chunk_size(Some(cfg.chunk_size.unwrap_or(10 * 1024 * 1024)))
+            .with_max_files(cfg.parallel_chunks.unwrap_or(8).max(1));
         let api = builder.build().map_err(|e| unavailable("hub client", e))?;
         Ok(Self { api, endpoint, token, cache_dir, http: reqwest::Client::new() })
     }
