@@ -278,3 +278,33 @@ async fn a_nats_server_restart_under_load_loses_no_accepted_task() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generation_longer_than_ack_wait_keeps_its_lease() {
+    let nats = TestNats::start().await;
+    let mut config = test_config(&nats.url());
+    config.jetstream.ack_wait = Duration::from_secs(2);
+    config.worker.models.push(echo_model("echo", 10.0, 2));
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_model("echo", Duration::from_secs(60)).await;
+    let base = node.http.clone().unwrap();
+    let http = reqwest::Client::new();
+    // 50 tokens at 10 per second: 5 s, two and a half AckWaits.
+    let prompt = words(50);
+    let started = Instant::now();
+    let body: Value = http
+        .post(format!("{base}/v1/chat/completions"))
+        .header("Idempotency-Key", "long-one")
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(started.elapsed() > Duration::from_secs(4));
+    assert_eq!(body["choices"][0]["message"]["content"], prompt.as_str());
+    let id = body["id"].as_str().unwrap().trim_start_matches("chatcmpl-").to_string();
+    let record = task(&http, &base, &id).await;
+    assert_eq!(record["attempts"], 1, "never redelivered while its worker lived: {record}");
+}
