@@ -163,7 +163,7 @@ impl TaskWatch {
                         let err = WireError::new(ErrorKind::Unavailable, "event subscription closed");
                         return Some(self.end(Relayed::Failed(err)));
                     }
-                    Err(_) => match self.from_record().await {
+                    Err(_) => match self.check_record().await {
                         Some(r) => return Some(r),
                         None => continue,
                     },
@@ -289,7 +289,7 @@ impl TaskWatch {
     }
 
     /// Consults the status record; a final one ends the watch.
-    async fn from_record(&mut self) -> Option<Relayed> {
+    async fn check_record(&mut self) -> Option<Relayed> {
         let req = GetTask { task_id: self.task_id.clone() };
         let reply: TaskStatusReply = self
             .bus

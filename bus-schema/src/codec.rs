@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn refuses_oversized_payloads_before_parsing() {
-        let err = decode::<String>(&vec![0u8; 100], 10).unwrap_err();
+        let err = decode::<String>(&[0u8; 100], 10).unwrap_err();
         assert!(matches!(err, CodecError::TooLarge { size: 100, limit: 10 }));
     }
 

@@ -52,15 +52,14 @@ const MERGES: [(&str, &str); 16] = [
 
 /// GPT-2's byte-to-unicode table: every byte gets a printable character.
 fn byte_chars() -> Vec<char> {
-    let mut printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+    let printable: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
     let mut chars: BTreeMap<u32, u32> = printable.iter().map(|&b| (b, b)).collect();
     let mut extra = 0;
     for b in 0..256u32 {
-        if !chars.contains_key(&b) {
-            chars.insert(b, 256 + extra);
+        chars.entry(b).or_insert_with(|| {
             extra += 1;
-            printable.push(b);
-        }
+            256 + extra - 1
+        });
     }
     (0..256u32).map(|b| char::from_u32(chars[&b]).expect("valid char")).collect()
 }

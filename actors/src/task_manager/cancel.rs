@@ -101,7 +101,7 @@ async fn read_all(ctx: &NodeContext, req: &ListTasks) -> Result<Vec<TaskRecord>,
             }
         }
     }
-    tasks.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
     tasks.truncate(limit);
     Ok(tasks)
 }
