@@ -9,7 +9,7 @@
 
 use bitinglip_bus_schema::{
     decode_body, encode, encode_token, Ack, Envelope, ErrorKind, ListModels, ModelList, ModelRecord, RegisterModel,
-    SearchModels, SearchResults, WireError,
+    GetModelStatus, ModelStatusList, SearchModels, SearchResults, WireError,
 };
 use async_nats::service::Request;
 use futures::TryStreamExt;
@@ -17,6 +17,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::{serve::spawn_serve, NodeContext};
+
+pub mod status;
 
 /// The model manager actor.
 pub struct ModelManager;
@@ -57,7 +59,8 @@ pub async fn list_models(ctx: &NodeContext) -> Result<Vec<ModelRecord>, WireErro
     let keys: Vec<String> =
         ctx.kv.models.keys().await.map_err(unavailable)?.try_collect().await.map_err(unavailable)?;
     let mut models = Vec::with_capacity(keys.len());
-    for key in keys {
+    // `<model>.<node>` keys hold per-node status, not records.
+    for key in keys.into_iter().filter(|k| !k.contains('.')) {
         let Some(bytes) = ctx.kv.models.get(&key).await.map_err(unavailable)? else { continue };
         match decode_body::<ModelRecord>(&bytes, usize::MAX) {
             Ok(m) => models.push(m),
@@ -145,6 +148,22 @@ impl Actor for ModelManager {
             }
         });
 
+        let status_sub = ctx.bus.endpoint(&service, "status", subjects.model_status()).await?;
+        let status_ctx = ctx.clone();
+        let status_serve = spawn_serve(status_sub, myself.clone(), ModelManagerMsg::SubscriptionEnded, move |req: Request| {
+            let ctx = status_ctx.clone();
+            async move {
+                let reply = match ctx.bus.decode::<GetModelStatus>(&req.message) {
+                    Err(err) => ModelStatusList::Error(err.into()),
+                    Ok(q) => match status::list(&ctx, q.envelope.body.model.as_deref()).await {
+                        Ok(statuses) => ModelStatusList::Statuses { statuses },
+                        Err(err) => ModelStatusList::Error(err),
+                    },
+                };
+                let _ = ctx.bus.respond(&req, &reply).await;
+            }
+        });
+
         let list_sub = ctx.bus.endpoint(&service, "list", subjects.model_list()).await?;
         let list_ctx = ctx.clone();
         let list_serve = spawn_serve(list_sub, myself, ModelManagerMsg::SubscriptionEnded, move |req: Request| {
@@ -160,7 +179,7 @@ impl Actor for ModelManager {
                 let _ = ctx.bus.respond(&req, &reply).await;
             }
         });
-        Ok(ModelManagerState { serves: vec![register_serve, search_serve, list_serve], _service: service })
+        Ok(ModelManagerState { serves: vec![register_serve, search_serve, status_serve, list_serve], _service: service })
     }
 
     async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {

@@ -10,7 +10,7 @@
 pub mod hub;
 
 use bitinglip_bus_schema::{
-    Ack, ErrorKind, ModelRecord, ModelSource, PullModel, PullProgress, PullReply, RegisterModel, WireError,
+    Ack, ErrorKind, ModelRecord, ModelSource, ModelState, PullModel, PullProgress, PullReply, RegisterModel, WireError,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
@@ -54,7 +54,19 @@ pub async fn pull(ctx: &NodeContext, model: &str, revision: &str) -> Result<hub:
         });
     };
     tracing::info!(model, revision, "pulling from the hub");
-    let pulled = hub.pull(model, revision, progress).await?;
+    let lease = crate::model_manager::status::Lease::hold(ctx, model, ModelState::Downloading).await;
+    let pulled = hub.pull(model, revision, progress).await;
+    drop(lease);
+    let pulled = match pulled {
+        Ok(p) => {
+            crate::model_manager::status::set(ctx, model, ModelState::Ready, None).await;
+            p
+        }
+        Err(err) => {
+            crate::model_manager::status::set(ctx, model, ModelState::Failed, Some(err.to_string())).await;
+            return Err(err);
+        }
+    };
     tracing::info!(model, sha = %pulled.sha, files = pulled.files.len(), dir = %pulled.dir.display(), "pulled");
     Ok(pulled)
 }

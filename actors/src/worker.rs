@@ -32,7 +32,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitinglip_bus_schema::{Ack, CancelTask, ModelRecord, ModelSource, RegisterModel, RunningTask, TaskId, WorkerInfo};
+use bitinglip_bus_schema::{
+    Ack, CancelTask, ModelRecord, ModelSource, ModelState, RegisterModel, RunningTask, TaskId, WorkerInfo,
+};
 use bitinglip_config::{EngineKind, ModelConfig};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -175,6 +177,8 @@ impl Actor for Worker {
                 }
             }
             tracing::info!(model = %load_cfg.source, engine = engine_name(load_cfg.engine), "loading model");
+            let served = load_cfg.name.clone().unwrap_or_else(|| load_cfg.served_name());
+            let lease = crate::model_manager::status::Lease::hold(&pull_ctx, &served, ModelState::Loading).await;
             let loaded: Result<Arc<dyn Engine>, String> = match load_cfg.engine {
                 EngineKind::Echo => Ok(Arc::new(echo::EchoEngine::new(load_cfg.echo_tokens_per_sec))),
                 EngineKind::Mistralrs => mistral::MistralEngine::load(&load_cfg, force_cpu)
@@ -182,9 +186,16 @@ impl Actor for Worker {
                     .map(|e| Arc::new(e) as Arc<dyn Engine>)
                     .map_err(|e| e.to_string()),
             };
+            drop(lease);
             let _ = match loaded {
-                Ok(engine) => myself.cast(WorkerMsg::Loaded(engine)),
-                Err(err) => myself.cast(WorkerMsg::LoadFailed(err)),
+                Ok(engine) => {
+                    crate::model_manager::status::set(&pull_ctx, &served, ModelState::Loaded, None).await;
+                    myself.cast(WorkerMsg::Loaded(engine))
+                }
+                Err(err) => {
+                    crate::model_manager::status::set(&pull_ctx, &served, ModelState::Failed, Some(err.clone())).await;
+                    myself.cast(WorkerMsg::LoadFailed(err))
+                }
             };
         });
         Ok(WorkerState { ctx, worker_id, model, shared: None, tasks: Vec::new(), listener: None, registration: None, loader: Some(loader) })
@@ -274,6 +285,7 @@ impl Actor for Worker {
             listener.abort();
         }
         state.ctx.remove_worker(&state.worker_id);
+        let _ = tokio::time::timeout(Duration::from_secs(2), crate::model_manager::status::clear(&state.ctx, &state.model.served_name())).await;
         Ok(())
     }
 }

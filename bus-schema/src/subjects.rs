@@ -256,6 +256,17 @@ impl Subjects {
         self.subject(&["model", &encode_token(model), "progress"])
     }
 
+    /// Request/reply: every node's status of the models
+    /// ([`crate::GetModelStatus`] → [`crate::ModelStatusList`]).
+    pub fn model_status(&self) -> String {
+        self.subject(&["model", "status"])
+    }
+
+    /// Key of one node's status of one model in the models bucket.
+    pub fn model_node_key(&self, model: &str, node: &str) -> String {
+        format!("{}.{}", encode_token(model), encode_token(node))
+    }
+
     /// Request/reply: search the hub ([`crate::SearchModels`] → [`crate::SearchResults`]).
     pub fn model_search(&self) -> String {
         self.subject(&["model", "search"])

@@ -80,6 +80,12 @@ pub(crate) enum ModelsCommand {
         #[arg(long, default_value = "main")]
         revision: String,
     },
+    /// Every node's status of the models (downloading, ready, loading, loaded, failed).
+    Status {
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// List registered models.
     Ls {
         /// Print JSON.

@@ -37,6 +37,8 @@ struct Inner {
     corrupt: HashSet<String>,
     /// (file, first byte, last byte) of every range served.
     served: Vec<(String, usize, usize)>,
+    /// Delay before every ranged answer (a slow link).
+    delay: Option<std::time::Duration>,
 }
 
 /// The running fake hub.
@@ -98,6 +100,11 @@ impl FakeHub {
         self.inner.lock().unwrap().corrupt.insert(file.to_string());
     }
 
+    /// Slows every ranged answer down by `delay`.
+    pub fn slow(&self, delay: std::time::Duration) {
+        self.inner.lock().unwrap().delay = Some(delay);
+    }
+
     /// Ranges served for `file`.
     pub fn served(&self, file: &str) -> Vec<(usize, usize)> {
         self.inner.lock().unwrap().served.iter().filter(|(f, _, _)| f == file).map(|(_, a, b)| (*a, *b)).collect()
@@ -140,11 +147,25 @@ async fn file(
     UrlPath((org, name, _rev, file)): UrlPath<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    let (resp, delay) = prepare(&inner, &org, &name, file, &headers);
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    resp
+}
+
+fn prepare(
+    inner: &Mutex<Inner>,
+    org: &str,
+    name: &str,
+    file: String,
+    headers: &HeaderMap,
+) -> (Response, Option<std::time::Duration>) {
     let id = format!("{org}/{name}");
     let mut guard = inner.lock().unwrap();
-    let Some(repo) = guard.repos.get(&id).cloned() else { return StatusCode::NOT_FOUND.into_response() };
+    let Some(repo) = guard.repos.get(&id).cloned() else { return (StatusCode::NOT_FOUND.into_response(), None) };
     let Some((_, bytes)) = repo.files.iter().find(|(n, _)| *n == file).cloned() else {
-        return StatusCode::NOT_FOUND.into_response();
+        return (StatusCode::NOT_FOUND.into_response(), None);
     };
     let size = bytes.len();
     let (start, end) = headers
@@ -165,10 +186,26 @@ async fn file(
     if cut.is_some() {
         guard.cut_once.remove(&file);
     }
+    let delay = guard.delay.filter(|_| end > start);
     drop(guard);
+    (respond(repo.sha, file, bytes, start, end, size, digest, body, cut), delay)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    sha: String,
+    file: String,
+    _bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+    size: usize,
+    digest: String,
+    body: Vec<u8>,
+    cut: Option<usize>,
+) -> Response {
     let mut resp = Response::builder()
         .status(StatusCode::PARTIAL_CONTENT)
-        .header("x-repo-commit", &repo.sha)
+        .header("x-repo-commit", &sha)
         .header("content-range", format!("bytes {start}-{end}/{size}"))
         .header("accept-ranges", "bytes");
     resp = if is_lfs(&file) {

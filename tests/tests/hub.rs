@@ -126,3 +126,65 @@ async fn a_corrupted_file_is_refused() {
     let snapshot = cache.path().join("models--acme--broken/snapshots").join(SHA);
     assert!(!snapshot.join("model.safetensors").exists(), "the bad file was deleted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_mid_download_leaves_nothing_stuck_and_another_resumes() {
+    let nats = TestNats::start().await;
+    let hub = FakeHub::start().await;
+    let model = ModelDir::generate("tiny-slow", &ModelSpec::tiny(Arch::Llama));
+    hub.add_repo_from_dir("acme/slow", SHA, &model.path());
+    hub.slow(Duration::from_millis(400));
+    let cache = tempfile::tempdir().unwrap();
+    let hub_config = |c: &mut bitinglip_config::Config| {
+        c.hub.endpoint = Some(hub.url());
+        c.hub.cache_dir = Some(cache.path().to_path_buf());
+        c.hub.chunk_size = Some(64 * 1024);
+        c.hub.parallel_chunks = Some(1);
+        c.cluster.heartbeat_interval = Duration::from_millis(300);
+        c.cluster.node_ttl = Duration::from_secs(2);
+    };
+    let mut control = test_config(&nats.url());
+    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
+    hub_config(&mut control);
+    let mut front = NodeProcess::spawn(&control, &["node"]);
+    front.wait_for_log("gateway listening", Duration::from_secs(30)).await;
+    let mut a = test_config(&nats.url());
+    a.node_id = "puller-a".into();
+    a.roles = vec![Role::Worker];
+    hub_config(&mut a);
+    let mut node_a = NodeProcess::spawn(&a, &["node"]);
+    node_a.wait_for_log("running roles", Duration::from_secs(30)).await;
+
+    let status = |filter: &'static str| {
+        let url = nats.url();
+        async move {
+            let (code, out, err) = run_cli(&["models", "status", "--model", "acme/slow", "--nats", &url]);
+            assert_eq!(code, 0, "{err}");
+            out.lines().any(|l| l.contains(filter)).then_some(out)
+        }
+    };
+    let mut pull = tokio::process::Command::new(bitinglip_tests::bitinglip_bin())
+        .args(["models", "pull", "acme/slow", "--nats", &nats.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    bitinglip_tests::assert_eventually!(Duration::from_secs(20), async { status("puller-a  downloading").await.is_some() }, "never downloading");
+    node_a.kill9();
+    let _ = pull.kill().await;
+    // The lease runs out: failed, with the reason; never stuck in downloading.
+    bitinglip_tests::assert_eventually!(Duration::from_secs(10), async { status("puller-a  failed").await.is_some() }, "never failed");
+    let out = status("puller-a").await.unwrap();
+    assert!(out.contains("stopped renewing its downloading lease"), "{out}");
+
+    // Another node takes the pull over and finishes it from the same cache.
+    let mut c = a.clone();
+    c.node_id = "puller-c".into();
+    let mut node_c = NodeProcess::spawn(&c, &["node"]);
+    node_c.wait_for_log("running roles", Duration::from_secs(30)).await;
+    hub.slow(Duration::from_millis(1));
+    let (code, out, err) = run_cli(&["models", "pull", "acme/slow", "--nats", &nats.url()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(status("puller-c  ready").await.is_some());
+}

@@ -89,6 +89,28 @@ pub(super) async fn pull(State(ctx): State<NodeContext>, body: axum::body::Bytes
     }
 }
 
+#[derive(Debug, Deserialize)]
+pub(super) struct StatusQuery {
+    model: Option<String>,
+}
+
+/// `GET /api/v1/models/status?model=…`: every node's status of the models.
+pub(super) async fn status(State(ctx): State<NodeContext>, Query(q): Query<StatusQuery>) -> Result<Json<Value>, ApiError> {
+    let req = bitinglip_bus_schema::GetModelStatus { model: q.model };
+    match ctx
+        .bus
+        .request::<_, bitinglip_bus_schema::ModelStatusList>(ctx.bus.subjects().model_status(), &req, None, None)
+        .await
+        .map_err(bus_error)?
+    {
+        bitinglip_bus_schema::ModelStatusList::Statuses { statuses } => Ok(Json(json!({
+            "data": statuses.iter().map(|s| json!({"model": s.model, "node": s.node, "state": s.state.as_str(),
+                "reason": s.reason, "lease_until_ms": s.lease_until_ms, "updated_ms": s.updated_ms})).collect::<Vec<_>>()
+        }))),
+        bitinglip_bus_schema::ModelStatusList::Error(e) => Err(e.into()),
+    }
+}
+
 async fn cluster_nodes(ctx: &NodeContext) -> Result<Vec<bitinglip_bus_schema::NodeHeartbeat>, ApiError> {
     match ctx
         .bus
@@ -152,6 +174,7 @@ pub(super) async fn openapi() -> Json<Value> {
             "/api/v1/models": {"get": op("The model registry")},
             "/api/v1/models/search": {"get": {"summary": "Search the hub", "parameters": [{"name": "q", "in": "query", "required": true, "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}], "responses": {"200": {"description": "OK"}}}},
             "/api/v1/models/pull": {"post": with_body("Download a hub model on a worker node", "PullRequest")},
+            "/api/v1/models/status": {"get": op("Every node's status of the models")},
             "/api/v1/workers": {"get": op("Live workers")},
             "/api/v1/cluster": {"get": op("Live nodes and their workers")},
             "/health": {"get": op("Alive")},

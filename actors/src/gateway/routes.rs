@@ -37,6 +37,7 @@ pub(super) fn router(ctx: NodeContext) -> Router {
         .route("/api/v1/models", get(super::admin::models))
         .route("/api/v1/models/search", get(super::admin::search))
         .route("/api/v1/models/pull", post(super::admin::pull))
+        .route("/api/v1/models/status", get(super::admin::status))
         .route("/api/v1/workers", get(super::admin::workers))
         .route("/api/v1/cluster", get(super::admin::cluster))
         .route("/openapi.json", get(super::admin::openapi))

@@ -42,6 +42,97 @@ pub struct ModelRecord {
     pub updated_ms: u64,
 }
 
+/// Where a model is on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    /// Known to the registry, nothing on this node yet.
+    Registered,
+    /// Files are being downloaded (holds a lease).
+    Downloading,
+    /// Files are in the node's cache, verified.
+    Ready,
+    /// The engine is loading it (holds a lease).
+    Loading,
+    /// Loaded; a worker serves it.
+    Loaded,
+    /// Failed, with the reason.
+    Failed,
+}
+
+impl ModelState {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Registered => "registered",
+            ModelState::Downloading => "downloading",
+            ModelState::Ready => "ready",
+            ModelState::Loading => "loading",
+            ModelState::Loaded => "loaded",
+            ModelState::Failed => "failed",
+        }
+    }
+
+    /// True for the states a node must keep renewing (downloading, loading).
+    pub fn holds_lease(self) -> bool {
+        matches!(self, ModelState::Downloading | ModelState::Loading)
+    }
+}
+
+/// One node's status of one model, in the models bucket under
+/// `<model token>.<node token>`. A state that holds a lease is valid only until
+/// `lease_until_ms`: a node that dies mid-download leaves nothing stuck.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelNodeStatus {
+    /// Model id.
+    pub model: String,
+    /// Node id.
+    pub node: String,
+    /// Where it is.
+    pub state: ModelState,
+    /// Why it failed.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// For downloading and loading: valid until then, ms since the epoch.
+    #[serde(default)]
+    pub lease_until_ms: Option<u64>,
+    /// Last change, ms since the epoch.
+    pub updated_ms: u64,
+}
+
+impl ModelNodeStatus {
+    /// The state as of `now_ms`: a lease that ran out reads as failed.
+    pub fn effective(&self, now_ms: u64) -> ModelNodeStatus {
+        let mut s = self.clone();
+        if s.state.holds_lease() && s.lease_until_ms.is_some_and(|until| until < now_ms) {
+            s.reason = Some(format!("the node stopped renewing its {} lease", s.state.as_str()));
+            s.state = ModelState::Failed;
+        }
+        s
+    }
+}
+
+/// Request on `…model.status`: every node's status of every model (or one model).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GetModelStatus {
+    /// Only this model.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// Reply on `…model.status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ModelStatusList {
+    /// Statuses, leases already applied.
+    Statuses {
+        /// The statuses.
+        statuses: Vec<ModelNodeStatus>,
+    },
+    /// Why not.
+    Error(WireError),
+}
+
 /// One file of a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelFile {
@@ -182,6 +273,19 @@ mod tests {
             &["model", "file", "file_done", "file_size", "files_done", "files_total"],
         );
         pin(SearchModels { query: "q".into(), limit: Some(3) }, &["query", "limit"]);
+        let st = ModelNodeStatus {
+            model: "a/b".into(),
+            node: "n".into(),
+            state: ModelState::Downloading,
+            reason: None,
+            lease_until_ms: Some(10),
+            updated_ms: 5,
+        };
+        pin(st.clone(), &["model", "node", "state", "reason", "lease_until_ms", "updated_ms"]);
+        pin(GetModelStatus { model: None }, &["model"]);
+        pin(ModelStatusList::Statuses { statuses: vec![st.clone()] }, &["type", "statuses"]);
+        assert_eq!(st.effective(9).state, ModelState::Downloading);
+        assert_eq!(st.effective(11).state, ModelState::Failed);
         pin(SearchResults::Models { models: vec![HubModel { id: "a/b".into(), downloads: Some(1), likes: None }] }, &["type", "models"]);
         pin(ModelSource::Local { path: "/m".into() }, &["type", "path"]);
         pin(RegisterModel { model: record(), worker: "w".into() }, &["model", "worker"]);

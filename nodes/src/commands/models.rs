@@ -87,6 +87,21 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
                 PullReply::Error(e) => bail!("pull failed ({}): {}", e.kind, e.message),
             }
         }
+        ModelsCommand::Status { model } => {
+            let req = bitinglip_bus_schema::GetModelStatus { model };
+            let statuses = match bus
+                .request::<_, bitinglip_bus_schema::ModelStatusList>(bus.subjects().model_status(), &req, None, None)
+                .await?
+            {
+                bitinglip_bus_schema::ModelStatusList::Statuses { statuses } => statuses,
+                bitinglip_bus_schema::ModelStatusList::Error(e) => bail!("{}: {}", e.kind, e.message),
+            };
+            let mut rows = vec![vec!["MODEL".to_string(), "NODE".into(), "STATE".into(), "REASON".into()]];
+            for s in statuses {
+                rows.push(vec![s.model, s.node, s.state.as_str().into(), s.reason.unwrap_or_else(|| "-".into())]);
+            }
+            table(rows);
+        }
         ModelsCommand::Ls { json } => {
             let models = match bus.request::<_, ModelList>(bus.subjects().model_list(), &ListModels {}, None, None).await? {
                 ModelList::Models { models } => models,
