@@ -4,6 +4,7 @@
 
 use std::{
     net::TcpListener,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -110,15 +111,19 @@ impl LocalNatsServer {
         std::fs::write(
             &conf,
             format!(
-                "host: \"{host}\"\nport: {port}\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: {sync}\n}}\n{extra}\n",
+                "host: \"{host}\"\nport: {port}\npid_file: \"{pid}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: {sync}\n}}\n{extra}\n",
                 host = self.opts.host,
                 port = self.port,
                 store = store.display(),
+                pid = dir.join("nats-server.pid").display(),
                 extra = self.opts.extra_config,
             ),
         )?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        // Its own process group: a Ctrl-C in the terminal reaches the node, which stops
+        // the server itself after handing its tasks back, rather than both at once.
         let child = Command::new(&self.binary)
+            .process_group(0)
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())

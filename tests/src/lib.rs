@@ -8,7 +8,6 @@ pub mod tiny_model;
 
 use std::{
     io::Read,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -132,6 +131,10 @@ impl ModelDir {
 pub struct NodeProcess {
     child: Option<Child>,
     dir: TempDir,
+    /// Where `up` would start its own nats-server (its pid file is there).
+    data_dir: PathBuf,
+    /// The pid of the nats-server `up` started, once seen.
+    server_pid: Option<i32>,
     /// HTTP base URL when it runs a gateway (`http://127.0.0.1:PORT`).
     pub http: Option<String>,
 }
@@ -156,10 +159,7 @@ impl NodeProcess {
         let config_path = dir.path().join("bitinglip.toml");
         std::fs::write(&config_path, toml::to_string(config).expect("config serializes")).expect("config written");
         let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
-        // Its own process group: dropping the handle kills whatever it started too (the
-        // nats-server of `up`), while `kill9` kills only the node, like a crash.
         let child = Command::new(bitinglip_bin())
-            .process_group(0)
             .args(args)
             .arg("--config")
             .arg(&config_path)
@@ -172,7 +172,9 @@ impl NodeProcess {
             .expect("bitinglip starts");
         let has_gateway = config.roles.contains(&bitinglip_config::Role::Gateway) || args.first() == Some(&"up");
         let http = has_gateway.then(|| format!("http://{}", config.gateway.http));
-        Self { child: Some(child), dir, http }
+        // Only `up` starts a nats-server of its own.
+        let data_dir = if args.first() == Some(&"up") { config.data_dir.clone() } else { PathBuf::new() };
+        Self { child: Some(child), dir, http, data_dir, server_pid: None }
     }
 
     /// The node's process id.
@@ -208,6 +210,7 @@ impl NodeProcess {
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if answered {
+                self.remember_server_pid();
                 return;
             }
             if Instant::now() > deadline {
@@ -215,6 +218,17 @@ impl NodeProcess {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Notes the pid of the nats-server `up` started (from its pid file), so dropping
+    /// this handle stops it even after the data folder is gone.
+    fn remember_server_pid(&mut self) {
+        if self.server_pid.is_some() || self.data_dir.as_os_str().is_empty() {
+            return;
+        }
+        self.server_pid = std::fs::read_to_string(self.data_dir.join("nats/nats-server.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
     }
 
     /// Waits until the log contains `needle`.
@@ -264,10 +278,12 @@ impl Drop for NodeProcess {
         if std::thread::panicking() {
             eprintln!("---- node log ----\n{}", self.log());
         }
-        if let Some(c) = &self.child {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGKILL);
-        }
         self.kill9();
+        // A nats-server that `up` started runs in its own process group: stop it too.
+        self.remember_server_pid();
+        if let Some(pid) = self.server_pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 
