@@ -357,6 +357,11 @@ impl SseReader {
     }
 }
 
+/// Sends `req` with the JSON `body` and returns the JSON answer, whatever its status.
+pub async fn post_json(req: reqwest::RequestBuilder, body: &serde_json::Value) -> serde_json::Value {
+    req.json(body).send().await.expect("gateway answers").json().await.expect("JSON")
+}
+
 /// `GET /v1/tasks/{id}` on `base`.
 pub async fn task_record(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
     http.get(format!("{base}/v1/tasks/{id}")).send().await.expect("gateway answers").json().await.expect("JSON")

@@ -32,14 +32,32 @@ fn worker(url: &str, id: &str, model: bitinglip_config::ModelConfig) -> Config {
 
 use bitinglip_tests::task_record as task;
 
-/// Streams a chat; after `after` chunks calls `fault` with the task's worker id; returns
+/// A control node and two worker nodes, `worker-a` and `worker-b`, serving `model` (whose
+/// id is `id`), all loaded; returns them with the gateway's base URL.
+async fn front_and_two_workers(
+    nats: &TestNats,
+    id: &str,
+    model: bitinglip_config::ModelConfig,
+) -> (NodeProcess, NodeProcess, NodeProcess, String) {
+    let mut front = NodeProcess::spawn(&control(&nats.url()), &["node"]);
+    let mut a = NodeProcess::spawn(&worker(&nats.url(), "worker-a", model.clone()), &["node"]);
+    let mut b = NodeProcess::spawn(&worker(&nats.url(), "worker-b", model), &["node"]);
+    front.wait_for_model(id, Duration::from_secs(120)).await;
+    a.wait_for_log("model loaded", Duration::from_secs(60)).await;
+    b.wait_for_log("model loaded", Duration::from_secs(60)).await;
+    let base = front.http.clone().unwrap();
+    (front, a, b, base)
+}
+
+/// Streams a chat; after `after` chunks calls `fault` with the task's worker id and the
+/// task id; returns
 /// (streamed text, task id, time from the fault to the next chunk), or None when the
 /// answer ended before `after` chunks.
 async fn stream_with_fault(
     base: &str,
     body: Value,
     after: usize,
-    mut fault: impl FnMut(&str),
+    mut fault: impl FnMut(&str, &str),
 ) -> Option<(String, String, Duration)> {
     let http = reqwest::Client::new();
     let resp = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
@@ -68,7 +86,7 @@ async fn stream_with_fault(
             if chunks == after && faulted_at.is_none() {
                 let record = task(&http, base, &id).await;
                 let worker = record["worker"].as_str().unwrap().to_string();
-                fault(&worker);
+                fault(&worker, &id);
                 faulted_at = Some(Instant::now());
             }
         }
@@ -79,17 +97,11 @@ async fn stream_with_fault(
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_of_a_worker_mid_stream_continues_on_another() {
     let nats = TestNats::start().await;
-    let mut front = NodeProcess::spawn(&control(&nats.url()), &["node"]);
-    let mut a = NodeProcess::spawn(&worker(&nats.url(), "worker-a", echo_model("echo", 25.0, 2)), &["node"]);
-    let mut b = NodeProcess::spawn(&worker(&nats.url(), "worker-b", echo_model("echo", 25.0, 2)), &["node"]);
-    front.wait_for_model("echo", Duration::from_secs(60)).await;
-    a.wait_for_log("model loaded", Duration::from_secs(30)).await;
-    b.wait_for_log("model loaded", Duration::from_secs(30)).await;
-    let base = front.http.clone().unwrap();
+    let (_front, mut a, mut b, base) = front_and_two_workers(&nats, "echo", echo_model("echo", 25.0, 2)).await;
 
     let prompt = words(80);
     let body = json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000, "stream": true});
-    let (text, id, gap) = stream_with_fault(&base, body, 15, |w| {
+    let (text, id, gap) = stream_with_fault(&base, body, 15, |w, _| {
         if w.starts_with("worker-a") { a.kill9() } else { b.kill9() }
     })
     .await
@@ -112,20 +124,14 @@ async fn kill9_of_a_mistralrs_worker_mid_stream_continues_on_another() {
     let path = model.path().display().to_string();
     let mut m = bitinglip_config::ModelConfig::new(path);
     m.max_sequences = 2;
-    let mut front = NodeProcess::spawn(&control(&nats.url()), &["node"]);
-    let mut a = NodeProcess::spawn(&worker(&nats.url(), "worker-a", m.clone()), &["node"]);
-    let mut b = NodeProcess::spawn(&worker(&nats.url(), "worker-b", m), &["node"]);
-    front.wait_for_model("slow-llama", Duration::from_secs(120)).await;
-    a.wait_for_log("model loaded", Duration::from_secs(60)).await;
-    b.wait_for_log("model loaded", Duration::from_secs(60)).await;
-    let base = front.http.clone().unwrap();
+    let (_front, mut a, mut b, base) = front_and_two_workers(&nats, "slow-llama", m).await;
     let http = reqwest::Client::new();
 
     // Random weights may stop early on an end token; try again until a stream is long
     // enough to be killed in the middle.
     for _ in 0..5 {
         let body = json!({"model": "slow-llama", "messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 400, "stream": true});
-        let Some((text, id, gap)) = stream_with_fault(&base, body, 12, |w| {
+        let Some((text, id, gap)) = stream_with_fault(&base, body, 12, |w, _| {
             if w.starts_with("worker-a") { a.kill9() } else { b.kill9() }
         })
         .await
@@ -146,25 +152,26 @@ async fn kill9_of_a_mistralrs_worker_mid_stream_continues_on_another() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_worker_loses_its_task_and_cannot_interleave_when_it_wakes() {
     let nats = TestNats::start().await;
-    let mut front = NodeProcess::spawn(&control(&nats.url()), &["node"]);
-    let mut a = NodeProcess::spawn(&worker(&nats.url(), "worker-a", echo_model("echo", 25.0, 2)), &["node"]);
-    let mut b = NodeProcess::spawn(&worker(&nats.url(), "worker-b", echo_model("echo", 25.0, 2)), &["node"]);
-    front.wait_for_model("echo", Duration::from_secs(60)).await;
-    a.wait_for_log("model loaded", Duration::from_secs(30)).await;
-    b.wait_for_log("model loaded", Duration::from_secs(30)).await;
-    let base = front.http.clone().unwrap();
+    let (_front, a, b, base) = front_and_two_workers(&nats, "echo", echo_model("echo", 25.0, 2)).await;
     let (pa, pb) = (a.pid(), b.pid());
-    let mut frozen = 0u32;
     let prompt = words(120);
     let body = json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000, "stream": true});
-    let (text, id, gap) = stream_with_fault(&base, body, 10, |w| {
-        frozen = if w.starts_with("worker-a") { pa } else { pb };
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(frozen as i32), nix::sys::signal::Signal::SIGSTOP);
-        // Wake it while the other worker is still generating.
-        let pid = frozen;
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(4));
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGCONT);
+    let watch_base = base.clone();
+    let (text, id, gap) = stream_with_fault(&base, body, 10, |w, task_id| {
+        let frozen = if w.starts_with("worker-a") { pa } else { pb };
+        let pid = nix::unistd::Pid::from_raw(frozen as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP);
+        // Wake it as soon as the other worker has taken the task over, while it is still
+        // generating.
+        let (base, task_id) = (watch_base.clone(), task_id.to_string());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            bitinglip_tests::assert_eventually!(
+                Duration::from_secs(30),
+                async { task(&http, &base, &task_id).await["attempts"].as_u64().unwrap_or(0) >= 2 },
+                "the task was never taken over"
+            );
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
         });
     })
     .await
@@ -259,7 +266,6 @@ async fn a_nats_server_restart_under_load_loses_no_accepted_task() {
             Ok(r) if r.status() == 202 => accepted.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()),
             _ => refused += 1,
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("{} accepted, {refused} refused while the server restarted", accepted.len());
     assert!(accepted.len() >= 20);
@@ -292,16 +298,11 @@ async fn a_generation_longer_than_ack_wait_keeps_its_lease() {
     // 50 tokens at 10 per second: 5 s, two and a half AckWaits.
     let prompt = words(50);
     let started = Instant::now();
-    let body: Value = http
-        .post(format!("{base}/v1/chat/completions"))
-        .header("Idempotency-Key", "long-one")
-        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = bitinglip_tests::post_json(
+        http.post(format!("{base}/v1/chat/completions")).header("Idempotency-Key", "long-one"),
+        &json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000}),
+    )
+    .await;
     assert!(started.elapsed() > Duration::from_secs(4));
     assert_eq!(body["choices"][0]["message"]["content"], prompt.as_str());
     let id = body["id"].as_str().unwrap().trim_start_matches("chatcmpl-").to_string();

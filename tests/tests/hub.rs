@@ -98,15 +98,11 @@ async fn pull_resumes_verifies_searches_and_serves() {
     worker.wait_for_log("model loaded", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();
     node.wait_for_model("acme/tiny-chat", Duration::from_secs(60)).await;
-    let body: Value = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = bitinglip_tests::post_json(
+        reqwest::Client::new().post(format!("{base}/v1/chat/completions")),
+        &json!({"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
+    )
+    .await;
     assert_eq!(body["model"], "acme/tiny-chat", "{body}");
 }
 

@@ -219,6 +219,20 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     let fence_after = ack_wait.min(ctx.config.cluster.node_ttl) / 2;
     let confirmed = std::sync::Mutex::new(Instant::now());
     let stale = CancellationToken::new();
+    // Confirms the claim still stands; when it does not, stops this attempt for good.
+    let confirm = || async {
+        if still_owner(ctx, &task_id, revision).await {
+            if let Ok(mut c) = confirmed.lock() {
+                *c = Instant::now();
+            }
+            true
+        } else {
+            tracing::warn!("lost the task to a newer attempt; stopping");
+            stale.cancel();
+            cancel.cancel();
+            false
+        }
+    };
     let lease = async {
         let mut tick = tokio::time::interval((ack_wait / 3).min(fence_after));
         tick.tick().await;
@@ -227,15 +241,7 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
             if let Err(err) = msg.ack_with(AckKind::Progress).await {
                 tracing::warn!(cause = %err, "in-progress ack failed");
             }
-            if still_owner(ctx, &task_id, revision).await {
-                if let Ok(mut c) = confirmed.lock() {
-                    *c = Instant::now();
-                }
-            } else {
-                tracing::warn!("lost the task to a newer attempt; stopping");
-                stale.cancel();
-                cancel.cancel();
-            }
+            confirm().await;
         }
     };
 
@@ -276,17 +282,8 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
                 continue;
             }
             let fresh = confirmed.lock().map(|c| c.elapsed() < fence_after).unwrap_or(true);
-            if !fresh {
-                if still_owner(ctx, &task_id, revision).await {
-                    if let Ok(mut c) = confirmed.lock() {
-                        *c = Instant::now();
-                    }
-                } else {
-                    tracing::warn!("lost the task to a newer attempt; stopping");
-                    stale.cancel();
-                    cancel.cancel();
-                    continue;
-                }
+            if !fresh && !confirm().await {
+                continue;
             }
             first_token.get_or_insert_with(|| claimed_at.elapsed());
             last_token = Some(Instant::now());
