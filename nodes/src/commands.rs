@@ -38,6 +38,16 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
     }
 }
 
+/// Prints rows as aligned columns (the first row is the header).
+fn print_table(rows: &[Vec<String>]) {
+    let n = rows.first().map(Vec::len).unwrap_or(0);
+    let widths: Vec<usize> = (0..n).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
 /// A client connection for the CLI's one-shot commands.
 async fn client_bus(config: &Config) -> anyhow::Result<Bus> {
     let name = format!("bitinglip-cli-{}", std::process::id());

@@ -9,15 +9,6 @@ use futures::StreamExt;
 
 use crate::cli::ModelsCommand;
 
-fn table(rows: Vec<Vec<String>>) {
-    let n = rows.first().map(Vec::len).unwrap_or(0);
-    let widths: Vec<usize> = (0..n).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    for r in &rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", line.join("  ").trim_end());
-    }
-}
-
 fn bar(p: &PullProgress) -> String {
     let frac = if p.file_size == 0 { 1.0 } else { p.file_done as f64 / p.file_size as f64 };
     let filled = (frac * 30.0).round() as usize;
@@ -53,7 +44,7 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
                 let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                 rows.push(vec![m.id, n(m.downloads), n(m.likes)]);
             }
-            table(rows);
+            super::print_table(&rows);
         }
         ModelsCommand::Pull { model, revision } => {
             let mut progress = bus.subscribe(bus.subjects().model_progress(&model)).await?;
@@ -100,7 +91,7 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
             for s in statuses {
                 rows.push(vec![s.model, s.node, s.state.as_str().into(), s.reason.unwrap_or_else(|| "-".into())]);
             }
-            table(rows);
+            super::print_table(&rows);
         }
         ModelsCommand::Ls { json } => {
             let models = match bus.request::<_, ModelList>(bus.subjects().model_list(), &ListModels {}, None, None).await? {
@@ -130,7 +121,7 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
                     m.context_length.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
                 ]);
             }
-            table(rows);
+            super::print_table(&rows);
         }
     }
     Ok(())

@@ -13,14 +13,6 @@ async fn nodes(config: &Config) -> anyhow::Result<Vec<bitinglip_bus_schema::Node
     }
 }
 
-fn print_table(rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", line.join("  ").trim_end());
-    }
-}
-
 /// `bitinglip workers ls`.
 pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
     let nodes = nodes(&config).await?;
@@ -51,7 +43,7 @@ pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
             ]);
         }
     }
-    print_table(&rows);
+    super::print_table(&rows);
     Ok(())
 }
 
@@ -94,7 +86,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
             ]].concat());
         }
     }
-    print_table(&rows);
+    super::print_table(&rows);
     println!("{} node(s)", nodes.len());
     Ok(())
 }

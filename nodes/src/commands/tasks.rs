@@ -109,11 +109,7 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
                     t.worker.clone().unwrap_or_else(|| "-".into()),
                 ]);
             }
-            let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-            for r in &rows {
-                let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-                println!("{}", line.join("  ").trim_end());
-            }
+            super::print_table(&rows);
         }
     }
     Ok(())
