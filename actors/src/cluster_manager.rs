@@ -14,7 +14,10 @@ use futures::TryStreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::{serve::spawn_serve, NodeContext};
+use crate::{
+    serve::{spawn_endpoint, spawn_serve},
+    NodeContext,
+};
 
 /// The cluster manager actor.
 pub struct ClusterManager;
@@ -83,21 +86,19 @@ impl Actor for ClusterManager {
         let watcher = tokio::spawn(failover::watch_nodes(ctx.clone()));
         let service = ctx.bus.service("bitinglip-cluster-manager", "BitingLip membership and cluster status", &group).await?;
         let sub = ctx.bus.endpoint(&service, "status", subject).await?;
-        let serve = spawn_serve(sub, myself, ClusterManagerMsg::SubscriptionEnded, move |req: async_nats::service::Request| {
-            let ctx = ctx.clone();
-            async move {
-                let reply = match ctx.bus.decode::<GetClusterStatus>(&req.message) {
-                    Err(err) => ClusterStatus::Error(err.into()),
-                    Ok(_) => match live_nodes(&ctx).await {
-                        Ok(nodes) => ClusterStatus::Nodes { nodes },
-                        Err(err) => ClusterStatus::Error(err),
-                    },
-                };
-                if let Err(err) = ctx.bus.respond(&req, &reply).await {
-                    tracing::warn!(cause = %err, "cluster status reply not sent");
+        let serve = spawn_endpoint(
+            sub,
+            myself,
+            ClusterManagerMsg::SubscriptionEnded,
+            ctx.clone(),
+            ClusterStatus::Error,
+            |ctx, _: GetClusterStatus| async move {
+                match live_nodes(&ctx).await {
+                    Ok(nodes) => ClusterStatus::Nodes { nodes },
+                    Err(err) => ClusterStatus::Error(err),
                 }
-            }
-        });
+            },
+        );
         Ok(ClusterManagerState { tasks: vec![poison, watcher, serve], _service: service })
     }
 

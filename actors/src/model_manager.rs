@@ -11,12 +11,11 @@ use bitinglip_bus_schema::{
     decode_body, encode, encode_token, Ack, Envelope, ErrorKind, ListModels, ModelList, ModelRecord, RegisterModel,
     GetModelStatus, ModelStatusList, SearchModels, SearchResults, WireError,
 };
-use async_nats::service::Request;
 use futures::TryStreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::{serve::spawn_serve, NodeContext};
+use crate::{serve::spawn_endpoint, NodeContext};
 
 pub mod status;
 
@@ -109,76 +108,65 @@ impl Actor for ModelManager {
         let group = subjects.model_manager_queue_group();
 
         let service = ctx.bus.service("bitinglip-model-manager", "BitingLip model registry: register, list, search", &group).await?;
-        let reg_sub = ctx.bus.endpoint(&service, "register", subjects.model_register()).await?;
-        let reg_ctx = ctx.clone();
-        let register_serve = spawn_serve(reg_sub, myself.clone(), ModelManagerMsg::SubscriptionEnded, move |req: Request| {
-            let ctx = reg_ctx.clone();
-            async move {
-                let reply = match ctx.bus.decode::<RegisterModel>(&req.message) {
-                    Err(err) => Ack::Error(err.into()),
-                    Ok(req) => match register(&ctx, req.envelope.body).await {
-                        Ok(()) => Ack::Ok,
-                        Err(err) => Ack::Error(err),
-                    },
-                };
-                let _ = ctx.bus.respond(&req, &reply).await;
-            }
-        });
+        let end = || ModelManagerMsg::SubscriptionEnded;
+        let endpoint = |name, subject| ctx.bus.endpoint(&service, name, subject);
 
-        let search_sub = ctx.bus.endpoint(&service, "search", subjects.model_search()).await?;
-        let search_ctx = ctx.clone();
-        let search_serve = spawn_serve(search_sub, myself.clone(), ModelManagerMsg::SubscriptionEnded, move |req: Request| {
-            let ctx = search_ctx.clone();
-            async move {
-                let reply = match ctx.bus.decode::<SearchModels>(&req.message) {
-                    Err(err) => SearchResults::Error(err.into()),
-                    Ok(req) => {
-                        let req = req.envelope.body;
-                        let found = match crate::puller::hub::Hub::new(&ctx.config.hub) {
-                            Ok(hub) => hub.search(&req.query, req.limit.unwrap_or(20).clamp(1, 100)).await,
-                            Err(e) => Err(e),
-                        };
-                        match found {
-                            Ok(models) => SearchResults::Models { models },
-                            Err(err) => SearchResults::Error(err),
-                        }
-                    }
+        let register_serve = spawn_endpoint(
+            endpoint("register", subjects.model_register()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            Ack::Error,
+            |ctx, req: RegisterModel| async move {
+                match register(&ctx, req).await {
+                    Ok(()) => Ack::Ok,
+                    Err(err) => Ack::Error(err),
+                }
+            },
+        );
+        let search_serve = spawn_endpoint(
+            endpoint("search", subjects.model_search()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            SearchResults::Error,
+            |ctx, req: SearchModels| async move {
+                let hub = match crate::puller::hub::Hub::new(&ctx.config.hub) {
+                    Ok(hub) => hub,
+                    Err(err) => return SearchResults::Error(err),
                 };
-                let _ = ctx.bus.respond(&req, &reply).await;
-            }
-        });
-
-        let status_sub = ctx.bus.endpoint(&service, "status", subjects.model_status()).await?;
-        let status_ctx = ctx.clone();
-        let status_serve = spawn_serve(status_sub, myself.clone(), ModelManagerMsg::SubscriptionEnded, move |req: Request| {
-            let ctx = status_ctx.clone();
-            async move {
-                let reply = match ctx.bus.decode::<GetModelStatus>(&req.message) {
-                    Err(err) => ModelStatusList::Error(err.into()),
-                    Ok(q) => match status::list(&ctx, q.envelope.body.model.as_deref()).await {
-                        Ok(statuses) => ModelStatusList::Statuses { statuses },
-                        Err(err) => ModelStatusList::Error(err),
-                    },
-                };
-                let _ = ctx.bus.respond(&req, &reply).await;
-            }
-        });
-
-        let list_sub = ctx.bus.endpoint(&service, "list", subjects.model_list()).await?;
-        let list_ctx = ctx.clone();
-        let list_serve = spawn_serve(list_sub, myself, ModelManagerMsg::SubscriptionEnded, move |req: Request| {
-            let ctx = list_ctx.clone();
-            async move {
-                let reply = match ctx.bus.decode::<ListModels>(&req.message) {
-                    Err(err) => ModelList::Error(err.into()),
-                    Ok(_) => match list_models(&ctx).await {
-                        Ok(models) => ModelList::Models { models },
-                        Err(err) => ModelList::Error(err),
-                    },
-                };
-                let _ = ctx.bus.respond(&req, &reply).await;
-            }
-        });
+                match hub.search(&req.query, req.limit.unwrap_or(20).clamp(1, 100)).await {
+                    Ok(models) => SearchResults::Models { models },
+                    Err(err) => SearchResults::Error(err),
+                }
+            },
+        );
+        let status_serve = spawn_endpoint(
+            endpoint("status", subjects.model_status()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            ModelStatusList::Error,
+            |ctx, q: GetModelStatus| async move {
+                match status::list(&ctx, q.model.as_deref()).await {
+                    Ok(statuses) => ModelStatusList::Statuses { statuses },
+                    Err(err) => ModelStatusList::Error(err),
+                }
+            },
+        );
+        let list_serve = spawn_endpoint(
+            endpoint("list", subjects.model_list()).await?,
+            myself,
+            end(),
+            ctx.clone(),
+            ModelList::Error,
+            |ctx, _: ListModels| async move {
+                match list_models(&ctx).await {
+                    Ok(models) => ModelList::Models { models },
+                    Err(err) => ModelList::Error(err),
+                }
+            },
+        );
         Ok(ModelManagerState { serves: vec![register_serve, search_serve, status_serve, list_serve], _service: service })
     }
 

@@ -15,7 +15,7 @@ use bitinglip_bus_schema::{
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::{serve::spawn_serve, NodeContext};
+use crate::{serve::spawn_endpoint, NodeContext};
 
 /// The puller actor.
 pub struct Puller;
@@ -102,19 +102,19 @@ impl Actor for Puller {
         let subjects = ctx.bus.subjects().clone();
         let service = ctx.bus.service("bitinglip-puller", "BitingLip hub downloads on worker nodes", &subjects.puller_queue_group()).await?;
         let sub = ctx.bus.endpoint(&service, "pull", subjects.model_pull()).await?;
-        let serve = spawn_serve(sub, myself, PullerMsg::SubscriptionEnded, move |req: async_nats::service::Request| {
-            let ctx = ctx.clone();
-            async move {
-                let reply = match ctx.bus.decode::<PullModel>(&req.message) {
-                    Err(err) => PullReply::Error(err.into()),
-                    Ok(req) => match pull_and_register(&ctx, req.envelope.body).await {
-                        Ok(record) => PullReply::Pulled(record),
-                        Err(err) => PullReply::Error(err),
-                    },
-                };
-                let _ = ctx.bus.respond(&req, &reply).await;
-            }
-        });
+        let serve = spawn_endpoint(
+            sub,
+            myself,
+            PullerMsg::SubscriptionEnded,
+            ctx,
+            PullReply::Error,
+            |ctx, req: PullModel| async move {
+                match pull_and_register(&ctx, req).await {
+                    Ok(record) => PullReply::Pulled(record),
+                    Err(err) => PullReply::Error(err),
+                }
+            },
+        );
         Ok(PullerState { serve, _service: service })
     }
 

@@ -31,3 +31,42 @@ where
         let _ = owner.cast(on_end);
     })
 }
+
+/// Serves one request/reply endpoint of a NATS service: decodes each request as `Req`,
+/// answers with what `handle` returns, or with `on_error` for one that does not decode
+/// (counted as dropped when it has no reply subject).
+pub(crate) fn spawn_endpoint<M, Req, Rep, H, F>(
+    endpoint: async_nats::service::endpoint::Endpoint,
+    owner: ActorRef<M>,
+    on_end: M,
+    ctx: crate::NodeContext,
+    on_error: fn(bitinglip_bus_schema::WireError) -> Rep,
+    handle: H,
+) -> tokio::task::JoinHandle<()>
+where
+    M: ractor::Message + Clone,
+    Req: serde::de::DeserializeOwned + Send + 'static,
+    Rep: serde::Serialize + Send + Sync + 'static,
+    H: Fn(crate::NodeContext, Req) -> F + Send + Sync + 'static,
+    F: Future<Output = Rep> + Send + 'static,
+{
+    let handle = std::sync::Arc::new(handle);
+    spawn_serve(endpoint, owner, on_end, move |req: async_nats::service::Request| {
+        let (ctx, handle) = (ctx.clone(), handle.clone());
+        async move {
+            let reply = match ctx.bus.decode::<Req>(&req.message) {
+                Ok(incoming) => handle(ctx.clone(), incoming.envelope.body).await,
+                Err(err) => {
+                    if req.message.reply.is_none() {
+                        tracing::warn!(subject = %req.message.subject, cause = %err, "undecodable message dropped");
+                        ctx.count_dropped();
+                    }
+                    on_error(err.into())
+                }
+            };
+            if let Err(err) = ctx.bus.respond(&req, &reply).await {
+                tracing::warn!(subject = %req.message.subject, cause = %err, "reply not sent");
+            }
+        }
+    })
+}

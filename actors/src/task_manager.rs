@@ -38,7 +38,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sha2::Digest;
 use tokio::task::JoinHandle;
 
-use crate::{model_manager::get_model, serve::spawn_serve, NodeContext};
+use crate::{
+    model_manager::get_model,
+    serve::{spawn_endpoint, spawn_serve},
+    NodeContext,
+};
 
 /// The task manager actor.
 pub struct TaskManager;
@@ -237,38 +241,37 @@ impl Actor for TaskManager {
             }
         });
 
-        let get_sub = ctx.bus.endpoint(&service, "get", subjects.task_get()).await?;
-        let get_ctx = ctx.clone();
-        let get_serve = spawn_serve(get_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |req: Request| {
-            let ctx = get_ctx.clone();
-            async move {
-                let reply = match ctx.bus.decode::<GetTask>(&req.message) {
-                    Err(err) => TaskStatusReply::Error(err.into()),
-                    Ok(req) => match read_record(&ctx, &req.envelope.body.task_id).await {
-                        Ok(Some(record)) => TaskStatusReply::Found(record),
-                        Ok(None) => TaskStatusReply::Error(WireError::new(
-                            ErrorKind::NotFound,
-                            format!("no task {}", req.envelope.body.task_id),
-                        )),
-                        Err(err) => TaskStatusReply::Error(err),
-                    },
-                };
-                let _ = ctx.bus.respond(&req, &reply).await;
-            }
-        });
-        let cancel_sub = ctx.bus.endpoint(&service, "cancel", subjects.all_task_cancels()).await?;
-        let cancel_ctx = ctx.clone();
-        let cancel_serve = spawn_serve(cancel_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |msg: Request| {
-            let ctx = cancel_ctx.clone();
-            async move { cancel::handle(&ctx, msg).await }
-        });
-
-        let list_sub = ctx.bus.endpoint(&service, "list", subjects.task_list()).await?;
-        let list_ctx = ctx.clone();
-        let list_serve = spawn_serve(list_sub, myself, TaskManagerMsg::SubscriptionEnded, move |msg: Request| {
-            let ctx = list_ctx.clone();
-            async move { cancel::list(&ctx, msg).await }
-        });
+        let end = || TaskManagerMsg::SubscriptionEnded;
+        let get_serve = spawn_endpoint(
+            ctx.bus.endpoint(&service, "get", subjects.task_get()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            TaskStatusReply::Error,
+            |ctx, req: GetTask| async move {
+                match read_record(&ctx, &req.task_id).await {
+                    Ok(Some(record)) => TaskStatusReply::Found(record),
+                    Ok(None) => TaskStatusReply::Error(WireError::new(ErrorKind::NotFound, format!("no task {}", req.task_id))),
+                    Err(err) => TaskStatusReply::Error(err),
+                }
+            },
+        );
+        let cancel_serve = spawn_endpoint(
+            ctx.bus.endpoint(&service, "cancel", subjects.all_task_cancels()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            bitinglip_bus_schema::Ack::Error,
+            cancel::handle,
+        );
+        let list_serve = spawn_endpoint(
+            ctx.bus.endpoint(&service, "list", subjects.task_list()).await?,
+            myself,
+            end(),
+            ctx.clone(),
+            bitinglip_bus_schema::TaskList::Error,
+            cancel::list,
+        );
         Ok(TaskManagerState { tasks: vec![watch, submit_serve, get_serve, cancel_serve, list_serve], _service: service })
     }
 

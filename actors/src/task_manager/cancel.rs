@@ -1,6 +1,6 @@
 //! Cancelling and listing tasks.
 
-use async_nats::{jetstream::kv, service::Request};
+use async_nats::jetstream::kv;
 use bitinglip_bus_schema::{
     decode_body, encode, Ack, CancelTask, Envelope, ErrorKind, ListTasks, TaskEvent, TaskFailed, TaskList, TaskRecord,
     TaskState, WireError,
@@ -10,25 +10,13 @@ use futures::TryStreamExt;
 
 use crate::NodeContext;
 
-/// Marks a queued task cancelled (its eventual delivery is then dropped), or notes the
-/// request on a running one (its worker stops it on the same message). Answers when the
-/// message has a reply subject.
-pub(super) async fn handle(ctx: &NodeContext, req: Request) {
-    let msg = &req.message;
-    let reply = match ctx.bus.decode::<CancelTask>(msg) {
-        Err(err) => {
-            if msg.reply.is_none() {
-                tracing::warn!(subject = %msg.subject, cause = %err, "undecodable cancel dropped");
-                ctx.count_dropped();
-            }
-            Ack::Error(err.into())
-        }
-        Ok(c) => match cancel(ctx, &c.envelope.body).await {
-            Ok(()) => Ack::Ok,
-            Err(err) => Ack::Error(err),
-        },
-    };
-    let _ = ctx.bus.respond(&req, &reply).await;
+/// Answers `…task.<id>.cancel`: marks a queued task cancelled (its eventual delivery is
+/// then dropped); a running one is stopped by its worker, which gets the same message.
+pub(super) async fn handle(ctx: NodeContext, req: CancelTask) -> Ack {
+    match cancel(&ctx, &req).await {
+        Ok(()) => Ack::Ok,
+        Err(err) => Ack::Error(err),
+    }
 }
 
 async fn cancel(ctx: &NodeContext, req: &CancelTask) -> Result<(), WireError> {
@@ -76,15 +64,11 @@ async fn cancel(ctx: &NodeContext, req: &CancelTask) -> Result<(), WireError> {
 }
 
 /// Answers `…task.list`: the newest records first.
-pub(super) async fn list(ctx: &NodeContext, req: Request) {
-    let reply = match ctx.bus.decode::<ListTasks>(&req.message) {
-        Err(err) => TaskList::Error(err.into()),
-        Ok(req) => match read_all(ctx, &req.envelope.body).await {
-            Ok(tasks) => TaskList::Tasks { tasks },
-            Err(err) => TaskList::Error(err),
-        },
-    };
-    let _ = ctx.bus.respond(&req, &reply).await;
+pub(super) async fn list(ctx: NodeContext, req: ListTasks) -> TaskList {
+    match read_all(&ctx, &req).await {
+        Ok(tasks) => TaskList::Tasks { tasks },
+        Err(err) => TaskList::Error(err),
+    }
 }
 
 async fn read_all(ctx: &NodeContext, req: &ListTasks) -> Result<Vec<TaskRecord>, WireError> {
