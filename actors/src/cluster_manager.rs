@@ -1,15 +1,23 @@
 //! The cluster manager: membership, failure handling, and `…cluster.status`.
 //!
-//! Supervised by the node supervisor; supervises nothing. Subscribes to `…cluster.status`
+//! Supervised by the node supervisor; supervises nothing. Serves deployments
+//! (`…deployment.set|delete|list`); the one holding the leader lease places replicas on
+//! worker nodes (see `cluster_manager/leader.rs`). Subscribes to `…cluster.status`
 //! and to JetStream's max-deliveries advisories of the tasks stream, on the queue group
 //! `cluster-manager`, so several can run and each is handled once; watches the nodes
 //! bucket and hands on the tasks of nodes whose heartbeats stop (see
 //! `cluster_manager/failover.rs`). It holds no state that is not in KV. If a subscription
 //! ends it fails and is restarted.
 
+pub mod deployments;
 mod failover;
+pub mod leader;
+pub mod placement;
 
-use bitinglip_bus_schema::{decode_token, ClusterStatus, ErrorKind, GetClusterStatus, NodeHeartbeat, WireError};
+use bitinglip_bus_schema::{
+    decode_token, Ack, ClusterStatus, DeleteDeployment, DeploymentList, DeploymentReply, ErrorKind, GetClusterStatus,
+    ListDeployments, NodeHeartbeat, SetDeployment, WireError,
+};
 use futures::TryStreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
@@ -84,22 +92,66 @@ impl Actor for ClusterManager {
             async move { failover::poison(&ctx, &msg.payload).await }
         });
         let watcher = tokio::spawn(failover::watch_nodes(ctx.clone()));
-        let service = ctx.bus.service("bitinglip-cluster-manager", "BitingLip membership and cluster status", &group).await?;
-        let sub = ctx.bus.endpoint(&service, "status", subject).await?;
+        let reconciler = tokio::spawn(leader::run(ctx.clone()));
+        let service =
+            ctx.bus.service("bitinglip-cluster-manager", "BitingLip membership, deployments and placement", &group).await?;
+        let subjects = ctx.bus.subjects().clone();
+        let end = || ClusterManagerMsg::SubscriptionEnded;
+        let endpoint = |name, subject| ctx.bus.endpoint(&service, name, subject);
         let serve = spawn_endpoint(
-            sub,
-            myself,
-            ClusterManagerMsg::SubscriptionEnded,
+            endpoint("status", subject).await?,
+            myself.clone(),
+            end(),
             ctx.clone(),
             ClusterStatus::Error,
             |ctx, _: GetClusterStatus| async move {
                 match live_nodes(&ctx).await {
-                    Ok(nodes) => ClusterStatus::Nodes { nodes },
+                    Ok(nodes) => ClusterStatus::Nodes { nodes, leader: leader::current_leader(&ctx).await },
                     Err(err) => ClusterStatus::Error(err),
                 }
             },
         );
-        Ok(ClusterManagerState { tasks: vec![poison, watcher, serve], _service: service })
+        let set = spawn_endpoint(
+            endpoint("deployment-set", subjects.deployment_set()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            DeploymentReply::Error,
+            |ctx, req: SetDeployment| async move {
+                match deployments::set(&ctx, req).await {
+                    Ok(d) => DeploymentReply::Deployment(d),
+                    Err(err) => DeploymentReply::Error(err),
+                }
+            },
+        );
+        let delete = spawn_endpoint(
+            endpoint("deployment-delete", subjects.deployment_delete()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            Ack::Error,
+            |ctx, req: DeleteDeployment| async move {
+                match deployments::delete(&ctx, &req.model).await {
+                    Ok(true) => Ack::Ok,
+                    Ok(false) => Ack::Error(WireError::new(ErrorKind::NotFound, format!("no deployment of `{}`", req.model))),
+                    Err(err) => Ack::Error(err),
+                }
+            },
+        );
+        let list = spawn_endpoint(
+            endpoint("deployment-list", subjects.deployment_list()).await?,
+            myself,
+            end(),
+            ctx.clone(),
+            DeploymentList::Error,
+            |ctx, _: ListDeployments| async move {
+                match deployments::statuses(&ctx).await {
+                    Ok(deployments) => DeploymentList::Deployments { deployments },
+                    Err(err) => DeploymentList::Error(err),
+                }
+            },
+        );
+        Ok(ClusterManagerState { tasks: vec![poison, watcher, reconciler, serve, set, delete, list], _service: service })
     }
 
     async fn handle(

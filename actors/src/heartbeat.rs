@@ -31,7 +31,8 @@ pub struct HeartbeatState {
 
 /// Builds this node's heartbeat from the shared context.
 pub fn current_heartbeat(ctx: &NodeContext) -> NodeHeartbeat {
-    let (memory_total, memory_free) = memory();
+    let (machine_total, memory_free) = memory();
+    let memory_total = ctx.config.worker.memory.unwrap_or(machine_total);
     NodeHeartbeat {
         node_id: ctx.node_id().to_string(),
         roles: ctx.config.roles.iter().map(|r| r.as_str().to_string()).collect(),

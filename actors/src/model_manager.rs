@@ -1,15 +1,16 @@
 //! The model manager: keeps the model registry in the models KV bucket.
 //!
 //! Supervised by the node supervisor; supervises nothing. Serves, on the queue group
-//! `model-manager`, `…model.search` (the hub's search API at the configured endpoint),
+//! `model-manager`, `…model.load|unload|delete` (through the model's deployment),
+//! `…model.search` (the hub's search API at the configured endpoint),
 //! `…model.register` (a worker announces the model it serves; the entry
 //! is created or refreshed, keeping its first-registration time) and `…model.list` (every
 //! registered model). Stateless: several can run. If a subscription ends it fails and is
 //! restarted.
 
 use bitinglip_bus_schema::{
-    decode_body, encode, encode_token, Ack, Envelope, ErrorKind, ListModels, ModelList, ModelRecord, RegisterModel,
-    GetModelStatus, ModelStatusList, SearchModels, SearchResults, WireError,
+    decode_body, encode, encode_token, Ack, DeploymentReply, Envelope, ErrorKind, GetModelStatus, ListModels, LoadModel,
+    ModelList, ModelRecord, ModelRef, ModelStatusList, RegisterModel, SearchModels, SearchResults, WireError,
 };
 use futures::TryStreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -70,12 +71,34 @@ pub async fn list_models(ctx: &NodeContext) -> Result<Vec<ModelRecord>, WireErro
     Ok(models)
 }
 
+/// Memory one replica needs, estimated from its files (name, bytes): the weights plus a
+/// fifth for the KV cache and activations.
+pub fn estimate_memory<'a>(files: impl IntoIterator<Item = (&'a str, u64)>) -> u64 {
+    let weights: u64 = files
+        .into_iter()
+        .filter(|(name, _)| [".safetensors", ".bin", ".gguf", ".pt", ".pth"].iter().any(|ext| name.ends_with(ext)))
+        .map(|(_, size)| size)
+        .sum();
+    weights + weights / 5
+}
+
+/// The same, for a model folder on this node.
+pub fn estimate_folder_memory(dir: &std::path::Path) -> Option<u64> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let files: Vec<(String, u64)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
+        .collect();
+    Some(estimate_memory(files.iter().map(|(n, s)| (n.as_str(), *s))))
+}
+
 async fn register(ctx: &NodeContext, req: RegisterModel) -> Result<(), WireError> {
     let mut record = req.model;
     if record.id.trim().is_empty() {
         return Err(WireError::new(ErrorKind::InvalidRequest, "model.id is empty"));
     }
     let now = bitinglip_nats::now_ms();
+    let is_pull = !record.files.is_empty();
     if let Some(existing) = get_model(ctx, &record.id).await? {
         record.created_ms = existing.created_ms;
         // A worker that loaded the model adds its context length; what a pull recorded
@@ -84,6 +107,11 @@ async fn register(ctx: &NodeContext, req: RegisterModel) -> Result<(), WireError
             record.files = existing.files;
         }
         record.revision_sha = record.revision_sha.or(existing.revision_sha);
+        record.estimated_memory = record.estimated_memory.or(existing.estimated_memory);
+        if is_pull {
+            // A pull keeps the engine a worker recorded.
+            record.engine = existing.engine;
+        }
         record.context_length = record.context_length.or(existing.context_length);
     } else {
         record.created_ms = now;
@@ -94,6 +122,32 @@ async fn register(ctx: &NodeContext, req: RegisterModel) -> Result<(), WireError
     ctx.kv.models.put(encode_token(&record.id), bytes.into()).await.map_err(unavailable)?;
     tracing::info!(model = %record.id, worker = %req.worker, "model registered");
     Ok(())
+}
+
+/// Removes a model: its deployment (replicas are unloaded), its registry entry and every
+/// node's status of it.
+async fn remove(ctx: &NodeContext, model: &str) -> Result<(), WireError> {
+    let had_deployment = crate::cluster_manager::deployments::delete(ctx, model).await?;
+    let registered = get_model(ctx, model).await?.is_some();
+    if !had_deployment && !registered {
+        return Err(WireError::new(ErrorKind::NotFound, format!("model `{model}` is neither registered nor deployed")));
+    }
+    let token = encode_token(model);
+    let prefix = format!("{token}.");
+    let keys: Vec<String> =
+        ctx.kv.models.keys().await.map_err(unavailable)?.try_collect().await.map_err(unavailable)?;
+    for key in keys.into_iter().filter(|k| *k == token || k.starts_with(&prefix)) {
+        ctx.kv.models.delete(&key).await.map_err(unavailable)?;
+    }
+    tracing::info!(model, "model removed");
+    Ok(())
+}
+
+fn ack(result: Result<(), WireError>) -> Ack {
+    match result {
+        Ok(()) => Ack::Ok,
+        Err(err) => Ack::Error(err),
+    }
 }
 
 #[ractor::async_trait]
@@ -154,6 +208,37 @@ impl Actor for ModelManager {
                 }
             },
         );
+        let load_serve = spawn_endpoint(
+            endpoint("load", subjects.model_load()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            DeploymentReply::Error,
+            |ctx, req: LoadModel| async move {
+                match crate::cluster_manager::deployments::ensure_loaded(&ctx, &req.model, req.replicas.unwrap_or(1).max(1)).await {
+                    Ok(d) => DeploymentReply::Deployment(d),
+                    Err(err) => DeploymentReply::Error(err),
+                }
+            },
+        );
+        let unload_serve = spawn_endpoint(
+            endpoint("unload", subjects.model_unload()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            Ack::Error,
+            |ctx, req: ModelRef| async move {
+                ack(crate::cluster_manager::deployments::scale(&ctx, &req.model, 0).await.map(|_| ()))
+            },
+        );
+        let delete_serve = spawn_endpoint(
+            endpoint("delete", subjects.model_delete()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            Ack::Error,
+            |ctx, req: ModelRef| async move { ack(remove(&ctx, &req.model).await) },
+        );
         let list_serve = spawn_endpoint(
             endpoint("list", subjects.model_list()).await?,
             myself,
@@ -167,7 +252,10 @@ impl Actor for ModelManager {
                 }
             },
         );
-        Ok(ModelManagerState { serves: vec![register_serve, search_serve, status_serve, list_serve], _service: service })
+        Ok(ModelManagerState {
+            serves: vec![register_serve, search_serve, status_serve, load_serve, unload_serve, delete_serve, list_serve],
+            _service: service,
+        })
     }
 
     async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {

@@ -3,18 +3,28 @@
 //! Supervised by nobody (the `bitinglip` binary spawns it and waits for a signal). It
 //! supervises one actor per role this node runs, plus the heartbeat: the cluster manager,
 //! model manager, task manager, one worker per configured model, and the gateway, started
-//! in that order so that a request can be served by the time the gateway listens.
+//! in that order so that a request can be served by the time the gateway listens. On
+//! worker nodes it also follows the node's placement (written by the leading cluster
+//! manager) and starts a worker per replica placed here, stopping (draining) the ones
+//! placed elsewhere.
 //!
 //! A child that fails (an error from a handler, a panic, a subscription that ended) is
 //! restarted after a short backoff that grows with repeated failures; the process
 //! survives. Stopping the supervisor stops the gateway first (no new requests), then the
 //! workers (they hand back what they hold), then the rest.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
+use async_nats::jetstream::kv;
+use bitinglip_bus_schema::{decode_body, NodePlacement, Replica};
+use futures::StreamExt;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::task::JoinHandle;
 
-use bitinglip_config::Role;
+use bitinglip_config::{EngineKind, ModelConfig, Role};
 
 use crate::{
     cluster_manager::{ClusterManager, ClusterManagerArgs},
@@ -49,6 +59,8 @@ pub enum ChildKind {
     TaskManager,
     /// The worker for `worker.models[i]`.
     Worker(usize),
+    /// A worker for a replica the cluster placed here.
+    Replica(u32),
     /// The gateway.
     Gateway,
     /// The hub puller (on worker nodes).
@@ -61,6 +73,11 @@ pub struct NodeSupervisorState {
     children: HashMap<ActorId, (ChildKind, ActorCell)>,
     failures: HashMap<ChildKind, u32>,
     stopping: bool,
+    /// Replicas placed here, by child number.
+    replicas: BTreeMap<u32, Replica>,
+    next_replica: u32,
+    /// Watches this node's placement (worker nodes).
+    placement_watch: Option<JoinHandle<()>>,
 }
 
 /// Messages to the supervisor.
@@ -69,6 +86,53 @@ pub enum NodeSupervisorMsg {
     Restart(ChildKind),
     /// Stop every child in order, then answer.
     Shutdown(ractor::RpcReplyPort<()>),
+    /// The replicas the leading cluster manager placed on this node now.
+    Placed(Vec<Replica>),
+}
+
+/// The worker config of a placed replica.
+fn replica_config(r: &Replica) -> ModelConfig {
+    ModelConfig {
+        source: r.spec.source.clone(),
+        name: Some(r.model.clone()),
+        revision: r.spec.revision.clone().unwrap_or_else(|| "main".to_string()),
+        engine: match r.spec.engine {
+            bitinglip_bus_schema::EngineName::Mistralrs => EngineKind::Mistralrs,
+            bitinglip_bus_schema::EngineName::Echo => EngineKind::Echo,
+        },
+        max_sequences: r.spec.max_sequences.unwrap_or(4).max(1),
+        echo_tokens_per_sec: r.spec.echo_tokens_per_sec.unwrap_or(0.0),
+    }
+}
+
+/// Follows this node's placement key (its current value first) and tells the supervisor.
+fn watch_placement(ctx: crate::NodeContext, sup: ActorRef<NodeSupervisorMsg>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let key = ctx.bus.subjects().placement_key(ctx.node_id());
+        loop {
+            match ctx.kv.deployments.watch_with_history(&key).await {
+                Ok(mut watch) => {
+                    while let Some(Ok(entry)) = watch.next().await {
+                        let replicas = match entry.operation {
+                            kv::Operation::Put => match decode_body::<NodePlacement>(&entry.value, usize::MAX) {
+                                Ok(p) => p.replicas,
+                                Err(err) => {
+                                    tracing::warn!(cause = %err, "undecodable placement ignored");
+                                    continue;
+                                }
+                            },
+                            kv::Operation::Delete | kv::Operation::Purge => Vec::new(),
+                        };
+                        if sup.cast(NodeSupervisorMsg::Placed(replicas)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(cause = %err, "placement watch failed; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
 }
 
 #[ractor::async_trait]
@@ -99,8 +163,17 @@ impl Actor for NodeSupervisor {
                 Role::Gateway => kinds.push(ChildKind::Gateway),
             }
         }
-        let mut state =
-            NodeSupervisorState { ctx, children: HashMap::new(), failures: HashMap::new(), stopping: false };
+        let placement_watch =
+            ctx.config.has_role(Role::Worker).then(|| watch_placement(ctx.clone(), myself.clone()));
+        let mut state = NodeSupervisorState {
+            ctx,
+            children: HashMap::new(),
+            failures: HashMap::new(),
+            stopping: false,
+            replicas: BTreeMap::new(),
+            next_replica: 0,
+            placement_watch,
+        };
         for kind in kinds {
             // A role that cannot start at all (a port in use) fails the node's start: the
             // operator must see it rather than get a node missing a role.
@@ -117,7 +190,7 @@ impl Actor for NodeSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeSupervisorMsg::Restart(kind) => {
-                if state.stopping {
+                if state.stopping || matches!(kind, ChildKind::Replica(id) if !state.replicas.contains_key(&id)) {
                     return Ok(());
                 }
                 if let Err(err) = spawn_child(&myself, state, kind).await {
@@ -125,13 +198,49 @@ impl Actor for NodeSupervisor {
                     schedule_restart(&myself, state, kind);
                 }
             }
+            NodeSupervisorMsg::Placed(wanted) => {
+                if state.stopping {
+                    return Ok(());
+                }
+                // Stop the replicas no longer placed here (they drain), start the new ones.
+                let gone: Vec<u32> = state
+                    .replicas
+                    .iter()
+                    .filter(|(_, r)| !wanted.iter().any(|w| w.model == r.model && w.spec == r.spec))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    let r = state.replicas.remove(&id);
+                    let child = state.children.iter().find(|(_, (k, _))| *k == ChildKind::Replica(id)).map(|(cid, _)| *cid);
+                    if let Some((_, cell)) = child.and_then(|cid| state.children.remove(&cid)) {
+                        tracing::info!(model = ?r.map(|r| r.model), "replica no longer placed here; unloading");
+                        cell.stop(Some("unplaced".into()));
+                    }
+                }
+                for w in wanted {
+                    if state.replicas.values().any(|r| r.model == w.model) {
+                        continue;
+                    }
+                    let id = state.next_replica;
+                    state.next_replica += 1;
+                    tracing::info!(model = %w.model, "replica placed here; loading");
+                    state.replicas.insert(id, w);
+                    if let Err(err) = spawn_child(&myself, state, ChildKind::Replica(id)).await {
+                        tracing::error!(cause = %err, "replica worker did not start; retrying");
+                        schedule_restart(&myself, state, ChildKind::Replica(id));
+                    }
+                }
+            }
             NodeSupervisorMsg::Shutdown(reply) => {
                 state.stopping = true;
+                if let Some(watch) = state.placement_watch.take() {
+                    watch.abort();
+                }
                 // Gateway first (no new requests), workers next (they hand back their
                 // tasks), then the control roles and the heartbeat.
                 let order = |k: &ChildKind| match k {
                     ChildKind::Gateway => 0,
-                    ChildKind::Worker(_) | ChildKind::Puller => 1,
+                    ChildKind::Worker(_) | ChildKind::Replica(_) | ChildKind::Puller => 1,
                     ChildKind::TaskManager => 2,
                     ChildKind::ModelManager | ChildKind::ClusterManager => 3,
                     ChildKind::Heartbeat => 4,
@@ -197,7 +306,14 @@ async fn spawn_child(
         }
         ChildKind::Worker(index) => {
             let model = ctx.config.worker.models[index].clone();
-            Actor::spawn_linked(None, Worker, WorkerArgs { ctx, model, index }, sup).await?.0.get_cell()
+            let worker_id = format!("{}-w{index}", ctx.node_id());
+            Actor::spawn_linked(None, Worker, WorkerArgs { ctx, model, worker_id, placed: false }, sup).await?.0.get_cell()
+        }
+        ChildKind::Replica(id) => {
+            let Some(replica) = state.replicas.get(&id) else { return Ok(()) };
+            let model = replica_config(replica);
+            let worker_id = format!("{}-r{id}", ctx.node_id());
+            Actor::spawn_linked(None, Worker, WorkerArgs { ctx, model, worker_id, placed: true }, sup).await?.0.get_cell()
         }
         ChildKind::Gateway => Actor::spawn_linked(None, Gateway, GatewayArgs { ctx }, sup).await?.0.get_cell(),
         ChildKind::Puller => Actor::spawn_linked(None, Puller, PullerArgs { ctx }, sup).await?.0.get_cell(),

@@ -79,7 +79,9 @@ async fn pull_and_register(ctx: &NodeContext, req: PullModel) -> Result<ModelRec
         source: ModelSource::Hub { revision },
         context_length: None,
         revision_sha: Some(pulled.sha),
+        estimated_memory: Some(crate::model_manager::estimate_memory(pulled.files.iter().map(|f| (f.name.as_str(), f.size)))),
         files: pulled.files,
+        engine: Default::default(),
         created_ms: 0,
         updated_ms: 0,
     };

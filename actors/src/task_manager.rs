@@ -123,6 +123,42 @@ async fn serves_now(ctx: &NodeContext, model: &str) -> Result<bool, WireError> {
     Ok(nodes.iter().any(|n| n.workers.iter().any(|w| w.model == model && w.state == "ready")))
 }
 
+/// No worker serves `model` now: a known model (registered or deployed) is loaded on
+/// demand, through its deployment (an on-demand one is created when it has none). The
+/// task then waits in its queue until the replica loads, or, when the caller asked not
+/// to wait, the answer is `model_loading` with what the load is doing.
+async fn load_on_demand(ctx: &NodeContext, model: &str, wait: bool) -> Result<(), WireError> {
+    let deployment = crate::cluster_manager::deployments::get(ctx, model).await?;
+    if deployment.is_none() && get_model(ctx, model).await?.is_none() {
+        return Err(WireError::new(ErrorKind::UnknownModel, format!("model `{model}` is not registered")));
+    }
+    let nodes = crate::cluster_manager::live_nodes(ctx).await?;
+    if !nodes.iter().any(|n| n.roles.iter().any(|r| r == "worker")) {
+        return Err(WireError::new(ErrorKind::NoWorker, format!("no live worker serves model `{model}`, and no worker node is up to load it")));
+    }
+    if deployment.is_none_or(|d| d.replicas == 0) {
+        crate::cluster_manager::deployments::ensure_loaded(ctx, model, 1).await?;
+        tracing::info!(model, "loading on demand");
+    }
+    if wait {
+        return Ok(());
+    }
+    let statuses = crate::model_manager::status::list(ctx, Some(model)).await.unwrap_or_default();
+    let progress = if statuses.is_empty() {
+        "a replica is being placed".to_string()
+    } else {
+        statuses
+            .iter()
+            .map(|s| match &s.reason {
+                Some(r) => format!("{}: {} ({r})", s.node, s.state.as_str()),
+                None => format!("{}: {}", s.node, s.state.as_str()),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    Err(WireError::new(ErrorKind::ModelLoading, format!("model `{model}` is loading ({progress}); retry shortly")))
+}
+
 /// The task id for a request: the caller's, one derived from the idempotency key (so a
 /// retry through any gateway maps to the same task), or a new ULID.
 pub fn task_id_for(req: &SubmitRequest) -> TaskId {
@@ -144,13 +180,10 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> WireError {
 async fn submit(ctx: &NodeContext, live: &LiveNodes, mut req: SubmitRequest, trace: Option<&bitinglip_nats::trace::TraceParent>) -> Result<TaskAccepted, WireError> {
     validate::request(&ctx.config.task_manager, &mut req, ctx.bus.max_payload())?;
     let model = req.chat.model.clone();
-    if get_model(ctx, &model).await?.is_none() {
-        return Err(WireError::new(ErrorKind::UnknownModel, format!("model `{model}` is not registered")));
-    }
     // The cache answers yes quickly; a no is checked against the bucket itself, since a
     // fresh task manager's watch may not have caught up yet.
     if !live.serves(&model, ctx.config.cluster.node_ttl) && !serves_now(ctx, &model).await? {
-        return Err(WireError::new(ErrorKind::NoWorker, format!("no live worker serves model `{model}`")));
+        load_on_demand(ctx, &model, req.wait_for_model).await?;
     }
     backpressure::check_age(ctx, &model, req.priority).await?;
     let task_id = task_id_for(&req);

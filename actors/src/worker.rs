@@ -53,8 +53,10 @@ pub struct WorkerArgs {
     pub ctx: NodeContext,
     /// The model it serves.
     pub model: ModelConfig,
-    /// Its index in `worker.models` (part of its id).
-    pub index: usize,
+    /// Its id, unique in the cluster.
+    pub worker_id: String,
+    /// Placed by the cluster (false: pinned by `worker.models`).
+    pub placed: bool,
 }
 
 /// A task running in one of the slots.
@@ -84,6 +86,10 @@ pub(crate) struct WorkerShared {
     info: Mutex<WorkerInfo>,
 }
 
+fn mark_used(info: &mut WorkerInfo) {
+    info.last_used_ms = bitinglip_nats::now_ms();
+}
+
 impl WorkerShared {
     /// Refreshes this worker's row (slots in use, running tasks) for the heartbeat.
     pub(crate) fn publish_info(&self) {
@@ -99,6 +105,7 @@ impl WorkerShared {
         if let Ok(mut info) = self.info.lock() {
             info.in_flight = self.in_flight.load(Ordering::Relaxed);
             info.running = running;
+            mark_used(&mut info);
             self.ctx.set_worker(info.clone());
         }
     }
@@ -109,6 +116,7 @@ pub struct WorkerState {
     ctx: NodeContext,
     worker_id: String,
     model: ModelConfig,
+    placed: bool,
     shared: Option<Arc<WorkerShared>>,
     /// The slot loops.
     tasks: Vec<JoinHandle<()>>,
@@ -129,8 +137,10 @@ pub enum WorkerMsg {
     LoopEnded(&'static str),
 }
 
-fn info(worker_id: &str, model: &ModelConfig, engine: &str, state: &str) -> WorkerInfo {
+fn info(worker_id: &str, model: &ModelConfig, placed: bool, engine: &str, state: &str) -> WorkerInfo {
     WorkerInfo {
+        last_used_ms: bitinglip_nats::now_ms(),
+        placed,
         worker_id: worker_id.to_string(),
         model: model.served_name(),
         engine: engine.to_string(),
@@ -155,9 +165,8 @@ impl Actor for Worker {
     type Arguments = WorkerArgs;
 
     async fn pre_start(&self, myself: ActorRef<WorkerMsg>, args: WorkerArgs) -> Result<WorkerState, ActorProcessingErr> {
-        let WorkerArgs { ctx, model, index } = args;
-        let worker_id = format!("{}-w{index}", ctx.node_id());
-        ctx.set_worker(info(&worker_id, &model, engine_name(model.engine), "loading"));
+        let WorkerArgs { ctx, model, worker_id, placed } = args;
+        ctx.set_worker(info(&worker_id, &model, placed, engine_name(model.engine), "loading"));
         let force_cpu = ctx.config.worker.force_cpu;
         let mut load_cfg = model.clone();
         let pull_ctx = ctx.clone();
@@ -198,7 +207,7 @@ impl Actor for Worker {
                 }
             };
         });
-        Ok(WorkerState { ctx, worker_id, model, shared: None, tasks: Vec::new(), listener: None, registration: None, loader: Some(loader) })
+        Ok(WorkerState { ctx, worker_id, model, placed, shared: None, tasks: Vec::new(), listener: None, registration: None, loader: Some(loader) })
     }
 
     async fn handle(&self, myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
@@ -216,7 +225,7 @@ impl Actor for Worker {
                     stop_fetching: CancellationToken::new(),
                     hand_back: CancellationToken::new(),
                     in_flight: AtomicU32::new(0),
-                    info: Mutex::new(info(&state.worker_id, &state.model, engine.kind(), "ready")),
+                    info: Mutex::new(info(&state.worker_id, &state.model, state.placed, engine.kind(), "ready")),
                 });
                 let consumers = slots::ensure_consumers(&state.ctx, &served).await?;
                 state.listener = Some(spawn_cancel_listener(shared.clone(), myself.clone()).await?);
@@ -250,7 +259,7 @@ impl Actor for Worker {
             WorkerMsg::LoadFailed(err) => {
                 state.loader = None;
                 tracing::error!(model = %state.model.source, cause = %err, "model failed to load; this worker serves nothing");
-                state.ctx.set_worker(info(&state.worker_id, &state.model, engine_name(state.model.engine), "failed"));
+                state.ctx.set_worker(info(&state.worker_id, &state.model, state.placed, engine_name(state.model.engine), "failed"));
             }
             WorkerMsg::LoopEnded(which) => return Err(format!("worker {which} loop ended").into()),
         }
@@ -309,6 +318,14 @@ async fn register_model(
             context_length,
             revision_sha: None,
             files: Vec::new(),
+            estimated_memory: model
+                .is_local()
+                .then(|| crate::model_manager::estimate_folder_memory(std::path::Path::new(&model.source)))
+                .flatten(),
+            engine: match model.engine {
+                EngineKind::Mistralrs => bitinglip_bus_schema::EngineName::Mistralrs,
+                EngineKind::Echo => bitinglip_bus_schema::EngineName::Echo,
+            },
             created_ms: 0,
             updated_ms: 0,
         },

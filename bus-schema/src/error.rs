@@ -16,6 +16,8 @@ pub enum ErrorKind {
     UnknownModel,
     /// The model is registered but no live worker serves it.
     NoWorker,
+    /// The model is known but being loaded (the client asked not to wait); retry later.
+    ModelLoading,
     /// The payload or a field of it is over a size limit.
     PayloadTooLarge,
     /// The prompt does not fit the model's context.
@@ -48,6 +50,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::UnknownModel => "unknown_model",
             ErrorKind::NoWorker => "no_worker",
+            ErrorKind::ModelLoading => "model_loading",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::ContextLength => "context_length",
             ErrorKind::Overloaded => "overloaded",

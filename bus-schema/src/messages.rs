@@ -1,11 +1,13 @@
 //! Every message type on the bus, grouped by domain.
 
 mod cluster;
+mod deployments;
 mod events;
 mod models;
 mod task;
 
 pub use cluster::*;
+pub use deployments::*;
 pub use events::*;
 pub use models::*;
 pub use task::*;

@@ -272,6 +272,56 @@ impl Subjects {
         self.subject(&["model", "search"])
     }
 
+    /// Request/reply: make sure a known model has replicas, creating an on-demand
+    /// deployment when it has none ([`crate::LoadModel`] → [`crate::DeploymentReply`]).
+    pub fn model_load(&self) -> String {
+        self.subject(&["model", "load"])
+    }
+
+    /// Request/reply: set a model's deployment to 0 replicas ([`crate::ModelRef`] →
+    /// [`crate::Ack`]).
+    pub fn model_unload(&self) -> String {
+        self.subject(&["model", "unload"])
+    }
+
+    /// Request/reply: remove a model: its deployment, registry entry and node statuses
+    /// ([`crate::ModelRef`] → [`crate::Ack`]).
+    pub fn model_delete(&self) -> String {
+        self.subject(&["model", "delete"])
+    }
+
+    /// Request/reply: create or replace a deployment ([`crate::SetDeployment`] →
+    /// [`crate::DeploymentReply`]).
+    pub fn deployment_set(&self) -> String {
+        self.subject(&["deployment", "set"])
+    }
+
+    /// Request/reply: remove a deployment ([`crate::DeleteDeployment`] → [`crate::Ack`]).
+    pub fn deployment_delete(&self) -> String {
+        self.subject(&["deployment", "delete"])
+    }
+
+    /// Request/reply: every deployment with its placements ([`crate::ListDeployments`] →
+    /// [`crate::DeploymentList`]).
+    pub fn deployment_list(&self) -> String {
+        self.subject(&["deployment", "list"])
+    }
+
+    /// Key of a deployment in the deployments bucket.
+    pub fn deployment_key(&self, model: &str) -> String {
+        format!("deploy.{}", encode_token(model))
+    }
+
+    /// Key of a node's placement in the deployments bucket.
+    pub fn placement_key(&self, node: &str) -> String {
+        format!("place.{}", encode_token(node))
+    }
+
+    /// Key of the cluster managers' leader lease in the leases bucket.
+    pub fn leader_key(&self) -> String {
+        "cluster-leader".to_string()
+    }
+
     /// Request/reply: every node's last heartbeat ([`crate::GetClusterStatus`] → [`crate::ClusterStatus`]).
     pub fn cluster_status(&self) -> String {
         self.subject(&["cluster", "status"])
@@ -308,6 +358,16 @@ impl Subjects {
     /// KV bucket of node heartbeats, keyed by [`encode_token`] of the node id.
     pub fn nodes_bucket(&self) -> String {
         format!("{}_nodes", self.name_prefix.to_ascii_lowercase())
+    }
+
+    /// KV bucket of deployments and placements.
+    pub fn deployments_bucket(&self) -> String {
+        format!("{}_deployments", self.name_prefix.to_ascii_lowercase())
+    }
+
+    /// KV bucket of leases (entries expire after the node TTL unless renewed).
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_leases", self.name_prefix.to_ascii_lowercase())
     }
 }
 

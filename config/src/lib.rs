@@ -10,7 +10,10 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+mod bytes;
 mod validate;
+
+pub use bytes::parse_bytes;
 
 pub use validate::ConfigError;
 
@@ -418,11 +421,62 @@ pub struct WorkerConfig {
     /// On SIGTERM, how long running tasks may take to finish before they are handed back.
     #[serde(with = "humantime_serde")]
     pub drain_grace: Duration,
+    /// Memory this node offers to models placed by the cluster (`8GiB`); absent: the
+    /// machine's (or the GPU's) total.
+    #[serde(with = "bytes::opt")]
+    pub memory: Option<u64>,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { models: Vec::new(), force_cpu: false, drain_grace: Duration::from_secs(30) }
+        Self { models: Vec::new(), force_cpu: false, drain_grace: Duration::from_secs(30), memory: None }
+    }
+}
+
+/// A deployment declared in config: the leading cluster manager creates it when the
+/// cluster has none for that model (one changed by CLI or HTTP afterwards is kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// A Hugging Face id or a folder in Hugging Face layout on the serving nodes.
+    pub source: String,
+    /// The id clients use; defaults to the source.
+    pub name: Option<String>,
+    /// Hub revision.
+    pub revision: String,
+    /// Engine.
+    pub engine: EngineKind,
+    /// Most sequences generated at once per replica.
+    pub max_sequences: u32,
+    /// Echo engine only: tokens per second (0 = as fast as possible).
+    pub echo_tokens_per_sec: f64,
+    /// Replicas wanted.
+    pub replicas: u32,
+    /// Only nodes offering at least this much memory.
+    #[serde(with = "bytes::opt")]
+    pub min_memory: Option<u64>,
+    /// Only nodes of this device kind (`cpu`, `cuda`, `metal`).
+    pub device: Option<String>,
+    /// Memory one replica needs; estimated from the weights when absent.
+    #[serde(with = "bytes::opt")]
+    pub memory: Option<u64>,
+}
+
+impl Default for DeploymentConfig {
+    fn default() -> Self {
+        let m = ModelConfig::default();
+        Self {
+            source: String::new(),
+            name: None,
+            revision: m.revision,
+            engine: m.engine,
+            max_sequences: m.max_sequences,
+            echo_tokens_per_sec: m.echo_tokens_per_sec,
+            replicas: 1,
+            min_memory: None,
+            device: None,
+            memory: None,
+        }
     }
 }
 
@@ -433,14 +487,30 @@ pub struct ClusterConfig {
     /// How often every node writes its heartbeat.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// A node whose last heartbeat is older than this is gone.
+    /// A node whose last heartbeat is older than this is gone (and its replicas are
+    /// placed elsewhere); also the leader lease of the cluster managers.
     #[serde(with = "humantime_serde")]
     pub node_ttl: Duration,
+    /// How often the leading cluster manager reconciles placements (it also does at once
+    /// when a node or a deployment changes).
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// An on-demand model without requests for this long is unloaded; 0s: never.
+    #[serde(with = "humantime_serde")]
+    pub idle_unload: Duration,
+    /// Deployments created at start when the cluster has none for their model.
+    pub deployments: Vec<DeploymentConfig>,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { heartbeat_interval: Duration::from_secs(2), node_ttl: Duration::from_secs(10) }
+        Self {
+            heartbeat_interval: Duration::from_secs(2),
+            node_ttl: Duration::from_secs(10),
+            reconcile_interval: Duration::from_secs(5),
+            idle_unload: Duration::from_secs(15 * 60),
+            deployments: Vec::new(),
+        }
     }
 }
 

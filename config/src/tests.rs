@@ -100,3 +100,27 @@ fn the_example_file_is_valid_and_complete() {
     let c = Config::load(Sources { file: Some(path), ..Default::default() }).unwrap();
     assert_eq!(c.roles.len(), 5);
 }
+
+#[test]
+fn deployments_and_memory_sizes_load_and_are_checked() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "[worker]\nmemory = \"8GiB\"\n[cluster]\nidle_unload = \"10m\"\n[[cluster.deployments]]\nsource = \"org/m\"\nreplicas = 2\nmin_memory = \"4GB\"\ndevice = \"cuda\""
+    )
+    .unwrap();
+    let c = Config::load(Sources { file: Some(file.path().to_path_buf()), ..Default::default() }).unwrap();
+    assert_eq!(c.worker.memory, Some(8 << 30));
+    assert_eq!(c.cluster.idle_unload, Duration::from_secs(600));
+    let d = &c.cluster.deployments[0];
+    assert_eq!((d.replicas, d.min_memory, d.device.as_deref()), (2, Some(4_000_000_000), Some("cuda")));
+
+    let mut bad = tempfile::NamedTempFile::new().unwrap();
+    writeln!(bad, "[[cluster.deployments]]\nsource = \"org/m\"\ndevice = \"tpu\"").unwrap();
+    let err = Config::load(Sources { file: Some(bad.path().to_path_buf()), ..Default::default() }).unwrap_err();
+    assert!(err.to_string().contains("cluster.deployments[0].device"), "{err}");
+    let mut bad = tempfile::NamedTempFile::new().unwrap();
+    writeln!(bad, "[worker]\nmemory = \"8 parsecs\"").unwrap();
+    let err = Config::load(Sources { file: Some(bad.path().to_path_buf()), ..Default::default() }).unwrap_err();
+    assert!(err.to_string().contains("parsecs"), "{err}");
+}

@@ -164,6 +164,29 @@ impl Config {
             }
         }
         let c = &self.cluster;
+        if c.reconcile_interval < std::time::Duration::from_millis(100) {
+            return Err(invalid("cluster.reconcile_interval", format!("{:?}", c.reconcile_interval), "must be at least 100ms"));
+        }
+        for (i, d) in c.deployments.iter().enumerate() {
+            let key = |k: &str| format!("cluster.deployments[{i}].{k}");
+            if d.source.trim().is_empty() {
+                return Err(invalid(&key("source"), &d.source, "a Hugging Face id or a folder on the serving nodes"));
+            }
+            if d.max_sequences == 0 {
+                return Err(invalid(&key("max_sequences"), 0, "must be at least 1"));
+            }
+            if d.replicas > 1000 {
+                return Err(invalid(&key("replicas"), d.replicas, "must be at most 1000"));
+            }
+            if let Some(dev) = &d.device {
+                if !matches!(dev.as_str(), "cpu" | "cuda" | "metal") {
+                    return Err(invalid(&key("device"), dev, "`cpu`, `cuda` or `metal`"));
+                }
+            }
+            if !(d.echo_tokens_per_sec >= 0.0 && d.echo_tokens_per_sec.is_finite()) {
+                return Err(invalid(&key("echo_tokens_per_sec"), d.echo_tokens_per_sec, "must be 0 or above"));
+            }
+        }
         if c.heartbeat_interval.is_zero() {
             return Err(invalid("cluster.heartbeat_interval", "0s", "must be above zero"));
         }

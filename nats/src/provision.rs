@@ -17,6 +17,10 @@ pub struct Provisioned {
     pub models: kv::Store,
     /// Node heartbeats (entries expire).
     pub nodes: kv::Store,
+    /// Deployments and placements.
+    pub deployments: kv::Store,
+    /// Leases (entries expire unless renewed): the cluster managers' leader.
+    pub leases: kv::Store,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> ProvisionError {
@@ -94,7 +98,28 @@ pub async fn provision(js: &jetstream::Context, subjects: &Subjects, config: &Co
         ..Default::default()
     })
     .await?;
-    Ok(Provisioned { tasks, models, nodes })
+    let deployments = ensure_kv(js, kv::Config {
+        bucket: subjects.deployments_bucket(),
+        description: "BitingLip deployments and placements".into(),
+        history: 5,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await?;
+    // The leader lease: the leader renews it; if it dies, the entry expires and another
+    // cluster manager takes over.
+    let leases = ensure_kv(js, kv::Config {
+        bucket: subjects.leases_bucket(),
+        description: "BitingLip leases".into(),
+        history: 1,
+        max_age: cluster.node_ttl,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await?;
+    Ok(Provisioned { tasks, models, nodes, deployments, leases })
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), ProvisionError> {

@@ -41,6 +41,56 @@ pub(crate) enum Command {
     /// The cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Deployments: how many replicas of which model, where.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeploymentsCommand {
+    /// Every deployment with the nodes it is placed on and serving.
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or replace a deployment.
+    Set(DeploymentArgs),
+    /// Remove a deployment (its replicas are unloaded).
+    Rm {
+        /// The model's id.
+        model: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeploymentArgs {
+    /// A Hugging Face id or a model folder on the worker nodes.
+    pub(crate) source: String,
+    /// The id clients name (default: the source).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Replicas wanted.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) replicas: u32,
+    /// Hub revision.
+    #[arg(long)]
+    pub(crate) revision: Option<String>,
+    /// mistralrs (default) or echo.
+    #[arg(long, default_value = "mistralrs")]
+    pub(crate) engine: String,
+    /// Most sequences per replica.
+    #[arg(long)]
+    pub(crate) max_sequences: Option<u32>,
+    /// Only nodes offering at least this much memory (`16GiB`).
+    #[arg(long)]
+    pub(crate) min_memory: Option<String>,
+    /// Only nodes of this device kind: cpu, cuda or metal.
+    #[arg(long)]
+    pub(crate) device: Option<String>,
+    /// Memory one replica needs (`4GiB`); estimated from the weights when absent.
+    #[arg(long)]
+    pub(crate) memory: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +141,24 @@ pub(crate) enum ModelsCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Load a known model on at least N workers (creates an on-demand deployment).
+    Load {
+        /// The model's id.
+        model: String,
+        /// At least this many replicas.
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+    },
+    /// Unload a model everywhere (its deployment goes to 0 replicas).
+    Unload {
+        /// The model's id.
+        model: String,
+    },
+    /// Remove a model: deployment, registry entry and node statuses.
+    Rm {
+        /// The model's id.
+        model: String,
     },
 }
 

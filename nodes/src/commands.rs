@@ -1,6 +1,7 @@
 //! The subcommands.
 
 mod chat;
+mod deployments;
 mod models;
 mod serve;
 mod status;
@@ -35,6 +36,7 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Models(cmd) => models::run(config, cmd).await,
         Command::Workers(crate::cli::WorkersCommand::Ls { json }) => status::workers(config, json).await,
         Command::Cluster(crate::cli::ClusterCommand::Status(args)) => status::run(config, args).await,
+        Command::Deployments(cmd) => deployments::run(config, cmd).await,
     }
 }
 
@@ -45,6 +47,17 @@ fn print_table(rows: &[Vec<String>]) {
     for r in rows {
         let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// Prints `done` for an ok, fails with the error otherwise.
+fn ack(reply: bitinglip_bus_schema::Ack, done: &str) -> anyhow::Result<()> {
+    match reply {
+        bitinglip_bus_schema::Ack::Ok => {
+            println!("{done}");
+            Ok(())
+        }
+        bitinglip_bus_schema::Ack::Error(e) => anyhow::bail!("{}: {}", e.kind, e.message),
     }
 }
 

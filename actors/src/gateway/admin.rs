@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use axum::{
-    extract::{Query, State},
+    extract::{Path, Query, State},
     Json,
 };
 use bitinglip_bus_schema::{
-    ClusterStatus, GetClusterStatus, ListModels, ModelList, ModelRecord, ModelSource, PullModel, PullReply, SearchModels,
-    SearchResults, WireError,
+    Ack, ClusterStatus, DeleteDeployment, DeploymentList, DeploymentReply, GetClusterStatus, ListDeployments, ListModels,
+    LoadModel, ModelList, ModelRecord, ModelRef, ModelSource, PullModel, PullReply, SearchModels, SearchResults,
+    SetDeployment, WireError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -29,6 +30,8 @@ fn model_json(m: &ModelRecord) -> Value {
             ModelSource::Hub { revision } => json!({"type": "hub", "revision": revision}),
         },
         "revision_sha": m.revision_sha,
+        "engine": m.engine,
+        "estimated_memory": m.estimated_memory,
         "context_length": m.context_length,
         "files": m.files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(),
         "created_ms": m.created_ms,
@@ -118,7 +121,7 @@ async fn cluster_nodes(ctx: &NodeContext) -> Result<Vec<bitinglip_bus_schema::No
         .await
         .map_err(bus_error)?
     {
-        ClusterStatus::Nodes { nodes } => Ok(nodes),
+        ClusterStatus::Nodes { nodes, .. } => Ok(nodes),
         ClusterStatus::Error(e) => Err(e.into()),
     }
 }
@@ -131,7 +134,8 @@ pub(super) async fn workers(State(ctx): State<NodeContext>) -> Result<Json<Value
         .flat_map(|n| {
             n.workers.iter().map(move |w| {
                 json!({"worker_id": w.worker_id, "node_id": n.node_id, "model": w.model, "engine": w.engine, "device": n.device,
-                       "state": w.state, "in_flight": w.in_flight, "max_sequences": w.max_sequences})
+                       "state": w.state, "in_flight": w.in_flight, "max_sequences": w.max_sequences,
+                       "placed": w.placed, "last_used_ms": w.last_used_ms})
             })
         })
         .collect();
@@ -150,7 +154,72 @@ pub(super) async fn cluster(State(ctx): State<NodeContext>) -> Result<Json<Value
                        "in_flight": w.in_flight, "max_sequences": w.max_sequences})).collect::<Vec<_>>()})
         })
         .collect();
-    Ok(Json(json!({"nodes": data})))
+    let leader = match ctx.bus.request::<_, ClusterStatus>(ctx.bus.subjects().cluster_status(), &GetClusterStatus {}, None, None).await {
+        Ok(ClusterStatus::Nodes { leader, .. }) => leader,
+        _ => None,
+    };
+    Ok(Json(json!({"nodes": data, "leader": leader})))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        ApiError::invalid(&format!("invalid body at `{path}`: {}", err.inner()), Some(&path))
+    })
+}
+
+fn ack(reply: Ack) -> Result<Json<Value>, ApiError> {
+    match reply {
+        Ack::Ok => Ok(Json(json!({"ok": true}))),
+        Ack::Error(e) => Err(e.into()),
+    }
+}
+
+fn deployment(reply: DeploymentReply) -> Result<Json<Value>, ApiError> {
+    match reply {
+        DeploymentReply::Deployment(d) => Ok(Json(serde_json::to_value(d).unwrap_or_default())),
+        DeploymentReply::Error(e) => Err(e.into()),
+    }
+}
+
+/// `GET /api/v1/deployments`: every deployment with where it is placed and served.
+pub(super) async fn deployments(State(ctx): State<NodeContext>) -> Result<Json<Value>, ApiError> {
+    let subject = ctx.bus.subjects().deployment_list();
+    match ctx.bus.request::<_, DeploymentList>(subject, &ListDeployments {}, None, None).await.map_err(bus_error)? {
+        DeploymentList::Deployments { deployments } => Ok(Json(json!({"data": deployments}))),
+        DeploymentList::Error(e) => Err(e.into()),
+    }
+}
+
+/// `POST /api/v1/deployments {model?, spec, replicas, constraints?, memory?}`.
+pub(super) async fn set_deployment(State(ctx): State<NodeContext>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    let req: SetDeployment = parse_json(&body)?;
+    deployment(ctx.bus.request(ctx.bus.subjects().deployment_set(), &req, None, None).await.map_err(bus_error)?)
+}
+
+/// `DELETE /api/v1/deployments/{model}`.
+pub(super) async fn delete_deployment(State(ctx): State<NodeContext>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    let req = DeleteDeployment { model };
+    ack(ctx.bus.request(ctx.bus.subjects().deployment_delete(), &req, None, None).await.map_err(bus_error)?)
+}
+
+/// `POST /api/v1/models/load {model, replicas?}`.
+pub(super) async fn load(State(ctx): State<NodeContext>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    let req: LoadModel = parse_json(&body)?;
+    deployment(ctx.bus.request(ctx.bus.subjects().model_load(), &req, None, None).await.map_err(bus_error)?)
+}
+
+/// `POST /api/v1/models/unload {model}`.
+pub(super) async fn unload(State(ctx): State<NodeContext>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ModelRef = parse_json(&body)?;
+    ack(ctx.bus.request(ctx.bus.subjects().model_unload(), &req, None, None).await.map_err(bus_error)?)
+}
+
+/// `DELETE /api/v1/models/{model}`: deployment, registry entry and node statuses.
+pub(super) async fn remove(State(ctx): State<NodeContext>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    let req = ModelRef { model };
+    ack(ctx.bus.request(ctx.bus.subjects().model_delete(), &req, None, None).await.map_err(bus_error)?)
 }
 
 /// `GET /openapi.json`: this API, described.
@@ -175,6 +244,11 @@ pub(super) async fn openapi() -> Json<Value> {
             "/api/v1/models/search": {"get": {"summary": "Search the hub", "parameters": [{"name": "q", "in": "query", "required": true, "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}], "responses": {"200": {"description": "OK"}}}},
             "/api/v1/models/pull": {"post": with_body("Download a hub model on a worker node", "PullRequest")},
             "/api/v1/models/status": {"get": op("Every node's status of the models")},
+            "/api/v1/models/load": {"post": with_body("Load a known model on at least N workers", "LoadModel")},
+            "/api/v1/models/unload": {"post": with_body("Unload a model everywhere (deployment to 0 replicas)", "ModelRef")},
+            "/api/v1/models/{model}": {"parameters": [{"name": "model", "in": "path", "required": true, "schema": {"type": "string"}}], "delete": op("Remove a model: deployment, registry entry, node statuses")},
+            "/api/v1/deployments": {"get": op("Deployments with their placements"), "post": with_body("Create or replace a deployment", "SetDeployment")},
+            "/api/v1/deployments/{model}": {"parameters": [{"name": "model", "in": "path", "required": true, "schema": {"type": "string"}}], "delete": op("Remove a deployment")},
             "/api/v1/workers": {"get": op("Live workers")},
             "/api/v1/cluster": {"get": op("Live nodes and their workers")},
             "/health": {"get": op("Alive")},
@@ -187,6 +261,15 @@ pub(super) async fn openapi() -> Json<Value> {
                 "max_tokens": {"type": "integer", "minimum": 1}, "max_completion_tokens": {"type": "integer", "minimum": 1},
                 "temperature": {"type": "number", "minimum": 0, "maximum": 2}, "top_p": {"type": "number"},
                 "stop": {}, "stream": {"type": "boolean"}, "seed": {"type": "integer"}}},
+            "LoadModel": {"type": "object", "required": ["model"], "properties": {"model": {"type": "string"}, "replicas": {"type": "integer", "minimum": 1}}},
+            "ModelRef": {"type": "object", "required": ["model"], "properties": {"model": {"type": "string"}}},
+            "SetDeployment": {"type": "object", "required": ["spec", "replicas"], "properties": {
+                "model": {"type": "string", "description": "the id clients name; default: spec.source"},
+                "spec": {"type": "object", "required": ["source"], "properties": {"source": {"type": "string"}, "revision": {"type": "string"},
+                    "engine": {"enum": ["mistralrs", "echo"]}, "max_sequences": {"type": "integer", "minimum": 1}, "echo_tokens_per_sec": {"type": "number"}}},
+                "replicas": {"type": "integer", "minimum": 0},
+                "constraints": {"type": "object", "properties": {"min_memory": {"type": "integer"}, "device": {"enum": ["cpu", "cuda", "metal"]}}},
+                "memory": {"type": "integer", "description": "bytes per replica; estimated from the weights when absent"}}},
             "PullRequest": {"type": "object", "required": ["model"], "properties": {"model": {"type": "string"}, "revision": {"type": "string"}}},
             "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
                 "message": {"type": "string"}, "type": {"type": "string"}, "param": {}, "code": {"type": "string"}}}}},

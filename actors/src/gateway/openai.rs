@@ -71,6 +71,9 @@ pub(crate) struct ChatCompletionRequest {
     seed: Option<u64>,
     #[serde(default)]
     n: Option<u32>,
+    /// False: answer 503 with Retry-After while the model loads (default: wait).
+    #[serde(default)]
+    pub(crate) wait_for_model: Option<bool>,
 }
 
 /// Parses a request body, naming the offending field on error.
@@ -170,6 +173,7 @@ impl From<WireError> for ApiError {
             ErrorKind::UnknownModel | ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found_error", None),
             ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", None),
             ErrorKind::NoWorker | ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", Some(1)),
+            ErrorKind::ModelLoading => (StatusCode::SERVICE_UNAVAILABLE, "model_loading", Some(2)),
             ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some(1)),
             ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", None),
             ErrorKind::Cancelled => (StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST), "cancelled", None),
@@ -323,6 +327,7 @@ mod tests {
         let cases = [
             (ErrorKind::UnknownModel, 404),
             (ErrorKind::NoWorker, 503),
+            (ErrorKind::ModelLoading, 503),
             (ErrorKind::PayloadTooLarge, 413),
             (ErrorKind::InvalidRequest, 400),
             (ErrorKind::ContextLength, 400),

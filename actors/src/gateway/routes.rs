@@ -38,6 +38,11 @@ pub(super) fn router(ctx: NodeContext) -> Router {
         .route("/api/v1/models/search", get(super::admin::search))
         .route("/api/v1/models/pull", post(super::admin::pull))
         .route("/api/v1/models/status", get(super::admin::status))
+        .route("/api/v1/models/load", post(super::admin::load))
+        .route("/api/v1/models/unload", post(super::admin::unload))
+        .route("/api/v1/models/{*model}", axum::routing::delete(super::admin::remove))
+        .route("/api/v1/deployments", get(super::admin::deployments).post(super::admin::set_deployment))
+        .route("/api/v1/deployments/{*model}", axum::routing::delete(super::admin::delete_deployment))
         .route("/api/v1/workers", get(super::admin::workers))
         .route("/api/v1/cluster", get(super::admin::cluster))
         .route("/openapi.json", get(super::admin::openapi))
@@ -129,6 +134,7 @@ pub(super) async fn submit_chat(
     ctx: &NodeContext,
     headers: &HeaderMap,
     chat: bitinglip_bus_schema::ChatParams,
+    wait_for_model: bool,
 ) -> Result<(TaskId, TaskWatch, bool), ApiError> {
     let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let priority = match headers.get("x-priority").and_then(|v| v.to_str().ok()) {
@@ -140,7 +146,11 @@ pub(super) async fn submit_chat(
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse)
         .unwrap_or_else(TraceParent::new_root);
-    let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority };
+    // `X-Wait-For-Model: false` (or the body's `wait_for_model`): answer 503 with
+    // Retry-After while the model loads, rather than waiting for it.
+    let wait_for_model = wait_for_model
+        && !headers.get("x-wait-for-model").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model };
     let task_id: TaskId = task_id_for(&submit);
     submit.task_id = Some(task_id.clone());
     let watch = TaskWatch::subscribe(&ctx.bus, &task_id).await?;
@@ -170,9 +180,10 @@ async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, bo
     let request = openai::parse_request(&body)?;
     let stream = request.stream;
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let wait_for_model = request.wait_for_model.unwrap_or(true);
     let chat = request.into_chat()?;
     let model = chat.model.clone();
-    let (task_id, watch, _) = submit_chat(&ctx, &headers, chat).await?;
+    let (task_id, watch, _) = submit_chat(&ctx, &headers, chat, wait_for_model).await?;
     let cancel = CancelOnDrop::new(&ctx.bus, &task_id);
     let id = format!("chatcmpl-{task_id}");
     let created = bitinglip_nats::now_ms() / 1000;

@@ -77,9 +77,11 @@ async fn read(ctx: &NodeContext, id: &TaskId) -> Result<TaskRecord, ApiError> {
 pub(super) async fn submit(State(ctx): State<NodeContext>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let _permit = admit(&ctx)?;
     let body = read_body(&ctx, &headers, body).await?;
-    let chat = openai::parse_request(&body)?.into_chat()?;
+    let request = openai::parse_request(&body)?;
+    let wait_for_model = request.wait_for_model.unwrap_or(true);
+    let chat = request.into_chat()?;
     let model = chat.model.clone();
-    let (task_id, _watch, duplicate) = submit_chat(&ctx, &headers, chat).await?;
+    let (task_id, _watch, duplicate) = submit_chat(&ctx, &headers, chat, wait_for_model).await?;
     let body = json!({
         "id": task_id.as_str(),
         "object": "task",

@@ -87,6 +87,7 @@ mod tests {
             task_id: None,
             idempotency_key: None,
             priority: Priority::Interactive,
+            wait_for_model: true,
         }
     }
 

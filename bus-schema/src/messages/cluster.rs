@@ -22,6 +22,13 @@ pub struct WorkerInfo {
     /// Tasks running now, with their deliveries' ack subjects.
     #[serde(default)]
     pub running: Vec<RunningTask>,
+    /// When it last started or finished a task (or loaded), ms since the epoch.
+    #[serde(default)]
+    pub last_used_ms: u64,
+    /// True when the leading cluster manager placed it (false: pinned by the node's
+    /// `worker.models`).
+    #[serde(default)]
+    pub placed: bool,
 }
 
 /// A task a worker is generating.
@@ -57,7 +64,8 @@ pub struct NodeHeartbeat {
     /// `cpu`, `cuda` or `metal`: what its engines run on.
     #[serde(default)]
     pub device: String,
-    /// Memory of the machine (or the GPU, for GPU builds), bytes.
+    /// Memory the node offers to models (`worker.memory`, else the machine's or the
+    /// GPU's), bytes.
     #[serde(default)]
     pub memory_total: u64,
     /// Memory free now, bytes.
@@ -77,6 +85,9 @@ pub enum ClusterStatus {
     Nodes {
         /// The nodes.
         nodes: Vec<NodeHeartbeat>,
+        /// The cluster manager leading placement, if any.
+        #[serde(default)]
+        leader: Option<String>,
     },
     /// The registry could not be read.
     Error(WireError),
@@ -101,8 +112,10 @@ mod tests {
                 attempt: 1,
                 ack_subject: "$JS.ACK.x".into(),
             }],
+            last_used_ms: 9,
+            placed: true,
         };
-        pin(worker.clone(), &["worker_id", "model", "engine", "max_sequences", "in_flight", "state", "running"]);
+        pin(worker.clone(), &["worker_id", "model", "engine", "max_sequences", "in_flight", "state", "running", "last_used_ms", "placed"]);
         pin(worker.running[0].clone(), &["task_id", "attempt", "ack_subject"]);
         let hb = NodeHeartbeat {
             node_id: "n1".into(),
@@ -121,6 +134,6 @@ mod tests {
             &["node_id", "roles", "http", "workers", "started_ms", "time_ms", "version", "device", "memory_total", "memory_free"],
         );
         pin(GetClusterStatus {}, &[]);
-        pin(ClusterStatus::Nodes { nodes: vec![hb] }, &["type", "nodes"]);
+        pin(ClusterStatus::Nodes { nodes: vec![hb], leader: None }, &["type", "nodes", "leader"]);
     }
 }

@@ -36,6 +36,12 @@ pub struct ModelRecord {
     /// The model's files, for hub models that were pulled.
     #[serde(default)]
     pub files: Vec<ModelFile>,
+    /// Memory one replica needs, bytes, estimated from the weights' size.
+    #[serde(default)]
+    pub estimated_memory: Option<u64>,
+    /// The engine that serves it (what an on-demand load uses).
+    #[serde(default)]
+    pub engine: crate::EngineName,
     /// First registered, ms since the epoch.
     pub created_ms: u64,
     /// Last registration, ms since the epoch.
@@ -257,6 +263,8 @@ mod tests {
             context_length: Some(2048),
             revision_sha: Some("abc".into()),
             files: vec![ModelFile { name: "config.json".into(), size: 10, sha256: None }],
+            estimated_memory: Some(12),
+            engine: crate::EngineName::Mistralrs,
             created_ms: 1,
             updated_ms: 2,
         }
@@ -264,10 +272,10 @@ mod tests {
 
     #[test]
     fn registry_messages_pin_their_fields() {
-        pin(record(), &["id", "source", "context_length", "revision_sha", "files", "created_ms", "updated_ms"]);
+        pin(record(), &["id", "source", "context_length", "revision_sha", "files", "estimated_memory", "engine", "created_ms", "updated_ms"]);
         pin(record().files[0].clone(), &["name", "size", "sha256"]);
         pin(PullModel { model: "a/b".into(), revision: None }, &["model", "revision"]);
-        pin(PullReply::Pulled(record()), &["type", "id", "source", "context_length", "revision_sha", "files", "created_ms", "updated_ms"]);
+        pin(PullReply::Pulled(record()), &["type", "id", "source", "context_length", "revision_sha", "files", "estimated_memory", "engine", "created_ms", "updated_ms"]);
         pin(
             PullProgress { model: "a/b".into(), file: "f".into(), file_done: 1, file_size: 2, files_done: 0, files_total: 3 },
             &["model", "file", "file_done", "file_size", "files_done", "files_total"],

@@ -73,6 +73,14 @@ pub struct SubmitRequest {
     /// Scheduling class.
     #[serde(default)]
     pub priority: Priority,
+    /// When no worker has the model loaded: true (default) queues the task while a
+    /// replica loads; false answers `model_loading` (and still starts the load).
+    #[serde(default = "yes")]
+    pub wait_for_model: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Reply on `…task.submit`.
@@ -284,8 +292,9 @@ mod tests {
             task_id: Some(TaskId::parse("t1").unwrap()),
             idempotency_key: Some("k".into()),
             priority: Priority::Batch,
+            wait_for_model: false,
         };
-        pin(req, &["chat", "task_id", "idempotency_key", "priority"]);
+        pin(req, &["chat", "task_id", "idempotency_key", "priority", "wait_for_model"]);
         pin(chat(), &["model", "messages", "max_tokens", "temperature", "top_p", "stop", "seed"]);
         pin(ChatMessage { role: "user".into(), content: "x".into() }, &["role", "content"]);
     }
@@ -308,6 +317,7 @@ mod tests {
         let req: SubmitRequest = crate::decode_body(&bytes, 1 << 20).unwrap();
         assert_eq!(req.priority, Priority::Interactive);
         assert_eq!(req.task_id, None);
+        assert!(req.wait_for_model);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
         task_id: Some(task_id.clone()),
         idempotency_key: None,
         priority: Priority::Interactive,
+        wait_for_model: true,
     };
     let mut watch = TaskWatch::subscribe(&bus, &task_id).await?;
     match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await? {

@@ -123,6 +123,23 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
             }
             super::print_table(&rows);
         }
+        ModelsCommand::Load { model, replicas } => {
+            let req = bitinglip_bus_schema::LoadModel { model, replicas: Some(replicas) };
+            match bus.request::<_, bitinglip_bus_schema::DeploymentReply>(bus.subjects().model_load(), &req, None, None).await? {
+                bitinglip_bus_schema::DeploymentReply::Deployment(d) => {
+                    println!("{}: {} replica(s) wanted; `bitinglip models status --model {}` shows the load", d.model, d.replicas, d.model)
+                }
+                bitinglip_bus_schema::DeploymentReply::Error(e) => bail!("load failed ({}): {}", e.kind, e.message),
+            }
+        }
+        ModelsCommand::Unload { model } => {
+            let req = bitinglip_bus_schema::ModelRef { model: model.clone() };
+            super::ack(bus.request(bus.subjects().model_unload(), &req, None, None).await?, &format!("{model}: unloading"))?;
+        }
+        ModelsCommand::Rm { model } => {
+            let req = bitinglip_bus_schema::ModelRef { model: model.clone() };
+            super::ack(bus.request(bus.subjects().model_delete(), &req, None, None).await?, &format!("{model}: removed"))?;
+        }
     }
     Ok(())
 }

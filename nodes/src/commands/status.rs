@@ -8,7 +8,7 @@ use crate::cli::StatusArgs;
 async fn nodes(config: &Config) -> anyhow::Result<Vec<bitinglip_bus_schema::NodeHeartbeat>> {
     let bus = super::client_bus(config).await?;
     match bus.request::<_, ClusterStatus>(bus.subjects().cluster_status(), &GetClusterStatus {}, None, None).await? {
-        ClusterStatus::Nodes { nodes } => Ok(nodes),
+        ClusterStatus::Nodes { nodes, .. } => Ok(nodes),
         ClusterStatus::Error(err) => anyhow::bail!("cluster status failed ({}): {}", err.kind, err.message),
     }
 }

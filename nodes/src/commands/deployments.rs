@@ -1,0 +1,80 @@
+//! `bitinglip deployments …`: declare, list and remove deployments.
+
+use anyhow::bail;
+use bitinglip_bus_schema::{
+    Constraints, DeleteDeployment, DeploymentList, DeploymentReply, EngineName, ListDeployments, ModelSpec, SetDeployment,
+};
+use bitinglip_config::{parse_bytes, Config};
+
+use crate::cli::{DeploymentArgs, DeploymentsCommand};
+
+fn size(flag: &str, v: Option<String>) -> anyhow::Result<Option<u64>> {
+    v.map(|v| parse_bytes(&v).map_err(|e| anyhow::anyhow!("{flag}: {e}"))).transpose()
+}
+
+fn human(bytes: u64) -> String {
+    if bytes == 0 {
+        return "-".into();
+    }
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn request(a: DeploymentArgs) -> anyhow::Result<SetDeployment> {
+    let engine = match a.engine.as_str() {
+        "mistralrs" => EngineName::Mistralrs,
+        "echo" => EngineName::Echo,
+        other => bail!("--engine {other:?}: use mistralrs or echo"),
+    };
+    Ok(SetDeployment {
+        model: a.name,
+        spec: ModelSpec { source: a.source, revision: a.revision, engine, max_sequences: a.max_sequences, echo_tokens_per_sec: None },
+        replicas: a.replicas,
+        constraints: Constraints { min_memory: size("--min-memory", a.min_memory)?, device: a.device },
+        memory: size("--memory", a.memory)?,
+    })
+}
+
+pub(super) async fn run(config: Config, cmd: DeploymentsCommand) -> anyhow::Result<()> {
+    let bus = super::client_bus(&config).await?;
+    match cmd {
+        DeploymentsCommand::Set(args) => {
+            let req = request(args)?;
+            match bus.request::<_, DeploymentReply>(bus.subjects().deployment_set(), &req, None, None).await? {
+                DeploymentReply::Deployment(d) => println!("{}: {} replica(s)", d.model, d.replicas),
+                DeploymentReply::Error(e) => bail!("{}: {}", e.kind, e.message),
+            }
+        }
+        DeploymentsCommand::Rm { model } => {
+            let req = DeleteDeployment { model: model.clone() };
+            super::ack(bus.request(bus.subjects().deployment_delete(), &req, None, None).await?, &format!("{model}: removed"))?;
+        }
+        DeploymentsCommand::Ls { json } => {
+            let all = match bus.request::<_, DeploymentList>(bus.subjects().deployment_list(), &ListDeployments {}, None, None).await? {
+                DeploymentList::Deployments { deployments } => deployments,
+                DeploymentList::Error(e) => bail!("{}: {}", e.kind, e.message),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            let mut rows = vec![["MODEL", "SOURCE", "ENGINE", "REPLICAS", "PLACED", "SERVING", "MEMORY", "ON-DEMAND"]
+                .map(String::from)
+                .to_vec()];
+            for s in all {
+                let d = &s.deployment;
+                rows.push(vec![
+                    d.model.clone(),
+                    d.spec.source.clone(),
+                    format!("{:?}", d.spec.engine).to_lowercase(),
+                    d.replicas.to_string(),
+                    if s.placed.is_empty() { "-".into() } else { s.placed.join(",") },
+                    if s.serving.is_empty() { "-".into() } else { s.serving.join(",") },
+                    human(d.memory.unwrap_or(0)),
+                    if d.on_demand { "yes".into() } else { "no".into() },
+                ]);
+            }
+            super::print_table(&rows);
+        }
+    }
+    Ok(())
+}
