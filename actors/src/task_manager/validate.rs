@@ -98,7 +98,8 @@ mod tests {
         request(&cfg, &mut ok, 1 << 20).unwrap();
         assert_eq!(ok.chat.max_tokens, Some(cfg.default_max_tokens));
 
-        let cases: Vec<(Box<dyn Fn(&mut SubmitRequest)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut SubmitRequest)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|r| r.chat.messages.clear()), "messages"),
             (Box::new(|r| r.chat.messages[0].role = "robot".into()), "messages[0].role"),
             (Box::new(|r| r.chat.max_tokens = Some(0)), "max_tokens"),

@@ -31,6 +31,7 @@ use super::{
 };
 use crate::NodeContext;
 
+#[allow(clippy::large_enum_variant)] // one per claim, on the stack of one task
 enum Claim {
     /// This attempt owns the task; writes are fenced on this KV revision.
     Owned { revision: u64, record: TaskRecord },

@@ -128,6 +128,7 @@ pub struct GetTask {
 /// Reply on `…task.get`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // a reply, built once and sent; boxing buys nothing
 pub enum TaskStatusReply {
     /// The record.
     Found(TaskRecord),
