@@ -277,6 +277,12 @@ impl Actor for Worker {
             // Drain: slots take nothing new; running tasks get the grace period to finish,
             // then are stopped and handed back (nak) so another worker takes them at once.
             shared.stop_fetching.cancel();
+            // No longer `ready`: task managers stop counting on this worker at once (a
+            // request for the model now starts a load elsewhere rather than waiting here).
+            if let Ok(mut info) = shared.info.lock() {
+                info.state = "draining".to_string();
+            }
+            shared.publish_info();
             let grace = state.ctx.config.worker.drain_grace;
             let in_flight = shared.in_flight.load(Ordering::Relaxed);
             if in_flight > 0 {

@@ -17,7 +17,7 @@ pub struct WorkerInfo {
     pub max_sequences: u32,
     /// Sequences running now.
     pub in_flight: u32,
-    /// `loading`, `ready` or `failed`.
+    /// `loading`, `ready`, `draining` (stopping, taking no new task) or `failed`.
     pub state: String,
     /// Tasks running now, with their deliveries' ack subjects.
     #[serde(default)]
