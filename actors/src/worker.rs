@@ -117,6 +117,8 @@ pub struct WorkerState {
     worker_id: String,
     model: ModelConfig,
     placed: bool,
+    /// The engine failed to load.
+    load_failed: bool,
     shared: Option<Arc<WorkerShared>>,
     /// The slot loops.
     tasks: Vec<JoinHandle<()>>,
@@ -207,7 +209,7 @@ impl Actor for Worker {
                 }
             };
         });
-        Ok(WorkerState { ctx, worker_id, model, placed, shared: None, tasks: Vec::new(), listener: None, registration: None, loader: Some(loader) })
+        Ok(WorkerState { ctx, worker_id, model, placed, load_failed: false, shared: None, tasks: Vec::new(), listener: None, registration: None, loader: Some(loader) })
     }
 
     async fn handle(&self, myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
@@ -258,6 +260,7 @@ impl Actor for Worker {
             }
             WorkerMsg::LoadFailed(err) => {
                 state.loader = None;
+                state.load_failed = true;
                 tracing::error!(model = %state.model.source, cause = %err, "model failed to load; this worker serves nothing");
                 state.ctx.set_worker(info(&state.worker_id, &state.model, state.placed, engine_name(state.model.engine), "failed"));
             }
@@ -300,7 +303,12 @@ impl Actor for Worker {
             listener.abort();
         }
         state.ctx.remove_worker(&state.worker_id);
-        let _ = tokio::time::timeout(Duration::from_secs(2), crate::model_manager::status::clear(&state.ctx, &state.model.served_name())).await;
+        // A failed load stays recorded (with its reason): the leader places the replica on
+        // another node rather than here again.
+        if !state.load_failed {
+            let served = state.model.served_name();
+            let _ = tokio::time::timeout(Duration::from_secs(2), crate::model_manager::status::clear(&state.ctx, &served)).await;
+        }
         Ok(())
     }
 }

@@ -11,12 +11,15 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use async_nats::jetstream::kv;
-use bitinglip_bus_schema::{NodePlacement, Replica};
+use bitinglip_bus_schema::{ModelState, NodePlacement, Replica};
 use bitinglip_nats::now_ms;
 use futures::StreamExt;
 
 use super::{deployments, live_nodes, placement};
 use crate::NodeContext;
+
+/// How long a node where a model failed to load is passed over for it.
+const FAILED_LOAD_BACKOFF_MS: u64 = 5 * 60 * 1000;
 
 /// The leader lease as this node holds it.
 struct Lease {
@@ -77,11 +80,20 @@ pub async fn reconcile(ctx: &NodeContext) -> Result<(), bitinglip_bus_schema::Wi
         };
         wants.push(placement::Want { deployment: d, memory });
     }
-    let views: Vec<placement::NodeView> =
+    let mut views: Vec<placement::NodeView> =
         nodes.iter().filter(|n| n.roles.iter().any(|r| r == "worker")).map(placement::NodeView::of).collect();
+    // A model that failed to load on a node is placed elsewhere for a while.
+    let now = now_ms();
+    for st in crate::model_manager::status::list(ctx, None).await? {
+        if st.state == ModelState::Failed && now.saturating_sub(st.updated_ms) < FAILED_LOAD_BACKOFF_MS {
+            if let Some(v) = views.iter_mut().find(|v| v.id == st.node) {
+                v.failed.insert(st.model);
+            }
+        }
+    }
     let current_replicas: BTreeMap<String, Vec<Replica>> =
         current.iter().map(|(node, p)| (node.clone(), p.replicas.clone())).collect();
-    let plan = placement::plan(&wants, &views, &current_replicas, now_ms(), ctx.config.cluster.idle_unload.as_millis() as u64);
+    let plan = placement::plan(&wants, &views, &current_replicas, now, ctx.config.cluster.idle_unload.as_millis() as u64);
 
     for (model, replicas) in &plan.scale {
         tracing::info!(model = %model, replicas, "scaling an on-demand deployment (idle, or evicted for memory)");

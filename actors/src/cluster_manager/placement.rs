@@ -4,8 +4,9 @@
 //! dead one stopped.
 //!
 //! Rules, in order:
-//! - replicas on nodes that left, of deleted deployments, with a changed spec, or on a
-//!   node that no longer meets the constraints are dropped;
+//! - replicas on nodes that left, of deleted deployments, with a changed spec, on a
+//!   node that no longer meets the constraints, or that failed to load there lately are
+//!   dropped (and placed elsewhere);
 //! - an on-demand deployment idle for `idle_unload` goes to 0 replicas;
 //! - a deployment with too many replicas loses its least busy ones;
 //! - missing replicas are placed biggest first (declared deployments before on-demand
@@ -33,6 +34,8 @@ pub struct NodeView {
     pub pinned: HashSet<String>,
     /// Per model it serves: (tasks in flight, last used ms).
     pub usage: HashMap<String, (u32, u64)>,
+    /// Models that failed to load here lately (placed elsewhere for a while).
+    pub failed: HashSet<String>,
 }
 
 impl NodeView {
@@ -51,6 +54,7 @@ impl NodeView {
             in_flight: hb.workers.iter().map(|w| w.in_flight).sum(),
             pinned: hb.workers.iter().filter(|w| !w.placed).map(|w| w.model.clone()).collect(),
             usage,
+            failed: HashSet::new(),
         }
     }
 }
@@ -81,6 +85,7 @@ fn fits(node: &NodeView, d: &Deployment, memory: u64) -> bool {
         && c.min_memory.is_none_or(|min| node.capacity >= min)
         && node.capacity >= memory
         && !node.pinned.contains(&d.model)
+        && !node.failed.contains(&d.model)
 }
 
 fn used(replicas: &[Replica]) -> u64 {
@@ -233,6 +238,7 @@ mod tests {
             in_flight: 0,
             pinned: HashSet::new(),
             usage: HashMap::new(),
+            failed: HashSet::new(),
         }
     }
 
@@ -306,6 +312,18 @@ mod tests {
         assert_eq!(p.scale.get("old"), Some(&0));
         assert_eq!(p.scale.get("recent"), None);
         assert_eq!(models_on(&p, "a"), ["recent"]);
+    }
+
+    #[test]
+    fn a_replica_that_failed_to_load_moves_to_another_node() {
+        let wants = [want("m", 1, 1, false)];
+        let first = plan(&wants, &[node("a", 4), node("b", 4)], &BTreeMap::new(), 1, 0);
+        assert_eq!(models_on(&first, "a"), ["m"]);
+        let mut a = node("a", 4);
+        a.failed.insert("m".into());
+        let moved = plan(&wants, &[a, node("b", 4)], &first.placements, 2, 0);
+        assert!(moved.placements["a"].is_empty());
+        assert_eq!(models_on(&moved, "b"), ["m"]);
     }
 
     #[test]
