@@ -184,7 +184,16 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
     // The killed one comes back: no manual step, no duplicate replica, the plan unchanged.
     managers[index] = NodeProcess::spawn(&configs[index], &["node"]);
     managers[index].wait_for_log("gateway listening", Duration::from_secs(30)).await;
-    deploy(&nats, &["spread", "--memory", "1GiB", "--replicas", "2"]);
+    // Scaled down over HTTP this time.
+    let base = managers[index].http.clone().unwrap();
+    let http = reqwest::Client::new();
+    let set = json!({"model": "spread", "spec": {"source": "spread", "engine": "echo"}, "replicas": 2, "memory": GIB});
+    let resp = http.post(format!("{base}/api/v1/deployments")).json(&set).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let bad = json!({"spec": {"source": "x", "engine": "turbo"}, "replicas": 1});
+    let resp = http.post(format!("{base}/api/v1/deployments")).json(&bad).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("spec.engine"));
     assert_eventually!(
         Duration::from_secs(30),
         async { nodes_of(&deployment(&nats, "spread"), "serving").len() == 2 },
@@ -194,6 +203,15 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
     let workers = cli_json(&nats, &["workers", "ls"]);
     let spread = workers.as_array().unwrap().iter().filter(|w| w["model"] == "spread").count();
     assert_eq!(spread, 2, "{workers}");
+    let listed: Value = http.get(format!("{base}/api/v1/deployments")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["data"][0]["deployment"]["replicas"], 2, "{listed}");
+    let resp = http.delete(format!("{base}/api/v1/deployments/spread")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eventually!(
+        Duration::from_secs(30),
+        async { cli_json(&nats, &["workers", "ls"]).as_array().unwrap().is_empty() },
+        "a deleted deployment's replicas unload"
+    );
 }
 
 fn managers_http(configs: &[Config]) -> Vec<String> {
