@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bitinglip_config::{Config, Role};
 use bitinglip_tests::{
-    assert_eventually, fake_hub::FakeHub, run_cli, test_config, Arch, ModelDir, ModelSpec, NodeProcess, TestNats,
+    assert_eventually, fake_hub::FakeHub, post_json, run_cli, test_config, wait_task_status, Arch, ModelDir, ModelSpec,
+    NodeProcess, TestNats,
 };
 use serde_json::{json, Value};
 
@@ -230,6 +231,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     let mut front = NodeProcess::spawn(&ctl, &["node"]);
     let cache = tempfile::tempdir().unwrap();
     let mut w = worker(&nats, "gpu-1", None);
+    w.worker.drain_grace = Duration::ZERO;
     w.hub.endpoint = Some(hub.url());
     w.hub.cache_dir = Some(cache.path().to_path_buf());
     let mut back = NodeProcess::spawn(&w, &["node"]);
@@ -273,9 +275,27 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
         "no worker left"
     );
 
-    // The next request loads it again; then unload and remove by hand.
+    // The next request loads it again.
     let (status, _, body) = chat(&base, "acme/tiny-chat", true).await;
     assert_eq!(status, 200, "{body}");
+
+    // Unloaded by hand with tasks queued and running: the worker hands its tasks back at
+    // once (drain_grace 0), the queued tasks bring the model back, every task completes.
+    let http = reqwest::Client::new();
+    let task = json!({"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "tell me more"}], "max_tokens": 128});
+    let posts = (0..16).map(|_| {
+        let (http, base, task) = (http.clone(), base.clone(), task.clone());
+        async move { post_json(http.post(format!("{base}/v1/tasks")), &task).await["id"].as_str().unwrap().to_string() }
+    });
+    let ids = futures::future::join_all(posts).await;
+    let resp = http.post(format!("{base}/api/v1/models/unload")).json(&json!({"model": "acme/tiny-chat"})).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    for id in &ids {
+        wait_task_status(&http, &base, id, "completed").await;
+    }
+    assert!(front.log().contains("tasks are queued for an unloaded on-demand model"), "{}", front.log());
+
+    // Unload and remove by hand.
     let (code, _, err) = run_cli(&["models", "unload", "acme/tiny-chat", "--nats", &nats.url()]);
     assert_eq!(code, 0, "{err}");
     assert_eventually!(
@@ -283,7 +303,6 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
         async { cli_json(&nats, &["workers", "ls"]).as_array().unwrap().is_empty() },
         "unloaded by hand"
     );
-    let http = reqwest::Client::new();
     let resp = http.delete(format!("{base}/api/v1/models/acme/tiny-chat")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let (status, _, body) = chat(&base, "acme/tiny-chat", true).await;

@@ -69,7 +69,15 @@ pub async fn current_leader(ctx: &NodeContext) -> Option<String> {
 
 /// One reconcile pass: plan, then write what changed.
 pub async fn reconcile(ctx: &NodeContext) -> Result<(), bitinglip_bus_schema::WireError> {
-    let deployments = deployments::list(ctx).await?;
+    let mut deployments = deployments::list(ctx).await?;
+    // An on-demand model unloaded while a task was being accepted for it would leave that
+    // task waiting with nobody to load the model: tasks in its queue bring it back.
+    for d in deployments.iter_mut().filter(|d| d.on_demand && d.replicas == 0) {
+        if has_queued_tasks(ctx, &d.model).await {
+            tracing::info!(model = %d.model, "tasks are queued for an unloaded on-demand model; loading it again");
+            *d = deployments::ensure_loaded(ctx, &d.model, 1).await?;
+        }
+    }
     let current = deployments::placements(ctx).await?;
     let nodes = live_nodes(ctx).await?;
     let mut wants = Vec::with_capacity(deployments.len());
@@ -124,6 +132,19 @@ pub async fn reconcile(ctx: &NodeContext) -> Result<(), bitinglip_bus_schema::Wi
         tracing::debug!(model = %model, reason = %why, "replicas not placed");
     }
     Ok(())
+}
+
+/// True when the tasks stream holds a task (queued or running) for `model`.
+async fn has_queued_tasks(ctx: &NodeContext, model: &str) -> bool {
+    let subjects = ctx.bus.subjects();
+    let Ok(stream) = ctx.bus.jetstream().get_stream(subjects.tasks_stream()).await else { return false };
+    let Ok(mut counts) = stream.info_with_subjects(subjects.model_queues(model)).await else { return false };
+    while let Some(Ok((_, n))) = counts.next().await {
+        if n > 0 {
+            return true;
+        }
+    }
+    false
 }
 
 /// The loop every cluster manager runs: seed the configured deployments, then hold or
