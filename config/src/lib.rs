@@ -10,8 +10,10 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+mod observability;
 mod validate;
 
+pub use observability::{MetricsConfig, TelemetryConfig};
 pub use validate::ConfigError;
 
 /// A role a node can run.
@@ -102,6 +104,10 @@ pub struct Config {
     pub hub: HubConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Trace export (OpenTelemetry).
+    pub telemetry: TelemetryConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -118,6 +124,8 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             hub: HubConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

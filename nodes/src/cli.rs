@@ -41,6 +41,8 @@ pub(crate) enum Command {
     /// The cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Measure the platform against raw NATS and direct mistral.rs; write docs/BENCHMARKS.md.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
