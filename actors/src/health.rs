@@ -20,6 +20,8 @@ use bitinglip_config::Role;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
+use axum::serve::ListenerExt as _;
+
 use crate::NodeContext;
 
 /// The routes, for a router whose state is the node context.
@@ -93,9 +95,17 @@ pub async fn listen(ctx: NodeContext, addr: &str) -> std::io::Result<(std::net::
     tracing::info!(http = %local, "metrics listening");
     let app = routes().with_state(ctx);
     let server = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+        if let Err(err) = axum::serve(listener.tap_io(no_delay), app).await {
             tracing::error!(cause = %err, "metrics listener failed");
         }
     });
     Ok((local, server))
+}
+
+/// Small writes (an SSE event per token) go out at once: without it, Nagle's algorithm
+/// holds each one until the client's delayed ACK, about 40 ms.
+pub(crate) fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(err) = tcp.set_nodelay(true) {
+        tracing::debug!(cause = %err, "TCP_NODELAY not set");
+    }
 }
