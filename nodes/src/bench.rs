@@ -110,6 +110,18 @@ fn mistralrs_version() -> String {
     "unknown".into()
 }
 
+/// How this binary was built: the profile, and the optimization of BitingLip's own
+/// crates (dependencies are optimized in every profile).
+fn build_profile() -> String {
+    if !cfg!(debug_assertions) {
+        return "release build".into();
+    }
+    match option_env!("CARGO_PROFILE_DEV_OPT_LEVEL") {
+        Some(level) => format!("dev profile, BitingLip's crates at opt-level {level}, dependencies at 3"),
+        None => "dev profile, BitingLip's crates unoptimized, dependencies at opt-level 3".into(),
+    }
+}
+
 fn step(what: &str) {
     eprintln!("bench: {what}");
 }
@@ -207,7 +219,7 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         client.server_info().version,
         args.sync,
         mistralrs_version(),
-        if cfg!(debug_assertions) { "dev profile (BitingLip's crates unoptimized, dependencies optimized)" } else { "release build" }
+        build_profile()
     );
     front.stop().await;
     drop(bus);

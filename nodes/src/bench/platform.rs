@@ -60,9 +60,17 @@ pub(crate) fn chat(model: &str, prompt: &str, max_tokens: u32) -> ChatParams {
     }
 }
 
-/// What one request over NATS saw: seconds to the first chunk and to completion, and the
-/// tokens generated.
-pub(crate) async fn nats_request(bus: &Bus, chat: ChatParams) -> Option<(f64, f64, u32)> {
+/// What one request over NATS saw, in seconds from the start: the task manager's
+/// `accepted`, the first chunk, completion; and the tokens generated.
+pub(crate) struct NatsTimes {
+    pub(crate) accepted: f64,
+    pub(crate) first: f64,
+    pub(crate) done: f64,
+    pub(crate) tokens: u32,
+}
+
+/// One chat request over NATS, as the CLI makes it.
+pub(crate) async fn nats_request(bus: &Bus, chat: ChatParams) -> Option<NatsTimes> {
     let started = Instant::now();
     let task_id = TaskId::parse(ulid::Ulid::new().to_string()).ok()?;
     let mut watch = TaskWatch::subscribe(bus, &task_id).await.ok()?;
@@ -71,6 +79,7 @@ pub(crate) async fn nats_request(bus: &Bus, chat: ChatParams) -> Option<(f64, f6
         SubmitReply::Accepted(_) => {}
         SubmitReply::Rejected(_) => return None,
     }
+    let accepted = started.elapsed().as_secs_f64();
     let mut first = None;
     while let Some(event) = watch.next().await {
         match event {
@@ -80,7 +89,7 @@ pub(crate) async fn nats_request(bus: &Bus, chat: ChatParams) -> Option<(f64, f6
             }
             Relayed::Done(done) => {
                 let total = started.elapsed().as_secs_f64();
-                return Some((first.unwrap_or(total), total, done.usage.completion_tokens));
+                return Some(NatsTimes { accepted, first: first.unwrap_or(total), done: total, tokens: done.usage.completion_tokens });
             }
             Relayed::Failed(_) => return None,
         }
@@ -127,6 +136,8 @@ pub(crate) struct EchoRun {
     pub(crate) transport: &'static str,
     /// Clients at once.
     pub(crate) clients: usize,
+    /// Submit to `accepted` (NATS only).
+    pub(crate) accepted: Option<Samples>,
     /// Submit to the first chunk.
     pub(crate) first: Samples,
     /// Submit to completion.
@@ -140,13 +151,14 @@ pub(crate) async fn echo_nats(bus: &Bus, model: &str, prompt: &str, clients: usi
     let (bus, model, prompt) = (bus.clone(), model.to_string(), prompt.to_string());
     let (mut series, failed) = closed_loop(clients, duration, move || {
         let (bus, chat) = (bus.clone(), chat(&model, &prompt, 64));
-        async move { nats_request(&bus, chat).await.map(|(f, d, _)| vec![f, d]) }
+        async move { nats_request(&bus, chat).await.map(|t| vec![t.accepted, t.first, t.done]) }
     })
     .await;
-    series.resize(2, Samples::default());
+    series.resize(3, Samples::default());
     let done = series.pop().unwrap_or_default();
     let first = series.pop().unwrap_or_default();
-    EchoRun { transport: "nats", clients, first, done, failed }
+    let accepted = series.pop();
+    EchoRun { transport: "nats", clients, accepted, first, done, failed }
 }
 
 /// The echo engine at `clients` concurrent clients over HTTP.
@@ -161,7 +173,7 @@ pub(crate) async fn echo_http(base: &str, model: &str, prompt: &str, clients: us
     series.resize(2, Samples::default());
     let done = series.pop().unwrap_or_default();
     let first = series.pop().unwrap_or_default();
-    Ok(EchoRun { transport: "http", clients, first, done, failed })
+    Ok(EchoRun { transport: "http", clients, accepted: None, first, done, failed })
 }
 
 /// Waits until `model` answers a one-token request (its worker is loaded and ready).

@@ -49,8 +49,8 @@ pub(crate) async fn platform(bus: &Bus, model: &str, streams: usize, max_tokens:
     }
     let mut tokens = 0u64;
     for h in handles {
-        let (_, _, n) = h.await?.ok_or_else(|| anyhow::anyhow!("a streamed request through the platform failed"))?;
-        tokens += u64::from(n);
+        let times = h.await?.ok_or_else(|| anyhow::anyhow!("a streamed request through the platform failed"))?;
+        tokens += u64::from(times.tokens);
     }
     Ok(StreamRun { streams, tokens, secs: started.elapsed().as_secs_f64() })
 }
