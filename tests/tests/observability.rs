@@ -160,7 +160,7 @@ async fn metrics_health_and_status_after_real_traffic() {
     // One slot, several tasks at 40 tokens per second: some wait in the queue.
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(submit(words(30)).await);
+        ids.push(submit(words(60)).await);
     }
     assert_eventually!(Duration::from_secs(10), positive(&front_metrics, "bitinglip_queue_depth", &[model]), "queue depth");
     assert_eventually!(

@@ -63,7 +63,7 @@ fn record_generation(
 
 enum Claim {
     /// This attempt owns the task; writes are fenced on this KV revision.
-    Owned { revision: u64, record: TaskRecord },
+    Owned { revision: u64, record: Box<TaskRecord> },
     /// Already finished (redelivered after its final write, before the ack), or cancelled
     /// while queued.
     Final,
@@ -117,7 +117,7 @@ async fn claim(shared: &WorkerShared, spec: &TaskSpec, attempt: u32, stream_seq:
             None => ctx.kv.tasks.create(key, bytes).await.map_err(|e| e.to_string()),
         };
         match result {
-            Ok(revision) => return Ok(Claim::Owned { revision, record }),
+            Ok(revision) => return Ok(Claim::Owned { revision, record: Box::new(record) }),
             // Someone wrote in between (a newer attempt, a cancel): read again.
             Err(_) => continue,
         }
@@ -189,7 +189,7 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     let model = spec.chat.model.clone();
     let claimed = claim(shared, &spec, attempt, stream_seq, &ack_subject).instrument(tracing::info_span!("claim", attempt)).await;
     let (revision, record) = match claimed {
-        Ok(Claim::Owned { revision, record }) => (revision, record),
+        Ok(Claim::Owned { revision, record }) => (revision, *record),
         Ok(Claim::Final) => {
             let _ = msg.double_ack().await;
             return;

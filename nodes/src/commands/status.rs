@@ -6,8 +6,7 @@ use bitinglip_config::Config;
 
 use crate::cli::StatusArgs;
 
-async fn nodes(config: &Config) -> anyhow::Result<Vec<bitinglip_bus_schema::NodeHeartbeat>> {
-    let bus = super::client_bus(config).await?;
+async fn nodes(bus: &bitinglip_nats::Bus) -> anyhow::Result<Vec<bitinglip_bus_schema::NodeHeartbeat>> {
     match bus.request::<_, ClusterStatus>(bus.subjects().cluster_status(), &GetClusterStatus {}, None, None).await? {
         ClusterStatus::Nodes { nodes } => Ok(nodes),
         ClusterStatus::Error(err) => anyhow::bail!("cluster status failed ({}): {}", err.kind, err.message),
@@ -16,7 +15,7 @@ async fn nodes(config: &Config) -> anyhow::Result<Vec<bitinglip_bus_schema::Node
 
 /// `bitinglip workers ls`.
 pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
-    let nodes = nodes(&config).await?;
+    let nodes = nodes(&super::client_bus(&config).await?).await?;
     if json {
         let v: Vec<_> = nodes
             .iter()
@@ -64,7 +63,7 @@ fn health(n: &bitinglip_bus_schema::NodeHeartbeat, now_ms: u64, interval_ms: u64
 
 pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> {
     let bus = super::client_bus(&config).await?;
-    let nodes = nodes(&config).await?;
+    let nodes = nodes(&bus).await?;
     let now = bitinglip_nats::now_ms();
     let interval = config.cluster.heartbeat_interval.as_millis() as u64;
     let jetstream = bus.jetstream().query_account().await.is_ok();
