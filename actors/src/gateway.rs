@@ -21,7 +21,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::NodeContext;
+use axum::serve::ListenerExt as _;
+
+use crate::{health::no_delay, NodeContext};
 
 /// The gateway actor.
 pub struct Gateway;
@@ -66,7 +68,7 @@ impl Actor for Gateway {
         let app = routes::router(ctx.clone());
         let shutdown = stop.clone();
         let server = tokio::spawn(async move {
-            let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+            let result = axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
             let reason = match result {
                 Ok(()) => "stopped".to_string(),
                 Err(e) => e.to_string(),

@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | node supervisor | `node.rs` | starts the roles, restarts a failed one |
 //! | heartbeat | `heartbeat.rs` | writes this node's heartbeat into KV |
-//! | gateway | `gateway.rs` | HTTP: OpenAI-compatible API, health |
+//! | gateway | `gateway.rs` | HTTP: OpenAI-compatible API, health, metrics |
 //! | task manager | `task_manager.rs` | `…task.submit`, `…task.get` |
 //! | worker | `worker.rs` | pulls tasks of one model, runs its engine |
 //! | puller | `puller.rs` | `…model.pull`: hub downloads on worker nodes |
@@ -14,12 +14,17 @@
 pub mod client;
 pub mod cluster_manager;
 pub mod context;
+pub mod engines;
 pub mod gateway;
+pub mod health;
 pub mod heartbeat;
+pub mod metrics;
 pub mod model_manager;
 pub mod node;
 pub mod puller;
+pub mod queues;
 mod serve;
+mod spans;
 pub mod task_manager;
 pub mod worker;
 

@@ -37,6 +37,7 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sha2::Digest;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::{
     model_manager::get_model,
@@ -187,6 +188,7 @@ async fn submit(ctx: &NodeContext, live: &LiveNodes, mut req: SubmitRequest, tra
     }
     backpressure::check_age(ctx, &model, req.priority).await?;
     let task_id = task_id_for(&req);
+    tracing::Span::current().record("task.id", task_id.as_str());
     let now = now_ms();
     let subjects = ctx.bus.subjects();
     let accepted = TaskAccepted { task_id: task_id.clone(), events_subject: subjects.task_events(&task_id), duplicate: false };
@@ -255,15 +257,22 @@ impl Actor for TaskManager {
         let submit_serve = spawn_serve(submit_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |req: Request| {
             let ctx = submit_ctx.clone();
             let live = live.clone();
+            let trace = trace_of(&req.message);
+            let span = tracing::info_span!("task_manager", otel.kind = "server", task.id = tracing::field::Empty);
+            bitinglip_nats::trace::continue_trace(&span, trace.as_ref());
             async move {
                 let msg = &req.message;
-                let trace = trace_of(msg);
                 let reply = match ctx.bus.decode::<SubmitRequest>(msg) {
                     Err(err) => SubmitReply::Rejected(err.into()),
-                    Ok(req) => match submit(&ctx, &live, req.envelope.body, trace.as_ref()).await {
-                        Ok(accepted) => SubmitReply::Accepted(accepted),
-                        Err(err) => SubmitReply::Rejected(err),
-                    },
+                    Ok(req) => {
+                        let model = req.envelope.body.chat.model.clone();
+                        let reply = match submit(&ctx, &live, req.envelope.body, trace.as_ref()).await {
+                            Ok(accepted) => SubmitReply::Accepted(accepted),
+                            Err(err) => SubmitReply::Rejected(err),
+                        };
+                        crate::metrics::count_submit(&model, &reply);
+                        reply
+                    }
                 };
                 if let SubmitReply::Rejected(err) = &reply {
                     tracing::info!(kind = %err.kind, cause = %err.message, "submit rejected");
@@ -272,6 +281,7 @@ impl Actor for TaskManager {
                     tracing::warn!(cause = %err, "submit reply not sent");
                 }
             }
+            .instrument(span)
         });
 
         let end = || TaskManagerMsg::SubscriptionEnded;

@@ -18,7 +18,7 @@
 
 mod echo;
 pub mod engine;
-mod mistral;
+pub(crate) mod mistral;
 mod resume;
 mod run;
 mod slots;

@@ -11,10 +11,11 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 use serde::{Deserialize, Serialize};
 
 mod bytes;
+mod observability;
 mod validate;
 
 pub use bytes::parse_bytes;
-
+pub use observability::{MetricsConfig, TelemetryConfig};
 pub use validate::ConfigError;
 
 /// A role a node can run.
@@ -105,6 +106,10 @@ pub struct Config {
     pub hub: HubConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Trace export (OpenTelemetry).
+    pub telemetry: TelemetryConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -121,6 +126,8 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             hub: HubConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

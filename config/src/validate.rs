@@ -200,6 +200,24 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid("log.format", &self.log.format, "`text` or `json`"));
         }
+        self.validate_observability()
+    }
+
+    fn validate_observability(&self) -> Result<(), ConfigError> {
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            let ok = url::Url::parse(endpoint).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                return Err(invalid("telemetry.otlp_endpoint", endpoint, "an http(s) URL such as http://127.0.0.1:4318"));
+            }
+        }
+        if self.telemetry.export_interval.is_zero() {
+            return Err(invalid("telemetry.export_interval", "0s", "must be above zero"));
+        }
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid("metrics.listen", listen, "an address such as 0.0.0.0:9464"));
+            }
+        }
         Ok(())
     }
 }

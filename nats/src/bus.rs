@@ -91,10 +91,12 @@ impl Bus {
         Ok(Incoming { envelope, trace: trace_of(msg) })
     }
 
-    /// Headers carrying a child of `trace` (or a new root).
+    /// Headers carrying the trace on: the current span when spans are exported (so the
+    /// receiver's span has its real parent), else a child of `trace` (or a new root).
     pub fn headers(trace: Option<&TraceParent>) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        let tp = trace.map(TraceParent::child).unwrap_or_else(TraceParent::new_root);
+        let tp = TraceParent::current()
+            .unwrap_or_else(|| trace.map(TraceParent::child).unwrap_or_else(TraceParent::new_root));
         headers.insert(crate::trace::TRACEPARENT, tp.to_string().as_str());
         headers
     }

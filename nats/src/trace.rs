@@ -1,7 +1,15 @@
 //! W3C trace context (`traceparent`) carried in NATS headers, so one request is one trace
 //! across every hop.
+//!
+//! When spans are exported (an OpenTelemetry layer is installed), the context sent on is
+//! the current span's, and a receiver opens its span as a child of the one it got: every
+//! hop's span has its real parent in the trace. Without an exporter the ids still travel,
+//! so logs of one request share its trace id.
 
 use std::fmt;
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The header that carries the trace context, as in HTTP.
 pub const TRACEPARENT: &str = "traceparent";
@@ -47,6 +55,30 @@ impl TraceParent {
         Some(Self { trace_id, span_id, flags })
     }
 
+    /// The current tracing span's context, when that span is exported.
+    pub fn current() -> Option<Self> {
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| Self {
+            trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+            flags: sc.trace_flags().to_u8(),
+        })
+    }
+
+    /// This context as the remote parent of spans opened in this process.
+    pub fn otel_context(&self) -> opentelemetry::Context {
+        let sc = SpanContext::new(
+            TraceId::from_bytes(self.trace_id.to_be_bytes()),
+            SpanId::from_bytes(self.span_id.to_be_bytes()),
+            TraceFlags::new(self.flags),
+            true,
+            TraceState::default(),
+        );
+        opentelemetry::Context::new().with_remote_span_context(sc)
+    }
+
     /// The trace id as 32 hex digits.
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
@@ -56,6 +88,16 @@ impl TraceParent {
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+/// Makes a span opened for a received message the child of the sender's span. Call it
+/// before the span is entered; without an exporter it does nothing.
+pub fn continue_trace(span: &tracing::Span, parent: Option<&TraceParent>) {
+    if let Some(p) = parent {
+        // Fails only when no exporter is installed or the span is filtered out: then
+        // there is nothing to link.
+        let _ = span.set_parent(p.otel_context());
     }
 }
 

@@ -44,6 +44,8 @@ pub(crate) enum Command {
     /// Deployments: how many replicas of which model, where.
     #[command(subcommand)]
     Deployments(DeploymentsCommand),
+    /// Measure the platform against raw NATS and direct mistral.rs; write docs/BENCHMARKS.md.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

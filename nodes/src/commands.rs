@@ -7,24 +7,13 @@ mod serve;
 mod status;
 mod tasks;
 
+pub(crate) use serve::default_node_id;
+
 use bitinglip_bus_schema::Subjects;
 use bitinglip_config::Config;
 use bitinglip_nats::Bus;
 
 use crate::cli::Command;
-
-/// Logs to stderr: `RUST_LOG` wins over `log.level`. Client commands log warnings only.
-pub(crate) fn init_tracing(config: &Config, server: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if server { config.log.level.clone() } else { "warn".to_string() };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if config.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
@@ -37,6 +26,7 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Workers(crate::cli::WorkersCommand::Ls { json }) => status::workers(config, json).await,
         Command::Cluster(crate::cli::ClusterCommand::Status(args)) => status::run(config, args).await,
         Command::Deployments(cmd) => deployments::run(config, cmd).await,
+        Command::Bench(args) => crate::bench::run(config, args).await,
     }
 }
 

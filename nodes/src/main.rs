@@ -1,21 +1,22 @@
 //! The `bitinglip` binary: parse the command line, load and validate the config (exit 64
 //! on a bad one, before any network I/O), then hand over to the command.
 
+mod bench;
 mod cli;
 mod commands;
+mod telemetry;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let config = match cli.load_config() {
+    let mut config = match cli.load_config() {
         Ok(c) => c,
         Err(err) => {
             eprintln!("bitinglip: {err}");
             return std::process::ExitCode::from(64);
         }
     };
-    commands::init_tracing(&config, cli.command.is_server());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -23,7 +24,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(70);
         }
     };
-    match runtime.block_on(commands::run(cli.command, config)) {
+    let server = cli.command.is_server();
+    if server && config.node_id.is_empty() {
+        // Known before tracing starts, so every exported span names its node.
+        config.node_id = commands::default_node_id();
+    }
+    let telemetry = telemetry::init(&config, server, runtime.handle());
+    let result = runtime.block_on(commands::run(cli.command, config));
+    // Spans still batched go out before the runtime their requests run on stops.
+    drop(telemetry);
+    drop(runtime);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("bitinglip: {err:#}");

@@ -4,6 +4,7 @@
 //! of sleeping.
 
 pub mod fake_hub;
+pub mod otlp;
 pub mod tiny_model;
 
 use std::{

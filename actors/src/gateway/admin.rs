@@ -252,7 +252,8 @@ pub(super) async fn openapi() -> Json<Value> {
             "/api/v1/workers": {"get": op("Live workers")},
             "/api/v1/cluster": {"get": op("Live nodes and their workers")},
             "/health": {"get": op("Alive")},
-            "/ready": {"get": op("NATS and JetStream reachable")},
+            "/ready": {"get": op("NATS connected, JetStream reachable, a model loaded")},
+            "/metrics": {"get": op("Prometheus metrics")},
         },
         "components": {"schemas": {
             "ChatCompletionRequest": {"type": "object", "required": ["model", "messages"], "properties": {

@@ -189,6 +189,12 @@ impl From<WireError> for ApiError {
 }
 
 impl ApiError {
+    /// The bus error kind (`unknown_model`, `overloaded`, …), or the error type when the
+    /// error never reached the bus (a malformed request).
+    pub(crate) fn code(&self) -> &str {
+        self.code.as_deref().unwrap_or(self.kind)
+    }
+
     /// The JSON body.
     pub(crate) fn body(&self) -> Value {
         json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})

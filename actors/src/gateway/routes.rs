@@ -1,6 +1,6 @@
 //! HTTP routes of the gateway.
 
-use std::{convert::Infallible, time::Duration};
+use std::convert::Infallible;
 
 use axum::{
     body::{Body, Bytes},
@@ -19,6 +19,7 @@ use bitinglip_bus_schema::{
 use bitinglip_nats::trace::TraceParent;
 use futures::Stream;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::openai::{self, ApiError};
 use crate::{
@@ -46,29 +47,13 @@ pub(super) fn router(ctx: NodeContext) -> Router {
         .route("/api/v1/workers", get(super::admin::workers))
         .route("/api/v1/cluster", get(super::admin::cluster))
         .route("/openapi.json", get(super::admin::openapi))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+        .merge(crate::health::routes())
         .fallback(not_found)
         .with_state(ctx)
 }
 
 async fn not_found(req: Request) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found_error", format!("no route {} {}", req.method(), req.uri().path()))
-}
-
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
-}
-
-async fn ready(State(ctx): State<NodeContext>) -> Response {
-    let connected = ctx.bus.client().connection_state() == async_nats::connection::State::Connected;
-    let jetstream = connected
-        && tokio::time::timeout(Duration::from_secs(2), ctx.bus.jetstream().query_account())
-            .await
-            .is_ok_and(|r| r.is_ok());
-    let status = if connected && jetstream { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"status": if status == StatusCode::OK {"ready"} else {"not_ready"}, "nats": connected, "jetstream": jetstream})))
-        .into_response()
 }
 
 async fn models(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -174,7 +159,33 @@ pub(super) async fn submit_chat(
     }
 }
 
+/// `POST /v1/chat/completions`, in the `gateway` span (a child of the caller's
+/// `traceparent`, when it sent one), counted by model and outcome.
 async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let span = tracing::info_span!("gateway", otel.kind = "server", http.route = "/v1/chat/completions",
+        gen_ai.request.model = tracing::field::Empty, task.id = tracing::field::Empty);
+    let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
+    bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
+    let mut model = None;
+    let result = chat(ctx, headers, body, span.clone(), &mut model).instrument(span).await;
+    if let Err(err) = &result {
+        // A model the registry does not know, or an unreadable request, is not a series.
+        let label = match err.code() {
+            "unknown_model" | "invalid_request" | "invalid_request_error" | "decode" => "-",
+            _ => model.as_deref().unwrap_or("-"),
+        };
+        crate::metrics::metrics().requests.with_label_values(&[label, err.code()]).inc();
+    }
+    result
+}
+
+async fn chat(
+    ctx: NodeContext,
+    headers: HeaderMap,
+    body: Body,
+    span: tracing::Span,
+    model_seen: &mut Option<String>,
+) -> Result<Response, ApiError> {
     let permit = admit(&ctx)?;
     let body = read_body(&ctx, &headers, body).await?;
     let request = openai::parse_request(&body)?;
@@ -183,15 +194,19 @@ async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, bo
     let wait_for_model = request.wait_for_model.unwrap_or(true);
     let chat = request.into_chat()?;
     let model = chat.model.clone();
+    span.record("gen_ai.request.model", model.as_str());
+    *model_seen = Some(model.clone());
     let (task_id, watch, _) = submit_chat(&ctx, &headers, chat, wait_for_model).await?;
+    span.record("task.id", task_id.as_str());
+    let relay = tracing::info_span!(parent: &span, "relay", task.id = %task_id, gen_ai.response.finish_reasons = tracing::field::Empty);
     let cancel = CancelOnDrop::new(&ctx.bus, &task_id);
     let id = format!("chatcmpl-{task_id}");
     let created = bitinglip_nats::now_ms() / 1000;
     if stream {
-        let events = sse_events(watch, cancel, id, created, model, include_usage);
-        // The slot is held while the stream is open.
+        let events = sse_events(watch, cancel, id, created, model, include_usage, relay.clone());
+        // The slot, and the gateway and relay spans, are held while the stream is open.
         let events = futures::StreamExt::map(events, move |e| {
-            let _held = &permit;
+            let _held = (&permit, &span, &relay);
             e
         });
         let mut resp = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
@@ -199,7 +214,7 @@ async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, bo
         Ok(resp)
     } else {
         let timeout = ctx.config.gateway.request_timeout;
-        let result = tokio::time::timeout(timeout, gather(watch)).await;
+        let result = tokio::time::timeout(timeout, gather(watch)).instrument(relay.clone()).await;
         let mut cancel = cancel;
         let (text, done) = match result {
             Err(_) => return Err(WireError::new(ErrorKind::Timeout, format!("no answer within {timeout:?}")).into()),
@@ -210,6 +225,8 @@ async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, bo
             Ok(Ok(v)) => v,
         };
         cancel.disarm();
+        relay.record("gen_ai.response.finish_reasons", done.finish_reason.as_str());
+        crate::metrics::metrics().requests.with_label_values(&[&model, "ok"]).inc();
         let body = openai::completion(&id, created, &model, &text, done.finish_reason, &done.usage);
         let mut resp = Json(body).into_response();
         resp.headers_mut().insert("x-task-id", task_id.as_str().parse().expect("task ids are valid header values"));
@@ -247,6 +264,7 @@ fn sse_events(
     created: u64,
     model: String,
     include_usage: bool,
+    relay: tracing::Span,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     enum Phase {
         Start,
@@ -259,6 +277,7 @@ fn sse_events(
     futures::stream::unfold(state, move |(mut watch, mut cancel, phase)| {
         let id = id.clone();
         let model = model.clone();
+        let relay = relay.clone();
         async move {
             let data = |v: serde_json::Value| Event::default().data(v.to_string());
             match phase {
@@ -274,12 +293,15 @@ fn sse_events(
                     }
                     Some(Relayed::Done(done)) => {
                         cancel.disarm();
+                        relay.record("gen_ai.response.finish_reasons", done.finish_reason.as_str());
+                        crate::metrics::metrics().requests.with_label_values(&[&model, "ok"]).inc();
                         let c = openai::chunk(&id, created, &model, json!({}), Some(done.finish_reason), Some(&done.usage));
                         let next = if include_usage { Phase::Usage(done.usage) } else { Phase::Done };
                         Some((Ok(data(c)), (watch, cancel, next)))
                     }
                     Some(Relayed::Failed(err)) => {
                         cancel.disarm();
+                        crate::metrics::metrics().requests.with_label_values(&[&model, err.kind.as_str()]).inc();
                         // Headers are gone; the error travels as an event in OpenAI's shape.
                         let body = ApiError::from(err).body();
                         Some((Ok(data(body)), (watch, cancel, Phase::Done)))

@@ -20,14 +20,14 @@ use tokio_util::sync::CancellationToken;
 use super::engine::{Engine, EngineError, GenerateRequest, Generation};
 
 /// A loaded mistral.rs model.
-pub(super) struct MistralEngine {
+pub(crate) struct MistralEngine {
     model: Model,
     context_length: Option<u32>,
 }
 
 impl MistralEngine {
     /// Loads the model (this can take minutes for a large one).
-    pub(super) async fn load(cfg: &ModelConfig, force_cpu: bool) -> Result<Self, EngineError> {
+    pub(crate) async fn load(cfg: &ModelConfig, force_cpu: bool) -> Result<Self, EngineError> {
         let source = if cfg.is_local() {
             std::path::Path::new(&cfg.source)
                 .canonicalize()

@@ -29,12 +29,42 @@ use super::{
     resume::{read_prefix, Prefix},
     Running, WorkerShared,
 };
-use crate::NodeContext;
+use crate::{metrics::metrics, NodeContext};
+
+/// Puts what the generation did on its span and into the metrics: time to first token,
+/// tokens, tokens per second after the first.
+fn record_generation(
+    span: &tracing::Span,
+    model: &str,
+    result: &Result<super::engine::Generation, EngineError>,
+    first_token: Option<Duration>,
+    first_last: Option<(Instant, Instant)>,
+    pieces: u64,
+) {
+    if let Ok(g) = result {
+        span.record("gen_ai.usage.input_tokens", g.prompt_tokens);
+        span.record("gen_ai.usage.output_tokens", g.completion_tokens);
+        span.record("gen_ai.response.finish_reasons", g.finish_reason.as_str());
+    }
+    if let Some(ttft) = first_token {
+        span.record("time_to_first_token_ms", ttft.as_secs_f64() * 1000.0);
+        metrics().time_to_first_token.with_label_values(&[model]).observe(ttft.as_secs_f64());
+    }
+    metrics().generated_tokens.with_label_values(&[model]).inc_by(pieces);
+    if let Some((first, last)) = first_last.filter(|_| pieces > 1) {
+        let secs = (last - first).as_secs_f64();
+        if secs > 0.0 {
+            let rate = (pieces - 1) as f64 / secs;
+            span.record("tokens_per_second", rate);
+            metrics().tokens_per_second.with_label_values(&[model]).observe(rate);
+        }
+    }
+}
 
 #[allow(clippy::large_enum_variant)] // one per claim, on the stack of one task
 enum Claim {
     /// This attempt owns the task; writes are fenced on this KV revision.
-    Owned { revision: u64, record: TaskRecord },
+    Owned { revision: u64, record: Box<TaskRecord> },
     /// Already finished (redelivered after its final write, before the ack), or cancelled
     /// while queued.
     Final,
@@ -88,7 +118,7 @@ async fn claim(shared: &WorkerShared, spec: &TaskSpec, attempt: u32, stream_seq:
             None => ctx.kv.tasks.create(key, bytes).await.map_err(|e| e.to_string()),
         };
         match result {
-            Ok(revision) => return Ok(Claim::Owned { revision, record }),
+            Ok(revision) => return Ok(Claim::Owned { revision, record: Box::new(record) }),
             // Someone wrote in between (a newer attempt, a cancel): read again.
             Err(_) => continue,
         }
@@ -139,8 +169,15 @@ pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: jetstream::Message
             return;
         }
     };
-    let span = tracing::info_span!("worker", task.id = %spec.task_id, attempt, worker = %shared.worker_id,
-        trace_id = trace.map(|t| t.trace_id_hex()).unwrap_or_default());
+    let model = spec.chat.model.as_str();
+    if attempt > 1 {
+        metrics().redeliveries.with_label_values(&[model]).inc();
+    }
+    // The trace goes on: task manager, then the time in the queue, then this worker.
+    let queued = crate::spans::record_queue(trace.as_ref(), spec.accepted_ms, spec.task_id.as_str(), model, attempt);
+    let span = tracing::info_span!("worker", otel.kind = "consumer", task.id = %spec.task_id, attempt, worker = %shared.worker_id,
+        gen_ai.request.model = %model, trace_id = trace.map(|t| t.trace_id_hex()).unwrap_or_default());
+    bitinglip_nats::trace::continue_trace(&span, queued.as_ref());
     run_claimed(shared, msg, spec, attempt, trace).instrument(span).await
 }
 
@@ -150,8 +187,10 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     let ack_subject = msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
     let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let claimed_at = Instant::now();
-    let (revision, record) = match claim(shared, &spec, attempt, stream_seq, &ack_subject).await {
-        Ok(Claim::Owned { revision, record }) => (revision, record),
+    let model = spec.chat.model.clone();
+    let claimed = claim(shared, &spec, attempt, stream_seq, &ack_subject).instrument(tracing::info_span!("claim", attempt)).await;
+    let (revision, record) = match claimed {
+        Ok(Claim::Owned { revision, record }) => (revision, *record),
         Ok(Claim::Final) => {
             let _ = msg.double_ack().await;
             return;
@@ -172,6 +211,9 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
         }
     };
     let queue_time_ms = now_ms().saturating_sub(spec.accepted_ms) as f64;
+    if attempt == 1 {
+        metrics().queue_time.with_label_values(&[&model]).observe(queue_time_ms / 1000.0);
+    }
 
     // A redelivered task continues after what earlier attempts streamed.
     let prefix = if attempt > 1 {
@@ -277,6 +319,11 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     let mut seq = prefix.next_seq;
     let mut first_token: Option<Duration> = None;
     let mut last_token: Option<Instant> = None;
+    let mut first_at: Option<Instant> = None;
+    let mut pieces = 0u64;
+    let generation = tracing::info_span!("generate", gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty, time_to_first_token_ms = tracing::field::Empty,
+        tokens_per_second = tracing::field::Empty, gen_ai.response.finish_reasons = tracing::field::Empty);
     let relay = async {
         while let Some(piece) = rx.recv().await {
             if stale.is_cancelled() {
@@ -286,8 +333,14 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
             if !fresh && !confirm().await {
                 continue;
             }
-            first_token.get_or_insert_with(|| claimed_at.elapsed());
-            last_token = Some(Instant::now());
+            let now = Instant::now();
+            first_token.get_or_insert_with(|| now - claimed_at);
+            if let Some(last) = last_token {
+                metrics().inter_token_latency.with_label_values(&[&model]).observe((now - last).as_secs_f64());
+            }
+            last_token = Some(now);
+            first_at.get_or_insert(now);
+            pieces += 1;
             text.push_str(&piece);
             let chunk = TaskEvent::Chunk(TokenChunk { task_id: task_id.clone(), attempt, seq, text: piece });
             seq += 1;
@@ -295,11 +348,13 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
         }
     };
     let result = tokio::select! {
-        (result, ()) = futures::future::join(generate, relay) => result,
+        (result, ()) = futures::future::join(generate, relay).instrument(generation.clone()) => result,
         _ = lease => unreachable!("the lease loop never ends"),
         _ = watch_hand_back => unreachable!("the hand-back watch never ends"),
     };
     let total = claimed_at.elapsed();
+    record_generation(&generation, &model, &result, first_token, first_at.zip(last_token), pieces);
+    drop(generation);
 
     let cancelled_at = shared.running.lock().ok().and_then(|mut r| r.remove(&task_id)).and_then(|t| t.cancelled_at);
     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -318,6 +373,7 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
         Ok(_) if shared.hand_back.is_cancelled() => {
             // Hand back: the task goes to another worker at once, which continues it.
             tracing::info!("worker stopping; task handed back");
+            metrics().tasks.with_label_values(&[&model, "handed_back"]).inc();
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             return;
         }
@@ -325,6 +381,10 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
             // From the cancel reaching us to the engine's last token.
             let stop_ms = cancelled_at.map(|at| last_token.filter(|t| *t > at).map_or(0.0, |t| (t - at).as_secs_f64() * 1000.0));
             tracing::info!(cancel_to_stop_ms = ?stop_ms, "cancelled");
+            metrics().cancels.with_label_values(&[&model]).inc();
+            if let Some(ms) = stop_ms {
+                metrics().cancel_to_stop.with_label_values(&[&model]).observe(ms / 1000.0);
+            }
             let error = WireError::new(ErrorKind::Cancelled, "cancelled by the client");
             let event = TaskEvent::Failed(TaskFailed { task_id: task_id.clone(), attempt, error: error.clone() });
             let mut r = fail(error);
@@ -362,6 +422,7 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
             let max = ctx.config.jetstream.max_deliver.max(1) as u32;
             if attempt < max {
                 tracing::warn!(cause = %reason, "engine failed; task will be retried");
+                metrics().tasks.with_label_values(&[&model, "retried"]).inc();
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 return;
             }
@@ -371,8 +432,13 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
         }
     };
 
+    let outcome = match final_record.state {
+        TaskState::Completed => "completed",
+        TaskState::Cancelled => "cancelled",
+        _ => "failed",
+    };
     match finish_record(ctx, final_record, revision).await {
-        Ok(true) => {}
+        Ok(true) => metrics().tasks.with_label_values(&[&model, outcome]).inc(),
         Ok(false) => {
             tracing::info!("a newer attempt owns the task; result dropped");
             return;

@@ -11,7 +11,8 @@ use bitinglip_config::{Config, Role};
 use bitinglip_nats::{Bus, LocalNatsServer, ServerOptions};
 use ractor::Actor;
 
-fn default_node_id() -> String {
+/// `<hostname>-<random>`: the node id when none is configured.
+pub(crate) fn default_node_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
@@ -102,7 +103,18 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     let has_worker = config.has_role(Role::Worker);
     let no_models = config.worker.models.is_empty();
     let http = config.gateway.http.clone();
+    let metrics_listen = config.metrics.listen.clone();
     let ctx = NodeContext::new(bus, kv, config);
+    let metrics = match &metrics_listen {
+        Some(addr) => {
+            let (local, task) = bitinglip_actors::health::listen(ctx.clone(), addr)
+                .await
+                .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
+            println!("bitinglip: metrics at http://{local}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, NodeSupervisorArgs { ctx: ctx.clone() })
         .await
         .map_err(|e| anyhow::anyhow!("node failed to start: {e}"))?;
@@ -119,6 +131,9 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     wait_for_signal().await;
     println!("bitinglip: stopping");
     reprovision.abort();
+    if let Some(task) = metrics {
+        task.abort();
+    }
     let _ = ractor::call!(supervisor, NodeSupervisorMsg::Shutdown);
     supervisor.stop(None);
     let _ = handle.await;

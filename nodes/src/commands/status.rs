@@ -1,12 +1,12 @@
-//! `bitinglip status`: the cluster on one screen.
+//! `bitinglip status`: the cluster's health on one screen: the bus, every live node with
+//! its health and workers, and every model's queue.
 
 use bitinglip_bus_schema::{ClusterStatus, GetClusterStatus};
 use bitinglip_config::Config;
 
 use crate::cli::StatusArgs;
 
-async fn nodes(config: &Config) -> anyhow::Result<Vec<bitinglip_bus_schema::NodeHeartbeat>> {
-    let bus = super::client_bus(config).await?;
+async fn nodes(bus: &bitinglip_nats::Bus) -> anyhow::Result<Vec<bitinglip_bus_schema::NodeHeartbeat>> {
     match bus.request::<_, ClusterStatus>(bus.subjects().cluster_status(), &GetClusterStatus {}, None, None).await? {
         ClusterStatus::Nodes { nodes, .. } => Ok(nodes),
         ClusterStatus::Error(err) => anyhow::bail!("cluster status failed ({}): {}", err.kind, err.message),
@@ -15,7 +15,7 @@ async fn nodes(config: &Config) -> anyhow::Result<Vec<bitinglip_bus_schema::Node
 
 /// `bitinglip workers ls`.
 pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
-    let nodes = nodes(&config).await?;
+    let nodes = nodes(&super::client_bus(&config).await?).await?;
     if json {
         let v: Vec<_> = nodes
             .iter()
@@ -47,8 +47,26 @@ pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node's health from its heartbeat: `failed` when a worker failed to load its model,
+/// `loading` while one loads, `stale` when its heartbeat is late, else `ok`.
+fn health(n: &bitinglip_bus_schema::NodeHeartbeat, now_ms: u64, interval_ms: u64) -> &'static str {
+    if n.workers.iter().any(|w| w.state == "failed") {
+        "failed"
+    } else if n.workers.iter().any(|w| w.state == "loading") {
+        "loading"
+    } else if now_ms.saturating_sub(n.time_ms) > 2 * interval_ms {
+        "stale"
+    } else {
+        "ok"
+    }
+}
+
 pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> {
-    let nodes = nodes(&config).await?;
+    let bus = super::client_bus(&config).await?;
+    let nodes = nodes(&bus).await?;
+    let now = bitinglip_nats::now_ms();
+    let interval = config.cluster.heartbeat_interval.as_millis() as u64;
+    let jetstream = bus.jetstream().query_account().await.is_ok();
     if args.json {
         let v: Vec<_> = nodes
             .iter()
@@ -57,6 +75,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
                     "node_id": n.node_id, "roles": n.roles, "http": n.http, "started_ms": n.started_ms,
                     "time_ms": n.time_ms, "version": n.version, "device": n.device,
                     "memory_total": n.memory_total, "memory_free": n.memory_free,
+                    "health": health(n, now, interval),
                     "workers": n.workers.iter().map(|w| serde_json::json!({
                         "worker_id": w.worker_id, "model": w.model, "engine": w.engine, "state": w.state,
                         "in_flight": w.in_flight, "max_sequences": w.max_sequences,
@@ -67,12 +86,35 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let now = bitinglip_nats::now_ms();
-    let mut rows = vec![["NODE", "ROLES", "HTTP", "DEVICE", "MEM FREE", "UPTIME", "WORKER", "MODEL", "ENGINE", "STATE", "SLOTS"].map(String::from).to_vec()];
+    let mut models: Vec<String> = nodes.iter().flat_map(|n| n.workers.iter().map(|w| w.model.clone())).collect();
+    models.sort();
+    models.dedup();
+    let queues = bitinglip_actors::queues::queue_stats(&bus, &config.jetstream, &models).await.unwrap_or_default();
+    let workers: Vec<_> = nodes.iter().flat_map(|n| &n.workers).collect();
+    let ready = workers.iter().filter(|w| w.state == "ready").count();
+    let server = bus.client().server_info();
+    println!(
+        "NATS {} (nats-server {}) connected · JetStream {} · {} node(s) · {ready}/{} worker(s) ready",
+        config.nats.servers.join(","),
+        server.version,
+        if jetstream { "ok" } else { "UNREACHABLE" },
+        nodes.len(),
+        workers.len(),
+    );
+    println!();
+    let mut rows = vec![["NODE", "HEALTH", "ROLES", "HTTP", "DEVICE", "MEM FREE", "UPTIME", "WORKER", "MODEL", "ENGINE", "STATE", "SLOTS"].map(String::from).to_vec()];
     for n in &nodes {
         let uptime = format!("{}s", now.saturating_sub(n.started_ms) / 1000);
         let mem = format!("{:.1}/{:.1} GB", n.memory_free as f64 / 1e9, n.memory_total as f64 / 1e9);
-        let base = vec![n.node_id.clone(), n.roles.join(","), n.http.clone().unwrap_or_else(|| "-".into()), n.device.clone(), mem, uptime];
+        let base = vec![
+            n.node_id.clone(),
+            health(n, now, interval).to_string(),
+            n.roles.join(","),
+            n.http.clone().unwrap_or_else(|| "-".into()),
+            n.device.clone(),
+            mem,
+            uptime,
+        ];
         if n.workers.is_empty() {
             rows.push([base.clone(), vec!["-".into(); 5]].concat());
         }
@@ -88,5 +130,19 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
     }
     super::print_table(&rows);
     println!("{} node(s)", nodes.len());
+    if !queues.is_empty() {
+        println!();
+        let mut rows = vec![["QUEUE", "PRIORITY", "WAITING", "RUNNING", "OLDEST"].map(String::from).to_vec()];
+        for q in &queues {
+            rows.push(vec![
+                q.model.clone(),
+                q.priority.as_str().to_string(),
+                q.waiting.to_string(),
+                q.running.to_string(),
+                format!("{:.1}s", q.oldest_age_secs),
+            ]);
+        }
+        super::print_table(&rows);
+    }
     Ok(())
 }

@@ -1,0 +1,217 @@
+//! Prometheus metrics of one node, served as text at `/metrics` (the gateway's port, or
+//! `metrics.listen`).
+//!
+//! Counters and histograms are recorded where things happen (gateway, task manager,
+//! worker) into one registry per process; gauges that describe shared state (queue depth
+//! and oldest task per model, slots in use, the NATS connection) are read when scraped, so
+//! they cost nothing between scrapes. Queue gauges describe the cluster's queue, so every
+//! node reports the same value: aggregate them with `max by (model, priority)`.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    exponential_buckets, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::NodeContext;
+
+/// Every series this node records.
+pub struct Metrics {
+    registry: Registry,
+    /// Chat requests through the gateway, by model and outcome (`ok` or an error kind).
+    pub requests: IntCounterVec,
+    /// Submits answered by the task manager, by model and outcome (`accepted`,
+    /// `duplicate` or an error kind).
+    pub submits: IntCounterVec,
+    /// Task attempts finished by workers, by model and outcome (`completed`, `failed`,
+    /// `cancelled`, `handed_back`).
+    pub tasks: IntCounterVec,
+    /// From a worker's claim to the first token, by model.
+    pub time_to_first_token: HistogramVec,
+    /// Between consecutive tokens of one sequence, by model.
+    pub inter_token_latency: HistogramVec,
+    /// From acceptance to a worker's claim, by model.
+    pub queue_time: HistogramVec,
+    /// Tokens generated, by model (`rate()` of it is the model's tokens per second).
+    pub generated_tokens: IntCounterVec,
+    /// Tokens per second of each finished generation (after its first token), by model.
+    pub tokens_per_second: HistogramVec,
+    /// Deliveries of a task after its first, by model.
+    pub redeliveries: IntCounterVec,
+    /// Cancels that stopped a running task, by model.
+    pub cancels: IntCounterVec,
+    /// From a cancel reaching the worker to the engine's last token, by model.
+    pub cancel_to_stop: HistogramVec,
+    slots_in_use: IntGaugeVec,
+    slots: IntGaugeVec,
+    queue_depth: IntGaugeVec,
+    queue_running: IntGaugeVec,
+    queue_oldest_age: GaugeVec,
+    nats_reconnects: IntCounter,
+    nats_connected: IntGauge,
+    dropped: IntCounter,
+    scrapes: IntCounter,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    // 100 µs to about 100 s.
+    exponential_buckets(0.0001, 2.0, 21).expect("valid buckets")
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["model"]).expect("valid histogram");
+            registry.register(Box::new(h.clone())).expect("registered once");
+            h
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let single = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let queue_oldest_age = GaugeVec::new(
+            Opts::new("bitinglip_queue_oldest_task_age_seconds", "Age of the oldest task in the model's queue (waiting or running)"),
+            &["model", "priority"],
+        )
+        .expect("valid gauge");
+        registry.register(Box::new(queue_oldest_age.clone())).expect("registered once");
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            registry.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let scrapes = plain_counter("bitinglip_metrics_scrapes_total", "Scrapes of this endpoint");
+        Self {
+            requests: counter("bitinglip_requests_total", "Chat requests through the gateway", &["model", "outcome"]),
+            submits: counter("bitinglip_task_submits_total", "Submits answered by the task manager", &["model", "outcome"]),
+            tasks: counter("bitinglip_tasks_total", "Task attempts finished by workers", &["model", "outcome"]),
+            time_to_first_token: histogram(
+                "bitinglip_time_to_first_token_seconds",
+                "From a worker's claim to the first token",
+                latency_buckets(),
+            ),
+            inter_token_latency: histogram(
+                "bitinglip_inter_token_latency_seconds",
+                "Between consecutive tokens of one sequence",
+                latency_buckets(),
+            ),
+            queue_time: histogram("bitinglip_queue_time_seconds", "From acceptance to a worker's claim", latency_buckets()),
+            generated_tokens: counter("bitinglip_generated_tokens_total", "Tokens generated", &["model"]),
+            tokens_per_second: histogram(
+                "bitinglip_tokens_per_second",
+                "Tokens per second of each finished generation",
+                exponential_buckets(1.0, 2.0, 16).expect("valid buckets"),
+            ),
+            redeliveries: counter("bitinglip_redeliveries_total", "Deliveries of a task after its first", &["model"]),
+            cancels: counter("bitinglip_cancels_total", "Cancels that stopped a running task", &["model"]),
+            cancel_to_stop: histogram(
+                "bitinglip_cancel_to_stop_seconds",
+                "From a cancel reaching the worker to the engine's last token",
+                latency_buckets(),
+            ),
+            slots_in_use: gauge("bitinglip_worker_slots_in_use", "Sequences a worker is running", &["model", "worker"]),
+            slots: gauge("bitinglip_worker_slots", "Sequences a worker may run at once", &["model", "worker"]),
+            queue_depth: gauge("bitinglip_queue_depth", "Tasks waiting in the model's queue", &["model", "priority"]),
+            queue_running: gauge("bitinglip_queue_running", "Tasks of the model's queue delivered and not yet acked", &["model", "priority"]),
+            queue_oldest_age,
+            nats_reconnects: plain_counter("bitinglip_nats_reconnects_total", "Reconnections to NATS since the node started"),
+            nats_connected: single("bitinglip_nats_connected", "1 while connected to NATS"),
+            dropped: plain_counter("bitinglip_dropped_messages_total", "Undecodable messages dropped (no reply subject to answer on)"),
+            scrapes,
+            registry,
+        }
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Reads the gauges and renders every series in Prometheus text format.
+pub async fn render(ctx: &NodeContext) -> String {
+    let m = metrics();
+    m.scrapes.inc();
+    let stats = ctx.bus.client().statistics();
+    // The client and the context keep their own totals; the counters catch up to them.
+    let reconnects = stats.connects.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1);
+    m.nats_reconnects.inc_by(reconnects.saturating_sub(m.nats_reconnects.get()));
+    m.nats_connected.set(i64::from(ctx.bus.client().connection_state() == async_nats::connection::State::Connected));
+    let dropped = ctx.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    m.dropped.inc_by(dropped.saturating_sub(m.dropped.get()));
+
+    m.slots_in_use.reset();
+    m.slots.reset();
+    if let Ok(workers) = ctx.workers.read() {
+        for w in workers.values() {
+            m.slots_in_use.with_label_values(&[&w.model, &w.worker_id]).set(i64::from(w.in_flight));
+            m.slots.with_label_values(&[&w.model, &w.worker_id]).set(i64::from(w.max_sequences));
+        }
+    }
+    read_queues(ctx).await;
+    TextEncoder::new().encode_to_string(&m.registry.gather()).unwrap_or_default()
+}
+
+/// Queue gauges for every model a live worker serves, from the tasks stream.
+async fn read_queues(ctx: &NodeContext) {
+    let m = metrics();
+    let nodes = match crate::cluster_manager::live_nodes(ctx).await {
+        Ok(nodes) => nodes,
+        Err(err) => {
+            tracing::debug!(cause = %err, "queue gauges not read: no node list");
+            return;
+        }
+    };
+    let mut models: Vec<String> = nodes.iter().flat_map(|n| n.workers.iter().map(|w| w.model.clone())).collect();
+    // This node's own workers count even before their heartbeat is read back.
+    if let Ok(workers) = ctx.workers.read() {
+        models.extend(workers.values().map(|w| w.model.clone()));
+    }
+    models.sort();
+    models.dedup();
+    let stats = match crate::queues::queue_stats(&ctx.bus, &ctx.config.jetstream, &models).await {
+        Ok(stats) => stats,
+        Err(err) => {
+            tracing::debug!(cause = %err, "queue gauges not read");
+            return;
+        }
+    };
+    m.queue_depth.reset();
+    m.queue_running.reset();
+    m.queue_oldest_age.reset();
+    for q in stats {
+        let labels = [q.model.as_str(), q.priority.as_str()];
+        m.queue_depth.with_label_values(&labels).set(q.waiting as i64);
+        m.queue_running.with_label_values(&labels).set(q.running as i64);
+        m.queue_oldest_age.with_label_values(&labels).set(q.oldest_age_secs);
+    }
+}
+
+/// Counts a submit's answer: `accepted`, `duplicate`, or the rejection's kind (an unknown
+/// model is counted under `-`, so a caller cannot mint series).
+pub(crate) fn count_submit(model: &str, reply: &bitinglip_bus_schema::SubmitReply) {
+    use bitinglip_bus_schema::{ErrorKind, SubmitReply};
+    let (model, outcome) = match reply {
+        SubmitReply::Accepted(a) if a.duplicate => (model, "duplicate"),
+        SubmitReply::Accepted(_) => (model, "accepted"),
+        SubmitReply::Rejected(e) if matches!(e.kind, ErrorKind::UnknownModel | ErrorKind::InvalidRequest | ErrorKind::Decode) => {
+            ("-", e.kind.as_str())
+        }
+        SubmitReply::Rejected(e) => (model, e.kind.as_str()),
+    };
+    metrics().submits.with_label_values(&[model, outcome]).inc();
+}

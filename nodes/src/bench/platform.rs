@@ -1,0 +1,191 @@
+//! The platform under load: a node started in this process (every role, on the
+//! benchmark's nats-server), driven over NATS with the same client code as the CLI and
+//! over HTTP with the gateway's OpenAI API, as real clients would.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bitinglip_actors::{
+    client::{Relayed, TaskWatch},
+    NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg,
+};
+use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority, SubmitReply, SubmitRequest, Subjects, TaskId};
+use bitinglip_config::Config;
+use bitinglip_nats::Bus;
+use ractor::{Actor, ActorRef};
+
+use super::stats::{closed_loop, Samples};
+
+/// A node running in this process.
+pub(crate) struct InProcessNode {
+    supervisor: ActorRef<NodeSupervisorMsg>,
+    handle: tokio::task::JoinHandle<()>,
+    /// Its gateway, when it runs one.
+    pub(crate) http: Option<String>,
+}
+
+impl InProcessNode {
+    /// Connects, provisions and starts the node supervisor with `config`'s roles.
+    pub(crate) async fn start(config: Config) -> anyhow::Result<Self> {
+        let client = bitinglip_nats::connect(&config.nats, &format!("bitinglip-{}", config.node_id), None).await?;
+        let subjects = Subjects::new(config.nats.subject_root.clone())?;
+        let bus = Bus::new(client, subjects.clone(), config.node_id.clone(), config.nats.request_timeout);
+        let kv = bitinglip_nats::provision(bus.jetstream(), &subjects, &config).await?;
+        let ctx = NodeContext::new(bus, kv, config);
+        let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, NodeSupervisorArgs { ctx: ctx.clone() })
+            .await
+            .map_err(|e| anyhow::anyhow!("node failed to start: {e}"))?;
+        let http = ctx.http_addr.read().ok().and_then(|a| a.clone()).map(|a| format!("http://{a}"));
+        Ok(Self { supervisor, handle, http })
+    }
+
+    /// Stops it the way a signal would.
+    pub(crate) async fn stop(self) {
+        let _ = ractor::call!(self.supervisor, NodeSupervisorMsg::Shutdown);
+        self.supervisor.stop(None);
+        let _ = self.handle.await;
+    }
+}
+
+/// A chat request for `model`.
+pub(crate) fn chat(model: &str, prompt: &str, max_tokens: u32) -> ChatParams {
+    ChatParams {
+        model: model.to_string(),
+        messages: vec![ChatMessage { role: "user".into(), content: prompt.to_string() }],
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        top_p: None,
+        stop: vec![],
+        seed: None,
+    }
+}
+
+/// What one request over NATS saw, in seconds from the start: the task manager's
+/// `accepted`, the first chunk, completion; and the tokens generated.
+pub(crate) struct NatsTimes {
+    pub(crate) accepted: f64,
+    pub(crate) first: f64,
+    pub(crate) done: f64,
+    pub(crate) tokens: u32,
+}
+
+/// One chat request over NATS, as the CLI makes it.
+pub(crate) async fn nats_request(bus: &Bus, chat: ChatParams) -> Option<NatsTimes> {
+    let started = Instant::now();
+    let task_id = TaskId::parse(ulid::Ulid::new().to_string()).ok()?;
+    let mut watch = TaskWatch::subscribe(bus, &task_id).await.ok()?;
+    let req = SubmitRequest { chat, task_id: Some(task_id), idempotency_key: None, priority: Priority::Interactive, wait_for_model: true };
+    match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await.ok()? {
+        SubmitReply::Accepted(_) => {}
+        SubmitReply::Rejected(_) => return None,
+    }
+    let accepted = started.elapsed().as_secs_f64();
+    let mut first = None;
+    while let Some(event) = watch.next().await {
+        match event {
+            Relayed::Started { .. } => {}
+            Relayed::Text { .. } => {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            }
+            Relayed::Done(done) => {
+                let total = started.elapsed().as_secs_f64();
+                return Some(NatsTimes { accepted, first: first.unwrap_or(total), done: total, tokens: done.usage.completion_tokens });
+            }
+            Relayed::Failed(_) => return None,
+        }
+    }
+    None
+}
+
+/// The same over HTTP: a streamed `POST /v1/chat/completions`, timed to the first SSE
+/// event carrying text and to `[DONE]`.
+pub(crate) async fn http_request(http: &reqwest::Client, base: &str, chat: &ChatParams) -> Option<(f64, f64)> {
+    let started = Instant::now();
+    let body = serde_json::json!({
+        "model": chat.model,
+        "messages": [{"role": "user", "content": chat.messages[0].content}],
+        "max_tokens": chat.max_tokens,
+        "stream": true,
+    });
+    let mut resp = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let mut first = None;
+    let mut buf = String::new();
+    while let Some(bytes) = resp.chunk().await.ok()? {
+        buf.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            if event.contains("[DONE]") {
+                let total = started.elapsed().as_secs_f64();
+                return Some((first.unwrap_or(total), total));
+            }
+            if first.is_none() && event.contains("\"content\":\"") && !event.contains("\"content\":\"\"") {
+                first = Some(started.elapsed().as_secs_f64());
+            }
+        }
+    }
+    None
+}
+
+/// Latencies of one transport at one concurrency.
+#[derive(Debug, Clone)]
+pub(crate) struct EchoRun {
+    /// `nats` or `http`.
+    pub(crate) transport: &'static str,
+    /// Clients at once.
+    pub(crate) clients: usize,
+    /// Submit to `accepted` (NATS only).
+    pub(crate) accepted: Option<Samples>,
+    /// Submit to the first chunk.
+    pub(crate) first: Samples,
+    /// Submit to completion.
+    pub(crate) done: Samples,
+    /// Requests that failed.
+    pub(crate) failed: usize,
+}
+
+/// The echo engine at `clients` concurrent clients over NATS.
+pub(crate) async fn echo_nats(bus: &Bus, model: &str, prompt: &str, clients: usize, duration: Duration) -> EchoRun {
+    let (bus, model, prompt) = (bus.clone(), model.to_string(), prompt.to_string());
+    let (mut series, failed) = closed_loop(clients, duration, move || {
+        let (bus, chat) = (bus.clone(), chat(&model, &prompt, 64));
+        async move { nats_request(&bus, chat).await.map(|t| vec![t.accepted, t.first, t.done]) }
+    })
+    .await;
+    series.resize(3, Samples::default());
+    let done = series.pop().unwrap_or_default();
+    let first = series.pop().unwrap_or_default();
+    let accepted = series.pop();
+    EchoRun { transport: "nats", clients, accepted, first, done, failed }
+}
+
+/// The echo engine at `clients` concurrent clients over HTTP.
+pub(crate) async fn echo_http(base: &str, model: &str, prompt: &str, clients: usize, duration: Duration) -> anyhow::Result<EchoRun> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().context("HTTP client")?;
+    let (base, chat) = (base.to_string(), chat(model, prompt, 64));
+    let (mut series, failed) = closed_loop(clients, duration, move || {
+        let (http, base, chat) = (http.clone(), base.clone(), chat.clone());
+        async move { http_request(&http, &base, &chat).await.map(|(f, d)| vec![f, d]) }
+    })
+    .await;
+    series.resize(2, Samples::default());
+    let done = series.pop().unwrap_or_default();
+    let first = series.pop().unwrap_or_default();
+    Ok(EchoRun { transport: "http", clients, accepted: None, first, done, failed })
+}
+
+/// Waits until `model` answers a one-token request (its worker is loaded and ready).
+pub(crate) async fn wait_ready(bus: &Bus, model: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if tokio::time::timeout(Duration::from_secs(60), nats_request(bus, chat(model, "ping", 1))).await.ok().flatten().is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{model} was not served within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
