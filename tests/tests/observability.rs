@@ -101,6 +101,28 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
     // The queue span starts when the task was accepted and ends at its delivery.
     assert!(span("queue").start_ns <= span("queue").end_ns);
     assert!(span("queue").end_ns <= span("worker").end_ns);
+
+    // A task submitted without waiting for it is one trace too.
+    let queued = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/tasks"))
+        .header("traceparent", format!("00-{queued}-{caller_span}-01"))
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "six seven"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let wanted = ["gateway", "task_manager", "queue", "worker", "generate"];
+    assert_eventually!(
+        Duration::from_secs(20),
+        async { wanted.iter().all(|w| receiver.trace(queued).iter().any(|s| s.name == *w)) },
+        "spans of trace {queued}: {:#?}",
+        receiver.trace(queued)
+    );
+    let spans = by_name(&receiver.trace(queued));
+    assert_eq!(spans["gateway"].attributes.get("http.route").map(String::as_str), Some("/v1/tasks"));
+    assert_eq!(spans["task_manager"].parent_span_id, spans["gateway"].span_id);
+    assert_eq!(spans["worker"].parent_span_id, spans["queue"].span_id);
 }
 
 /// The sum of the samples of `name` whose labels contain every one of `labels`.
