@@ -215,3 +215,35 @@ pub(crate) fn count_submit(model: &str, reply: &bitinglip_bus_schema::SubmitRepl
     };
     metrics().submits.with_label_values(&[model, outcome]).inc();
 }
+
+#[cfg(test)]
+mod tests {
+    use bitinglip_bus_schema::{ErrorKind, SubmitReply, TaskAccepted, TaskId, WireError};
+
+    use super::*;
+
+    #[test]
+    fn submits_are_counted_by_model_and_outcome_and_unknown_models_mint_no_series() {
+        let accepted = |duplicate| {
+            SubmitReply::Accepted(TaskAccepted {
+                task_id: TaskId::parse("t1").unwrap(),
+                events_subject: "s".into(),
+                duplicate,
+            })
+        };
+        count_submit("counted-model", &accepted(false));
+        count_submit("counted-model", &accepted(true));
+        count_submit("counted-model", &SubmitReply::Rejected(WireError::new(ErrorKind::Overloaded, "full")));
+        count_submit("no-such-model", &SubmitReply::Rejected(WireError::new(ErrorKind::UnknownModel, "?")));
+        let text = TextEncoder::new().encode_to_string(&metrics().registry.gather()).unwrap();
+        for line in [
+            r#"bitinglip_task_submits_total{model="counted-model",outcome="accepted"} 1"#,
+            r#"bitinglip_task_submits_total{model="counted-model",outcome="duplicate"} 1"#,
+            r#"bitinglip_task_submits_total{model="counted-model",outcome="overloaded"} 1"#,
+            r#"bitinglip_task_submits_total{model="-",outcome="unknown_model"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("no-such-model"));
+    }
+}

@@ -31,8 +31,15 @@ fn two_nodes(nats: &TestNats, tweak: impl Fn(&mut Config)) -> (NodeProcess, Node
     (front, back, format!("http://{metrics}"))
 }
 
-fn by_name(spans: &[ReceivedSpan]) -> BTreeMap<String, ReceivedSpan> {
-    spans.iter().map(|s| (s.name.clone(), s.clone())).collect()
+/// Waits until `trace_id` has a span of every name in `wanted`; returns its spans by name.
+async fn spans_of(receiver: &OtlpReceiver, trace_id: &str, wanted: &[&str]) -> BTreeMap<String, ReceivedSpan> {
+    assert_eventually!(
+        Duration::from_secs(20),
+        async { wanted.iter().all(|w| receiver.trace(trace_id).iter().any(|s| s.name == *w)) },
+        "spans of trace {trace_id}: {:#?}",
+        receiver.trace(trace_id)
+    );
+    receiver.trace(trace_id).into_iter().map(|s| (s.name.clone(), s)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,14 +66,7 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
     let body = resp.text().await.unwrap();
     assert!(body.contains("[DONE]"), "{body}");
 
-    let wanted = ["gateway", "relay", "task_manager", "queue", "worker", "claim", "generate"];
-    assert_eventually!(
-        Duration::from_secs(20),
-        async { wanted.iter().all(|w| receiver.trace(trace_id).iter().any(|s| s.name == *w)) },
-        "spans of trace {trace_id}: {:#?}",
-        receiver.trace(trace_id)
-    );
-    let spans = by_name(&receiver.trace(trace_id));
+    let spans = spans_of(&receiver, trace_id, &["gateway", "relay", "task_manager", "queue", "worker", "claim", "generate"]).await;
     let span = |n: &str| &spans[n];
     let node = |n: &str| span(n).resource.get("service.instance.id").cloned().unwrap_or_default();
 
@@ -101,6 +101,21 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
     // The queue span starts when the task was accepted and ends at its delivery.
     assert!(span("queue").start_ns <= span("queue").end_ns);
     assert!(span("queue").end_ns <= span("worker").end_ns);
+
+    // A task submitted without waiting for it is one trace too.
+    let queued = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/tasks"))
+        .header("traceparent", format!("00-{queued}-{caller_span}-01"))
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "six seven"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let spans = spans_of(&receiver, queued, &["gateway", "task_manager", "queue", "worker", "generate"]).await;
+    assert_eq!(spans["gateway"].attributes.get("http.route").map(String::as_str), Some("/v1/tasks"));
+    assert_eq!(spans["task_manager"].parent_span_id, spans["gateway"].span_id);
+    assert_eq!(spans["worker"].parent_span_id, spans["queue"].span_id);
 }
 
 /// The sum of the samples of `name` whose labels contain every one of `labels`.

@@ -73,8 +73,16 @@ async fn read(ctx: &NodeContext, id: &TaskId) -> Result<TaskRecord, ApiError> {
     }
 }
 
-/// `POST /v1/tasks`: the chat request; answers 202 with the id at once.
+/// `POST /v1/tasks`: the chat request; answers 202 with the id at once. Traced as a
+/// `gateway` span, like a chat completion, so the task's trace has its root here.
 pub(super) async fn submit(State(ctx): State<NodeContext>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let span = tracing::info_span!("gateway", otel.kind = "server", http.route = "/v1/tasks");
+    let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(bitinglip_nats::trace::TraceParent::parse);
+    bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
+    tracing::Instrument::instrument(submit_task(ctx, headers, body), span).await
+}
+
+async fn submit_task(ctx: NodeContext, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let _permit = admit(&ctx)?;
     let body = read_body(&ctx, &headers, body).await?;
     let request = openai::parse_request(&body)?;

@@ -107,6 +107,12 @@ impl Report {
                 r.failed
             );
         }
+        for transport in ["nats", "http"] {
+            let most = self.echo.iter().filter(|r| r.transport == transport).max_by(|a, b| a.done.per_sec().total_cmp(&b.done.per_sec()));
+            if let Some(r) = most {
+                let _ = writeln!(s, "{}Most tasks per second over {transport}: {:.0}, at {} clients.", if transport == "nats" { "\n" } else { "" }, r.done.per_sec(), r.clients);
+            }
+        }
         let _ = writeln!(s, "\n### Streaming, {}\n", self.model);
         let _ = writeln!(s, "| streams | platform tokens/s | direct mistral.rs tokens/s | platform ÷ direct |\n| ---: | ---: | ---: | ---: |");
         for (p, d) in self.platform.iter().zip(&self.direct) {

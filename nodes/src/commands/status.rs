@@ -146,3 +146,47 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use bitinglip_bus_schema::{NodeHeartbeat, WorkerInfo};
+
+    use super::health;
+
+    fn node(time_ms: u64, states: &[&str]) -> NodeHeartbeat {
+        NodeHeartbeat {
+            node_id: "n".into(),
+            roles: vec!["worker".into()],
+            http: None,
+            workers: states
+                .iter()
+                .map(|s| WorkerInfo {
+                    worker_id: "w".into(),
+                    model: "m".into(),
+                    engine: "echo".into(),
+                    max_sequences: 1,
+                    in_flight: 0,
+                    state: s.to_string(),
+                    running: vec![],
+                    last_used_ms: 0,
+                    placed: false,
+                })
+                .collect(),
+            started_ms: 0,
+            time_ms,
+            version: "0".into(),
+            device: "cpu".into(),
+            memory_total: 0,
+            memory_free: 0,
+        }
+    }
+
+    #[test]
+    fn health_says_what_is_wrong_first() {
+        assert_eq!(health(&node(1000, &["ready"]), 1500, 500), "ok");
+        assert_eq!(health(&node(1000, &[]), 1500, 500), "ok");
+        assert_eq!(health(&node(1000, &["ready"]), 3000, 500), "stale");
+        assert_eq!(health(&node(1000, &["ready", "loading"]), 1500, 500), "loading");
+        assert_eq!(health(&node(1000, &["loading", "failed"]), 3000, 500), "failed");
+    }
+}
