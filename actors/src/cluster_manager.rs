@@ -38,6 +38,7 @@ pub struct ClusterManagerArgs {
 
 /// Its state: the serving task.
 pub struct ClusterManagerState {
+    ctx: NodeContext,
     tasks: Vec<JoinHandle<()>>,
     _service: async_nats::service::Service,
 }
@@ -105,10 +106,7 @@ impl Actor for ClusterManager {
             ctx.clone(),
             ClusterStatus::Error,
             |ctx, _: GetClusterStatus| async move {
-                match live_nodes(&ctx).await {
-                    Ok(nodes) => ClusterStatus::Nodes { nodes, leader: leader::current_leader(&ctx).await },
-                    Err(err) => ClusterStatus::Error(err),
-                }
+                Ok(ClusterStatus::Nodes { nodes: live_nodes(&ctx).await?, leader: leader::current_leader(&ctx).await })
             },
         );
         let set = spawn_endpoint(
@@ -117,12 +115,7 @@ impl Actor for ClusterManager {
             end(),
             ctx.clone(),
             DeploymentReply::Error,
-            |ctx, req: SetDeployment| async move {
-                match deployments::set(&ctx, req).await {
-                    Ok(d) => DeploymentReply::Deployment(d),
-                    Err(err) => DeploymentReply::Error(err),
-                }
-            },
+            |ctx, req: SetDeployment| async move { deployments::set(&ctx, req).await.map(DeploymentReply::Deployment) },
         );
         let delete = spawn_endpoint(
             endpoint("deployment-delete", subjects.deployment_delete()).await?,
@@ -131,10 +124,9 @@ impl Actor for ClusterManager {
             ctx.clone(),
             Ack::Error,
             |ctx, req: DeleteDeployment| async move {
-                match deployments::delete(&ctx, &req.model).await {
-                    Ok(true) => Ack::Ok,
-                    Ok(false) => Ack::Error(WireError::new(ErrorKind::NotFound, format!("no deployment of `{}`", req.model))),
-                    Err(err) => Ack::Error(err),
+                match deployments::delete(&ctx, &req.model).await? {
+                    true => Ok(Ack::Ok),
+                    false => Err(WireError::new(ErrorKind::NotFound, format!("no deployment of `{}`", req.model))),
                 }
             },
         );
@@ -145,13 +137,11 @@ impl Actor for ClusterManager {
             ctx.clone(),
             DeploymentList::Error,
             |ctx, _: ListDeployments| async move {
-                match deployments::statuses(&ctx).await {
-                    Ok(deployments) => DeploymentList::Deployments { deployments },
-                    Err(err) => DeploymentList::Error(err),
-                }
+                Ok(DeploymentList::Deployments { deployments: deployments::statuses(&ctx).await? })
             },
         );
-        Ok(ClusterManagerState { tasks: vec![poison, watcher, reconciler, serve, set, delete, list], _service: service })
+        let tasks = vec![poison, watcher, reconciler, serve, set, delete, list];
+        Ok(ClusterManagerState { ctx, tasks, _service: service })
     }
 
     async fn handle(
@@ -167,6 +157,7 @@ impl Actor for ClusterManager {
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         state.tasks.iter().for_each(JoinHandle::abort);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), leader::release(&state.ctx)).await;
         Ok(())
     }
 }

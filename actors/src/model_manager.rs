@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::{serve::spawn_endpoint, NodeContext};
+use crate::{cluster_manager::deployments, serve::spawn_endpoint, NodeContext};
 
 pub mod status;
 
@@ -127,7 +127,7 @@ async fn register(ctx: &NodeContext, req: RegisterModel) -> Result<(), WireError
 /// Removes a model: its deployment (replicas are unloaded), its registry entry and every
 /// node's status of it.
 async fn remove(ctx: &NodeContext, model: &str) -> Result<(), WireError> {
-    let had_deployment = crate::cluster_manager::deployments::delete(ctx, model).await?;
+    let had_deployment = deployments::delete(ctx, model).await?;
     let registered = get_model(ctx, model).await?.is_some();
     if !had_deployment && !registered {
         return Err(WireError::new(ErrorKind::NotFound, format!("model `{model}` is neither registered nor deployed")));
@@ -141,13 +141,6 @@ async fn remove(ctx: &NodeContext, model: &str) -> Result<(), WireError> {
     }
     tracing::info!(model, "model removed");
     Ok(())
-}
-
-fn ack(result: Result<(), WireError>) -> Ack {
-    match result {
-        Ok(()) => Ack::Ok,
-        Err(err) => Ack::Error(err),
-    }
 }
 
 #[ractor::async_trait]
@@ -171,12 +164,7 @@ impl Actor for ModelManager {
             end(),
             ctx.clone(),
             Ack::Error,
-            |ctx, req: RegisterModel| async move {
-                match register(&ctx, req).await {
-                    Ok(()) => Ack::Ok,
-                    Err(err) => Ack::Error(err),
-                }
-            },
+            |ctx, req: RegisterModel| async move { register(&ctx, req).await.map(|()| Ack::Ok) },
         );
         let search_serve = spawn_endpoint(
             endpoint("search", subjects.model_search()).await?,
@@ -185,14 +173,9 @@ impl Actor for ModelManager {
             ctx.clone(),
             SearchResults::Error,
             |ctx, req: SearchModels| async move {
-                let hub = match crate::puller::hub::Hub::new(&ctx.config.hub) {
-                    Ok(hub) => hub,
-                    Err(err) => return SearchResults::Error(err),
-                };
-                match hub.search(&req.query, req.limit.unwrap_or(20).clamp(1, 100)).await {
-                    Ok(models) => SearchResults::Models { models },
-                    Err(err) => SearchResults::Error(err),
-                }
+                let hub = crate::puller::hub::Hub::new(&ctx.config.hub)?;
+                let models = hub.search(&req.query, req.limit.unwrap_or(20).clamp(1, 100)).await?;
+                Ok(SearchResults::Models { models })
             },
         );
         let status_serve = spawn_endpoint(
@@ -202,10 +185,7 @@ impl Actor for ModelManager {
             ctx.clone(),
             ModelStatusList::Error,
             |ctx, q: GetModelStatus| async move {
-                match status::list(&ctx, q.model.as_deref()).await {
-                    Ok(statuses) => ModelStatusList::Statuses { statuses },
-                    Err(err) => ModelStatusList::Error(err),
-                }
+                Ok(ModelStatusList::Statuses { statuses: status::list(&ctx, q.model.as_deref()).await? })
             },
         );
         let load_serve = spawn_endpoint(
@@ -215,10 +195,8 @@ impl Actor for ModelManager {
             ctx.clone(),
             DeploymentReply::Error,
             |ctx, req: LoadModel| async move {
-                match crate::cluster_manager::deployments::ensure_loaded(&ctx, &req.model, req.replicas.unwrap_or(1).max(1)).await {
-                    Ok(d) => DeploymentReply::Deployment(d),
-                    Err(err) => DeploymentReply::Error(err),
-                }
+                let replicas = req.replicas.unwrap_or(1).max(1);
+                deployments::ensure_loaded(&ctx, &req.model, replicas).await.map(DeploymentReply::Deployment)
             },
         );
         let unload_serve = spawn_endpoint(
@@ -227,9 +205,7 @@ impl Actor for ModelManager {
             end(),
             ctx.clone(),
             Ack::Error,
-            |ctx, req: ModelRef| async move {
-                ack(crate::cluster_manager::deployments::scale(&ctx, &req.model, 0).await.map(|_| ()))
-            },
+            |ctx, req: ModelRef| async move { deployments::scale(&ctx, &req.model, 0).await.map(|_| Ack::Ok) },
         );
         let delete_serve = spawn_endpoint(
             endpoint("delete", subjects.model_delete()).await?,
@@ -237,7 +213,7 @@ impl Actor for ModelManager {
             end(),
             ctx.clone(),
             Ack::Error,
-            |ctx, req: ModelRef| async move { ack(remove(&ctx, &req.model).await) },
+            |ctx, req: ModelRef| async move { remove(&ctx, &req.model).await.map(|()| Ack::Ok) },
         );
         let list_serve = spawn_endpoint(
             endpoint("list", subjects.model_list()).await?,
@@ -245,12 +221,7 @@ impl Actor for ModelManager {
             end(),
             ctx.clone(),
             ModelList::Error,
-            |ctx, _: ListModels| async move {
-                match list_models(&ctx).await {
-                    Ok(models) => ModelList::Models { models },
-                    Err(err) => ModelList::Error(err),
-                }
-            },
+            |ctx, _: ListModels| async move { Ok(ModelList::Models { models: list_models(&ctx).await? }) },
         );
         Ok(ModelManagerState {
             serves: vec![register_serve, search_serve, status_serve, load_serve, unload_serve, delete_serve, list_serve],

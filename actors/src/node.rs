@@ -24,7 +24,7 @@ use futures::StreamExt;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
-use bitinglip_config::{EngineKind, ModelConfig, Role};
+use bitinglip_config::Role;
 
 use crate::{
     cluster_manager::{ClusterManager, ClusterManagerArgs},
@@ -88,21 +88,6 @@ pub enum NodeSupervisorMsg {
     Shutdown(ractor::RpcReplyPort<()>),
     /// The replicas the leading cluster manager placed on this node now.
     Placed(Vec<Replica>),
-}
-
-/// The worker config of a placed replica.
-fn replica_config(r: &Replica) -> ModelConfig {
-    ModelConfig {
-        source: r.spec.source.clone(),
-        name: Some(r.model.clone()),
-        revision: r.spec.revision.clone().unwrap_or_else(|| "main".to_string()),
-        engine: match r.spec.engine {
-            bitinglip_bus_schema::EngineName::Mistralrs => EngineKind::Mistralrs,
-            bitinglip_bus_schema::EngineName::Echo => EngineKind::Echo,
-        },
-        max_sequences: r.spec.max_sequences.unwrap_or(4).max(1),
-        echo_tokens_per_sec: r.spec.echo_tokens_per_sec.unwrap_or(0.0),
-    }
 }
 
 /// Follows this node's placement key (its current value first) and tells the supervisor.
@@ -311,7 +296,7 @@ async fn spawn_child(
         }
         ChildKind::Replica(id) => {
             let Some(replica) = state.replicas.get(&id) else { return Ok(()) };
-            let model = replica_config(replica);
+            let model = crate::worker::replica_config(replica);
             let worker_id = format!("{}-r{id}", ctx.node_id());
             Actor::spawn_linked(None, Worker, WorkerArgs { ctx, model, worker_id, placed: true }, sup).await?.0.get_cell()
         }

@@ -110,12 +110,7 @@ impl Actor for Puller {
             PullerMsg::SubscriptionEnded,
             ctx,
             PullReply::Error,
-            |ctx, req: PullModel| async move {
-                match pull_and_register(&ctx, req).await {
-                    Ok(record) => PullReply::Pulled(record),
-                    Err(err) => PullReply::Error(err),
-                }
-            },
+            |ctx, req: PullModel| async move { pull_and_register(&ctx, req).await.map(PullReply::Pulled) },
         );
         Ok(PullerState { serve, _service: service })
     }

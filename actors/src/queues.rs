@@ -21,12 +21,24 @@ pub struct QueueStats {
     pub oldest_age_secs: f64,
 }
 
+/// Age of the oldest task on a queue subject (waiting or running: a work queue keeps a
+/// task until it is acked), in ms; 0 when there is none.
+pub async fn oldest_age_ms(bus: &Bus, subject: &str) -> u64 {
+    let Ok(stream) = bus.jetstream().get_stream_no_info(bus.subjects().tasks_stream()).await else { return 0 };
+    match stream.get_first_raw_message_by_subject(subject, 0).await {
+        Ok(msg) => {
+            let at = msg.time.unix_timestamp_nanos() / 1_000_000;
+            (bitinglip_nats::now_ms() as i128 - at).max(0) as u64
+        }
+        Err(_) => 0,
+    }
+}
+
 /// The queues of `models`, both classes each. A queue whose consumer does not exist yet
 /// (no worker ever served the model) reads as empty.
 pub async fn queue_stats(bus: &Bus, jetstream: &JetStreamConfig, models: &[String]) -> Result<Vec<QueueStats>, String> {
     let subjects = bus.subjects();
     let stream = bus.jetstream().get_stream(subjects.tasks_stream()).await.map_err(|e| e.to_string())?;
-    let now_ms = bitinglip_nats::now_ms() as i128;
     let mut out = Vec::new();
     for model in models {
         for priority in [Priority::Interactive, Priority::Batch] {
@@ -36,12 +48,7 @@ pub async fn queue_stats(bus: &Bus, jetstream: &JetStreamConfig, models: &[Strin
                 Ok(info) => (info.num_pending, info.num_ack_pending as u64),
                 Err(_) => (0, 0),
             };
-            // A work queue keeps a task until it is acked: its first message on the
-            // model's subject is the oldest task not yet finished.
-            let oldest_age_secs = match stream.get_first_raw_message_by_subject(subjects.queue(model, priority), 0).await {
-                Ok(msg) => (now_ms - msg.time.unix_timestamp_nanos() / 1_000_000).max(0) as f64 / 1000.0,
-                Err(_) => 0.0,
-            };
+            let oldest_age_secs = oldest_age_ms(bus, &subjects.queue(model, priority)).await as f64 / 1000.0;
             out.push(QueueStats { model: model.clone(), priority, waiting, running, oldest_age_secs });
         }
     }

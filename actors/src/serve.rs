@@ -33,8 +33,8 @@ where
 }
 
 /// Serves one request/reply endpoint of a NATS service: decodes each request as `Req`,
-/// answers with what `handle` returns, or with `on_error` for one that does not decode
-/// (counted as dropped when it has no reply subject).
+/// answers with what `handle` returns, its error (or a request that does not decode,
+/// counted as dropped when it has no reply subject) wrapped by `on_error`.
 pub(crate) fn spawn_endpoint<M, Req, Rep, H, F>(
     endpoint: async_nats::service::endpoint::Endpoint,
     owner: ActorRef<M>,
@@ -48,14 +48,14 @@ where
     Req: serde::de::DeserializeOwned + Send + 'static,
     Rep: serde::Serialize + Send + Sync + 'static,
     H: Fn(crate::NodeContext, Req) -> F + Send + Sync + 'static,
-    F: Future<Output = Rep> + Send + 'static,
+    F: Future<Output = Result<Rep, bitinglip_bus_schema::WireError>> + Send + 'static,
 {
     let handle = std::sync::Arc::new(handle);
     spawn_serve(endpoint, owner, on_end, move |req: async_nats::service::Request| {
         let (ctx, handle) = (ctx.clone(), handle.clone());
         async move {
             let reply = match ctx.bus.decode::<Req>(&req.message) {
-                Ok(incoming) => handle(ctx.clone(), incoming.envelope.body).await,
+                Ok(incoming) => handle(ctx.clone(), incoming.envelope.body).await.unwrap_or_else(on_error),
                 Err(err) => {
                     if req.message.reply.is_none() {
                         tracing::warn!(subject = %req.message.subject, cause = %err, "undecodable message dropped");

@@ -79,7 +79,7 @@ impl LiveNodes {
         self.0.read().map(|nodes| {
             nodes.values().any(|n| {
                 now.saturating_sub(n.time_ms) <= ttl
-                    && n.workers.iter().any(|w| w.model == model && w.state == "ready")
+                    && n.serves(model)
             })
         })
         .unwrap_or(false)
@@ -118,23 +118,16 @@ impl LiveNodes {
     }
 }
 
-/// Reads the nodes bucket: does a live node have a ready worker for `model`?
-async fn serves_now(ctx: &NodeContext, model: &str) -> Result<bool, WireError> {
-    let nodes = crate::cluster_manager::live_nodes(ctx).await?;
-    Ok(nodes.iter().any(|n| n.workers.iter().any(|w| w.model == model && w.state == "ready")))
-}
-
 /// No worker serves `model` now: a known model (registered or deployed) is loaded on
 /// demand, through its deployment (an on-demand one is created when it has none). The
 /// task then waits in its queue until the replica loads, or, when the caller asked not
 /// to wait, the answer is `model_loading` with what the load is doing.
-async fn load_on_demand(ctx: &NodeContext, model: &str, wait: bool) -> Result<(), WireError> {
+async fn load_on_demand(ctx: &NodeContext, model: &str, nodes: &[NodeHeartbeat], wait: bool) -> Result<(), WireError> {
     let deployment = crate::cluster_manager::deployments::get(ctx, model).await?;
     if deployment.is_none() && get_model(ctx, model).await?.is_none() {
         return Err(WireError::new(ErrorKind::UnknownModel, format!("model `{model}` is not registered")));
     }
-    let nodes = crate::cluster_manager::live_nodes(ctx).await?;
-    if !nodes.iter().any(|n| n.roles.iter().any(|r| r == "worker")) {
+    if !nodes.iter().any(|n| n.runs("worker")) {
         return Err(WireError::new(ErrorKind::NoWorker, format!("no live worker serves model `{model}`, and no worker node is up to load it")));
     }
     if deployment.is_none_or(|d| d.replicas == 0) {
@@ -183,8 +176,11 @@ async fn submit(ctx: &NodeContext, live: &LiveNodes, mut req: SubmitRequest, tra
     let model = req.chat.model.clone();
     // The cache answers yes quickly; a no is checked against the bucket itself, since a
     // fresh task manager's watch may not have caught up yet.
-    if !live.serves(&model, ctx.config.cluster.node_ttl) && !serves_now(ctx, &model).await? {
-        load_on_demand(ctx, &model, req.wait_for_model).await?;
+    if !live.serves(&model, ctx.config.cluster.node_ttl) {
+        let nodes = crate::cluster_manager::live_nodes(ctx).await?;
+        if !nodes.iter().any(|n| n.serves(&model)) {
+            load_on_demand(ctx, &model, &nodes, req.wait_for_model).await?;
+        }
     }
     backpressure::check_age(ctx, &model, req.priority).await?;
     let task_id = task_id_for(&req);
@@ -292,11 +288,8 @@ impl Actor for TaskManager {
             ctx.clone(),
             TaskStatusReply::Error,
             |ctx, req: GetTask| async move {
-                match read_record(&ctx, &req.task_id).await {
-                    Ok(Some(record)) => TaskStatusReply::Found(record),
-                    Ok(None) => TaskStatusReply::Error(WireError::new(ErrorKind::NotFound, format!("no task {}", req.task_id))),
-                    Err(err) => TaskStatusReply::Error(err),
-                }
+                let record = read_record(&ctx, &req.task_id).await?;
+                record.map(TaskStatusReply::Found).ok_or_else(|| WireError::new(ErrorKind::NotFound, format!("no task {}", req.task_id)))
             },
         );
         let cancel_serve = spawn_endpoint(

@@ -33,7 +33,7 @@ use std::{
 };
 
 use bitinglip_bus_schema::{
-    Ack, CancelTask, ModelRecord, ModelSource, ModelState, RegisterModel, RunningTask, TaskId, WorkerInfo,
+    Ack, CancelTask, EngineName, ModelRecord, ModelSource, ModelState, RegisterModel, Replica, RunningTask, TaskId, WorkerInfo,
 };
 use bitinglip_config::{EngineKind, ModelConfig};
 use futures::StreamExt;
@@ -157,6 +157,30 @@ fn engine_name(kind: EngineKind) -> &'static str {
     match kind {
         EngineKind::Mistralrs => "mistralrs",
         EngineKind::Echo => "echo",
+    }
+}
+
+/// A config engine as the bus names it.
+pub(crate) fn wire_engine(kind: EngineKind) -> EngineName {
+    match kind {
+        EngineKind::Mistralrs => EngineName::Mistralrs,
+        EngineKind::Echo => EngineName::Echo,
+    }
+}
+
+/// The worker config of a replica the cluster placed on this node.
+pub(crate) fn replica_config(r: &Replica) -> ModelConfig {
+    let defaults = ModelConfig::default();
+    ModelConfig {
+        source: r.spec.source.clone(),
+        name: Some(r.model.clone()),
+        revision: r.spec.revision.clone().unwrap_or(defaults.revision),
+        engine: match r.spec.engine {
+            EngineName::Mistralrs => EngineKind::Mistralrs,
+            EngineName::Echo => EngineKind::Echo,
+        },
+        max_sequences: r.spec.max_sequences.unwrap_or(defaults.max_sequences).max(1),
+        echo_tokens_per_sec: r.spec.echo_tokens_per_sec.unwrap_or(defaults.echo_tokens_per_sec),
     }
 }
 
@@ -336,10 +360,7 @@ async fn register_model(
                 .is_local()
                 .then(|| crate::model_manager::estimate_folder_memory(std::path::Path::new(&model.source)))
                 .flatten(),
-            engine: match model.engine {
-                EngineKind::Mistralrs => bitinglip_bus_schema::EngineName::Mistralrs,
-                EngineKind::Echo => bitinglip_bus_schema::EngineName::Echo,
-            },
+            engine: wire_engine(model.engine),
             created_ms: 0,
             updated_ms: 0,
         },

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use async_nats::jetstream::kv;
 use bitinglip_bus_schema::{
-    decode_body, encode, Deployment, DeploymentStatus, EngineName, Envelope, ErrorKind, ModelSource, ModelSpec,
+    decode_body, encode, Deployment, DeploymentStatus, Envelope, ErrorKind, ModelSource, ModelSpec,
     NodePlacement, SetDeployment, WireError,
 };
 use bitinglip_nats::now_ms;
@@ -165,10 +165,7 @@ pub async fn seed(ctx: &NodeContext, d: &bitinglip_config::DeploymentConfig) -> 
         spec: ModelSpec {
             source: d.source.clone(),
             revision: Some(d.revision.clone()),
-            engine: match d.engine {
-                bitinglip_config::EngineKind::Mistralrs => EngineName::Mistralrs,
-                bitinglip_config::EngineKind::Echo => EngineName::Echo,
-            },
+            engine: crate::worker::wire_engine(d.engine),
             max_sequences: Some(d.max_sequences),
             echo_tokens_per_sec: Some(d.echo_tokens_per_sec),
         },
@@ -256,7 +253,7 @@ pub async fn statuses(ctx: &NodeContext) -> Result<Vec<DeploymentStatus>, WireEr
                 .collect();
             let serving = nodes
                 .iter()
-                .filter(|n| n.workers.iter().any(|w| w.model == d.model && w.state == "ready"))
+                .filter(|n| n.serves(&d.model))
                 .map(|n| n.node_id.clone())
                 .collect();
             DeploymentStatus { deployment: d, placed, serving }

@@ -52,13 +52,6 @@ impl Lease {
             Err(_) => false,
         }
     }
-
-    /// Gives the lease up (clean stop), so another cluster manager leads at once.
-    async fn release(&mut self, ctx: &NodeContext) {
-        if let Some(rev) = self.revision.take() {
-            let _ = ctx.kv.leases.delete_expect_revision(ctx.bus.subjects().leader_key(), Some(rev)).await;
-        }
-    }
 }
 
 /// The node holding the leader lease now.
@@ -89,7 +82,7 @@ pub async fn reconcile(ctx: &NodeContext) -> Result<(), bitinglip_bus_schema::Wi
         wants.push(placement::Want { deployment: d, memory });
     }
     let mut views: Vec<placement::NodeView> =
-        nodes.iter().filter(|n| n.roles.iter().any(|r| r == "worker")).map(placement::NodeView::of).collect();
+        nodes.iter().filter(|n| n.runs("worker")).map(placement::NodeView::of).collect();
     // A model that failed to load on a node is placed elsewhere for a while.
     let now = now_ms();
     for st in crate::model_manager::status::list(ctx, None).await? {
@@ -149,30 +142,29 @@ async fn has_queued_tasks(ctx: &NodeContext, model: &str) -> bool {
 
 /// The loop every cluster manager runs: seed the configured deployments, then hold or
 /// wait for the lease and reconcile while leading, every tick and at once when a
-/// deployment changes or a node joins or leaves.
+/// deployment changes or a node joins or leaves. Runs until its task is aborted.
 pub async fn run(ctx: NodeContext) {
     for d in &ctx.config.cluster.deployments {
         if let Err(err) = deployments::seed(&ctx, d).await {
             tracing::warn!(model = %d.source, cause = %err, "configured deployment not created");
         }
     }
-    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
-    let watches = [
-        tokio::spawn(watch(ctx.kv.deployments.clone(), "deploy.", changed.clone())),
-        tokio::spawn(watch(ctx.kv.nodes.clone(), "", changed.clone())),
-    ];
-    let _stop = AbortOnDrop(watches);
+    let changed = tokio::sync::Notify::new();
+    tokio::join!(
+        watch(ctx.kv.deployments.clone(), "deploy.", true, &changed),
+        watch(ctx.kv.nodes.clone(), "", false, &changed),
+        lead(&ctx, &changed),
+    );
+}
+
+async fn lead(ctx: &NodeContext, changed: &tokio::sync::Notify) {
     let tick = ctx.config.cluster.reconcile_interval.min(ctx.config.cluster.node_ttl / 3);
     let mut lease = Lease { revision: None };
-    let mut guard = ReleaseOnDrop { ctx: ctx.clone(), lease: None };
     loop {
-        if lease.hold(&ctx).await {
-            guard.lease = lease.revision;
-            if let Err(err) = reconcile(&ctx).await {
+        if lease.hold(ctx).await {
+            if let Err(err) = reconcile(ctx).await {
                 tracing::warn!(cause = %err, "reconcile failed; retrying at the next tick");
             }
-        } else {
-            guard.lease = None;
         }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -181,9 +173,9 @@ pub async fn run(ctx: NodeContext) {
     }
 }
 
-/// Wakes the loop on changes of keys starting with `prefix`: in the nodes bucket only
-/// joins and leaves count (not every heartbeat).
-async fn watch(store: kv::Store, prefix: &'static str, changed: std::sync::Arc<tokio::sync::Notify>) {
+/// Wakes the loop on changes of keys starting with `prefix`: every change, or (for the
+/// nodes bucket, where every heartbeat is a change) only keys appearing or going.
+async fn watch(store: kv::Store, prefix: &str, every_change: bool, changed: &tokio::sync::Notify) {
     let mut known = std::collections::HashSet::new();
     loop {
         if let Ok(mut w) = store.watch_all().await {
@@ -191,11 +183,11 @@ async fn watch(store: kv::Store, prefix: &'static str, changed: std::sync::Arc<t
                 if !entry.key.starts_with(prefix) {
                     continue;
                 }
-                let news = match entry.operation {
-                    kv::Operation::Put => prefix == "deploy." || known.insert(entry.key.clone()),
-                    _ => known.remove(&entry.key) || prefix == "deploy.",
+                let joined_or_left = match entry.operation {
+                    kv::Operation::Put => known.insert(entry.key.clone()),
+                    _ => known.remove(&entry.key),
                 };
-                if news {
+                if every_change || joined_or_left {
                     changed.notify_one();
                 }
             }
@@ -204,26 +196,13 @@ async fn watch(store: kv::Store, prefix: &'static str, changed: std::sync::Arc<t
     }
 }
 
-struct AbortOnDrop<const N: usize>([tokio::task::JoinHandle<()>; N]);
-
-impl<const N: usize> Drop for AbortOnDrop<N> {
-    fn drop(&mut self) {
-        self.0.iter().for_each(tokio::task::JoinHandle::abort);
-    }
-}
-
-/// When the loop is aborted (the cluster manager stops), the lease is given up so another
+/// Gives the lease up if this node holds it (a clean stop), so another cluster manager
 /// leads at once rather than after the TTL.
-struct ReleaseOnDrop {
-    ctx: NodeContext,
-    lease: Option<u64>,
-}
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if let Some(rev) = self.lease.take() {
-            let ctx = self.ctx.clone();
-            tokio::spawn(async move { Lease { revision: Some(rev) }.release(&ctx).await });
+pub async fn release(ctx: &NodeContext) {
+    let key = ctx.bus.subjects().leader_key();
+    if let Ok(Some(entry)) = ctx.kv.leases.entry(&key).await {
+        if entry.operation == kv::Operation::Put && entry.value.as_ref() == ctx.node_id().as_bytes() {
+            let _ = ctx.kv.leases.delete_expect_revision(&key, Some(entry.revision)).await;
         }
     }
 }

@@ -49,7 +49,7 @@ pub(super) async fn check_age(ctx: &NodeContext, model: &str, priority: Priority
     let age_ms = match cached {
         Some(age) => age,
         None => {
-            let age = oldest_age_ms(ctx, &subject).await;
+            let age = crate::queues::oldest_age_ms(&ctx.bus, &subject).await;
             if let Ok(mut c) = cache().lock() {
                 c.insert(subject, (Instant::now(), age));
             }
@@ -63,16 +63,4 @@ pub(super) async fn check_age(ctx: &NodeContext, model: &str, priority: Priority
         ));
     }
     Ok(())
-}
-
-/// Age of the first message on `subject` in the tasks stream, 0 when there is none.
-async fn oldest_age_ms(ctx: &NodeContext, subject: &str) -> u64 {
-    let Ok(stream) = ctx.bus.jetstream().get_stream_no_info(ctx.bus.subjects().tasks_stream()).await else { return 0 };
-    match stream.get_first_raw_message_by_subject(subject, 0).await {
-        Ok(msg) => {
-            let at = msg.time.unix_timestamp_nanos() / 1_000_000;
-            (bitinglip_nats::now_ms() as i128 - at).max(0) as u64
-        }
-        Err(_) => 0,
-    }
 }

@@ -12,11 +12,8 @@ use crate::NodeContext;
 
 /// Answers `…task.<id>.cancel`: marks a queued task cancelled (its eventual delivery is
 /// then dropped); a running one is stopped by its worker, which gets the same message.
-pub(super) async fn handle(ctx: NodeContext, req: CancelTask) -> Ack {
-    match cancel(&ctx, &req).await {
-        Ok(()) => Ack::Ok,
-        Err(err) => Ack::Error(err),
-    }
+pub(super) async fn handle(ctx: NodeContext, req: CancelTask) -> Result<Ack, WireError> {
+    cancel(&ctx, &req).await.map(|()| Ack::Ok)
 }
 
 async fn cancel(ctx: &NodeContext, req: &CancelTask) -> Result<(), WireError> {
@@ -64,11 +61,8 @@ async fn cancel(ctx: &NodeContext, req: &CancelTask) -> Result<(), WireError> {
 }
 
 /// Answers `…task.list`: the newest records first.
-pub(super) async fn list(ctx: NodeContext, req: ListTasks) -> TaskList {
-    match read_all(&ctx, &req).await {
-        Ok(tasks) => TaskList::Tasks { tasks },
-        Err(err) => TaskList::Error(err),
-    }
+pub(super) async fn list(ctx: NodeContext, req: ListTasks) -> Result<TaskList, WireError> {
+    Ok(TaskList::Tasks { tasks: read_all(&ctx, &req).await? })
 }
 
 async fn read_all(ctx: &NodeContext, req: &ListTasks) -> Result<Vec<TaskRecord>, WireError> {

@@ -73,6 +73,18 @@ pub struct NodeHeartbeat {
     pub memory_free: u64,
 }
 
+impl NodeHeartbeat {
+    /// True when one of its workers has `model` loaded and takes tasks.
+    pub fn serves(&self, model: &str) -> bool {
+        self.workers.iter().any(|w| w.model == model && w.state == "ready")
+    }
+
+    /// True when it runs `role` (`worker`, `gateway`, …).
+    pub fn runs(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
 /// Request on `…cluster.status`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GetClusterStatus {}
