@@ -9,20 +9,19 @@
 //! `cluster_manager/failover.rs`). It holds no state that is not in KV. If a subscription
 //! ends it fails and is restarted.
 
-pub mod deployments;
 mod failover;
-pub mod leader;
+mod leader;
 pub mod placement;
 
 use bitinglip_bus_schema::{
-    decode_token, Ack, ClusterStatus, DeleteDeployment, DeploymentList, DeploymentReply, ErrorKind, GetClusterStatus,
-    ListDeployments, NodeHeartbeat, SetDeployment, WireError,
+    Ack, ClusterStatus, DeleteDeployment, DeploymentList, DeploymentReply, ErrorKind, GetClusterStatus, ListDeployments,
+    SetDeployment, WireError,
 };
-use futures::TryStreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::{
+    ops::deployments,
     serve::{spawn_endpoint, spawn_serve},
     NodeContext,
 };
@@ -48,28 +47,6 @@ pub struct ClusterManagerState {
 pub enum ClusterManagerMsg {
     /// The subscription ended; fail so the supervisor restarts us.
     SubscriptionEnded,
-}
-
-/// Reads every live node's heartbeat from KV, oldest node first.
-pub async fn live_nodes(ctx: &NodeContext) -> Result<Vec<NodeHeartbeat>, WireError> {
-    let unavailable = |e: &dyn std::fmt::Display| WireError::new(ErrorKind::Unavailable, format!("nodes registry: {e}"));
-    let keys: Vec<String> = ctx.kv.nodes.keys().await.map_err(|e| unavailable(&e))?.try_collect().await.map_err(|e| unavailable(&e))?;
-    let ttl_ms = ctx.config.cluster.node_ttl.as_millis() as u64;
-    let now = bitinglip_nats::now_ms();
-    let mut nodes = Vec::new();
-    for key in keys {
-        if decode_token(&key).is_err() {
-            continue;
-        }
-        let Some(bytes) = ctx.kv.nodes.get(&key).await.map_err(|e| unavailable(&e))? else { continue };
-        match bitinglip_bus_schema::decode_body::<NodeHeartbeat>(&bytes, usize::MAX) {
-            Ok(hb) if now.saturating_sub(hb.time_ms) <= ttl_ms => nodes.push(hb),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(key = %key, cause = %err, "undecodable heartbeat ignored"),
-        }
-    }
-    nodes.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then(a.node_id.cmp(&b.node_id)));
-    Ok(nodes)
 }
 
 #[ractor::async_trait]
@@ -106,7 +83,10 @@ impl Actor for ClusterManager {
             ctx.clone(),
             ClusterStatus::Error,
             |ctx, _: GetClusterStatus| async move {
-                Ok(ClusterStatus::Nodes { nodes: live_nodes(&ctx).await?, leader: leader::current_leader(&ctx).await })
+                // The leader is a detail of the answer: a leases bucket that cannot be read
+                // leaves it out rather than failing the status.
+                let leader = ctx.store.leader().await.ok().flatten();
+                Ok(ClusterStatus::Nodes { nodes: ctx.store.nodes().live().await?, leader })
             },
         );
         let set = spawn_endpoint(
@@ -115,7 +95,7 @@ impl Actor for ClusterManager {
             end(),
             ctx.clone(),
             DeploymentReply::Error,
-            |ctx, req: SetDeployment| async move { deployments::set(&ctx, req).await.map(DeploymentReply::Deployment) },
+            |ctx, req: SetDeployment| async move { deployments::set(&ctx.store, req).await.map(DeploymentReply::Deployment) },
         );
         let delete = spawn_endpoint(
             endpoint("deployment-delete", subjects.deployment_delete()).await?,
@@ -124,8 +104,11 @@ impl Actor for ClusterManager {
             ctx.clone(),
             Ack::Error,
             |ctx, req: DeleteDeployment| async move {
-                match deployments::delete(&ctx, &req.model).await? {
-                    true => Ok(Ack::Ok),
+                match ctx.store.deployments().delete(&req.model).await? {
+                    true => {
+                        tracing::info!(model = %req.model, "deployment deleted");
+                        Ok(Ack::Ok)
+                    }
                     false => Err(WireError::new(ErrorKind::NotFound, format!("no deployment of `{}`", req.model))),
                 }
             },
@@ -137,7 +120,7 @@ impl Actor for ClusterManager {
             ctx.clone(),
             DeploymentList::Error,
             |ctx, _: ListDeployments| async move {
-                Ok(DeploymentList::Deployments { deployments: deployments::statuses(&ctx).await? })
+                Ok(DeploymentList::Deployments { deployments: deployments::statuses(&ctx.store).await? })
             },
         );
         let tasks = vec![poison, watcher, reconciler, serve, set, delete, list];
@@ -157,7 +140,7 @@ impl Actor for ClusterManager {
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         state.tasks.iter().for_each(JoinHandle::abort);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), leader::release(&state.ctx)).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), state.ctx.store.release_leader()).await;
         Ok(())
     }
 }

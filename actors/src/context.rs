@@ -1,5 +1,6 @@
-//! What every actor of a node shares: the bus, the KV handles, the config, and the live
-//! state of this node's workers (read by the heartbeat).
+//! What every actor of a node shares: the bus, the storage layer, the one watch on the
+//! cluster's heartbeats, the config, and the live state of this node's workers (read by
+//! the heartbeat).
 
 use std::{
     collections::BTreeMap,
@@ -8,15 +9,17 @@ use std::{
 
 use bitinglip_bus_schema::WorkerInfo;
 use bitinglip_config::Config;
-use bitinglip_nats::{Bus, Provisioned};
+use bitinglip_nats::{store::nodes::NodeWatch, Bus, Store};
 
 /// Shared, immutable handles plus the workers' status table.
 #[derive(Clone)]
 pub struct NodeContext {
     /// The typed bus.
     pub bus: Bus,
-    /// Streams' and buckets' handles.
-    pub kv: Provisioned,
+    /// Every record kind's operations (the only way to the buckets and streams).
+    pub store: Store,
+    /// The cluster's heartbeats as last heard, kept current by one watch.
+    pub nodes: NodeWatch,
     /// The validated config.
     pub config: Arc<Config>,
     /// Process start, ms since the epoch.
@@ -36,10 +39,11 @@ pub struct NodeContext {
 
 impl NodeContext {
     /// Builds a context for a connected, provisioned node.
-    pub fn new(bus: Bus, kv: Provisioned, config: Config) -> Self {
+    pub fn new(bus: Bus, store: Store, config: Config) -> Self {
         Self {
             bus,
-            kv,
+            nodes: store.watch_nodes(),
+            store,
             gateway_permits: Arc::new(tokio::sync::Semaphore::new(config.gateway.max_concurrent_requests)),
             config: Arc::new(config),
             started_ms: bitinglip_nats::now_ms(),

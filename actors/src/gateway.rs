@@ -13,6 +13,7 @@
 mod admin;
 mod openai;
 mod routes;
+mod submit;
 mod tasks;
 
 use std::time::Duration;

@@ -7,8 +7,6 @@
 //! actor: it holds no state, and if it fails the node goes on serving (the failure is
 //! logged).
 
-use std::time::Duration;
-
 use axum::{
     extract::State,
     http::{header, StatusCode},
@@ -16,6 +14,7 @@ use axum::{
     routing::get,
     Json, Router,
 };
+use bitinglip_bus_schema::WorkerState;
 use bitinglip_config::Role;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -55,17 +54,12 @@ impl Readiness {
 /// Checks what a request needs: NATS, JetStream, a loaded model.
 pub async fn readiness(ctx: &NodeContext) -> Readiness {
     let nats = ctx.bus.client().connection_state() == async_nats::connection::State::Connected;
-    let jetstream = nats
-        && tokio::time::timeout(Duration::from_secs(2), ctx.bus.jetstream().query_account())
-            .await
-            .is_ok_and(|r| r.is_ok());
+    let jetstream = nats && ctx.store.jetstream_answers().await;
     let model = if ctx.config.has_role(Role::Worker) {
-        ctx.workers.read().is_ok_and(|w| w.values().any(|w| w.state == "ready"))
+        ctx.workers.read().is_ok_and(|w| w.values().any(|w| w.state == WorkerState::Ready))
     } else {
         jetstream
-            && crate::cluster_manager::live_nodes(ctx)
-                .await
-                .is_ok_and(|nodes| nodes.iter().any(|n| n.workers.iter().any(|w| w.state == "ready")))
+            && ctx.store.nodes().live().await.is_ok_and(|nodes| nodes.iter().any(|n| n.has_ready_worker()))
     };
     Readiness { nats, jetstream, model }
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use bitinglip_bus_schema::{encode_token, Envelope, NodeHeartbeat};
+use bitinglip_bus_schema::NodeHeartbeat;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
@@ -35,7 +35,7 @@ pub fn current_heartbeat(ctx: &NodeContext) -> NodeHeartbeat {
     let memory_total = ctx.config.worker.memory.unwrap_or(machine_total);
     NodeHeartbeat {
         node_id: ctx.node_id().to_string(),
-        roles: ctx.config.roles.iter().map(|r| r.as_str().to_string()).collect(),
+        roles: ctx.config.roles.clone(),
         http: ctx.http_addr.read().ok().and_then(|a| a.clone()),
         workers: ctx.workers.read().map(|w| w.values().cloned().collect()).unwrap_or_default(),
         started_ms: ctx.started_ms,
@@ -73,12 +73,8 @@ fn memory() -> (u64, u64) {
 }
 
 /// Writes one heartbeat now.
-pub async fn beat(ctx: &NodeContext) -> Result<(), String> {
-    let body = current_heartbeat(ctx);
-    let env = Envelope::new(ulid::Ulid::new().to_string(), body.time_ms, ctx.node_id(), &body);
-    let bytes = bitinglip_bus_schema::encode(&env).map_err(|e| e.to_string())?;
-    ctx.kv.nodes.put(encode_token(ctx.node_id()), bytes.into()).await.map_err(|e| e.to_string())?;
-    Ok(())
+pub async fn beat(ctx: &NodeContext) -> Result<(), bitinglip_nats::StoreError> {
+    ctx.store.nodes().beat(&current_heartbeat(ctx)).await
 }
 
 #[ractor::async_trait]
@@ -99,12 +95,10 @@ impl Actor for Heartbeat {
                     _ = tick.tick() => false,
                     _ = tick_ctx.heartbeat_now.notified() => true,
                 };
-                if let Err(err) = tokio::time::timeout(Duration::from_secs(5), beat(&tick_ctx))
-                    .await
-                    .map_err(|_| "timed out".to_string())
-                    .and_then(|r| r)
-                {
-                    tracing::warn!(cause = %err, "heartbeat not written");
+                match tokio::time::timeout(Duration::from_secs(5), beat(&tick_ctx)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::warn!(cause = %err, "heartbeat not written"),
+                    Err(_) => tracing::warn!("heartbeat not written: timed out"),
                 }
                 if nudged {
                     // Coalesce bursts of changes (many tasks starting at once).
@@ -117,8 +111,7 @@ impl Actor for Heartbeat {
 
     async fn post_stop(&self, _myself: ActorRef<()>, state: &mut HeartbeatState) -> Result<(), ActorProcessingErr> {
         state.ticker.abort();
-        let key = encode_token(state.ctx.node_id());
-        let _ = tokio::time::timeout(Duration::from_secs(2), state.ctx.kv.nodes.delete(key)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.ctx.store.nodes().remove(state.ctx.node_id())).await;
         Ok(())
     }
 }

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub cancels: IntCounterVec,
     /// From a cancel reaching the worker to the engine's last token, by model.
     pub cancel_to_stop: HistogramVec,
+    /// Child actors the node supervisor restarted after a failure, by actor.
+    pub actor_restarts: IntCounterVec,
     slots_in_use: IntGaugeVec,
     slots: IntGaugeVec,
     queue_depth: IntGaugeVec,
@@ -122,6 +124,11 @@ impl Metrics {
                 "From a cancel reaching the worker to the engine's last token",
                 latency_buckets(),
             ),
+            actor_restarts: counter(
+                "bitinglip_actor_restarts_total",
+                "Child actors restarted by the node supervisor after a failure",
+                &["actor"],
+            ),
             slots_in_use: gauge("bitinglip_worker_slots_in_use", "Sequences a worker is running", &["model", "worker"]),
             slots: gauge("bitinglip_worker_slots", "Sequences a worker may run at once", &["model", "worker"]),
             queue_depth: gauge("bitinglip_queue_depth", "Tasks waiting in the model's queue", &["model", "priority"]),
@@ -169,7 +176,7 @@ pub async fn render(ctx: &NodeContext) -> String {
 /// Queue gauges for every model a live worker serves, from the tasks stream.
 async fn read_queues(ctx: &NodeContext) {
     let m = metrics();
-    let nodes = match crate::cluster_manager::live_nodes(ctx).await {
+    let nodes = match ctx.store.nodes().live().await {
         Ok(nodes) => nodes,
         Err(err) => {
             tracing::debug!(cause = %err, "queue gauges not read: no node list");
@@ -183,7 +190,7 @@ async fn read_queues(ctx: &NodeContext) {
     }
     models.sort();
     models.dedup();
-    let stats = match crate::queues::queue_stats(&ctx.bus, &ctx.config.jetstream, &models).await {
+    let stats = match ctx.store.queue().stats(&models).await {
         Ok(stats) => stats,
         Err(err) => {
             tracing::debug!(cause = %err, "queue gauges not read");

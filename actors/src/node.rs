@@ -18,9 +18,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream::kv;
-use bitinglip_bus_schema::{decode_body, NodePlacement, Replica};
-use futures::StreamExt;
+use bitinglip_bus_schema::Replica;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 
@@ -32,6 +30,7 @@ use crate::{
     heartbeat::{Heartbeat, HeartbeatArgs},
     model_manager::{ModelManager, ModelManagerArgs},
     puller::{Puller, PullerArgs},
+    ops::models::replica_config,
     task_manager::{TaskManager, TaskManagerArgs},
     worker::{Worker, WorkerArgs},
     NodeContext,
@@ -67,6 +66,21 @@ pub enum ChildKind {
     Puller,
 }
 
+impl ChildKind {
+    /// The actor's name, as metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildKind::Heartbeat => "heartbeat",
+            ChildKind::ClusterManager => "cluster-manager",
+            ChildKind::ModelManager => "model-manager",
+            ChildKind::TaskManager => "task-manager",
+            ChildKind::Worker(_) | ChildKind::Replica(_) => "worker",
+            ChildKind::Gateway => "gateway",
+            ChildKind::Puller => "puller",
+        }
+    }
+}
+
 /// The supervisor's state.
 pub struct NodeSupervisorState {
     ctx: NodeContext,
@@ -90,33 +104,13 @@ pub enum NodeSupervisorMsg {
     Placed(Vec<Replica>),
 }
 
-/// Follows this node's placement key (its current value first) and tells the supervisor.
-fn watch_placement(ctx: crate::NodeContext, sup: ActorRef<NodeSupervisorMsg>) -> JoinHandle<()> {
+/// Follows this node's placement (its current value first) and tells the supervisor.
+fn watch_placement(ctx: NodeContext, sup: ActorRef<NodeSupervisorMsg>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let key = ctx.bus.subjects().placement_key(ctx.node_id());
-        loop {
-            match ctx.kv.deployments.watch_with_history(&key).await {
-                Ok(mut watch) => {
-                    while let Some(Ok(entry)) = watch.next().await {
-                        let replicas = match entry.operation {
-                            kv::Operation::Put => match decode_body::<NodePlacement>(&entry.value, usize::MAX) {
-                                Ok(p) => p.replicas,
-                                Err(err) => {
-                                    tracing::warn!(cause = %err, "undecodable placement ignored");
-                                    continue;
-                                }
-                            },
-                            kv::Operation::Delete | kv::Operation::Purge => Vec::new(),
-                        };
-                        if sup.cast(NodeSupervisorMsg::Placed(replicas)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(err) => tracing::warn!(cause = %err, "placement watch failed; retrying"),
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        ctx.store
+            .deployments()
+            .follow_placement(ctx.node_id(), |replicas| sup.cast(NodeSupervisorMsg::Placed(replicas)).is_ok())
+            .await;
     })
 }
 
@@ -146,6 +140,8 @@ impl Actor for NodeSupervisor {
                     kinds.extend((0..ctx.config.worker.models.len()).map(ChildKind::Worker));
                 }
                 Role::Gateway => kinds.push(ChildKind::Gateway),
+                // Config refuses unknown roles; nothing to start for one.
+                Role::Unknown => {}
             }
         }
         let placement_watch =
@@ -258,6 +254,7 @@ impl Actor for NodeSupervisor {
             return Ok(());
         }
         tracing::error!(child = ?kind, cause = failure.as_deref().unwrap_or("stopped"), "child actor ended; restarting");
+        crate::metrics::metrics().actor_restarts.with_label_values(&[kind.name()]).inc();
         schedule_restart(&myself, state, kind);
         Ok(())
     }
@@ -296,7 +293,7 @@ async fn spawn_child(
         }
         ChildKind::Replica(id) => {
             let Some(replica) = state.replicas.get(&id) else { return Ok(()) };
-            let model = crate::worker::replica_config(replica);
+            let model = replica_config(replica);
             let worker_id = format!("{}-r{id}", ctx.node_id());
             Actor::spawn_linked(None, Worker, WorkerArgs { ctx, model, worker_id, placed: true }, sup).await?.0.get_cell()
         }

@@ -7,15 +7,15 @@
 //! through `…model.register`. A pull that fails leaves hf-hub's partial files in the
 //! cache, so the next pull resumes. If its subscription ends it fails and is restarted.
 
-pub mod hub;
-
-use bitinglip_bus_schema::{
-    Ack, ErrorKind, ModelRecord, ModelSource, ModelState, PullModel, PullProgress, PullReply, RegisterModel, WireError,
-};
+use bitinglip_bus_schema::{Ack, ModelRecord, ModelSource, PullModel, PullReply, RegisterModel, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use crate::{serve::spawn_endpoint, NodeContext};
+use crate::{
+    ops::{models::estimate_memory, pull::pull},
+    serve::spawn_endpoint,
+    NodeContext,
+};
 
 /// The puller actor.
 pub struct Puller;
@@ -39,38 +39,6 @@ pub enum PullerMsg {
     SubscriptionEnded,
 }
 
-/// Pulls `model` at `revision`, publishing progress on the bus.
-pub async fn pull(ctx: &NodeContext, model: &str, revision: &str) -> Result<hub::Pulled, WireError> {
-    if model.trim().is_empty() || model.contains("..") {
-        return Err(WireError::new(ErrorKind::InvalidRequest, format!("invalid model id {model:?}")));
-    }
-    let hub = hub::Hub::new(&ctx.config.hub)?;
-    let bus = ctx.bus.clone();
-    let subject = bus.subjects().model_progress(model);
-    let progress = move |p: PullProgress| {
-        let (bus, subject) = (bus.clone(), subject.clone());
-        tokio::spawn(async move {
-            let _ = bus.publish(subject, &p, None).await;
-        });
-    };
-    tracing::info!(model, revision, "pulling from the hub");
-    let lease = crate::model_manager::status::Lease::hold(ctx, model, ModelState::Downloading).await;
-    let pulled = hub.pull(model, revision, progress).await;
-    drop(lease);
-    let pulled = match pulled {
-        Ok(p) => {
-            crate::model_manager::status::set(ctx, model, ModelState::Ready, None).await;
-            p
-        }
-        Err(err) => {
-            crate::model_manager::status::set(ctx, model, ModelState::Failed, Some(err.to_string())).await;
-            return Err(err);
-        }
-    };
-    tracing::info!(model, sha = %pulled.sha, files = pulled.files.len(), dir = %pulled.dir.display(), "pulled");
-    Ok(pulled)
-}
-
 async fn pull_and_register(ctx: &NodeContext, req: PullModel) -> Result<ModelRecord, WireError> {
     let revision = req.revision.clone().unwrap_or_else(|| "main".to_string());
     let pulled = pull(ctx, &req.model, &revision).await?;
@@ -79,7 +47,7 @@ async fn pull_and_register(ctx: &NodeContext, req: PullModel) -> Result<ModelRec
         source: ModelSource::Hub { revision },
         context_length: None,
         revision_sha: Some(pulled.sha),
-        estimated_memory: Some(crate::model_manager::estimate_memory(pulled.files.iter().map(|f| (f.name.as_str(), f.size)))),
+        estimated_memory: Some(estimate_memory(pulled.files.iter().map(|f| (f.name.as_str(), f.size)))),
         files: pulled.files,
         engine: Default::default(),
         created_ms: 0,

@@ -14,12 +14,8 @@
 //! nothing; it does not crash-loop. When it stops (SIGTERM, node shutdown) it drains:
 //! it takes no new task, lets running ones finish within `worker.drain_grace`, then hands
 //! back (nak) what is left, so another worker takes it at once. A task redelivered after
-//! a worker died continues from the text already streamed (see `worker/resume.rs`).
+//! a worker died continues from the text already streamed (the client library's `prefix_of` of the stored events).
 
-mod echo;
-pub mod engine;
-pub(crate) mod mistral;
-mod resume;
 mod run;
 mod slots;
 
@@ -33,16 +29,20 @@ use std::{
 };
 
 use bitinglip_bus_schema::{
-    Ack, CancelTask, EngineName, ModelRecord, ModelSource, ModelState, RegisterModel, Replica, RunningTask, TaskId, WorkerInfo,
+    Ack, CancelTask, EngineKind, ModelRecord, ModelState, RegisterModel, RunningTask, TaskId, WorkerInfo,
+    WorkerState as Lifecycle,
 };
-use bitinglip_config::{EngineKind, ModelConfig};
+use bitinglip_config::ModelConfig;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::NodeContext;
-use engine::Engine;
+use crate::{
+    engine::Engine,
+    ops::models::{estimate_folder_memory, source_of},
+    NodeContext,
+};
 
 /// The worker actor.
 pub struct Worker;
@@ -139,48 +139,17 @@ pub enum WorkerMsg {
     LoopEnded(&'static str),
 }
 
-fn info(worker_id: &str, model: &ModelConfig, placed: bool, engine: &str, state: &str) -> WorkerInfo {
+fn info(worker_id: &str, model: &ModelConfig, placed: bool, engine: EngineKind, state: Lifecycle) -> WorkerInfo {
     WorkerInfo {
         last_used_ms: bitinglip_nats::now_ms(),
         placed,
         worker_id: worker_id.to_string(),
         model: model.served_name(),
-        engine: engine.to_string(),
+        engine,
         max_sequences: model.max_sequences,
         in_flight: 0,
-        state: state.to_string(),
+        state,
         running: Vec::new(),
-    }
-}
-
-fn engine_name(kind: EngineKind) -> &'static str {
-    match kind {
-        EngineKind::Mistralrs => "mistralrs",
-        EngineKind::Echo => "echo",
-    }
-}
-
-/// A config engine as the bus names it.
-pub(crate) fn wire_engine(kind: EngineKind) -> EngineName {
-    match kind {
-        EngineKind::Mistralrs => EngineName::Mistralrs,
-        EngineKind::Echo => EngineName::Echo,
-    }
-}
-
-/// The worker config of a replica the cluster placed on this node.
-pub(crate) fn replica_config(r: &Replica) -> ModelConfig {
-    let defaults = ModelConfig::default();
-    ModelConfig {
-        source: r.spec.source.clone(),
-        name: Some(r.model.clone()),
-        revision: r.spec.revision.clone().unwrap_or(defaults.revision),
-        engine: match r.spec.engine {
-            EngineName::Mistralrs => EngineKind::Mistralrs,
-            EngineName::Echo => EngineKind::Echo,
-        },
-        max_sequences: r.spec.max_sequences.unwrap_or(defaults.max_sequences).max(1),
-        echo_tokens_per_sec: r.spec.echo_tokens_per_sec.unwrap_or(defaults.echo_tokens_per_sec),
     }
 }
 
@@ -192,7 +161,7 @@ impl Actor for Worker {
 
     async fn pre_start(&self, myself: ActorRef<WorkerMsg>, args: WorkerArgs) -> Result<WorkerState, ActorProcessingErr> {
         let WorkerArgs { ctx, model, worker_id, placed } = args;
-        ctx.set_worker(info(&worker_id, &model, placed, engine_name(model.engine), "loading"));
+        ctx.set_worker(info(&worker_id, &model, placed, model.engine, Lifecycle::Loading));
         let force_cpu = ctx.config.worker.force_cpu;
         let mut load_cfg = model.clone();
         let pull_ctx = ctx.clone();
@@ -200,7 +169,7 @@ impl Actor for Worker {
             // A hub model is pulled into the hub cache first (progress, resume,
             // verification), then loaded from its snapshot folder.
             if load_cfg.engine == EngineKind::Mistralrs && !load_cfg.is_local() {
-                match crate::puller::pull(&pull_ctx, &load_cfg.source, &load_cfg.revision).await {
+                match crate::ops::pull::pull(&pull_ctx, &load_cfg.source, &load_cfg.revision).await {
                     Ok(pulled) => {
                         load_cfg.name.get_or_insert_with(|| load_cfg.source.clone());
                         load_cfg.source = pulled.dir.display().to_string();
@@ -211,26 +180,21 @@ impl Actor for Worker {
                     }
                 }
             }
-            tracing::info!(model = %load_cfg.source, engine = engine_name(load_cfg.engine), "loading model");
+            tracing::info!(model = %load_cfg.source, engine = %load_cfg.engine, "loading model");
             let served = load_cfg.name.clone().unwrap_or_else(|| load_cfg.served_name());
-            let lease = crate::model_manager::status::Lease::hold(&pull_ctx, &served, ModelState::Loading).await;
-            let loaded: Result<Arc<dyn Engine>, String> = match load_cfg.engine {
-                EngineKind::Echo => Ok(Arc::new(echo::EchoEngine::new(load_cfg.echo_tokens_per_sec))),
-                EngineKind::Mistralrs => mistral::MistralEngine::load(&load_cfg, force_cpu)
-                    .await
-                    .map(|e| Arc::new(e) as Arc<dyn Engine>)
-                    .map_err(|e| e.to_string()),
-            };
+            let lease = pull_ctx.store.hold_model_status(&served, ModelState::Loading).await;
+            let loaded = crate::engine::load(&load_cfg, force_cpu).await.map_err(|e| e.to_string());
             drop(lease);
+            let (state, reason) = match &loaded {
+                Ok(_) => (ModelState::Loaded, None),
+                Err(err) => (ModelState::Failed, Some(err.clone())),
+            };
+            if let Err(err) = pull_ctx.store.model_status().set(&served, state, reason).await {
+                tracing::warn!(model = %served, cause = %err, "model status not written");
+            }
             let _ = match loaded {
-                Ok(engine) => {
-                    crate::model_manager::status::set(&pull_ctx, &served, ModelState::Loaded, None).await;
-                    myself.cast(WorkerMsg::Loaded(engine))
-                }
-                Err(err) => {
-                    crate::model_manager::status::set(&pull_ctx, &served, ModelState::Failed, Some(err.clone())).await;
-                    myself.cast(WorkerMsg::LoadFailed(err))
-                }
+                Ok(engine) => myself.cast(WorkerMsg::Loaded(engine)),
+                Err(err) => myself.cast(WorkerMsg::LoadFailed(err)),
             };
         });
         Ok(WorkerState { ctx, worker_id, model, placed, load_failed: false, shared: None, tasks: Vec::new(), listener: None, registration: None, loader: Some(loader) })
@@ -251,9 +215,9 @@ impl Actor for Worker {
                     stop_fetching: CancellationToken::new(),
                     hand_back: CancellationToken::new(),
                     in_flight: AtomicU32::new(0),
-                    info: Mutex::new(info(&state.worker_id, &state.model, state.placed, engine.kind(), "ready")),
+                    info: Mutex::new(info(&state.worker_id, &state.model, state.placed, engine.kind(), Lifecycle::Ready)),
                 });
-                let consumers = slots::ensure_consumers(&state.ctx, &served).await?;
+                let consumers = state.ctx.store.queue().consumers(&served).await?;
                 state.listener = Some(spawn_cancel_listener(shared.clone(), myself.clone()).await?);
                 for slot in 0..state.model.max_sequences {
                     let shared = shared.clone();
@@ -286,7 +250,7 @@ impl Actor for Worker {
                 state.loader = None;
                 state.load_failed = true;
                 tracing::error!(model = %state.model.source, cause = %err, "model failed to load; this worker serves nothing");
-                state.ctx.set_worker(info(&state.worker_id, &state.model, state.placed, engine_name(state.model.engine), "failed"));
+                state.ctx.set_worker(info(&state.worker_id, &state.model, state.placed, state.model.engine, Lifecycle::Failed));
             }
             WorkerMsg::LoopEnded(which) => return Err(format!("worker {which} loop ended").into()),
         }
@@ -307,7 +271,7 @@ impl Actor for Worker {
             // No longer `ready`: task managers stop counting on this worker at once (a
             // request for the model now starts a load elsewhere rather than waiting here).
             if let Ok(mut info) = shared.info.lock() {
-                info.state = "draining".to_string();
+                info.state = Lifecycle::Draining;
             }
             shared.publish_info();
             let grace = state.ctx.config.worker.drain_grace;
@@ -331,7 +295,7 @@ impl Actor for Worker {
         // another node rather than here again.
         if !state.load_failed {
             let served = state.model.served_name();
-            let _ = tokio::time::timeout(Duration::from_secs(2), crate::model_manager::status::clear(&state.ctx, &served)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), state.ctx.store.model_status().clear(&served)).await;
         }
         Ok(())
     }
@@ -344,23 +308,18 @@ async fn register_model(
     worker_id: &str,
     context_length: Option<u32>,
 ) -> Result<(), ActorProcessingErr> {
-    let source = if model.is_local() {
-        ModelSource::Local { path: model.source.clone() }
-    } else {
-        ModelSource::Hub { revision: model.revision.clone() }
-    };
     let req = RegisterModel {
         model: ModelRecord {
             id: model.served_name(),
-            source,
+            source: source_of(model),
             context_length,
             revision_sha: None,
             files: Vec::new(),
             estimated_memory: model
                 .is_local()
-                .then(|| crate::model_manager::estimate_folder_memory(std::path::Path::new(&model.source)))
+                .then(|| estimate_folder_memory(std::path::Path::new(&model.source)))
                 .flatten(),
-            engine: wire_engine(model.engine),
+            engine: model.engine,
             created_ms: 0,
             updated_ms: 0,
         },

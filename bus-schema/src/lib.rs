@@ -8,11 +8,13 @@
 pub mod codec;
 pub mod envelope;
 pub mod error;
+pub mod kinds;
 pub mod messages;
 pub mod subjects;
 
 pub use codec::{decode, decode_body, encode, CodecError, DEFAULT_MAX_PAYLOAD};
 pub use envelope::{Envelope, SCHEMA_VERSION};
 pub use error::{ErrorKind, WireError};
+pub use kinds::{EngineKind, Role, WorkerState};
 pub use messages::*;
 pub use subjects::{encode_token, decode_token, SubjectError, Subjects, TaskId};

@@ -262,11 +262,6 @@ impl Subjects {
         self.subject(&["model", "status"])
     }
 
-    /// Key of one node's status of one model in the models bucket.
-    pub fn model_node_key(&self, model: &str, node: &str) -> String {
-        format!("{}.{}", encode_token(model), encode_token(node))
-    }
-
     /// Request/reply: search the hub ([`crate::SearchModels`] → [`crate::SearchResults`]).
     pub fn model_search(&self) -> String {
         self.subject(&["model", "search"])
@@ -305,21 +300,6 @@ impl Subjects {
     /// [`crate::DeploymentList`]).
     pub fn deployment_list(&self) -> String {
         self.subject(&["deployment", "list"])
-    }
-
-    /// Key of a deployment in the deployments bucket.
-    pub fn deployment_key(&self, model: &str) -> String {
-        format!("deploy.{}", encode_token(model))
-    }
-
-    /// Key of a node's placement in the deployments bucket.
-    pub fn placement_key(&self, node: &str) -> String {
-        format!("place.{}", encode_token(node))
-    }
-
-    /// Key of the cluster managers' leader lease in the leases bucket.
-    pub fn leader_key(&self) -> String {
-        "cluster-leader".to_string()
     }
 
     /// Request/reply: every node's last heartbeat ([`crate::GetClusterStatus`] → [`crate::ClusterStatus`]).

@@ -13,56 +13,14 @@ use serde::{Deserialize, Serialize};
 mod bytes;
 mod models;
 mod observability;
+mod strict;
 mod validate;
 
+pub use bitinglip_bus_schema::{EngineKind, Role};
 pub use bytes::parse_bytes;
-pub use models::{ClusterConfig, DeploymentConfig, EngineKind, ModelConfig, WorkerConfig};
+pub use models::{ClusterConfig, DeploymentConfig, ModelConfig, WorkerConfig};
 pub use observability::{MetricsConfig, TelemetryConfig};
 pub use validate::ConfigError;
-
-/// A role a node can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// The HTTP bridge (OpenAI-compatible API).
-    Gateway,
-    /// Validates and queues tasks.
-    TaskManager,
-    /// Keeps the model registry.
-    ModelManager,
-    /// Keeps node membership and health.
-    ClusterManager,
-    /// Runs engines.
-    Worker,
-}
-
-impl Role {
-    /// Every role, in start order.
-    pub const ALL: [Role; 5] =
-        [Role::ClusterManager, Role::ModelManager, Role::TaskManager, Role::Worker, Role::Gateway];
-
-    /// The kebab-case name used in config and on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Gateway => "gateway",
-            Role::TaskManager => "task-manager",
-            Role::ModelManager => "model-manager",
-            Role::ClusterManager => "cluster-manager",
-            Role::Worker => "worker",
-        }
-    }
-
-    /// Parses a kebab-case role name.
-    pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s.trim())
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A secret string: prints as `<redacted>`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +47,7 @@ pub struct Config {
     /// This node's id; empty means `<hostname>-<random>`.
     pub node_id: String,
     /// Roles this node runs.
+    #[serde(deserialize_with = "strict::roles")]
     pub roles: Vec<Role>,
     /// Folder for the local nats-server's JetStream data and other state.
     pub data_dir: PathBuf,

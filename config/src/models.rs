@@ -4,18 +4,8 @@
 
 use std::time::Duration;
 
+use bitinglip_bus_schema::EngineKind;
 use serde::{Deserialize, Serialize};
-
-/// Which engine a worker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EngineKind {
-    /// mistral.rs (the default).
-    #[default]
-    Mistralrs,
-    /// Echoes the prompt back; only for measuring the platform and for fault tests.
-    Echo,
-}
 
 /// One model a worker serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +18,7 @@ pub struct ModelConfig {
     /// Hub revision (branch, tag or commit).
     pub revision: String,
     /// Engine.
+    #[serde(deserialize_with = "crate::strict::engine")]
     pub engine: EngineKind,
     /// Most sequences generated at once.
     pub max_sequences: u32,
@@ -110,6 +101,7 @@ pub struct DeploymentConfig {
     /// Hub revision.
     pub revision: String,
     /// Engine.
+    #[serde(deserialize_with = "crate::strict::engine")]
     pub engine: EngineKind,
     /// Most sequences generated at once per replica.
     pub max_sequences: u32,

@@ -147,8 +147,14 @@ impl Config {
         if self.gateway.max_concurrent_requests == 0 {
             return Err(invalid("gateway.max_concurrent_requests", 0, "must be at least 1"));
         }
+        if self.roles.contains(&Role::Unknown) {
+            return Err(invalid("roles", "an unknown role", "use gateway, task-manager, model-manager, cluster-manager or worker"));
+        }
         for (i, m) in self.worker.models.iter().enumerate() {
             let key = |k: &str| format!("worker.models[{i}].{k}");
+            if m.engine == crate::EngineKind::Unknown {
+                return Err(invalid(&key("engine"), "an unknown engine", "`mistralrs` or `echo`"));
+            }
             if m.source.trim().is_empty() {
                 return Err(invalid(&key("source"), &m.source, "a Hugging Face id or a local folder"));
             }
@@ -169,6 +175,9 @@ impl Config {
         }
         for (i, d) in c.deployments.iter().enumerate() {
             let key = |k: &str| format!("cluster.deployments[{i}].{k}");
+            if d.engine == crate::EngineKind::Unknown {
+                return Err(invalid(&key("engine"), "an unknown engine", "`mistralrs` or `echo`"));
+            }
             if d.source.trim().is_empty() {
                 return Err(invalid(&key("source"), &d.source, "a Hugging Face id or a folder on the serving nodes"));
             }

@@ -59,8 +59,8 @@ impl Bus {
         &self.inner.client
     }
 
-    /// The JetStream context.
-    pub fn jetstream(&self) -> &jetstream::Context {
+    /// The JetStream context (for the storage layer only).
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
         &self.inner.js
     }
 

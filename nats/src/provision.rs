@@ -10,17 +10,17 @@ use crate::ProvisionError;
 
 /// Handles to everything provisioned.
 #[derive(Clone)]
-pub struct Provisioned {
+pub(crate) struct Provisioned {
     /// Task status records.
-    pub tasks: kv::Store,
+    pub(crate) tasks: kv::Store,
     /// Model registry.
-    pub models: kv::Store,
+    pub(crate) models: kv::Store,
     /// Node heartbeats (entries expire).
-    pub nodes: kv::Store,
+    pub(crate) nodes: kv::Store,
     /// Deployments and placements.
-    pub deployments: kv::Store,
+    pub(crate) deployments: kv::Store,
     /// Leases (entries expire unless renewed): the cluster managers' leader.
-    pub leases: kv::Store,
+    pub(crate) leases: kv::Store,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> ProvisionError {
@@ -28,7 +28,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> ProvisionError {
 }
 
 /// Creates or updates every stream and bucket.
-pub async fn provision(js: &jetstream::Context, subjects: &Subjects, config: &Config) -> Result<Provisioned, ProvisionError> {
+pub(crate) async fn provision(js: &jetstream::Context, subjects: &Subjects, config: &Config) -> Result<Provisioned, ProvisionError> {
     let cfg = &config.jetstream;
     let cluster = &config.cluster;
     let tm = &config.task_manager;
@@ -120,6 +120,19 @@ pub async fn provision(js: &jetstream::Context, subjects: &Subjects, config: &Co
     })
     .await?;
     Ok(Provisioned { tasks, models, nodes, deployments, leases })
+}
+
+/// Finds the buckets an earlier start provisioned, creating nothing (a client such as
+/// the CLI must not change the cluster's streams).
+pub(crate) async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Provisioned, ProvisionError> {
+    let get = |bucket: String| async move { js.get_key_value(&bucket).await.map_err(|e| err(&bucket, e)) };
+    Ok(Provisioned {
+        tasks: get(subjects.tasks_bucket()).await?,
+        models: get(subjects.models_bucket()).await?,
+        nodes: get(subjects.nodes_bucket()).await?,
+        deployments: get(subjects.deployments_bucket()).await?,
+        leases: get(subjects.leases_bucket()).await?,
+    })
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), ProvisionError> {

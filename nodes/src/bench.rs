@@ -156,6 +156,8 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let client = bitinglip_nats::connect(&client_cfg, "bitinglip-bench-client", None).await?;
     let subjects = Subjects::new(config.nats.subject_root.clone())?;
     let bus = Bus::new(client.clone(), subjects, "bench-client", Duration::from_secs(30));
+    let store = bitinglip_nats::Store::open(&bus, &config).await?;
+    let bus = platform::Client { bus, store };
     platform::wait_ready(&bus, "echo", Duration::from_secs(60)).await?;
     let prompt = "one two three four five six seven eight";
     let mut echo_runs = Vec::new();
@@ -188,7 +190,7 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     step("streaming: loading the model on a worker node, and in this process");
     let worker = InProcessNode::start(node_config(&url, "bench-worker", vec![Role::Worker], vec![model.clone()])).await?;
     platform::wait_ready(&bus, model_name, Duration::from_secs(600)).await?;
-    let engine = bitinglip_actors::engines::load_mistralrs(&model, config.worker.force_cpu).await?;
+    let engine = bitinglip_actors::engine::load_mistralrs(&model, config.worker.force_cpu).await?;
     stream::direct(&engine, 1, 1).await?;
     // Alternating rounds, so neither side gains from going first (warm caches, a busier
     // moment of the machine); each side's best round counts.

@@ -326,17 +326,11 @@ impl Cli {
             for source in &s.models {
                 let mut m = bitinglip_config::ModelConfig::new(source.clone());
                 if let Some(engine) = &s.engine {
-                    m.engine = match engine.as_str() {
-                        "mistralrs" => bitinglip_config::EngineKind::Mistralrs,
-                        "echo" => bitinglip_config::EngineKind::Echo,
-                        other => {
-                            return Err(ConfigError::Invalid {
-                                key: "--engine".into(),
-                                value: other.into(),
-                                reason: "use mistralrs or echo".into(),
-                            })
-                        }
-                    };
+                    m.engine = bitinglip_config::EngineKind::parse(engine).ok_or_else(|| ConfigError::Invalid {
+                        key: "--engine".into(),
+                        value: engine.clone(),
+                        reason: "use mistralrs or echo".into(),
+                    })?;
                 }
                 if let Some(n) = s.max_sequences {
                     m.max_sequences = n;

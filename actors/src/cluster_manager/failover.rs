@@ -10,65 +10,30 @@
 //! marked failed with the reason, its client gets the failure, and the message is removed
 //! from the queue.
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
-use async_nats::jetstream::kv;
-use bitinglip_bus_schema::{
-    decode_body, encode, Envelope, ErrorKind, NodeHeartbeat, TaskEvent, TaskFailed, TaskRecord, TaskSpec, TaskState,
-    WireError,
-};
-use bitinglip_nats::now_ms;
-use futures::StreamExt;
+use bitinglip_bus_schema::{ErrorKind, NodeHeartbeat, TaskEvent, TaskFailed, WireError};
 use serde::Deserialize;
 
 use crate::NodeContext;
 
-/// Watches heartbeats; naks the running tasks of nodes that went silent.
+/// The silent nodes whose tasks are still to be handed on (pure): each silent node once
+/// per heartbeat it went silent after (`handed` maps a node to the time of the heartbeat
+/// it was handed on at; a node that beats again and then goes silent again counts anew).
+fn to_hand_on(silent: Vec<NodeHeartbeat>, handed: &HashMap<String, u64>) -> Vec<NodeHeartbeat> {
+    silent.into_iter().filter(|hb| handed.get(&hb.node_id) != Some(&hb.time_ms)).collect()
+}
+
+/// Checks the heartbeats every interval; naks the running tasks of nodes that went silent.
 pub(super) async fn watch_nodes(ctx: NodeContext) {
-    let mut last: HashMap<String, NodeHeartbeat> = HashMap::new();
-    let ttl_ms = ctx.config.cluster.node_ttl.as_millis() as u64;
+    let mut handed: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(ctx.config.cluster.heartbeat_interval);
     loop {
-        let mut watch = match ctx.kv.nodes.watch_all().await {
-            Ok(w) => w,
-            Err(err) => {
-                tracing::warn!(cause = %err, "nodes watch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                entry = watch.next() => match entry {
-                    Some(Ok(e)) => match e.operation {
-                        kv::Operation::Put => {
-                            if let Ok(hb) = decode_body::<NodeHeartbeat>(&e.value, usize::MAX) {
-                                last.insert(e.key, hb);
-                            }
-                        }
-                        // A clean exit: the node handed its tasks back itself.
-                        kv::Operation::Delete | kv::Operation::Purge => {
-                            last.remove(&e.key);
-                        }
-                    },
-                    _ => break,
-                },
-                _ = tick.tick() => {
-                    let now = now_ms();
-                    let dead: Vec<String> = last
-                        .iter()
-                        .filter(|(_, hb)| now.saturating_sub(hb.time_ms) > ttl_ms)
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in dead {
-                        if let Some(hb) = last.remove(&key) {
-                            hand_on(&ctx, &hb).await;
-                        }
-                    }
-                }
-            }
+        tick.tick().await;
+        for hb in to_hand_on(ctx.nodes.silent(), &handed) {
+            handed.insert(hb.node_id.clone(), hb.time_ms);
+            hand_on(&ctx, &hb).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -77,12 +42,7 @@ async fn hand_on(ctx: &NodeContext, hb: &NodeHeartbeat) {
     let running: Vec<_> = hb.workers.iter().flat_map(|w| w.running.iter()).collect();
     tracing::warn!(node = %hb.node_id, tasks = running.len(), "node stopped heartbeating; handing its tasks on");
     for task in running {
-        let claim_stands = match ctx.kv.tasks.get(task.task_id.as_str()).await {
-            Ok(Some(bytes)) => decode_body::<TaskRecord>(&bytes, usize::MAX)
-                .is_ok_and(|r| r.state == TaskState::Running && r.attempt == task.attempt),
-            _ => false,
-        };
-        if !claim_stands {
+        if !ctx.store.tasks().claim_stands(&task.task_id, task.attempt).await.unwrap_or(false) {
             continue;
         }
         match ctx.bus.client().publish(task.ack_subject.clone(), "-NAK".into()).await {
@@ -108,12 +68,11 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
             return;
         }
     };
-    let Ok(stream) = ctx.bus.jetstream().get_stream_no_info(ctx.bus.subjects().tasks_stream()).await else { return };
-    let Ok(message) = stream.get_raw_message(advisory.stream_seq).await else { return };
-    let spec = match bitinglip_bus_schema::decode_body::<TaskSpec>(&message.payload, usize::MAX) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = stream.delete_message(advisory.stream_seq).await;
+    let spec = match ctx.store.queue().remove(advisory.stream_seq).await {
+        Ok(Some(spec)) => spec,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(cause = %err, "poison task not read");
             return;
         }
     };
@@ -121,24 +80,46 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
         ErrorKind::Engine,
         format!("failed after {} attempts: every attempt ended without an answer (its worker crashed or froze)", advisory.deliveries),
     );
-    let key = spec.task_id.as_str();
-    for _ in 0..5 {
-        let Ok(Some(entry)) = ctx.kv.tasks.entry(key).await else { break };
-        let Ok(mut record) = decode_body::<TaskRecord>(&entry.value, usize::MAX) else { break };
-        if record.state.is_final() {
-            break;
-        }
-        record.state = TaskState::Failed;
-        record.error = Some(error.clone());
-        record.updated_ms = now_ms();
-        let env = Envelope::new(ulid::Ulid::new().to_string(), now_ms(), ctx.node_id(), &record);
-        let Ok(bytes) = encode(&env) else { break };
-        if ctx.kv.tasks.update(key, bytes.into(), entry.revision).await.is_ok() {
+    match ctx.store.tasks().fail(&spec.task_id, &error).await {
+        Ok(Some(record)) => {
             tracing::error!(task.id = %spec.task_id, deliveries = advisory.deliveries, "poison task failed");
-            let event = TaskEvent::Failed(TaskFailed { task_id: spec.task_id.clone(), attempt: record.attempt, error: error.clone() });
+            let event = TaskEvent::Failed(TaskFailed { task_id: spec.task_id.clone(), attempt: record.attempt, error });
             let _ = ctx.bus.publish(ctx.bus.subjects().task_events(&spec.task_id), &event, None).await;
-            break;
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(task.id = %spec.task_id, cause = %err, "poison task not marked failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(node: &str, time_ms: u64) -> NodeHeartbeat {
+        NodeHeartbeat {
+            node_id: node.into(),
+            roles: vec![],
+            http: None,
+            workers: vec![],
+            started_ms: 0,
+            time_ms,
+            version: "0".into(),
+            device: "cpu".into(),
+            memory_total: 0,
+            memory_free: 0,
         }
     }
-    let _ = stream.delete_message(advisory.stream_seq).await;
+
+    #[test]
+    fn a_silent_node_is_handed_on_once_per_silence() {
+        let mut handed = HashMap::new();
+        let first = to_hand_on(vec![hb("a", 10), hb("b", 20)], &handed);
+        assert_eq!(first.len(), 2);
+        handed.insert("a".to_string(), 10);
+        handed.insert("b".to_string(), 20);
+        assert!(to_hand_on(vec![hb("a", 10), hb("b", 20)], &handed).is_empty());
+        // `a` came back and went silent again: a new silence.
+        let again = to_hand_on(vec![hb("a", 99), hb("b", 20)], &handed);
+        assert_eq!(again.iter().map(|h| h.node_id.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
 }

@@ -224,7 +224,7 @@ pub fn plan(
 
 #[cfg(test)]
 mod tests {
-    use bitinglip_bus_schema::{Constraints, EngineName, ModelSpec};
+    use bitinglip_bus_schema::{Constraints, EngineKind, ModelSpec};
 
     use super::*;
 
@@ -246,7 +246,7 @@ mod tests {
         Want {
             deployment: Deployment {
                 model: model.into(),
-                spec: ModelSpec { source: model.into(), revision: None, engine: EngineName::Echo, max_sequences: None, echo_tokens_per_sec: None },
+                spec: ModelSpec { source: model.into(), revision: None, engine: EngineKind::Echo, max_sequences: None, echo_tokens_per_sec: None },
                 replicas,
                 constraints: Constraints::default(),
                 memory: None,

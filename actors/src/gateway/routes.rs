@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use axum::{
-    body::{Body, Bytes},
+    body::Body,
     extract::{Request, State},
     http::{HeaderMap, StatusCode},
     response::{
@@ -14,19 +14,19 @@ use axum::{
     Json, Router,
 };
 use bitinglip_bus_schema::{
-    ErrorKind, ListModels, ModelList, Priority, SubmitReply, SubmitRequest, TaskId, WireError,
+    ErrorKind, ListModels, ModelList, WireError,
 };
 use bitinglip_nats::trace::TraceParent;
 use futures::Stream;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::openai::{self, ApiError};
-use crate::{
-    client::{CancelOnDrop, Relayed, TaskWatch},
-    task_manager::task_id_for,
-    NodeContext,
+use super::{
+    openai::{self, ApiError},
+    submit::{admit, read_body, submit_chat},
 };
+use crate::NodeContext;
+use bitinglip_client::{CancelOnDrop, Relayed, TaskWatch};
 
 pub(super) fn router(ctx: NodeContext) -> Router {
     Router::new()
@@ -71,92 +71,6 @@ async fn models(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value
         .map(|m| json!({"id": m.id, "object": "model", "created": m.created_ms / 1000, "owned_by": "bitinglip", "context_length": m.context_length}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
-}
-
-/// Takes one of the gateway's request slots, or answers 503 with `Retry-After` at once:
-/// a flood of requests costs a bounded amount of memory.
-pub(super) fn admit(ctx: &NodeContext) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    ctx.gateway_permits.clone().try_acquire_owned().map_err(|_| {
-        ApiError::from(WireError::new(
-            ErrorKind::Unavailable,
-            format!("the gateway has {} requests in progress; retry later", ctx.config.gateway.max_concurrent_requests),
-        ))
-    })
-}
-
-/// Reads the body up to the limit (the configured one, or what one bus message can carry
-/// when that is less): a larger one is a 413 in OpenAI's shape.
-pub(super) async fn read_body(ctx: &NodeContext, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    // Room for the envelope and the other fields around the request's own bytes.
-    let bus_limit = ctx.bus.max_payload().saturating_sub(4096);
-    let limit = ctx.config.gateway.max_body_bytes.min(bus_limit);
-    let too_large = || {
-        ApiError::from(WireError::new(ErrorKind::PayloadTooLarge, format!("request body is over the limit of {limit} bytes")))
-    };
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|err| {
-        let over = std::error::Error::source(&err)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if over {
-            too_large()
-        } else {
-            ApiError::from(WireError::new(ErrorKind::InvalidRequest, format!("could not read the request body: {err}")))
-        }
-    })
-}
-
-/// Submits a chat request from HTTP: the task id comes from the `Idempotency-Key` header
-/// when there is one, `X-Priority: batch` picks the batch class, `traceparent` continues
-/// the caller's trace. Subscribes to the task's events before submitting, so not even the
-/// first chunk can be missed; returns the watch and whether it was a retry.
-pub(super) async fn submit_chat(
-    ctx: &NodeContext,
-    headers: &HeaderMap,
-    chat: bitinglip_bus_schema::ChatParams,
-    wait_for_model: bool,
-) -> Result<(TaskId, TaskWatch, bool), ApiError> {
-    let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let priority = match headers.get("x-priority").and_then(|v| v.to_str().ok()) {
-        Some("batch") => Priority::Batch,
-        _ => Priority::Interactive,
-    };
-    let trace = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .unwrap_or_else(TraceParent::new_root);
-    // `X-Wait-For-Model: false` (or the body's `wait_for_model`): answer 503 with
-    // Retry-After while the model loads, rather than waiting for it.
-    let wait_for_model = wait_for_model
-        && !headers.get("x-wait-for-model").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("false"));
-    let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model };
-    let task_id: TaskId = task_id_for(&submit);
-    submit.task_id = Some(task_id.clone());
-    let watch = TaskWatch::subscribe(&ctx.bus, &task_id).await?;
-    let reply: SubmitReply = ctx
-        .bus
-        .request(ctx.bus.subjects().task_submit(), &submit, Some(&trace), None)
-        .await
-        .map_err(|e| match e {
-            bitinglip_nats::BusError::NoResponders { .. } => {
-                ApiError::from(WireError::new(ErrorKind::Unavailable, "no task manager is running"))
-            }
-            other => ApiError::from(WireError::from(&other)),
-        })?;
-    match reply {
-        SubmitReply::Accepted(a) => {
-            // A retry of a task that already ran: follow it from its stored events.
-            let watch = if a.duplicate { TaskWatch::resume(&ctx.bus, &task_id, 0).await? } else { watch };
-            Ok((task_id, watch, a.duplicate))
-        }
-        SubmitReply::Rejected(err) => Err(err.into()),
-    }
 }
 
 /// `POST /v1/chat/completions`, in the `gateway` span (a child of the caller's

@@ -19,12 +19,10 @@ use serde_json::{json, Value};
 
 use super::{
     openai::{self, ApiError},
-    routes::{admit, read_body, submit_chat},
+    submit::{admit, read_body, submit_chat},
 };
-use crate::{
-    client::{Relayed, TaskWatch},
-    NodeContext,
-};
+use crate::NodeContext;
+use bitinglip_client::{Relayed, TaskWatch};
 
 fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     TaskId::parse(id).map_err(|e| ApiError::invalid(&e.to_string(), Some("id")))
@@ -133,7 +131,7 @@ pub(super) async fn list(State(ctx): State<NodeContext>, Query(q): Query<ListQue
 /// `DELETE /v1/tasks/{id}`: cancel.
 pub(super) async fn cancel(State(ctx): State<NodeContext>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    crate::client::cancel(&ctx.bus, &id, "cancelled over HTTP").await?;
+    bitinglip_client::cancel(&ctx.bus, &id, "cancelled over HTTP").await?;
     let record = read(&ctx, &id).await?;
     Ok(Json(record_json(&record)))
 }
@@ -158,7 +156,7 @@ pub(super) async fn events(
             .map(|n| n + 1)
             .map_err(|_| ApiError::invalid("Last-Event-ID must be a chunk number", Some("Last-Event-ID")))?,
     };
-    let watch = TaskWatch::resume(&ctx.bus, &id, next_seq).await?;
+    let watch = TaskWatch::resume(&ctx.bus, &ctx.store, &id, next_seq).await?;
     let stream = futures::stream::unfold(Some(watch), |watch| async move {
         let mut watch = watch?;
         let event = match watch.next().await? {

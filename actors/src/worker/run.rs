@@ -8,35 +8,44 @@
 //! lives. Chunks cost one core-NATS publish each, never a JetStream round trip; a worker
 //! whose lease was not confirmed recently checks that it still owns the task before it
 //! publishes more, so a frozen worker that wakes up cannot interleave with its successor.
+//!
+//! The steps, in order: [`claim_delivery`], [`resume_prefix`], [`generate`] (with the
+//! lease and the fence), [`ending`] (a pure decision: finish, hand back or retry), then
+//! [`finish`] (fenced final write, final event, ack).
 
 use std::{
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{self, kv, AckKind};
+use async_nats::jetstream::{self, AckKind};
 use bitinglip_bus_schema::{
-    decode_body, encode, Envelope, ErrorKind, FinishReason, TaskCompleted, TaskEvent, TaskFailed, TaskId, TaskRecord,
-    TaskSpec, TaskStarted, TaskState, TokenChunk, Usage, WireError,
+    ErrorKind, FinishReason, TaskCompleted, TaskEvent, TaskFailed, TaskId, TaskRecord, TaskSpec, TaskStarted, TaskState,
+    TokenChunk, Usage, WireError,
 };
-use bitinglip_nats::{now_ms, trace::TraceParent};
+use bitinglip_client::{prefix_of, Prefix};
+use bitinglip_nats::{
+    now_ms,
+    store::tasks::{Claim, Claimant},
+    trace::TraceParent,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{
-    engine::{EngineError, GenerateRequest},
-    resume::{read_prefix, Prefix},
-    Running, WorkerShared,
+use super::{Running, WorkerShared};
+use crate::{
+    engine::{EngineError, GenerateRequest, Generation},
+    metrics::metrics,
+    NodeContext,
 };
-use crate::{metrics::metrics, NodeContext};
 
 /// Puts what the generation did on its span and into the metrics: time to first token,
 /// tokens, tokens per second after the first.
 fn record_generation(
     span: &tracing::Span,
     model: &str,
-    result: &Result<super::engine::Generation, EngineError>,
+    result: &Result<Generation, EngineError>,
     first_token: Option<Duration>,
     first_last: Option<(Instant, Instant)>,
     pieces: u64,
@@ -61,98 +70,62 @@ fn record_generation(
     }
 }
 
-#[allow(clippy::large_enum_variant)] // one per claim, on the stack of one task
-enum Claim {
-    /// This attempt owns the task; writes are fenced on this KV revision.
-    Owned { revision: u64, record: Box<TaskRecord> },
-    /// Already finished (redelivered after its final write, before the ack), or cancelled
-    /// while queued.
-    Final,
-    /// A newer attempt owns it.
-    Stale,
-    /// Another copy of the same task is running.
-    Duplicate,
+/// A delivery this attempt owns.
+struct Owned {
+    /// The record's revision after the claim: every later write is fenced on it.
+    revision: u64,
+    record: TaskRecord,
+    ack_subject: String,
+    claimed_at: Instant,
 }
 
-fn record_bytes(ctx: &NodeContext, record: &TaskRecord) -> bytes::Bytes {
-    let env = Envelope::new(ulid::Ulid::new().to_string(), now_ms(), ctx.node_id(), record);
-    encode(&env).expect("a task record always encodes").into()
+/// What one generation produced.
+struct Generated {
+    result: Result<Generation, EngineError>,
+    /// The whole answer so far (the prefix of earlier attempts included).
+    text: String,
+    /// The next chunk's `seq` (so: the number of chunks of the answer).
+    chunks: u64,
+    first_token: Option<Duration>,
+    last_token: Option<Instant>,
+    /// A newer attempt took the task over: this one publishes and writes nothing more.
+    stale: bool,
+    /// When a client's cancel reached this worker.
+    cancelled_at: Option<Instant>,
 }
 
-async fn claim(shared: &WorkerShared, spec: &TaskSpec, attempt: u32, stream_seq: u64, ack_subject: &str) -> Result<Claim, String> {
-    let ctx = &shared.ctx;
-    let key = spec.task_id.as_str();
-    for _ in 0..5 {
-        let entry = ctx.kv.tasks.entry(key).await.map_err(|e| e.to_string())?;
-        let now = now_ms();
-        let (mut record, revision) = match entry {
-            Some(e) if e.operation == kv::Operation::Put => {
-                let record = decode_body::<TaskRecord>(&e.value, usize::MAX).map_err(|e| e.to_string())?;
-                (record, Some(e.revision))
-            }
-            other => (
-                TaskRecord::queued(spec.task_id.clone(), spec.chat.model.clone(), spec.priority, spec.accepted_ms),
-                other.map(|e| e.revision),
-            ),
-        };
-        if record.state.is_final() {
-            return Ok(Claim::Final);
-        }
-        if record.attempt > attempt {
-            return Ok(Claim::Stale);
-        }
-        if record.state == TaskState::Running && record.stream_seq != 0 && record.stream_seq != stream_seq {
-            // A second copy of a task that is already running (resubmitted after the
-            // dedupe window): the first copy carries it.
-            return Ok(Claim::Duplicate);
-        }
-        record.state = TaskState::Running;
-        record.stream_seq = stream_seq;
-        record.attempt = attempt;
-        record.worker = Some(shared.worker_id.clone());
-        record.ack_subject = Some(ack_subject.to_string());
-        record.updated_ms = now;
-        let bytes = record_bytes(ctx, &record);
-        let result = match revision {
-            Some(rev) => ctx.kv.tasks.update(key, bytes, rev).await.map_err(|e| e.to_string()),
-            None => ctx.kv.tasks.create(key, bytes).await.map_err(|e| e.to_string()),
-        };
-        match result {
-            Ok(revision) => return Ok(Claim::Owned { revision, record: Box::new(record) }),
-            // Someone wrote in between (a newer attempt, a cancel): read again.
-            Err(_) => continue,
-        }
-    }
-    Err("task status record kept changing under the claim".into())
+/// How an attempt ends.
+#[derive(Debug, Clone, PartialEq)]
+enum Ending {
+    /// The worker is stopping: nak at once, another worker continues the task.
+    HandBack,
+    /// The engine failed and attempts are left: nak with a delay.
+    Retry,
+    /// Write `record` (fenced), publish `event`, then ack with `ack`.
+    Finish { record: Box<TaskRecord>, event: TaskEvent, ack: FinalAck, outcome: &'static str },
 }
 
-/// True while the record still carries our claim's revision (nobody else wrote it).
-async fn still_owner(ctx: &NodeContext, task_id: &TaskId, revision: u64) -> bool {
-    match ctx.kv.tasks.entry(task_id.as_str()).await {
-        Ok(Some(e)) => e.revision == revision,
-        Ok(None) => false,
-        // The store is unreachable: keep going; the final write is fenced anyway.
-        Err(_) => true,
-    }
+/// The ack that ends a finished attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum FinalAck {
+    /// Done: the message leaves the queue.
+    Ack,
+    /// The task can never succeed: terminate, no redelivery.
+    Term,
 }
 
-/// Writes the final record, fenced on the claim's revision. False when someone else
-/// wrote the record (a newer attempt): then this attempt must publish nothing more and not
-/// ack.
-async fn finish_record(ctx: &NodeContext, mut record: TaskRecord, revision: u64) -> Result<bool, String> {
-    record.updated_ms = now_ms();
-    let bytes = record_bytes(ctx, &record);
-    match ctx.kv.tasks.update(record.task_id.as_str(), bytes, revision).await {
-        Ok(_) => Ok(true),
-        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-        Err(err) => Err(err.to_string()),
-    }
+fn publish_event_subject(ctx: &NodeContext, task: &TaskId) -> String {
+    ctx.bus.subjects().task_events(task)
 }
 
 async fn publish_event(ctx: &NodeContext, task: &TaskId, event: &TaskEvent, trace: Option<&TraceParent>) {
-    if let Err(err) = ctx.bus.publish(ctx.bus.subjects().task_events(task), event, trace).await {
+    if let Err(err) = ctx.bus.publish(publish_event_subject(ctx, task), event, trace).await {
         tracing::warn!(task.id = %task, cause = %err, "event not published");
     }
+}
+
+async fn nak(msg: &jetstream::Message, delay: Option<Duration>) {
+    let _ = msg.ack_with(AckKind::Nak(delay)).await;
 }
 
 /// Runs one delivered task to its end.
@@ -184,61 +157,127 @@ pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: jetstream::Message
 async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: TaskSpec, attempt: u32, trace: Option<TraceParent>) {
     let ctx = &shared.ctx;
     let task_id = spec.task_id.clone();
-    let ack_subject = msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
-    let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-    let claimed_at = Instant::now();
     let model = spec.chat.model.clone();
-    let claimed = claim(shared, &spec, attempt, stream_seq, &ack_subject).instrument(tracing::info_span!("claim", attempt)).await;
-    let (revision, record) = match claimed {
-        Ok(Claim::Owned { revision, record }) => (revision, *record),
-        Ok(Claim::Final) => {
-            let _ = msg.double_ack().await;
-            return;
-        }
-        Ok(Claim::Stale) => {
-            tracing::info!("stale delivery ignored");
-            return;
-        }
-        Ok(Claim::Duplicate) => {
-            tracing::info!("duplicate copy of a running task dropped");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
-        }
-        Err(err) => {
-            tracing::warn!(cause = %err, "claim failed; handing back");
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            return;
-        }
+    let Some(owned) = claim_delivery(shared, &msg, &spec, attempt).instrument(tracing::info_span!("claim", attempt)).await
+    else {
+        return;
     };
     let queue_time_ms = now_ms().saturating_sub(spec.accepted_ms) as f64;
     if attempt == 1 {
         metrics().queue_time.with_label_values(&[&model]).observe(queue_time_ms / 1000.0);
     }
+    let Some(prefix) = resume_prefix(ctx, &msg, &task_id, attempt).await else { return };
 
-    // A redelivered task continues after what earlier attempts streamed.
-    let prefix = if attempt > 1 {
-        match read_prefix(ctx, &task_id).await {
-            Ok(p) => p,
-            Err(err) => {
-                tracing::warn!(cause = %err, "cannot read earlier chunks; handing back");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return;
-            }
-        }
-    } else {
-        Prefix::default()
-    };
-    if prefix.next_seq > 0 {
-        tracing::info!(resume_from_seq = prefix.next_seq, "continuing after an earlier attempt");
+    let cancel = start_running(shared, &task_id, attempt, &owned.ack_subject);
+    let started = TaskStarted { task_id: task_id.clone(), attempt, worker: shared.worker_id.clone(), resume_from_seq: prefix.next_seq };
+    publish_event(ctx, &task_id, &TaskEvent::Started(started), trace.as_ref()).await;
+
+    let generated = generate(shared, &msg, &spec, attempt, &owned, prefix, cancel, trace.as_ref()).await;
+    if generated.stale {
+        return;
     }
+    let max_deliver = ctx.config.jetstream.max_deliver.max(1) as u32;
+    let usage_of = |g: &Generation| {
+        let total = owned.claimed_at.elapsed();
+        Usage {
+            prompt_tokens: g.prompt_tokens,
+            completion_tokens: g.completion_tokens,
+            time_to_first_token_ms: generated.first_token.unwrap_or(total).as_secs_f64() * 1000.0,
+            total_time_ms: total.as_secs_f64() * 1000.0,
+            queue_time_ms,
+        }
+    };
+    let stop_ms = generated.cancelled_at.map(|at| {
+        generated.last_token.filter(|t| *t > at).map_or(0.0, |t| (t - at).as_secs_f64() * 1000.0)
+    });
+    let usage = generated.result.as_ref().ok().map(usage_of);
+    let ending = ending(&owned.record, &generated, attempt, max_deliver, shared.hand_back.is_cancelled(), usage, stop_ms);
+    match &ending {
+        Ending::HandBack => {
+            tracing::info!("worker stopping; task handed back");
+            metrics().tasks.with_label_values(&[&model, "handed_back"]).inc();
+            nak(&msg, None).await;
+        }
+        Ending::Retry => {
+            tracing::warn!(cause = ?generated.result.as_ref().err(), "engine failed; task will be retried");
+            metrics().tasks.with_label_values(&[&model, "retried"]).inc();
+            nak(&msg, Some(Duration::from_secs(1))).await;
+        }
+        Ending::Finish { outcome, .. } => {
+            if *outcome == "cancelled" {
+                tracing::info!(cancel_to_stop_ms = ?stop_ms, "cancelled");
+                metrics().cancels.with_label_values(&[&model]).inc();
+                if let Some(ms) = stop_ms {
+                    metrics().cancel_to_stop.with_label_values(&[&model]).observe(ms / 1000.0);
+                }
+            }
+            finish(ctx, &msg, ending, owned.revision, &model, trace.as_ref()).await;
+        }
+    }
+}
 
+/// Claims the delivery in the task's record. `None` when this attempt does not own the
+/// task; the message was then acked, terminated or handed back as the record says.
+async fn claim_delivery(shared: &WorkerShared, msg: &jetstream::Message, spec: &TaskSpec, attempt: u32) -> Option<Owned> {
+    let ack_subject = msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
+    let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let claimed_at = Instant::now();
+    let who = Claimant { worker: &shared.worker_id, attempt, stream_seq, ack_subject: &ack_subject };
+    match shared.ctx.store.tasks().claim(spec, &who).await {
+        Ok(Claim::Owned { revision, record }) => Some(Owned { revision, record: *record, ack_subject, claimed_at }),
+        Ok(Claim::Final) => {
+            let _ = msg.double_ack().await;
+            None
+        }
+        Ok(Claim::Stale) => {
+            tracing::info!("stale delivery ignored");
+            None
+        }
+        Ok(Claim::Duplicate) => {
+            tracing::info!("duplicate copy of a running task dropped");
+            let _ = msg.ack_with(AckKind::Term).await;
+            None
+        }
+        Err(err) => {
+            tracing::warn!(cause = %err, "claim failed; handing back");
+            nak(msg, Some(Duration::from_secs(1))).await;
+            None
+        }
+    }
+}
+
+/// What earlier attempts streamed, which this one continues after. `None` when it
+/// cannot be read: the task was handed back.
+async fn resume_prefix(ctx: &NodeContext, msg: &jetstream::Message, task_id: &TaskId, attempt: u32) -> Option<Prefix> {
+    if attempt == 1 {
+        return Some(Prefix::default());
+    }
+    match ctx.store.stored_events(task_id).await {
+        Ok(events) => {
+            let prefix = prefix_of(&events);
+            if prefix.next_seq > 0 {
+                tracing::info!(resume_from_seq = prefix.next_seq, "continuing after an earlier attempt");
+            }
+            Some(prefix)
+        }
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot read earlier chunks; handing back");
+            nak(msg, Some(Duration::from_secs(1))).await;
+            None
+        }
+    }
+}
+
+/// Marks the task running in this worker (for cancels and the heartbeat) and returns
+/// its cancel token, already fired when a cancel arrived just before the claim.
+fn start_running(shared: &WorkerShared, task_id: &TaskId, attempt: u32, ack_subject: &str) -> CancellationToken {
     let cancel = CancellationToken::new();
-    let cancelled_before = shared.recent_cancels.lock().ok().and_then(|mut r| r.remove(&task_id));
+    let cancelled_before = shared.recent_cancels.lock().ok().and_then(|mut r| r.remove(task_id));
     if let Ok(mut running) = shared.running.lock() {
         running.insert(task_id.clone(), Running {
             cancel: cancel.clone(),
             attempt,
-            ack_subject: ack_subject.clone(),
+            ack_subject: ack_subject.to_string(),
             cancelled_at: cancelled_before,
         });
     }
@@ -247,14 +286,25 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     }
     shared.in_flight.fetch_add(1, Ordering::Relaxed);
     shared.publish_info();
+    cancel
+}
 
-    publish_event(ctx, &task_id, &TaskEvent::Started(TaskStarted {
-        task_id: task_id.clone(),
-        attempt,
-        worker: shared.worker_id.clone(),
-        resume_from_seq: prefix.next_seq,
-    }), trace.as_ref()).await;
-
+/// Runs the engine and relays its text as chunk events, holding the lease (in-progress
+/// acks) and the fence (no chunk without a recent confirmation of the claim).
+#[allow(clippy::too_many_arguments)] // the steps of one task, each from run_claimed
+async fn generate(
+    shared: &Arc<WorkerShared>,
+    msg: &jetstream::Message,
+    spec: &TaskSpec,
+    attempt: u32,
+    owned: &Owned,
+    prefix: Prefix,
+    cancel: CancellationToken,
+    trace: Option<&TraceParent>,
+) -> Generated {
+    let ctx = &shared.ctx;
+    let task_id = &spec.task_id;
+    let model = spec.chat.model.as_str();
     // The lease: an in-progress ack resets AckWait while we generate. Fence: the chunks
     // below are published only while the lease was confirmed within half the shorter of
     // AckWait and the node TTL (after which a cluster manager may hand the task on).
@@ -262,9 +312,11 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     let fence_after = ack_wait.min(ctx.config.cluster.node_ttl) / 2;
     let confirmed = std::sync::Mutex::new(Instant::now());
     let stale = CancellationToken::new();
-    // Confirms the claim still stands; when it does not, stops this attempt for good.
+    // Confirms the claim still stands; when it does not, stops this attempt for good. A
+    // store that cannot be reached confirms nothing and denies nothing: keep going, the
+    // final write is fenced anyway.
     let confirm = || async {
-        if still_owner(ctx, &task_id, revision).await {
+        if ctx.store.tasks().still_owner(task_id, owned.revision).await.unwrap_or(true) {
             if let Ok(mut c) = confirmed.lock() {
                 *c = Instant::now();
             }
@@ -309,13 +361,13 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     // In its own task, so an engine that panics fails this attempt, not the slot.
     let engine = shared.engine.clone();
     let engine_token = cancel.clone();
-    let generate = async move {
+    let run_engine = async move {
         match tokio::spawn(async move { engine.generate(request, tx, engine_token).await }).await {
             Ok(result) => result,
             Err(join) => Err(EngineError::Failed(format!("the engine panicked: {join}"))),
         }
     };
-    let mut text = prefix.text.clone();
+    let mut text = prefix.text;
     let mut seq = prefix.next_seq;
     let mut first_token: Option<Duration> = None;
     let mut last_token: Option<Instant> = None;
@@ -334,9 +386,9 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
                 continue;
             }
             let now = Instant::now();
-            first_token.get_or_insert_with(|| now - claimed_at);
+            first_token.get_or_insert_with(|| now - owned.claimed_at);
             if let Some(last) = last_token {
-                metrics().inter_token_latency.with_label_values(&[&model]).observe((now - last).as_secs_f64());
+                metrics().inter_token_latency.with_label_values(&[model]).observe((now - last).as_secs_f64());
             }
             last_token = Some(now);
             first_at.get_or_insert(now);
@@ -344,101 +396,84 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
             text.push_str(&piece);
             let chunk = TaskEvent::Chunk(TokenChunk { task_id: task_id.clone(), attempt, seq, text: piece });
             seq += 1;
-            publish_event(ctx, &task_id, &chunk, trace.as_ref()).await;
+            publish_event(ctx, task_id, &chunk, trace).await;
         }
     };
     let result = tokio::select! {
-        (result, ()) = futures::future::join(generate, relay).instrument(generation.clone()) => result,
+        (result, ()) = futures::future::join(run_engine, relay).instrument(generation.clone()) => result,
         _ = lease => unreachable!("the lease loop never ends"),
         _ = watch_hand_back => unreachable!("the hand-back watch never ends"),
     };
-    let total = claimed_at.elapsed();
-    record_generation(&generation, &model, &result, first_token, first_at.zip(last_token), pieces);
-    drop(generation);
+    record_generation(&generation, model, &result, first_token, first_at.zip(last_token), pieces);
 
-    let cancelled_at = shared.running.lock().ok().and_then(|mut r| r.remove(&task_id)).and_then(|t| t.cancelled_at);
+    let cancelled_at = shared.running.lock().ok().and_then(|mut r| r.remove(task_id)).and_then(|t| t.cancelled_at);
     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
     shared.publish_info();
+    Generated { result, text, chunks: seq, first_token, last_token, stale: stale.is_cancelled(), cancelled_at }
+}
 
-    if stale.is_cancelled() {
-        return;
-    }
-    let fail = |error: WireError| {
-        let mut r = record.clone();
-        r.state = if error.kind == ErrorKind::Cancelled { TaskState::Cancelled } else { TaskState::Failed };
-        r.error = Some(error);
-        r
-    };
-    let (final_record, event, ack) = match result {
-        Ok(_) if shared.hand_back.is_cancelled() => {
-            // Hand back: the task goes to another worker at once, which continues it.
-            tracing::info!("worker stopping; task handed back");
-            metrics().tasks.with_label_values(&[&model, "handed_back"]).inc();
-            let _ = msg.ack_with(AckKind::Nak(None)).await;
-            return;
-        }
-        Ok(g) if g.finish_reason == FinishReason::Cancelled => {
-            // From the cancel reaching us to the engine's last token.
-            let stop_ms = cancelled_at.map(|at| last_token.filter(|t| *t > at).map_or(0.0, |t| (t - at).as_secs_f64() * 1000.0));
-            tracing::info!(cancel_to_stop_ms = ?stop_ms, "cancelled");
-            metrics().cancels.with_label_values(&[&model]).inc();
-            if let Some(ms) = stop_ms {
-                metrics().cancel_to_stop.with_label_values(&[&model]).observe(ms / 1000.0);
-            }
-            let error = WireError::new(ErrorKind::Cancelled, "cancelled by the client");
-            let event = TaskEvent::Failed(TaskFailed { task_id: task_id.clone(), attempt, error: error.clone() });
-            let mut r = fail(error);
+/// How an attempt ends, from what it generated (pure). `usage` is the generation's, when
+/// it succeeded; `stop_ms` the time from a cancel reaching the worker to its last token.
+fn ending(
+    claimed: &TaskRecord,
+    generated: &Generated,
+    attempt: u32,
+    max_deliver: u32,
+    handing_back: bool,
+    usage: Option<Usage>,
+    stop_ms: Option<f64>,
+) -> Ending {
+    let task_id = claimed.task_id.clone();
+    let fail = |error: WireError, ack: FinalAck| {
+        let mut r = claimed.clone();
+        let cancelled = error.kind == ErrorKind::Cancelled;
+        r.state = if cancelled { TaskState::Cancelled } else { TaskState::Failed };
+        r.error = Some(error.clone());
+        if cancelled {
             r.cancel_to_stop_ms = stop_ms;
-            (r, event, AckKind::Ack)
+        }
+        let event = TaskEvent::Failed(TaskFailed { task_id: task_id.clone(), attempt, error });
+        Ending::Finish { record: Box::new(r), event, ack, outcome: if cancelled { "cancelled" } else { "failed" } }
+    };
+    match &generated.result {
+        // The drain grace ended: the task goes to another worker at once, which continues it.
+        Ok(_) if handing_back => Ending::HandBack,
+        Ok(g) if g.finish_reason == FinishReason::Cancelled => {
+            fail(WireError::new(ErrorKind::Cancelled, "cancelled by the client"), FinalAck::Ack)
         }
         Ok(g) => {
-            let usage = Usage {
-                prompt_tokens: g.prompt_tokens,
-                completion_tokens: g.completion_tokens,
-                time_to_first_token_ms: first_token.unwrap_or(total).as_secs_f64() * 1000.0,
-                total_time_ms: total.as_secs_f64() * 1000.0,
-                queue_time_ms,
-            };
             let completed = TaskCompleted {
                 task_id: task_id.clone(),
                 attempt,
-                text: text.clone(),
+                text: generated.text.clone(),
                 finish_reason: g.finish_reason,
-                usage,
-                chunks: seq,
+                usage: usage.unwrap_or_default(),
+                chunks: generated.chunks,
             };
-            let mut r = record.clone();
+            let mut r = claimed.clone();
             r.state = TaskState::Completed;
             r.result = Some(completed.clone());
-            (r, TaskEvent::Completed(completed), AckKind::Ack)
+            Ending::Finish { record: Box::new(r), event: TaskEvent::Completed(completed), ack: FinalAck::Ack, outcome: "completed" }
         }
         Err(err @ (EngineError::Invalid(_) | EngineError::ContextLength(_))) => {
             let kind = if matches!(err, EngineError::ContextLength(_)) { ErrorKind::ContextLength } else { ErrorKind::InvalidRequest };
-            let error = WireError::new(kind, err.to_string());
-            let event = TaskEvent::Failed(TaskFailed { task_id: task_id.clone(), attempt, error: error.clone() });
-            (fail(error), event, AckKind::Term)
+            fail(WireError::new(kind, err.to_string()), FinalAck::Term)
         }
+        Err(EngineError::Failed(_)) if attempt < max_deliver => Ending::Retry,
         Err(EngineError::Failed(reason)) => {
-            let max = ctx.config.jetstream.max_deliver.max(1) as u32;
-            if attempt < max {
-                tracing::warn!(cause = %reason, "engine failed; task will be retried");
-                metrics().tasks.with_label_values(&[&model, "retried"]).inc();
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return;
-            }
-            let error = WireError::new(ErrorKind::Engine, format!("failed after {attempt} attempts: {reason}"));
-            let event = TaskEvent::Failed(TaskFailed { task_id: task_id.clone(), attempt, error: error.clone() });
-            (fail(error), event, AckKind::Term)
+            fail(WireError::new(ErrorKind::Engine, format!("failed after {attempt} attempts: {reason}")), FinalAck::Term)
         }
-    };
+    }
+}
 
-    let outcome = match final_record.state {
-        TaskState::Completed => "completed",
-        TaskState::Cancelled => "cancelled",
-        _ => "failed",
-    };
-    match finish_record(ctx, final_record, revision).await {
-        Ok(true) => metrics().tasks.with_label_values(&[&model, outcome]).inc(),
+/// Writes the final record (fenced on the claim), publishes the final event, and only
+/// then acks: a crash before the ack means redelivery, and the redelivery finds the task
+/// finished.
+async fn finish(ctx: &NodeContext, msg: &jetstream::Message, ending: Ending, revision: u64, model: &str, trace: Option<&TraceParent>) {
+    let Ending::Finish { record, event, ack, outcome } = ending else { return };
+    let task_id = record.task_id.clone();
+    match ctx.store.tasks().finish(*record, revision).await {
+        Ok(true) => metrics().tasks.with_label_values(&[model, outcome]).inc(),
         Ok(false) => {
             tracing::info!("a newer attempt owns the task; result dropped");
             return;
@@ -447,16 +482,88 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
             // The record could not be written (store unreachable): hand back rather than
             // ack a task whose outcome nobody can read.
             tracing::warn!(cause = %err, "final record not written; handing back");
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            nak(msg, Some(Duration::from_secs(1))).await;
             return;
         }
     }
-    publish_event(ctx, &task_id, &event, trace.as_ref()).await;
+    publish_event(ctx, &task_id, &event, trace).await;
     let acked = match ack {
-        AckKind::Ack => msg.double_ack().await,
-        other => msg.ack_with(other).await,
+        FinalAck::Ack => msg.double_ack().await,
+        FinalAck::Term => msg.ack_with(AckKind::Term).await,
     };
     if let Err(err) = acked {
         tracing::warn!(cause = %err, "ack not confirmed; a redelivery will find the task finished");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bitinglip_bus_schema::Priority;
+
+    use super::*;
+
+    fn claimed() -> TaskRecord {
+        let mut r = TaskRecord::queued(TaskId::parse("t1").unwrap(), "m".into(), Priority::Interactive, 1);
+        r.state = TaskState::Running;
+        r.attempt = 1;
+        r
+    }
+
+    fn generated(result: Result<Generation, EngineError>) -> Generated {
+        Generated {
+            result,
+            text: "ab".into(),
+            chunks: 2,
+            first_token: None,
+            last_token: None,
+            stale: false,
+            cancelled_at: None,
+        }
+    }
+
+    fn done(finish_reason: FinishReason) -> Result<Generation, EngineError> {
+        Ok(Generation { finish_reason, prompt_tokens: 3, completion_tokens: 2 })
+    }
+
+    fn finished(e: Ending) -> (TaskRecord, TaskEvent, FinalAck, &'static str) {
+        match e {
+            Ending::Finish { record, event, ack, outcome } => (*record, event, ack, outcome),
+            other => panic!("expected a finish, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_finished_generation_completes_with_its_text_and_chunk_count() {
+        let (r, event, ack, outcome) =
+            finished(ending(&claimed(), &generated(done(FinishReason::Stop)), 1, 3, false, Some(Usage::default()), None));
+        assert_eq!((r.state, ack, outcome), (TaskState::Completed, FinalAck::Ack, "completed"));
+        let TaskEvent::Completed(c) = event else { panic!("a completed event") };
+        assert_eq!((c.text.as_str(), c.chunks, c.attempt), ("ab", 2, 1));
+        assert_eq!(r.result, Some(c));
+    }
+
+    #[test]
+    fn a_cancel_is_recorded_with_its_stop_time_and_acked() {
+        let (r, _, ack, outcome) =
+            finished(ending(&claimed(), &generated(done(FinishReason::Cancelled)), 1, 3, false, None, Some(12.0)));
+        assert_eq!((r.state, ack, outcome, r.cancel_to_stop_ms), (TaskState::Cancelled, FinalAck::Ack, "cancelled", Some(12.0)));
+        assert_eq!(r.error.unwrap().kind, ErrorKind::Cancelled);
+    }
+
+    #[test]
+    fn a_stopping_worker_hands_back_whatever_the_engine_said() {
+        assert_eq!(ending(&claimed(), &generated(done(FinishReason::Cancelled)), 1, 3, true, None, None), Ending::HandBack);
+    }
+
+    #[test]
+    fn engine_failures_retry_until_the_last_attempt_and_bad_requests_never_do() {
+        let failed = || generated(Err(EngineError::Failed("oom".into())));
+        assert_eq!(ending(&claimed(), &failed(), 1, 3, false, None, None), Ending::Retry);
+        let (r, _, ack, _) = finished(ending(&claimed(), &failed(), 3, 3, false, None, None));
+        assert_eq!((r.state, ack), (TaskState::Failed, FinalAck::Term));
+        assert_eq!(r.error.unwrap().kind, ErrorKind::Engine);
+        let (r, _, ack, _) =
+            finished(ending(&claimed(), &generated(Err(EngineError::ContextLength("long".into()))), 1, 3, false, None, None));
+        assert_eq!((r.error.unwrap().kind, ack), (ErrorKind::ContextLength, FinalAck::Term));
     }
 }

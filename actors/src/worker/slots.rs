@@ -8,55 +8,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
 use bitinglip_bus_schema::Priority;
-use bitinglip_nats::worker_consumer_config;
-use futures::StreamExt;
+use bitinglip_nats::store::queue::Consumers;
 
 use super::{run::run_task, WorkerShared};
-use crate::NodeContext;
-
-/// A model's two consumers.
-#[derive(Clone)]
-pub(super) struct Consumers {
-    interactive: PullConsumer,
-    batch: PullConsumer,
-}
-
-/// Creates (or finds) the model's durable consumers.
-pub(super) async fn ensure_consumers(ctx: &NodeContext, model: &str) -> Result<Consumers, ractor::ActorProcessingErr> {
-    let subjects = ctx.bus.subjects();
-    let stream = ctx.bus.jetstream().get_stream(subjects.tasks_stream()).await?;
-    let mut made = Vec::new();
-    for priority in [Priority::Interactive, Priority::Batch] {
-        let config = worker_consumer_config(subjects, model, priority, &ctx.config.jetstream);
-        let name = config.durable_name.clone().unwrap_or_default();
-        made.push(stream.get_or_create_consumer(&name, config).await?);
-    }
-    let batch = made.pop().expect("two consumers");
-    let interactive = made.pop().expect("two consumers");
-    Ok(Consumers { interactive, batch })
-}
-
-/// Takes one message if one is waiting, without waiting.
-async fn take_now(consumer: &PullConsumer) -> Result<Option<jetstream::Message>, String> {
-    let mut batch = consumer.fetch().max_messages(1).messages().await.map_err(|e| e.to_string())?;
-    match batch.next().await {
-        Some(Ok(m)) => Ok(Some(m)),
-        Some(Err(e)) => Err(e.to_string()),
-        None => Ok(None),
-    }
-}
-
-/// Waits up to `wait` for one message.
-async fn take_within(consumer: &PullConsumer, wait: Duration) -> Result<Option<jetstream::Message>, String> {
-    let mut batch = consumer.batch().max_messages(1).expires(wait).messages().await.map_err(|e| e.to_string())?;
-    match batch.next().await {
-        Some(Ok(m)) => Ok(Some(m)),
-        Some(Err(e)) => Err(e.to_string()),
-        None => Ok(None),
-    }
-}
 
 /// One sequence slot: pull one task, run it, repeat, until the worker stops fetching.
 pub(super) async fn slot_loop(shared: Arc<WorkerShared>, consumers: Consumers, slot: u32) {
@@ -64,18 +19,16 @@ pub(super) async fn slot_loop(shared: Arc<WorkerShared>, consumers: Consumers, s
     let mut interactive_streak = 0u32;
     while !shared.stop_fetching.is_cancelled() {
         let batch_first = interactive_streak >= 4;
-        let order = if batch_first {
-            [(&consumers.batch, Priority::Batch), (&consumers.interactive, Priority::Interactive)]
-        } else {
-            [(&consumers.interactive, Priority::Interactive), (&consumers.batch, Priority::Batch)]
-        };
+        let order =
+            if batch_first { [Priority::Batch, Priority::Interactive] } else { [Priority::Interactive, Priority::Batch] };
         let attempt = async {
-            for (consumer, priority) in order {
-                if let Some(m) = take_now(consumer).await? {
+            for priority in order {
+                if let Some(m) = consumers.take_now(priority).await? {
                     return Ok(Some((m, priority)));
                 }
             }
-            Ok::<_, String>(take_within(&consumers.interactive, Duration::from_secs(1)).await?.map(|m| (m, Priority::Interactive)))
+            let waited = consumers.take_within(Priority::Interactive, Duration::from_secs(1)).await?;
+            Ok::<_, bitinglip_nats::StoreError>(waited.map(|m| (m, Priority::Interactive)))
         };
         let got = tokio::select! {
             _ = shared.stop_fetching.cancelled() => return,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::WireError;
+use crate::{EngineKind, Role, WireError, WorkerState};
 
 /// One worker actor on a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -11,14 +11,14 @@ pub struct WorkerInfo {
     pub worker_id: String,
     /// The model it serves.
     pub model: String,
-    /// `mistralrs` or `echo`.
-    pub engine: String,
+    /// The engine it runs.
+    pub engine: EngineKind,
     /// Most sequences it runs at once.
     pub max_sequences: u32,
     /// Sequences running now.
     pub in_flight: u32,
     /// `loading`, `ready`, `draining` (stopping, taking no new task) or `failed`.
-    pub state: String,
+    pub state: WorkerState,
     /// Tasks running now, with their deliveries' ack subjects.
     #[serde(default)]
     pub running: Vec<RunningTask>,
@@ -48,7 +48,7 @@ pub struct NodeHeartbeat {
     /// The node's id.
     pub node_id: String,
     /// Roles it runs.
-    pub roles: Vec<String>,
+    pub roles: Vec<Role>,
     /// Its HTTP address, when it runs a gateway.
     #[serde(default)]
     pub http: Option<String>,
@@ -76,12 +76,17 @@ pub struct NodeHeartbeat {
 impl NodeHeartbeat {
     /// True when one of its workers has `model` loaded and takes tasks.
     pub fn serves(&self, model: &str) -> bool {
-        self.workers.iter().any(|w| w.model == model && w.state == "ready")
+        self.workers.iter().any(|w| w.model == model && w.state == WorkerState::Ready)
     }
 
-    /// True when it runs `role` (`worker`, `gateway`, …).
-    pub fn runs(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+    /// True when it runs `role`.
+    pub fn runs(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// True when one of its workers takes tasks, whatever the model.
+    pub fn has_ready_worker(&self) -> bool {
+        self.workers.iter().any(|w| w.state == WorkerState::Ready)
     }
 }
 
@@ -115,10 +120,10 @@ mod tests {
         let worker = WorkerInfo {
             worker_id: "n1-w0".into(),
             model: "m".into(),
-            engine: "mistralrs".into(),
+            engine: EngineKind::Mistralrs,
             max_sequences: 4,
             in_flight: 1,
-            state: "ready".into(),
+            state: WorkerState::Ready,
             running: vec![RunningTask {
                 task_id: crate::TaskId::parse("t").unwrap(),
                 attempt: 1,
@@ -131,7 +136,7 @@ mod tests {
         pin(worker.running[0].clone(), &["task_id", "attempt", "ack_subject"]);
         let hb = NodeHeartbeat {
             node_id: "n1".into(),
-            roles: vec!["worker".into()],
+            roles: vec![Role::Worker],
             http: None,
             workers: vec![worker],
             started_ms: 1,

@@ -4,18 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::WireError;
-
-/// The engine a replica runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EngineName {
-    /// mistral.rs (the default).
-    #[default]
-    Mistralrs,
-    /// The echo engine (platform overhead and fault tests only).
-    Echo,
-}
+use crate::{EngineKind, WireError};
 
 /// What a node needs to load a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,7 +16,7 @@ pub struct ModelSpec {
     pub revision: Option<String>,
     /// Engine.
     #[serde(default)]
-    pub engine: EngineName,
+    pub engine: EngineKind,
     /// Most sequences generated at once (default 4).
     #[serde(default)]
     pub max_sequences: Option<u32>,
@@ -191,7 +180,7 @@ mod tests {
         ModelSpec {
             source: "org/m".into(),
             revision: Some("main".into()),
-            engine: EngineName::Echo,
+            engine: EngineKind::Echo,
             max_sequences: Some(2),
             echo_tokens_per_sec: None,
         }

@@ -41,7 +41,7 @@ pub struct ModelRecord {
     pub estimated_memory: Option<u64>,
     /// The engine that serves it (what an on-demand load uses).
     #[serde(default)]
-    pub engine: crate::EngineName,
+    pub engine: crate::EngineKind,
     /// First registered, ms since the epoch.
     pub created_ms: u64,
     /// Last registration, ms since the epoch.
@@ -264,7 +264,7 @@ mod tests {
             revision_sha: Some("abc".into()),
             files: vec![ModelFile { name: "config.json".into(), size: 10, sha256: None }],
             estimated_memory: Some(12),
-            engine: crate::EngineName::Mistralrs,
+            engine: crate::EngineKind::Mistralrs,
             created_ms: 1,
             updated_ms: 2,
         }

@@ -5,13 +5,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bitinglip_actors::{
-    client::{Relayed, TaskWatch},
-    NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg,
-};
+use bitinglip_actors::{NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
+use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority, SubmitReply, SubmitRequest, Subjects, TaskId};
 use bitinglip_config::Config;
-use bitinglip_nats::Bus;
+use bitinglip_nats::{Bus, Store};
 use ractor::{Actor, ActorRef};
 
 use super::stats::{closed_loop, Samples};
@@ -30,8 +28,8 @@ impl InProcessNode {
         let client = bitinglip_nats::connect(&config.nats, &format!("bitinglip-{}", config.node_id), None).await?;
         let subjects = Subjects::new(config.nats.subject_root.clone())?;
         let bus = Bus::new(client, subjects.clone(), config.node_id.clone(), config.nats.request_timeout);
-        let kv = bitinglip_nats::provision(bus.jetstream(), &subjects, &config).await?;
-        let ctx = NodeContext::new(bus, kv, config);
+        let store = bitinglip_nats::Store::provision(&bus, &config).await?;
+        let ctx = NodeContext::new(bus, store, config);
         let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, NodeSupervisorArgs { ctx: ctx.clone() })
             .await
             .map_err(|e| anyhow::anyhow!("node failed to start: {e}"))?;
@@ -60,6 +58,22 @@ pub(crate) fn chat(model: &str, prompt: &str, max_tokens: u32) -> ChatParams {
     }
 }
 
+/// A client of the cluster over NATS: the bus, and the storage layer its task watches
+/// read events back from.
+#[derive(Clone)]
+pub(crate) struct Client {
+    pub(crate) bus: Bus,
+    pub(crate) store: Store,
+}
+
+impl std::ops::Deref for Client {
+    type Target = Bus;
+
+    fn deref(&self) -> &Bus {
+        &self.bus
+    }
+}
+
 /// What one request over NATS saw, in seconds from the start: the task manager's
 /// `accepted`, the first chunk, completion; and the tokens generated.
 pub(crate) struct NatsTimes {
@@ -70,10 +84,10 @@ pub(crate) struct NatsTimes {
 }
 
 /// One chat request over NATS, as the CLI makes it.
-pub(crate) async fn nats_request(bus: &Bus, chat: ChatParams) -> Option<NatsTimes> {
+pub(crate) async fn nats_request(bus: &Client, chat: ChatParams) -> Option<NatsTimes> {
     let started = Instant::now();
     let task_id = TaskId::parse(ulid::Ulid::new().to_string()).ok()?;
-    let mut watch = TaskWatch::subscribe(bus, &task_id).await.ok()?;
+    let mut watch = TaskWatch::subscribe(&bus.bus, &bus.store, &task_id).await.ok()?;
     let req = SubmitRequest { chat, task_id: Some(task_id), idempotency_key: None, priority: Priority::Interactive, wait_for_model: true };
     match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await.ok()? {
         SubmitReply::Accepted(_) => {}
@@ -147,7 +161,7 @@ pub(crate) struct EchoRun {
 }
 
 /// The echo engine at `clients` concurrent clients over NATS.
-pub(crate) async fn echo_nats(bus: &Bus, model: &str, prompt: &str, clients: usize, duration: Duration) -> EchoRun {
+pub(crate) async fn echo_nats(bus: &Client, model: &str, prompt: &str, clients: usize, duration: Duration) -> EchoRun {
     let (bus, model, prompt) = (bus.clone(), model.to_string(), prompt.to_string());
     let (mut series, failed) = closed_loop(clients, duration, move || {
         let (bus, chat) = (bus.clone(), chat(&model, &prompt, 64));
@@ -177,7 +191,7 @@ pub(crate) async fn echo_http(base: &str, model: &str, prompt: &str, clients: us
 }
 
 /// Waits until `model` answers a one-token request (its worker is loaded and ready).
-pub(crate) async fn wait_ready(bus: &Bus, model: &str, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(bus: &Client, model: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if tokio::time::timeout(Duration::from_secs(60), nats_request(bus, chat(model, "ping", 1))).await.ok().flatten().is_some() {

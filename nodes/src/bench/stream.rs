@@ -7,7 +7,6 @@ use std::{sync::Arc, time::Instant};
 
 use bitinglip_actors::{Engine, GenerateRequest};
 use bitinglip_bus_schema::ChatMessage;
-use bitinglip_nats::Bus;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +39,7 @@ impl StreamRun {
 }
 
 /// `streams` concurrent chat requests through the platform, over NATS.
-pub(crate) async fn platform(bus: &Bus, model: &str, streams: usize, max_tokens: u32) -> anyhow::Result<StreamRun> {
+pub(crate) async fn platform(bus: &super::platform::Client, model: &str, streams: usize, max_tokens: u32) -> anyhow::Result<StreamRun> {
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..streams {

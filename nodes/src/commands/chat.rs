@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::bail;
-use bitinglip_actors::client::{Relayed, TaskWatch};
+use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority, SubmitReply, SubmitRequest, TaskId};
 use bitinglip_config::Config;
 
@@ -32,7 +32,8 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
         priority: Priority::Interactive,
         wait_for_model: true,
     };
-    let mut watch = TaskWatch::subscribe(&bus, &task_id).await?;
+    let store = bitinglip_nats::Store::open(&bus, &config).await?;
+    let mut watch = TaskWatch::subscribe(&bus, &store, &task_id).await?;
     match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await? {
         SubmitReply::Accepted(_) => {}
         SubmitReply::Rejected(err) => bail!("rejected ({}): {}", err.kind, err.message),

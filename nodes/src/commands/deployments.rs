@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use bitinglip_bus_schema::{
-    Constraints, DeleteDeployment, DeploymentList, DeploymentReply, EngineName, ListDeployments, ModelSpec, SetDeployment,
+    Constraints, DeleteDeployment, DeploymentList, DeploymentReply, EngineKind, ListDeployments, ModelSpec, SetDeployment,
 };
 use bitinglip_config::{parse_bytes, Config};
 
@@ -20,11 +20,7 @@ fn human(bytes: u64) -> String {
 }
 
 fn request(a: DeploymentArgs) -> anyhow::Result<SetDeployment> {
-    let engine = match a.engine.as_str() {
-        "mistralrs" => EngineName::Mistralrs,
-        "echo" => EngineName::Echo,
-        other => bail!("--engine {other:?}: use mistralrs or echo"),
-    };
+    let Some(engine) = EngineKind::parse(&a.engine) else { bail!("--engine {:?}: use mistralrs or echo", a.engine) };
     Ok(SetDeployment {
         model: a.name,
         spec: ModelSpec { source: a.source, revision: a.revision, engine, max_sequences: a.max_sequences, echo_tokens_per_sec: None },

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use bitinglip_actors::{NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
 use bitinglip_bus_schema::Subjects;
 use bitinglip_config::{Config, Role};
-use bitinglip_nats::{Bus, LocalNatsServer, ServerOptions};
+use bitinglip_nats::{Bus, LocalNatsServer, ServerOptions, Store};
 use ractor::Actor;
 
 /// `<hostname>-<random>`: the node id when none is configured.
@@ -71,17 +71,18 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     let client = bitinglip_nats::connect(&config.nats, &format!("bitinglip-{node_id}"), Some(reconnected.clone())).await?;
     let subjects = Subjects::new(config.nats.subject_root.clone())?;
     let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout);
-    let kv = bitinglip_nats::provision(bus.jetstream(), &subjects, &config).await?;
+    let store = Store::provision(&bus, &config).await?;
     // After a reconnect (a restarted server, a failover) provision again: memory-stored
     // streams and buckets may be gone, and every operation is idempotent.
     let reprovision = {
-        let (js, subjects, config) = (bus.jetstream().clone(), subjects.clone(), config.clone());
+        let (bus, config) = (bus.clone(), config.clone());
         tokio::spawn(async move {
             loop {
                 reconnected.notified().await;
                 let mut delay = Duration::from_millis(100);
                 loop {
-                    match bitinglip_nats::provision(&js, &subjects, &config).await {
+                    // The handles stay valid: buckets and streams are found by name.
+                    match Store::provision(&bus, &config).await {
                         Ok(_) => {
                             tracing::info!("JetStream provisioned again after reconnect");
                             break;
@@ -104,7 +105,7 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     let no_models = config.worker.models.is_empty();
     let http = config.gateway.http.clone();
     let metrics_listen = config.metrics.listen.clone();
-    let ctx = NodeContext::new(bus, kv, config);
+    let ctx = NodeContext::new(bus, store, config);
     let metrics = match &metrics_listen {
         Some(addr) => {
             let (local, task) = bitinglip_actors::health::listen(ctx.clone(), addr)

@@ -1,7 +1,7 @@
 //! `bitinglip status`: the cluster's health on one screen: the bus, every live node with
 //! its health and workers, and every model's queue.
 
-use bitinglip_bus_schema::{ClusterStatus, GetClusterStatus};
+use bitinglip_bus_schema::{ClusterStatus, GetClusterStatus, WorkerState};
 use bitinglip_config::Config;
 
 use crate::cli::StatusArgs;
@@ -36,9 +36,9 @@ pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
                 w.worker_id.clone(),
                 n.node_id.clone(),
                 w.model.clone(),
-                w.engine.clone(),
+                w.engine.to_string(),
                 n.device.clone(),
-                w.state.clone(),
+                w.state.to_string(),
                 format!("{}/{}", w.in_flight, w.max_sequences),
             ]);
         }
@@ -50,9 +50,9 @@ pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
 /// A node's health from its heartbeat: `failed` when a worker failed to load its model,
 /// `loading` while one loads, `stale` when its heartbeat is late, else `ok`.
 fn health(n: &bitinglip_bus_schema::NodeHeartbeat, now_ms: u64, interval_ms: u64) -> &'static str {
-    if n.workers.iter().any(|w| w.state == "failed") {
+    if n.workers.iter().any(|w| w.state == WorkerState::Failed) {
         "failed"
-    } else if n.workers.iter().any(|w| w.state == "loading") {
+    } else if n.workers.iter().any(|w| w.state == WorkerState::Loading) {
         "loading"
     } else if now_ms.saturating_sub(n.time_ms) > 2 * interval_ms {
         "stale"
@@ -66,7 +66,11 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
     let nodes = nodes(&bus).await?;
     let now = bitinglip_nats::now_ms();
     let interval = config.cluster.heartbeat_interval.as_millis() as u64;
-    let jetstream = bus.jetstream().query_account().await.is_ok();
+    let store = bitinglip_nats::Store::open(&bus, &config).await.ok();
+    let jetstream = match &store {
+        Some(store) => store.jetstream_answers().await,
+        None => false,
+    };
     if args.json {
         let v: Vec<_> = nodes
             .iter()
@@ -89,9 +93,12 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
     let mut models: Vec<String> = nodes.iter().flat_map(|n| n.workers.iter().map(|w| w.model.clone())).collect();
     models.sort();
     models.dedup();
-    let queues = bitinglip_actors::queues::queue_stats(&bus, &config.jetstream, &models).await.unwrap_or_default();
+    let queues = match &store {
+        Some(store) => store.queue().stats(&models).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     let workers: Vec<_> = nodes.iter().flat_map(|n| &n.workers).collect();
-    let ready = workers.iter().filter(|w| w.state == "ready").count();
+    let ready = workers.iter().filter(|w| w.state == WorkerState::Ready).count();
     let server = bus.client().server_info();
     println!(
         "NATS {} (nats-server {}) connected · JetStream {} · {} node(s) · {ready}/{} worker(s) ready",
@@ -109,7 +116,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
         let base = vec![
             n.node_id.clone(),
             health(n, now, interval).to_string(),
-            n.roles.join(","),
+            n.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
             n.http.clone().unwrap_or_else(|| "-".into()),
             n.device.clone(),
             mem,
@@ -122,8 +129,8 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
             rows.push([base.clone(), vec![
                 w.worker_id.clone(),
                 w.model.clone(),
-                w.engine.clone(),
-                w.state.clone(),
+                w.engine.to_string(),
+                w.state.to_string(),
                 format!("{}/{}", w.in_flight, w.max_sequences),
             ]].concat());
         }
@@ -149,24 +156,24 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
 
 #[cfg(test)]
 mod tests {
-    use bitinglip_bus_schema::{NodeHeartbeat, WorkerInfo};
+    use bitinglip_bus_schema::{EngineKind, NodeHeartbeat, Role, WorkerInfo, WorkerState};
 
     use super::health;
 
-    fn node(time_ms: u64, states: &[&str]) -> NodeHeartbeat {
+    fn node(time_ms: u64, states: &[WorkerState]) -> NodeHeartbeat {
         NodeHeartbeat {
             node_id: "n".into(),
-            roles: vec!["worker".into()],
+            roles: vec![Role::Worker],
             http: None,
             workers: states
                 .iter()
                 .map(|s| WorkerInfo {
                     worker_id: "w".into(),
                     model: "m".into(),
-                    engine: "echo".into(),
+                    engine: EngineKind::Echo,
                     max_sequences: 1,
                     in_flight: 0,
-                    state: s.to_string(),
+                    state: *s,
                     running: vec![],
                     last_used_ms: 0,
                     placed: false,
@@ -183,10 +190,10 @@ mod tests {
 
     #[test]
     fn health_says_what_is_wrong_first() {
-        assert_eq!(health(&node(1000, &["ready"]), 1500, 500), "ok");
+        assert_eq!(health(&node(1000, &[WorkerState::Ready]), 1500, 500), "ok");
         assert_eq!(health(&node(1000, &[]), 1500, 500), "ok");
-        assert_eq!(health(&node(1000, &["ready"]), 3000, 500), "stale");
-        assert_eq!(health(&node(1000, &["ready", "loading"]), 1500, 500), "loading");
-        assert_eq!(health(&node(1000, &["loading", "failed"]), 3000, 500), "failed");
+        assert_eq!(health(&node(1000, &[WorkerState::Ready]), 3000, 500), "stale");
+        assert_eq!(health(&node(1000, &[WorkerState::Ready, WorkerState::Loading]), 1500, 500), "loading");
+        assert_eq!(health(&node(1000, &[WorkerState::Loading, WorkerState::Failed]), 3000, 500), "failed");
     }
 }

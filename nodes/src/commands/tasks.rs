@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::bail;
-use bitinglip_actors::client::{cancel, Relayed, TaskWatch};
+use bitinglip_client::{cancel, Relayed, TaskWatch};
 use bitinglip_bus_schema::{
     ChatMessage, ChatParams, GetTask, ListTasks, Priority, SubmitReply, SubmitRequest, TaskId, TaskList, TaskRecord,
     TaskState, TaskStatusReply,
@@ -58,7 +58,8 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
         }
         TasksCommand::Watch { id, from } => {
             let task_id = TaskId::parse(id)?;
-            let mut watch = TaskWatch::resume(&bus, &task_id, from).await?;
+            let store = bitinglip_nats::Store::open(&bus, &config).await?;
+            let mut watch = TaskWatch::resume(&bus, &store, &task_id, from).await?;
             let mut out = std::io::stdout().lock();
             while let Some(r) = watch.next().await {
                 match r {

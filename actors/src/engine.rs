@@ -1,7 +1,15 @@
-//! The engine trait a worker drives, and what crosses it. mistral.rs is the engine users
-//! run; the echo engine exists only to measure the platform and to drive fault tests.
+//! The engine trait a worker drives, what crosses it, and loading an engine from a
+//! model's config. mistral.rs is the engine users run; the echo engine exists only to
+//! measure the platform and to drive fault tests. The benchmark loads the very engine a
+//! worker runs, in its own process, as the baseline of the platform's streaming rate.
 
-use bitinglip_bus_schema::{ChatMessage, FinishReason};
+mod echo;
+mod mistral;
+
+use std::sync::Arc;
+
+use bitinglip_bus_schema::{ChatMessage, EngineKind, FinishReason};
+use bitinglip_config::ModelConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -51,8 +59,8 @@ pub enum EngineError {
 /// A loaded model that generates text.
 #[async_trait::async_trait]
 pub trait Engine: Send + Sync + 'static {
-    /// `mistralrs` or `echo`.
-    fn kind(&self) -> &'static str;
+    /// Which engine this is.
+    fn kind(&self) -> EngineKind;
 
     /// Longest sequence (prompt plus answer) the model accepts, when known.
     fn context_length(&self) -> Option<u32>;
@@ -66,4 +74,19 @@ pub trait Engine: Send + Sync + 'static {
         out: mpsc::Sender<String>,
         cancel: CancellationToken,
     ) -> Result<Generation, EngineError>;
+}
+
+/// Loads `model` into the engine its config names (a hub model must be in the local
+/// cache or reachable; a worker pulls it first).
+pub async fn load(model: &ModelConfig, force_cpu: bool) -> Result<Arc<dyn Engine>, EngineError> {
+    match model.engine {
+        EngineKind::Echo => Ok(Arc::new(echo::EchoEngine::new(model.echo_tokens_per_sec))),
+        EngineKind::Mistralrs => Ok(Arc::new(mistral::MistralEngine::load(model, force_cpu).await?)),
+        EngineKind::Unknown => Err(EngineError::Invalid("this build does not know the engine".into())),
+    }
+}
+
+/// Loads `model` into a mistral.rs engine, as a worker would.
+pub async fn load_mistralrs(model: &ModelConfig, force_cpu: bool) -> Result<Arc<dyn Engine>, EngineError> {
+    Ok(Arc::new(mistral::MistralEngine::load(model, force_cpu).await?))
 }

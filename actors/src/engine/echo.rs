@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use bitinglip_bus_schema::FinishReason;
+use bitinglip_bus_schema::{EngineKind, FinishReason};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Engine, EngineError, GenerateRequest, Generation};
+use super::{Engine, EngineError, GenerateRequest, Generation};
 
 /// Echoes the prompt back.
 pub(super) struct EchoEngine {
@@ -64,8 +64,8 @@ fn fault(prompt: &str, produced: u32) -> Result<(), EngineError> {
 
 #[async_trait::async_trait]
 impl Engine for EchoEngine {
-    fn kind(&self) -> &'static str {
-        "echo"
+    fn kind(&self) -> EngineKind {
+        EngineKind::Echo
     }
 
     fn context_length(&self) -> Option<u32> {

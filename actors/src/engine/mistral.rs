@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use bitinglip_bus_schema::FinishReason;
+use bitinglip_bus_schema::{EngineKind, FinishReason};
 use bitinglip_config::ModelConfig;
 use mistralrs::{
     Constraint, Model, NormalRequest, Request, RequestLike, RequestMessage, Response, SamplingParams, StopTokens, TextMessageRole,
@@ -17,7 +17,7 @@ use mistralrs::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Engine, EngineError, GenerateRequest, Generation};
+use super::{Engine, EngineError, GenerateRequest, Generation};
 
 /// A loaded mistral.rs model.
 pub(crate) struct MistralEngine {
@@ -74,8 +74,8 @@ fn finish_reason(reason: &str) -> FinishReason {
 
 #[async_trait::async_trait]
 impl Engine for MistralEngine {
-    fn kind(&self) -> &'static str {
-        "mistralrs"
+    fn kind(&self) -> EngineKind {
+        EngineKind::Mistralrs
     }
 
     fn context_length(&self) -> Option<u32> {

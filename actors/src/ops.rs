@@ -1,0 +1,16 @@
+//! Operations several actors need, below the actors: no actor's module is imported here,
+//! and an actor reaches another's work only through these or the bus.
+//!
+//! | module | for |
+//! | --- | --- |
+//! | `deployments` | set, seed, load on demand, scale, status of deployments |
+//! | `models` | memory estimates, merging a registration, a replica's worker config |
+//! | `hub` | the Hugging Face hub through hf-hub: search and verified downloads |
+//! | `pull` | a download with progress on the bus and a status lease |
+//! | `task_ids` | the task id of a request |
+
+pub mod deployments;
+pub mod hub;
+pub mod models;
+pub mod pull;
+pub mod task_ids;

@@ -1,0 +1,157 @@
+//! Operations on deployments that any node may run (set, seed, delete, load, scale) and
+//! the status of every deployment. The writes are compare-and-swap (see the storage
+//! layer), so concurrent writers (two task managers loading the same model on demand, a
+//! CLI and the leader) never lose each other's change.
+
+use bitinglip_bus_schema::{
+    Deployment, DeploymentStatus, ErrorKind, ModelSource, ModelSpec, NodeHeartbeat, NodePlacement, SetDeployment, WireError,
+};
+use bitinglip_nats::Store;
+
+/// Writes a deployment through `change` (see `Deployments::modify`), flattening the two
+/// layers of error.
+async fn modify(
+    store: &Store,
+    model: &str,
+    change: impl FnMut(Option<Deployment>) -> Result<Option<Deployment>, WireError>,
+) -> Result<Option<Deployment>, WireError> {
+    store.deployments().modify(model, change).await?
+}
+
+fn check_spec(spec: &ModelSpec) -> Result<(), WireError> {
+    let invalid = |m: String| Err(WireError::new(ErrorKind::InvalidRequest, m));
+    if spec.source.trim().is_empty() {
+        return invalid("`spec.source` is empty: give a Hugging Face id or a model folder".into());
+    }
+    if spec.max_sequences == Some(0) {
+        return invalid("`spec.max_sequences` must be at least 1".into());
+    }
+    if let Some(t) = spec.echo_tokens_per_sec {
+        if !(t >= 0.0 && t.is_finite()) {
+            return invalid(format!("`spec.echo_tokens_per_sec` is {t}; use 0 or above"));
+        }
+    }
+    Ok(())
+}
+
+/// Creates or replaces a deployment declared by an operator.
+pub async fn set(store: &Store, req: SetDeployment) -> Result<Deployment, WireError> {
+    check_spec(&req.spec)?;
+    let model = req.model.clone().unwrap_or_else(|| req.spec.source.clone());
+    if model.trim().is_empty() {
+        return Err(WireError::new(ErrorKind::InvalidRequest, "`model` is empty"));
+    }
+    if req.replicas > 1000 {
+        return Err(WireError::new(ErrorKind::InvalidRequest, format!("`replicas` is {}; at most 1000", req.replicas)));
+    }
+    if let Some(dev) = &req.constraints.device {
+        if !matches!(dev.as_str(), "cpu" | "cuda" | "metal") {
+            return Err(WireError::new(ErrorKind::InvalidRequest, format!("`constraints.device` is {dev:?}; use cpu, cuda or metal")));
+        }
+    }
+    let deployment = Deployment {
+        model: model.clone(),
+        spec: req.spec,
+        replicas: req.replicas,
+        constraints: req.constraints,
+        memory: req.memory,
+        on_demand: false,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    let stored = modify(store, &model, |_| Ok(Some(deployment.clone()))).await?;
+    tracing::info!(model = %model, replicas = deployment.replicas, "deployment set");
+    stored.ok_or_else(|| WireError::new(ErrorKind::Internal, "deployment not written"))
+}
+
+/// Creates a deployment from config when the cluster has none for its model.
+pub async fn seed(store: &Store, d: &bitinglip_config::DeploymentConfig) -> Result<(), WireError> {
+    let req = SetDeployment {
+        model: d.name.clone(),
+        spec: ModelSpec {
+            source: d.source.clone(),
+            revision: Some(d.revision.clone()),
+            engine: d.engine,
+            max_sequences: Some(d.max_sequences),
+            echo_tokens_per_sec: Some(d.echo_tokens_per_sec),
+        },
+        replicas: d.replicas,
+        constraints: bitinglip_bus_schema::Constraints { min_memory: d.min_memory, device: d.device.clone() },
+        memory: d.memory,
+    };
+    let model = req.model.clone().unwrap_or_else(|| req.spec.source.clone());
+    if store.deployments().get(&model).await?.is_none() {
+        set(store, req).await?;
+    }
+    Ok(())
+}
+
+/// Makes sure a known model has at least `replicas` replicas: raises its deployment, or
+/// creates an on-demand one from the registry entry.
+pub async fn ensure_loaded(store: &Store, model: &str, replicas: u32) -> Result<Deployment, WireError> {
+    let record = store.models().get(model).await?;
+    let stored = modify(store, model, |current| match current {
+        Some(d) if d.replicas >= replicas => Ok(None),
+        Some(mut d) => {
+            d.replicas = replicas;
+            Ok(Some(d))
+        }
+        None => {
+            let Some(record) = &record else {
+                return Err(WireError::new(ErrorKind::UnknownModel, format!("model `{model}` is not registered")));
+            };
+            let (source, revision) = match &record.source {
+                ModelSource::Local { path } => (path.clone(), None),
+                ModelSource::Hub { revision } => (record.id.clone(), Some(revision.clone())),
+            };
+            Ok(Some(Deployment {
+                model: model.to_string(),
+                spec: ModelSpec { source, revision, engine: record.engine, max_sequences: None, echo_tokens_per_sec: None },
+                replicas,
+                constraints: Default::default(),
+                memory: None,
+                on_demand: true,
+                created_ms: 0,
+                updated_ms: 0,
+            }))
+        }
+    })
+    .await?;
+    stored.ok_or_else(|| WireError::new(ErrorKind::Internal, "deployment not written"))
+}
+
+/// Sets a model's deployment to `replicas` (0 unloads it everywhere).
+pub async fn scale(store: &Store, model: &str, replicas: u32) -> Result<Deployment, WireError> {
+    modify(store, model, |current| match current {
+        None => Err(WireError::new(ErrorKind::NotFound, format!("model `{model}` has no deployment (nothing is loaded)"))),
+        Some(d) if d.replicas == replicas => Ok(None),
+        Some(mut d) => {
+            d.replicas = replicas;
+            Ok(Some(d))
+        }
+    })
+    .await?
+    .ok_or_else(|| WireError::new(ErrorKind::Internal, "deployment not written"))
+}
+
+/// Every deployment with the nodes it is placed on and the nodes serving it now.
+pub async fn statuses(store: &Store) -> Result<Vec<DeploymentStatus>, WireError> {
+    let deployments = store.deployments().list().await?;
+    let placements = store.deployments().placements().await?;
+    let nodes = store.nodes().live().await?;
+    Ok(deployments.into_iter().map(|d| status(d, placements.values(), &nodes)).collect())
+}
+
+/// One deployment's status from the placements and the live nodes (pure).
+fn status<'a>(
+    deployment: Deployment,
+    placements: impl Iterator<Item = &'a NodePlacement>,
+    nodes: &[NodeHeartbeat],
+) -> DeploymentStatus {
+    let placed = placements
+        .filter(|p| p.replicas.iter().any(|r| r.model == deployment.model))
+        .map(|p| p.node.clone())
+        .collect();
+    let serving = nodes.iter().filter(|n| n.serves(&deployment.model)).map(|n| n.node_id.clone()).collect();
+    DeploymentStatus { deployment, placed, serving }
+}

@@ -1,0 +1,117 @@
+//! Model bookkeeping that several actors share: memory estimates from files, merging a
+//! registration into the registry's record, and the worker config of a placed replica.
+
+use bitinglip_bus_schema::{ModelRecord, ModelSource, Replica};
+use bitinglip_config::ModelConfig;
+
+/// Memory one replica needs, estimated from its files (name, bytes): the weights plus a
+/// fifth for the KV cache and activations.
+pub fn estimate_memory<'a>(files: impl IntoIterator<Item = (&'a str, u64)>) -> u64 {
+    let weights: u64 = files
+        .into_iter()
+        .filter(|(name, _)| [".safetensors", ".bin", ".gguf", ".pt", ".pth"].iter().any(|ext| name.ends_with(ext)))
+        .map(|(_, size)| size)
+        .sum();
+    weights + weights / 5
+}
+
+/// The same, for a model folder on this node.
+pub fn estimate_folder_memory(dir: &std::path::Path) -> Option<u64> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let files: Vec<(String, u64)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
+        .collect();
+    Some(estimate_memory(files.iter().map(|(n, s)| (n.as_str(), *s))))
+}
+
+/// The record to store when `record` is registered over `existing` (pure): a worker
+/// that loaded the model adds its context length and engine; what a pull recorded
+/// (revision sha, files) stays; the first registration's time stays.
+pub fn merge_registration(mut record: ModelRecord, existing: Option<ModelRecord>, now: u64) -> ModelRecord {
+    let is_pull = !record.files.is_empty();
+    match existing {
+        Some(existing) => {
+            record.created_ms = existing.created_ms;
+            if record.files.is_empty() {
+                record.files = existing.files;
+            }
+            record.revision_sha = record.revision_sha.or(existing.revision_sha);
+            record.estimated_memory = record.estimated_memory.or(existing.estimated_memory);
+            if is_pull {
+                // A pull keeps the engine a worker recorded.
+                record.engine = existing.engine;
+            }
+            record.context_length = record.context_length.or(existing.context_length);
+        }
+        None => record.created_ms = now,
+    }
+    record.updated_ms = now;
+    record
+}
+
+/// Where a worker's model comes from, as the registry records it.
+pub fn source_of(model: &ModelConfig) -> ModelSource {
+    if model.is_local() {
+        ModelSource::Local { path: model.source.clone() }
+    } else {
+        ModelSource::Hub { revision: model.revision.clone() }
+    }
+}
+
+/// The worker config of a replica the cluster placed on this node.
+pub fn replica_config(r: &Replica) -> ModelConfig {
+    let defaults = ModelConfig::default();
+    ModelConfig {
+        source: r.spec.source.clone(),
+        name: Some(r.model.clone()),
+        revision: r.spec.revision.clone().unwrap_or(defaults.revision),
+        engine: r.spec.engine,
+        max_sequences: r.spec.max_sequences.unwrap_or(defaults.max_sequences).max(1),
+        echo_tokens_per_sec: r.spec.echo_tokens_per_sec.unwrap_or(defaults.echo_tokens_per_sec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bitinglip_bus_schema::{EngineKind, ModelFile};
+
+    use super::*;
+
+    fn record(files: Vec<ModelFile>, engine: EngineKind, context_length: Option<u32>) -> ModelRecord {
+        ModelRecord {
+            id: "m".into(),
+            source: ModelSource::Hub { revision: "main".into() },
+            context_length,
+            revision_sha: None,
+            files,
+            estimated_memory: None,
+            engine,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn weights_count_with_a_fifth_more_and_other_files_not_at_all() {
+        assert_eq!(estimate_memory([("model.safetensors", 1000), ("tokenizer.json", 500)]), 1200);
+        assert_eq!(estimate_memory([("config.json", 10)]), 0);
+    }
+
+    #[test]
+    fn a_registration_keeps_what_a_pull_recorded_and_a_pull_keeps_the_engine() {
+        let file = ModelFile { name: "model.safetensors".into(), size: 10, sha256: None };
+        let mut pulled = record(vec![file], EngineKind::Mistralrs, None);
+        pulled.revision_sha = Some("abc".into());
+        let first = merge_registration(pulled, None, 5);
+        assert_eq!((first.created_ms, first.updated_ms), (5, 5));
+
+        let loaded = merge_registration(record(vec![], EngineKind::Echo, Some(128)), Some(first.clone()), 9);
+        assert_eq!(loaded.files, first.files);
+        assert_eq!(loaded.revision_sha.as_deref(), Some("abc"));
+        assert_eq!((loaded.engine, loaded.context_length, loaded.created_ms, loaded.updated_ms), (EngineKind::Echo, Some(128), 5, 9));
+
+        let pulled_again = merge_registration(record(first.files.clone(), EngineKind::Mistralrs, None), Some(loaded), 12);
+        assert_eq!((pulled_again.engine, pulled_again.context_length), (EngineKind::Echo, Some(128)));
+    }
+}

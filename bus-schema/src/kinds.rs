@@ -1,0 +1,180 @@
+//! Named choices that config, the wire and every node share: a node's roles, a worker's
+//! engine and a worker's state. One type each, so nothing compares them as strings.
+//!
+//! On the wire each is its kebab- or snake-case name. A name this build does not know
+//! (sent by a newer node) decodes as `Unknown` instead of failing the whole message:
+//! an older node can still read a newer node's heartbeat. Config refuses `Unknown` (see
+//! `bitinglip-config`'s validation), so it never reaches a decision.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A role a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The HTTP bridge (OpenAI-compatible API).
+    Gateway,
+    /// Validates and queues tasks.
+    TaskManager,
+    /// Keeps the model registry.
+    ModelManager,
+    /// Keeps node membership, deployments and placement.
+    ClusterManager,
+    /// Runs engines.
+    Worker,
+    /// A role this build does not know (from a newer node).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Role {
+    /// Every known role, in start order.
+    pub const ALL: [Role; 5] = [Role::ClusterManager, Role::ModelManager, Role::TaskManager, Role::Worker, Role::Gateway];
+
+    /// The kebab-case name used in config and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::TaskManager => "task-manager",
+            Role::ModelManager => "model-manager",
+            Role::ClusterManager => "cluster-manager",
+            Role::Worker => "worker",
+            Role::Unknown => "unknown",
+        }
+    }
+
+    /// Parses a known role's name.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s.trim())
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The engine a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// mistral.rs (the default).
+    #[default]
+    Mistralrs,
+    /// Echoes the prompt back: only for measuring the platform and for fault tests.
+    Echo,
+    /// An engine this build does not know (from a newer node).
+    #[serde(other)]
+    Unknown,
+}
+
+impl EngineKind {
+    /// Every engine this build runs.
+    pub const ALL: [EngineKind; 2] = [EngineKind::Mistralrs, EngineKind::Echo];
+
+    /// The snake-case name used in config and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Mistralrs => "mistralrs",
+            EngineKind::Echo => "echo",
+            EngineKind::Unknown => "unknown",
+        }
+    }
+
+    /// Parses a known engine's name.
+    pub fn parse(s: &str) -> Option<EngineKind> {
+        EngineKind::ALL.into_iter().find(|e| e.as_str() == s.trim())
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Loading its engine (downloading the model first when it comes from the hub).
+    Loading,
+    /// Loaded and taking tasks.
+    Ready,
+    /// Stopping: takes no new task, finishes or hands back the ones it runs.
+    Draining,
+    /// The engine failed to load; it serves nothing.
+    Failed,
+    /// A state this build does not know (from a newer node).
+    #[serde(other)]
+    Unknown,
+}
+
+impl WorkerState {
+    /// The snake-case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Loading => "loading",
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+            WorkerState::Failed => "failed",
+            WorkerState::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip<T: Serialize + for<'de> Deserialize<'de>>(value: &T) -> T {
+        rmp_serde::from_slice(&rmp_serde::to_vec_named(value).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn names_on_the_wire_are_pinned() {
+        for (role, name) in [
+            (Role::Gateway, "gateway"),
+            (Role::TaskManager, "task-manager"),
+            (Role::ModelManager, "model-manager"),
+            (Role::ClusterManager, "cluster-manager"),
+            (Role::Worker, "worker"),
+        ] {
+            assert_eq!(rmp_serde::to_vec_named(&role).unwrap(), rmp_serde::to_vec_named(name).unwrap());
+            assert_eq!(roundtrip(&role), role);
+            assert_eq!(Role::parse(name), Some(role));
+        }
+        for (engine, name) in [(EngineKind::Mistralrs, "mistralrs"), (EngineKind::Echo, "echo")] {
+            assert_eq!(rmp_serde::to_vec_named(&engine).unwrap(), rmp_serde::to_vec_named(name).unwrap());
+            assert_eq!(EngineKind::parse(name), Some(engine));
+        }
+        for (state, name) in [
+            (WorkerState::Loading, "loading"),
+            (WorkerState::Ready, "ready"),
+            (WorkerState::Draining, "draining"),
+            (WorkerState::Failed, "failed"),
+        ] {
+            assert_eq!(rmp_serde::to_vec_named(&state).unwrap(), rmp_serde::to_vec_named(name).unwrap());
+            assert_eq!(roundtrip(&state), state);
+        }
+    }
+
+    #[test]
+    fn names_from_a_newer_node_decode_as_unknown() {
+        let newer = rmp_serde::to_vec_named("quantum-router").unwrap();
+        assert_eq!(rmp_serde::from_slice::<Role>(&newer).unwrap(), Role::Unknown);
+        assert_eq!(rmp_serde::from_slice::<EngineKind>(&newer).unwrap(), EngineKind::Unknown);
+        assert_eq!(rmp_serde::from_slice::<WorkerState>(&newer).unwrap(), WorkerState::Unknown);
+        assert_eq!(Role::parse("unknown"), None);
+        assert_eq!(EngineKind::parse("unknown"), None);
+    }
+}

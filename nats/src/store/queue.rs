@@ -1,0 +1,209 @@
+//! The tasks stream: a work queue with one subject per model and priority class. The
+//! task manager queues accepted tasks here; each model's workers share one durable pull
+//! consumer per class; queue statistics and the oldest task's age are read from it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::PullConsumer,
+    context::{PublishError, PublishErrorKind},
+    ErrorCode,
+};
+use bitinglip_bus_schema::{decode_body, Envelope, Priority, TaskSpec};
+use futures::StreamExt;
+
+use super::{Store, StoreError, MAX_VALUE_BYTES};
+use crate::{now_ms, trace::TraceParent, Bus};
+
+const WHAT: &str = "tasks stream";
+
+/// A task in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    /// Its sequence in the stream.
+    pub sequence: u64,
+    /// The stream already held a message with this task id (within the dedupe window).
+    pub duplicate: bool,
+}
+
+/// One queue's numbers: a model and a priority class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueStats {
+    /// The model.
+    pub model: String,
+    /// The class.
+    pub priority: Priority,
+    /// Tasks not yet delivered to a worker.
+    pub waiting: u64,
+    /// Tasks delivered and not yet acked.
+    pub running: u64,
+    /// Age of the oldest task still in the queue (waiting or running), in seconds.
+    pub oldest_age_secs: f64,
+}
+
+/// A model's two durable consumers, as its workers pull from them.
+#[derive(Clone)]
+pub struct Consumers {
+    interactive: PullConsumer,
+    batch: PullConsumer,
+}
+
+/// The tasks stream.
+pub struct Queue<'a> {
+    store: &'a Store,
+}
+
+impl Store {
+    /// The tasks stream.
+    pub fn queue(&self) -> Queue<'_> {
+        Queue { store: self }
+    }
+}
+
+fn publish_error(err: PublishError) -> StoreError {
+    if err.kind() == PublishErrorKind::MaxPayloadExceeded {
+        return StoreError::TooLarge { message: format!("the task is over the bus's max payload: {err}") };
+    }
+    let code = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .map(|e| e.error_code());
+    if code == Some(ErrorCode::STREAM_STORE_FAILED) {
+        // Discard-new limits (per model and class by count, all together by bytes).
+        return StoreError::Full { message: format!("the model's queue is full ({err}); retry later") };
+    }
+    StoreError::unavailable(WHAT, err)
+}
+
+impl Queue<'_> {
+    async fn stream(&self) -> Result<jetstream::stream::Stream, StoreError> {
+        let inner = &self.store.inner;
+        inner.js.get_stream(inner.subjects.tasks_stream()).await.map_err(|e| StoreError::unavailable(WHAT, e))
+    }
+
+    /// Queues `spec` on its model's subject with `Nats-Msg-Id` = task id, and waits for
+    /// the stream's acknowledgement: from then on the task is on disk (and replicated).
+    pub async fn publish(&self, spec: &TaskSpec, trace: Option<&TraceParent>) -> Result<Queued, StoreError> {
+        let inner = &self.store.inner;
+        let env = Envelope::new(ulid::Ulid::new().to_string(), now_ms(), inner.node_id.as_str(), spec);
+        let payload = bitinglip_bus_schema::encode(&env).map_err(|e| StoreError::TooLarge { message: e.to_string() })?;
+        let mut headers = Bus::headers(trace);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, spec.task_id.as_str());
+        let subject = inner.subjects.queue(&spec.chat.model, spec.priority);
+        let ack = inner
+            .js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(publish_error)?
+            .await
+            .map_err(publish_error)?;
+        Ok(Queued { sequence: ack.sequence, duplicate: ack.duplicate })
+    }
+
+    /// Creates (or finds) `model`'s durable consumers.
+    pub async fn consumers(&self, model: &str) -> Result<Consumers, StoreError> {
+        let stream = &self.stream().await?;
+        let inner = &self.store.inner;
+        let consumer = |priority| async move {
+            let config = crate::worker_consumer_config(&inner.subjects, model, priority, &inner.jetstream);
+            let name = config.durable_name.clone().unwrap_or_default();
+            stream.get_or_create_consumer(&name, config).await.map_err(|e| StoreError::unavailable(WHAT, e))
+        };
+        Ok(Consumers { interactive: consumer(Priority::Interactive).await?, batch: consumer(Priority::Batch).await? })
+    }
+
+    /// Age of the oldest task of `model` and `priority` (waiting or running: a work queue
+    /// keeps a task until it is acked), in ms; 0 when there is none or it cannot be read.
+    pub async fn oldest_age_ms(&self, model: &str, priority: Priority) -> u64 {
+        let inner = &self.store.inner;
+        let Ok(stream) = inner.js.get_stream_no_info(inner.subjects.tasks_stream()).await else { return 0 };
+        match stream.get_first_raw_message_by_subject(inner.subjects.queue(model, priority), 0).await {
+            Ok(msg) => {
+                let at = msg.time.unix_timestamp_nanos() / 1_000_000;
+                (now_ms() as i128 - at).max(0) as u64
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// The queues of `models`, both classes each. A queue whose consumer does not exist
+    /// yet (no worker ever served the model) reads as empty.
+    pub async fn stats(&self, models: &[String]) -> Result<Vec<QueueStats>, StoreError> {
+        let stream = self.stream().await?;
+        let inner = &self.store.inner;
+        let mut out = Vec::new();
+        for model in models {
+            for priority in [Priority::Interactive, Priority::Batch] {
+                let name = inner.subjects.worker_consumer(model, priority);
+                let (waiting, running) = match stream.consumer_info(&name).await {
+                    Ok(info) => (info.num_pending, info.num_ack_pending as u64),
+                    Err(_) => (0, 0),
+                };
+                let oldest_age_secs = self.oldest_age_ms(model, priority).await as f64 / 1000.0;
+                out.push(QueueStats { model: model.clone(), priority, waiting, running, oldest_age_secs });
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when the stream holds a task (queued or running) for `model`.
+    pub async fn has_tasks(&self, model: &str) -> Result<bool, StoreError> {
+        let stream = self.stream().await?;
+        let mut counts = stream
+            .info_with_subjects(self.store.inner.subjects.model_queues(model))
+            .await
+            .map_err(|e| StoreError::unavailable(WHAT, e))?;
+        while let Some(Ok((_, n))) = counts.next().await {
+            if n > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Removes the message at `sequence` (a poison task JetStream gave up on), returning
+    /// its task when it decodes. Absent (already removed) is `None`.
+    pub async fn remove(&self, sequence: u64) -> Result<Option<TaskSpec>, StoreError> {
+        let inner = &self.store.inner;
+        let stream = inner
+            .js
+            .get_stream_no_info(inner.subjects.tasks_stream())
+            .await
+            .map_err(|e| StoreError::unavailable(WHAT, e))?;
+        let Ok(message) = stream.get_raw_message(sequence).await else { return Ok(None) };
+        let spec = decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES).ok();
+        if let Err(err) = stream.delete_message(sequence).await {
+            tracing::warn!(stream.seq = sequence, cause = %err, "poison message not deleted");
+        }
+        Ok(spec)
+    }
+}
+
+impl Consumers {
+    fn of(&self, priority: Priority) -> &PullConsumer {
+        match priority {
+            Priority::Interactive => &self.interactive,
+            Priority::Batch => &self.batch,
+        }
+    }
+
+    /// Takes one task of `priority` if one is waiting, without waiting.
+    pub async fn take_now(&self, priority: Priority) -> Result<Option<jetstream::Message>, StoreError> {
+        let mut batch =
+            self.of(priority).fetch().max_messages(1).messages().await.map_err(|e| StoreError::unavailable(WHAT, e))?;
+        batch.next().await.transpose().map_err(|e| StoreError::unavailable(WHAT, e))
+    }
+
+    /// Waits up to `wait` for one task of `priority`.
+    pub async fn take_within(&self, priority: Priority, wait: Duration) -> Result<Option<jetstream::Message>, StoreError> {
+        let mut batch = self
+            .of(priority)
+            .batch()
+            .max_messages(1)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| StoreError::unavailable(WHAT, e))?;
+        batch.next().await.transpose().map_err(|e| StoreError::unavailable(WHAT, e))
+    }
+}

@@ -1,0 +1,307 @@
+//! Task status records, one per task under its id: written queued by the task manager,
+//! claimed and finished by workers (fenced on the claim's revision), cancelled while
+//! queued by the task manager, failed as poison by a cluster manager.
+//!
+//! The decisions (may this attempt claim it? may this cancel apply?) are pure functions
+//! of the record, with unit tests; the operations feed them through the bucket's one
+//! compare-and-swap helper.
+
+use bitinglip_bus_schema::{ErrorKind, ListTasks, TaskId, TaskRecord, TaskSpec, TaskState, WireError};
+
+use super::{Bucket, Step, Store, StoreError};
+use crate::now_ms;
+
+/// The task records.
+pub struct Tasks<'a> {
+    bucket: &'a Bucket,
+}
+
+impl Store {
+    /// The task status records.
+    pub fn tasks(&self) -> Tasks<'_> {
+        Tasks { bucket: &self.inner.tasks }
+    }
+}
+
+/// The key of a task's record.
+fn key(task_id: &TaskId) -> &str {
+    task_id.as_str()
+}
+
+/// What creating a queued record found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// The record is new.
+    New,
+    /// A record was there already (a retry of the same task): as it is now.
+    Existing(Option<TaskRecord>),
+}
+
+/// What a worker's claim of a delivery found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This attempt owns the task; its later writes are fenced on `revision`.
+    Owned {
+        /// The record's revision after the claim.
+        revision: u64,
+        /// The record as claimed.
+        record: Box<TaskRecord>,
+    },
+    /// Already finished (redelivered after its final write, before the ack), or cancelled
+    /// while queued.
+    Final,
+    /// A newer attempt owns it.
+    Stale,
+    /// Another copy of the same task is running.
+    Duplicate,
+}
+
+/// Who claims a delivery.
+#[derive(Debug, Clone)]
+pub struct Claimant<'a> {
+    /// The worker.
+    pub worker: &'a str,
+    /// The delivery attempt (JetStream's delivered count).
+    pub attempt: u32,
+    /// The message's sequence in the tasks stream.
+    pub stream_seq: u64,
+    /// The delivery's ack subject (a cluster manager naks it if the worker dies).
+    pub ack_subject: &'a str,
+}
+
+/// What cancelling a queued task did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    /// It was queued and is now cancelled: no worker will run it.
+    Queued(Box<TaskRecord>),
+    /// It runs or has finished: nothing written (a running one is its worker's to stop).
+    NotQueued,
+}
+
+/// Decides a claim from the current record (pure).
+fn decide_claim(current: Option<TaskRecord>, spec: &TaskSpec, who: &Claimant<'_>, now: u64) -> Step<TaskRecord, Claim> {
+    let mut record = current.unwrap_or_else(|| {
+        TaskRecord::queued(spec.task_id.clone(), spec.chat.model.clone(), spec.priority, spec.accepted_ms)
+    });
+    if record.state.is_final() {
+        return Step::Done(Claim::Final);
+    }
+    if record.attempt > who.attempt {
+        return Step::Done(Claim::Stale);
+    }
+    if record.state == TaskState::Running && record.stream_seq != 0 && record.stream_seq != who.stream_seq {
+        // A second copy of a task that is already running (resubmitted after the dedupe
+        // window): the first copy carries it.
+        return Step::Done(Claim::Duplicate);
+    }
+    record.state = TaskState::Running;
+    record.stream_seq = who.stream_seq;
+    record.attempt = who.attempt;
+    record.worker = Some(who.worker.to_string());
+    record.ack_subject = Some(who.ack_subject.to_string());
+    record.updated_ms = now;
+    let claimed = Claim::Owned { revision: 0, record: Box::new(record.clone()) };
+    Step::Write(record, claimed)
+}
+
+/// Decides a cancel from the current record (pure).
+fn decide_cancel(mut record: TaskRecord, now: u64) -> Step<TaskRecord, Cancelled> {
+    if record.state != TaskState::Queued {
+        // Final: nothing to do. Running: its worker got the same cancel message and stops
+        // the sequence; the record is the worker's to write (its claim fences it).
+        return Step::Done(Cancelled::NotQueued);
+    }
+    record.cancel_requested_ms.get_or_insert(now);
+    record.updated_ms = now;
+    record.state = TaskState::Cancelled;
+    record.error = Some(WireError::new(ErrorKind::Cancelled, "cancelled before it started"));
+    Step::Write(record.clone(), Cancelled::Queued(Box::new(record)))
+}
+
+impl Tasks<'_> {
+    /// Writes a new task's queued record; a record already there (a retry) is returned.
+    pub async fn create_queued(&self, record: &TaskRecord) -> Result<Created, StoreError> {
+        match self.bucket.create(key(&record.task_id), record).await {
+            Ok(_) => Ok(Created::New),
+            Err(StoreError::Conflict { .. }) => Ok(Created::Existing(self.get(&record.task_id).await?)),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A task's record.
+    pub async fn get(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.bucket.get(key(task_id)).await
+    }
+
+    /// The newest records first, filtered by state, at most `limit` (1 to 1000, 100 when
+    /// absent).
+    pub async fn list(&self, query: &ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
+        let limit = query.limit.unwrap_or(100).clamp(1, 1000) as usize;
+        let mut tasks: Vec<TaskRecord> = self
+            .bucket
+            .scan::<TaskRecord>(|_| true)
+            .await?
+            .into_values()
+            .filter(|r| query.state.is_none_or(|s| s == r.state))
+            .collect();
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
+        tasks.truncate(limit);
+        Ok(tasks)
+    }
+
+    /// Claims a delivered task for `who`: compare-and-swap on the record, so of two
+    /// attempts at once exactly one owns it.
+    pub async fn claim(&self, spec: &TaskSpec, who: &Claimant<'_>) -> Result<Claim, StoreError> {
+        let now = now_ms();
+        let (claim, revision) =
+            self.bucket.modify(key(&spec.task_id), |current| Ok(decide_claim(current, spec, who, now))).await?;
+        Ok(match (claim, revision) {
+            (Claim::Owned { record, .. }, Some(revision)) => Claim::Owned { revision, record },
+            (other, _) => other,
+        })
+    }
+
+    /// True while the record is still at the claim's `revision` (nobody else wrote it).
+    pub async fn still_owner(&self, task_id: &TaskId, revision: u64) -> Result<bool, StoreError> {
+        Ok(self.bucket.revision(key(task_id)).await? == Some(revision))
+    }
+
+    /// True when the record says `attempt` runs the task (its claim still stands).
+    pub async fn claim_stands(&self, task_id: &TaskId, attempt: u32) -> Result<bool, StoreError> {
+        Ok(self.get(task_id).await?.is_some_and(|r| r.state == TaskState::Running && r.attempt == attempt))
+    }
+
+    /// Writes an attempt's final record, fenced on its claim's `revision`. False when
+    /// someone else wrote the record meanwhile (a newer attempt): that attempt must then
+    /// publish nothing more and not ack.
+    pub async fn finish(&self, mut record: TaskRecord, revision: u64) -> Result<bool, StoreError> {
+        record.updated_ms = now_ms();
+        match self.bucket.update(key(&record.task_id), &record, revision).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Cancels a task that is still queued (its delivery is then dropped by the worker's
+    /// claim). `None` when there is no such task.
+    pub async fn cancel_queued(&self, task_id: &TaskId) -> Result<Option<Cancelled>, StoreError> {
+        let now = now_ms();
+        let (outcome, _) = self
+            .bucket
+            .modify(key(task_id), |current| {
+                Ok(match current.map(|r| decide_cancel(r, now)) {
+                    None => Step::Done(None),
+                    Some(Step::Write(r, c)) => Step::Write(r, Some(c)),
+                    Some(Step::Done(c)) => Step::Done(Some(c)),
+                })
+            })
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Marks a task failed with `error` unless it already ended; the record written, if any.
+    pub async fn fail(&self, task_id: &TaskId, error: &WireError) -> Result<Option<TaskRecord>, StoreError> {
+        let now = now_ms();
+        let (failed, _) = self
+            .bucket
+            .modify(key(task_id), |current: Option<TaskRecord>| {
+                Ok(match current {
+                    Some(mut r) if !r.state.is_final() => {
+                        r.state = TaskState::Failed;
+                        r.error = Some(error.clone());
+                        r.updated_ms = now;
+                        Step::Write(r.clone(), Some(r))
+                    }
+                    _ => Step::Done(None),
+                })
+            })
+            .await?;
+        Ok(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority};
+
+    use super::*;
+
+    fn spec() -> TaskSpec {
+        TaskSpec {
+            task_id: TaskId::parse("t1").unwrap(),
+            chat: ChatParams {
+                model: "m".into(),
+                messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
+                max_tokens: None,
+                temperature: None,
+                top_p: None,
+                stop: vec![],
+                seed: None,
+            },
+            priority: Priority::Interactive,
+            accepted_ms: 5,
+        }
+    }
+
+    fn who(attempt: u32, stream_seq: u64) -> Claimant<'static> {
+        Claimant { worker: "w1", attempt, stream_seq, ack_subject: "$JS.ACK.x" }
+    }
+
+    fn claimed(step: Step<TaskRecord, Claim>) -> TaskRecord {
+        match step {
+            Step::Write(r, Claim::Owned { .. }) => r,
+            _ => panic!("expected a claim"),
+        }
+    }
+
+    fn done(step: Step<TaskRecord, Claim>) -> Claim {
+        match step {
+            Step::Done(c) => c,
+            Step::Write(..) => panic!("expected no write"),
+        }
+    }
+
+    #[test]
+    fn a_queued_or_missing_record_is_claimed_by_the_attempt() {
+        let r = claimed(decide_claim(None, &spec(), &who(1, 7), 10));
+        assert_eq!((r.state, r.attempt, r.stream_seq, r.worker.as_deref()), (TaskState::Running, 1, 7, Some("w1")));
+        assert_eq!(r.created_ms, 5, "a record made at claim time keeps the acceptance time");
+        let queued = TaskRecord::queued(spec().task_id, "m".into(), Priority::Interactive, 5);
+        let r = claimed(decide_claim(Some(queued), &spec(), &who(1, 7), 10));
+        assert_eq!(r.ack_subject.as_deref(), Some("$JS.ACK.x"));
+    }
+
+    #[test]
+    fn a_redelivery_takes_over_from_an_older_attempt_of_the_same_copy() {
+        let running = claimed(decide_claim(None, &spec(), &who(1, 7), 10));
+        let r = claimed(decide_claim(Some(running), &spec(), &who(2, 7), 20));
+        assert_eq!(r.attempt, 2);
+    }
+
+    #[test]
+    fn final_stale_and_duplicate_deliveries_write_nothing() {
+        let mut finished = claimed(decide_claim(None, &spec(), &who(1, 7), 10));
+        finished.state = TaskState::Completed;
+        assert_eq!(done(decide_claim(Some(finished), &spec(), &who(2, 7), 20)), Claim::Final);
+        let newer = claimed(decide_claim(None, &spec(), &who(3, 7), 10));
+        assert_eq!(done(decide_claim(Some(newer.clone()), &spec(), &who(2, 7), 20)), Claim::Stale);
+        assert_eq!(done(decide_claim(Some(newer), &spec(), &who(3, 9), 20)), Claim::Duplicate);
+    }
+
+    #[test]
+    fn only_a_queued_task_is_cancelled_here() {
+        let id = spec().task_id;
+        let queued = TaskRecord::queued(id.clone(), "m".into(), Priority::Interactive, 5);
+        match decide_cancel(queued, 9) {
+            Step::Write(r, Cancelled::Queued(_)) => {
+                assert_eq!(r.state, TaskState::Cancelled);
+                assert_eq!(r.cancel_requested_ms, Some(9));
+                assert_eq!(r.error.unwrap().kind, ErrorKind::Cancelled);
+            }
+            _ => panic!("a queued task is cancelled"),
+        }
+        let running = claimed(decide_claim(None, &spec(), &who(1, 7), 10));
+        assert!(matches!(decide_cancel(running, 9), Step::Done(Cancelled::NotQueued)));
+    }
+}
