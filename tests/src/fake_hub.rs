@@ -37,6 +37,8 @@ struct Inner {
     corrupt: HashSet<String>,
     /// (file, first byte, last byte) of every range served.
     served: Vec<(String, usize, usize)>,
+    /// File name → how many ranges were served (of every file) when its transfer was cut.
+    cut_at: HashMap<String, usize>,
     /// Delay before every ranged answer (a slow link).
     delay: Option<std::time::Duration>,
 }
@@ -108,6 +110,15 @@ impl FakeHub {
     /// Ranges served for `file`.
     pub fn served(&self, file: &str) -> Vec<(usize, usize)> {
         self.inner.lock().unwrap().served.iter().filter(|(f, _, _)| f == file).map(|(_, a, b)| (*a, *b)).collect()
+    }
+
+    /// Ranges served for `file` after its transfer was cut (see [`FakeHub::cut_once`]);
+    /// None when it was not cut. A download that starts again after the cut asks for the
+    /// file's metadata first: a `bytes=0-0` range, `(0, 0)` here.
+    pub fn served_after_cut(&self, file: &str) -> Option<Vec<(usize, usize)>> {
+        let inner = self.inner.lock().unwrap();
+        let cut = *inner.cut_at.get(file)?;
+        Some(inner.served[cut..].iter().filter(|(f, _, _)| f == file).map(|(_, a, b)| (*a, *b)).collect())
     }
 }
 
@@ -185,6 +196,8 @@ fn prepare(
     let cut = if end > start { guard.cut_once.get(&file).copied().filter(|at| *at > start && *at <= end) } else { None };
     if cut.is_some() {
         guard.cut_once.remove(&file);
+        let served = guard.served.len();
+        guard.cut_at.insert(file.clone(), served);
     }
     let delay = guard.delay.filter(|_| end > start);
     drop(guard);

@@ -2,9 +2,14 @@
 //! folder, killed and removed on drop), `bitinglip` node processes (kill -9 able),
 //! generated tiny models, and an `assert_eventually!` that polls with a deadline instead
 //! of sleeping.
+//!
+//! Tests wait on state, never on log text (a log line is for people and may change): a
+//! node's HTTP answering, its heartbeat in the nodes KV bucket, its workers' states
+//! there, a KV key's values, `/metrics` samples. A node's log is for panic messages.
 
 pub mod fake_hub;
 pub mod otlp;
+pub mod state;
 pub mod tiny_model;
 
 use std::{
@@ -14,11 +19,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bitinglip_bus_schema::{NodeHeartbeat, Subjects};
 use bitinglip_config::Config;
 use bitinglip_nats::{LocalNatsServer, ServerOptions};
 use tempfile::TempDir;
 
+pub use state::{metric_sum, KeyRecorder};
 pub use tiny_model::{Arch, ModelSpec};
+
+/// How often the harness's waits poll the state they wait on.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Polls `$cond` (an async block returning bool) until true or `$timeout` passes.
 #[macro_export]
@@ -32,7 +42,7 @@ macro_rules! assert_eventually {
             if std::time::Instant::now() > deadline {
                 panic!($($msg)+);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep($crate::POLL_INTERVAL).await;
         }
     }};
 }
@@ -138,6 +148,14 @@ pub struct NodeProcess {
     server_pid: Option<i32>,
     /// HTTP base URL when it runs a gateway (`http://127.0.0.1:PORT`).
     pub http: Option<String>,
+    /// The NATS URL it connects to (for `up`, where it starts its own server if none answers).
+    nats_url: String,
+    /// Its id, when its config or `--node-id` gives one (else it picks a random one).
+    node_id: Option<String>,
+    /// The nodes KV bucket of its subject root (empty for an invalid root).
+    nodes_bucket: String,
+    /// When it was spawned, ms since the epoch: its heartbeats' `started_ms` is later.
+    spawned_ms: u64,
 }
 
 /// A config for a node on `nats_url`, quick to fail over, fit for tests.
@@ -156,6 +174,8 @@ pub fn test_config(nats_url: &str) -> Config {
 impl NodeProcess {
     /// Runs `bitinglip <args…> --config <file>` with `config` written as TOML.
     pub fn spawn(config: &Config, args: &[&str]) -> Self {
+        // The clock heartbeats' `started_ms` is on.
+        let spawned_ms = bitinglip_nats::now_ms();
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("bitinglip.toml");
         std::fs::write(&config_path, toml::to_string(config).expect("config serializes")).expect("config written");
@@ -175,7 +195,22 @@ impl NodeProcess {
         let http = has_gateway.then(|| format!("http://{}", config.gateway.http));
         // Only `up` starts a nats-server of its own.
         let data_dir = if args.first() == Some(&"up") { config.data_dir.clone() } else { PathBuf::new() };
-        Self { child: Some(child), dir, http, data_dir, server_pid: None }
+        Self {
+            child: Some(child),
+            dir,
+            http,
+            data_dir,
+            server_pid: None,
+            nats_url: config.nats.servers.first().cloned().unwrap_or_default(),
+            node_id: arg_value(args, "--node-id").or_else(|| Some(config.node_id.clone()).filter(|id| !id.is_empty())),
+            nodes_bucket: Subjects::new(config.nats.subject_root.clone()).map(|s| s.nodes_bucket()).unwrap_or_default(),
+            spawned_ms,
+        }
+    }
+
+    /// The NATS URL it connects to: for `up`, its own server's when it started one.
+    pub fn nats_url(&self) -> &str {
+        &self.nats_url
     }
 
     /// The node's process id.
@@ -232,18 +267,95 @@ impl NodeProcess {
             .and_then(|p| p.trim().parse::<i32>().ok());
     }
 
-    /// Waits until the log contains `needle`.
-    pub async fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(needle) {
-            if let Some(status) = self.try_exit_status() {
-                panic!("node exited with {status} before logging {needle:?}:\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                panic!("{needle:?} not logged within {timeout:?}:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    /// The pid of the nats-server `up` started in its data folder (from
+    /// `<data_dir>/nats/nats-server.pid`), while that process is alive.
+    pub fn own_nats_server(&mut self) -> Option<i32> {
+        self.remember_server_pid();
+        let pid = self.server_pid?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok().then_some(pid)
+    }
+
+    /// Waits until its gateway answers `GET /health` with 200 (its HTTP server is up).
+    pub async fn wait_for_http(&mut self, timeout: Duration) {
+        let url = format!("{}/health", self.http.clone().expect("a gateway node"));
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("an HTTP client");
+        let started = Instant::now();
+        while !http.get(&url).send().await.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
+            self.next_poll(&format!("GET {url} answered 200"), started, timeout).await;
         }
+    }
+
+    /// Waits until its heartbeat is in the nodes KV bucket (its roles run and the cluster
+    /// sees it); returns that heartbeat.
+    pub async fn wait_node_live(&mut self, timeout: Duration) -> NodeHeartbeat {
+        self.wait_heartbeat("its heartbeat was in the nodes bucket", timeout, |_| true).await
+    }
+
+    /// Waits until its heartbeat lists a worker of `model` (the served id) in state
+    /// `ready`: loaded and taking tasks. Returns that heartbeat.
+    pub async fn wait_worker_ready(&mut self, model: &str, timeout: Duration) -> NodeHeartbeat {
+        self.wait_heartbeat(&format!("its worker of {model} was ready"), timeout, |hb| hb.serves(model)).await
+    }
+
+    /// Its heartbeat in the nodes KV bucket now, if there is one.
+    pub async fn heartbeat(&self) -> Option<NodeHeartbeat> {
+        let nodes = state::kv_bucket(&self.nats_url, &self.nodes_bucket).await?;
+        state::heartbeats(&nodes).await?.into_iter().find(|hb| self.is_mine(hb))
+    }
+
+    /// Its gateway's `GET /metrics` (Prometheus text); panics unless it answers 200.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.http.clone().expect("a gateway node"));
+        let resp = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.log()));
+        assert_eq!(resp.status(), reqwest::StatusCode::OK, "GET {url}\n{}", self.log());
+        resp.text().await.expect("a metrics body")
+    }
+
+    /// True when `hb` is this process's heartbeat: it started after this process was
+    /// spawned, with this node's id when one was given. (Without an id, any node started
+    /// since matches: give one where several nodes start together.)
+    fn is_mine(&self, hb: &NodeHeartbeat) -> bool {
+        hb.started_ms >= self.spawned_ms && self.node_id.as_deref().is_none_or(|id| hb.node_id == id)
+    }
+
+    /// Polls the nodes bucket until its heartbeat satisfies `ready`; returns it. `what`
+    /// names the awaited state in the panic message.
+    async fn wait_heartbeat(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&NodeHeartbeat) -> bool,
+    ) -> NodeHeartbeat {
+        let started = Instant::now();
+        let mut nodes = None;
+        loop {
+            if nodes.is_none() {
+                nodes = state::kv_bucket(&self.nats_url, &self.nodes_bucket).await;
+            }
+            if let Some(bucket) = &nodes {
+                match state::heartbeats(bucket).await {
+                    Some(all) => {
+                        if let Some(hb) = all.into_iter().find(|hb| self.is_mine(hb) && ready(hb)) {
+                            return hb;
+                        }
+                    }
+                    None => nodes = None, // reconnect at the next poll
+                }
+            }
+            self.next_poll(what, started, timeout).await;
+        }
+    }
+
+    /// Between two polls for `what`: panics, with its log, when it has exited or
+    /// `timeout` has passed since `started`; else waits one poll interval.
+    async fn next_poll(&mut self, what: &str, started: Instant, timeout: Duration) {
+        if let Some(status) = self.try_exit_status() {
+            panic!("node exited with {status} before {what}:\n{}", self.log());
+        }
+        if started.elapsed() > timeout {
+            panic!("not within {timeout:?}: {what}:\n{}", self.log());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 
     /// The exit status, if it has exited.
@@ -286,6 +398,15 @@ impl Drop for NodeProcess {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
+}
+
+/// The value of `--flag VALUE` or `--flag=VALUE` in `args`.
+fn arg_value(args: &[&str], flag: &str) -> Option<String> {
+    let prefix = format!("{flag}=");
+    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix(&prefix) {
+        Some(v) => Some(v.to_string()),
+        None => (*a == flag).then(|| args.get(i + 1).map(|v| v.to_string())).flatten(),
+    })
 }
 
 /// Runs the `bitinglip` binary to completion (for client commands) and returns

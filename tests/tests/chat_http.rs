@@ -17,7 +17,11 @@ async fn up_with(model: &ModelDir) -> (NodeProcess, tempfile::TempDir) {
     let path = model.path();
     let mut node = NodeProcess::spawn(&config, &["up", "--model", path.to_str().unwrap()]);
     node.wait_for_model(model.id(), LOAD).await;
-    assert!(node.log().contains("started nats-server"), "{}", node.log());
+    // It started a nats-server of its own, in its data folder, and that server takes clients.
+    let pid_file = data.path().join("nats/nats-server.pid");
+    assert!(node.own_nats_server().is_some(), "no live server named in {}:\n{}", pid_file.display(), node.log());
+    let nats = async_nats::connect(node.nats_url()).await;
+    assert!(nats.is_ok(), "its nats-server at {}: {:?}\n{}", node.nats_url(), nats.err(), node.log());
     (node, data)
 }
 
@@ -113,13 +117,7 @@ async fn models_health_ready_and_status() {
     assert_eq!(http.get(format!("{base}/ready")).send().await.unwrap().status(), 200);
 
     // `bitinglip status` over NATS lists the node, its roles and its ready worker.
-    let log = node.log();
-    let url = log
-        .lines()
-        .find_map(|l| l.split("started nats-server at ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let url = node.nats_url().to_string();
     let (code, out, err) = bitinglip_tests::run_cli(&["status", "--nats", &url]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("gateway,task-manager") || out.contains("cluster-manager"), "{out}");

@@ -194,14 +194,14 @@ async fn sigterm_drains_then_hands_back() {
     // it, continuing the text.
     w.worker.drain_grace = Duration::from_millis(500);
     let mut worker = NodeProcess::spawn(&w, &["node"]);
-    worker.wait_for_log("model loaded", Duration::from_secs(30)).await;
+    worker.wait_worker_ready("echo", Duration::from_secs(30)).await;
     let prompt = words(100);
     let id = http.post(format!("{base}/v1/tasks")).json(&chat("echo", &prompt)).send().await.unwrap().json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     wait_status(&http, &base, &id, "running").await;
     let status = worker.sigterm(Duration::from_secs(30)).await.expect("exits");
     assert!(status.success(), "{status}");
     let mut next = NodeProcess::spawn(&w, &["node"]);
-    next.wait_for_log("model loaded", Duration::from_secs(30)).await;
+    next.wait_worker_ready("echo", Duration::from_secs(30)).await;
     let t = wait_status(&http, &base, &id, "completed").await;
     assert_eq!(t["result"]["text"], prompt.as_str(), "{t}");
     assert!(t["attempts"].as_u64().unwrap() >= 2, "{t}");

@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use bitinglip_config::{Config, Role};
 use bitinglip_tests::{
-    assert_eventually, echo_model, free_port, otlp::OtlpReceiver, otlp::ReceivedSpan, test_config, wait_task_status, words,
-    NodeProcess, TestNats,
+    assert_eventually, echo_model, free_port, metric_sum, otlp::OtlpReceiver, otlp::ReceivedSpan, test_config,
+    wait_task_status, words, NodeProcess, TestNats,
 };
 use serde_json::json;
 
@@ -118,26 +118,12 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
     assert_eq!(spans["worker"].parent_span_id, spans["queue"].span_id);
 }
 
-/// The sum of the samples of `name` whose labels contain every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let metric = series.split('{').next().unwrap_or_default();
-        if metric != name || !labels.iter().all(|l| series.contains(l)) {
-            continue;
-        }
-        *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-    }
-    found
-}
-
 async fn get_text(url: &str) -> String {
     reqwest::get(url).await.map(|r| r.text()).unwrap().await.unwrap_or_default()
 }
 
 async fn positive(url: &str, name: &str, labels: &[&str]) -> bool {
-    sample(&get_text(url).await, name, labels).is_some_and(|v| v > 0.0)
+    metric_sum(&get_text(url).await, name, labels).is_some_and(|v| v > 0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -229,7 +215,7 @@ async fn metrics_health_and_status_after_real_traffic() {
     let front_text = get_text(&front_metrics).await;
     let back_text = get_text(&back_metrics).await;
     let must = |text: &str, name: &str, labels: &[&str]| {
-        let v = sample(text, name, labels);
+        let v = metric_sum(text, name, labels);
         assert!(v.is_some_and(|v| v > 0.0), "{name}{labels:?} = {v:?} in\n{text}");
     };
     must(&front_text, "bitinglip_requests_total", &[model, "outcome=\"ok\""]);
@@ -250,7 +236,9 @@ async fn metrics_health_and_status_after_real_traffic() {
     // Queue gauges exist for the model on every node, worker nodes too.
     assert_eventually!(
         Duration::from_secs(10),
-        async { sample(&get_text(&back_metrics).await, "bitinglip_queue_depth", &[model, "priority=\"batch\""]).is_some() },
+        async {
+            metric_sum(&get_text(&back_metrics).await, "bitinglip_queue_depth", &[model, "priority=\"batch\""]).is_some()
+        },
         "queue gauges on the worker node"
     );
 

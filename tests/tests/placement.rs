@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
+use bitinglip_bus_schema::{Deployment, Subjects};
 use bitinglip_config::{Config, Role};
 use bitinglip_tests::{
-    assert_eventually, fake_hub::FakeHub, post_json, run_cli, test_config, wait_task_status, Arch, ModelDir, ModelSpec,
-    NodeProcess, TestNats,
+    assert_eventually, fake_hub::FakeHub, post_json, run_cli, state::kv_bucket, test_config, wait_task_status, Arch,
+    KeyRecorder, ModelDir, ModelSpec, NodeProcess, TestNats,
 };
 use serde_json::{json, Value};
 
@@ -28,6 +29,11 @@ fn worker(nats: &TestNats, id: &str, memory: Option<u64>) -> Config {
     c.roles = vec![Role::Worker];
     c.worker.memory = memory;
     c
+}
+
+/// The subjects and KV names of the default subject root the test configs use.
+fn default_subjects() -> Subjects {
+    Subjects::new(Config::default().nats.subject_root).expect("the default subject root")
 }
 
 fn cli_json(nats: &TestNats, args: &[&str]) -> Value {
@@ -96,7 +102,7 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
     let mut small = NodeProcess::spawn(&worker(&nats, "small", Some(2 * GIB)), &["node"]);
     let _medium = NodeProcess::spawn(&worker(&nats, "medium", Some(4 * GIB)), &["node"]);
     let _large = NodeProcess::spawn(&worker(&nats, "large", Some(8 * GIB)), &["node"]);
-    front.wait_for_log("gateway listening", Duration::from_secs(30)).await;
+    front.wait_for_http(Duration::from_secs(30)).await;
     assert_eventually!(Duration::from_secs(30), async { live_nodes(&nats) == 4 }, "4 nodes up");
 
     // `big` fits only the large node; `mid` then only the medium one; the two `tiny`
@@ -127,6 +133,10 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
     assert!(out.contains("small-r0") && out.contains("tiny"), "{out}");
 
     // The small node dies: its `tiny` replica goes to the one node left with room.
+    let subjects = default_subjects();
+    let deployments = kv_bucket(&nats.url(), &subjects.deployments_bucket()).await.expect("the deployments bucket");
+    let small_placement = || async { deployments.get(subjects.placement_key("small")).await.expect("a KV read") };
+    assert!(small_placement().await.is_some(), "the small node has a placement");
     small.kill9();
     assert_eventually!(
         Duration::from_secs(30),
@@ -137,7 +147,13 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
     );
     let (status, _, body) = chat(&base, "tiny", true).await;
     assert_eq!(status, 200, "{body}");
-    assert!(front.log().contains("node gone; its replicas are placed elsewhere"), "{}", front.log());
+    // The leader saw the node gone: its placement is removed from the deployments bucket.
+    assert_eventually!(
+        Duration::from_secs(10),
+        async { small_placement().await.is_none() },
+        "the dead node's placement is still there\n{}",
+        front.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -184,7 +200,7 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
 
     // The killed one comes back: no manual step, no duplicate replica, the plan unchanged.
     managers[index] = NodeProcess::spawn(&configs[index], &["node"]);
-    managers[index].wait_for_log("gateway listening", Duration::from_secs(30)).await;
+    managers[index].wait_for_http(Duration::from_secs(30)).await;
     // Scaled down over HTTP this time.
     let base = managers[index].http.clone().unwrap();
     let http = reqwest::Client::new();
@@ -235,7 +251,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     w.hub.endpoint = Some(hub.url());
     w.hub.cache_dir = Some(cache.path().to_path_buf());
     let mut back = NodeProcess::spawn(&w, &["node"]);
-    front.wait_for_log("gateway listening", Duration::from_secs(30)).await;
+    front.wait_for_http(Duration::from_secs(30)).await;
     assert_eventually!(Duration::from_secs(30), async { live_nodes(&nats) == 2 }, "2 nodes up");
 
     // Known (pulled and registered) but loaded nowhere.
@@ -253,7 +269,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     let (status, _, body) = chat(&base, "acme/tiny-chat", true).await;
     assert_eq!(status, 200, "{body}\n{}", back.log());
     assert!(body["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{body}");
-    back.wait_for_log("model loaded", Duration::from_secs(5)).await;
+    back.wait_worker_ready("acme/tiny-chat", Duration::from_secs(5)).await;
     let d = deployment(&nats, "acme/tiny-chat").expect("an on-demand deployment");
     assert_eq!(d["deployment"]["on_demand"], true);
     assert_eq!(nodes_of(&Some(d), "serving"), ["gpu-1"]);
@@ -288,12 +304,26 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
         async move { post_json(http.post(format!("{base}/v1/tasks")), &task).await["id"].as_str().unwrap().to_string() }
     });
     let ids = futures::future::join_all(posts).await;
+    let subjects = default_subjects();
+    let key = subjects.deployment_key("acme/tiny-chat");
+    let deployment_values = KeyRecorder::start(&nats.url(), &subjects.deployments_bucket(), &key).await;
     let resp = http.post(format!("{base}/api/v1/models/unload")).json(&json!({"model": "acme/tiny-chat"})).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     for id in &ids {
         wait_task_status(&http, &base, id, "completed").await;
     }
-    assert!(front.log().contains("tasks are queued for an unloaded on-demand model"), "{}", front.log());
+    // The unload set the deployment to 0 replicas; with tasks still queued, the leader set
+    // it back to 1 (nothing else asks for a load meanwhile: no request came in).
+    let replicas_after_unload = || -> Vec<u32> {
+        deployment_values.values::<Deployment>().into_iter().flatten().map(|d| d.replicas).collect()
+    };
+    assert_eventually!(
+        Duration::from_secs(10),
+        async { replicas_after_unload().into_iter().skip_while(|r| *r != 0).any(|r| r >= 1) },
+        "the queued tasks did not bring the unloaded model back: replicas {:?}\n{}",
+        replicas_after_unload(),
+        front.log()
+    );
 
     // Unload and remove by hand.
     let (code, _, err) = run_cli(&["models", "unload", "acme/tiny-chat", "--nats", &nats.url()]);
