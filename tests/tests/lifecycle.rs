@@ -24,7 +24,11 @@ async fn idempotent_submit_returns_the_same_task() {
     let base = node.http.clone().unwrap();
     let http = reqwest::Client::new();
 
-    let send = || http.post(format!("{base}/v1/chat/completions")).header("Idempotency-Key", "order-42").json(&chat("echo", "one two three"));
+    let send = || {
+        http.post(format!("{base}/v1/chat/completions"))
+            .header("Idempotency-Key", "order-42")
+            .json(&chat("echo", "one two three"))
+    };
     let first = send().send().await.unwrap();
     let id1 = first.headers()["x-task-id"].to_str().unwrap().to_string();
     let body1: Value = first.json().await.unwrap();
@@ -32,12 +36,21 @@ async fn idempotent_submit_returns_the_same_task() {
     let id2 = second.headers()["x-task-id"].to_str().unwrap().to_string();
     let body2: Value = second.json().await.unwrap();
     assert_eq!(id1, id2, "a retry is the same task");
-    assert_eq!(body1["choices"][0]["message"]["content"], body2["choices"][0]["message"]["content"]);
+    assert_eq!(
+        body1["choices"][0]["message"]["content"],
+        body2["choices"][0]["message"]["content"]
+    );
     let t = task(&http, &base, &id1).await;
     assert_eq!(t["attempts"], 1, "it ran once: {t}");
 
     // The same key through the task API: still the same task, marked as a retry.
-    let resp = http.post(format!("{base}/v1/tasks")).header("Idempotency-Key", "order-42").json(&chat("echo", "one two three")).send().await.unwrap();
+    let resp = http
+        .post(format!("{base}/v1/tasks"))
+        .header("Idempotency-Key", "order-42")
+        .json(&chat("echo", "one two three"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["id"], id1.as_str());
@@ -58,7 +71,12 @@ async fn task_api_events_resume_across_gateways_without_gap_or_repeat() {
     let http = reqwest::Client::new();
 
     let prompt = words(60);
-    let resp = http.post(format!("{base_a}/v1/tasks")).json(&chat("echo", &prompt)).send().await.unwrap();
+    let resp = http
+        .post(format!("{base_a}/v1/tasks"))
+        .json(&chat("echo", &prompt))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202);
     let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
 
@@ -83,7 +101,12 @@ async fn task_api_events_resume_across_gateways_without_gap_or_repeat() {
         }
     }
     // Resume on gateway B from the last id seen.
-    let resp = http.get(format!("{base_b}/v1/tasks/{id}/events")).header("Last-Event-ID", last_id.unwrap()).send().await.unwrap();
+    let resp = http
+        .get(format!("{base_b}/v1/tasks/{id}/events"))
+        .header("Last-Event-ID", last_id.unwrap())
+        .send()
+        .await
+        .unwrap();
     let mut sse = SseReader::new(resp);
     let mut completed = None;
     while let Some((_, event, data)) = sse.next().await {
@@ -104,9 +127,26 @@ async fn task_api_events_resume_across_gateways_without_gap_or_repeat() {
 
     let t = wait_status(&http, &base_b, &id, "completed").await;
     assert_eq!(t["result"]["text"], prompt.as_str());
-    assert_eq!(http.get(format!("{base_a}/v1/tasks/no-such-task")).send().await.unwrap().status(), 404);
-    let list: Value = http.get(format!("{base_b}/v1/tasks?limit=5")).send().await.unwrap().json().await.unwrap();
-    assert!(list["data"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str()), "{list}");
+    assert_eq!(
+        http.get(format!("{base_a}/v1/tasks/no-such-task"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let list: Value = http
+        .get(format!("{base_b}/v1/tasks?limit=5"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        list["data"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str()),
+        "{list}"
+    );
 
     // The CLI sees it too.
     let (code, out, err) = bitinglip_tests::run_cli(&["tasks", "ls", "--nats", &nats.url()]);
@@ -129,20 +169,52 @@ async fn cancel_stops_the_engine_and_frees_the_slot() {
     let http = reqwest::Client::new();
 
     // DELETE a running task.
-    let id = http.post(format!("{base}/v1/tasks")).json(&chat("echo", &words(200))).send().await.unwrap().json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&chat("echo", &words(200)))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_status(&http, &base, &id, "running").await;
     // And a queued one behind it.
-    let queued = http.post(format!("{base}/v1/tasks")).json(&chat("echo", &words(200))).send().await.unwrap().json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let queued = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&chat("echo", &words(200)))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let resp = http.delete(format!("{base}/v1/tasks/{queued}")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let t = wait_status(&http, &base, &queued, "cancelled").await;
     assert_eq!(t["attempts"], 0, "a cancelled queued task never runs: {t}");
 
     let started = Instant::now();
-    assert_eq!(http.delete(format!("{base}/v1/tasks/{id}")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.delete(format!("{base}/v1/tasks/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let t = wait_status(&http, &base, &id, "cancelled").await;
     let stop_ms = t["cancel_to_stop_ms"].as_f64().expect("cancel-to-stop time recorded");
-    eprintln!("DELETE: cancel to the engine's last token: {stop_ms:.1} ms (observed by the client in {:?})", started.elapsed());
+    eprintln!(
+        "DELETE: cancel to the engine's last token: {stop_ms:.1} ms (observed by the client in {:?})",
+        started.elapsed()
+    );
     assert!(stop_ms < 1000.0, "{t}");
 
     // A streaming client that disconnects cancels its task too, and the slot is free again.
@@ -154,12 +226,34 @@ async fn cancel_stops_the_engine_and_frees_the_slot() {
     }
     drop(sse);
     let t = wait_status(&http, &base, &id, "cancelled").await;
-    eprintln!("disconnect: cancel to the engine's last token: {:?} ms", t["cancel_to_stop_ms"]);
-    let body: Value = http.post(format!("{base}/v1/chat/completions")).json(&chat("echo", "slot is free")).send().await.unwrap().json().await.unwrap();
+    eprintln!(
+        "disconnect: cancel to the engine's last token: {:?} ms",
+        t["cancel_to_stop_ms"]
+    );
+    let body: Value = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat("echo", "slot is free"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "slot is free");
 
     // And the CLI.
-    let id = http.post(format!("{base}/v1/tasks")).json(&chat("echo", &words(200))).send().await.unwrap().json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&chat("echo", &words(200)))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_status(&http, &base, &id, "running").await;
     let (code, _, err) = bitinglip_tests::run_cli(&["tasks", "cancel", "--nats", &nats.url(), &id]);
     assert_eq!(code, 0, "{err}");
@@ -170,7 +264,12 @@ async fn cancel_stops_the_engine_and_frees_the_slot() {
 async fn sigterm_drains_then_hands_back() {
     let nats = TestNats::start().await;
     let mut control = test_config(&nats.url());
-    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
+    control.roles = vec![
+        Role::Gateway,
+        Role::TaskManager,
+        Role::ModelManager,
+        Role::ClusterManager,
+    ];
     let mut front = NodeProcess::spawn(&control, &["node"]);
     let mut w = test_config(&nats.url());
     w.roles = vec![Role::Worker];
@@ -183,7 +282,18 @@ async fn sigterm_drains_then_hands_back() {
 
     // A short task finishes within the grace period; the node then exits 0.
     let prompt = words(20);
-    let id = http.post(format!("{base}/v1/tasks")).json(&chat("echo", &prompt)).send().await.unwrap().json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&chat("echo", &prompt))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_status(&http, &base, &id, "running").await;
     let status = worker.sigterm(Duration::from_secs(30)).await.expect("exits");
     assert!(status.success(), "{status}");
@@ -194,14 +304,25 @@ async fn sigterm_drains_then_hands_back() {
     // it, continuing the text.
     w.worker.drain_grace = Duration::from_millis(500);
     let mut worker = NodeProcess::spawn(&w, &["node"]);
-    worker.wait_for_log("model loaded", Duration::from_secs(30)).await;
+    worker.wait_worker_ready("echo", Duration::from_secs(30)).await;
     let prompt = words(100);
-    let id = http.post(format!("{base}/v1/tasks")).json(&chat("echo", &prompt)).send().await.unwrap().json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&chat("echo", &prompt))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_status(&http, &base, &id, "running").await;
     let status = worker.sigterm(Duration::from_secs(30)).await.expect("exits");
     assert!(status.success(), "{status}");
     let mut next = NodeProcess::spawn(&w, &["node"]);
-    next.wait_for_log("model loaded", Duration::from_secs(30)).await;
+    next.wait_worker_ready("echo", Duration::from_secs(30)).await;
     let t = wait_status(&http, &base, &id, "completed").await;
     assert_eq!(t["result"]["text"], prompt.as_str(), "{t}");
     assert!(t["attempts"].as_u64().unwrap() >= 2, "{t}");
@@ -224,23 +345,43 @@ async fn hostile_input_on_every_subject_gets_an_error_and_service_goes_on() {
         "bitinglip.v1.model.list",
         "bitinglip.v1.cluster.status",
     ];
-    let mut gigabytes = vec![0x85, 0xa1, b'v', 0x01, 0xa4, b'b', b'o', b'd', b'y', 0xdb, 0xff, 0xff, 0xff, 0xf0];
+    let mut gigabytes = vec![
+        0x85, 0xa1, b'v', 0x01, 0xa4, b'b', b'o', b'd', b'y', 0xdb, 0xff, 0xff, 0xff, 0xf0,
+    ];
     gigabytes.extend([0u8; 8]);
     let payloads: Vec<Vec<u8>> = vec![
-        vec![0xc1, 0xde, 0xad],                                  // not MessagePack
-        vec![0x85, 0xa1, b'v'],                                  // truncated
+        vec![0xc1, 0xde, 0xad],                                                       // not MessagePack
+        vec![0x85, 0xa1, b'v'],                                                       // truncated
         rmp_serde::to_vec_named(&json!({"v": 1, "body": {"x": [1, 2, 3]}})).unwrap(), // wrong schema
-        gigabytes,                                               // declared length of gigabytes
-        vec![0x91; 100_000],                                     // deep nesting
+        gigabytes,                                                                    // declared length of gigabytes
+        vec![0x91; 100_000],                                                          // deep nesting
         rmp_serde::to_vec_named(&json!({"v": 99, "id": "x", "time_ms": 0, "source": "s", "body": {}})).unwrap(), // future version
     ];
     for subject in subjects {
         for p in &payloads {
-            let reply = client.request(subject, p.clone().into()).await.unwrap_or_else(|e| panic!("{subject}: {e}"));
+            let reply = client
+                .request(subject, p.clone().into())
+                .await
+                .unwrap_or_else(|e| panic!("{subject}: {e}"));
             let v: rmpv::Value = rmpv::decode::read_value(&mut &reply.payload[..]).unwrap();
-            let body = v.as_map().unwrap().iter().find(|(k, _)| k.as_str() == Some("body")).unwrap().1.clone();
-            let kind = body.as_map().unwrap().iter().find(|(k, _)| k.as_str() == Some("kind")).map(|(_, v)| v.as_str().unwrap().to_string());
-            assert!(matches!(kind.as_deref(), Some("decode" | "unsupported_version")), "{subject}: {body}");
+            let body = v
+                .as_map()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| k.as_str() == Some("body"))
+                .unwrap()
+                .1
+                .clone();
+            let kind = body
+                .as_map()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| k.as_str() == Some("kind"))
+                .map(|(_, v)| v.as_str().unwrap().to_string());
+            assert!(
+                matches!(kind.as_deref(), Some("decode" | "unsupported_version")),
+                "{subject}: {body}"
+            );
         }
         // Without a reply subject: dropped and counted, nothing breaks.
         client.publish(subject, vec![0xc1].into()).await.unwrap();
@@ -248,7 +389,15 @@ async fn hostile_input_on_every_subject_gets_an_error_and_service_goes_on() {
     client.flush().await.unwrap();
     // Service goes on.
     let base = node.http.clone().unwrap();
-    let body: Value = reqwest::Client::new().post(format!("{base}/v1/chat/completions")).json(&chat("echo", "still here")).send().await.unwrap().json().await.unwrap();
+    let body: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat("echo", "still here"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "still here");
     assert!(node.try_exit_status().is_none());
 }

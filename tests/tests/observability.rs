@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use bitinglip_config::{Config, Role};
 use bitinglip_tests::{
-    assert_eventually, echo_model, free_port, otlp::OtlpReceiver, otlp::ReceivedSpan, test_config, wait_task_status, words,
-    NodeProcess, TestNats,
+    assert_eventually, echo_model, free_port, metric_sum, otlp::OtlpReceiver, otlp::ReceivedSpan, test_config,
+    wait_task_status, words, NodeProcess, TestNats,
 };
 use serde_json::json;
 
@@ -16,7 +16,12 @@ use serde_json::json;
 fn two_nodes(nats: &TestNats, tweak: impl Fn(&mut Config)) -> (NodeProcess, NodeProcess, String) {
     let mut control = test_config(&nats.url());
     control.node_id = "front-1".into();
-    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
+    control.roles = vec![
+        Role::Gateway,
+        Role::TaskManager,
+        Role::ModelManager,
+        Role::ClusterManager,
+    ];
     tweak(&mut control);
     let front = NodeProcess::spawn(&control, &["node"]);
 
@@ -35,11 +40,19 @@ fn two_nodes(nats: &TestNats, tweak: impl Fn(&mut Config)) -> (NodeProcess, Node
 async fn spans_of(receiver: &OtlpReceiver, trace_id: &str, wanted: &[&str]) -> BTreeMap<String, ReceivedSpan> {
     assert_eventually!(
         Duration::from_secs(20),
-        async { wanted.iter().all(|w| receiver.trace(trace_id).iter().any(|s| s.name == *w)) },
+        async {
+            wanted
+                .iter()
+                .all(|w| receiver.trace(trace_id).iter().any(|s| s.name == *w))
+        },
         "spans of trace {trace_id}: {:#?}",
         receiver.trace(trace_id)
     );
-    receiver.trace(trace_id).into_iter().map(|s| (s.name.clone(), s)).collect()
+    receiver
+        .trace(trace_id)
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -66,7 +79,20 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
     let body = resp.text().await.unwrap();
     assert!(body.contains("[DONE]"), "{body}");
 
-    let spans = spans_of(&receiver, trace_id, &["gateway", "relay", "task_manager", "queue", "worker", "claim", "generate"]).await;
+    let spans = spans_of(
+        &receiver,
+        trace_id,
+        &[
+            "gateway",
+            "relay",
+            "task_manager",
+            "queue",
+            "worker",
+            "claim",
+            "generate",
+        ],
+    )
+    .await;
     let span = |n: &str| &spans[n];
     let node = |n: &str| span(n).resource.get("service.instance.id").cloned().unwrap_or_default();
 
@@ -77,11 +103,18 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
     for n in ["queue", "worker", "claim", "generate"] {
         assert_eq!(node(n), "back-1", "{n}: {:?}", span(n));
     }
-    assert_eq!(span("gateway").resource.get("service.name").map(String::as_str), Some("bitinglip"));
+    assert_eq!(
+        span("gateway").resource.get("service.name").map(String::as_str),
+        Some("bitinglip")
+    );
 
     // Every hop is the child of the one before it.
     let parent_of = |child: &str, parent: &str| {
-        assert_eq!(span(child).parent_span_id, span(parent).span_id, "{child} is a child of {parent}: {spans:#?}");
+        assert_eq!(
+            span(child).parent_span_id,
+            span(parent).span_id,
+            "{child} is a child of {parent}: {spans:#?}"
+        );
     };
     assert_eq!(span("gateway").parent_span_id, caller_span);
     parent_of("task_manager", "gateway");
@@ -93,11 +126,27 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
 
     // What the generation did.
     let generate = span("generate");
-    assert_eq!(generate.attributes.get("gen_ai.usage.output_tokens").map(String::as_str), Some("5"), "{generate:?}");
+    assert_eq!(
+        generate
+            .attributes
+            .get("gen_ai.usage.output_tokens")
+            .map(String::as_str),
+        Some("5"),
+        "{generate:?}"
+    );
     let ttft: f64 = generate.attributes["time_to_first_token_ms"].parse().unwrap();
     assert!(ttft >= 0.0, "{generate:?}");
-    assert_eq!(span("queue").attributes.get("gen_ai.request.model").map(String::as_str), Some("echo"));
-    assert_eq!(span("gateway").attributes.get("gen_ai.request.model").map(String::as_str), Some("echo"));
+    assert_eq!(
+        span("queue").attributes.get("gen_ai.request.model").map(String::as_str),
+        Some("echo")
+    );
+    assert_eq!(
+        span("gateway")
+            .attributes
+            .get("gen_ai.request.model")
+            .map(String::as_str),
+        Some("echo")
+    );
     // The queue span starts when the task was accepted and ends at its delivery.
     assert!(span("queue").start_ns <= span("queue").end_ns);
     assert!(span("queue").end_ns <= span("worker").end_ns);
@@ -112,32 +161,31 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let spans = spans_of(&receiver, queued, &["gateway", "task_manager", "queue", "worker", "generate"]).await;
-    assert_eq!(spans["gateway"].attributes.get("http.route").map(String::as_str), Some("/v1/tasks"));
+    let spans = spans_of(
+        &receiver,
+        queued,
+        &["gateway", "task_manager", "queue", "worker", "generate"],
+    )
+    .await;
+    assert_eq!(
+        spans["gateway"].attributes.get("http.route").map(String::as_str),
+        Some("/v1/tasks")
+    );
     assert_eq!(spans["task_manager"].parent_span_id, spans["gateway"].span_id);
     assert_eq!(spans["worker"].parent_span_id, spans["queue"].span_id);
 }
 
-/// The sum of the samples of `name` whose labels contain every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let metric = series.split('{').next().unwrap_or_default();
-        if metric != name || !labels.iter().all(|l| series.contains(l)) {
-            continue;
-        }
-        *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-    }
-    found
-}
-
 async fn get_text(url: &str) -> String {
-    reqwest::get(url).await.map(|r| r.text()).unwrap().await.unwrap_or_default()
+    reqwest::get(url)
+        .await
+        .map(|r| r.text())
+        .unwrap()
+        .await
+        .unwrap_or_default()
 }
 
 async fn positive(url: &str, name: &str, labels: &[&str]) -> bool {
-    sample(&get_text(url).await, name, labels).is_some_and(|v| v > 0.0)
+    metric_sum(&get_text(url).await, name, labels).is_some_and(|v| v > 0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -161,13 +209,26 @@ async fn metrics_health_and_status_after_real_traffic() {
                 .await
                 .unwrap();
             assert_eq!(resp.status(), 202);
-            resp.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+            resp.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
         }
     };
 
     // Probes: the worker node answers on its metrics listener; both are ready.
-    assert_eq!(http.get(format!("{back_http}/health")).send().await.unwrap().status(), 200);
-    let ready: serde_json::Value = http.get(format!("{back_http}/ready")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        http.get(format!("{back_http}/health")).send().await.unwrap().status(),
+        200
+    );
+    let ready: serde_json::Value = http
+        .get(format!("{back_http}/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["model_loaded"], true, "{ready}");
     assert_eq!(http.get(format!("{base}/ready")).send().await.unwrap().status(), 200);
@@ -177,13 +238,21 @@ async fn metrics_health_and_status_after_real_traffic() {
     for _ in 0..3 {
         ids.push(submit(words(60)).await);
     }
-    assert_eventually!(Duration::from_secs(10), positive(&front_metrics, "bitinglip_queue_depth", &[model]), "queue depth");
+    assert_eventually!(
+        Duration::from_secs(10),
+        positive(&front_metrics, "bitinglip_queue_depth", &[model]),
+        "queue depth"
+    );
     assert_eventually!(
         Duration::from_secs(10),
         positive(&front_metrics, "bitinglip_queue_oldest_task_age_seconds", &[model]),
         "oldest task age"
     );
-    assert_eventually!(Duration::from_secs(10), positive(&back_metrics, "bitinglip_worker_slots_in_use", &[model]), "slots in use");
+    assert_eventually!(
+        Duration::from_secs(10),
+        positive(&back_metrics, "bitinglip_worker_slots_in_use", &[model]),
+        "slots in use"
+    );
     for id in &ids {
         wait_task_status(&http, &base, id, "completed").await;
     }
@@ -222,18 +291,30 @@ async fn metrics_health_and_status_after_real_traffic() {
     // The nats-server restarts: both nodes reconnect.
     nats.restart().await;
     for url in [&front_metrics, &back_metrics] {
-        assert_eventually!(Duration::from_secs(20), positive(url, "bitinglip_nats_reconnects_total", &[]), "reconnect on {url}");
-        assert_eventually!(Duration::from_secs(20), positive(url, "bitinglip_nats_connected", &[]), "connected again on {url}");
+        assert_eventually!(
+            Duration::from_secs(20),
+            positive(url, "bitinglip_nats_reconnects_total", &[]),
+            "reconnect on {url}"
+        );
+        assert_eventually!(
+            Duration::from_secs(20),
+            positive(url, "bitinglip_nats_connected", &[]),
+            "connected again on {url}"
+        );
     }
 
     let front_text = get_text(&front_metrics).await;
     let back_text = get_text(&back_metrics).await;
     let must = |text: &str, name: &str, labels: &[&str]| {
-        let v = sample(text, name, labels);
+        let v = metric_sum(text, name, labels);
         assert!(v.is_some_and(|v| v > 0.0), "{name}{labels:?} = {v:?} in\n{text}");
     };
     must(&front_text, "bitinglip_requests_total", &[model, "outcome=\"ok\""]);
-    must(&front_text, "bitinglip_task_submits_total", &[model, "outcome=\"accepted\""]);
+    must(
+        &front_text,
+        "bitinglip_task_submits_total",
+        &[model, "outcome=\"accepted\""],
+    );
     must(&back_text, "bitinglip_tasks_total", &[model, "outcome=\"completed\""]);
     must(&back_text, "bitinglip_tasks_total", &[model, "outcome=\"cancelled\""]);
     must(&back_text, "bitinglip_tasks_total", &[model, "outcome=\"failed\""]);
@@ -250,8 +331,14 @@ async fn metrics_health_and_status_after_real_traffic() {
     // Queue gauges exist for the model on every node, worker nodes too.
     assert_eventually!(
         Duration::from_secs(10),
-        async { sample(&get_text(&back_metrics).await, "bitinglip_queue_depth", &[model, "priority=\"batch\""]).is_some() },
+        async {
+            metric_sum(
+                &get_text(&back_metrics).await,
+                "bitinglip_queue_depth",
+                &[model, "priority=\"batch\""],
+            )
+            .is_some()
+        },
         "queue gauges on the worker node"
     );
-
 }

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
+use bitinglip_bus_schema::{Deployment, Subjects};
 use bitinglip_config::{Config, Role};
 use bitinglip_tests::{
-    assert_eventually, fake_hub::FakeHub, post_json, run_cli, test_config, wait_task_status, Arch, ModelDir, ModelSpec,
-    NodeProcess, TestNats,
+    assert_eventually, fake_hub::FakeHub, post_json, run_cli, state::kv_bucket, test_config, wait_task_status, Arch,
+    KeyRecorder, ModelDir, ModelSpec, NodeProcess, TestNats,
 };
 use serde_json::{json, Value};
 
@@ -17,7 +18,12 @@ const GIB: u64 = 1 << 30;
 fn control(nats: &TestNats, id: &str) -> Config {
     let mut c = test_config(&nats.url());
     c.node_id = id.into();
-    c.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
+    c.roles = vec![
+        Role::Gateway,
+        Role::TaskManager,
+        Role::ModelManager,
+        Role::ClusterManager,
+    ];
     c.cluster.reconcile_interval = Duration::from_millis(300);
     c
 }
@@ -28,6 +34,11 @@ fn worker(nats: &TestNats, id: &str, memory: Option<u64>) -> Config {
     c.roles = vec![Role::Worker];
     c.worker.memory = memory;
     c
+}
+
+/// The subjects and KV names of the default subject root the test configs use.
+fn default_subjects() -> Subjects {
+    Subjects::new(Config::default().nats.subject_root).expect("the default subject root")
 }
 
 fn cli_json(nats: &TestNats, args: &[&str]) -> Value {
@@ -42,7 +53,12 @@ fn cli_json(nats: &TestNats, args: &[&str]) -> Value {
 
 /// The deployment of `model` as `deployments ls --json` prints it.
 fn deployment(nats: &TestNats, model: &str) -> Option<Value> {
-    cli_json(nats, &["deployments", "ls"]).as_array().unwrap().iter().find(|d| d["deployment"]["model"] == model).cloned()
+    cli_json(nats, &["deployments", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["deployment"]["model"] == model)
+        .cloned()
 }
 
 /// Sorted node ids of a deployment's `placed` or `serving` list.
@@ -74,7 +90,10 @@ fn live_nodes(nats: &TestNats) -> usize {
     if code != 0 {
         return 0;
     }
-    serde_json::from_str::<Value>(&out).ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0)
+    serde_json::from_str::<Value>(&out)
+        .ok()
+        .and_then(|v| v.as_array().map(Vec::len))
+        .unwrap_or(0)
 }
 
 async fn chat(base: &str, model: &str, wait: bool) -> (u16, Option<String>, Value) {
@@ -85,7 +104,10 @@ async fn chat(base: &str, model: &str, wait: bool) -> (u16, Option<String>, Valu
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
     (status, retry, resp.json().await.unwrap())
 }
 
@@ -96,7 +118,7 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
     let mut small = NodeProcess::spawn(&worker(&nats, "small", Some(2 * GIB)), &["node"]);
     let _medium = NodeProcess::spawn(&worker(&nats, "medium", Some(4 * GIB)), &["node"]);
     let _large = NodeProcess::spawn(&worker(&nats, "large", Some(8 * GIB)), &["node"]);
-    front.wait_for_log("gateway listening", Duration::from_secs(30)).await;
+    front.wait_for_http(Duration::from_secs(30)).await;
     assert_eventually!(Duration::from_secs(30), async { live_nodes(&nats) == 4 }, "4 nodes up");
 
     // `big` fits only the large node; `mid` then only the medium one; the two `tiny`
@@ -104,8 +126,15 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
     // memory free than medium).
     deploy(&nats, &["big", "--memory", "6GiB"]);
     deploy(&nats, &["mid", "--memory", "3GiB"]);
-    deploy(&nats, &["tiny", "--memory", "1GiB", "--replicas", "2", "--min-memory", "1GiB"]);
-    let want = [("big", vec!["large"]), ("mid", vec!["medium"]), ("tiny", vec!["large", "small"])];
+    deploy(
+        &nats,
+        &["tiny", "--memory", "1GiB", "--replicas", "2", "--min-memory", "1GiB"],
+    );
+    let want = [
+        ("big", vec!["large"]),
+        ("mid", vec!["medium"]),
+        ("tiny", vec!["large", "small"]),
+    ];
     for (model, nodes) in &want {
         assert_eventually!(
             Duration::from_secs(30),
@@ -127,6 +156,17 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
     assert!(out.contains("small-r0") && out.contains("tiny"), "{out}");
 
     // The small node dies: its `tiny` replica goes to the one node left with room.
+    let subjects = default_subjects();
+    let deployments = kv_bucket(&nats.url(), &subjects.deployments_bucket())
+        .await
+        .expect("the deployments bucket");
+    let small_placement = || async {
+        deployments
+            .get(subjects.placement_key("small"))
+            .await
+            .expect("a KV read")
+    };
+    assert!(small_placement().await.is_some(), "the small node has a placement");
     small.kill9();
     assert_eventually!(
         Duration::from_secs(30),
@@ -137,7 +177,13 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
     );
     let (status, _, body) = chat(&base, "tiny", true).await;
     assert_eq!(status, 200, "{body}");
-    assert!(front.log().contains("node gone; its replicas are placed elsewhere"), "{}", front.log());
+    // The leader saw the node gone: its placement is removed from the deployments bucket.
+    assert_eventually!(
+        Duration::from_secs(10),
+        async { small_placement().await.is_none() },
+        "the dead node's placement is still there\n{}",
+        front.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,8 +191,10 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
     let nats = TestNats::start().await;
     let configs = [control(&nats, "cm-a"), control(&nats, "cm-b")];
     let mut managers: Vec<NodeProcess> = configs.iter().map(|c| NodeProcess::spawn(c, &["node"])).collect();
-    let _workers: Vec<NodeProcess> =
-        ["w1", "w2", "w3"].iter().map(|id| NodeProcess::spawn(&worker(&nats, id, Some(4 * GIB)), &["node"])).collect();
+    let _workers: Vec<NodeProcess> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| NodeProcess::spawn(&worker(&nats, id, Some(4 * GIB)), &["node"]))
+        .collect();
     assert_eventually!(Duration::from_secs(30), async { live_nodes(&nats) == 5 }, "5 nodes up");
     let leader = || {
         let base = managers_http(&configs);
@@ -180,19 +228,33 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
         managers[1 - index].log()
     );
     let other = configs[1 - index].node_id.clone();
-    assert_eventually!(Duration::from_secs(30), async { leader().await.as_deref() == Some(other.as_str()) }, "{other} leads");
+    assert_eventually!(
+        Duration::from_secs(30),
+        async { leader().await.as_deref() == Some(other.as_str()) },
+        "{other} leads"
+    );
 
     // The killed one comes back: no manual step, no duplicate replica, the plan unchanged.
     managers[index] = NodeProcess::spawn(&configs[index], &["node"]);
-    managers[index].wait_for_log("gateway listening", Duration::from_secs(30)).await;
+    managers[index].wait_for_http(Duration::from_secs(30)).await;
     // Scaled down over HTTP this time.
     let base = managers[index].http.clone().unwrap();
     let http = reqwest::Client::new();
     let set = json!({"model": "spread", "spec": {"source": "spread", "engine": "echo"}, "replicas": 2, "memory": GIB});
-    let resp = http.post(format!("{base}/api/v1/deployments")).json(&set).send().await.unwrap();
+    let resp = http
+        .post(format!("{base}/api/v1/deployments"))
+        .json(&set)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let bad = json!({"spec": {"source": "x", "engine": "turbo"}, "replicas": 1});
-    let resp = http.post(format!("{base}/api/v1/deployments")).json(&bad).send().await.unwrap();
+    let resp = http
+        .post(format!("{base}/api/v1/deployments"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("spec.engine"));
     assert_eventually!(
@@ -202,11 +264,27 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
         deployment(&nats, "spread")
     );
     let workers = cli_json(&nats, &["workers", "ls"]);
-    let spread = workers.as_array().unwrap().iter().filter(|w| w["model"] == "spread").count();
+    let spread = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["model"] == "spread")
+        .count();
     assert_eq!(spread, 2, "{workers}");
-    let listed: Value = http.get(format!("{base}/api/v1/deployments")).send().await.unwrap().json().await.unwrap();
+    let listed: Value = http
+        .get(format!("{base}/api/v1/deployments"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed["data"][0]["deployment"]["replicas"], 2, "{listed}");
-    let resp = http.delete(format!("{base}/api/v1/deployments/spread")).send().await.unwrap();
+    let resp = http
+        .delete(format!("{base}/api/v1/deployments/spread"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eventually!(
         Duration::from_secs(30),
@@ -224,7 +302,11 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     let nats = TestNats::start().await;
     let hub = FakeHub::start().await;
     let model = ModelDir::generate("tiny-chat", &ModelSpec::tiny(Arch::Qwen2));
-    hub.add_repo_from_dir("acme/tiny-chat", "0123456789abcdef0123456789abcdef01234567", &model.path());
+    hub.add_repo_from_dir(
+        "acme/tiny-chat",
+        "0123456789abcdef0123456789abcdef01234567",
+        &model.path(),
+    );
 
     let mut ctl = control(&nats, "control");
     ctl.cluster.idle_unload = Duration::from_secs(4);
@@ -235,7 +317,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     w.hub.endpoint = Some(hub.url());
     w.hub.cache_dir = Some(cache.path().to_path_buf());
     let mut back = NodeProcess::spawn(&w, &["node"]);
-    front.wait_for_log("gateway listening", Duration::from_secs(30)).await;
+    front.wait_for_http(Duration::from_secs(30)).await;
     assert_eventually!(Duration::from_secs(30), async { live_nodes(&nats) == 2 }, "2 nodes up");
 
     // Known (pulled and registered) but loaded nowhere.
@@ -253,7 +335,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     let (status, _, body) = chat(&base, "acme/tiny-chat", true).await;
     assert_eq!(status, 200, "{body}\n{}", back.log());
     assert!(body["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{body}");
-    back.wait_for_log("model loaded", Duration::from_secs(5)).await;
+    back.wait_worker_ready("acme/tiny-chat", Duration::from_secs(5)).await;
     let d = deployment(&nats, "acme/tiny-chat").expect("an on-demand deployment");
     assert_eq!(d["deployment"]["on_demand"], true);
     assert_eq!(nodes_of(&Some(d), "serving"), ["gpu-1"]);
@@ -285,15 +367,49 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     let task = json!({"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "tell me more"}], "max_tokens": 128});
     let posts = (0..16).map(|_| {
         let (http, base, task) = (http.clone(), base.clone(), task.clone());
-        async move { post_json(http.post(format!("{base}/v1/tasks")), &task).await["id"].as_str().unwrap().to_string() }
+        async move {
+            post_json(http.post(format!("{base}/v1/tasks")), &task).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
     });
     let ids = futures::future::join_all(posts).await;
-    let resp = http.post(format!("{base}/api/v1/models/unload")).json(&json!({"model": "acme/tiny-chat"})).send().await.unwrap();
+    let subjects = default_subjects();
+    let key = subjects.deployment_key("acme/tiny-chat");
+    let deployment_values = KeyRecorder::start(&nats.url(), &subjects.deployments_bucket(), &key).await;
+    let resp = http
+        .post(format!("{base}/api/v1/models/unload"))
+        .json(&json!({"model": "acme/tiny-chat"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     for id in &ids {
         wait_task_status(&http, &base, id, "completed").await;
     }
-    assert!(front.log().contains("tasks are queued for an unloaded on-demand model"), "{}", front.log());
+    // The unload set the deployment to 0 replicas; with tasks still queued, the leader set
+    // it back to 1 (nothing else asks for a load meanwhile: no request came in).
+    let replicas_after_unload = || -> Vec<u32> {
+        deployment_values
+            .values::<Deployment>()
+            .into_iter()
+            .flatten()
+            .map(|d| d.replicas)
+            .collect()
+    };
+    assert_eventually!(
+        Duration::from_secs(10),
+        async {
+            replicas_after_unload()
+                .into_iter()
+                .skip_while(|r| *r != 0)
+                .any(|r| r >= 1)
+        },
+        "the queued tasks did not bring the unloaded model back: replicas {:?}\n{}",
+        replicas_after_unload(),
+        front.log()
+    );
 
     // Unload and remove by hand.
     let (code, _, err) = run_cli(&["models", "unload", "acme/tiny-chat", "--nats", &nats.url()]);
@@ -303,7 +419,11 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
         async { cli_json(&nats, &["workers", "ls"]).as_array().unwrap().is_empty() },
         "unloaded by hand"
     );
-    let resp = http.delete(format!("{base}/api/v1/models/acme/tiny-chat")).send().await.unwrap();
+    let resp = http
+        .delete(format!("{base}/api/v1/models/acme/tiny-chat"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let (status, _, body) = chat(&base, "acme/tiny-chat", true).await;
     assert_eq!(status, 404, "{body}");

@@ -14,7 +14,12 @@ async fn gateway_node_and_worker_node_serve_a_request_across_the_bus() {
 
     let mut control = test_config(&nats.url());
     control.node_id = "control-1".into();
-    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
+    control.roles = vec![
+        Role::Gateway,
+        Role::TaskManager,
+        Role::ModelManager,
+        Role::ClusterManager,
+    ];
     let mut front = NodeProcess::spawn(&control, &["node"]);
 
     let mut worker = test_config(&nats.url());
@@ -24,7 +29,7 @@ async fn gateway_node_and_worker_node_serve_a_request_across_the_bus() {
     let mut back = NodeProcess::spawn(&worker, &["node", "--model", path.to_str().unwrap()]);
 
     front.wait_for_model("tiny-remote", Duration::from_secs(120)).await;
-    back.wait_for_log("model loaded", Duration::from_secs(60)).await;
+    back.wait_worker_ready("tiny-remote", Duration::from_secs(60)).await;
     let base = front.http.clone().unwrap();
     let resp = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
@@ -37,7 +42,8 @@ async fn gateway_node_and_worker_node_serve_a_request_across_the_bus() {
     assert_eq!(status, 200, "{body}");
     assert!(body["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
     // The worker process did the generation; the front one has no worker at all.
-    assert!(!front.log().contains("model loaded"));
+    let hb = front.heartbeat().await.expect("the front node's heartbeat");
+    assert!(!hb.runs("worker") && hb.workers.is_empty(), "{hb:?}");
 
     let (code, out, err) = bitinglip_tests::run_cli(&["status", "--nats", &nats.url()]);
     assert_eq!(code, 0, "{err}");
@@ -47,5 +53,8 @@ async fn gateway_node_and_worker_node_serve_a_request_across_the_bus() {
 
     let (code, out, err) = bitinglip_tests::run_cli(&["workers", "ls", "--nats", &nats.url()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("gpu-box-1-w0") && out.contains("tiny-remote") && out.contains("ready"), "{out}");
+    assert!(
+        out.contains("gpu-box-1-w0") && out.contains("tiny-remote") && out.contains("ready"),
+        "{out}"
+    );
 }
