@@ -14,8 +14,8 @@ mod leader;
 pub mod placement;
 
 use bitinglip_bus_schema::{
-    Ack, ClusterStatus, DeleteDeployment, DeploymentList, DeploymentReply, ErrorKind, GetClusterStatus, ListDeployments,
-    SetDeployment, WireError,
+    Ack, ClusterStatus, DeleteDeployment, DeploymentList, DeploymentReply, ErrorKind, GetClusterStatus,
+    ListDeployments, SetDeployment, WireError,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
@@ -71,8 +71,10 @@ impl Actor for ClusterManager {
         });
         let watcher = tokio::spawn(failover::watch_nodes(ctx.clone()));
         let reconciler = tokio::spawn(leader::run(ctx.clone()));
-        let service =
-            ctx.bus.service("bitinglip-cluster-manager", "BitingLip membership, deployments and placement", &group).await?;
+        let service = ctx
+            .bus
+            .service("bitinglip-cluster-manager", "BitingLip membership, deployments and placement", &group)
+            .await?;
         let subjects = ctx.bus.subjects().clone();
         let end = || ClusterManagerMsg::SubscriptionEnded;
         let endpoint = |name, subject| ctx.bus.endpoint(&service, name, subject);
@@ -95,7 +97,9 @@ impl Actor for ClusterManager {
             end(),
             ctx.clone(),
             DeploymentReply::Error,
-            |ctx, req: SetDeployment| async move { deployments::set(&ctx.store, req).await.map(DeploymentReply::Deployment) },
+            |ctx, req: SetDeployment| async move {
+                deployments::set(&ctx.store, req).await.map(DeploymentReply::Deployment)
+            },
         );
         let delete = spawn_endpoint(
             endpoint("deployment-delete", subjects.deployment_delete()).await?,

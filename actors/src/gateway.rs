@@ -54,12 +54,15 @@ impl Actor for Gateway {
     type State = GatewayState;
     type Arguments = GatewayArgs;
 
-    async fn pre_start(&self, myself: ActorRef<GatewayMsg>, args: GatewayArgs) -> Result<GatewayState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GatewayMsg>,
+        args: GatewayArgs,
+    ) -> Result<GatewayState, ActorProcessingErr> {
         let ctx = args.ctx;
         let addr = ctx.config.gateway.http.clone();
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| format!("gateway cannot listen on {addr}: {e}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("gateway cannot listen on {addr}: {e}"))?;
         let local = listener.local_addr()?;
         if let Ok(mut a) = ctx.http_addr.write() {
             *a = Some(local.to_string());
@@ -69,7 +72,8 @@ impl Actor for Gateway {
         let app = routes::router(ctx.clone());
         let shutdown = stop.clone();
         let server = tokio::spawn(async move {
-            let result = axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+            let result =
+                axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
             let reason = match result {
                 Ok(()) => "stopped".to_string(),
                 Err(e) => e.to_string(),
@@ -79,14 +83,25 @@ impl Actor for Gateway {
         Ok(GatewayState { stop, server: Some(server) })
     }
 
-    async fn handle(&self, _myself: ActorRef<GatewayMsg>, msg: GatewayMsg, state: &mut GatewayState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<GatewayMsg>,
+        msg: GatewayMsg,
+        state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            GatewayMsg::ServerEnded(reason) if !state.stop.is_cancelled() => Err(format!("HTTP server ended: {reason}").into()),
+            GatewayMsg::ServerEnded(reason) if !state.stop.is_cancelled() => {
+                Err(format!("HTTP server ended: {reason}").into())
+            }
             GatewayMsg::ServerEnded(_) => Ok(()),
         }
     }
 
-    async fn post_stop(&self, _myself: ActorRef<GatewayMsg>, state: &mut GatewayState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<GatewayMsg>,
+        state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
         state.stop.cancel();
         if let Some(server) = state.server.take() {
             // Open streams get a moment to finish; then they are cut (their tasks go on).

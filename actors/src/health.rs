@@ -58,8 +58,7 @@ pub async fn readiness(ctx: &NodeContext) -> Readiness {
     let model = if ctx.config.has_role(Role::Worker) {
         ctx.workers.read().is_ok_and(|w| w.values().any(|w| w.state == WorkerState::Ready))
     } else {
-        jetstream
-            && ctx.store.nodes().live().await.is_ok_and(|nodes| nodes.iter().any(|n| n.has_ready_worker()))
+        jetstream && ctx.store.nodes().live().await.is_ok_and(|nodes| nodes.iter().any(|n| n.has_ready_worker()))
     };
     Readiness { nats, jetstream, model }
 }

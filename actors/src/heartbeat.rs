@@ -83,7 +83,11 @@ impl Actor for Heartbeat {
     type State = HeartbeatState;
     type Arguments = HeartbeatArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<()>, args: HeartbeatArgs) -> Result<HeartbeatState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        args: HeartbeatArgs,
+    ) -> Result<HeartbeatState, ActorProcessingErr> {
         let ctx = args.ctx;
         let interval = ctx.config.cluster.heartbeat_interval;
         let tick_ctx = ctx.clone();

@@ -70,7 +70,8 @@ impl Metrics {
             c
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["model"]).expect("valid histogram");
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["model"])
+                .expect("valid histogram");
             registry.register(Box::new(h.clone())).expect("registered once");
             h
         };
@@ -85,7 +86,10 @@ impl Metrics {
             g
         };
         let queue_oldest_age = GaugeVec::new(
-            Opts::new("bitinglip_queue_oldest_task_age_seconds", "Age of the oldest task in the model's queue (waiting or running)"),
+            Opts::new(
+                "bitinglip_queue_oldest_task_age_seconds",
+                "Age of the oldest task in the model's queue (waiting or running)",
+            ),
             &["model", "priority"],
         )
         .expect("valid gauge");
@@ -98,7 +102,11 @@ impl Metrics {
         let scrapes = plain_counter("bitinglip_metrics_scrapes_total", "Scrapes of this endpoint");
         Self {
             requests: counter("bitinglip_requests_total", "Chat requests through the gateway", &["model", "outcome"]),
-            submits: counter("bitinglip_task_submits_total", "Submits answered by the task manager", &["model", "outcome"]),
+            submits: counter(
+                "bitinglip_task_submits_total",
+                "Submits answered by the task manager",
+                &["model", "outcome"],
+            ),
             tasks: counter("bitinglip_tasks_total", "Task attempts finished by workers", &["model", "outcome"]),
             time_to_first_token: histogram(
                 "bitinglip_time_to_first_token_seconds",
@@ -110,7 +118,11 @@ impl Metrics {
                 "Between consecutive tokens of one sequence",
                 latency_buckets(),
             ),
-            queue_time: histogram("bitinglip_queue_time_seconds", "From acceptance to a worker's claim", latency_buckets()),
+            queue_time: histogram(
+                "bitinglip_queue_time_seconds",
+                "From acceptance to a worker's claim",
+                latency_buckets(),
+            ),
             generated_tokens: counter("bitinglip_generated_tokens_total", "Tokens generated", &["model"]),
             tokens_per_second: histogram(
                 "bitinglip_tokens_per_second",
@@ -132,11 +144,21 @@ impl Metrics {
             slots_in_use: gauge("bitinglip_worker_slots_in_use", "Sequences a worker is running", &["model", "worker"]),
             slots: gauge("bitinglip_worker_slots", "Sequences a worker may run at once", &["model", "worker"]),
             queue_depth: gauge("bitinglip_queue_depth", "Tasks waiting in the model's queue", &["model", "priority"]),
-            queue_running: gauge("bitinglip_queue_running", "Tasks of the model's queue delivered and not yet acked", &["model", "priority"]),
+            queue_running: gauge(
+                "bitinglip_queue_running",
+                "Tasks of the model's queue delivered and not yet acked",
+                &["model", "priority"],
+            ),
             queue_oldest_age,
-            nats_reconnects: plain_counter("bitinglip_nats_reconnects_total", "Reconnections to NATS since the node started"),
+            nats_reconnects: plain_counter(
+                "bitinglip_nats_reconnects_total",
+                "Reconnections to NATS since the node started",
+            ),
             nats_connected: single("bitinglip_nats_connected", "1 while connected to NATS"),
-            dropped: plain_counter("bitinglip_dropped_messages_total", "Undecodable messages dropped (no reply subject to answer on)"),
+            dropped: plain_counter(
+                "bitinglip_dropped_messages_total",
+                "Undecodable messages dropped (no reply subject to answer on)",
+            ),
             scrapes,
             registry,
         }
@@ -215,7 +237,9 @@ pub(crate) fn count_submit(model: &str, reply: &bitinglip_bus_schema::SubmitRepl
     let (model, outcome) = match reply {
         SubmitReply::Accepted(a) if a.duplicate => (model, "duplicate"),
         SubmitReply::Accepted(_) => (model, "accepted"),
-        SubmitReply::Rejected(e) if matches!(e.kind, ErrorKind::UnknownModel | ErrorKind::InvalidRequest | ErrorKind::Decode) => {
+        SubmitReply::Rejected(e)
+            if matches!(e.kind, ErrorKind::UnknownModel | ErrorKind::InvalidRequest | ErrorKind::Decode) =>
+        {
             ("-", e.kind.as_str())
         }
         SubmitReply::Rejected(e) => (model, e.kind.as_str()),

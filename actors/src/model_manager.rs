@@ -72,12 +72,19 @@ impl Actor for ModelManager {
     type State = ModelManagerState;
     type Arguments = ModelManagerArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ModelManagerArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ModelManagerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let ctx = args.ctx;
         let subjects = ctx.bus.subjects().clone();
         let group = subjects.model_manager_queue_group();
 
-        let service = ctx.bus.service("bitinglip-model-manager", "BitingLip model registry: register, list, search", &group).await?;
+        let service = ctx
+            .bus
+            .service("bitinglip-model-manager", "BitingLip model registry: register, list, search", &group)
+            .await?;
         let end = || ModelManagerMsg::SubscriptionEnded;
         let endpoint = |name, subject| ctx.bus.endpoint(&service, name, subject);
 
@@ -147,12 +154,25 @@ impl Actor for ModelManager {
             |ctx, _: ListModels| async move { Ok(ModelList::Models { models: ctx.store.models().list().await? }) },
         );
         Ok(ModelManagerState {
-            serves: vec![register_serve, search_serve, status_serve, load_serve, unload_serve, delete_serve, list_serve],
+            serves: vec![
+                register_serve,
+                search_serve,
+                status_serve,
+                load_serve,
+                unload_serve,
+                delete_serve,
+                list_serve,
+            ],
             _service: service,
         })
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ModelManagerMsg::SubscriptionEnded => Err("model manager subscription ended".into()),
         }

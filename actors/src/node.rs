@@ -29,8 +29,8 @@ use crate::{
     gateway::{Gateway, GatewayArgs},
     heartbeat::{Heartbeat, HeartbeatArgs},
     model_manager::{ModelManager, ModelManagerArgs},
-    puller::{Puller, PullerArgs},
     ops::models::replica_config,
+    puller::{Puller, PullerArgs},
     task_manager::{TaskManager, TaskManagerArgs},
     worker::{Worker, WorkerArgs},
     NodeContext,
@@ -144,8 +144,7 @@ impl Actor for NodeSupervisor {
                 Role::Unknown => {}
             }
         }
-        let placement_watch =
-            ctx.config.has_role(Role::Worker).then(|| watch_placement(ctx.clone(), myself.clone()));
+        let placement_watch = ctx.config.has_role(Role::Worker).then(|| watch_placement(ctx.clone(), myself.clone()));
         let mut state = NodeSupervisorState {
             ctx,
             children: HashMap::new(),
@@ -192,7 +191,8 @@ impl Actor for NodeSupervisor {
                     .collect();
                 for id in gone {
                     let r = state.replicas.remove(&id);
-                    let child = state.children.iter().find(|(_, (k, _))| *k == ChildKind::Replica(id)).map(|(cid, _)| *cid);
+                    let child =
+                        state.children.iter().find(|(_, (k, _))| *k == ChildKind::Replica(id)).map(|(cid, _)| *cid);
                     if let Some((_, cell)) = child.and_then(|cid| state.children.remove(&cid)) {
                         tracing::info!(model = ?r.map(|r| r.model), "replica no longer placed here; unloading");
                         cell.stop(Some("unplaced".into()));
@@ -289,13 +289,19 @@ async fn spawn_child(
         ChildKind::Worker(index) => {
             let model = ctx.config.worker.models[index].clone();
             let worker_id = format!("{}-w{index}", ctx.node_id());
-            Actor::spawn_linked(None, Worker, WorkerArgs { ctx, model, worker_id, placed: false }, sup).await?.0.get_cell()
+            Actor::spawn_linked(None, Worker, WorkerArgs { ctx, model, worker_id, placed: false }, sup)
+                .await?
+                .0
+                .get_cell()
         }
         ChildKind::Replica(id) => {
             let Some(replica) = state.replicas.get(&id) else { return Ok(()) };
             let model = replica_config(replica);
             let worker_id = format!("{}-r{id}", ctx.node_id());
-            Actor::spawn_linked(None, Worker, WorkerArgs { ctx, model, worker_id, placed: true }, sup).await?.0.get_cell()
+            Actor::spawn_linked(None, Worker, WorkerArgs { ctx, model, worker_id, placed: true }, sup)
+                .await?
+                .0
+                .get_cell()
         }
         ChildKind::Gateway => Actor::spawn_linked(None, Gateway, GatewayArgs { ctx }, sup).await?.0.get_cell(),
         ChildKind::Puller => Actor::spawn_linked(None, Puller, PullerArgs { ctx }, sup).await?.0.get_cell(),

@@ -67,10 +67,17 @@ impl Actor for Puller {
     type State = PullerState;
     type Arguments = PullerArgs;
 
-    async fn pre_start(&self, myself: ActorRef<PullerMsg>, args: PullerArgs) -> Result<PullerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PullerMsg>,
+        args: PullerArgs,
+    ) -> Result<PullerState, ActorProcessingErr> {
         let ctx = args.ctx;
         let subjects = ctx.bus.subjects().clone();
-        let service = ctx.bus.service("bitinglip-puller", "BitingLip hub downloads on worker nodes", &subjects.puller_queue_group()).await?;
+        let service = ctx
+            .bus
+            .service("bitinglip-puller", "BitingLip hub downloads on worker nodes", &subjects.puller_queue_group())
+            .await?;
         let sub = ctx.bus.endpoint(&service, "pull", subjects.model_pull()).await?;
         let serve = spawn_endpoint(
             sub,
@@ -83,7 +90,12 @@ impl Actor for Puller {
         Ok(PullerState { serve, _service: service })
     }
 
-    async fn handle(&self, _myself: ActorRef<PullerMsg>, msg: PullerMsg, _state: &mut PullerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<PullerMsg>,
+        msg: PullerMsg,
+        _state: &mut PullerState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             PullerMsg::SubscriptionEnded => Err("puller subscription ended".into()),
         }

@@ -14,7 +14,13 @@ use opentelemetry::{
 /// Records the `queue` span of one delivery: from `accepted_ms` (when the task manager
 /// stored the task) to now, a child of `parent` (the context the task was queued with).
 /// Returns its context, so the worker's own span can follow it in the trace.
-pub(crate) fn record_queue(parent: Option<&TraceParent>, accepted_ms: u64, task_id: &str, model: &str, attempt: u32) -> Option<TraceParent> {
+pub(crate) fn record_queue(
+    parent: Option<&TraceParent>,
+    accepted_ms: u64,
+    task_id: &str,
+    model: &str,
+    attempt: u32,
+) -> Option<TraceParent> {
     let tracer = opentelemetry::global::tracer("bitinglip");
     let cx = parent.map(TraceParent::otel_context).unwrap_or_default();
     let start = SystemTime::UNIX_EPOCH + Duration::from_millis(accepted_ms);
@@ -31,10 +37,11 @@ pub(crate) fn record_queue(parent: Option<&TraceParent>, accepted_ms: u64, task_
         .start_with_context(&tracer, &cx);
     span.end();
     let sc = span.span_context();
-    sc.is_valid().then(|| TraceParent {
-        trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
-        span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
-        flags: sc.trace_flags().to_u8(),
-    })
-    .or(parent.copied())
+    sc.is_valid()
+        .then(|| TraceParent {
+            trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+            flags: sc.trace_flags().to_u8(),
+        })
+        .or(parent.copied())
 }

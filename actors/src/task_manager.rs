@@ -69,7 +69,10 @@ async fn load_on_demand(ctx: &NodeContext, model: &str, nodes: &[NodeHeartbeat],
         return Err(WireError::new(ErrorKind::UnknownModel, format!("model `{model}` is not registered")));
     }
     if !nodes.iter().any(|n| n.runs(Role::Worker)) {
-        return Err(WireError::new(ErrorKind::NoWorker, format!("no live worker serves model `{model}`, and no worker node is up to load it")));
+        return Err(WireError::new(
+            ErrorKind::NoWorker,
+            format!("no live worker serves model `{model}`, and no worker node is up to load it"),
+        ));
     }
     if deployment.is_none_or(|d| d.replicas == 0) {
         deployments::ensure_loaded(&ctx.store, model, 1).await?;
@@ -94,7 +97,11 @@ async fn load_on_demand(ctx: &NodeContext, model: &str, nodes: &[NodeHeartbeat],
     Err(WireError::new(ErrorKind::ModelLoading, format!("model `{model}` is loading ({progress}); retry shortly")))
 }
 
-async fn submit(ctx: &NodeContext, mut req: SubmitRequest, trace: Option<&TraceParent>) -> Result<TaskAccepted, WireError> {
+async fn submit(
+    ctx: &NodeContext,
+    mut req: SubmitRequest,
+    trace: Option<&TraceParent>,
+) -> Result<TaskAccepted, WireError> {
     validate::request(&ctx.config.task_manager, &mut req, ctx.bus.max_payload())?;
     let model = req.chat.model.clone();
     // The watch answers yes quickly; a no is checked against the bucket itself, since a
@@ -139,42 +146,50 @@ impl Actor for TaskManager {
     type State = TaskManagerState;
     type Arguments = TaskManagerArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: TaskManagerArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: TaskManagerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         let ctx = args.ctx;
         let subjects = ctx.bus.subjects().clone();
         let group = subjects.task_manager_queue_group();
 
-        let service = ctx.bus.service("bitinglip-task-manager", "BitingLip task manager: submit, get, list, cancel", &group).await?;
+        let service = ctx
+            .bus
+            .service("bitinglip-task-manager", "BitingLip task manager: submit, get, list, cancel", &group)
+            .await?;
         let submit_sub = ctx.bus.endpoint(&service, "submit", subjects.task_submit()).await?;
         let submit_ctx = ctx.clone();
-        let submit_serve = spawn_serve(submit_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |req: Request| {
-            let ctx = submit_ctx.clone();
-            let trace = trace_of(&req.message);
-            let span = tracing::info_span!("task_manager", otel.kind = "server", task.id = tracing::field::Empty);
-            bitinglip_nats::trace::continue_trace(&span, trace.as_ref());
-            async move {
-                let msg = &req.message;
-                let reply = match ctx.bus.decode::<SubmitRequest>(msg) {
-                    Err(err) => SubmitReply::Rejected(err.into()),
-                    Ok(req) => {
-                        let model = req.envelope.body.chat.model.clone();
-                        let reply = match submit(&ctx, req.envelope.body, trace.as_ref()).await {
-                            Ok(accepted) => SubmitReply::Accepted(accepted),
-                            Err(err) => SubmitReply::Rejected(err),
-                        };
-                        crate::metrics::count_submit(&model, &reply);
-                        reply
+        let submit_serve =
+            spawn_serve(submit_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |req: Request| {
+                let ctx = submit_ctx.clone();
+                let trace = trace_of(&req.message);
+                let span = tracing::info_span!("task_manager", otel.kind = "server", task.id = tracing::field::Empty);
+                bitinglip_nats::trace::continue_trace(&span, trace.as_ref());
+                async move {
+                    let msg = &req.message;
+                    let reply = match ctx.bus.decode::<SubmitRequest>(msg) {
+                        Err(err) => SubmitReply::Rejected(err.into()),
+                        Ok(req) => {
+                            let model = req.envelope.body.chat.model.clone();
+                            let reply = match submit(&ctx, req.envelope.body, trace.as_ref()).await {
+                                Ok(accepted) => SubmitReply::Accepted(accepted),
+                                Err(err) => SubmitReply::Rejected(err),
+                            };
+                            crate::metrics::count_submit(&model, &reply);
+                            reply
+                        }
+                    };
+                    if let SubmitReply::Rejected(err) = &reply {
+                        tracing::info!(kind = %err.kind, cause = %err.message, "submit rejected");
                     }
-                };
-                if let SubmitReply::Rejected(err) = &reply {
-                    tracing::info!(kind = %err.kind, cause = %err.message, "submit rejected");
+                    if let Err(err) = ctx.bus.respond(&req, &reply).await {
+                        tracing::warn!(cause = %err, "submit reply not sent");
+                    }
                 }
-                if let Err(err) = ctx.bus.respond(&req, &reply).await {
-                    tracing::warn!(cause = %err, "submit reply not sent");
-                }
-            }
-            .instrument(span)
-        });
+                .instrument(span)
+            });
 
         let end = || TaskManagerMsg::SubscriptionEnded;
         let get_serve = spawn_endpoint(
@@ -185,7 +200,9 @@ impl Actor for TaskManager {
             TaskStatusReply::Error,
             |ctx, req: GetTask| async move {
                 let record = ctx.store.tasks().get(&req.task_id).await?;
-                record.map(TaskStatusReply::Found).ok_or_else(|| WireError::new(ErrorKind::NotFound, format!("no task {}", req.task_id)))
+                record
+                    .map(TaskStatusReply::Found)
+                    .ok_or_else(|| WireError::new(ErrorKind::NotFound, format!("no task {}", req.task_id)))
             },
         );
         let cancel_serve = spawn_endpoint(
@@ -207,7 +224,12 @@ impl Actor for TaskManager {
         Ok(TaskManagerState { tasks: vec![submit_serve, get_serve, cancel_serve, list_serve], _service: service })
     }
 
-    async fn handle(&self, _myself: ActorRef<Self::Msg>, msg: Self::Msg, _state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             TaskManagerMsg::SubscriptionEnded => Err("task manager subscription ended".into()),
         }

@@ -98,7 +98,11 @@ impl WorkerShared {
             .lock()
             .map(|r| {
                 r.iter()
-                    .map(|(id, t)| RunningTask { task_id: id.clone(), attempt: t.attempt, ack_subject: t.ack_subject.clone() })
+                    .map(|(id, t)| RunningTask {
+                        task_id: id.clone(),
+                        attempt: t.attempt,
+                        ack_subject: t.ack_subject.clone(),
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -159,7 +163,11 @@ impl Actor for Worker {
     type State = WorkerState;
     type Arguments = WorkerArgs;
 
-    async fn pre_start(&self, myself: ActorRef<WorkerMsg>, args: WorkerArgs) -> Result<WorkerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
         let WorkerArgs { ctx, model, worker_id, placed } = args;
         ctx.set_worker(info(&worker_id, &model, placed, model.engine, Lifecycle::Loading));
         let force_cpu = ctx.config.worker.force_cpu;
@@ -197,10 +205,26 @@ impl Actor for Worker {
                 Err(err) => myself.cast(WorkerMsg::LoadFailed(err)),
             };
         });
-        Ok(WorkerState { ctx, worker_id, model, placed, load_failed: false, shared: None, tasks: Vec::new(), listener: None, registration: None, loader: Some(loader) })
+        Ok(WorkerState {
+            ctx,
+            worker_id,
+            model,
+            placed,
+            load_failed: false,
+            shared: None,
+            tasks: Vec::new(),
+            listener: None,
+            registration: None,
+            loader: Some(loader),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Loaded(engine) => {
                 state.loader = None;
@@ -215,7 +239,13 @@ impl Actor for Worker {
                     stop_fetching: CancellationToken::new(),
                     hand_back: CancellationToken::new(),
                     in_flight: AtomicU32::new(0),
-                    info: Mutex::new(info(&state.worker_id, &state.model, state.placed, engine.kind(), Lifecycle::Ready)),
+                    info: Mutex::new(info(
+                        &state.worker_id,
+                        &state.model,
+                        state.placed,
+                        engine.kind(),
+                        Lifecycle::Ready,
+                    )),
                 });
                 let consumers = state.ctx.store.queue().consumers(&served).await?;
                 state.listener = Some(spawn_cancel_listener(shared.clone(), myself.clone()).await?);
@@ -250,7 +280,13 @@ impl Actor for Worker {
                 state.loader = None;
                 state.load_failed = true;
                 tracing::error!(model = %state.model.source, cause = %err, "model failed to load; this worker serves nothing");
-                state.ctx.set_worker(info(&state.worker_id, &state.model, state.placed, state.model.engine, Lifecycle::Failed));
+                state.ctx.set_worker(info(
+                    &state.worker_id,
+                    &state.model,
+                    state.placed,
+                    state.model.engine,
+                    Lifecycle::Failed,
+                ));
             }
             WorkerMsg::LoopEnded(which) => return Err(format!("worker {which} loop ended").into()),
         }
@@ -327,7 +363,11 @@ async fn register_model(
     };
     let mut delay = Duration::from_millis(100);
     loop {
-        match ctx.bus.request::<_, Ack>(ctx.bus.subjects().model_register(), &req, None, Some(Duration::from_secs(5))).await {
+        match ctx
+            .bus
+            .request::<_, Ack>(ctx.bus.subjects().model_register(), &req, None, Some(Duration::from_secs(5)))
+            .await
+        {
             Ok(Ack::Ok) => return Ok(()),
             Ok(Ack::Error(err)) => return Err(format!("model registration refused: {err}").into()),
             Err(err) => {
@@ -340,7 +380,10 @@ async fn register_model(
 }
 
 /// Listens for cancels of any task and fires the token of the ones running here.
-async fn spawn_cancel_listener(shared: Arc<WorkerShared>, me: ActorRef<WorkerMsg>) -> Result<JoinHandle<()>, ActorProcessingErr> {
+async fn spawn_cancel_listener(
+    shared: Arc<WorkerShared>,
+    me: ActorRef<WorkerMsg>,
+) -> Result<JoinHandle<()>, ActorProcessingErr> {
     let mut sub = shared.ctx.bus.subscribe(shared.ctx.bus.subjects().all_task_cancels()).await?;
     Ok(tokio::spawn(async move {
         while let Some(msg) = sub.next().await {

@@ -62,10 +62,7 @@ pub fn encode<T: Serialize>(envelope: &Envelope<T>) -> Result<Vec<u8>, CodecErro
 }
 
 /// Decodes an envelope, refusing payloads over `max_payload` bytes and unknown versions.
-pub fn decode<T: DeserializeOwned>(
-    bytes: &[u8],
-    max_payload: usize,
-) -> Result<Envelope<T>, CodecError> {
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_payload: usize) -> Result<Envelope<T>, CodecError> {
     if bytes.len() > max_payload {
         return Err(CodecError::TooLarge { size: bytes.len(), limit: max_payload });
     }
@@ -169,4 +166,3 @@ mod tests {
         }
     }
 }
-

@@ -31,7 +31,8 @@ pub enum Role {
 
 impl Role {
     /// Every known role, in start order.
-    pub const ALL: [Role; 5] = [Role::ClusterManager, Role::ModelManager, Role::TaskManager, Role::Worker, Role::Gateway];
+    pub const ALL: [Role; 5] =
+        [Role::ClusterManager, Role::ModelManager, Role::TaskManager, Role::Worker, Role::Gateway];
 
     /// The kebab-case name used in config and on the wire.
     pub fn as_str(self) -> &'static str {

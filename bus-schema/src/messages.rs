@@ -54,11 +54,7 @@ pub(crate) mod testing {
     }
 
     fn keys(v: &rmpv::Value) -> Vec<String> {
-        v.as_map()
-            .expect("a map")
-            .iter()
-            .map(|(k, _)| k.as_str().expect("string keys").to_string())
-            .collect()
+        v.as_map().expect("a map").iter().map(|(k, _)| k.as_str().expect("string keys").to_string()).collect()
     }
 }
 

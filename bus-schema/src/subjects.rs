@@ -129,8 +129,7 @@ impl Subjects {
     /// Validates the root (one or more dot-separated tokens of `[A-Za-z0-9_-]`).
     pub fn new(root: impl Into<String>) -> Result<Self, SubjectError> {
         let root = root.into();
-        let valid = !root.is_empty()
-            && root.split('.').all(|t| !t.is_empty() && t.chars().all(is_plain));
+        let valid = !root.is_empty() && root.split('.').all(|t| !t.is_empty() && t.chars().all(is_plain));
         if !valid {
             return Err(SubjectError::Root(root));
         }

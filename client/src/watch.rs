@@ -33,7 +33,13 @@ impl TaskWatch {
     /// is missed.
     pub async fn subscribe(bus: &Bus, store: &Store, task_id: &TaskId) -> Result<Self, WireError> {
         let sub = bus.subscribe(bus.subjects().task_events(task_id)).await.map_err(|e| WireError::from(&e))?;
-        Ok(Self { bus: bus.clone(), store: store.clone(), sub, task_id: task_id.clone(), sequencer: Sequencer::from_seq(0) })
+        Ok(Self {
+            bus: bus.clone(),
+            store: store.clone(),
+            sub,
+            task_id: task_id.clone(),
+            sequencer: Sequencer::from_seq(0),
+        })
     }
 
     /// Follows a task that may have started: chunks from `next_seq` on (everything when

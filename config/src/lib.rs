@@ -352,8 +352,7 @@ impl Config {
     pub fn load(sources: Sources) -> Result<Config, ConfigError> {
         use config::{Environment, File, FileFormat};
 
-        let defaults = config::Config::try_from(&Config::default())
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let defaults = config::Config::try_from(&Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let mut builder = config::Config::builder().add_source(defaults);
         if let Some(path) = &sources.file {
             if !path.is_file() {
@@ -363,11 +362,8 @@ impl Config {
                 .map_err(|e| ConfigError::File { path: path.clone(), reason: e.to_string() })?;
             builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
         }
-        let env: config::Map<String, String> = sources
-            .env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("BITINGLIP_") && k != "BITINGLIP_CONFIG")
-            .collect();
+        let env: config::Map<String, String> =
+            sources.env.into_iter().filter(|(k, _)| k.starts_with("BITINGLIP_") && k != "BITINGLIP_CONFIG").collect();
         builder = builder.add_source(
             Environment::with_prefix("BITINGLIP")
                 .prefix_separator("_")
@@ -387,8 +383,7 @@ impl Config {
             .map_err(|e| ConfigError::Parse(e.to_string()))?;
         }
         let merged = builder.build().map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let config: Config =
-            merged.try_deserialize().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config = merged.try_deserialize().map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }

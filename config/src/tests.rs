@@ -69,25 +69,19 @@ fn unknown_keys_and_wrong_types_are_refused() {
     let err = Config::load(Sources { file: Some(file.path().into()), ..Default::default() }).unwrap_err();
     assert!(err.to_string().contains("htttp"), "{err}");
 
-    let err = Config::load(Sources {
-        env: env(&[("BITINGLIP_GATEWAY__MAX_BODY_BYTES", "lots")]),
-        ..Default::default()
-    })
-    .unwrap_err();
+    let err =
+        Config::load(Sources { env: env(&[("BITINGLIP_GATEWAY__MAX_BODY_BYTES", "lots")]), ..Default::default() })
+            .unwrap_err();
     assert!(err.to_string().contains("max_body_bytes"), "{err}");
 
-    let err = Config::load(Sources { file: Some("/no/such/file.toml".into()), ..Default::default() })
-        .unwrap_err();
+    let err = Config::load(Sources { file: Some("/no/such/file.toml".into()), ..Default::default() }).unwrap_err();
     assert!(err.to_string().contains("/no/such/file.toml"), "{err}");
 }
 
 #[test]
 fn secrets_never_print() {
-    let c = Config::load(Sources {
-        env: env(&[("BITINGLIP_NATS__TOKEN", "s3cret-token")]),
-        ..Default::default()
-    })
-    .unwrap();
+    let c =
+        Config::load(Sources { env: env(&[("BITINGLIP_NATS__TOKEN", "s3cret-token")]), ..Default::default() }).unwrap();
     assert_eq!(c.nats.token.as_ref().unwrap().expose(), "s3cret-token");
     let printed = format!("{c:?}");
     assert!(!printed.contains("s3cret"));

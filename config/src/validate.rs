@@ -37,8 +37,7 @@ fn invalid(key: &str, value: impl ToString, reason: &str) -> ConfigError {
 impl Config {
     /// Checks every key; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.node_id.is_empty()
-            && !self.node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        if !self.node_id.is_empty() && !self.node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(invalid("node_id", &self.node_id, "use letters, digits, '-' and '_'"));
         }
@@ -50,8 +49,7 @@ impl Config {
             return Err(invalid("nats.servers", "[]", "name at least one server URL"));
         }
         for s in &n.servers {
-            let parsed = url::Url::parse(s)
-                .map_err(|e| invalid("nats.servers", s, &format!("not a URL ({e})")))?;
+            let parsed = url::Url::parse(s).map_err(|e| invalid("nats.servers", s, &format!("not a URL ({e})")))?;
             if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") {
                 return Err(invalid("nats.servers", s, "scheme must be nats://, tls://, ws:// or wss://"));
             }
@@ -148,7 +146,11 @@ impl Config {
             return Err(invalid("gateway.max_concurrent_requests", 0, "must be at least 1"));
         }
         if self.roles.contains(&Role::Unknown) {
-            return Err(invalid("roles", "an unknown role", "use gateway, task-manager, model-manager, cluster-manager or worker"));
+            return Err(invalid(
+                "roles",
+                "an unknown role",
+                "use gateway, task-manager, model-manager, cluster-manager or worker",
+            ));
         }
         for (i, m) in self.worker.models.iter().enumerate() {
             let key = |k: &str| format!("worker.models[{i}].{k}");
@@ -158,7 +160,10 @@ impl Config {
             if m.source.trim().is_empty() {
                 return Err(invalid(&key("source"), &m.source, "a Hugging Face id or a local folder"));
             }
-            let looks_like_path = m.source.starts_with('/') || m.source.starts_with("./") || m.source.starts_with("../") || m.source.starts_with('~');
+            let looks_like_path = m.source.starts_with('/')
+                || m.source.starts_with("./")
+                || m.source.starts_with("../")
+                || m.source.starts_with('~');
             if looks_like_path && !std::path::Path::new(&m.source).is_dir() {
                 return Err(invalid(&key("source"), &m.source, "no such folder"));
             }
@@ -171,7 +176,11 @@ impl Config {
         }
         let c = &self.cluster;
         if c.reconcile_interval < std::time::Duration::from_millis(100) {
-            return Err(invalid("cluster.reconcile_interval", format!("{:?}", c.reconcile_interval), "must be at least 100ms"));
+            return Err(invalid(
+                "cluster.reconcile_interval",
+                format!("{:?}", c.reconcile_interval),
+                "must be at least 100ms",
+            ));
         }
         for (i, d) in c.deployments.iter().enumerate() {
             let key = |k: &str| format!("cluster.deployments[{i}].{k}");
@@ -216,7 +225,11 @@ impl Config {
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             let ok = url::Url::parse(endpoint).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
             if !ok {
-                return Err(invalid("telemetry.otlp_endpoint", endpoint, "an http(s) URL such as http://127.0.0.1:4318"));
+                return Err(invalid(
+                    "telemetry.otlp_endpoint",
+                    endpoint,
+                    "an http(s) URL such as http://127.0.0.1:4318",
+                ));
             }
         }
         if self.telemetry.export_interval.is_zero() {
@@ -233,7 +246,7 @@ impl Config {
 
 fn bitinglip_subject_root_invalid(root: &str) -> bool {
     root.is_empty()
-        || !root.split('.').all(|t| {
-            !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        })
+        || !root
+            .split('.')
+            .all(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
 }

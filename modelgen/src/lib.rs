@@ -47,7 +47,8 @@ impl ModelSpec {
     /// platform, dominates): Llama-shaped layers of width 1024, as many as it takes.
     pub fn with_params(arch: Arch, params: usize) -> Self {
         let (hidden, intermediate) = (1024, 2816);
-        let mut spec = Self { arch, hidden, layers: 1, heads: 16, kv_heads: 4, intermediate, max_positions: 4096, seed: 11 };
+        let mut spec =
+            Self { arch, hidden, layers: 1, heads: 16, kv_heads: 4, intermediate, max_positions: 4096, seed: 11 };
         spec.layers = (params.saturating_sub(spec.params_outside_layers()) / spec.params_per_layer()).max(1);
         spec
     }
@@ -71,8 +72,22 @@ impl ModelSpec {
 
 const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 const MERGES: [(&str, &str); 16] = [
-    ("t", "h"), ("h", "e"), ("i", "n"), ("e", "r"), ("a", "n"), ("Ġ", "t"), ("o", "n"), ("r", "e"),
-    ("Ġ", "a"), ("e", "n"), ("a", "t"), ("o", "r"), ("Ġt", "he"), ("i", "s"), ("e", "s"), ("Ġ", "s"),
+    ("t", "h"),
+    ("h", "e"),
+    ("i", "n"),
+    ("e", "r"),
+    ("a", "n"),
+    ("Ġ", "t"),
+    ("o", "n"),
+    ("r", "e"),
+    ("Ġ", "a"),
+    ("e", "n"),
+    ("a", "t"),
+    ("o", "r"),
+    ("Ġt", "he"),
+    ("i", "s"),
+    ("e", "s"),
+    ("Ġ", "s"),
 ];
 
 /// GPT-2's byte-to-unicode table: every byte gets a printable character.
@@ -258,8 +273,7 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
         .collect();
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize_to_file(views, Some(meta), &dir.join("model.safetensors"))
-        .map_err(std::io::Error::other)?;
+    safetensors::serialize_to_file(views, Some(meta), &dir.join("model.safetensors")).map_err(std::io::Error::other)?;
     Ok(config)
 }
 
@@ -280,7 +294,9 @@ mod tests {
     fn writes_a_complete_folder() {
         let dir = tempfile::tempdir().unwrap();
         generate(dir.path(), &ModelSpec::tiny(Arch::Qwen2)).unwrap();
-        for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"] {
+        for f in
+            ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"]
+        {
             assert!(dir.path().join(f).is_file(), "{f}");
         }
         let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();

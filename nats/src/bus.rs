@@ -12,10 +12,7 @@ use crate::{trace::TraceParent, BusError};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A decoded message: its envelope, trace context and reply subject.
@@ -130,16 +127,11 @@ impl Bus {
             .payload(payload)
             .headers(Self::headers(trace))
             .timeout(Some(timeout.unwrap_or(self.inner.request_timeout)));
-        let reply = self
-            .inner
-            .client
-            .send_request(subject.clone(), request)
-            .await
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::TimedOut => BusError::Timeout { subject: subject.clone() },
-                async_nats::RequestErrorKind::NoResponders => BusError::NoResponders { subject: subject.clone() },
-                _ => BusError::Request { subject: subject.clone(), message: e.to_string() },
-            })?;
+        let reply = self.inner.client.send_request(subject.clone(), request).await.map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::TimedOut => BusError::Timeout { subject: subject.clone() },
+            async_nats::RequestErrorKind::NoResponders => BusError::NoResponders { subject: subject.clone() },
+            _ => BusError::Request { subject: subject.clone(), message: e.to_string() },
+        })?;
         Ok(schema::decode::<Rep>(&reply.payload, self.max_payload().max(reply.payload.len()))?.body)
     }
 
@@ -170,7 +162,12 @@ impl Bus {
 
     /// Starts a NATS service (`nats micro ls | info | stats` show it) whose endpoints
     /// use `queue_group`, so each request is answered by one instance.
-    pub async fn service(&self, name: &str, description: &str, queue_group: &str) -> Result<async_nats::service::Service, BusError> {
+    pub async fn service(
+        &self,
+        name: &str,
+        description: &str,
+        queue_group: &str,
+    ) -> Result<async_nats::service::Service, BusError> {
         use async_nats::service::ServiceExt;
         self.inner
             .client
@@ -218,8 +215,5 @@ impl Bus {
 
 /// The trace context in a message's headers, when it has a valid one.
 pub fn trace_of(msg: &Message) -> Option<TraceParent> {
-    msg.headers
-        .as_ref()
-        .and_then(|h| h.get(crate::trace::TRACEPARENT))
-        .and_then(|v| TraceParent::parse(v.as_str()))
+    msg.headers.as_ref().and_then(|h| h.get(crate::trace::TRACEPARENT)).and_then(|v| TraceParent::parse(v.as_str()))
 }

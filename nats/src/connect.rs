@@ -24,18 +24,18 @@ pub async fn connect(
             let first = first.clone();
             let reconnected = reconnected.clone();
             async move {
-            match event {
-                async_nats::Event::Connected => {
-                    tracing::info!("nats connected");
-                    if !first.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                        if let Some(n) = &reconnected {
-                            n.notify_one();
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("nats connected");
+                        if !first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                            if let Some(n) = &reconnected {
+                                n.notify_one();
+                            }
                         }
                     }
+                    async_nats::Event::Disconnected => tracing::warn!("nats disconnected; reconnecting"),
+                    other => tracing::debug!(event = %other, "nats event"),
                 }
-                async_nats::Event::Disconnected => tracing::warn!("nats disconnected; reconnecting"),
-                other => tracing::debug!(event = %other, "nats event"),
-            }
             }
         });
     if let Some(token) = &cfg.token {
@@ -48,10 +48,10 @@ pub async fn connect(
         opts = opts.nkey(seed.expose().to_string());
     }
     if let Some(path) = &cfg.creds_file {
-        opts = opts.credentials_file(path).await.map_err(|source| ConnectError::Credentials {
-            path: path.display().to_string(),
-            source,
-        })?;
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|source| ConnectError::Credentials { path: path.display().to_string(), source })?;
     }
     if cfg.tls_required {
         opts = opts.require_tls(true);
@@ -62,13 +62,6 @@ pub async fn connect(
     if let (Some(cert), Some(key)) = (&cfg.tls_cert_file, &cfg.tls_key_file) {
         opts = opts.add_client_certificate(cert.clone(), key.clone());
     }
-    let servers: Vec<async_nats::ServerAddr> = cfg
-        .servers
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    opts.connect(servers).await.map_err(|source| ConnectError::Connect {
-        servers: cfg.servers.join(","),
-        source,
-    })
+    let servers: Vec<async_nats::ServerAddr> = cfg.servers.iter().filter_map(|s| s.parse().ok()).collect();
+    opts.connect(servers).await.map_err(|source| ConnectError::Connect { servers: cfg.servers.join(","), source })
 }

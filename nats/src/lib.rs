@@ -16,5 +16,5 @@ pub use bus::{now_ms, trace_of, Bus, Incoming};
 pub use connect::connect;
 pub use error::{BusError, ConnectError, ProvisionError, ServerError};
 pub use provision::worker_consumer_config;
-pub use store::{Store, StoreError};
 pub use server::{find_nats_server, LocalNatsServer, ServerOptions};
+pub use store::{Store, StoreError};

@@ -28,7 +28,11 @@ fn err(what: &str, e: impl std::fmt::Display) -> ProvisionError {
 }
 
 /// Creates or updates every stream and bucket.
-pub(crate) async fn provision(js: &jetstream::Context, subjects: &Subjects, config: &Config) -> Result<Provisioned, ProvisionError> {
+pub(crate) async fn provision(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    config: &Config,
+) -> Result<Provisioned, ProvisionError> {
     let cfg = &config.jetstream;
     let cluster = &config.cluster;
     let tm = &config.task_manager;
@@ -36,88 +40,109 @@ pub(crate) async fn provision(js: &jetstream::Context, subjects: &Subjects, conf
     // the stream only when a worker acks it (or it is terminated after max_deliver).
     // Queue limits refuse new tasks (never drop accepted ones): per model and class by
     // count, all together by bytes.
-    ensure_stream(js, stream::Config {
-        name: subjects.tasks_stream(),
-        description: Some("BitingLip accepted tasks, one subject per model and priority".into()),
-        subjects: vec![subjects.all_queues()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        num_replicas: cfg.replicas,
-        duplicate_window: cfg.dedupe_window,
-        max_messages_per_subject: tm.queue_max_tasks,
-        max_bytes: tm.queue_max_bytes,
-        discard: stream::DiscardPolicy::New,
-        discard_new_per_subject: true,
-        ..Default::default()
-    })
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subjects.tasks_stream(),
+            description: Some("BitingLip accepted tasks, one subject per model and priority".into()),
+            subjects: vec![subjects.all_queues()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            duplicate_window: cfg.dedupe_window,
+            max_messages_per_subject: tm.queue_max_tasks,
+            max_bytes: tm.queue_max_bytes,
+            discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
+            ..Default::default()
+        },
+    )
     .await?;
 
     // Task events: published with core NATS (no per-token round trip) and captured here
     // for replay. Memory storage: a per-token fsync would cost more than the token.
-    ensure_stream(js, stream::Config {
-        name: subjects.events_stream(),
-        description: Some("BitingLip task events, for replay and resume".into()),
-        subjects: vec![subjects.all_task_events()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::Memory,
-        num_replicas: cfg.replicas,
-        max_age: cfg.events_max_age,
-        max_bytes: 512 * 1024 * 1024,
-        discard: stream::DiscardPolicy::Old,
-        ..Default::default()
-    })
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subjects.events_stream(),
+            description: Some("BitingLip task events, for replay and resume".into()),
+            subjects: vec![subjects.all_task_events()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::Memory,
+            num_replicas: cfg.replicas,
+            max_age: cfg.events_max_age,
+            max_bytes: 512 * 1024 * 1024,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        },
+    )
     .await?;
 
-    let tasks = ensure_kv(js, kv::Config {
-        bucket: subjects.tasks_bucket(),
-        description: "BitingLip task status records".into(),
-        history: 1,
-        max_age: cfg.tasks_max_age,
-        storage: stream::StorageType::File,
-        num_replicas: cfg.replicas,
-        ..Default::default()
-    })
+    let tasks = ensure_kv(
+        js,
+        kv::Config {
+            bucket: subjects.tasks_bucket(),
+            description: "BitingLip task status records".into(),
+            history: 1,
+            max_age: cfg.tasks_max_age,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
     .await?;
-    let models = ensure_kv(js, kv::Config {
-        bucket: subjects.models_bucket(),
-        description: "BitingLip model registry".into(),
-        history: 5,
-        storage: stream::StorageType::File,
-        num_replicas: cfg.replicas,
-        ..Default::default()
-    })
+    let models = ensure_kv(
+        js,
+        kv::Config {
+            bucket: subjects.models_bucket(),
+            description: "BitingLip model registry".into(),
+            history: 5,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
     .await?;
     // Heartbeats expire on their own: a node that stops writing disappears after the TTL.
-    let nodes = ensure_kv(js, kv::Config {
-        bucket: subjects.nodes_bucket(),
-        description: "BitingLip node heartbeats".into(),
-        history: 1,
-        max_age: cluster.node_ttl,
-        storage: stream::StorageType::Memory,
-        num_replicas: cfg.replicas,
-        ..Default::default()
-    })
+    let nodes = ensure_kv(
+        js,
+        kv::Config {
+            bucket: subjects.nodes_bucket(),
+            description: "BitingLip node heartbeats".into(),
+            history: 1,
+            max_age: cluster.node_ttl,
+            storage: stream::StorageType::Memory,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
     .await?;
-    let deployments = ensure_kv(js, kv::Config {
-        bucket: subjects.deployments_bucket(),
-        description: "BitingLip deployments and placements".into(),
-        history: 5,
-        storage: stream::StorageType::File,
-        num_replicas: cfg.replicas,
-        ..Default::default()
-    })
+    let deployments = ensure_kv(
+        js,
+        kv::Config {
+            bucket: subjects.deployments_bucket(),
+            description: "BitingLip deployments and placements".into(),
+            history: 5,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
     .await?;
     // The leader lease: the leader renews it; if it dies, the entry expires and another
     // cluster manager takes over.
-    let leases = ensure_kv(js, kv::Config {
-        bucket: subjects.leases_bucket(),
-        description: "BitingLip leases".into(),
-        history: 1,
-        max_age: cluster.node_ttl,
-        storage: stream::StorageType::File,
-        num_replicas: cfg.replicas,
-        ..Default::default()
-    })
+    let leases = ensure_kv(
+        js,
+        kv::Config {
+            bucket: subjects.leases_bucket(),
+            description: "BitingLip leases".into(),
+            history: 1,
+            max_age: cluster.node_ttl,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
     .await?;
     Ok(Provisioned { tasks, models, nodes, deployments, leases })
 }
@@ -170,10 +195,7 @@ async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::St
     let bucket = config.bucket.clone();
     match js.create_key_value(config).await {
         Ok(store) => Ok(store),
-        Err(create) => js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|_| err(&bucket, create)),
+        Err(create) => js.get_key_value(&bucket).await.map_err(|_| err(&bucket, create)),
     }
 }
 

@@ -58,9 +58,8 @@ pub fn find_nats_server(binary: &str) -> Option<PathBuf> {
     if candidate.components().count() > 1 {
         return candidate.is_file().then(|| candidate.to_path_buf());
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join(binary)).find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(binary)).find(|p| p.is_file()))
 }
 
 /// Asks the OS for a free TCP port on `host`.
@@ -140,7 +139,10 @@ impl LocalNatsServer {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(ServerError::NotReady { url, log: format!("exited with {status}: {}", self.log_tail()) });
+                    return Err(ServerError::NotReady {
+                        url,
+                        log: format!("exited with {status}: {}", self.log_tail()),
+                    });
                 }
             }
             // Ready means a client can connect and JetStream answers.

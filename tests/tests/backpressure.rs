@@ -7,7 +7,9 @@ use bitinglip_tests::{echo_model, test_config, words, NodeProcess, TestNats};
 use serde_json::{json, Value};
 
 async fn submit(http: &reqwest::Client, base: &str, prompt: &str, batch: bool) -> reqwest::Response {
-    let mut req = http.post(format!("{base}/v1/tasks")).json(&json!({"model": "echo", "messages": [{"role": "user", "content": prompt}]}));
+    let mut req = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": prompt}]}));
     if batch {
         req = req.header("X-Priority", "batch");
     }

@@ -19,20 +19,9 @@ async fn up_with(model: &ModelDir) -> (NodeProcess, tempfile::TempDir) {
     node.wait_for_model(model.id(), LOAD).await;
     // It started a nats-server of its own, in its data folder, and that server takes clients.
     let pid_file = data.path().join("nats/nats-server.pid");
-    assert!(
-        node.own_nats_server().is_some(),
-        "no live server named in {}:\n{}",
-        pid_file.display(),
-        node.log()
-    );
+    assert!(node.own_nats_server().is_some(), "no live server named in {}:\n{}", pid_file.display(), node.log());
     let nats = async_nats::connect(node.nats_url()).await;
-    assert!(
-        nats.is_ok(),
-        "its nats-server at {}: {:?}\n{}",
-        node.nats_url(),
-        nats.err(),
-        node.log()
-    );
+    assert!(nats.is_ok(), "its nats-server at {}: {:?}\n{}", node.nats_url(), nats.err(), node.log());
     (node, data)
 }
 
@@ -59,10 +48,7 @@ async fn plain_and_streamed(arch: Arch, name: &str) {
     let completion = usage["completion_tokens"].as_u64().unwrap();
     assert!((1..=12).contains(&completion), "{body}");
     assert!(usage["prompt_tokens"].as_u64().unwrap() > 3, "{body}");
-    assert_eq!(
-        usage["total_tokens"].as_u64().unwrap(),
-        usage["prompt_tokens"].as_u64().unwrap() + completion
-    );
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), usage["prompt_tokens"].as_u64().unwrap() + completion);
     let reason = body["choices"][0]["finish_reason"].as_str().unwrap();
     assert!(reason == "length" || reason == "stop", "{body}");
     if reason == "length" {
@@ -84,42 +70,24 @@ async fn plain_and_streamed(arch: Arch, name: &str) {
     // Streamed.
     let resp = http
         .post(format!("{base}/v1/chat/completions"))
-        .json(
-            &json!({"model": name, "messages": [{"role": "user", "content": "Count"}], "max_tokens": 8,
-                      "stream": true, "stream_options": {"include_usage": true}}),
-        )
+        .json(&json!({"model": name, "messages": [{"role": "user", "content": "Count"}], "max_tokens": 8,
+                      "stream": true, "stream_options": {"include_usage": true}}))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let text = resp.text().await.unwrap();
     let data = sse_data(&text);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
-    let finish: Vec<&Value> = chunks
-        .iter()
-        .filter(|c| !c["choices"][0]["finish_reason"].is_null())
-        .collect();
+    let finish: Vec<&Value> = chunks.iter().filter(|c| !c["choices"][0]["finish_reason"].is_null()).collect();
     assert_eq!(finish.len(), 1, "{text}");
     let usage = chunks.last().unwrap();
-    assert_eq!(
-        usage["choices"].as_array().unwrap().len(),
-        0,
-        "usage chunk last: {text}"
-    );
-    let streamed: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0, "usage chunk last: {text}");
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     let n = usage["usage"]["completion_tokens"].as_u64().unwrap();
     assert!((1..=8).contains(&n));
     assert!(!streamed.is_empty() || n > 0);
@@ -141,14 +109,7 @@ async fn models_health_ready_and_status() {
     let (node, _data) = up_with(&model).await;
     let base = node.http.clone().unwrap();
     let http = reqwest::Client::new();
-    let models: Value = http
-        .get(format!("{base}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = http.get(format!("{base}/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "tiny-status");
     assert_eq!(models["data"][0]["object"], "model");
@@ -159,26 +120,12 @@ async fn models_health_ready_and_status() {
     let url = node.nats_url().to_string();
     let (code, out, err) = bitinglip_tests::run_cli(&["status", "--nats", &url]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("gateway,task-manager") || out.contains("cluster-manager"),
-        "{out}"
-    );
-    assert!(
-        out.contains("tiny-status") && out.contains("ready") && out.contains("mistralrs"),
-        "{out}"
-    );
+    assert!(out.contains("gateway,task-manager") || out.contains("cluster-manager"), "{out}");
+    assert!(out.contains("tiny-status") && out.contains("ready") && out.contains("mistralrs"), "{out}");
 
     // `bitinglip chat` streams an answer over NATS alone.
-    let (code, out, err) = bitinglip_tests::run_cli(&[
-        "chat",
-        "--nats",
-        &url,
-        "--model",
-        "tiny-status",
-        "--max-tokens",
-        "5",
-        "hi",
-    ]);
+    let (code, out, err) =
+        bitinglip_tests::run_cli(&["chat", "--nats", &url, "--model", "tiny-status", "--max-tokens", "5", "hi"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("completion tokens"), "{err}");
     let _ = out;
@@ -188,20 +135,11 @@ async fn models_health_ready_and_status() {
 async fn sigterm_stops_up_cleanly_with_its_nats_server() {
     let model = ModelDir::generate("tiny-stop", &ModelSpec::tiny(Arch::Llama));
     let (mut node, data) = up_with(&model).await;
-    let status = node
-        .sigterm(Duration::from_secs(30))
-        .await
-        .expect("exits after SIGTERM");
+    let status = node.sigterm(Duration::from_secs(30)).await.expect("exits after SIGTERM");
     assert!(status.success(), "{status}: {}", node.log());
     // The local nats-server it started is gone too: its port no longer answers.
     let conf = std::fs::read_to_string(data.path().join("nats/nats-server.conf")).unwrap();
-    let port: u16 = conf
-        .lines()
-        .find_map(|l| l.strip_prefix("port: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let port: u16 = conf.lines().find_map(|l| l.strip_prefix("port: ")).unwrap().trim().parse().unwrap();
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
@@ -222,10 +160,6 @@ async fn the_official_openai_python_client_works() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "openai client failed:\n{stdout}\n{stderr}\n{}",
-        node.log()
-    );
+    assert!(out.status.success(), "openai client failed:\n{stdout}\n{stderr}\n{}", node.log());
     assert!(stdout.starts_with("ok"), "{stdout}");
 }

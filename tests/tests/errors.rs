@@ -35,12 +35,15 @@ async fn http_errors_have_the_right_status_and_shape() {
     assert_eq!(body["choices"][0]["message"]["content"], "one two three");
 
     // 400: malformed JSON.
-    let (s, b) = error_of(http.post(&url).header("content-type", "application/json").body("{\"model\": ").send().await.unwrap()).await;
+    let (s, b) =
+        error_of(http.post(&url).header("content-type", "application/json").body("{\"model\": ").send().await.unwrap())
+            .await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["error"]["type"], "invalid_request_error");
 
     // 400: a field of the wrong type, named.
-    let (s, b) = error_of(http.post(&url).json(&json!({"model": "echo-model", "messages": "nope"})).send().await.unwrap()).await;
+    let (s, b) =
+        error_of(http.post(&url).json(&json!({"model": "echo-model", "messages": "nope"})).send().await.unwrap()).await;
     assert_eq!(s, 400);
     assert!(b["error"]["message"].as_str().unwrap().contains("messages"), "{b}");
 

@@ -20,12 +20,7 @@ fn fast_failover(url: &str) -> Config {
 
 fn control(url: &str) -> Config {
     let mut c = fast_failover(url);
-    c.roles = vec![
-        Role::Gateway,
-        Role::TaskManager,
-        Role::ModelManager,
-        Role::ClusterManager,
-    ];
+    c.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
     c
 }
 
@@ -67,12 +62,7 @@ async fn stream_with_fault(
     mut fault: impl FnMut(&str, &str),
 ) -> Option<(String, String, Duration)> {
     let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let id = resp.headers()["x-task-id"].to_str().unwrap().to_string();
     let mut sse = SseReader::new(resp);
@@ -114,21 +104,13 @@ async fn kill9_of_a_worker_mid_stream_continues_on_another() {
     let prompt = words(80);
     let body =
         json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000, "stream": true});
-    let (text, id, gap) = stream_with_fault(&base, body, 15, |w, _| {
-        if w.starts_with("worker-a") {
-            a.kill9()
-        } else {
-            b.kill9()
-        }
-    })
-    .await
-    .expect("the stream outlives the kill");
+    let (text, id, gap) =
+        stream_with_fault(&base, body, 15, |w, _| if w.starts_with("worker-a") { a.kill9() } else { b.kill9() })
+            .await
+            .expect("the stream outlives the kill");
     eprintln!("kill -9 of the worker to the next token: {gap:?} (node TTL 2 s, AckWait 30 s)");
     assert_eq!(text, prompt, "one unbroken answer: nothing repeated, nothing skipped");
-    assert!(
-        gap < Duration::from_secs(30),
-        "redelivered sooner than AckWait: {gap:?}"
-    );
+    assert!(gap < Duration::from_secs(30), "redelivered sooner than AckWait: {gap:?}");
     let record = task(&reqwest::Client::new(), &base, &id).await;
     assert_eq!(record["status"], "completed");
     assert!(record["attempts"].as_u64().unwrap() >= 2, "{record}");
@@ -139,14 +121,8 @@ async fn kill9_of_a_worker_mid_stream_continues_on_another() {
 async fn kill9_of_a_mistralrs_worker_mid_stream_continues_on_another() {
     let nats = TestNats::start().await;
     // Big enough that decoding takes a few seconds on 2 cores, so it can be killed mid-stream.
-    let spec = ModelSpec {
-        hidden: 384,
-        layers: 6,
-        heads: 6,
-        kv_heads: 2,
-        intermediate: 1024,
-        ..ModelSpec::tiny(Arch::Llama)
-    };
+    let spec =
+        ModelSpec { hidden: 384, layers: 6, heads: 6, kv_heads: 2, intermediate: 1024, ..ModelSpec::tiny(Arch::Llama) };
     let model = ModelDir::generate("slow-llama", &spec);
     let path = model.path().display().to_string();
     let mut m = bitinglip_config::ModelConfig::new(path);
@@ -158,30 +134,18 @@ async fn kill9_of_a_mistralrs_worker_mid_stream_continues_on_another() {
     // enough to be killed in the middle.
     for _ in 0..5 {
         let body = json!({"model": "slow-llama", "messages": [{"role": "user", "content": "Tell a long story"}], "max_tokens": 400, "stream": true});
-        let Some((text, id, gap)) = stream_with_fault(&base, body, 12, |w, _| {
-            if w.starts_with("worker-a") {
-                a.kill9()
-            } else {
-                b.kill9()
-            }
-        })
-        .await
+        let Some((text, id, gap)) =
+            stream_with_fault(&base, body, 12, |w, _| if w.starts_with("worker-a") { a.kill9() } else { b.kill9() })
+                .await
         else {
             continue;
         };
         eprintln!("mistral.rs: kill -9 of the worker to the next token: {gap:?}");
-        assert!(
-            gap < Duration::from_secs(30),
-            "redelivered sooner than AckWait: {gap:?}"
-        );
+        assert!(gap < Duration::from_secs(30), "redelivered sooner than AckWait: {gap:?}");
         let record = task(&http, &base, &id).await;
         assert_eq!(record["status"], "completed", "{record}");
         assert!(record["attempts"].as_u64().unwrap() >= 2, "{record}");
-        assert_eq!(
-            record["result"]["text"].as_str().unwrap(),
-            text,
-            "the client saw exactly the recorded answer"
-        );
+        assert_eq!(record["result"]["text"].as_str().unwrap(), text, "the client saw exactly the recorded answer");
         return;
     }
     panic!("no stream was long enough to be killed mid-way");
@@ -287,10 +251,7 @@ async fn a_task_that_crashes_every_worker_is_failed_by_the_cluster_manager() {
     loop {
         let record = task(&http, &base, &id).await;
         if record["status"] == "failed" {
-            assert!(
-                record["error"]["message"].as_str().unwrap().contains("2 attempts"),
-                "{record}"
-            );
+            assert!(record["error"]["message"].as_str().unwrap().contains("2 attempts"), "{record}");
             break;
         }
         assert!(Instant::now() < deadline, "never failed: {record}");
@@ -320,10 +281,7 @@ async fn a_nats_server_restart_under_load_loses_no_accepted_task() {
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_model("echo", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let mut accepted = Vec::new();
     let mut refused = 0;
     for i in 0..40 {
@@ -342,10 +300,7 @@ async fn a_nats_server_restart_under_load_loses_no_accepted_task() {
             _ => refused += 1,
         }
     }
-    eprintln!(
-        "{} accepted, {refused} refused while the server restarted",
-        accepted.len()
-    );
+    eprintln!("{} accepted, {refused} refused while the server restarted", accepted.len());
     assert!(accepted.len() >= 20);
     let deadline = Instant::now() + Duration::from_secs(90);
     for id in &accepted {
@@ -357,11 +312,7 @@ async fn a_nats_server_restart_under_load_loses_no_accepted_task() {
                     }
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "accepted task {id} never completed:\n{}",
-                node.log()
-            );
+            assert!(Instant::now() < deadline, "accepted task {id} never completed:\n{}", node.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -381,8 +332,7 @@ async fn a_generation_longer_than_ack_wait_keeps_its_lease() {
     let prompt = words(50);
     let started = Instant::now();
     let body = bitinglip_tests::post_json(
-        http.post(format!("{base}/v1/chat/completions"))
-            .header("Idempotency-Key", "long-one"),
+        http.post(format!("{base}/v1/chat/completions")).header("Idempotency-Key", "long-one"),
         &json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000}),
     )
     .await;
@@ -390,8 +340,5 @@ async fn a_generation_longer_than_ack_wait_keeps_its_lease() {
     assert_eq!(body["choices"][0]["message"]["content"], prompt.as_str());
     let id = body["id"].as_str().unwrap().trim_start_matches("chatcmpl-").to_string();
     let record = task(&http, &base, &id).await;
-    assert_eq!(
-        record["attempts"], 1,
-        "never redelivered while its worker lived: {record}"
-    );
+    assert_eq!(record["attempts"], 1, "never redelivered while its worker lived: {record}");
 }

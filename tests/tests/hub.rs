@@ -37,20 +37,12 @@ async fn pull_resumes_verifies_searches_and_serves() {
     let (code, out, err) = run_cli(&["models", "pull", "acme/tiny-chat", "--nats", &nats.url()]);
     assert_eq!(code, 0, "{out}\n{err}\n{}", node.log());
     assert!(out.contains(&format!("pulled acme/tiny-chat at {SHA}")), "{out}");
-    assert!(
-        err.contains('%') && err.contains("model.safetensors"),
-        "a progress bar: {err}"
-    );
+    assert!(err.contains('%') && err.contains("model.safetensors"), "a progress bar: {err}");
 
     // The standard hub cache layout, shared with other tools.
     let repo = cache.path().join("models--acme--tiny-chat");
     let snapshot = repo.join("snapshots").join(SHA);
-    for f in [
-        "config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "model.safetensors",
-    ] {
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"] {
         assert!(snapshot.join(f).exists(), "{f} in {}", snapshot.display());
     }
     assert_eq!(
@@ -63,39 +55,22 @@ async fn pull_resumes_verifies_searches_and_serves() {
     // above). hf-hub keeps the contiguous prefix of finished chunks in its partial file;
     // what it re-fetches depends on the order its chunks finished in.
     let served = hub.served("model.safetensors");
-    let refetched: usize = served
-        .iter()
-        .filter(|(a, b)| b > a)
-        .map(|(a, b)| b - a + 1)
-        .sum::<usize>()
-        .saturating_sub(weights);
+    let refetched: usize =
+        served.iter().filter(|(a, b)| b > a).map(|(a, b)| b - a + 1).sum::<usize>().saturating_sub(weights);
     eprintln!("re-fetched after the cut: {refetched} of {weights} bytes");
     assert!(refetched < weights + 65536, "{served:?}");
     // The cut failed the download, and the puller started it again: a fresh metadata
     // request (`bytes=0-0`) after the cut.
     let after_cut = hub.served_after_cut("model.safetensors").expect("the transfer was cut");
-    assert!(
-        after_cut.contains(&(0, 0)),
-        "the download was not started again after the cut: {after_cut:?}"
-    );
+    assert!(after_cut.contains(&(0, 0)), "the download was not started again after the cut: {after_cut:?}");
 
     // The registry records the commit and the files with their sizes and sha256.
     let (code, out, err) = run_cli(&["models", "ls", "--json", "--nats", &nats.url()]);
     assert_eq!(code, 0, "{err}");
     let list: Value = serde_json::from_str(&out).unwrap();
-    let entry = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == "acme/tiny-chat")
-        .expect("registered");
+    let entry = list.as_array().unwrap().iter().find(|m| m["id"] == "acme/tiny-chat").expect("registered");
     assert_eq!(entry["revision_sha"], SHA);
-    let w = entry["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == "model.safetensors")
-        .unwrap();
+    let w = entry["files"].as_array().unwrap().iter().find(|f| f["name"] == "model.safetensors").unwrap();
     assert_eq!(w["size"].as_u64().unwrap() as usize, weights);
     assert_eq!(w["sha256"].as_str().unwrap().len(), 64);
 
@@ -107,48 +82,14 @@ async fn pull_resumes_verifies_searches_and_serves() {
     // The same over HTTP, described by the OpenAPI document.
     let base = node.http.clone().unwrap();
     let http = reqwest::Client::new();
-    let found: Value = http
-        .get(format!("{base}/api/v1/models/search?q=tiny"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found: Value =
+        http.get(format!("{base}/api/v1/models/search?q=tiny")).send().await.unwrap().json().await.unwrap();
     assert_eq!(found["data"][0]["id"], "acme/tiny-chat", "{found}");
-    let registry: Value = http
-        .get(format!("{base}/api/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        registry["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["revision_sha"] == SHA),
-        "{registry}"
-    );
-    let spec: Value = http
-        .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let registry: Value = http.get(format!("{base}/api/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert!(registry["data"].as_array().unwrap().iter().any(|m| m["revision_sha"] == SHA), "{registry}");
+    let spec: Value = http.get(format!("{base}/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(spec["paths"]["/api/v1/models/search"].is_object());
-    let cluster: Value = http
-        .get(format!("{base}/api/v1/cluster"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cluster: Value = http.get(format!("{base}/api/v1/cluster")).send().await.unwrap().json().await.unwrap();
     assert_eq!(cluster["nodes"].as_array().unwrap().len(), 1, "{cluster}");
 
     // An unknown model is a clear error.
@@ -160,13 +101,9 @@ async fn pull_resumes_verifies_searches_and_serves() {
     let mut w = test_config(&nats.url());
     w.roles = vec![Role::Worker];
     w.hub = config.hub.clone();
-    w.worker
-        .models
-        .push(bitinglip_config::ModelConfig::new("acme/tiny-chat"));
+    w.worker.models.push(bitinglip_config::ModelConfig::new("acme/tiny-chat"));
     let mut worker = NodeProcess::spawn(&w, &["node"]);
-    worker
-        .wait_worker_ready("acme/tiny-chat", Duration::from_secs(60))
-        .await;
+    worker.wait_worker_ready("acme/tiny-chat", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();
     node.wait_for_model("acme/tiny-chat", Duration::from_secs(60)).await;
     let body = bitinglip_tests::post_json(
@@ -214,12 +151,7 @@ async fn a_node_killed_mid_download_leaves_nothing_stuck_and_another_resumes() {
         c.cluster.node_ttl = Duration::from_secs(2);
     };
     let mut control = test_config(&nats.url());
-    control.roles = vec![
-        Role::Gateway,
-        Role::TaskManager,
-        Role::ModelManager,
-        Role::ClusterManager,
-    ];
+    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
     hub_config(&mut control);
     let mut front = NodeProcess::spawn(&control, &["node"]);
     front.wait_for_http(Duration::from_secs(30)).await;

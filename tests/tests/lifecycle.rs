@@ -36,10 +36,7 @@ async fn idempotent_submit_returns_the_same_task() {
     let id2 = second.headers()["x-task-id"].to_str().unwrap().to_string();
     let body2: Value = second.json().await.unwrap();
     assert_eq!(id1, id2, "a retry is the same task");
-    assert_eq!(
-        body1["choices"][0]["message"]["content"],
-        body2["choices"][0]["message"]["content"]
-    );
+    assert_eq!(body1["choices"][0]["message"]["content"], body2["choices"][0]["message"]["content"]);
     let t = task(&http, &base, &id1).await;
     assert_eq!(t["attempts"], 1, "it ran once: {t}");
 
@@ -71,12 +68,7 @@ async fn task_api_events_resume_across_gateways_without_gap_or_repeat() {
     let http = reqwest::Client::new();
 
     let prompt = words(60);
-    let resp = http
-        .post(format!("{base_a}/v1/tasks"))
-        .json(&chat("echo", &prompt))
-        .send()
-        .await
-        .unwrap();
+    let resp = http.post(format!("{base_a}/v1/tasks")).json(&chat("echo", &prompt)).send().await.unwrap();
     assert_eq!(resp.status(), 202);
     let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
 
@@ -127,26 +119,9 @@ async fn task_api_events_resume_across_gateways_without_gap_or_repeat() {
 
     let t = wait_status(&http, &base_b, &id, "completed").await;
     assert_eq!(t["result"]["text"], prompt.as_str());
-    assert_eq!(
-        http.get(format!("{base_a}/v1/tasks/no-such-task"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    let list: Value = http
-        .get(format!("{base_b}/v1/tasks?limit=5"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        list["data"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str()),
-        "{list}"
-    );
+    assert_eq!(http.get(format!("{base_a}/v1/tasks/no-such-task")).send().await.unwrap().status(), 404);
+    let list: Value = http.get(format!("{base_b}/v1/tasks?limit=5")).send().await.unwrap().json().await.unwrap();
+    assert!(list["data"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str()), "{list}");
 
     // The CLI sees it too.
     let (code, out, err) = bitinglip_tests::run_cli(&["tasks", "ls", "--nats", &nats.url()]);
@@ -201,14 +176,7 @@ async fn cancel_stops_the_engine_and_frees_the_slot() {
     assert_eq!(t["attempts"], 0, "a cancelled queued task never runs: {t}");
 
     let started = Instant::now();
-    assert_eq!(
-        http.delete(format!("{base}/v1/tasks/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(http.delete(format!("{base}/v1/tasks/{id}")).send().await.unwrap().status(), 200);
     let t = wait_status(&http, &base, &id, "cancelled").await;
     let stop_ms = t["cancel_to_stop_ms"].as_f64().expect("cancel-to-stop time recorded");
     eprintln!(
@@ -226,10 +194,7 @@ async fn cancel_stops_the_engine_and_frees_the_slot() {
     }
     drop(sse);
     let t = wait_status(&http, &base, &id, "cancelled").await;
-    eprintln!(
-        "disconnect: cancel to the engine's last token: {:?} ms",
-        t["cancel_to_stop_ms"]
-    );
+    eprintln!("disconnect: cancel to the engine's last token: {:?} ms", t["cancel_to_stop_ms"]);
     let body: Value = http
         .post(format!("{base}/v1/chat/completions"))
         .json(&chat("echo", "slot is free"))
@@ -264,12 +229,7 @@ async fn cancel_stops_the_engine_and_frees_the_slot() {
 async fn sigterm_drains_then_hands_back() {
     let nats = TestNats::start().await;
     let mut control = test_config(&nats.url());
-    control.roles = vec![
-        Role::Gateway,
-        Role::TaskManager,
-        Role::ModelManager,
-        Role::ClusterManager,
-    ];
+    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
     let mut front = NodeProcess::spawn(&control, &["node"]);
     let mut w = test_config(&nats.url());
     w.roles = vec![Role::Worker];
@@ -345,9 +305,7 @@ async fn hostile_input_on_every_subject_gets_an_error_and_service_goes_on() {
         "bitinglip.v1.model.list",
         "bitinglip.v1.cluster.status",
     ];
-    let mut gigabytes = vec![
-        0x85, 0xa1, b'v', 0x01, 0xa4, b'b', b'o', b'd', b'y', 0xdb, 0xff, 0xff, 0xff, 0xf0,
-    ];
+    let mut gigabytes = vec![0x85, 0xa1, b'v', 0x01, 0xa4, b'b', b'o', b'd', b'y', 0xdb, 0xff, 0xff, 0xff, 0xf0];
     gigabytes.extend([0u8; 8]);
     let payloads: Vec<Vec<u8>> = vec![
         vec![0xc1, 0xde, 0xad],                                                       // not MessagePack
@@ -359,29 +317,16 @@ async fn hostile_input_on_every_subject_gets_an_error_and_service_goes_on() {
     ];
     for subject in subjects {
         for p in &payloads {
-            let reply = client
-                .request(subject, p.clone().into())
-                .await
-                .unwrap_or_else(|e| panic!("{subject}: {e}"));
+            let reply = client.request(subject, p.clone().into()).await.unwrap_or_else(|e| panic!("{subject}: {e}"));
             let v: rmpv::Value = rmpv::decode::read_value(&mut &reply.payload[..]).unwrap();
-            let body = v
-                .as_map()
-                .unwrap()
-                .iter()
-                .find(|(k, _)| k.as_str() == Some("body"))
-                .unwrap()
-                .1
-                .clone();
+            let body = v.as_map().unwrap().iter().find(|(k, _)| k.as_str() == Some("body")).unwrap().1.clone();
             let kind = body
                 .as_map()
                 .unwrap()
                 .iter()
                 .find(|(k, _)| k.as_str() == Some("kind"))
                 .map(|(_, v)| v.as_str().unwrap().to_string());
-            assert!(
-                matches!(kind.as_deref(), Some("decode" | "unsupported_version")),
-                "{subject}: {body}"
-            );
+            assert!(matches!(kind.as_deref(), Some("decode" | "unsupported_version")), "{subject}: {body}");
         }
         // Without a reply subject: dropped and counted, nothing breaks.
         client.publish(subject, vec![0xc1].into()).await.unwrap();

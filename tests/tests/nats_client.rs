@@ -48,11 +48,17 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
     client.flush().await.unwrap();
 
     let submit = map(vec![
-        ("chat", map(vec![
-            ("model", Value::from("tiny-nats")),
-            ("messages", Value::Array(vec![map(vec![("role", Value::from("user")), ("content", Value::from("hello"))])])),
-            ("max_tokens", Value::from(6)),
-        ])),
+        (
+            "chat",
+            map(vec![
+                ("model", Value::from("tiny-nats")),
+                (
+                    "messages",
+                    Value::Array(vec![map(vec![("role", Value::from("user")), ("content", Value::from("hello"))])]),
+                ),
+                ("max_tokens", Value::from(6)),
+            ]),
+        ),
         ("task_id", Value::from(task_id)),
     ]);
     let reply = client.request("bitinglip.v1.task.submit", envelope(submit).into()).await.unwrap();
@@ -111,7 +117,9 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
         names.insert(v["name"].as_str().unwrap().to_string());
     }
-    for service in ["bitinglip-task-manager", "bitinglip-model-manager", "bitinglip-cluster-manager", "bitinglip-puller"] {
+    for service in
+        ["bitinglip-task-manager", "bitinglip-model-manager", "bitinglip-cluster-manager", "bitinglip-puller"]
+    {
         assert!(names.contains(service), "{service} in {names:?}");
     }
     let info = client.request("$SRV.INFO.bitinglip-task-manager", "".into()).await.unwrap();

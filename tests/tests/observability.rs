@@ -16,12 +16,7 @@ use serde_json::json;
 fn two_nodes(nats: &TestNats, tweak: impl Fn(&mut Config)) -> (NodeProcess, NodeProcess, String) {
     let mut control = test_config(&nats.url());
     control.node_id = "front-1".into();
-    control.roles = vec![
-        Role::Gateway,
-        Role::TaskManager,
-        Role::ModelManager,
-        Role::ClusterManager,
-    ];
+    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
     tweak(&mut control);
     let front = NodeProcess::spawn(&control, &["node"]);
 
@@ -40,19 +35,11 @@ fn two_nodes(nats: &TestNats, tweak: impl Fn(&mut Config)) -> (NodeProcess, Node
 async fn spans_of(receiver: &OtlpReceiver, trace_id: &str, wanted: &[&str]) -> BTreeMap<String, ReceivedSpan> {
     assert_eventually!(
         Duration::from_secs(20),
-        async {
-            wanted
-                .iter()
-                .all(|w| receiver.trace(trace_id).iter().any(|s| s.name == *w))
-        },
+        async { wanted.iter().all(|w| receiver.trace(trace_id).iter().any(|s| s.name == *w)) },
         "spans of trace {trace_id}: {:#?}",
         receiver.trace(trace_id)
     );
-    receiver
-        .trace(trace_id)
-        .into_iter()
-        .map(|s| (s.name.clone(), s))
-        .collect()
+    receiver.trace(trace_id).into_iter().map(|s| (s.name.clone(), s)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,20 +66,9 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
     let body = resp.text().await.unwrap();
     assert!(body.contains("[DONE]"), "{body}");
 
-    let spans = spans_of(
-        &receiver,
-        trace_id,
-        &[
-            "gateway",
-            "relay",
-            "task_manager",
-            "queue",
-            "worker",
-            "claim",
-            "generate",
-        ],
-    )
-    .await;
+    let spans =
+        spans_of(&receiver, trace_id, &["gateway", "relay", "task_manager", "queue", "worker", "claim", "generate"])
+            .await;
     let span = |n: &str| &spans[n];
     let node = |n: &str| span(n).resource.get("service.instance.id").cloned().unwrap_or_default();
 
@@ -103,18 +79,11 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
     for n in ["queue", "worker", "claim", "generate"] {
         assert_eq!(node(n), "back-1", "{n}: {:?}", span(n));
     }
-    assert_eq!(
-        span("gateway").resource.get("service.name").map(String::as_str),
-        Some("bitinglip")
-    );
+    assert_eq!(span("gateway").resource.get("service.name").map(String::as_str), Some("bitinglip"));
 
     // Every hop is the child of the one before it.
     let parent_of = |child: &str, parent: &str| {
-        assert_eq!(
-            span(child).parent_span_id,
-            span(parent).span_id,
-            "{child} is a child of {parent}: {spans:#?}"
-        );
+        assert_eq!(span(child).parent_span_id, span(parent).span_id, "{child} is a child of {parent}: {spans:#?}");
     };
     assert_eq!(span("gateway").parent_span_id, caller_span);
     parent_of("task_manager", "gateway");
@@ -126,27 +95,11 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
 
     // What the generation did.
     let generate = span("generate");
-    assert_eq!(
-        generate
-            .attributes
-            .get("gen_ai.usage.output_tokens")
-            .map(String::as_str),
-        Some("5"),
-        "{generate:?}"
-    );
+    assert_eq!(generate.attributes.get("gen_ai.usage.output_tokens").map(String::as_str), Some("5"), "{generate:?}");
     let ttft: f64 = generate.attributes["time_to_first_token_ms"].parse().unwrap();
     assert!(ttft >= 0.0, "{generate:?}");
-    assert_eq!(
-        span("queue").attributes.get("gen_ai.request.model").map(String::as_str),
-        Some("echo")
-    );
-    assert_eq!(
-        span("gateway")
-            .attributes
-            .get("gen_ai.request.model")
-            .map(String::as_str),
-        Some("echo")
-    );
+    assert_eq!(span("queue").attributes.get("gen_ai.request.model").map(String::as_str), Some("echo"));
+    assert_eq!(span("gateway").attributes.get("gen_ai.request.model").map(String::as_str), Some("echo"));
     // The queue span starts when the task was accepted and ends at its delivery.
     assert!(span("queue").start_ns <= span("queue").end_ns);
     assert!(span("queue").end_ns <= span("worker").end_ns);
@@ -161,27 +114,14 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let spans = spans_of(
-        &receiver,
-        queued,
-        &["gateway", "task_manager", "queue", "worker", "generate"],
-    )
-    .await;
-    assert_eq!(
-        spans["gateway"].attributes.get("http.route").map(String::as_str),
-        Some("/v1/tasks")
-    );
+    let spans = spans_of(&receiver, queued, &["gateway", "task_manager", "queue", "worker", "generate"]).await;
+    assert_eq!(spans["gateway"].attributes.get("http.route").map(String::as_str), Some("/v1/tasks"));
     assert_eq!(spans["task_manager"].parent_span_id, spans["gateway"].span_id);
     assert_eq!(spans["worker"].parent_span_id, spans["queue"].span_id);
 }
 
 async fn get_text(url: &str) -> String {
-    reqwest::get(url)
-        .await
-        .map(|r| r.text())
-        .unwrap()
-        .await
-        .unwrap_or_default()
+    reqwest::get(url).await.map(|r| r.text()).unwrap().await.unwrap_or_default()
 }
 
 async fn positive(url: &str, name: &str, labels: &[&str]) -> bool {
@@ -209,26 +149,13 @@ async fn metrics_health_and_status_after_real_traffic() {
                 .await
                 .unwrap();
             assert_eq!(resp.status(), 202);
-            resp.json::<serde_json::Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
+            resp.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string()
         }
     };
 
     // Probes: the worker node answers on its metrics listener; both are ready.
-    assert_eq!(
-        http.get(format!("{back_http}/health")).send().await.unwrap().status(),
-        200
-    );
-    let ready: serde_json::Value = http
-        .get(format!("{back_http}/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(http.get(format!("{back_http}/health")).send().await.unwrap().status(), 200);
+    let ready: serde_json::Value = http.get(format!("{back_http}/ready")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["model_loaded"], true, "{ready}");
     assert_eq!(http.get(format!("{base}/ready")).send().await.unwrap().status(), 200);
@@ -310,11 +237,7 @@ async fn metrics_health_and_status_after_real_traffic() {
         assert!(v.is_some_and(|v| v > 0.0), "{name}{labels:?} = {v:?} in\n{text}");
     };
     must(&front_text, "bitinglip_requests_total", &[model, "outcome=\"ok\""]);
-    must(
-        &front_text,
-        "bitinglip_task_submits_total",
-        &[model, "outcome=\"accepted\""],
-    );
+    must(&front_text, "bitinglip_task_submits_total", &[model, "outcome=\"accepted\""]);
     must(&back_text, "bitinglip_tasks_total", &[model, "outcome=\"completed\""]);
     must(&back_text, "bitinglip_tasks_total", &[model, "outcome=\"cancelled\""]);
     must(&back_text, "bitinglip_tasks_total", &[model, "outcome=\"failed\""]);
@@ -332,12 +255,8 @@ async fn metrics_health_and_status_after_real_traffic() {
     assert_eventually!(
         Duration::from_secs(10),
         async {
-            metric_sum(
-                &get_text(&back_metrics).await,
-                "bitinglip_queue_depth",
-                &[model, "priority=\"batch\""],
-            )
-            .is_some()
+            metric_sum(&get_text(&back_metrics).await, "bitinglip_queue_depth", &[model, "priority=\"batch\""])
+                .is_some()
         },
         "queue gauges on the worker node"
     );

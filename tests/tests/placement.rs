@@ -18,12 +18,7 @@ const GIB: u64 = 1 << 30;
 fn control(nats: &TestNats, id: &str) -> Config {
     let mut c = test_config(&nats.url());
     c.node_id = id.into();
-    c.roles = vec![
-        Role::Gateway,
-        Role::TaskManager,
-        Role::ModelManager,
-        Role::ClusterManager,
-    ];
+    c.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
     c.cluster.reconcile_interval = Duration::from_millis(300);
     c
 }
@@ -90,10 +85,7 @@ fn live_nodes(nats: &TestNats) -> usize {
     if code != 0 {
         return 0;
     }
-    serde_json::from_str::<Value>(&out)
-        .ok()
-        .and_then(|v| v.as_array().map(Vec::len))
-        .unwrap_or(0)
+    serde_json::from_str::<Value>(&out).ok().and_then(|v| v.as_array().map(Vec::len)).unwrap_or(0)
 }
 
 async fn chat(base: &str, model: &str, wait: bool) -> (u16, Option<String>, Value) {
@@ -104,10 +96,7 @@ async fn chat(base: &str, model: &str, wait: bool) -> (u16, Option<String>, Valu
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    let retry = resp
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
+    let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
     (status, retry, resp.json().await.unwrap())
 }
 
@@ -126,15 +115,8 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
     // memory free than medium).
     deploy(&nats, &["big", "--memory", "6GiB"]);
     deploy(&nats, &["mid", "--memory", "3GiB"]);
-    deploy(
-        &nats,
-        &["tiny", "--memory", "1GiB", "--replicas", "2", "--min-memory", "1GiB"],
-    );
-    let want = [
-        ("big", vec!["large"]),
-        ("mid", vec!["medium"]),
-        ("tiny", vec!["large", "small"]),
-    ];
+    deploy(&nats, &["tiny", "--memory", "1GiB", "--replicas", "2", "--min-memory", "1GiB"]);
+    let want = [("big", vec!["large"]), ("mid", vec!["medium"]), ("tiny", vec!["large", "small"])];
     for (model, nodes) in &want {
         assert_eventually!(
             Duration::from_secs(30),
@@ -157,15 +139,8 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
 
     // The small node dies: its `tiny` replica goes to the one node left with room.
     let subjects = default_subjects();
-    let deployments = kv_bucket(&nats.url(), &subjects.deployments_bucket())
-        .await
-        .expect("the deployments bucket");
-    let small_placement = || async {
-        deployments
-            .get(subjects.placement_key("small"))
-            .await
-            .expect("a KV read")
-    };
+    let deployments = kv_bucket(&nats.url(), &subjects.deployments_bucket()).await.expect("the deployments bucket");
+    let small_placement = || async { deployments.get(subjects.placement_key("small")).await.expect("a KV read") };
     assert!(small_placement().await.is_some(), "the small node has a placement");
     small.kill9();
     assert_eventually!(
@@ -191,10 +166,8 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
     let nats = TestNats::start().await;
     let configs = [control(&nats, "cm-a"), control(&nats, "cm-b")];
     let mut managers: Vec<NodeProcess> = configs.iter().map(|c| NodeProcess::spawn(c, &["node"])).collect();
-    let _workers: Vec<NodeProcess> = ["w1", "w2", "w3"]
-        .iter()
-        .map(|id| NodeProcess::spawn(&worker(&nats, id, Some(4 * GIB)), &["node"]))
-        .collect();
+    let _workers: Vec<NodeProcess> =
+        ["w1", "w2", "w3"].iter().map(|id| NodeProcess::spawn(&worker(&nats, id, Some(4 * GIB)), &["node"])).collect();
     assert_eventually!(Duration::from_secs(30), async { live_nodes(&nats) == 5 }, "5 nodes up");
     let leader = || {
         let base = managers_http(&configs);
@@ -241,20 +214,10 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
     let base = managers[index].http.clone().unwrap();
     let http = reqwest::Client::new();
     let set = json!({"model": "spread", "spec": {"source": "spread", "engine": "echo"}, "replicas": 2, "memory": GIB});
-    let resp = http
-        .post(format!("{base}/api/v1/deployments"))
-        .json(&set)
-        .send()
-        .await
-        .unwrap();
+    let resp = http.post(format!("{base}/api/v1/deployments")).json(&set).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let bad = json!({"spec": {"source": "x", "engine": "turbo"}, "replicas": 1});
-    let resp = http
-        .post(format!("{base}/api/v1/deployments"))
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
+    let resp = http.post(format!("{base}/api/v1/deployments")).json(&bad).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("spec.engine"));
     assert_eventually!(
@@ -264,27 +227,11 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
         deployment(&nats, "spread")
     );
     let workers = cli_json(&nats, &["workers", "ls"]);
-    let spread = workers
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["model"] == "spread")
-        .count();
+    let spread = workers.as_array().unwrap().iter().filter(|w| w["model"] == "spread").count();
     assert_eq!(spread, 2, "{workers}");
-    let listed: Value = http
-        .get(format!("{base}/api/v1/deployments"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = http.get(format!("{base}/api/v1/deployments")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["data"][0]["deployment"]["replicas"], 2, "{listed}");
-    let resp = http
-        .delete(format!("{base}/api/v1/deployments/spread"))
-        .send()
-        .await
-        .unwrap();
+    let resp = http.delete(format!("{base}/api/v1/deployments/spread")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eventually!(
         Duration::from_secs(30),
@@ -302,11 +249,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     let nats = TestNats::start().await;
     let hub = FakeHub::start().await;
     let model = ModelDir::generate("tiny-chat", &ModelSpec::tiny(Arch::Qwen2));
-    hub.add_repo_from_dir(
-        "acme/tiny-chat",
-        "0123456789abcdef0123456789abcdef01234567",
-        &model.path(),
-    );
+    hub.add_repo_from_dir("acme/tiny-chat", "0123456789abcdef0123456789abcdef01234567", &model.path());
 
     let mut ctl = control(&nats, "control");
     ctl.cluster.idle_unload = Duration::from_secs(4);
@@ -367,12 +310,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     let task = json!({"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "tell me more"}], "max_tokens": 128});
     let posts = (0..16).map(|_| {
         let (http, base, task) = (http.clone(), base.clone(), task.clone());
-        async move {
-            post_json(http.post(format!("{base}/v1/tasks")), &task).await["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
+        async move { post_json(http.post(format!("{base}/v1/tasks")), &task).await["id"].as_str().unwrap().to_string() }
     });
     let ids = futures::future::join_all(posts).await;
     let subjects = default_subjects();
@@ -390,22 +328,11 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     }
     // The unload set the deployment to 0 replicas; with tasks still queued, the leader set
     // it back to 1 (nothing else asks for a load meanwhile: no request came in).
-    let replicas_after_unload = || -> Vec<u32> {
-        deployment_values
-            .values::<Deployment>()
-            .into_iter()
-            .flatten()
-            .map(|d| d.replicas)
-            .collect()
-    };
+    let replicas_after_unload =
+        || -> Vec<u32> { deployment_values.values::<Deployment>().into_iter().flatten().map(|d| d.replicas).collect() };
     assert_eventually!(
         Duration::from_secs(10),
-        async {
-            replicas_after_unload()
-                .into_iter()
-                .skip_while(|r| *r != 0)
-                .any(|r| r >= 1)
-        },
+        async { replicas_after_unload().into_iter().skip_while(|r| *r != 0).any(|r| r >= 1) },
         "the queued tasks did not bring the unloaded model back: replicas {:?}\n{}",
         replicas_after_unload(),
         front.log()
@@ -419,11 +346,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
         async { cli_json(&nats, &["workers", "ls"]).as_array().unwrap().is_empty() },
         "unloaded by hand"
     );
-    let resp = http
-        .delete(format!("{base}/api/v1/models/acme/tiny-chat"))
-        .send()
-        .await
-        .unwrap();
+    let resp = http.delete(format!("{base}/api/v1/models/acme/tiny-chat")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let (status, _, body) = chat(&base, "acme/tiny-chat", true).await;
     assert_eq!(status, 404, "{body}");

@@ -14,12 +14,7 @@ async fn gateway_node_and_worker_node_serve_a_request_across_the_bus() {
 
     let mut control = test_config(&nats.url());
     control.node_id = "control-1".into();
-    control.roles = vec![
-        Role::Gateway,
-        Role::TaskManager,
-        Role::ModelManager,
-        Role::ClusterManager,
-    ];
+    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
     let mut front = NodeProcess::spawn(&control, &["node"]);
 
     let mut worker = test_config(&nats.url());
@@ -53,8 +48,5 @@ async fn gateway_node_and_worker_node_serve_a_request_across_the_bus() {
 
     let (code, out, err) = bitinglip_tests::run_cli(&["workers", "ls", "--nats", &nats.url()]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("gpu-box-1-w0") && out.contains("tiny-remote") && out.contains("ready"),
-        "{out}"
-    );
+    assert!(out.contains("gpu-box-1-w0") && out.contains("tiny-remote") && out.contains("ready"), "{out}");
 }

@@ -78,7 +78,10 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
     };
     let error = WireError::new(
         ErrorKind::Engine,
-        format!("failed after {} attempts: every attempt ended without an answer (its worker crashed or froze)", advisory.deliveries),
+        format!(
+            "failed after {} attempts: every attempt ended without an answer (its worker crashed or froze)",
+            advisory.deliveries
+        ),
     );
     match ctx.store.tasks().fail(&spec.task_id, &error).await {
         Ok(Some(record)) => {

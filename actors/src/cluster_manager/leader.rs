@@ -54,7 +54,8 @@ async fn reconcile(ctx: &NodeContext) -> Result<(), WireError> {
     }
     let current_replicas: BTreeMap<String, Vec<Replica>> =
         current.iter().map(|(node, p)| (node.clone(), p.replicas.clone())).collect();
-    let plan = placement::plan(&wants, &views, &current_replicas, now, ctx.config.cluster.idle_unload.as_millis() as u64);
+    let plan =
+        placement::plan(&wants, &views, &current_replicas, now, ctx.config.cluster.idle_unload.as_millis() as u64);
 
     for (model, replicas) in &plan.scale {
         tracing::info!(model = %model, replicas, "scaling an on-demand deployment (idle, or evicted for memory)");
@@ -69,13 +70,19 @@ async fn reconcile(ctx: &NodeContext) -> Result<(), WireError> {
             .await??;
     }
     for (node, replicas) in &plan.placements {
-        if current.get(node).is_some_and(|p| &p.replicas == replicas) || (replicas.is_empty() && !current.contains_key(node)) {
+        if current.get(node).is_some_and(|p| &p.replicas == replicas)
+            || (replicas.is_empty() && !current.contains_key(node))
+        {
             continue;
         }
         let models: Vec<&str> = replicas.iter().map(|r| r.model.as_str()).collect();
         tracing::info!(node = %node, ?models, "placement changed");
-        let placement =
-            NodePlacement { node: node.clone(), replicas: replicas.clone(), leader: ctx.node_id().to_string(), updated_ms: now_ms() };
+        let placement = NodePlacement {
+            node: node.clone(),
+            replicas: replicas.clone(),
+            leader: ctx.node_id().to_string(),
+            updated_ms: now_ms(),
+        };
         store.deployments().write_placement(&placement).await?;
     }
     // Nodes that left: their placement goes, so a node that comes back starts clean.

@@ -111,7 +111,9 @@ pub fn plan(
             .map(|rs| {
                 rs.iter()
                     .filter(|r| {
-                        by_model.get(r.model.as_str()).is_some_and(|w| w.deployment.spec == r.spec && fits(node, &w.deployment, 0))
+                        by_model
+                            .get(r.model.as_str())
+                            .is_some_and(|w| w.deployment.spec == r.spec && fits(node, &w.deployment, 0))
                     })
                     .cloned()
                     .collect()
@@ -140,7 +142,14 @@ pub fn plan(
         // Idle unload.
         if d.on_demand && idle_unload_ms > 0 && target > 0 {
             let busy = hosting.iter().any(|n| usage(n, &d.model).0 > 0);
-            let placed_ms = plan.placements.values().flatten().filter(|r| r.model == d.model).map(|r| r.placed_ms).max().unwrap_or(0);
+            let placed_ms = plan
+                .placements
+                .values()
+                .flatten()
+                .filter(|r| r.model == d.model)
+                .map(|r| r.placed_ms)
+                .max()
+                .unwrap_or(0);
             let last = hosting.iter().map(|n| usage(n, &d.model).1).max().unwrap_or(0).max(placed_ms).max(d.updated_ms);
             if !busy && now_ms.saturating_sub(last) >= idle_unload_ms {
                 target = 0;
@@ -151,7 +160,9 @@ pub fn plan(
         // Too many: drop the least busy.
         if hosting.len() > target as usize {
             let mut extra = hosting.clone();
-            extra.sort_by_key(|n| (usage(n, &d.model).0, std::cmp::Reverse(views.get(n.as_str()).map_or(0, |v| v.in_flight))));
+            extra.sort_by_key(|n| {
+                (usage(n, &d.model).0, std::cmp::Reverse(views.get(n.as_str()).map_or(0, |v| v.in_flight)))
+            });
             for n in extra.into_iter().take(hosting.len() - target as usize) {
                 if let Some(rs) = plan.placements.get_mut(&n) {
                     rs.retain(|r| r.model != d.model);
@@ -171,37 +182,43 @@ pub fn plan(
                 let rs = &plan.placements[&n.id];
                 (n.in_flight, rs.len(), std::cmp::Reverse(n.capacity.saturating_sub(used(rs))), n.id.clone())
             });
-            let roomy = candidates.iter().find(|n| n.capacity.saturating_sub(used(&plan.placements[&n.id])) >= want.memory);
+            let roomy =
+                candidates.iter().find(|n| n.capacity.saturating_sub(used(&plan.placements[&n.id])) >= want.memory);
             let chosen = match roomy {
                 Some(n) => Some(n.id.clone()),
-                None => candidates.iter().find_map(|n| {
-                    let rs = &plan.placements[&n.id];
-                    let mut evictable: Vec<&Replica> = rs
-                        .iter()
-                        .filter(|r| by_model.get(r.model.as_str()).is_some_and(|w| w.deployment.on_demand) && usage(&n.id, &r.model).0 == 0)
-                        .collect();
-                    evictable.sort_by_key(|r| usage(&n.id, &r.model).1.max(r.placed_ms));
-                    let mut free = n.capacity.saturating_sub(used(rs));
-                    let mut evict = Vec::new();
-                    for r in evictable {
-                        if free >= want.memory {
-                            break;
+                None => candidates
+                    .iter()
+                    .find_map(|n| {
+                        let rs = &plan.placements[&n.id];
+                        let mut evictable: Vec<&Replica> = rs
+                            .iter()
+                            .filter(|r| {
+                                by_model.get(r.model.as_str()).is_some_and(|w| w.deployment.on_demand)
+                                    && usage(&n.id, &r.model).0 == 0
+                            })
+                            .collect();
+                        evictable.sort_by_key(|r| usage(&n.id, &r.model).1.max(r.placed_ms));
+                        let mut free = n.capacity.saturating_sub(used(rs));
+                        let mut evict = Vec::new();
+                        for r in evictable {
+                            if free >= want.memory {
+                                break;
+                            }
+                            free += r.memory;
+                            evict.push(r.model.clone());
                         }
-                        free += r.memory;
-                        evict.push(r.model.clone());
-                    }
-                    (free >= want.memory).then(|| (n.id.clone(), evict))
-                })
-                .map(|(node, evict)| {
-                    for model in evict {
-                        if let Some(rs) = plan.placements.get_mut(&node) {
-                            rs.retain(|r| r.model != model);
+                        (free >= want.memory).then(|| (n.id.clone(), evict))
+                    })
+                    .map(|(node, evict)| {
+                        for model in evict {
+                            if let Some(rs) = plan.placements.get_mut(&node) {
+                                rs.retain(|r| r.model != model);
+                            }
+                            let left = hosts(&plan, &model).len() as u32;
+                            plan.scale.insert(model, left);
                         }
-                        let left = hosts(&plan, &model).len() as u32;
-                        plan.scale.insert(model, left);
-                    }
-                    node
-                }),
+                        node
+                    }),
             };
             let Some(node) = chosen else {
                 plan.unplaced.insert(
@@ -214,7 +231,12 @@ pub fn plan(
                 break;
             };
             if let Some(rs) = plan.placements.get_mut(&node) {
-                rs.push(Replica { model: d.model.clone(), spec: d.spec.clone(), memory: want.memory, placed_ms: now_ms });
+                rs.push(Replica {
+                    model: d.model.clone(),
+                    spec: d.spec.clone(),
+                    memory: want.memory,
+                    placed_ms: now_ms,
+                });
             }
             count += 1;
         }
@@ -246,7 +268,13 @@ mod tests {
         Want {
             deployment: Deployment {
                 model: model.into(),
-                spec: ModelSpec { source: model.into(), revision: None, engine: EngineKind::Echo, max_sequences: None, echo_tokens_per_sec: None },
+                spec: ModelSpec {
+                    source: model.into(),
+                    revision: None,
+                    engine: EngineKind::Echo,
+                    max_sequences: None,
+                    echo_tokens_per_sec: None,
+                },
                 replicas,
                 constraints: Constraints::default(),
                 memory: None,
@@ -297,7 +325,12 @@ mod tests {
         n.usage.insert("old".into(), (0, 100));
         n.usage.insert("recent".into(), (0, 900));
         let mut current = BTreeMap::new();
-        let placed = |w: &Want| Replica { model: w.deployment.model.clone(), spec: w.deployment.spec.clone(), memory: w.memory, placed_ms: 50 };
+        let placed = |w: &Want| Replica {
+            model: w.deployment.model.clone(),
+            spec: w.deployment.spec.clone(),
+            memory: w.memory,
+            placed_ms: 50,
+        };
         let (old, recent) = (want("old", 1, 2, true), want("recent", 1, 2, true));
         current.insert("a".to_string(), vec![placed(&old), placed(&recent)]);
         let wants = [old.clone(), recent.clone(), want("new", 1, 2, false)];

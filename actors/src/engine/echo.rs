@@ -79,7 +79,8 @@ impl Engine for EchoEngine {
         cancel: CancellationToken,
     ) -> Result<Generation, EngineError> {
         let prompt_tokens: usize = req.messages.iter().map(|m| words(&m.content).len()).sum();
-        let answer = req.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        let answer =
+            req.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
         let pieces = words(&answer);
         // A continuation skips what an earlier attempt already produced.
         let skip = words(&req.prefix).len();

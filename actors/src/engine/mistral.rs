@@ -11,8 +11,8 @@ use std::time::Duration;
 use bitinglip_bus_schema::{EngineKind, FinishReason};
 use bitinglip_config::ModelConfig;
 use mistralrs::{
-    Constraint, Model, NormalRequest, Request, RequestLike, RequestMessage, Response, SamplingParams, StopTokens, TextMessageRole,
-    TextMessages, TextModelBuilder,
+    Constraint, Model, NormalRequest, Request, RequestLike, RequestMessage, Response, SamplingParams, StopTokens,
+    TextMessageRole, TextMessages, TextModelBuilder,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -176,7 +176,8 @@ impl Engine for MistralEngine {
                 // does so when the last token completes no whole UTF-8 character (the
                 // bytes are held back, so no delta, so no chunk). The sequence did finish:
                 // by length if we saw every token, else by a stop token.
-                let finish_reason = if completion_tokens >= max_tokens { FinishReason::Length } else { FinishReason::Stop };
+                let finish_reason =
+                    if completion_tokens >= max_tokens { FinishReason::Length } else { FinishReason::Stop };
                 return Ok(Generation { finish_reason, prompt_tokens, completion_tokens: completion_tokens.max(1) });
             };
             match response {
@@ -217,7 +218,8 @@ impl Engine for MistralEngine {
                     }
                 }
                 Response::Done(done) => {
-                    let reason = done.choices.first().map(|c| finish_reason(&c.finish_reason)).unwrap_or(FinishReason::Stop);
+                    let reason =
+                        done.choices.first().map(|c| finish_reason(&c.finish_reason)).unwrap_or(FinishReason::Stop);
                     return Ok(Generation {
                         finish_reason: reason,
                         prompt_tokens: done.usage.prompt_tokens as u32,

@@ -8,9 +8,9 @@ use axum::{
     Json,
 };
 use bitinglip_bus_schema::{
-    Ack, ClusterStatus, DeleteDeployment, DeploymentList, DeploymentReply, GetClusterStatus, ListDeployments, ListModels,
-    LoadModel, ModelList, ModelRecord, ModelRef, ModelSource, PullModel, PullReply, SearchModels, SearchResults,
-    SetDeployment, WireError,
+    Ack, ClusterStatus, DeleteDeployment, DeploymentList, DeploymentReply, GetClusterStatus, ListDeployments,
+    ListModels, LoadModel, ModelList, ModelRecord, ModelRef, ModelSource, PullModel, PullReply, SearchModels,
+    SearchResults, SetDeployment, WireError,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -41,7 +41,12 @@ fn model_json(m: &ModelRecord) -> Value {
 
 /// `GET /api/v1/models`: the registry.
 pub(super) async fn models(State(ctx): State<NodeContext>) -> Result<Json<Value>, ApiError> {
-    match ctx.bus.request::<_, ModelList>(ctx.bus.subjects().model_list(), &ListModels {}, None, None).await.map_err(bus_error)? {
+    match ctx
+        .bus
+        .request::<_, ModelList>(ctx.bus.subjects().model_list(), &ListModels {}, None, None)
+        .await
+        .map_err(bus_error)?
+    {
         ModelList::Models { models } => Ok(Json(json!({"data": models.iter().map(model_json).collect::<Vec<_>>()}))),
         ModelList::Error(e) => Err(e.into()),
     }
@@ -54,7 +59,10 @@ pub(super) struct SearchQuery {
 }
 
 /// `GET /api/v1/models/search?q=…&limit=…`: the hub's search.
-pub(super) async fn search(State(ctx): State<NodeContext>, Query(q): Query<SearchQuery>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn search(
+    State(ctx): State<NodeContext>,
+    Query(q): Query<SearchQuery>,
+) -> Result<Json<Value>, ApiError> {
     let req = SearchModels { query: q.q, limit: q.limit };
     match ctx
         .bus
@@ -79,7 +87,8 @@ pub(super) struct PullBody {
 /// `POST /api/v1/models/pull {model, revision?}`: downloads on a worker node; answers when
 /// done (progress is on the bus, `…model.<model>.progress`).
 pub(super) async fn pull(State(ctx): State<NodeContext>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
-    let body: PullBody = serde_json::from_slice(&body).map_err(|e| ApiError::invalid(&format!("invalid body: {e}"), None))?;
+    let body: PullBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(&format!("invalid body: {e}"), None))?;
     let req = PullModel { model: body.model, revision: body.revision };
     match ctx
         .bus
@@ -98,7 +107,10 @@ pub(super) struct StatusQuery {
 }
 
 /// `GET /api/v1/models/status?model=…`: every node's status of the models.
-pub(super) async fn status(State(ctx): State<NodeContext>, Query(q): Query<StatusQuery>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn status(
+    State(ctx): State<NodeContext>,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<Value>, ApiError> {
     let req = bitinglip_bus_schema::GetModelStatus { model: q.model };
     match ctx
         .bus
@@ -154,7 +166,11 @@ pub(super) async fn cluster(State(ctx): State<NodeContext>) -> Result<Json<Value
                        "in_flight": w.in_flight, "max_sequences": w.max_sequences})).collect::<Vec<_>>()})
         })
         .collect();
-    let leader = match ctx.bus.request::<_, ClusterStatus>(ctx.bus.subjects().cluster_status(), &GetClusterStatus {}, None, None).await {
+    let leader = match ctx
+        .bus
+        .request::<_, ClusterStatus>(ctx.bus.subjects().cluster_status(), &GetClusterStatus {}, None, None)
+        .await
+    {
         Ok(ClusterStatus::Nodes { leader, .. }) => leader,
         _ => None,
     };
@@ -193,13 +209,19 @@ pub(super) async fn deployments(State(ctx): State<NodeContext>) -> Result<Json<V
 }
 
 /// `POST /api/v1/deployments {model?, spec, replicas, constraints?, memory?}`.
-pub(super) async fn set_deployment(State(ctx): State<NodeContext>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+pub(super) async fn set_deployment(
+    State(ctx): State<NodeContext>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
     let req: SetDeployment = parse_json(&body)?;
     deployment(ctx.bus.request(ctx.bus.subjects().deployment_set(), &req, None, None).await.map_err(bus_error)?)
 }
 
 /// `DELETE /api/v1/deployments/{model}`.
-pub(super) async fn delete_deployment(State(ctx): State<NodeContext>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn delete_deployment(
+    State(ctx): State<NodeContext>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let req = DeleteDeployment { model };
     ack(ctx.bus.request(ctx.bus.subjects().deployment_delete(), &req, None, None).await.map_err(bus_error)?)
 }

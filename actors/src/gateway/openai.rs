@@ -167,12 +167,15 @@ impl ApiError {
 impl From<WireError> for ApiError {
     fn from(err: WireError) -> Self {
         let (status, kind, retry) = match err.kind {
-            ErrorKind::Decode | ErrorKind::InvalidRequest | ErrorKind::ContextLength | ErrorKind::UnsupportedVersion => {
-                (StatusCode::BAD_REQUEST, "invalid_request_error", None)
-            }
+            ErrorKind::Decode
+            | ErrorKind::InvalidRequest
+            | ErrorKind::ContextLength
+            | ErrorKind::UnsupportedVersion => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
             ErrorKind::UnknownModel | ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found_error", None),
             ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", None),
-            ErrorKind::NoWorker | ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", Some(1)),
+            ErrorKind::NoWorker | ErrorKind::Unavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", Some(1))
+            }
             ErrorKind::ModelLoading => (StatusCode::SERVICE_UNAVAILABLE, "model_loading", Some(2)),
             ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some(1)),
             ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", None),
@@ -246,7 +249,14 @@ pub(crate) fn finish(reason: FinishReason) -> &'static str {
 }
 
 /// A whole (non-streamed) completion.
-pub(crate) fn completion(id: &str, created: u64, model: &str, text: &str, reason: FinishReason, usage: &Usage) -> Value {
+pub(crate) fn completion(
+    id: &str,
+    created: u64,
+    model: &str,
+    text: &str,
+    reason: FinishReason,
+    usage: &Usage,
+) -> Value {
     json!({
         "id": id,
         "object": "chat.completion",
@@ -264,7 +274,14 @@ pub(crate) fn completion(id: &str, created: u64, model: &str, text: &str, reason
 }
 
 /// One stream chunk. `delta` is `{role, content}`, `{content}` or `{}`.
-pub(crate) fn chunk(id: &str, created: u64, model: &str, delta: Value, reason: Option<FinishReason>, usage: Option<&Usage>) -> Value {
+pub(crate) fn chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: Value,
+    reason: Option<FinishReason>,
+    usage: Option<&Usage>,
+) -> Value {
     let mut v = json!({
         "id": id,
         "object": "chat.completion.chunk",

@@ -13,9 +13,7 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use bitinglip_bus_schema::{
-    ErrorKind, ListModels, ModelList, WireError,
-};
+use bitinglip_bus_schema::{ErrorKind, ListModels, ModelList, WireError};
 use bitinglip_nats::trace::TraceParent;
 use futures::Stream;
 use serde_json::json;
@@ -75,9 +73,18 @@ async fn models(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value
 
 /// `POST /v1/chat/completions`, in the `gateway` span (a child of the caller's
 /// `traceparent`, when it sent one), counted by model and outcome.
-async fn chat_completions(State(ctx): State<NodeContext>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let span = tracing::info_span!("gateway", otel.kind = "server", http.route = "/v1/chat/completions",
-        gen_ai.request.model = tracing::field::Empty, task.id = tracing::field::Empty);
+async fn chat_completions(
+    State(ctx): State<NodeContext>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let span = tracing::info_span!(
+        "gateway",
+        otel.kind = "server",
+        http.route = "/v1/chat/completions",
+        gen_ai.request.model = tracing::field::Empty,
+        task.id = tracing::field::Empty
+    );
     let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
     bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
     let mut model = None;
@@ -196,7 +203,8 @@ fn sse_events(
             let data = |v: serde_json::Value| Event::default().data(v.to_string());
             match phase {
                 Phase::Start => {
-                    let first = openai::chunk(&id, created, &model, json!({"role": "assistant", "content": ""}), None, None);
+                    let first =
+                        openai::chunk(&id, created, &model, json!({"role": "assistant", "content": ""}), None, None);
                     Some((Ok(data(first)), (watch, cancel, Phase::Relay)))
                 }
                 Phase::Relay => match next_visible(&mut watch).await {
@@ -209,7 +217,8 @@ fn sse_events(
                         cancel.disarm();
                         relay.record("gen_ai.response.finish_reasons", done.finish_reason.as_str());
                         crate::metrics::metrics().requests.with_label_values(&[&model, "ok"]).inc();
-                        let c = openai::chunk(&id, created, &model, json!({}), Some(done.finish_reason), Some(&done.usage));
+                        let c =
+                            openai::chunk(&id, created, &model, json!({}), Some(done.finish_reason), Some(&done.usage));
                         let next = if include_usage { Phase::Usage(done.usage) } else { Phase::Done };
                         Some((Ok(data(c)), (watch, cancel, next)))
                     }

@@ -31,7 +31,10 @@ pub(super) async fn read_body(ctx: &NodeContext, headers: &HeaderMap, body: Body
     let bus_limit = ctx.bus.max_payload().saturating_sub(4096);
     let limit = ctx.config.gateway.max_body_bytes.min(bus_limit);
     let too_large = || {
-        ApiError::from(WireError::new(ErrorKind::PayloadTooLarge, format!("request body is over the limit of {limit} bytes")))
+        ApiError::from(WireError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is over the limit of {limit} bytes"),
+        ))
     };
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -41,8 +44,7 @@ pub(super) async fn read_body(ctx: &NodeContext, headers: &HeaderMap, body: Body
         return Err(too_large());
     }
     axum::body::to_bytes(body, limit).await.map_err(|err| {
-        let over = std::error::Error::source(&err)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        let over = std::error::Error::source(&err).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if over {
             too_large()
         } else {
@@ -74,16 +76,16 @@ pub(super) async fn submit_chat(
     // `X-Wait-For-Model: false` (or the body's `wait_for_model`): answer 503 with
     // Retry-After while the model loads, rather than waiting for it.
     let wait_for_model = wait_for_model
-        && !headers.get("x-wait-for-model").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("false"));
+        && !headers
+            .get("x-wait-for-model")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("false"));
     let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model };
     let task_id: TaskId = task_id_for(&submit);
     submit.task_id = Some(task_id.clone());
     let watch = TaskWatch::subscribe(&ctx.bus, &ctx.store, &task_id).await?;
-    let reply: SubmitReply = ctx
-        .bus
-        .request(ctx.bus.subjects().task_submit(), &submit, Some(&trace), None)
-        .await
-        .map_err(|e| match e {
+    let reply: SubmitReply =
+        ctx.bus.request(ctx.bus.subjects().task_submit(), &submit, Some(&trace), None).await.map_err(|e| match e {
             bitinglip_nats::BusError::NoResponders { .. } => {
                 ApiError::from(WireError::new(ErrorKind::Unavailable, "no task manager is running"))
             }

@@ -28,7 +28,6 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     TaskId::parse(id).map_err(|e| ApiError::invalid(&e.to_string(), Some("id")))
 }
 
-
 /// A status record as JSON.
 fn record_json(r: &TaskRecord) -> Value {
     json!({
@@ -73,9 +72,14 @@ async fn read(ctx: &NodeContext, id: &TaskId) -> Result<TaskRecord, ApiError> {
 
 /// `POST /v1/tasks`: the chat request; answers 202 with the id at once. Traced as a
 /// `gateway` span, like a chat completion, so the task's trace has its root here.
-pub(super) async fn submit(State(ctx): State<NodeContext>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub(super) async fn submit(
+    State(ctx): State<NodeContext>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let span = tracing::info_span!("gateway", otel.kind = "server", http.route = "/v1/tasks");
-    let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(bitinglip_nats::trace::TraceParent::parse);
+    let caller =
+        headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(bitinglip_nats::trace::TraceParent::parse);
     bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
     tracing::Instrument::instrument(submit_task(ctx, headers, body), span).await
 }
@@ -115,7 +119,9 @@ pub(super) struct ListQuery {
 pub(super) async fn list(State(ctx): State<NodeContext>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
     let state = match q.status.as_deref() {
         None => None,
-        Some(s) => Some(TaskState::parse(s).ok_or_else(|| ApiError::invalid(&format!("unknown status {s:?}"), Some("status")))?),
+        Some(s) => Some(
+            TaskState::parse(s).ok_or_else(|| ApiError::invalid(&format!("unknown status {s:?}"), Some("status")))?,
+        ),
     };
     let reply: TaskList = ctx
         .bus
@@ -123,7 +129,9 @@ pub(super) async fn list(State(ctx): State<NodeContext>, Query(q): Query<ListQue
         .await
         .map_err(|e| ApiError::from(WireError::from(&e)))?;
     match reply {
-        TaskList::Tasks { tasks } => Ok(Json(json!({"object": "list", "data": tasks.iter().map(record_json).collect::<Vec<_>>()}))),
+        TaskList::Tasks { tasks } => {
+            Ok(Json(json!({"object": "list", "data": tasks.iter().map(record_json).collect::<Vec<_>>()})))
+        }
         TaskList::Error(e) => Err(e.into()),
     }
 }
@@ -160,9 +168,9 @@ pub(super) async fn events(
     let stream = futures::stream::unfold(Some(watch), |watch| async move {
         let mut watch = watch?;
         let event = match watch.next().await? {
-            Relayed::Started { attempt, resume_from_seq } => {
-                Event::default().event("started").data(json!({"attempt": attempt, "resume_from_seq": resume_from_seq}).to_string())
-            }
+            Relayed::Started { attempt, resume_from_seq } => Event::default()
+                .event("started")
+                .data(json!({"attempt": attempt, "resume_from_seq": resume_from_seq}).to_string()),
             Relayed::Text { seq, text } => {
                 Event::default().event("chunk").id(seq.to_string()).data(json!({"seq": seq, "text": text}).to_string())
             }

@@ -4,7 +4,8 @@
 //! CLI and the leader) never lose each other's change.
 
 use bitinglip_bus_schema::{
-    Deployment, DeploymentStatus, ErrorKind, ModelSource, ModelSpec, NodeHeartbeat, NodePlacement, SetDeployment, WireError,
+    Deployment, DeploymentStatus, ErrorKind, ModelSource, ModelSpec, NodeHeartbeat, NodePlacement, SetDeployment,
+    WireError,
 };
 use bitinglip_nats::Store;
 
@@ -46,7 +47,10 @@ pub async fn set(store: &Store, req: SetDeployment) -> Result<Deployment, WireEr
     }
     if let Some(dev) = &req.constraints.device {
         if !matches!(dev.as_str(), "cpu" | "cuda" | "metal") {
-            return Err(WireError::new(ErrorKind::InvalidRequest, format!("`constraints.device` is {dev:?}; use cpu, cuda or metal")));
+            return Err(WireError::new(
+                ErrorKind::InvalidRequest,
+                format!("`constraints.device` is {dev:?}; use cpu, cuda or metal"),
+            ));
         }
     }
     let deployment = Deployment {
@@ -106,7 +110,13 @@ pub async fn ensure_loaded(store: &Store, model: &str, replicas: u32) -> Result<
             };
             Ok(Some(Deployment {
                 model: model.to_string(),
-                spec: ModelSpec { source, revision, engine: record.engine, max_sequences: None, echo_tokens_per_sec: None },
+                spec: ModelSpec {
+                    source,
+                    revision,
+                    engine: record.engine,
+                    max_sequences: None,
+                    echo_tokens_per_sec: None,
+                },
                 replicas,
                 constraints: Default::default(),
                 memory: None,
@@ -123,7 +133,9 @@ pub async fn ensure_loaded(store: &Store, model: &str, replicas: u32) -> Result<
 /// Sets a model's deployment to `replicas` (0 unloads it everywhere).
 pub async fn scale(store: &Store, model: &str, replicas: u32) -> Result<Deployment, WireError> {
     modify(store, model, |current| match current {
-        None => Err(WireError::new(ErrorKind::NotFound, format!("model `{model}` has no deployment (nothing is loaded)"))),
+        None => {
+            Err(WireError::new(ErrorKind::NotFound, format!("model `{model}` has no deployment (nothing is loaded)")))
+        }
         Some(d) if d.replicas == replicas => Ok(None),
         Some(mut d) => {
             d.replicas = replicas;
@@ -148,10 +160,8 @@ fn status<'a>(
     placements: impl Iterator<Item = &'a NodePlacement>,
     nodes: &[NodeHeartbeat],
 ) -> DeploymentStatus {
-    let placed = placements
-        .filter(|p| p.replicas.iter().any(|r| r.model == deployment.model))
-        .map(|p| p.node.clone())
-        .collect();
+    let placed =
+        placements.filter(|p| p.replicas.iter().any(|r| r.model == deployment.model)).map(|p| p.node.clone()).collect();
     let serving = nodes.iter().filter(|n| n.serves(&deployment.model)).map(|n| n.node_id.clone()).collect();
     DeploymentStatus { deployment, placed, serving }
 }

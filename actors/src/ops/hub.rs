@@ -172,12 +172,7 @@ impl Hub {
     ) -> Result<Pulled, WireError> {
         let progress = Arc::new(progress);
         let repo = self.api.repo(Repo::with_revision(model.to_string(), RepoType::Model, revision.to_string()));
-        let resp = repo
-            .info_request()
-            .query(&[("blobs", "true")])
-            .send()
-            .await
-            .map_err(|e| unavailable("hub", e))?;
+        let resp = repo.info_request().query(&[("blobs", "true")]).send().await.map_err(|e| unavailable("hub", e))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND || resp.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(WireError::new(ErrorKind::UnknownModel, format!("the hub has no model {model} at {revision}")));
         }

@@ -109,9 +109,13 @@ mod tests {
         let loaded = merge_registration(record(vec![], EngineKind::Echo, Some(128)), Some(first.clone()), 9);
         assert_eq!(loaded.files, first.files);
         assert_eq!(loaded.revision_sha.as_deref(), Some("abc"));
-        assert_eq!((loaded.engine, loaded.context_length, loaded.created_ms, loaded.updated_ms), (EngineKind::Echo, Some(128), 5, 9));
+        assert_eq!(
+            (loaded.engine, loaded.context_length, loaded.created_ms, loaded.updated_ms),
+            (EngineKind::Echo, Some(128), 5, 9)
+        );
 
-        let pulled_again = merge_registration(record(first.files.clone(), EngineKind::Mistralrs, None), Some(loaded), 12);
+        let pulled_again =
+            merge_registration(record(first.files.clone(), EngineKind::Mistralrs, None), Some(loaded), 12);
         assert_eq!((pulled_again.engine, pulled_again.context_length), (EngineKind::Echo, Some(128)));
     }
 }

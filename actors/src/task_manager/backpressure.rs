@@ -31,7 +31,10 @@ pub(super) async fn check_age(ctx: &NodeContext, model: &str, priority: Priority
         return Ok(());
     }
     let subject = format!("{model}/{}", priority.as_str());
-    let cached = cache().lock().ok().and_then(|c| c.get(&subject).filter(|(at, _)| at.elapsed() < AGE_CACHE).map(|(_, age)| *age));
+    let cached = cache()
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&subject).filter(|(at, _)| at.elapsed() < AGE_CACHE).map(|(_, age)| *age));
     let age_ms = match cached {
         Some(age) => age,
         None => {

@@ -20,8 +20,8 @@ use std::{
 
 use async_nats::jetstream::{self, AckKind};
 use bitinglip_bus_schema::{
-    ErrorKind, FinishReason, TaskCompleted, TaskEvent, TaskFailed, TaskId, TaskRecord, TaskSpec, TaskStarted, TaskState,
-    TokenChunk, Usage, WireError,
+    ErrorKind, FinishReason, TaskCompleted, TaskEvent, TaskFailed, TaskId, TaskRecord, TaskSpec, TaskStarted,
+    TaskState, TokenChunk, Usage, WireError,
 };
 use bitinglip_client::{prefix_of, Prefix};
 use bitinglip_nats::{
@@ -154,11 +154,18 @@ pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: jetstream::Message
     run_claimed(shared, msg, spec, attempt, trace).instrument(span).await
 }
 
-async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: TaskSpec, attempt: u32, trace: Option<TraceParent>) {
+async fn run_claimed(
+    shared: &Arc<WorkerShared>,
+    msg: jetstream::Message,
+    spec: TaskSpec,
+    attempt: u32,
+    trace: Option<TraceParent>,
+) {
     let ctx = &shared.ctx;
     let task_id = spec.task_id.clone();
     let model = spec.chat.model.clone();
-    let Some(owned) = claim_delivery(shared, &msg, &spec, attempt).instrument(tracing::info_span!("claim", attempt)).await
+    let Some(owned) =
+        claim_delivery(shared, &msg, &spec, attempt).instrument(tracing::info_span!("claim", attempt)).await
     else {
         return;
     };
@@ -169,7 +176,12 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
     let Some(prefix) = resume_prefix(ctx, &msg, &task_id, attempt).await else { return };
 
     let cancel = start_running(shared, &task_id, attempt, &owned.ack_subject);
-    let started = TaskStarted { task_id: task_id.clone(), attempt, worker: shared.worker_id.clone(), resume_from_seq: prefix.next_seq };
+    let started = TaskStarted {
+        task_id: task_id.clone(),
+        attempt,
+        worker: shared.worker_id.clone(),
+        resume_from_seq: prefix.next_seq,
+    };
     publish_event(ctx, &task_id, &TaskEvent::Started(started), trace.as_ref()).await;
 
     let generated = generate(shared, &msg, &spec, attempt, &owned, prefix, cancel, trace.as_ref()).await;
@@ -187,11 +199,12 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
             queue_time_ms,
         }
     };
-    let stop_ms = generated.cancelled_at.map(|at| {
-        generated.last_token.filter(|t| *t > at).map_or(0.0, |t| (t - at).as_secs_f64() * 1000.0)
-    });
+    let stop_ms = generated
+        .cancelled_at
+        .map(|at| generated.last_token.filter(|t| *t > at).map_or(0.0, |t| (t - at).as_secs_f64() * 1000.0));
     let usage = generated.result.as_ref().ok().map(usage_of);
-    let ending = ending(&owned.record, &generated, attempt, max_deliver, shared.hand_back.is_cancelled(), usage, stop_ms);
+    let ending =
+        ending(&owned.record, &generated, attempt, max_deliver, shared.hand_back.is_cancelled(), usage, stop_ms);
     match &ending {
         Ending::HandBack => {
             tracing::info!("worker stopping; task handed back");
@@ -218,7 +231,12 @@ async fn run_claimed(shared: &Arc<WorkerShared>, msg: jetstream::Message, spec: 
 
 /// Claims the delivery in the task's record. `None` when this attempt does not own the
 /// task; the message was then acked, terminated or handed back as the record says.
-async fn claim_delivery(shared: &WorkerShared, msg: &jetstream::Message, spec: &TaskSpec, attempt: u32) -> Option<Owned> {
+async fn claim_delivery(
+    shared: &WorkerShared,
+    msg: &jetstream::Message,
+    spec: &TaskSpec,
+    attempt: u32,
+) -> Option<Owned> {
     let ack_subject = msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
     let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let claimed_at = Instant::now();
@@ -274,12 +292,15 @@ fn start_running(shared: &WorkerShared, task_id: &TaskId, attempt: u32, ack_subj
     let cancel = CancellationToken::new();
     let cancelled_before = shared.recent_cancels.lock().ok().and_then(|mut r| r.remove(task_id));
     if let Ok(mut running) = shared.running.lock() {
-        running.insert(task_id.clone(), Running {
-            cancel: cancel.clone(),
-            attempt,
-            ack_subject: ack_subject.to_string(),
-            cancelled_at: cancelled_before,
-        });
+        running.insert(
+            task_id.clone(),
+            Running {
+                cancel: cancel.clone(),
+                attempt,
+                ack_subject: ack_subject.to_string(),
+                cancelled_at: cancelled_before,
+            },
+        );
     }
     if cancelled_before.is_some() {
         cancel.cancel();
@@ -373,9 +394,14 @@ async fn generate(
     let mut last_token: Option<Instant> = None;
     let mut first_at: Option<Instant> = None;
     let mut pieces = 0u64;
-    let generation = tracing::info_span!("generate", gen_ai.usage.input_tokens = tracing::field::Empty,
-        gen_ai.usage.output_tokens = tracing::field::Empty, time_to_first_token_ms = tracing::field::Empty,
-        tokens_per_second = tracing::field::Empty, gen_ai.response.finish_reasons = tracing::field::Empty);
+    let generation = tracing::info_span!(
+        "generate",
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        time_to_first_token_ms = tracing::field::Empty,
+        tokens_per_second = tracing::field::Empty,
+        gen_ai.response.finish_reasons = tracing::field::Empty
+    );
     let relay = async {
         while let Some(piece) = rx.recv().await {
             if stale.is_cancelled() {
@@ -453,23 +479,40 @@ fn ending(
             let mut r = claimed.clone();
             r.state = TaskState::Completed;
             r.result = Some(completed.clone());
-            Ending::Finish { record: Box::new(r), event: TaskEvent::Completed(completed), ack: FinalAck::Ack, outcome: "completed" }
+            Ending::Finish {
+                record: Box::new(r),
+                event: TaskEvent::Completed(completed),
+                ack: FinalAck::Ack,
+                outcome: "completed",
+            }
         }
         Err(err @ (EngineError::Invalid(_) | EngineError::ContextLength(_))) => {
-            let kind = if matches!(err, EngineError::ContextLength(_)) { ErrorKind::ContextLength } else { ErrorKind::InvalidRequest };
+            let kind = if matches!(err, EngineError::ContextLength(_)) {
+                ErrorKind::ContextLength
+            } else {
+                ErrorKind::InvalidRequest
+            };
             fail(WireError::new(kind, err.to_string()), FinalAck::Term)
         }
         Err(EngineError::Failed(_)) if attempt < max_deliver => Ending::Retry,
-        Err(EngineError::Failed(reason)) => {
-            fail(WireError::new(ErrorKind::Engine, format!("failed after {attempt} attempts: {reason}")), FinalAck::Term)
-        }
+        Err(EngineError::Failed(reason)) => fail(
+            WireError::new(ErrorKind::Engine, format!("failed after {attempt} attempts: {reason}")),
+            FinalAck::Term,
+        ),
     }
 }
 
 /// Writes the final record (fenced on the claim), publishes the final event, and only
 /// then acks: a crash before the ack means redelivery, and the redelivery finds the task
 /// finished.
-async fn finish(ctx: &NodeContext, msg: &jetstream::Message, ending: Ending, revision: u64, model: &str, trace: Option<&TraceParent>) {
+async fn finish(
+    ctx: &NodeContext,
+    msg: &jetstream::Message,
+    ending: Ending,
+    revision: u64,
+    model: &str,
+    trace: Option<&TraceParent>,
+) {
     let Ending::Finish { record, event, ack, outcome } = ending else { return };
     let task_id = record.task_id.clone();
     match ctx.store.tasks().finish(*record, revision).await {
@@ -534,8 +577,15 @@ mod tests {
 
     #[test]
     fn a_finished_generation_completes_with_its_text_and_chunk_count() {
-        let (r, event, ack, outcome) =
-            finished(ending(&claimed(), &generated(done(FinishReason::Stop)), 1, 3, false, Some(Usage::default()), None));
+        let (r, event, ack, outcome) = finished(ending(
+            &claimed(),
+            &generated(done(FinishReason::Stop)),
+            1,
+            3,
+            false,
+            Some(Usage::default()),
+            None,
+        ));
         assert_eq!((r.state, ack, outcome), (TaskState::Completed, FinalAck::Ack, "completed"));
         let TaskEvent::Completed(c) = event else { panic!("a completed event") };
         assert_eq!((c.text.as_str(), c.chunks, c.attempt), ("ab", 2, 1));
@@ -546,13 +596,19 @@ mod tests {
     fn a_cancel_is_recorded_with_its_stop_time_and_acked() {
         let (r, _, ack, outcome) =
             finished(ending(&claimed(), &generated(done(FinishReason::Cancelled)), 1, 3, false, None, Some(12.0)));
-        assert_eq!((r.state, ack, outcome, r.cancel_to_stop_ms), (TaskState::Cancelled, FinalAck::Ack, "cancelled", Some(12.0)));
+        assert_eq!(
+            (r.state, ack, outcome, r.cancel_to_stop_ms),
+            (TaskState::Cancelled, FinalAck::Ack, "cancelled", Some(12.0))
+        );
         assert_eq!(r.error.unwrap().kind, ErrorKind::Cancelled);
     }
 
     #[test]
     fn a_stopping_worker_hands_back_whatever_the_engine_said() {
-        assert_eq!(ending(&claimed(), &generated(done(FinishReason::Cancelled)), 1, 3, true, None, None), Ending::HandBack);
+        assert_eq!(
+            ending(&claimed(), &generated(done(FinishReason::Cancelled)), 1, 3, true, None, None),
+            Ending::HandBack
+        );
     }
 
     #[test]
@@ -562,8 +618,15 @@ mod tests {
         let (r, _, ack, _) = finished(ending(&claimed(), &failed(), 3, 3, false, None, None));
         assert_eq!((r.state, ack), (TaskState::Failed, FinalAck::Term));
         assert_eq!(r.error.unwrap().kind, ErrorKind::Engine);
-        let (r, _, ack, _) =
-            finished(ending(&claimed(), &generated(Err(EngineError::ContextLength("long".into()))), 1, 3, false, None, None));
+        let (r, _, ack, _) = finished(ending(
+            &claimed(),
+            &generated(Err(EngineError::ContextLength("long".into()))),
+            1,
+            3,
+            false,
+            None,
+            None,
+        ));
         assert_eq!((r.error.unwrap().kind, ack), (ErrorKind::ContextLength, FinalAck::Term));
     }
 }

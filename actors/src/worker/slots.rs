@@ -19,8 +19,11 @@ pub(super) async fn slot_loop(shared: Arc<WorkerShared>, consumers: Consumers, s
     let mut interactive_streak = 0u32;
     while !shared.stop_fetching.is_cancelled() {
         let batch_first = interactive_streak >= 4;
-        let order =
-            if batch_first { [Priority::Batch, Priority::Interactive] } else { [Priority::Interactive, Priority::Batch] };
+        let order = if batch_first {
+            [Priority::Batch, Priority::Interactive]
+        } else {
+            [Priority::Interactive, Priority::Batch]
+        };
         let attempt = async {
             for priority in order {
                 if let Some(m) = consumers.take_now(priority).await? {

@@ -132,7 +132,20 @@ mod tests {
             last_used_ms: 9,
             placed: true,
         };
-        pin(worker.clone(), &["worker_id", "model", "engine", "max_sequences", "in_flight", "state", "running", "last_used_ms", "placed"]);
+        pin(
+            worker.clone(),
+            &[
+                "worker_id",
+                "model",
+                "engine",
+                "max_sequences",
+                "in_flight",
+                "state",
+                "running",
+                "last_used_ms",
+                "placed",
+            ],
+        );
         pin(worker.running[0].clone(), &["task_id", "attempt", "ack_subject"]);
         let hb = NodeHeartbeat {
             node_id: "n1".into(),
@@ -148,7 +161,18 @@ mod tests {
         };
         pin(
             hb.clone(),
-            &["node_id", "roles", "http", "workers", "started_ms", "time_ms", "version", "device", "memory_total", "memory_free"],
+            &[
+                "node_id",
+                "roles",
+                "http",
+                "workers",
+                "started_ms",
+                "time_ms",
+                "version",
+                "device",
+                "memory_total",
+                "memory_free",
+            ],
         );
         pin(GetClusterStatus {}, &[]);
         pin(ClusterStatus::Nodes { nodes: vec![hb], leader: None }, &["type", "nodes", "leader"]);

@@ -219,7 +219,11 @@ mod tests {
         pin(ListDeployments {}, &[]);
         pin(
             DeploymentList::Deployments {
-                deployments: vec![DeploymentStatus { deployment: deployment(), placed: vec!["n".into()], serving: vec![] }],
+                deployments: vec![DeploymentStatus {
+                    deployment: deployment(),
+                    placed: vec!["n".into()],
+                    serving: vec![],
+                }],
             },
             &["type", "deployments"],
         );

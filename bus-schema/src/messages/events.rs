@@ -181,10 +181,7 @@ mod tests {
             }),
             &["type", "task_id", "attempt", "text", "finish_reason", "usage", "chunks"],
         );
-        pin(
-            usage,
-            &["prompt_tokens", "completion_tokens", "time_to_first_token_ms", "total_time_ms", "queue_time_ms"],
-        );
+        pin(usage, &["prompt_tokens", "completion_tokens", "time_to_first_token_ms", "total_time_ms", "queue_time_ms"]);
         pin(
             TaskEvent::Failed(TaskFailed { task_id: id(), attempt: 2, error: WireError::new(ErrorKind::Engine, "x") }),
             &["type", "task_id", "attempt", "error"],

@@ -272,12 +272,46 @@ mod tests {
 
     #[test]
     fn registry_messages_pin_their_fields() {
-        pin(record(), &["id", "source", "context_length", "revision_sha", "files", "estimated_memory", "engine", "created_ms", "updated_ms"]);
+        pin(
+            record(),
+            &[
+                "id",
+                "source",
+                "context_length",
+                "revision_sha",
+                "files",
+                "estimated_memory",
+                "engine",
+                "created_ms",
+                "updated_ms",
+            ],
+        );
         pin(record().files[0].clone(), &["name", "size", "sha256"]);
         pin(PullModel { model: "a/b".into(), revision: None }, &["model", "revision"]);
-        pin(PullReply::Pulled(record()), &["type", "id", "source", "context_length", "revision_sha", "files", "estimated_memory", "engine", "created_ms", "updated_ms"]);
         pin(
-            PullProgress { model: "a/b".into(), file: "f".into(), file_done: 1, file_size: 2, files_done: 0, files_total: 3 },
+            PullReply::Pulled(record()),
+            &[
+                "type",
+                "id",
+                "source",
+                "context_length",
+                "revision_sha",
+                "files",
+                "estimated_memory",
+                "engine",
+                "created_ms",
+                "updated_ms",
+            ],
+        );
+        pin(
+            PullProgress {
+                model: "a/b".into(),
+                file: "f".into(),
+                file_done: 1,
+                file_size: 2,
+                files_done: 0,
+                files_total: 3,
+            },
             &["model", "file", "file_done", "file_size", "files_done", "files_total"],
         );
         pin(SearchModels { query: "q".into(), limit: Some(3) }, &["query", "limit"]);
@@ -294,7 +328,10 @@ mod tests {
         pin(ModelStatusList::Statuses { statuses: vec![st.clone()] }, &["type", "statuses"]);
         assert_eq!(st.effective(9).state, ModelState::Downloading);
         assert_eq!(st.effective(11).state, ModelState::Failed);
-        pin(SearchResults::Models { models: vec![HubModel { id: "a/b".into(), downloads: Some(1), likes: None }] }, &["type", "models"]);
+        pin(
+            SearchResults::Models { models: vec![HubModel { id: "a/b".into(), downloads: Some(1), likes: None }] },
+            &["type", "models"],
+        );
         pin(ModelSource::Local { path: "/m".into() }, &["type", "path"]);
         pin(RegisterModel { model: record(), worker: "w".into() }, &["model", "worker"]);
         pin(ListModels {}, &[]);

@@ -311,9 +311,7 @@ mod tests {
             model: &'static str,
             messages: Vec<ChatMessage>,
         }
-        let env = crate::Envelope::new("x", 1, "py", Minimal {
-            chat: MinimalChat { model: "m", messages: vec![] },
-        });
+        let env = crate::Envelope::new("x", 1, "py", Minimal { chat: MinimalChat { model: "m", messages: vec![] } });
         let bytes = rmp_serde::to_vec_named(&env).unwrap();
         let req: SubmitRequest = crate::decode_body(&bytes, 1 << 20).unwrap();
         assert_eq!(req.priority, Priority::Interactive);
@@ -349,8 +347,20 @@ mod tests {
         record.attempt = 2;
         record.worker = Some("w".into());
         const RECORD: [&str; 14] = [
-            "task_id", "model", "state", "attempt", "worker", "created_ms", "updated_ms", "result", "error",
-            "priority", "ack_subject", "stream_seq", "cancel_requested_ms", "cancel_to_stop_ms",
+            "task_id",
+            "model",
+            "state",
+            "attempt",
+            "worker",
+            "created_ms",
+            "updated_ms",
+            "result",
+            "error",
+            "priority",
+            "ack_subject",
+            "stream_seq",
+            "cancel_requested_ms",
+            "cancel_to_stop_ms",
         ];
         pin(record.clone(), &RECORD);
         pin(GetTask { task_id: id }, &["task_id"]);

@@ -55,7 +55,11 @@ impl Store {
         let bucket = &self.inner.leases;
         if let Some(entry) = bucket.kv.entry(LEADER).await.map_err(|e| bucket.unavailable(e))? {
             if entry.operation == kv::Operation::Put && entry.value.as_ref() == self.node_id().as_bytes() {
-                bucket.kv.delete_expect_revision(LEADER, Some(entry.revision)).await.map_err(|e| bucket.unavailable(e))?;
+                bucket
+                    .kv
+                    .delete_expect_revision(LEADER, Some(entry.revision))
+                    .await
+                    .map_err(|e| bucket.unavailable(e))?;
             }
         }
         Ok(())

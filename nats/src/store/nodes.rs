@@ -99,7 +99,9 @@ impl Store {
                         while let Some(Ok(entry)) = watch.next().await {
                             let changed = match entry.operation {
                                 kv::Operation::Put => match bucket.decode::<NodeHeartbeat>(&entry.key, &entry.value) {
-                                    Ok(hb) => map.write().map(|mut m| m.insert(entry.key, hb).is_none()).unwrap_or(false),
+                                    Ok(hb) => {
+                                        map.write().map(|mut m| m.insert(entry.key, hb).is_none()).unwrap_or(false)
+                                    }
                                     Err(err) => {
                                         tracing::warn!(cause = %err, "bad heartbeat ignored");
                                         false

@@ -86,7 +86,8 @@ impl Queue<'_> {
     pub async fn publish(&self, spec: &TaskSpec, trace: Option<&TraceParent>) -> Result<Queued, StoreError> {
         let inner = &self.store.inner;
         let env = Envelope::new(ulid::Ulid::new().to_string(), now_ms(), inner.node_id.as_str(), spec);
-        let payload = bitinglip_bus_schema::encode(&env).map_err(|e| StoreError::TooLarge { message: e.to_string() })?;
+        let payload =
+            bitinglip_bus_schema::encode(&env).map_err(|e| StoreError::TooLarge { message: e.to_string() })?;
         let mut headers = Bus::headers(trace);
         headers.insert(async_nats::header::NATS_MESSAGE_ID, spec.task_id.as_str());
         let subject = inner.subjects.queue(&spec.chat.model, spec.priority);
@@ -195,7 +196,11 @@ impl Consumers {
     }
 
     /// Waits up to `wait` for one task of `priority`.
-    pub async fn take_within(&self, priority: Priority, wait: Duration) -> Result<Option<jetstream::Message>, StoreError> {
+    pub async fn take_within(
+        &self,
+        priority: Priority,
+        wait: Duration,
+    ) -> Result<Option<jetstream::Message>, StoreError> {
         let mut batch = self
             .of(priority)
             .batch()

@@ -57,7 +57,10 @@ pub(crate) async fn jetstream_publish_consume(url: &str, duration: Duration) -> 
         })
         .await?;
     let consumer = stream
-        .get_or_create_consumer("bench-floor", pull::Config { durable_name: Some("bench-floor".into()), ..Default::default() })
+        .get_or_create_consumer(
+            "bench-floor",
+            pull::Config { durable_name: Some("bench-floor".into()), ..Default::default() },
+        )
         .await?;
     let (mut series, _) = closed_loop(1, duration, move || {
         let (js, consumer) = (js.clone(), consumer.clone());

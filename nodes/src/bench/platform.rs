@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bitinglip_actors::{NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
+use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority, Subjects, SubmitReply, SubmitRequest, TaskId};
 use bitinglip_client::{Relayed, TaskWatch};
-use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority, SubmitReply, SubmitRequest, Subjects, TaskId};
 use bitinglip_config::Config;
 use bitinglip_nats::{Bus, Store};
 use ractor::{Actor, ActorRef};
@@ -88,7 +88,13 @@ pub(crate) async fn nats_request(bus: &Client, chat: ChatParams) -> Option<NatsT
     let started = Instant::now();
     let task_id = TaskId::parse(ulid::Ulid::new().to_string()).ok()?;
     let mut watch = TaskWatch::subscribe(&bus.bus, &bus.store, &task_id).await.ok()?;
-    let req = SubmitRequest { chat, task_id: Some(task_id), idempotency_key: None, priority: Priority::Interactive, wait_for_model: true };
+    let req = SubmitRequest {
+        chat,
+        task_id: Some(task_id),
+        idempotency_key: None,
+        priority: Priority::Interactive,
+        wait_for_model: true,
+    };
     match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await.ok()? {
         SubmitReply::Accepted(_) => {}
         SubmitReply::Rejected(_) => return None,
@@ -103,7 +109,12 @@ pub(crate) async fn nats_request(bus: &Client, chat: ChatParams) -> Option<NatsT
             }
             Relayed::Done(done) => {
                 let total = started.elapsed().as_secs_f64();
-                return Some(NatsTimes { accepted, first: first.unwrap_or(total), done: total, tokens: done.usage.completion_tokens });
+                return Some(NatsTimes {
+                    accepted,
+                    first: first.unwrap_or(total),
+                    done: total,
+                    tokens: done.usage.completion_tokens,
+                });
             }
             Relayed::Failed(_) => return None,
         }
@@ -176,7 +187,13 @@ pub(crate) async fn echo_nats(bus: &Client, model: &str, prompt: &str, clients: 
 }
 
 /// The echo engine at `clients` concurrent clients over HTTP.
-pub(crate) async fn echo_http(base: &str, model: &str, prompt: &str, clients: usize, duration: Duration) -> anyhow::Result<EchoRun> {
+pub(crate) async fn echo_http(
+    base: &str,
+    model: &str,
+    prompt: &str,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<EchoRun> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().context("HTTP client")?;
     let (base, chat) = (base.to_string(), chat(model, prompt, 64));
     let (mut series, failed) = closed_loop(clients, duration, move || {
@@ -194,7 +211,12 @@ pub(crate) async fn echo_http(base: &str, model: &str, prompt: &str, clients: us
 pub(crate) async fn wait_ready(bus: &Client, model: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if tokio::time::timeout(Duration::from_secs(60), nats_request(bus, chat(model, "ping", 1))).await.ok().flatten().is_some() {
+        if tokio::time::timeout(Duration::from_secs(60), nats_request(bus, chat(model, "ping", 1)))
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
             return Ok(());
         }
         if Instant::now() > deadline {

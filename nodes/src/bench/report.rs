@@ -51,14 +51,29 @@ impl Report {
         let rr1 = self.rr(1).map(Samples::p50).unwrap_or(0.0);
         if let Some(nats) = self.echo("nats", 1) {
             let r = ratio(nats.done.p50(), rr1);
-            out.push(("echo submit→completion p50 ÷ NATS request/reply p50 (1 client)".into(), r, "≤ 4".into(), r <= 4.0));
+            out.push((
+                "echo submit→completion p50 ÷ NATS request/reply p50 (1 client)".into(),
+                r,
+                "≤ 4".into(),
+                r <= 4.0,
+            ));
             let js = ratio(nats.done.p50(), self.floor_js.p50());
-            out.push(("echo submit→completion p50 ÷ JetStream publish+consume p50 (1 client)".into(), js, "(context)".into(), true));
+            out.push((
+                "echo submit→completion p50 ÷ JetStream publish+consume p50 (1 client)".into(),
+                js,
+                "(context)".into(),
+                true,
+            ));
         }
         for clients in [1, 16, 64] {
             if let (Some(n), Some(h)) = (self.echo("nats", clients), self.echo("http", clients)) {
                 let d = h.done.p50() - n.done.p50();
-                out.push((format!("HTTP − NATS submit→completion p50, {clients} client(s), ms"), d, "< 1 ms".into(), d < 1.0));
+                out.push((
+                    format!("HTTP − NATS submit→completion p50, {clients} client(s), ms"),
+                    d,
+                    "< 1 ms".into(),
+                    d < 1.0,
+                ));
             }
         }
         for (p, d) in self.platform.iter().zip(&self.direct) {
@@ -77,16 +92,34 @@ impl Report {
         let _ = writeln!(s, "Run took {:.0} s.\n", self.elapsed_secs);
         let _ = writeln!(s, "### Ratios\n\n| ratio | value | target | |\n| --- | ---: | --- | --- |");
         for (name, value, target, met) in self.ratios() {
-            let verdict = if target.starts_with('(') { "" } else if met { "met" } else { "**missed**" };
+            let verdict = if target.starts_with('(') {
+                ""
+            } else if met {
+                "met"
+            } else {
+                "**missed**"
+            };
             let _ = writeln!(s, "| {name} | {value:.2} | {target} | {verdict} |");
         }
         let _ = writeln!(s, "\n### Floor: the same nats-server, nothing of BitingLip\n");
         let _ = writeln!(s, "| path | clients | p50 ms | p99 ms | per second |\n| --- | ---: | ---: | ---: | ---: |");
         for (c, r) in &self.floor_rr {
-            let _ = writeln!(s, "| core NATS request/reply (256 B) | {c} | {:.3} | {:.3} | {:.0} |", r.p50(), r.p99(), r.per_sec());
+            let _ = writeln!(
+                s,
+                "| core NATS request/reply (256 B) | {c} | {:.3} | {:.3} | {:.0} |",
+                r.p50(),
+                r.p99(),
+                r.per_sec()
+            );
         }
         let js = &self.floor_js;
-        let _ = writeln!(s, "| JetStream publish (PubAck) + pull + ack | 1 | {:.3} | {:.3} | {:.0} |", js.p50(), js.p99(), js.per_sec());
+        let _ = writeln!(
+            s,
+            "| JetStream publish (PubAck) + pull + ack | 1 | {:.3} | {:.3} | {:.0} |",
+            js.p50(),
+            js.p99(),
+            js.per_sec()
+        );
         let _ = writeln!(s, "\n### Platform, echo engine (8 words, 8 chunks)\n");
         let _ = writeln!(
             s,
@@ -108,9 +141,19 @@ impl Report {
             );
         }
         for transport in ["nats", "http"] {
-            let most = self.echo.iter().filter(|r| r.transport == transport).max_by(|a, b| a.done.per_sec().total_cmp(&b.done.per_sec()));
+            let most = self
+                .echo
+                .iter()
+                .filter(|r| r.transport == transport)
+                .max_by(|a, b| a.done.per_sec().total_cmp(&b.done.per_sec()));
             if let Some(r) = most {
-                let _ = writeln!(s, "{}Most tasks per second over {transport}: {:.0}, at {} clients.", if transport == "nats" { "\n" } else { "" }, r.done.per_sec(), r.clients);
+                let _ = writeln!(
+                    s,
+                    "{}Most tasks per second over {transport}: {:.0}, at {} clients.",
+                    if transport == "nats" { "\n" } else { "" },
+                    r.done.per_sec(),
+                    r.clients
+                );
             }
         }
         let _ = writeln!(s, "\n### Streaming, {}\n", self.model);
@@ -181,9 +224,18 @@ impl Report {
             .draw()
             .map_err(|e| e.to_string())?;
         let mut series: Vec<Line> = Vec::new();
-        series.push(("core NATS request/reply p50 (floor)".into(), self.floor_rr.iter().map(|(c, s)| (*c as f64, s.p50())).collect(), BLACK));
-        series.push(("JetStream publish + consume p50 (floor of a durable hop)".into(), vec![(1.0, self.floor_js.p50())], GREEN));
-        let colors = [(("nats", "p50"), BLUE), (("nats", "p99"), CYAN), (("http", "p50"), RED), (("http", "p99"), MAGENTA)];
+        series.push((
+            "core NATS request/reply p50 (floor)".into(),
+            self.floor_rr.iter().map(|(c, s)| (*c as f64, s.p50())).collect(),
+            BLACK,
+        ));
+        series.push((
+            "JetStream publish + consume p50 (floor of a durable hop)".into(),
+            vec![(1.0, self.floor_js.p50())],
+            GREEN,
+        ));
+        let colors =
+            [(("nats", "p50"), BLUE), (("nats", "p99"), CYAN), (("http", "p50"), RED), (("http", "p99"), MAGENTA)];
         for ((transport, pct), color) in colors {
             let points: Vec<(f64, f64)> = self
                 .echo
@@ -226,7 +278,8 @@ fn register_a_font() -> Result<(), String> {
         if let Ok(bytes) = std::fs::read(path) {
             // Registered once per process; the font lives as long as the process.
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            return plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| format!("{path} is not a usable font"));
+            return plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| format!("{path} is not a usable font"));
         }
     }
     Err("no TrueType font found (looked for DejaVu Sans, Liberation Sans, Arial)".into())

@@ -39,7 +39,12 @@ impl StreamRun {
 }
 
 /// `streams` concurrent chat requests through the platform, over NATS.
-pub(crate) async fn platform(bus: &super::platform::Client, model: &str, streams: usize, max_tokens: u32) -> anyhow::Result<StreamRun> {
+pub(crate) async fn platform(
+    bus: &super::platform::Client,
+    model: &str,
+    streams: usize,
+    max_tokens: u32,
+) -> anyhow::Result<StreamRun> {
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..streams {

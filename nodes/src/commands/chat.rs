@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use anyhow::bail;
-use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority, SubmitReply, SubmitRequest, TaskId};
+use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_config::Config;
 
 use crate::cli::ChatArgs;

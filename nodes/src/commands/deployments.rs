@@ -2,7 +2,8 @@
 
 use anyhow::bail;
 use bitinglip_bus_schema::{
-    Constraints, DeleteDeployment, DeploymentList, DeploymentReply, EngineKind, ListDeployments, ModelSpec, SetDeployment,
+    Constraints, DeleteDeployment, DeploymentList, DeploymentReply, EngineKind, ListDeployments, ModelSpec,
+    SetDeployment,
 };
 use bitinglip_config::{parse_bytes, Config};
 
@@ -23,7 +24,13 @@ fn request(a: DeploymentArgs) -> anyhow::Result<SetDeployment> {
     let Some(engine) = EngineKind::parse(&a.engine) else { bail!("--engine {:?}: use mistralrs or echo", a.engine) };
     Ok(SetDeployment {
         model: a.name,
-        spec: ModelSpec { source: a.source, revision: a.revision, engine, max_sequences: a.max_sequences, echo_tokens_per_sec: None },
+        spec: ModelSpec {
+            source: a.source,
+            revision: a.revision,
+            engine,
+            max_sequences: a.max_sequences,
+            echo_tokens_per_sec: None,
+        },
         replicas: a.replicas,
         constraints: Constraints { min_memory: size("--min-memory", a.min_memory)?, device: a.device },
         memory: size("--memory", a.memory)?,
@@ -42,10 +49,16 @@ pub(super) async fn run(config: Config, cmd: DeploymentsCommand) -> anyhow::Resu
         }
         DeploymentsCommand::Rm { model } => {
             let req = DeleteDeployment { model: model.clone() };
-            super::ack(bus.request(bus.subjects().deployment_delete(), &req, None, None).await?, &format!("{model}: removed"))?;
+            super::ack(
+                bus.request(bus.subjects().deployment_delete(), &req, None, None).await?,
+                &format!("{model}: removed"),
+            )?;
         }
         DeploymentsCommand::Ls { json } => {
-            let all = match bus.request::<_, DeploymentList>(bus.subjects().deployment_list(), &ListDeployments {}, None, None).await? {
+            let all = match bus
+                .request::<_, DeploymentList>(bus.subjects().deployment_list(), &ListDeployments {}, None, None)
+                .await?
+            {
                 DeploymentList::Deployments { deployments } => deployments,
                 DeploymentList::Error(e) => bail!("{}: {}", e.kind, e.message),
             };

@@ -3,7 +3,9 @@
 use std::{io::Write, time::Duration};
 
 use anyhow::bail;
-use bitinglip_bus_schema::{ListModels, ModelList, ModelSource, PullModel, PullProgress, PullReply, SearchModels, SearchResults};
+use bitinglip_bus_schema::{
+    ListModels, ModelList, ModelSource, PullModel, PullProgress, PullReply, SearchModels, SearchResults,
+};
 use bitinglip_config::Config;
 use futures::StreamExt;
 
@@ -30,12 +32,18 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
     match cmd {
         ModelsCommand::Search { query, limit, json } => {
             let req = SearchModels { query, limit: Some(limit) };
-            let models = match bus.request::<_, SearchResults>(bus.subjects().model_search(), &req, None, Some(Duration::from_secs(60))).await? {
+            let models = match bus
+                .request::<_, SearchResults>(bus.subjects().model_search(), &req, None, Some(Duration::from_secs(60)))
+                .await?
+            {
                 SearchResults::Models { models } => models,
                 SearchResults::Error(e) => bail!("search failed ({}): {}", e.kind, e.message),
             };
             if json {
-                let v: Vec<_> = models.iter().map(|m| serde_json::json!({"id": m.id, "downloads": m.downloads, "likes": m.likes})).collect();
+                let v: Vec<_> = models
+                    .iter()
+                    .map(|m| serde_json::json!({"id": m.id, "downloads": m.downloads, "likes": m.likes}))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
@@ -49,7 +57,12 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
         ModelsCommand::Pull { model, revision } => {
             let mut progress = bus.subscribe(bus.subjects().model_progress(&model)).await?;
             let req = PullModel { model: model.clone(), revision: Some(revision) };
-            let pull = bus.request::<_, PullReply>(bus.subjects().model_pull(), &req, None, Some(Duration::from_secs(24 * 3600)));
+            let pull = bus.request::<_, PullReply>(
+                bus.subjects().model_pull(),
+                &req,
+                None,
+                Some(Duration::from_secs(24 * 3600)),
+            );
             tokio::pin!(pull);
             let mut err = std::io::stderr();
             let reply = loop {
@@ -94,10 +107,11 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
             super::print_table(&rows);
         }
         ModelsCommand::Ls { json } => {
-            let models = match bus.request::<_, ModelList>(bus.subjects().model_list(), &ListModels {}, None, None).await? {
-                ModelList::Models { models } => models,
-                ModelList::Error(e) => bail!("{}: {}", e.kind, e.message),
-            };
+            let models =
+                match bus.request::<_, ModelList>(bus.subjects().model_list(), &ListModels {}, None, None).await? {
+                    ModelList::Models { models } => models,
+                    ModelList::Error(e) => bail!("{}: {}", e.kind, e.message),
+                };
             if json {
                 let v: Vec<_> = models
                     .iter()
@@ -107,7 +121,8 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            let mut rows = vec![vec!["ID".to_string(), "SOURCE".into(), "REVISION".into(), "FILES".into(), "CONTEXT".into()]];
+            let mut rows =
+                vec![vec!["ID".to_string(), "SOURCE".into(), "REVISION".into(), "FILES".into(), "CONTEXT".into()]];
             for m in models {
                 let source = match &m.source {
                     ModelSource::Local { path } => path.clone(),
@@ -125,20 +140,32 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
         }
         ModelsCommand::Load { model, replicas } => {
             let req = bitinglip_bus_schema::LoadModel { model, replicas: Some(replicas) };
-            match bus.request::<_, bitinglip_bus_schema::DeploymentReply>(bus.subjects().model_load(), &req, None, None).await? {
+            match bus
+                .request::<_, bitinglip_bus_schema::DeploymentReply>(bus.subjects().model_load(), &req, None, None)
+                .await?
+            {
                 bitinglip_bus_schema::DeploymentReply::Deployment(d) => {
-                    println!("{}: {} replica(s) wanted; `bitinglip models status --model {}` shows the load", d.model, d.replicas, d.model)
+                    println!(
+                        "{}: {} replica(s) wanted; `bitinglip models status --model {}` shows the load",
+                        d.model, d.replicas, d.model
+                    )
                 }
                 bitinglip_bus_schema::DeploymentReply::Error(e) => bail!("load failed ({}): {}", e.kind, e.message),
             }
         }
         ModelsCommand::Unload { model } => {
             let req = bitinglip_bus_schema::ModelRef { model: model.clone() };
-            super::ack(bus.request(bus.subjects().model_unload(), &req, None, None).await?, &format!("{model}: unloading"))?;
+            super::ack(
+                bus.request(bus.subjects().model_unload(), &req, None, None).await?,
+                &format!("{model}: unloading"),
+            )?;
         }
         ModelsCommand::Rm { model } => {
             let req = bitinglip_bus_schema::ModelRef { model: model.clone() };
-            super::ack(bus.request(bus.subjects().model_delete(), &req, None, None).await?, &format!("{model}: removed"))?;
+            super::ack(
+                bus.request(bus.subjects().model_delete(), &req, None, None).await?,
+                &format!("{model}: removed"),
+            )?;
         }
     }
     Ok(())

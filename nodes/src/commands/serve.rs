@@ -17,13 +17,15 @@ pub(crate) fn default_node_id() -> String {
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "node".into());
-    let host: String = host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    let host: String =
+        host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
     let suffix: u16 = rand_suffix();
     format!("{}-{suffix:04x}", if host.is_empty() { "node" } else { &host })
 }
 
 fn rand_suffix() -> u16 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     (nanos ^ std::process::id().rotate_left(7)) as u16
 }
 
@@ -68,7 +70,8 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     }
 
     let reconnected = std::sync::Arc::new(tokio::sync::Notify::new());
-    let client = bitinglip_nats::connect(&config.nats, &format!("bitinglip-{node_id}"), Some(reconnected.clone())).await?;
+    let client =
+        bitinglip_nats::connect(&config.nats, &format!("bitinglip-{node_id}"), Some(reconnected.clone())).await?;
     let subjects = Subjects::new(config.nats.subject_root.clone())?;
     let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout);
     let store = Store::provision(&bus, &config).await?;

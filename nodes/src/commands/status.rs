@@ -109,7 +109,12 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
         workers.len(),
     );
     println!();
-    let mut rows = vec![["NODE", "HEALTH", "ROLES", "HTTP", "DEVICE", "MEM FREE", "UPTIME", "WORKER", "MODEL", "ENGINE", "STATE", "SLOTS"].map(String::from).to_vec()];
+    let mut rows = vec![[
+        "NODE", "HEALTH", "ROLES", "HTTP", "DEVICE", "MEM FREE", "UPTIME", "WORKER", "MODEL", "ENGINE", "STATE",
+        "SLOTS",
+    ]
+    .map(String::from)
+    .to_vec()];
     for n in &nodes {
         let uptime = format!("{}s", now.saturating_sub(n.started_ms) / 1000);
         let mem = format!("{:.1}/{:.1} GB", n.memory_free as f64 / 1e9, n.memory_total as f64 / 1e9);
@@ -126,13 +131,19 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
             rows.push([base.clone(), vec!["-".into(); 5]].concat());
         }
         for w in &n.workers {
-            rows.push([base.clone(), vec![
-                w.worker_id.clone(),
-                w.model.clone(),
-                w.engine.to_string(),
-                w.state.to_string(),
-                format!("{}/{}", w.in_flight, w.max_sequences),
-            ]].concat());
+            rows.push(
+                [
+                    base.clone(),
+                    vec![
+                        w.worker_id.clone(),
+                        w.model.clone(),
+                        w.engine.to_string(),
+                        w.state.to_string(),
+                        format!("{}/{}", w.in_flight, w.max_sequences),
+                    ],
+                ]
+                .concat(),
+            );
         }
     }
     super::print_table(&rows);

@@ -3,15 +3,14 @@
 use std::io::Write;
 
 use anyhow::bail;
-use bitinglip_client::{cancel, Relayed, TaskWatch};
 use bitinglip_bus_schema::{
     ChatMessage, ChatParams, GetTask, ListTasks, Priority, SubmitReply, SubmitRequest, TaskId, TaskList, TaskRecord,
     TaskState, TaskStatusReply,
 };
+use bitinglip_client::{cancel, Relayed, TaskWatch};
 use bitinglip_config::Config;
 
 use crate::cli::TasksCommand;
-
 
 fn record_json(r: &TaskRecord) -> serde_json::Value {
     serde_json::json!({
@@ -51,7 +50,8 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
         }
         TasksCommand::Get { id } => {
             let task_id = TaskId::parse(id)?;
-            match bus.request::<_, TaskStatusReply>(bus.subjects().task_get(), &GetTask { task_id }, None, None).await? {
+            match bus.request::<_, TaskStatusReply>(bus.subjects().task_get(), &GetTask { task_id }, None, None).await?
+            {
                 TaskStatusReply::Found(r) => println!("{}", serde_json::to_string_pretty(&record_json(&r))?),
                 TaskStatusReply::Error(e) => bail!("{}: {}", e.kind, e.message),
             }
@@ -86,12 +86,19 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
         TasksCommand::Ls { state, limit, json } => {
             let state = match state.as_deref() {
                 None => None,
-                        Some(s) => Some(
-                    TaskState::parse(s)
-                        .ok_or_else(|| anyhow::anyhow!("--state {s:?}: use queued, running, completed, failed or cancelled"))?,
-                ),
+                Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+                    anyhow::anyhow!("--state {s:?}: use queued, running, completed, failed or cancelled")
+                })?),
             };
-            let tasks = match bus.request::<_, TaskList>(bus.subjects().task_list(), &ListTasks { limit: Some(limit), state }, None, None).await? {
+            let tasks = match bus
+                .request::<_, TaskList>(
+                    bus.subjects().task_list(),
+                    &ListTasks { limit: Some(limit), state },
+                    None,
+                    None,
+                )
+                .await?
+            {
                 TaskList::Tasks { tasks } => tasks,
                 TaskList::Error(e) => bail!("{}: {}", e.kind, e.message),
             };
