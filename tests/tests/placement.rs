@@ -140,7 +140,7 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
     // The small node dies: its `tiny` replica goes to the one node left with room.
     let subjects = default_subjects();
     let deployments = kv_bucket(&nats.url(), &subjects.deployments_bucket()).await.expect("the deployments bucket");
-    let small_placement = || async { deployments.get(subjects.placement_key("small")).await.expect("a KV read") };
+    let small_placement = || async { deployments.get(bitinglip_nats::store::deployments::placement_key("small")).await.expect("a KV read") };
     assert!(small_placement().await.is_some(), "the small node has a placement");
     small.kill9();
     assert_eventually!(
@@ -314,7 +314,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     });
     let ids = futures::future::join_all(posts).await;
     let subjects = default_subjects();
-    let key = subjects.deployment_key("acme/tiny-chat");
+    let key = bitinglip_nats::store::deployments::deployment_key("acme/tiny-chat");
     let deployment_values = KeyRecorder::start(&nats.url(), &subjects.deployments_bucket(), &key).await;
     let resp = http
         .post(format!("{base}/api/v1/models/unload"))

@@ -38,7 +38,7 @@ async fn gateway_node_and_worker_node_serve_a_request_across_the_bus() {
     assert!(body["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
     // The worker process did the generation; the front one has no worker at all.
     let hb = front.heartbeat().await.expect("the front node's heartbeat");
-    assert!(!hb.runs("worker") && hb.workers.is_empty(), "{hb:?}");
+    assert!(!hb.runs(bitinglip_bus_schema::Role::Worker) && hb.workers.is_empty(), "{hb:?}");
 
     let (code, out, err) = bitinglip_tests::run_cli(&["status", "--nats", &nats.url()]);
     assert_eq!(code, 0, "{err}");

@@ -28,11 +28,13 @@ impl Store {
 const DEPLOY: &str = "deploy.";
 const PLACE: &str = "place.";
 
-fn deployment_key(model: &str) -> String {
+/// The key of a model's deployment (documented in the README: outside readers use it).
+pub fn deployment_key(model: &str) -> String {
     format!("{DEPLOY}{}", encode_token(model))
 }
 
-fn placement_key(node: &str) -> String {
+/// The key of a node's placement.
+pub fn placement_key(node: &str) -> String {
     format!("{PLACE}{}", encode_token(node))
 }
 

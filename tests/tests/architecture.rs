@@ -1,0 +1,143 @@
+//! The layering rules, checked on the source tree so that they hold by structure, not
+//! by review:
+//! - an actor's module never names another actor's module; only the node supervisor
+//!   (`node.rs`) names actors, and the shared layer below them names none;
+//! - no file outside the storage layer (`nats/src/store*`, with JetStream provisioning)
+//!   touches a KV bucket or a stream, except the benchmark's raw JetStream floor (the
+//!   baseline it measures the platform against), the local server launcher's readiness
+//!   probe, and the test harness, which reads state as an outside observer;
+//! - no test waits on log text.
+
+use std::path::{Path, PathBuf};
+
+use bitinglip_tests::workspace_root;
+
+const ACTORS: [&str; 7] =
+    ["cluster_manager", "gateway", "heartbeat", "model_manager", "puller", "task_manager", "worker"];
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "target" || n == "fuzz" || n.to_string_lossy().starts_with('.')) {
+                continue;
+            }
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The code of a file without its comment lines.
+fn code(path: &Path) -> Vec<(usize, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with("//"))
+        .map(|(i, l)| (i + 1, l.to_string()))
+        .collect()
+}
+
+/// True when `line` names module `name` as a path (`name::`), as a whole word.
+fn names_module(line: &str, name: &str) -> bool {
+    let needle = format!("{name}::");
+    line.match_indices(&needle).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+#[test]
+fn actors_never_reach_into_each_other() {
+    let src = workspace_root().join("actors/src");
+    let mut violations = Vec::new();
+    for file in rust_files(&src) {
+        let rel = file.strip_prefix(&src).unwrap().to_string_lossy().to_string();
+        let top = rel.split('/').next().unwrap().trim_end_matches(".rs").to_string();
+        if top == "node" || top == "lib" {
+            continue;
+        }
+        // An actor may name itself (its own submodules); the shared layer names none.
+        let others: Vec<&str> = ACTORS.iter().copied().filter(|a| *a != top).collect();
+        for (n, line) in code(&file) {
+            for other in &others {
+                if names_module(&line, other) {
+                    violations.push(format!("actors/src/{rel}:{n} names `{other}`: {}", line.trim()));
+                }
+            }
+            if line.contains("super::super") {
+                violations.push(format!("actors/src/{rel}:{n} reaches up two levels: {}", line.trim()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "layering broken:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn only_the_storage_layer_touches_buckets_and_streams() {
+    let root = workspace_root();
+    let allowed = [
+        "nats/src/store",
+        "nats/src/provision.rs",
+        "nats/src/bus.rs",
+        "nats/src/server.rs",
+        "nodes/src/bench/floor.rs",
+        "tests/",
+    ];
+    let handles = [
+        "kv::Store",
+        "jetstream::new(",
+        ".jetstream()",
+        "get_key_value(",
+        "create_key_value(",
+        "get_stream(",
+        "get_stream_no_info(",
+        "create_consumer(",
+        "get_or_create_consumer(",
+    ];
+    let mut violations = Vec::new();
+    for dir in ["bus-schema", "nats", "config", "client", "actors", "nodes", "modelgen", "tests"] {
+        for file in rust_files(&root.join(dir)) {
+            let rel = file.strip_prefix(&root).unwrap().to_string_lossy().to_string();
+            if allowed.iter().any(|a| rel.starts_with(a)) {
+                continue;
+            }
+            for (n, line) in code(&file) {
+                if let Some(h) = handles.iter().find(|h| line.contains(*h)) {
+                    violations.push(format!("{rel}:{n} uses `{h}`: {}", line.trim()));
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "storage outside its layer:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn no_test_waits_on_log_text() {
+    let root = workspace_root().join("tests");
+    let this = file!().rsplit('/').next().unwrap();
+    let mut violations = Vec::new();
+    for file in rust_files(&root) {
+        if file.file_name().is_some_and(|n| n == this) {
+            continue;
+        }
+        for (n, line) in code(&file) {
+            if line.contains("wait_for_log") || line.contains("log().contains(") || line.contains("log.contains(") {
+                violations.push(format!("{}:{n}: {}", file.display(), line.trim()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "tests must wait on state, not on log text:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn the_module_check_sees_whole_words_only() {
+    assert!(names_module("use crate::worker::Foo;", "worker"));
+    assert!(names_module("    worker::{A, B},", "worker"));
+    assert!(!names_module("ChildKind::worker_id", "worker"));
+    assert!(!names_module("let my_worker::x", "worker"));
+}
