@@ -3,12 +3,17 @@
 
 use serde::{Deserialize, Deserializer, Serializer};
 
+/// A size that does not parse; the message names the text and what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SizeError(String);
+
 /// Parses `8GiB`, `512 MB`, `1000` (bytes).
-pub fn parse_bytes(raw: &str) -> Result<u64, String> {
+pub fn parse_bytes(raw: &str) -> Result<u64, SizeError> {
     let s = raw.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{raw:?} is not a size such as 8GiB or 512MB"))?;
+    let n: f64 = num.parse().map_err(|_| SizeError(format!("{raw:?} is not a size such as 8GiB or 512MB")))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -19,11 +24,15 @@ pub fn parse_bytes(raw: &str) -> Result<u64, String> {
         "mib" => 1024f64.powi(2),
         "gib" => 1024f64.powi(3),
         "tib" => 1024f64.powi(4),
-        other => return Err(format!("{raw:?}: unknown unit {other:?}; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")),
+        other => {
+            return Err(SizeError(format!(
+                "{raw:?}: unknown unit {other:?}; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            )))
+        }
     };
     let bytes = n * mult;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{raw:?} is out of range"));
+        return Err(SizeError(format!("{raw:?} is out of range")));
     }
     Ok(bytes as u64)
 }
@@ -67,7 +76,7 @@ mod tests {
         assert_eq!(parse_bytes("8GiB").unwrap(), 8 << 30);
         assert_eq!(parse_bytes("512 MB").unwrap(), 512_000_000);
         assert_eq!(parse_bytes("1.5kib").unwrap(), 1536);
-        assert!(parse_bytes("8 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("8 parsecs").unwrap_err().to_string().contains("unknown unit"));
         assert!(parse_bytes("lots").is_err());
     }
 }

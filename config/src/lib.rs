@@ -17,7 +17,7 @@ mod strict;
 mod validate;
 
 pub use bitinglip_bus_schema::{EngineKind, Role};
-pub use bytes::parse_bytes;
+pub use bytes::{parse_bytes, SizeError};
 pub use models::{ClusterConfig, DeploymentConfig, ModelConfig, WorkerConfig};
 pub use observability::{MetricsConfig, TelemetryConfig};
 pub use validate::ConfigError;

@@ -118,3 +118,31 @@ fn deployments_and_memory_sizes_load_and_are_checked() {
     let err = Config::load(Sources { file: Some(bad.path().to_path_buf()), ..Default::default() }).unwrap_err();
     assert!(err.to_string().contains("parsecs"), "{err}");
 }
+
+#[test]
+fn unknown_roles_and_engines_are_refused_with_the_bad_name() {
+    let load = |toml: &str| {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "{toml}").unwrap();
+        Config::load(Sources { file: Some(file.path().to_path_buf()), env: BTreeMap::new(), overrides: vec![] })
+    };
+    let err = load("roles = [\"worker\", \"wrker\"]").unwrap_err().to_string();
+    assert!(err.contains("wrker") && err.contains("roles"), "{err}");
+    let err = load("[[worker.models]]\nsource = \"org/model\"\nengine = \"turbo\"").unwrap_err().to_string();
+    assert!(err.contains("turbo") && err.contains("engine"), "{err}");
+    let err = env_roles_error();
+    assert!(err.contains("wrker"), "{err}");
+}
+
+fn env_roles_error() -> String {
+    Config::load(Sources { file: None, env: env(&[("BITINGLIP_ROLES", "gateway,wrker")]), overrides: vec![] })
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn a_config_built_in_code_with_an_unknown_role_is_refused() {
+    let c = Config { roles: vec![Role::Unknown], ..Config::default() };
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("roles"), "{err}");
+}

@@ -179,6 +179,12 @@ impl Store {
     }
 }
 
+/// The one codec of stored values: `value` in an envelope from `source`.
+fn envelope<T: Serialize>(source: &str, value: &T) -> Result<bytes::Bytes, bitinglip_bus_schema::CodecError> {
+    let env = Envelope::new(ulid::Ulid::new().to_string(), now_ms(), source, value);
+    encode(&env).map(Into::into)
+}
+
 /// One KV bucket with the codec: typed values in envelopes from this node.
 #[derive(Clone)]
 struct Bucket {
@@ -197,9 +203,8 @@ enum Step<T, R> {
 
 impl Bucket {
     fn encode<T: Serialize>(&self, value: &T) -> bytes::Bytes {
-        let env = Envelope::new(ulid::Ulid::new().to_string(), now_ms(), self.source.as_str(), value);
         // Records are plain structs of strings and numbers: encoding cannot fail.
-        encode(&env).expect("a stored record always encodes").into()
+        envelope(&self.source, value).expect("a stored record always encodes")
     }
 
     fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {

@@ -12,6 +12,9 @@ use bitinglip_bus_schema::{decode_body, NodeHeartbeat};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
+/// The largest value read back: a NATS message carries at most 64 MiB.
+const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The KV bucket `bucket` on the server at `nats_url`; None while the server does not
 /// answer or the bucket does not exist yet (a node provisions it when it starts).
 pub async fn kv_bucket(nats_url: &str, bucket: &str) -> Option<kv::Store> {
@@ -32,7 +35,7 @@ async fn read_heartbeats(nodes: &kv::Store) -> Option<Vec<NodeHeartbeat>> {
     for key in keys {
         // None: deleted or expired since the listing.
         if let Some(bytes) = nodes.get(key).await.ok()? {
-            all.extend(decode_body::<NodeHeartbeat>(&bytes, usize::MAX).ok());
+            all.extend(decode_body::<NodeHeartbeat>(&bytes, MAX_VALUE_BYTES).ok());
         }
     }
     Some(all)
@@ -83,7 +86,7 @@ impl KeyRecorder {
     /// value that is not a `T`).
     pub fn values<T: DeserializeOwned>(&self) -> Vec<Option<T>> {
         let seen = self.seen.lock().unwrap();
-        seen.iter().map(|v| v.as_ref().and_then(|bytes| decode_body::<T>(bytes, usize::MAX).ok())).collect()
+        seen.iter().map(|v| v.as_ref().and_then(|bytes| decode_body::<T>(bytes, MAX_VALUE_BYTES).ok())).collect()
     }
 }
 

@@ -140,7 +140,9 @@ async fn replicas_are_placed_by_memory_and_load_and_move_off_a_dead_node() {
     // The small node dies: its `tiny` replica goes to the one node left with room.
     let subjects = default_subjects();
     let deployments = kv_bucket(&nats.url(), &subjects.deployments_bucket()).await.expect("the deployments bucket");
-    let small_placement = || async { deployments.get(bitinglip_nats::store::deployments::placement_key("small")).await.expect("a KV read") };
+    let small_placement = || async {
+        deployments.get(bitinglip_nats::store::deployments::placement_key("small")).await.expect("a KV read")
+    };
     assert!(small_placement().await.is_some(), "the small node has a placement");
     small.kill9();
     assert_eventually!(

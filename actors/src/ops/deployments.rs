@@ -4,8 +4,8 @@
 //! CLI and the leader) never lose each other's change.
 
 use bitinglip_bus_schema::{
-    Deployment, DeploymentStatus, ErrorKind, ModelSource, ModelSpec, NodeHeartbeat, NodePlacement, SetDeployment,
-    WireError,
+    Deployment, DeploymentStatus, EngineKind, ErrorKind, ModelSource, ModelSpec, NodeHeartbeat, NodePlacement,
+    SetDeployment, WireError,
 };
 use bitinglip_nats::Store;
 
@@ -23,6 +23,9 @@ fn check_spec(spec: &ModelSpec) -> Result<(), WireError> {
     let invalid = |m: String| Err(WireError::new(ErrorKind::InvalidRequest, m));
     if spec.source.trim().is_empty() {
         return invalid("`spec.source` is empty: give a Hugging Face id or a model folder".into());
+    }
+    if spec.engine == EngineKind::Unknown {
+        return invalid("`spec.engine` names an engine this cluster does not run; use mistralrs or echo".into());
     }
     if spec.max_sequences == Some(0) {
         return invalid("`spec.max_sequences` must be at least 1".into());

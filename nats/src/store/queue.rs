@@ -10,7 +10,7 @@ use async_nats::jetstream::{
     context::{PublishError, PublishErrorKind},
     ErrorCode,
 };
-use bitinglip_bus_schema::{decode_body, Envelope, Priority, TaskSpec};
+use bitinglip_bus_schema::{decode_body, Priority, TaskSpec};
 use futures::StreamExt;
 
 use super::{Store, StoreError, MAX_VALUE_BYTES};
@@ -85,15 +85,14 @@ impl Queue<'_> {
     /// the stream's acknowledgement: from then on the task is on disk (and replicated).
     pub async fn publish(&self, spec: &TaskSpec, trace: Option<&TraceParent>) -> Result<Queued, StoreError> {
         let inner = &self.store.inner;
-        let env = Envelope::new(ulid::Ulid::new().to_string(), now_ms(), inner.node_id.as_str(), spec);
         let payload =
-            bitinglip_bus_schema::encode(&env).map_err(|e| StoreError::TooLarge { message: e.to_string() })?;
+            super::envelope(&inner.node_id, spec).map_err(|e| StoreError::TooLarge { message: e.to_string() })?;
         let mut headers = Bus::headers(trace);
         headers.insert(async_nats::header::NATS_MESSAGE_ID, spec.task_id.as_str());
         let subject = inner.subjects.queue(&spec.chat.model, spec.priority);
         let ack = inner
             .js
-            .publish_with_headers(subject, headers, payload.into())
+            .publish_with_headers(subject, headers, payload)
             .await
             .map_err(publish_error)?
             .await

@@ -199,10 +199,10 @@ impl Report {
     }
 
     /// Draws p50 and p99 submit-to-completion latency against clients, with the floor.
-    pub(crate) fn plot(&self, png: &Path) -> Result<(), String> {
+    pub(crate) fn plot(&self, png: &Path) -> anyhow::Result<()> {
         register_a_font()?;
         let root = BitMapBackend::new(png, (960, 600)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut all: Vec<f64> = self.echo.iter().flat_map(|r| [r.done.p50(), r.done.p99()]).collect();
         all.extend(self.floor_rr.iter().map(|(_, s)| s.p50()));
         all.push(self.floor_js.p50());
@@ -214,7 +214,7 @@ impl Report {
             .x_label_area_size(44)
             .y_label_area_size(64)
             .build_cartesian_2d((0.8f64..80.0).log_scale(), (min.max(0.001)..max).log_scale())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         chart
             .configure_mesh()
             .x_desc("concurrent clients")
@@ -222,7 +222,7 @@ impl Report {
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| format!("{y:.2}"))
             .draw()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut series: Vec<Line> = Vec::new();
         series.push((
             "core NATS request/reply p50 (floor)".into(),
@@ -248,10 +248,12 @@ impl Report {
         for (label, points, color) in series {
             chart
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(|e| e.to_string())?
+                .map_err(|e| anyhow::anyhow!("{e}"))?
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(|e| e.to_string())?;
+            chart
+                .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         chart
             .configure_series_labels()
@@ -259,14 +261,14 @@ impl Report {
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
-            .map_err(|e| e.to_string())?;
-        root.present().map_err(|e| e.to_string())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 
 /// Plotters draws text with a font it is given: the first of the usual sans-serif fonts
 /// found on this machine.
-fn register_a_font() -> Result<(), String> {
+fn register_a_font() -> anyhow::Result<()> {
     const CANDIDATES: [&str; 5] = [
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "/usr/share/fonts/TTF/DejaVuSans.ttf",
@@ -279,8 +281,8 @@ fn register_a_font() -> Result<(), String> {
             // Registered once per process; the font lives as long as the process.
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             return plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                .map_err(|_| format!("{path} is not a usable font"));
+                .map_err(|_| anyhow::anyhow!("{path} is not a usable font"));
         }
     }
-    Err("no TrueType font found (looked for DejaVu Sans, Liberation Sans, Arial)".into())
+    Err(anyhow::anyhow!("no TrueType font found (looked for DejaVu Sans, Liberation Sans, Arial)"))
 }
