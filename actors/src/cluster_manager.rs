@@ -4,8 +4,8 @@
 //! (`…deployment.set|delete|list`); the one holding the leader lease places replicas on
 //! worker nodes (see `cluster_manager/leader.rs`). Subscribes to `…cluster.status`
 //! and to JetStream's max-deliveries advisories of the tasks stream, on the queue group
-//! `cluster-manager`, so several can run and each is handled once; watches the nodes
-//! bucket and hands on the tasks of nodes whose heartbeats stop (see
+//! `cluster-manager`, so several can run and each is handled once; follows the node's
+//! watch on the heartbeats and hands on the tasks of nodes whose heartbeats stop (see
 //! `cluster_manager/failover.rs`). It holds no state that is not in KV. If a subscription
 //! ends it fails and is restarted.
 

@@ -46,7 +46,7 @@ pub struct TaskManagerArgs {
     pub ctx: NodeContext,
 }
 
-/// Its state: the serving tasks and the live-node watch.
+/// Its state: the serving tasks and the NATS service they belong to.
 pub struct TaskManagerState {
     tasks: Vec<JoinHandle<()>>,
     _service: async_nats::service::Service,

@@ -34,7 +34,7 @@ pub enum Created {
     /// The record is new.
     New,
     /// A record was there already (a retry of the same task): as it is now.
-    Existing(Option<TaskRecord>),
+    Existing(Option<Box<TaskRecord>>),
 }
 
 /// What a worker's claim of a delivery found.
@@ -123,7 +123,7 @@ impl Tasks<'_> {
     pub async fn create_queued(&self, record: &TaskRecord) -> Result<Created, StoreError> {
         match self.bucket.create(key(&record.task_id), record).await {
             Ok(_) => Ok(Created::New),
-            Err(StoreError::Conflict { .. }) => Ok(Created::Existing(self.get(&record.task_id).await?)),
+            Err(StoreError::Conflict { .. }) => Ok(Created::Existing(self.get(&record.task_id).await?.map(Box::new))),
             Err(err) => Err(err),
         }
     }
