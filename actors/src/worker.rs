@@ -16,6 +16,7 @@
 //! back (nak) what is left, so another worker takes it at once. A task redelivered after
 //! a worker died continues from the text already streamed (the client library's `prefix_of` of the stored events).
 
+mod ending;
 mod run;
 mod slots;
 
