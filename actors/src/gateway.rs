@@ -11,6 +11,8 @@
 //! port already in use at start fails the node's start instead.
 
 mod admin;
+mod auth;
+mod keys;
 mod openai;
 mod routes;
 mod submit;
@@ -23,6 +25,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use axum::serve::ListenerExt as _;
+
+use bitinglip_nats::store::keys::hash_secret;
 
 use crate::{health::no_delay, NodeContext};
 
@@ -69,7 +73,11 @@ impl Actor for Gateway {
         }
         tracing::info!(http = %local, "gateway listening");
         let stop = CancellationToken::new();
-        let app = routes::router(ctx.clone());
+        let auth = auth::Auth {
+            keys: ctx.store.watch_keys(),
+            admin_key_sha256: ctx.config.gateway.admin_key.as_ref().map(|k| hash_secret(k.expose())),
+        };
+        let app = routes::router(ctx.clone(), auth);
         let shutdown = stop.clone();
         let server = tokio::spawn(async move {
             let result =

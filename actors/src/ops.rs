@@ -5,12 +5,14 @@
 //! | --- | --- |
 //! | `deployments` | set, seed, load on demand, scale, status of deployments |
 //! | `models` | memory estimates, merging a registration, a replica's worker config |
+//! | `keys` | a new API key's fields checked, and its JSON view |
 //! | `hub` | the Hugging Face hub through hf-hub: search and verified downloads |
 //! | `pull` | a download with progress on the bus and a status lease |
 //! | `task_ids` | the task id of a request |
 
 pub mod deployments;
 pub mod hub;
+pub mod keys;
 pub mod models;
 pub mod pull;
 pub mod task_ids;

@@ -32,7 +32,10 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::{
-    ops::{deployments, task_ids::task_id_for},
+    ops::{
+        deployments,
+        task_ids::{request_sha256, task_id_for},
+    },
     serve::{spawn_endpoint, spawn_serve},
     NodeContext,
 };
@@ -97,6 +100,21 @@ async fn load_on_demand(ctx: &NodeContext, model: &str, nodes: &[NodeHeartbeat],
     Err(WireError::new(ErrorKind::ModelLoading, format!("model `{model}` is loading ({progress}); retry shortly")))
 }
 
+/// Why a resubmitted task is not a retry of `existing` (pure): another API key's task,
+/// or another request under the same idempotency key (refused, as Stripe does, rather
+/// than answered with the old task).
+fn conflict(existing: &TaskRecord, new: &TaskRecord) -> Option<String> {
+    if existing.owner != new.owner {
+        return Some(format!("task {} belongs to another API key", new.task_id));
+    }
+    match (&existing.request_sha256, &new.request_sha256) {
+        (Some(old), Some(this)) if old != this => {
+            Some("this Idempotency-Key was used with a different request; use a new key for a new request".to_string())
+        }
+        _ => None,
+    }
+}
+
 async fn submit(
     ctx: &NodeContext,
     mut req: SubmitRequest,
@@ -124,8 +142,13 @@ async fn submit(
 
     // The status record first: a worker that claims the task finds it. An existing record
     // means a retry; a finished one is answered without queueing again.
-    let record = TaskRecord::queued(task_id.clone(), model.clone(), req.priority, now);
+    let mut record = TaskRecord::queued(task_id.clone(), model.clone(), req.priority, now);
+    record.owner = req.owner.clone();
+    record.request_sha256 = Some(request_sha256(&req.chat));
     if let Created::Existing(Some(existing)) = ctx.store.tasks().create_queued(&record).await? {
+        if let Some(why) = conflict(&existing, &record) {
+            return Err(WireError::new(ErrorKind::Conflict, why));
+        }
         if existing.state != TaskState::Queued {
             return Ok(TaskAccepted { duplicate: true, ..accepted });
         }
@@ -238,5 +261,30 @@ impl Actor for TaskManager {
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         state.tasks.iter().for_each(JoinHandle::abort);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bitinglip_bus_schema::{Priority, TaskId};
+
+    use super::*;
+
+    fn record(owner: &str, sha: &str) -> TaskRecord {
+        let mut r = TaskRecord::queued(TaskId::parse("idem-1").unwrap(), "m".into(), Priority::Interactive, 1);
+        r.owner = Some(owner.into());
+        r.request_sha256 = Some(sha.into());
+        r
+    }
+
+    #[test]
+    fn a_retry_is_the_same_key_and_request_anything_else_conflicts() {
+        assert_eq!(conflict(&record("k1", "a"), &record("k1", "a")), None);
+        assert!(conflict(&record("k1", "a"), &record("k1", "b")).unwrap().contains("Idempotency-Key"));
+        assert!(conflict(&record("k1", "a"), &record("k2", "a")).unwrap().contains("another API key"));
+        // A record written before requests were hashed is taken as a retry.
+        let mut old = record("k1", "a");
+        old.request_sha256 = None;
+        assert_eq!(conflict(&old, &record("k1", "b")), None);
     }
 }

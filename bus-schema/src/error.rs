@@ -26,6 +26,9 @@ pub enum ErrorKind {
     Overloaded,
     /// No such task or object.
     NotFound,
+    /// The request conflicts with what exists (an idempotency key reused with another
+    /// request).
+    Conflict,
     /// The task was cancelled.
     Cancelled,
     /// The operation did not finish in time.
@@ -55,6 +58,7 @@ impl ErrorKind {
             ErrorKind::ContextLength => "context_length",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Unavailable => "unavailable",

@@ -3,12 +3,14 @@
 mod cluster;
 mod deployments;
 mod events;
+mod keys;
 mod models;
 mod task;
 
 pub use cluster::*;
 pub use deployments::*;
 pub use events::*;
+pub use keys::*;
 pub use models::*;
 pub use task::*;
 

@@ -348,6 +348,11 @@ impl Subjects {
     pub fn leases_bucket(&self) -> String {
         format!("{}_leases", self.name_prefix.to_ascii_lowercase())
     }
+
+    /// KV bucket of API keys (hashed secrets).
+    pub fn keys_bucket(&self) -> String {
+        format!("{}_keys", self.name_prefix.to_ascii_lowercase())
+    }
 }
 
 #[cfg(test)]

@@ -264,6 +264,11 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// Most requests in progress at once; more get 503 with `Retry-After` at once.
     pub max_concurrent_requests: usize,
+    /// An admin API key accepted besides those in the keys bucket, for automation that
+    /// cannot run `bitinglip keys create` first (at least 32 characters; prefer the
+    /// environment, `BITINGLIP_GATEWAY__ADMIN_KEY`, to a file). None by default: every
+    /// key then comes from the bucket.
+    pub admin_key: Option<Secret>,
 }
 
 impl Default for GatewayConfig {
@@ -273,6 +278,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             max_concurrent_requests: 4096,
+            admin_key: None,
         }
     }
 }

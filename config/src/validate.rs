@@ -125,6 +125,9 @@ impl Config {
                 .parse::<std::net::SocketAddr>()
                 .map_err(|_| invalid("gateway.http", &self.gateway.http, "an address such as 127.0.0.1:8080"))?;
         }
+        if self.gateway.admin_key.as_ref().is_some_and(|k| k.expose().trim().len() < 32) {
+            return Err(invalid("gateway.admin_key", "<redacted>", "must be at least 32 characters"));
+        }
         if self.gateway.max_body_bytes < 1024 {
             return Err(invalid("gateway.max_body_bytes", self.gateway.max_body_bytes, "must be at least 1024"));
         }

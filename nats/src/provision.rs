@@ -21,6 +21,8 @@ pub(crate) struct Provisioned {
     pub(crate) deployments: kv::Store,
     /// Leases (entries expire unless renewed): the cluster managers' leader.
     pub(crate) leases: kv::Store,
+    /// API keys.
+    pub(crate) keys: kv::Store,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> ProvisionError {
@@ -144,7 +146,20 @@ pub(crate) async fn provision(
         },
     )
     .await?;
-    Ok(Provisioned { tasks, models, nodes, deployments, leases })
+    // API keys: only hashes of the secrets, replicated like the registry.
+    let keys = ensure_kv(
+        js,
+        kv::Config {
+            bucket: subjects.keys_bucket(),
+            description: "BitingLip API keys (sha256 of each secret)".into(),
+            history: 5,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(Provisioned { tasks, models, nodes, deployments, leases, keys })
 }
 
 /// Finds the buckets an earlier start provisioned, creating nothing (a client such as
@@ -157,6 +172,7 @@ pub(crate) async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result
         nodes: get(subjects.nodes_bucket()).await?,
         deployments: get(subjects.deployments_bucket()).await?,
         leases: get(subjects.leases_bucket()).await?,
+        keys: get(subjects.keys_bucket()).await?,
     })
 }
 

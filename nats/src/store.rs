@@ -11,6 +11,7 @@
 //! | [`nodes`] | node heartbeats (`bitinglip_nodes`, entries expire) | `<node token>` |
 //! | [`deployments`] | deployments and placements (`bitinglip_deployments`) | `deploy.<model token>`, `place.<node token>` |
 //! | [`leases`] | the cluster managers' leader lease (`bitinglip_leases`) | `leader` |
+//! | [`keys`] | API keys, hashed (`bitinglip_keys`) | `<key id>` |
 //! | [`queue`] | the tasks stream: queueing, worker consumers, queue statistics | — |
 //! | [`events`] | the task events stream: reading back what was published | — |
 //!
@@ -25,6 +26,7 @@
 
 pub mod deployments;
 pub mod events;
+pub mod keys;
 pub mod leases;
 pub mod model_status;
 pub mod models;
@@ -126,6 +128,7 @@ struct Inner {
     nodes: Bucket,
     deployments: Bucket,
     leases: Bucket,
+    keys: Bucket,
     node_ttl: Duration,
     jetstream: bitinglip_config::JetStreamConfig,
 }
@@ -162,6 +165,7 @@ impl Store {
                 nodes: bucket(handles.nodes, "nodes registry"),
                 deployments: bucket(handles.deployments, "deployments store"),
                 leases: bucket(handles.leases, "leases"),
+                keys: bucket(handles.keys, "API keys"),
                 node_ttl: config.cluster.node_ttl,
                 jetstream: config.jetstream.clone(),
             }),
@@ -342,6 +346,81 @@ impl Bucket {
             }
         }
         Err(StoreError::Conflict { what: self.what, key: key.to_string() })
+    }
+}
+
+/// A bucket's values mirrored in memory by one watch (restarted whenever it ends), with a
+/// counter of keys appearing or going. Cheap to clone; the watch stops with the last clone.
+#[derive(Clone)]
+pub(crate) struct Mirror<T> {
+    values: Arc<std::sync::RwLock<BTreeMap<String, T>>>,
+    membership: tokio::sync::watch::Receiver<u64>,
+    _task: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Mirror<T> {
+    fn start(bucket: Bucket) -> Self {
+        let values: Arc<std::sync::RwLock<BTreeMap<String, T>>> = Arc::default();
+        let (tx, membership) = tokio::sync::watch::channel(0u64);
+        let map = values.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match bucket.kv.watch_all().await {
+                    Ok(mut watch) => {
+                        while let Some(Ok(entry)) = futures::StreamExt::next(&mut watch).await {
+                            let joined_or_left = match entry.operation {
+                                kv::Operation::Put => match bucket.decode::<T>(&entry.key, &entry.value) {
+                                    Ok(v) => map.write().map(|mut m| m.insert(entry.key, v).is_none()).unwrap_or(false),
+                                    Err(err) => {
+                                        tracing::warn!(cause = %err, "undecodable entry ignored");
+                                        false
+                                    }
+                                },
+                                kv::Operation::Delete | kv::Operation::Purge => {
+                                    map.write().map(|mut m| m.remove(&entry.key).is_some()).unwrap_or(false)
+                                }
+                            };
+                            if joined_or_left {
+                                tx.send_modify(|n| *n += 1);
+                            }
+                        }
+                    }
+                    Err(err) => tracing::warn!(bucket = bucket.what, cause = %err, "watch failed; retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Self { values, membership, _task: Arc::new(AbortOnDrop(task)) }
+    }
+
+    /// Every value as last seen.
+    fn all(&self) -> Vec<T> {
+        self.values.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// One value as last seen.
+    fn get(&self, key: &str) -> Option<T> {
+        self.values.read().ok().and_then(|m| m.get(key).cloned())
+    }
+
+    /// True when any value passes `test`.
+    fn any(&self, test: impl Fn(&T) -> bool) -> bool {
+        self.values.read().map(|m| m.values().any(test)).unwrap_or(false)
+    }
+
+    /// Waits until a key appears or goes.
+    async fn membership_changed(&mut self) {
+        if self.membership.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -74,6 +74,7 @@ fn node_config(url: &str, node_id: &str, roles: Vec<Role>, models: Vec<ModelConf
     let mut c = Config { node_id: node_id.into(), roles, ..Default::default() };
     c.nats.servers = vec![url.to_string()];
     c.gateway.http = "127.0.0.1:0".into();
+    c.gateway.admin_key = Some(bitinglip_config::Secret(platform::bench_admin_key().to_string()));
     c.worker.models = models;
     c
 }

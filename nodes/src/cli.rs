@@ -44,8 +44,44 @@ pub(crate) enum Command {
     /// Deployments: how many replicas of which model, where.
     #[command(subcommand)]
     Deployments(DeploymentsCommand),
+    /// API keys for the HTTP gateway: create, list, revoke.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Measure the platform against raw NATS and direct mistral.rs; write docs/BENCHMARKS.md.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Create a key; its secret is printed once and stored nowhere.
+    Create {
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        /// `inference` (the /v1 routes) or `admin` (everything).
+        #[arg(long, default_value = "inference")]
+        scope: String,
+        /// The only models it may use, comma-separated (default: every model).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// When it stops working, from now: `30d`, `12h`, …
+        #[arg(long)]
+        expires: Option<String>,
+        /// Print JSON (with `id` and `key`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every key (never the secrets).
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: every gateway refuses it within moments.
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

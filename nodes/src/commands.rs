@@ -2,6 +2,7 @@
 
 mod chat;
 mod deployments;
+mod keys;
 mod models;
 mod serve;
 mod status;
@@ -26,6 +27,7 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Workers(crate::cli::WorkersCommand::Ls { json }) => status::workers(config, json).await,
         Command::Cluster(crate::cli::ClusterCommand::Status(args)) => status::run(config, args).await,
         Command::Deployments(cmd) => deployments::run(config, cmd).await,
+        Command::Keys(cmd) => keys::run(config, cmd).await,
         Command::Bench(args) => crate::bench::run(config, args).await,
     }
 }

@@ -1,14 +1,14 @@
 """Chat with a BitingLip gateway through the official `openai` Python client.
 
-Usage: python openai_chat.py BASE_URL MODEL
+Usage: python openai_chat.py BASE_URL MODEL API_KEY
 Exits non-zero (with a message) if anything is off.
 """
 import sys
 
 from openai import OpenAI
 
-base_url, model = sys.argv[1], sys.argv[2]
-client = OpenAI(base_url=base_url, api_key="unused")
+base_url, model, api_key = sys.argv[1], sys.argv[2], sys.argv[3]
+client = OpenAI(base_url=base_url, api_key=api_key)
 
 listed = [m.id for m in client.models.list()]
 assert model in listed, f"{model} not in {listed}"

@@ -158,6 +158,33 @@ pub struct NodeProcess {
     spawned_ms: u64,
 }
 
+/// The admin key every test node's gateway accepts (`gateway.admin_key`), which
+/// [`http`] sends.
+pub const TEST_ADMIN_KEY: &str = "test-admin-key-0123456789abcdef-0123456789abcdef";
+
+/// An HTTP client builder that sends `key` as a bearer token on every request.
+pub fn http_builder_with(key: &str) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {key}").parse().expect("a key is a valid header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers)
+}
+
+/// An HTTP client builder with the test admin key.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    http_builder_with(TEST_ADMIN_KEY)
+}
+
+/// An HTTP client with the test admin key.
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("an HTTP client")
+}
+
+/// An HTTP client with `key`.
+pub fn http_with(key: &str) -> reqwest::Client {
+    http_builder_with(key).build().expect("an HTTP client")
+}
+
 /// A config for a node on `nats_url`, quick to fail over, fit for tests.
 pub fn test_config(nats_url: &str) -> Config {
     let mut c = Config::default();
@@ -168,6 +195,7 @@ pub fn test_config(nats_url: &str) -> Config {
     c.cluster.node_ttl = Duration::from_secs(3);
     c.gateway.http = format!("127.0.0.1:{}", free_port());
     c.log.level = "info,bitinglip=debug".into();
+    c.gateway.admin_key = Some(bitinglip_config::Secret(TEST_ADMIN_KEY.into()));
     c
 }
 
@@ -231,7 +259,7 @@ impl NodeProcess {
     /// (the worker is loaded, registered, and its heartbeat says ready).
     pub async fn wait_for_model(&mut self, model: &str, timeout: Duration) {
         let base = self.http.clone().expect("a gateway node");
-        let http = reqwest::Client::new();
+        let http = http();
         let deadline = Instant::now() + timeout;
         let probe =
             serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1});
@@ -279,7 +307,7 @@ impl NodeProcess {
     /// Waits until its gateway answers `GET /health` with 200 (its HTTP server is up).
     pub async fn wait_for_http(&mut self, timeout: Duration) {
         let url = format!("{}/health", self.http.clone().expect("a gateway node"));
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("an HTTP client");
+        let http = http_builder().timeout(Duration::from_secs(2)).build().expect("an HTTP client");
         let started = Instant::now();
         while !http.get(&url).send().await.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
             self.next_poll(&format!("GET {url} answered 200"), started, timeout).await;
@@ -307,7 +335,7 @@ impl NodeProcess {
     /// Its gateway's `GET /metrics` (Prometheus text); panics unless it answers 200.
     pub async fn metrics(&self) -> String {
         let url = format!("{}/metrics", self.http.clone().expect("a gateway node"));
-        let resp = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.log()));
+        let resp = http().get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}\n{}", self.log()));
         assert_eq!(resp.status(), reqwest::StatusCode::OK, "GET {url}\n{}", self.log());
         resp.text().await.expect("a metrics body")
     }

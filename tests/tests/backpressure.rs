@@ -35,7 +35,7 @@ async fn full_queues_refuse_at_once_and_priorities_are_fair() {
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_model("echo", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
 
     let blocker = id_of(submit(&http, &base, &words(400), false).await).await;
     until(&http, &base, &blocker, "running").await;

@@ -22,6 +22,14 @@ async fn up_with(model: &ModelDir) -> (NodeProcess, tempfile::TempDir) {
     assert!(node.own_nats_server().is_some(), "no live server named in {}:\n{}", pid_file.display(), node.log());
     let nats = async_nats::connect(node.nats_url()).await;
     assert!(nats.is_ok(), "its nats-server at {}: {:?}\n{}", node.nats_url(), nats.err(), node.log());
+    // On its first start it created an admin key, readable by its owner only, that works.
+    let key_file = data.path().join("admin.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key_file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", key_file.display());
+    let key = std::fs::read_to_string(&key_file).unwrap().trim().to_string();
+    let base = node.http.clone().unwrap();
+    let models = bitinglip_tests::http_with(&key).get(format!("{base}/v1/models")).send().await.unwrap();
+    assert_eq!(models.status(), 200, "the admin key from {}", key_file.display());
     (node, data)
 }
 
@@ -29,7 +37,7 @@ async fn plain_and_streamed(arch: Arch, name: &str) {
     let model = ModelDir::generate(name, &ModelSpec::tiny(arch));
     let (node, _data) = up_with(&model).await;
     let base = node.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
 
     // Plain.
     let resp = http
@@ -108,7 +116,7 @@ async fn models_health_ready_and_status() {
     let model = ModelDir::generate("tiny-status", &ModelSpec::tiny(Arch::Llama));
     let (node, _data) = up_with(&model).await;
     let base = node.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
     let models: Value = http.get(format!("{base}/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "tiny-status");
@@ -146,8 +154,10 @@ async fn sigterm_stops_up_cleanly_with_its_nats_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_openai_python_client_works() {
     let model = ModelDir::generate("tiny-openai", &ModelSpec::tiny(Arch::Qwen2));
-    let (node, _data) = up_with(&model).await;
+    let (node, data) = up_with(&model).await;
     let base = format!("{}/v1", node.http.clone().unwrap());
+    // The key `up` created on its first start, as a user following the README would use it.
+    let key = std::fs::read_to_string(data.path().join("admin.key")).unwrap().trim().to_string();
     let root = bitinglip_tests::workspace_root();
     let python = root.join(".venv/bin/python");
     assert!(python.is_file(), "{} missing: run .ci/setup", python.display());
@@ -155,6 +165,7 @@ async fn the_official_openai_python_client_works() {
         .arg(root.join("tests/clients/openai_chat.py"))
         .arg(&base)
         .arg("tiny-openai")
+        .arg(&key)
         .output()
         .await
         .unwrap();

@@ -27,7 +27,7 @@ async fn http_errors_have_the_right_status_and_shape() {
     node.wait_for_model("echo-model", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();
     let url = format!("{base}/v1/chat/completions");
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
     let ok = json!({"model": "echo-model", "messages": [{"role": "user", "content": "one two three"}]});
 
     // It works, and echo answers with the prompt.

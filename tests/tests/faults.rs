@@ -61,7 +61,7 @@ async fn stream_with_fault(
     after: usize,
     mut fault: impl FnMut(&str, &str),
 ) -> Option<(String, String, Duration)> {
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
     let resp = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let id = resp.headers()["x-task-id"].to_str().unwrap().to_string();
@@ -111,7 +111,7 @@ async fn kill9_of_a_worker_mid_stream_continues_on_another() {
     eprintln!("kill -9 of the worker to the next token: {gap:?} (node TTL 2 s, AckWait 30 s)");
     assert_eq!(text, prompt, "one unbroken answer: nothing repeated, nothing skipped");
     assert!(gap < Duration::from_secs(30), "redelivered sooner than AckWait: {gap:?}");
-    let record = task(&reqwest::Client::new(), &base, &id).await;
+    let record = task(&bitinglip_tests::http(), &base, &id).await;
     assert_eq!(record["status"], "completed");
     assert!(record["attempts"].as_u64().unwrap() >= 2, "{record}");
     assert_eq!(record["result"]["text"], prompt.as_str());
@@ -128,7 +128,7 @@ async fn kill9_of_a_mistralrs_worker_mid_stream_continues_on_another() {
     let mut m = bitinglip_config::ModelConfig::new(path);
     m.max_sequences = 2;
     let (_front, mut a, mut b, base) = front_and_two_workers(&nats, "slow-llama", m).await;
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
 
     // Random weights may stop early on an end token; try again until a stream is long
     // enough to be killed in the middle.
@@ -168,7 +168,7 @@ async fn a_frozen_worker_loses_its_task_and_cannot_interleave_when_it_wakes() {
         // generating.
         let (base, task_id) = (watch_base.clone(), task_id.to_string());
         tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = bitinglip_tests::http();
             bitinglip_tests::assert_eventually!(
                 Duration::from_secs(30),
                 async { task(&http, &base, &task_id).await["attempts"].as_u64().unwrap_or(0) >= 2 },
@@ -181,7 +181,7 @@ async fn a_frozen_worker_loses_its_task_and_cannot_interleave_when_it_wakes() {
     .expect("the stream outlives the freeze");
     eprintln!("SIGSTOP of the worker to the next token: {gap:?}");
     assert_eq!(text, prompt, "the woken worker's late chunks changed nothing");
-    let record = task(&reqwest::Client::new(), &base, &id).await;
+    let record = task(&bitinglip_tests::http(), &base, &id).await;
     assert_eq!(record["result"]["text"], prompt.as_str());
     assert!(record["attempts"].as_u64().unwrap() >= 2, "{record}");
 }
@@ -195,7 +195,7 @@ async fn poison_tasks_fail_after_max_deliver_and_others_keep_flowing() {
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_model("echo", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
     for fault in ["[[fail]]", "[[panic]]"] {
         let started = Instant::now();
         let resp = http
@@ -238,7 +238,7 @@ async fn a_task_that_crashes_every_worker_is_failed_by_the_cluster_manager() {
     let mut node = NodeProcess::spawn(&w, &["node"]);
     front.wait_for_model("echo", Duration::from_secs(60)).await;
     let base = front.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
     let resp = http
         .post(format!("{base}/v1/tasks"))
         .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "a b c d e [[abort-at-2]]"}]}))
@@ -281,7 +281,7 @@ async fn a_nats_server_restart_under_load_loses_no_accepted_task() {
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_model("echo", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let http = bitinglip_tests::http_builder().timeout(Duration::from_secs(5)).build().unwrap();
     let mut accepted = Vec::new();
     let mut refused = 0;
     for i in 0..40 {
@@ -327,7 +327,7 @@ async fn a_generation_longer_than_ack_wait_keeps_its_lease() {
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_model("echo", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
     // 50 tokens at 10 per second: 5 s, two and a half AckWaits.
     let prompt = words(50);
     let started = Instant::now();

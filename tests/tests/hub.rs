@@ -81,7 +81,7 @@ async fn pull_resumes_verifies_searches_and_serves() {
 
     // The same over HTTP, described by the OpenAPI document.
     let base = node.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
     let found: Value =
         http.get(format!("{base}/api/v1/models/search?q=tiny")).send().await.unwrap().json().await.unwrap();
     assert_eq!(found["data"][0]["id"], "acme/tiny-chat", "{found}");
@@ -107,7 +107,7 @@ async fn pull_resumes_verifies_searches_and_serves() {
     let base = node.http.clone().unwrap();
     node.wait_for_model("acme/tiny-chat", Duration::from_secs(60)).await;
     let body = bitinglip_tests::post_json(
-        reqwest::Client::new().post(format!("{base}/v1/chat/completions")),
+        bitinglip_tests::http().post(format!("{base}/v1/chat/completions")),
         &json!({"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
     )
     .await;

@@ -22,7 +22,7 @@ async fn idempotent_submit_returns_the_same_task() {
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_model("echo", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
 
     let send = || {
         http.post(format!("{base}/v1/chat/completions"))
@@ -65,7 +65,7 @@ async fn task_api_events_resume_across_gateways_without_gap_or_repeat() {
     let b = NodeProcess::spawn(&other, &["node"]);
     a.wait_for_model("echo", Duration::from_secs(60)).await;
     let (base_a, base_b) = (a.http.clone().unwrap(), b.http.clone().unwrap());
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
 
     let prompt = words(60);
     let resp = http.post(format!("{base_a}/v1/tasks")).json(&chat("echo", &prompt)).send().await.unwrap();
@@ -141,7 +141,7 @@ async fn cancel_stops_the_engine_and_frees_the_slot() {
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_model("echo", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
 
     // DELETE a running task.
     let id = http
@@ -238,7 +238,7 @@ async fn sigterm_drains_then_hands_back() {
     let mut worker = NodeProcess::spawn(&w, &["node"]);
     front.wait_for_model("echo", Duration::from_secs(60)).await;
     let base = front.http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
 
     // A short task finishes within the grace period; the node then exits 0.
     let prompt = words(20);
@@ -334,7 +334,7 @@ async fn hostile_input_on_every_subject_gets_an_error_and_service_goes_on() {
     client.flush().await.unwrap();
     // Service goes on.
     let base = node.http.clone().unwrap();
-    let body: Value = reqwest::Client::new()
+    let body: Value = bitinglip_tests::http()
         .post(format!("{base}/v1/chat/completions"))
         .json(&chat("echo", "still here"))
         .send()

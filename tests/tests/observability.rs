@@ -55,7 +55,7 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
 
     // The caller's own trace: the platform's spans must join it.
     let (trace_id, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
-    let resp = reqwest::Client::new()
+    let resp = bitinglip_tests::http()
         .post(format!("{base}/v1/chat/completions"))
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
         .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "one two three four five"}], "stream": true}))
@@ -106,7 +106,7 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
 
     // A task submitted without waiting for it is one trace too.
     let queued = "5bf92f3577b34da6a3ce929d0e0e4736";
-    let resp = reqwest::Client::new()
+    let resp = bitinglip_tests::http()
         .post(format!("{base}/v1/tasks"))
         .header("traceparent", format!("00-{queued}-{caller_span}-01"))
         .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "six seven"}]}))
@@ -121,7 +121,7 @@ async fn one_request_is_one_trace_across_the_gateway_and_worker_processes() {
 }
 
 async fn get_text(url: &str) -> String {
-    reqwest::get(url).await.map(|r| r.text()).unwrap().await.unwrap_or_default()
+    bitinglip_tests::http().get(url).send().await.map(|r| r.text()).unwrap().await.unwrap_or_default()
 }
 
 async fn positive(url: &str, name: &str, labels: &[&str]) -> bool {
@@ -136,7 +136,7 @@ async fn metrics_health_and_status_after_real_traffic() {
     let base = front.http.clone().unwrap();
     let front_metrics = format!("{base}/metrics");
     let back_metrics = format!("{back_http}/metrics");
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
     let model = "model=\"echo\"";
     let submit = |prompt: String| {
         let http = http.clone();

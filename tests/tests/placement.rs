@@ -89,7 +89,7 @@ fn live_nodes(nats: &TestNats) -> usize {
 }
 
 async fn chat(base: &str, model: &str, wait: bool) -> (u16, Option<String>, Value) {
-    let resp = reqwest::Client::new()
+    let resp = bitinglip_tests::http()
         .post(format!("{base}/v1/chat/completions"))
         .json(&json!({"model": model, "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 3, "wait_for_model": wait}))
         .send()
@@ -175,7 +175,7 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
         let base = managers_http(&configs);
         async move {
             for b in base {
-                if let Ok(r) = reqwest::get(format!("{b}/api/v1/cluster")).await {
+                if let Ok(r) = bitinglip_tests::http().get(format!("{b}/api/v1/cluster")).send().await {
                     if let Ok(v) = r.json::<Value>().await {
                         if let Some(l) = v["leader"].as_str() {
                             return Some(l.to_string());
@@ -214,7 +214,7 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
     managers[index].wait_for_http(Duration::from_secs(30)).await;
     // Scaled down over HTTP this time.
     let base = managers[index].http.clone().unwrap();
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
     let set = json!({"model": "spread", "spec": {"source": "spread", "engine": "echo"}, "replicas": 2, "memory": GIB});
     let resp = http.post(format!("{base}/api/v1/deployments")).json(&set).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
@@ -308,7 +308,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
 
     // Unloaded by hand with tasks queued and running: the worker hands its tasks back at
     // once (drain_grace 0), the queued tasks bring the model back, every task completes.
-    let http = reqwest::Client::new();
+    let http = bitinglip_tests::http();
     let task = json!({"model": "acme/tiny-chat", "messages": [{"role": "user", "content": "tell me more"}], "max_tokens": 128});
     let posts = (0..16).map(|_| {
         let (http, base, task) = (http.clone(), base.clone(), task.clone());

@@ -26,7 +26,7 @@ async fn gateway_node_and_worker_node_serve_a_request_across_the_bus() {
     front.wait_for_model("tiny-remote", Duration::from_secs(120)).await;
     back.wait_worker_ready("tiny-remote", Duration::from_secs(60)).await;
     let base = front.http.clone().unwrap();
-    let resp = reqwest::Client::new()
+    let resp = bitinglip_tests::http()
         .post(format!("{base}/v1/chat/completions"))
         .json(&json!({"model": "tiny-remote", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}))
         .send()

@@ -252,6 +252,11 @@ pub(super) async fn openapi() -> Json<Value> {
         v["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
         v
     };
+    // The probes need no key.
+    let open = |mut v: Value| {
+        v["security"] = json!([]);
+        v
+    };
     let id_param = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
     Json(json!({
         "openapi": "3.1.0",
@@ -273,8 +278,10 @@ pub(super) async fn openapi() -> Json<Value> {
             "/api/v1/deployments/{model}": {"parameters": [{"name": "model", "in": "path", "required": true, "schema": {"type": "string"}}], "delete": op("Remove a deployment")},
             "/api/v1/workers": {"get": op("Live workers")},
             "/api/v1/cluster": {"get": op("Live nodes and their workers")},
-            "/health": {"get": op("Alive")},
-            "/ready": {"get": op("NATS connected, JetStream reachable, a model loaded")},
+            "/api/v1/keys": {"get": op("API keys (never their secrets); admin"), "post": with_body("Create an API key; the answer holds its secret, once; admin", "CreateKey")},
+            "/api/v1/keys/{id}": {"parameters": id_param, "delete": op("Revoke an API key; admin")},
+            "/health": {"get": open(op("Alive"))},
+            "/ready": {"get": open(op("NATS connected, JetStream reachable, a model loaded"))},
             "/metrics": {"get": op("Prometheus metrics")},
         },
         "components": {"schemas": {
@@ -293,9 +300,16 @@ pub(super) async fn openapi() -> Json<Value> {
                 "replicas": {"type": "integer", "minimum": 0},
                 "constraints": {"type": "object", "properties": {"min_memory": {"type": "integer"}, "device": {"enum": ["cpu", "cuda", "metal"]}}},
                 "memory": {"type": "integer", "description": "bytes per replica; estimated from the weights when absent"}}},
+            "CreateKey": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                "scope": {"enum": ["inference", "admin"], "default": "inference"},
+                "models": {"type": "array", "items": {"type": "string"}, "description": "the only models it may use; empty: all"},
+                "expires": {"type": "string", "description": "from now, such as 30d or 12h"}}},
             "PullRequest": {"type": "object", "required": ["model"], "properties": {"model": {"type": "string"}, "revision": {"type": "string"}}},
             "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
                 "message": {"type": "string"}, "type": {"type": "string"}, "param": {}, "code": {"type": "string"}}}}},
-        }},
+        },
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "an API key: `bitinglip keys create`, or the one `bitinglip up` writes to its data folder"}}},
+        "security": [{"bearer": []}],
     }))
 }

@@ -162,6 +162,12 @@ impl ApiError {
         self.param = param;
         self
     }
+
+    /// Sets the `code` (a machine-readable reason such as `invalid_api_key`).
+    pub(crate) fn with_code(mut self, code: &str) -> Self {
+        self.code = Some(code.to_string());
+        self
+    }
 }
 
 impl From<WireError> for ApiError {
@@ -172,6 +178,7 @@ impl From<WireError> for ApiError {
             | ErrorKind::ContextLength
             | ErrorKind::UnsupportedVersion => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
             ErrorKind::UnknownModel | ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found_error", None),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, "invalid_request_error", None),
             ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", None),
             ErrorKind::NoWorker | ErrorKind::Unavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", Some(1))

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 
 use axum::{
     body::Body,
-    extract::{Request, State},
+    extract::{Extension, Request, State},
     http::{HeaderMap, StatusCode},
     response::{
         sse::{Event, KeepAlive, Sse},
@@ -13,20 +13,21 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use bitinglip_bus_schema::{ErrorKind, ListModels, ModelList, WireError};
+use bitinglip_bus_schema::{ApiKey, ErrorKind, ListModels, ModelList, WireError};
 use bitinglip_nats::trace::TraceParent;
 use futures::Stream;
 use serde_json::json;
 use tracing::Instrument;
 
 use super::{
+    auth::{require_key, Auth},
     openai::{self, ApiError},
     submit::{admit, read_body, submit_chat},
 };
 use crate::NodeContext;
 use bitinglip_client::{CancelOnDrop, Relayed, TaskWatch};
 
-pub(super) fn router(ctx: NodeContext) -> Router {
+pub(super) fn router(ctx: NodeContext, auth: Auth) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
@@ -44,9 +45,13 @@ pub(super) fn router(ctx: NodeContext) -> Router {
         .route("/api/v1/deployments/{*model}", axum::routing::delete(super::admin::delete_deployment))
         .route("/api/v1/workers", get(super::admin::workers))
         .route("/api/v1/cluster", get(super::admin::cluster))
+        .route("/api/v1/keys", get(super::keys::list).post(super::keys::create))
+        .route("/api/v1/keys/{id}", axum::routing::delete(super::keys::revoke))
         .route("/openapi.json", get(super::admin::openapi))
         .merge(crate::health::routes())
         .fallback(not_found)
+        // Every route, the fallback included, is behind the key check.
+        .layer(axum::middleware::from_fn_with_state(auth, require_key))
         .with_state(ctx)
 }
 
@@ -54,7 +59,10 @@ async fn not_found(req: Request) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found_error", format!("no route {} {}", req.method(), req.uri().path()))
 }
 
-async fn models(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn models(
+    State(ctx): State<NodeContext>,
+    Extension(key): Extension<ApiKey>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let reply: ModelList = ctx
         .bus
         .request(ctx.bus.subjects().model_list(), &ListModels {}, None, None)
@@ -66,6 +74,7 @@ async fn models(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value
     };
     let data: Vec<_> = models
         .iter()
+        .filter(|m| key.allows_model(&m.id))
         .map(|m| json!({"id": m.id, "object": "model", "created": m.created_ms / 1000, "owned_by": "bitinglip", "context_length": m.context_length}))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
@@ -75,6 +84,7 @@ async fn models(State(ctx): State<NodeContext>) -> Result<Json<serde_json::Value
 /// `traceparent`, when it sent one), counted by model and outcome.
 async fn chat_completions(
     State(ctx): State<NodeContext>,
+    Extension(key): Extension<ApiKey>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -88,7 +98,7 @@ async fn chat_completions(
     let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
     bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
     let mut model = None;
-    let result = chat(ctx, headers, body, span.clone(), &mut model).instrument(span).await;
+    let result = chat(ctx, &key, headers, body, span.clone(), &mut model).instrument(span).await;
     if let Err(err) = &result {
         // A model the registry does not know, or an unreadable request, is not a series.
         let label = match err.code() {
@@ -102,6 +112,7 @@ async fn chat_completions(
 
 async fn chat(
     ctx: NodeContext,
+    key: &ApiKey,
     headers: HeaderMap,
     body: Body,
     span: tracing::Span,
@@ -117,10 +128,14 @@ async fn chat(
     let model = chat.model.clone();
     span.record("gen_ai.request.model", model.as_str());
     *model_seen = Some(model.clone());
-    let (task_id, watch, _) = submit_chat(&ctx, &headers, chat, wait_for_model).await?;
+    let (task_id, watch, duplicate) = submit_chat(&ctx, &headers, key, chat, wait_for_model).await?;
     span.record("task.id", task_id.as_str());
     let relay = tracing::info_span!(parent: &span, "relay", task.id = %task_id, gen_ai.response.finish_reasons = tracing::field::Empty);
-    let cancel = CancelOnDrop::new(&ctx.bus, &task_id);
+    let mut cancel = CancelOnDrop::new(&ctx.bus, &task_id);
+    if duplicate {
+        // A retry follows the original; its client going away must not cancel it.
+        cancel.disarm();
+    }
     let id = format!("chatcmpl-{task_id}");
     let created = bitinglip_nats::now_ms() / 1000;
     if stream {
@@ -136,7 +151,6 @@ async fn chat(
     } else {
         let timeout = ctx.config.gateway.request_timeout;
         let result = tokio::time::timeout(timeout, gather(watch)).instrument(relay.clone()).await;
-        let mut cancel = cancel;
         let (text, done) = match result {
             Err(_) => return Err(WireError::new(ErrorKind::Timeout, format!("no answer within {timeout:?}")).into()),
             Ok(Err(err)) => {

@@ -6,11 +6,11 @@ use axum::{
     body::{Body, Bytes},
     http::HeaderMap,
 };
-use bitinglip_bus_schema::{ErrorKind, Priority, SubmitReply, SubmitRequest, TaskId, WireError};
+use bitinglip_bus_schema::{ApiKey, ErrorKind, Priority, SubmitReply, SubmitRequest, TaskId, WireError};
 use bitinglip_client::TaskWatch;
 use bitinglip_nats::trace::TraceParent;
 
-use super::openai::ApiError;
+use super::{auth::check_model, openai::ApiError};
 use crate::{ops::task_ids::task_id_for, NodeContext};
 
 /// Takes one of the gateway's request slots, or answers 503 with `Retry-After` at once:
@@ -60,9 +60,11 @@ pub(super) async fn read_body(ctx: &NodeContext, headers: &HeaderMap, body: Body
 pub(super) async fn submit_chat(
     ctx: &NodeContext,
     headers: &HeaderMap,
+    key: &ApiKey,
     chat: bitinglip_bus_schema::ChatParams,
     wait_for_model: bool,
 ) -> Result<(TaskId, TaskWatch, bool), ApiError> {
+    check_model(key, &chat.model)?;
     let idempotency_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let priority = match headers.get("x-priority").and_then(|v| v.to_str().ok()) {
         Some("batch") => Priority::Batch,
@@ -80,7 +82,9 @@ pub(super) async fn submit_chat(
             .get("x-wait-for-model")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("false"));
-    let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model };
+    // The task belongs to the key; its idempotency key is scoped to it.
+    let owner = Some(key.id.clone());
+    let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model, owner };
     let task_id: TaskId = task_id_for(&submit);
     submit.task_id = Some(task_id.clone());
     let watch = TaskWatch::subscribe(&ctx.bus, &ctx.store, &task_id).await?;

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 
 use axum::{
     body::Body,
-    extract::{Path, Query, State},
+    extract::{Extension, Path, Query, State},
     http::{HeaderMap, StatusCode},
     response::{
         sse::{Event, KeepAlive, Sse},
@@ -12,12 +12,15 @@ use axum::{
     },
     Json,
 };
-use bitinglip_bus_schema::{GetTask, ListTasks, TaskId, TaskList, TaskRecord, TaskState, TaskStatusReply, WireError};
+use bitinglip_bus_schema::{
+    ApiKey, ErrorKind, GetTask, ListTasks, Scope, TaskId, TaskList, TaskRecord, TaskState, TaskStatusReply, WireError,
+};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
+    auth::sees,
     openai::{self, ApiError},
     submit::{admit, read_body, submit_chat},
 };
@@ -58,14 +61,17 @@ fn record_json(r: &TaskRecord) -> Value {
     })
 }
 
-async fn read(ctx: &NodeContext, id: &TaskId) -> Result<TaskRecord, ApiError> {
+/// A task's record, when `key` may see it: another key's task is a 404, as if it did
+/// not exist.
+async fn read(ctx: &NodeContext, key: &ApiKey, id: &TaskId) -> Result<TaskRecord, ApiError> {
     let reply: TaskStatusReply = ctx
         .bus
         .request(ctx.bus.subjects().task_get(), &GetTask { task_id: id.clone() }, None, None)
         .await
         .map_err(|e| ApiError::from(WireError::from(&e)))?;
     match reply {
-        TaskStatusReply::Found(r) => Ok(r),
+        TaskStatusReply::Found(r) if sees(key, &r) => Ok(r),
+        TaskStatusReply::Found(_) => Err(WireError::new(ErrorKind::NotFound, format!("no task {id}")).into()),
         TaskStatusReply::Error(e) => Err(e.into()),
     }
 }
@@ -74,6 +80,7 @@ async fn read(ctx: &NodeContext, id: &TaskId) -> Result<TaskRecord, ApiError> {
 /// `gateway` span, like a chat completion, so the task's trace has its root here.
 pub(super) async fn submit(
     State(ctx): State<NodeContext>,
+    Extension(key): Extension<ApiKey>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -81,17 +88,17 @@ pub(super) async fn submit(
     let caller =
         headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(bitinglip_nats::trace::TraceParent::parse);
     bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
-    tracing::Instrument::instrument(submit_task(ctx, headers, body), span).await
+    tracing::Instrument::instrument(submit_task(ctx, key, headers, body), span).await
 }
 
-async fn submit_task(ctx: NodeContext, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn submit_task(ctx: NodeContext, key: ApiKey, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let _permit = admit(&ctx)?;
     let body = read_body(&ctx, &headers, body).await?;
     let request = openai::parse_request(&body)?;
     let wait_for_model = request.wait_for_model.unwrap_or(true);
     let chat = request.into_chat()?;
     let model = chat.model.clone();
-    let (task_id, _watch, duplicate) = submit_chat(&ctx, &headers, chat, wait_for_model).await?;
+    let (task_id, _watch, duplicate) = submit_chat(&ctx, &headers, &key, chat, wait_for_model).await?;
     let body = json!({
         "id": task_id.as_str(),
         "object": "task",
@@ -104,9 +111,13 @@ async fn submit_task(ctx: NodeContext, headers: HeaderMap, body: Body) -> Result
 }
 
 /// `GET /v1/tasks/{id}`.
-pub(super) async fn get(State(ctx): State<NodeContext>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn get(
+    State(ctx): State<NodeContext>,
+    Extension(key): Extension<ApiKey>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    Ok(Json(record_json(&read(&ctx, &id).await?)))
+    Ok(Json(record_json(&read(&ctx, &key, &id).await?)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,7 +127,13 @@ pub(super) struct ListQuery {
 }
 
 /// `GET /v1/tasks?limit=&status=`: newest first.
-pub(super) async fn list(State(ctx): State<NodeContext>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list(
+    State(ctx): State<NodeContext>,
+    Extension(key): Extension<ApiKey>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    // An admin key lists every task; any other key its own.
+    let owner = (key.scope != Scope::Admin).then(|| key.id.clone());
     let state = match q.status.as_deref() {
         None => None,
         Some(s) => Some(
@@ -125,7 +142,7 @@ pub(super) async fn list(State(ctx): State<NodeContext>, Query(q): Query<ListQue
     };
     let reply: TaskList = ctx
         .bus
-        .request(ctx.bus.subjects().task_list(), &ListTasks { limit: q.limit, state }, None, None)
+        .request(ctx.bus.subjects().task_list(), &ListTasks { limit: q.limit, state, owner }, None, None)
         .await
         .map_err(|e| ApiError::from(WireError::from(&e)))?;
     match reply {
@@ -137,10 +154,16 @@ pub(super) async fn list(State(ctx): State<NodeContext>, Query(q): Query<ListQue
 }
 
 /// `DELETE /v1/tasks/{id}`: cancel.
-pub(super) async fn cancel(State(ctx): State<NodeContext>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn cancel(
+    State(ctx): State<NodeContext>,
+    Extension(key): Extension<ApiKey>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
+    // Only a task this key may see can be cancelled by it.
+    read(&ctx, &key, &id).await?;
     bitinglip_client::cancel(&ctx.bus, &id, "cancelled over HTTP").await?;
-    let record = read(&ctx, &id).await?;
+    let record = read(&ctx, &key, &id).await?;
     Ok(Json(record_json(&record)))
 }
 
@@ -149,13 +172,14 @@ pub(super) async fn cancel(State(ctx): State<NodeContext>, Path(id): Path<String
 /// repeat. Event names: `started`, `chunk`, `completed`, `failed`.
 pub(super) async fn events(
     State(ctx): State<NodeContext>,
+    Extension(key): Extension<ApiKey>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let permit = admit(&ctx)?;
     let id = parse_id(&id)?;
-    // Unknown ids are a 404 now, not an endless stream.
-    read(&ctx, &id).await?;
+    // Unknown ids (and other keys' tasks) are a 404 now, not an endless stream.
+    read(&ctx, &key, &id).await?;
     let next_seq = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         None => 0,
         Some(v) => v

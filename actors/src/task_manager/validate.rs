@@ -88,6 +88,7 @@ mod tests {
             idempotency_key: None,
             priority: Priority::Interactive,
             wait_for_model: true,
+            owner: None,
         }
     }
 

@@ -77,6 +77,10 @@ pub struct SubmitRequest {
     /// replica loads; false answers `model_loading` (and still starts the load).
     #[serde(default = "yes")]
     pub wait_for_model: bool,
+    /// The API key (its id) the task belongs to, set by the gateway: only that key (or an
+    /// admin key) sees it over HTTP, and idempotency keys are scoped to it.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 fn yes() -> bool {
@@ -220,6 +224,13 @@ pub struct TaskRecord {
     /// From the cancel reaching the worker to the engine's last token, ms.
     #[serde(default)]
     pub cancel_to_stop_ms: Option<f64>,
+    /// The API key (its id) the task belongs to, when it came through the gateway.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// sha256 (hex) of the request, so a reused idempotency key with another request is
+    /// refused rather than answered with the old task.
+    #[serde(default)]
+    pub request_sha256: Option<String>,
 }
 
 impl TaskRecord {
@@ -240,6 +251,8 @@ impl TaskRecord {
             stream_seq: 0,
             cancel_requested_ms: None,
             cancel_to_stop_ms: None,
+            owner: None,
+            request_sha256: None,
         }
     }
 }
@@ -253,6 +266,9 @@ pub struct ListTasks {
     /// Only tasks in this state.
     #[serde(default)]
     pub state: Option<TaskState>,
+    /// Only tasks of this API key (its id).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// Reply on `…task.list`.
@@ -294,8 +310,9 @@ mod tests {
             idempotency_key: Some("k".into()),
             priority: Priority::Batch,
             wait_for_model: false,
+            owner: Some("k1".into()),
         };
-        pin(req, &["chat", "task_id", "idempotency_key", "priority", "wait_for_model"]);
+        pin(req, &["chat", "task_id", "idempotency_key", "priority", "wait_for_model", "owner"]);
         pin(chat(), &["model", "messages", "max_tokens", "temperature", "top_p", "stop", "seed"]);
         pin(ChatMessage { role: "user".into(), content: "x".into() }, &["role", "content"]);
     }
@@ -346,7 +363,7 @@ mod tests {
         record.state = TaskState::Running;
         record.attempt = 2;
         record.worker = Some("w".into());
-        const RECORD: [&str; 14] = [
+        const RECORD: [&str; 16] = [
             "task_id",
             "model",
             "state",
@@ -361,13 +378,15 @@ mod tests {
             "stream_seq",
             "cancel_requested_ms",
             "cancel_to_stop_ms",
+            "owner",
+            "request_sha256",
         ];
         pin(record.clone(), &RECORD);
         pin(GetTask { task_id: id }, &["task_id"]);
         let mut tagged = RECORD.to_vec();
         tagged.push("type");
         pin(TaskStatusReply::Found(record.clone()), &tagged);
-        pin(ListTasks { limit: Some(5), state: Some(TaskState::Queued) }, &["limit", "state"]);
+        pin(ListTasks { limit: Some(5), state: Some(TaskState::Queued), owner: None }, &["limit", "state", "owner"]);
         pin(TaskList::Tasks { tasks: vec![record] }, &["type", "tasks"]);
     }
 

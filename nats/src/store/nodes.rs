@@ -5,18 +5,11 @@
 //! whether a model is served, the cluster manager's failover reads who went silent, and
 //! the leader wakes when a node joins or leaves.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::time::Duration;
 
-use async_nats::jetstream::kv;
 use bitinglip_bus_schema::{encode_token, NodeHeartbeat};
-use futures::StreamExt;
-use tokio::task::JoinHandle;
 
-use super::{Bucket, Store, StoreError};
+use super::{Bucket, Mirror, Store, StoreError};
 use crate::now_ms;
 
 /// The heartbeats.
@@ -71,57 +64,14 @@ impl Nodes<'_> {
 /// Cheap to clone; the watch stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct NodeWatch {
-    heard: Arc<RwLock<BTreeMap<String, NodeHeartbeat>>>,
-    membership: tokio::sync::watch::Receiver<u64>,
+    heard: Mirror<NodeHeartbeat>,
     ttl: Duration,
-    _task: Arc<AbortOnDrop>,
-}
-
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl Store {
     /// Starts the watch on the heartbeats (restarted whenever it ends).
     pub fn watch_nodes(&self) -> NodeWatch {
-        let heard: Arc<RwLock<BTreeMap<String, NodeHeartbeat>>> = Arc::default();
-        let (tx, membership) = tokio::sync::watch::channel(0u64);
-        let bucket = self.inner.nodes.clone();
-        let map = heard.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match bucket.kv.watch_all().await {
-                    Ok(mut watch) => {
-                        while let Some(Ok(entry)) = watch.next().await {
-                            let changed = match entry.operation {
-                                kv::Operation::Put => match bucket.decode::<NodeHeartbeat>(&entry.key, &entry.value) {
-                                    Ok(hb) => {
-                                        map.write().map(|mut m| m.insert(entry.key, hb).is_none()).unwrap_or(false)
-                                    }
-                                    Err(err) => {
-                                        tracing::warn!(cause = %err, "bad heartbeat ignored");
-                                        false
-                                    }
-                                },
-                                kv::Operation::Delete | kv::Operation::Purge => {
-                                    map.write().map(|mut m| m.remove(&entry.key).is_some()).unwrap_or(false)
-                                }
-                            };
-                            if changed {
-                                tx.send_modify(|n| *n += 1);
-                            }
-                        }
-                    }
-                    Err(err) => tracing::warn!(cause = %err, "nodes watch failed; retrying"),
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-        NodeWatch { heard, membership, ttl: self.inner.node_ttl, _task: Arc::new(AbortOnDrop(task)) }
+        NodeWatch { heard: Mirror::start(self.inner.nodes.clone()), ttl: self.inner.node_ttl }
     }
 }
 
@@ -129,15 +79,12 @@ impl NodeWatch {
     /// True when a live node has a ready worker for `model`.
     pub fn serves(&self, model: &str) -> bool {
         let now = now_ms();
-        self.heard
-            .read()
-            .map(|nodes| nodes.values().any(|n| alive(n, now, self.ttl) && n.serves(model)))
-            .unwrap_or(false)
+        self.heard.any(|n| alive(n, now, self.ttl) && n.serves(model))
     }
 
     /// The last heartbeat of every node heard from, live or not.
     pub fn heard(&self) -> Vec<NodeHeartbeat> {
-        self.heard.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.heard.all()
     }
 
     /// The nodes heard from whose last heartbeat is older than the TTL.
@@ -148,8 +95,6 @@ impl NodeWatch {
 
     /// Waits until a node joins (first heartbeat) or leaves (its entry is deleted).
     pub async fn membership_changed(&mut self) {
-        if self.membership.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        self.heard.membership_changed().await
     }
 }

@@ -133,8 +133,8 @@ impl Tasks<'_> {
         self.bucket.get(key(task_id)).await
     }
 
-    /// The newest records first, filtered by state, at most `limit` (1 to 1000, 100 when
-    /// absent).
+    /// The newest records first, filtered by state and owner, at most `limit` (1 to 1000,
+    /// 100 when absent).
     pub async fn list(&self, query: &ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
         let limit = query.limit.unwrap_or(100).clamp(1, 1000) as usize;
         let mut tasks: Vec<TaskRecord> = self
@@ -143,6 +143,7 @@ impl Tasks<'_> {
             .await?
             .into_values()
             .filter(|r| query.state.is_none_or(|s| s == r.state))
+            .filter(|r| query.owner.is_none() || r.owner == query.owner)
             .collect();
         tasks.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
         tasks.truncate(limit);

@@ -94,6 +94,7 @@ pub(crate) async fn nats_request(bus: &Client, chat: ChatParams) -> Option<NatsT
         idempotency_key: None,
         priority: Priority::Interactive,
         wait_for_model: true,
+        owner: None,
     };
     match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await.ok()? {
         SubmitReply::Accepted(_) => {}
@@ -194,7 +195,12 @@ pub(crate) async fn echo_http(
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<EchoRun> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().context("HTTP client")?;
+    // The gateway takes a key like any client's: the run's own admin key.
+    let mut auth = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", bench_admin_key());
+    auth.insert(reqwest::header::AUTHORIZATION, bearer.parse().context("the bench key as a header")?);
+    let http =
+        reqwest::Client::builder().pool_max_idle_per_host(256).default_headers(auth).build().context("HTTP client")?;
     let (base, chat) = (base.to_string(), chat(model, prompt, 64));
     let (mut series, failed) = closed_loop(clients, duration, move || {
         let (http, base, chat) = (http.clone(), base.clone(), chat.clone());
@@ -224,4 +230,10 @@ pub(crate) async fn wait_ready(bus: &Client, model: &str, timeout: Duration) -> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The admin key the benchmark's gateway accepts (`gateway.admin_key`), new for each run.
+pub(crate) fn bench_admin_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| format!("bench-{}-{}", ulid::Ulid::new(), ulid::Ulid::new()))
 }

@@ -31,6 +31,7 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
         idempotency_key: None,
         priority: Priority::Interactive,
         wait_for_model: true,
+        owner: None,
     };
     let store = bitinglip_nats::Store::open(&bus, &config).await?;
     let mut watch = TaskWatch::subscribe(&bus, &store, &task_id).await?;

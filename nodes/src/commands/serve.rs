@@ -108,6 +108,8 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     let no_models = config.worker.models.is_empty();
     let http = config.gateway.http.clone();
     let metrics_listen = config.metrics.listen.clone();
+    let data_dir = config.data_dir.clone();
+    let key_store = store.clone();
     let ctx = NodeContext::new(bus, store, config);
     let metrics = match &metrics_listen {
         Some(addr) => {
@@ -127,6 +129,17 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     if has_gateway {
         let addr = ctx.http_addr.read().ok().and_then(|a| a.clone()).unwrap_or(http);
         println!("bitinglip: OpenAI-compatible API at http://{addr}/v1");
+        if embedded {
+            let (path, created) = ensure_admin_key(&key_store, &data_dir).await?;
+            let path = path.display();
+            if let Some(secret) = created {
+                println!("bitinglip: created an admin API key (shown once; stored in {path}, mode 0600):");
+                println!("  {secret}");
+            } else {
+                println!("bitinglip: admin API key in {path}");
+            }
+            println!("bitinglip: try: curl http://{addr}/v1/models -H \"Authorization: Bearer $(cat {path})\"");
+        }
     }
     if has_worker && no_models {
         println!("bitinglip: no model served yet; start with --model <hugging-face-id or folder>, e.g. --model Qwen/Qwen2.5-0.5B-Instruct");
@@ -171,4 +184,44 @@ async fn wait_for_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// The admin key `up` keeps in `<data_dir>/admin.key` (mode 0600): the one there while the
+/// cluster knows it and it works, else a new one (then its secret is returned, to be shown
+/// once). Every HTTP route but the probes takes a key, so a first start must hand one out.
+async fn ensure_admin_key(
+    store: &Store,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(std::path::PathBuf, Option<String>)> {
+    use bitinglip_nats::store::keys::{check, id_of, NewKey};
+    let path = data_dir.join("admin.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let secret = text.trim();
+        if let Some(id) = id_of(secret) {
+            let key = store.keys().get(id).await?;
+            if check(secret, key.as_ref(), bitinglip_nats::now_ms()).is_ok() {
+                return Ok((path, None));
+            }
+        }
+    }
+    let new = NewKey {
+        name: "admin (created by bitinglip up)".into(),
+        scope: bitinglip_bus_schema::Scope::Admin,
+        models: Vec::new(),
+        expires_ms: None,
+    };
+    let (key, secret) = store.keys().create(new).await?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    write_secret(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(key.id = %key.id, path = %path.display(), "admin API key created");
+    Ok((path, Some(secret)))
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // A file that existed before keeps its mode through `open`: set it again.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    writeln!(file, "{secret}")
 }

@@ -42,7 +42,8 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
                 stop: vec![],
                 seed: None,
             };
-            let req = SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model: true };
+            let req =
+                SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model: true, owner: None };
             match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await? {
                 SubmitReply::Accepted(a) => println!("{}", a.task_id),
                 SubmitReply::Rejected(e) => bail!("rejected ({}): {}", e.kind, e.message),
@@ -93,7 +94,7 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
             let tasks = match bus
                 .request::<_, TaskList>(
                     bus.subjects().task_list(),
-                    &ListTasks { limit: Some(limit), state },
+                    &ListTasks { limit: Some(limit), state, owner: None },
                     None,
                     None,
                 )

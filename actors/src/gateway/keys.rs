@@ -1,0 +1,73 @@
+//! The admin API for keys: `GET /api/v1/keys`, `POST /api/v1/keys` (the secret is in the
+//! answer, once), `DELETE /api/v1/keys/{id}` (revoke: refused on every gateway as soon as
+//! the change reaches it). Admin keys only (see `auth.rs`).
+
+use axum::{
+    body::Body,
+    extract::{Path, State},
+    http::HeaderMap,
+    Json,
+};
+use bitinglip_bus_schema::{ErrorKind, WireError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{openai::ApiError, submit::read_body};
+use crate::{
+    ops::keys::{key_json, new_key},
+    NodeContext,
+};
+
+/// The body of `POST /api/v1/keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    #[serde(default = "inference")]
+    scope: String,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+fn inference() -> String {
+    "inference".into()
+}
+
+/// `GET /api/v1/keys`: every key, oldest first, without secrets.
+pub(super) async fn list(State(ctx): State<NodeContext>) -> Result<Json<Value>, ApiError> {
+    let keys = ctx.store.keys().list().await.map_err(WireError::from)?;
+    Ok(Json(json!({"object": "list", "data": keys.iter().map(|k| key_json(k, None)).collect::<Vec<_>>()})))
+}
+
+/// `POST /api/v1/keys`.
+pub(super) async fn create(
+    State(ctx): State<NodeContext>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let body = read_body(&ctx, &headers, body).await?;
+    let req: CreateKey = {
+        let de = &mut serde_json::Deserializer::from_slice(&body);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            ApiError::invalid(&format!("invalid key request at `{field}`: {}", e.inner()), Some(&field))
+        })?
+    };
+    let new = new_key(&req.name, &req.scope, &req.models, req.expires.as_deref(), bitinglip_nats::now_ms())?;
+    let (key, secret) = ctx.store.keys().create(new).await.map_err(WireError::from)?;
+    tracing::info!(key.id = %key.id, scope = key.scope.as_str(), "API key created");
+    Ok(Json(key_json(&key, Some(&secret))))
+}
+
+/// `DELETE /api/v1/keys/{id}`: revoke.
+pub(super) async fn revoke(State(ctx): State<NodeContext>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    match ctx.store.keys().revoke(&id).await.map_err(WireError::from)? {
+        Some(key) => {
+            tracing::info!(key.id = %key.id, "API key revoked");
+            Ok(Json(key_json(&key, None)))
+        }
+        None => Err(WireError::new(ErrorKind::NotFound, format!("no API key {id}")).into()),
+    }
+}

@@ -1,0 +1,77 @@
+//! `bitinglip keys …`: API keys, read and written in the keys bucket over NATS (as an
+//! admin of the bus; the HTTP gateway's `/api/v1/keys` does the same for admin keys).
+
+use anyhow::bail;
+use bitinglip_actors::ops::keys::{key_json, new_key};
+use bitinglip_config::Config;
+use bitinglip_nats::Store;
+
+use crate::cli::KeysCommand;
+
+/// An expiry relative to `now`: `in 29days 23h`, `2h ago`, or `never`.
+fn when(at_ms: Option<u64>, now: u64) -> String {
+    let Some(at) = at_ms else { return "never".into() };
+    let secs = |ms: u64| std::time::Duration::from_secs(ms / 1000);
+    if at >= now {
+        format!("in {}", humantime::format_duration(secs(at - now)))
+    } else {
+        format!("{} ago", humantime::format_duration(secs(now - at)))
+    }
+}
+
+pub(super) async fn run(config: Config, cmd: KeysCommand) -> anyhow::Result<()> {
+    let bus = super::client_bus(&config).await?;
+    let store = Store::open(&bus, &config).await?;
+    match cmd {
+        KeysCommand::Create { name, scope, models, expires, json } => {
+            let new = new_key(&name, &scope, &models, expires.as_deref(), bitinglip_nats::now_ms())
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let (key, secret) = store.keys().create(new).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&key_json(&key, Some(&secret)))?);
+            } else {
+                println!("{secret}");
+                eprintln!(
+                    "key {} ({}, {}) created; the secret above is shown once and stored nowhere",
+                    key.id,
+                    key.name,
+                    key.scope.as_str()
+                );
+            }
+        }
+        KeysCommand::Ls { json } => {
+            let keys = store.keys().list().await?;
+            if json {
+                let v: Vec<_> = keys.iter().map(|k| key_json(k, None)).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let now = bitinglip_nats::now_ms();
+            let mut rows = vec![["ID", "NAME", "SCOPE", "MODELS", "EXPIRES", "STATE"].map(String::from).to_vec()];
+            for k in &keys {
+                let state = if k.revoked_ms.is_some() {
+                    "revoked"
+                } else if k.active(now) {
+                    "active"
+                } else {
+                    "expired"
+                };
+                let models = if k.models.is_empty() { "*".to_string() } else { k.models.join(",") };
+                rows.push(vec![
+                    k.id.clone(),
+                    k.name.clone(),
+                    k.scope.as_str().into(),
+                    models,
+                    when(k.expires_ms, now),
+                    state.into(),
+                ]);
+            }
+            super::print_table(&rows);
+        }
+        KeysCommand::Revoke { id } => match store.keys().revoke(&id).await? {
+            Some(k) => println!("key {} ({}) revoked", k.id, k.name),
+            None => bail!("no API key {id}"),
+        },
+    }
+    Ok(())
+}
