@@ -24,11 +24,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use axum::serve::ListenerExt as _;
-
 use bitinglip_nats::store::keys::hash_secret;
 
-use crate::{health::no_delay, NodeContext};
+use crate::NodeContext;
 
 /// The gateway actor.
 pub struct Gateway;
@@ -79,14 +77,10 @@ impl Actor for Gateway {
         };
         let app = routes::router(ctx.clone(), auth);
         let shutdown = stop.clone();
+        let header_timeout = ctx.config.gateway.header_timeout;
         let server = tokio::spawn(async move {
-            let result =
-                axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-            let reason = match result {
-                Ok(()) => "stopped".to_string(),
-                Err(e) => e.to_string(),
-            };
-            let _ = myself.cast(GatewayMsg::ServerEnded(reason));
+            crate::http::serve(listener, app, header_timeout, shutdown.cancelled_owned()).await;
+            let _ = myself.cast(GatewayMsg::ServerEnded("stopped".to_string()));
         });
         Ok(GatewayState { stop, server: Some(server) })
     }

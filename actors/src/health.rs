@@ -19,8 +19,6 @@ use bitinglip_config::Role;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use axum::serve::ListenerExt as _;
-
 use crate::NodeContext;
 
 /// The routes, for a router whose state is the node context.
@@ -86,19 +84,9 @@ pub async fn listen(ctx: NodeContext, addr: &str) -> std::io::Result<(std::net::
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tracing::info!(http = %local, "metrics listening");
+    let ctx_header_timeout = ctx.config.gateway.header_timeout;
     let app = routes().with_state(ctx);
-    let server = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener.tap_io(no_delay), app).await {
-            tracing::error!(cause = %err, "metrics listener failed");
-        }
-    });
+    let header_timeout = ctx_header_timeout;
+    let server = tokio::spawn(crate::http::serve(listener, app, header_timeout, std::future::pending()));
     Ok((local, server))
-}
-
-/// Small writes (an SSE event per token) go out at once: without it, Nagle's algorithm
-/// holds each one until the client's delayed ACK, about 40 ms.
-pub(crate) fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(err) = tcp.set_nodelay(true) {
-        tracing::debug!(cause = %err, "TCP_NODELAY not set");
-    }
 }

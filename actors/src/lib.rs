@@ -5,7 +5,7 @@
 //!
 //! | layer | modules | may import |
 //! | --- | --- | --- |
-//! | shared | `context`, `engine`, `ops`, `serve`, `spans`, `metrics`, `health` | the crates below, each other |
+//! | shared | `context`, `engine`, `ops`, `serve`, `spans`, `metrics`, `health`, `http` | the crates below, each other |
 //! | actors | one per file (table below) | the shared layer; never another actor's module |
 //! | supervisor | `node` | everything: it alone names the actors |
 //!
@@ -26,6 +26,7 @@
 pub mod context;
 pub mod engine;
 pub mod health;
+mod http;
 pub mod metrics;
 pub mod ops;
 mod serve;

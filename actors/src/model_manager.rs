@@ -47,6 +47,12 @@ async fn register(ctx: &NodeContext, req: RegisterModel) -> Result<(), WireError
     if req.model.id.trim().is_empty() {
         return Err(WireError::new(ErrorKind::InvalidRequest, "model.id is empty"));
     }
+    if req.model.id.len() > bitinglip_bus_schema::MAX_ID_BYTES {
+        return Err(WireError::new(
+            ErrorKind::InvalidRequest,
+            format!("model.id is over {} bytes", bitinglip_bus_schema::MAX_ID_BYTES),
+        ));
+    }
     let existing = ctx.store.models().get(&req.model.id).await?;
     let record = merge_registration(req.model, existing, bitinglip_nats::now_ms());
     ctx.store.models().put(&record).await?;

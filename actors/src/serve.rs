@@ -9,6 +9,9 @@ use std::future::Future;
 use futures::{Stream, StreamExt};
 use ractor::ActorRef;
 
+/// Requests one endpoint handles at once; more wait in its subscription.
+const MAX_IN_FLIGHT: usize = 1024;
+
 /// Runs `handler` for every item of `sub` (a subscription, or a NATS service endpoint),
 /// each in its own task. When it ends, sends `on_end` to `owner`.
 pub(crate) fn spawn_serve<M, S, H, F>(
@@ -25,8 +28,16 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     tokio::spawn(async move {
+        // A flood of requests waits here, in the subscription, rather than as unbounded
+        // tasks in memory.
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         while let Some(msg) = sub.next().await {
-            tokio::spawn(handler(msg));
+            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let work = handler(msg);
+            tokio::spawn(async move {
+                work.await;
+                drop(permit);
+            });
         }
         let _ = owner.cast(on_end);
     })

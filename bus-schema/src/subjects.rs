@@ -31,6 +31,10 @@ fn is_plain(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_'
 }
 
+/// The longest model id (or node id) accepted anywhere: it becomes a subject token, a
+/// KV key and a metric label, so it is capped before it reaches any of them.
+pub const MAX_ID_BYTES: usize = 256;
+
 /// Encodes any string (a model id, a node id) as one subject token that is also a valid
 /// JetStream key and consumer name. Bytes outside `[A-Za-z0-9_-]` become `=XX`.
 pub fn encode_token(raw: &str) -> String {

@@ -22,6 +22,22 @@ pub use models::{ClusterConfig, DeploymentConfig, ModelConfig, WorkerConfig};
 pub use observability::{MetricsConfig, TelemetryConfig};
 pub use validate::ConfigError;
 
+/// A server URL fit to print: credentials in it (`nats://user:pass@host`,
+/// `nats://token@host`) become `<redacted>`.
+pub fn redact_url(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else { return raw.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => raw.to_string(),
+    }
+}
+
+/// Several server URLs, fit to print.
+pub fn redact_urls(urls: &[String]) -> String {
+    urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",")
+}
+
 /// A secret string: prints as `<redacted>`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -264,6 +280,14 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// Most requests in progress at once; more get 503 with `Retry-After` at once.
     pub max_concurrent_requests: usize,
+    /// Longest a client may take to send a request's headers; the connection is then
+    /// closed (a client that trickles headers cannot hold connections).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request's body (408 after it). The body is read
+    /// before the request takes one of the `max_concurrent_requests` slots.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// An admin API key accepted besides those in the keys bucket, for automation that
     /// cannot run `bitinglip keys create` first (at least 32 characters; prefer the
     /// environment, `BITINGLIP_GATEWAY__ADMIN_KEY`, to a file). None by default: every
@@ -278,6 +302,8 @@ impl Default for GatewayConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             max_concurrent_requests: 4096,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(15),
             admin_key: None,
         }
     }

@@ -146,3 +146,17 @@ fn a_config_built_in_code_with_an_unknown_role_is_refused() {
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("roles"), "{err}");
 }
+
+#[test]
+fn credentials_in_server_urls_never_print() {
+    assert_eq!(redact_url("nats://alice:s3cret@nats.example:4222"), "nats://<redacted>@nats.example:4222");
+    assert_eq!(redact_url("tls://tok3n@host"), "tls://<redacted>@host");
+    assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    assert_eq!(redact_urls(&["nats://a:b@h1".into(), "nats://h2".into()]), "nats://<redacted>@h1,nats://h2");
+    let c = Config::load(Sources {
+        env: env(&[("BITINGLIP_NATS__SERVERS", "http://alice:s3cret@h")]),
+        ..Default::default()
+    });
+    let err = c.unwrap_err().to_string();
+    assert!(!err.contains("s3cret") && err.contains("nats.servers"), "{err}");
+}

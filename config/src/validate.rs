@@ -49,12 +49,14 @@ impl Config {
             return Err(invalid("nats.servers", "[]", "name at least one server URL"));
         }
         for s in &n.servers {
-            let parsed = url::Url::parse(s).map_err(|e| invalid("nats.servers", s, &format!("not a URL ({e})")))?;
+            let shown = crate::redact_url(s);
+            let parsed =
+                url::Url::parse(s).map_err(|e| invalid("nats.servers", &shown, &format!("not a URL ({e})")))?;
             if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") {
-                return Err(invalid("nats.servers", s, "scheme must be nats://, tls://, ws:// or wss://"));
+                return Err(invalid("nats.servers", &shown, "scheme must be nats://, tls://, ws:// or wss://"));
             }
             if parsed.host_str().is_none_or(|h| h.is_empty()) {
-                return Err(invalid("nats.servers", s, "no host"));
+                return Err(invalid("nats.servers", &shown, "no host"));
             }
         }
         if bitinglip_subject_root_invalid(&n.subject_root) {
@@ -127,6 +129,14 @@ impl Config {
         }
         if self.gateway.admin_key.as_ref().is_some_and(|k| k.expose().trim().len() < 32) {
             return Err(invalid("gateway.admin_key", "<redacted>", "must be at least 32 characters"));
+        }
+        for (key, d) in [
+            ("gateway.header_timeout", self.gateway.header_timeout),
+            ("gateway.body_timeout", self.gateway.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "0s", "must be above zero"));
+            }
         }
         if self.gateway.max_body_bytes < 1024 {
             return Err(invalid("gateway.max_body_bytes", self.gateway.max_body_bytes, "must be at least 1024"));

@@ -63,5 +63,7 @@ pub async fn connect(
         opts = opts.add_client_certificate(cert.clone(), key.clone());
     }
     let servers: Vec<async_nats::ServerAddr> = cfg.servers.iter().filter_map(|s| s.parse().ok()).collect();
-    opts.connect(servers).await.map_err(|source| ConnectError::Connect { servers: cfg.servers.join(","), source })
+    opts.connect(servers)
+        .await
+        .map_err(|source| ConnectError::Connect { servers: bitinglip_config::redact_urls(&cfg.servers), source })
 }

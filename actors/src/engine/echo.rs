@@ -42,9 +42,17 @@ fn words(text: &str) -> Vec<&str> {
     out
 }
 
-/// Faults a test can ask for in the prompt (the echo engine is never what users run):
-/// `[[fail]]` fails every attempt, `[[panic]]` panics, `[[abort-at-N]]` aborts the whole
-/// process once N tokens were produced (a crash mid-stream, like a kill -9).
+/// Faults a test can ask for in the prompt: `[[fail]]` fails every attempt, `[[panic]]`
+/// panics, `[[abort-at-N]]` aborts the whole process once N tokens were produced (a crash
+/// mid-stream, like a kill -9). Compiled only with the `fault-injection` feature, which the
+/// tests crate enables: in any other build a prompt can never stop a node.
+#[cfg(not(feature = "fault-injection"))]
+fn fault(_prompt: &str, _produced: u32) -> Result<(), EngineError> {
+    Ok(())
+}
+
+/// See above: the faults, in a build for tests.
+#[cfg(feature = "fault-injection")]
 fn fault(prompt: &str, produced: u32) -> Result<(), EngineError> {
     if prompt.contains("[[fail]]") {
         return Err(EngineError::Failed("injected failure".into()));
@@ -183,5 +191,13 @@ mod tests {
         let g = engine.generate(req(&"w ".repeat(100), 1000), tx, cancel).await.unwrap();
         assert_eq!(g.finish_reason, FinishReason::Cancelled);
         assert_eq!(g.completion_tokens, 0);
+    }
+}
+
+#[cfg(all(test, not(feature = "fault-injection")))]
+mod without_fault_injection {
+    #[test]
+    fn a_prompt_cannot_fail_panic_or_abort_a_node() {
+        assert!(super::fault("[[fail]] [[panic]] [[abort-at-0]]", 5).is_ok());
     }
 }

@@ -28,6 +28,7 @@ use crate::NodeContext;
 use bitinglip_client::{CancelOnDrop, Relayed, TaskWatch};
 
 pub(super) fn router(ctx: NodeContext, auth: Auth) -> Router {
+    let body_limit = super::submit::body_limit(&ctx);
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
@@ -50,6 +51,8 @@ pub(super) fn router(ctx: NodeContext, auth: Auth) -> Router {
         .route("/openapi.json", get(super::admin::openapi))
         .merge(crate::health::routes())
         .fallback(not_found)
+        // The admin routes' bodies have the same limit as the rest (read_body's).
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         // Every route, the fallback included, is behind the key check.
         .layer(axum::middleware::from_fn_with_state(auth, require_key))
         .with_state(ctx)
@@ -118,8 +121,9 @@ async fn chat(
     span: tracing::Span,
     model_seen: &mut Option<String>,
 ) -> Result<Response, ApiError> {
-    let permit = admit(&ctx)?;
+    // The body first: a slow client spends its own time, not one of the request slots.
     let body = read_body(&ctx, &headers, body).await?;
+    let permit = admit(&ctx)?;
     let request = openai::parse_request(&body)?;
     let stream = request.stream;
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);

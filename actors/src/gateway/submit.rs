@@ -4,7 +4,7 @@
 
 use axum::{
     body::{Body, Bytes},
-    http::HeaderMap,
+    http::{HeaderMap, StatusCode},
 };
 use bitinglip_bus_schema::{ApiKey, ErrorKind, Priority, SubmitReply, SubmitRequest, TaskId, WireError};
 use bitinglip_client::TaskWatch;
@@ -24,12 +24,16 @@ pub(super) fn admit(ctx: &NodeContext) -> Result<tokio::sync::OwnedSemaphorePerm
     })
 }
 
+/// The largest body a request may have: the configured limit, or what one bus message
+/// can carry when that is less (with room for the envelope and the other fields).
+pub(super) fn body_limit(ctx: &NodeContext) -> usize {
+    ctx.config.gateway.max_body_bytes.min(ctx.bus.max_payload().saturating_sub(4096))
+}
+
 /// Reads the body up to the limit (the configured one, or what one bus message can carry
 /// when that is less): a larger one is a 413 in OpenAI's shape.
 pub(super) async fn read_body(ctx: &NodeContext, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    // Room for the envelope and the other fields around the request's own bytes.
-    let bus_limit = ctx.bus.max_payload().saturating_sub(4096);
-    let limit = ctx.config.gateway.max_body_bytes.min(bus_limit);
+    let limit = body_limit(ctx);
     let too_large = || {
         ApiError::from(WireError::new(
             ErrorKind::PayloadTooLarge,
@@ -43,7 +47,18 @@ pub(super) async fn read_body(ctx: &NodeContext, headers: &HeaderMap, body: Body
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|err| {
+    // A client that trickles its body is cut off: it must not hold the connection (or,
+    // were the body read after admission, a request slot) for as long as it likes.
+    let timeout = ctx.config.gateway.body_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("the request body took over {timeout:?}"),
+        )
+        .with_code("request_timeout")
+    })?;
+    read.map_err(|err| {
         let over = std::error::Error::source(&err).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if over {
             too_large()

@@ -92,8 +92,9 @@ pub(super) async fn submit(
 }
 
 async fn submit_task(ctx: NodeContext, key: ApiKey, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let _permit = admit(&ctx)?;
+    // The body first: a slow client spends its own time, not one of the request slots.
     let body = read_body(&ctx, &headers, body).await?;
+    let _permit = admit(&ctx)?;
     let request = openai::parse_request(&body)?;
     let wait_for_model = request.wait_for_model.unwrap_or(true);
     let chat = request.into_chat()?;

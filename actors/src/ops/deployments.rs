@@ -45,6 +45,12 @@ pub async fn set(store: &Store, req: SetDeployment) -> Result<Deployment, WireEr
     if model.trim().is_empty() {
         return Err(WireError::new(ErrorKind::InvalidRequest, "`model` is empty"));
     }
+    if model.len() > bitinglip_bus_schema::MAX_ID_BYTES {
+        return Err(WireError::new(
+            ErrorKind::InvalidRequest,
+            format!("`model` is over {} bytes", bitinglip_bus_schema::MAX_ID_BYTES),
+        ));
+    }
     if req.replicas > 1000 {
         return Err(WireError::new(ErrorKind::InvalidRequest, format!("`replicas` is {}; at most 1000", req.replicas)));
     }

@@ -9,7 +9,7 @@ use crate::NodeContext;
 
 /// Pulls `model` at `revision` into the hub cache.
 pub async fn pull(ctx: &NodeContext, model: &str, revision: &str) -> Result<Pulled, WireError> {
-    if model.trim().is_empty() || model.contains("..") {
+    if model.trim().is_empty() || model.contains("..") || model.len() > bitinglip_bus_schema::MAX_ID_BYTES {
         return Err(WireError::new(ErrorKind::InvalidRequest, format!("invalid model id {model:?}")));
     }
     let hub = Hub::new(&ctx.config.hub)?;

@@ -13,6 +13,13 @@ pub(super) fn request(cfg: &TaskManagerConfig, req: &mut SubmitRequest, max_payl
     if chat.model.trim().is_empty() {
         return Err(invalid("`model` is empty".into()));
     }
+    if chat.model.len() > bitinglip_bus_schema::MAX_ID_BYTES {
+        return Err(invalid(format!(
+            "`model` is {} bytes; at most {}",
+            chat.model.len(),
+            bitinglip_bus_schema::MAX_ID_BYTES
+        )));
+    }
     if chat.messages.is_empty() {
         return Err(invalid("`messages` is empty: give at least one message".into()));
     }
@@ -108,6 +115,7 @@ mod tests {
             (Box::new(|r| r.chat.temperature = Some(3.0)), "temperature"),
             (Box::new(|r| r.chat.top_p = Some(0.0)), "top_p"),
             (Box::new(|r| r.chat.model = " ".into()), "model"),
+            (Box::new(|r| r.chat.model = "m".repeat(300)), "model"),
         ];
         for (mutate, field) in cases {
             let mut r = req();

@@ -102,7 +102,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
     let server = bus.client().server_info();
     println!(
         "NATS {} (nats-server {}) connected · JetStream {} · {} node(s) · {ready}/{} worker(s) ready",
-        config.nats.servers.join(","),
+        bitinglip_config::redact_urls(&config.nats.servers),
         server.version,
         if jetstream { "ok" } else { "UNREACHABLE" },
         nodes.len(),
