@@ -13,6 +13,7 @@
 mod admin;
 mod auth;
 mod keys;
+mod limits;
 mod openai;
 mod routes;
 mod submit;
@@ -73,6 +74,7 @@ impl Actor for Gateway {
         let stop = CancellationToken::new();
         let auth = auth::Auth {
             keys: ctx.store.watch_keys(),
+            store: ctx.store.clone(),
             admin_key_sha256: ctx.config.gateway.admin_key.as_ref().map(|k| hash_secret(k.expose())),
         };
         let app = routes::router(ctx.clone(), auth);

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub cancel_to_stop: HistogramVec,
     /// Child actors the node supervisor restarted after a failure, by actor.
     pub actor_restarts: IntCounterVec,
+    /// Tasks finished by this node's workers, by API key id and model.
+    key_requests: IntCounterVec,
+    /// Tokens of those tasks, by API key id, model and kind (`prompt`, `completion`).
+    key_tokens: IntCounterVec,
     slots_in_use: IntGaugeVec,
     slots: IntGaugeVec,
     queue_depth: IntGaugeVec,
@@ -135,6 +139,16 @@ impl Metrics {
                 "bitinglip_cancel_to_stop_seconds",
                 "From a cancel reaching the worker to the engine's last token",
                 latency_buckets(),
+            ),
+            key_requests: counter(
+                "bitinglip_key_requests_total",
+                "Tasks finished by this node's workers, by API key id and model",
+                &["key", "model"],
+            ),
+            key_tokens: counter(
+                "bitinglip_key_tokens_total",
+                "Tokens of tasks finished by this node's workers, by API key id, model and kind",
+                &["key", "model", "kind"],
             ),
             actor_restarts: counter(
                 "bitinglip_actor_restarts_total",
@@ -228,6 +242,27 @@ async fn read_queues(ctx: &NodeContext) {
         m.queue_running.with_label_values(&labels).set(q.running as i64);
         m.queue_oldest_age.with_label_values(&labels).set(q.oldest_age_secs);
     }
+}
+
+/// Most distinct API keys labelled in the per-key series; later keys count as `other`, so
+/// a cluster with many keys cannot grow a node's series without bound.
+const MAX_KEY_LABELS: usize = 1000;
+
+/// Counts a finished task's usage under its API key id (never a secret).
+pub(crate) fn count_key_usage(key: &str, model: &str, (prompt, completion): (u32, u32)) {
+    static SEEN: OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    let label = match seen.lock() {
+        Ok(mut s) if s.contains(key) || s.len() < MAX_KEY_LABELS => {
+            s.insert(key.to_string());
+            key.to_string()
+        }
+        _ => "other".to_string(),
+    };
+    let m = metrics();
+    m.key_requests.with_label_values(&[&label, model]).inc();
+    m.key_tokens.with_label_values(&[&label, model, "prompt"]).inc_by(u64::from(prompt));
+    m.key_tokens.with_label_values(&[&label, model, "completion"]).inc_by(u64::from(completion));
 }
 
 /// Counts a submit's answer: `accepted`, `duplicate`, or the rejection's kind (an unknown

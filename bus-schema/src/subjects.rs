@@ -317,6 +317,50 @@ impl Subjects {
         format!("{}_TASKS", self.name_prefix)
     }
 
+    /// The counter stream of per-minute request and token counts of API keys (for rate
+    /// limits; entries expire after two minutes).
+    pub fn rates_stream(&self) -> String {
+        format!("{}_RATES", self.name_prefix)
+    }
+
+    /// The counter stream of daily usage per API key and model (durable).
+    pub fn usage_stream(&self) -> String {
+        format!("{}_USAGE", self.name_prefix)
+    }
+
+    /// Counter of an API key's `field` (`requests` or `tokens`) in one minute (minutes
+    /// since the epoch). Internal: only the storage layer reads and writes it.
+    pub fn rate_counter(&self, key: &str, minute: u64, field: &str) -> String {
+        self.subject(&["rate", &encode_token(key), &minute.to_string(), field])
+    }
+
+    /// Every rate counter (the rates stream's subjects).
+    pub fn all_rate_counters(&self) -> String {
+        self.subject(&["rate", ">"])
+    }
+
+    /// Counter of an API key's `field` (`requests`, `prompt_tokens`, `completion_tokens`)
+    /// for one model on one day (`YYYY-MM-DD`). Internal.
+    pub fn usage_counter(&self, key: &str, model: &str, day: &str, field: &str) -> String {
+        self.subject(&["usage", &encode_token(key), &encode_token(model), day, field])
+    }
+
+    /// The usage counters of one API key, or of all: `<…>.usage.<key>.<model>.<day>.<field>`.
+    pub fn usage_counters(&self, key: Option<&str>) -> String {
+        let key = key.map(encode_token).unwrap_or_else(|| "*".to_string());
+        self.subject(&["usage", &key, "*", "*", "*"])
+    }
+
+    /// Counter of an API key's tokens on one day, every model together. Internal.
+    pub fn day_tokens_counter(&self, key: &str, day: &str) -> String {
+        self.subject(&["usage-day", &encode_token(key), day])
+    }
+
+    /// Every usage counter (the usage stream's subjects).
+    pub fn all_usage_counters(&self) -> Vec<String> {
+        vec![self.subject(&["usage", ">"]), self.subject(&["usage-day", ">"])]
+    }
+
     /// The limits stream holding task events, for replay and resume.
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.name_prefix)

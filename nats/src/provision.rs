@@ -80,6 +80,42 @@ pub(crate) async fn provision(
     )
     .await?;
 
+    // Counters (JetStream's distributed counters: a publish with `Nats-Incr` adds to the
+    // subject's total and the acknowledgement carries the new total, one round trip, no
+    // compare-and-swap). Per-minute rates live two minutes, in memory; daily usage is kept
+    // on disk for 400 days, deduplicated by message id so a worker may publish twice.
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subjects.rates_stream(),
+            description: Some("BitingLip per-minute requests and tokens of each API key".into()),
+            subjects: vec![subjects.all_rate_counters()],
+            storage: stream::StorageType::Memory,
+            num_replicas: cfg.replicas,
+            max_age: std::time::Duration::from_secs(120),
+            allow_message_counter: true,
+            allow_direct: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subjects.usage_stream(),
+            description: Some("BitingLip daily usage of each API key and model".into()),
+            subjects: subjects.all_usage_counters(),
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            max_age: std::time::Duration::from_secs(400 * 86_400),
+            duplicate_window: std::time::Duration::from_secs(600),
+            allow_message_counter: true,
+            allow_direct: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+
     let tasks = ensure_kv(
         js,
         kv::Config {

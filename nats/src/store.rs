@@ -24,6 +24,7 @@
 //! It lives in `bitinglip-nats` because everything that talks to the cluster needs it,
 //! the CLI and outside Rust programs included, without linking an engine.
 
+pub mod counters;
 pub mod deployments;
 pub mod events;
 pub mod keys;

@@ -47,6 +47,21 @@ pub(crate) enum Command {
     /// API keys for the HTTP gateway: create, list, revoke.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Requests and tokens per API key, model and UTC day.
+    Usage {
+        /// One key's id (default: every key).
+        #[arg(long)]
+        key: Option<String>,
+        /// First day, `YYYY-MM-DD` (UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, `YYYY-MM-DD` (UTC).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the platform against raw NATS and direct mistral.rs; write docs/BENCHMARKS.md.
     Bench(crate::bench::BenchArgs),
 }
@@ -67,6 +82,15 @@ pub(crate) enum KeysCommand {
         /// When it stops working, from now: `30d`, `12h`, …
         #[arg(long)]
         expires: Option<String>,
+        /// Requests per minute, across every gateway.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens (prompt and completion) per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Tokens per day (UTC).
+        #[arg(long)]
+        tokens_per_day: Option<u64>,
         /// Print JSON (with `id` and `key`).
         #[arg(long)]
         json: bool,

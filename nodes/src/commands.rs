@@ -28,6 +28,7 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Cluster(crate::cli::ClusterCommand::Status(args)) => status::run(config, args).await,
         Command::Deployments(cmd) => deployments::run(config, cmd).await,
         Command::Keys(cmd) => keys::run(config, cmd).await,
+        Command::Usage { key, from, to, json } => keys::usage(config, key, from, to, json).await,
         Command::Bench(args) => crate::bench::run(config, args).await,
     }
 }

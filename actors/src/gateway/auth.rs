@@ -19,7 +19,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bitinglip_bus_schema::{ApiKey, Scope, TaskRecord, WireError};
-use bitinglip_nats::store::keys::{hash_secret, KeyWatch};
+use bitinglip_nats::{
+    store::keys::{hash_secret, KeyWatch},
+    Store,
+};
 
 use super::openai::ApiError;
 
@@ -30,6 +33,7 @@ const CONFIG_ADMIN_ID: &str = "config-admin";
 #[derive(Clone)]
 pub(super) struct Auth {
     pub(super) keys: KeyWatch,
+    pub(super) store: Store,
     pub(super) admin_key_sha256: Option<String>,
 }
 
@@ -79,6 +83,7 @@ pub(super) async fn require_key(State(auth): State<Auth>, mut req: Request, next
             secret_sha256: String::new(),
             created_ms: 0,
             revoked_ms: None,
+            limits: Default::default(),
         }
     } else {
         match auth.keys.authenticate(secret).await {
@@ -94,8 +99,23 @@ pub(super) async fn require_key(State(auth): State<Auth>, mut req: Request, next
         let msg = format!("this key's scope ({}) does not allow {}", key.scope.as_str(), req.uri().path());
         return forbidden(msg, "insufficient_scope").into_response();
     }
+    let limited = key.limits.any() && super::limits::counted(req.method(), req.uri().path());
+    let limits = key.limits;
+    let key_id = key.id.clone();
     req.extensions_mut().insert(key);
-    next.run(req).await
+    if !limited {
+        return next.run(req).await;
+    }
+    let now = bitinglip_nats::now_ms();
+    let window = match auth.store.counters().count_request(&key_id, now).await {
+        Ok(w) => w,
+        Err(err) => return ApiError::from(WireError::from(err)).into_response(),
+    };
+    let (headers, refusal) = super::limits::verdict(&limits, &window, now);
+    match refusal {
+        Some(err) => super::limits::refused(err, headers),
+        None => super::limits::with_headers(next.run(req).await, headers),
+    }
 }
 
 /// Refuses a model outside the key's list.

@@ -1,20 +1,20 @@
 //! The admin API for keys: `GET /api/v1/keys`, `POST /api/v1/keys` (the secret is in the
 //! answer, once), `DELETE /api/v1/keys/{id}` (revoke: refused on every gateway as soon as
-//! the change reaches it). Admin keys only (see `auth.rs`).
+//! the change reaches it), and `GET /api/v1/usage`. Admin keys only (see `auth.rs`).
 
 use axum::{
     body::Body,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::HeaderMap,
     Json,
 };
-use bitinglip_bus_schema::{ErrorKind, WireError};
+use bitinglip_bus_schema::{ErrorKind, KeyLimits, WireError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{openai::ApiError, submit::read_body};
 use crate::{
-    ops::keys::{key_json, new_key},
+    ops::keys::{check_day, key_json, new_key, usage_json},
     NodeContext,
 };
 
@@ -29,6 +29,12 @@ struct CreateKey {
     models: Vec<String>,
     #[serde(default)]
     expires: Option<String>,
+    #[serde(default)]
+    rpm: Option<u32>,
+    #[serde(default)]
+    tpm: Option<u64>,
+    #[serde(default)]
+    tokens_per_day: Option<u64>,
 }
 
 fn inference() -> String {
@@ -55,10 +61,35 @@ pub(super) async fn create(
             ApiError::invalid(&format!("invalid key request at `{field}`: {}", e.inner()), Some(&field))
         })?
     };
-    let new = new_key(&req.name, &req.scope, &req.models, req.expires.as_deref(), bitinglip_nats::now_ms())?;
+    let limits = KeyLimits { rpm: req.rpm, tpm: req.tpm, tokens_per_day: req.tokens_per_day };
+    let new = new_key(&req.name, &req.scope, &req.models, req.expires.as_deref(), limits, bitinglip_nats::now_ms())?;
     let (key, secret) = ctx.store.keys().create(new).await.map_err(WireError::from)?;
     tracing::info!(key.id = %key.id, scope = key.scope.as_str(), "API key created");
     Ok(Json(key_json(&key, Some(&secret))))
+}
+
+/// The query of `GET /api/v1/usage`.
+#[derive(Debug, Deserialize)]
+pub(super) struct UsageQuery {
+    key: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `GET /api/v1/usage?key=&from=&to=`: requests and tokens per key, model and UTC day.
+pub(super) async fn usage(
+    State(ctx): State<NodeContext>,
+    Query(q): Query<UsageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    check_day("from", q.from.as_deref())?;
+    check_day("to", q.to.as_deref())?;
+    let rows = ctx
+        .store
+        .counters()
+        .usage(q.key.as_deref(), q.from.as_deref(), q.to.as_deref())
+        .await
+        .map_err(WireError::from)?;
+    Ok(Json(usage_json(&rows)))
 }
 
 /// `DELETE /api/v1/keys/{id}`: revoke.

@@ -163,6 +163,12 @@ impl ApiError {
         self
     }
 
+    /// Sets `Retry-After`, in seconds.
+    pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
     /// Sets the `code` (a machine-readable reason such as `invalid_api_key`).
     pub(crate) fn with_code(mut self, code: &str) -> Self {
         self.code = Some(code.to_string());

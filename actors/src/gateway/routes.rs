@@ -48,6 +48,7 @@ pub(super) fn router(ctx: NodeContext, auth: Auth) -> Router {
         .route("/api/v1/cluster", get(super::admin::cluster))
         .route("/api/v1/keys", get(super::keys::list).post(super::keys::create))
         .route("/api/v1/keys/{id}", axum::routing::delete(super::keys::revoke))
+        .route("/api/v1/usage", get(super::keys::usage))
         .route("/openapi.json", get(super::admin::openapi))
         .merge(crate::health::routes())
         .fallback(not_found)

@@ -1,8 +1,8 @@
 //! API keys as the admin API and the CLI create and show them: one validation of a new
 //! key's fields, one JSON view (never the hash, the secret only once at creation).
 
-use bitinglip_bus_schema::{ApiKey, ErrorKind, Scope, WireError};
-use bitinglip_nats::store::keys::NewKey;
+use bitinglip_bus_schema::{ApiKey, ErrorKind, KeyLimits, Scope, WireError};
+use bitinglip_nats::store::{counters::UsageRow, keys::NewKey};
 use serde_json::{json, Value};
 
 fn invalid(message: String) -> WireError {
@@ -10,14 +10,23 @@ fn invalid(message: String) -> WireError {
 }
 
 /// Checks a new key's fields: a name of 1 to 100 characters, a known scope, model ids
-/// of 1 to 256 characters (at most 1000), and an expiry such as `30d` or `12h`.
+/// of 1 to 256 characters (at most 1000), an expiry such as `30d` or `12h`, and limits
+/// of at least 1.
 pub fn new_key(
     name: &str,
     scope: &str,
     models: &[String],
     expires: Option<&str>,
+    limits: KeyLimits,
     now_ms: u64,
 ) -> Result<NewKey, WireError> {
+    for (field, value) in
+        [("rpm", limits.rpm.map(u64::from)), ("tpm", limits.tpm), ("tokens_per_day", limits.tokens_per_day)]
+    {
+        if value == Some(0) {
+            return Err(invalid(format!("`{field}` must be at least 1 (leave it out for no limit)")));
+        }
+    }
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(invalid("`name` must be 1 to 100 characters".into()));
@@ -37,7 +46,7 @@ pub fn new_key(
             Some(now_ms.saturating_add(after.as_millis().min(u64::MAX as u128) as u64))
         }
     };
-    Ok(NewKey { name: name.to_string(), scope, models: models.to_vec(), expires_ms })
+    Ok(NewKey { name: name.to_string(), scope, models: models.to_vec(), expires_ms, limits })
 }
 
 /// A key as JSON: everything but the hash; with `secret` once, at creation.
@@ -51,11 +60,39 @@ pub fn key_json(key: &ApiKey, secret: Option<&str>) -> Value {
         "expires_ms": key.expires_ms,
         "created_ms": key.created_ms,
         "revoked_ms": key.revoked_ms,
+        "limits": {"rpm": key.limits.rpm, "tpm": key.limits.tpm, "tokens_per_day": key.limits.tokens_per_day},
     });
     if let Some(secret) = secret {
         v["key"] = json!(secret);
     }
     v
+}
+
+/// Checks a `YYYY-MM-DD` day given as `field`.
+pub fn check_day(field: &str, day: Option<&str>) -> Result<(), WireError> {
+    let Some(day) = day else { return Ok(()) };
+    let shape = day.len() == 10
+        && day.char_indices().all(|(i, c)| if i == 4 || i == 7 { c == '-' } else { c.is_ascii_digit() });
+    if shape {
+        Ok(())
+    } else {
+        Err(invalid(format!("`{field}` is {day:?}; use a UTC day such as 2026-11-27")))
+    }
+}
+
+/// Usage rows as JSON.
+pub fn usage_json(rows: &[UsageRow]) -> Value {
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "key": r.key, "model": r.model, "day": r.day, "requests": r.requests,
+                "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                "total_tokens": r.prompt_tokens + r.completion_tokens,
+            })
+        })
+        .collect();
+    json!({"object": "list", "data": data})
 }
 
 #[cfg(test)]
@@ -64,7 +101,7 @@ mod tests {
 
     #[test]
     fn a_new_key_is_checked_field_by_field() {
-        let k = new_key(" ci ", "inference", &["m".into()], Some("30d"), 1000).unwrap();
+        let k = new_key(" ci ", "inference", &["m".into()], Some("30d"), KeyLimits::default(), 1000).unwrap();
         assert_eq!((k.name.as_str(), k.scope, k.expires_ms), ("ci", Scope::Inference, Some(1000 + 30 * 86_400_000)));
         for (name, scope, models, expires, field) in [
             ("", "admin", vec![], None, "name"),
@@ -73,9 +110,18 @@ mod tests {
             ("x", "admin", vec![], Some("soon"), "expires"),
             ("x", "admin", vec![], Some("0s"), "expires"),
         ] {
-            let err = new_key(name, scope, &models, expires, 0).unwrap_err();
+            let err = new_key(name, scope, &models, expires, KeyLimits::default(), 0).unwrap_err();
             assert!(err.message.contains(field), "{field}: {}", err.message);
         }
+        let zero = KeyLimits { rpm: Some(0), ..Default::default() };
+        assert!(new_key("x", "admin", &[], None, zero, 0).unwrap_err().message.contains("rpm"));
+    }
+
+    #[test]
+    fn days_are_checked_by_shape() {
+        assert!(check_day("from", Some("2026-11-27")).is_ok());
+        assert!(check_day("from", None).is_ok());
+        assert!(check_day("to", Some("27/11/2026")).unwrap_err().message.contains("`to`"));
     }
 
     #[test]
@@ -89,6 +135,7 @@ mod tests {
             secret_sha256: "deadbeef".into(),
             created_ms: 1,
             revoked_ms: None,
+            limits: Default::default(),
         };
         assert!(!key_json(&k, None).to_string().contains("deadbeef"));
         assert!(key_json(&k, None).get("key").is_none());

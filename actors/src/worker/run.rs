@@ -23,7 +23,10 @@ use bitinglip_bus_schema::{TaskEvent, TaskId, TaskRecord, TaskSpec, TaskStarted,
 use bitinglip_client::{prefix_of, Prefix};
 use bitinglip_nats::{
     now_ms,
-    store::tasks::{Claim, Claimant},
+    store::{
+        counters::TaskUsage,
+        tasks::{Claim, Claimant},
+    },
     trace::TraceParent,
 };
 use tokio::sync::mpsc;
@@ -36,7 +39,7 @@ use super::{
 };
 use crate::{
     engine::{EngineError, GenerateRequest, Generation},
-    metrics::metrics,
+    metrics::{self, metrics},
     NodeContext,
 };
 
@@ -189,7 +192,8 @@ async fn run_claimed(
                     metrics().cancel_to_stop.with_label_values(&[&model]).observe(ms / 1000.0);
                 }
             }
-            finish(ctx, &msg, ending, owned.revision, &model, trace.as_ref()).await;
+            let tokens = generated.result.as_ref().map_or((0, 0), |g| (g.prompt_tokens, g.completion_tokens));
+            finish(ctx, &msg, ending, owned.revision, &model, tokens, trace.as_ref()).await;
         }
     }
 }
@@ -208,8 +212,15 @@ async fn claim_delivery(
     let who = Claimant { worker: &shared.worker_id, attempt, stream_seq, ack_subject: &ack_subject };
     match shared.ctx.store.tasks().claim(spec, &who).await {
         Ok(Claim::Owned { revision, record }) => Some(Owned { revision, record: *record, ack_subject, claimed_at }),
-        Ok(Claim::Final) => {
-            let _ = msg.double_ack().await;
+        Ok(Claim::Final(record)) => {
+            // Finished before a crash stopped the ack: its usage may not have been counted.
+            // Counting it again is deduplicated, so count, then ack.
+            let usage = record.result.as_ref().map_or((0, 0), |r| (r.usage.prompt_tokens, r.usage.completion_tokens));
+            if record_usage(&shared.ctx, &record, usage).await.is_ok() {
+                let _ = msg.double_ack().await;
+            } else {
+                nak(msg, Some(Duration::from_secs(1))).await;
+            }
             None
         }
         Ok(Claim::Stale) => {
@@ -403,19 +414,40 @@ async fn generate(
     Generated { result, text, chunks: seq, first_token, last_token, stale: stale.is_cancelled(), cancelled_at }
 }
 
+/// The usage key of tasks submitted over NATS without an API key.
+const NO_KEY: &str = "-";
+
+/// Adds a finished task's usage to its key's counters (deduplicated per task).
+async fn record_usage(ctx: &NodeContext, record: &TaskRecord, (prompt, completion): (u32, u32)) -> Result<(), ()> {
+    let usage = TaskUsage {
+        task_id: record.task_id.as_str(),
+        key: record.owner.as_deref().unwrap_or(NO_KEY),
+        model: &record.model,
+        prompt_tokens: u64::from(prompt),
+        completion_tokens: u64::from(completion),
+        at_ms: now_ms(),
+    };
+    ctx.store.counters().record(&usage).await.map_err(|err| {
+        tracing::warn!(cause = %err, "usage not counted; handing back to count it again");
+    })
+}
+
 /// Writes the final record (fenced on the claim), publishes the final event, and only
 /// then acks: a crash before the ack means redelivery, and the redelivery finds the task
 /// finished.
+#[allow(clippy::too_many_arguments)] // the last step of one task, from run_claimed
 async fn finish(
     ctx: &NodeContext,
     msg: &jetstream::Message,
     ending: Ending,
     revision: u64,
     model: &str,
+    tokens: (u32, u32),
     trace: Option<&TraceParent>,
 ) {
     let Ending::Finish { record, event, ack, outcome } = ending else { return };
     let task_id = record.task_id.clone();
+    let finished = (*record).clone();
     match ctx.store.tasks().finish(*record, revision).await {
         Ok(true) => metrics().tasks.with_label_values(&[model, outcome]).inc(),
         Ok(false) => {
@@ -431,6 +463,13 @@ async fn finish(
         }
     }
     publish_event(ctx, &task_id, &event, trace).await;
+    // Usage is counted before the ack: a failure hands the task back, and the redelivery
+    // (which finds it finished) counts it again, deduplicated.
+    if record_usage(ctx, &finished, tokens).await.is_err() {
+        nak(msg, Some(Duration::from_secs(1))).await;
+        return;
+    }
+    metrics::count_key_usage(finished.owner.as_deref().unwrap_or(NO_KEY), model, tokens);
     let acked = match ack {
         FinalAck::Ack => msg.double_ack().await,
         FinalAck::Term => msg.ack_with(AckKind::Term).await,

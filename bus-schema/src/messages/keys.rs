@@ -55,6 +55,30 @@ pub struct ApiKey {
     /// Revoked at, ms since the epoch.
     #[serde(default)]
     pub revoked_ms: Option<u64>,
+    /// Its limits, counted across every gateway.
+    #[serde(default)]
+    pub limits: KeyLimits,
+}
+
+/// What one API key may use; absent: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KeyLimits {
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens (prompt and completion) per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Tokens per day (UTC).
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
+}
+
+impl KeyLimits {
+    /// True when any limit is set.
+    pub fn any(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.tokens_per_day.is_some()
+    }
 }
 
 impl ApiKey {
@@ -84,12 +108,17 @@ mod tests {
             secret_sha256: "ab".into(),
             created_ms: 1,
             revoked_ms: None,
+            limits: KeyLimits { rpm: Some(60), tpm: None, tokens_per_day: Some(1000) },
         }
     }
 
     #[test]
     fn keys_pin_their_fields_and_scopes_their_names() {
-        pin(key(), &["id", "name", "scope", "models", "expires_ms", "secret_sha256", "created_ms", "revoked_ms"]);
+        pin(
+            key(),
+            &["id", "name", "scope", "models", "expires_ms", "secret_sha256", "created_ms", "revoked_ms", "limits"],
+        );
+        pin(KeyLimits::default(), &["rpm", "tpm", "tokens_per_day"]);
         assert_eq!(rmp_serde::to_vec_named(&Scope::Admin).unwrap(), rmp_serde::to_vec_named("admin").unwrap());
         let newer = rmp_serde::to_vec_named("superuser").unwrap();
         assert_eq!(rmp_serde::from_slice::<Scope>(&newer).unwrap(), Scope::Unknown);

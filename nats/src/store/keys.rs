@@ -6,7 +6,7 @@
 //! no round trip and a revoked key is refused on every gateway as soon as the change
 //! reaches it; a key not yet seen (created a moment ago elsewhere) is read from the bucket.
 
-use bitinglip_bus_schema::{ApiKey, Scope};
+use bitinglip_bus_schema::{ApiKey, KeyLimits, Scope};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -55,6 +55,8 @@ pub struct NewKey {
     pub models: Vec<String>,
     /// When it stops working, ms since the epoch.
     pub expires_ms: Option<u64>,
+    /// Its limits.
+    pub limits: KeyLimits,
 }
 
 impl Keys<'_> {
@@ -78,6 +80,7 @@ impl Keys<'_> {
             secret_sha256: hash_secret(&secret),
             created_ms: now_ms(),
             revoked_ms: None,
+            limits: new.limits,
         };
         self.bucket.create(&id, &key).await?;
         Ok((key, secret))
@@ -182,6 +185,7 @@ mod tests {
             secret_sha256: hash_secret(secret),
             created_ms: 1,
             revoked_ms: None,
+            limits: KeyLimits::default(),
         }
     }
 

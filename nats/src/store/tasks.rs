@@ -48,8 +48,8 @@ pub enum Claim {
         record: Box<TaskRecord>,
     },
     /// Already finished (redelivered after its final write, before the ack), or cancelled
-    /// while queued.
-    Final,
+    /// while queued: the record as it stands.
+    Final(Box<TaskRecord>),
     /// A newer attempt owns it.
     Stale,
     /// Another copy of the same task is running.
@@ -84,7 +84,7 @@ fn decide_claim(current: Option<TaskRecord>, spec: &TaskSpec, who: &Claimant<'_>
         TaskRecord::queued(spec.task_id.clone(), spec.chat.model.clone(), spec.priority, spec.accepted_ms)
     });
     if record.state.is_final() {
-        return Step::Done(Claim::Final);
+        return Step::Done(Claim::Final(Box::new(record)));
     }
     if record.attempt > who.attempt {
         return Step::Done(Claim::Stale);
@@ -284,7 +284,10 @@ mod tests {
     fn final_stale_and_duplicate_deliveries_write_nothing() {
         let mut finished = claimed(decide_claim(None, &spec(), &who(1, 7), 10));
         finished.state = TaskState::Completed;
-        assert_eq!(done(decide_claim(Some(finished), &spec(), &who(2, 7), 20)), Claim::Final);
+        assert_eq!(
+            done(decide_claim(Some(finished.clone()), &spec(), &who(2, 7), 20)),
+            Claim::Final(Box::new(finished))
+        );
         let newer = claimed(decide_claim(None, &spec(), &who(3, 7), 10));
         assert_eq!(done(decide_claim(Some(newer.clone()), &spec(), &who(2, 7), 20)), Claim::Stale);
         assert_eq!(done(decide_claim(Some(newer), &spec(), &who(3, 9), 20)), Claim::Duplicate);

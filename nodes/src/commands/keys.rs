@@ -2,7 +2,7 @@
 //! admin of the bus; the HTTP gateway's `/api/v1/keys` does the same for admin keys).
 
 use anyhow::bail;
-use bitinglip_actors::ops::keys::{key_json, new_key};
+use bitinglip_actors::ops::keys::{check_day, key_json, new_key, usage_json};
 use bitinglip_config::Config;
 use bitinglip_nats::Store;
 
@@ -23,8 +23,9 @@ pub(super) async fn run(config: Config, cmd: KeysCommand) -> anyhow::Result<()> 
     let bus = super::client_bus(&config).await?;
     let store = Store::open(&bus, &config).await?;
     match cmd {
-        KeysCommand::Create { name, scope, models, expires, json } => {
-            let new = new_key(&name, &scope, &models, expires.as_deref(), bitinglip_nats::now_ms())
+        KeysCommand::Create { name, scope, models, expires, rpm, tpm, tokens_per_day, json } => {
+            let limits = bitinglip_bus_schema::KeyLimits { rpm, tpm, tokens_per_day };
+            let new = new_key(&name, &scope, &models, expires.as_deref(), limits, bitinglip_nats::now_ms())
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             let (key, secret) = store.keys().create(new).await?;
             if json {
@@ -73,5 +74,38 @@ pub(super) async fn run(config: Config, cmd: KeysCommand) -> anyhow::Result<()> 
             None => bail!("no API key {id}"),
         },
     }
+    Ok(())
+}
+
+/// `bitinglip usage`.
+pub(super) async fn usage(
+    config: Config,
+    key: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    for (field, day) in [("--from", &from), ("--to", &to)] {
+        check_day(field, day.as_deref()).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    }
+    let bus = super::client_bus(&config).await?;
+    let store = Store::open(&bus, &config).await?;
+    let rows = store.counters().usage(key.as_deref(), from.as_deref(), to.as_deref()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&usage_json(&rows)["data"])?);
+        return Ok(());
+    }
+    let mut table = vec![["DAY", "KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION"].map(String::from).to_vec()];
+    for r in &rows {
+        table.push(vec![
+            r.day.clone(),
+            r.key.clone(),
+            r.model.clone(),
+            r.requests.to_string(),
+            r.prompt_tokens.to_string(),
+            r.completion_tokens.to_string(),
+        ]);
+    }
+    super::print_table(&table);
     Ok(())
 }

@@ -209,6 +209,7 @@ async fn ensure_admin_key(
         scope: bitinglip_bus_schema::Scope::Admin,
         models: Vec::new(),
         expires_ms: None,
+        limits: Default::default(),
     };
     let (key, secret) = store.keys().create(new).await?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;

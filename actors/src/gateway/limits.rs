@@ -1,0 +1,112 @@
+//! Rate limits and token budgets of API keys, counted across every gateway in the
+//! cluster's counter streams (see `store::counters`): requests per minute, tokens per
+//! minute, tokens per day (UTC). A request that would go over answers 429 with
+//! `Retry-After`; responses to a limited key carry OpenAI's headers
+//! (`x-ratelimit-limit-requests`, `x-ratelimit-remaining-requests`,
+//! `x-ratelimit-reset-requests`, and the same for tokens).
+//!
+//! Counting costs one round trip per request of a limited key (the request counter's
+//! increment and the two token reads run at once) and nothing for a key without limits.
+//! Tokens are counted when a task finishes, so a burst of long answers can overshoot a
+//! token limit by what was in flight; the next request is refused.
+
+use axum::{
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use bitinglip_bus_schema::KeyLimits;
+use bitinglip_nats::store::counters::Window;
+
+use super::openai::ApiError;
+
+/// The routes that spend a key's budget.
+pub(super) fn counted(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::POST && matches!(path, "/v1/chat/completions" | "/v1/tasks")
+}
+
+/// What the counts say (pure): the headers to send, and the refusal when over a limit.
+pub(super) fn verdict(limits: &KeyLimits, w: &Window, now_ms: u64) -> (HeaderMap, Option<ApiError>) {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    let mut over: Option<(String, u64)> = None;
+    if let Some(rpm) = limits.rpm.map(u64::from) {
+        put("x-ratelimit-limit-requests", rpm.to_string());
+        put("x-ratelimit-remaining-requests", rpm.saturating_sub(w.requests).to_string());
+        put("x-ratelimit-reset-requests", format!("{}s", w.reset_secs));
+        if w.requests > rpm {
+            over = Some((format!("over the limit of {rpm} requests per minute"), w.reset_secs));
+        }
+    }
+    if let Some(tpm) = limits.tpm {
+        put("x-ratelimit-limit-tokens", tpm.to_string());
+        put("x-ratelimit-remaining-tokens", tpm.saturating_sub(w.tokens).to_string());
+        put("x-ratelimit-reset-tokens", format!("{}s", w.reset_secs));
+        if over.is_none() && w.tokens >= tpm {
+            over = Some((format!("over the limit of {tpm} tokens per minute"), w.reset_secs));
+        }
+    }
+    if let Some(day) = limits.tokens_per_day {
+        let to_midnight = (86_400_000 - now_ms % 86_400_000).div_ceil(1000);
+        put("x-ratelimit-limit-tokens-per-day", day.to_string());
+        put("x-ratelimit-remaining-tokens-per-day", day.saturating_sub(w.tokens_today).to_string());
+        if over.is_none() && w.tokens_today >= day {
+            over = Some((format!("over the budget of {day} tokens per day (UTC)"), to_midnight));
+        }
+    }
+    let refusal = over.map(|(why, retry)| {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", format!("this API key is {why}; retry later"))
+            .with_code("rate_limit_exceeded")
+            .with_retry_after(retry.max(1))
+    });
+    (headers, refusal)
+}
+
+/// Adds `headers` to `resp`.
+pub(super) fn with_headers(mut resp: Response, headers: HeaderMap) -> Response {
+    resp.headers_mut().extend(headers);
+    resp
+}
+
+/// A refusal with its headers.
+pub(super) fn refused(err: ApiError, headers: HeaderMap) -> Response {
+    with_headers(err.into_response(), headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(requests: u64, tokens: u64, tokens_today: u64) -> Window {
+        Window { requests, tokens, tokens_today, reset_secs: 12 }
+    }
+
+    #[test]
+    fn under_every_limit_the_headers_say_what_is_left() {
+        let limits = KeyLimits { rpm: Some(3), tpm: Some(100), tokens_per_day: Some(1000) };
+        let (h, refusal) = verdict(&limits, &window(1, 40, 500), 0);
+        assert!(refusal.is_none());
+        assert_eq!(h["x-ratelimit-remaining-requests"], "2");
+        assert_eq!(h["x-ratelimit-reset-requests"], "12s");
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "60");
+        assert_eq!(h["x-ratelimit-remaining-tokens-per-day"], "500");
+    }
+
+    #[test]
+    fn each_limit_refuses_with_429_and_a_retry_after() {
+        let rpm = KeyLimits { rpm: Some(3), ..Default::default() };
+        let (_, refusal) = verdict(&rpm, &window(4, 0, 0), 0);
+        let resp = refusal.expect("over rpm").into_response();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "12");
+        let tpm = KeyLimits { tpm: Some(100), ..Default::default() };
+        assert!(verdict(&tpm, &window(1, 100, 0), 0).1.is_some());
+        let day = KeyLimits { tokens_per_day: Some(10), ..Default::default() };
+        let (_, refusal) = verdict(&day, &window(1, 0, 10), 86_400_000 - 30_000);
+        assert_eq!(refusal.expect("over the day").into_response().headers()["retry-after"], "30");
+        assert!(verdict(&KeyLimits::default(), &window(1_000_000, 0, 0), 0).0.is_empty());
+    }
+}
