@@ -288,6 +288,10 @@ pub struct GatewayConfig {
     /// before the request takes one of the `max_concurrent_requests` slots.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// An SSE stream with no event for this long is closed (keep-alive comments do not
+    /// count); a closed chat stream cancels its task, as a client that went away would.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
     /// An admin API key accepted besides those in the keys bucket, for automation that
     /// cannot run `bitinglip keys create` first (at least 32 characters; prefer the
     /// environment, `BITINGLIP_GATEWAY__ADMIN_KEY`, to a file). None by default: every
@@ -304,6 +308,7 @@ impl Default for GatewayConfig {
             max_concurrent_requests: 4096,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(15),
+            stream_idle_timeout: Duration::from_secs(15 * 60),
             admin_key: None,
         }
     }

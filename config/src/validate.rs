@@ -133,6 +133,7 @@ impl Config {
         for (key, d) in [
             ("gateway.header_timeout", self.gateway.header_timeout),
             ("gateway.body_timeout", self.gateway.body_timeout),
+            ("gateway.stream_idle_timeout", self.gateway.stream_idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "0s", "must be above zero"));

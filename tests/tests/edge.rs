@@ -86,3 +86,25 @@ async fn stalled_clients_are_cut_off_while_a_real_client_is_served() {
     let resp = http().post(format!("{base}/v1/chat/completions")).json(&chat).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_with_nothing_to_say_is_closed_after_the_idle_timeout() {
+    let nats = TestNats::start().await;
+    let mut config = test_config(&nats.url());
+    // One token every three seconds: the stream is idle longer than its limit of one.
+    config.worker.models = vec![echo_model("slow", 1.0 / 3.0, 2)];
+    config.gateway.stream_idle_timeout = Duration::from_secs(1);
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_worker_ready("slow", Duration::from_secs(60)).await;
+    let base = node.http.clone().unwrap();
+    let chat = json!({"model": "slow", "messages": [{"role": "user", "content": "a b c d e f"}], "max_tokens": 6, "stream": true});
+    let resp = http().post(format!("{base}/v1/chat/completions")).json(&chat).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-task-id"].to_str().unwrap().to_string();
+    // The body ends early, without the answer's end.
+    let body = tokio::time::timeout(Duration::from_secs(15), resp.text()).await.expect("the stream is closed").unwrap();
+    assert!(!body.contains("[DONE]"), "{body}");
+    // Closing it cancelled the task, as a client that went away would.
+    let t = bitinglip_tests::wait_task_status(&http(), &base, &id, "cancelled").await;
+    assert_eq!(t["status"], "cancelled");
+}

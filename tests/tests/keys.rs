@@ -179,3 +179,50 @@ async fn a_bad_key_request_and_an_unknown_scope_are_refused_by_the_cli() {
     assert_ne!(code, 0);
     assert!(err.contains("no API key"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_task_list_is_paged_newest_first_without_repeats() {
+    let nats = TestNats::start().await;
+    let mut config = test_config(&nats.url());
+    config.worker.models = vec![echo_model("echo", 0.0, 4)];
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_model("echo", Duration::from_secs(60)).await;
+    let base = node.http.clone().unwrap();
+    let (_, key) = cli_key(&nats.url(), &["--name", "pager"]);
+    let client = http_with(&key);
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        let (status, task) =
+            status_of(client.post(format!("{base}/v1/tasks")).json(&chat("echo")).send().await.unwrap()).await;
+        assert_eq!(status, 202, "{task}");
+        ids.push(task["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        bitinglip_tests::wait_task_status(&client, &base, id, "completed").await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<u64> = None;
+    for page in 0..5 {
+        let url = match cursor {
+            Some(c) => format!("{base}/v1/tasks?limit=3&before={c}"),
+            None => format!("{base}/v1/tasks?limit=3"),
+        };
+        let (status, list) = status_of(client.get(url).send().await.unwrap()).await;
+        assert_eq!(status, 200, "{list}");
+        let data = list["data"].as_array().unwrap();
+        assert!(data.len() <= 3, "page {page}: {list}");
+        seen.extend(data.iter().map(|t| t["id"].as_str().unwrap().to_string()));
+        cursor = list["next"].as_u64();
+        assert_eq!(list["has_more"], cursor.is_some());
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "no task twice: {seen:?}");
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(sorted, want, "every task of the key, and only those");
+}

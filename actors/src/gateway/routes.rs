@@ -150,6 +150,7 @@ async fn chat(
             let _held = (&permit, &span, &relay);
             e
         });
+        let events = super::submit::idle_limited(events, ctx.config.gateway.stream_idle_timeout);
         let mut resp = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
         resp.headers_mut().insert("x-task-id", task_id.as_str().parse().expect("task ids are valid header values"));
         Ok(resp)

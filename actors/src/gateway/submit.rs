@@ -24,6 +24,24 @@ pub(super) fn admit(ctx: &NodeContext) -> Result<tokio::sync::OwnedSemaphorePerm
     })
 }
 
+/// Ends `events` when nothing comes for `idle` (keep-alive comments do not count): an
+/// abandoned or stuck stream does not hold a connection and a request slot for ever.
+pub(super) fn idle_limited<S>(events: S, idle: std::time::Duration) -> impl futures::Stream<Item = S::Item>
+where
+    S: futures::Stream + Send + 'static,
+{
+    futures::stream::unfold(Box::pin(events), move |mut events| async move {
+        match tokio::time::timeout(idle, futures::StreamExt::next(&mut events)).await {
+            Ok(Some(item)) => Some((item, events)),
+            Ok(None) => None,
+            Err(_) => {
+                tracing::info!(idle = ?idle, "stream idle for too long; closed");
+                None
+            }
+        }
+    })
+}
+
 /// The largest body a request may have: the configured limit, or what one bus message
 /// can carry when that is less (with room for the envelope and the other fields).
 pub(super) fn body_limit(ctx: &NodeContext) -> usize {

@@ -125,6 +125,8 @@ pub(super) async fn get(
 pub(super) struct ListQuery {
     limit: Option<u32>,
     status: Option<String>,
+    /// The cursor of the next page, as the previous page's `next` gave it.
+    before: Option<u64>,
 }
 
 /// `GET /v1/tasks?limit=&status=`: newest first.
@@ -143,13 +145,21 @@ pub(super) async fn list(
     };
     let reply: TaskList = ctx
         .bus
-        .request(ctx.bus.subjects().task_list(), &ListTasks { limit: q.limit, state, owner }, None, None)
+        .request(
+            ctx.bus.subjects().task_list(),
+            &ListTasks { limit: q.limit, state, owner, before: q.before },
+            None,
+            None,
+        )
         .await
         .map_err(|e| ApiError::from(WireError::from(&e)))?;
     match reply {
-        TaskList::Tasks { tasks } => {
-            Ok(Json(json!({"object": "list", "data": tasks.iter().map(record_json).collect::<Vec<_>>()})))
-        }
+        TaskList::Tasks { tasks, next } => Ok(Json(json!({
+            "object": "list",
+            "data": tasks.iter().map(record_json).collect::<Vec<_>>(),
+            "has_more": next.is_some(),
+            "next": next,
+        }))),
         TaskList::Error(e) => Err(e.into()),
     }
 }
@@ -220,5 +230,6 @@ pub(super) async fn events(
         let _held = &permit;
         e
     });
+    let stream = super::submit::idle_limited(stream, ctx.config.gateway.stream_idle_timeout);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -22,5 +22,6 @@ pub(super) async fn handle(ctx: NodeContext, req: CancelTask) -> Result<Ack, Wir
 
 /// Answers `…task.list`: the newest records first.
 pub(super) async fn list(ctx: NodeContext, req: ListTasks) -> Result<TaskList, WireError> {
-    Ok(TaskList::Tasks { tasks: ctx.store.tasks().list(&req).await? })
+    let (tasks, next) = ctx.store.tasks().list(&req).await?;
+    Ok(TaskList::Tasks { tasks, next })
 }

@@ -269,16 +269,22 @@ pub struct ListTasks {
     /// Only tasks of this API key (its id).
     #[serde(default)]
     pub owner: Option<String>,
+    /// A page's cursor (`next` of the page before): only tasks last changed before it.
+    #[serde(default)]
+    pub before: Option<u64>,
 }
 
 /// Reply on `…task.list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TaskList {
-    /// Newest first.
+    /// Most recently changed first.
     Tasks {
         /// The records.
         tasks: Vec<TaskRecord>,
+        /// The cursor of the next page (`ListTasks.before`), when there may be more.
+        #[serde(default)]
+        next: Option<u64>,
     },
     /// The store could not be read.
     Error(WireError),
@@ -386,8 +392,11 @@ mod tests {
         let mut tagged = RECORD.to_vec();
         tagged.push("type");
         pin(TaskStatusReply::Found(record.clone()), &tagged);
-        pin(ListTasks { limit: Some(5), state: Some(TaskState::Queued), owner: None }, &["limit", "state", "owner"]);
-        pin(TaskList::Tasks { tasks: vec![record] }, &["type", "tasks"]);
+        pin(
+            ListTasks { limit: Some(5), state: Some(TaskState::Queued), owner: None, before: Some(9) },
+            &["limit", "state", "owner", "before"],
+        );
+        pin(TaskList::Tasks { tasks: vec![record], next: Some(3) }, &["type", "tasks", "next"]);
     }
 
     #[test]

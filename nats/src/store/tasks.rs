@@ -6,6 +6,7 @@
 //! of the record, with unit tests; the operations feed them through the bucket's one
 //! compare-and-swap helper.
 
+use async_nats::jetstream;
 use bitinglip_bus_schema::{ErrorKind, ListTasks, TaskId, TaskRecord, TaskSpec, TaskState, WireError};
 
 use super::{Bucket, Step, Store, StoreError};
@@ -133,21 +134,48 @@ impl Tasks<'_> {
         self.bucket.get(key(task_id)).await
     }
 
-    /// The newest records first, filtered by state and owner, at most `limit` (1 to 1000,
-    /// 100 when absent).
-    pub async fn list(&self, query: &ListTasks) -> Result<Vec<TaskRecord>, StoreError> {
+    /// A page of records, most recently changed first, filtered by state and owner: at
+    /// most `limit` (1 to 1000, 100 when absent), and the cursor of the next page. The
+    /// work is bounded: records are read newest first from the bucket's stream (no list of
+    /// every key), at most twenty per record asked for, so a filter that matches little
+    /// ends a page early with a cursor to go on from.
+    pub async fn list(&self, query: &ListTasks) -> Result<(Vec<TaskRecord>, Option<u64>), StoreError> {
         let limit = query.limit.unwrap_or(100).clamp(1, 1000) as usize;
-        let mut tasks: Vec<TaskRecord> = self
-            .bucket
-            .scan::<TaskRecord>(|_| true)
-            .await?
-            .into_values()
-            .filter(|r| query.state.is_none_or(|s| s == r.state))
-            .filter(|r| query.owner.is_none() || r.owner == query.owner)
-            .collect();
-        tasks.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
-        tasks.truncate(limit);
-        Ok(tasks)
+        let unavailable = |e: &dyn std::fmt::Display| self.bucket.unavailable(e);
+        let mut stream = self.bucket.kv.stream.clone();
+        let (last, first) = {
+            let info = stream.info().await.map_err(|e| unavailable(&e))?;
+            (info.state.last_sequence, info.state.first_sequence.max(1))
+        };
+        let mut seq = match query.before {
+            Some(before) => before.saturating_sub(1).min(last),
+            None => last,
+        };
+        let mut tasks = Vec::new();
+        let mut reads = 0usize;
+        while seq >= first && tasks.len() < limit && reads < limit * 20 {
+            reads += 1;
+            match stream.direct_get(seq).await {
+                Ok(msg) => {
+                    // A delete or purge marker is no record.
+                    let marker = msg.headers.get("KV-Operation").is_some();
+                    let key = msg.subject.rsplit('.').next().unwrap_or_default().to_string();
+                    if let (false, Ok(record)) = (marker, self.bucket.decode::<TaskRecord>(&key, &msg.payload)) {
+                        let wanted = query.state.is_none_or(|s| s == record.state)
+                            && (query.owner.is_none() || record.owner == query.owner);
+                        if wanted {
+                            tasks.push(record);
+                        }
+                    }
+                }
+                // A revision replaced since (history 1 keeps only the last): a gap.
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {}
+                Err(e) => return Err(unavailable(&e)),
+            }
+            seq -= 1;
+        }
+        let next = (seq >= first).then_some(seq + 1);
+        Ok((tasks, next))
     }
 
     /// Claims a delivered task for `who`: compare-and-swap on the record, so of two

@@ -94,13 +94,13 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
             let tasks = match bus
                 .request::<_, TaskList>(
                     bus.subjects().task_list(),
-                    &ListTasks { limit: Some(limit), state, owner: None },
+                    &ListTasks { limit: Some(limit), state, owner: None, before: None },
                     None,
                     None,
                 )
                 .await?
             {
-                TaskList::Tasks { tasks } => tasks,
+                TaskList::Tasks { tasks, .. } => tasks,
                 TaskList::Error(e) => bail!("{}: {}", e.kind, e.message),
             };
             if json {
