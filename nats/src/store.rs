@@ -350,6 +350,53 @@ impl Bucket {
     }
 }
 
+/// Every message of `stream` matching `filter` now, as (subject, payload), read through
+/// an ephemeral consumer that is deleted after (or, if this is interrupted, expires after
+/// 30 s unused). `last_per_subject` reads only each subject's last message.
+async fn read_matching(
+    js: &jetstream::Context,
+    stream: String,
+    filter: String,
+    last_per_subject: bool,
+    what: &'static str,
+) -> Result<Vec<(String, bytes::Bytes)>, StoreError> {
+    use jetstream::consumer;
+    let unavailable = |e: &dyn std::fmt::Display| StoreError::unavailable(what, e);
+    let stream = js.get_stream(stream).await.map_err(|e| unavailable(&e))?;
+    let deliver_policy =
+        if last_per_subject { consumer::DeliverPolicy::LastPerSubject } else { consumer::DeliverPolicy::All };
+    let mut consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: filter,
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let pending = consumer.info().await.map_err(|e| unavailable(&e))?.num_pending;
+    let mut out = Vec::new();
+    if pending > 0 {
+        let mut messages = consumer
+            .batch()
+            .max_messages(pending as usize)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        while let Some(msg) = futures::StreamExt::next(&mut messages).await {
+            let msg = msg.map_err(|e| unavailable(&e))?;
+            out.push((msg.subject.to_string(), msg.message.payload.clone()));
+            if out.len() as u64 >= pending {
+                break;
+            }
+        }
+    }
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    Ok(out)
+}
+
 /// A bucket's values mirrored in memory by one watch (restarted whenever it ends), with a
 /// counter of keys appearing or going. Cheap to clone; the watch stops with the last clone.
 #[derive(Clone)]

@@ -530,3 +530,32 @@ pub async fn wait_task_status(http: &reqwest::Client, base: &str, id: &str, stat
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Creates an API key with `bitinglip keys create --json` and the extra `args`; returns
+/// (id, secret).
+pub fn cli_key(nats_url: &str, args: &[&str]) -> (String, String) {
+    let mut all = vec!["keys", "create", "--nats", nats_url, "--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_cli(&all);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON from keys create --json");
+    (v["id"].as_str().expect("an id").to_string(), v["key"].as_str().expect("a secret").to_string())
+}
+
+/// Two gateways on `nats_url`: `all-roles` (every role, echo workers for `models`) and
+/// `second-gateway` (the gateway role only), both serving.
+pub async fn two_gateways(nats_url: &str, models: &[&str]) -> (NodeProcess, NodeProcess) {
+    let mut all = test_config(nats_url);
+    all.node_id = "all-roles".into();
+    all.worker.models = models.iter().map(|m| echo_model(m, 0.0, 4)).collect();
+    let mut front = NodeProcess::spawn(&all, &["node"]);
+    let mut gateway = test_config(nats_url);
+    gateway.node_id = "second-gateway".into();
+    gateway.roles = vec![bitinglip_config::Role::Gateway];
+    let mut second = NodeProcess::spawn(&gateway, &["node"]);
+    for model in models {
+        front.wait_for_model(model, Duration::from_secs(60)).await;
+    }
+    second.wait_for_http(Duration::from_secs(30)).await;
+    (front, second)
+}

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use bitinglip_config::Role;
-use bitinglip_tests::{assert_eventually, echo_model, http, http_with, run_cli, test_config, NodeProcess, TestNats};
+use bitinglip_tests::{
+    assert_eventually, cli_key, echo_model, http, http_with, run_cli, test_config, two_gateways, NodeProcess, TestNats,
+};
 use serde_json::{json, Value};
 
 fn chat(model: &str) -> Value {
@@ -18,31 +19,11 @@ async fn status_of(resp: reqwest::Response) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// Creates a key with the CLI; returns (id, secret).
-fn cli_key(nats: &str, args: &[&str]) -> (String, String) {
-    let mut all = vec!["keys", "create", "--nats", nats, "--json"];
-    all.extend_from_slice(args);
-    let (code, out, err) = run_cli(&all);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let v: Value = serde_json::from_str(&out).expect("JSON from keys create --json");
-    (v["id"].as_str().unwrap().to_string(), v["key"].as_str().unwrap().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_guard_every_route_scope_models_and_tasks_and_revocation_reaches_every_gateway() {
     let nats = TestNats::start().await;
     let url = nats.url();
-    let mut all = test_config(&url);
-    all.node_id = "all-roles".into();
-    all.worker.models = vec![echo_model("echo-a", 0.0, 4), echo_model("echo-b", 0.0, 4)];
-    let mut front = NodeProcess::spawn(&all, &["node"]);
-    let mut gateway = test_config(&url);
-    gateway.node_id = "second-gateway".into();
-    gateway.roles = vec![Role::Gateway];
-    let mut second = NodeProcess::spawn(&gateway, &["node"]);
-    front.wait_for_model("echo-a", Duration::from_secs(60)).await;
-    front.wait_for_model("echo-b", Duration::from_secs(60)).await;
-    second.wait_for_http(Duration::from_secs(30)).await;
+    let (mut front, mut second) = two_gateways(&url, &["echo-a", "echo-b"]).await;
     let (a, b) = (front.http.clone().unwrap(), second.http.clone().unwrap());
 
     // The probes are open; everything else needs a key, unknown routes included.

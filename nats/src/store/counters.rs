@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use async_nats::{jetstream, HeaderMap};
 use bitinglip_bus_schema::decode_token;
-use futures::{future::try_join_all, StreamExt};
+use futures::future::try_join_all;
 use serde::Deserialize;
 
 use super::{Store, StoreError};
@@ -196,60 +196,32 @@ impl Counters<'_> {
     ) -> Result<Vec<UsageRow>, StoreError> {
         let inner = &self.store.inner;
         let subjects = &inner.subjects;
-        let stream =
-            inner.js.get_stream(subjects.usage_stream()).await.map_err(|e| StoreError::unavailable(USAGE, e))?;
-        let unavailable = |e: &dyn std::fmt::Display| StoreError::unavailable(USAGE, e);
         // The last message of each subject holds its total.
-        let mut consumer: jetstream::consumer::PullConsumer = stream
-            .create_consumer(jetstream::consumer::pull::Config {
-                filter_subject: subjects.usage_counters(key),
-                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-                ack_policy: jetstream::consumer::AckPolicy::None,
-                inactive_threshold: std::time::Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let pending = consumer.info().await.map_err(|e| unavailable(&e))?.num_pending;
+        let messages =
+            super::read_matching(&inner.js, subjects.usage_stream(), subjects.usage_counters(key), true, USAGE).await?;
         // `<root>.v1` is everything before the filter's last five tokens.
         let root_tokens = subjects.usage_counters(None).split('.').count() - 5;
         let mut rows: BTreeMap<(String, String, String), UsageRow> = BTreeMap::new();
-        if pending > 0 {
-            let mut messages = consumer
-                .batch()
-                .max_messages(pending as usize)
-                .expires(std::time::Duration::from_secs(5))
-                .messages()
-                .await
-                .map_err(|e| unavailable(&e))?;
-            let mut seen = 0u64;
-            while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(|e| unavailable(&e))?;
-                seen += 1;
-                if let Some((k, model, day, field)) = parse_usage_subject(&msg.subject, root_tokens) {
-                    let in_range = from.is_none_or(|f| day.as_str() >= f) && to.is_none_or(|t| day.as_str() <= t);
-                    if in_range {
-                        let row = rows.entry((day.clone(), k.clone(), model.clone())).or_insert_with(|| UsageRow {
-                            key: k,
-                            model,
-                            day,
-                            ..Default::default()
-                        });
-                        let total = total_of(&msg.payload);
-                        match field.as_str() {
-                            "requests" => row.requests = total,
-                            "prompt_tokens" => row.prompt_tokens = total,
-                            "completion_tokens" => row.completion_tokens = total,
-                            _ => {}
-                        }
-                    }
-                }
-                if seen >= pending {
-                    break;
-                }
+        for (subject, payload) in messages {
+            let Some((k, model, day, field)) = parse_usage_subject(&subject, root_tokens) else { continue };
+            let in_range = from.is_none_or(|f| day.as_str() >= f) && to.is_none_or(|t| day.as_str() <= t);
+            if !in_range {
+                continue;
+            }
+            let row = rows.entry((day.clone(), k.clone(), model.clone())).or_insert_with(|| UsageRow {
+                key: k,
+                model,
+                day,
+                ..Default::default()
+            });
+            let total = total_of(&payload);
+            match field.as_str() {
+                "requests" => row.requests = total,
+                "prompt_tokens" => row.prompt_tokens = total,
+                "completion_tokens" => row.completion_tokens = total,
+                _ => {}
             }
         }
-        let _ = stream.delete_consumer(&consumer.cached_info().name).await;
         Ok(rows.into_values().collect())
     }
 }
