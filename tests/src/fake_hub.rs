@@ -1,8 +1,9 @@
 //! A local HTTP server that speaks the Hugging Face hub's file API, for download tests
 //! through the same hf-hub code users run: model info (`/api/models/{id}/revision/{rev}`),
 //! search (`/api/models?search=`), and files with ranges (`/{id}/resolve/{rev}/{file}`).
-//! It can cut a file's download once (an interrupted transfer) or serve corrupted bytes
-//! under the right checksum.
+//! It can cut a file's download once (an interrupted transfer), serve corrupted bytes
+//! under the right checksum, or redirect large files to a "CDN" on another address (as the
+//! real hub does), recording which requests carried an `Authorization` header.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -41,6 +42,10 @@ struct Inner {
     cut_at: HashMap<String, usize>,
     /// Delay before every ranged answer (a slow link).
     delay: Option<std::time::Duration>,
+    /// The CDN's base URL, when large files are redirected there.
+    cdn: Option<String>,
+    /// (where: `hub` or `cdn`, the Authorization header) of every file request.
+    auth_seen: Vec<(&'static str, Option<String>)>,
 }
 
 /// The running fake hub.
@@ -107,6 +112,23 @@ impl FakeHub {
         self.inner.lock().unwrap().delay = Some(delay);
     }
 
+    /// Redirects the large (LFS) files to a CDN on another address, which serves them.
+    pub async fn redirect_large_files_to_a_cdn(&self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.expect("bind the CDN");
+        let cdn = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = Router::new().route("/cdn/{org}/{name}/{*file}", get(cdn_file)).with_state(self.inner.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        self.inner.lock().unwrap().cdn = Some(cdn);
+    }
+
+    /// The `Authorization` headers the hub (`"hub"`) and the CDN (`"cdn"`) received with
+    /// file requests, in order.
+    pub fn auth_seen(&self, at: &str) -> Vec<Option<String>> {
+        self.inner.lock().unwrap().auth_seen.iter().filter(|(w, _)| *w == at).map(|(_, a)| a.clone()).collect()
+    }
+
     /// Ranges served for `file`.
     pub fn served(&self, file: &str) -> Vec<(usize, usize)> {
         self.inner.lock().unwrap().served.iter().filter(|(f, _, _)| f == file).map(|(_, a, b)| (*a, *b)).collect()
@@ -162,11 +184,49 @@ async fn file(
     UrlPath((org, name, _rev, file)): UrlPath<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let cdn = {
+        let mut guard = inner.lock().unwrap();
+        guard.auth_seen.push(("hub", auth));
+        guard.cdn.clone().filter(|_| is_lfs(&file))
+    };
+    if let Some(cdn) = cdn {
+        return redirect(&inner, &cdn, &org, &name, &file);
+    }
     let (resp, delay) = prepare(&inner, &org, &name, file, &headers);
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
     resp
+}
+
+/// The hub's answer for a file on the CDN: a redirect that names the commit and the etag.
+fn redirect(inner: &Mutex<Inner>, cdn: &str, org: &str, name: &str, file: &str) -> Response {
+    let guard = inner.lock().unwrap();
+    let Some(repo) = guard.repos.get(&format!("{org}/{name}")) else { return StatusCode::NOT_FOUND.into_response() };
+    let Some((_, bytes)) = repo.files.iter().find(|(n, _)| n == file) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let digest = hex(&sha2::Sha256::digest(bytes));
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header("location", format!("{cdn}/cdn/{org}/{name}/{file}"))
+        .header("x-repo-commit", &repo.sha)
+        .header("x-linked-etag", format!("\"{digest}\""))
+        .header("etag", format!("\"{digest}\""))
+        .body(Body::empty())
+        .expect("a redirect")
+}
+
+/// The CDN: serves a redirected file (with ranges), recording the Authorization header.
+async fn cdn_file(
+    State(inner): Shared,
+    UrlPath((org, name, file)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+    inner.lock().unwrap().auth_seen.push(("cdn", auth));
+    prepare(&inner, &org, &name, file, &headers).0
 }
 
 fn prepare(

@@ -203,3 +203,36 @@ async fn a_node_killed_mid_download_leaves_nothing_stuck_and_another_resumes() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(status("puller-c  ready").await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hub_token_goes_to_the_hub_only_never_to_the_host_it_redirects_to() {
+    let nats = TestNats::start().await;
+    let hub = FakeHub::start().await;
+    let model = ModelDir::generate("tiny-private", &ModelSpec::tiny(Arch::Qwen2));
+    hub.add_repo_from_dir("acme/tiny-private", SHA, &model.path());
+    hub.redirect_large_files_to_a_cdn().await;
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = test_config(&nats.url());
+    config.hub.endpoint = Some(hub.url());
+    config.hub.cache_dir = Some(cache.path().to_path_buf());
+    config.hub.token = Some(bitinglip_config::Secret("hf_test_token_never_to_the_cdn".into()));
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_http(Duration::from_secs(30)).await;
+    let (code, out, err) = run_cli(&["models", "pull", "acme/tiny-private", "--nats", &nats.url()]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", node.log());
+    let snapshot = cache.path().join("models--acme--tiny-private/snapshots").join(SHA);
+    assert_eq!(
+        std::fs::read(snapshot.join("model.safetensors")).unwrap(),
+        std::fs::read(model.path().join("model.safetensors")).unwrap(),
+        "the weights came from the CDN intact"
+    );
+    // The hub got the token with every file request; the CDN served the weights and never
+    // saw it.
+    let hub_auth = hub.auth_seen("hub");
+    assert!(
+        !hub_auth.is_empty() && hub_auth.iter().all(|a| a.as_deref() == Some("Bearer hf_test_token_never_to_the_cdn"))
+    );
+    let cdn_auth = hub.auth_seen("cdn");
+    assert!(!cdn_auth.is_empty(), "the weights were redirected to the CDN");
+    assert!(cdn_auth.iter().all(Option::is_none), "the CDN saw {cdn_auth:?}");
+}
