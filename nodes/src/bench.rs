@@ -171,8 +171,21 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         step(&format!("echo over NATS, {clients} client(s)"));
         echo_runs.push(platform::echo_nats(&bus, "echo", prompt, clients, duration).await);
         step(&format!("echo over HTTP, {clients} client(s)"));
-        echo_runs.push(platform::echo_http(&base, "echo", prompt, clients, duration).await?);
+        let key = platform::bench_admin_key();
+        echo_runs.push(platform::echo_http(&base, key, "http", "echo", prompt, clients, duration).await?);
     }
+    // What a rate-limited key costs: its limit is never reached, but every request is
+    // counted cluster-wide (one JetStream round trip).
+    step("echo over HTTP with a rate-limited key, 16 clients");
+    let new = bitinglip_nats::store::keys::NewKey {
+        name: "bench (limited)".into(),
+        scope: bitinglip_bus_schema::Scope::Inference,
+        models: Vec::new(),
+        expires_ms: None,
+        limits: bitinglip_bus_schema::KeyLimits { rpm: Some(u32::MAX), tpm: None, tokens_per_day: None },
+    };
+    let (_, limited) = bus.store.keys().create(new).await?;
+    echo_runs.push(platform::echo_http(&base, &limited, "http-limited", "echo", prompt, 16, duration).await?);
 
     let spec = ModelSpec::with_params(Arch::Llama, args.params);
     let model_name = "bench-llama";

@@ -76,6 +76,14 @@ impl Report {
                 ));
             }
         }
+        if let (Some(plain), Some(limited)) = (self.echo("http", 16), self.echo("http-limited", 16)) {
+            out.push((
+                "HTTP submit→completion p50 with a rate-limited key ÷ without, 16 clients".into(),
+                ratio(limited.done.p50(), plain.done.p50()),
+                "(context)".into(),
+                true,
+            ));
+        }
         for (p, d) in self.platform.iter().zip(&self.direct) {
             let r = ratio(p.tokens_per_sec(), d.tokens_per_sec());
             out.push((format!("platform ÷ direct tokens/s, {} stream(s)", p.streams), r, "≥ 0.95".into(), r >= 0.95));
