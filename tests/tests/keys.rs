@@ -120,6 +120,12 @@ async fn keys_guard_every_route_scope_models_and_tasks_and_revocation_reaches_ev
     let (status, body) = status_of(idem(&one_http, chat("echo-b")).await.unwrap()).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
 
+    // An id that cannot be a key's is a 404, like an unknown one.
+    for bad in ["a%20b", ".x", "a*b", "0123456789abcdef"] {
+        let resp = http().delete(format!("{a}/api/v1/keys/{bad}")).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{bad}");
+    }
+
     // Revoked on one gateway, refused on the other within seconds.
     assert_eq!(two_http.get(format!("{b}/v1/models")).send().await.unwrap().status(), 200);
     let (status, body) = status_of(http().delete(format!("{a}/api/v1/keys/{two_id}")).send().await.unwrap()).await;

@@ -37,6 +37,12 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// True when `id` has the shape of a key id (16 hex digits): anything else names no key,
+/// and never reaches the bucket as a key.
+fn is_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The key id a secret names, when it has the shape of one.
 pub fn id_of(secret: &str) -> Option<&str> {
     let rest = secret.strip_prefix(PREFIX)?;
@@ -88,6 +94,9 @@ impl Keys<'_> {
 
     /// One key's record.
     pub async fn get(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        if !is_id(id) {
+            return Ok(None);
+        }
         self.bucket.get(id).await
     }
 
@@ -100,6 +109,9 @@ impl Keys<'_> {
 
     /// Revokes a key (the record stays, marked); `None` when there is no such key.
     pub async fn revoke(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        if !is_id(id) {
+            return Ok(None);
+        }
         let now = now_ms();
         let (revoked, _) = self
             .bucket
@@ -209,5 +221,6 @@ mod tests {
         let revoked = ApiKey { revoked_ms: Some(3), ..key(&secret) };
         assert_eq!(check(&secret, Some(&revoked), 50), Err(Refused::Revoked));
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+        assert!(is_id("0123456789abcdef") && !is_id("a b") && !is_id(".x") && !is_id("0123456789abcdeg"));
     }
 }
