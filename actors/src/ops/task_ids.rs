@@ -32,26 +32,13 @@ pub fn request_sha256(chat: &ChatParams) -> String {
 
 #[cfg(test)]
 mod tests {
-    use bitinglip_bus_schema::{ChatMessage, Priority};
-
     use super::*;
 
     fn req(owner: Option<&str>, key: Option<&str>) -> SubmitRequest {
         SubmitRequest {
-            chat: ChatParams {
-                model: "m".into(),
-                messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
-                max_tokens: None,
-                temperature: None,
-                top_p: None,
-                stop: vec![],
-                seed: None,
-            },
-            task_id: None,
             idempotency_key: key.map(str::to_string),
-            priority: Priority::Interactive,
-            wait_for_model: true,
             owner: owner.map(str::to_string),
+            ..SubmitRequest::new(ChatParams::user("m", "hi"))
         }
     }
 

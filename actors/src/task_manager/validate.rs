@@ -76,27 +76,12 @@ pub(super) fn request(cfg: &TaskManagerConfig, req: &mut SubmitRequest, max_payl
 
 #[cfg(test)]
 mod tests {
-    use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority};
+    use bitinglip_bus_schema::ChatParams;
 
     use super::*;
 
     fn req() -> SubmitRequest {
-        SubmitRequest {
-            chat: ChatParams {
-                model: "m".into(),
-                messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
-                max_tokens: None,
-                temperature: None,
-                top_p: None,
-                stop: vec![],
-                seed: None,
-            },
-            task_id: None,
-            idempotency_key: None,
-            priority: Priority::Interactive,
-            wait_for_model: true,
-            owner: None,
-        }
+        SubmitRequest::new(ChatParams::user("m", "hi"))
     }
 
     #[test]

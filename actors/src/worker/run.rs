@@ -216,7 +216,7 @@ async fn claim_delivery(
             // Finished before a crash stopped the ack: its usage may not have been counted.
             // Counting it again is deduplicated, so count, then ack.
             let usage = record.result.as_ref().map_or((0, 0), |r| (r.usage.prompt_tokens, r.usage.completion_tokens));
-            if record_usage(&shared.ctx, &record, usage).await.is_ok() {
+            if record_usage(&shared.ctx, &record.task_id, record.owner.as_deref(), &record.model, usage).await.is_ok() {
                 let _ = msg.double_ack().await;
             } else {
                 nak(msg, Some(Duration::from_secs(1))).await;
@@ -418,11 +418,17 @@ async fn generate(
 const NO_KEY: &str = "-";
 
 /// Adds a finished task's usage to its key's counters (deduplicated per task).
-async fn record_usage(ctx: &NodeContext, record: &TaskRecord, (prompt, completion): (u32, u32)) -> Result<(), ()> {
+async fn record_usage(
+    ctx: &NodeContext,
+    task_id: &TaskId,
+    owner: Option<&str>,
+    model: &str,
+    (prompt, completion): (u32, u32),
+) -> Result<(), ()> {
     let usage = TaskUsage {
-        task_id: record.task_id.as_str(),
-        key: record.owner.as_deref().unwrap_or(NO_KEY),
-        model: &record.model,
+        task_id: task_id.as_str(),
+        key: owner.unwrap_or(NO_KEY),
+        model,
         prompt_tokens: u64::from(prompt),
         completion_tokens: u64::from(completion),
         at_ms: now_ms(),
@@ -447,7 +453,9 @@ async fn finish(
 ) {
     let Ending::Finish { record, event, ack, outcome } = ending else { return };
     let task_id = record.task_id.clone();
-    let finished = (*record).clone();
+    // What usage needs, taken before the record moves into the store (no clone of the
+    // answer's text).
+    let owner = record.owner.clone();
     match ctx.store.tasks().finish(*record, revision).await {
         Ok(true) => metrics().tasks.with_label_values(&[model, outcome]).inc(),
         Ok(false) => {
@@ -465,11 +473,11 @@ async fn finish(
     publish_event(ctx, &task_id, &event, trace).await;
     // Usage is counted before the ack: a failure hands the task back, and the redelivery
     // (which finds it finished) counts it again, deduplicated.
-    if record_usage(ctx, &finished, tokens).await.is_err() {
+    if record_usage(ctx, &task_id, owner.as_deref(), model, tokens).await.is_err() {
         nak(msg, Some(Duration::from_secs(1))).await;
         return;
     }
-    metrics::count_key_usage(finished.owner.as_deref().unwrap_or(NO_KEY), model, tokens);
+    metrics::count_key_usage(owner.as_deref().unwrap_or(NO_KEY), model, tokens);
     let acked = match ack {
         FinalAck::Ack => msg.double_ack().await,
         FinalAck::Term => msg.ack_with(AckKind::Term).await,

@@ -83,6 +83,36 @@ pub struct SubmitRequest {
     pub owner: Option<String>,
 }
 
+impl ChatParams {
+    /// One user message to `model`, every sampling field left to its default.
+    pub fn user(model: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            messages: vec![ChatMessage { role: "user".into(), content: content.into() }],
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            stop: vec![],
+            seed: None,
+        }
+    }
+}
+
+impl SubmitRequest {
+    /// A submit of `chat` with a new task id, no idempotency key, the interactive class,
+    /// waiting for the model, and no owner.
+    pub fn new(chat: ChatParams) -> Self {
+        Self {
+            chat,
+            task_id: None,
+            idempotency_key: None,
+            priority: Priority::Interactive,
+            wait_for_model: true,
+            owner: None,
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }

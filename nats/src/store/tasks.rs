@@ -252,22 +252,14 @@ impl Tasks<'_> {
 
 #[cfg(test)]
 mod tests {
-    use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority};
+    use bitinglip_bus_schema::{ChatParams, Priority};
 
     use super::*;
 
     fn spec() -> TaskSpec {
         TaskSpec {
             task_id: TaskId::parse("t1").unwrap(),
-            chat: ChatParams {
-                model: "m".into(),
-                messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
-                max_tokens: None,
-                temperature: None,
-                top_p: None,
-                stop: vec![],
-                seed: None,
-            },
+            chat: ChatParams::user("m", "hi"),
             priority: Priority::Interactive,
             accepted_ms: 5,
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bitinglip_actors::{NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
-use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority, Subjects, SubmitReply, SubmitRequest, TaskId};
+use bitinglip_bus_schema::{ChatParams, Subjects, SubmitReply, SubmitRequest, TaskId};
 use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_config::Config;
 use bitinglip_nats::{Bus, Store};
@@ -47,15 +47,7 @@ impl InProcessNode {
 
 /// A chat request for `model`.
 pub(crate) fn chat(model: &str, prompt: &str, max_tokens: u32) -> ChatParams {
-    ChatParams {
-        model: model.to_string(),
-        messages: vec![ChatMessage { role: "user".into(), content: prompt.to_string() }],
-        max_tokens: Some(max_tokens),
-        temperature: Some(0.0),
-        top_p: None,
-        stop: vec![],
-        seed: None,
-    }
+    ChatParams { max_tokens: Some(max_tokens), temperature: Some(0.0), ..ChatParams::user(model, prompt) }
 }
 
 /// A client of the cluster over NATS: the bus, and the storage layer its task watches
@@ -88,14 +80,7 @@ pub(crate) async fn nats_request(bus: &Client, chat: ChatParams) -> Option<NatsT
     let started = Instant::now();
     let task_id = TaskId::parse(ulid::Ulid::new().to_string()).ok()?;
     let mut watch = TaskWatch::subscribe(&bus.bus, &bus.store, &task_id).await.ok()?;
-    let req = SubmitRequest {
-        chat,
-        task_id: Some(task_id),
-        idempotency_key: None,
-        priority: Priority::Interactive,
-        wait_for_model: true,
-        owner: None,
-    };
+    let req = SubmitRequest { task_id: Some(task_id), ..SubmitRequest::new(chat) };
     match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await.ok()? {
         SubmitReply::Accepted(_) => {}
         SubmitReply::Rejected(_) => return None,

@@ -42,8 +42,7 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
                 stop: vec![],
                 seed: None,
             };
-            let req =
-                SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model: true, owner: None };
+            let req = SubmitRequest { idempotency_key, priority, ..SubmitRequest::new(chat) };
             match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await? {
                 SubmitReply::Accepted(a) => println!("{}", a.task_id),
                 SubmitReply::Rejected(e) => bail!("rejected ({}): {}", e.kind, e.message),
