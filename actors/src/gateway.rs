@@ -11,6 +11,7 @@
 //! port already in use at start fails the node's start instead.
 
 mod admin;
+mod api;
 mod auth;
 mod keys;
 mod limits;

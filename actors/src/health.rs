@@ -11,23 +11,33 @@ use axum::{
     extract::State,
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
-    Json, Router,
+    Json,
 };
 use bitinglip_bus_schema::WorkerState;
 use bitinglip_config::Role;
-use serde_json::json;
+use serde::Serialize;
 use tokio::task::JoinHandle;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::NodeContext;
 
-/// The routes, for a router whose state is the node context.
-pub fn routes() -> Router<NodeContext> {
-    Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics))
+/// The routes with their OpenAPI description, for a router whose state is the node context.
+pub fn routes() -> OpenApiRouter<NodeContext> {
+    OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(metrics))
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    /// `ok`.
+    pub status: &'static str,
+}
+
+/// The process is alive. Needs no key.
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Alive)))]
+async fn health() -> Json<Alive> {
+    Json(Alive { status: "ok" })
 }
 
 /// What `/ready` checked.
@@ -61,18 +71,39 @@ pub async fn readiness(ctx: &NodeContext) -> Readiness {
     Readiness { nats, jetstream, model }
 }
 
+/// `GET /ready`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// `ready` or `not_ready`.
+    pub status: &'static str,
+    /// The NATS connection is up.
+    pub nats: bool,
+    /// JetStream answered.
+    pub jetstream: bool,
+    /// A model is loaded (on this node's worker, or anywhere for a node without one).
+    pub model_loaded: bool,
+}
+
+/// Whether this node can serve: NATS connected, JetStream answering, a model loaded.
+/// Needs no key.
+#[utoipa::path(get, path = "/ready", tag = "health", responses(
+    (status = 200, description = "ready", body = Ready),
+    (status = 503, description = "not ready: the body says what is missing", body = Ready)))]
 async fn ready(State(ctx): State<NodeContext>) -> Response {
     let r = readiness(&ctx).await;
     let status = if r.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({
-        "status": if r.ready() { "ready" } else { "not_ready" },
-        "nats": r.nats,
-        "jetstream": r.jetstream,
-        "model_loaded": r.model,
-    });
+    let body = Ready {
+        status: if r.ready() { "ready" } else { "not_ready" },
+        nats: r.nats,
+        jetstream: r.jetstream,
+        model_loaded: r.model,
+    };
     (status, Json(body)).into_response()
 }
 
+/// Prometheus metrics, as text.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn metrics(State(ctx): State<NodeContext>) -> Response {
     let text = crate::metrics::render(&ctx).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
@@ -85,7 +116,8 @@ pub async fn listen(ctx: NodeContext, addr: &str) -> std::io::Result<(std::net::
     let local = listener.local_addr()?;
     tracing::info!(http = %local, "metrics listening");
     let ctx_header_timeout = ctx.config.gateway.header_timeout;
-    let app = routes().with_state(ctx);
+    let (app, _) = routes().split_for_parts();
+    let app = app.with_state(ctx);
     let header_timeout = ctx_header_timeout;
     let server = tokio::spawn(crate::http::serve(listener, app, header_timeout, std::future::pending()));
     Ok((local, server))

@@ -115,6 +115,10 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    /// Every state this build knows.
+    pub const ALL: [WorkerState; 4] =
+        [WorkerState::Loading, WorkerState::Ready, WorkerState::Draining, WorkerState::Failed];
+
     /// The snake-case name used on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -131,6 +135,48 @@ impl fmt::Display for WorkerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// OpenAPI schemas (feature `openapi`): a string enum of the names this build knows. Roles
+/// and worker states are only ever answered, so their schema adds `unknown` (what a newer
+/// node's name reads as); an engine is also asked for, and only a known one is accepted.
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::{schema::Schema, ObjectBuilder, RefOr, Type};
+
+    use super::{EngineKind, Role, WorkerState};
+
+    fn names(names: impl IntoIterator<Item = &'static str>, description: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(names.into_iter().collect::<Vec<_>>()))
+            .description(Some(description))
+            .into()
+    }
+
+    impl utoipa::PartialSchema for Role {
+        fn schema() -> RefOr<Schema> {
+            names(Role::ALL.map(Role::as_str).into_iter().chain(["unknown"]), "A node's role.")
+        }
+    }
+    impl utoipa::ToSchema for Role {}
+
+    impl utoipa::PartialSchema for EngineKind {
+        fn schema() -> RefOr<Schema> {
+            names(EngineKind::ALL.map(EngineKind::as_str), "The engine a worker runs.")
+        }
+    }
+    impl utoipa::ToSchema for EngineKind {}
+
+    impl utoipa::PartialSchema for WorkerState {
+        fn schema() -> RefOr<Schema> {
+            names(
+                WorkerState::ALL.map(WorkerState::as_str).into_iter().chain(["unknown"]),
+                "Where a worker is in its life.",
+            )
+        }
+    }
+    impl utoipa::ToSchema for WorkerState {}
 }
 
 #[cfg(test)]

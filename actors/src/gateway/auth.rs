@@ -38,7 +38,7 @@ pub(super) struct Auth {
 }
 
 /// The scope a path needs; `None` for the open probes.
-fn needs(path: &str) -> Option<Scope> {
+pub(super) fn needs(path: &str) -> Option<Scope> {
     match path {
         "/health" | "/ready" => None,
         "/metrics" => Some(Scope::Admin),

@@ -2,85 +2,110 @@
 //! answer, once), `DELETE /api/v1/keys/{id}` (revoke: refused on every gateway as soon as
 //! the change reaches it), and `GET /api/v1/usage`. Admin keys only (see `auth.rs`).
 
-use axum::{
-    body::Body,
-    extract::{Path, Query, State},
-    http::HeaderMap,
-    Json,
-};
+use axum::{body::Body, extract::State, http::HeaderMap, Json};
 use bitinglip_bus_schema::{ErrorKind, KeyLimits, WireError};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{openai::ApiError, submit::read_body};
+use super::{
+    admin::parse_json,
+    openai::{ApiError, Path, Query},
+    submit::read_body,
+};
 use crate::{
-    ops::keys::{check_day, key_json, new_key, usage_json},
+    ops::keys::{check_day, key_view, new_key, usage_page, KeyView, UsagePage},
     NodeContext,
 };
 
 /// The body of `POST /api/v1/keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateKey {
+pub(super) struct CreateKey {
+    /// A name for people, 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// `inference` (the default) or `admin`.
     #[serde(default = "inference")]
+    #[schema(default = "inference")]
     scope: String,
+    /// The only models it may use; empty: all.
     #[serde(default)]
     models: Vec<String>,
+    /// Refused after this long, such as `30d` or `12h`.
     #[serde(default)]
     expires: Option<String>,
+    /// Requests per minute.
     #[serde(default)]
+    #[schema(minimum = 1)]
     rpm: Option<u32>,
+    /// Tokens per minute.
     #[serde(default)]
+    #[schema(minimum = 1)]
     tpm: Option<u64>,
+    /// Tokens per UTC day.
     #[serde(default)]
+    #[schema(minimum = 1)]
     tokens_per_day: Option<u64>,
+}
+
+/// A list of keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct KeyPage {
+    /// `list`.
+    object: &'static str,
+    /// Every key, oldest first.
+    data: Vec<KeyView>,
 }
 
 fn inference() -> String {
     "inference".into()
 }
 
-/// `GET /api/v1/keys`: every key, oldest first, without secrets.
-pub(super) async fn list(State(ctx): State<NodeContext>) -> Result<Json<Value>, ApiError> {
+/// API keys, oldest first, never their secrets.
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys", responses((status = 200, body = KeyPage)))]
+pub(super) async fn list(State(ctx): State<NodeContext>) -> Result<Json<KeyPage>, ApiError> {
     let keys = ctx.store.keys().list().await.map_err(WireError::from)?;
-    Ok(Json(json!({"object": "list", "data": keys.iter().map(|k| key_json(k, None)).collect::<Vec<_>>()})))
+    Ok(Json(KeyPage { object: "list", data: keys.iter().map(|k| key_view(k, None)).collect() }))
 }
 
-/// `POST /api/v1/keys`.
+/// Create an API key; the answer holds its secret (`key`), once.
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateKey,
+    responses((status = 200, body = KeyView)))]
 pub(super) async fn create(
     State(ctx): State<NodeContext>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyView>, ApiError> {
     let body = read_body(&ctx, &headers, body).await?;
-    let req: CreateKey = {
-        let de = &mut serde_json::Deserializer::from_slice(&body);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            ApiError::invalid(&format!("invalid key request at `{field}`: {}", e.inner()), Some(&field))
-        })?
-    };
+    let req: CreateKey = parse_json(&body)?;
     let limits = KeyLimits { rpm: req.rpm, tpm: req.tpm, tokens_per_day: req.tokens_per_day };
     let new = new_key(&req.name, &req.scope, &req.models, req.expires.as_deref(), limits, bitinglip_nats::now_ms())?;
     let (key, secret) = ctx.store.keys().create(new).await.map_err(WireError::from)?;
     tracing::info!(key.id = %key.id, scope = key.scope.as_str(), "API key created");
-    Ok(Json(key_json(&key, Some(&secret))))
+    Ok(Json(key_view(&key, Some(&secret))))
 }
 
 /// The query of `GET /api/v1/usage`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct UsageQuery {
+    /// Only this key's id.
     key: Option<String>,
+    /// From this UTC day on, `YYYY-MM-DD`.
+    #[param(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     from: Option<String>,
+    /// Up to this UTC day, `YYYY-MM-DD`.
+    #[param(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     to: Option<String>,
 }
 
-/// `GET /api/v1/usage?key=&from=&to=`: requests and tokens per key, model and UTC day.
+/// Requests and tokens per key, model and UTC day.
+#[utoipa::path(get, path = "/api/v1/usage", tag = "keys", params(UsageQuery),
+    responses((status = 200, body = UsagePage)))]
 pub(super) async fn usage(
     State(ctx): State<NodeContext>,
     Query(q): Query<UsageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UsagePage>, ApiError> {
     check_day("from", q.from.as_deref())?;
     check_day("to", q.to.as_deref())?;
     let rows = ctx
@@ -89,15 +114,18 @@ pub(super) async fn usage(
         .usage(q.key.as_deref(), q.from.as_deref(), q.to.as_deref())
         .await
         .map_err(WireError::from)?;
-    Ok(Json(usage_json(&rows)))
+    Ok(Json(usage_page(&rows)))
 }
 
-/// `DELETE /api/v1/keys/{id}`: revoke.
-pub(super) async fn revoke(State(ctx): State<NodeContext>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// Revoke an API key: every gateway refuses it within a couple of seconds.
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "the key's id")),
+    responses((status = 200, body = KeyView)))]
+pub(super) async fn revoke(State(ctx): State<NodeContext>, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
     match ctx.store.keys().revoke(&id).await.map_err(WireError::from)? {
         Some(key) => {
             tracing::info!(key.id = %key.id, "API key revoked");
-            Ok(Json(key_json(&key, None)))
+            Ok(Json(key_view(&key, None)))
         }
         None => Err(WireError::new(ErrorKind::NotFound, format!("no API key {id}")).into()),
     }

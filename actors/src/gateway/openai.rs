@@ -8,10 +8,11 @@ use axum::{
 };
 use bitinglip_bus_schema::{ChatMessage, ChatParams, ErrorKind, FinishReason, Usage, WireError};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 /// `stop`: a string or a list of strings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub(crate) enum Stop {
     One(String),
@@ -19,57 +20,78 @@ pub(crate) enum Stop {
 }
 
 /// A message's `content`: a string, or a list of parts of which only text is supported.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub(crate) enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+/// One part of a message's content; only `text` parts are supported.
+#[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct ContentPart {
+    /// `text`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^text$")]
     kind: String,
     #[serde(default)]
     text: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One message of the conversation.
+#[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct Message {
+    /// `system`, `user`, `assistant`, …
     role: String,
     #[serde(default)]
     content: Option<Content>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Options of a streamed answer.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub(crate) struct StreamOptions {
+    /// Send a last chunk with the usage (and no choices).
     #[serde(default)]
     pub(crate) include_usage: bool,
 }
 
 /// `POST /v1/chat/completions` body. Unknown fields are ignored, as OpenAI clients send
 /// many optional ones.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct ChatCompletionRequest {
+    /// A model's id, as `GET /v1/models` lists it.
+    #[schema(min_length = 1, max_length = 256)]
     model: String,
+    /// The conversation so far.
+    #[schema(min_items = 1)]
     messages: Vec<Message>,
+    /// The most tokens to generate (older name of `max_completion_tokens`).
     #[serde(default)]
     max_tokens: Option<u32>,
+    /// The most tokens to generate.
     #[serde(default)]
     max_completion_tokens: Option<u32>,
+    /// Sampling temperature.
     #[serde(default)]
     temperature: Option<f64>,
+    /// Nucleus sampling.
     #[serde(default)]
     top_p: Option<f64>,
+    /// Where to stop.
     #[serde(default)]
     stop: Option<Stop>,
+    /// Answer as server-sent events (`text/event-stream`), one chunk per event, then `[DONE]`.
     #[serde(default)]
     pub(crate) stream: bool,
+    /// Options of a streamed answer.
     #[serde(default)]
     pub(crate) stream_options: Option<StreamOptions>,
+    /// Sampling seed.
     #[serde(default)]
     seed: Option<u64>,
+    /// Answers wanted: only 1 is supported.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1)]
     n: Option<u32>,
     /// False: answer 503 with Retry-After while the model loads (default: wait).
     #[serde(default)]
@@ -136,6 +158,51 @@ impl ChatCompletionRequest {
             seed: self.seed,
         })
     }
+}
+
+/// `axum::extract::Query`, refusing a bad query string with an error in OpenAI's shape
+/// (axum's own refusal is plain text).
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct Query<T>(pub(crate) T);
+
+/// `axum::extract::Path`, refusing a bad path parameter with an error in OpenAI's shape.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct Path<T>(pub(crate) T);
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::invalid(&format!("invalid query: {}", rejection.body_text()), None)
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
+        ApiError::invalid(&format!("invalid path: {}", rejection.body_text()), None)
+    }
+}
+
+/// An error in OpenAI's shape, as every route answers one.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// What went wrong.
+    error: ErrorDetail,
+}
+
+/// The error itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// For a person.
+    message: String,
+    /// OpenAI's error type: `invalid_request_error`, `authentication_error`, `permission_error`,
+    /// `not_found_error`, `rate_limit_error`, `service_unavailable`, `server_error`, …
+    #[serde(rename = "type")]
+    kind: String,
+    /// The request field at fault, when one is.
+    param: Option<String>,
+    /// A machine-readable reason: `invalid_api_key`, `unknown_model`, `overloaded`, …
+    code: Option<String>,
 }
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
@@ -212,8 +279,15 @@ impl ApiError {
     }
 
     /// The JSON body.
-    pub(crate) fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    pub(crate) fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind.to_string(),
+                param: self.param.clone(),
+                code: self.code.clone(),
+            },
+        }
     }
 }
 
@@ -227,15 +301,20 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// OpenAI's `usage` object.
-#[derive(Debug, Serialize)]
+/// OpenAI's `usage` object, with BitingLip's timings beside the counts.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct OpenAiUsage {
+    /// Tokens of the prompt.
     prompt_tokens: u32,
+    /// Tokens generated.
     completion_tokens: u32,
+    /// The sum.
     total_tokens: u32,
-    /// BitingLip's timings, beside OpenAI's counts.
+    /// From the task's start on a worker to its first token, ms.
     time_to_first_token_ms: f64,
+    /// On the worker, ms.
     total_time_ms: f64,
+    /// Queued before a worker took it, ms.
     queue_time_ms: f64,
 }
 
@@ -261,6 +340,72 @@ pub(crate) fn finish(reason: FinishReason) -> &'static str {
     }
 }
 
+/// A model as `GET /v1/models` lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ModelObject {
+    /// The id requests name.
+    pub(crate) id: String,
+    /// `model`.
+    pub(crate) object: &'static str,
+    /// Registered, seconds since the epoch.
+    pub(crate) created: u64,
+    /// `bitinglip`.
+    pub(crate) owned_by: &'static str,
+    /// The longest context it takes, tokens, when known.
+    pub(crate) context_length: Option<u32>,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ModelObjectList {
+    /// `list`.
+    pub(crate) object: &'static str,
+    /// The models this key may use.
+    pub(crate) data: Vec<ModelObject>,
+}
+
+/// The answer's message.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AssistantMessage {
+    /// `assistant`.
+    role: &'static str,
+    /// The text generated.
+    content: String,
+}
+
+/// One answer of a completion (there is one: `n` is 1).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Choice {
+    /// 0.
+    index: u32,
+    /// The answer.
+    message: AssistantMessage,
+    /// Always null: log probabilities are not returned.
+    #[schema(value_type = Option<Object>)]
+    logprobs: Option<Value>,
+    /// `stop` or `length`.
+    finish_reason: &'static str,
+}
+
+/// A whole (non-streamed) chat completion.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChatCompletion {
+    /// `chatcmpl-<task id>`.
+    id: String,
+    /// `chat.completion`.
+    object: &'static str,
+    /// Seconds since the epoch.
+    created: u64,
+    /// The model.
+    model: String,
+    /// Always null.
+    system_fingerprint: Option<String>,
+    /// The answer.
+    choices: Vec<Choice>,
+    /// Tokens and timings.
+    usage: OpenAiUsage,
+}
+
 /// A whole (non-streamed) completion.
 pub(crate) fn completion(
     id: &str,
@@ -269,57 +414,93 @@ pub(crate) fn completion(
     text: &str,
     reason: FinishReason,
     usage: &Usage,
-) -> Value {
-    json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": null,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": null,
-            "finish_reason": finish(reason),
+) -> ChatCompletion {
+    ChatCompletion {
+        id: id.to_string(),
+        object: "chat.completion",
+        created,
+        model: model.to_string(),
+        system_fingerprint: None,
+        choices: vec![Choice {
+            index: 0,
+            message: AssistantMessage { role: "assistant", content: text.to_string() },
+            logprobs: None,
+            finish_reason: finish(reason),
         }],
-        "usage": OpenAiUsage::from(usage),
-    })
+        usage: OpenAiUsage::from(usage),
+    }
 }
 
-/// One stream chunk. `delta` is `{role, content}`, `{content}` or `{}`.
+/// What a stream chunk adds to the answer: the role first, then text, then nothing.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub(crate) struct Delta {
+    /// `assistant`, in the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) role: Option<&'static str>,
+    /// More text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) content: Option<String>,
+}
+
+/// One answer's part in a chunk.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChunkChoice {
+    /// 0.
+    index: u32,
+    /// What this chunk adds.
+    delta: Delta,
+    /// Always null.
+    #[schema(value_type = Option<Object>)]
+    logprobs: Option<Value>,
+    /// Set in the last chunk with a choice: `stop` or `length`.
+    finish_reason: Option<&'static str>,
+}
+
+/// One server-sent event of a streamed chat completion (`data: <chunk>`; the last event is
+/// `data: [DONE]`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChatCompletionChunk {
+    /// `chatcmpl-<task id>`, the same in every chunk.
+    id: String,
+    /// `chat.completion.chunk`.
+    object: &'static str,
+    /// Seconds since the epoch.
+    created: u64,
+    /// The model.
+    model: String,
+    /// Always null.
+    system_fingerprint: Option<String>,
+    /// The answer's part; empty in the usage chunk.
+    choices: Vec<ChunkChoice>,
+    /// In the last chunk with a choice, and in the usage chunk
+    /// (`stream_options.include_usage`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<OpenAiUsage>,
+}
+
+/// One stream chunk.
 pub(crate) fn chunk(
     id: &str,
     created: u64,
     model: &str,
-    delta: Value,
+    delta: Delta,
     reason: Option<FinishReason>,
     usage: Option<&Usage>,
-) -> Value {
-    let mut v = json!({
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": null,
-        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason.map(finish)}],
-    });
-    if let Some(u) = usage {
-        v["usage"] = serde_json::to_value(OpenAiUsage::from(u)).unwrap_or(Value::Null);
+) -> ChatCompletionChunk {
+    ChatCompletionChunk {
+        id: id.to_string(),
+        object: "chat.completion.chunk",
+        created,
+        model: model.to_string(),
+        system_fingerprint: None,
+        choices: vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason: reason.map(finish) }],
+        usage: usage.map(OpenAiUsage::from),
     }
-    v
 }
 
 /// The separate usage chunk OpenAI sends last when `stream_options.include_usage` is set.
-pub(crate) fn usage_chunk(id: &str, created: u64, model: &str, usage: &Usage) -> Value {
-    json!({
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": null,
-        "choices": [],
-        "usage": OpenAiUsage::from(usage),
-    })
+pub(crate) fn usage_chunk(id: &str, created: u64, model: &str, usage: &Usage) -> ChatCompletionChunk {
+    ChatCompletionChunk { choices: vec![], ..chunk(id, created, model, Delta::default(), None, Some(usage)) }
 }
 
 #[cfg(test)]

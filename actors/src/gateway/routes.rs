@@ -1,4 +1,7 @@
-//! HTTP routes of the gateway.
+//! HTTP routes of the gateway, and the OpenAPI document they make: each handler carries
+//! its `#[utoipa::path]`, and `utoipa_axum::routes!` registers the handler and its
+//! description together, so the document cannot list a route the router lacks or miss one
+//! it has.
 
 use std::convert::Infallible;
 
@@ -10,48 +13,64 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
         IntoResponse, Response,
     },
-    routing::{get, post},
+    routing::delete,
     Json, Router,
 };
 use bitinglip_bus_schema::{ApiKey, ErrorKind, ListModels, ModelList, WireError};
 use bitinglip_nats::trace::TraceParent;
 use futures::Stream;
-use serde_json::json;
 use tracing::Instrument;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
+    admin, api,
     auth::{require_key, Auth},
-    openai::{self, ApiError},
+    keys,
+    openai::{self, ApiError, Delta, ModelObject, ModelObjectList},
     submit::{admit, read_body, submit_chat},
+    tasks,
 };
 use crate::NodeContext;
 use bitinglip_client::{CancelOnDrop, Relayed, TaskWatch};
 
+/// Every route with the OpenAPI document that describes it, before state and layers.
+pub(super) fn api_routes() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::with_openapi(<api::Base as utoipa::OpenApi>::openapi())
+        .routes(routes!(chat_completions))
+        .routes(routes!(models))
+        .routes(routes!(tasks::submit, tasks::list))
+        .routes(routes!(tasks::get, tasks::cancel))
+        .routes(routes!(tasks::events))
+        .routes(routes!(admin::models))
+        .routes(routes!(admin::search))
+        .routes(routes!(admin::pull))
+        .routes(routes!(admin::status))
+        .routes(routes!(admin::load))
+        .routes(routes!(admin::unload))
+        .routes(routes!(admin::deployments, admin::set_deployment))
+        .routes(routes!(admin::workers))
+        .routes(routes!(admin::cluster))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(keys::usage))
+        .routes(routes!(api::openapi))
+        .merge(crate::health::routes())
+        .split_for_parts();
+    // Model ids hold slashes (`org/name`): these two take the rest of the path, which
+    // axum writes `{*model}` and OpenAPI `{model}` (their descriptions are in `api::Base`).
+    let router = router
+        .route("/api/v1/models/{*model}", delete(admin::remove))
+        .route("/api/v1/deployments/{*model}", delete(admin::delete_deployment));
+    (router, api::finish(doc))
+}
+
 pub(super) fn router(ctx: NodeContext, auth: Auth) -> Router {
     let body_limit = super::submit::body_limit(&ctx);
-    Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
-        .route("/v1/tasks", post(super::tasks::submit).get(super::tasks::list))
-        .route("/v1/tasks/{id}", get(super::tasks::get).delete(super::tasks::cancel))
-        .route("/v1/tasks/{id}/events", get(super::tasks::events))
-        .route("/api/v1/models", get(super::admin::models))
-        .route("/api/v1/models/search", get(super::admin::search))
-        .route("/api/v1/models/pull", post(super::admin::pull))
-        .route("/api/v1/models/status", get(super::admin::status))
-        .route("/api/v1/models/load", post(super::admin::load))
-        .route("/api/v1/models/unload", post(super::admin::unload))
-        .route("/api/v1/models/{*model}", axum::routing::delete(super::admin::remove))
-        .route("/api/v1/deployments", get(super::admin::deployments).post(super::admin::set_deployment))
-        .route("/api/v1/deployments/{*model}", axum::routing::delete(super::admin::delete_deployment))
-        .route("/api/v1/workers", get(super::admin::workers))
-        .route("/api/v1/cluster", get(super::admin::cluster))
-        .route("/api/v1/keys", get(super::keys::list).post(super::keys::create))
-        .route("/api/v1/keys/{id}", axum::routing::delete(super::keys::revoke))
-        .route("/api/v1/usage", get(super::keys::usage))
-        .route("/openapi.json", get(super::admin::openapi))
-        .merge(crate::health::routes())
+    let (router, doc) = api_routes();
+    router
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(api::DocumentJson::new(&doc)))
         // The admin routes' bodies have the same limit as the rest (read_body's).
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         // Every route, the fallback included, is behind the key check.
@@ -59,14 +78,21 @@ pub(super) fn router(ctx: NodeContext, auth: Auth) -> Router {
         .with_state(ctx)
 }
 
+async fn method_not_allowed(req: Request) -> ApiError {
+    let message = format!("{} is not a method of {}", req.method(), req.uri().path());
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", message)
+}
+
 async fn not_found(req: Request) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found_error", format!("no route {} {}", req.method(), req.uri().path()))
 }
 
-async fn models(
+/// The models this key may use, in OpenAI's list format.
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = ModelObjectList)))]
+pub(super) async fn models(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ModelObjectList>, ApiError> {
     let reply: ModelList = ctx
         .bus
         .request(ctx.bus.subjects().model_list(), &ListModels {}, None, None)
@@ -76,17 +102,37 @@ async fn models(
         ModelList::Models { models } => models,
         ModelList::Error(err) => return Err(err.into()),
     };
-    let data: Vec<_> = models
-        .iter()
+    let data = models
+        .into_iter()
         .filter(|m| key.allows_model(&m.id))
-        .map(|m| json!({"id": m.id, "object": "model", "created": m.created_ms / 1000, "owned_by": "bitinglip", "context_length": m.context_length}))
+        .map(|m| ModelObject {
+            object: "model",
+            created: m.created_ms / 1000,
+            owned_by: "bitinglip",
+            context_length: m.context_length,
+            id: m.id,
+        })
         .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(ModelObjectList { object: "list", data }))
 }
 
-/// `POST /v1/chat/completions`, in the `gateway` span (a child of the caller's
-/// `traceparent`, when it sent one), counted by model and outcome.
-async fn chat_completions(
+/// A chat completion, whole or streamed.
+///
+/// With `stream: true` the answer is `text/event-stream`: one `data: <ChatCompletionChunk>`
+/// event per piece of text, then `data: [DONE]`. A client that disconnects cancels the
+/// task. `Idempotency-Key` makes a retry follow the first request's task. The answer's
+/// `x-task-id` is the task's id in the task API. Runs in the `gateway` span, a child of
+/// the caller's `traceparent` when it sent one.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    request_body = openai::ChatCompletionRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "the same key and body: the same task, once"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller"),
+    ),
+    responses((status = 200, description = "the completion, or with `stream: true` its chunks as server-sent events",
+        headers(("x-task-id" = String, description = "the task's id")),
+        content((openai::ChatCompletion = "application/json"), (String = "text/event-stream")))))]
+pub(super) async fn chat_completions(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
     headers: HeaderMap,
@@ -198,6 +244,11 @@ async fn next_visible(watch: &mut TaskWatch) -> Option<Relayed> {
     }
 }
 
+/// A `data:` event holding `v` as JSON.
+pub(super) fn sse_data<T: serde::Serialize>(v: &T) -> Event {
+    Event::default().data(serde_json::to_string(v).unwrap_or_default())
+}
+
 fn sse_events(
     watch: TaskWatch,
     cancel: CancelOnDrop,
@@ -220,40 +271,40 @@ fn sse_events(
         let model = model.clone();
         let relay = relay.clone();
         async move {
-            let data = |v: serde_json::Value| Event::default().data(v.to_string());
             match phase {
                 Phase::Start => {
-                    let first =
-                        openai::chunk(&id, created, &model, json!({"role": "assistant", "content": ""}), None, None);
-                    Some((Ok(data(first)), (watch, cancel, Phase::Relay)))
+                    let delta = Delta { role: Some("assistant"), content: Some(String::new()) };
+                    let first = openai::chunk(&id, created, &model, delta, None, None);
+                    Some((Ok(sse_data(&first)), (watch, cancel, Phase::Relay)))
                 }
                 Phase::Relay => match next_visible(&mut watch).await {
                     Some(Relayed::Started { .. }) => unreachable!("filtered by next_visible"),
                     Some(Relayed::Text { text: t, .. }) => {
-                        let c = openai::chunk(&id, created, &model, json!({"content": t}), None, None);
-                        Some((Ok(data(c)), (watch, cancel, Phase::Relay)))
+                        let delta = Delta { role: None, content: Some(t) };
+                        let c = openai::chunk(&id, created, &model, delta, None, None);
+                        Some((Ok(sse_data(&c)), (watch, cancel, Phase::Relay)))
                     }
                     Some(Relayed::Done(done)) => {
                         cancel.disarm();
                         relay.record("gen_ai.response.finish_reasons", done.finish_reason.as_str());
                         crate::metrics::metrics().requests.with_label_values(&[&model, "ok"]).inc();
-                        let c =
-                            openai::chunk(&id, created, &model, json!({}), Some(done.finish_reason), Some(&done.usage));
+                        let reason = Some(done.finish_reason);
+                        let c = openai::chunk(&id, created, &model, Delta::default(), reason, Some(&done.usage));
                         let next = if include_usage { Phase::Usage(done.usage) } else { Phase::Done };
-                        Some((Ok(data(c)), (watch, cancel, next)))
+                        Some((Ok(sse_data(&c)), (watch, cancel, next)))
                     }
                     Some(Relayed::Failed(err)) => {
                         cancel.disarm();
                         crate::metrics::metrics().requests.with_label_values(&[&model, err.kind.as_str()]).inc();
                         // Headers are gone; the error travels as an event in OpenAI's shape.
                         let body = ApiError::from(err).body();
-                        Some((Ok(data(body)), (watch, cancel, Phase::Done)))
+                        Some((Ok(sse_data(&body)), (watch, cancel, Phase::Done)))
                     }
                     None => None,
                 },
                 Phase::Usage(usage) => {
                     let c = openai::usage_chunk(&id, created, &model, &usage);
-                    Some((Ok(data(c)), (watch, cancel, Phase::Done)))
+                    Some((Ok(sse_data(&c)), (watch, cancel, Phase::Done)))
                 }
                 Phase::Done => Some((Ok(Event::default().data("[DONE]")), (watch, cancel, Phase::End))),
                 Phase::End => None,

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 
 use axum::{
     body::Body,
-    extract::{Extension, Path, Query, State},
+    extract::{Extension, State},
     http::{HeaderMap, StatusCode},
     response::{
         sse::{Event, KeepAlive, Sse},
@@ -16,12 +16,13 @@ use bitinglip_bus_schema::{
     ApiKey, ErrorKind, GetTask, ListTasks, Scope, TaskId, TaskList, TaskRecord, TaskState, TaskStatusReply, WireError,
 };
 use futures::Stream;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     auth::sees,
-    openai::{self, ApiError},
+    openai::{self, ApiError, Path, Query},
     submit::{admit, read_body, submit_chat},
 };
 use crate::NodeContext;
@@ -31,34 +32,109 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     TaskId::parse(id).map_err(|e| ApiError::invalid(&e.to_string(), Some("id")))
 }
 
-/// A status record as JSON.
-fn record_json(r: &TaskRecord) -> Value {
-    json!({
-        "id": r.task_id.as_str(),
-        "object": "task",
-        "model": r.model,
-        "status": r.state.as_str(),
-        "priority": r.priority.as_str(),
-        "attempts": r.attempt,
-        "worker": r.worker,
-        "created_ms": r.created_ms,
-        "updated_ms": r.updated_ms,
-        "result": r.result.as_ref().map(|d| json!({
-            "text": d.text,
-            "finish_reason": openai::finish(d.finish_reason),
-            "chunks": d.chunks,
-            "usage": {
-                "prompt_tokens": d.usage.prompt_tokens,
-                "completion_tokens": d.usage.completion_tokens,
-                "total_tokens": d.usage.prompt_tokens + d.usage.completion_tokens,
-                "time_to_first_token_ms": d.usage.time_to_first_token_ms,
-                "total_time_ms": d.usage.total_time_ms,
-                "queue_time_ms": d.usage.queue_time_ms,
-            },
-        })),
-        "error": r.error.as_ref().map(|e| json!({"code": e.kind.as_str(), "message": e.message})),
-        "cancel_to_stop_ms": r.cancel_to_stop_ms,
-    })
+/// A task, as the task API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TaskView {
+    /// The task's id (a ULID).
+    id: String,
+    /// `task`.
+    object: &'static str,
+    /// The model it runs on.
+    model: String,
+    /// `queued`, `running`, `completed`, `failed` or `cancelled`.
+    status: &'static str,
+    /// `interactive` or `batch`.
+    priority: &'static str,
+    /// Deliveries to a worker so far.
+    attempts: u32,
+    /// The worker that runs or ran it.
+    worker: Option<String>,
+    /// Submitted, ms since the epoch.
+    created_ms: u64,
+    /// Last changed, ms since the epoch.
+    updated_ms: u64,
+    /// The answer, once completed.
+    result: Option<TaskResult>,
+    /// Why it failed, once failed.
+    error: Option<TaskError>,
+    /// From the cancel request to the engine stopping, ms (cancelled tasks).
+    cancel_to_stop_ms: Option<f64>,
+}
+
+/// A completed task's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TaskResult {
+    /// The whole text.
+    text: String,
+    /// `stop` or `length`.
+    finish_reason: &'static str,
+    /// Chunks it was streamed in.
+    chunks: u64,
+    /// Tokens and timings.
+    usage: openai::OpenAiUsage,
+}
+
+/// Why a task failed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TaskError {
+    /// The error kind: `engine`, `context_length`, `timeout`, …
+    code: &'static str,
+    /// For a person.
+    message: String,
+}
+
+impl From<&TaskRecord> for TaskView {
+    fn from(r: &TaskRecord) -> Self {
+        TaskView {
+            id: r.task_id.as_str().to_string(),
+            object: "task",
+            model: r.model.clone(),
+            status: r.state.as_str(),
+            priority: r.priority.as_str(),
+            attempts: r.attempt,
+            worker: r.worker.clone(),
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+            result: r.result.as_ref().map(|d| TaskResult {
+                text: d.text.clone(),
+                finish_reason: openai::finish(d.finish_reason),
+                chunks: d.chunks,
+                usage: (&d.usage).into(),
+            }),
+            error: r.error.as_ref().map(|e| TaskError { code: e.kind.as_str(), message: e.message.clone() }),
+            cancel_to_stop_ms: r.cancel_to_stop_ms,
+        }
+    }
+}
+
+/// A page of tasks, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TaskPage {
+    /// `list`.
+    object: &'static str,
+    /// The tasks.
+    data: Vec<TaskView>,
+    /// More tasks are older than this page.
+    has_more: bool,
+    /// The `before` of the next page.
+    next: Option<u64>,
+}
+
+/// The answer to `POST /v1/tasks`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TaskAccepted {
+    /// The task's id.
+    id: String,
+    /// `task`.
+    object: &'static str,
+    /// The model.
+    model: String,
+    /// `queued`.
+    status: &'static str,
+    /// True when the `Idempotency-Key` named an earlier task, which this is.
+    duplicate: bool,
+    /// Where its events stream.
+    events_url: String,
 }
 
 /// A task's record, when `key` may see it: another key's task is a 404, as if it did
@@ -76,8 +152,14 @@ async fn read(ctx: &NodeContext, key: &ApiKey, id: &TaskId) -> Result<TaskRecord
     }
 }
 
-/// `POST /v1/tasks`: the chat request; answers 202 with the id at once. Traced as a
-/// `gateway` span, like a chat completion, so the task's trace has its root here.
+/// Queue a chat task; answers 202 with its id at once.
+///
+/// The body is a chat completion request (`stream` is ignored). Traced as a `gateway`
+/// span, like a chat completion, so the task's trace has its root here.
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks",
+    request_body = openai::ChatCompletionRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "the same key and body: the same task, once")),
+    responses((status = 202, body = TaskAccepted)))]
 pub(super) async fn submit(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
@@ -100,41 +182,50 @@ async fn submit_task(ctx: NodeContext, key: ApiKey, headers: HeaderMap, body: Bo
     let chat = request.into_chat()?;
     let model = chat.model.clone();
     let (task_id, _watch, duplicate) = submit_chat(&ctx, &headers, &key, chat, wait_for_model).await?;
-    let body = json!({
-        "id": task_id.as_str(),
-        "object": "task",
-        "model": model,
-        "status": "queued",
-        "duplicate": duplicate,
-        "events_url": format!("/v1/tasks/{task_id}/events"),
-    });
+    let body = TaskAccepted {
+        id: task_id.as_str().to_string(),
+        object: "task",
+        model,
+        status: "queued",
+        duplicate,
+        events_url: format!("/v1/tasks/{task_id}/events"),
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// `GET /v1/tasks/{id}`.
+/// A task's status and result; another key's task is a 404.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "the task's id", pattern = "^[A-Za-z0-9_-]{1,128}$")),
+    responses((status = 200, body = TaskView)))]
 pub(super) async fn get(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
-    Ok(Json(record_json(&read(&ctx, &key, &id).await?)))
+    Ok(Json((&read(&ctx, &key, &id).await?).into()))
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/tasks`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Most tasks on the page (default 100, at most 1000).
     limit: Option<u32>,
+    /// Only tasks in this state.
+    #[param(pattern = "^(queued|running|completed|failed|cancelled)$")]
     status: Option<String>,
     /// The cursor of the next page, as the previous page's `next` gave it.
     before: Option<u64>,
 }
 
-/// `GET /v1/tasks?limit=&status=`: newest first.
+/// Recent tasks, newest first: this key's, or every task for an admin key.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery), responses((status = 200, body = TaskPage)))]
 pub(super) async fn list(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskPage>, ApiError> {
     // An admin key lists every task; any other key its own.
     let owner = (key.scope != Scope::Admin).then(|| key.id.clone());
     let state = match q.status.as_deref() {
@@ -154,33 +245,43 @@ pub(super) async fn list(
         .await
         .map_err(|e| ApiError::from(WireError::from(&e)))?;
     match reply {
-        TaskList::Tasks { tasks, next } => Ok(Json(json!({
-            "object": "list",
-            "data": tasks.iter().map(record_json).collect::<Vec<_>>(),
-            "has_more": next.is_some(),
-            "next": next,
-        }))),
+        TaskList::Tasks { tasks, next } => Ok(Json(TaskPage {
+            object: "list",
+            data: tasks.iter().map(TaskView::from).collect(),
+            has_more: next.is_some(),
+            next,
+        })),
         TaskList::Error(e) => Err(e.into()),
     }
 }
 
-/// `DELETE /v1/tasks/{id}`: cancel.
+/// Cancel a task; answers with its record (the engine stops within one token).
+#[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "the task's id", pattern = "^[A-Za-z0-9_-]{1,128}$")),
+    responses((status = 200, body = TaskView)))]
 pub(super) async fn cancel(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     // Only a task this key may see can be cancelled by it.
     read(&ctx, &key, &id).await?;
     bitinglip_client::cancel(&ctx.bus, &id, "cancelled over HTTP").await?;
     let record = read(&ctx, &key, &id).await?;
-    Ok(Json(record_json(&record)))
+    Ok(Json((&record).into()))
 }
 
-/// `GET /v1/tasks/{id}/events`: SSE. Every chunk carries `id: <seq>`; reconnecting with
-/// `Last-Event-ID: <seq>` (to any gateway) continues with the next chunk, no gap, no
-/// repeat. Event names: `started`, `chunk`, `completed`, `failed`.
+/// A task's events as server-sent events, resumable.
+///
+/// Event names: `started` (`{attempt, resume_from_seq}`), `chunk` (`{seq, text}`, with
+/// `id: <seq>`), then `completed` (`{text, finish_reason, chunks, usage}`) or `failed`
+/// (`{code, message}`). Reconnecting with `Last-Event-ID: <seq>` (to any gateway)
+/// continues with the next chunk, no gap, no repeat.
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "tasks",
+    params(("id" = String, Path, description = "the task's id", pattern = "^[A-Za-z0-9_-]{1,128}$"),
+        ("Last-Event-ID" = Option<String>, Header, description = "the last chunk's `seq` seen")),
+    responses((status = 200, description = "the task's events", content_type = "text/event-stream", body = String)))]
 pub(super) async fn events(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,

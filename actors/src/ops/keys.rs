@@ -3,7 +3,8 @@
 
 use bitinglip_bus_schema::{ApiKey, ErrorKind, KeyLimits, Scope, WireError};
 use bitinglip_nats::store::{counters::UsageRow, keys::NewKey};
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 fn invalid(message: String) -> WireError {
     WireError::new(ErrorKind::InvalidRequest, message)
@@ -49,23 +50,59 @@ pub fn new_key(
     Ok(NewKey { name: name.to_string(), scope, models: models.to_vec(), expires_ms, limits })
 }
 
-/// A key as JSON: everything but the hash; with `secret` once, at creation.
-pub fn key_json(key: &ApiKey, secret: Option<&str>) -> Value {
-    let mut v = json!({
-        "id": key.id,
-        "object": "api_key",
-        "name": key.name,
-        "scope": key.scope.as_str(),
-        "models": key.models,
-        "expires_ms": key.expires_ms,
-        "created_ms": key.created_ms,
-        "revoked_ms": key.revoked_ms,
-        "limits": {"rpm": key.limits.rpm, "tpm": key.limits.tpm, "tokens_per_day": key.limits.tokens_per_day},
-    });
-    if let Some(secret) = secret {
-        v["key"] = json!(secret);
+/// A key as the admin API and the CLI show it: everything but the hash; the secret only
+/// once, at creation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    /// Its id (`key_…`): what `revoke`, usage and metrics name.
+    pub id: String,
+    /// `api_key`.
+    pub object: &'static str,
+    /// A name for people.
+    pub name: String,
+    /// `inference` (the OpenAI routes and the task API) or `admin` (everything).
+    pub scope: &'static str,
+    /// The only models it may use; empty: all.
+    pub models: Vec<String>,
+    /// Refused from then on, ms since the epoch.
+    pub expires_ms: Option<u64>,
+    /// Created, ms since the epoch.
+    pub created_ms: u64,
+    /// Revoked at, ms since the epoch.
+    pub revoked_ms: Option<u64>,
+    /// Its limits.
+    pub limits: LimitsView,
+    /// The secret (`Authorization: Bearer <key>`): in the answer that creates the key, and
+    /// never again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// A key's limits; absent: none.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LimitsView {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens (prompt and completion) per minute.
+    pub tpm: Option<u64>,
+    /// Tokens per UTC day.
+    pub tokens_per_day: Option<u64>,
+}
+
+/// A key's view; with `secret` once, at creation.
+pub fn key_view(key: &ApiKey, secret: Option<&str>) -> KeyView {
+    KeyView {
+        id: key.id.clone(),
+        object: "api_key",
+        name: key.name.clone(),
+        scope: key.scope.as_str(),
+        models: key.models.clone(),
+        expires_ms: key.expires_ms,
+        created_ms: key.created_ms,
+        revoked_ms: key.revoked_ms,
+        limits: LimitsView { rpm: key.limits.rpm, tpm: key.limits.tpm, tokens_per_day: key.limits.tokens_per_day },
+        key: secret.map(str::to_string),
     }
-    v
 }
 
 /// Checks a `YYYY-MM-DD` day given as `field`.
@@ -80,19 +117,49 @@ pub fn check_day(field: &str, day: Option<&str>) -> Result<(), WireError> {
     }
 }
 
-/// Usage rows as JSON.
-pub fn usage_json(rows: &[UsageRow]) -> Value {
-    let data: Vec<Value> = rows
+/// One key's use of one model on one UTC day.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    /// The key's id.
+    pub key: String,
+    /// The model.
+    pub model: String,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    /// Requests finished.
+    pub requests: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// The sum.
+    pub total_tokens: u64,
+}
+
+/// `GET /api/v1/usage`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsagePage {
+    /// `list`.
+    pub object: &'static str,
+    /// One row per key, model and day.
+    pub data: Vec<UsageView>,
+}
+
+/// Usage rows as the admin API and the CLI show them.
+pub fn usage_page(rows: &[UsageRow]) -> UsagePage {
+    let data = rows
         .iter()
-        .map(|r| {
-            json!({
-                "key": r.key, "model": r.model, "day": r.day, "requests": r.requests,
-                "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                "total_tokens": r.prompt_tokens + r.completion_tokens,
-            })
+        .map(|r| UsageView {
+            key: r.key.clone(),
+            model: r.model.clone(),
+            day: r.day.clone(),
+            requests: r.requests,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            total_tokens: r.prompt_tokens + r.completion_tokens,
         })
         .collect();
-    json!({"object": "list", "data": data})
+    UsagePage { object: "list", data }
 }
 
 #[cfg(test)]
@@ -137,8 +204,9 @@ mod tests {
             revoked_ms: None,
             limits: Default::default(),
         };
-        assert!(!key_json(&k, None).to_string().contains("deadbeef"));
-        assert!(key_json(&k, None).get("key").is_none());
-        assert_eq!(key_json(&k, Some("blk-s"))["key"], "blk-s");
+        let shown = |secret| serde_json::to_value(key_view(&k, secret)).unwrap();
+        assert!(!shown(None).to_string().contains("deadbeef"));
+        assert!(shown(None).get("key").is_none());
+        assert_eq!(shown(Some("blk-s"))["key"], "blk-s");
     }
 }

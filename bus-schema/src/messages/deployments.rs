@@ -8,8 +8,10 @@ use crate::{EngineKind, WireError};
 
 /// What a node needs to load a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelSpec {
     /// A Hugging Face id or a folder in Hugging Face layout on the serving node.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     pub source: String,
     /// Hub revision (branch, tag or commit); `main` when absent.
     #[serde(default)]
@@ -27,6 +29,7 @@ pub struct ModelSpec {
 
 /// Where replicas may run.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Constraints {
     /// Only nodes offering at least this much memory, bytes.
     #[serde(default)]
@@ -38,6 +41,7 @@ pub struct Constraints {
 
 /// A deployment, in the deployments bucket under `deploy.<model token>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deployment {
     /// The id clients name in requests.
     pub model: String,
@@ -91,6 +95,7 @@ pub struct NodePlacement {
 
 /// Request on `…deployment.set`: create or replace a deployment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetDeployment {
     /// The id clients will name; defaults to the source.
     #[serde(default)]
@@ -120,6 +125,7 @@ pub struct ListDeployments {}
 
 /// A deployment with where its replicas are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentStatus {
     /// The deployment.
     pub deployment: Deployment,
@@ -155,6 +161,7 @@ pub enum DeploymentList {
 /// Request on `…model.load`: make sure a known model has at least `replicas` replicas
 /// (an on-demand deployment is created when it has none).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoadModel {
     /// The model's id.
     pub model: String,
@@ -166,6 +173,7 @@ pub struct LoadModel {
 /// Request on `…model.unload` (its deployment goes to 0 replicas) and `…model.delete`
 /// (deployment, registry entry and node statuses removed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelRef {
     /// The model's id.
     pub model: String,

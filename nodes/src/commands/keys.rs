@@ -2,7 +2,7 @@
 //! admin of the bus; the HTTP gateway's `/api/v1/keys` does the same for admin keys).
 
 use anyhow::bail;
-use bitinglip_actors::ops::keys::{check_day, key_json, new_key, usage_json};
+use bitinglip_actors::ops::keys::{check_day, key_view, new_key, usage_page};
 use bitinglip_config::Config;
 use bitinglip_nats::Store;
 
@@ -29,7 +29,7 @@ pub(super) async fn run(config: Config, cmd: KeysCommand) -> anyhow::Result<()> 
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             let (key, secret) = store.keys().create(new).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&key_json(&key, Some(&secret)))?);
+                println!("{}", serde_json::to_string_pretty(&key_view(&key, Some(&secret)))?);
             } else {
                 println!("{secret}");
                 eprintln!(
@@ -43,7 +43,7 @@ pub(super) async fn run(config: Config, cmd: KeysCommand) -> anyhow::Result<()> 
         KeysCommand::Ls { json } => {
             let keys = store.keys().list().await?;
             if json {
-                let v: Vec<_> = keys.iter().map(|k| key_json(k, None)).collect();
+                let v: Vec<_> = keys.iter().map(|k| key_view(k, None)).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
@@ -92,7 +92,7 @@ pub(super) async fn usage(
     let store = Store::open(&bus, &config).await?;
     let rows = store.counters().usage(key.as_deref(), from.as_deref(), to.as_deref()).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&usage_json(&rows)["data"])?);
+        println!("{}", serde_json::to_string_pretty(&usage_page(&rows).data)?);
         return Ok(());
     }
     let mut table = vec![["DAY", "KEY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION"].map(String::from).to_vec()];
