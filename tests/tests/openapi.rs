@@ -31,6 +31,8 @@ fn schemathesis(doc: &Path, base: &str, key: Option<&str>, checks: &str, report:
         .args(["--url", base, "--checks", checks, "--max-examples", "12", "--seed", "7", "--workers", "1"])
         .args(["--request-timeout", "30", "--no-color", "--report", "har", "--report-dir"])
         .arg(report)
+        // Its caches go beside the report, not into the source tree.
+        .current_dir(report.parent().expect("the report folder has a parent"))
         .env("SCHEMATHESIS_TELEMETRY", "false");
     if let Some(key) = key {
         cmd.args(["-H", &format!("Authorization: Bearer {key}")]);
