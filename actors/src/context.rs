@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use bitinglip_bus_schema::WorkerInfo;
+use bitinglip_bus_schema::{Role, WorkerInfo};
 use bitinglip_config::Config;
 use bitinglip_nats::{store::nodes::NodeWatch, Bus, Store};
 
@@ -35,6 +35,9 @@ pub struct NodeContext {
     pub dropped: Arc<std::sync::atomic::AtomicU64>,
     /// The gateway's requests in progress (`gateway.max_concurrent_requests`).
     pub gateway_permits: Arc<tokio::sync::Semaphore>,
+    /// With per-role NATS users (`nats.credentials_dir`): each role's own connection, on
+    /// which its actors run (see [`NodeContext::for_role`]).
+    roles: Arc<BTreeMap<Role, (Bus, Store)>>,
 }
 
 impl NodeContext {
@@ -51,7 +54,25 @@ impl NodeContext {
             http_addr: Arc::default(),
             heartbeat_now: Arc::default(),
             dropped: Arc::default(),
+            roles: Arc::default(),
         }
+    }
+
+    /// The same context with a connection of its own for each of these roles.
+    pub fn with_role_connections(mut self, roles: BTreeMap<Role, (Bus, Store)>) -> Self {
+        self.roles = Arc::new(roles);
+        self
+    }
+
+    /// The context `role`'s actors run with: its own connection (its NATS user) when the
+    /// node has one per role, this one otherwise. Everything else is shared.
+    pub fn for_role(&self, role: Role) -> NodeContext {
+        let mut ctx = self.clone();
+        if let Some((bus, store)) = self.roles.get(&role) {
+            ctx.bus = bus.clone();
+            ctx.store = store.clone();
+        }
+        ctx
     }
 
     /// This node's id.

@@ -67,6 +67,18 @@ pub enum ChildKind {
 }
 
 impl ChildKind {
+    /// The node role it belongs to (the heartbeat belongs to the node).
+    fn role(&self) -> Option<Role> {
+        match self {
+            ChildKind::Heartbeat => None,
+            ChildKind::ClusterManager => Some(Role::ClusterManager),
+            ChildKind::ModelManager => Some(Role::ModelManager),
+            ChildKind::TaskManager => Some(Role::TaskManager),
+            ChildKind::Worker(_) | ChildKind::Replica(_) | ChildKind::Puller => Some(Role::Worker),
+            ChildKind::Gateway => Some(Role::Gateway),
+        }
+    }
+
     /// The actor's name, as metrics label it.
     pub fn name(self) -> &'static str {
         match self {
@@ -144,7 +156,8 @@ impl Actor for NodeSupervisor {
                 Role::Unknown => {}
             }
         }
-        let placement_watch = ctx.config.has_role(Role::Worker).then(|| watch_placement(ctx.clone(), myself.clone()));
+        let placement_watch =
+            ctx.config.has_role(Role::Worker).then(|| watch_placement(ctx.for_role(Role::Worker), myself.clone()));
         let mut state = NodeSupervisorState {
             ctx,
             children: HashMap::new(),
@@ -273,7 +286,10 @@ async fn spawn_child(
     state: &mut NodeSupervisorState,
     kind: ChildKind,
 ) -> Result<(), ActorProcessingErr> {
-    let ctx = state.ctx.clone();
+    let ctx = match kind.role() {
+        Some(role) => state.ctx.for_role(role),
+        None => state.ctx.clone(),
+    };
     let sup = myself.get_cell();
     let cell = match kind {
         ChildKind::Heartbeat => Actor::spawn_linked(None, Heartbeat, HeartbeatArgs { ctx }, sup).await?.0.get_cell(),

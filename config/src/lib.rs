@@ -175,6 +175,10 @@ pub struct NatsConfig {
     pub nkey_seed: Option<Secret>,
     /// Credentials file (JWT plus nkey seed).
     pub creds_file: Option<PathBuf>,
+    /// A folder of per-role nkey seeds (`<role>.nk`, as `bitinglip nats init` writes
+    /// them): each role of a node connects as its own NATS user, and the CLI as `admin`.
+    /// `bitinglip up` uses `<data_dir>/nats` when none of the other methods is set.
+    pub credentials_dir: Option<PathBuf>,
     /// Require TLS.
     pub tls_required: bool,
     /// Extra root CA certificate (PEM).
@@ -203,6 +207,7 @@ impl Default for NatsConfig {
             password: None,
             nkey_seed: None,
             creds_file: None,
+            credentials_dir: None,
             tls_required: false,
             tls_ca_file: None,
             tls_cert_file: None,

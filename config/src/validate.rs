@@ -69,9 +69,19 @@ impl Config {
         if n.user.is_some() != n.password.is_some() {
             return Err(invalid("nats.user", n.user.clone().unwrap_or_default(), "user and password go together"));
         }
-        let methods = [n.token.is_some(), n.user.is_some(), n.nkey_seed.is_some(), n.creds_file.is_some()];
+        let methods = [
+            n.token.is_some(),
+            n.user.is_some(),
+            n.nkey_seed.is_some(),
+            n.creds_file.is_some(),
+            n.credentials_dir.is_some(),
+        ];
         if methods.iter().filter(|m| **m).count() > 1 {
-            return Err(invalid("nats", "several", "choose one of token, user/password, nkey_seed, creds_file"));
+            return Err(invalid(
+                "nats",
+                "several",
+                "choose one of token, user/password, nkey_seed, creds_file, credentials_dir",
+            ));
         }
         if let Some(seed) = &n.nkey_seed {
             if !seed.expose().starts_with("SU") {
@@ -181,8 +191,8 @@ impl Config {
             if looks_like_path && !std::path::Path::new(&m.source).is_dir() {
                 return Err(invalid(&key("source"), &m.source, "no such folder"));
             }
-            if m.max_sequences == 0 {
-                return Err(invalid(&key("max_sequences"), 0, "must be at least 1"));
+            if !(1..=bitinglip_bus_schema::MAX_SEQUENCES).contains(&m.max_sequences) {
+                return Err(invalid(&key("max_sequences"), m.max_sequences, "must be 1 to 256"));
             }
             if !(m.echo_tokens_per_sec >= 0.0 && m.echo_tokens_per_sec.is_finite()) {
                 return Err(invalid(&key("echo_tokens_per_sec"), m.echo_tokens_per_sec, "must be 0 or above"));
@@ -204,8 +214,8 @@ impl Config {
             if d.source.trim().is_empty() {
                 return Err(invalid(&key("source"), &d.source, "a Hugging Face id or a folder on the serving nodes"));
             }
-            if d.max_sequences == 0 {
-                return Err(invalid(&key("max_sequences"), 0, "must be at least 1"));
+            if !(1..=bitinglip_bus_schema::MAX_SEQUENCES).contains(&d.max_sequences) {
+                return Err(invalid(&key("max_sequences"), d.max_sequences, "must be 1 to 256"));
             }
             if d.replicas > 1000 {
                 return Err(invalid(&key("replicas"), d.replicas, "must be at most 1000"));

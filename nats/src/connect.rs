@@ -3,13 +3,31 @@
 
 use bitinglip_config::NatsConfig;
 
-use crate::ConnectError;
+use crate::{permissions::NatsRole, ConnectError};
+
+/// True when `url` names this machine.
+fn loopback(url: &str) -> bool {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let host = rest.rsplit('@').next().unwrap_or(rest);
+    ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| host.starts_with(h))
+}
 
 /// Connects with every option of `cfg`. `name` shows up in the server's connection list.
 /// `reconnected`, when given, is notified on every connection after the first, so the
 /// caller can provision again (a restarted server may have lost memory-stored streams).
 pub async fn connect(
     cfg: &NatsConfig,
+    name: &str,
+    reconnected: Option<std::sync::Arc<tokio::sync::Notify>>,
+) -> Result<async_nats::Client, ConnectError> {
+    connect_as(cfg, NatsRole::Admin, name, reconnected).await
+}
+
+/// Connects as `role`: with `nats.credentials_dir`, as that role's NATS user (its nkey
+/// seed, its inbox prefix); otherwise as [`connect`] does.
+pub async fn connect_as(
+    cfg: &NatsConfig,
+    role: NatsRole,
     name: &str,
     reconnected: Option<std::sync::Arc<tokio::sync::Notify>>,
 ) -> Result<async_nats::Client, ConnectError> {
@@ -46,6 +64,15 @@ pub async fn connect(
     }
     if let Some(seed) = &cfg.nkey_seed {
         opts = opts.nkey(seed.expose().to_string());
+    }
+    if let Some(dir) = &cfg.credentials_dir {
+        let path = crate::permissions::seed_file(dir, role);
+        let seed = std::fs::read_to_string(&path)
+            .map_err(|source| ConnectError::Credentials { path: path.display().to_string(), source })?;
+        opts = opts.nkey(seed.trim().to_string()).custom_inbox_prefix(role.inbox_prefix());
+        if !cfg.servers.iter().all(|s| loopback(s) || s.starts_with("tls://")) && !cfg.tls_required {
+            tracing::warn!("NATS credentials go over plaintext to a server that is not on this machine: set nats.tls_required (and tls:// URLs)");
+        }
     }
     if let Some(path) = &cfg.creds_file {
         opts = opts

@@ -6,6 +6,7 @@
 mod bus;
 mod connect;
 mod error;
+pub mod permissions;
 mod provision;
 mod server;
 pub mod store;
@@ -13,7 +14,7 @@ pub mod trace;
 
 pub use async_nats;
 pub use bus::{now_ms, trace_of, Bus, Incoming};
-pub use connect::connect;
+pub use connect::{connect, connect_as};
 pub use error::{BusError, ConnectError, ProvisionError, ServerError};
 pub use provision::worker_consumer_config;
 pub use server::{find_nats_server, LocalNatsServer, ServerOptions};

@@ -34,6 +34,7 @@ pub(crate) async fn provision(
     js: &jetstream::Context,
     subjects: &Subjects,
     config: &Config,
+    may_update: bool,
 ) -> Result<Provisioned, ProvisionError> {
     let cfg = &config.jetstream;
     let cluster = &config.cluster;
@@ -44,6 +45,7 @@ pub(crate) async fn provision(
     // count, all together by bytes.
     ensure_stream(
         js,
+        may_update,
         stream::Config {
             name: subjects.tasks_stream(),
             description: Some("BitingLip accepted tasks, one subject per model and priority".into()),
@@ -65,6 +67,7 @@ pub(crate) async fn provision(
     // for replay. Memory storage: a per-token fsync would cost more than the token.
     ensure_stream(
         js,
+        may_update,
         stream::Config {
             name: subjects.events_stream(),
             description: Some("BitingLip task events, for replay and resume".into()),
@@ -86,6 +89,7 @@ pub(crate) async fn provision(
     // on disk for 400 days, deduplicated by message id so a worker may publish twice.
     ensure_stream(
         js,
+        may_update,
         stream::Config {
             name: subjects.rates_stream(),
             description: Some("BitingLip per-minute requests and tokens of each API key".into()),
@@ -101,6 +105,7 @@ pub(crate) async fn provision(
     .await?;
     ensure_stream(
         js,
+        may_update,
         stream::Config {
             name: subjects.usage_stream(),
             description: Some("BitingLip daily usage of each API key and model".into()),
@@ -212,12 +217,18 @@ pub(crate) async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result
     })
 }
 
-async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), ProvisionError> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    may_update: bool,
+    config: stream::Config,
+) -> Result<(), ProvisionError> {
     let name = config.name.clone();
     match js.get_stream(&name).await {
         Ok(mut existing) => {
             let info = existing.info().await.map_err(|e| err(&name, e))?;
-            if differs(&info.config, &config) {
+            if differs(&info.config, &config) && !may_update {
+                tracing::warn!(stream = %name, "stream config differs from this node's; left as is (a node running the cluster manager updates it)");
+            } else if differs(&info.config, &config) {
                 js.update_stream(config).await.map_err(|e| err(&name, e))?;
                 tracing::info!(stream = %name, "stream config updated");
             }

@@ -27,6 +27,9 @@ pub struct ServerOptions {
     pub sync: String,
     /// Extra lines for the server's config file (cluster blocks in tests).
     pub extra_config: String,
+    /// A credentials folder (`bitinglip nats init`): the server includes its `auth.conf`,
+    /// so every connection needs one of its users, and readiness is checked as `admin`.
+    pub credentials_dir: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -39,6 +42,7 @@ impl ServerOptions {
             data_dir: data_dir.into(),
             sync: "always".into(),
             extra_config: String::new(),
+            credentials_dir: None,
         }
     }
 }
@@ -115,7 +119,15 @@ impl LocalNatsServer {
                 port = self.port,
                 store = store.display(),
                 pid = dir.join("nats-server.pid").display(),
-                extra = self.opts.extra_config,
+                extra = match &self.opts.credentials_dir {
+                    // Its text, not an `include` (whose path would be relative to this file).
+                    Some(dir) => format!(
+                        "{}\n{}\n",
+                        self.opts.extra_config,
+                        std::fs::read_to_string(dir.join(crate::permissions::AUTH_FILE))?
+                    ),
+                    None => self.opts.extra_config.clone(),
+                },
             ),
         )?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
@@ -146,7 +158,13 @@ impl LocalNatsServer {
                 }
             }
             // Ready means a client can connect and JetStream answers.
-            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(1), async_nats::connect(&url)).await {
+            let mut opts = async_nats::ConnectOptions::new();
+            if let Some(dir) = &self.opts.credentials_dir {
+                let role = crate::permissions::NatsRole::Admin;
+                let seed = std::fs::read_to_string(crate::permissions::seed_file(dir, role))?;
+                opts = opts.nkey(seed.trim().to_string()).custom_inbox_prefix(role.inbox_prefix());
+            }
+            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(1), opts.connect(&url)).await {
                 let js = async_nats::jetstream::new(client);
                 if js.query_account().await.is_ok() {
                     return Ok(());

@@ -24,6 +24,7 @@
 //! It lives in `bitinglip-nats` because everything that talks to the cluster needs it,
 //! the CLI and outside Rust programs included, without linking an engine.
 
+pub mod access;
 pub mod counters;
 pub mod deployments;
 pub mod events;
@@ -143,7 +144,17 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Creates or updates every stream and bucket (see [`crate::provision`]) and wraps them.
     pub async fn provision(bus: &crate::Bus, config: &Config) -> Result<Self, crate::ProvisionError> {
-        let handles = crate::provision::provision(bus.jetstream(), bus.subjects(), config).await?;
+        Self::provision_as(bus, config, true).await
+    }
+
+    /// [`Store::provision`], changing an existing stream's config only when `may_update`
+    /// (a NATS user without that permission creates what is missing and leaves the rest).
+    pub async fn provision_as(
+        bus: &crate::Bus,
+        config: &Config,
+        may_update: bool,
+    ) -> Result<Self, crate::ProvisionError> {
+        let handles = crate::provision::provision(bus.jetstream(), bus.subjects(), config, may_update).await?;
         Ok(Self::wrap(bus, config, handles))
     }
 

@@ -62,8 +62,22 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// NATS credentials for a deployment on several machines.
+    #[command(subcommand)]
+    Nats(NatsCommand),
     /// Measure the platform against raw NATS and direct mistral.rs; write docs/BENCHMARKS.md.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NatsCommand {
+    /// Write one nkey seed per role (`<role>.nk`, mode 0600; existing ones are kept) and
+    /// `auth.conf`, the users block for nats-server's config (`include` it).
+    Init {
+        /// The folder to write into.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,6 +29,7 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Deployments(cmd) => deployments::run(config, cmd).await,
         Command::Keys(cmd) => keys::run(config, cmd).await,
         Command::Usage { key, from, to, json } => keys::usage(config, key, from, to, json).await,
+        Command::Nats(crate::cli::NatsCommand::Init { out }) => nats_init(&config, &out),
         Command::Bench(args) => crate::bench::run(config, args).await,
     }
 }
@@ -54,10 +55,43 @@ fn ack(reply: bitinglip_bus_schema::Ack, done: &str) -> anyhow::Result<()> {
     }
 }
 
+/// `bitinglip nats init --out DIR`.
+fn nats_init(config: &Config, out: &std::path::Path) -> anyhow::Result<()> {
+    let subjects = Subjects::new(config.nats.subject_root.clone())?;
+    let created = bitinglip_nats::permissions::init_credentials(out, &subjects)
+        .map_err(|e| anyhow::anyhow!("writing NATS credentials into {}: {e}", out.display()))?;
+    for role in bitinglip_nats::permissions::NatsRole::ALL {
+        let path = bitinglip_nats::permissions::seed_file(out, role);
+        let what = if created.contains(&role) { "created" } else { "kept" };
+        println!("{what} {}", path.display());
+    }
+    let auth = out.join(bitinglip_nats::permissions::AUTH_FILE);
+    println!("wrote {}: add `include \"{}\"` to each nats-server's config", auth.display(), auth.display());
+    println!("give each machine the seeds of the roles it runs, and set nats.credentials_dir to their folder");
+    Ok(())
+}
+
+/// The CLI's NATS settings: as configured, or, when they name no credentials and `up`
+/// made some in this data folder, its `admin` user.
+fn cli_nats(config: &Config) -> bitinglip_config::NatsConfig {
+    let mut n = config.nats.clone();
+    let none = n.token.is_none()
+        && n.user.is_none()
+        && n.nkey_seed.is_none()
+        && n.creds_file.is_none()
+        && n.credentials_dir.is_none();
+    let dir = config.data_dir.join("nats");
+    let admin = bitinglip_nats::permissions::seed_file(&dir, bitinglip_nats::permissions::NatsRole::Admin);
+    if none && admin.is_file() {
+        n.credentials_dir = Some(dir);
+    }
+    n
+}
+
 /// A client connection for the CLI's one-shot commands.
 async fn client_bus(config: &Config) -> anyhow::Result<Bus> {
     let name = format!("bitinglip-cli-{}", std::process::id());
-    let client = bitinglip_nats::connect(&config.nats, &name, None).await?;
+    let client = bitinglip_nats::connect(&cli_nats(config), &name, None).await?;
     let subjects = Subjects::new(config.nats.subject_root.clone())?;
     Ok(Bus::new(client, subjects, name, config.nats.request_timeout))
 }

@@ -441,7 +441,17 @@ fn arg_value(args: &[&str], flag: &str) -> Option<String> {
 /// Runs the `bitinglip` binary to completion (for client commands) and returns
 /// (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bitinglip_bin()).args(args).env("RUST_LOG", "warn").output().expect("bitinglip runs");
+    run_cli_env(args, &[])
+}
+
+/// [`run_cli`] with extra environment variables (such as `BITINGLIP_DATA_DIR`).
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(bitinglip_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .expect("bitinglip runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

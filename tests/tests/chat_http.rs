@@ -17,10 +17,22 @@ async fn up_with(model: &ModelDir) -> (NodeProcess, tempfile::TempDir) {
     let path = model.path();
     let mut node = NodeProcess::spawn(&config, &["up", "--model", path.to_str().unwrap()]);
     node.wait_for_model(model.id(), LOAD).await;
-    // It started a nats-server of its own, in its data folder, and that server takes clients.
+    // It started a nats-server of its own, in its data folder, that refuses anonymous
+    // clients and takes the per-role users it made there (seeds readable by their owner).
     let pid_file = data.path().join("nats/nats-server.pid");
     assert!(node.own_nats_server().is_some(), "no live server named in {}:\n{}", pid_file.display(), node.log());
-    let nats = async_nats::connect(node.nats_url()).await;
+    let anonymous = tokio::time::timeout(Duration::from_secs(3), async_nats::connect(node.nats_url())).await;
+    assert!(!matches!(anonymous, Ok(Ok(_))), "an anonymous client was let in");
+    for role in ["admin", "worker", "gateway", "client"] {
+        let seed_file = data.path().join(format!("nats/{role}.nk"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&seed_file).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "{}", seed_file.display());
+    }
+    let seed = std::fs::read_to_string(data.path().join("nats/admin.nk")).unwrap();
+    let nats = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        .custom_inbox_prefix("_INBOX_admin")
+        .connect(node.nats_url())
+        .await;
     assert!(nats.is_ok(), "its nats-server at {}: {:?}\n{}", node.nats_url(), nats.err(), node.log());
     // On its first start it created an admin key, readable by its owner only, that works.
     let key_file = data.path().join("admin.key");
@@ -114,7 +126,7 @@ async fn qwen2_answers_plain_and_streamed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn models_health_ready_and_status() {
     let model = ModelDir::generate("tiny-status", &ModelSpec::tiny(Arch::Llama));
-    let (node, _data) = up_with(&model).await;
+    let (node, data) = up_with(&model).await;
     let base = node.http.clone().unwrap();
     let http = bitinglip_tests::http();
     let models: Value = http.get(format!("{base}/v1/models")).send().await.unwrap().json().await.unwrap();
@@ -126,14 +138,19 @@ async fn models_health_ready_and_status() {
 
     // `bitinglip status` over NATS lists the node, its roles and its ready worker.
     let url = node.nats_url().to_string();
-    let (code, out, err) = bitinglip_tests::run_cli(&["status", "--nats", &url]);
+    // The CLI on that machine (same data folder) connects as the `admin` user `up` made.
+    let data_dir = data.path().display().to_string();
+    let env = [("BITINGLIP_DATA_DIR", data_dir.as_str())];
+    let (code, out, err) = bitinglip_tests::run_cli_env(&["status", "--nats", &url], &env);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("gateway,task-manager") || out.contains("cluster-manager"), "{out}");
     assert!(out.contains("tiny-status") && out.contains("ready") && out.contains("mistralrs"), "{out}");
 
     // `bitinglip chat` streams an answer over NATS alone.
-    let (code, out, err) =
-        bitinglip_tests::run_cli(&["chat", "--nats", &url, "--model", "tiny-status", "--max-tokens", "5", "hi"]);
+    let (code, out, err) = bitinglip_tests::run_cli_env(
+        &["chat", "--nats", &url, "--model", "tiny-status", "--max-tokens", "5", "hi"],
+        &env,
+    );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("completion tokens"), "{err}");
     let _ = out;

@@ -27,8 +27,9 @@ fn check_spec(spec: &ModelSpec) -> Result<(), WireError> {
     if spec.engine == EngineKind::Unknown {
         return invalid("`spec.engine` names an engine this cluster does not run; use mistralrs or echo".into());
     }
-    if spec.max_sequences == Some(0) {
-        return invalid("`spec.max_sequences` must be at least 1".into());
+    let most = bitinglip_bus_schema::MAX_SEQUENCES;
+    if let Some(n) = spec.max_sequences.filter(|n| !(1..=most).contains(n)) {
+        return invalid(format!("`spec.max_sequences` is {n}; use 1 to {most}"));
     }
     if let Some(t) = spec.echo_tokens_per_sec {
         if !(t >= 0.0 && t.is_finite()) {
@@ -173,4 +174,32 @@ fn status<'a>(
         placements.filter(|p| p.replicas.iter().any(|r| r.model == deployment.model)).map(|p| p.node.clone()).collect();
     let serving = nodes.iter().filter(|n| n.serves(&deployment.model)).map(|n| n.node_id.clone()).collect();
     DeploymentStatus { deployment, placed, serving }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(max_sequences: Option<u32>) -> ModelSpec {
+        ModelSpec {
+            source: "m".into(),
+            revision: None,
+            engine: EngineKind::Echo,
+            max_sequences,
+            echo_tokens_per_sec: None,
+        }
+    }
+
+    #[test]
+    fn a_spec_takes_1_to_256_sequences() {
+        for ok in [None, Some(1), Some(256)] {
+            assert!(check_spec(&spec(ok)).is_ok(), "{ok:?}");
+        }
+        // Found by schemathesis: thousands of slots, each a pull waiting on the queue,
+        // overran JetStream's max_waiting and starved the node.
+        for bad in [0, 257, 5000] {
+            let err = check_spec(&spec(Some(bad))).unwrap_err();
+            assert!(err.message.contains("spec.max_sequences"), "{}", err.message);
+        }
+    }
 }

@@ -67,7 +67,11 @@ pub fn replica_config(r: &Replica) -> ModelConfig {
         name: Some(r.model.clone()),
         revision: r.spec.revision.clone().unwrap_or(defaults.revision),
         engine: r.spec.engine,
-        max_sequences: r.spec.max_sequences.unwrap_or(defaults.max_sequences).max(1),
+        max_sequences: r
+            .spec
+            .max_sequences
+            .unwrap_or(defaults.max_sequences)
+            .clamp(1, bitinglip_bus_schema::MAX_SEQUENCES),
         echo_tokens_per_sec: r.spec.echo_tokens_per_sec.unwrap_or(defaults.echo_tokens_per_sec),
     }
 }

@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{EngineKind, WireError};
 
+/// The most sequences one worker generates at once. Each is a pull waiting on the
+/// model's queue consumers, which take a bounded number of them (JetStream's
+/// `max_waiting`, 512); vLLM's default batch is the same 256.
+pub const MAX_SEQUENCES: u32 = 256;
+
 /// What a node needs to load a model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -19,8 +24,9 @@ pub struct ModelSpec {
     /// Engine.
     #[serde(default)]
     pub engine: EngineKind,
-    /// Most sequences generated at once (default 4).
+    /// Most sequences generated at once (default 4, at most 256).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 256))]
     pub max_sequences: Option<u32>,
     /// Echo engine only: tokens per second (0 = as fast as possible).
     #[serde(default)]

@@ -8,7 +8,11 @@ use anyhow::Context as _;
 use bitinglip_actors::{NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
 use bitinglip_bus_schema::Subjects;
 use bitinglip_config::{Config, Role};
-use bitinglip_nats::{Bus, LocalNatsServer, ServerOptions, Store};
+use bitinglip_nats::{permissions::NatsRole, Bus, LocalNatsServer, ServerOptions, Store};
+
+/// The role a node's own connection runs as, most trusted first.
+const NODE_ROLE_ORDER: [Role; 5] =
+    [Role::ClusterManager, Role::TaskManager, Role::ModelManager, Role::Gateway, Role::Worker];
 use ractor::Actor;
 
 /// `<hostname>-<random>`: the node id when none is configured.
@@ -53,6 +57,25 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     }
     let node_id = config.node_id.clone();
 
+    // `up` is secure by default: unless the config names another way in, the bus
+    // authorizes one NATS user per role, from seeds made on the first start.
+    let subjects = Subjects::new(config.nats.subject_root.clone())?;
+    let n = &config.nats;
+    let no_auth = n.token.is_none()
+        && n.user.is_none()
+        && n.nkey_seed.is_none()
+        && n.creds_file.is_none()
+        && n.credentials_dir.is_none();
+    if embedded && no_auth {
+        let dir = config.data_dir.join("nats");
+        let created = bitinglip_nats::permissions::init_credentials(&dir, &subjects)
+            .with_context(|| format!("making NATS credentials in {}", dir.display()))?;
+        if !created.is_empty() {
+            println!("bitinglip: created NATS credentials, one nkey per role, in {} (mode 0600)", dir.display());
+        }
+        config.nats.credentials_dir = Some(dir);
+    }
+
     // `up` is the one-machine default: if nothing answers at the (single, local) URL,
     // start a nats-server with JetStream in the data folder, and stop it on exit.
     let mut local_server = None;
@@ -63,18 +86,35 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
         opts.sync = config.nats.embedded.sync.clone();
         opts.port = url.port().unwrap_or(4222);
         opts.host = "127.0.0.1".into();
+        opts.credentials_dir = config.nats.credentials_dir.clone();
         let server = LocalNatsServer::start(opts).await.context("starting a local nats-server")?;
         println!("bitinglip: started nats-server at {} (JetStream in {})", server.url(), server.data_dir().display());
         config.nats.servers = vec![server.url()];
         local_server = Some(server);
     }
 
+    // With per-role users the node's own work (provisioning, heartbeats, readiness) runs
+    // as its most trusted role; only the cluster manager may change a stream's config.
+    let per_role = config.nats.credentials_dir.is_some();
+    let node_role = NODE_ROLE_ORDER.into_iter().find(|r| config.has_role(*r)).unwrap_or(Role::Worker);
+    let node_user = if per_role { NatsRole::of(node_role).unwrap_or(NatsRole::Worker) } else { NatsRole::Admin };
+    let may_update = !per_role || node_role == Role::ClusterManager;
     let reconnected = std::sync::Arc::new(tokio::sync::Notify::new());
-    let client =
-        bitinglip_nats::connect(&config.nats, &format!("bitinglip-{node_id}"), Some(reconnected.clone())).await?;
-    let subjects = Subjects::new(config.nats.subject_root.clone())?;
+    let name = format!("bitinglip-{node_id}");
+    let client = bitinglip_nats::connect_as(&config.nats, node_user, &name, Some(reconnected.clone())).await?;
     let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout);
-    let store = Store::provision(&bus, &config).await?;
+    let store = Store::provision_as(&bus, &config, may_update).await?;
+    let mut role_connections = std::collections::BTreeMap::new();
+    if per_role {
+        for role in config.roles.clone() {
+            let Some(user) = NatsRole::of(role) else { continue };
+            let name = format!("bitinglip-{node_id}-{}", role.as_str());
+            let client = bitinglip_nats::connect_as(&config.nats, user, &name, None).await?;
+            let bus = Bus::new(client, subjects.clone(), node_id.clone(), config.nats.request_timeout);
+            let store = Store::open(&bus, &config).await?;
+            role_connections.insert(role, (bus, store));
+        }
+    }
     // After a reconnect (a restarted server, a failover) provision again: memory-stored
     // streams and buckets may be gone, and every operation is idempotent.
     let reprovision = {
@@ -85,7 +125,7 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
                 let mut delay = Duration::from_millis(100);
                 loop {
                     // The handles stay valid: buckets and streams are found by name.
-                    match Store::provision(&bus, &config).await {
+                    match Store::provision_as(&bus, &config, may_update).await {
                         Ok(_) => {
                             tracing::info!("JetStream provisioned again after reconnect");
                             break;
@@ -109,8 +149,9 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     let http = config.gateway.http.clone();
     let metrics_listen = config.metrics.listen.clone();
     let data_dir = config.data_dir.clone();
-    let key_store = store.clone();
-    let ctx = NodeContext::new(bus, store, config);
+    let ctx = NodeContext::new(bus, store, config).with_role_connections(role_connections);
+    // The admin key is written as the gateway (the one role that writes keys).
+    let key_store = ctx.for_role(Role::Gateway).store;
     let metrics = match &metrics_listen {
         Some(addr) => {
             let (local, task) = bitinglip_actors::health::listen(ctx.clone(), addr)

@@ -1,0 +1,425 @@
+//! Who may do what on the bus: one NATS user per role, each allowed only the subjects its
+//! code uses, made from the subject builders (`Subjects`) and the storage layer's list of
+//! what each group of operations needs (`store::access`). Rendered as nats-server's own
+//! `authorization { users = [...] }` block with nkey users; replies go to a per-role
+//! inbox prefix, so no role reads another's replies.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use bitinglip_bus_schema::Subjects;
+
+use crate::store::access;
+
+/// A kind of NATS user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NatsRole {
+    /// The HTTP bridge.
+    Gateway,
+    /// Validates and queues tasks; answers task requests.
+    TaskManager,
+    /// Keeps the model registry.
+    ModelManager,
+    /// Keeps membership, deployments and placements; fails over dead workers' tasks.
+    ClusterManager,
+    /// Runs engines: its queue consumers, its events, its model statuses, its heartbeats.
+    Worker,
+    /// An outside program: submit, cancel, get and list tasks, follow their events.
+    Client,
+    /// Everything, for the CLI's admin commands.
+    Admin,
+}
+
+impl NatsRole {
+    /// Every role.
+    pub const ALL: [NatsRole; 7] = [
+        NatsRole::Gateway,
+        NatsRole::TaskManager,
+        NatsRole::ModelManager,
+        NatsRole::ClusterManager,
+        NatsRole::Worker,
+        NatsRole::Client,
+        NatsRole::Admin,
+    ];
+
+    /// The name: the credential file's stem and the user's description.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatsRole::Gateway => "gateway",
+            NatsRole::TaskManager => "task-manager",
+            NatsRole::ModelManager => "model-manager",
+            NatsRole::ClusterManager => "cluster-manager",
+            NatsRole::Worker => "worker",
+            NatsRole::Client => "client",
+            NatsRole::Admin => "admin",
+        }
+    }
+
+    /// Parses a role's name.
+    pub fn parse(name: &str) -> Option<NatsRole> {
+        NatsRole::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// The NATS user of a node role.
+    pub fn of(role: bitinglip_bus_schema::Role) -> Option<NatsRole> {
+        use bitinglip_bus_schema::Role;
+        Some(match role {
+            Role::Gateway => NatsRole::Gateway,
+            Role::TaskManager => NatsRole::TaskManager,
+            Role::ModelManager => NatsRole::ModelManager,
+            Role::ClusterManager => NatsRole::ClusterManager,
+            Role::Worker => NatsRole::Worker,
+            Role::Unknown => return None,
+        })
+    }
+
+    /// The prefix of this role's reply subjects (`<prefix>.<id>`): the only inbox it may
+    /// subscribe to.
+    pub fn inbox_prefix(self) -> String {
+        format!("_INBOX_{}", self.as_str().replace('-', "_"))
+    }
+}
+
+/// What one user may publish and subscribe to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects it may publish to.
+    pub publish_allow: Vec<String>,
+    /// Subjects it may never publish to (wins over the allow list).
+    pub publish_deny: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe_allow: Vec<String>,
+    /// Subjects it may never subscribe to.
+    pub subscribe_deny: Vec<String>,
+    /// It answers requests: it may publish one reply to each request's reply subject.
+    pub allow_responses: bool,
+}
+
+impl Permissions {
+    fn publish(&mut self, subjects: impl IntoIterator<Item = String>) {
+        for s in subjects {
+            if !self.publish_allow.contains(&s) {
+                self.publish_allow.push(s);
+            }
+        }
+    }
+
+    fn subscribe(&mut self, subjects: impl IntoIterator<Item = String>) {
+        for s in subjects {
+            if !self.subscribe_allow.contains(&s) {
+                self.subscribe_allow.push(s);
+            }
+        }
+    }
+}
+
+/// The subjects of a NATS service's discovery (`$SRV.PING|INFO|STATS[.<name>[.<id>]]`),
+/// which every service subscribes to.
+fn service_discovery() -> Vec<String> {
+    ["PING", "INFO", "STATS"].iter().flat_map(|v| [format!("$SRV.{v}"), format!("$SRV.{v}.>")]).collect()
+}
+
+/// What every node does whatever its roles: find or create the streams and buckets,
+/// write its heartbeat, watch the others', answer readiness and metrics.
+fn node_common(s: &Subjects, p: &mut Permissions) {
+    p.publish(access::provision(s));
+    p.publish(access::kv_watch(&s.nodes_bucket()));
+    p.publish(access::kv_write(&s.nodes_bucket(), ">"));
+    p.publish(access::queue_stats(s));
+}
+
+/// Following a task: its live events and its stored ones.
+fn follow_tasks(s: &Subjects, p: &mut Permissions) {
+    p.subscribe([s.all_task_events()]);
+    p.publish(access::stream_scan(&s.events_stream()));
+}
+
+/// The permissions of `role` for a deployment whose subjects are `s`.
+pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
+    let mut p = Permissions::default();
+    p.subscribe([format!("{}.>", role.inbox_prefix())]);
+    let tasks = s.tasks_bucket();
+    let models = s.models_bucket();
+    let deployments = s.deployments_bucket();
+    let keys = s.keys_bucket();
+    match role {
+        NatsRole::Gateway => {
+            node_common(s, &mut p);
+            p.publish([
+                s.task_submit(),
+                s.task_get(),
+                s.task_list(),
+                s.all_task_cancels(),
+                s.model_list(),
+                s.model_search(),
+                s.model_pull(),
+                s.model_status(),
+                s.model_load(),
+                s.model_unload(),
+                s.model_delete(),
+                s.deployment_set(),
+                s.deployment_delete(),
+                s.deployment_list(),
+                s.cluster_status(),
+            ]);
+            follow_tasks(s, &mut p);
+            // API keys: the watch every gateway keeps, and the admin API's writes.
+            p.publish(access::kv_watch(&keys));
+            p.publish(access::kv_write(&keys, ">"));
+            // Limits and usage.
+            p.publish([s.all_rate_counters()]);
+            p.publish(access::counters_read(&s.rates_stream()));
+            p.publish(access::counters_read(&s.usage_stream()));
+            p.publish(access::stream_scan(&s.usage_stream()));
+        }
+        NatsRole::TaskManager => {
+            node_common(s, &mut p);
+            p.allow_responses = true;
+            p.subscribe([s.task_submit(), s.task_get(), s.task_list(), s.all_task_cancels()]);
+            p.subscribe(service_discovery());
+            // Queues accepted tasks; fails a cancelled queued task with an event.
+            p.publish([s.all_queues(), s.all_task_events()]);
+            p.publish(access::kv_watch(&tasks));
+            p.publish(access::kv_write(&tasks, ">"));
+            p.publish(access::kv_watch(&deployments));
+            p.publish(access::kv_write(&deployments, "deploy.>"));
+            p.publish(access::kv_watch(&models));
+        }
+        NatsRole::ModelManager => {
+            node_common(s, &mut p);
+            p.allow_responses = true;
+            p.subscribe([
+                s.model_register(),
+                s.model_search(),
+                s.model_status(),
+                s.model_load(),
+                s.model_unload(),
+                s.model_delete(),
+                s.model_list(),
+            ]);
+            p.subscribe(service_discovery());
+            p.publish(access::kv_watch(&models));
+            p.publish(access::kv_write(&models, ">"));
+            p.publish(access::kv_watch(&deployments));
+            p.publish(access::kv_write(&deployments, "deploy.>"));
+        }
+        NatsRole::ClusterManager => {
+            node_common(s, &mut p);
+            p.allow_responses = true;
+            p.subscribe([s.cluster_status(), s.deployment_set(), s.deployment_delete(), s.deployment_list()]);
+            p.subscribe([s.max_deliveries_advisory()]);
+            p.subscribe(service_discovery());
+            // Hands a dead worker's delivery back; fails and removes a poisoned task.
+            p.publish([access::queue_acks(s), s.all_task_events()]);
+            p.publish(access::queue_remove(s));
+            p.publish(access::kv_watch(&s.leases_bucket()));
+            p.publish(access::kv_write(&s.leases_bucket(), ">"));
+            p.publish(access::kv_watch(&deployments));
+            p.publish(access::kv_write(&deployments, ">"));
+            p.publish(access::kv_watch(&models));
+            p.publish(access::kv_watch(&tasks));
+            p.publish(access::kv_write(&tasks, ">"));
+            // Only it may bring a stream's config up to date.
+            p.publish(access::update_streams(s));
+        }
+        NatsRole::Worker => {
+            node_common(s, &mut p);
+            // The puller answers pull requests.
+            p.allow_responses = true;
+            p.subscribe([s.all_task_cancels(), s.model_pull()]);
+            p.subscribe(service_discovery());
+            p.publish([s.all_task_events(), s.model_register()]);
+            p.publish([format!("{}.model.*.progress", prefix(s))]);
+            p.publish(access::queue_take(s));
+            p.publish(access::stream_scan(&s.events_stream()));
+            p.publish(access::kv_read(&tasks));
+            p.publish(access::kv_write(&tasks, ">"));
+            // Its model statuses (`<model>.<node>`), never a registry entry.
+            p.publish(access::kv_read(&models));
+            p.publish(access::kv_write(&models, "*.*"));
+            // Its placement.
+            p.publish(access::kv_watch(&deployments));
+            // Usage and token counters of the tasks it finishes.
+            p.publish(s.all_usage_counters());
+            p.publish([format!("{}.rate.*.*.tokens", prefix(s))]);
+        }
+        NatsRole::Client => {
+            p.publish(access::open(s));
+            p.publish([s.task_submit(), s.task_get(), s.task_list(), s.all_task_cancels()]);
+            follow_tasks(s, &mut p);
+        }
+        NatsRole::Admin => {
+            p.publish([">".to_string()]);
+            p.subscribe([">".to_string()]);
+            p.allow_responses = true;
+            return p;
+        }
+    }
+    // Nothing but the admin may destroy, forge the server's advisories, or write what it
+    // does not own.
+    p.publish_deny.extend(access::destructive(s));
+    p.publish_deny.push("$JS.EVENT.>".into());
+    p.publish_deny.push("$SYS.>".into());
+    if !matches!(role, NatsRole::Gateway) {
+        p.publish_deny.extend(access::kv_write(&keys, ">"));
+    }
+    if matches!(role, NatsRole::Worker | NatsRole::Client) {
+        p.publish_deny.extend([s.deployment_set(), s.deployment_delete(), s.model_delete(), s.model_unload()]);
+    }
+    p
+}
+
+/// `<root>.v1`, the prefix of every subject.
+fn prefix(s: &Subjects) -> String {
+    s.task_submit().trim_end_matches(".task.submit").to_string()
+}
+
+fn quoted(list: &[String]) -> String {
+    let items: Vec<String> = list.iter().map(|s| format!("\"{s}\"")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// nats-server's `authorization` block for these users (role, nkey public key), ready to
+/// `include` in a server's config.
+pub fn authorization_block(users: &[(NatsRole, String)], s: &Subjects) -> String {
+    let mut out =
+        String::from("# BitingLip's NATS users, one per role (`bitinglip nats init`).\nauthorization {\n  users = [\n");
+    for (role, public_key) in users {
+        let p = permissions(*role, s);
+        let _ = writeln!(out, "    # {}", role.as_str());
+        let _ = writeln!(out, "    {{\n      nkey: \"{public_key}\"\n      permissions: {{");
+        let _ = writeln!(out, "        publish: {{ allow: {}", quoted(&p.publish_allow));
+        if !p.publish_deny.is_empty() {
+            let _ = writeln!(out, "          deny: {}", quoted(&p.publish_deny));
+        }
+        let _ = writeln!(out, "        }}");
+        let _ = writeln!(out, "        subscribe: {{ allow: {} }}", quoted(&p.subscribe_allow));
+        if p.allow_responses {
+            let _ = writeln!(out, "        allow_responses: true");
+        }
+        let _ = writeln!(out, "      }}\n    }}");
+    }
+    out.push_str("  ]\n}\n");
+    out
+}
+
+/// The file holding `role`'s nkey seed in a credentials folder.
+pub fn seed_file(dir: &Path, role: NatsRole) -> PathBuf {
+    dir.join(format!("{}.nk", role.as_str()))
+}
+
+/// The file `include`d by a server's config.
+pub const AUTH_FILE: &str = "auth.conf";
+
+/// Makes a credentials folder: one nkey seed per role (`<role>.nk`, mode 0600) and the
+/// server's `auth.conf` with their public keys. An existing seed is kept (never
+/// overwritten) and `auth.conf` is written again from the seeds found; returns the roles
+/// whose seeds it created.
+pub fn init_credentials(dir: &Path, s: &Subjects) -> std::io::Result<Vec<NatsRole>> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut created = Vec::new();
+    let mut users = Vec::new();
+    for role in NatsRole::ALL {
+        let path = seed_file(dir, role);
+        let pair = match std::fs::read_to_string(&path) {
+            Ok(seed) => nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: not an nkey seed: {e}", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let pair = nkeys::KeyPair::new_user();
+                let seed = pair.seed().map_err(|e| std::io::Error::other(e.to_string()))?;
+                // create_new: two starts at once never overwrite each other's seed.
+                let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+                std::io::Write::write_all(&mut file, format!("{seed}\n").as_bytes())?;
+                created.push(role);
+                pair
+            }
+            Err(e) => return Err(e),
+        };
+        users.push((role, pair.public_key()));
+    }
+    let block = authorization_block(&users, s);
+    let tmp = dir.join(format!("{AUTH_FILE}.tmp"));
+    std::fs::write(&tmp, block)?;
+    std::fs::rename(&tmp, dir.join(AUTH_FILE))?;
+    Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_have_their_names_and_inboxes() {
+        for role in NatsRole::ALL {
+            assert_eq!(NatsRole::parse(role.as_str()), Some(role));
+            assert!(!role.inbox_prefix().contains('-'));
+        }
+    }
+
+    #[test]
+    fn a_worker_may_take_tasks_but_never_destroy() {
+        let s = Subjects::default();
+        let w = permissions(NatsRole::Worker, &s);
+        assert!(w.publish_allow.contains(&"$JS.API.CONSUMER.MSG.NEXT.BITINGLIP_TASKS.>".to_string()));
+        assert!(w.publish_allow.contains(&"$JS.ACK.BITINGLIP_TASKS.>".to_string()));
+        for denied in [
+            "$JS.API.STREAM.DELETE.BITINGLIP_TASKS",
+            "$JS.API.STREAM.PURGE.BITINGLIP_TASKS",
+            "$JS.API.CONSUMER.DELETE.BITINGLIP_TASKS.>",
+            "$JS.EVENT.>",
+            "bitinglip.v1.deployment.set",
+            "bitinglip.v1.model.delete",
+            "$KV.bitinglip_keys.>",
+        ] {
+            assert!(w.publish_deny.contains(&denied.to_string()), "{denied}");
+        }
+        assert!(!w.publish_allow.iter().any(|s| s.starts_with("$JS.API.STREAM.UPDATE")));
+        assert!(!w.subscribe_allow.contains(&"_INBOX.>".to_string()));
+    }
+
+    #[test]
+    fn a_client_submits_and_follows_only() {
+        let s = Subjects::default();
+        let c = permissions(NatsRole::Client, &s);
+        assert!(c.publish_allow.contains(&"bitinglip.v1.task.submit".to_string()));
+        assert!(c.subscribe_allow.contains(&"bitinglip.v1.task.*.events".to_string()));
+        assert!(!c.allow_responses);
+        assert!(!c.publish_allow.iter().any(|s| s.starts_with("$KV.")));
+        assert!(!c.publish_allow.iter().any(|s| s.contains(".model.") || s.contains(".deployment.")));
+    }
+
+    #[test]
+    fn the_block_names_every_user() {
+        let s = Subjects::default();
+        let users: Vec<_> = NatsRole::ALL.iter().map(|r| (*r, format!("U{}", r.as_str().to_uppercase()))).collect();
+        let block = authorization_block(&users, &s);
+        for (role, key) in &users {
+            assert!(block.contains(&format!("nkey: \"{key}\"")), "{role:?}");
+        }
+        assert_eq!(block.matches("allow_responses: true").count(), 5);
+    }
+
+    #[test]
+    fn credentials_are_made_once_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Subjects::default();
+        assert_eq!(init_credentials(dir.path(), &s).unwrap().len(), NatsRole::ALL.len());
+        let worker = std::fs::read_to_string(seed_file(dir.path(), NatsRole::Worker)).unwrap();
+        assert!(worker.starts_with("SU"));
+        let mode = std::fs::metadata(seed_file(dir.path(), NatsRole::Worker)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(init_credentials(dir.path(), &s).unwrap().is_empty());
+        assert_eq!(std::fs::read_to_string(seed_file(dir.path(), NatsRole::Worker)).unwrap(), worker);
+        let public = nkeys::KeyPair::from_seed(worker.trim()).unwrap().public_key();
+        assert!(std::fs::read_to_string(dir.path().join(AUTH_FILE)).unwrap().contains(&public));
+    }
+}

@@ -1,0 +1,169 @@
+//! The bus trusts no one by default. A nats-server that authorizes the users
+//! `bitinglip nats init` wrote, a node whose roles each connect as their own user and
+//! serve a chat, and then, as the server sees them: what a worker's and a client's
+//! credentials may not do is refused with the server's permissions error; a client
+//! submits and follows its task; an anonymous connection is refused.
+
+use std::time::Duration;
+
+use bitinglip_bus_schema::{Envelope, Subjects, SubmitRequest};
+use bitinglip_nats::{LocalNatsServer, ServerOptions};
+use bitinglip_tests::{echo_model, http, nats_server_bin, run_cli, test_config, NodeProcess};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+/// A connection as `role`, and the server's errors it receives.
+async fn connect_as(
+    url: &str,
+    dir: &std::path::Path,
+    role: &str,
+) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
+    let seed = std::fs::read_to_string(dir.join(format!("{role}.nk"))).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        .custom_inbox_prefix(format!("_INBOX_{}", role.replace('-', "_")))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(err) = event {
+                    let _ = tx.send(err.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{role} connects: {e}"));
+    (client, rx)
+}
+
+/// Waits for the server's permissions error naming `subject`.
+async fn refused(errors: &mut mpsc::UnboundedReceiver<String>, subject: &str) {
+    let wait = async {
+        while let Some(e) = errors.recv().await {
+            if e.to_lowercase().contains("permissions violation") && e.contains(subject) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no permissions violation for {subject}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_role_may_do_its_work_and_nothing_destructive() {
+    // The operator's step: credentials for a deployment, then a server that includes them.
+    let creds = tempfile::tempdir().unwrap();
+    let (code, out, err) = run_cli(&["nats", "init", "--out", creds.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    for role in ["gateway", "task-manager", "model-manager", "cluster-manager", "worker", "client", "admin"] {
+        let path = creds.path().join(format!("{role}.nk"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
+    let admin_seed = std::fs::read_to_string(creds.path().join("admin.nk")).unwrap();
+    // A second init keeps every secret.
+    let (code, out, _) = run_cli(&["nats", "init", "--out", creds.path().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("kept") && !out.contains("created"), "{out}");
+    assert_eq!(std::fs::read_to_string(creds.path().join("admin.nk")).unwrap(), admin_seed);
+
+    let data = tempfile::tempdir().unwrap();
+    let mut opts = ServerOptions::new(data.path());
+    opts.binary = nats_server_bin().display().to_string();
+    opts.credentials_dir = Some(creds.path().to_path_buf());
+    let server = LocalNatsServer::start(opts).await.unwrap();
+    let url = server.url();
+
+    // Anonymous is refused.
+    let anonymous = tokio::time::timeout(Duration::from_secs(3), async_nats::connect(&url)).await;
+    assert!(!matches!(anonymous, Ok(Ok(_))), "an anonymous client was let in");
+
+    // A node with every role, each on its own user, provisions and serves.
+    let mut config = test_config(&url);
+    config.nats.credentials_dir = Some(creds.path().to_path_buf());
+    config.worker.models = vec![echo_model("echo", 0.0, 4)];
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_http(Duration::from_secs(30)).await;
+    let base = format!("http://{}", config.gateway.http);
+    let mut answer = Value::Null;
+    for _ in 0..100 {
+        let resp = http()
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "one two three"}]}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            answer = resp.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answer["choices"][0]["message"]["content"], "one two three", "{answer}\n{}", node.log());
+    let tasks: Value = http().get(format!("{base}/v1/tasks")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(tasks["data"][0]["status"], "completed", "{tasks}");
+
+    let s = Subjects::default();
+    // A worker's credentials: no deleting or purging streams, no deleting the queue's
+    // consumers, no deployments or model removal, no forged advisories.
+    let (worker, mut errors) = connect_as(&url, creds.path(), "worker").await;
+    for subject in [
+        format!("$JS.API.STREAM.DELETE.{}", s.tasks_stream()),
+        format!("$JS.API.STREAM.PURGE.{}", s.tasks_stream()),
+        format!("$JS.API.CONSUMER.DELETE.{}.worker-echo-interactive", s.tasks_stream()),
+        s.deployment_set(),
+        s.model_delete(),
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.worker-echo-interactive", s.tasks_stream()),
+        format!("$KV.{}.forged", s.keys_bucket()),
+    ] {
+        worker.publish(subject.clone(), "{}".into()).await.unwrap();
+        worker.flush().await.unwrap();
+        refused(&mut errors, &subject).await;
+    }
+    // The streams are all still there, with their tasks.
+    let admin = async_nats::ConnectOptions::with_nkey(admin_seed.trim().to_string())
+        .custom_inbox_prefix("_INBOX_admin")
+        .connect(&url)
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(admin);
+    for stream in [s.tasks_stream(), s.events_stream(), format!("KV_{}", s.tasks_bucket())] {
+        assert!(js.get_stream(&stream).await.is_ok(), "{stream}");
+    }
+
+    // A client's credentials: submit and follow a task over NATS, nothing else.
+    let (client, mut errors) = connect_as(&url, creds.path(), "client").await;
+    let mut events = client.subscribe("bitinglip.v1.task.bus-auth-client-1.events").await.unwrap();
+    client.flush().await.unwrap();
+    let mut submit = SubmitRequest::new(bitinglip_bus_schema::ChatParams::user("echo", "four five"));
+    submit.task_id = Some(bitinglip_bus_schema::TaskId::parse("bus-auth-client-1").unwrap());
+    let payload = bitinglip_bus_schema::encode(&Envelope::new("bus-auth-1", 0, "bus-auth-test", submit)).unwrap();
+    let reply = client.request(s.task_submit(), payload.into()).await.expect("a client may submit");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("accepted"));
+    let mut text = String::new();
+    let done = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(msg) = events.next().await {
+            let body = String::from_utf8_lossy(&msg.payload).to_string();
+            if body.contains("completed") {
+                return body;
+            }
+            text.push_str(&body);
+        }
+        String::new()
+    })
+    .await
+    .expect("the client follows its task to the end");
+    assert!(done.contains("four five"), "{done}");
+    for subject in [s.model_delete(), format!("$JS.API.STREAM.DELETE.{}", s.tasks_stream()), s.deployment_set()] {
+        client.publish(subject.clone(), "{}".into()).await.unwrap();
+        client.flush().await.unwrap();
+        refused(&mut errors, &subject).await;
+    }
+    // Another role's replies are out of reach.
+    let sub = client.subscribe("_INBOX_gateway.>").await.unwrap();
+    drop(sub);
+    client.flush().await.unwrap();
+    refused(&mut errors, "_INBOX_gateway.>").await;
+}
