@@ -13,9 +13,11 @@ pub mod state;
 pub mod tiny_model;
 
 use std::{
+    collections::BTreeMap,
     io::Read,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -79,7 +81,32 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// A real nats-server with JetStream in its own temporary folder.
+/// The credentials folder of each test nats-server, by client URL: every connection the
+/// harness makes to that server (nodes, the CLI, plain clients) uses them, so the whole
+/// suite runs with the per-role users a deployment runs with.
+static CREDENTIALS: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+
+/// The per-role credentials folder of the test server at `url`, when it is one.
+pub fn credentials_of(url: &str) -> Option<PathBuf> {
+    CREDENTIALS.lock().ok()?.get(url).cloned()
+}
+
+/// Connection options for a plain client of the server at `url`: its `admin` user when
+/// the server authorizes users.
+pub fn admin_options(url: &str) -> async_nats::ConnectOptions {
+    match credentials_of(url) {
+        Some(dir) => {
+            let role = bitinglip_nats::permissions::NatsRole::Admin;
+            let seed = std::fs::read_to_string(bitinglip_nats::permissions::seed_file(&dir, role))
+                .expect("the admin seed of a test server");
+            async_nats::ConnectOptions::with_nkey(seed.trim().to_string()).custom_inbox_prefix(role.inbox_prefix())
+        }
+        None => async_nats::ConnectOptions::new(),
+    }
+}
+
+/// A real nats-server with JetStream in its own temporary folder, authorizing the
+/// per-role users `bitinglip nats init` makes (anonymous clients are refused).
 pub struct TestNats {
     server: LocalNatsServer,
     _dir: TempDir,
@@ -93,7 +120,11 @@ impl TestNats {
         opts.binary = nats_server_bin().display().to_string();
         // Tests need no fsync per write; the default stays `always` for users.
         opts.sync = "2m".into();
+        let creds = dir.path().join("creds");
+        bitinglip_nats::permissions::init_credentials(&creds, &Subjects::default()).expect("test credentials");
+        opts.credentials_dir = Some(creds.clone());
         let server = LocalNatsServer::start(opts).await.expect("nats-server starts");
+        CREDENTIALS.lock().expect("the credentials table").insert(server.url(), creds);
         Self { server, _dir: dir }
     }
 
@@ -102,9 +133,14 @@ impl TestNats {
         self.server.url()
     }
 
-    /// A plain client.
+    /// A plain client, as the `admin` user.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to the test nats-server")
+        admin_options(&self.url()).connect(self.url()).await.expect("connect to the test nats-server")
+    }
+
+    /// The folder of its per-role credentials (`<role>.nk`).
+    pub fn credentials_dir(&self) -> PathBuf {
+        credentials_of(&self.url()).expect("a test server's credentials")
     }
 
     /// Kills the server and starts it again on the same port and data.
@@ -189,6 +225,7 @@ pub fn http_with(key: &str) -> reqwest::Client {
 pub fn test_config(nats_url: &str) -> Config {
     let mut c = Config::default();
     c.nats.servers = vec![nats_url.to_string()];
+    c.nats.credentials_dir = credentials_of(nats_url);
     c.nats.embedded.binary = nats_server_bin().display().to_string();
     c.nats.embedded.sync = "2m".into();
     c.cluster.heartbeat_interval = Duration::from_millis(500);
@@ -446,9 +483,15 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 
 /// [`run_cli`] with extra environment variables (such as `BITINGLIP_DATA_DIR`).
 pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    // With `--nats URL` of a test server, the CLI connects as its `admin` user.
+    let url = args.iter().position(|a| *a == "--nats").and_then(|i| args.get(i + 1));
+    let creds = url.and_then(|u| credentials_of(u)).map(|d| d.display().to_string());
+    let creds: Vec<(&str, &str)> =
+        creds.as_deref().map(|d| ("BITINGLIP_NATS__CREDENTIALS_DIR", d)).into_iter().collect();
     let out = Command::new(bitinglip_bin())
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(creds.iter().copied())
         .envs(env.iter().copied())
         .output()
         .expect("bitinglip runs");

@@ -18,7 +18,7 @@ const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
 /// The KV bucket `bucket` on the server at `nats_url`; None while the server does not
 /// answer or the bucket does not exist yet (a node provisions it when it starts).
 pub async fn kv_bucket(nats_url: &str, bucket: &str) -> Option<kv::Store> {
-    let connect = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1)).connect(nats_url);
+    let connect = crate::admin_options(nats_url).connection_timeout(Duration::from_secs(1)).connect(nats_url);
     let client = tokio::time::timeout(Duration::from_secs(2), connect).await.ok()?.ok()?;
     async_nats::jetstream::new(client).get_key_value(bucket).await.ok()
 }

@@ -166,4 +166,23 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
     drop(sub);
     client.flush().await.unwrap();
     refused(&mut errors, "_INBOX_gateway.>").await;
+
+    // The same from another language's client (nats.py), as the server refuses it.
+    let python = bitinglip_tests::workspace_root().join(".venv/bin/python");
+    assert!(python.is_file(), "{} missing: run .ci/setup", python.display());
+    let script = bitinglip_tests::workspace_root().join("tests/py/bus_permissions.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args([url.as_str(), creds.path().to_str().unwrap(), &s.tasks_stream()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let results: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(results.len(), 11, "{stdout}");
+    for r in &results {
+        assert_eq!(r["refused"], true, "{r}");
+    }
+    // The node served on, and the tasks stream is still there.
+    assert!(js.get_stream(s.tasks_stream()).await.is_ok());
 }

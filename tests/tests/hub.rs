@@ -172,6 +172,7 @@ async fn a_node_killed_mid_download_leaves_nothing_stuck_and_another_resumes() {
     };
     let mut pull = tokio::process::Command::new(bitinglip_tests::bitinglip_bin())
         .args(["models", "pull", "acme/slow", "--nats", &nats.url()])
+        .env("BITINGLIP_NATS__CREDENTIALS_DIR", nats.credentials_dir())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -42,7 +42,13 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
     let mut node = NodeProcess::spawn(&config, &["node", "--model", path.to_str().unwrap()]);
     node.wait_for_model("tiny-nats", Duration::from_secs(120)).await;
 
-    let client = nats.client().await;
+    // As the README's `client` user: its nkey seed, and replies under its inbox prefix.
+    let seed = std::fs::read_to_string(nats.credentials_dir().join("client.nk")).unwrap();
+    let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        .custom_inbox_prefix("_INBOX_client")
+        .connect(nats.url())
+        .await
+        .unwrap();
     let task_id = "readme-client-task-1";
     let mut events = client.subscribe(format!("bitinglip.v1.task.{task_id}.events")).await.unwrap();
     client.flush().await.unwrap();
@@ -108,7 +114,9 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
     assert_eq!(get(body, "type").as_str(), Some("rejected"));
     assert_eq!(get(body, "kind").as_str(), Some("decode"));
 
-    // Every actor endpoint is a NATS service: what `nats micro ls | info | stats` read.
+    // Every actor endpoint is a NATS service: what `nats micro ls | info | stats` read
+    // (an operator's tools, as `admin`; the client user may not).
+    let client = nats.client().await;
     let inbox = client.new_inbox();
     let mut pongs = client.subscribe(inbox.clone()).await.unwrap();
     client.publish_with_reply("$SRV.PING", inbox, "".into()).await.unwrap();
