@@ -5,6 +5,20 @@ use bitinglip_config::NatsConfig;
 
 use crate::{permissions::NatsRole, ConnectError};
 
+/// Chooses rustls's ring provider for this process unless one is chosen already: with
+/// several providers compiled in (the dependency tree brings more than one), rustls will
+/// not pick one by itself and a TLS connection would panic.
+pub fn ensure_tls_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// True when credentials would reach a server on another machine without TLS.
+pub(crate) fn credentials_in_the_clear(cfg: &NatsConfig) -> bool {
+    !cfg.tls_required && !cfg.servers.iter().all(|s| loopback(s) || s.starts_with("tls://"))
+}
+
 /// True when `url` names this machine.
 fn loopback(url: &str) -> bool {
     let rest = url.split("://").nth(1).unwrap_or(url);
@@ -31,6 +45,7 @@ pub async fn connect_as(
     name: &str,
     reconnected: Option<std::sync::Arc<tokio::sync::Notify>>,
 ) -> Result<async_nats::Client, ConnectError> {
+    ensure_tls_provider();
     let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
@@ -70,7 +85,7 @@ pub async fn connect_as(
         let seed = std::fs::read_to_string(&path)
             .map_err(|source| ConnectError::Credentials { path: path.display().to_string(), source })?;
         opts = opts.nkey(seed.trim().to_string()).custom_inbox_prefix(role.inbox_prefix());
-        if !cfg.servers.iter().all(|s| loopback(s) || s.starts_with("tls://")) && !cfg.tls_required {
+        if credentials_in_the_clear(cfg) {
             tracing::warn!("NATS credentials go over plaintext to a server that is not on this machine: set nats.tls_required (and tls:// URLs)");
         }
     }
@@ -93,4 +108,23 @@ pub async fn connect_as(
     opts.connect(servers)
         .await
         .map_err(|source| ConnectError::Connect { servers: bitinglip_config::redact_urls(&cfg.servers), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_the_clear_only_to_another_machine_without_tls() {
+        let cfg = |servers: &[&str], tls: bool| NatsConfig {
+            servers: servers.iter().map(|s| s.to_string()).collect(),
+            tls_required: tls,
+            ..NatsConfig::default()
+        };
+        assert!(!credentials_in_the_clear(&cfg(&["nats://127.0.0.1:4222", "nats://localhost:4223"], false)));
+        assert!(credentials_in_the_clear(&cfg(&["nats://10.0.0.5:4222"], false)));
+        assert!(credentials_in_the_clear(&cfg(&["nats://127.0.0.1:4222", "nats://nats-2:4222"], false)));
+        assert!(!credentials_in_the_clear(&cfg(&["tls://10.0.0.5:4222"], false)));
+        assert!(!credentials_in_the_clear(&cfg(&["nats://10.0.0.5:4222"], true)));
+    }
 }

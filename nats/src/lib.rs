@@ -14,8 +14,8 @@ pub mod trace;
 
 pub use async_nats;
 pub use bus::{now_ms, trace_of, Bus, Incoming};
-pub use connect::{connect, connect_as};
+pub use connect::{connect, connect_as, ensure_tls_provider};
 pub use error::{BusError, ConnectError, ProvisionError, ServerError};
 pub use provision::worker_consumer_config;
-pub use server::{find_nats_server, LocalNatsServer, ServerOptions};
+pub use server::{find_nats_server, LocalNatsServer, ServerOptions, ServerTls};
 pub use store::{Store, StoreError};

@@ -30,6 +30,23 @@ pub struct ServerOptions {
     /// A credentials folder (`bitinglip nats init`): the server includes its `auth.conf`,
     /// so every connection needs one of its users, and readiness is checked as `admin`.
     pub credentials_dir: Option<PathBuf>,
+    /// TLS for its clients.
+    pub tls: Option<ServerTls>,
+}
+
+/// A server's TLS: its certificate, and the CA it trusts for client certificates.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate (PEM).
+    pub cert_file: PathBuf,
+    /// Its key (PEM).
+    pub key_file: PathBuf,
+    /// The CA (PEM) that signed the server's certificate and, for mutual TLS, the
+    /// clients'.
+    pub ca_file: PathBuf,
+    /// Mutual TLS: every client must present a certificate the CA signed; this one
+    /// (certificate and key, PEM) is the readiness check's.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServerOptions {
@@ -43,6 +60,7 @@ impl ServerOptions {
             sync: "always".into(),
             extra_config: String::new(),
             credentials_dir: None,
+            tls: None,
         }
     }
 }
@@ -69,6 +87,18 @@ pub fn find_nats_server(binary: &str) -> Option<PathBuf> {
 /// Asks the OS for a free TCP port on `host`.
 pub(crate) fn free_port(host: &str) -> std::io::Result<u16> {
     Ok(TcpListener::bind((host, 0))?.local_addr()?.port())
+}
+
+/// The server config's `tls` block.
+fn tls_block(tls: Option<&ServerTls>) -> String {
+    let Some(tls) = tls else { return String::new() };
+    format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: {}\n  timeout: 2\n}}\n",
+        tls.cert_file.display(),
+        tls.key_file.display(),
+        tls.ca_file.display(),
+        tls.client.is_some()
+    )
 }
 
 impl LocalNatsServer {
@@ -127,7 +157,7 @@ impl LocalNatsServer {
                         std::fs::read_to_string(dir.join(crate::permissions::AUTH_FILE))?
                     ),
                     None => self.opts.extra_config.clone(),
-                },
+                } + &tls_block(self.opts.tls.as_ref()),
             ),
         )?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
@@ -163,6 +193,13 @@ impl LocalNatsServer {
                 let role = crate::permissions::NatsRole::Admin;
                 let seed = std::fs::read_to_string(crate::permissions::seed_file(dir, role))?;
                 opts = opts.nkey(seed.trim().to_string()).custom_inbox_prefix(role.inbox_prefix());
+            }
+            if let Some(tls) = &self.opts.tls {
+                crate::connect::ensure_tls_provider();
+                opts = opts.require_tls(true).add_root_certificates(tls.ca_file.clone());
+                if let Some((cert, key)) = &tls.client {
+                    opts = opts.add_client_certificate(cert.clone(), key.clone());
+                }
             }
             if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(1), opts.connect(&url)).await {
                 let js = async_nats::jetstream::new(client);
