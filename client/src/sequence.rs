@@ -92,11 +92,32 @@ pub struct Prefix {
     pub next_seq: u64,
 }
 
-/// What earlier attempts streamed: chunks 0, 1, 2, … in `seq` order (the first copy of
-/// each) up to the first gap. A new attempt continues at `next_seq`.
+/// What earlier attempts streamed: chunks 0, 1, 2, … in `seq` order up to the first gap.
+/// A new attempt continues at `next_seq`.
+///
+/// A chunk counts only when the attempt that owned its `seq` wrote it: each attempt's
+/// `started` event says where it took over (`resume_from_seq`), so `seq` belongs to the
+/// latest attempt that started at or before it. A late chunk of an attempt that was
+/// handed on, or a chunk of an attempt that never started (forged), never becomes the
+/// next attempt's prompt.
 pub fn prefix_of(events: &[TaskEvent]) -> Prefix {
+    let mut starts: BTreeMap<u32, u64> = BTreeMap::new();
+    for e in events {
+        if let TaskEvent::Started(s) = e {
+            starts.entry(s.attempt).or_insert(s.resume_from_seq);
+        }
+    }
+    let owner = |seq: u64| starts.iter().filter(|(_, from)| **from <= seq).map(|(attempt, _)| *attempt).max();
+    let mut chunks = BTreeMap::new();
+    for e in events {
+        if let TaskEvent::Chunk(c) = e {
+            if owner(c.seq) == Some(c.attempt) {
+                chunks.entry(c.seq).or_insert_with(|| c.text.clone());
+            }
+        }
+    }
     let mut prefix = Prefix::default();
-    for (seq, text) in chunks_by_seq(events) {
+    for (seq, text) in chunks {
         if seq != prefix.next_seq {
             break;
         }
@@ -441,8 +462,31 @@ mod tests {
 
     #[test]
     fn the_prefix_stops_at_the_first_gap() {
-        let events = vec![chunk(1, 0, "a"), chunk(2, 1, "b"), chunk(1, 1, "x"), chunk(1, 3, "d")];
+        let events = vec![started(1, 0), chunk(1, 0, "a"), started(2, 1), chunk(2, 1, "b"), chunk(2, 3, "d")];
         assert_eq!(prefix_of(&events), Prefix { text: "ab".into(), next_seq: 2 });
         assert_eq!(prefix_of(&[]), Prefix::default());
+    }
+
+    #[test]
+    fn the_prefix_takes_chunks_only_from_the_attempt_that_owned_them() {
+        // Attempt 1 wrote 0 and 1, attempt 2 took over at 2; attempt 1 woke up late and
+        // wrote 2 and 3 anyway; someone forged attempt 7's chunk 4 (7 never started).
+        let events = vec![
+            started(1, 0),
+            chunk(1, 0, "a"),
+            chunk(1, 1, "b"),
+            started(2, 2),
+            chunk(1, 2, "STALE"),
+            chunk(2, 2, "c"),
+            chunk(1, 3, "STALE"),
+            chunk(2, 3, "d"),
+            chunk(7, 4, "FORGED"),
+        ];
+        assert_eq!(prefix_of(&events), Prefix { text: "abcd".into(), next_seq: 4 });
+        // The stale copy arriving first does not win either.
+        let events = vec![started(1, 0), chunk(1, 0, "a"), started(2, 1), chunk(1, 1, "STALE"), chunk(2, 1, "b")];
+        assert_eq!(prefix_of(&events), Prefix { text: "ab".into(), next_seq: 2 });
+        // Chunks with no attempt started at all are nobody's.
+        assert_eq!(prefix_of(&[chunk(1, 0, "a")]), Prefix::default());
     }
 }

@@ -55,11 +55,35 @@ async fn hand_on(ctx: &NodeContext, hb: &NodeHeartbeat) {
 /// The fields of JetStream's max-deliveries advisory we use.
 #[derive(Debug, Deserialize)]
 struct MaxDeliveries {
+    stream: String,
+    consumer: String,
     stream_seq: u64,
     deliveries: u64,
 }
 
-/// Handles one max-deliveries advisory: fail the task, drop its message.
+/// Whether an advisory is about a task that really used up its deliveries (pure): on the
+/// tasks stream, from the consumer of the task's model and priority, at `max_deliver`.
+fn advisory_holds(
+    advisory: &MaxDeliveries,
+    tasks_stream: &str,
+    consumer: &str,
+    max_deliver: i64,
+) -> Result<(), String> {
+    if advisory.stream != tasks_stream {
+        return Err(format!("stream {} is not the tasks stream", advisory.stream));
+    }
+    if advisory.consumer != consumer {
+        return Err(format!("consumer {} does not serve this task (its is {consumer})", advisory.consumer));
+    }
+    if (advisory.deliveries as i64) < max_deliver {
+        return Err(format!("{} deliveries is under max_deliver {max_deliver}", advisory.deliveries));
+    }
+    Ok(())
+}
+
+/// Handles one max-deliveries advisory: checks it against the stream and the consumer,
+/// fails the task, and only once its record says how it ended removes its message (a
+/// store that cannot write the record now is retried; the message stays until then).
 pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
     let advisory: MaxDeliveries = match serde_json::from_slice(payload) {
         Ok(a) => a,
@@ -68,14 +92,26 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
             return;
         }
     };
-    let spec = match ctx.store.queue().remove(advisory.stream_seq).await {
-        Ok(Some(spec)) => spec,
+    let spec = match ctx.store.queue().peek(advisory.stream_seq).await {
+        Ok(Some(Some(spec))) => spec,
+        Ok(Some(None)) => {
+            // Not a task at all: nothing to fail.
+            let _ = ctx.store.queue().remove(advisory.stream_seq).await;
+            return;
+        }
         Ok(None) => return,
         Err(err) => {
             tracing::warn!(cause = %err, "poison task not read");
             return;
         }
     };
+    let subjects = ctx.bus.subjects();
+    let consumer = subjects.worker_consumer(&spec.chat.model, spec.priority);
+    let max_deliver = ctx.config.jetstream.max_deliver;
+    if let Err(why) = advisory_holds(&advisory, &subjects.tasks_stream(), &consumer, max_deliver) {
+        tracing::warn!(task.id = %spec.task_id, why, "max-deliveries advisory ignored");
+        return;
+    }
     let error = WireError::new(
         ErrorKind::Engine,
         format!(
@@ -83,20 +119,50 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
             advisory.deliveries
         ),
     );
-    match ctx.store.tasks().fail(&spec.task_id, &error).await {
-        Ok(Some(record)) => {
-            tracing::error!(task.id = %spec.task_id, deliveries = advisory.deliveries, "poison task failed");
-            let event = TaskEvent::Failed(TaskFailed { task_id: spec.task_id.clone(), attempt: record.attempt, error });
-            let _ = ctx.bus.publish(ctx.bus.subjects().task_events(&spec.task_id), &event, None).await;
+    let mut delay = std::time::Duration::from_millis(100);
+    for _ in 0..12 {
+        match ctx.store.tasks().fail(&spec.task_id, &error).await {
+            Ok(failed) => {
+                if let Some(record) = failed {
+                    tracing::error!(task.id = %spec.task_id, deliveries = advisory.deliveries, "poison task failed");
+                    let event =
+                        TaskEvent::Failed(TaskFailed { task_id: spec.task_id.clone(), attempt: record.attempt, error });
+                    let _ = ctx.bus.publish(subjects.task_events(&spec.task_id), &event, None).await;
+                }
+                // The record says how it ended (failed now, or earlier): the message may go.
+                if let Err(err) = ctx.store.queue().remove(advisory.stream_seq).await {
+                    tracing::warn!(task.id = %spec.task_id, cause = %err, "poison message not removed");
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(task.id = %spec.task_id, cause = %err, "poison task not marked failed yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
         }
-        Ok(None) => {}
-        Err(err) => tracing::warn!(task.id = %spec.task_id, cause = %err, "poison task not marked failed"),
     }
+    tracing::error!(task.id = %spec.task_id, "poison task could not be marked failed; its message stays queued");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_advisory_counts_only_for_the_tasks_stream_the_right_consumer_and_max_deliver() {
+        let advisory = |stream: &str, consumer: &str, deliveries| MaxDeliveries {
+            stream: stream.into(),
+            consumer: consumer.into(),
+            stream_seq: 7,
+            deliveries,
+        };
+        let holds = |a: &MaxDeliveries| advisory_holds(a, "BITINGLIP_TASKS", "worker-m-interactive", 5);
+        assert!(holds(&advisory("BITINGLIP_TASKS", "worker-m-interactive", 5)).is_ok());
+        assert!(holds(&advisory("OTHER", "worker-m-interactive", 5)).is_err());
+        assert!(holds(&advisory("BITINGLIP_TASKS", "worker-other-interactive", 5)).is_err());
+        assert!(holds(&advisory("BITINGLIP_TASKS", "worker-m-interactive", 2)).is_err());
+    }
 
     fn hb(node: &str, time_ms: u64) -> NodeHeartbeat {
         NodeHeartbeat {

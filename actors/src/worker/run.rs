@@ -310,19 +310,26 @@ async fn generate(
     let confirmed = std::sync::Mutex::new(Instant::now());
     let stale = CancellationToken::new();
     // Confirms the claim still stands; when it does not, stops this attempt for good. A
-    // store that cannot be reached confirms nothing and denies nothing: keep going, the
-    // final write is fenced anyway.
+    // store that cannot be reached confirms nothing: the relay holds its next chunk until
+    // a confirmation (or a loss) comes.
     let confirm = || async {
-        if ctx.store.tasks().still_owner(task_id, owned.revision).await.unwrap_or(true) {
-            if let Ok(mut c) = confirmed.lock() {
-                *c = Instant::now();
+        match claim_of(ctx.store.tasks().still_owner(task_id, owned.revision).await) {
+            ClaimCheck::Confirmed => {
+                if let Ok(mut c) = confirmed.lock() {
+                    *c = Instant::now();
+                }
+                ClaimCheck::Confirmed
             }
-            true
-        } else {
-            tracing::warn!("lost the task to a newer attempt; stopping");
-            stale.cancel();
-            cancel.cancel();
-            false
+            ClaimCheck::Lost => {
+                tracing::warn!("lost the task to a newer attempt; stopping");
+                stale.cancel();
+                cancel.cancel();
+                ClaimCheck::Lost
+            }
+            ClaimCheck::Unknown => {
+                tracing::warn!("cannot confirm the claim now; not confirmed");
+                ClaimCheck::Unknown
+            }
         }
     };
     let lease = async {
@@ -383,9 +390,17 @@ async fn generate(
             if stale.is_cancelled() {
                 continue;
             }
-            let fresh = confirmed.lock().map(|c| c.elapsed() < fence_after).unwrap_or(true);
-            if !fresh && !confirm().await {
-                continue;
+            let fresh = confirmed.lock().map(|c| c.elapsed() < fence_after).unwrap_or(false);
+            if !fresh {
+                // Held, not dropped, while the store cannot say: the answer keeps every piece.
+                let mut delay = Duration::from_millis(50);
+                while confirm().await == ClaimCheck::Unknown && !stale.is_cancelled() && !cancel.is_cancelled() {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                if stale.is_cancelled() {
+                    continue;
+                }
             }
             let now = Instant::now();
             first_token.get_or_insert_with(|| now - owned.claimed_at);
@@ -484,5 +499,37 @@ async fn finish(
     };
     if let Err(err) = acked {
         tracing::warn!(cause = %err, "ack not confirmed; a redelivery will find the task finished");
+    }
+}
+
+/// What a check of the claim says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimCheck {
+    /// The record still holds this attempt's claim.
+    Confirmed,
+    /// A newer attempt wrote the record: stop.
+    Lost,
+    /// The store could not answer: not confirmed (never "still owner").
+    Unknown,
+}
+
+fn claim_of(still_owner: Result<bool, bitinglip_nats::StoreError>) -> ClaimCheck {
+    match still_owner {
+        Ok(true) => ClaimCheck::Confirmed,
+        Ok(false) => ClaimCheck::Lost,
+        Err(_) => ClaimCheck::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_error_never_confirms_a_claim() {
+        assert_eq!(claim_of(Ok(true)), ClaimCheck::Confirmed);
+        assert_eq!(claim_of(Ok(false)), ClaimCheck::Lost);
+        let down = bitinglip_nats::StoreError::Unavailable { what: "task status store", message: "timed out".into() };
+        assert_eq!(claim_of(Err(down)), ClaimCheck::Unknown);
     }
 }

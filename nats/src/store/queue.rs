@@ -161,9 +161,9 @@ impl Queue<'_> {
         Ok(false)
     }
 
-    /// Removes the message at `sequence` (a poison task JetStream gave up on), returning
-    /// its task when it decodes. Absent (already removed) is `None`.
-    pub async fn remove(&self, sequence: u64) -> Result<Option<TaskSpec>, StoreError> {
+    /// The message at `sequence` (a poison task JetStream gave up on), left in place:
+    /// `Some(None)` when it does not decode, `None` when it is gone.
+    pub async fn peek(&self, sequence: u64) -> Result<Option<Option<TaskSpec>>, StoreError> {
         let inner = &self.store.inner;
         let stream = inner
             .js
@@ -171,11 +171,19 @@ impl Queue<'_> {
             .await
             .map_err(|e| StoreError::unavailable(WHAT, e))?;
         let Ok(message) = stream.get_raw_message(sequence).await else { return Ok(None) };
-        let spec = decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES).ok();
-        if let Err(err) = stream.delete_message(sequence).await {
-            tracing::warn!(stream.seq = sequence, cause = %err, "poison message not deleted");
-        }
-        Ok(spec)
+        Ok(Some(decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES).ok()))
+    }
+
+    /// Removes the message at `sequence` from the queue (only once its task's record says
+    /// how it ended: see the cluster manager's poison handling).
+    pub async fn remove(&self, sequence: u64) -> Result<(), StoreError> {
+        let inner = &self.store.inner;
+        let stream = inner
+            .js
+            .get_stream_no_info(inner.subjects.tasks_stream())
+            .await
+            .map_err(|e| StoreError::unavailable(WHAT, e))?;
+        stream.delete_message(sequence).await.map(|_| ()).map_err(|e| StoreError::unavailable(WHAT, e))
     }
 }
 
