@@ -229,11 +229,20 @@ pub struct EmbeddedNatsConfig {
     /// against power loss on a single node, slower); a duration such as `2m` is the
     /// server's default batching.
     pub sync: String,
+    /// The most memory its JetStream may use, bytes (`max_memory_store`).
+    pub max_memory: u64,
+    /// The most disk its JetStream may use, bytes (`max_file_store`).
+    pub max_file: u64,
 }
 
 impl Default for EmbeddedNatsConfig {
     fn default() -> Self {
-        Self { binary: "nats-server".to_string(), sync: "always".to_string() }
+        Self {
+            binary: "nats-server".to_string(),
+            sync: "always".to_string(),
+            max_memory: 2 * 1024 * 1024 * 1024,
+            max_file: 64 * 1024 * 1024 * 1024,
+        }
     }
 }
 
@@ -257,6 +266,9 @@ pub struct JetStreamConfig {
     /// How long task status records are kept.
     #[serde(with = "humantime_serde")]
     pub tasks_max_age: Duration,
+    /// Most bytes of task status records; when full, new tasks are refused (nothing
+    /// accepted is dropped).
+    pub tasks_max_bytes: i64,
 }
 
 impl Default for JetStreamConfig {
@@ -268,6 +280,7 @@ impl Default for JetStreamConfig {
             dedupe_window: Duration::from_secs(120),
             events_max_age: Duration::from_secs(3600),
             tasks_max_age: Duration::from_secs(24 * 3600),
+            tasks_max_bytes: 4 * 1024 * 1024 * 1024,
         }
     }
 }

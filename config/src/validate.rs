@@ -109,6 +109,17 @@ impl Config {
         if n.request_timeout.is_zero() {
             return Err(invalid("nats.request_timeout", "0s", "must be above zero"));
         }
+        const GIB: u64 = 1024 * 1024 * 1024;
+        if n.embedded.max_memory < GIB {
+            return Err(invalid(
+                "nats.embedded.max_memory",
+                n.embedded.max_memory,
+                "must be at least 1 GiB (1073741824)",
+            ));
+        }
+        if n.embedded.max_file < GIB {
+            return Err(invalid("nats.embedded.max_file", n.embedded.max_file, "must be at least 1 GiB (1073741824)"));
+        }
         if n.embedded.sync != "always" && humantime::parse_duration(&n.embedded.sync).is_err() {
             return Err(invalid("nats.embedded.sync", &n.embedded.sync, "`always` or a duration such as `2m`"));
         }
@@ -121,6 +132,9 @@ impl Config {
         }
         if js.max_deliver < 1 {
             return Err(invalid("jetstream.max_deliver", js.max_deliver, "must be at least 1"));
+        }
+        if js.tasks_max_bytes < 1024 * 1024 {
+            return Err(invalid("jetstream.tasks_max_bytes", js.tasks_max_bytes, "must be at least 1048576 (1 MiB)"));
         }
         for (key, d) in [
             ("jetstream.dedupe_window", js.dedupe_window),

@@ -16,6 +16,6 @@ pub use async_nats;
 pub use bus::{now_ms, trace_of, Bus, Incoming};
 pub use connect::{connect, connect_as, ensure_tls_provider};
 pub use error::{BusError, ConnectError, ProvisionError, ServerError};
-pub use provision::worker_consumer_config;
+pub use provision::{worker_consumer_config, Changes};
 pub use server::{find_nats_server, LocalNatsServer, ServerOptions, ServerTls};
 pub use store::{Store, StoreError};

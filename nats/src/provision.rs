@@ -34,7 +34,7 @@ pub(crate) async fn provision(
     js: &jetstream::Context,
     subjects: &Subjects,
     config: &Config,
-    may_update: bool,
+    changes: Changes,
 ) -> Result<Provisioned, ProvisionError> {
     let cfg = &config.jetstream;
     let cluster = &config.cluster;
@@ -45,7 +45,7 @@ pub(crate) async fn provision(
     // count, all together by bytes.
     ensure_stream(
         js,
-        may_update,
+        changes,
         stream::Config {
             name: subjects.tasks_stream(),
             description: Some("BitingLip accepted tasks, one subject per model and priority".into()),
@@ -67,7 +67,7 @@ pub(crate) async fn provision(
     // for replay. Memory storage: a per-token fsync would cost more than the token.
     ensure_stream(
         js,
-        may_update,
+        changes,
         stream::Config {
             name: subjects.events_stream(),
             description: Some("BitingLip task events, for replay and resume".into()),
@@ -77,6 +77,10 @@ pub(crate) async fn provision(
             num_replicas: cfg.replicas,
             max_age: cfg.events_max_age,
             max_bytes: 512 * 1024 * 1024,
+            // Per task (one subject each): a runaway task drops its own oldest events,
+            // never another task's replay.
+            max_messages_per_subject: EVENTS_PER_TASK,
+            max_message_size: 1024 * 1024,
             discard: stream::DiscardPolicy::Old,
             ..Default::default()
         },
@@ -89,7 +93,7 @@ pub(crate) async fn provision(
     // on disk for 400 days, deduplicated by message id so a worker may publish twice.
     ensure_stream(
         js,
-        may_update,
+        changes,
         stream::Config {
             name: subjects.rates_stream(),
             description: Some("BitingLip per-minute requests and tokens of each API key".into()),
@@ -105,7 +109,7 @@ pub(crate) async fn provision(
     .await?;
     ensure_stream(
         js,
-        may_update,
+        changes,
         stream::Config {
             name: subjects.usage_stream(),
             description: Some("BitingLip daily usage of each API key and model".into()),
@@ -123,8 +127,11 @@ pub(crate) async fn provision(
 
     let tasks = ensure_kv(
         js,
+        changes,
+        Data::Kept,
         kv::Config {
             bucket: subjects.tasks_bucket(),
+            max_bytes: cfg.tasks_max_bytes,
             description: "BitingLip task status records".into(),
             history: 1,
             max_age: cfg.tasks_max_age,
@@ -136,8 +143,11 @@ pub(crate) async fn provision(
     .await?;
     let models = ensure_kv(
         js,
+        changes,
+        Data::Kept,
         kv::Config {
             bucket: subjects.models_bucket(),
+            max_bytes: 256 * MIB,
             description: "BitingLip model registry".into(),
             history: 5,
             storage: stream::StorageType::File,
@@ -149,8 +159,11 @@ pub(crate) async fn provision(
     // Heartbeats expire on their own: a node that stops writing disappears after the TTL.
     let nodes = ensure_kv(
         js,
+        changes,
+        Data::Ephemeral,
         kv::Config {
             bucket: subjects.nodes_bucket(),
+            max_bytes: 64 * MIB,
             description: "BitingLip node heartbeats".into(),
             history: 1,
             max_age: cluster.node_ttl,
@@ -162,8 +175,11 @@ pub(crate) async fn provision(
     .await?;
     let deployments = ensure_kv(
         js,
+        changes,
+        Data::Kept,
         kv::Config {
             bucket: subjects.deployments_bucket(),
+            max_bytes: 64 * MIB,
             description: "BitingLip deployments and placements".into(),
             history: 5,
             storage: stream::StorageType::File,
@@ -176,8 +192,11 @@ pub(crate) async fn provision(
     // cluster manager takes over.
     let leases = ensure_kv(
         js,
+        changes,
+        Data::Ephemeral,
         kv::Config {
             bucket: subjects.leases_bucket(),
+            max_bytes: MIB,
             description: "BitingLip leases".into(),
             history: 1,
             max_age: cluster.node_ttl,
@@ -190,8 +209,11 @@ pub(crate) async fn provision(
     // API keys: only hashes of the secrets, replicated like the registry.
     let keys = ensure_kv(
         js,
+        changes,
+        Data::Kept,
         kv::Config {
             bucket: subjects.keys_bucket(),
+            max_bytes: 256 * MIB,
             description: "BitingLip API keys (sha256 of each secret)".into(),
             history: 5,
             storage: stream::StorageType::File,
@@ -217,22 +239,42 @@ pub(crate) async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result
     })
 }
 
+const MIB: i64 = 1024 * 1024;
+
+/// Events kept per task (each is a chunk of a few tokens, or a start or end).
+const EVENTS_PER_TASK: i64 = 100_000;
+
+/// How far provisioning may change an existing stream or bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changes {
+    /// None: create what is missing, leave the rest (a user without the permission).
+    None,
+    /// Those that keep every stored message (raised limits, new subjects, replicas); one
+    /// that would drop data is refused and logged. What a node does on its own.
+    Safe,
+    /// Every change, those that drop data too: `bitinglip admin migrate`.
+    All,
+}
+
+/// Whether a stream's data may be dropped by a config change without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Data {
+    /// Records that matter: a change that drops any needs `Changes::All`.
+    Kept,
+    /// Heartbeats and leases, rewritten every few seconds.
+    Ephemeral,
+}
+
 async fn ensure_stream(
     js: &jetstream::Context,
-    may_update: bool,
+    changes: Changes,
     config: stream::Config,
 ) -> Result<(), ProvisionError> {
     let name = config.name.clone();
     match js.get_stream(&name).await {
         Ok(mut existing) => {
-            let info = existing.info().await.map_err(|e| err(&name, e))?;
-            if differs(&info.config, &config) && !may_update {
-                tracing::warn!(stream = %name, "stream config differs from this node's; left as is (a node running the cluster manager updates it)");
-            } else if differs(&info.config, &config) {
-                js.update_stream(config).await.map_err(|e| err(&name, e))?;
-                tracing::info!(stream = %name, "stream config updated");
-            }
-            Ok(())
+            let have = existing.info().await.map_err(|e| err(&name, e))?.config.clone();
+            apply(js, changes, Data::Kept, &have, config).await
         }
         Err(_) => match js.create_stream(config.clone()).await {
             Ok(_) => Ok(()),
@@ -243,22 +285,107 @@ async fn ensure_stream(
     }
 }
 
+/// Brings an existing stream to `want` as far as `changes` allows.
+async fn apply(
+    js: &jetstream::Context,
+    changes: Changes,
+    data: Data,
+    have: &stream::Config,
+    want: stream::Config,
+) -> Result<(), ProvisionError> {
+    let name = want.name.clone();
+    if !differs(have, &want) {
+        return Ok(());
+    }
+    let drops = if data == Data::Ephemeral { vec![] } else { drops_data(have, &want) };
+    match changes {
+        Changes::None => {
+            tracing::warn!(stream = %name, "stream config differs from this node's; left as is (a node running the cluster manager updates it)");
+        }
+        Changes::Safe if !drops.is_empty() => {
+            tracing::error!(
+                stream = %name,
+                changes = %drops.join(", "),
+                "the new stream config would drop stored data; left as is: run `bitinglip admin migrate` to apply it"
+            );
+        }
+        Changes::Safe | Changes::All => {
+            js.update_stream(want).await.map_err(|e| err(&name, e))?;
+            tracing::info!(stream = %name, dropped = %drops.join(", "), "stream config updated");
+        }
+    }
+    Ok(())
+}
+
+/// A limit as a number where "unlimited" (0 or -1) is the largest.
+fn limit(v: i64) -> i64 {
+    if v <= 0 {
+        i64::MAX
+    } else {
+        v
+    }
+}
+
+/// What going from `have` to `want` would drop of the stored messages (pure): lowered
+/// byte, message, per-subject and age limits, and subjects no longer captured.
+pub(crate) fn drops_data(have: &stream::Config, want: &stream::Config) -> Vec<String> {
+    let mut drops = Vec::new();
+    let lowered = |what: &str, have: i64, want: i64, drops: &mut Vec<String>| {
+        if limit(want) < limit(have) {
+            drops.push(format!("{what} lowered to {want}"));
+        }
+    };
+    lowered("max_bytes", have.max_bytes, want.max_bytes, &mut drops);
+    lowered("max_messages", have.max_messages, want.max_messages, &mut drops);
+    lowered("max_messages_per_subject", have.max_messages_per_subject, want.max_messages_per_subject, &mut drops);
+    let age = |d: std::time::Duration| if d.is_zero() { i64::MAX } else { d.as_millis() as i64 };
+    if age(want.max_age) < age(have.max_age) {
+        drops.push(format!("max_age lowered to {:?}", want.max_age));
+    }
+    if have.subjects.iter().any(|s| !want.subjects.contains(s)) {
+        drops.push("subjects removed".into());
+    }
+    drops
+}
+
 fn differs(have: &stream::Config, want: &stream::Config) -> bool {
+    // The server reports "unlimited" as -1 where the config says 0, and fills in a
+    // duplicate window where the config leaves it out.
     have.subjects != want.subjects
         || have.max_age != want.max_age
-        || have.duplicate_window != want.duplicate_window
-        // The server reports "unlimited" as -1 where the config says 0.
+        || (!want.duplicate_window.is_zero() && have.duplicate_window != want.duplicate_window)
         || have.max_bytes.max(0) != want.max_bytes.max(0)
-        || have.num_replicas != want.num_replicas
-        || have.max_messages_per_subject != want.max_messages_per_subject
+        || have.max_messages.max(0) != want.max_messages.max(0)
+        || have.max_message_size.max(0) != want.max_message_size.max(0)
+        || have.num_replicas.max(1) != want.num_replicas.max(1)
+        || have.max_messages_per_subject.max(0) != want.max_messages_per_subject.max(0)
         || have.discard != want.discard
 }
 
-async fn ensure_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ProvisionError> {
+async fn ensure_kv(
+    js: &jetstream::Context,
+    changes: Changes,
+    data: Data,
+    config: kv::Config,
+) -> Result<kv::Store, ProvisionError> {
     let bucket = config.bucket.clone();
-    match js.create_key_value(config).await {
+    match js.create_key_value(config.clone()).await {
         Ok(store) => Ok(store),
-        Err(create) => js.get_key_value(&bucket).await.map_err(|_| err(&bucket, create)),
+        Err(create) => {
+            let store = js.get_key_value(&bucket).await.map_err(|_| err(&bucket, create))?;
+            // An existing bucket: its settings (TTL, history, limits) follow the config
+            // as far as `changes` allows, like a stream's.
+            let name = format!("KV_{bucket}");
+            let mut stream = js.get_stream(&name).await.map_err(|e| err(&name, e))?;
+            let have = stream.info().await.map_err(|e| err(&name, e))?.config.clone();
+            let mut want = have.clone();
+            want.max_age = config.max_age;
+            want.max_bytes = if config.max_bytes == 0 { -1 } else { config.max_bytes };
+            want.max_messages_per_subject = config.history.max(1);
+            want.num_replicas = config.num_replicas.max(1);
+            apply(js, changes, data, &have, want).await?;
+            Ok(store)
+        }
     }
 }
 
@@ -280,5 +407,31 @@ pub fn worker_consumer_config(
         max_deliver: cfg.max_deliver,
         max_ack_pending: -1,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowering_a_limit_or_an_age_drops_data_raising_does_not() {
+        let have = stream::Config {
+            subjects: vec!["a.>".into()],
+            max_bytes: 100,
+            max_age: std::time::Duration::from_secs(60),
+            ..Default::default()
+        };
+        let raised = stream::Config { max_bytes: 200, max_age: std::time::Duration::ZERO, ..have.clone() };
+        assert!(drops_data(&have, &raised).is_empty());
+        let more_subjects = stream::Config { subjects: vec!["a.>".into(), "b.>".into()], ..have.clone() };
+        assert!(drops_data(&have, &more_subjects).is_empty());
+        let lowered = stream::Config { max_bytes: 50, max_age: std::time::Duration::from_secs(1), ..have.clone() };
+        assert_eq!(drops_data(&have, &lowered).len(), 2);
+        // Unlimited (0 or -1) to a limit is lowering.
+        let unlimited = stream::Config { max_bytes: -1, ..have.clone() };
+        assert_eq!(drops_data(&unlimited, &have).len(), 1);
+        let fewer_subjects = stream::Config { subjects: vec!["b.>".into()], ..have.clone() };
+        assert_eq!(drops_data(&have, &fewer_subjects), vec!["subjects removed".to_string()]);
     }
 }

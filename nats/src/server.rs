@@ -32,6 +32,9 @@ pub struct ServerOptions {
     pub credentials_dir: Option<PathBuf>,
     /// TLS for its clients.
     pub tls: Option<ServerTls>,
+    /// JetStream's memory and disk limits, bytes (`max_memory_store`, `max_file_store`);
+    /// the server's own defaults when absent.
+    pub limits: Option<(u64, u64)>,
 }
 
 /// A server's TLS: its certificate, and the CA it trusts for client certificates.
@@ -61,6 +64,7 @@ impl ServerOptions {
             extra_config: String::new(),
             credentials_dir: None,
             tls: None,
+            limits: None,
         }
     }
 }
@@ -144,7 +148,11 @@ impl LocalNatsServer {
         std::fs::write(
             &conf,
             format!(
-                "host: \"{host}\"\nport: {port}\npid_file: \"{pid}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: {sync}\n}}\n{extra}\n",
+                "host: \"{host}\"\nport: {port}\npid_file: \"{pid}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: {sync}\n{limits}}}\n{extra}\n",
+                limits = match self.opts.limits {
+                    Some((memory, file)) => format!("  max_memory_store: {memory}\n  max_file_store: {file}\n"),
+                    None => String::new(),
+                },
                 host = self.opts.host,
                 port = self.port,
                 store = store.display(),

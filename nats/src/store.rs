@@ -144,17 +144,18 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Creates or updates every stream and bucket (see [`crate::provision`]) and wraps them.
     pub async fn provision(bus: &crate::Bus, config: &Config) -> Result<Self, crate::ProvisionError> {
-        Self::provision_as(bus, config, true).await
+        Self::provision_as(bus, config, crate::Changes::Safe).await
     }
 
-    /// [`Store::provision`], changing an existing stream's config only when `may_update`
-    /// (a NATS user without that permission creates what is missing and leaves the rest).
+    /// [`Store::provision`], changing existing streams and buckets only as far as
+    /// `changes` allows: a node without the permission changes none, a node on its own
+    /// only what keeps every stored message, `bitinglip admin migrate` all.
     pub async fn provision_as(
         bus: &crate::Bus,
         config: &Config,
-        may_update: bool,
+        changes: crate::Changes,
     ) -> Result<Self, crate::ProvisionError> {
-        let handles = crate::provision::provision(bus.jetstream(), bus.subjects(), config, may_update).await?;
+        let handles = crate::provision::provision(bus.jetstream(), bus.subjects(), config, changes).await?;
         Ok(Self::wrap(bus, config, handles))
     }
 

@@ -65,8 +65,18 @@ pub(crate) enum Command {
     /// NATS credentials for a deployment on several machines.
     #[command(subcommand)]
     Nats(NatsCommand),
+    /// Operations on the cluster's storage.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Measure the platform against raw NATS and direct mistral.rs; write docs/BENCHMARKS.md.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Apply this config's stream and bucket settings, also those that drop stored data
+    /// (lower limits, shorter ages), which nodes refuse to apply on their own.
+    Migrate,
 }
 
 #[derive(Debug, Subcommand)]

@@ -30,6 +30,12 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Keys(cmd) => keys::run(config, cmd).await,
         Command::Usage { key, from, to, json } => keys::usage(config, key, from, to, json).await,
         Command::Nats(crate::cli::NatsCommand::Init { out }) => nats_init(&config, &out),
+        Command::Admin(crate::cli::AdminCommand::Migrate) => {
+            let bus = client_bus(&config).await?;
+            bitinglip_nats::Store::provision_as(&bus, &config, bitinglip_nats::Changes::All).await?;
+            println!("streams and buckets match this config");
+            Ok(())
+        }
         Command::Bench(args) => crate::bench::run(config, args).await,
     }
 }

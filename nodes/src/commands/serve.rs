@@ -87,6 +87,7 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
         opts.port = url.port().unwrap_or(4222);
         opts.host = "127.0.0.1".into();
         opts.credentials_dir = config.nats.credentials_dir.clone();
+        opts.limits = Some((config.nats.embedded.max_memory, config.nats.embedded.max_file));
         let server = LocalNatsServer::start(opts).await.context("starting a local nats-server")?;
         println!("bitinglip: started nats-server at {} (JetStream in {})", server.url(), server.data_dir().display());
         config.nats.servers = vec![server.url()];
@@ -98,12 +99,16 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     let per_role = config.nats.credentials_dir.is_some();
     let node_role = NODE_ROLE_ORDER.into_iter().find(|r| config.has_role(*r)).unwrap_or(Role::Worker);
     let node_user = if per_role { NatsRole::of(node_role).unwrap_or(NatsRole::Worker) } else { NatsRole::Admin };
-    let may_update = !per_role || node_role == Role::ClusterManager;
+    let changes = if !per_role || node_role == Role::ClusterManager {
+        bitinglip_nats::Changes::Safe
+    } else {
+        bitinglip_nats::Changes::None
+    };
     let reconnected = std::sync::Arc::new(tokio::sync::Notify::new());
     let name = format!("bitinglip-{node_id}");
     let client = bitinglip_nats::connect_as(&config.nats, node_user, &name, Some(reconnected.clone())).await?;
     let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout);
-    let store = Store::provision_as(&bus, &config, may_update).await?;
+    let store = Store::provision_as(&bus, &config, changes).await?;
     let mut role_connections = std::collections::BTreeMap::new();
     if per_role {
         for role in config.roles.clone() {
@@ -125,7 +130,7 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
                 let mut delay = Duration::from_millis(100);
                 loop {
                     // The handles stay valid: buckets and streams are found by name.
-                    match Store::provision_as(&bus, &config, may_update).await {
+                    match Store::provision_as(&bus, &config, changes).await {
                         Ok(_) => {
                             tracing::info!("JetStream provisioned again after reconnect");
                             break;

@@ -1,0 +1,65 @@
+//! What provisioning may change on a running cluster. New settings that keep every stored
+//! message (a longer heartbeat TTL, a higher limit) reach existing streams and buckets on
+//! the next start; settings that would drop stored data (a lower byte limit, a shorter
+//! age) are left alone until `bitinglip admin migrate` applies them. The events stream
+//! caps each task, so one task cannot evict another's replay.
+
+use std::time::Duration;
+
+use bitinglip_bus_schema::Subjects;
+use bitinglip_nats::{Bus, Changes, Store};
+use bitinglip_tests::{run_cli_env, test_config, TestNats};
+
+async fn stream_config(js: &async_nats::jetstream::Context, name: &str) -> async_nats::jetstream::stream::Config {
+    js.get_stream(name).await.unwrap().info().await.unwrap().config.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_that_keep_data_apply_and_those_that_drop_it_wait_for_migrate() {
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let s = Subjects::default();
+    let bus = Bus::new(client, s.clone(), "provisioning-test", Duration::from_secs(5));
+    let mut config = test_config(&nats.url());
+    config.cluster.node_ttl = Duration::from_secs(3);
+    Store::provision(&bus, &config).await.unwrap();
+    let nodes = format!("KV_{}", s.nodes_bucket());
+    let tasks = format!("KV_{}", s.tasks_bucket());
+    assert_eq!(stream_config(&js, &nodes).await.max_age, Duration::from_secs(3));
+    let events = stream_config(&js, &s.events_stream()).await;
+    assert_eq!(events.max_messages_per_subject, 100_000, "one task's events are capped");
+    let before = stream_config(&js, &s.tasks_stream()).await.max_bytes;
+    assert_eq!(stream_config(&js, &tasks).await.max_bytes, config.jetstream.tasks_max_bytes);
+
+    // A longer TTL and a higher limit: applied by the next start.
+    config.cluster.node_ttl = Duration::from_secs(10);
+    config.jetstream.tasks_max_bytes *= 2;
+    Store::provision(&bus, &config).await.unwrap();
+    assert_eq!(stream_config(&js, &nodes).await.max_age, Duration::from_secs(10));
+    assert_eq!(stream_config(&js, &tasks).await.max_bytes, config.jetstream.tasks_max_bytes);
+
+    // A lower queue limit and a shorter record age would drop data: left as they are.
+    config.task_manager.queue_max_bytes = before / 2;
+    config.jetstream.tasks_max_age = Duration::from_secs(3600);
+    Store::provision(&bus, &config).await.unwrap();
+    assert_eq!(stream_config(&js, &s.tasks_stream()).await.max_bytes, before);
+    assert_eq!(stream_config(&js, &tasks).await.max_age, Duration::from_secs(24 * 3600));
+    // A node without the permission changes nothing at all.
+    config.cluster.node_ttl = Duration::from_secs(20);
+    Store::provision_as(&bus, &config, Changes::None).await.unwrap();
+    assert_eq!(stream_config(&js, &nodes).await.max_age, Duration::from_secs(10));
+
+    // `bitinglip admin migrate` applies them, as the admin user.
+    let url = nats.url();
+    let (code, out, err) = run_cli_env(
+        &["admin", "migrate", "--nats", &url],
+        &[
+            ("BITINGLIP_TASK_MANAGER__QUEUE_MAX_BYTES", &(before / 2).to_string()),
+            ("BITINGLIP_JETSTREAM__TASKS_MAX_AGE", "1h"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(stream_config(&js, &s.tasks_stream()).await.max_bytes, before / 2);
+    assert_eq!(stream_config(&js, &tasks).await.max_age, Duration::from_secs(3600));
+}
