@@ -401,6 +401,11 @@ impl Subjects {
     pub fn keys_bucket(&self) -> String {
         format!("{}_keys", self.name_prefix.to_ascii_lowercase())
     }
+
+    /// Object store of answers too large for one message (`<prefix>_results`).
+    pub fn results_bucket(&self) -> String {
+        format!("{}_results", self.name_prefix.to_ascii_lowercase())
+    }
 }
 
 #[cfg(test)]

@@ -324,6 +324,7 @@ mod tests {
             finish_reason: FinishReason::Stop,
             usage: Usage::default(),
             chunks,
+            text_object: None,
         })
     }
 

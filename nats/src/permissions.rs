@@ -134,6 +134,8 @@ fn node_common(s: &Subjects, p: &mut Permissions) {
 fn follow_tasks(s: &Subjects, p: &mut Permissions) {
     p.subscribe([s.all_task_events()]);
     p.publish(access::stream_scan(&s.events_stream()));
+    // An answer too large for one message is read from the results store.
+    p.publish(access::results_read(s));
 }
 
 /// The permissions of `role` for a deployment whose subjects are `s`.
@@ -233,6 +235,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish([s.all_task_events(), s.model_register()]);
             p.publish([format!("{}.model.*.progress", prefix(s))]);
             p.publish(access::queue_take(s));
+            p.publish(access::results_write(s));
             p.publish(access::stream_scan(&s.events_stream()));
             p.publish(access::kv_read(&tasks));
             p.publish(access::kv_write(&tasks, ">"));

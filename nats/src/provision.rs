@@ -2,7 +2,7 @@
 //! buckets. Safe to run from every node at once and on every start: an existing stream
 //! is updated to the wanted config, an identical one is left alone.
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use bitinglip_bus_schema::{Priority, Subjects};
 use bitinglip_config::{Config, JetStreamConfig};
 
@@ -23,6 +23,8 @@ pub(crate) struct Provisioned {
     pub(crate) leases: kv::Store,
     /// API keys.
     pub(crate) keys: kv::Store,
+    /// Answers too large for one message.
+    pub(crate) results: object_store::ObjectStore,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> ProvisionError {
@@ -222,7 +224,24 @@ pub(crate) async fn provision(
         },
     )
     .await?;
-    Ok(Provisioned { tasks, models, nodes, deployments, leases, keys })
+    // Answers too large for one message, kept as long as the task records.
+    let bucket = subjects.results_bucket();
+    let results = match js
+        .create_object_store(object_store::Config {
+            bucket: bucket.clone(),
+            description: Some("BitingLip answers too large for one message".into()),
+            max_age: cfg.tasks_max_age,
+            max_bytes: cfg.tasks_max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(store) => store,
+        Err(create) => js.get_object_store(&bucket).await.map_err(|_| err(&bucket, create))?,
+    };
+    Ok(Provisioned { tasks, models, nodes, deployments, leases, keys, results })
 }
 
 /// Finds the buckets an earlier start provisioned, creating nothing (a client such as
@@ -236,6 +255,10 @@ pub(crate) async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result
         deployments: get(subjects.deployments_bucket()).await?,
         leases: get(subjects.leases_bucket()).await?,
         keys: get(subjects.keys_bucket()).await?,
+        results: {
+            let bucket = subjects.results_bucket();
+            js.get_object_store(&bucket).await.map_err(|e| err(&bucket, e))?
+        },
     })
 }
 

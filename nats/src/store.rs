@@ -34,6 +34,7 @@ pub mod model_status;
 pub mod models;
 pub mod nodes;
 pub mod queue;
+pub mod results;
 pub mod tasks;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -131,6 +132,7 @@ struct Inner {
     deployments: Bucket,
     leases: Bucket,
     keys: Bucket,
+    results: async_nats::jetstream::object_store::ObjectStore,
     node_ttl: Duration,
     jetstream: bitinglip_config::JetStreamConfig,
 }
@@ -179,6 +181,7 @@ impl Store {
                 deployments: bucket(handles.deployments, "deployments store"),
                 leases: bucket(handles.leases, "leases"),
                 keys: bucket(handles.keys, "API keys"),
+                results: handles.results,
                 node_ttl: config.cluster.node_ttl,
                 jetstream: config.jetstream.clone(),
             }),

@@ -47,27 +47,48 @@ fn words(text: &str) -> Vec<&str> {
 /// mid-stream, like a kill -9). Compiled only with the `fault-injection` feature, which the
 /// tests crate enables: in any other build a prompt can never stop a node.
 #[cfg(not(feature = "fault-injection"))]
-fn fault(_prompt: &str, _produced: u32) -> Result<(), EngineError> {
-    Ok(())
+fn faults(_prompt: &str) -> impl Fn(u32) -> Result<(), EngineError> {
+    |_produced| Ok(())
+}
+
+/// In a build for tests, `[[repeat-N]]` makes the answer the prompt N times over (an
+/// answer larger than any request); in any other build the answer is the prompt.
+#[cfg(not(feature = "fault-injection"))]
+fn answer_of(prompt: String) -> String {
+    prompt
+}
+
+/// See above: the repeated answer, in a build for tests.
+#[cfg(feature = "fault-injection")]
+fn answer_of(prompt: String) -> String {
+    let times =
+        prompt.split("[[repeat-").nth(1).and_then(|rest| rest.split("]]").next()).and_then(|n| n.parse::<usize>().ok());
+    match times {
+        Some(n) => prompt.repeat(n.min(10_000)),
+        None => prompt,
+    }
 }
 
 /// See above: the faults, in a build for tests.
 #[cfg(feature = "fault-injection")]
-fn fault(prompt: &str, produced: u32) -> Result<(), EngineError> {
-    if prompt.contains("[[fail]]") {
-        return Err(EngineError::Failed("injected failure".into()));
-    }
-    if prompt.contains("[[panic]]") {
-        panic!("injected panic");
-    }
-    if let Some(rest) = prompt.split("[[abort-at-").nth(1) {
-        if let Some(n) = rest.split("]]").next().and_then(|n| n.parse::<u32>().ok()) {
-            if produced >= n {
-                std::process::abort();
-            }
+fn faults(prompt: &str) -> impl Fn(u32) -> Result<(), EngineError> {
+    // Read once: the check runs after every token.
+    let fail = prompt.contains("[[fail]]");
+    let panics = prompt.contains("[[panic]]");
+    let abort_at =
+        prompt.split("[[abort-at-").nth(1).and_then(|rest| rest.split("]]").next()).and_then(|n| n.parse::<u32>().ok());
+    move |produced| {
+        if fail {
+            return Err(EngineError::Failed("injected failure".into()));
         }
+        if panics {
+            panic!("injected panic");
+        }
+        if abort_at.is_some_and(|n| produced >= n) {
+            std::process::abort();
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -87,15 +108,17 @@ impl Engine for EchoEngine {
         cancel: CancellationToken,
     ) -> Result<Generation, EngineError> {
         let prompt_tokens: usize = req.messages.iter().map(|m| words(&m.content).len()).sum();
-        let answer =
+        let prompt =
             req.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        let fault = faults(&prompt);
+        let answer = answer_of(prompt);
         let pieces = words(&answer);
         // A continuation skips what an earlier attempt already produced.
         let skip = words(&req.prefix).len();
         let mut produced = skip as u32;
         let delay = (self.tokens_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / self.tokens_per_sec));
         let mut text = req.prefix.clone();
-        fault(&answer, produced)?;
+        fault(produced)?;
         for piece in pieces.iter().skip(skip) {
             if produced >= req.max_tokens {
                 return Ok(Generation {
@@ -115,7 +138,7 @@ impl Engine for EchoEngine {
             }
             text.push_str(piece);
             produced += 1;
-            fault(&answer, produced)?;
+            fault(produced)?;
             if out.send(piece.to_string()).await.is_err() {
                 break;
             }
@@ -198,6 +221,6 @@ mod tests {
 mod without_fault_injection {
     #[test]
     fn a_prompt_cannot_fail_panic_or_abort_a_node() {
-        assert!(super::fault("[[fail]] [[panic]] [[abort-at-0]]", 5).is_ok());
+        assert!(super::faults("[[fail]] [[panic]] [[abort-at-0]]")(5).is_ok());
     }
 }

@@ -137,6 +137,17 @@ pub(super) struct TaskAccepted {
     events_url: String,
 }
 
+/// The record with an answer kept in the results store (too large for one message) read
+/// back into it.
+async fn with_text(ctx: &NodeContext, mut record: TaskRecord) -> Result<TaskRecord, ApiError> {
+    if let Some(done) = record.result.as_mut() {
+        if let Some(name) = &done.text_object {
+            done.text = ctx.store.results().get(name).await.map_err(WireError::from)?.unwrap_or_default();
+        }
+    }
+    Ok(record)
+}
+
 /// A task's record, when `key` may see it: another key's task is a 404, as if it did
 /// not exist.
 async fn read(ctx: &NodeContext, key: &ApiKey, id: &TaskId) -> Result<TaskRecord, ApiError> {
@@ -203,7 +214,8 @@ pub(super) async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
-    Ok(Json((&read(&ctx, &key, &id).await?).into()))
+    let record = with_text(&ctx, read(&ctx, &key, &id).await?).await?;
+    Ok(Json((&record).into()))
 }
 
 /// The query of `GET /v1/tasks`.
@@ -247,7 +259,13 @@ pub(super) async fn list(
     match reply {
         TaskList::Tasks { tasks, next } => Ok(Json(TaskPage {
             object: "list",
-            data: tasks.iter().map(TaskView::from).collect(),
+            data: {
+                let mut data = Vec::with_capacity(tasks.len());
+                for record in tasks {
+                    data.push(TaskView::from(&with_text(&ctx, record).await?));
+                }
+                data
+            },
             has_more: next.is_some(),
             next,
         })),
@@ -268,7 +286,7 @@ pub(super) async fn cancel(
     // Only a task this key may see can be cancelled by it.
     read(&ctx, &key, &id).await?;
     bitinglip_client::cancel(&ctx.bus, &id, "cancelled over HTTP").await?;
-    let record = read(&ctx, &key, &id).await?;
+    let record = with_text(&ctx, read(&ctx, &key, &id).await?).await?;
     Ok(Json((&record).into()))
 }
 
@@ -301,30 +319,39 @@ pub(super) async fn events(
             .map_err(|_| ApiError::invalid("Last-Event-ID must be a chunk number", Some("Last-Event-ID")))?,
     };
     let watch = TaskWatch::resume(&ctx.bus, &ctx.store, &id, next_seq).await?;
-    let stream = futures::stream::unfold(Some(watch), |watch| async move {
-        let mut watch = watch?;
-        let event = match watch.next().await? {
-            Relayed::Started { attempt, resume_from_seq } => Event::default()
-                .event("started")
-                .data(json!({"attempt": attempt, "resume_from_seq": resume_from_seq}).to_string()),
-            Relayed::Text { seq, text } => {
-                Event::default().event("chunk").id(seq.to_string()).data(json!({"seq": seq, "text": text}).to_string())
-            }
-            Relayed::Done(done) => {
-                let body = json!({
-                    "text": done.text,
-                    "finish_reason": openai::finish(done.finish_reason),
-                    "chunks": done.chunks,
-                    "usage": {"prompt_tokens": done.usage.prompt_tokens, "completion_tokens": done.usage.completion_tokens},
-                });
-                return Some((Ok(Event::default().event("completed").data(body.to_string())), None));
-            }
-            Relayed::Failed(err) => {
-                let body = json!({"code": err.kind.as_str(), "message": err.message});
-                return Some((Ok(Event::default().event("failed").data(body.to_string())), None));
-            }
-        };
-        Some((Ok(event), Some(watch)))
+    let results = ctx.clone();
+    let stream = futures::stream::unfold(Some(watch), move |watch| {
+        let ctx = results.clone();
+        async move {
+            let mut watch = watch?;
+            let event = match watch.next().await? {
+                Relayed::Started { attempt, resume_from_seq } => Event::default()
+                    .event("started")
+                    .data(json!({"attempt": attempt, "resume_from_seq": resume_from_seq}).to_string()),
+                Relayed::Text { seq, text } => Event::default()
+                    .event("chunk")
+                    .id(seq.to_string())
+                    .data(json!({"seq": seq, "text": text}).to_string()),
+                Relayed::Done(done) => {
+                    let text = match &done.text_object {
+                        Some(name) => ctx.store.results().get(name).await.ok().flatten().unwrap_or_default(),
+                        None => done.text,
+                    };
+                    let body = json!({
+                        "text": text,
+                        "finish_reason": openai::finish(done.finish_reason),
+                        "chunks": done.chunks,
+                        "usage": {"prompt_tokens": done.usage.prompt_tokens, "completion_tokens": done.usage.completion_tokens},
+                    });
+                    return Some((Ok(Event::default().event("completed").data(body.to_string())), None));
+                }
+                Relayed::Failed(err) => {
+                    let body = json!({"code": err.kind.as_str(), "message": err.message});
+                    return Some((Ok(Event::default().event("failed").data(body.to_string())), None));
+                }
+            };
+            Some((Ok(event), Some(watch)))
+        }
     });
     // The slot is held while the stream is open.
     let stream = futures::StreamExt::map(stream, move |e| {

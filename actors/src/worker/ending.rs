@@ -83,6 +83,7 @@ pub(super) fn ending(
                 finish_reason: g.finish_reason,
                 usage: usage.unwrap_or_default(),
                 chunks: generated.chunks,
+                text_object: None,
             };
             let mut r = claimed.clone();
             r.state = TaskState::Completed;

@@ -25,6 +25,7 @@ use bitinglip_nats::{
     now_ms,
     store::{
         counters::TaskUsage,
+        results::INLINE_TEXT_MAX,
         tasks::{Claim, Claimant},
     },
     trace::TraceParent,
@@ -466,8 +467,27 @@ async fn finish(
     tokens: (u32, u32),
     trace: Option<&TraceParent>,
 ) {
-    let Ending::Finish { record, event, ack, outcome } = ending else { return };
+    let Ending::Finish { mut record, mut event, ack, outcome } = ending else { return };
     let task_id = record.task_id.clone();
+    // An answer too large for one message goes to the results store first; the record
+    // and the event carry its name.
+    if let (Some(done), TaskEvent::Completed(completed)) = (record.result.as_mut(), &mut event) {
+        if done.text.len() > INLINE_TEXT_MAX {
+            match ctx.store.results().put(&task_id, done.attempt, &done.text).await {
+                Ok(name) => {
+                    done.text = String::new();
+                    done.text_object = Some(name.clone());
+                    completed.text = String::new();
+                    completed.text_object = Some(name);
+                }
+                Err(err) => {
+                    tracing::warn!(cause = %err, "answer not stored; handing back");
+                    nak(msg, Some(Duration::from_secs(1))).await;
+                    return;
+                }
+            }
+        }
+    }
     // What usage needs, taken before the record moves into the store (no clone of the
     // answer's text).
     let owner = record.owner.clone();

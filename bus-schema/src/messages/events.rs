@@ -120,6 +120,10 @@ pub struct TaskCompleted {
     pub usage: Usage,
     /// Number of chunks published before this event.
     pub chunks: u64,
+    /// An answer too large for one message is not in `text` (empty then) but in the
+    /// results object store under this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_object: Option<String>,
 }
 
 /// The task failed.
@@ -178,6 +182,7 @@ mod tests {
                 finish_reason: FinishReason::Length,
                 usage,
                 chunks: 4,
+                text_object: None,
             }),
             &["type", "task_id", "attempt", "text", "finish_reason", "usage", "chunks"],
         );

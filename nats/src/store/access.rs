@@ -64,6 +64,32 @@ pub fn streams(subjects: &Subjects) -> Vec<String> {
     let mut v =
         vec![subjects.tasks_stream(), subjects.events_stream(), subjects.rates_stream(), subjects.usage_stream()];
     v.extend(buckets(subjects).iter().map(|b| kv_stream(b)));
+    v.push(format!("OBJ_{}", subjects.results_bucket()));
+    v
+}
+
+/// Reading answers from the results object store: its metadata, then its chunks through
+/// an ordered consumer.
+pub fn results_read(subjects: &Subjects) -> Vec<String> {
+    let s = format!("OBJ_{}", subjects.results_bucket());
+    vec![
+        format!("$JS.API.STREAM.INFO.{s}"),
+        format!("$JS.API.DIRECT.GET.{s}"),
+        format!("$JS.API.DIRECT.GET.{s}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{s}"),
+        format!("$JS.API.CONSUMER.CREATE.{s}"),
+        format!("$JS.API.CONSUMER.CREATE.{s}.>"),
+        format!("$JS.API.CONSUMER.INFO.{s}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{s}.>"),
+        format!("$JS.FC.{s}.>"),
+    ]
+}
+
+/// Writing answers into the results object store (new names only: never a purge).
+pub fn results_write(subjects: &Subjects) -> Vec<String> {
+    let b = subjects.results_bucket();
+    let mut v = results_read(subjects);
+    v.extend([format!("$O.{b}.C.>"), format!("$O.{b}.M.>")]);
     v
 }
 

@@ -52,7 +52,16 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
             let task_id = TaskId::parse(id)?;
             match bus.request::<_, TaskStatusReply>(bus.subjects().task_get(), &GetTask { task_id }, None, None).await?
             {
-                TaskStatusReply::Found(r) => println!("{}", serde_json::to_string_pretty(&record_json(&r))?),
+                TaskStatusReply::Found(mut r) => {
+                    // An answer too large for one message is in the results store.
+                    if let Some(done) = r.result.as_mut() {
+                        if let Some(name) = done.text_object.clone() {
+                            let store = bitinglip_nats::Store::open(&bus, &config).await?;
+                            done.text = store.results().get(&name).await?.unwrap_or_default();
+                        }
+                    }
+                    println!("{}", serde_json::to_string_pretty(&record_json(&r))?)
+                }
                 TaskStatusReply::Error(e) => bail!("{}: {}", e.kind, e.message),
             }
         }
