@@ -81,6 +81,26 @@ fn advisory_holds(
     Ok(())
 }
 
+/// What to do with a poisoned task's message once its record was (or was not) marked.
+#[derive(Debug)]
+enum Poisoned {
+    /// The record says how the task ended (failed now: `failed`, or earlier): the
+    /// message may go.
+    Remove { failed: Option<Box<bitinglip_bus_schema::TaskRecord>> },
+    /// The record could not be written (the store is down, or it kept changing): the
+    /// message stays, and the marking is tried again.
+    Retry(bitinglip_nats::StoreError),
+}
+
+/// The step after marking a poisoned task failed (pure): never remove its message while
+/// its record may still say `running`.
+fn after_fail(result: Result<Option<bitinglip_bus_schema::TaskRecord>, bitinglip_nats::StoreError>) -> Poisoned {
+    match result {
+        Ok(failed) => Poisoned::Remove { failed: failed.map(Box::new) },
+        Err(err) => Poisoned::Retry(err),
+    }
+}
+
 /// Handles one max-deliveries advisory: checks it against the stream and the consumer,
 /// fails the task, and only once its record says how it ended removes its message (a
 /// store that cannot write the record now is retried; the message stays until then).
@@ -121,21 +141,20 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
     );
     let mut delay = std::time::Duration::from_millis(100);
     for _ in 0..12 {
-        match ctx.store.tasks().fail(&spec.task_id, &error).await {
-            Ok(failed) => {
+        match after_fail(ctx.store.tasks().fail(&spec.task_id, &error).await) {
+            Poisoned::Remove { failed } => {
                 if let Some(record) = failed {
                     tracing::error!(task.id = %spec.task_id, deliveries = advisory.deliveries, "poison task failed");
                     let event =
                         TaskEvent::Failed(TaskFailed { task_id: spec.task_id.clone(), attempt: record.attempt, error });
                     let _ = ctx.bus.publish(subjects.task_events(&spec.task_id), &event, None).await;
                 }
-                // The record says how it ended (failed now, or earlier): the message may go.
                 if let Err(err) = ctx.store.queue().remove(advisory.stream_seq).await {
                     tracing::warn!(task.id = %spec.task_id, cause = %err, "poison message not removed");
                 }
                 return;
             }
-            Err(err) => {
+            Poisoned::Retry(err) => {
                 tracing::warn!(task.id = %spec.task_id, cause = %err, "poison task not marked failed yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(10));
@@ -148,6 +167,15 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_poisoned_message_stays_while_its_record_cannot_be_marked() {
+        let down = bitinglip_nats::StoreError::Unavailable { what: "task status store", message: "timed out".into() };
+        assert!(matches!(after_fail(Err(down)), Poisoned::Retry(_)));
+        let lost = bitinglip_nats::StoreError::Conflict { what: "task status store", key: "t".into() };
+        assert!(matches!(after_fail(Err(lost)), Poisoned::Retry(_)));
+        assert!(matches!(after_fail(Ok(None)), Poisoned::Remove { failed: None }));
+    }
 
     #[test]
     fn an_advisory_counts_only_for_the_tasks_stream_the_right_consumer_and_max_deliver() {
