@@ -28,6 +28,9 @@ async fn up_with(model: &ModelDir) -> (NodeProcess, tempfile::TempDir) {
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&seed_file).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600, "{}", seed_file.display());
     }
+    // Its JetStream has memory and disk limits.
+    let conf = std::fs::read_to_string(data.path().join("nats/nats-server.conf")).unwrap();
+    assert!(conf.contains("max_memory_store: ") && conf.contains("max_file_store: "), "{conf}");
     let seed = std::fs::read_to_string(data.path().join("nats/admin.nk")).unwrap();
     let nats = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
         .custom_inbox_prefix("_INBOX_admin")
