@@ -612,3 +612,18 @@ pub async fn two_gateways(nats_url: &str, models: &[&str]) -> (NodeProcess, Node
     second.wait_for_http(Duration::from_secs(30)).await;
     (front, second)
 }
+
+/// Asks `model` at the gateway `base` for a chat completion of `content` until one is
+/// served (200), for up to 20 s while the node comes up; returns the answer (`Null` when
+/// none came).
+pub async fn chat_when_served(base: &str, model: &str, content: &str) -> serde_json::Value {
+    let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]});
+    for _ in 0..100 {
+        let resp = http().post(format!("{base}/v1/chat/completions")).json(&body).send().await;
+        if let Some(resp) = resp.ok().filter(|r| r.status() == reqwest::StatusCode::OK) {
+            return resp.json().await.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    serde_json::Value::Null
+}

@@ -10,7 +10,7 @@ use bitinglip_bus_schema::{Envelope, Subjects, SubmitRequest};
 use bitinglip_nats::{LocalNatsServer, ServerOptions};
 use bitinglip_tests::{echo_model, http, nats_server_bin, run_cli, test_config, NodeProcess};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
 /// A connection as `role`, and the server's errors it receives.
@@ -87,20 +87,7 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_http(Duration::from_secs(30)).await;
     let base = format!("http://{}", config.gateway.http);
-    let mut answer = Value::Null;
-    for _ in 0..100 {
-        let resp = http()
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "one two three"}]}))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 {
-            answer = resp.json().await.unwrap();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let answer = bitinglip_tests::chat_when_served(&base, "echo", "one two three").await;
     assert_eq!(answer["choices"][0]["message"]["content"], "one two three", "{answer}\n{}", node.log());
     let tasks: Value = http().get(format!("{base}/v1/tasks")).send().await.unwrap().json().await.unwrap();
     assert_eq!(tasks["data"][0]["status"], "completed", "{tasks}");

@@ -6,9 +6,8 @@
 use std::{path::Path, time::Duration};
 
 use bitinglip_nats::{LocalNatsServer, ServerOptions, ServerTls};
-use bitinglip_tests::{echo_model, http, nats_server_bin, test_config, NodeProcess};
+use bitinglip_tests::{echo_model, nats_server_bin, test_config, NodeProcess};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use serde_json::{json, Value};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
 fn certificates(dir: &Path) {
@@ -63,20 +62,7 @@ async fn serves_over_tls(mutual: bool) {
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_http(Duration::from_secs(30)).await;
     let base = format!("http://{}", config.gateway.http);
-    let mut answer = Value::Null;
-    for _ in 0..100 {
-        let resp = http()
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "over tls"}]}))
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 {
-            answer = resp.json().await.unwrap();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let answer = bitinglip_tests::chat_when_served(&base, "echo", "over tls").await;
     assert_eq!(answer["choices"][0]["message"]["content"], "over tls", "mutual {mutual}: {answer}\n{}", node.log());
 
     let seed = std::fs::read_to_string(creds.join("client.nk")).unwrap();
