@@ -9,6 +9,7 @@ use axum::{
 use bitinglip_bus_schema::{ApiKey, ErrorKind, Priority, SubmitReply, SubmitRequest, TaskId, WireError};
 use bitinglip_client::TaskWatch;
 use bitinglip_nats::trace::TraceParent;
+use std::time::{Duration, Instant};
 
 use super::{auth::check_model, openai::ApiError};
 use crate::{ops::task_ids::task_id_for, NodeContext};
@@ -121,19 +122,71 @@ pub(super) async fn submit_chat(
     let task_id: TaskId = task_id_for(&submit);
     submit.task_id = Some(task_id.clone());
     let watch = TaskWatch::subscribe(&ctx.bus, &ctx.store, &task_id).await?;
-    let reply: SubmitReply =
-        ctx.bus.request(ctx.bus.subjects().task_submit(), &submit, Some(&trace), None).await.map_err(|e| match e {
-            bitinglip_nats::BusError::NoResponders { .. } => {
-                ApiError::from(WireError::new(ErrorKind::Unavailable, "no task manager is running"))
-            }
-            other => ApiError::from(WireError::from(&other)),
-        })?;
+    // While the bus heals (a server restart, a stream leader's election) a submit waits
+    // and asks again with the same task id, which the task manager recognises (the
+    // record, and the stream's `Nats-Msg-Id`): the client sees no error and never gets
+    // two tasks.
+    let deadline = Instant::now() + ctx.config.gateway.request_timeout.min(SUBMIT_PATIENCE);
+    let mut delay = Duration::from_millis(100);
+    let mut retried = false;
+    let reply = loop {
+        let result: Result<SubmitReply, _> =
+            ctx.bus.request(ctx.bus.subjects().task_submit(), &submit, Some(&trace), None).await;
+        if !passing(&result) || Instant::now() + delay > deadline {
+            break result;
+        }
+        tracing::warn!(task.id = %task_id, "submit not answered while the bus heals; asking again");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+        retried = true;
+    };
+    let reply = reply.map_err(|e| match e {
+        bitinglip_nats::BusError::NoResponders { .. } => {
+            ApiError::from(WireError::new(ErrorKind::Unavailable, "no task manager is running"))
+        }
+        other => ApiError::from(WireError::from(&other)),
+    })?;
     match reply {
         SubmitReply::Accepted(a) => {
+            // Without an idempotency key a duplicate can only be our own earlier try.
+            let duplicate = a.duplicate && !(retried && submit.idempotency_key.is_none());
             // A retry of a task that already ran: follow it from its stored events.
-            let watch = if a.duplicate { TaskWatch::resume(&ctx.bus, &ctx.store, &task_id, 0).await? } else { watch };
-            Ok((task_id, watch, a.duplicate))
+            let watch = if duplicate { TaskWatch::resume(&ctx.bus, &ctx.store, &task_id, 0).await? } else { watch };
+            Ok((task_id, watch, duplicate))
         }
         SubmitReply::Rejected(err) => Err(err.into()),
+    }
+}
+
+/// How long a submit waits for the bus to heal at most.
+const SUBMIT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// True when a submit's outcome is the bus healing, not an answer (pure): no answer, no
+/// task manager, or one that could not reach its stream.
+fn passing(result: &Result<SubmitReply, bitinglip_nats::BusError>) -> bool {
+    use bitinglip_nats::BusError;
+    match result {
+        Err(BusError::NoResponders { .. } | BusError::Timeout { .. } | BusError::Request { .. }) => true,
+        Err(BusError::Publish { .. }) => true,
+        Err(_) => false,
+        Ok(SubmitReply::Rejected(e)) => matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Timeout),
+        Ok(SubmitReply::Accepted(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submit_asks_again_only_while_the_bus_heals() {
+        use bitinglip_nats::BusError;
+        let unavailable = WireError::new(ErrorKind::Unavailable, "tasks stream unavailable");
+        assert!(passing(&Ok(SubmitReply::Rejected(unavailable))));
+        assert!(passing(&Err(BusError::NoResponders { subject: "s".into() })));
+        let refused = WireError::new(ErrorKind::UnknownModel, "no such model");
+        assert!(!passing(&Ok(SubmitReply::Rejected(refused))));
+        let full = WireError::new(ErrorKind::Overloaded, "queue full");
+        assert!(!passing(&Ok(SubmitReply::Rejected(full))));
     }
 }
