@@ -149,6 +149,85 @@ impl TestNats {
     }
 }
 
+/// Three nats-servers in one cluster (routes on free ports, JetStream on each), each
+/// killable and restartable, authorizing the same per-role users as [`TestNats`].
+pub struct TestCluster {
+    servers: Vec<LocalNatsServer>,
+    _dir: TempDir,
+}
+
+impl TestCluster {
+    /// Starts three servers at once (JetStream needs a quorum before any answers).
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let creds = dir.path().join("creds");
+        bitinglip_nats::permissions::init_credentials(&creds, &Subjects::default()).expect("test credentials");
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_urls: Vec<String> = routes.iter().map(|p| format!("\"nats://127.0.0.1:{p}\"")).collect();
+        let starts = (0..3).map(|i| {
+            let mut opts = ServerOptions::new(dir.path().join(format!("nats-{i}")));
+            opts.binary = nats_server_bin().display().to_string();
+            opts.sync = "2m".into();
+            opts.port = free_port();
+            opts.credentials_dir = Some(creds.clone());
+            opts.extra_config = format!(
+                "server_name: n{i}\ncluster {{\n  name: bitinglip-test\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                routes[i],
+                route_urls.join(", ")
+            );
+            LocalNatsServer::start(opts)
+        });
+        let servers: Vec<LocalNatsServer> = futures::future::join_all(starts)
+            .await
+            .into_iter()
+            .map(|s| s.expect("a cluster's nats-server starts"))
+            .collect();
+        let mut table = CREDENTIALS.lock().expect("the credentials table");
+        for s in &servers {
+            table.insert(s.url(), creds.clone());
+        }
+        drop(table);
+        Self { servers, _dir: dir }
+    }
+
+    /// Every server's client URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers.iter().map(LocalNatsServer::url).collect()
+    }
+
+    /// A config for a node on the whole cluster, with replicated streams and buckets.
+    pub fn node_config(&self) -> Config {
+        let mut c = test_config(&self.urls()[0]);
+        c.nats.servers = self.urls();
+        c.jetstream.replicas = 3;
+        c
+    }
+
+    /// A client of the cluster as `admin`.
+    pub async fn client(&self) -> async_nats::Client {
+        let urls: Vec<async_nats::ServerAddr> = self.urls().iter().filter_map(|u| u.parse().ok()).collect();
+        admin_options(&self.urls()[0]).connect(urls).await.expect("connect to the test cluster")
+    }
+
+    /// The index of the server that leads `stream`, as JetStream reports it.
+    pub async fn leader_of(&self, stream: &str) -> Option<usize> {
+        let js = async_nats::jetstream::new(self.client().await);
+        let info = js.get_stream(stream).await.ok()?.info().await.ok()?.clone();
+        let leader = info.cluster?.leader?;
+        leader.strip_prefix('n')?.parse().ok()
+    }
+
+    /// Kills server `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.servers[i].kill();
+    }
+
+    /// Starts server `i` again on its port and data.
+    pub async fn start_again(&mut self, i: usize) {
+        self.servers[i].restart().await.expect("a cluster's nats-server restarts");
+    }
+}
+
 /// A folder holding a generated model.
 pub struct ModelDir {
     dir: TempDir,
