@@ -9,25 +9,26 @@
 
 pub mod fake_hub;
 pub mod otlp;
+mod servers;
 pub mod state;
 pub mod tiny_model;
+mod web;
 
 use std::{
-    collections::BTreeMap,
     io::Read,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use bitinglip_bus_schema::{NodeHeartbeat, Subjects};
 use bitinglip_config::Config;
-use bitinglip_nats::{LocalNatsServer, ServerOptions};
 use tempfile::TempDir;
 
+pub use servers::{admin_options, credentials_of, TestCluster, TestNats};
 pub use state::{metric_sum, KeyRecorder};
 pub use tiny_model::{Arch, ModelSpec};
+pub use web::*;
 
 /// How often the harness's waits poll the state they wait on.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -81,153 +82,6 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// The credentials folder of each test nats-server, by client URL: every connection the
-/// harness makes to that server (nodes, the CLI, plain clients) uses them, so the whole
-/// suite runs with the per-role users a deployment runs with.
-static CREDENTIALS: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
-
-/// The per-role credentials folder of the test server at `url`, when it is one.
-pub fn credentials_of(url: &str) -> Option<PathBuf> {
-    CREDENTIALS.lock().ok()?.get(url).cloned()
-}
-
-/// Connection options for a plain client of the server at `url`: its `admin` user when
-/// the server authorizes users.
-pub fn admin_options(url: &str) -> async_nats::ConnectOptions {
-    match credentials_of(url) {
-        Some(dir) => {
-            let role = bitinglip_nats::permissions::NatsRole::Admin;
-            let seed = std::fs::read_to_string(bitinglip_nats::permissions::seed_file(&dir, role))
-                .expect("the admin seed of a test server");
-            async_nats::ConnectOptions::with_nkey(seed.trim().to_string()).custom_inbox_prefix(role.inbox_prefix())
-        }
-        None => async_nats::ConnectOptions::new(),
-    }
-}
-
-/// A real nats-server with JetStream in its own temporary folder, authorizing the
-/// per-role users `bitinglip nats init` makes (anonymous clients are refused).
-pub struct TestNats {
-    server: LocalNatsServer,
-    _dir: TempDir,
-}
-
-impl TestNats {
-    /// Starts a server on a free port.
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut opts = ServerOptions::new(dir.path().join("nats"));
-        opts.binary = nats_server_bin().display().to_string();
-        // Tests need no fsync per write; the default stays `always` for users.
-        opts.sync = "2m".into();
-        let creds = dir.path().join("creds");
-        bitinglip_nats::permissions::init_credentials(&creds, &Subjects::default()).expect("test credentials");
-        opts.credentials_dir = Some(creds.clone());
-        let server = LocalNatsServer::start(opts).await.expect("nats-server starts");
-        CREDENTIALS.lock().expect("the credentials table").insert(server.url(), creds);
-        Self { server, _dir: dir }
-    }
-
-    /// The client URL.
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-
-    /// A plain client, as the `admin` user.
-    pub async fn client(&self) -> async_nats::Client {
-        admin_options(&self.url()).connect(self.url()).await.expect("connect to the test nats-server")
-    }
-
-    /// The folder of its per-role credentials (`<role>.nk`).
-    pub fn credentials_dir(&self) -> PathBuf {
-        credentials_of(&self.url()).expect("a test server's credentials")
-    }
-
-    /// Kills the server and starts it again on the same port and data.
-    pub async fn restart(&mut self) {
-        self.server.restart().await.expect("nats-server restarts");
-    }
-}
-
-/// Three nats-servers in one cluster (routes on free ports, JetStream on each), each
-/// killable and restartable, authorizing the same per-role users as [`TestNats`].
-pub struct TestCluster {
-    servers: Vec<LocalNatsServer>,
-    _dir: TempDir,
-}
-
-impl TestCluster {
-    /// Starts three servers at once (JetStream needs a quorum before any answers).
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let creds = dir.path().join("creds");
-        bitinglip_nats::permissions::init_credentials(&creds, &Subjects::default()).expect("test credentials");
-        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let route_urls: Vec<String> = routes.iter().map(|p| format!("\"nats://127.0.0.1:{p}\"")).collect();
-        let starts = (0..3).map(|i| {
-            let mut opts = ServerOptions::new(dir.path().join(format!("nats-{i}")));
-            opts.binary = nats_server_bin().display().to_string();
-            opts.sync = "2m".into();
-            opts.port = free_port();
-            opts.credentials_dir = Some(creds.clone());
-            opts.extra_config = format!(
-                "server_name: n{i}\ncluster {{\n  name: bitinglip-test\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
-                routes[i],
-                route_urls.join(", ")
-            );
-            LocalNatsServer::start(opts)
-        });
-        let servers: Vec<LocalNatsServer> = futures::future::join_all(starts)
-            .await
-            .into_iter()
-            .map(|s| s.expect("a cluster's nats-server starts"))
-            .collect();
-        let mut table = CREDENTIALS.lock().expect("the credentials table");
-        for s in &servers {
-            table.insert(s.url(), creds.clone());
-        }
-        drop(table);
-        Self { servers, _dir: dir }
-    }
-
-    /// Every server's client URL.
-    pub fn urls(&self) -> Vec<String> {
-        self.servers.iter().map(LocalNatsServer::url).collect()
-    }
-
-    /// A config for a node on the whole cluster, with replicated streams and buckets.
-    pub fn node_config(&self) -> Config {
-        let mut c = test_config(&self.urls()[0]);
-        c.nats.servers = self.urls();
-        c.jetstream.replicas = 3;
-        c
-    }
-
-    /// A client of the cluster as `admin`.
-    pub async fn client(&self) -> async_nats::Client {
-        let urls: Vec<async_nats::ServerAddr> = self.urls().iter().filter_map(|u| u.parse().ok()).collect();
-        admin_options(&self.urls()[0]).connect(urls).await.expect("connect to the test cluster")
-    }
-
-    /// The index of the server that leads `stream`, as JetStream reports it.
-    pub async fn leader_of(&self, stream: &str) -> Option<usize> {
-        let js = async_nats::jetstream::new(self.client().await);
-        let info = js.get_stream(stream).await.ok()?.info().await.ok()?.clone();
-        let leader = info.cluster?.leader?;
-        leader.strip_prefix('n')?.parse().ok()
-    }
-
-    /// Kills server `i` (SIGKILL).
-    pub fn kill(&mut self, i: usize) {
-        self.servers[i].kill();
-    }
-
-    /// Starts server `i` again on its port and data.
-    pub async fn start_again(&mut self, i: usize) {
-        self.servers[i].restart().await.expect("a cluster's nats-server restarts");
-    }
-}
-
 /// A folder holding a generated model.
 pub struct ModelDir {
     dir: TempDir,
@@ -271,33 +125,6 @@ pub struct NodeProcess {
     nodes_bucket: String,
     /// When it was spawned, ms since the epoch: its heartbeats' `started_ms` is later.
     spawned_ms: u64,
-}
-
-/// The admin key every test node's gateway accepts (`gateway.admin_key`), which
-/// [`http`] sends.
-pub const TEST_ADMIN_KEY: &str = "test-admin-key-0123456789abcdef-0123456789abcdef";
-
-/// An HTTP client builder that sends `key` as a bearer token on every request.
-pub fn http_builder_with(key: &str) -> reqwest::ClientBuilder {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let value = format!("Bearer {key}").parse().expect("a key is a valid header value");
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder().default_headers(headers)
-}
-
-/// An HTTP client builder with the test admin key.
-pub fn http_builder() -> reqwest::ClientBuilder {
-    http_builder_with(TEST_ADMIN_KEY)
-}
-
-/// An HTTP client with the test admin key.
-pub fn http() -> reqwest::Client {
-    http_builder().build().expect("an HTTP client")
-}
-
-/// An HTTP client with `key`.
-pub fn http_with(key: &str) -> reqwest::Client {
-    http_builder_with(key).build().expect("an HTTP client")
 }
 
 /// A config for a node on `nats_url`, quick to fail over, fit for tests.
@@ -581,11 +408,6 @@ pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String)
     )
 }
 
-/// Parses an SSE body into its `data:` payloads.
-pub fn sse_data(body: &str) -> Vec<String> {
-    body.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.trim_start().to_string()).collect()
-}
-
 /// A worker entry for the echo engine at `tokens_per_sec` (0: as fast as possible).
 pub fn echo_model(name: &str, tokens_per_sec: f64, max_sequences: u32) -> bitinglip_config::ModelConfig {
     let mut m = bitinglip_config::ModelConfig::new(name);
@@ -598,69 +420,6 @@ pub fn echo_model(name: &str, tokens_per_sec: f64, max_sequences: u32) -> biting
 /// `n` words: `w0 w1 … w{n-1}` (the echo engine answers with them, one token each).
 pub fn words(n: usize) -> String {
     (0..n).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ")
-}
-
-/// A streamed chat request's SSE body, read chunk by chunk.
-pub struct SseReader {
-    resp: reqwest::Response,
-    buf: String,
-}
-
-impl SseReader {
-    /// Wraps a streaming response.
-    pub fn new(resp: reqwest::Response) -> Self {
-        Self { resp, buf: String::new() }
-    }
-
-    /// The next event as (id, event name, data); `None` at the end of the body.
-    pub async fn next(&mut self) -> Option<(Option<String>, Option<String>, String)> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut event, mut data) = (None, None, Vec::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push(v.trim_start().to_string());
-                    }
-                }
-                if data.is_empty() {
-                    continue; // a keep-alive comment
-                }
-                return Some((id, event, data.join("\n")));
-            }
-            match self.resp.chunk().await {
-                Ok(Some(bytes)) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
-                _ => return None,
-            }
-        }
-    }
-}
-
-/// Sends `req` with the JSON `body` and returns the JSON answer, whatever its status.
-pub async fn post_json(req: reqwest::RequestBuilder, body: &serde_json::Value) -> serde_json::Value {
-    req.json(body).send().await.expect("gateway answers").json().await.expect("JSON")
-}
-
-/// `GET /v1/tasks/{id}` on `base`.
-pub async fn task_record(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
-    http.get(format!("{base}/v1/tasks/{id}")).send().await.expect("gateway answers").json().await.expect("JSON")
-}
-
-/// Polls `GET /v1/tasks/{id}` until its status is `status` (60 s at most).
-pub async fn wait_task_status(http: &reqwest::Client, base: &str, id: &str, status: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let t = task_record(http, base, id).await;
-        if t["status"] == status {
-            return t;
-        }
-        assert!(Instant::now() < deadline, "task {id} never became {status}: {t}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Creates an API key with `bitinglip keys create --json` and the extra `args`; returns
@@ -690,19 +449,4 @@ pub async fn two_gateways(nats_url: &str, models: &[&str]) -> (NodeProcess, Node
     }
     second.wait_for_http(Duration::from_secs(30)).await;
     (front, second)
-}
-
-/// Asks `model` at the gateway `base` for a chat completion of `content` until one is
-/// served (200), for up to 20 s while the node comes up; returns the answer (`Null` when
-/// none came).
-pub async fn chat_when_served(base: &str, model: &str, content: &str) -> serde_json::Value {
-    let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]});
-    for _ in 0..100 {
-        let resp = http().post(format!("{base}/v1/chat/completions")).json(&body).send().await;
-        if let Some(resp) = resp.ok().filter(|r| r.status() == reqwest::StatusCode::OK) {
-            return resp.json().await.unwrap_or_default();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    serde_json::Value::Null
 }

@@ -1,0 +1,113 @@
+//! HTTP for tests: clients with a key, SSE parsing, and the task API's waits.
+
+use std::time::{Duration, Instant};
+
+/// The admin key every test node's gateway accepts (`gateway.admin_key`), which
+/// [`http`] sends.
+pub const TEST_ADMIN_KEY: &str = "test-admin-key-0123456789abcdef-0123456789abcdef";
+
+/// An HTTP client builder that sends `key` as a bearer token on every request.
+pub fn http_builder_with(key: &str) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {key}").parse().expect("a key is a valid header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers)
+}
+
+/// An HTTP client builder with the test admin key.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    http_builder_with(TEST_ADMIN_KEY)
+}
+
+/// An HTTP client with the test admin key.
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("an HTTP client")
+}
+
+/// An HTTP client with `key`.
+pub fn http_with(key: &str) -> reqwest::Client {
+    http_builder_with(key).build().expect("an HTTP client")
+}
+
+/// Parses an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.trim_start().to_string()).collect()
+}
+
+/// A streamed chat request's SSE body, read chunk by chunk.
+pub struct SseReader {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    /// Wraps a streaming response.
+    pub fn new(resp: reqwest::Response) -> Self {
+        Self { resp, buf: String::new() }
+    }
+
+    /// The next event as (id, event name, data); `None` at the end of the body.
+    pub async fn next(&mut self) -> Option<(Option<String>, Option<String>, String)> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, None, Vec::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.trim_start().to_string());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some((id, event, data.join("\n")));
+            }
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Sends `req` with the JSON `body` and returns the JSON answer, whatever its status.
+pub async fn post_json(req: reqwest::RequestBuilder, body: &serde_json::Value) -> serde_json::Value {
+    req.json(body).send().await.expect("gateway answers").json().await.expect("JSON")
+}
+
+/// `GET /v1/tasks/{id}` on `base`.
+pub async fn task_record(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
+    http.get(format!("{base}/v1/tasks/{id}")).send().await.expect("gateway answers").json().await.expect("JSON")
+}
+
+/// Polls `GET /v1/tasks/{id}` until its status is `status` (60 s at most).
+pub async fn wait_task_status(http: &reqwest::Client, base: &str, id: &str, status: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = task_record(http, base, id).await;
+        if t["status"] == status {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "task {id} never became {status}: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asks `model` at the gateway `base` for a chat completion of `content` until one is
+/// served (200), for up to 20 s while the node comes up; returns the answer (`Null` when
+/// none came).
+pub async fn chat_when_served(base: &str, model: &str, content: &str) -> serde_json::Value {
+    let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]});
+    for _ in 0..100 {
+        let resp = http().post(format!("{base}/v1/chat/completions")).json(&body).send().await;
+        if let Some(resp) = resp.ok().filter(|r| r.status() == reqwest::StatusCode::OK) {
+            return resp.json().await.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    serde_json::Value::Null
+}
