@@ -31,13 +31,21 @@ async def attempts(url, creds, role, tasks_stream):
     js = nc.jetstream(timeout=2)
     results = []
 
+    async def refusal(about=""):
+        """The server's permissions error (about `about`), polled for up to 3 s."""
+        deadline = asyncio.get_running_loop().time() + 3
+        while True:
+            hit = [e for e in errors if "permissions violation" in e.lower() and about.lower() in e.lower()]
+            if hit or asyncio.get_running_loop().time() > deadline:
+                return hit[0] if hit else None
+            await asyncio.sleep(0.05)
+
     async def publish(action, subject):
         errors.clear()
         await nc.publish(subject, b"{}")
         await nc.flush()
-        await asyncio.sleep(0.3)
-        hit = [e for e in errors if "permissions violation" in e.lower() and subject.lower() in e.lower()]
-        results.append({"role": role, "action": action, "refused": bool(hit), "error": hit[0] if hit else None})
+        hit = await refusal(subject)
+        results.append({"role": role, "action": action, "refused": hit is not None, "error": hit})
 
     async def jetstream(action, call):
         errors.clear()
@@ -45,9 +53,8 @@ async def attempts(url, creds, role, tasks_stream):
             await call()
             refused, error = False, None
         except (NatsError, asyncio.TimeoutError, Exception) as e:  # noqa: BLE001
-            await asyncio.sleep(0.3)
-            hit = [x for x in errors if "permissions violation" in x.lower()]
-            refused, error = bool(hit), (hit[0] if hit else repr(e))
+            hit = await refusal()
+            refused, error = hit is not None, (hit or repr(e))
         results.append({"role": role, "action": action, "refused": refused, "error": error})
 
     await jetstream("delete stream", lambda: js.delete_stream(tasks_stream))

@@ -102,12 +102,13 @@ pub async fn wait_task_status(http: &reqwest::Client, base: &str, id: &str, stat
 /// none came).
 pub async fn chat_when_served(base: &str, model: &str, content: &str) -> serde_json::Value {
     let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": content}]});
-    for _ in 0..100 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
         let resp = http().post(format!("{base}/v1/chat/completions")).json(&body).send().await;
         if let Some(resp) = resp.ok().filter(|r| r.status() == reqwest::StatusCode::OK) {
             return resp.json().await.unwrap_or_default();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(crate::POLL_INTERVAL).await;
     }
     serde_json::Value::Null
 }

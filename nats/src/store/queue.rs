@@ -161,15 +161,16 @@ impl Queue<'_> {
         Ok(false)
     }
 
+    /// The tasks stream's handle, without asking for its info.
+    async fn handle(&self) -> Result<jetstream::stream::Stream<()>, StoreError> {
+        let inner = &self.store.inner;
+        inner.js.get_stream_no_info(inner.subjects.tasks_stream()).await.map_err(|e| StoreError::unavailable(WHAT, e))
+    }
+
     /// The message at `sequence` (a poison task JetStream gave up on), left in place:
     /// `Some(None)` when it does not decode, `None` when it is gone.
     pub async fn peek(&self, sequence: u64) -> Result<Option<Option<TaskSpec>>, StoreError> {
-        let inner = &self.store.inner;
-        let stream = inner
-            .js
-            .get_stream_no_info(inner.subjects.tasks_stream())
-            .await
-            .map_err(|e| StoreError::unavailable(WHAT, e))?;
+        let stream = self.handle().await?;
         let Ok(message) = stream.get_raw_message(sequence).await else { return Ok(None) };
         Ok(Some(decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES).ok()))
     }
@@ -177,12 +178,7 @@ impl Queue<'_> {
     /// Removes the message at `sequence` from the queue (only once its task's record says
     /// how it ended: see the cluster manager's poison handling).
     pub async fn remove(&self, sequence: u64) -> Result<(), StoreError> {
-        let inner = &self.store.inner;
-        let stream = inner
-            .js
-            .get_stream_no_info(inner.subjects.tasks_stream())
-            .await
-            .map_err(|e| StoreError::unavailable(WHAT, e))?;
+        let stream = self.handle().await?;
         stream.delete_message(sequence).await.map(|_| ()).map_err(|e| StoreError::unavailable(WHAT, e))
     }
 }
