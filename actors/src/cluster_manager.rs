@@ -4,8 +4,9 @@
 //! (`…deployment.set|delete|list`); the one holding the leader lease places replicas on
 //! worker nodes (see `cluster_manager/leader.rs`). Subscribes to `…cluster.status`
 //! and to JetStream's max-deliveries advisories of the tasks stream, on the queue group
-//! `cluster-manager`, so several can run and each is handled once; follows the node's
-//! watch on the heartbeats and hands on the tasks of nodes whose heartbeats stop (see
+//! `cluster-manager`, so several can run and each is handled once; hands on
+//! the tasks of dead nodes, found at once from the server's client-disconnect events
+//! (with the `events` user) or when their heartbeats stop (see
 //! `cluster_manager/failover.rs`). It holds no state that is not in KV. If a subscription
 //! ends it fails and is restarted.
 
@@ -69,7 +70,10 @@ impl Actor for ClusterManager {
             let ctx = poison_ctx.clone();
             async move { failover::poison(&ctx, &msg.payload).await }
         });
-        let watcher = tokio::spawn(failover::watch_nodes(ctx.clone()));
+        let handed = failover::Handed::default();
+        let watcher = tokio::spawn(failover::watch_nodes(ctx.clone(), handed.clone()));
+        let disconnects =
+            ctx.events.clone().map(|events| tokio::spawn(failover::watch_disconnects(ctx.clone(), events, handed)));
         let reconciler = tokio::spawn(leader::run(ctx.clone()));
         let service = ctx
             .bus
@@ -127,7 +131,8 @@ impl Actor for ClusterManager {
                 Ok(DeploymentList::Deployments { deployments: deployments::statuses(&ctx.store).await? })
             },
         );
-        let tasks = vec![poison, watcher, reconciler, serve, set, delete, list];
+        let mut tasks = vec![poison, watcher, reconciler, serve, set, delete, list];
+        tasks.extend(disconnects);
         Ok(ClusterManagerState { ctx, tasks, _service: service })
     }
 

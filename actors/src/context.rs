@@ -38,6 +38,9 @@ pub struct NodeContext {
     /// With per-role NATS users (`nats.credentials_dir`): each role's own connection, on
     /// which its actors run (see [`NodeContext::for_role`]).
     roles: Arc<BTreeMap<Role, (Bus, Store)>>,
+    /// On a cluster manager with the `events` user's seed: its connection to the server's
+    /// system account, for the client-disconnect events.
+    pub events: Option<async_nats::Client>,
 }
 
 impl NodeContext {
@@ -55,7 +58,14 @@ impl NodeContext {
             heartbeat_now: Arc::default(),
             dropped: Arc::default(),
             roles: Arc::default(),
+            events: None,
         }
+    }
+
+    /// The same context with the `events` user's connection.
+    pub fn with_events(mut self, events: Option<async_nats::Client>) -> Self {
+        self.events = events;
+        self
     }
 
     /// The same context with a connection of its own for each of these roles.

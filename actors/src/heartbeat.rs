@@ -2,7 +2,11 @@
 //! nodes KV bucket every `cluster.heartbeat_interval`. The bucket's max age is the node
 //! TTL, so a node that stops writing (killed, partitioned) disappears on its own.
 //!
-//! Supervised by the node supervisor; supervises nothing; publishes nothing but KV puts.
+//! It also answers `…node.<id>.alive` (an empty reply), which a cluster manager asks to
+//! confirm the death of a node whose connection closed.
+//!
+//! Supervised by the node supervisor; supervises nothing; publishes nothing but KV puts
+//! and those replies.
 //! A failed put is logged and retried at the next tick (the bus may be reconnecting). On
 //! a clean stop it deletes its entry, so the cluster sees the node leave at once.
 
@@ -23,10 +27,26 @@ pub struct HeartbeatArgs {
     pub ctx: NodeContext,
 }
 
-/// Its state: the ticking task.
+/// Its state: the ticking task and the one answering whether the node is alive.
 pub struct HeartbeatState {
     ctx: NodeContext,
     ticker: JoinHandle<()>,
+    alive: JoinHandle<()>,
+}
+
+/// Answers `…node.<id>.alive` with an empty message for as long as the node runs: a
+/// cluster manager told that one of its connections closed asks it (see
+/// `cluster_manager/failover.rs`).
+async fn answer_alive(ctx: &NodeContext) -> Result<JoinHandle<()>, ActorProcessingErr> {
+    let client = ctx.bus.client().clone();
+    let mut sub = client.subscribe(ctx.bus.subjects().node_alive(ctx.node_id())).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(msg) = futures::StreamExt::next(&mut sub).await {
+            if let Some(reply) = msg.reply {
+                let _ = client.publish(reply, bytes::Bytes::new()).await;
+            }
+        }
+    }))
 }
 
 /// Builds this node's heartbeat from the shared context.
@@ -110,11 +130,13 @@ impl Actor for Heartbeat {
                 }
             }
         });
-        Ok(HeartbeatState { ctx, ticker })
+        let alive = answer_alive(&ctx).await?;
+        Ok(HeartbeatState { ctx, ticker, alive })
     }
 
     async fn post_stop(&self, _myself: ActorRef<()>, state: &mut HeartbeatState) -> Result<(), ActorProcessingErr> {
         state.ticker.abort();
+        state.alive.abort();
         let _ = tokio::time::timeout(Duration::from_secs(2), state.ctx.store.nodes().remove(state.ctx.node_id())).await;
         Ok(())
     }

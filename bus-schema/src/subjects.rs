@@ -310,6 +310,24 @@ impl Subjects {
         self.subject(&["cluster", "status"])
     }
 
+    /// Request/reply: whether node `node_id`'s process is alive. Its heartbeat answers
+    /// with an empty message; a request to a node whose connection is gone gets NATS's
+    /// no-responders status at once (how a cluster manager confirms a death it was told of).
+    pub fn node_alive(&self, node_id: &str) -> String {
+        self.subject(&["node", &encode_token(node_id), "alive"])
+    }
+
+    /// Every node's [`Self::node_alive`] subject.
+    pub fn all_node_alive(&self) -> String {
+        self.subject(&["node", "*", "alive"])
+    }
+
+    /// The nats-server's event, in its system account, that a client connection closed
+    /// (any account). Only the `events` user may subscribe to it.
+    pub fn client_disconnects(&self) -> String {
+        "$SYS.ACCOUNT.*.DISCONNECT".to_string()
+    }
+
     // ---- JetStream names ----------------------------------------------------------------
 
     /// The work-queue stream holding accepted tasks.

@@ -30,11 +30,15 @@ pub enum NatsRole {
     Client,
     /// Everything, for the CLI's admin commands.
     Admin,
+    /// In the server's system account: reads the events of client connections that
+    /// close (`$SYS.ACCOUNT.*.DISCONNECT`), and nothing else. Cluster managers use it to
+    /// learn of a dead node at once.
+    Events,
 }
 
 impl NatsRole {
     /// Every role.
-    pub const ALL: [NatsRole; 7] = [
+    pub const ALL: [NatsRole; 8] = [
         NatsRole::Gateway,
         NatsRole::TaskManager,
         NatsRole::ModelManager,
@@ -42,6 +46,7 @@ impl NatsRole {
         NatsRole::Worker,
         NatsRole::Client,
         NatsRole::Admin,
+        NatsRole::Events,
     ];
 
     /// The name: the credential file's stem and the user's description.
@@ -54,6 +59,7 @@ impl NatsRole {
             NatsRole::Worker => "worker",
             NatsRole::Client => "client",
             NatsRole::Admin => "admin",
+            NatsRole::Events => "events",
         }
     }
 
@@ -124,6 +130,9 @@ fn service_discovery() -> Vec<String> {
 /// What every node does whatever its roles: find or create the streams and buckets,
 /// write its heartbeat, watch the others', answer readiness and metrics.
 fn node_common(s: &Subjects, p: &mut Permissions) {
+    // Its heartbeat answers whether it is alive.
+    p.subscribe([s.all_node_alive()]);
+    p.allow_responses = true;
     p.publish(access::provision(s));
     p.publish(access::kv_watch(&s.nodes_bucket()));
     p.publish(access::kv_write(&s.nodes_bucket(), ">"));
@@ -213,8 +222,9 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.subscribe([s.cluster_status(), s.deployment_set(), s.deployment_delete(), s.deployment_list()]);
             p.subscribe([s.max_deliveries_advisory()]);
             p.subscribe(service_discovery());
-            // Hands a dead worker's delivery back; fails and removes a poisoned task.
-            p.publish([access::queue_acks(s), s.all_task_events()]);
+            // Hands a dead worker's delivery back (after asking whether it is alive);
+            // fails and removes a poisoned task.
+            p.publish([access::queue_acks(s), s.all_task_events(), s.all_node_alive()]);
             p.publish(access::queue_remove(s));
             p.publish(access::kv_watch(&s.leases_bucket()));
             p.publish(access::kv_write(&s.leases_bucket(), ">"));
@@ -253,6 +263,12 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish([s.task_submit(), s.task_get(), s.task_list(), s.all_task_cancels()]);
             follow_tasks(s, &mut p);
         }
+        NatsRole::Events => {
+            // A user of the system account: no inbox, no publishing at all.
+            p.subscribe_allow = vec![s.client_disconnects()];
+            p.publish_deny = vec![">".to_string()];
+            return p;
+        }
         NatsRole::Admin => {
             p.publish([">".to_string()]);
             p.subscribe([">".to_string()]);
@@ -284,27 +300,46 @@ fn quoted(list: &[String]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// nats-server's `authorization` block for these users (role, nkey public key), ready to
-/// `include` in a server's config.
-pub fn authorization_block(users: &[(NatsRole, String)], s: &Subjects) -> String {
-    let mut out =
-        String::from("# BitingLip's NATS users, one per role (`bitinglip nats init`).\nauthorization {\n  users = [\n");
-    for (role, public_key) in users {
-        let p = permissions(*role, s);
-        let _ = writeln!(out, "    # {}", role.as_str());
-        let _ = writeln!(out, "    {{\n      nkey: \"{public_key}\"\n      permissions: {{");
+/// One nkey user of a server's config with its permissions.
+fn user_entry(out: &mut String, role: NatsRole, public_key: &str, s: &Subjects) {
+    let p = permissions(role, s);
+    let _ = writeln!(out, "    # {}", role.as_str());
+    let _ = writeln!(out, "    {{\n      nkey: \"{public_key}\"\n      permissions: {{");
+    if p.publish_allow.is_empty() {
+        let _ = writeln!(out, "        publish: {{ deny: {} }}", quoted(&p.publish_deny));
+    } else {
         let _ = writeln!(out, "        publish: {{ allow: {}", quoted(&p.publish_allow));
         if !p.publish_deny.is_empty() {
             let _ = writeln!(out, "          deny: {}", quoted(&p.publish_deny));
         }
         let _ = writeln!(out, "        }}");
-        let _ = writeln!(out, "        subscribe: {{ allow: {} }}", quoted(&p.subscribe_allow));
-        if p.allow_responses {
-            let _ = writeln!(out, "        allow_responses: true");
-        }
-        let _ = writeln!(out, "      }}\n    }}");
+    }
+    let _ = writeln!(out, "        subscribe: {{ allow: {} }}", quoted(&p.subscribe_allow));
+    if p.allow_responses {
+        let _ = writeln!(out, "        allow_responses: true");
+    }
+    let _ = writeln!(out, "      }}\n    }}");
+}
+
+/// nats-server's config for these users (role, nkey public key), ready to `include` in a
+/// server's config: an `authorization` block with the users of the application (the
+/// global account), and the system account `$SYS` with the `events` user.
+pub fn authorization_block(users: &[(NatsRole, String)], s: &Subjects) -> String {
+    let mut out =
+        String::from("# BitingLip's NATS users, one per role (`bitinglip nats init`).\nauthorization {\n  users = [\n");
+    for (role, public_key) in users.iter().filter(|(r, _)| *r != NatsRole::Events) {
+        user_entry(&mut out, *role, public_key, s);
     }
     out.push_str("  ]\n}\n");
+    let events: Vec<_> = users.iter().filter(|(r, _)| *r == NatsRole::Events).collect();
+    if !events.is_empty() {
+        out.push_str("# The server's own account: its events of client connections (cluster managers read\n");
+        out.push_str("# which node's connection closed).\naccounts {\n  \"$SYS\" {\n  users = [\n");
+        for (role, public_key) in events {
+            user_entry(&mut out, *role, public_key, s);
+        }
+        out.push_str("  ]\n  }\n}\nsystem_account: \"$SYS\"\n");
+    }
     out
 }
 
@@ -407,7 +442,14 @@ mod tests {
         for (role, key) in &users {
             assert!(block.contains(&format!("nkey: \"{key}\"")), "{role:?}");
         }
-        assert_eq!(block.matches("allow_responses: true").count(), 5);
+        // Every node role answers (at least whether it is alive); clients do not.
+        assert_eq!(block.matches("allow_responses: true").count(), 6);
+        // The events user is in the system account, and may only read disconnects.
+        let (app, system) = block.split_once("accounts {").expect("a system account");
+        assert!(!app.contains("UEVENTS") && system.contains("UEVENTS"));
+        assert!(system.contains("subscribe: { allow: [\"$SYS.ACCOUNT.*.DISCONNECT\"] }"), "{system}");
+        assert!(system.contains("publish: { deny: [\">\"] }"), "{system}");
+        assert!(block.trim_end().ends_with("system_account: \"$SYS\""));
     }
 
     #[test]

@@ -72,7 +72,12 @@ fn nats_init(config: &Config, out: &std::path::Path) -> anyhow::Result<()> {
         println!("{what} {}", path.display());
     }
     let auth = out.join(bitinglip_nats::permissions::AUTH_FILE);
-    println!("wrote {}: add `include \"{}\"` to each nats-server's config", auth.display(), auth.display());
+    // nats-server resolves an include against the folder of the config that names it.
+    println!(
+        "wrote {}: copy it next to each nats-server's config and add `include \"{}\"` to that config",
+        auth.display(),
+        bitinglip_nats::permissions::AUTH_FILE
+    );
     println!("give each machine the seeds of the roles it runs, and set nats.credentials_dir to their folder");
     Ok(())
 }

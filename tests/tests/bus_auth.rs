@@ -57,7 +57,7 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
     let creds = tempfile::tempdir().unwrap();
     let (code, out, err) = run_cli(&["nats", "init", "--out", creds.path().to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    for role in ["gateway", "task-manager", "model-manager", "cluster-manager", "worker", "client", "admin"] {
+    for role in ["gateway", "task-manager", "model-manager", "cluster-manager", "worker", "client", "admin", "events"] {
         let path = creds.path().join(format!("{role}.nk"));
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600, "{}", path.display());
@@ -157,6 +157,39 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
     drop(sub);
     client.flush().await.unwrap();
     refused(&mut errors, "_INBOX_gateway.>").await;
+
+    // The `events` user (the system account) reads client disconnects and nothing else:
+    // it sees the client above leave, and may neither publish nor read the application's
+    // subjects.
+    let (events, mut errors) = connect_as(&url, creds.path(), "events").await;
+    let mut disconnects = events.subscribe(s.client_disconnects()).await.unwrap();
+    events.flush().await.unwrap();
+    let named = async_nats::ConnectOptions::with_nkey(
+        std::fs::read_to_string(creds.path().join("client.nk")).unwrap().trim().to_string(),
+    )
+    .name("bitinglip-test-leaver")
+    .custom_inbox_prefix("_INBOX_client")
+    .connect(&url)
+    .await
+    .unwrap();
+    named.flush().await.unwrap();
+    drop(named);
+    let left = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = disconnects.next().await {
+            if String::from_utf8_lossy(&msg.payload).contains("bitinglip-test-leaver") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(left, Ok(true), "the events user saw the client's connection close");
+    let sub = events.subscribe(s.all_task_events()).await.unwrap();
+    drop(sub);
+    events.publish(s.task_submit(), "{}".into()).await.unwrap();
+    events.flush().await.unwrap();
+    refused(&mut errors, &s.all_task_events()).await;
+    refused(&mut errors, &s.task_submit()).await;
 
     // The same from another language's client (nats.py), as the server refuses it.
     let python = bitinglip_tests::workspace_root().join(".venv/bin/python");

@@ -1,16 +1,31 @@
 //! Failure handling: workers that die and tasks that kill their workers.
 //!
 //! A dead worker: every node's heartbeat lists the tasks its workers run, with the ack
-//! subject of each delivery. When a node's heartbeats stop for `cluster.node_ttl`, its
+//! subject of each delivery (written again at once whenever that list changes). Its
 //! running tasks are naked through those ack subjects, so JetStream redelivers them at
-//! once instead of waiting out AckWait; the new attempt continues the stream.
+//! once instead of waiting out AckWait; the new attempt continues the stream. Two ways
+//! find a dead node:
+//! - at once: the nats-server publishes, in its system account, an event for every
+//!   client connection that closes. With the `events` user, the cluster managers read
+//!   them (one of them per event, on their queue group); a closed connection of a node's
+//!   (named `bitinglip-<node>[-<role>]`) is confirmed by asking the node's
+//!   `…node.<id>.alive`: NATS answers no-responders at once when no live connection
+//!   subscribes it. Two such answers 300 ms apart (so a connection that was only moving to
+//!   another server is not taken for dead) and the node is dead: its tasks are handed on
+//!   and its heartbeat deleted, so its replicas are placed elsewhere now;
+//! - the fallback, for a frozen process or a partition (whose connection the server does
+//!   not see close): its heartbeats stop for `cluster.node_ttl`.
 //!
 //! A poison task: JetStream publishes an advisory when a task used up `max_deliver`
 //! attempts without an ack (every attempt crashed or froze its worker). The task is then
 //! marked failed with the reason, its client gets the failure, and the message is removed
 //! from the queue.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bitinglip_bus_schema::{ErrorKind, NodeHeartbeat, TaskEvent, TaskFailed, WireError};
 use serde::Deserialize;
@@ -24,23 +39,128 @@ fn to_hand_on(silent: Vec<NodeHeartbeat>, handed: &HashMap<String, u64>) -> Vec<
     silent.into_iter().filter(|hb| handed.get(&hb.node_id) != Some(&hb.time_ms)).collect()
 }
 
+/// The nodes handed on, each with the time of its last heartbeat then (shared by both
+/// ways of finding a dead node, so a node is handed on once per death).
+pub(super) type Handed = Arc<Mutex<HashMap<String, u64>>>;
+
+/// Marks `hb`'s node handed on; false when it already was, for this heartbeat.
+fn first_hand_on(handed: &Handed, hb: &NodeHeartbeat) -> bool {
+    let Ok(mut handed) = handed.lock() else { return false };
+    if handed.get(&hb.node_id) == Some(&hb.time_ms) {
+        return false;
+    }
+    handed.insert(hb.node_id.clone(), hb.time_ms);
+    true
+}
+
 /// Checks the heartbeats every interval; naks the running tasks of nodes that went silent.
-pub(super) async fn watch_nodes(ctx: NodeContext) {
-    let mut handed: HashMap<String, u64> = HashMap::new();
+pub(super) async fn watch_nodes(ctx: NodeContext, handed: Handed) {
     let mut tick = tokio::time::interval(ctx.config.cluster.heartbeat_interval);
     loop {
         tick.tick().await;
-        for hb in to_hand_on(ctx.nodes.silent(), &handed) {
-            handed.insert(hb.node_id.clone(), hb.time_ms);
-            hand_on(&ctx, &hb).await;
+        let silent = {
+            let Ok(map) = handed.lock() else { return };
+            to_hand_on(ctx.nodes.silent(), &map)
+        };
+        for hb in silent {
+            if first_hand_on(&handed, &hb) {
+                hand_on(&ctx, &hb).await;
+            }
         }
+    }
+}
+
+/// The fields of the server's client-disconnect event we use.
+#[derive(Debug, Deserialize)]
+struct Disconnect {
+    client: DisconnectedClient,
+}
+
+#[derive(Debug, Deserialize)]
+struct DisconnectedClient {
+    #[serde(default)]
+    name: String,
+}
+
+/// The nodes (of those heard from) a closed connection named `name` may belong to (pure):
+/// a node's connections are named `bitinglip-<node>` and `bitinglip-<node>-<role>`; where
+/// ids overlap, each candidate is asked whether it is alive.
+fn owners_of(name: &str, heard: Vec<NodeHeartbeat>) -> Vec<NodeHeartbeat> {
+    let Some(rest) = name.strip_prefix("bitinglip-") else { return Vec::new() };
+    heard
+        .into_iter()
+        .filter(|hb| rest == hb.node_id || rest.strip_prefix(hb.node_id.as_str()).is_some_and(|r| r.starts_with('-')))
+        .collect()
+}
+
+/// What asking a node whether it is alive told.
+#[derive(Debug, PartialEq)]
+enum Alive {
+    Yes,
+    /// No connection subscribes its subject: the process is gone.
+    No,
+    /// No answer in time: not known (the fallback decides).
+    Unknown,
+}
+
+async fn ask_alive(ctx: &NodeContext, node_id: &str) -> Alive {
+    let subject = ctx.bus.subjects().node_alive(node_id);
+    let request = async_nats::client::Request::new().timeout(Some(Duration::from_millis(500)));
+    match ctx.bus.client().send_request(subject, request).await {
+        Ok(_) => Alive::Yes,
+        Err(err) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => Alive::No,
+        Err(_) => Alive::Unknown,
+    }
+}
+
+/// Follows the server's client-disconnect events (with the `events` user's connection);
+/// hands on the tasks of a node whose closed connection turns out to be its death.
+pub(super) async fn watch_disconnects(ctx: NodeContext, events: async_nats::Client, handed: Handed) {
+    let subject = ctx.bus.subjects().client_disconnects();
+    let group = ctx.bus.subjects().cluster_manager_queue_group();
+    let mut sub = match events.queue_subscribe(subject, group).await {
+        Ok(sub) => sub,
+        Err(err) => {
+            tracing::warn!(cause = %err, "client-disconnect events not followed; dead nodes are found by cluster.node_ttl");
+            return;
+        }
+    };
+    tracing::info!("following client-disconnect events: a dead node's tasks are handed on at once");
+    while let Some(msg) = futures::StreamExt::next(&mut sub).await {
+        let Ok(event) = serde_json::from_slice::<Disconnect>(&msg.payload) else { continue };
+        for hb in owners_of(&event.client.name, ctx.nodes.heard()) {
+            let (ctx, handed) = (ctx.clone(), handed.clone());
+            tokio::spawn(async move { confirm_and_hand_on(&ctx, hb, &handed).await });
+        }
+    }
+}
+
+/// Asks a node whether it is alive, twice 300 ms apart; hands it on when both say no.
+async fn confirm_and_hand_on(ctx: &NodeContext, hb: NodeHeartbeat, handed: &Handed) {
+    if ask_alive(ctx, &hb.node_id).await != Alive::No {
+        return;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if ask_alive(ctx, &hb.node_id).await != Alive::No {
+        return;
+    }
+    // Its last heartbeat now (one written since the event lists what it ran last).
+    let hb = ctx.nodes.heard().into_iter().find(|h| h.node_id == hb.node_id).unwrap_or(hb);
+    if !first_hand_on(handed, &hb) {
+        return;
+    }
+    tracing::warn!(node = %hb.node_id, "node's connection closed and it answers no more");
+    hand_on(ctx, &hb).await;
+    // Gone from the cluster at once: the leader places its replicas elsewhere now.
+    if let Err(err) = ctx.store.nodes().remove(&hb.node_id).await {
+        tracing::warn!(node = %hb.node_id, cause = %err, "dead node's heartbeat not removed");
     }
 }
 
 /// Naks the tasks a dead node was running, where its claim still stands.
 async fn hand_on(ctx: &NodeContext, hb: &NodeHeartbeat) {
     let running: Vec<_> = hb.workers.iter().flat_map(|w| w.running.iter()).collect();
-    tracing::warn!(node = %hb.node_id, tasks = running.len(), "node stopped heartbeating; handing its tasks on");
+    tracing::warn!(node = %hb.node_id, tasks = running.len(), "node is gone; handing its tasks on");
     for task in running {
         if !ctx.store.tasks().claim_stands(&task.task_id, task.attempt).await.unwrap_or(false) {
             continue;
@@ -205,6 +325,28 @@ mod tests {
             memory_total: 0,
             memory_free: 0,
         }
+    }
+
+    #[test]
+    fn a_closed_connection_belongs_to_the_nodes_its_name_names() {
+        let heard = || vec![hb("a", 1), hb("a-b", 1), hb("c", 1)];
+        let ids = |name: &str| owners_of(name, heard()).into_iter().map(|h| h.node_id).collect::<Vec<_>>();
+        assert_eq!(ids("bitinglip-c"), ["c"]);
+        assert_eq!(ids("bitinglip-c-worker"), ["c"]);
+        // Overlapping ids: both are asked.
+        assert_eq!(ids("bitinglip-a-b-worker"), ["a", "a-b"]);
+        assert_eq!(ids("bitinglip-a-b"), ["a", "a-b"]);
+        assert!(ids("bitinglip-cc").is_empty());
+        assert!(ids("other-c").is_empty());
+        assert!(ids("").is_empty());
+    }
+
+    #[test]
+    fn a_node_is_handed_on_once_per_heartbeat_by_either_way() {
+        let handed: Handed = Arc::default();
+        assert!(first_hand_on(&handed, &hb("a", 10)));
+        assert!(!first_hand_on(&handed, &hb("a", 10)));
+        assert!(first_hand_on(&handed, &hb("a", 11)));
     }
 
     #[test]

@@ -97,6 +97,34 @@ async fn nak(msg: &jetstream::Message, delay: Option<Duration>) {
     let _ = msg.ack_with(AckKind::Nak(delay)).await;
 }
 
+/// How long a delivery waits for the store (an election, a server rejoining its
+/// cluster) before it is handed back: meanwhile it is kept with in-progress acks, so an
+/// outage of the store does not use up the task's deliveries.
+const STORE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs `op` against the store until it answers or [`STORE_PATIENCE`] is over, keeping
+/// the delivery `msg` meanwhile; the last error when it never answered.
+async fn patiently<T, F, Fut>(msg: &jetstream::Message, what: &str, mut op: F) -> Result<T, bitinglip_nats::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, bitinglip_nats::StoreError>>,
+{
+    let deadline = Instant::now() + STORE_PATIENCE;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(err) if Instant::now() + delay < deadline => {
+                tracing::warn!(cause = %err, what, "store not answering; keeping the delivery and asking again");
+                let _ = msg.ack_with(AckKind::Progress).await;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(3));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Runs one delivered task to its end.
 pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: jetstream::Message) {
     let ctx = &shared.ctx;
@@ -211,7 +239,8 @@ async fn claim_delivery(
     let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let claimed_at = Instant::now();
     let who = Claimant { worker: &shared.worker_id, attempt, stream_seq, ack_subject: &ack_subject };
-    match shared.ctx.store.tasks().claim(spec, &who).await {
+    let tasks = shared.ctx.store.tasks();
+    match patiently(msg, "claim", || tasks.claim(spec, &who)).await {
         Ok(Claim::Owned { revision, record }) => Some(Owned { revision, record: *record, ack_subject, claimed_at }),
         Ok(Claim::Final(record)) => {
             // Finished before a crash stopped the ack: its usage may not have been counted.
@@ -247,7 +276,7 @@ async fn resume_prefix(ctx: &NodeContext, msg: &jetstream::Message, task_id: &Ta
     if attempt == 1 {
         return Some(Prefix::default());
     }
-    match ctx.store.stored_events(task_id).await {
+    match patiently(msg, "earlier chunks", || ctx.store.stored_events(task_id)).await {
         Ok(events) => {
             let prefix = prefix_of(&events);
             if prefix.next_seq > 0 {

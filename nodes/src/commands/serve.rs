@@ -120,6 +120,26 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
             role_connections.insert(role, (bus, store));
         }
     }
+    // A cluster manager follows the server's client-disconnect events, to find a dead
+    // node at once, when the credentials hold the `events` user (`nats init` makes it).
+    let events = match &config.nats.credentials_dir {
+        Some(dir) if config.has_role(Role::ClusterManager) => {
+            if bitinglip_nats::permissions::seed_file(dir, NatsRole::Events).exists() {
+                let name = format!("bitinglip-{node_id}-events");
+                match bitinglip_nats::connect_as(&config.nats, NatsRole::Events, &name, None).await {
+                    Ok(client) => Some(client),
+                    Err(err) => {
+                        tracing::warn!(cause = %err, "no events connection: dead nodes are found by cluster.node_ttl only");
+                        None
+                    }
+                }
+            } else {
+                tracing::warn!(dir = %dir.display(), "no events.nk (run `bitinglip nats init` again): dead nodes are found by cluster.node_ttl only");
+                None
+            }
+        }
+        _ => None,
+    };
     // After a reconnect (a restarted server, a failover) provision again: memory-stored
     // streams and buckets may be gone, and every operation is idempotent.
     let reprovision = {
@@ -154,7 +174,7 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     let http = config.gateway.http.clone();
     let metrics_listen = config.metrics.listen.clone();
     let data_dir = config.data_dir.clone();
-    let ctx = NodeContext::new(bus, store, config).with_role_connections(role_connections);
+    let ctx = NodeContext::new(bus, store, config).with_role_connections(role_connections).with_events(events);
     // The admin key is written as the gateway (the one role that writes keys).
     let key_store = ctx.for_role(Role::Gateway).store;
     let metrics = match &metrics_listen {
