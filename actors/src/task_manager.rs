@@ -127,6 +127,14 @@ async fn submit(
     if !ctx.nodes.serves(&model) {
         let nodes = ctx.store.nodes().live().await?;
         if !nodes.iter().any(|n| n.serves(&model)) {
+            // Heartbeats that stopped because the store could not take them (a cluster
+            // healing) are not dead workers: this node's own heartbeat says which it is.
+            if !nodes.iter().any(|n| n.node_id == ctx.node_id()) {
+                return Err(WireError::new(
+                    ErrorKind::Unavailable,
+                    "the cluster's heartbeats are not current (not even this node's): the bus is healing; retry",
+                ));
+            }
             load_on_demand(ctx, &model, &nodes, req.wait_for_model).await?;
         }
     }

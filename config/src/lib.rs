@@ -193,6 +193,11 @@ pub struct NatsConfig {
     /// Default timeout of a request/reply on the bus.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How often each connection pings its server; after three unanswered it moves to
+    /// another. A server cut off from the network closes no socket: this is how long,
+    /// times four at most, a node stays stuck on it.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
     /// Start a local nats-server when none answers (only `bitinglip up` does by default).
     pub embedded: EmbeddedNatsConfig,
 }
@@ -214,6 +219,7 @@ impl Default for NatsConfig {
             tls_key_file: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(3),
             embedded: EmbeddedNatsConfig::default(),
         }
     }
@@ -269,6 +275,9 @@ pub struct JetStreamConfig {
     /// Most bytes of task status records; when full, new tasks are refused (nothing
     /// accepted is dropped).
     pub tasks_max_bytes: i64,
+    /// The JetStream domain of the servers' cluster (their `jetstream { domain }`), for a
+    /// node that reaches it through a leaf node (an edge worker); none elsewhere.
+    pub domain: Option<String>,
 }
 
 impl Default for JetStreamConfig {
@@ -281,6 +290,7 @@ impl Default for JetStreamConfig {
             events_max_age: Duration::from_secs(3600),
             tasks_max_age: Duration::from_secs(24 * 3600),
             tasks_max_bytes: 4 * 1024 * 1024 * 1024,
+            domain: None,
         }
     }
 }

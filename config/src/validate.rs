@@ -106,6 +106,9 @@ impl Config {
         if n.connect_timeout.is_zero() {
             return Err(invalid("nats.connect_timeout", "0s", "must be above zero"));
         }
+        if n.ping_interval < std::time::Duration::from_millis(100) {
+            return Err(invalid("nats.ping_interval", format!("{:?}", n.ping_interval), "must be at least 100ms"));
+        }
         if n.request_timeout.is_zero() {
             return Err(invalid("nats.request_timeout", "0s", "must be above zero"));
         }
@@ -132,6 +135,15 @@ impl Config {
         }
         if js.max_deliver < 1 {
             return Err(invalid("jetstream.max_deliver", js.max_deliver, "must be at least 1"));
+        }
+        if let Some(d) = &js.domain {
+            if d.is_empty() || !d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(invalid(
+                    "jetstream.domain",
+                    d,
+                    "must be letters, digits, `_` or `-` (a nats-server JetStream domain)",
+                ));
+            }
         }
         if js.tasks_max_bytes < 1024 * 1024 {
             return Err(invalid("jetstream.tasks_max_bytes", js.tasks_max_bytes, "must be at least 1048576 (1 MiB)"));

@@ -51,6 +51,23 @@ impl Bus {
         Self { inner: Arc::new(Inner { client, js, subjects, node_id: node_id.into(), request_timeout }) }
     }
 
+    /// The same connection reaching JetStream in `domain` (through a leaf node): every
+    /// stream and bucket operation then goes to `$JS.<domain>.API`.
+    pub fn in_jetstream_domain(self, domain: Option<&str>) -> Self {
+        let Some(domain) = domain else { return self };
+        let inner = &self.inner;
+        let js = jetstream::with_domain(inner.client.clone(), domain);
+        Self {
+            inner: Arc::new(Inner {
+                client: inner.client.clone(),
+                js,
+                subjects: inner.subjects.clone(),
+                node_id: inner.node_id.clone(),
+                request_timeout: inner.request_timeout,
+            }),
+        }
+    }
+
     /// The raw client.
     pub fn client(&self) -> &Client {
         &self.inner.client

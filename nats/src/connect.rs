@@ -51,6 +51,7 @@ pub async fn connect_as(
         .name(name)
         .connection_timeout(cfg.connect_timeout)
         .request_timeout(Some(cfg.request_timeout))
+        .ping_interval(cfg.ping_interval)
         // A node outlives any server restart: reconnect forever, with the client's backoff.
         .max_reconnects(None)
         .event_callback(move |event| {

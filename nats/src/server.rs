@@ -35,6 +35,12 @@ pub struct ServerOptions {
     /// JetStream's memory and disk limits, bytes (`max_memory_store`, `max_file_store`);
     /// the server's own defaults when absent.
     pub limits: Option<(u64, u64)>,
+    /// A command the server runs under (its arguments, then the server's command line):
+    /// `nice`, `taskset`, `ip netns exec <ns>` (the tests' hosts). Empty: none.
+    pub wrapper: Vec<String>,
+    /// Its cluster's JetStream domain (`jetstream { domain }`), which edge sites' leaf
+    /// nodes reach JetStream through.
+    pub jetstream_domain: Option<String>,
 }
 
 /// A server's TLS: its certificate, and the CA it trusts for client certificates.
@@ -65,6 +71,8 @@ impl ServerOptions {
             credentials_dir: None,
             tls: None,
             limits: None,
+            wrapper: Vec::new(),
+            jetstream_domain: None,
         }
     }
 }
@@ -148,9 +156,13 @@ impl LocalNatsServer {
         std::fs::write(
             &conf,
             format!(
-                "host: \"{host}\"\nport: {port}\npid_file: \"{pid}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: {sync}\n{limits}}}\n{extra}\n",
+                "host: \"{host}\"\nport: {port}\npid_file: \"{pid}\"\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: {sync}\n{limits}{domain}}}\n{extra}\n",
                 limits = match self.opts.limits {
                     Some((memory, file)) => format!("  max_memory_store: {memory}\n  max_file_store: {file}\n"),
+                    None => String::new(),
+                },
+                domain = match &self.opts.jetstream_domain {
+                    Some(d) => format!("  domain: \"{d}\"\n"),
                     None => String::new(),
                 },
                 host = self.opts.host,
@@ -171,7 +183,15 @@ impl LocalNatsServer {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
         // Its own process group: a Ctrl-C in the terminal reaches the node, which stops
         // the server itself after handing its tasks back, rather than both at once.
-        let child = Command::new(&self.binary)
+        let mut command = match self.opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .process_group(0)
             .arg("-c")
             .arg(&conf)

@@ -12,6 +12,7 @@
 mod floor;
 mod platform;
 mod report;
+mod sim;
 mod stats;
 mod stream;
 
@@ -55,6 +56,10 @@ pub(crate) struct BenchArgs {
     /// Print only; write neither the document nor the plot.
     #[arg(long)]
     no_write: bool,
+    /// Instead of the baseline, simulate clusters of these many worker nodes (e.g.
+    /// `100,300,1000`) and measure the control plane (see `docs/BENCHMARKS.md`).
+    #[arg(long, value_delimiter = ',')]
+    sim: Vec<usize>,
 }
 
 /// The nats-server to start: the configured binary, else the one `.ci/setup` installs.
@@ -132,7 +137,52 @@ fn step(what: &str) {
     eprintln!("bench: {what}");
 }
 
+/// `--sim`: the simulated clusters, one after another; the figures printed and written.
+async fn run_sim(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
+    let binary = nats_binary(config);
+    let load = Duration::from_secs_f64(args.seconds.max(0.5));
+    let mut rows = Vec::new();
+    for &n in &args.sim {
+        let row = sim::run_one(&binary, n, load).await?;
+        eprintln!(
+            "bench: sim {n}: {:.0} heartbeats/s, {:.0} bus messages/s, control plane {:.1} % and nats-server {:.1} % of a core at rest; 100 placed in {:.2?}; p50 {:.1} ms; dead node gone in {:.2?}, replaced in {:.2?}",
+            row.heartbeats_per_sec,
+            row.bus_per_sec,
+            row.control_cpu * 100.0,
+            row.nats_cpu * 100.0,
+            row.place,
+            row.done.p50(),
+            row.detect,
+            row.replace
+        );
+        rows.push(row);
+    }
+    let png_name = "bench-sim.png";
+    let png = args.doc.with_file_name(png_name);
+    let drawn = if args.no_write {
+        None
+    } else {
+        match sim::plot(&rows, &png) {
+            Ok(()) => Some(png_name),
+            Err(err) => {
+                eprintln!("bench: no plot: {err}");
+                None
+            }
+        }
+    };
+    let text = sim::markdown(&rows, &machine(), drawn);
+    println!("{text}");
+    if !args.no_write {
+        sim::write_doc(&args.doc, &text)?;
+        eprintln!("bench: wrote {}", args.doc.display());
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
+    if !args.sim.is_empty() {
+        return run_sim(&config, &args).await;
+    }
     let began = Instant::now();
     let duration = Duration::from_secs_f64(args.seconds.max(0.5));
     let dir = tempfile::tempdir()?;

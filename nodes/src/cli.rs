@@ -87,6 +87,14 @@ pub(crate) enum NatsCommand {
         /// The folder to write into.
         #[arg(long)]
         out: std::path::PathBuf,
+        /// The cluster's JetStream domain (`jetstream { domain }` of each of its servers):
+        /// adds the `leaf` user for edge sites and writes `leaf-auth.conf`.
+        #[arg(long)]
+        jetstream_domain: Option<String>,
+        /// With `--jetstream-domain`: the cluster's leaf node listeners
+        /// (`nats-leaf://host:7422`, repeatable); writes `leaf.conf` for an edge site.
+        #[arg(long, requires = "jetstream_domain")]
+        hub: Vec<String>,
     },
 }
 

@@ -29,7 +29,9 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Deployments(cmd) => deployments::run(config, cmd).await,
         Command::Keys(cmd) => keys::run(config, cmd).await,
         Command::Usage { key, from, to, json } => keys::usage(config, key, from, to, json).await,
-        Command::Nats(crate::cli::NatsCommand::Init { out }) => nats_init(&config, &out),
+        Command::Nats(crate::cli::NatsCommand::Init { out, jetstream_domain, hub }) => {
+            nats_init(&config, &out, jetstream_domain.as_deref(), &hub)
+        }
         Command::Admin(crate::cli::AdminCommand::Migrate) => {
             let bus = client_bus(&config).await?;
             bitinglip_nats::Store::provision_as(&bus, &config, bitinglip_nats::Changes::All).await?;
@@ -62,22 +64,44 @@ fn ack(reply: bitinglip_bus_schema::Ack, done: &str) -> anyhow::Result<()> {
 }
 
 /// `bitinglip nats init --out DIR`.
-fn nats_init(config: &Config, out: &std::path::Path) -> anyhow::Result<()> {
+fn nats_init(config: &Config, out: &std::path::Path, domain: Option<&str>, hubs: &[String]) -> anyhow::Result<()> {
+    use bitinglip_nats::permissions::{self as p, NatsRole};
+    if let Some(d) = domain {
+        let mut check = config.clone();
+        check.jetstream.domain = Some(d.to_string());
+        check.validate().map_err(|e| anyhow::anyhow!("--jetstream-domain: {e}"))?;
+    }
     let subjects = Subjects::new(config.nats.subject_root.clone())?;
-    let created = bitinglip_nats::permissions::init_credentials(out, &subjects)
+    let created = p::init_credentials(out, &subjects, domain)
         .map_err(|e| anyhow::anyhow!("writing NATS credentials into {}: {e}", out.display()))?;
-    for role in bitinglip_nats::permissions::NatsRole::ALL {
-        let path = bitinglip_nats::permissions::seed_file(out, role);
+    for role in NatsRole::ALL {
+        let path = p::seed_file(out, role);
         let what = if created.contains(&role) { "created" } else { "kept" };
         println!("{what} {}", path.display());
     }
-    let auth = out.join(bitinglip_nats::permissions::AUTH_FILE);
+    let auth = out.join(p::AUTH_FILE);
     // nats-server resolves an include against the folder of the config that names it.
     println!(
         "wrote {}: copy it next to each nats-server's config and add `include \"{}\"` to that config",
         auth.display(),
-        bitinglip_nats::permissions::AUTH_FILE
+        p::AUTH_FILE
     );
+    if domain.is_some() {
+        println!(
+            "wrote {}: the local users of an edge site's leaf node (the `worker` user)",
+            out.join(p::LEAF_AUTH_FILE).display()
+        );
+    }
+    if !hubs.is_empty() {
+        let leaf = p::write_leaf_config(out, hubs)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.join(p::LEAF_FILE).display()))?;
+        println!(
+            "wrote {} (mode 0600, it holds the leaf seed): with {} beside it, `include \"{}\"` in an edge site's nats-server config",
+            leaf.display(),
+            p::LEAF_AUTH_FILE,
+            p::LEAF_FILE
+        );
+    }
     println!("give each machine the seeds of the roles it runs, and set nats.credentials_dir to their folder");
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! there, a KV key's values, `/metrics` samples. A node's log is for panic messages.
 
 pub mod fake_hub;
+pub mod netns;
 pub mod otlp;
 mod servers;
 pub mod state;
@@ -25,7 +26,7 @@ use bitinglip_bus_schema::{NodeHeartbeat, Subjects};
 use bitinglip_config::Config;
 use tempfile::TempDir;
 
-pub use servers::{admin_options, credentials_of, TestCluster, TestNats};
+pub use servers::{admin_options, credentials_of, LeafServer, TestCluster, TestNats};
 pub use state::{metric_sum, KeyRecorder};
 pub use tiny_model::{Arch, ModelSpec};
 pub use web::*;
@@ -145,13 +146,27 @@ pub fn test_config(nats_url: &str) -> Config {
 impl NodeProcess {
     /// Runs `bitinglip <args…> --config <file>` with `config` written as TOML.
     pub fn spawn(config: &Config, args: &[&str]) -> Self {
+        Self::spawn_under(&[], config, args)
+    }
+
+    /// [`NodeProcess::spawn`] under `wrapper` (a command and its arguments that runs the
+    /// rest: `ip netns exec <ns>` for a test's host).
+    pub fn spawn_under(wrapper: &[String], config: &Config, args: &[&str]) -> Self {
         // The clock heartbeats' `started_ms` is on.
         let spawned_ms = bitinglip_nats::now_ms();
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("bitinglip.toml");
         std::fs::write(&config_path, toml::to_string(config).expect("config serializes")).expect("config written");
         let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
-        let child = Command::new(bitinglip_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bitinglip_bin());
+                c
+            }
+            None => Command::new(bitinglip_bin()),
+        };
+        let child = command
             .args(args)
             .arg("--config")
             .arg(&config_path)

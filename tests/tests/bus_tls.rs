@@ -36,7 +36,7 @@ async fn serves_over_tls(mutual: bool) {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
     let creds = dir.path().join("creds");
-    bitinglip_nats::permissions::init_credentials(&creds, &bitinglip_bus_schema::Subjects::default()).unwrap();
+    bitinglip_nats::permissions::init_credentials(&creds, &bitinglip_bus_schema::Subjects::default(), None).unwrap();
     let mut opts = ServerOptions::new(dir.path().join("nats"));
     opts.binary = nats_server_bin().display().to_string();
     opts.credentials_dir = Some(creds.clone());

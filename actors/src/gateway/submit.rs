@@ -158,8 +158,11 @@ pub(super) async fn submit_chat(
     }
 }
 
-/// How long a submit waits for the bus to heal at most.
-const SUBMIT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a submit waits for the bus to heal at most: a server cut off from a cluster
+/// (not crashed) is found by the others' pings and replaced by elections, which on a
+/// loaded machine can take over 30 s; clients wait minutes by default (the OpenAI SDKs
+/// 10), so waiting is better than a 5xx.
+const SUBMIT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// True when a submit's outcome is the bus healing, not an answer (pure): no answer, no
 /// task manager, or one that could not reach its stream.

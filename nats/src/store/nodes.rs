@@ -3,9 +3,14 @@
 //!
 //! [`NodeWatch`] is the one watch on the bucket a process keeps: the task manager asks it
 //! whether a model is served, the cluster manager's failover reads who went silent, and
-//! the leader wakes when a node joins or leaves.
+//! the leader wakes when a node joins or leaves. It starts on first use, so a node that
+//! never asks (a worker) does not receive every node's heartbeats: with N nodes that
+//! would be N² messages for nothing.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use bitinglip_bus_schema::{encode_token, NodeHeartbeat};
 
@@ -45,6 +50,14 @@ impl Nodes<'_> {
         self.bucket.delete(&key(node)).await
     }
 
+    /// Follows `node`'s heartbeat from now on; [`Deletion::wait`] returns when it is
+    /// deleted (a clean stop, or a cluster manager that found the node dead), not when it
+    /// only expires.
+    pub async fn follow(&self, node: &str) -> Result<Deletion, StoreError> {
+        let watch = self.bucket.kv.watch(key(node)).await.map_err(|e| self.bucket.unavailable(e))?;
+        Ok(Deletion { watch })
+    }
+
     /// Every live node's heartbeat, read from the bucket now, oldest node first.
     pub async fn live(&self) -> Result<Vec<NodeHeartbeat>, StoreError> {
         let now = now_ms();
@@ -60,31 +73,56 @@ impl Nodes<'_> {
     }
 }
 
-/// The last heartbeat of every node heard from, kept current by one watch on the bucket.
-/// Cheap to clone; the watch stops when the last clone is dropped.
+/// A watch on one node's heartbeat (see [`Nodes::follow`]).
+pub struct Deletion {
+    watch: async_nats::jetstream::kv::Watch,
+}
+
+impl Deletion {
+    /// Returns when the heartbeat is deleted (or the watch ends).
+    pub async fn wait(mut self) {
+        use futures::StreamExt;
+        while let Some(Ok(entry)) = self.watch.next().await {
+            if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                return;
+            }
+        }
+    }
+}
+
+/// The last heartbeat of every node heard from, kept current by one watch on the bucket
+/// (started on first use). Cheap to clone; the watch stops when the last clone is
+/// dropped.
 #[derive(Clone)]
 pub struct NodeWatch {
-    heard: Mirror<NodeHeartbeat>,
+    bucket: Bucket,
+    heard: Arc<OnceLock<Mirror<NodeHeartbeat>>>,
+    /// This clone's own view of the membership changes (see `membership_changed`).
+    follower: Option<Mirror<NodeHeartbeat>>,
     ttl: Duration,
 }
 
 impl Store {
-    /// Starts the watch on the heartbeats (restarted whenever it ends).
+    /// The watch on the heartbeats (started on first use, restarted whenever it ends).
     pub fn watch_nodes(&self) -> NodeWatch {
-        NodeWatch { heard: Mirror::start(self.inner.nodes.clone()), ttl: self.inner.node_ttl }
+        NodeWatch { bucket: self.inner.nodes.clone(), heard: Arc::default(), follower: None, ttl: self.inner.node_ttl }
     }
 }
 
 impl NodeWatch {
+    fn mirror(&self) -> &Mirror<NodeHeartbeat> {
+        self.heard.get_or_init(|| Mirror::start(self.bucket.clone()))
+    }
+
     /// True when a live node has a ready worker for `model`.
     pub fn serves(&self, model: &str) -> bool {
         let now = now_ms();
-        self.heard.any(|n| alive(n, now, self.ttl) && n.serves(model))
+        self.mirror().any(|n| alive(n, now, self.ttl) && n.serves(model))
     }
 
     /// The last heartbeat of every node heard from, live or not.
     pub fn heard(&self) -> Vec<NodeHeartbeat> {
-        self.heard.all()
+        self.mirror().all()
     }
 
     /// The nodes heard from whose last heartbeat is older than the TTL.
@@ -95,6 +133,11 @@ impl NodeWatch {
 
     /// Waits until a node joins (first heartbeat) or leaves (its entry is deleted).
     pub async fn membership_changed(&mut self) {
-        self.heard.membership_changed().await
+        if self.follower.is_none() {
+            self.follower = Some(self.mirror().clone());
+        }
+        if let Some(follower) = &mut self.follower {
+            follower.membership_changed().await
+        }
     }
 }

@@ -276,7 +276,7 @@ impl Report {
 
 /// Plotters draws text with a font it is given: the first of the usual sans-serif fonts
 /// found on this machine.
-fn register_a_font() -> anyhow::Result<()> {
+pub(crate) fn register_a_font() -> anyhow::Result<()> {
     const CANDIDATES: [&str; 5] = [
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "/usr/share/fonts/TTF/DejaVuSans.ttf",

@@ -68,7 +68,7 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
         && n.credentials_dir.is_none();
     if embedded && no_auth {
         let dir = config.data_dir.join("nats");
-        let created = bitinglip_nats::permissions::init_credentials(&dir, &subjects)
+        let created = bitinglip_nats::permissions::init_credentials(&dir, &subjects, None)
             .with_context(|| format!("making NATS credentials in {}", dir.display()))?;
         if !created.is_empty() {
             println!("bitinglip: created NATS credentials, one nkey per role, in {} (mode 0600)", dir.display());
@@ -107,7 +107,9 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     let reconnected = std::sync::Arc::new(tokio::sync::Notify::new());
     let name = format!("bitinglip-{node_id}");
     let client = bitinglip_nats::connect_as(&config.nats, node_user, &name, Some(reconnected.clone())).await?;
-    let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout);
+    let domain = config.jetstream.domain.clone();
+    let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout)
+        .in_jetstream_domain(domain.as_deref());
     let store = Store::provision_as(&bus, &config, changes).await?;
     let mut role_connections = std::collections::BTreeMap::new();
     if per_role {
@@ -115,7 +117,8 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
             let Some(user) = NatsRole::of(role) else { continue };
             let name = format!("bitinglip-{node_id}-{}", role.as_str());
             let client = bitinglip_nats::connect_as(&config.nats, user, &name, None).await?;
-            let bus = Bus::new(client, subjects.clone(), node_id.clone(), config.nats.request_timeout);
+            let bus = Bus::new(client, subjects.clone(), node_id.clone(), config.nats.request_timeout)
+                .in_jetstream_domain(domain.as_deref());
             let store = Store::open(&bus, &config).await?;
             role_connections.insert(role, (bus, store));
         }
