@@ -145,13 +145,14 @@ async fn run_sim(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
     for &n in &args.sim {
         let row = sim::run_one(&binary, n, load).await?;
         eprintln!(
-            "bench: sim {n}: {:.0} heartbeats/s, {:.0} bus messages/s, control plane {:.1} % and nats-server {:.1} % of a core at rest; 100 placed in {:.2?}; p50 {:.1} ms; dead node gone in {:.2?}, replaced in {:.2?}",
+            "bench: sim {n}: {:.0} heartbeats/s, {:.0} bus messages/s, control plane {:.1} % and nats-server {:.1} % of a core at rest; 100 placed in {:.2?}; p50 {:.1} ms; node death to the stream's next token {:.2?}, node gone in {:.2?}, replaced in {:.2?}",
             row.heartbeats_per_sec,
             row.bus_per_sec,
             row.control_cpu * 100.0,
             row.nats_cpu * 100.0,
             row.place,
             row.done.p50(),
+            row.next_token,
             row.detect,
             row.replace
         );

@@ -329,11 +329,15 @@ pub(crate) async fn run_one(nats_binary: &str, n: usize, load: Duration) -> anyh
     let deletion = store.nodes().follow(&victim_id).await?;
     let died = Instant::now();
     victim.die().await;
+    // Chunks the dead node sent before it died may still be on their way: the next token
+    // is the first one after the next attempt started.
     let next_token = async {
+        let mut resumed = false;
         loop {
             match watch.next().await {
-                Some(bitinglip_client::Relayed::Text { .. }) => return Ok(died.elapsed()),
-                Some(bitinglip_client::Relayed::Started { .. }) => {}
+                Some(bitinglip_client::Relayed::Text { .. }) if resumed => return Ok(died.elapsed()),
+                Some(bitinglip_client::Relayed::Text { .. }) => {}
+                Some(bitinglip_client::Relayed::Started { attempt, .. }) => resumed = attempt > 1,
                 Some(bitinglip_client::Relayed::Failed(e)) => anyhow::bail!("the stream failed: {}", e.message),
                 _ => anyhow::bail!("the stream ended without continuing"),
             }
