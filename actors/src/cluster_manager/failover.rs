@@ -39,33 +39,95 @@ fn to_hand_on(silent: Vec<NodeHeartbeat>, handed: &HashMap<String, u64>) -> Vec<
     silent.into_iter().filter(|hb| handed.get(&hb.node_id) != Some(&hb.time_ms)).collect()
 }
 
-/// The nodes handed on, each with the time of its last heartbeat then (shared by both
-/// ways of finding a dead node, so a node is handed on once per death).
-pub(super) type Handed = Arc<Mutex<HashMap<String, u64>>>;
+/// What was handed on (shared by both ways of finding a dead node): each node with the
+/// time of its last heartbeat then, so a node is handed on once per death; and each
+/// delivery naked, until a new attempt has claimed its task.
+#[derive(Default)]
+pub(super) struct HandedOn {
+    nodes: HashMap<String, u64>,
+    naks: HashMap<(String, u32), Nak>,
+}
+
+/// A NAK sent for a dead node's delivery.
+struct Nak {
+    task_id: bitinglip_bus_schema::TaskId,
+    ack_subject: String,
+    sent: std::time::Instant,
+    tries: u32,
+}
+
+pub(super) type Handed = Arc<Mutex<HandedOn>>;
+
+/// A NAK is sent again while the dead attempt's claim still stands this long after it.
+const NAK_AGAIN_AFTER: Duration = Duration::from_secs(2);
+/// At most this many NAKs per delivery (about a minute); AckWait is the fallback after.
+const NAK_TRIES: u32 = 30;
 
 /// Marks `hb`'s node handed on; false when it already was, for this heartbeat.
 fn first_hand_on(handed: &Handed, hb: &NodeHeartbeat) -> bool {
     let Ok(mut handed) = handed.lock() else { return false };
-    if handed.get(&hb.node_id) == Some(&hb.time_ms) {
+    if handed.nodes.get(&hb.node_id) == Some(&hb.time_ms) {
         return false;
     }
-    handed.insert(hb.node_id.clone(), hb.time_ms);
+    handed.nodes.insert(hb.node_id.clone(), hb.time_ms);
     true
 }
 
-/// Checks the heartbeats every interval; naks the running tasks of nodes that went silent.
+/// Checks the heartbeats every interval; naks the running tasks of nodes that went silent,
+/// and naks again those whose dead attempt still holds the task (a NAK sent while the
+/// queue's consumer was electing a leader is lost).
 pub(super) async fn watch_nodes(ctx: NodeContext, handed: Handed) {
     let mut tick = tokio::time::interval(ctx.config.cluster.heartbeat_interval);
     loop {
         tick.tick().await;
         let silent = {
             let Ok(map) = handed.lock() else { return };
-            to_hand_on(ctx.nodes.silent(), &map)
+            to_hand_on(ctx.nodes.silent(), &map.nodes)
         };
         for hb in silent {
             if first_hand_on(&handed, &hb) {
-                hand_on(&ctx, &hb).await;
+                hand_on(&ctx, &hb, &handed).await;
             }
+        }
+        nak_again(&ctx, &handed).await;
+    }
+}
+
+/// Sends the NAK again for each handed-on delivery whose claim still stands
+/// [`NAK_AGAIN_AFTER`] after the last one; forgets those a new attempt claimed.
+async fn nak_again(ctx: &NodeContext, handed: &Handed) {
+    let due: Vec<((String, u32), bitinglip_bus_schema::TaskId, String)> = match handed.lock() {
+        Ok(h) => h
+            .naks
+            .iter()
+            .filter(|(_, n)| n.sent.elapsed() >= NAK_AGAIN_AFTER)
+            .map(|(k, n)| (k.clone(), n.task_id.clone(), n.ack_subject.clone()))
+            .collect(),
+        Err(_) => return,
+    };
+    for (key, task_id, ack_subject) in due {
+        match ctx.store.tasks().claim_stands(&task_id, key.1).await {
+            Ok(true) => {
+                let sent = ctx.bus.client().publish(ack_subject, "-NAK".into()).await.is_ok();
+                if let Ok(mut h) = handed.lock() {
+                    let done = h.naks.get_mut(&key).is_none_or(|n| {
+                        n.sent = std::time::Instant::now();
+                        n.tries += 1;
+                        n.tries >= NAK_TRIES
+                    });
+                    if done {
+                        h.naks.remove(&key);
+                    }
+                }
+                tracing::info!(task.id = %task_id, attempt = key.1, sent, "dead attempt still holds its task; NAK sent again");
+            }
+            Ok(false) => {
+                if let Ok(mut h) = handed.lock() {
+                    h.naks.remove(&key);
+                }
+            }
+            // The store cannot say: ask at the next tick.
+            Err(_) => {}
         }
     }
 }
@@ -150,15 +212,16 @@ async fn confirm_and_hand_on(ctx: &NodeContext, hb: NodeHeartbeat, handed: &Hand
         return;
     }
     tracing::warn!(node = %hb.node_id, "node's connection closed and it answers no more");
-    hand_on(ctx, &hb).await;
+    hand_on(ctx, &hb, handed).await;
     // Gone from the cluster at once: the leader places its replicas elsewhere now.
     if let Err(err) = ctx.store.nodes().remove(&hb.node_id).await {
         tracing::warn!(node = %hb.node_id, cause = %err, "dead node's heartbeat not removed");
     }
 }
 
-/// Naks the tasks a dead node was running, where its claim still stands.
-async fn hand_on(ctx: &NodeContext, hb: &NodeHeartbeat) {
+/// Naks the tasks a dead node was running, where its claim still stands (and notes each
+/// NAK, to be sent again while the claim stands).
+async fn hand_on(ctx: &NodeContext, hb: &NodeHeartbeat, handed: &Handed) {
     let running: Vec<_> = hb.workers.iter().flat_map(|w| w.running.iter()).collect();
     tracing::warn!(node = %hb.node_id, tasks = running.len(), "node is gone; handing its tasks on");
     for task in running {
@@ -168,6 +231,17 @@ async fn hand_on(ctx: &NodeContext, hb: &NodeHeartbeat) {
         match ctx.bus.client().publish(task.ack_subject.clone(), "-NAK".into()).await {
             Ok(()) => tracing::info!(task.id = %task.task_id, attempt = task.attempt, "task handed on"),
             Err(err) => tracing::warn!(task.id = %task.task_id, cause = %err, "nak not sent"),
+        }
+        if let Ok(mut h) = handed.lock() {
+            h.naks.insert(
+                (task.task_id.as_str().to_string(), task.attempt),
+                Nak {
+                    task_id: task.task_id.clone(),
+                    ack_subject: task.ack_subject.clone(),
+                    sent: std::time::Instant::now(),
+                    tries: 1,
+                },
+            );
         }
     }
 }
