@@ -27,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use bitinglip_bus_schema::{ErrorKind, NodeHeartbeat, TaskEvent, TaskFailed, WireError};
+use bitinglip_bus_schema::{ErrorKind, NodeHeartbeat, TaskEvent, TaskFailed, TaskId, WireError};
 use serde::Deserialize;
 
 use crate::NodeContext;
@@ -45,12 +45,11 @@ fn to_hand_on(silent: Vec<NodeHeartbeat>, handed: &HashMap<String, u64>) -> Vec<
 #[derive(Default)]
 pub(super) struct HandedOn {
     nodes: HashMap<String, u64>,
-    naks: HashMap<(String, u32), Nak>,
+    naks: HashMap<(TaskId, u32), Nak>,
 }
 
-/// A NAK sent for a dead node's delivery.
+/// A NAK sent for a dead node's delivery (of a task and attempt).
 struct Nak {
-    task_id: bitinglip_bus_schema::TaskId,
     ack_subject: String,
     sent: std::time::Instant,
     tries: u32,
@@ -96,17 +95,18 @@ pub(super) async fn watch_nodes(ctx: NodeContext, handed: Handed) {
 /// Sends the NAK again for each handed-on delivery whose claim still stands
 /// [`NAK_AGAIN_AFTER`] after the last one; forgets those a new attempt claimed.
 async fn nak_again(ctx: &NodeContext, handed: &Handed) {
-    let due: Vec<((String, u32), bitinglip_bus_schema::TaskId, String)> = match handed.lock() {
+    let due: Vec<((TaskId, u32), String)> = match handed.lock() {
         Ok(h) => h
             .naks
             .iter()
             .filter(|(_, n)| n.sent.elapsed() >= NAK_AGAIN_AFTER)
-            .map(|(k, n)| (k.clone(), n.task_id.clone(), n.ack_subject.clone()))
+            .map(|(k, n)| (k.clone(), n.ack_subject.clone()))
             .collect(),
         Err(_) => return,
     };
-    for (key, task_id, ack_subject) in due {
-        match ctx.store.tasks().claim_stands(&task_id, key.1).await {
+    for (key, ack_subject) in due {
+        let (task_id, attempt) = (&key.0, key.1);
+        match ctx.store.tasks().claim_stands(task_id, attempt).await {
             Ok(true) => {
                 let sent = ctx.bus.client().publish(ack_subject, "-NAK".into()).await.is_ok();
                 if let Ok(mut h) = handed.lock() {
@@ -119,7 +119,7 @@ async fn nak_again(ctx: &NodeContext, handed: &Handed) {
                         h.naks.remove(&key);
                     }
                 }
-                tracing::info!(task.id = %task_id, attempt = key.1, sent, "dead attempt still holds its task; NAK sent again");
+                tracing::info!(task.id = %task_id, attempt, sent, "dead attempt still holds its task; NAK sent again");
             }
             Ok(false) => {
                 if let Ok(mut h) = handed.lock() {
@@ -234,13 +234,8 @@ async fn hand_on(ctx: &NodeContext, hb: &NodeHeartbeat, handed: &Handed) {
         }
         if let Ok(mut h) = handed.lock() {
             h.naks.insert(
-                (task.task_id.as_str().to_string(), task.attempt),
-                Nak {
-                    task_id: task.task_id.clone(),
-                    ack_subject: task.ack_subject.clone(),
-                    sent: std::time::Instant::now(),
-                    tries: 1,
-                },
+                (task.task_id.clone(), task.attempt),
+                Nak { ack_subject: task.ack_subject.clone(), sent: std::time::Instant::now(), tries: 1 },
             );
         }
     }

@@ -254,14 +254,7 @@ impl Report {
             series.push((format!("platform over {transport}, {pct}"), points, color));
         }
         for (label, points, color) in series {
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart
-                .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            line_with_points(&mut chart, label, &points, color)?;
         }
         chart
             .configure_series_labels()
@@ -276,6 +269,26 @@ impl Report {
 
 /// Plotters draws text with a font it is given: the first of the usual sans-serif fonts
 /// found on this machine.
+/// Draws one labelled line through `points`, with a dot at each (the plots' one style).
+pub(crate) fn line_with_points<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    label: impl Into<String>,
+    points: &[(f64, f64)],
+    color: RGBColor,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    chart
+        .draw_series(LineSeries::new(points.to_vec(), color.stroke_width(2)))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
 pub(crate) fn register_a_font() -> anyhow::Result<()> {
     const CANDIDATES: [&str; 5] = [
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

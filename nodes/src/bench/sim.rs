@@ -472,14 +472,7 @@ pub(crate) fn plot(rows: &[SimRow], png: &Path) -> anyhow::Result<()> {
         ("control plane CPU", series(|r| r.control_cpu * 100.0), RED),
         ("nats-server CPU", series(|r| r.nats_cpu * 100.0), BLUE),
     ] {
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart
-            .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        super::report::line_with_points(&mut chart, label, &points, color)?;
     }
     let msgs = series(|r| r.bus_per_sec);
     let green = RGBColor(0, 140, 60);
