@@ -8,7 +8,7 @@ mod mistral;
 
 use std::sync::Arc;
 
-use bitinglip_bus_schema::{ChatMessage, EngineKind, FinishReason};
+use bitinglip_bus_schema::{ChatParams, EngineKind, FinishReason, TokenLogprob, ToolCall};
 use bitinglip_config::ModelConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,19 +16,38 @@ use tokio_util::sync::CancellationToken;
 /// One generation to run.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
-    /// The conversation.
-    pub messages: Vec<ChatMessage>,
+    /// The request as submitted: the conversation (or a raw prompt), sampling, tools, the
+    /// output format, log probabilities.
+    pub chat: ChatParams,
     /// Answer text already streamed by an earlier attempt: generation continues after it,
     /// and `max_tokens` counts it.
     pub prefix: String,
     /// Most tokens to generate (already clamped to the context).
     pub max_tokens: u32,
-    /// Sampling temperature.
-    pub temperature: Option<f64>,
-    /// Nucleus sampling.
-    pub top_p: Option<f64>,
-    /// Stop strings.
-    pub stop: Vec<String>,
+}
+
+impl GenerateRequest {
+    /// A fresh generation of `chat` (no prefix), at most `max_tokens`.
+    pub fn new(chat: ChatParams, max_tokens: u32) -> Self {
+        Self { chat, prefix: String::new(), max_tokens }
+    }
+}
+
+/// A piece of the answer as the engine produces it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Piece {
+    /// Text (one or more tokens; may be empty when the piece carries tool calls only).
+    pub text: String,
+    /// The log probabilities of its tokens, when asked for.
+    pub logprobs: Vec<TokenLogprob>,
+    /// Tool calls the engine recognized.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl From<String> for Piece {
+    fn from(text: String) -> Self {
+        Self { text, ..Self::default() }
+    }
 }
 
 /// How a generation ended.
@@ -71,7 +90,7 @@ pub trait Engine: Send + Sync + 'static {
     async fn generate(
         &self,
         req: GenerateRequest,
-        out: mpsc::Sender<String>,
+        out: mpsc::Sender<Piece>,
         cancel: CancellationToken,
     ) -> Result<Generation, EngineError>;
 }

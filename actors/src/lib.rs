@@ -5,7 +5,7 @@
 //!
 //! | layer | modules | may import |
 //! | --- | --- | --- |
-//! | shared | `context`, `engine`, `ops`, `serve`, `spans`, `metrics`, `health`, `http` | the crates below, each other |
+//! | shared | `context`, `engine`, `guided`, `ops`, `serve`, `spans`, `metrics`, `health`, `http` | the crates below, each other |
 //! | actors | one per file (table below) | the shared layer; never another actor's module |
 //! | supervisor | `node` | everything: it alone names the actors |
 //!
@@ -25,6 +25,7 @@
 
 pub mod context;
 pub mod engine;
+pub mod guided;
 pub mod health;
 mod http;
 pub mod metrics;
@@ -42,5 +43,5 @@ pub mod task_manager;
 pub mod worker;
 
 pub use context::NodeContext;
-pub use engine::{Engine, EngineError, GenerateRequest, Generation};
+pub use engine::{Engine, EngineError, GenerateRequest, Generation, Piece};
 pub use node::{NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};

@@ -3,6 +3,7 @@
 mod cluster;
 mod deployments;
 mod events;
+mod generation;
 mod keys;
 mod models;
 mod task;
@@ -10,6 +11,7 @@ mod task;
 pub use cluster::*;
 pub use deployments::*;
 pub use events::*;
+pub use generation::*;
 pub use keys::*;
 pub use models::*;
 pub use task::*;

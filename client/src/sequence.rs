@@ -33,6 +33,10 @@ pub enum Relayed {
         seq: u64,
         /// Its text.
         text: String,
+        /// Its tokens' log probabilities, when asked for.
+        logprobs: Vec<bitinglip_bus_schema::TokenLogprob>,
+        /// Tool calls the engine recognized in it.
+        tool_calls: Vec<bitinglip_bus_schema::ToolCall>,
     },
     /// Finished; no more follows.
     Done(TaskCompleted),
@@ -73,14 +77,20 @@ pub struct Sequencer {
 }
 
 /// The chunks in `events`, first copy of each `seq`.
-pub fn chunks_by_seq(events: &[TaskEvent]) -> BTreeMap<u64, String> {
+pub fn chunks_by_seq(events: &[TaskEvent]) -> BTreeMap<u64, &TokenChunk> {
     let mut chunks = BTreeMap::new();
     for e in events {
         if let TaskEvent::Chunk(c) = e {
-            chunks.entry(c.seq).or_insert_with(|| c.text.clone());
+            chunks.entry(c.seq).or_insert(c);
         }
     }
     chunks
+}
+
+impl From<TokenChunk> for Relayed {
+    fn from(c: TokenChunk) -> Self {
+        Relayed::Text { seq: c.seq, text: c.text, logprobs: c.logprobs, tool_calls: c.tool_calls }
+    }
 }
 
 /// Text already streamed for a task, and the `seq` to continue from.
@@ -90,6 +100,8 @@ pub struct Prefix {
     pub text: String,
     /// The first chunk not streamed.
     pub next_seq: u64,
+    /// The log probabilities of those chunks' tokens, when the task asked for them.
+    pub logprobs: Vec<bitinglip_bus_schema::TokenLogprob>,
 }
 
 /// What earlier attempts streamed: chunks 0, 1, 2, … in `seq` order up to the first gap.
@@ -112,16 +124,17 @@ pub fn prefix_of(events: &[TaskEvent]) -> Prefix {
     for e in events {
         if let TaskEvent::Chunk(c) = e {
             if owner(c.seq) == Some(c.attempt) {
-                chunks.entry(c.seq).or_insert_with(|| c.text.clone());
+                chunks.entry(c.seq).or_insert(c);
             }
         }
     }
     let mut prefix = Prefix::default();
-    for (seq, text) in chunks {
+    for (seq, c) in chunks {
         if seq != prefix.next_seq {
             break;
         }
-        prefix.text.push_str(&text);
+        prefix.text.push_str(&c.text);
+        prefix.logprobs.extend(c.logprobs.iter().cloned());
         prefix.next_seq += 1;
     }
     prefix
@@ -186,7 +199,7 @@ impl Sequencer {
                 }
                 self.next_seq = c.seq + 1;
                 self.relayed_bytes += c.text.len();
-                Handled::Relay(Relayed::Text { seq: c.seq, text: c.text })
+                Handled::Relay(c.into())
             }
             TaskEvent::Completed(done) => {
                 if done.attempt < self.attempt {
@@ -235,12 +248,11 @@ impl Sequencer {
         let Some(task_id) = task_id else { return };
         let missing: Vec<TaskEvent> = chunks
             .range(self.next_seq..until)
-            .map(|(seq, text)| {
+            .map(|(_, chunk)| {
                 TaskEvent::Chunk(TokenChunk {
                     task_id: task_id.clone(),
                     attempt: self.fill_attempt.max(self.attempt),
-                    seq: *seq,
-                    text: text.clone(),
+                    ..(*chunk).clone()
                 })
             })
             .collect();
@@ -273,7 +285,7 @@ impl Sequencer {
                 let Some(TaskEvent::Chunk(c)) = self.backlog.pop_front() else { return None };
                 self.next_seq = c.seq + 1;
                 self.relayed_bytes += c.text.len();
-                Some(Relayed::Text { seq: c.seq, text: c.text })
+                Some(c.into())
             }
             _ => None,
         }
@@ -292,7 +304,7 @@ impl Sequencer {
             let seq = self.next_seq;
             self.next_seq = done.chunks.max(seq + 1);
             self.pending_done = Some(done);
-            return Relayed::Text { seq, text: missing };
+            return Relayed::Text { seq, text: missing, logprobs: vec![], tool_calls: vec![] };
         }
         self.end(Relayed::Done(done))
     }
@@ -309,7 +321,7 @@ mod tests {
     }
 
     fn chunk(attempt: u32, seq: u64, text: &str) -> TaskEvent {
-        TaskEvent::Chunk(TokenChunk { task_id: id(), attempt, seq, text: text.into() })
+        TaskEvent::Chunk(TokenChunk::text(id(), attempt, seq, text.into()))
     }
 
     fn started(attempt: u32, resume_from_seq: u64) -> TaskEvent {
@@ -325,6 +337,8 @@ mod tests {
             usage: Usage::default(),
             chunks,
             text_object: None,
+            tool_calls: vec![],
+            logprobs: vec![],
         })
     }
 
@@ -464,7 +478,7 @@ mod tests {
     #[test]
     fn the_prefix_stops_at_the_first_gap() {
         let events = vec![started(1, 0), chunk(1, 0, "a"), started(2, 1), chunk(2, 1, "b"), chunk(2, 3, "d")];
-        assert_eq!(prefix_of(&events), Prefix { text: "ab".into(), next_seq: 2 });
+        assert_eq!(prefix_of(&events), Prefix { text: "ab".into(), next_seq: 2, logprobs: vec![] });
         assert_eq!(prefix_of(&[]), Prefix::default());
     }
 
@@ -483,10 +497,10 @@ mod tests {
             chunk(2, 3, "d"),
             chunk(7, 4, "FORGED"),
         ];
-        assert_eq!(prefix_of(&events), Prefix { text: "abcd".into(), next_seq: 4 });
+        assert_eq!(prefix_of(&events), Prefix { text: "abcd".into(), next_seq: 4, logprobs: vec![] });
         // The stale copy arriving first does not win either.
         let events = vec![started(1, 0), chunk(1, 0, "a"), started(2, 1), chunk(1, 1, "STALE"), chunk(2, 1, "b")];
-        assert_eq!(prefix_of(&events), Prefix { text: "ab".into(), next_seq: 2 });
+        assert_eq!(prefix_of(&events), Prefix { text: "ab".into(), next_seq: 2, logprobs: vec![] });
         // Chunks with no attempt started at all are nobody's.
         assert_eq!(prefix_of(&[chunk(1, 0, "a")]), Prefix::default());
     }

@@ -226,7 +226,9 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
     )?;
     std::fs::write(
         dir.join("generation_config.json"),
-        serde_json::to_vec_pretty(&json!({"bos_token_id": bos, "eos_token_id": eos, "do_sample": false}))?,
+        // Like Qwen's instruct models: the end of a turn and the end of text both end a
+        // sequence (constrained decoding ends an answer with the latter).
+        serde_json::to_vec_pretty(&json!({"bos_token_id": bos, "eos_token_id": [eos, bos], "do_sample": false}))?,
     )?;
 
     let mut rng = Rng(spec.seed.max(1));

@@ -8,7 +8,7 @@ use bitinglip_bus_schema::{EngineKind, FinishReason};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Engine, EngineError, GenerateRequest, Generation};
+use super::{Engine, EngineError, GenerateRequest, Generation, Piece};
 
 /// Echoes the prompt back.
 pub(super) struct EchoEngine {
@@ -104,12 +104,16 @@ impl Engine for EchoEngine {
     async fn generate(
         &self,
         req: GenerateRequest,
-        out: mpsc::Sender<String>,
+        out: mpsc::Sender<Piece>,
         cancel: CancellationToken,
     ) -> Result<Generation, EngineError> {
-        let prompt_tokens: usize = req.messages.iter().map(|m| words(&m.content).len()).sum();
-        let prompt =
-            req.messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        let messages = &req.chat.messages;
+        let prompt_tokens: usize = messages.iter().map(|m| words(&m.content).len()).sum::<usize>()
+            + req.chat.prompt.as_deref().map_or(0, |p| words(p).len());
+        let prompt = match &req.chat.prompt {
+            Some(p) => p.clone(),
+            None => messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default(),
+        };
         let fault = faults(&prompt);
         let answer = answer_of(prompt);
         let pieces = words(&answer);
@@ -139,10 +143,10 @@ impl Engine for EchoEngine {
             text.push_str(piece);
             produced += 1;
             fault(produced)?;
-            if out.send(piece.to_string()).await.is_err() {
+            if out.send(Piece::from(piece.to_string())).await.is_err() {
                 break;
             }
-            if req.stop.iter().any(|s| text.contains(s.as_str())) {
+            if req.chat.stop.iter().any(|s| text.contains(s.as_str())) {
                 return Ok(Generation {
                     finish_reason: FinishReason::Stop,
                     prompt_tokens: prompt_tokens as u32,
@@ -157,19 +161,12 @@ impl Engine for EchoEngine {
 
 #[cfg(test)]
 mod tests {
-    use bitinglip_bus_schema::ChatMessage;
+    use bitinglip_bus_schema::ChatParams;
 
     use super::*;
 
     fn req(text: &str, max_tokens: u32) -> GenerateRequest {
-        GenerateRequest {
-            messages: vec![ChatMessage { role: "user".into(), content: text.into() }],
-            prefix: String::new(),
-            max_tokens,
-            temperature: None,
-            top_p: None,
-            stop: vec![],
-        }
+        GenerateRequest::new(ChatParams::user("echo", text), max_tokens)
     }
 
     #[tokio::test]
@@ -179,7 +176,7 @@ mod tests {
         let g = engine.generate(req("a bb  ccc", 10), tx, CancellationToken::new()).await.unwrap();
         let mut got = Vec::new();
         while let Some(p) = rx.recv().await {
-            got.push(p);
+            got.push(p.text);
         }
         assert_eq!(got, ["a ", "bb  ", "ccc"]);
         assert_eq!(g.completion_tokens, 3);
@@ -199,7 +196,7 @@ mod tests {
         let g = engine.generate(r, tx, CancellationToken::new()).await.unwrap();
         let mut got = String::new();
         while let Some(p) = rx.recv().await {
-            got.push_str(&p);
+            got.push_str(&p.text);
         }
         assert_eq!(got, "c d");
         assert_eq!(g.completion_tokens, 4);

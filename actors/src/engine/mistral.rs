@@ -8,16 +8,20 @@
 
 use std::time::Duration;
 
-use bitinglip_bus_schema::{EngineKind, FinishReason};
+use bitinglip_bus_schema::{ChatMessage, EngineKind, FinishReason, TokenLogprob, ToolCall, ToolSpec, TopLogprob};
 use bitinglip_config::ModelConfig;
+use either::Either;
+use indexmap::IndexMap;
+use mistralrs::core::{ResponseLogprob, TokenizationRequest};
 use mistralrs::{
-    Constraint, Model, NormalRequest, Request, RequestLike, RequestMessage, Response, SamplingParams, StopTokens,
-    TextMessageRole, TextMessages, TextModelBuilder,
+    Constraint, Function, MessageContent, Model, NormalRequest, Request, RequestMessage, Response, SamplingParams,
+    StopTokens, TextMessageRole, TextModelBuilder, Tool, ToolChoice, ToolType,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Engine, EngineError, GenerateRequest, Generation};
+use super::{Engine, EngineError, GenerateRequest, Generation, Piece};
+use crate::guided::{self, Guide};
 
 /// A loaded mistral.rs model.
 pub(crate) struct MistralEngine {
@@ -68,7 +72,134 @@ fn finish_reason(reason: &str) -> FinishReason {
     match reason {
         "length" => FinishReason::Length,
         "canceled" | "cancelled" => FinishReason::Cancelled,
+        "tool_calls" => FinishReason::ToolCalls,
         _ => FinishReason::Stop,
+    }
+}
+
+/// The conversation as the chat template reads it: assistant messages with their
+/// `tool_calls` (arguments as objects, as Hugging Face templates expect) and `tool`
+/// messages with their `tool_call_id`.
+fn template_messages(messages: &[ChatMessage]) -> Vec<IndexMap<String, MessageContent>> {
+    messages
+        .iter()
+        .map(|m| {
+            let mut map = IndexMap::new();
+            map.insert("role".to_string(), Either::Left(role(&m.role).to_string()));
+            map.insert("content".to_string(), Either::Left(m.content.clone()));
+            if !m.tool_calls.is_empty() {
+                let calls = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| {
+                        let arguments = serde_json::from_str::<serde_json::Value>(&c.arguments)
+                            .unwrap_or_else(|_| serde_json::Value::String(c.arguments.clone()));
+                        IndexMap::from([
+                            ("id".to_string(), serde_json::Value::String(c.id.clone())),
+                            ("type".to_string(), serde_json::Value::String("function".into())),
+                            ("function".to_string(), serde_json::json!({"name": c.name, "arguments": arguments})),
+                        ])
+                    })
+                    .collect();
+                map.insert("tool_calls".to_string(), Either::Right(calls));
+            }
+            if let Some(id) = &m.tool_call_id {
+                map.insert("tool_call_id".to_string(), Either::Left(id.clone()));
+            }
+            map
+        })
+        .collect()
+}
+
+/// The tools as mistral.rs describes them to the chat template.
+fn engine_tools(tools: &[ToolSpec]) -> Result<Option<Vec<Tool>>, EngineError> {
+    if tools.is_empty() {
+        return Ok(None);
+    }
+    tools
+        .iter()
+        .map(|t| {
+            let parameters: std::collections::HashMap<String, serde_json::Value> = serde_json::from_str(&t.parameters)
+                .map_err(|e| EngineError::Invalid(format!("the parameters of tool `{}`: {e}", t.name)))?;
+            Ok(Tool {
+                tp: ToolType::Function,
+                function: Function {
+                    description: t.description.clone(),
+                    name: t.name.clone(),
+                    parameters: Some(parameters),
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// mistral.rs reports log probabilities in base 10 (and, when it samples by argmax,
+/// of raw logits): OpenAI's are natural logs of probabilities, so at most 0.
+fn natural(logprob: f32) -> f32 {
+    let ln = logprob * std::f32::consts::LN_10;
+    if ln.is_finite() {
+        ln.min(0.0)
+    } else {
+        -9999.0
+    }
+}
+
+fn token_logprob(lp: &ResponseLogprob) -> TokenLogprob {
+    TokenLogprob {
+        token: lp.token.clone(),
+        logprob: natural(lp.logprob),
+        bytes: lp.bytes.clone().or_else(|| Some(lp.token.as_bytes().to_vec())),
+        top: lp
+            .top_logprobs
+            .iter()
+            .map(|t| {
+                let token = t.bytes.clone().unwrap_or_else(|| format!("<{}>", t.token));
+                TopLogprob { bytes: Some(token.as_bytes().to_vec()), token, logprob: natural(t.logprob) }
+            })
+            .collect(),
+    }
+}
+
+fn tool_call(call: &mistralrs::ToolCallResponse) -> ToolCall {
+    ToolCall { id: call.id.clone(), name: call.function.name.clone(), arguments: call.function.arguments.clone() }
+}
+
+/// The grammar of a guided answer, as llguidance takes it.
+fn constraint(guide: Guide) -> Constraint {
+    match guide {
+        Guide::None => Constraint::None,
+        Guide::JsonSchema(schema) => Constraint::JsonSchema(schema),
+        Guide::Regex(pattern) => Constraint::Regex(pattern),
+        Guide::Lark(grammar) => Constraint::Lark(grammar),
+    }
+}
+
+impl MistralEngine {
+    async fn tokenize(
+        &self,
+        text: Either<Vec<IndexMap<String, MessageContent>>, String>,
+        tools: Option<Vec<Tool>>,
+        special: bool,
+        generation_prompt: bool,
+    ) -> Result<Vec<u32>, String> {
+        let (tx, mut rx) = mpsc::channel(1);
+        let request = Request::Tokenize(TokenizationRequest {
+            text,
+            tools,
+            add_special_tokens: special,
+            add_generation_prompt: generation_prompt,
+            enable_thinking: None,
+            reasoning_effort: None,
+            response: tx,
+        });
+        let sender = self.model.inner().get_sender(None).map_err(|e| e.to_string())?;
+        sender.send(request).await.map_err(|e| format!("engine stopped: {e}"))?;
+        match rx.recv().await {
+            Some(Ok(tokens)) => Ok(tokens),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("the engine dropped the request".into()),
+        }
     }
 }
 
@@ -85,20 +216,24 @@ impl Engine for MistralEngine {
     async fn generate(
         &self,
         req: GenerateRequest,
-        out: mpsc::Sender<String>,
+        out: mpsc::Sender<Piece>,
         cancel: CancellationToken,
     ) -> Result<Generation, EngineError> {
-        let mut messages = TextMessages::new();
-        for m in &req.messages {
-            messages = messages.add_message(role(&m.role), &m.content);
-        }
+        let chat = &req.chat;
+        let guide = guided::guide(chat).map_err(EngineError::Invalid)?;
+        let tools = engine_tools(&chat.tools)?;
+        // mistral.rs reads tool calls out of any answer unless told not to: only a free
+        // answer with tools on offer may hold calls it recognizes (a forced call is read
+        // back from the grammar's JSON by the worker).
+        let recognize_calls = tools.is_some() && chat.tool_choice.is_auto() && guide == Guide::None;
         // Tokenize first (the chat template applied): the prompt's length is checked against
         // the context before any inference, and max_tokens is clamped to what is left.
-        let prompt = self
-            .model
-            .tokenize(either::Either::Left(messages.clone()), None, true, true, None)
-            .await
-            .map_err(|e| EngineError::Invalid(format!("cannot tokenize the prompt: {e}")))?;
+        let messages = template_messages(&chat.messages);
+        let prompt = match &chat.prompt {
+            Some(text) => self.tokenize(Either::Right(text.clone()), None, true, false).await,
+            None => self.tokenize(Either::Left(messages.clone()), tools.clone(), true, true).await,
+        }
+        .map_err(|e| EngineError::Invalid(format!("cannot tokenize the prompt: {e}")))?;
         let mut tokens = prompt;
         let prompt_len = tokens.len() as u32;
         // A continuation: the prompt plus the answer so far, as raw tokens, so the model
@@ -106,8 +241,7 @@ impl Engine for MistralEngine {
         let mut prefix_len = 0u32;
         if !req.prefix.is_empty() {
             let prefix = self
-                .model
-                .tokenize(either::Either::Right(req.prefix.clone()), None, false, false, None)
+                .tokenize(Either::Right(req.prefix.clone()), None, false, false)
                 .await
                 .map_err(|e| EngineError::Invalid(format!("cannot tokenize the answer so far: {e}")))?;
             prefix_len = prefix.len() as u32;
@@ -124,27 +258,46 @@ impl Engine for MistralEngine {
         }
         let mut sampling = SamplingParams::neutral();
         sampling.max_len = Some(max_tokens as usize);
-        sampling.temperature = req.temperature;
-        sampling.top_p = req.top_p;
-        if !req.stop.is_empty() {
-            sampling.stop_toks = Some(StopTokens::Seqs(req.stop.clone()));
+        sampling.temperature = chat.temperature;
+        sampling.top_p = chat.top_p;
+        sampling.presence_penalty = chat.presence_penalty;
+        sampling.frequency_penalty = chat.frequency_penalty;
+        if !chat.logit_bias.is_empty() {
+            sampling.logits_bias = Some(chat.logit_bias.iter().copied().collect());
+        }
+        if !chat.stop.is_empty() {
+            sampling.stop_toks = Some(StopTokens::Seqs(chat.stop.clone()));
+        }
+        if let Some(top) = chat.logprobs {
+            sampling.top_n_logprobs = top as usize;
+            // Greedy decoding by argmax reports logs of raw logits: the same choice made
+            // from the softmax (top 1 at temperature 1) reports real probabilities.
+            if chat.temperature.is_none_or(|t| t <= 0.0) {
+                sampling.temperature = Some(1.0);
+                sampling.top_k = Some(1);
+            }
         }
         // A roomy channel: the engine must never wait on us between tokens.
         let (tx, mut rx) = mpsc::channel::<Response>(256);
         let continuing = prefix_len > 0;
-        let request_messages =
-            if continuing { RequestMessage::CompletionTokens(tokens) } else { messages.take_messages() };
+        let request_messages = if continuing {
+            RequestMessage::CompletionTokens(tokens)
+        } else if let Some(text) = &chat.prompt {
+            RequestMessage::Completion { text: text.clone(), echo_prompt: false, best_of: None }
+        } else {
+            RequestMessage::Chat { messages, enable_thinking: None, reasoning_effort: None }
+        };
         let request = Request::Normal(Box::new(NormalRequest {
             messages: request_messages,
             sampling_params: sampling,
             response: tx,
-            return_logprobs: false,
+            return_logprobs: chat.logprobs.is_some(),
             is_streaming: true,
             id: 0,
-            constraint: Constraint::None,
+            constraint: constraint(guide),
             suffix: None,
-            tools: None,
-            tool_choice: None,
+            tool_choice: Some(if recognize_calls { ToolChoice::Auto } else { ToolChoice::None }),
+            tools,
             logits_processors: None,
             return_raw_logits: false,
             web_search_options: None,
@@ -184,10 +337,14 @@ impl Engine for MistralEngine {
                 Response::Chunk(chunk) => {
                     let mut finished = None;
                     for choice in &chunk.choices {
-                        if let Some(text) = &choice.delta.content {
-                            if !text.is_empty() && out.send(text.clone()).await.is_err() {
-                                cancel.cancel();
-                            }
+                        let piece = Piece {
+                            text: choice.delta.content.clone().unwrap_or_default(),
+                            logprobs: choice.logprobs.iter().map(token_logprob).collect(),
+                            tool_calls: choice.delta.tool_calls.iter().flatten().map(tool_call).collect(),
+                        };
+                        let empty = piece.text.is_empty() && piece.tool_calls.is_empty();
+                        if !empty && out.send(piece).await.is_err() {
+                            cancel.cancel();
                         }
                         completion_tokens += 1;
                         if let Some(reason) = &choice.finish_reason {
@@ -205,7 +362,12 @@ impl Engine for MistralEngine {
                 Response::CompletionChunk(chunk) => {
                     let mut finished = None;
                     for choice in &chunk.choices {
-                        if !choice.text.is_empty() && out.send(choice.text.clone()).await.is_err() {
+                        let piece = Piece {
+                            text: choice.text.clone(),
+                            logprobs: choice.logprobs.iter().map(token_logprob).collect(),
+                            tool_calls: vec![],
+                        };
+                        if !piece.text.is_empty() && out.send(piece).await.is_err() {
                             cancel.cancel();
                         }
                         completion_tokens += 1;

@@ -167,6 +167,7 @@ mod tests {
             "/v1/chat/completions",
             "/v1/models",
             "/v1/tasks",
+            "/v1/completions",
             "/v1/tasks/{id}",
             "/v1/tasks/{id}/events",
             "/api/v1/models/{model}",
@@ -192,14 +193,28 @@ mod tests {
     fn request_and_answer_schemas_come_from_the_types() {
         let doc = doc();
         let schemas = &doc["components"]["schemas"];
-        let chat = &schemas["ChatCompletionRequest"];
-        assert_eq!(chat["required"], serde_json::json!(["model", "messages"]));
-        assert!(chat["properties"]["stream_options"].is_object());
+        // The shared sampling fields are flattened in: the request is all of them.
+        let chat = &schemas["ChatCompletionRequest"]["allOf"];
+        let parts: Vec<String> = chat.as_array().unwrap().iter().map(|p| p.to_string()).collect();
+        let own = chat.as_array().unwrap().iter().find(|p| p["required"].is_array()).expect("own fields");
+        assert_eq!(own["required"], serde_json::json!(["model", "messages"]));
+        assert!(own["properties"]["tools"].is_object() && own["properties"]["response_format"].is_object());
+        assert!(parts.iter().any(|p| p.contains("#/components/schemas/Sampling")), "{parts:?}");
+        assert!(schemas["Sampling"]["properties"]["stream_options"].is_object());
+        assert!(schemas["Unsupported"]["properties"]["audio"].is_object());
         let deployment = &schemas["SetDeployment"]["properties"]["spec"];
         assert!(deployment.is_object(), "{deployment}");
         assert_eq!(schemas["EngineKind"]["enum"], serde_json::json!(["mistralrs", "echo"]));
         assert_eq!(schemas["CreateKey"]["additionalProperties"], false);
-        for schema in ["ChatCompletion", "ChatCompletionChunk", "TaskView", "KeyView", "ErrorBody", "ClusterView"] {
+        for schema in [
+            "ChatCompletion",
+            "ChatCompletionChunk",
+            "TextCompletion",
+            "TaskView",
+            "KeyView",
+            "ErrorBody",
+            "ClusterView",
+        ] {
             assert!(schemas[schema]["properties"].is_object(), "{schema}");
         }
     }

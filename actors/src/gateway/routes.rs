@@ -16,7 +16,9 @@ use axum::{
     routing::delete,
     Json, Router,
 };
-use bitinglip_bus_schema::{ApiKey, ErrorKind, ListModels, ModelList, WireError};
+use bitinglip_bus_schema::{
+    ApiKey, ErrorKind, FinishReason, ListModels, ModelList, TokenLogprob, ToolCall, Usage, WireError,
+};
 use bitinglip_nats::trace::TraceParent;
 use futures::Stream;
 use tracing::Instrument;
@@ -26,17 +28,18 @@ use super::{
     admin, api,
     auth::{require_key, Auth},
     keys,
-    openai::{self, ApiError, Delta, ModelObject, ModelObjectList},
+    openai::{self, ApiError, Delta, ModelObject, ModelObjectList, ToolCallOut, ToolMode},
     submit::{admit, read_body, submit_chat},
     tasks,
 };
-use crate::NodeContext;
+use crate::{guided, NodeContext};
 use bitinglip_client::{CancelOnDrop, Relayed, TaskWatch};
 
 /// Every route with the OpenAPI document that describes it, before state and layers.
 pub(super) fn api_routes() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(<api::Base as utoipa::OpenApi>::openapi())
         .routes(routes!(chat_completions))
+        .routes(routes!(completions))
         .routes(routes!(models))
         .routes(routes!(tasks::submit, tasks::list))
         .routes(routes!(tasks::get, tasks::cancel))
@@ -119,10 +122,10 @@ pub(super) async fn models(
 /// A chat completion, whole or streamed.
 ///
 /// With `stream: true` the answer is `text/event-stream`: one `data: <ChatCompletionChunk>`
-/// event per piece of text, then `data: [DONE]`. A client that disconnects cancels the
-/// task. `Idempotency-Key` makes a retry follow the first request's task. The answer's
-/// `x-task-id` is the task's id in the task API. Runs in the `gateway` span, a child of
-/// the caller's `traceparent` when it sent one.
+/// event per piece of text (or of a tool call's arguments), then `data: [DONE]`. A client
+/// that disconnects cancels the task. `Idempotency-Key` makes a retry follow the first
+/// request's task. The answer's `x-task-id` is the task's id in the task API. Runs in the
+/// `gateway` span, a child of the caller's `traceparent` when it sent one.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     request_body = openai::ChatCompletionRequest,
     params(
@@ -138,17 +141,69 @@ pub(super) async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    generation(ctx, key, headers, body, Api::Chat).await
+}
+
+/// A legacy text completion of a raw prompt (no chat template), whole or streamed.
+///
+/// With `stream: true` the answer is `text/event-stream`: one `data: <TextCompletion>`
+/// event per piece of text, then `data: [DONE]`. `echo`, `suffix` and `best_of` above 1
+/// are refused. Otherwise as `/v1/chat/completions`: the same queue, cancel on disconnect,
+/// `Idempotency-Key` and `x-task-id`.
+#[utoipa::path(post, path = "/v1/completions", tag = "openai",
+    request_body = openai::CompletionRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "the same key and body: the same task, once"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller"),
+    ),
+    responses((status = 200, description = "the completion, or with `stream: true` its chunks as server-sent events",
+        headers(("x-task-id" = String, description = "the task's id")),
+        content((openai::TextCompletion = "application/json"), (String = "text/event-stream")))))]
+pub(super) async fn completions(
+    State(ctx): State<NodeContext>,
+    Extension(key): Extension<ApiKey>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    generation(ctx, key, headers, body, Api::Text).await
+}
+
+/// Which OpenAI API a generation answers in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Api {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Text,
+}
+
+impl Api {
+    fn route(self) -> &'static str {
+        match self {
+            Api::Chat => "/v1/chat/completions",
+            Api::Text => "/v1/completions",
+        }
+    }
+}
+
+async fn generation(
+    ctx: NodeContext,
+    key: ApiKey,
+    headers: HeaderMap,
+    body: Body,
+    api: Api,
+) -> Result<Response, ApiError> {
     let span = tracing::info_span!(
         "gateway",
         otel.kind = "server",
-        http.route = "/v1/chat/completions",
+        http.route = api.route(),
         gen_ai.request.model = tracing::field::Empty,
         task.id = tracing::field::Empty
     );
     let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
     bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
     let mut model = None;
-    let result = chat(ctx, &key, headers, body, span.clone(), &mut model).instrument(span).await;
+    let result = generate(ctx, &key, headers, body, span.clone(), &mut model, api).instrument(span).await;
     if let Err(err) = &result {
         // A model the registry does not know, or an unreadable request, is not a series.
         let label = match err.code() {
@@ -160,26 +215,51 @@ pub(super) async fn chat_completions(
     result
 }
 
-async fn chat(
+/// What the client asked of the answer's shape.
+#[derive(Debug, Clone)]
+struct Shape {
+    api: Api,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    mode: ToolMode,
+    logprobs: bool,
+    task_id: String,
+}
+
+async fn generate(
     ctx: NodeContext,
     key: &ApiKey,
     headers: HeaderMap,
     body: Body,
     span: tracing::Span,
     model_seen: &mut Option<String>,
+    api: Api,
 ) -> Result<Response, ApiError> {
     // The body first: a slow client spends its own time, not one of the request slots.
     let body = read_body(&ctx, &headers, body).await?;
     let permit = admit(&ctx)?;
-    let request = openai::parse_request(&body)?;
-    let stream = request.stream;
-    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let wait_for_model = request.wait_for_model.unwrap_or(true);
-    let chat = request.into_chat()?;
+    let (chat, stream, include_usage, wait_for_model) = match api {
+        Api::Chat => {
+            let r = openai::parse_request(&body)?;
+            let s = &r.sampling;
+            let flags = (s.stream, s.stream_options.as_ref().is_some_and(|o| o.include_usage), s.wait_for_model);
+            (r.into_chat()?, flags.0, flags.1, flags.2)
+        }
+        Api::Text => {
+            let r = openai::parse_completion(&body)?;
+            let s = &r.sampling;
+            let flags = (s.stream, s.stream_options.as_ref().is_some_and(|o| o.include_usage), s.wait_for_model);
+            (r.into_chat()?, flags.0, flags.1, flags.2)
+        }
+    };
     let model = chat.model.clone();
     span.record("gen_ai.request.model", model.as_str());
     *model_seen = Some(model.clone());
-    let (task_id, watch, duplicate) = submit_chat(&ctx, &headers, key, chat, wait_for_model).await?;
+    let mode = ToolMode::of(&chat);
+    let logprobs = chat.logprobs.is_some();
+    let (task_id, watch, duplicate) = submit_chat(&ctx, &headers, key, chat, wait_for_model.unwrap_or(true)).await?;
     span.record("task.id", task_id.as_str());
     let relay = tracing::info_span!(parent: &span, "relay", task.id = %task_id, gen_ai.response.finish_reasons = tracing::field::Empty);
     let mut cancel = CancelOnDrop::new(&ctx.bus, &task_id);
@@ -187,19 +267,26 @@ async fn chat(
         // A retry follows the original; its client going away must not cancel it.
         cancel.disarm();
     }
-    let id = format!("chatcmpl-{task_id}");
-    let created = bitinglip_nats::now_ms() / 1000;
-    if stream {
-        let events = sse_events(watch, cancel, id, created, model, include_usage, relay.clone());
+    let prefix = if api == Api::Chat { "chatcmpl" } else { "cmpl" };
+    let shape = Shape {
+        api,
+        id: format!("{prefix}-{task_id}"),
+        created: bitinglip_nats::now_ms() / 1000,
+        model: model.clone(),
+        include_usage,
+        mode,
+        logprobs,
+        task_id: task_id.to_string(),
+    };
+    let mut resp = if stream {
+        let events = sse_events(watch, cancel, shape, relay.clone());
         // The slot, and the gateway and relay spans, are held while the stream is open.
         let events = futures::StreamExt::map(events, move |e| {
             let _held = (&permit, &span, &relay);
             e
         });
         let events = super::submit::idle_limited(events, ctx.config.gateway.stream_idle_timeout);
-        let mut resp = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
-        resp.headers_mut().insert("x-task-id", task_id.as_str().parse().expect("task ids are valid header values"));
-        Ok(resp)
+        Sse::new(events).keep_alive(KeepAlive::default()).into_response()
     } else {
         let timeout = ctx.config.gateway.request_timeout;
         let result = tokio::time::timeout(timeout, gather(watch)).instrument(relay.clone()).await;
@@ -214,11 +301,22 @@ async fn chat(
         cancel.disarm();
         relay.record("gen_ai.response.finish_reasons", done.finish_reason.as_str());
         crate::metrics::metrics().requests.with_label_values(&[&model, "ok"]).inc();
-        let body = openai::completion(&id, created, &model, &text, done.finish_reason, &done.usage);
-        let mut resp = Json(body).into_response();
-        resp.headers_mut().insert("x-task-id", task_id.as_str().parse().expect("task ids are valid header values"));
-        Ok(resp)
-    }
+        match api {
+            Api::Chat => {
+                let forced = shape.mode != ToolMode::Free;
+                Json(openai::completion(&shape.id, shape.created, &model, text, &done, forced, logprobs))
+                    .into_response()
+            }
+            Api::Text => {
+                let lp = openai::legacy_logprobs(logprobs, &done.logprobs, 0);
+                let choice = Some((text, lp, Some(done.finish_reason)));
+                Json(openai::text_completion(&shape.id, shape.created, &model, choice, Some(&done.usage)))
+                    .into_response()
+            }
+        }
+    };
+    resp.headers_mut().insert("x-task-id", task_id.as_str().parse().expect("task ids are valid header values"));
+    Ok(resp)
 }
 
 pub(super) async fn gather(mut watch: TaskWatch) -> Result<(String, bitinglip_bus_schema::TaskCompleted), WireError> {
@@ -234,7 +332,7 @@ pub(super) async fn gather(mut watch: TaskWatch) -> Result<(String, bitinglip_bu
     Err(WireError::new(ErrorKind::Internal, "event stream ended without a result"))
 }
 
-/// The next event a chat client sees (workers starting are not shown).
+/// The next event a client sees (workers starting are not shown).
 async fn next_visible(watch: &mut TaskWatch) -> Option<Relayed> {
     loop {
         match watch.next().await {
@@ -249,66 +347,181 @@ pub(super) fn sse_data<T: serde::Serialize>(v: &T) -> Event {
     Event::default().data(serde_json::to_string(v).unwrap_or_default())
 }
 
+/// Where a streamed answer is.
+enum Phase {
+    Start,
+    Relay,
+    /// The calls of a `required` answer, then its last chunk.
+    Calls(bitinglip_bus_schema::TaskCompleted),
+    Last(bitinglip_bus_schema::TaskCompleted),
+    Usage(bitinglip_bus_schema::Usage),
+    Done,
+    End,
+}
+
+/// A streamed answer's state between events.
+struct Streaming {
+    watch: TaskWatch,
+    cancel: CancelOnDrop,
+    shape: Shape,
+    relay: tracing::Span,
+    phase: Phase,
+    /// Calls the engine recognized so far (their `index`).
+    calls: u32,
+    /// Bytes of text sent so far (a legacy completion's `text_offset`).
+    sent: usize,
+}
+
+impl Streaming {
+    /// A chat chunk of `delta`.
+    fn chat(
+        &self,
+        delta: Delta,
+        logprobs: &[TokenLogprob],
+        reason: Option<FinishReason>,
+        usage: Option<&Usage>,
+    ) -> Event {
+        let s = &self.shape;
+        let lp = openai::choice_logprobs(s.logprobs && !logprobs.is_empty(), logprobs);
+        sse_data(&openai::chunk(&s.id, s.created, &s.model, delta, lp, reason, usage))
+    }
+
+    /// A legacy completion chunk of `text`.
+    fn text(
+        &mut self,
+        text: String,
+        logprobs: &[TokenLogprob],
+        reason: Option<FinishReason>,
+        usage: Option<&Usage>,
+    ) -> Event {
+        let s = &self.shape;
+        let lp = openai::legacy_logprobs(s.logprobs && !logprobs.is_empty(), logprobs, self.sent);
+        self.sent += text.len();
+        sse_data(&openai::text_completion(&s.id, s.created, &s.model, Some((text, lp, reason)), usage))
+    }
+
+    /// The event for one relayed piece, or none (a `required` answer is held until whole).
+    fn piece(&mut self, text: String, logprobs: Vec<TokenLogprob>, tool_calls: Vec<ToolCall>) -> Option<Event> {
+        if self.shape.api == Api::Text {
+            return Some(self.text(text, &logprobs, None, None));
+        }
+        let delta = match &self.shape.mode {
+            ToolMode::Free => {
+                let calls: Vec<ToolCallOut> = tool_calls
+                    .iter()
+                    .map(|c| {
+                        self.calls += 1;
+                        ToolCallOut::whole(c, Some(self.calls - 1))
+                    })
+                    .collect();
+                Delta {
+                    role: None,
+                    content: (!text.is_empty()).then_some(text),
+                    tool_calls: (!calls.is_empty()).then_some(calls),
+                }
+            }
+            ToolMode::Named(_) => Delta { tool_calls: Some(vec![ToolCallOut::arguments(text)]), ..Delta::default() },
+            ToolMode::Required if self.shape.logprobs && !logprobs.is_empty() => Delta::default(),
+            ToolMode::Required => return None,
+        };
+        Some(self.chat(delta, &logprobs, None, None))
+    }
+
+    /// The first event.
+    fn start(&self) -> Event {
+        let delta = match &self.shape.mode {
+            ToolMode::Free => Delta { role: Some("assistant"), content: Some(String::new()), tool_calls: None },
+            ToolMode::Named(name) => Delta {
+                role: Some("assistant"),
+                content: None,
+                tool_calls: Some(vec![ToolCallOut::opening(guided::call_id(&self.shape.task_id, 0), name.clone())]),
+            },
+            ToolMode::Required => Delta { role: Some("assistant"), content: None, tool_calls: None },
+        };
+        self.chat(delta, &[], None, None)
+    }
+
+    /// The last event with a choice.
+    fn last(&mut self, done: &bitinglip_bus_schema::TaskCompleted) -> Event {
+        match self.shape.api {
+            Api::Chat => self.chat(Delta::default(), &[], Some(done.finish_reason), Some(&done.usage)),
+            Api::Text => self.text(String::new(), &[], Some(done.finish_reason), Some(&done.usage)),
+        }
+    }
+
+    /// The usage-only event (`stream_options.include_usage`).
+    fn usage(&self, usage: &Usage) -> Event {
+        let s = &self.shape;
+        match s.api {
+            Api::Chat => sse_data(&openai::usage_chunk(&s.id, s.created, &s.model, usage)),
+            Api::Text => sse_data(&openai::text_completion(&s.id, s.created, &s.model, None, Some(usage))),
+        }
+    }
+
+    /// The next event and the state after it; `None` ends the stream.
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        loop {
+            let phase = std::mem::replace(&mut self.phase, Phase::End);
+            let (event, next) = match phase {
+                Phase::Start => (self.start(), Phase::Relay),
+                Phase::Relay => match next_visible(&mut self.watch).await {
+                    Some(Relayed::Started { .. }) => unreachable!("filtered by next_visible"),
+                    Some(Relayed::Text { text, logprobs, tool_calls, .. }) => {
+                        match self.piece(text, logprobs, tool_calls) {
+                            Some(event) => (event, Phase::Relay),
+                            None => {
+                                self.phase = Phase::Relay;
+                                continue;
+                            }
+                        }
+                    }
+                    Some(Relayed::Done(done)) => {
+                        self.cancel.disarm();
+                        self.relay.record("gen_ai.response.finish_reasons", done.finish_reason.as_str());
+                        crate::metrics::metrics().requests.with_label_values(&[&self.shape.model, "ok"]).inc();
+                        self.phase = if self.shape.mode == ToolMode::Required && !done.tool_calls.is_empty() {
+                            Phase::Calls(done)
+                        } else {
+                            Phase::Last(done)
+                        };
+                        continue;
+                    }
+                    Some(Relayed::Failed(err)) => {
+                        self.cancel.disarm();
+                        crate::metrics::metrics()
+                            .requests
+                            .with_label_values(&[&self.shape.model, err.kind.as_str()])
+                            .inc();
+                        // Headers are gone; the error travels as an event in OpenAI's shape.
+                        (sse_data(&ApiError::from(err).body()), Phase::Done)
+                    }
+                    None => return None,
+                },
+                Phase::Calls(done) => {
+                    let calls = done.tool_calls.iter().enumerate().map(|(i, c)| ToolCallOut::whole(c, Some(i as u32)));
+                    let delta = Delta { tool_calls: Some(calls.collect()), ..Delta::default() };
+                    (self.chat(delta, &[], None, None), Phase::Last(done))
+                }
+                Phase::Last(done) => {
+                    let event = self.last(&done);
+                    (event, if self.shape.include_usage { Phase::Usage(done.usage) } else { Phase::Done })
+                }
+                Phase::Usage(usage) => (self.usage(&usage), Phase::Done),
+                Phase::Done => (Event::default().data("[DONE]"), Phase::End),
+                Phase::End => return None,
+            };
+            self.phase = next;
+            return Some((Ok(event), self));
+        }
+    }
+}
+
 fn sse_events(
     watch: TaskWatch,
     cancel: CancelOnDrop,
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
+    shape: Shape,
     relay: tracing::Span,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    enum Phase {
-        Start,
-        Relay,
-        Usage(bitinglip_bus_schema::Usage),
-        Done,
-        End,
-    }
-    let state = (watch, cancel, Phase::Start);
-    futures::stream::unfold(state, move |(mut watch, mut cancel, phase)| {
-        let id = id.clone();
-        let model = model.clone();
-        let relay = relay.clone();
-        async move {
-            match phase {
-                Phase::Start => {
-                    let delta = Delta { role: Some("assistant"), content: Some(String::new()) };
-                    let first = openai::chunk(&id, created, &model, delta, None, None);
-                    Some((Ok(sse_data(&first)), (watch, cancel, Phase::Relay)))
-                }
-                Phase::Relay => match next_visible(&mut watch).await {
-                    Some(Relayed::Started { .. }) => unreachable!("filtered by next_visible"),
-                    Some(Relayed::Text { text: t, .. }) => {
-                        let delta = Delta { role: None, content: Some(t) };
-                        let c = openai::chunk(&id, created, &model, delta, None, None);
-                        Some((Ok(sse_data(&c)), (watch, cancel, Phase::Relay)))
-                    }
-                    Some(Relayed::Done(done)) => {
-                        cancel.disarm();
-                        relay.record("gen_ai.response.finish_reasons", done.finish_reason.as_str());
-                        crate::metrics::metrics().requests.with_label_values(&[&model, "ok"]).inc();
-                        let reason = Some(done.finish_reason);
-                        let c = openai::chunk(&id, created, &model, Delta::default(), reason, Some(&done.usage));
-                        let next = if include_usage { Phase::Usage(done.usage) } else { Phase::Done };
-                        Some((Ok(sse_data(&c)), (watch, cancel, next)))
-                    }
-                    Some(Relayed::Failed(err)) => {
-                        cancel.disarm();
-                        crate::metrics::metrics().requests.with_label_values(&[&model, err.kind.as_str()]).inc();
-                        // Headers are gone; the error travels as an event in OpenAI's shape.
-                        let body = ApiError::from(err).body();
-                        Some((Ok(sse_data(&body)), (watch, cancel, Phase::Done)))
-                    }
-                    None => None,
-                },
-                Phase::Usage(usage) => {
-                    let c = openai::usage_chunk(&id, created, &model, &usage);
-                    Some((Ok(sse_data(&c)), (watch, cancel, Phase::Done)))
-                }
-                Phase::Done => Some((Ok(Event::default().data("[DONE]")), (watch, cancel, Phase::End))),
-                Phase::End => None,
-            }
-        }
-    })
+    let state = Streaming { watch, cancel, shape, relay, phase: Phase::Start, calls: 0, sent: 0 };
+    futures::stream::unfold(state, Streaming::next)
 }

@@ -66,12 +66,33 @@ pub(super) struct TaskView {
 pub(super) struct TaskResult {
     /// The whole text.
     text: String,
-    /// `stop` or `length`.
+    /// `stop`, `length` or `tool_calls`.
     finish_reason: &'static str,
     /// Chunks it was streamed in.
     chunks: u64,
     /// Tokens and timings.
     usage: openai::OpenAiUsage,
+    /// The answer's tool calls (`finish_reason` `tool_calls`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<TaskToolCall>,
+}
+
+/// A tool call of a task's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct TaskToolCall {
+    /// The call's id.
+    id: String,
+    /// The function called.
+    name: String,
+    /// Its arguments, JSON text.
+    arguments: String,
+}
+
+fn tool_calls(calls: &[bitinglip_bus_schema::ToolCall]) -> Vec<TaskToolCall> {
+    calls
+        .iter()
+        .map(|c| TaskToolCall { id: c.id.clone(), name: c.name.clone(), arguments: c.arguments.clone() })
+        .collect()
 }
 
 /// Why a task failed.
@@ -100,6 +121,7 @@ impl From<&TaskRecord> for TaskView {
                 finish_reason: openai::finish(d.finish_reason),
                 chunks: d.chunks,
                 usage: (&d.usage).into(),
+                tool_calls: tool_calls(&d.tool_calls),
             }),
             error: r.error.as_ref().map(|e| TaskError { code: e.kind.as_str(), message: e.message.clone() }),
             cancel_to_stop_ms: r.cancel_to_stop_ms,
@@ -189,7 +211,7 @@ async fn submit_task(ctx: NodeContext, key: ApiKey, headers: HeaderMap, body: Bo
     let body = read_body(&ctx, &headers, body).await?;
     let _permit = admit(&ctx)?;
     let request = openai::parse_request(&body)?;
-    let wait_for_model = request.wait_for_model.unwrap_or(true);
+    let wait_for_model = request.sampling.wait_for_model.unwrap_or(true);
     let chat = request.into_chat()?;
     let model = chat.model.clone();
     let (task_id, _watch, duplicate) = submit_chat(&ctx, &headers, &key, chat, wait_for_model).await?;
@@ -328,7 +350,7 @@ pub(super) async fn events(
                 Relayed::Started { attempt, resume_from_seq } => Event::default()
                     .event("started")
                     .data(json!({"attempt": attempt, "resume_from_seq": resume_from_seq}).to_string()),
-                Relayed::Text { seq, text } => Event::default()
+                Relayed::Text { seq, text, .. } => Event::default()
                     .event("chunk")
                     .id(seq.to_string())
                     .data(json!({"seq": seq, "text": text}).to_string()),
@@ -342,6 +364,7 @@ pub(super) async fn events(
                         "finish_reason": openai::finish(done.finish_reason),
                         "chunks": done.chunks,
                         "usage": {"prompt_tokens": done.usage.prompt_tokens, "completion_tokens": done.usage.completion_tokens},
+                        "tool_calls": tool_calls(&done.tool_calls),
                     });
                     return Some((Ok(Event::default().event("completed").data(body.to_string())), None));
                 }

@@ -20,8 +20,16 @@ pub(super) fn request(cfg: &TaskManagerConfig, req: &mut SubmitRequest, max_payl
             bitinglip_bus_schema::MAX_ID_BYTES
         )));
     }
-    if chat.messages.is_empty() {
-        return Err(invalid("`messages` is empty: give at least one message".into()));
+    match (&chat.prompt, chat.messages.is_empty()) {
+        (None, true) => return Err(invalid("`messages` is empty: give at least one message".into())),
+        (Some(_), false) => return Err(invalid("give `messages` or a `prompt`, not both".into())),
+        (Some(p), true) if p.len() > max_payload => {
+            return Err(WireError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("`prompt` holds {} bytes; the bus carries at most {max_payload}", p.len()),
+            ))
+        }
+        _ => {}
     }
     if chat.messages.len() > cfg.max_messages {
         return Err(invalid(format!(
@@ -66,12 +74,54 @@ pub(super) fn request(cfg: &TaskManagerConfig, req: &mut SubmitRequest, max_payl
     if chat.stop.len() > 4 || chat.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
         return Err(invalid("`stop` takes at most 4 non-empty strings of at most 256 bytes".into()));
     }
+    generation(chat)?;
     if let Some(key) = &req.idempotency_key {
         if key.is_empty() || key.len() > 256 {
             return Err(invalid("`idempotency_key` must be 1 to 256 bytes".into()));
         }
     }
     Ok(())
+}
+
+/// The fields beyond sampling: log probabilities, penalties, biases, tools and the output
+/// format (the grammar is built here once, so a bad schema is refused at submit).
+fn generation(chat: &bitinglip_bus_schema::ChatParams) -> Result<(), WireError> {
+    if let Some(n) = chat.logprobs {
+        if n > 20 {
+            return Err(invalid(format!("`top_logprobs` is {n}; use 0 to 20")));
+        }
+    }
+    for (name, value) in [("presence_penalty", chat.presence_penalty), ("frequency_penalty", chat.frequency_penalty)] {
+        if let Some(v) = value {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(invalid(format!("`{name}` is {v}; use -2 to 2")));
+            }
+        }
+    }
+    if chat.logit_bias.len() > 300 {
+        return Err(invalid(format!("`logit_bias` has {} entries; at most 300", chat.logit_bias.len())));
+    }
+    if let Some((token, bias)) = chat.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
+        return Err(invalid(format!("`logit_bias[{token}]` is {bias}; use -100 to 100")));
+    }
+    if chat.tools.len() > 128 {
+        return Err(invalid(format!("`tools` has {} entries; at most 128", chat.tools.len())));
+    }
+    for (i, tool) in chat.tools.iter().enumerate() {
+        let ok = !tool.name.is_empty()
+            && tool.name.len() <= 64
+            && tool.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok {
+            return Err(invalid(format!(
+                "`tools[{i}].function.name` is {:?}; use 1 to 64 letters, digits, `_` or `-`",
+                tool.name
+            )));
+        }
+        if chat.tools[..i].iter().any(|t| t.name == tool.name) {
+            return Err(invalid(format!("`tools[{i}].function.name` {:?} is there twice", tool.name)));
+        }
+    }
+    crate::guided::guide(chat).map(|_| ()).map_err(invalid)
 }
 
 #[cfg(test)]
@@ -101,6 +151,21 @@ mod tests {
             (Box::new(|r| r.chat.top_p = Some(0.0)), "top_p"),
             (Box::new(|r| r.chat.model = " ".into()), "model"),
             (Box::new(|r| r.chat.model = "m".repeat(300)), "model"),
+            (Box::new(|r| r.chat.prompt = Some("p".into())), "not both"),
+            (Box::new(|r| r.chat.logprobs = Some(21)), "top_logprobs"),
+            (Box::new(|r| r.chat.presence_penalty = Some(3.0)), "presence_penalty"),
+            (Box::new(|r| r.chat.logit_bias = vec![(7, 101.0)]), "logit_bias[7]"),
+            (
+                Box::new(|r| {
+                    r.chat.tools = vec![bitinglip_bus_schema::ToolSpec {
+                        name: "a b".into(),
+                        description: None,
+                        parameters: "{}".into(),
+                    }]
+                }),
+                "tools[0].function.name",
+            ),
+            (Box::new(|r| r.chat.tool_choice = bitinglip_bus_schema::ToolChoice::Required), "no `tools`"),
         ];
         for (mutate, field) in cases {
             let mut r = req();

@@ -6,16 +6,22 @@
 use std::time::{Duration, Instant};
 
 use bitinglip_bus_schema::{
-    ErrorKind, FinishReason, TaskCompleted, TaskEvent, TaskFailed, TaskRecord, TaskState, Usage, WireError,
+    ChatParams, ErrorKind, FinishReason, TaskCompleted, TaskEvent, TaskFailed, TaskRecord, TaskState, TokenLogprob,
+    ToolCall, Usage, WireError,
 };
 
 use crate::engine::{EngineError, Generation};
+use crate::guided;
 
 /// What one generation produced.
 pub(super) struct Generated {
     pub(super) result: Result<Generation, EngineError>,
     /// The whole answer so far (the prefix of earlier attempts included).
     pub(super) text: String,
+    /// Its tokens' log probabilities, when asked for.
+    pub(super) logprobs: Vec<TokenLogprob>,
+    /// Tool calls the engine recognized in it.
+    pub(super) tool_calls: Vec<ToolCall>,
     /// The next chunk's `seq` (so: the number of chunks of the answer).
     pub(super) chunks: u64,
     pub(super) first_token: Option<Duration>,
@@ -48,8 +54,10 @@ pub(super) enum FinalAck {
 
 /// How an attempt ends, from what it generated (pure). `usage` is the generation's, when
 /// it succeeded; `stop_ms` the time from a cancel reaching the worker to its last token.
+#[allow(clippy::too_many_arguments)] // everything the decision reads, from run_claimed
 pub(super) fn ending(
     claimed: &TaskRecord,
+    chat: &ChatParams,
     generated: &Generated,
     attempt: u32,
     max_deliver: u32,
@@ -76,14 +84,24 @@ pub(super) fn ending(
             fail(WireError::new(ErrorKind::Cancelled, "cancelled by the client"), FinalAck::Ack)
         }
         Ok(g) => {
+            // A forced tool choice's answer is the calls' JSON (the grammar saw to it); a
+            // free answer's calls are those the engine recognized.
+            let tool_calls = if chat.tool_choice.is_forced() {
+                guided::forced_calls(chat, task_id.as_str(), &generated.text).unwrap_or_default()
+            } else {
+                generated.tool_calls.clone()
+            };
+            let finish_reason = if tool_calls.is_empty() { g.finish_reason } else { FinishReason::ToolCalls };
             let completed = TaskCompleted {
                 task_id: task_id.clone(),
                 attempt,
                 text: generated.text.clone(),
-                finish_reason: g.finish_reason,
+                finish_reason,
                 usage: usage.unwrap_or_default(),
                 chunks: generated.chunks,
                 text_object: None,
+                tool_calls,
+                logprobs: generated.logprobs.clone(),
             };
             let mut r = claimed.clone();
             r.state = TaskState::Completed;
@@ -128,6 +146,8 @@ mod tests {
         Generated {
             result,
             text: "ab".into(),
+            logprobs: vec![],
+            tool_calls: vec![],
             chunks: 2,
             first_token: None,
             last_token: None,
@@ -151,6 +171,7 @@ mod tests {
     fn a_finished_generation_completes_with_its_text_and_chunk_count() {
         let (r, event, ack, outcome) = finished(ending(
             &claimed(),
+            &ChatParams::user("m", "x"),
             &generated(done(FinishReason::Stop)),
             1,
             3,
@@ -166,8 +187,16 @@ mod tests {
 
     #[test]
     fn a_cancel_is_recorded_with_its_stop_time_and_acked() {
-        let (r, _, ack, outcome) =
-            finished(ending(&claimed(), &generated(done(FinishReason::Cancelled)), 1, 3, false, None, Some(12.0)));
+        let (r, _, ack, outcome) = finished(ending(
+            &claimed(),
+            &ChatParams::user("m", "x"),
+            &generated(done(FinishReason::Cancelled)),
+            1,
+            3,
+            false,
+            None,
+            Some(12.0),
+        ));
         assert_eq!(
             (r.state, ack, outcome, r.cancel_to_stop_ms),
             (TaskState::Cancelled, FinalAck::Ack, "cancelled", Some(12.0))
@@ -178,7 +207,16 @@ mod tests {
     #[test]
     fn a_stopping_worker_hands_back_whatever_the_engine_said() {
         assert_eq!(
-            ending(&claimed(), &generated(done(FinishReason::Cancelled)), 1, 3, true, None, None),
+            ending(
+                &claimed(),
+                &ChatParams::user("m", "x"),
+                &generated(done(FinishReason::Cancelled)),
+                1,
+                3,
+                true,
+                None,
+                None
+            ),
             Ending::HandBack
         );
     }
@@ -186,12 +224,14 @@ mod tests {
     #[test]
     fn engine_failures_retry_until_the_last_attempt_and_bad_requests_never_do() {
         let failed = || generated(Err(EngineError::Failed("oom".into())));
-        assert_eq!(ending(&claimed(), &failed(), 1, 3, false, None, None), Ending::Retry);
-        let (r, _, ack, _) = finished(ending(&claimed(), &failed(), 3, 3, false, None, None));
+        assert_eq!(ending(&claimed(), &ChatParams::user("m", "x"), &failed(), 1, 3, false, None, None), Ending::Retry);
+        let (r, _, ack, _) =
+            finished(ending(&claimed(), &ChatParams::user("m", "x"), &failed(), 3, 3, false, None, None));
         assert_eq!((r.state, ack), (TaskState::Failed, FinalAck::Term));
         assert_eq!(r.error.unwrap().kind, ErrorKind::Engine);
         let (r, _, ack, _) = finished(ending(
             &claimed(),
+            &ChatParams::user("m", "x"),
             &generated(Err(EngineError::ContextLength("long".into()))),
             1,
             3,

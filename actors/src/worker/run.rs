@@ -39,7 +39,7 @@ use super::{
     Running, WorkerShared,
 };
 use crate::{
-    engine::{EngineError, GenerateRequest, Generation},
+    engine::{EngineError, GenerateRequest, Generation, Piece},
     metrics::{self, metrics},
     NodeContext,
 };
@@ -200,8 +200,16 @@ async fn run_claimed(
         .cancelled_at
         .map(|at| generated.last_token.filter(|t| *t > at).map_or(0.0, |t| (t - at).as_secs_f64() * 1000.0));
     let usage = generated.result.as_ref().ok().map(usage_of);
-    let ending =
-        ending(&owned.record, &generated, attempt, max_deliver, shared.hand_back.is_cancelled(), usage, stop_ms);
+    let ending = ending(
+        &owned.record,
+        &spec.chat,
+        &generated,
+        attempt,
+        max_deliver,
+        shared.hand_back.is_cancelled(),
+        usage,
+        stop_ms,
+    );
     match &ending {
         Ending::HandBack => {
             tracing::info!("worker stopping; task handed back");
@@ -383,15 +391,18 @@ async fn generate(
         std::future::pending::<()>().await
     };
 
+    // A constrained answer cannot go on from the middle (its grammar starts at the
+    // beginning): a later attempt generates it again from its start and streams only what
+    // goes beyond what was streamed before. Sampling is greedy unless asked otherwise, so
+    // the answer is the same one.
+    let restart = spec.chat.format.is_some() || spec.chat.tool_choice.is_forced();
+    let mut replay = if restart { prefix.text.len() } else { 0 };
     let request = GenerateRequest {
-        messages: spec.chat.messages.clone(),
-        prefix: prefix.text.clone(),
+        chat: spec.chat.clone(),
+        prefix: if restart { String::new() } else { prefix.text.clone() },
         max_tokens: spec.chat.max_tokens.unwrap_or(256),
-        temperature: spec.chat.temperature,
-        top_p: spec.chat.top_p,
-        stop: spec.chat.stop.clone(),
     };
-    let (tx, mut rx) = mpsc::channel::<String>(256);
+    let (tx, mut rx) = mpsc::channel::<Piece>(256);
     // In its own task, so an engine that panics fails this attempt, not the slot.
     let engine = shared.engine.clone();
     let engine_token = cancel.clone();
@@ -401,7 +412,8 @@ async fn generate(
             Err(join) => Err(EngineError::Failed(format!("the engine panicked: {join}"))),
         }
     };
-    let mut text = prefix.text;
+    let (mut text, mut logprobs) = if restart { (String::new(), vec![]) } else { (prefix.text, prefix.logprobs) };
+    let mut tool_calls = Vec::new();
     let mut seq = prefix.next_seq;
     let mut first_token: Option<Duration> = None;
     let mut last_token: Option<Instant> = None;
@@ -440,8 +452,31 @@ async fn generate(
             last_token = Some(now);
             first_at.get_or_insert(now);
             pieces += 1;
-            text.push_str(&piece);
-            let chunk = TaskEvent::Chunk(TokenChunk { task_id: task_id.clone(), attempt, seq, text: piece });
+            let before = text.len();
+            text.push_str(&piece.text);
+            logprobs.extend(piece.logprobs.iter().cloned());
+            tool_calls.extend(piece.tool_calls.iter().cloned());
+            let Piece { text: mut piece_text, logprobs: piece_logprobs, tool_calls: piece_calls } = piece;
+            if replay > 0 {
+                // Streamed already by an earlier attempt: only what goes beyond it is new.
+                if text.len() <= replay {
+                    continue;
+                }
+                let mut cut = replay - before;
+                while !piece_text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                piece_text.drain(..cut);
+                replay = 0;
+            }
+            let chunk = TaskEvent::Chunk(TokenChunk {
+                task_id: task_id.clone(),
+                attempt,
+                seq,
+                text: piece_text,
+                logprobs: piece_logprobs,
+                tool_calls: piece_calls,
+            });
             seq += 1;
             publish_event(ctx, task_id, &chunk, trace).await;
         }
@@ -456,7 +491,17 @@ async fn generate(
     let cancelled_at = shared.running.lock().ok().and_then(|mut r| r.remove(task_id)).and_then(|t| t.cancelled_at);
     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
     shared.publish_info();
-    Generated { result, text, chunks: seq, first_token, last_token, stale: stale.is_cancelled(), cancelled_at }
+    Generated {
+        result,
+        text,
+        logprobs,
+        tool_calls,
+        chunks: seq,
+        first_token,
+        last_token,
+        stale: stale.is_cancelled(),
+        cancelled_at,
+    }
 }
 
 /// The usage key of tasks submitted over NATS without an API key.

@@ -16,6 +16,8 @@ pub enum FinishReason {
     Cancelled,
     /// The engine failed.
     Error,
+    /// The answer is a call of one or more tools (`tool_calls`).
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -26,6 +28,7 @@ impl FinishReason {
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
             FinishReason::Error => "error",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -103,6 +106,20 @@ pub struct TokenChunk {
     pub seq: u64,
     /// The text of this chunk (one or more tokens).
     pub text: String,
+    /// The log probabilities of this chunk's tokens, when the request asked for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<crate::TokenLogprob>,
+    /// Tool calls the engine recognized in the output (with `tool_choice` `auto`); the
+    /// text of a recognized call is not in `text`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::ToolCall>,
+}
+
+impl TokenChunk {
+    /// A chunk of `text` alone.
+    pub fn text(task_id: TaskId, attempt: u32, seq: u64, text: String) -> Self {
+        Self { task_id, attempt, seq, text, logprobs: vec![], tool_calls: vec![] }
+    }
 }
 
 /// The task finished.
@@ -124,6 +141,13 @@ pub struct TaskCompleted {
     /// results object store under this name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_object: Option<String>,
+    /// The answer's tool calls (`finish_reason` `tool_calls`); `text` then holds what the
+    /// model generated for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::ToolCall>,
+    /// Every generated token's log probability, when the request asked for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<crate::TokenLogprob>,
 }
 
 /// The task failed.
@@ -164,7 +188,7 @@ mod tests {
             &["type", "task_id", "attempt", "worker", "resume_from_seq"],
         );
         pin(
-            TaskEvent::Chunk(TokenChunk { task_id: id(), attempt: 1, seq: 3, text: "hé".into() }),
+            TaskEvent::Chunk(TokenChunk::text(id(), 1, 3, "hé".into())),
             &["type", "task_id", "attempt", "seq", "text"],
         );
         let usage = Usage {
@@ -183,6 +207,8 @@ mod tests {
                 usage,
                 chunks: 4,
                 text_object: None,
+                tool_calls: vec![],
+                logprobs: vec![],
             }),
             &["type", "task_id", "attempt", "text", "finish_reason", "usage", "chunks"],
         );

@@ -5,12 +5,25 @@ use serde::{Deserialize, Serialize};
 use crate::{TaskId, WireError};
 
 /// Who wrote a message of the conversation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant` (or `tool`).
     pub role: String,
     /// The text.
     pub content: String,
+    /// An assistant message's calls of tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::ToolCall>,
+    /// A `tool` message: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A message of `role` with `content` alone.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into(), ..Self::default() }
+    }
 }
 
 /// Scheduling class of a task. Interactive tasks are served first; batch is never starved.
@@ -34,8 +47,9 @@ impl Priority {
     }
 }
 
-/// What to generate: the OpenAI chat-completion fields BitingLip understands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What to generate: the OpenAI chat-completion fields BitingLip understands. Every field
+/// after `seed` is optional on the wire and left out when unset.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ChatParams {
     /// Model id as registered (`Qwen/Qwen2.5-0.5B-Instruct`, or a local model's name).
     pub model: String,
@@ -56,6 +70,38 @@ pub struct ChatParams {
     /// Sampling seed.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// A raw text prompt (a legacy completion): generated after as it is, with no chat
+    /// template, instead of `messages` (then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Functions the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<crate::ToolSpec>,
+    /// Whether and which tool it must call (`auto` when absent).
+    #[serde(default, skip_serializing_if = "crate::ToolChoice::is_auto")]
+    pub tool_choice: crate::ToolChoice,
+    /// False: at most one tool call (absent: any number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// The form the answer must take (constrained decoding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::OutputFormat>,
+    /// Return each generated token's log probability, with this many of the most likely
+    /// tokens at each position (0 to 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
+    /// Penalty on tokens already present, -2 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// Penalty by how often a token already appeared, -2 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Added to the logits of these token ids, -100 to 100: pairs `[token, bias]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// The end user the request is made for (OpenAI's `user`), for the caller's records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Request on `…task.submit`: queue a chat task.
@@ -86,15 +132,7 @@ pub struct SubmitRequest {
 impl ChatParams {
     /// One user message to `model`, every sampling field left to its default.
     pub fn user(model: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            model: model.into(),
-            messages: vec![ChatMessage { role: "user".into(), content: content.into() }],
-            max_tokens: None,
-            temperature: None,
-            top_p: None,
-            stop: vec![],
-            seed: None,
-        }
+        Self { model: model.into(), messages: vec![ChatMessage::new("user", content)], ..Self::default() }
     }
 }
 
@@ -329,12 +367,13 @@ mod tests {
     pub(crate) fn chat() -> ChatParams {
         ChatParams {
             model: "Qwen/Qwen2.5-0.5B-Instruct".into(),
-            messages: vec![ChatMessage { role: "user".into(), content: "hi".into() }],
+            messages: vec![ChatMessage::new("user", "hi")],
             max_tokens: Some(16),
             temperature: Some(0.5),
             top_p: None,
             stop: vec!["\n".into()],
             seed: Some(1),
+            ..ChatParams::default()
         }
     }
 
@@ -350,7 +389,51 @@ mod tests {
         };
         pin(req, &["chat", "task_id", "idempotency_key", "priority", "wait_for_model", "owner"]);
         pin(chat(), &["model", "messages", "max_tokens", "temperature", "top_p", "stop", "seed"]);
-        pin(ChatMessage { role: "user".into(), content: "x".into() }, &["role", "content"]);
+        pin(ChatMessage::new("user", "x"), &["role", "content"]);
+        let full = ChatParams {
+            prompt: Some("p".into()),
+            tools: vec![crate::ToolSpec { name: "f".into(), description: None, parameters: "{}".into() }],
+            tool_choice: crate::ToolChoice::Required,
+            parallel_tool_calls: Some(false),
+            format: Some(crate::OutputFormat::JsonObject),
+            logprobs: Some(2),
+            presence_penalty: Some(0.5),
+            frequency_penalty: Some(0.5),
+            logit_bias: vec![(5, -100.0)],
+            user: Some("u".into()),
+            ..chat()
+        };
+        pin(
+            full,
+            &[
+                "model",
+                "messages",
+                "max_tokens",
+                "temperature",
+                "top_p",
+                "stop",
+                "seed",
+                "prompt",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+                "format",
+                "logprobs",
+                "presence_penalty",
+                "frequency_penalty",
+                "logit_bias",
+                "user",
+            ],
+        );
+        let call = crate::ToolCall { id: "call_1".into(), name: "f".into(), arguments: "{}".into() };
+        pin(
+            ChatMessage { tool_calls: vec![call], ..ChatMessage::new("assistant", "") },
+            &["role", "content", "tool_calls"],
+        );
+        pin(
+            ChatMessage { tool_call_id: Some("call_1".into()), ..ChatMessage::new("tool", "42") },
+            &["role", "content", "tool_call_id"],
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Instant};
 
 use bitinglip_actors::{Engine, GenerateRequest};
-use bitinglip_bus_schema::ChatMessage;
+use bitinglip_bus_schema::ChatParams;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -66,15 +66,9 @@ pub(crate) async fn direct(engine: &Arc<dyn Engine>, streams: usize, max_tokens:
     for _ in 0..streams {
         let engine = engine.clone();
         handles.push(tokio::spawn(async move {
-            let request = GenerateRequest {
-                messages: vec![ChatMessage { role: "user".into(), content: PROMPT.into() }],
-                prefix: String::new(),
-                max_tokens,
-                temperature: Some(0.0),
-                top_p: None,
-                stop: vec![],
-            };
-            let (tx, mut rx) = mpsc::channel::<String>(256);
+            let chat = ChatParams { temperature: Some(0.0), ..ChatParams::user("direct", PROMPT) };
+            let request = GenerateRequest::new(chat, max_tokens);
+            let (tx, mut rx) = mpsc::channel(256);
             let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
             let generated = engine.generate(request, tx, CancellationToken::new()).await;
             let _ = drain.await;

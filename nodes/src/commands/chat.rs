@@ -13,9 +13,9 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
     let bus = super::client_bus(&config).await?;
     let mut messages = Vec::new();
     if let Some(system) = args.system {
-        messages.push(ChatMessage { role: "system".into(), content: system });
+        messages.push(ChatMessage::new("system", system));
     }
-    messages.push(ChatMessage { role: "user".into(), content: args.prompt });
+    messages.push(ChatMessage::new("user", args.prompt));
     let task_id = TaskId::parse(ulid::Ulid::new().to_string())?;
     let req = SubmitRequest {
         chat: ChatParams {
@@ -23,9 +23,7 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
             messages,
             max_tokens: args.max_tokens,
             temperature: args.temperature,
-            top_p: None,
-            stop: vec![],
-            seed: None,
+            ..ChatParams::default()
         },
         task_id: Some(task_id.clone()),
         idempotency_key: None,

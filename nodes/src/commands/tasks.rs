@@ -4,8 +4,8 @@ use std::io::Write;
 
 use anyhow::bail;
 use bitinglip_bus_schema::{
-    ChatMessage, ChatParams, GetTask, ListTasks, Priority, SubmitReply, SubmitRequest, TaskId, TaskList, TaskRecord,
-    TaskState, TaskStatusReply,
+    ChatParams, GetTask, ListTasks, Priority, SubmitReply, SubmitRequest, TaskId, TaskList, TaskRecord, TaskState,
+    TaskStatusReply,
 };
 use bitinglip_client::{cancel, Relayed, TaskWatch};
 use bitinglip_config::Config;
@@ -33,15 +33,7 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
                 "batch" => Priority::Batch,
                 other => bail!("--priority {other:?}: use interactive or batch"),
             };
-            let chat = ChatParams {
-                model,
-                messages: vec![ChatMessage { role: "user".into(), content: prompt }],
-                max_tokens,
-                temperature: None,
-                top_p: None,
-                stop: vec![],
-                seed: None,
-            };
+            let chat = ChatParams { max_tokens, ..ChatParams::user(model, prompt) };
             let req = SubmitRequest { idempotency_key, priority, ..SubmitRequest::new(chat) };
             match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await? {
                 SubmitReply::Accepted(a) => println!("{}", a.task_id),

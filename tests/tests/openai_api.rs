@@ -1,0 +1,76 @@
+//! The OpenAI API beyond plain chat, driven by the official `openai` Python client against
+//! a node from `bitinglip up` with real mistral.rs inference on a generated random-weight
+//! model: tool calls, structured output, log probabilities, legacy completions, the grammar
+//! extension and refusals (`tests/clients/openai_api.py`).
+
+use std::time::Duration;
+
+use bitinglip_tests::{test_config, Arch, ModelDir, ModelSpec, NodeProcess};
+use serde_json::{json, Value};
+
+async fn up(model: &ModelDir) -> (NodeProcess, tempfile::TempDir, String) {
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("nats://127.0.0.1:{}", bitinglip_tests::free_port());
+    let mut config = test_config(&url);
+    config.data_dir = data.path().to_path_buf();
+    let path = model.path();
+    let mut node = NodeProcess::spawn(&config, &["up", "--model", path.to_str().unwrap()]);
+    node.wait_for_model(model.id(), Duration::from_secs(120)).await;
+    let key = std::fs::read_to_string(data.path().join("admin.key")).unwrap().trim().to_string();
+    (node, data, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_structured_output_logprobs_and_completions_through_the_openai_client() {
+    let model = ModelDir::generate("tiny-api", &ModelSpec::tiny(Arch::Qwen2));
+    let (node, _data, key) = up(&model).await;
+    let base = node.http.clone().unwrap();
+    let root = bitinglip_tests::workspace_root();
+    let python = root.join(".venv/bin/python");
+    assert!(python.is_file(), "{} missing: run .ci/setup", python.display());
+    let out = tokio::process::Command::new(python)
+        .arg(root.join("tests/clients/openai_api.py"))
+        .arg(format!("{base}/v1"))
+        .arg("tiny-api")
+        .arg(&key)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "openai client failed:\n{stdout}\n{stderr}\n{}", node.log());
+    assert!(stdout.contains("ok all"), "{stdout}");
+    eprintln!("{stdout}");
+
+    // The task record of a forced call holds the calls and the reason, for the task API
+    // and for clients on the bus.
+    let http = bitinglip_tests::http_with(&key);
+    let body = json!({
+        "model": "tiny-api",
+        "messages": [{"role": "user", "content": "weather?"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": false}}}],
+        "tool_choice": "required",
+        "parallel_tool_calls": false,
+        "max_tokens": 100,
+    });
+    let resp = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let task_id = resp.headers()["x-task-id"].to_str().unwrap().to_string();
+    let answer: Value = resp.json().await.unwrap();
+    let record = bitinglip_tests::task_record(&http, &base, &task_id).await;
+    assert_eq!(record["result"]["finish_reason"], "tool_calls", "{record}");
+    let call = &record["result"]["tool_calls"][0];
+    assert_eq!(call["name"], "f", "{record}");
+    assert_eq!(call["id"], answer["choices"][0]["message"]["tool_calls"][0]["id"], "{answer}");
+    let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["ok"].is_boolean(), "{args}");
+
+    // A schema that is not a JSON Schema object is refused at submit, the field named.
+    let bad = json!({"model": "tiny-api", "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": 5}}});
+    let resp = http.post(format!("{base}/v1/chat/completions")).json(&bad).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("json_schema.schema"), "{err}");
+}
