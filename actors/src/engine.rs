@@ -44,6 +44,13 @@ pub struct Piece {
     pub tool_calls: Vec<ToolCall>,
 }
 
+impl Generation {
+    /// A generation that ended for `finish_reason` after `completion_tokens`.
+    pub fn ended(finish_reason: FinishReason, prompt_tokens: u32, completion_tokens: u32) -> Self {
+        Self { finish_reason, prompt_tokens, completion_tokens, embeddings: vec![] }
+    }
+}
+
 impl From<String> for Piece {
     fn from(text: String) -> Self {
         Self { text, ..Self::default() }
@@ -51,7 +58,7 @@ impl From<String> for Piece {
 }
 
 /// How a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     /// Why it ended.
     pub finish_reason: FinishReason,
@@ -59,6 +66,8 @@ pub struct Generation {
     pub prompt_tokens: u32,
     /// Tokens generated.
     pub completion_tokens: u32,
+    /// An embedding request's vectors, one per input.
+    pub embeddings: Vec<Vec<f32>>,
 }
 
 /// Why a generation failed.
@@ -86,7 +95,8 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Generates, sending each piece of text to `out` as it is produced. When `cancel`
     /// fires the engine stops the sequence and frees its slot, and returns what it has with
-    /// [`FinishReason::Cancelled`].
+    /// [`FinishReason::Cancelled`]. A request with `input` asks for embeddings instead: an
+    /// embedding model returns them in [`Generation::embeddings`]; any other refuses.
     async fn generate(
         &self,
         req: GenerateRequest,

@@ -13,9 +13,13 @@
 mod admin;
 mod api;
 mod auth;
+mod batch_runner;
+mod batches;
+mod embeddings;
 mod keys;
 mod limits;
 mod openai;
+mod responses;
 mod routes;
 mod submit;
 mod tasks;
@@ -79,6 +83,8 @@ impl Actor for Gateway {
             admin_key_sha256: ctx.config.gateway.admin_key.as_ref().map(|k| hash_secret(k.expose())),
         };
         let app = routes::router(ctx.clone(), auth);
+        // Batches are driven from every gateway (one at a time each, by a lease).
+        tokio::spawn(batch_runner::run(ctx.clone(), stop.clone()));
         let shutdown = stop.clone();
         let header_timeout = ctx.config.gateway.header_timeout;
         let server = tokio::spawn(async move {

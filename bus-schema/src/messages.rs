@@ -1,19 +1,23 @@
 //! Every message type on the bus, grouped by domain.
 
+mod batches;
 mod cluster;
 mod deployments;
 mod events;
 mod generation;
 mod keys;
 mod models;
+mod responses;
 mod task;
 
+pub use batches::*;
 pub use cluster::*;
 pub use deployments::*;
 pub use events::*;
 pub use generation::*;
 pub use keys::*;
 pub use models::*;
+pub use responses::*;
 pub use task::*;
 
 use serde::{Deserialize, Serialize};

@@ -424,6 +424,21 @@ impl Subjects {
     pub fn results_bucket(&self) -> String {
         format!("{}_results", self.name_prefix.to_ascii_lowercase())
     }
+
+    /// KV bucket of batches (the Batch API).
+    pub fn batches_bucket(&self) -> String {
+        format!("{}_batches", self.name_prefix.to_ascii_lowercase())
+    }
+
+    /// Object store of uploaded and produced files (the Files API).
+    pub fn files_bucket(&self) -> String {
+        format!("{}_files", self.name_prefix.to_ascii_lowercase())
+    }
+
+    /// KV bucket of stored Responses API answers and their conversations.
+    pub fn responses_bucket(&self) -> String {
+        format!("{}_responses", self.name_prefix.to_ascii_lowercase())
+    }
 }
 
 #[cfg(test)]

@@ -339,6 +339,7 @@ mod tests {
             text_object: None,
             tool_calls: vec![],
             logprobs: vec![],
+            embeddings: vec![],
         })
     }
 

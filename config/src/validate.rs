@@ -145,6 +145,9 @@ impl Config {
                 ));
             }
         }
+        if js.files_max_bytes < 1024 * 1024 {
+            return Err(invalid("jetstream.files_max_bytes", js.files_max_bytes, "must be at least 1048576 (1 MiB)"));
+        }
         if js.tasks_max_bytes < 1024 * 1024 {
             return Err(invalid("jetstream.tasks_max_bytes", js.tasks_max_bytes, "must be at least 1048576 (1 MiB)"));
         }

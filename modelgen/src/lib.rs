@@ -14,6 +14,9 @@ pub enum Arch {
     Llama,
     /// `Qwen2ForCausalLM` (biases on q, k, v).
     Qwen2,
+    /// A Qwen3 embedding model in sentence-transformers layout (`modules.json`, last-token
+    /// pooling, normalization): the transformer without its language-model head.
+    Qwen3Embedding,
 }
 
 /// Shape of a generated model.
@@ -173,6 +176,7 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
     let (arch_name, model_type) = match spec.arch {
         Arch::Llama => ("LlamaForCausalLM", "llama"),
         Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        Arch::Qwen3Embedding => ("Qwen3ForCausalLM", "qwen3"),
     };
     let mut config = json!({
         "architectures": [arch_name],
@@ -198,6 +202,14 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
         config["sliding_window"] = json!(spec.max_positions);
         config["use_sliding_window"] = json!(false);
         config["max_window_layers"] = json!(spec.layers);
+    }
+    if spec.arch == Arch::Qwen3Embedding {
+        config["sliding_window"] = json!(null);
+        config["use_sliding_window"] = json!(false);
+        config["max_window_layers"] = json!(spec.layers);
+        config["attention_bias"] = json!(false);
+        config["tie_word_embeddings"] = json!(true);
+        sentence_transformers(dir, spec.hidden)?;
     }
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
     std::fs::write(dir.join("tokenizer.json"), serde_json::to_vec_pretty(&tokenizer_json())?)?;
@@ -243,10 +255,15 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
     }
     let h = spec.hidden;
     let kv = spec.kv_heads * head_dim;
-    random(&mut tensors, "model.embed_tokens.weight".into(), vec![vocab, h], &mut rng);
-    random(&mut tensors, "lm_head.weight".into(), vec![vocab, h], &mut rng);
+    // An embedding model is the bare transformer: no `model.` prefix, no head.
+    let embedder = spec.arch == Arch::Qwen3Embedding;
+    let root = if embedder { "" } else { "model." };
+    random(&mut tensors, format!("{root}embed_tokens.weight"), vec![vocab, h], &mut rng);
+    if !embedder {
+        random(&mut tensors, "lm_head.weight".into(), vec![vocab, h], &mut rng);
+    }
     for l in 0..spec.layers {
-        let p = format!("model.layers.{l}");
+        let p = format!("{root}layers.{l}");
         random(&mut tensors, format!("{p}.self_attn.q_proj.weight"), vec![spec.heads * head_dim, h], &mut rng);
         random(&mut tensors, format!("{p}.self_attn.k_proj.weight"), vec![kv, h], &mut rng);
         random(&mut tensors, format!("{p}.self_attn.v_proj.weight"), vec![kv, h], &mut rng);
@@ -259,10 +276,14 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
         random(&mut tensors, format!("{p}.mlp.gate_proj.weight"), vec![spec.intermediate, h], &mut rng);
         random(&mut tensors, format!("{p}.mlp.up_proj.weight"), vec![spec.intermediate, h], &mut rng);
         random(&mut tensors, format!("{p}.mlp.down_proj.weight"), vec![h, spec.intermediate], &mut rng);
+        if embedder {
+            tensors.push((format!("{p}.self_attn.q_norm.weight"), vec![head_dim], ones(head_dim)));
+            tensors.push((format!("{p}.self_attn.k_norm.weight"), vec![head_dim], ones(head_dim)));
+        }
         tensors.push((format!("{p}.input_layernorm.weight"), vec![h], ones(h)));
         tensors.push((format!("{p}.post_attention_layernorm.weight"), vec![h], ones(h)));
     }
-    tensors.push(("model.norm.weight".into(), vec![h], ones(h)));
+    tensors.push((format!("{root}norm.weight"), vec![h], ones(h)));
 
     let bytes = tensors;
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
@@ -277,6 +298,36 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
     meta.insert("format".to_string(), "pt".to_string());
     safetensors::serialize_to_file(views, Some(meta), &dir.join("model.safetensors")).map_err(std::io::Error::other)?;
     Ok(config)
+}
+
+/// The sentence-transformers modules of an embedding model: the transformer, last-token
+/// pooling, normalization to unit length.
+fn sentence_transformers(dir: &Path, hidden: usize) -> std::io::Result<()> {
+    let modules = json!([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]);
+    std::fs::write(dir.join("modules.json"), serde_json::to_vec_pretty(&modules)?)?;
+    std::fs::create_dir_all(dir.join("1_Pooling"))?;
+    std::fs::create_dir_all(dir.join("2_Normalize"))?;
+    let pooling = json!({
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": false,
+        "pooling_mode_mean_tokens": false,
+        "pooling_mode_max_tokens": false,
+        "pooling_mode_mean_sqrt_len_tokens": false,
+        "pooling_mode_weightedmean_tokens": false,
+        "pooling_mode_lasttoken": true,
+        "include_prompt": true,
+    });
+    std::fs::write(dir.join("1_Pooling/config.json"), serde_json::to_vec_pretty(&pooling)?)?;
+    std::fs::write(
+        dir.join("config_sentence_transformers.json"),
+        serde_json::to_vec_pretty(
+            &json!({"prompts": {}, "default_prompt_name": null, "similarity_fn_name": "cosine"}),
+        )?,
+    )
 }
 
 #[cfg(test)]

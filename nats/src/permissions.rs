@@ -184,6 +184,13 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             // API keys: the watch every gateway keeps, and the admin API's writes.
             p.publish(access::kv_watch(&keys));
             p.publish(access::kv_write(&keys, ">"));
+            // Stored responses (the Responses API), written and read by gateways only.
+            p.publish(access::kv_watch(&s.responses_bucket()));
+            p.publish(access::kv_write(&s.responses_bucket(), ">"));
+            // The Files and Batch APIs: gateways store files and drive batches.
+            p.publish(access::kv_watch(&s.batches_bucket()));
+            p.publish(access::kv_write(&s.batches_bucket(), ">"));
+            p.publish(access::files_write(s));
             // Limits and usage.
             p.publish([s.all_rate_counters()]);
             p.publish(access::counters_read(&s.rates_stream()));
@@ -294,7 +301,12 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
     }
     // Nothing but the admin may destroy, forge the server's advisories, or write what it
     // does not own.
-    p.publish_deny.extend(access::destructive(s));
+    // The gateway deletes the Files API's files, which purges their chunks (and only
+    // theirs: the purge names the object's subject).
+    let files_purge = format!("$JS.API.STREAM.PURGE.OBJ_{}", s.files_bucket());
+    p.publish_deny.extend(
+        access::destructive(s).into_iter().filter(|d| !(matches!(role, NatsRole::Gateway) && *d == files_purge)),
+    );
     p.publish_deny.push("$JS.EVENT.>".into());
     p.publish_deny.push("$SYS.>".into());
     if !matches!(role, NatsRole::Gateway) {

@@ -23,6 +23,12 @@ pub(crate) struct Provisioned {
     pub(crate) leases: kv::Store,
     /// API keys.
     pub(crate) keys: kv::Store,
+    /// Stored Responses API answers.
+    pub(crate) responses: kv::Store,
+    /// Batches.
+    pub(crate) batches: kv::Store,
+    /// Files of the Files API.
+    pub(crate) files: object_store::ObjectStore,
     /// Answers too large for one message.
     pub(crate) results: object_store::ObjectStore,
 }
@@ -224,24 +230,88 @@ pub(crate) async fn provision(
         },
     )
     .await?;
-    // Answers too large for one message, kept as long as the task records.
-    let bucket = subjects.results_bucket();
-    let results = match js
-        .create_object_store(object_store::Config {
-            bucket: bucket.clone(),
-            description: Some("BitingLip answers too large for one message".into()),
-            max_age: cfg.tasks_max_age,
+    // Responses API answers with their conversations (`previous_response_id`), kept as
+    // long as the task records.
+    let responses = ensure_kv(
+        js,
+        changes,
+        Data::Kept,
+        kv::Config {
+            bucket: subjects.responses_bucket(),
             max_bytes: cfg.tasks_max_bytes,
+            description: "BitingLip stored responses and their conversations".into(),
+            history: 1,
+            max_age: cfg.tasks_max_age,
             storage: stream::StorageType::File,
             num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    // Batches: a batch's record is its whole state. Kept until deleted.
+    let batches = ensure_kv(
+        js,
+        changes,
+        Data::Kept,
+        kv::Config {
+            bucket: subjects.batches_bucket(),
+            max_bytes: 256 * MIB,
+            description: "BitingLip batches".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    // Files of the Files API (batch input, output and error files), kept until deleted,
+    // at most `jetstream.files_max_bytes` in all.
+    let files = ensure_object_store(
+        js,
+        &subjects.files_bucket(),
+        "BitingLip files (the Files API)",
+        None,
+        cfg.files_max_bytes,
+        cfg.replicas,
+    )
+    .await?;
+    // Answers too large for one message, kept as long as the task records.
+    let results = ensure_object_store(
+        js,
+        &subjects.results_bucket(),
+        "BitingLip answers too large for one message",
+        Some(cfg.tasks_max_age),
+        cfg.tasks_max_bytes,
+        cfg.replicas,
+    )
+    .await?;
+    Ok(Provisioned { tasks, models, nodes, deployments, leases, keys, responses, batches, results, files })
+}
+
+/// The object store `bucket`, made when missing.
+async fn ensure_object_store(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Option<std::time::Duration>,
+    max_bytes: i64,
+    replicas: usize,
+) -> Result<object_store::ObjectStore, ProvisionError> {
+    match js
+        .create_object_store(object_store::Config {
+            bucket: bucket.to_string(),
+            description: Some(description.into()),
+            max_age: max_age.unwrap_or_default(),
+            max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
     {
-        Ok(store) => store,
-        Err(create) => js.get_object_store(&bucket).await.map_err(|_| err(&bucket, create))?,
-    };
-    Ok(Provisioned { tasks, models, nodes, deployments, leases, keys, results })
+        Ok(store) => Ok(store),
+        Err(create) => js.get_object_store(bucket).await.map_err(|_| err(bucket, create)),
+    }
 }
 
 /// Finds the buckets an earlier start provisioned, creating nothing (a client such as
@@ -255,8 +325,14 @@ pub(crate) async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result
         deployments: get(subjects.deployments_bucket()).await?,
         leases: get(subjects.leases_bucket()).await?,
         keys: get(subjects.keys_bucket()).await?,
+        responses: get(subjects.responses_bucket()).await?,
+        batches: get(subjects.batches_bucket()).await?,
         results: {
             let bucket = subjects.results_bucket();
+            js.get_object_store(&bucket).await.map_err(|e| err(&bucket, e))?
+        },
+        files: {
+            let bucket = subjects.files_bucket();
             js.get_object_store(&bucket).await.map_err(|e| err(&bucket, e))?
         },
     })

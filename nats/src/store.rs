@@ -12,6 +12,9 @@
 //! | [`deployments`] | deployments and placements (`bitinglip_deployments`) | `deploy.<model token>`, `place.<node token>` |
 //! | [`leases`] | the cluster managers' leader lease (`bitinglip_leases`) | `leader` |
 //! | [`keys`] | API keys, hashed (`bitinglip_keys`) | `<key id>` |
+//! | [`batches`] | batches of the Batch API (`bitinglip_batches`) | `<batch id>` |
+//! | [`files`] | files of the Files API (object store `bitinglip_files`) | `<file id>` |
+//! | [`responses`] | stored Responses API answers (`bitinglip_responses`) | `<response id>` |
 //! | [`queue`] | the tasks stream: queueing, worker consumers, queue statistics | — |
 //! | [`events`] | the task events stream: reading back what was published | — |
 //!
@@ -25,15 +28,18 @@
 //! the CLI and outside Rust programs included, without linking an engine.
 
 pub mod access;
+pub mod batches;
 pub mod counters;
 pub mod deployments;
 pub mod events;
+pub mod files;
 pub mod keys;
 pub mod leases;
 pub mod model_status;
 pub mod models;
 pub mod nodes;
 pub mod queue;
+pub mod responses;
 pub mod results;
 pub mod tasks;
 
@@ -132,6 +138,9 @@ struct Inner {
     deployments: Bucket,
     leases: Bucket,
     keys: Bucket,
+    responses: Bucket,
+    batches: Bucket,
+    files: async_nats::jetstream::object_store::ObjectStore,
     results: async_nats::jetstream::object_store::ObjectStore,
     node_ttl: Duration,
     jetstream: bitinglip_config::JetStreamConfig,
@@ -181,6 +190,9 @@ impl Store {
                 deployments: bucket(handles.deployments, "deployments store"),
                 leases: bucket(handles.leases, "leases"),
                 keys: bucket(handles.keys, "API keys"),
+                responses: bucket(handles.responses, "stored responses"),
+                batches: bucket(handles.batches, "batches"),
+                files: handles.files,
                 results: handles.results,
                 node_ttl: config.cluster.node_ttl,
                 jetstream: config.jetstream.clone(),

@@ -3,16 +3,21 @@ calls (plain and streamed) whose arguments validate, structured output that vali
 log probabilities, legacy completions, the grammar extension, and refusals that name the
 field. The model has random weights: only constrained decoding makes the JSON hold.
 
-Usage: python openai_api.py BASE_URL MODEL API_KEY
+Usage: python openai_api.py BASE_URL MODEL API_KEY [EMBEDDING_MODEL]
 Exits non-zero (with a message) if anything is off; prints one line per check.
 """
+import base64
 import json
+import math
+import struct
 import sys
+import urllib.request
 
 import jsonschema
 from openai import BadRequestError, OpenAI
 
 base_url, model, api_key = sys.argv[1], sys.argv[2], sys.argv[3]
+embedder = sys.argv[4] if len(sys.argv) > 4 else None
 client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
 
 WEATHER = {
@@ -208,5 +213,38 @@ for kwargs, field in [
         raise SystemExit(f"{field} must be refused")
     except BadRequestError as err:
         check(f"refused: {field}", field in str(err), err)
+
+if embedder:
+    # 11. Embeddings, as floats and as base64, with `dimensions`; a chat model makes none.
+    resp = client.embeddings.create(model=embedder, input=["the cat", "a dog", "the cat"], encoding_format="float")
+    vectors = [d.embedding for d in resp.data]
+    check("embeddings: one per input, in order", [d.index for d in resp.data] == [0, 1, 2], resp.data)
+    check("embeddings: unit length", all(abs(math.sqrt(sum(v * v for v in vec)) - 1) < 1e-3 for vec in vectors), vectors)
+    check("embeddings: the same text, the same vector", vectors[0] == vectors[2], vectors)
+    check("embeddings: usage", resp.usage.prompt_tokens >= 3, resp.usage)
+    # Without `encoding_format` the SDK asks for base64 and decodes it itself; over plain
+    # HTTP the wire form shows.
+    sdk = client.embeddings.create(model=embedder, input="the cat").data[0].embedding
+    req = urllib.request.Request(
+        base_url + "/embeddings",
+        data=json.dumps({"model": embedder, "input": "the cat", "encoding_format": "base64"}).encode(),
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+    )
+    wire = json.load(urllib.request.urlopen(req))["data"][0]["embedding"]
+    decoded = list(struct.unpack(f"<{len(base64.b64decode(wire)) // 4}f", base64.b64decode(wire)))
+    check("embeddings base64: little-endian f32s", all(abs(a - b) < 1e-6 for a, b in zip(decoded, vectors[0])), (decoded[:4], vectors[0][:4]))
+    check("embeddings: the SDK reads base64", all(abs(a - b) < 1e-6 for a, b in zip(sdk, vectors[0])), sdk[:4])
+    short = client.embeddings.create(model=embedder, input="the cat", dimensions=8).data[0].embedding
+    check("embeddings: dimensions", len(short) == 8 and abs(math.sqrt(sum(v * v for v in short)) - 1) < 1e-3, short)
+    try:
+        client.embeddings.create(model=model, input="x")
+        raise SystemExit("a chat model must make no embeddings")
+    except BadRequestError as err:
+        check("embeddings: a chat model refuses", "not an embedding model" in str(err), err)
+    try:
+        client.chat.completions.create(model=embedder, messages=ASK, max_tokens=2)
+        raise SystemExit("an embedding model must not chat")
+    except BadRequestError as err:
+        check("chat: an embedding model refuses", "embedding model" in str(err), err)
 
 print("ok all")

@@ -214,7 +214,8 @@ impl NodeProcess {
     }
 
     /// Waits until `model` answers a one-token chat request through this node's gateway
-    /// (the worker is loaded, registered, and its heartbeat says ready).
+    /// (the worker is loaded, registered, and its heartbeat says ready), or, an embedding
+    /// model, refuses it from its worker.
     pub async fn wait_for_model(&mut self, model: &str, timeout: Duration) {
         let base = self.http.clone().expect("a gateway node");
         let http = http();
@@ -225,13 +226,19 @@ impl NodeProcess {
             if let Some(status) = self.try_exit_status() {
                 panic!("node exited with {status} before serving {model}:\n{}", self.log());
             }
-            let answered = http
+            let answer = http
                 .post(format!("{base}/v1/chat/completions"))
                 .timeout(Duration::from_secs(30))
                 .json(&probe)
                 .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
+                .await;
+            // An embedding model's worker refuses to chat: that refusal came from a worker
+            // that runs it.
+            let answered = match answer {
+                Ok(r) if r.status().is_success() => true,
+                Ok(r) if r.status() == 400 => r.text().await.is_ok_and(|t| t.contains("is an embedding model")),
+                _ => false,
+            };
             if answered {
                 self.remember_server_pid();
                 return;

@@ -1,29 +1,37 @@
 //! The OpenAI API beyond plain chat, driven by the official `openai` Python client against
 //! a node from `bitinglip up` with real mistral.rs inference on a generated random-weight
 //! model: tool calls, structured output, log probabilities, legacy completions, the grammar
-//! extension and refusals (`tests/clients/openai_api.py`).
+//! extension, embeddings from a generated embedding model, and refusals
+//! (`tests/clients/openai_api.py`).
 
 use std::time::Duration;
 
 use bitinglip_tests::{test_config, Arch, ModelDir, ModelSpec, NodeProcess};
 use serde_json::{json, Value};
 
-async fn up(model: &ModelDir) -> (NodeProcess, tempfile::TempDir, String) {
+async fn up(models: &[&ModelDir]) -> (NodeProcess, tempfile::TempDir, String) {
     let data = tempfile::tempdir().unwrap();
     let url = format!("nats://127.0.0.1:{}", bitinglip_tests::free_port());
     let mut config = test_config(&url);
     config.data_dir = data.path().to_path_buf();
-    let path = model.path();
-    let mut node = NodeProcess::spawn(&config, &["up", "--model", path.to_str().unwrap()]);
-    node.wait_for_model(model.id(), Duration::from_secs(120)).await;
+    let mut args = vec!["up".to_string()];
+    for m in models {
+        args.extend(["--model".to_string(), m.path().display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut node = NodeProcess::spawn(&config, &args);
+    for m in models {
+        node.wait_for_model(m.id(), Duration::from_secs(120)).await;
+    }
     let key = std::fs::read_to_string(data.path().join("admin.key")).unwrap().trim().to_string();
     (node, data, key)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn tools_structured_output_logprobs_and_completions_through_the_openai_client() {
+async fn tools_structured_output_logprobs_completions_and_embeddings_through_the_openai_client() {
     let model = ModelDir::generate("tiny-api", &ModelSpec::tiny(Arch::Qwen2));
-    let (node, _data, key) = up(&model).await;
+    let embedder = ModelDir::generate("tiny-embed", &ModelSpec::tiny(Arch::Qwen3Embedding));
+    let (node, _data, key) = up(&[&model, &embedder]).await;
     let base = node.http.clone().unwrap();
     let root = bitinglip_tests::workspace_root();
     let python = root.join(".venv/bin/python");
@@ -33,6 +41,7 @@ async fn tools_structured_output_logprobs_and_completions_through_the_openai_cli
         .arg(format!("{base}/v1"))
         .arg("tiny-api")
         .arg(&key)
+        .arg("tiny-embed")
         .output()
         .await
         .unwrap();
@@ -73,4 +82,37 @@ async fn tools_structured_output_logprobs_and_completions_through_the_openai_cli
     assert_eq!(resp.status(), 400);
     let err: Value = resp.json().await.unwrap();
     assert!(err["error"]["message"].as_str().unwrap().contains("json_schema.schema"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_responses_api_through_the_openai_client() {
+    let model = ModelDir::generate("tiny-responses", &ModelSpec::tiny(Arch::Qwen2));
+    let (node, _data, key) = up(&[&model]).await;
+    let base = node.http.clone().unwrap();
+    // A second key, of inference scope: it must not see the first key's responses.
+    let created: Value = bitinglip_tests::http_with(&key)
+        .post(format!("{base}/api/v1/keys"))
+        .json(&json!({"name": "other", "scope": "inference"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other = created["key"].as_str().unwrap_or_else(|| panic!("no key in {created}")).to_string();
+    let root = bitinglip_tests::workspace_root();
+    let out = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/clients/openai_responses.py"))
+        .arg(format!("{base}/v1"))
+        .arg("tiny-responses")
+        .arg(&key)
+        .arg(&other)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "openai client failed:\n{stdout}\n{stderr}\n{}", node.log());
+    assert!(stdout.contains("ok all"), "{stdout}");
+    eprintln!("{stdout}");
 }

@@ -107,6 +107,9 @@ impl Engine for EchoEngine {
         out: mpsc::Sender<Piece>,
         cancel: CancellationToken,
     ) -> Result<Generation, EngineError> {
+        if !req.chat.input.is_empty() {
+            return Err(EngineError::Invalid("the echo engine makes no embeddings".into()));
+        }
         let messages = &req.chat.messages;
         let prompt_tokens: usize = messages.iter().map(|m| words(&m.content).len()).sum::<usize>()
             + req.chat.prompt.as_deref().map_or(0, |p| words(p).len());
@@ -125,11 +128,7 @@ impl Engine for EchoEngine {
         fault(produced)?;
         for piece in pieces.iter().skip(skip) {
             if produced >= req.max_tokens {
-                return Ok(Generation {
-                    finish_reason: FinishReason::Length,
-                    prompt_tokens: prompt_tokens as u32,
-                    completion_tokens: produced,
-                });
+                return Ok(Generation::ended(FinishReason::Length, prompt_tokens as u32, produced));
             }
             if let Some(d) = delay {
                 tokio::select! {
@@ -147,15 +146,11 @@ impl Engine for EchoEngine {
                 break;
             }
             if req.chat.stop.iter().any(|s| text.contains(s.as_str())) {
-                return Ok(Generation {
-                    finish_reason: FinishReason::Stop,
-                    prompt_tokens: prompt_tokens as u32,
-                    completion_tokens: produced,
-                });
+                return Ok(Generation::ended(FinishReason::Stop, prompt_tokens as u32, produced));
             }
         }
         let finish_reason = if cancel.is_cancelled() { FinishReason::Cancelled } else { FinishReason::Stop };
-        Ok(Generation { finish_reason, prompt_tokens: prompt_tokens as u32, completion_tokens: produced })
+        Ok(Generation::ended(finish_reason, prompt_tokens as u32, produced))
     }
 }
 

@@ -8,14 +8,16 @@
 
 use std::time::Duration;
 
-use bitinglip_bus_schema::{ChatMessage, EngineKind, FinishReason, TokenLogprob, ToolCall, ToolSpec, TopLogprob};
+use bitinglip_bus_schema::{
+    ChatMessage, ChatParams, EngineKind, FinishReason, TokenLogprob, ToolCall, ToolSpec, TopLogprob,
+};
 use bitinglip_config::ModelConfig;
 use either::Either;
 use indexmap::IndexMap;
 use mistralrs::core::{ResponseLogprob, TokenizationRequest};
 use mistralrs::{
-    Constraint, Function, MessageContent, Model, NormalRequest, Request, RequestMessage, Response, SamplingParams,
-    StopTokens, TextMessageRole, TextModelBuilder, Tool, ToolChoice, ToolType,
+    Constraint, EmbeddingModelBuilder, Function, MessageContent, Model, NormalRequest, Request, RequestMessage,
+    Response, SamplingParams, StopTokens, TextMessageRole, TextModelBuilder, Tool, ToolChoice, ToolType,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,9 @@ use crate::guided::{self, Guide};
 pub(crate) struct MistralEngine {
     model: Model,
     context_length: Option<u32>,
+    /// A sentence-transformers model (a `modules.json` in its folder): it makes
+    /// embeddings, not text.
+    embedding: bool,
 }
 
 impl MistralEngine {
@@ -41,21 +46,102 @@ impl MistralEngine {
         } else {
             cfg.source.clone()
         };
-        let mut builder = TextModelBuilder::new(&source)
-            .with_max_num_seqs(cfg.max_sequences as usize)
-            // Prefix caching keeps finished sequences' KV cache around; a server with many
-            // unrelated prompts gains little from it and pays in memory.
-            .with_prefix_cache_n(None);
-        if !cfg.is_local() {
-            builder = builder.with_hf_revision(&cfg.revision);
-        }
-        if force_cpu || !cfg!(any(feature = "cuda", feature = "metal")) {
-            builder = builder.with_force_cpu();
-        }
-        let model = builder.build().await.map_err(|e| EngineError::Failed(format!("loading {}: {e:#}", cfg.source)))?;
+        let cpu = force_cpu || !cfg!(any(feature = "cuda", feature = "metal"));
+        // A sentence-transformers layout (its `modules.json`: transformer, pooling,
+        // normalization) is an embedding model.
+        let embedding = std::path::Path::new(&source).join("modules.json").is_file();
+        let built = if embedding {
+            let mut builder = EmbeddingModelBuilder::new(&source).with_max_num_seqs(cfg.max_sequences as usize);
+            if cpu {
+                builder = builder.with_force_cpu();
+            }
+            builder.build().await
+        } else {
+            let mut builder = TextModelBuilder::new(&source)
+                .with_max_num_seqs(cfg.max_sequences as usize)
+                // Prefix caching keeps finished sequences' KV cache around; a server with many
+                // unrelated prompts gains little from it and pays in memory.
+                .with_prefix_cache_n(None);
+            if !cfg.is_local() {
+                builder = builder.with_hf_revision(&cfg.revision);
+            }
+            if cpu {
+                builder = builder.with_force_cpu();
+            }
+            builder.build().await
+        };
+        let model = built.map_err(|e| EngineError::Failed(format!("loading {}: {e:#}", cfg.source)))?;
         let context_length = model.max_sequence_length().ok().flatten().map(|n| n.min(u32::MAX as usize) as u32);
-        Ok(Self { model, context_length })
+        Ok(Self { model, context_length, embedding })
     }
+
+    /// One vector per input; `dimensions` cuts each to its first values, renormalized.
+    async fn embed(&self, chat: &ChatParams, cancel: CancellationToken) -> Result<Generation, EngineError> {
+        if !self.embedding {
+            return Err(EngineError::Invalid(format!("`{}` is not an embedding model", chat.model)));
+        }
+        let sender = self.model.inner().get_sender(None).map_err(|e| EngineError::Failed(e.to_string()))?;
+        let mut receivers = Vec::with_capacity(chat.input.len());
+        for text in &chat.input {
+            let (tx, rx) = mpsc::channel::<Response>(1);
+            let request = Request::Normal(Box::new(NormalRequest {
+                messages: RequestMessage::Embedding { prompt: text.clone() },
+                sampling_params: SamplingParams::deterministic(),
+                response: tx,
+                return_logprobs: false,
+                is_streaming: false,
+                id: 0,
+                constraint: Constraint::None,
+                suffix: None,
+                tools: None,
+                tool_choice: None,
+                logits_processors: None,
+                return_raw_logits: false,
+                web_search_options: None,
+                model_id: None,
+                truncate_sequence: false,
+            }));
+            sender.send(request).await.map_err(|e| EngineError::Failed(format!("engine stopped: {e}")))?;
+            receivers.push(rx);
+        }
+        let mut generation = Generation::ended(FinishReason::Stop, 0, 0);
+        for (i, mut rx) in receivers.into_iter().enumerate() {
+            let response = tokio::select! {
+                _ = cancel.cancelled() => return Ok(Generation { finish_reason: FinishReason::Cancelled, ..generation }),
+                r = rx.recv() => r,
+            };
+            match response {
+                Some(Response::Embeddings { embeddings, prompt_tokens, .. }) => {
+                    generation.prompt_tokens += prompt_tokens as u32;
+                    generation.embeddings.push(cut(embeddings, chat.dimensions)?);
+                }
+                Some(Response::ValidationError(e)) => {
+                    return Err(EngineError::Invalid(format!("`input[{i}]`: {e}")));
+                }
+                Some(Response::InternalError(e)) => return Err(EngineError::Failed(e.to_string())),
+                Some(_) => return Err(EngineError::Failed("unexpected response kind from the engine".into())),
+                None => return Err(EngineError::Failed("the engine stopped without an embedding".into())),
+            }
+        }
+        Ok(generation)
+    }
+}
+
+/// `vector` cut to its first `dimensions` values and scaled back to unit length.
+fn cut(mut vector: Vec<f32>, dimensions: Option<u32>) -> Result<Vec<f32>, EngineError> {
+    let Some(d) = dimensions.map(|d| d as usize) else { return Ok(vector) };
+    if d == 0 || d > vector.len() {
+        return Err(EngineError::Invalid(format!(
+            "`dimensions` is {d}; this model's embeddings have {} (use 1 to {0})",
+            vector.len()
+        )));
+    }
+    vector.truncate(d);
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|v| *v /= norm);
+    }
+    Ok(vector)
 }
 
 fn role(name: &str) -> TextMessageRole {
@@ -165,6 +251,24 @@ fn tool_call(call: &mistralrs::ToolCallResponse) -> ToolCall {
     ToolCall { id: call.id.clone(), name: call.function.name.clone(), arguments: call.function.arguments.clone() }
 }
 
+/// OpenAI's `logit_bias`: `bias` added to the logit of each token before sampling (ids
+/// outside the vocabulary are ignored).
+struct LogitBias(Vec<(u32, f32)>);
+
+impl mistralrs::CustomLogitsProcessor for LogitBias {
+    fn apply(&self, logits: &mistralrs::Tensor, _context: &[u32]) -> mistralrs::Result<mistralrs::Tensor> {
+        let vocab = logits.dims().last().copied().unwrap_or(0);
+        let mut bias = vec![0f32; vocab];
+        for (token, b) in &self.0 {
+            if let Some(slot) = bias.get_mut(*token as usize) {
+                *slot += b;
+            }
+        }
+        let bias = mistralrs::Tensor::from_vec(bias, vocab, logits.device())?.to_dtype(logits.dtype())?;
+        logits.broadcast_add(&bias)
+    }
+}
+
 /// The grammar of a guided answer, as llguidance takes it.
 fn constraint(guide: Guide) -> Constraint {
     match guide {
@@ -220,6 +324,15 @@ impl Engine for MistralEngine {
         cancel: CancellationToken,
     ) -> Result<Generation, EngineError> {
         let chat = &req.chat;
+        if !chat.input.is_empty() {
+            return self.embed(chat, cancel).await;
+        }
+        if self.embedding {
+            return Err(EngineError::Invalid(format!(
+                "`{}` is an embedding model: ask it for embeddings (`POST /v1/embeddings`)",
+                chat.model
+            )));
+        }
         let guide = guided::guide(chat).map_err(EngineError::Invalid)?;
         let tools = engine_tools(&chat.tools)?;
         // mistral.rs reads tool calls out of any answer unless told not to: only a free
@@ -262,9 +375,13 @@ impl Engine for MistralEngine {
         sampling.top_p = chat.top_p;
         sampling.presence_penalty = chat.presence_penalty;
         sampling.frequency_penalty = chat.frequency_penalty;
-        if !chat.logit_bias.is_empty() {
-            sampling.logits_bias = Some(chat.logit_bias.iter().copied().collect());
-        }
+        // mistral.rs keeps `logits_bias` in its sampling parameters but applies it nowhere:
+        // the bias is a logits processor of ours.
+        let logits_processors = (!chat.logit_bias.is_empty()).then(|| {
+            let bias: std::sync::Arc<dyn mistralrs::CustomLogitsProcessor> =
+                std::sync::Arc::new(LogitBias(chat.logit_bias.clone()));
+            vec![bias]
+        });
         if !chat.stop.is_empty() {
             sampling.stop_toks = Some(StopTokens::Seqs(chat.stop.clone()));
         }
@@ -298,7 +415,7 @@ impl Engine for MistralEngine {
             suffix: None,
             tool_choice: Some(if recognize_calls { ToolChoice::Auto } else { ToolChoice::None }),
             tools,
-            logits_processors: None,
+            logits_processors,
             return_raw_logits: false,
             web_search_options: None,
             model_id: None,
@@ -317,7 +434,7 @@ impl Engine for MistralEngine {
                     // next token; give it a moment so the slot is free when we return.
                     drop(rx);
                     tokio::time::sleep(Duration::from_millis(1)).await;
-                    return Ok(Generation { finish_reason: FinishReason::Cancelled, prompt_tokens, completion_tokens });
+                    return Ok(Generation::ended(FinishReason::Cancelled, prompt_tokens, completion_tokens));
                 }
                 r = rx.recv() => r,
             };
@@ -331,7 +448,7 @@ impl Engine for MistralEngine {
                 // by length if we saw every token, else by a stop token.
                 let finish_reason =
                     if completion_tokens >= max_tokens { FinishReason::Length } else { FinishReason::Stop };
-                return Ok(Generation { finish_reason, prompt_tokens, completion_tokens: completion_tokens.max(1) });
+                return Ok(Generation::ended(finish_reason, prompt_tokens, completion_tokens.max(1)));
             };
             match response {
                 Response::Chunk(chunk) => {
@@ -356,7 +473,7 @@ impl Engine for MistralEngine {
                         completion_tokens = usage.completion_tokens as u32 + prefix_len;
                     }
                     if let Some(finish_reason) = finished {
-                        return Ok(Generation { finish_reason, prompt_tokens, completion_tokens });
+                        return Ok(Generation::ended(finish_reason, prompt_tokens, completion_tokens));
                     }
                 }
                 Response::CompletionChunk(chunk) => {
@@ -376,17 +493,17 @@ impl Engine for MistralEngine {
                         }
                     }
                     if let Some(finish_reason) = finished {
-                        return Ok(Generation { finish_reason, prompt_tokens, completion_tokens });
+                        return Ok(Generation::ended(finish_reason, prompt_tokens, completion_tokens));
                     }
                 }
                 Response::Done(done) => {
                     let reason =
                         done.choices.first().map(|c| finish_reason(&c.finish_reason)).unwrap_or(FinishReason::Stop);
-                    return Ok(Generation {
-                        finish_reason: reason,
-                        prompt_tokens: done.usage.prompt_tokens as u32,
-                        completion_tokens: done.usage.completion_tokens as u32,
-                    });
+                    return Ok(Generation::ended(
+                        reason,
+                        done.usage.prompt_tokens as u32,
+                        done.usage.completion_tokens as u32,
+                    ));
                 }
                 // The context length was checked above; anything else the engine refuses is
                 // a request it can never run.
@@ -396,5 +513,19 @@ impl Engine for MistralEngine {
                 _ => return Err(EngineError::Failed("unexpected response kind from the engine".into())),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dimensions_cut_and_renormalize() {
+        let v = cut(vec![3.0, 4.0, 12.0], Some(2)).unwrap();
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6, "{v:?}");
+        assert_eq!(cut(vec![1.0, 2.0], None).unwrap(), vec![1.0, 2.0]);
+        let err = cut(vec![1.0], Some(2)).unwrap_err();
+        assert!(err.to_string().contains("`dimensions` is 2"), "{err}");
     }
 }

@@ -21,7 +21,8 @@ use super::openai::ApiError;
 
 /// The routes that spend a key's budget.
 pub(super) fn counted(method: &axum::http::Method, path: &str) -> bool {
-    method == axum::http::Method::POST && matches!(path, "/v1/chat/completions" | "/v1/completions" | "/v1/tasks")
+    method == axum::http::Method::POST
+        && matches!(path, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/responses" | "/v1/tasks")
 }
 
 /// What the counts say (pure): the headers to send, and the refusal when over a limit.

@@ -657,20 +657,20 @@ impl From<axum::extract::rejection::PathRejection> for ApiError {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorBody {
     /// What went wrong.
-    error: ErrorDetail,
+    pub(crate) error: ErrorDetail,
 }
 
 /// The error itself.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorDetail {
     /// For a person.
-    message: String,
+    pub(crate) message: String,
     /// OpenAI's error type: `invalid_request_error`, `authentication_error`, `permission_error`,
     /// `not_found_error`, `rate_limit_error`, `service_unavailable`, `server_error`, …
     #[serde(rename = "type")]
     kind: String,
     /// The request field at fault, when one is.
-    param: Option<String>,
+    pub(crate) param: Option<String>,
     /// A machine-readable reason: `invalid_api_key`, `unknown_model`, `overloaded`, …
     code: Option<String>,
 }

@@ -19,7 +19,6 @@ use axum::{
 use bitinglip_bus_schema::{
     ApiKey, ErrorKind, FinishReason, ListModels, ModelList, TokenLogprob, ToolCall, Usage, WireError,
 };
-use bitinglip_nats::trace::TraceParent;
 use futures::Stream;
 use tracing::Instrument;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -27,9 +26,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{
     admin, api,
     auth::{require_key, Auth},
-    keys,
+    batches, embeddings, keys,
     openai::{self, ApiError, Delta, ModelObject, ModelObjectList, ToolCallOut, ToolMode},
-    submit::{admit, read_body, submit_chat},
+    responses,
+    submit::{admit, gateway_span, read_body, submit_chat},
     tasks,
 };
 use crate::{guided, NodeContext};
@@ -40,6 +40,15 @@ pub(super) fn api_routes() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::with_openapi(<api::Base as utoipa::OpenApi>::openapi())
         .routes(routes!(chat_completions))
         .routes(routes!(completions))
+        .routes(routes!(embeddings::embeddings))
+        .routes(routes!(responses::create))
+        .routes(routes!(batches::upload, batches::list_files))
+        .routes(routes!(batches::get_file, batches::delete_file))
+        .routes(routes!(batches::file_content))
+        .routes(routes!(batches::create, batches::list))
+        .routes(routes!(batches::get))
+        .routes(routes!(batches::cancel))
+        .routes(routes!(responses::get, responses::delete))
         .routes(routes!(models))
         .routes(routes!(tasks::submit, tasks::list))
         .routes(routes!(tasks::get, tasks::cancel))
@@ -193,15 +202,7 @@ async fn generation(
     body: Body,
     api: Api,
 ) -> Result<Response, ApiError> {
-    let span = tracing::info_span!(
-        "gateway",
-        otel.kind = "server",
-        http.route = api.route(),
-        gen_ai.request.model = tracing::field::Empty,
-        task.id = tracing::field::Empty
-    );
-    let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
-    bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
+    let span = gateway_span(api.route(), &headers);
     let mut model = None;
     let result = generate(ctx, &key, headers, body, span.clone(), &mut model, api).instrument(span).await;
     if let Err(err) = &result {

@@ -52,7 +52,16 @@ pub(super) fn body_limit(ctx: &NodeContext) -> usize {
 /// Reads the body up to the limit (the configured one, or what one bus message can carry
 /// when that is less): a larger one is a 413 in OpenAI's shape.
 pub(super) async fn read_body(ctx: &NodeContext, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let limit = body_limit(ctx);
+    read_body_up_to(ctx, headers, body, body_limit(ctx)).await
+}
+
+/// [`read_body`] with its own `limit` (an uploaded file's, larger than a request's).
+pub(super) async fn read_body_up_to(
+    ctx: &NodeContext,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::from(WireError::new(
             ErrorKind::PayloadTooLarge,
@@ -85,6 +94,21 @@ pub(super) async fn read_body(ctx: &NodeContext, headers: &HeaderMap, body: Body
             ApiError::from(WireError::new(ErrorKind::InvalidRequest, format!("could not read the request body: {err}")))
         }
     })
+}
+
+/// The `gateway` span of a request to `route`: a child of the caller's `traceparent` when
+/// it sent one; the model and the task id are recorded on it as they become known.
+pub(super) fn gateway_span(route: &'static str, headers: &HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "gateway",
+        otel.kind = "server",
+        http.route = route,
+        gen_ai.request.model = tracing::field::Empty,
+        task.id = tracing::field::Empty
+    );
+    let caller = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
+    bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
+    span
 }
 
 /// Submits a chat request from HTTP: the task id comes from the `Idempotency-Key` header

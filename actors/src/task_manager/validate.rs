@@ -20,16 +20,27 @@ pub(super) fn request(cfg: &TaskManagerConfig, req: &mut SubmitRequest, max_payl
             bitinglip_bus_schema::MAX_ID_BYTES
         )));
     }
-    match (&chat.prompt, chat.messages.is_empty()) {
-        (None, true) => return Err(invalid("`messages` is empty: give at least one message".into())),
-        (Some(_), false) => return Err(invalid("give `messages` or a `prompt`, not both".into())),
-        (Some(p), true) if p.len() > max_payload => {
-            return Err(WireError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("`prompt` holds {} bytes; the bus carries at most {max_payload}", p.len()),
-            ))
-        }
-        _ => {}
+    let given = [!chat.messages.is_empty(), chat.prompt.is_some(), !chat.input.is_empty()];
+    match given.iter().filter(|g| **g).count() {
+        0 => return Err(invalid("`messages` is empty: give at least one message".into())),
+        1 => {}
+        _ => return Err(invalid("give one of `messages`, `prompt` or `input`".into())),
+    }
+    let bytes = chat.prompt.as_ref().map_or(0, String::len) + chat.input.iter().map(String::len).sum::<usize>();
+    if bytes > max_payload {
+        return Err(WireError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the request's text is {bytes} bytes; the bus carries at most {max_payload}"),
+        ));
+    }
+    if chat.input.len() > 2048 {
+        return Err(invalid(format!("`input` has {} texts; at most 2048", chat.input.len())));
+    }
+    if let Some(i) = chat.input.iter().position(String::is_empty) {
+        return Err(invalid(format!("`input[{i}]` is empty")));
+    }
+    if chat.dimensions == Some(0) {
+        return Err(invalid("`dimensions` must be at least 1".into()));
     }
     if chat.messages.len() > cfg.max_messages {
         return Err(invalid(format!(
@@ -151,7 +162,14 @@ mod tests {
             (Box::new(|r| r.chat.top_p = Some(0.0)), "top_p"),
             (Box::new(|r| r.chat.model = " ".into()), "model"),
             (Box::new(|r| r.chat.model = "m".repeat(300)), "model"),
-            (Box::new(|r| r.chat.prompt = Some("p".into())), "not both"),
+            (Box::new(|r| r.chat.prompt = Some("p".into())), "one of `messages`, `prompt` or `input`"),
+            (
+                Box::new(|r| {
+                    r.chat.messages.clear();
+                    r.chat.input = vec!["a".into(), String::new()];
+                }),
+                "input[1]",
+            ),
             (Box::new(|r| r.chat.logprobs = Some(21)), "top_logprobs"),
             (Box::new(|r| r.chat.presence_penalty = Some(3.0)), "presence_penalty"),
             (Box::new(|r| r.chat.logit_bias = vec![(7, 101.0)]), "logit_bias[7]"),

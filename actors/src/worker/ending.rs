@@ -32,6 +32,14 @@ pub(super) struct Generated {
     pub(super) cancelled_at: Option<Instant>,
 }
 
+/// The most embedding values one answer carries: the final record and event hold them
+/// inline, and a MessagePack f32 takes 5 bytes (so about 240 KiB, within one message).
+pub(super) const EMBEDDING_VALUES_MAX: usize = 48 * 1024;
+
+fn embedding_values(embeddings: &[Vec<f32>]) -> usize {
+    embeddings.iter().map(Vec::len).sum()
+}
+
 /// How an attempt ends.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Ending {
@@ -40,7 +48,7 @@ pub(super) enum Ending {
     /// The engine failed and attempts are left: nak with a delay.
     Retry,
     /// Write `record` (fenced), publish `event`, then ack with `ack`.
-    Finish { record: Box<TaskRecord>, event: TaskEvent, ack: FinalAck, outcome: &'static str },
+    Finish { record: Box<TaskRecord>, event: Box<TaskEvent>, ack: FinalAck, outcome: &'static str },
 }
 
 /// The ack that ends a finished attempt.
@@ -75,7 +83,12 @@ pub(super) fn ending(
             r.cancel_to_stop_ms = stop_ms;
         }
         let event = TaskEvent::Failed(TaskFailed { task_id: task_id.clone(), attempt, error });
-        Ending::Finish { record: Box::new(r), event, ack, outcome: if cancelled { "cancelled" } else { "failed" } }
+        Ending::Finish {
+            record: Box::new(r),
+            event: Box::new(event),
+            ack,
+            outcome: if cancelled { "cancelled" } else { "failed" },
+        }
     };
     match &generated.result {
         // The drain grace ended: the task goes to another worker at once, which continues it.
@@ -83,6 +96,17 @@ pub(super) fn ending(
         Ok(g) if g.finish_reason == FinishReason::Cancelled => {
             fail(WireError::new(ErrorKind::Cancelled, "cancelled by the client"), FinalAck::Ack)
         }
+        Ok(g) if embedding_values(&g.embeddings) > EMBEDDING_VALUES_MAX => fail(
+            WireError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "{} embeddings of {} values do not fit one message (at most {EMBEDDING_VALUES_MAX} values): send fewer inputs per request",
+                    g.embeddings.len(),
+                    g.embeddings.first().map_or(0, Vec::len)
+                ),
+            ),
+            FinalAck::Term,
+        ),
         Ok(g) => {
             // A forced tool choice's answer is the calls' JSON (the grammar saw to it); a
             // free answer's calls are those the engine recognized.
@@ -102,13 +126,14 @@ pub(super) fn ending(
                 text_object: None,
                 tool_calls,
                 logprobs: generated.logprobs.clone(),
+                embeddings: g.embeddings.clone(),
             };
             let mut r = claimed.clone();
             r.state = TaskState::Completed;
             r.result = Some(completed.clone());
             Ending::Finish {
                 record: Box::new(r),
-                event: TaskEvent::Completed(completed),
+                event: Box::new(TaskEvent::Completed(completed)),
                 ack: FinalAck::Ack,
                 outcome: "completed",
             }
@@ -157,12 +182,12 @@ mod tests {
     }
 
     fn done(finish_reason: FinishReason) -> Result<Generation, EngineError> {
-        Ok(Generation { finish_reason, prompt_tokens: 3, completion_tokens: 2 })
+        Ok(Generation::ended(finish_reason, 3, 2))
     }
 
     fn finished(e: Ending) -> (TaskRecord, TaskEvent, FinalAck, &'static str) {
         match e {
-            Ending::Finish { record, event, ack, outcome } => (*record, event, ack, outcome),
+            Ending::Finish { record, event, ack, outcome } => (*record, *event, ack, outcome),
             other => panic!("expected a finish, got {other:?}"),
         }
     }

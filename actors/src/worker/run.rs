@@ -186,11 +186,14 @@ async fn run_claimed(
         return;
     }
     let max_deliver = ctx.config.jetstream.max_deliver.max(1) as u32;
+    // A continued answer counts the earlier attempts' text by tokenizing it again, which
+    // can come out longer than what was generated: never more than was asked for.
+    let most = spec.chat.max_tokens.unwrap_or(u32::MAX);
     let usage_of = |g: &Generation| {
         let total = owned.claimed_at.elapsed();
         Usage {
             prompt_tokens: g.prompt_tokens,
-            completion_tokens: g.completion_tokens,
+            completion_tokens: g.completion_tokens.min(most),
             time_to_first_token_ms: generated.first_token.unwrap_or(total).as_secs_f64() * 1000.0,
             total_time_ms: total.as_secs_f64() * 1000.0,
             queue_time_ms,
@@ -229,7 +232,7 @@ async fn run_claimed(
                     metrics().cancel_to_stop.with_label_values(&[&model]).observe(ms / 1000.0);
                 }
             }
-            let tokens = generated.result.as_ref().map_or((0, 0), |g| (g.prompt_tokens, g.completion_tokens));
+            let tokens = generated.result.as_ref().map_or((0, 0), |g| (g.prompt_tokens, g.completion_tokens.min(most)));
             finish(ctx, &msg, ending, owned.revision, &model, tokens, trace.as_ref()).await;
         }
     }
@@ -545,7 +548,7 @@ async fn finish(
     let task_id = record.task_id.clone();
     // An answer too large for one message goes to the results store first; the record
     // and the event carry its name.
-    if let (Some(done), TaskEvent::Completed(completed)) = (record.result.as_mut(), &mut event) {
+    if let (Some(done), TaskEvent::Completed(completed)) = (record.result.as_mut(), event.as_mut()) {
         if done.text.len() > INLINE_TEXT_MAX {
             match ctx.store.results().put(&task_id, done.attempt, &done.text).await {
                 Ok(name) => {

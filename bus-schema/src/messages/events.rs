@@ -148,6 +148,9 @@ pub struct TaskCompleted {
     /// Every generated token's log probability, when the request asked for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<crate::TokenLogprob>,
+    /// An embedding task's vectors, one per input text, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embeddings: Vec<Vec<f32>>,
 }
 
 /// The task failed.
@@ -209,6 +212,7 @@ mod tests {
                 text_object: None,
                 tool_calls: vec![],
                 logprobs: vec![],
+                embeddings: vec![],
             }),
             &["type", "task_id", "attempt", "text", "finish_reason", "usage", "chunks"],
         );

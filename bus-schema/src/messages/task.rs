@@ -102,6 +102,14 @@ pub struct ChatParams {
     /// The end user the request is made for (OpenAI's `user`), for the caller's records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Texts to embed (an embedding model's task), instead of `messages` (then empty):
+    /// the answer is one vector per text, in `TaskCompleted.embeddings`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input: Vec<String>,
+    /// Embeddings only: cut each vector to its first this many values (renormalized), for
+    /// models trained so that a prefix is itself an embedding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
 }
 
 /// Request on `…task.submit`: queue a chat task.
@@ -401,6 +409,8 @@ mod tests {
             frequency_penalty: Some(0.5),
             logit_bias: vec![(5, -100.0)],
             user: Some("u".into()),
+            input: vec!["e".into()],
+            dimensions: Some(8),
             ..chat()
         };
         pin(
@@ -423,6 +433,8 @@ mod tests {
                 "frequency_penalty",
                 "logit_bias",
                 "user",
+                "input",
+                "dimensions",
             ],
         );
         let call = crate::ToolCall { id: "call_1".into(), name: "f".into(), arguments: "{}".into() };

@@ -56,6 +56,8 @@ pub fn buckets(subjects: &Subjects) -> Vec<String> {
         subjects.deployments_bucket(),
         subjects.leases_bucket(),
         subjects.keys_bucket(),
+        subjects.responses_bucket(),
+        subjects.batches_bucket(),
     ]
 }
 
@@ -65,13 +67,20 @@ pub fn streams(subjects: &Subjects) -> Vec<String> {
         vec![subjects.tasks_stream(), subjects.events_stream(), subjects.rates_stream(), subjects.usage_stream()];
     v.extend(buckets(subjects).iter().map(|b| kv_stream(b)));
     v.push(format!("OBJ_{}", subjects.results_bucket()));
+    v.push(format!("OBJ_{}", subjects.files_bucket()));
     v
 }
 
 /// Reading answers from the results object store: its metadata, then its chunks through
 /// an ordered consumer.
 pub fn results_read(subjects: &Subjects) -> Vec<String> {
-    let s = format!("OBJ_{}", subjects.results_bucket());
+    object_read(&subjects.results_bucket())
+}
+
+/// Reading objects of the object store `bucket`: their metadata, then their chunks
+/// through an ordered consumer.
+pub fn object_read(bucket: &str) -> Vec<String> {
+    let s = format!("OBJ_{bucket}");
     vec![
         format!("$JS.API.STREAM.INFO.{s}"),
         format!("$JS.API.DIRECT.GET.{s}"),
@@ -90,6 +99,20 @@ pub fn results_write(subjects: &Subjects) -> Vec<String> {
     let b = subjects.results_bucket();
     let mut v = results_read(subjects);
     v.extend([format!("$O.{b}.C.>"), format!("$O.{b}.M.>")]);
+    v
+}
+
+/// Reading, writing, listing and deleting the files of the Files API (its object store).
+pub fn files_write(subjects: &Subjects) -> Vec<String> {
+    let b = subjects.files_bucket();
+    let s = format!("OBJ_{b}");
+    let mut v = object_read(&b);
+    v.extend([
+        format!("$O.{b}.C.>"),
+        format!("$O.{b}.M.>"),
+        format!("$JS.API.STREAM.PURGE.{s}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{s}.>"),
+    ]);
     v
 }
 

@@ -193,9 +193,9 @@ impl Consumers {
 
     /// Takes one task of `priority` if one is waiting, without waiting.
     pub async fn take_now(&self, priority: Priority) -> Result<Option<jetstream::Message>, StoreError> {
-        let mut batch =
+        let batch =
             self.of(priority).fetch().max_messages(1).messages().await.map_err(|e| StoreError::unavailable(WHAT, e))?;
-        batch.next().await.transpose().map_err(|e| StoreError::unavailable(WHAT, e))
+        first(batch, PULL_ANSWER).await
     }
 
     /// Waits up to `wait` for one task of `priority`.
@@ -204,7 +204,7 @@ impl Consumers {
         priority: Priority,
         wait: Duration,
     ) -> Result<Option<jetstream::Message>, StoreError> {
-        let mut batch = self
+        let batch = self
             .of(priority)
             .batch()
             .max_messages(1)
@@ -212,6 +212,27 @@ impl Consumers {
             .messages()
             .await
             .map_err(|e| StoreError::unavailable(WHAT, e))?;
-        batch.next().await.transpose().map_err(|e| StoreError::unavailable(WHAT, e))
+        first(batch, wait + PULL_ANSWER).await
+    }
+}
+
+/// How long past its expiry a pull may go unanswered. A pull request is answered by the
+/// consumer's leader; one that reached a leader as its server was cut off from the
+/// cluster is never answered at all (no message, no timeout status), and a slot waiting
+/// on it would wait for ever while the new leader sees no one pulling. Past this, the
+/// pull is given up and made again.
+const PULL_ANSWER: Duration = Duration::from_secs(5);
+
+/// The first message of `batch`, or none when `within` passes without an answer.
+async fn first(
+    mut batch: jetstream::consumer::pull::Batch,
+    within: Duration,
+) -> Result<Option<jetstream::Message>, StoreError> {
+    match tokio::time::timeout(within, batch.next()).await {
+        Ok(next) => next.transpose().map_err(|e| StoreError::unavailable(WHAT, e)),
+        Err(_) => {
+            tracing::warn!(waited = ?within, "a pull went unanswered; pulling again");
+            Ok(None)
+        }
     }
 }

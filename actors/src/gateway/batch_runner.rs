@@ -1,0 +1,393 @@
+//! Drives batches to their end, from any gateway: each second it looks at every batch
+//! that has not ended, and the gateway that holds a batch's lease (a field of its record,
+//! renewed by compare-and-swap) submits its next lines, follows their tasks, and writes
+//! the output and error files when every line has ended.
+//!
+//! Nothing lives only here: the record says how many lines were submitted, line `n` runs
+//! as task `<batch id>-<n>` (submitting it again is recognised by the task manager and
+//! runs nothing twice), and a task's record says how it ended. A gateway that dies loses
+//! nothing; another takes the lease when it lapses and goes on.
+
+use std::collections::HashMap;
+
+use bitinglip_bus_schema::{
+    BatchRecord, BatchStatus, ChatParams, ErrorKind, FileRecord, GetTask, LineError, Priority, SubmitReply,
+    SubmitRequest, TaskId, TaskRecord, TaskState, TaskStatusReply, WireError,
+};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{batches, embeddings, openai};
+use crate::NodeContext;
+
+/// One request of a batch.
+#[derive(Debug, Clone)]
+pub(crate) struct Line {
+    /// The caller's id of the line.
+    pub(crate) custom_id: String,
+    /// The task it runs.
+    pub(crate) chat: ChatParams,
+    /// Embeddings: answer in base64.
+    pub(crate) base64: bool,
+}
+
+/// The most lines of one batch in the queue at once: the rest wait their turn, so one
+/// batch never fills the model's queue.
+const WINDOW: u32 = 64;
+
+/// How long a gateway's lease on a batch lasts without renewal.
+const LEASE_MS: u64 = 15_000;
+
+/// The task parameters of one line's `body` for `endpoint`.
+pub(crate) fn params_of(endpoint: &str, body: &Value) -> Result<(ChatParams, bool), openai::ApiError> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    match endpoint {
+        "/v1/chat/completions" => Ok((openai::parse_request(&bytes)?.into_chat()?, false)),
+        "/v1/completions" => Ok((openai::parse_completion(&bytes)?.into_chat()?, false)),
+        _ => embeddings::params_of(&bytes),
+    }
+}
+
+/// The task that runs line `n` of batch `id`.
+pub(crate) fn task_of(id: &str, n: u32) -> TaskId {
+    TaskId::parse(format!("{id}-{n}")).expect("batch ids and line numbers make valid task ids")
+}
+
+/// How a line ended, as far as this gateway has seen.
+#[derive(Debug, Clone)]
+enum Ended {
+    Completed(Box<TaskRecord>),
+    Failed { task: Option<String>, error: WireError },
+}
+
+/// What this gateway keeps of a batch it drives (all of it can be read again).
+struct Driven {
+    lines: Vec<Line>,
+    ended: HashMap<u32, Ended>,
+    cancels_sent: bool,
+    /// Lines this gateway submitted (the record may not say so yet).
+    submitted: u32,
+}
+
+/// Drives every batch until `stop`.
+pub(super) async fn run(ctx: NodeContext, stop: CancellationToken) {
+    let me = ctx.bus.node_id().to_string();
+    let mut driven: HashMap<String, Driven> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        let ids = match ctx.store.batches().ids().await {
+            Ok(ids) => ids,
+            Err(err) => {
+                tracing::debug!(cause = %err, "batches not readable now");
+                continue;
+            }
+        };
+        for id in ids {
+            if let Err(err) = drive(&ctx, &me, &id, &mut driven).await {
+                tracing::warn!(batch = %id, cause = %err, "batch not driven this round; trying again");
+            }
+        }
+    }
+}
+
+async fn drive(ctx: &NodeContext, me: &str, id: &str, driven: &mut HashMap<String, Driven>) -> Result<(), String> {
+    let store_err = |e: bitinglip_nats::StoreError| e.to_string();
+    let Some((mut b, rev)) = ctx.store.batches().get(id).await.map_err(store_err)? else { return Ok(()) };
+    if b.status.is_final() {
+        driven.remove(id);
+        return Ok(());
+    }
+    let now = bitinglip_nats::now_ms();
+    if b.runner.as_deref().is_some_and(|r| r != me) && b.runner_until_ms > now {
+        // Another gateway drives it.
+        driven.remove(id);
+        return Ok(());
+    }
+    if !driven.contains_key(id) {
+        let lines = match ctx.store.files().read(&b.input_file_id).await.map_err(store_err)? {
+            Some(bytes) => batches::parse_lines(&b.endpoint, &bytes),
+            None => Err(format!("the input file {} is gone", b.input_file_id)),
+        };
+        match lines {
+            Ok(lines) => {
+                let d = Driven { lines, ended: HashMap::new(), cancels_sent: false, submitted: 0 };
+                driven.insert(id.to_string(), d);
+            }
+            Err(error) => {
+                b.status = BatchStatus::Failed;
+                b.error = Some(error);
+                b.times.insert("failed".into(), now);
+                return ctx.store.batches().update(&b, rev).await.map(|_| ()).map_err(store_err);
+            }
+        }
+    }
+    let d = driven.get_mut(id).expect("inserted above");
+    let stopping = b.status == BatchStatus::Cancelling || now > b.expires_ms;
+
+    // Submit the next lines, at most WINDOW of them unfinished at once.
+    for e in &b.refused {
+        d.ended.entry(e.line).or_insert_with(|| Ended::Failed {
+            task: None,
+            error: WireError::new(kind_of(&e.code), e.message.clone()),
+        });
+    }
+    while !stopping && b.status == BatchStatus::InProgress && b.submitted < b.total {
+        let unfinished = b.submitted - d.ended.keys().filter(|n| **n < b.submitted).count() as u32;
+        if unfinished >= WINDOW {
+            break;
+        }
+        let n = b.submitted;
+        let line = &d.lines[n as usize];
+        let submit = SubmitRequest {
+            chat: line.chat.clone(),
+            task_id: Some(task_of(id, n)),
+            idempotency_key: None,
+            priority: Priority::Batch,
+            wait_for_model: true,
+            owner: b.owner.clone(),
+        };
+        match ctx.bus.request::<_, SubmitReply>(ctx.bus.subjects().task_submit(), &submit, None, None).await {
+            Ok(SubmitReply::Accepted(_)) => {}
+            Ok(SubmitReply::Rejected(err))
+                if matches!(
+                    err.kind,
+                    ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Overloaded | ErrorKind::NoWorker
+                ) =>
+            {
+                break;
+            }
+            Ok(SubmitReply::Rejected(err)) => {
+                b.refused.push(LineError {
+                    line: n,
+                    code: err.kind.as_str().to_string(),
+                    message: err.message.clone(),
+                });
+                d.ended.insert(n, Ended::Failed { task: None, error: err });
+            }
+            Err(err) => {
+                tracing::debug!(batch = %id, cause = %err, "submit not answered; next round");
+                break;
+            }
+        }
+        b.submitted += 1;
+        d.submitted = d.submitted.max(b.submitted);
+    }
+
+    // Lines submitted past the recorded count (a gateway that died, or a record changed
+    // meanwhile, before the count was written) are found by their tasks.
+    while b.submitted < b.total && b.submitted < d.submitted.max(if stopping { b.submitted + WINDOW } else { 0 }) {
+        if record_of(ctx, &task_of(id, b.submitted)).await?.is_none() {
+            break;
+        }
+        b.submitted += 1;
+    }
+    d.submitted = d.submitted.max(b.submitted);
+
+    // Follow the submitted lines' tasks.
+    for n in 0..b.submitted {
+        if d.ended.contains_key(&n) {
+            continue;
+        }
+        let task = task_of(id, n);
+        let Some(record) = record_of(ctx, &task).await? else { continue };
+        let ended = match record.state {
+            TaskState::Completed => Ended::Completed(Box::new(record)),
+            TaskState::Failed | TaskState::Cancelled => Ended::Failed {
+                task: Some(task.to_string()),
+                error: record.error.clone().unwrap_or_else(|| WireError::new(ErrorKind::Internal, "the line failed")),
+            },
+            TaskState::Queued | TaskState::Running => continue,
+        };
+        d.ended.insert(n, ended);
+    }
+    b.completed = d.ended.values().filter(|e| matches!(e, Ended::Completed(_))).count() as u32;
+    b.failed = d.ended.len() as u32 - b.completed;
+
+    // Stopping: no line starts any more, and the running ones are told to stop.
+    if stopping && !d.cancels_sent {
+        let mut all = true;
+        for n in (0..b.submitted).filter(|n| !d.ended.contains_key(n)) {
+            if let Err(err) = bitinglip_client::cancel(&ctx.bus, &task_of(id, n), "batch cancelled").await {
+                tracing::debug!(batch = %id, line = n, cause = %err, "cancel not delivered; the next round asks again");
+                all = false;
+                break;
+            }
+        }
+        d.cancels_sent = all;
+    }
+    let all_ended =
+        if stopping { (0..b.submitted).all(|n| d.ended.contains_key(&n)) } else { d.ended.len() as u32 == b.total };
+    let mut written = Vec::new();
+    if all_ended {
+        let (output, errors) = files_of(ctx, &b, d).await?;
+        for (content, which) in [(output, "output"), (errors, "error")] {
+            if content.is_empty() {
+                continue;
+            }
+            let record = FileRecord {
+                id: format!("file-{}", ulid::Ulid::new()),
+                owner: b.owner.clone(),
+                purpose: "batch_output".into(),
+                filename: format!("{id}_{which}.jsonl"),
+                bytes: content.len() as u64,
+                created_ms: now,
+            };
+            ctx.store.files().put(&record, content.as_bytes()).await.map_err(store_err)?;
+            if which == "output" {
+                b.output_file_id = Some(record.id.clone());
+            } else {
+                b.error_file_id = Some(record.id.clone());
+            }
+            written.push(record.id);
+        }
+        let (status, at) = match (b.status, now > b.expires_ms) {
+            (BatchStatus::Cancelling, _) => (BatchStatus::Cancelled, "cancelled"),
+            (_, true) => (BatchStatus::Expired, "expired"),
+            _ => (BatchStatus::Completed, "completed"),
+        };
+        b.times.insert("finalizing".into(), now);
+        b.times.insert(at.into(), now);
+        b.status = status;
+    }
+    b.runner = Some(me.to_string());
+    b.runner_until_ms = now + LEASE_MS;
+    match ctx.store.batches().update(&b, rev).await {
+        Ok(_) => {
+            if b.status.is_final() {
+                tracing::info!(batch = %id, status = b.status.as_str(), completed = b.completed, failed = b.failed, "batch ended");
+                driven.remove(id);
+            }
+            Ok(())
+        }
+        Err(err) => {
+            // Changed meanwhile (a cancel, another gateway): files written for an end
+            // that did not happen go; the next round reads the record again (what this
+            // gateway submitted it still knows).
+            for file in written {
+                let _ = ctx.store.files().delete(&file).await;
+            }
+            if let Some(d) = driven.get_mut(id) {
+                d.cancels_sent = false;
+            }
+            Err(err.to_string())
+        }
+    }
+}
+
+/// A task's record, read through the task managers (`None`: no such task).
+async fn record_of(ctx: &NodeContext, task_id: &TaskId) -> Result<Option<TaskRecord>, String> {
+    let get = GetTask { task_id: task_id.clone() };
+    match ctx.bus.request::<_, TaskStatusReply>(ctx.bus.subjects().task_get(), &get, None, None).await {
+        Ok(TaskStatusReply::Found(record)) => Ok(Some(record)),
+        Ok(TaskStatusReply::Error(e)) if e.kind == ErrorKind::NotFound => Ok(None),
+        Ok(TaskStatusReply::Error(e)) => Err(e.message),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn kind_of(code: &str) -> ErrorKind {
+    serde_json::from_value(json!(code)).unwrap_or(ErrorKind::Unknown)
+}
+
+/// The output file (completed lines) and the error file (failed ones), in OpenAI's line
+/// format, in line order.
+async fn files_of(ctx: &NodeContext, b: &BatchRecord, d: &Driven) -> Result<(String, String), String> {
+    let mut output = String::new();
+    let mut errors = String::new();
+    for n in 0..b.total {
+        let Some(ended) = d.ended.get(&n) else { continue };
+        let line = &d.lines[n as usize];
+        let task = task_of(&b.id, n).to_string();
+        let (out, status, request_id, body) = match ended {
+            Ended::Completed(record) => {
+                let Some(done) = &record.result else { continue };
+                let text = match &done.text_object {
+                    Some(name) => ctx.store.results().get(name).await.map_err(|e| e.to_string())?.unwrap_or_default(),
+                    None => done.text.clone(),
+                };
+                (&mut output, 200, Some(task.clone()), render(&b.endpoint, line, &task, text, done))
+            }
+            Ended::Failed { task: ran, error } => {
+                let body = serde_json::to_value(openai::ApiError::from(error.clone()).body()).unwrap_or_default();
+                (&mut errors, batches::status_of(error.kind), ran.clone(), body)
+            }
+        };
+        let row = json!({
+            "id": format!("batch_req_{task}"),
+            "custom_id": line.custom_id,
+            "response": {"status_code": status, "request_id": request_id, "body": body},
+            "error": null,
+        });
+        out.push_str(&jsonl_safe(row.to_string()));
+        out.push('\n');
+    }
+    Ok((output, errors))
+}
+
+/// `json` with the characters other than `\n` that some readers take for line ends (NEL,
+/// the Unicode line and paragraph separators) escaped, as JSON allows: a file of JSON
+/// lines then reads as such with any line splitter (Python's `str.splitlines` included).
+fn jsonl_safe(json: String) -> String {
+    if !json.contains(['\u{85}', '\u{2028}', '\u{2029}']) {
+        return json;
+    }
+    json.replace('\u{85}', "\\u0085").replace('\u{2028}', "\\u2028").replace('\u{2029}', "\\u2029")
+}
+
+/// A completed line's answer, as its endpoint would have returned it.
+fn render(endpoint: &str, line: &Line, task: &str, text: String, done: &bitinglip_bus_schema::TaskCompleted) -> Value {
+    let created = done.usage.total_time_ms as u64 / 1000;
+    let model = line.chat.model.clone();
+    let logprobs = line.chat.logprobs.is_some();
+    let value = match endpoint {
+        "/v1/chat/completions" => serde_json::to_value(openai::completion(
+            &format!("chatcmpl-{task}"),
+            created,
+            &model,
+            text,
+            done,
+            line.chat.tool_choice.is_forced(),
+            logprobs,
+        )),
+        "/v1/completions" => {
+            let lp = openai::legacy_logprobs(logprobs, &done.logprobs, 0);
+            serde_json::to_value(openai::text_completion(
+                &format!("cmpl-{task}"),
+                created,
+                &model,
+                Some((text, lp, Some(done.finish_reason))),
+                Some(&done.usage),
+            ))
+        }
+        _ => serde_json::to_value(embeddings::list_of(model, done, line.base64)),
+    };
+    value.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_escape_what_splitters_take_for_line_ends() {
+        let row = json!({"text": "a\u{2028}b\u{85}c\nd"}).to_string();
+        let safe = jsonl_safe(row);
+        assert!(!safe.contains(['\u{85}', '\u{2028}', '\n']), "{safe}");
+        let back: Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["text"], "a\u{2028}b\u{85}c\nd");
+    }
+
+    #[test]
+    fn lines_run_as_tasks_named_after_the_batch() {
+        assert_eq!(task_of("batch_01J", 7).as_str(), "batch_01J-7");
+        assert_eq!(kind_of("unknown_model"), ErrorKind::UnknownModel);
+        let (chat, base64) =
+            params_of("/v1/embeddings", &json!({"model": "e", "input": ["a"], "encoding_format": "base64"})).unwrap();
+        assert_eq!((chat.input.len(), base64), (1, true));
+        let (chat, _) = params_of("/v1/completions", &json!({"model": "m", "prompt": "p"})).unwrap();
+        assert_eq!(chat.prompt.as_deref(), Some("p"));
+    }
+}

@@ -1,0 +1,78 @@
+//! Batches of the Batch API, one record per batch under its id (`batch_<ulid>`). Every
+//! change is a compare-and-swap on the record's revision, so gateways that drive batches
+//! at once never lose one another's progress.
+
+use bitinglip_bus_schema::BatchRecord;
+use futures::StreamExt;
+
+use super::{Bucket, Store, StoreError};
+
+/// The batches.
+pub struct Batches<'a> {
+    bucket: &'a Bucket,
+}
+
+impl Store {
+    /// The Batch API's batches.
+    pub fn batches(&self) -> Batches<'_> {
+        Batches { bucket: &self.inner.batches }
+    }
+}
+
+/// True when `id` can name a batch (`batch_` and a ULID's characters).
+pub fn is_id(id: &str) -> bool {
+    id.strip_prefix("batch_")
+        .is_some_and(|rest| !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+impl Batches<'_> {
+    /// Stores a new batch.
+    pub async fn create(&self, batch: &BatchRecord) -> Result<u64, StoreError> {
+        if !is_id(&batch.id) {
+            return Err(StoreError::Corrupt {
+                what: self.bucket.what,
+                key: batch.id.clone(),
+                message: "not a batch id".into(),
+            });
+        }
+        self.bucket.create(&batch.id, batch).await
+    }
+
+    /// The batch `id` with its revision, when it is there.
+    pub async fn get(&self, id: &str) -> Result<Option<(BatchRecord, u64)>, StoreError> {
+        if !is_id(id) {
+            return Ok(None);
+        }
+        self.bucket.entry(id).await
+    }
+
+    /// Writes `batch` only while its record is at `revision`; another revision is a
+    /// [`StoreError::Conflict`].
+    pub async fn update(&self, batch: &BatchRecord, revision: u64) -> Result<u64, StoreError> {
+        self.bucket.update(&batch.id, batch, revision).await
+    }
+
+    /// Every batch id.
+    pub async fn ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut keys = match self.bucket.kv.keys().await {
+            Ok(keys) => keys,
+            Err(e) => return Err(self.bucket.unavailable(e)),
+        };
+        let mut ids = Vec::new();
+        while let Some(key) = keys.next().await {
+            ids.push(key.map_err(|e| self.bucket.unavailable(e))?);
+        }
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_batch_ids_name_records() {
+        assert!(super::is_id("batch_01J9ABC"));
+        for bad in ["01J", "batch_", "batch_a.b", "batch_a>", "batch_a-1"] {
+            assert!(!super::is_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The Files API's files, in the files object store under their ids (`file-<ulid>`): the
+//! bytes chunked by JetStream, the record (owner, purpose, name, size, time) in the
+//! object's metadata, so the two can never disagree.
+
+use std::collections::HashMap;
+
+use async_nats::jetstream::object_store::{GetErrorKind, ObjectInfo, ObjectMetadata};
+use bitinglip_bus_schema::FileRecord;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use super::{Store, StoreError};
+
+const WHAT: &str = "files store";
+
+/// The files.
+pub struct Files<'a> {
+    store: &'a Store,
+}
+
+impl Store {
+    /// The Files API's files.
+    pub fn files(&self) -> Files<'_> {
+        Files { store: self }
+    }
+}
+
+/// True when `id` can name a file (`file-` and a ULID's characters).
+fn is_id(id: &str) -> bool {
+    id.strip_prefix("file-")
+        .is_some_and(|rest| !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn record_of(info: &ObjectInfo) -> Option<FileRecord> {
+    if info.deleted || !is_id(&info.name) {
+        return None;
+    }
+    let m = &info.metadata;
+    Some(FileRecord {
+        id: info.name.clone(),
+        owner: m.get("owner").filter(|o| !o.is_empty()).cloned(),
+        purpose: m.get("purpose").cloned().unwrap_or_default(),
+        filename: m.get("filename").cloned().unwrap_or_default(),
+        bytes: info.size as u64,
+        created_ms: m.get("created_ms").and_then(|t| t.parse().ok()).unwrap_or_default(),
+    })
+}
+
+impl Files<'_> {
+    /// Stores `bytes` as the file `record.id` (its size is taken from `bytes`).
+    pub async fn put(&self, record: &FileRecord, bytes: &[u8]) -> Result<FileRecord, StoreError> {
+        if !is_id(&record.id) {
+            return Err(StoreError::Corrupt { what: WHAT, key: record.id.clone(), message: "not a file id".into() });
+        }
+        let metadata = HashMap::from([
+            ("owner".to_string(), record.owner.clone().unwrap_or_default()),
+            ("purpose".to_string(), record.purpose.clone()),
+            ("filename".to_string(), record.filename.clone()),
+            ("created_ms".to_string(), record.created_ms.to_string()),
+        ]);
+        let meta = ObjectMetadata { name: record.id.clone(), metadata, ..Default::default() };
+        let mut reader = bytes;
+        self.store.inner.files.put(meta, &mut reader).await.map_err(|e| StoreError::unavailable(WHAT, e))?;
+        Ok(FileRecord { bytes: bytes.len() as u64, ..record.clone() })
+    }
+
+    /// The record of file `id`, when it is there.
+    pub async fn info(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
+        if !is_id(id) {
+            return Ok(None);
+        }
+        match self.store.inner.files.info(id).await {
+            Ok(info) => Ok(record_of(&info)),
+            Err(e) if e.kind() == async_nats::jetstream::object_store::InfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::unavailable(WHAT, e)),
+        }
+    }
+
+    /// The bytes of file `id`, when it is there.
+    pub async fn read(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if !is_id(id) {
+            return Ok(None);
+        }
+        let mut object = match self.store.inner.files.get(id).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::unavailable(WHAT, e)),
+        };
+        let mut bytes = Vec::new();
+        object.read_to_end(&mut bytes).await.map_err(|e| StoreError::unavailable(WHAT, e))?;
+        Ok(Some(bytes))
+    }
+
+    /// Deletes file `id` (a no-op when absent).
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        if !is_id(id) {
+            return Ok(());
+        }
+        match self.store.inner.files.delete(id).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == async_nats::jetstream::object_store::DeleteErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::unavailable(WHAT, e)),
+        }
+    }
+
+    /// Every file, newest first.
+    pub async fn list(&self) -> Result<Vec<FileRecord>, StoreError> {
+        let mut list = self.store.inner.files.list().await.map_err(|e| StoreError::unavailable(WHAT, e))?;
+        let mut files = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| StoreError::unavailable(WHAT, e))?;
+            files.extend(record_of(&info));
+        }
+        files.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        Ok(files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_file_ids_name_objects() {
+        assert!(super::is_id("file-01J9ABC"));
+        for bad in ["01J", "file-", "file-a.b", "file-a>", "file-a/b"] {
+            assert!(!super::is_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The Files and Batch APIs: a batch of real mistral.rs chat requests through the official
+//! `openai` Python client (`tests/clients/openai_batch.py`) that survives the worker's
+//! kill -9 and a nats-server restart in its middle, each line run exactly once; cancel;
+//! and files and batches out of another key's reach.
+
+use std::time::Duration;
+
+use bitinglip_config::{ModelConfig, Role};
+use bitinglip_tests::{test_config, Arch, ModelDir, ModelSpec, NodeProcess, TestNats, TEST_ADMIN_KEY};
+use serde_json::{json, Value};
+
+const LOAD: Duration = Duration::from_secs(120);
+
+/// A node with every role but the worker, and a worker node for `model`.
+fn control_and_worker(url: &str, model: &ModelDir) -> (NodeProcess, bitinglip_config::Config) {
+    let mut control = test_config(url);
+    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
+    let mut worker = test_config(url);
+    worker.roles = vec![Role::Worker];
+    let mut m = ModelConfig::new(model.path().display().to_string());
+    m.name = Some(model.id().to_string());
+    worker.worker.models.push(m);
+    (NodeProcess::spawn(&control, &["node"]), worker)
+}
+
+async fn python(base: &str, model: &str, args: &[&str]) -> String {
+    try_python(base, model, args).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn try_python(base: &str, model: &str, args: &[&str]) -> Result<String, String> {
+    let root = bitinglip_tests::workspace_root();
+    let out = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/clients/openai_batch.py"))
+        .arg(format!("{base}/v1"))
+        .arg(model)
+        .arg(TEST_ADMIN_KEY)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("openai client ({args:?}) failed:\n{stdout}\n{stderr}"));
+    }
+    Ok(stdout)
+}
+
+/// A model big enough that decoding takes a few seconds on 2 cores, so that a batch is
+/// still running when the test restarts things.
+fn slow() -> ModelSpec {
+    ModelSpec { hidden: 384, layers: 6, heads: 6, kv_heads: 2, intermediate: 1024, ..ModelSpec::tiny(Arch::Qwen2) }
+}
+
+/// `logit_bias` that bans the generated models' end-of-turn and end-of-text tokens.
+fn end_tokens_banned() -> Value {
+    let vocab = bitinglip_modelgen::vocab_size();
+    json!({(vocab - 1).to_string(): -100, (vocab - 3).to_string(): -100})
+}
+
+async fn batch(http: &reqwest::Client, base: &str, id: &str) -> Value {
+    http.get(format!("{base}/v1/batches/{id}")).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_survives_its_worker_and_the_nats_server_restarting_and_runs_each_line_once() {
+    let model = ModelDir::generate("slow-batch", &slow());
+    let mut nats = TestNats::start().await;
+    let (mut control, worker_config) = control_and_worker(&nats.url(), &model);
+    let mut worker = NodeProcess::spawn(&worker_config, &["node"]);
+    control.wait_for_model(model.id(), LOAD).await;
+    let base = control.http.clone().unwrap();
+    let http = bitinglip_tests::http();
+
+    // Lines long enough to be in the middle through both restarts: the model's two end
+    // tokens are banned, so each line writes all its tokens.
+    let bias = json!({"logit_bias": end_tokens_banned()}).to_string();
+    let id = python(&base, model.id(), &["create", &bias]).await.trim().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = bitinglip_tests::task_record(&http, &base, &format!("{id}-0")).await;
+        if line["status"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the batch's first line never ran long enough: {line}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = batch(&http, &base, &id).await;
+    assert_eq!(
+        (b["status"].as_str(), b["request_counts"]["completed"].as_u64()),
+        (Some("in_progress"), Some(0)),
+        "{b}"
+    );
+    worker.kill9();
+
+    // The nats-server restarts (its JetStream on disk), then the worker comes back.
+    nats.restart().await;
+    let mut worker = NodeProcess::spawn(&worker_config, &["node"]);
+    let out = match try_python(&base, model.id(), &["finish", &id]).await {
+        Ok(out) => out,
+        Err(e) => {
+            let mut lines = String::new();
+            for n in 0..3 {
+                lines.push_str(&bitinglip_tests::task_record(&http, &base, &format!("{id}-{n}")).await.to_string());
+                lines.push('\n');
+            }
+            panic!("{e}\n{lines}\ncontrol:\n{}\nworker:\n{}", control.log(), worker.log());
+        }
+    };
+    assert!(out.contains("ok all"), "{out}");
+
+    // Each line ran once: one task per line, completed, and no other task of the batch.
+    let list: Value = http.get(format!("{base}/v1/tasks?limit=1000")).send().await.unwrap().json().await.unwrap();
+    let mut ours: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .filter(|t| t.starts_with(&id))
+        .collect();
+    ours.sort();
+    assert_eq!(ours, vec![format!("{id}-0"), format!("{id}-1"), format!("{id}-2")], "{list}");
+    for task in &ours {
+        let t = bitinglip_tests::task_record(&http, &base, task).await;
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["priority"], "batch", "{t}");
+    }
+    let _ = worker.sigterm(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_batch_stops_its_lines_and_another_key_sees_nothing() {
+    let model = ModelDir::generate("slow-cancel", &slow());
+    let nats = TestNats::start().await;
+    let (mut control, worker_config) = control_and_worker(&nats.url(), &model);
+    let _worker = NodeProcess::spawn(&worker_config, &["node"]);
+    control.wait_for_model(model.id(), LOAD).await;
+    let base = control.http.clone().unwrap();
+    let http = bitinglip_tests::http();
+    // Long lines (their end tokens banned): the cancel catches each of them running.
+    let lines: String = (0..3)
+        .map(|i| {
+            json!({"custom_id": format!("c{i}"), "method": "POST", "url": "/v1/chat/completions",
+                   "body": {"model": model.id(), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300,
+                            "logit_bias": end_tokens_banned()}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let boundary = "BitingLipTestBoundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n{lines}\r\n--{boundary}--\r\n"
+    );
+    let file: Value = http
+        .post(format!("{base}/v1/files"))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file_id = file["id"].as_str().unwrap_or_else(|| panic!("{file}")).to_string();
+    let created: Value = http
+        .post(format!("{base}/v1/batches"))
+        .json(&json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(30),
+        async { bitinglip_tests::task_record(&http, &base, &format!("{id}-2")).await["status"] == "running" },
+        "the batch's lines never started"
+    );
+
+    // Another key (inference scope) sees neither the file nor the batch.
+    let other: Value = http
+        .post(format!("{base}/api/v1/keys"))
+        .json(&json!({"name": "other", "scope": "inference"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other = bitinglip_tests::http_with(other["key"].as_str().unwrap());
+    for path in [format!("/v1/files/{file_id}"), format!("/v1/files/{file_id}/content"), format!("/v1/batches/{id}")] {
+        let status = other.get(format!("{base}{path}")).send().await.unwrap().status();
+        assert_eq!(status, 404, "{path}");
+    }
+    let listed: Value = other.get(format!("{base}/v1/batches")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["data"], json!([]), "{listed}");
+    let refused = other.post(format!("{base}/v1/batches/{id}/cancel")).send().await.unwrap().status();
+    assert_eq!(refused, 404);
+
+    // Cancel: the running lines stop in the engine; the batch ends cancelled, with an
+    // error file.
+    let cancelling: Value =
+        http.post(format!("{base}/v1/batches/{id}/cancel")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cancelling["status"], "cancelling", "{cancelling}");
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(30),
+        async { batch(&http, &base, &id).await["status"] == "cancelled" },
+        "the batch never ended cancelled"
+    );
+    let b = batch(&http, &base, &id).await;
+    assert_eq!(b["request_counts"], json!({"total": 3, "completed": 0, "failed": 3}), "{b}");
+    assert!(b["cancelled_at"].is_u64() && b["output_file_id"].is_null(), "{b}");
+    let errors = http
+        .get(format!("{base}/v1/files/{}/content", b["error_file_id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(errors.lines().count(), 3, "{errors}");
+    for n in 0..3 {
+        let t = bitinglip_tests::task_record(&http, &base, &format!("{id}-{n}")).await;
+        assert_eq!(t["status"], "cancelled", "{t}");
+    }
+    // A batch of an endpoint it does not serve, or of an unknown file, is refused by name.
+    let bad: Value = http
+        .post(format!("{base}/v1/batches"))
+        .json(&json!({"input_file_id": "file-nope", "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bad["error"]["param"], "input_file_id", "{bad}");
+}
