@@ -278,6 +278,9 @@ pub struct JetStreamConfig {
     /// Most bytes of the Files API's files (batch inputs, outputs and errors); when full,
     /// uploads are refused.
     pub files_max_bytes: i64,
+    /// Most bytes of stored Responses API answers with their conversations; when full, a
+    /// response that should be stored fails.
+    pub responses_max_bytes: i64,
     /// The JetStream domain of the servers' cluster (their `jetstream { domain }`), for a
     /// node that reaches it through a leaf node (an edge worker); none elsewhere.
     pub domain: Option<String>,
@@ -294,6 +297,7 @@ impl Default for JetStreamConfig {
             tasks_max_age: Duration::from_secs(24 * 3600),
             tasks_max_bytes: 4 * 1024 * 1024 * 1024,
             files_max_bytes: 1024 * 1024 * 1024,
+            responses_max_bytes: 1024 * 1024 * 1024,
             domain: None,
         }
     }

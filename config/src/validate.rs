@@ -145,6 +145,13 @@ impl Config {
                 ));
             }
         }
+        if js.responses_max_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "jetstream.responses_max_bytes",
+                js.responses_max_bytes,
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         if js.files_max_bytes < 1024 * 1024 {
             return Err(invalid("jetstream.files_max_bytes", js.files_max_bytes, "must be at least 1048576 (1 MiB)"));
         }

@@ -238,7 +238,7 @@ pub(crate) async fn provision(
         Data::Kept,
         kv::Config {
             bucket: subjects.responses_bucket(),
-            max_bytes: cfg.tasks_max_bytes,
+            max_bytes: cfg.responses_max_bytes,
             description: "BitingLip stored responses and their conversations".into(),
             history: 1,
             max_age: cfg.tasks_max_age,
@@ -255,7 +255,7 @@ pub(crate) async fn provision(
         Data::Kept,
         kv::Config {
             bucket: subjects.batches_bucket(),
-            max_bytes: 256 * MIB,
+            max_bytes: 64 * MIB,
             description: "BitingLip batches".into(),
             history: 1,
             storage: stream::StorageType::File,

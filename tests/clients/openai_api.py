@@ -201,6 +201,13 @@ resp = client.chat.completions.create(
     extra_body={"grammar": {"type": "regex", "value": "(yes|no)"}},
 )
 check("grammar regex", resp.choices[0].message.content in ("yes", "no"), resp.choices[0].message)
+resp = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "user", "content": "a color?"}],
+    max_tokens=10,
+    extra_body={"grammar": {"type": "lark", "value": 'start: "red" | "green" | "blue"'}},
+)
+check("grammar lark", resp.choices[0].message.content in ("red", "green", "blue"), resp.choices[0].message)
 
 # 10. What BitingLip does not support is refused, naming the field.
 for kwargs, field in [

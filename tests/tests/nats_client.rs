@@ -138,4 +138,53 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
     let stats: serde_json::Value = serde_json::from_slice(&stats.payload).unwrap();
     let submit = stats["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == "submit").unwrap().clone();
     assert!(submit["num_requests"].as_u64().unwrap() >= 2, "{stats}");
+
+    // A forced tool call, as the README's schema puts it: the tool's parameters and the
+    // call's arguments are JSON text; the completed event carries the parsed call.
+    let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        .custom_inbox_prefix("_INBOX_client")
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let task_id = "readme-client-tool-1";
+    let mut events = client.subscribe(format!("bitinglip.v1.task.{task_id}.events")).await.unwrap();
+    client.flush().await.unwrap();
+    let parameters =
+        r#"{"type":"object","properties":{"ok":{"type":"boolean"}},"required":["ok"],"additionalProperties":false}"#;
+    let submit = map(vec![
+        (
+            "chat",
+            map(vec![
+                ("model", Value::from("tiny-nats")),
+                (
+                    "messages",
+                    Value::Array(vec![map(vec![("role", Value::from("user")), ("content", Value::from("check"))])]),
+                ),
+                ("max_tokens", Value::from(100)),
+                (
+                    "tools",
+                    Value::Array(vec![map(vec![
+                        ("name", Value::from("check")),
+                        ("parameters", Value::from(parameters)),
+                    ])]),
+                ),
+                ("tool_choice", map(vec![("type", Value::from("function")), ("name", Value::from("check"))])),
+            ]),
+        ),
+        ("task_id", Value::from(task_id)),
+    ]);
+    let reply = decode(&client.request("bitinglip.v1.task.submit", envelope(submit).into()).await.unwrap().payload);
+    assert_eq!(get(get(&reply, "body"), "type").as_str(), Some("accepted"), "{reply}");
+    let completed = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), events.next()).await.unwrap().unwrap();
+        let body = get(&decode(&msg.payload), "body").clone();
+        if get(&body, "type").as_str() == Some("completed") {
+            break body;
+        }
+    };
+    assert_eq!(get(&completed, "finish_reason").as_str(), Some("tool_calls"), "{completed}");
+    let call = &get(&completed, "tool_calls").as_array().unwrap()[0];
+    assert_eq!(get(call, "name").as_str(), Some("check"));
+    let arguments: serde_json::Value = serde_json::from_str(get(call, "arguments").as_str().unwrap()).unwrap();
+    assert!(arguments["ok"].is_boolean(), "{arguments}");
 }

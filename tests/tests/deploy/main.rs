@@ -382,6 +382,9 @@ fn the_guide_maintains_backs_up_restores_and_upgrades_nats_servers() {
         "KV_bitinglip_leases",
         "BITINGLIP_USAGE",
         "OBJ_bitinglip_results",
+        "KV_bitinglip_responses",
+        "KV_bitinglip_batches",
+        "OBJ_bitinglip_files",
     ];
     on_disk.sort();
     assert_eq!(streams, on_disk, "the streams on disk, as the guide lists them");
