@@ -351,7 +351,12 @@ async fn register_model(
             source: source_of(model),
             context_length,
             revision_sha: None,
-            files: Vec::new(),
+            // A local folder's files (a hub model's come with its pull).
+            files: if model.is_local() {
+                crate::ops::models::folder_files(std::path::Path::new(&model.source))
+            } else {
+                Vec::new()
+            },
             estimated_memory: model
                 .is_local()
                 .then(|| estimate_folder_memory(std::path::Path::new(&model.source)))

@@ -394,7 +394,9 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".to_string(), format: "text".to_string() }
+        // The NATS client's connection chatter (each connect, every event) is for
+        // debugging; a node's own log at `info` says what it does.
+        Self { level: "info,async_nats=warn".to_string(), format: "text".to_string() }
     }
 }
 

@@ -37,8 +37,42 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("bitinglip: {err:#}");
+            eprintln!("bitinglip: {}", causes(&err));
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+/// An error and its causes, each said once: errors that repeat their source in their own
+/// message (`… : {source}`) would otherwise print the same cause again for each level.
+fn causes(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let err = anyhow::Error::new(io)
+            .context("IO error: Connection refused (os error 111)")
+            .context("cannot connect to NATS at nats://127.0.0.1:1: IO error: Connection refused (os error 111)");
+        assert_eq!(
+            super::causes(&err),
+            "cannot connect to NATS at nats://127.0.0.1:1: IO error: Connection refused (os error 111)"
+        );
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::causes(&err), "outer: inner");
     }
 }

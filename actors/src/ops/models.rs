@@ -25,6 +25,30 @@ pub fn estimate_folder_memory(dir: &std::path::Path) -> Option<u64> {
     Some(estimate_memory(files.iter().map(|(n, s)| (n.as_str(), *s))))
 }
 
+/// The files of a model folder (names relative to it, `/`-separated, sorted; sizes; no
+/// sha256: hashing gigabytes at every load is not worth it for a folder the operator
+/// placed), at most four levels deep.
+pub fn folder_files(dir: &std::path::Path) -> Vec<bitinglip_bus_schema::ModelFile> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, depth: u32, out: &mut Vec<bitinglip_bus_schema::ModelFile>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() && depth < 4 {
+                walk(root, &path, depth + 1, out);
+            } else if meta.is_file() {
+                let name = path.strip_prefix(root).unwrap_or(&path);
+                let name = name.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                out.push(bitinglip_bus_schema::ModelFile { name, size: meta.len(), sha256: None });
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, 0, &mut files);
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
+}
+
 /// The record to store when `record` is registered over `existing` (pure): a worker
 /// that loaded the model adds its context length and engine; what a pull recorded
 /// (revision sha, files) stays; the first registration's time stays.
@@ -94,6 +118,17 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_folders_files_are_listed_with_their_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+        std::fs::write(dir.path().join("1_Pooling/config.json"), "{\"a\":1}").unwrap();
+        let files = folder_files(dir.path());
+        let listed: Vec<(&str, u64)> = files.iter().map(|f| (f.name.as_str(), f.size)).collect();
+        assert_eq!(listed, [("1_Pooling/config.json", 7), ("config.json", 2)]);
     }
 
     #[test]
