@@ -13,6 +13,12 @@ const LOAD: Duration = Duration::from_secs(120);
 
 /// A node with every role but the worker, and a worker node for `model`.
 fn control_and_worker(url: &str, model: &ModelDir) -> (NodeProcess, bitinglip_config::Config) {
+    let (control, worker) = configs(url, model);
+    (NodeProcess::spawn(&control, &["node"]), worker)
+}
+
+/// The configs of the two nodes: control (every role but the worker), and worker.
+fn configs(url: &str, model: &ModelDir) -> (bitinglip_config::Config, bitinglip_config::Config) {
     let mut control = test_config(url);
     control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
     let mut worker = test_config(url);
@@ -20,7 +26,7 @@ fn control_and_worker(url: &str, model: &ModelDir) -> (NodeProcess, bitinglip_co
     let mut m = ModelConfig::new(model.path().display().to_string());
     m.name = Some(model.id().to_string());
     worker.worker.models.push(m);
-    (NodeProcess::spawn(&control, &["node"]), worker)
+    (control, worker)
 }
 
 async fn python(base: &str, model: &str, args: &[&str]) -> String {
@@ -66,7 +72,8 @@ async fn batch(http: &reqwest::Client, base: &str, id: &str) -> Value {
 async fn a_batch_survives_its_worker_and_the_nats_server_restarting_and_runs_each_line_once() {
     let model = ModelDir::generate("slow-batch", &slow());
     let mut nats = TestNats::start().await;
-    let (mut control, worker_config) = control_and_worker(&nats.url(), &model);
+    let (control_config, worker_config) = configs(&nats.url(), &model);
+    let mut control = NodeProcess::spawn(&control_config, &["node"]);
     let mut worker = NodeProcess::spawn(&worker_config, &["node"]);
     control.wait_for_model(model.id(), LOAD).await;
     let base = control.http.clone().unwrap();
@@ -93,9 +100,14 @@ async fn a_batch_survives_its_worker_and_the_nats_server_restarting_and_runs_eac
     );
     worker.kill9();
 
-    // The nats-server restarts (its JetStream on disk), then the worker comes back.
+    // The node whose gateway drives the batch dies too; the nats-server restarts (its
+    // JetStream on disk); then both nodes come back (the batch's lease, held by the dead
+    // gateway, lapses and the new one takes it).
+    control.kill9();
     nats.restart().await;
     let mut worker = NodeProcess::spawn(&worker_config, &["node"]);
+    let mut control = NodeProcess::spawn(&control_config, &["node"]);
+    control.wait_for_http(LOAD).await;
     let out = match try_python(&base, model.id(), &["finish", &id]).await {
         Ok(out) => out,
         Err(e) => {

@@ -237,3 +237,31 @@ async fn the_hub_token_goes_to_the_hub_only_never_to_the_host_it_redirects_to() 
     assert!(!cdn_auth.is_empty(), "the weights were redirected to the CDN");
     assert!(cdn_auth.iter().all(Option::is_none), "the CDN saw {cdn_auth:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_with_a_hub_model_shows_the_download_then_the_load() {
+    let hub = FakeHub::start().await;
+    let model = ModelDir::generate("tiny-up", &ModelSpec::tiny(Arch::Qwen2));
+    hub.add_repo_from_dir("acme/tiny-up", SHA, &model.path());
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    // No server runs at this URL: `up` starts its own.
+    let mut config = test_config(&format!("nats://127.0.0.1:{}", bitinglip_tests::free_port()));
+    config.data_dir = data.path().to_path_buf();
+    config.hub.endpoint = Some(hub.url());
+    config.hub.cache_dir = Some(cache.path().to_path_buf());
+    config.hub.chunk_size = Some(64 * 1024);
+    let mut node = NodeProcess::spawn(&config, &["up", "--model", "acme/tiny-up"]);
+    node.wait_for_model("acme/tiny-up", Duration::from_secs(120)).await;
+    // What a person sees on the terminal while it starts: the bar to 100%, then the load,
+    // then that it serves (said within a poll of the model's status).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node.log().contains("loaded; serving") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = node.log();
+    assert!(log.contains("100%") && log.contains("model.safetensors"), "a progress bar to 100%:\n{log}");
+    let loading = log.find("bitinglip: loading acme/tiny-up").unwrap_or_else(|| panic!("the load:\n{log}"));
+    let served = log.find("bitinglip: acme/tiny-up loaded; serving").unwrap_or_else(|| panic!("serving:\n{log}"));
+    assert!(log.find("100%").unwrap() < loading && loading < served, "{log}");
+}

@@ -75,6 +75,19 @@ async fn tools_structured_output_logprobs_completions_and_embeddings_through_the
     let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
     assert!(args["ok"].is_boolean(), "{args}");
 
+    // The registry lists a local model's files (`models ls` shows them).
+    let registry: Value = http.get(format!("{base}/api/v1/models")).send().await.unwrap().json().await.unwrap();
+    let entry = registry["data"].as_array().and_then(|d| d.iter().find(|m| m["id"] == "tiny-embed")).cloned();
+    let files: Vec<String> = entry
+        .as_ref()
+        .and_then(|m| m["files"].as_array())
+        .map(|f| f.iter().filter_map(|f| f["name"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    assert!(
+        files.iter().any(|f| f == "model.safetensors") && files.iter().any(|f| f == "1_Pooling/config.json"),
+        "{registry}"
+    );
+
     // A schema that is not a JSON Schema object is refused at submit, the field named.
     let bad = json!({"model": "tiny-api", "messages": [{"role": "user", "content": "x"}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": 5}}});

@@ -4,7 +4,7 @@ use std::{io::Write, time::Duration};
 
 use anyhow::bail;
 use bitinglip_bus_schema::{
-    ListModels, ModelList, ModelSource, PullModel, PullProgress, PullReply, SearchModels, SearchResults,
+    ListModels, ModelList, ModelSource, ModelState, PullModel, PullProgress, PullReply, SearchModels, SearchResults,
 };
 use bitinglip_config::Config;
 use futures::StreamExt;
@@ -25,6 +25,66 @@ fn bar(p: &PullProgress) -> String {
         p.files_done + 1,
         p.files_total
     )
+}
+
+/// For `up --model <hub id>`: the download's live bar (as `models pull` draws it), then the
+/// load, until this node serves the model or says why it cannot.
+///
+/// `progress` is the subscription to the model's progress subject, made before the
+/// worker starts so that not even a quick download is missed.
+pub(super) async fn follow_load(
+    bus: bitinglip_nats::Bus,
+    mut progress: async_nats::Subscriber,
+    store: bitinglip_nats::store::Store,
+    served: String,
+    node: String,
+) {
+    let mut err = std::io::stderr();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut drawing = false;
+    let mut said_loading = false;
+    loop {
+        tokio::select! {
+            Some(msg) = progress.next() => {
+                if let Ok(p) = bus.decode::<PullProgress>(&msg) {
+                    let _ = write!(err, "{}", bar(&p.envelope.body));
+                    let _ = err.flush();
+                    drawing = true;
+                }
+            }
+            _ = tick.tick() => {
+                let statuses = store.model_status().list(Some(&served)).await.unwrap_or_default();
+                let Some(status) = statuses.into_iter().find(|s| s.node == node) else { continue };
+                let end_bar = |drawing: &mut bool| {
+                    if std::mem::take(drawing) {
+                        eprintln!();
+                    }
+                };
+                match status.state {
+                    ModelState::Loading if !said_loading => {
+                        end_bar(&mut drawing);
+                        eprintln!("bitinglip: loading {served}");
+                        said_loading = true;
+                    }
+                    ModelState::Loaded => {
+                        end_bar(&mut drawing);
+                        if !said_loading {
+                            // Loaded between two looks: it did load.
+                            eprintln!("bitinglip: loading {served}");
+                        }
+                        eprintln!("bitinglip: {served} loaded; serving");
+                        return;
+                    }
+                    ModelState::Failed => {
+                        end_bar(&mut drawing);
+                        eprintln!("bitinglip: {served} failed: {}", status.reason.unwrap_or_default());
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()> {

@@ -177,6 +177,24 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     let http = config.gateway.http.clone();
     let metrics_listen = config.metrics.listen.clone();
     let data_dir = config.data_dir.clone();
+    // `up` shows a hub model's download and load as `models pull` shows a pull.
+    let hub_models: Vec<(String, String)> = config
+        .worker
+        .models
+        .iter()
+        .filter(|m| m.engine == bitinglip_config::EngineKind::Mistralrs && !m.is_local())
+        .map(|m| (m.source.clone(), m.served_name()))
+        .collect();
+    let mut watchers = Vec::new();
+    if embedded && has_worker && !hub_models.is_empty() {
+        if let Ok(bus) = super::client_bus(&config).await {
+            for (source, served) in hub_models {
+                if let Ok(progress) = bus.subscribe(bus.subjects().model_progress(&source)).await {
+                    watchers.push((bus.clone(), progress, served));
+                }
+            }
+        }
+    }
     let ctx = NodeContext::new(bus, store, config).with_role_connections(role_connections).with_events(events);
     // The admin key is written as the gateway (the one role that writes keys).
     let key_store = ctx.for_role(Role::Gateway).store;
@@ -209,6 +227,9 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
             }
             println!("bitinglip: try: curl http://{addr}/v1/models -H \"Authorization: Bearer $(cat {path})\"");
         }
+    }
+    for (bus, progress, served) in watchers {
+        tokio::spawn(super::models::follow_load(bus, progress, ctx.store.clone(), served, node_id.clone()));
     }
     if has_worker && no_models {
         println!("bitinglip: no model served yet; start with --model <hugging-face-id or folder>, e.g. --model Qwen/Qwen2.5-0.5B-Instruct");
