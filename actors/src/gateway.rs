@@ -23,6 +23,7 @@ mod responses;
 mod routes;
 mod submit;
 mod tasks;
+mod ui;
 
 use std::time::Duration;
 

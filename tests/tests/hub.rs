@@ -240,6 +240,7 @@ async fn the_hub_token_goes_to_the_hub_only_never_to_the_host_it_redirects_to() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_with_a_hub_model_shows_the_download_then_the_load() {
+    use tokio::io::AsyncBufReadExt;
     let hub = FakeHub::start().await;
     let model = ModelDir::generate("tiny-up", &ModelSpec::tiny(Arch::Qwen2));
     hub.add_repo_from_dir("acme/tiny-up", SHA, &model.path());
@@ -251,17 +252,46 @@ async fn up_with_a_hub_model_shows_the_download_then_the_load() {
     config.hub.endpoint = Some(hub.url());
     config.hub.cache_dir = Some(cache.path().to_path_buf());
     config.hub.chunk_size = Some(64 * 1024);
-    let mut node = NodeProcess::spawn(&config, &["up", "--model", "acme/tiny-up"]);
-    node.wait_for_model("acme/tiny-up", Duration::from_secs(120)).await;
-    // What a person sees on the terminal while it starts: the bar to 100%, then the load,
-    // then that it serves (said within a poll of the model's status).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !node.log().contains("loaded; serving") && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let log = node.log();
-    assert!(log.contains("100%") && log.contains("model.safetensors"), "a progress bar to 100%:\n{log}");
-    let loading = log.find("bitinglip: loading acme/tiny-up").unwrap_or_else(|| panic!("the load:\n{log}"));
-    let served = log.find("bitinglip: acme/tiny-up loaded; serving").unwrap_or_else(|| panic!("serving:\n{log}"));
-    assert!(log.find("100%").unwrap() < loading && loading < served, "{log}");
+    let file = data.path().join("bitinglip.toml");
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    // What a person sees on the terminal, as `up` writes it there: the bar to 100%, then
+    // the load, then that it serves.
+    let mut up = tokio::process::Command::new(bitinglip_tests::bitinglip_bin())
+        .args(["up", "--model", "acme/tiny-up", "--config", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut terminal = tokio::io::BufReader::new(up.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    let mut line = Vec::new();
+    let read = async {
+        loop {
+            line.clear();
+            let n = terminal.read_until(b'\n', &mut line).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            // The bar redraws with `\r` on one line: each redraw is a piece here.
+            for piece in String::from_utf8_lossy(&line).split('\r') {
+                let piece = piece.trim_matches(['\n', ' ']).to_string();
+                let done = piece.ends_with("loaded; serving");
+                seen.push(piece);
+                if done {
+                    return;
+                }
+            }
+        }
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(120), read).await;
+    let pid = nix::unistd::Pid::from_raw(up.id().unwrap() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = tokio::time::timeout(Duration::from_secs(30), up.wait()).await;
+    assert!(finished.is_ok(), "`up` never said it serves: {seen:#?}");
+    let at = |what: &str| seen.iter().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what}: {seen:#?}"));
+    let bar = seen.iter().position(|l| l.contains("100%") && l.contains("model.safetensors"));
+    let bar = bar.unwrap_or_else(|| panic!("a progress bar to 100%: {seen:#?}"));
+    let (loading, serving) = (at("bitinglip: loading acme/tiny-up"), at("bitinglip: acme/tiny-up loaded; serving"));
+    assert!(bar < loading && loading < serving, "{seen:#?}");
 }

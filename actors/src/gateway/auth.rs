@@ -41,6 +41,8 @@ pub(super) struct Auth {
 pub(super) fn needs(path: &str) -> Option<Scope> {
     match path {
         "/health" | "/ready" => None,
+        // The dashboard's page, script and style: it signs in with a key, then calls the API.
+        p if p == "/ui" || p.starts_with("/ui/") => None,
         "/metrics" => Some(Scope::Admin),
         p if p.starts_with("/api/") => Some(Scope::Admin),
         _ => Some(Scope::Inference),

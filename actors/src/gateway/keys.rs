@@ -2,8 +2,13 @@
 //! answer, once), `DELETE /api/v1/keys/{id}` (revoke: refused on every gateway as soon as
 //! the change reaches it), and `GET /api/v1/usage`. Admin keys only (see `auth.rs`).
 
-use axum::{body::Body, extract::State, http::HeaderMap, Json};
-use bitinglip_bus_schema::{ErrorKind, KeyLimits, WireError};
+use axum::{
+    body::Body,
+    extract::{Extension, State},
+    http::HeaderMap,
+    Json,
+};
+use bitinglip_bus_schema::{ApiKey, ErrorKind, KeyLimits, WireError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -59,6 +64,13 @@ pub(super) struct KeyPage {
 
 fn inference() -> String {
     "inference".into()
+}
+
+/// The API key of this request (never its secret): its scope and the models it may use,
+/// for a client (the dashboard) to show what the key may do.
+#[utoipa::path(get, path = "/v1/key", tag = "keys", responses((status = 200, body = KeyView)))]
+pub(super) async fn whoami(Extension(key): Extension<ApiKey>) -> Json<KeyView> {
+    Json(key_view(&key, None))
 }
 
 /// API keys, oldest first, never their secrets.

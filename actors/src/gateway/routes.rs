@@ -62,6 +62,7 @@ pub(super) fn api_routes() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::deployments, admin::set_deployment))
         .routes(routes!(admin::workers))
         .routes(routes!(admin::cluster))
+        .routes(routes!(keys::whoami))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::usage))
@@ -71,6 +72,7 @@ pub(super) fn api_routes() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
     // Model ids hold slashes (`org/name`): these two take the rest of the path, which
     // axum writes `{*model}` and OpenAPI `{model}` (their descriptions are in `api::Base`).
     let router = router
+        .merge(super::ui::routes())
         .route("/api/v1/models/{*model}", delete(admin::remove))
         .route("/api/v1/deployments/{*model}", delete(admin::delete_deployment));
     (router, api::finish(doc))

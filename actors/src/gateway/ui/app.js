@@ -1,0 +1,277 @@
+// The BitingLip dashboard: one page, no build step, nothing fetched from elsewhere. The
+// API key is kept in session storage; every view reads the gateway's own API with it and
+// refreshes itself every two seconds (no full reload).
+"use strict";
+
+const KEY = "bitinglip.key";
+const state = { key: sessionStorage.getItem(KEY), admin: false, timer: null, view: null };
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const mib = (b) => (b == null ? "-" : b >= 1 << 30 ? (b / (1 << 30)).toFixed(1) + " GiB" : (b / (1 << 20)).toFixed(0) + " MiB");
+const ago = (ms) => {
+  if (!ms) return "-";
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  return s < 90 ? `${s.toFixed(0)} s` : s < 5400 ? `${(s / 60).toFixed(0)} min` : `${(s / 3600).toFixed(1)} h`;
+};
+const badge = (text, cls) => `<span class="badge ${cls}">${esc(text)}</span>`;
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Authorization: `Bearer ${state.key}` }, options.headers || {});
+  if (options.body && typeof options.body !== "string") {
+    headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(options.body);
+  }
+  const resp = await fetch(path, Object.assign({}, options, { headers }));
+  if (!resp.ok) {
+    let message = `${resp.status}`;
+    try { message = (await resp.json()).error.message; } catch (_) { /* not JSON */ }
+    const err = new Error(message);
+    err.status = resp.status;
+    throw err;
+  }
+  return resp;
+}
+const json = async (path, options) => (await api(path, options)).json();
+
+// ---- sign in ----------------------------------------------------------------------
+
+async function signIn(key) {
+  state.key = key;
+  const me = await json("/v1/key");
+  state.admin = me.scope === "admin";
+  sessionStorage.setItem(KEY, key);
+  $("#signin").hidden = true;
+  $("#nav").hidden = false;
+  $("#signout").hidden = false;
+  for (const a of document.querySelectorAll("[data-admin]")) a.hidden = !state.admin;
+  document.body.dataset.scope = state.admin ? "admin" : "inference";
+  route();
+}
+
+function signOut() {
+  sessionStorage.removeItem(KEY);
+  location.hash = "";
+  location.reload();
+}
+
+// ---- views ------------------------------------------------------------------------
+
+const views = {
+  cluster: { admin: true, title: "Cluster", render: renderCluster },
+  models: { admin: true, title: "Models", render: renderModels },
+  tasks: { admin: false, title: "Tasks", render: renderTasks },
+  keys: { admin: true, title: "Keys & usage", render: renderKeys },
+  playground: { admin: false, title: "Playground", render: renderPlayground, once: true },
+};
+
+function route() {
+  let name = location.hash.replace(/^#\//, "").split("/")[0];
+  if (!views[name] || (views[name].admin && !state.admin)) name = state.admin ? "cluster" : "playground";
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.getAttribute("href") === `#/${name}`);
+  clearInterval(state.timer);
+  const view = $("#view");
+  view.hidden = false;
+  view.dataset.view = name;
+  state.view = name;
+  view.innerHTML = `<h1>${esc(views[name].title)}</h1><div id="body"></div><p id="view-error" class="error" role="alert"></p>`;
+  const refresh = async () => {
+    try {
+      await views[name].render($("#body"));
+      $("#view-error").textContent = "";
+    } catch (err) {
+      const e = $("#view-error");
+      if (e) e.textContent = err.message;
+    }
+  };
+  refresh();
+  if (!views[name].once) state.timer = setInterval(() => { if (state.view === name) refresh(); }, 2000);
+}
+
+async function renderCluster(body) {
+  const [cluster, ready] = await Promise.all([json("/api/v1/cluster"), fetch("/ready").then((r) => r.json().catch(() => ({})))]);
+  const nodes = cluster.nodes.map((n) => {
+    const workers = n.workers.map((w) => `<tr><td>${esc(w.model)}</td><td>${badge(w.state, w.state === "ready" ? "ok" : w.state === "failed" ? "bad" : "warn")}</td><td>${w.in_flight} / ${w.max_sequences}</td></tr>`).join("");
+    const used = n.memory_total ? (1 - n.memory_free / n.memory_total) * 100 : 0;
+    const stale = Date.now() - n.last_heartbeat_ms > 5000;
+    return `<article class="card" data-node="${esc(n.node_id)}">
+      <h3>${esc(n.node_id)} ${n.node_id === cluster.leader ? badge("leader", "ok") : ""} ${badge(stale ? "stale" : "live", stale ? "warn" : "ok")}</h3>
+      <dl class="kv"><dt>roles</dt><dd>${esc(n.roles.join(", "))}</dd>
+      <dt>device</dt><dd>${esc(n.device)}</dd>
+      <dt>memory</dt><dd>${mib(n.memory_total - n.memory_free)} used of ${mib(n.memory_total)}<div class="bar"><span style="width:${used.toFixed(0)}%"></span></div></dd>
+      <dt>up</dt><dd>${ago(n.started_ms)}</dd><dt>http</dt><dd>${esc(n.http || "-")}</dd><dt>version</dt><dd>${esc(n.version)}</dd></dl>
+      ${workers ? `<div class="table-wrap"><table><thead><tr><th>model</th><th>worker</th><th>slots</th></tr></thead><tbody>${workers}</tbody></table></div>` : ""}
+    </article>`;
+  }).join("");
+  const checks = ["nats", "jetstream", "model_loaded"].map((k) => `${esc(k)} ${badge(ready[k] ? "ok" : "down", ready[k] ? "ok" : "bad")}`).join(" ");
+  body.innerHTML = `<p>This gateway: ${checks} &nbsp; Leading cluster manager: <strong>${esc(cluster.leader || "none")}</strong></p>
+    <div class="cards">${nodes || "<p>No live node.</p>"}</div>`;
+}
+
+async function renderModels(body) {
+  const [models, statuses] = await Promise.all([json("/api/v1/models"), json("/api/v1/models/status")]);
+  const rows = models.data.map((m) => {
+    const size = (m.files || []).reduce((s, f) => s + (f.size || 0), 0);
+    const source = m.source.type === "local" ? m.source.path : `hub @ ${m.source.revision}`;
+    const states = statuses.data.filter((s) => s.model === m.id).map((s) => `${esc(s.node)}: ${badge(s.state, s.state === "loaded" ? "ok" : s.state === "failed" ? "bad" : "warn")}`).join(" ");
+    return `<tr><td>${esc(m.id)}</td><td>${esc(source)}</td><td>${esc((m.revision_sha || "-").slice(0, 12))}</td><td>${(m.files || []).length}</td><td>${mib(size)}</td><td>${m.context_length ?? "-"}</td><td>${states || "-"}</td></tr>`;
+  }).join("");
+  body.innerHTML = `<div class="table-wrap"><table><thead><tr><th>model</th><th>source</th><th>revision</th><th>files</th><th>size</th><th>context</th><th>nodes</th></tr></thead><tbody>${rows}</tbody></table></div>`;
+}
+
+async function renderTasks(body) {
+  if (!$("#tasks-table", body)) {
+    body.innerHTML = `<div class="table-wrap"><table id="tasks-table"><thead><tr><th>task</th><th>model</th><th>status</th><th>priority</th><th>attempts</th><th>worker</th><th>age</th><th></th></tr></thead><tbody></tbody></table></div>
+      <h2>Task</h2><p class="hint">Pick a task to follow its events as they arrive.</p><div id="task-detail" class="events"></div>`;
+    body.addEventListener("click", async (e) => {
+      const cancel = e.target.closest("button[data-cancel]");
+      const open = e.target.closest("a[data-task]");
+      if (cancel) {
+        cancel.disabled = true;
+        await api(`/v1/tasks/${encodeURIComponent(cancel.dataset.cancel)}`, { method: "DELETE" }).catch((err) => { $("#view-error").textContent = err.message; });
+        renderTasks(body);
+      } else if (open) {
+        e.preventDefault();
+        followTask(open.dataset.task, $("#task-detail", body));
+      }
+    });
+  }
+  const page = await json("/v1/tasks?limit=50");
+  const cls = { completed: "ok", failed: "bad", cancelled: "bad", running: "warn", queued: "warn" };
+  $("#tasks-table tbody", body).innerHTML = page.data.map((t) => `<tr data-task="${esc(t.id)}" data-status="${esc(t.status)}">
+    <td><a href="#/tasks" data-task="${esc(t.id)}">${esc(t.id)}</a></td><td>${esc(t.model)}</td><td>${badge(t.status, cls[t.status] || "")}</td><td>${esc(t.priority)}</td>
+    <td>${t.attempts}</td><td>${esc(t.worker || "-")}</td><td>${ago(t.created_ms)}</td>
+    <td>${t.status === "queued" || t.status === "running" ? `<button type="button" class="secondary" data-cancel="${esc(t.id)}">Cancel</button>` : ""}</td></tr>`).join("");
+}
+
+// A task's events as server-sent events, read with fetch (EventSource cannot send the key).
+async function followTask(id, out) {
+  out.textContent = `${id}\n`;
+  const resp = await api(`/v1/tasks/${encodeURIComponent(id)}/events`);
+  for await (const ev of sse(resp)) {
+    if (!out.isConnected) return;
+    out.textContent += `${ev.event || "message"}: ${ev.data}\n`;
+    out.scrollTop = out.scrollHeight;
+  }
+}
+
+// Server-sent events from a fetch response: {event, data} per event.
+async function* sse(resp) {
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    let at;
+    while ((at = buf.indexOf("\n\n")) >= 0) {
+      const raw = buf.slice(0, at);
+      buf = buf.slice(at + 2);
+      const ev = { event: null, data: "" };
+      for (const line of raw.split("\n")) {
+        if (line.startsWith("event:")) ev.event = line.slice(6).trim();
+        else if (line.startsWith("data:")) ev.data += line.slice(5).trimStart();
+      }
+      if (ev.data || ev.event) yield ev;
+    }
+  }
+}
+
+async function renderKeys(body) {
+  if (!$("#keys-table", body)) {
+    body.innerHTML = `<form id="key-form" class="row"><div><label for="key-name">New key</label><input id="key-name" required placeholder="name"></div>
+      <div><label for="key-scope">Scope</label><select id="key-scope"><option>inference</option><option>admin</option></select></div>
+      <div><button type="submit">Create</button></div></form><p id="key-secret" class="hint"></p>
+      <div class="table-wrap"><table id="keys-table"><thead><tr><th>id</th><th>name</th><th>scope</th><th>models</th><th>created</th><th>state</th><th></th></tr></thead><tbody></tbody></table></div>
+      <h2>Usage</h2><div class="table-wrap"><table id="usage-table"><thead><tr><th>key</th><th>model</th><th>day</th><th>requests</th><th>prompt tokens</th><th>completion tokens</th></tr></thead><tbody></tbody></table></div>`;
+    $("#key-form", body).addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const created = await json("/api/v1/keys", { method: "POST", body: { name: $("#key-name").value, scope: $("#key-scope").value } });
+      $("#key-secret").textContent = `Key ${created.id} (shown once): ${created.key}`;
+      renderKeys(body);
+    });
+    body.addEventListener("click", async (e) => {
+      const revoke = e.target.closest("button[data-revoke]");
+      if (!revoke) return;
+      await api(`/api/v1/keys/${encodeURIComponent(revoke.dataset.revoke)}`, { method: "DELETE" });
+      renderKeys(body);
+    });
+  }
+  const [keys, usage] = await Promise.all([json("/api/v1/keys"), json("/api/v1/usage")]);
+  $("#keys-table tbody", body).innerHTML = keys.data.map((k) => `<tr><td>${esc(k.id)}</td><td>${esc(k.name)}</td><td>${esc(k.scope)}</td><td>${esc((k.models || []).join(", ") || "all")}</td>
+    <td>${ago(k.created_ms)}</td><td>${k.revoked_ms ? badge("revoked", "bad") : badge("active", "ok")}</td>
+    <td>${k.revoked_ms ? "" : `<button type="button" class="secondary" data-revoke="${esc(k.id)}">Revoke</button>`}</td></tr>`).join("");
+  $("#usage-table tbody", body).innerHTML = usage.data.map((u) => `<tr><td>${esc(u.key)}</td><td>${esc(u.model)}</td><td>${esc(u.day)}</td><td>${u.requests}</td><td>${u.prompt_tokens}</td><td>${u.completion_tokens}</td></tr>`).join("");
+}
+
+async function renderPlayground(body) {
+  const models = await json("/v1/models");
+  body.innerHTML = `<form id="chat-form">
+    <div class="row"><div><label for="chat-model">Model</label><select id="chat-model">${models.data.map((m) => `<option>${esc(m.id)}</option>`).join("")}</select></div>
+    <div><label for="chat-temperature">Temperature</label><input id="chat-temperature" type="number" min="0" max="2" step="0.1" placeholder="greedy"></div>
+    <div><label for="chat-max">Max tokens</label><input id="chat-max" type="number" min="1" value="128"></div></div>
+    <label for="chat-system">System prompt</label><textarea id="chat-system" rows="2"></textarea>
+    <label for="chat-input">Message</label><textarea id="chat-input" rows="3" required></textarea>
+    <p><button type="submit" id="chat-send">Send</button> <span class="hint">Ctrl+Enter sends.</span></p></form>
+    <h2>Answer</h2><div id="chat-answer" class="answer"></div><p id="chat-stats" class="hint"></p>`;
+  const input = $("#chat-input");
+  input.addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("#chat-form").requestSubmit(); });
+  $("#chat-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const messages = [];
+    if ($("#chat-system").value.trim()) messages.push({ role: "system", content: $("#chat-system").value });
+    messages.push({ role: "user", content: input.value });
+    const req = { model: $("#chat-model").value, messages, stream: true, stream_options: { include_usage: true }, max_tokens: Number($("#chat-max").value) || 128 };
+    if ($("#chat-temperature").value !== "") req.temperature = Number($("#chat-temperature").value);
+    const answer = $("#chat-answer");
+    const stats = $("#chat-stats");
+    answer.textContent = "";
+    stats.textContent = "";
+    $("#chat-send").disabled = true;
+    const started = performance.now();
+    let first = null;
+    try {
+      const resp = await api("/v1/chat/completions", { method: "POST", body: req });
+      for await (const ev of sse(resp)) {
+        if (ev.data === "[DONE]") break;
+        const chunk = JSON.parse(ev.data);
+        if (chunk.error) throw new Error(chunk.error.message);
+        for (const c of chunk.choices || []) {
+          if (c.delta && c.delta.content) {
+            if (first === null) first = performance.now() - started;
+            answer.textContent += c.delta.content;
+          }
+        }
+        if (chunk.usage && !(chunk.choices || []).length) {
+          const u = chunk.usage;
+          stats.textContent = `${u.prompt_tokens} prompt + ${u.completion_tokens} completion tokens · first token after ${(first ?? 0).toFixed(0)} ms here (${u.time_to_first_token_ms.toFixed(0)} ms on the worker) · queued ${u.queue_time_ms.toFixed(0)} ms`;
+          answer.dataset.done = "true";
+        }
+      }
+    } catch (err) {
+      $("#view-error").textContent = err.message;
+    } finally {
+      $("#chat-send").disabled = false;
+    }
+  });
+}
+
+// ---- start ------------------------------------------------------------------------
+
+window.addEventListener("hashchange", () => { if (state.key && !$("#nav").hidden) route(); });
+document.addEventListener("DOMContentLoaded", () => {
+  $("#signout").addEventListener("click", signOut);
+  $("#signin-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("#signin-error").textContent = "";
+    try {
+      await signIn($("#key").value.trim());
+    } catch (err) {
+      state.key = null;
+      $("#signin-error").textContent = err.status === 401 ? "That key is not valid." : err.message;
+    }
+  });
+  if (state.key) signIn(state.key).catch(() => { sessionStorage.removeItem(KEY); state.key = null; });
+  else $("#key").focus();
+});

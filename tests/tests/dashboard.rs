@@ -1,0 +1,85 @@
+//! The dashboard at `/ui/` in a real browser (Debian's Chromium driven by playwright-core,
+//! `tests/ui/dashboard.mjs`): sign in, a live node and its model, the playground's
+//! streamed answer, cancelling a running task, keys and usage, a key without admin scope
+//! seeing no admin view, a phone's width, no console error. The views' screenshots go to
+//! this test's output folder (`target/tmp/dashboard`); with `DASHBOARD_SCREENSHOTS=docs`
+//! the cluster and playground views are also written to `docs/` for the README.
+
+use std::time::Duration;
+
+use bitinglip_tests::{
+    echo_model, test_config, words, Arch, ModelDir, ModelSpec, NodeProcess, TestNats, TEST_ADMIN_KEY,
+};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_works_in_a_real_browser() {
+    let root = bitinglip_tests::workspace_root();
+    let ui = root.join("tests/ui");
+    assert!(
+        ui.join("node_modules/playwright-core").is_dir(),
+        "playwright-core missing in {}: run .ci/setup",
+        ui.display()
+    );
+    assert!(std::path::Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium missing: run .ci/setup");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+
+    let nats = TestNats::start().await;
+    let model = ModelDir::generate("tiny-ui", &ModelSpec::tiny(Arch::Qwen2));
+    let mut config = test_config(&nats.url());
+    let mut chat = bitinglip_config::ModelConfig::new(model.path().display().to_string());
+    chat.name = Some("tiny-ui".into());
+    config.worker.models.push(chat);
+    config.worker.models.push(echo_model("echo-slow", 2.0, 2));
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_model("tiny-ui", Duration::from_secs(120)).await;
+    node.wait_for_model("echo-slow", Duration::from_secs(60)).await;
+    let base = node.http.clone().unwrap();
+    let http = bitinglip_tests::http();
+
+    let created: Value = http
+        .post(format!("{base}/api/v1/keys"))
+        .json(&json!({"name": "browser-user", "scope": "inference"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let inference_key = created["key"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    // A task that runs for minutes, for the browser to cancel.
+    let slow: Value = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&json!({"model": "echo-slow", "messages": [{"role": "user", "content": words(400)}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slow = slow["id"].as_str().unwrap_or_else(|| panic!("{slow}")).to_string();
+    bitinglip_tests::wait_task_status(&http, &base, &slow, "running").await;
+
+    let run = tokio::process::Command::new("node")
+        .current_dir(&ui)
+        .arg("dashboard.mjs")
+        .args([base.as_str(), TEST_ADMIN_KEY, &inference_key, "tiny-ui", &slow, out.to_str().unwrap()])
+        .output();
+    let result = tokio::time::timeout(Duration::from_secs(300), run).await.expect("the browser test ends").unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        result.status.success() && stdout.contains("ok all"),
+        "the dashboard in Chromium: {stdout}\n{stderr}\n(screenshots in {})",
+        out.display()
+    );
+    let record = bitinglip_tests::task_record(&http, &base, &slow).await;
+    assert_eq!(record["status"], "cancelled", "{record}");
+    if std::env::var("DASHBOARD_SCREENSHOTS").is_ok_and(|v| v == "docs") {
+        for view in ["dashboard-cluster", "dashboard-playground"] {
+            std::fs::copy(out.join(format!("{view}.png")), root.join(format!("docs/{view}.png"))).unwrap();
+        }
+    }
+}

@@ -1,0 +1,95 @@
+// The dashboard in a real browser: Debian's Chromium driven by playwright-core.
+//
+// Usage: node dashboard.mjs BASE_URL ADMIN_KEY INFERENCE_KEY CHAT_MODEL SLOW_TASK_ID OUT_DIR
+// Exits non-zero with a message when a step fails, after a screenshot of the page in
+// OUT_DIR; writes the views' screenshots to OUT_DIR either way.
+import { chromium } from "playwright-core";
+
+const [base, adminKey, inferenceKey, chatModel, slowTask, outDir] = process.argv.slice(2);
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+const errors = [];
+let page;
+let step = "start";
+
+async function open(key, width = 1280) {
+  const context = await browser.newContext({ viewport: { width, height: 900 } });
+  page = await context.newPage();
+  page.on("console", (m) => { if (m.type() === "error") errors.push(`${step}: ${m.text()}`); });
+  page.on("pageerror", (e) => errors.push(`${step}: ${e.message}`));
+  await page.goto(`${base}/ui/`);
+  // Sign in: the password field and Enter.
+  await page.locator("#key").fill(key);
+  await page.locator("#key").press("Enter");
+  await page.locator("#nav").waitFor({ state: "visible" });
+  return context;
+}
+
+async function shot(name) {
+  await page.screenshot({ path: `${outDir}/${name}.png`, fullPage: true });
+}
+
+try {
+  step = "admin signs in and sees a live node";
+  const admin = await open(adminKey);
+  await page.goto(`${base}/ui/#/cluster`);
+  await page.locator(".card[data-node] .badge.ok", { hasText: "live" }).first().waitFor();
+  await page.locator(".card[data-node]", { hasText: chatModel }).first().waitFor();
+  await shot("dashboard-cluster");
+
+  step = "the models view lists the model";
+  await page.locator('nav a[href="#/models"]').click();
+  await page.locator("#view td", { hasText: chatModel }).first().waitFor();
+  await shot("dashboard-models");
+
+  step = "the playground streams an answer";
+  await page.locator('nav a[href="#/playground"]').click();
+  await page.locator("#chat-model").selectOption(chatModel);
+  await page.locator("#chat-max").fill("12");
+  await page.locator("#chat-input").fill("Hello there");
+  await page.locator("#chat-input").press("Control+Enter");
+  await page.locator('#chat-answer[data-done="true"]').waitFor({ timeout: 60000 });
+  const stats = await page.locator("#chat-stats").textContent();
+  if (!/completion tokens/.test(stats) || !/first token after/.test(stats)) throw new Error(`usage and time to first token: ${stats}`);
+  await shot("dashboard-playground");
+
+  step = "cancelling a running task changes its state";
+  await page.locator('nav a[href="#/tasks"]').click();
+  const row = page.locator(`#tasks-table tr[data-task="${slowTask}"]`);
+  await row.locator("button[data-cancel]").click();
+  await page.locator(`#tasks-table tr[data-task="${slowTask}"][data-status="cancelled"]`).waitFor({ timeout: 30000 });
+  await row.locator("a[data-task]").click();
+  await page.locator("#task-detail", { hasText: "failed" }).waitFor();
+  await shot("dashboard-tasks");
+
+  step = "keys and usage";
+  await page.locator('nav a[href="#/keys"]').click();
+  await page.locator("#keys-table tbody tr").first().waitFor();
+  await shot("dashboard-keys");
+  await admin.close();
+
+  step = "a key without admin scope sees no admin view";
+  const user = await open(inferenceKey);
+  for (const view of ["cluster", "models", "keys"]) {
+    if (await page.locator(`nav a[href="#/${view}"]`).isVisible()) throw new Error(`an inference key sees ${view}`);
+  }
+  await page.goto(`${base}/ui/#/cluster`);
+  await page.locator('#view[data-view="playground"]').waitFor();
+  await user.close();
+
+  step = "a phone's width";
+  const phone = await open(adminKey, 390);
+  await page.locator(".card[data-node]").first().waitFor();
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+  if (overflow) throw new Error("the page is wider than a phone's screen");
+  await shot("dashboard-phone");
+  await phone.close();
+
+  if (errors.length) throw new Error(`console errors:\n${errors.join("\n")}`);
+  console.log("ok all");
+} catch (err) {
+  if (page) await page.screenshot({ path: `${outDir}/failed.png`, fullPage: true }).catch(() => {});
+  console.error(`${step}: ${err.message}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
