@@ -18,6 +18,7 @@ mod batches;
 mod embeddings;
 mod keys;
 mod limits;
+mod live;
 mod openai;
 mod responses;
 mod routes;

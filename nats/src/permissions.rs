@@ -181,6 +181,8 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
                 s.cluster_status(),
             ]);
             follow_tasks(s, &mut p);
+            // Pulls' progress, for the dashboard's progress bar.
+            p.subscribe([format!("{}.model.*.progress", prefix(s))]);
             // API keys: the watch every gateway keeps, and the admin API's writes.
             p.publish(access::kv_watch(&keys));
             p.publish(access::kv_write(&keys, ">"));

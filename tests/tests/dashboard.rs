@@ -1,14 +1,15 @@
 //! The dashboard at `/ui/` in a real browser (Debian's Chromium driven by playwright-core,
 //! `tests/ui/dashboard.mjs`): sign in, a live node and its model, the playground's
-//! streamed answer, cancelling a running task, keys and usage, a key without admin scope
-//! seeing no admin view, a phone's width, no console error. The views' screenshots go to
+//! streamed answer, a pull from a hub with its progress to 100%, loading it into a
+//! deployment that serves, queues, cancelling a running task, keys and usage, a key
+//! without admin scope seeing no admin view, a phone's width, no console error. The views' screenshots go to
 //! this test's output folder (`target/tmp/dashboard`); with `DASHBOARD_SCREENSHOTS=docs`
 //! the cluster and playground views are also written to `docs/` for the README.
 
 use std::time::Duration;
 
 use bitinglip_tests::{
-    echo_model, test_config, words, Arch, ModelDir, ModelSpec, NodeProcess, TestNats, TEST_ADMIN_KEY,
+    echo_model, fake_hub::FakeHub, test_config, words, Arch, ModelDir, ModelSpec, NodeProcess, TestNats, TEST_ADMIN_KEY,
 };
 use serde_json::{json, Value};
 
@@ -28,7 +29,14 @@ async fn the_dashboard_works_in_a_real_browser() {
 
     let nats = TestNats::start().await;
     let model = ModelDir::generate("tiny-ui", &ModelSpec::tiny(Arch::Qwen2));
+    // A hub to pull from, as users' hub is reached: through hf-hub at the configured endpoint.
+    let hub = FakeHub::start().await;
+    hub.add_repo_from_dir("acme/tiny-pull", "0123456789abcdef0123456789abcdef01234567", &model.path());
+    let cache = tempfile::tempdir().unwrap();
     let mut config = test_config(&nats.url());
+    config.hub.endpoint = Some(hub.url());
+    config.hub.cache_dir = Some(cache.path().to_path_buf());
+    config.hub.chunk_size = Some(64 * 1024);
     let mut chat = bitinglip_config::ModelConfig::new(model.path().display().to_string());
     chat.name = Some("tiny-ui".into());
     config.worker.models.push(chat);
@@ -65,7 +73,15 @@ async fn the_dashboard_works_in_a_real_browser() {
     let run = tokio::process::Command::new("node")
         .current_dir(&ui)
         .arg("dashboard.mjs")
-        .args([base.as_str(), TEST_ADMIN_KEY, &inference_key, "tiny-ui", &slow, out.to_str().unwrap()])
+        .args([
+            base.as_str(),
+            TEST_ADMIN_KEY,
+            &inference_key,
+            "tiny-ui",
+            &slow,
+            out.to_str().unwrap(),
+            "acme/tiny-pull",
+        ])
         .output();
     let result = tokio::time::timeout(Duration::from_secs(300), run).await.expect("the browser test ends").unwrap();
     let stdout = String::from_utf8_lossy(&result.stdout);

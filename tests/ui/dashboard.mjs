@@ -1,11 +1,11 @@
 // The dashboard in a real browser: Debian's Chromium driven by playwright-core.
 //
-// Usage: node dashboard.mjs BASE_URL ADMIN_KEY INFERENCE_KEY CHAT_MODEL SLOW_TASK_ID OUT_DIR
+// Usage: node dashboard.mjs BASE_URL ADMIN_KEY INFERENCE_KEY CHAT_MODEL SLOW_TASK_ID OUT_DIR HUB_MODEL
 // Exits non-zero with a message when a step fails, after a screenshot of the page in
 // OUT_DIR; writes the views' screenshots to OUT_DIR either way.
 import { chromium } from "playwright-core";
 
-const [base, adminKey, inferenceKey, chatModel, slowTask, outDir] = process.argv.slice(2);
+const [base, adminKey, inferenceKey, chatModel, slowTask, outDir, hubModel] = process.argv.slice(2);
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
 const errors = [];
 let page;
@@ -39,7 +39,30 @@ try {
   step = "the models view lists the model";
   await page.locator('nav a[href="#/models"]').click();
   await page.locator("#view td", { hasText: chatModel }).first().waitFor();
+
+  step = "a pull from the hub, its progress to 100%";
+  await page.locator("#pull-model").fill(hubModel);
+  await page.locator("#pull-model").press("Enter");
+  await page.locator('#pull-progress[data-done="true"]').waitFor({ timeout: 120000 });
+  const pulled = await page.locator("#pull-text").textContent();
+  if (!pulled.includes("100%")) throw new Error(`the pull's progress: ${pulled}`);
+  const width = await page.locator("#pull-progress .bar > span").evaluate((e) => e.style.width);
+  if (width !== "100%") throw new Error(`the progress bar is at ${width}`);
+  await page.locator(`#models-table tr[data-model="${hubModel}"]`).waitFor();
   await shot("dashboard-models");
+
+  step = "loading it makes a deployment that serves";
+  await page.locator(`#models-table tr[data-model="${hubModel}"] button[data-action="load"]`).click();
+  await page.locator('nav a[href="#/deployments"]').click();
+  // Its row shows the node serving it (the page refreshes itself; the test only looks).
+  const serving = page.locator(`#deployments-table tr[data-model="${hubModel}"] td`).nth(3);
+  await serving.waitFor({ timeout: 60000 });
+  const until = Date.now() + 120000;
+  while ((await serving.textContent()).trim() === "-") {
+    if (Date.now() > until) throw new Error("the deployment never served");
+    await page.waitForTimeout(250);
+  }
+  await shot("dashboard-deployments");
 
   step = "the playground streams an answer";
   await page.locator('nav a[href="#/playground"]').click();
@@ -54,6 +77,7 @@ try {
 
   step = "cancelling a running task changes its state";
   await page.locator('nav a[href="#/tasks"]').click();
+  await page.locator("#queues-table td", { hasText: "echo-slow" }).first().waitFor();
   const row = page.locator(`#tasks-table tr[data-task="${slowTask}"]`);
   await row.locator("button[data-cancel]").click();
   await page.locator(`#tasks-table tr[data-task="${slowTask}"][data-status="cancelled"]`).waitFor({ timeout: 30000 });
@@ -69,7 +93,7 @@ try {
 
   step = "a key without admin scope sees no admin view";
   const user = await open(inferenceKey);
-  for (const view of ["cluster", "models", "keys"]) {
+  for (const view of ["cluster", "models", "deployments", "keys"]) {
     if (await page.locator(`nav a[href="#/${view}"]`).isVisible()) throw new Error(`an inference key sees ${view}`);
   }
   await page.goto(`${base}/ui/#/cluster`);

@@ -26,7 +26,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{
     admin, api,
     auth::{require_key, Auth},
-    batches, embeddings, keys,
+    batches, embeddings, keys, live,
     openai::{self, ApiError, Delta, ModelObject, ModelObjectList, ToolCallOut, ToolMode},
     responses,
     submit::{admit, gateway_span, read_body, submit_chat},
@@ -62,6 +62,8 @@ pub(super) fn api_routes() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::deployments, admin::set_deployment))
         .routes(routes!(admin::workers))
         .routes(routes!(admin::cluster))
+        .routes(routes!(live::queues))
+        .routes(routes!(live::progress))
         .routes(routes!(keys::whoami))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))

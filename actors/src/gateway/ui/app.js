@@ -60,6 +60,7 @@ function signOut() {
 const views = {
   cluster: { admin: true, title: "Cluster", render: renderCluster },
   models: { admin: true, title: "Models", render: renderModels },
+  deployments: { admin: true, title: "Deployments", render: renderDeployments },
   tasks: { admin: false, title: "Tasks", render: renderTasks },
   keys: { admin: true, title: "Keys & usage", render: renderKeys },
   playground: { admin: false, title: "Playground", render: renderPlayground, once: true },
@@ -109,19 +110,128 @@ async function renderCluster(body) {
 }
 
 async function renderModels(body) {
+  if (!$("#models-table", body)) {
+    body.innerHTML = `<form id="pull-form" class="row"><div><label for="pull-model">Pull from the hub</label><input id="pull-model" required placeholder="org/model"></div>
+      <div><label for="pull-revision">Revision</label><input id="pull-revision" placeholder="main"></div><div><button type="submit">Pull</button></div></form>
+      <div id="pull-progress" hidden><div class="bar"><span></span></div><p class="hint" id="pull-text"></p></div>
+      <form id="search-form" class="row"><div><label for="search-q">Search the hub</label><input id="search-q" required></div><div><button type="submit" class="secondary">Search</button></div></form>
+      <div id="search-results"></div>
+      <h2>Registry</h2><div class="table-wrap"><table id="models-table"><thead><tr><th>model</th><th>source</th><th>revision</th><th>files</th><th>size</th><th>context</th><th>nodes</th><th></th></tr></thead><tbody></tbody></table></div>`;
+    $("#pull-form", body).addEventListener("submit", (e) => { e.preventDefault(); pull($("#pull-model").value.trim(), $("#pull-revision").value.trim()); });
+    $("#search-form", body).addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const hits = await json(`/api/v1/models/search?q=${encodeURIComponent($("#search-q").value)}&limit=10`);
+      $("#search-results").innerHTML = `<div class="table-wrap"><table><thead><tr><th>model</th><th>downloads</th><th>likes</th><th></th></tr></thead><tbody>${hits.data.map((h) =>
+        `<tr><td>${esc(h.id)}</td><td>${h.downloads ?? "-"}</td><td>${h.likes ?? "-"}</td><td><button type="button" class="secondary" data-pull="${esc(h.id)}">Pull</button></td></tr>`).join("")}</tbody></table></div>`;
+    });
+    body.addEventListener("click", async (e) => {
+      const b = e.target.closest("button[data-action], button[data-pull]");
+      if (!b) return;
+      b.disabled = true;
+      try {
+        if (b.dataset.pull) await pull(b.dataset.pull, "");
+        else if (b.dataset.action === "load") await json("/api/v1/models/load", { method: "POST", body: { model: b.dataset.model, replicas: 1 } });
+        else if (b.dataset.action === "unload") await json("/api/v1/models/unload", { method: "POST", body: { model: b.dataset.model } });
+        else if (b.dataset.action === "remove" && confirm(`Remove ${b.dataset.model}?`)) await api(`/api/v1/models/${b.dataset.model}`, { method: "DELETE" });
+      } catch (err) {
+        $("#view-error").textContent = err.message;
+      } finally {
+        b.disabled = false;
+      }
+    });
+  }
   const [models, statuses] = await Promise.all([json("/api/v1/models"), json("/api/v1/models/status")]);
-  const rows = models.data.map((m) => {
+  $("#models-table tbody", body).innerHTML = models.data.map((m) => {
     const size = (m.files || []).reduce((s, f) => s + (f.size || 0), 0);
     const source = m.source.type === "local" ? m.source.path : `hub @ ${m.source.revision}`;
     const states = statuses.data.filter((s) => s.model === m.id).map((s) => `${esc(s.node)}: ${badge(s.state, s.state === "loaded" ? "ok" : s.state === "failed" ? "bad" : "warn")}`).join(" ");
-    return `<tr><td>${esc(m.id)}</td><td>${esc(source)}</td><td>${esc((m.revision_sha || "-").slice(0, 12))}</td><td>${(m.files || []).length}</td><td>${mib(size)}</td><td>${m.context_length ?? "-"}</td><td>${states || "-"}</td></tr>`;
+    const act = (a) => `<button type="button" class="secondary" data-action="${a}" data-model="${esc(m.id)}">${a[0].toUpperCase() + a.slice(1)}</button>`;
+    return `<tr data-model="${esc(m.id)}"><td>${esc(m.id)}</td><td>${esc(source)}</td><td>${esc((m.revision_sha || "-").slice(0, 12))}</td><td>${(m.files || []).length}</td><td>${mib(size)}</td><td>${m.context_length ?? "-"}</td><td>${states || "-"}</td><td>${act("load")} ${act("unload")} ${act("remove")}</td></tr>`;
   }).join("");
-  body.innerHTML = `<div class="table-wrap"><table><thead><tr><th>model</th><th>source</th><th>revision</th><th>files</th><th>size</th><th>context</th><th>nodes</th></tr></thead><tbody>${rows}</tbody></table></div>`;
+}
+
+// Pulls `model` on a worker node, with the progress bar fed by the pull's events.
+async function pull(model, revision) {
+  const box = $("#pull-progress");
+  const fill = $("#pull-progress .bar > span");
+  const text = $("#pull-text");
+  box.hidden = false;
+  box.dataset.done = "false";
+  fill.style.width = "0%";
+  text.textContent = `Pulling ${model}…`;
+  const controller = new AbortController();
+  const events = await api(`/api/v1/models/progress?model=${encodeURIComponent(model)}`, { signal: controller.signal });
+  const follow = (async () => {
+    try {
+      for await (const ev of sse(events)) {
+        const p = JSON.parse(ev.data);
+        const frac = p.files_total ? (p.files_done + (p.file_size ? p.file_done / p.file_size : 1)) / p.files_total : 0;
+        fill.style.width = `${(frac * 100).toFixed(0)}%`;
+        text.textContent = `${p.file}: ${(p.file_done / 1e6).toFixed(1)} of ${(p.file_size / 1e6).toFixed(1)} MB, file ${p.files_done + 1} of ${p.files_total}`;
+      }
+    } catch (_) { /* closed below */ }
+  })();
+  try {
+    const body = { model };
+    if (revision) body.revision = revision;
+    const record = await json("/api/v1/models/pull", { method: "POST", body });
+    fill.style.width = "100%";
+    text.textContent = `Pulled ${record.id} at ${(record.revision_sha || "").slice(0, 12)}: 100%`;
+    box.dataset.done = "true";
+  } catch (err) {
+    text.textContent = `Pull failed: ${err.message}`;
+  } finally {
+    controller.abort();
+    await follow;
+  }
+}
+
+async function renderDeployments(body) {
+  if (!$("#deployments-table", body)) {
+    body.innerHTML = `<form id="deploy-form" class="row"><div><label for="deploy-source">Source (hub id or folder)</label><input id="deploy-source" required></div>
+      <div><label for="deploy-replicas">Replicas</label><input id="deploy-replicas" type="number" min="0" value="1"></div>
+      <div><label for="deploy-device">Device</label><select id="deploy-device"><option value="">any</option><option>cpu</option><option>cuda</option><option>metal</option></select></div>
+      <div><button type="submit">Deploy</button></div></form>
+      <div class="table-wrap"><table id="deployments-table"><thead><tr><th>model</th><th>wanted</th><th>placed</th><th>serving</th><th>constraints</th><th></th></tr></thead><tbody></tbody></table></div>`;
+    $("#deploy-form", body).addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const constraints = $("#deploy-device").value ? { device: $("#deploy-device").value } : {};
+      await json("/api/v1/deployments", { method: "POST", body: { spec: { source: $("#deploy-source").value.trim() }, replicas: Number($("#deploy-replicas").value), constraints } })
+        .catch((err) => { $("#view-error").textContent = err.message; });
+      renderDeployments(body);
+    });
+    body.addEventListener("click", async (e) => {
+      const b = e.target.closest("button[data-scale], button[data-undeploy]");
+      if (!b) return;
+      b.disabled = true;
+      const d = state.deployments.find((x) => x.deployment.model === (b.dataset.scale || b.dataset.undeploy));
+      try {
+        if (b.dataset.undeploy) await api(`/api/v1/deployments/${d.deployment.model}`, { method: "DELETE" });
+        else {
+          const dep = d.deployment;
+          const replicas = Math.max(0, dep.replicas + Number(b.dataset.by));
+          await json("/api/v1/deployments", { method: "POST", body: { model: dep.model, spec: dep.spec, replicas, constraints: dep.constraints, memory: dep.memory } });
+        }
+      } catch (err) {
+        $("#view-error").textContent = err.message;
+      }
+      renderDeployments(body);
+    });
+  }
+  const list = await json("/api/v1/deployments");
+  state.deployments = list.data;
+  $("#deployments-table tbody", body).innerHTML = list.data.map((d) => {
+    const dep = d.deployment;
+    const c = dep.constraints || {};
+    const constraints = [c.device && `device ${c.device}`, c.min_memory && `≥ ${mib(c.min_memory)}`].filter(Boolean).join(", ") || "-";
+    return `<tr data-model="${esc(dep.model)}"><td>${esc(dep.model)}</td><td>${dep.replicas}</td><td>${esc(d.placed.join(", ") || "-")}</td><td>${esc(d.serving.join(", ") || "-")}</td><td>${esc(constraints)}</td>
+      <td><button type="button" class="secondary" data-scale="${esc(dep.model)}" data-by="1" aria-label="one more replica">+1</button> <button type="button" class="secondary" data-scale="${esc(dep.model)}" data-by="-1" aria-label="one replica less">−1</button> <button type="button" class="secondary" data-undeploy="${esc(dep.model)}">Remove</button></td></tr>`;
+  }).join("") || `<tr><td colspan="6">No deployment.</td></tr>`;
 }
 
 async function renderTasks(body) {
   if (!$("#tasks-table", body)) {
-    body.innerHTML = `<div class="table-wrap"><table id="tasks-table"><thead><tr><th>task</th><th>model</th><th>status</th><th>priority</th><th>attempts</th><th>worker</th><th>age</th><th></th></tr></thead><tbody></tbody></table></div>
+    body.innerHTML = `<div id="queues"></div><h2>Recent tasks</h2><div class="table-wrap"><table id="tasks-table"><thead><tr><th>task</th><th>model</th><th>status</th><th>priority</th><th>attempts</th><th>worker</th><th>age</th><th></th></tr></thead><tbody></tbody></table></div>
       <h2>Task</h2><p class="hint">Pick a task to follow its events as they arrive.</p><div id="task-detail" class="events"></div>`;
     body.addEventListener("click", async (e) => {
       const cancel = e.target.closest("button[data-cancel]");
@@ -135,6 +245,11 @@ async function renderTasks(body) {
         followTask(open.dataset.task, $("#task-detail", body));
       }
     });
+  }
+  if (state.admin) {
+    const queues = await json("/api/v1/queues");
+    $("#queues", body).innerHTML = `<h2>Queues</h2><div class="table-wrap"><table id="queues-table"><thead><tr><th>model</th><th>class</th><th>waiting</th><th>running</th><th>oldest</th></tr></thead><tbody>${queues.data.map((q) =>
+      `<tr><td>${esc(q.model)}</td><td>${esc(q.priority)}</td><td>${q.waiting}</td><td>${q.running}</td><td>${q.oldest_age_secs ? q.oldest_age_secs.toFixed(1) + " s" : "-"}</td></tr>`).join("")}</tbody></table></div>`;
   }
   const page = await json("/v1/tasks?limit=50");
   const cls = { completed: "ok", failed: "bad", cancelled: "bad", running: "warn", queued: "warn" };

@@ -1,0 +1,104 @@
+//! Live state for clients that watch (the dashboard): every model's queues, and a pull's
+//! progress as server-sent events.
+
+use std::convert::Infallible;
+
+use axum::{
+    extract::{Extension, State},
+    response::sse::{Event, KeepAlive, Sse},
+    Json,
+};
+use bitinglip_bus_schema::{ApiKey, ListModels, ModelList, PullProgress, WireError};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::openai::{ApiError, Query};
+use crate::NodeContext;
+
+/// One queue: a model and a priority class.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct QueueView {
+    /// The model.
+    model: String,
+    /// `interactive` or `batch`.
+    priority: &'static str,
+    /// Tasks not yet delivered to a worker.
+    waiting: u64,
+    /// Tasks delivered and not yet finished.
+    running: u64,
+    /// Age of the oldest task in the queue, seconds (0 when empty).
+    oldest_age_secs: f64,
+}
+
+/// `GET /api/v1/queues`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct QueueList {
+    /// `list`.
+    object: &'static str,
+    /// Every registered model's two queues.
+    data: Vec<QueueView>,
+}
+
+/// Every registered model's queues: waiting, running, the oldest task's age.
+#[utoipa::path(get, path = "/api/v1/queues", tag = "admin", responses((status = 200, body = QueueList)))]
+pub(super) async fn queues(State(ctx): State<NodeContext>) -> Result<Json<QueueList>, ApiError> {
+    let reply: ModelList = ctx
+        .bus
+        .request(ctx.bus.subjects().model_list(), &ListModels {}, None, None)
+        .await
+        .map_err(|e| ApiError::from(WireError::from(&e)))?;
+    let models: Vec<String> = match reply {
+        ModelList::Models { models } => models.into_iter().map(|m| m.id).collect(),
+        ModelList::Error(err) => return Err(err.into()),
+    };
+    let stats = ctx.store.queue().stats(&models).await.map_err(|e| ApiError::from(WireError::from(e)))?;
+    let data = stats
+        .into_iter()
+        .map(|q| QueueView {
+            model: q.model,
+            priority: q.priority.as_str(),
+            waiting: q.waiting,
+            running: q.running,
+            oldest_age_secs: q.oldest_age_secs,
+        })
+        .collect();
+    Ok(Json(QueueList { object: "list", data }))
+}
+
+/// The query of `GET /api/v1/models/progress`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ProgressQuery {
+    /// The hub id being pulled.
+    #[param(min_length = 1, max_length = 256)]
+    model: String,
+}
+
+/// A pull's progress as server-sent events (`event: progress`, data: `{model, file,
+/// file_done, file_size, files_done, files_total}`), for as long as the client listens:
+/// open it, then start the pull (`POST /api/v1/models/pull`).
+#[utoipa::path(get, path = "/api/v1/models/progress", tag = "admin", params(ProgressQuery),
+    responses((status = 200, description = "the progress events", content_type = "text/event-stream", body = String)))]
+pub(super) async fn progress(
+    State(ctx): State<NodeContext>,
+    Extension(_key): Extension<ApiKey>,
+    Query(q): Query<ProgressQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let subject = ctx.bus.subjects().model_progress(&q.model);
+    let sub = ctx.bus.subscribe(subject).await.map_err(|e| ApiError::from(WireError::from(&e)))?;
+    let bus = ctx.bus.clone();
+    let events = sub.filter_map(move |msg| {
+        let decoded = bus.decode::<PullProgress>(&msg).ok().map(|p| p.envelope.body);
+        async move {
+            decoded.map(|p| {
+                let body = serde_json::json!({
+                    "model": p.model, "file": p.file, "file_done": p.file_done, "file_size": p.file_size,
+                    "files_done": p.files_done, "files_total": p.files_total,
+                });
+                Ok(Event::default().event("progress").data(body.to_string()))
+            })
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
