@@ -57,6 +57,12 @@ async fn the_dashboard_works_in_a_real_browser() {
         .await
         .unwrap();
     let inference_key = created["key"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    // A few answers, for the metrics charts to draw.
+    for i in 0..3 {
+        let body = json!({"model": "tiny-ui", "messages": [{"role": "user", "content": format!("hello {i}")}], "max_tokens": 8});
+        let resp = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
     // A task that runs for minutes, for the browser to cancel.
     let slow: Value = http
         .post(format!("{base}/v1/tasks"))

@@ -34,6 +34,9 @@ try {
   await page.goto(`${base}/ui/#/cluster`);
   await page.locator(".card[data-node] .badge.ok", { hasText: "live" }).first().waitFor();
   await page.locator(".card[data-node]", { hasText: chatModel }).first().waitFor();
+  // Metrics at a glance: time to first token, tokens per second and time queued, as charts
+  // of the tasks just finished (the test's first chats).
+  await page.locator("figure.chart polyline").nth(2).waitFor({ timeout: 30000 });
   await shot("dashboard-cluster");
 
   step = "the models view lists the model";
@@ -88,6 +91,8 @@ try {
   step = "keys and usage";
   await page.locator('nav a[href="#/keys"]').click();
   await page.locator("#keys-table tbody tr").first().waitFor();
+  await page.locator("#usage-charts figure.chart").nth(1).waitFor();
+  await page.locator("#usage-table tbody tr").first().waitFor();
   await shot("dashboard-keys");
   await admin.close();
 

@@ -66,6 +66,13 @@ pub(super) async fn queues(State(ctx): State<NodeContext>) -> Result<Json<QueueL
     Ok(Json(QueueList { object: "list", data }))
 }
 
+/// How long a progress stream waits for a pull to start reporting.
+const PULL_START: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a progress stream waits for a pull's next report (a large file's checksum is
+/// computed between two).
+const PULL_QUIET: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The query of `GET /api/v1/models/progress`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -76,8 +83,9 @@ pub(super) struct ProgressQuery {
 }
 
 /// A pull's progress as server-sent events (`event: progress`, data: `{model, file,
-/// file_done, file_size, files_done, files_total}`), for as long as the client listens:
-/// open it, then start the pull (`POST /api/v1/models/pull`).
+/// file_done, file_size, files_done, files_total}`): open it, then start the pull (`POST
+/// /api/v1/models/pull`). It ends after the last file's last byte, when no pull reports
+/// within 5 s of opening, or when one goes quiet for 2 minutes.
 #[utoipa::path(get, path = "/api/v1/models/progress", tag = "admin", params(ProgressQuery),
     responses((status = 200, description = "the progress events", content_type = "text/event-stream", body = String)))]
 pub(super) async fn progress(
@@ -88,16 +96,23 @@ pub(super) async fn progress(
     let subject = ctx.bus.subjects().model_progress(&q.model);
     let sub = ctx.bus.subscribe(subject).await.map_err(|e| ApiError::from(WireError::from(&e)))?;
     let bus = ctx.bus.clone();
-    let events = sub.filter_map(move |msg| {
-        let decoded = bus.decode::<PullProgress>(&msg).ok().map(|p| p.envelope.body);
-        async move {
-            decoded.map(|p| {
-                let body = serde_json::json!({
-                    "model": p.model, "file": p.file, "file_done": p.file_done, "file_size": p.file_size,
-                    "files_done": p.files_done, "files_total": p.files_total,
-                });
-                Ok(Event::default().event("progress").data(body.to_string()))
-            })
+    // Ends after the last file's last byte, or when no pull reports (none started within
+    // a few seconds, or one went quiet): a client listens while its pull runs.
+    let events = futures::stream::unfold((sub, bus, false, false), |(mut sub, bus, started, ended)| async move {
+        if ended {
+            return None;
+        }
+        let wait = if started { PULL_QUIET } else { PULL_START };
+        loop {
+            let msg = tokio::time::timeout(wait, sub.next()).await.ok()??;
+            let Ok(p) = bus.decode::<PullProgress>(&msg).map(|p| p.envelope.body) else { continue };
+            let last = p.files_done + 1 >= p.files_total && p.file_done >= p.file_size;
+            let body = serde_json::json!({
+                "model": p.model, "file": p.file, "file_done": p.file_done, "file_size": p.file_size,
+                "files_done": p.files_done, "files_total": p.files_total,
+            });
+            let event = Ok::<_, Infallible>(Event::default().event("progress").data(body.to_string()));
+            return Some((event, (sub, bus, true, last)));
         }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))

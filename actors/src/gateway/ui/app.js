@@ -8,7 +8,21 @@ const state = { key: sessionStorage.getItem(KEY), admin: false, timer: null, vie
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-const mib = (b) => (b == null ? "-" : b >= 1 << 30 ? (b / (1 << 30)).toFixed(1) + " GiB" : (b / (1 << 20)).toFixed(0) + " MiB");
+const mib = (b) => (b == null ? "-" : b >= 1 << 30 ? (b / (1 << 30)).toFixed(1) + " GiB" : b >= 1 << 20 ? (b / (1 << 20)).toFixed(0) + " MiB" : (b / 1024).toFixed(0) + " KiB");
+
+// A small line chart of `points` ([x, y] pairs, x in ms) as inline SVG, with its last
+// value and its unit; an empty chart says so.
+function chart(title, points, unit) {
+  const w = 260, h = 64;
+  const last = points.length ? points[points.length - 1][1] : null;
+  const head = `<figcaption>${esc(title)}: <strong>${last == null ? "-" : last.toFixed(last < 10 ? 1 : 0)}</strong> ${esc(unit)}</figcaption>`;
+  if (points.length < 2) return `<figure class="chart">${head}<svg class="chart" viewBox="0 0 ${w} ${h}" role="img" aria-label="${esc(title)}: not enough data yet"></svg></figure>`;
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs), y1 = Math.max(...ys) || 1;
+  const at = ([x, y]) => `${((x - x0) / (x1 - x0 || 1) * (w - 4) + 2).toFixed(1)},${(h - 2 - (y / y1) * (h - 6)).toFixed(1)}`;
+  return `<figure class="chart">${head}<svg class="chart" viewBox="0 0 ${w} ${h}" role="img" aria-label="${esc(title)} over the last minutes">
+    <polyline fill="none" stroke="currentColor" stroke-width="1.5" points="${points.map(at).join(" ")}"/></svg></figure>`;
+}
 const ago = (ms) => {
   if (!ms) return "-";
   const s = Math.max(0, (Date.now() - ms) / 1000);
@@ -105,7 +119,19 @@ async function renderCluster(body) {
     </article>`;
   }).join("");
   const checks = ["nats", "jetstream", "model_loaded"].map((k) => `${esc(k)} ${badge(ready[k] ? "ok" : "down", ready[k] ? "ok" : "bad")}`).join(" ");
+  // Metrics at a glance, from the tasks finished in the last ten minutes (every worker's,
+  // as their records say).
+  const since = Date.now() - 10 * 60 * 1000;
+  const done = (await json("/v1/tasks?limit=200&status=completed")).data
+    .filter((t) => t.result && t.updated_ms >= since)
+    .sort((a, b) => a.updated_ms - b.updated_ms);
+  const u = (t) => t.result.usage;
+  const ttft = done.map((t) => [t.updated_ms, u(t).time_to_first_token_ms]);
+  const tps = done.filter((t) => u(t).total_time_ms > u(t).time_to_first_token_ms)
+    .map((t) => [t.updated_ms, u(t).completion_tokens / ((u(t).total_time_ms - u(t).time_to_first_token_ms) / 1000)]);
+  const queued = done.map((t) => [t.updated_ms, u(t).queue_time_ms]);
   body.innerHTML = `<p>This gateway: ${checks} &nbsp; Leading cluster manager: <strong>${esc(cluster.leader || "none")}</strong></p>
+    <div class="charts">${chart("Time to first token", ttft, "ms")}${chart("Tokens per second", tps, "tok/s")}${chart("Time queued", queued, "ms")}</div>
     <div class="cards">${nodes || "<p>No live node.</p>"}</div>`;
 }
 
@@ -299,7 +325,7 @@ async function renderKeys(body) {
       <div><label for="key-scope">Scope</label><select id="key-scope"><option>inference</option><option>admin</option></select></div>
       <div><button type="submit">Create</button></div></form><p id="key-secret" class="hint"></p>
       <div class="table-wrap"><table id="keys-table"><thead><tr><th>id</th><th>name</th><th>scope</th><th>models</th><th>created</th><th>state</th><th></th></tr></thead><tbody></tbody></table></div>
-      <h2>Usage</h2><div class="table-wrap"><table id="usage-table"><thead><tr><th>key</th><th>model</th><th>day</th><th>requests</th><th>prompt tokens</th><th>completion tokens</th></tr></thead><tbody></tbody></table></div>`;
+      <h2>Usage</h2><div id="usage-charts" class="charts"></div><div class="table-wrap"><table id="usage-table"><thead><tr><th>key</th><th>model</th><th>day</th><th>requests</th><th>prompt tokens</th><th>completion tokens</th></tr></thead><tbody></tbody></table></div>`;
     $("#key-form", body).addEventListener("submit", async (e) => {
       e.preventDefault();
       const created = await json("/api/v1/keys", { method: "POST", body: { name: $("#key-name").value, scope: $("#key-scope").value } });
@@ -317,6 +343,11 @@ async function renderKeys(body) {
   $("#keys-table tbody", body).innerHTML = keys.data.map((k) => `<tr><td>${esc(k.id)}</td><td>${esc(k.name)}</td><td>${esc(k.scope)}</td><td>${esc((k.models || []).join(", ") || "all")}</td>
     <td>${ago(k.created_ms)}</td><td>${k.revoked_ms ? badge("revoked", "bad") : badge("active", "ok")}</td>
     <td>${k.revoked_ms ? "" : `<button type="button" class="secondary" data-revoke="${esc(k.id)}">Revoke</button>`}</td></tr>`).join("");
+  // Tokens per day, every key and model together, and per key.
+  const days = [...new Set(usage.data.map((r) => r.day))].sort();
+  const perDay = days.map((d) => [Date.parse(d), usage.data.filter((r) => r.day === d).reduce((s, r) => s + r.prompt_tokens + r.completion_tokens, 0)]);
+  const requests = days.map((d) => [Date.parse(d), usage.data.filter((r) => r.day === d).reduce((s, r) => s + r.requests, 0)]);
+  $("#usage-charts", body).innerHTML = chart("Tokens per day", perDay, "tokens") + chart("Requests per day", requests, "requests");
   $("#usage-table tbody", body).innerHTML = usage.data.map((u) => `<tr><td>${esc(u.key)}</td><td>${esc(u.model)}</td><td>${esc(u.day)}</td><td>${u.requests}</td><td>${u.prompt_tokens}</td><td>${u.completion_tokens}</td></tr>`).join("");
 }
 
