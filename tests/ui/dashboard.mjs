@@ -36,7 +36,7 @@ try {
   await page.locator(".card[data-node]", { hasText: chatModel }).first().waitFor();
   // Metrics at a glance: time to first token, tokens per second and time queued, as charts
   // of the tasks just finished (the test's first chats).
-  await page.locator("figure.chart polyline").nth(2).waitFor({ timeout: 30000 });
+  await page.locator("figure.chart polyline").nth(2).waitFor({ state: "attached", timeout: 30000 });
   await shot("dashboard-cluster");
 
   step = "the models view lists the model";
@@ -86,12 +86,14 @@ try {
   await page.locator(`#tasks-table tr[data-task="${slowTask}"][data-status="cancelled"]`).waitFor({ timeout: 30000 });
   await row.locator("a[data-task]").click();
   await page.locator("#task-detail", { hasText: "failed" }).waitFor();
+  // A finished task shows its timings: queued, first token, in all.
+  await page.locator('#tasks-table tr[data-status="completed"] td', { hasText: / ms$/ }).first().waitFor();
   await shot("dashboard-tasks");
 
   step = "keys and usage";
   await page.locator('nav a[href="#/keys"]').click();
   await page.locator("#keys-table tbody tr").first().waitFor();
-  await page.locator("#usage-charts figure.chart").nth(1).waitFor();
+  await page.locator("#usage-charts figure.chart").nth(1).waitFor({ state: "attached" });
   await page.locator("#usage-table tbody tr").first().waitFor();
   await shot("dashboard-keys");
   await admin.close();
@@ -103,6 +105,16 @@ try {
   }
   await page.goto(`${base}/ui/#/cluster`);
   await page.locator('#view[data-view="playground"]').waitFor();
+  // Its own chat, then its own tasks and usage.
+  await page.locator("#chat-model").selectOption(chatModel);
+  await page.locator("#chat-max").fill("6");
+  await page.locator("#chat-input").fill("Mine");
+  await page.locator("#chat-send").click();
+  await page.locator('#chat-answer[data-done="true"]').waitFor({ timeout: 60000 });
+  await page.locator('nav a[href="#/tasks"]').click();
+  await page.locator("#own-usage tbody tr", { hasText: chatModel }).waitFor({ timeout: 30000 });
+  const rows = await page.locator("#tasks-table tbody tr").count();
+  if (rows !== 1) throw new Error(`an inference key sees ${rows} tasks, not its own one`);
   await user.close();
 
   step = "a phone's width";

@@ -111,6 +111,33 @@ pub(super) struct UsageQuery {
     to: Option<String>,
 }
 
+/// The query of `GET /v1/usage`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct OwnUsageQuery {
+    /// From this UTC day on, `YYYY-MM-DD`.
+    #[param(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    from: Option<String>,
+    /// Up to this UTC day, `YYYY-MM-DD`.
+    #[param(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    to: Option<String>,
+}
+
+/// This request's key's own requests and tokens per model and UTC day (any key).
+#[utoipa::path(get, path = "/v1/usage", tag = "keys", params(OwnUsageQuery),
+    responses((status = 200, body = UsagePage)))]
+pub(super) async fn own_usage(
+    State(ctx): State<NodeContext>,
+    Extension(key): Extension<ApiKey>,
+    Query(q): Query<OwnUsageQuery>,
+) -> Result<Json<UsagePage>, ApiError> {
+    check_day("from", q.from.as_deref())?;
+    check_day("to", q.to.as_deref())?;
+    let rows =
+        ctx.store.counters().usage(Some(&key.id), q.from.as_deref(), q.to.as_deref()).await.map_err(WireError::from)?;
+    Ok(Json(usage_page(&rows)))
+}
+
 /// Requests and tokens per key, model and UTC day.
 #[utoipa::path(get, path = "/api/v1/usage", tag = "keys", params(UsageQuery),
     responses((status = 200, body = UsagePage)))]

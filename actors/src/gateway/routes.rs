@@ -65,6 +65,7 @@ pub(super) fn api_routes() -> (Router<NodeContext>, utoipa::openapi::OpenApi) {
         .routes(routes!(live::queues))
         .routes(routes!(live::progress))
         .routes(routes!(keys::whoami))
+        .routes(routes!(keys::own_usage))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::usage))

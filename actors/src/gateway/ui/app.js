@@ -19,7 +19,9 @@ function chart(title, points, unit) {
   if (points.length < 2) return `<figure class="chart">${head}<svg class="chart" viewBox="0 0 ${w} ${h}" role="img" aria-label="${esc(title)}: not enough data yet"></svg></figure>`;
   const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
   const x0 = Math.min(...xs), x1 = Math.max(...xs), y1 = Math.max(...ys) || 1;
-  const at = ([x, y]) => `${((x - x0) / (x1 - x0 || 1) * (w - 4) + 2).toFixed(1)},${(h - 2 - (y / y1) * (h - 6)).toFixed(1)}`;
+  // A steady value is a line across the middle, not along the top.
+  const flat = Math.min(...ys) === Math.max(...ys);
+  const at = ([x, y]) => `${((x - x0) / (x1 - x0 || 1) * (w - 4) + 2).toFixed(1)},${(flat ? h / 2 : h - 2 - (y / y1) * (h - 6)).toFixed(1)}`;
   return `<figure class="chart">${head}<svg class="chart" viewBox="0 0 ${w} ${h}" role="img" aria-label="${esc(title)} over the last minutes">
     <polyline fill="none" stroke="currentColor" stroke-width="1.5" points="${points.map(at).join(" ")}"/></svg></figure>`;
 }
@@ -257,7 +259,7 @@ async function renderDeployments(body) {
 
 async function renderTasks(body) {
   if (!$("#tasks-table", body)) {
-    body.innerHTML = `<div id="queues"></div><h2>Recent tasks</h2><div class="table-wrap"><table id="tasks-table"><thead><tr><th>task</th><th>model</th><th>status</th><th>priority</th><th>attempts</th><th>worker</th><th>age</th><th></th></tr></thead><tbody></tbody></table></div>
+    body.innerHTML = `<div id="queues"></div><h2>Recent tasks</h2><div class="table-wrap"><table id="tasks-table"><thead><tr><th>task</th><th>model</th><th>status</th><th>priority</th><th>attempts</th><th>worker</th><th>queued</th><th>first token</th><th>total</th><th>age</th><th></th></tr></thead><tbody></tbody></table></div>
       <h2>Task</h2><p class="hint">Pick a task to follow its events as they arrive.</p><div id="task-detail" class="events"></div>`;
     body.addEventListener("click", async (e) => {
       const cancel = e.target.closest("button[data-cancel]");
@@ -277,12 +279,27 @@ async function renderTasks(body) {
     $("#queues", body).innerHTML = `<h2>Queues</h2><div class="table-wrap"><table id="queues-table"><thead><tr><th>model</th><th>class</th><th>waiting</th><th>running</th><th>oldest</th></tr></thead><tbody>${queues.data.map((q) =>
       `<tr><td>${esc(q.model)}</td><td>${esc(q.priority)}</td><td>${q.waiting}</td><td>${q.running}</td><td>${q.oldest_age_secs ? q.oldest_age_secs.toFixed(1) + " s" : "-"}</td></tr>`).join("")}</tbody></table></div>`;
   }
+  if (!state.admin) {
+    const usage = await json("/v1/usage");
+    const days = [...new Set(usage.data.map((r) => r.day))].sort();
+    const perDay = days.map((d) => [Date.parse(d), usage.data.filter((r) => r.day === d).reduce((s, r) => s + r.prompt_tokens + r.completion_tokens, 0)]);
+    const rows = usage.data.map((u) => `<tr><td>${esc(u.model)}</td><td>${esc(u.day)}</td><td>${u.requests}</td><td>${u.prompt_tokens}</td><td>${u.completion_tokens}</td></tr>`).join("");
+    $("#queues", body).innerHTML = `<h2>Your usage</h2><div class="charts">${chart("Tokens per day", perDay, "tokens")}</div>
+      <div class="table-wrap"><table id="own-usage"><thead><tr><th>model</th><th>day</th><th>requests</th><th>prompt tokens</th><th>completion tokens</th></tr></thead><tbody>${rows}</tbody></table></div>`;
+  }
   const page = await json("/v1/tasks?limit=50");
   const cls = { completed: "ok", failed: "bad", cancelled: "bad", running: "warn", queued: "warn" };
   $("#tasks-table tbody", body).innerHTML = page.data.map((t) => `<tr data-task="${esc(t.id)}" data-status="${esc(t.status)}">
     <td><a href="#/tasks" data-task="${esc(t.id)}">${esc(t.id)}</a></td><td>${esc(t.model)}</td><td>${badge(t.status, cls[t.status] || "")}</td><td>${esc(t.priority)}</td>
-    <td>${t.attempts}</td><td>${esc(t.worker || "-")}</td><td>${ago(t.created_ms)}</td>
+    <td>${t.attempts}</td><td>${esc(t.worker || "-")}</td>${timings(t)}<td>${ago(t.created_ms)}</td>
     <td>${t.status === "queued" || t.status === "running" ? `<button type="button" class="secondary" data-cancel="${esc(t.id)}">Cancel</button>` : ""}</td></tr>`).join("");
+}
+
+// A task's timings from its result's usage: queued, to the first token, in all (ms).
+function timings(t) {
+  const u = t.result && t.result.usage;
+  const ms = (v) => (v == null ? "-" : `${v.toFixed(0)} ms`);
+  return `<td>${ms(u && u.queue_time_ms)}</td><td>${ms(u && u.time_to_first_token_ms)}</td><td>${ms(u && u.total_time_ms)}</td>`;
 }
 
 // A task's events as server-sent events, read with fetch (EventSource cannot send the key).
