@@ -94,6 +94,12 @@ try {
   await page.locator('nav a[href="#/keys"]').click();
   await page.locator("#keys-table tbody tr").first().waitFor();
   await page.locator("#usage-charts figure.chart").nth(1).waitFor({ state: "attached" });
+  // The charts of one model's usage.
+  await page.locator(`#usage-of option[value="model:${chatModel}"]`).waitFor({ state: "attached" });
+  await page.locator("#usage-of").selectOption(`model:${chatModel}`);
+  await page.locator("#usage-charts figcaption", { hasText: "Tokens per day" }).waitFor();
+  const tokens = await page.locator("#usage-charts figcaption strong").first().textContent();
+  if (!(Number(tokens) > 0)) throw new Error(`${chatModel}'s tokens today: ${tokens}`);
   await page.locator("#usage-table tbody tr").first().waitFor();
   await shot("dashboard-keys");
   await admin.close();

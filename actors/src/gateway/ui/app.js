@@ -342,7 +342,8 @@ async function renderKeys(body) {
       <div><label for="key-scope">Scope</label><select id="key-scope"><option>inference</option><option>admin</option></select></div>
       <div><button type="submit">Create</button></div></form><p id="key-secret" class="hint"></p>
       <div class="table-wrap"><table id="keys-table"><thead><tr><th>id</th><th>name</th><th>scope</th><th>models</th><th>created</th><th>state</th><th></th></tr></thead><tbody></tbody></table></div>
-      <h2>Usage</h2><div id="usage-charts" class="charts"></div><div class="table-wrap"><table id="usage-table"><thead><tr><th>key</th><th>model</th><th>day</th><th>requests</th><th>prompt tokens</th><th>completion tokens</th></tr></thead><tbody></tbody></table></div>`;
+      <h2>Usage</h2><label for="usage-of">Of</label><select id="usage-of"><option value="">every key and model</option></select>
+      <div id="usage-charts" class="charts"></div><div class="table-wrap"><table id="usage-table"><thead><tr><th>key</th><th>model</th><th>day</th><th>requests</th><th>prompt tokens</th><th>completion tokens</th></tr></thead><tbody></tbody></table></div>`;
     $("#key-form", body).addEventListener("submit", async (e) => {
       e.preventDefault();
       const created = await json("/api/v1/keys", { method: "POST", body: { name: $("#key-name").value, scope: $("#key-scope").value } });
@@ -360,10 +361,20 @@ async function renderKeys(body) {
   $("#keys-table tbody", body).innerHTML = keys.data.map((k) => `<tr><td>${esc(k.id)}</td><td>${esc(k.name)}</td><td>${esc(k.scope)}</td><td>${esc((k.models || []).join(", ") || "all")}</td>
     <td>${ago(k.created_ms)}</td><td>${k.revoked_ms ? badge("revoked", "bad") : badge("active", "ok")}</td>
     <td>${k.revoked_ms ? "" : `<button type="button" class="secondary" data-revoke="${esc(k.id)}">Revoke</button>`}</td></tr>`).join("");
-  // Tokens per day, every key and model together, and per key.
-  const days = [...new Set(usage.data.map((r) => r.day))].sort();
-  const perDay = days.map((d) => [Date.parse(d), usage.data.filter((r) => r.day === d).reduce((s, r) => s + r.prompt_tokens + r.completion_tokens, 0)]);
-  const requests = days.map((d) => [Date.parse(d), usage.data.filter((r) => r.day === d).reduce((s, r) => s + r.requests, 0)]);
+  // Tokens and requests per day: every key and model together, or the key or model chosen.
+  const select = $("#usage-of", body);
+  const chosen = select.value;
+  const choices = [...new Set(usage.data.map((r) => `key:${r.key}`)), ...new Set(usage.data.map((r) => `model:${r.model}`))];
+  select.innerHTML = `<option value="">every key and model</option>` + choices.map((c) => `<option value="${esc(c)}">${esc(c.replace(":", " "))}</option>`).join("");
+  select.value = choices.includes(chosen) ? chosen : "";
+  if (!select.dataset.bound) {
+    select.dataset.bound = "true";
+    select.addEventListener("change", () => renderKeys(body));
+  }
+  const rowsOf = usage.data.filter((r) => !select.value || select.value === `key:${r.key}` || select.value === `model:${r.model}`);
+  const days = [...new Set(rowsOf.map((r) => r.day))].sort();
+  const perDay = days.map((d) => [Date.parse(d), rowsOf.filter((r) => r.day === d).reduce((s, r) => s + r.prompt_tokens + r.completion_tokens, 0)]);
+  const requests = days.map((d) => [Date.parse(d), rowsOf.filter((r) => r.day === d).reduce((s, r) => s + r.requests, 0)]);
   $("#usage-charts", body).innerHTML = chart("Tokens per day", perDay, "tokens") + chart("Requests per day", requests, "requests");
   $("#usage-table tbody", body).innerHTML = usage.data.map((u) => `<tr><td>${esc(u.key)}</td><td>${esc(u.model)}</td><td>${esc(u.day)}</td><td>${u.requests}</td><td>${u.prompt_tokens}</td><td>${u.completion_tokens}</td></tr>`).join("");
 }
