@@ -17,6 +17,7 @@
 //! a worker died continues from the text already streamed (the client library's `prefix_of` of the stored events).
 
 mod ending;
+mod finish;
 mod run;
 mod slots;
 

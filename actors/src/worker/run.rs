@@ -11,7 +11,7 @@
 //!
 //! The steps, in order: [`claim_delivery`], [`resume_prefix`], [`generate`] (with the
 //! lease and the fence), `ending` (a pure decision: finish, hand back or retry; see
-//! `worker/ending.rs`), then [`finish`] (fenced final write, final event, ack).
+//! `worker/ending.rs`), then `finish` (fenced final write, final event, ack; see `worker/finish.rs`).
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -23,11 +23,7 @@ use bitinglip_bus_schema::{TaskEvent, TaskId, TaskRecord, TaskSpec, TaskStarted,
 use bitinglip_client::{prefix_of, Prefix};
 use bitinglip_nats::{
     now_ms,
-    store::{
-        counters::TaskUsage,
-        results::INLINE_TEXT_MAX,
-        tasks::{Claim, Claimant},
-    },
+    store::tasks::{Claim, Claimant},
     trace::TraceParent,
 };
 use tokio::sync::mpsc;
@@ -35,12 +31,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    ending::{ending, Ending, FinalAck, Generated},
+    ending::{ending, Ending, Generated},
+    finish::{finish, record_usage},
     Running, WorkerShared,
 };
 use crate::{
     engine::{EngineError, GenerateRequest, Generation, Piece},
-    metrics::{self, metrics},
+    metrics::metrics,
     NodeContext,
 };
 
@@ -87,13 +84,13 @@ fn publish_event_subject(ctx: &NodeContext, task: &TaskId) -> String {
     ctx.bus.subjects().task_events(task)
 }
 
-async fn publish_event(ctx: &NodeContext, task: &TaskId, event: &TaskEvent, trace: Option<&TraceParent>) {
+pub(super) async fn publish_event(ctx: &NodeContext, task: &TaskId, event: &TaskEvent, trace: Option<&TraceParent>) {
     if let Err(err) = ctx.bus.publish(publish_event_subject(ctx, task), event, trace).await {
         tracing::warn!(task.id = %task, cause = %err, "event not published");
     }
 }
 
-async fn nak(msg: &jetstream::Message, delay: Option<Duration>) {
+pub(super) async fn nak(msg: &jetstream::Message, delay: Option<Duration>) {
     let _ = msg.ack_with(AckKind::Nak(delay)).await;
 }
 
@@ -504,98 +501,6 @@ async fn generate(
         last_token,
         stale: stale.is_cancelled(),
         cancelled_at,
-    }
-}
-
-/// The usage key of tasks submitted over NATS without an API key.
-const NO_KEY: &str = "-";
-
-/// Adds a finished task's usage to its key's counters (deduplicated per task).
-async fn record_usage(
-    ctx: &NodeContext,
-    task_id: &TaskId,
-    owner: Option<&str>,
-    model: &str,
-    (prompt, completion): (u32, u32),
-) -> Result<(), ()> {
-    let usage = TaskUsage {
-        task_id: task_id.as_str(),
-        key: owner.unwrap_or(NO_KEY),
-        model,
-        prompt_tokens: u64::from(prompt),
-        completion_tokens: u64::from(completion),
-        at_ms: now_ms(),
-    };
-    ctx.store.counters().record(&usage).await.map_err(|err| {
-        tracing::warn!(cause = %err, "usage not counted; handing back to count it again");
-    })
-}
-
-/// Writes the final record (fenced on the claim), publishes the final event, and only
-/// then acks: a crash before the ack means redelivery, and the redelivery finds the task
-/// finished.
-#[allow(clippy::too_many_arguments)] // the last step of one task, from run_claimed
-async fn finish(
-    ctx: &NodeContext,
-    msg: &jetstream::Message,
-    ending: Ending,
-    revision: u64,
-    model: &str,
-    tokens: (u32, u32),
-    trace: Option<&TraceParent>,
-) {
-    let Ending::Finish { mut record, mut event, ack, outcome } = ending else { return };
-    let task_id = record.task_id.clone();
-    // An answer too large for one message goes to the results store first; the record
-    // and the event carry its name.
-    if let (Some(done), TaskEvent::Completed(completed)) = (record.result.as_mut(), event.as_mut()) {
-        if done.text.len() > INLINE_TEXT_MAX {
-            match ctx.store.results().put(&task_id, done.attempt, &done.text).await {
-                Ok(name) => {
-                    done.text = String::new();
-                    done.text_object = Some(name.clone());
-                    completed.text = String::new();
-                    completed.text_object = Some(name);
-                }
-                Err(err) => {
-                    tracing::warn!(cause = %err, "answer not stored; handing back");
-                    nak(msg, Some(Duration::from_secs(1))).await;
-                    return;
-                }
-            }
-        }
-    }
-    // What usage needs, taken before the record moves into the store (no clone of the
-    // answer's text).
-    let owner = record.owner.clone();
-    match ctx.store.tasks().finish(*record, revision).await {
-        Ok(true) => metrics().tasks.with_label_values(&[model, outcome]).inc(),
-        Ok(false) => {
-            tracing::info!("a newer attempt owns the task; result dropped");
-            return;
-        }
-        Err(err) => {
-            // The record could not be written (store unreachable): hand back rather than
-            // ack a task whose outcome nobody can read.
-            tracing::warn!(cause = %err, "final record not written; handing back");
-            nak(msg, Some(Duration::from_secs(1))).await;
-            return;
-        }
-    }
-    publish_event(ctx, &task_id, &event, trace).await;
-    // Usage is counted before the ack: a failure hands the task back, and the redelivery
-    // (which finds it finished) counts it again, deduplicated.
-    if record_usage(ctx, &task_id, owner.as_deref(), model, tokens).await.is_err() {
-        nak(msg, Some(Duration::from_secs(1))).await;
-        return;
-    }
-    metrics::count_key_usage(owner.as_deref().unwrap_or(NO_KEY), model, tokens);
-    let acked = match ack {
-        FinalAck::Ack => msg.double_ack().await,
-        FinalAck::Term => msg.ack_with(AckKind::Term).await,
-    };
-    if let Err(err) = acked {
-        tracing::warn!(cause = %err, "ack not confirmed; a redelivery will find the task finished");
     }
 }
 

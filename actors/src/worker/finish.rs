@@ -1,0 +1,114 @@
+//! The last step of an attempt that finished: the answer (into the results store when too
+//! large for one message), the final record fenced on the claim, the final event, the
+//! key's usage, and only then the ack.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use bitinglip_bus_schema::{TaskEvent, TaskId};
+use bitinglip_nats::{
+    now_ms,
+    store::{counters::TaskUsage, results::INLINE_TEXT_MAX},
+    trace::TraceParent,
+};
+
+use super::{
+    ending::{Ending, FinalAck},
+    run::{nak, publish_event},
+};
+use crate::{
+    metrics::{self, metrics},
+    NodeContext,
+};
+
+/// The usage key of tasks submitted over NATS without an API key.
+const NO_KEY: &str = "-";
+
+/// Adds a finished task's usage to its key's counters (deduplicated per task).
+pub(super) async fn record_usage(
+    ctx: &NodeContext,
+    task_id: &TaskId,
+    owner: Option<&str>,
+    model: &str,
+    (prompt, completion): (u32, u32),
+) -> Result<(), ()> {
+    let usage = TaskUsage {
+        task_id: task_id.as_str(),
+        key: owner.unwrap_or(NO_KEY),
+        model,
+        prompt_tokens: u64::from(prompt),
+        completion_tokens: u64::from(completion),
+        at_ms: now_ms(),
+    };
+    ctx.store.counters().record(&usage).await.map_err(|err| {
+        tracing::warn!(cause = %err, "usage not counted; handing back to count it again");
+    })
+}
+
+/// Writes the final record (fenced on the claim), publishes the final event, and only
+/// then acks: a crash before the ack means redelivery, and the redelivery finds the task
+/// finished.
+#[allow(clippy::too_many_arguments)] // the last step of one task, from run_claimed
+pub(super) async fn finish(
+    ctx: &NodeContext,
+    msg: &jetstream::Message,
+    ending: Ending,
+    revision: u64,
+    model: &str,
+    tokens: (u32, u32),
+    trace: Option<&TraceParent>,
+) {
+    let Ending::Finish { mut record, mut event, ack, outcome } = ending else { return };
+    let task_id = record.task_id.clone();
+    // An answer too large for one message goes to the results store first; the record
+    // and the event carry its name.
+    if let (Some(done), TaskEvent::Completed(completed)) = (record.result.as_mut(), event.as_mut()) {
+        if done.text.len() > INLINE_TEXT_MAX {
+            match ctx.store.results().put(&task_id, done.attempt, &done.text).await {
+                Ok(name) => {
+                    done.text = String::new();
+                    done.text_object = Some(name.clone());
+                    completed.text = String::new();
+                    completed.text_object = Some(name);
+                }
+                Err(err) => {
+                    tracing::warn!(cause = %err, "answer not stored; handing back");
+                    nak(msg, Some(Duration::from_secs(1))).await;
+                    return;
+                }
+            }
+        }
+    }
+    // What usage needs, taken before the record moves into the store (no clone of the
+    // answer's text).
+    let owner = record.owner.clone();
+    match ctx.store.tasks().finish(*record, revision).await {
+        Ok(true) => metrics().tasks.with_label_values(&[model, outcome]).inc(),
+        Ok(false) => {
+            tracing::info!("a newer attempt owns the task; result dropped");
+            return;
+        }
+        Err(err) => {
+            // The record could not be written (store unreachable): hand back rather than
+            // ack a task whose outcome nobody can read.
+            tracing::warn!(cause = %err, "final record not written; handing back");
+            nak(msg, Some(Duration::from_secs(1))).await;
+            return;
+        }
+    }
+    publish_event(ctx, &task_id, &event, trace).await;
+    // Usage is counted before the ack: a failure hands the task back, and the redelivery
+    // (which finds it finished) counts it again, deduplicated.
+    if record_usage(ctx, &task_id, owner.as_deref(), model, tokens).await.is_err() {
+        nak(msg, Some(Duration::from_secs(1))).await;
+        return;
+    }
+    metrics::count_key_usage(owner.as_deref().unwrap_or(NO_KEY), model, tokens);
+    let acked = match ack {
+        FinalAck::Ack => msg.double_ack().await,
+        FinalAck::Term => msg.ack_with(AckKind::Term).await,
+    };
+    if let Err(err) = acked {
+        tracing::warn!(cause = %err, "ack not confirmed; a redelivery will find the task finished");
+    }
+}
