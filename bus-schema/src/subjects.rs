@@ -259,6 +259,11 @@ impl Subjects {
         self.subject(&["model", &encode_token(model), "progress"])
     }
 
+    /// Every model's pull progress (a wildcard, for permissions).
+    pub fn all_model_progress(&self) -> String {
+        self.subject(&["model", "*", "progress"])
+    }
+
     /// Request/reply: every node's status of the models
     /// ([`crate::GetModelStatus`] → [`crate::ModelStatusList`]).
     pub fn model_status(&self) -> String {
@@ -468,6 +473,8 @@ mod tests {
         assert_eq!(s.model_queues("m"), "bitinglip.v1.queue.m.*");
         assert_eq!(s.tasks_stream(), "BITINGLIP_TASKS");
         assert_eq!(s.nodes_bucket(), "bitinglip_nodes");
+        assert_eq!(s.model_progress("org/m"), "bitinglip.v1.model.org=2Fm.progress");
+        assert_eq!(s.all_model_progress(), "bitinglip.v1.model.*.progress");
     }
 
     #[test]

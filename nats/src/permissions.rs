@@ -182,7 +182,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             ]);
             follow_tasks(s, &mut p);
             // Pulls' progress, for the dashboard's progress bar.
-            p.subscribe([format!("{}.model.*.progress", prefix(s))]);
+            p.subscribe([s.all_model_progress()]);
             // API keys: the watch every gateway keeps, and the admin API's writes.
             p.publish(access::kv_watch(&keys));
             p.publish(access::kv_write(&keys, ">"));
@@ -257,7 +257,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.subscribe([s.all_task_cancels(), s.model_pull()]);
             p.subscribe(service_discovery());
             p.publish([s.all_task_events(), s.model_register()]);
-            p.publish([format!("{}.model.*.progress", prefix(s))]);
+            p.publish([s.all_model_progress()]);
             p.publish(access::queue_take(s));
             p.publish(access::results_write(s));
             p.publish(access::stream_scan(&s.events_stream()));
@@ -305,7 +305,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
     // does not own.
     // The gateway deletes the Files API's files, which purges their chunks (and only
     // theirs: the purge names the object's subject).
-    let files_purge = format!("$JS.API.STREAM.PURGE.OBJ_{}", s.files_bucket());
+    let files_purge = access::files_purge(s);
     p.publish_deny.extend(
         access::destructive(s).into_iter().filter(|d| !(matches!(role, NatsRole::Gateway) && *d == files_purge)),
     );

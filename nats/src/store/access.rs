@@ -110,10 +110,15 @@ pub fn files_write(subjects: &Subjects) -> Vec<String> {
     v.extend([
         format!("$O.{b}.C.>"),
         format!("$O.{b}.M.>"),
-        format!("$JS.API.STREAM.PURGE.{s}"),
+        files_purge(subjects),
         format!("$JS.API.CONSUMER.MSG.NEXT.{s}.>"),
     ]);
     v
+}
+
+/// Purging the files object store's stream: how a file's chunks go when it is deleted.
+pub fn files_purge(subjects: &Subjects) -> String {
+    format!("$JS.API.STREAM.PURGE.OBJ_{}", subjects.files_bucket())
 }
 
 /// Finding the buckets and streams an earlier start made (`Store::open`).
