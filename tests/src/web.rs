@@ -112,3 +112,37 @@ pub async fn chat_when_served(base: &str, model: &str, content: &str) -> serde_j
     }
     serde_json::Value::Null
 }
+
+/// Creates an API key of scope `inference` named `name` through the admin API of the
+/// gateway at `base`, as `admin` (an HTTP client with an admin key); returns its secret.
+pub async fn create_inference_key(admin: &reqwest::Client, base: &str, name: &str) -> String {
+    let created: serde_json::Value = admin
+        .post(format!("{base}/api/v1/keys"))
+        .json(&serde_json::json!({"name": name, "scope": "inference"}))
+        .send()
+        .await
+        .expect("gateway answers")
+        .json()
+        .await
+        .expect("JSON");
+    created["key"].as_str().unwrap_or_else(|| panic!("no key in {created}")).to_string()
+}
+
+/// Runs `tests/clients/<script>` with the `.ci/setup` Python and `args`: its stdout when it
+/// exits 0, else what it printed.
+pub async fn python_client(script: &str, args: &[&str]) -> Result<String, String> {
+    let root = crate::workspace_root();
+    let python = root.join(".venv/bin/python");
+    assert!(python.is_file(), "{} missing: run .ci/setup", python.display());
+    let out = tokio::process::Command::new(python)
+        .arg(root.join("tests/clients").join(script))
+        .args(args)
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if out.status.success() {
+        return Ok(stdout);
+    }
+    Err(format!("{script} {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}

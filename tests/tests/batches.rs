@@ -34,22 +34,9 @@ async fn python(base: &str, model: &str, args: &[&str]) -> String {
 }
 
 async fn try_python(base: &str, model: &str, args: &[&str]) -> Result<String, String> {
-    let root = bitinglip_tests::workspace_root();
-    let out = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/clients/openai_batch.py"))
-        .arg(format!("{base}/v1"))
-        .arg(model)
-        .arg(TEST_ADMIN_KEY)
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        return Err(format!("openai client ({args:?}) failed:\n{stdout}\n{stderr}"));
-    }
-    Ok(stdout)
+    let api = format!("{base}/v1");
+    let all: Vec<&str> = [api.as_str(), model, TEST_ADMIN_KEY].into_iter().chain(args.iter().copied()).collect();
+    bitinglip_tests::python_client("openai_batch.py", &all).await
 }
 
 /// A model big enough that decoding takes a few seconds on 2 cores, so that a batch is
@@ -191,16 +178,7 @@ async fn a_cancelled_batch_stops_its_lines_and_another_key_sees_nothing() {
     );
 
     // Another key (inference scope) sees neither the file nor the batch.
-    let other: Value = http
-        .post(format!("{base}/api/v1/keys"))
-        .json(&json!({"name": "other", "scope": "inference"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let other = bitinglip_tests::http_with(other["key"].as_str().unwrap());
+    let other = bitinglip_tests::http_with(&bitinglip_tests::create_inference_key(&http, &base, "other").await);
     for path in [format!("/v1/files/{file_id}"), format!("/v1/files/{file_id}/content"), format!("/v1/batches/{id}")] {
         let status = other.get(format!("{base}{path}")).send().await.unwrap().status();
         assert_eq!(status, 404, "{path}");

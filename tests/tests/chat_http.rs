@@ -178,19 +178,8 @@ async fn the_official_openai_python_client_works() {
     let base = format!("{}/v1", node.http.clone().unwrap());
     // The key `up` created on its first start, as a user following the README would use it.
     let key = std::fs::read_to_string(data.path().join("admin.key")).unwrap().trim().to_string();
-    let root = bitinglip_tests::workspace_root();
-    let python = root.join(".venv/bin/python");
-    assert!(python.is_file(), "{} missing: run .ci/setup", python.display());
-    let out = tokio::process::Command::new(python)
-        .arg(root.join("tests/clients/openai_chat.py"))
-        .arg(&base)
-        .arg("tiny-openai")
-        .arg(&key)
-        .output()
+    let stdout = bitinglip_tests::python_client("openai_chat.py", &[&base, "tiny-openai", &key])
         .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "openai client failed:\n{stdout}\n{stderr}\n{}", node.log());
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
     assert!(stdout.starts_with("ok"), "{stdout}");
 }

@@ -47,16 +47,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     let base = node.http.clone().unwrap();
     let http = bitinglip_tests::http();
 
-    let created: Value = http
-        .post(format!("{base}/api/v1/keys"))
-        .json(&json!({"name": "browser-user", "scope": "inference"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let inference_key = created["key"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let inference_key = bitinglip_tests::create_inference_key(&http, &base, "browser-user").await;
     // A few answers, for the metrics charts to draw.
     for i in 0..3 {
         let body = json!({"model": "tiny-ui", "messages": [{"role": "user", "content": format!("hello {i}")}], "max_tokens": 8});

@@ -33,21 +33,10 @@ async fn tools_structured_output_logprobs_completions_and_embeddings_through_the
     let embedder = ModelDir::generate("tiny-embed", &ModelSpec::tiny(Arch::Qwen3Embedding));
     let (node, _data, key) = up(&[&model, &embedder]).await;
     let base = node.http.clone().unwrap();
-    let root = bitinglip_tests::workspace_root();
-    let python = root.join(".venv/bin/python");
-    assert!(python.is_file(), "{} missing: run .ci/setup", python.display());
-    let out = tokio::process::Command::new(python)
-        .arg(root.join("tests/clients/openai_api.py"))
-        .arg(format!("{base}/v1"))
-        .arg("tiny-api")
-        .arg(&key)
-        .arg("tiny-embed")
-        .output()
+    let api = format!("{base}/v1");
+    let stdout = bitinglip_tests::python_client("openai_api.py", &[&api, "tiny-api", &key, "tiny-embed"])
         .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "openai client failed:\n{stdout}\n{stderr}\n{}", node.log());
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
     assert!(stdout.contains("ok all"), "{stdout}");
     eprintln!("{stdout}");
 
@@ -103,29 +92,11 @@ async fn the_responses_api_through_the_openai_client() {
     let (node, _data, key) = up(&[&model]).await;
     let base = node.http.clone().unwrap();
     // A second key, of inference scope: it must not see the first key's responses.
-    let created: Value = bitinglip_tests::http_with(&key)
-        .post(format!("{base}/api/v1/keys"))
-        .json(&json!({"name": "other", "scope": "inference"}))
-        .send()
+    let other = bitinglip_tests::create_inference_key(&bitinglip_tests::http_with(&key), &base, "other").await;
+    let api = format!("{base}/v1");
+    let stdout = bitinglip_tests::python_client("openai_responses.py", &[&api, "tiny-responses", &key, &other])
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let other = created["key"].as_str().unwrap_or_else(|| panic!("no key in {created}")).to_string();
-    let root = bitinglip_tests::workspace_root();
-    let out = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/clients/openai_responses.py"))
-        .arg(format!("{base}/v1"))
-        .arg("tiny-responses")
-        .arg(&key)
-        .arg(&other)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "openai client failed:\n{stdout}\n{stderr}\n{}", node.log());
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
     assert!(stdout.contains("ok all"), "{stdout}");
     eprintln!("{stdout}");
 }
