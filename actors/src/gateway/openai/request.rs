@@ -584,7 +584,7 @@ impl CompletionRequest {
 mod tests {
     use axum::http::StatusCode;
 
-    use super::super::parse_request;
+    use crate::gateway::openai::parse_request;
 
     #[test]
     fn parse_errors_name_the_field() {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use super::super::openai::ApiError;
+use crate::gateway::openai::ApiError;
 use crate::NodeContext;
 
 /// `POST /v1/responses` body (text only).

@@ -6,9 +6,9 @@ use bitinglip_bus_schema::{ApiKey, TaskCompleted, ToolCall};
 use bitinglip_client::{CancelOnDrop, Relayed, TaskWatch};
 use serde_json::{json, Value};
 
-use super::super::openai::ToolMode;
 use super::input::Prepared;
 use super::{call_item, keep, message_item, output_items, response_object, text_part, Ids};
+use crate::gateway::openai::ToolMode;
 use crate::{guided, NodeContext};
 
 /// A streamed response in progress.
