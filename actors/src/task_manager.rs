@@ -5,14 +5,17 @@
 //! `…task.get` on the queue group `task-manager`, so several can run and each request is
 //! answered once. For a submit it validates the request (fields, known model, a live
 //! worker for it), picks the task id (the caller's, one derived from the idempotency key,
-//! or a new ULID), writes the status record (queued) into the tasks KV bucket, publishes
-//! the task to the model's queue subject in the tasks stream with `Nats-Msg-Id` = task id,
-//! and answers `accepted` only after the stream's PubAck: from then on the task cannot be
-//! lost. A resubmitted id within the dedupe window is a duplicate, not a second task.
+//! or a new ULID), reserves a place in the model's queue from its own count, publishes the
+//! task to the task's subject in the tasks stream with `Nats-Msg-Id` = task id, and
+//! answers `accepted` only after the stream's PubAck: from then on the task cannot be
+//! lost. It writes no record: the stream message is the task's record until a worker
+//! claims it. A resubmitted id within the dedupe window is a duplicate, not a second task;
+//! an id the caller may have used before is looked up first (records, then queues).
 //!
-//! It also serves `…task.list`, and `…task.*.cancel` (a task still queued is marked
-//! cancelled here, so no worker ever runs it; a running one is stopped by its worker,
-//! which gets the same message).
+//! It also serves `…task.get` (the record, or the queued task's stream message),
+//! `…task.list`, and `…task.*.cancel` (a task still queued gets a cancelled record here,
+//! so no worker ever runs it; a running one is stopped by its worker, which gets the same
+//! message).
 //!
 //! Whether a model is served it asks the node's one watch on the heartbeats (a no is
 //! checked against the bucket). If a subscription ends the actor fails and is restarted.
@@ -26,7 +29,7 @@ use bitinglip_bus_schema::{
     ErrorKind, GetTask, NodeHeartbeat, Role, SubmitReply, SubmitRequest, TaskAccepted, TaskRecord, TaskSpec, TaskState,
     TaskStatusReply, WireError,
 };
-use bitinglip_nats::{now_ms, store::tasks::Created, trace::TraceParent, trace_of};
+use bitinglip_nats::{now_ms, trace::TraceParent, trace_of};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -125,6 +128,9 @@ async fn submit(
     // The watch answers yes quickly; a no is checked against the bucket itself, since a
     // fresh node's watch may not have caught up yet.
     if !ctx.nodes.serves(&model) {
+        if let Some(err) = backpressure::still_unknown(&model) {
+            return Err(err);
+        }
         let nodes = ctx.store.nodes().live().await?;
         if !nodes.iter().any(|n| n.serves(&model)) {
             // Heartbeats that stopped because the store could not take them (a cluster
@@ -135,7 +141,9 @@ async fn submit(
                     "the cluster's heartbeats are not current (not even this node's): the bus is healing; retry",
                 ));
             }
-            load_on_demand(ctx, &model, &nodes, req.wait_for_model).await?;
+            load_on_demand(ctx, &model, &nodes, req.wait_for_model)
+                .await
+                .inspect_err(|err| backpressure::remember_unknown(&model, err))?;
         }
     }
     backpressure::check_age(ctx, &model, req.priority).await?;
@@ -148,25 +156,45 @@ async fn submit(
         duplicate: false,
     };
 
-    // The status record first: a worker that claims the task finds it. An existing record
-    // means a retry; a finished one is answered without queueing again.
-    let mut record = TaskRecord::queued(task_id.clone(), model.clone(), req.priority, now);
-    record.owner = req.owner.clone();
-    record.request_sha256 = Some(request_sha256(&req.chat));
-    if let Created::Existing(Some(existing)) = ctx.store.tasks().create_queued(&record).await? {
-        if let Some(why) = conflict(&existing, &record) {
-            return Err(WireError::new(ErrorKind::Conflict, why));
-        }
-        if existing.state != TaskState::Queued {
-            return Ok(TaskAccepted { duplicate: true, ..accepted });
+    // No record is written here: the stream message is the task's record until a worker
+    // claims it. An id the caller may have used before (an idempotency key, or an id not
+    // made up for this submit) is looked up first, in the records and the queues: a task
+    // already there is this one, answered without queueing it again.
+    let sha = request_sha256(&req.chat);
+    let may_exist = req.idempotency_key.is_some() || (req.task_id.is_some() && !req.new_id);
+    if may_exist {
+        if let Some(existing) = ctx.store.tasks().status(&task_id).await? {
+            let mut asked = TaskRecord::queued(task_id.clone(), model.clone(), req.priority, now);
+            asked.owner = req.owner.clone();
+            asked.request_sha256 = Some(sha.clone());
+            if let Some(why) = conflict(&existing, &asked) {
+                return Err(WireError::new(ErrorKind::Conflict, why));
+            }
+            // A queued record written by an older version whose publish never happened is
+            // no task yet: queue it.
+            if existing.state != TaskState::Queued || ctx.store.queue().find(&task_id).await?.is_some() {
+                return Ok(TaskAccepted { duplicate: true, ..accepted });
+            }
         }
     }
 
-    // Then the stream. Its acknowledgement means the task is on disk (and replicated):
+    // A place in the queue, from this task manager's count (no JetStream call per task),
+    // then the stream. Its acknowledgement means the task is on disk (and replicated):
     // only now may we say accepted. A duplicate Nats-Msg-Id within the window is
     // acknowledged without storing a second copy.
-    let spec = TaskSpec { task_id: task_id.clone(), chat: req.chat, priority: req.priority, accepted_ms: now };
+    let place = backpressure::reserve(ctx, &model, req.priority).await?;
+    let spec = TaskSpec {
+        task_id: task_id.clone(),
+        chat: req.chat,
+        priority: req.priority,
+        accepted_ms: now,
+        owner: req.owner,
+        request_sha256: Some(sha),
+    };
     let queued = ctx.store.queue().publish(&spec, trace).await?;
+    if !queued.duplicate {
+        place.keep();
+    }
     tracing::debug!(task.id = %task_id, model = %model, stream.seq = queued.sequence, duplicate = queued.duplicate, "task accepted");
     Ok(TaskAccepted { duplicate: queued.duplicate, ..accepted })
 }
@@ -230,7 +258,7 @@ impl Actor for TaskManager {
             ctx.clone(),
             TaskStatusReply::Error,
             |ctx, req: GetTask| async move {
-                let record = ctx.store.tasks().get(&req.task_id).await?;
+                let record = ctx.store.tasks().status(&req.task_id).await?;
                 record
                     .map(TaskStatusReply::Found)
                     .ok_or_else(|| WireError::new(ErrorKind::NotFound, format!("no task {}", req.task_id)))

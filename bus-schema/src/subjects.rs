@@ -215,14 +215,32 @@ impl Subjects {
         format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*", self.tasks_stream())
     }
 
-    /// JetStream subject of one model's queue for one priority class.
+    /// JetStream subject of one queued task: its model's queue for its priority class,
+    /// then its id. One subject per task makes the stream message findable by task id
+    /// ([`Subjects::queued_task_anywhere`]) while it is the task's only record.
+    pub fn queued_task(&self, model: &str, priority: crate::Priority, task: &TaskId) -> String {
+        self.subject(&["queue", &encode_token(model), priority.as_str(), task.as_str()])
+    }
+
+    /// The tasks of one model's queue for one priority class (a worker consumer's filter).
     pub fn queue(&self, model: &str, priority: crate::Priority) -> String {
+        self.subject(&["queue", &encode_token(model), priority.as_str(), "*"])
+    }
+
+    /// What a model's queue for one class was before tasks had subjects of their own (a
+    /// worker consumer still takes tasks queued there before an upgrade).
+    pub fn queue_before_task_subjects(&self, model: &str, priority: crate::Priority) -> String {
         self.subject(&["queue", &encode_token(model), priority.as_str()])
+    }
+
+    /// One task in whichever queue it is.
+    pub fn queued_task_anywhere(&self, task: &TaskId) -> String {
+        self.subject(&["queue", "*", "*", task.as_str()])
     }
 
     /// Every queue subject of one model.
     pub fn model_queues(&self, model: &str) -> String {
-        self.subject(&["queue", &encode_token(model), "*"])
+        self.subject(&["queue", &encode_token(model), ">"])
     }
 
     /// Every queue subject (the tasks stream captures this).
@@ -469,8 +487,11 @@ mod tests {
         assert_eq!(s.task_submit(), "bitinglip.v1.task.submit");
         assert_eq!(s.task_events(&task), "bitinglip.v1.task.01J0ABC.events");
         assert_eq!(s.task_cancel(&task), "bitinglip.v1.task.01J0ABC.cancel");
-        assert_eq!(s.queue("org/m.1", Priority::Batch), "bitinglip.v1.queue.org=2Fm=2E1.batch");
-        assert_eq!(s.model_queues("m"), "bitinglip.v1.queue.m.*");
+        assert_eq!(s.queued_task("org/m.1", Priority::Batch, &task), "bitinglip.v1.queue.org=2Fm=2E1.batch.01J0ABC");
+        assert_eq!(s.queue("org/m.1", Priority::Batch), "bitinglip.v1.queue.org=2Fm=2E1.batch.*");
+        assert_eq!(s.queue_before_task_subjects("m", Priority::Batch), "bitinglip.v1.queue.m.batch");
+        assert_eq!(s.queued_task_anywhere(&task), "bitinglip.v1.queue.*.*.01J0ABC");
+        assert_eq!(s.model_queues("m"), "bitinglip.v1.queue.m.>");
         assert_eq!(s.tasks_stream(), "BITINGLIP_TASKS");
         assert_eq!(s.nodes_bucket(), "bitinglip_nodes");
         assert_eq!(s.model_progress("org/m"), "bitinglip.v1.model.org=2Fm.progress");

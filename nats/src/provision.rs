@@ -500,7 +500,8 @@ pub fn worker_consumer_config(
     consumer::pull::Config {
         durable_name: Some(subjects.worker_consumer(model, priority)),
         description: Some(format!("workers of {model}, {} tasks", priority.as_str())),
-        filter_subject: subjects.queue(model, priority),
+        // Its tasks, and those queued before tasks had subjects of their own.
+        filter_subjects: vec![subjects.queue(model, priority), subjects.queue_before_task_subjects(model, priority)],
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: cfg.ack_wait,
         max_deliver: cfg.max_deliver,

@@ -9,7 +9,9 @@
 //! the figures into `docs/BENCHMARKS.md` with a plot. Timings are never asserted; the
 //! ratios against baselines measured in the same run are what it is for.
 
+mod flood;
 mod floor;
+mod instructions;
 mod platform;
 mod report;
 mod sim;
@@ -60,6 +62,17 @@ pub(crate) struct BenchArgs {
     /// `100,300,1000`) and measure the control plane (see `docs/BENCHMARKS.md`).
     #[arg(long, value_delimiter = ',')]
     sim: Vec<usize>,
+    /// Instead of the baseline, count the CPU instructions of a request and of a streamed
+    /// token in the gateway and in the worker's node, under callgrind (needs valgrind).
+    #[arg(long)]
+    instructions: bool,
+    /// Requests per workload with `--instructions`.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// With `--instructions`, keep the callgrind dumps in this folder (for
+    /// `callgrind_annotate`), one per workload and process in the order measured.
+    #[arg(long)]
+    callgrind_dir: Option<PathBuf>,
 }
 
 /// The nats-server to start: the configured binary, else the one `.ci/setup` installs.
@@ -184,6 +197,18 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     if !args.sim.is_empty() {
         return run_sim(&config, &args).await;
     }
+    if args.instructions {
+        let (rows, per_token) =
+            instructions::run(&nats_binary(&config), args.requests.max(1), args.callgrind_dir.as_deref()).await?;
+        let versions = format!("bitinglip {}; {}", env!("CARGO_PKG_VERSION"), build_profile());
+        let text = instructions::markdown(&rows, per_token, &machine(), &versions);
+        println!("{text}");
+        if !args.no_write {
+            instructions::write_doc(&args.doc, &text)?;
+            eprintln!("bench: wrote {}", args.doc.display());
+        }
+        return Ok(());
+    }
     let began = Instant::now();
     let duration = Duration::from_secs_f64(args.seconds.max(0.5));
     let dir = tempfile::tempdir()?;
@@ -199,8 +224,11 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     for clients in [1, 16, 64] {
         floor_rr.push((clients, floor::request_reply(&url, clients, duration).await?));
     }
-    step("floor: JetStream publish + consume");
-    let floor_js = floor::jetstream_publish_consume(&url, duration).await?;
+    let mut floor_js = Vec::new();
+    for clients in [1, 16, 64] {
+        step(&format!("floor: JetStream publish + consume, {clients} client(s)"));
+        floor_js.push((clients, floor::jetstream_publish_consume(&url, clients, duration).await?));
+    }
 
     step("platform: a node with every role and an echo worker");
     let mut echo = ModelConfig::new("echo");
@@ -237,6 +265,9 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     };
     let (_, limited) = bus.store.keys().create(new).await?;
     echo_runs.push(platform::echo_http(&base, &limited, "http-limited", "echo", prompt, 16, duration).await?);
+
+    step("a 10× flood of streamed chats against a model whose queue admits 40");
+    let flood = flood::run(&url, 10).await?;
 
     let spec = ModelSpec::with_params(Arch::Llama, args.params);
     let model_name = "bench-llama";
@@ -304,6 +335,7 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         versions,
         floor_rr,
         floor_js,
+        flood: Some(flood),
         echo: echo_runs,
         model: model_desc,
         platform: platform_runs,

@@ -330,7 +330,7 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
     );
     let mut delay = std::time::Duration::from_millis(100);
     for _ in 0..12 {
-        match after_fail(ctx.store.tasks().fail(&spec.task_id, &error).await) {
+        match after_fail(ctx.store.tasks().fail(&spec, &error).await) {
             Poisoned::Remove { failed } => {
                 if let Some(record) = failed {
                     tracing::error!(task.id = %spec.task_id, deliveries = advisory.deliveries, "poison task failed");

@@ -109,13 +109,19 @@ pub(super) async fn require_key(State(auth): State<Auth>, mut req: Request, next
         return next.run(req).await;
     }
     let now = bitinglip_nats::now_ms();
+    if let Some(refused) = super::limits::still_refused(&key_id, &limits, now) {
+        return refused;
+    }
     let window = match auth.store.counters().count_request(&key_id, now).await {
         Ok(w) => w,
         Err(err) => return ApiError::from(WireError::from(err)).into_response(),
     };
     let (headers, refusal) = super::limits::verdict(&limits, &window, now);
     match refusal {
-        Some(err) => super::limits::refused(err, headers),
+        Some(err) => {
+            super::limits::remember(&key_id, &limits, now, &err, &headers);
+            super::limits::refused(err, headers)
+        }
         None => super::limits::with_headers(next.run(req).await, headers),
     }
 }

@@ -148,6 +148,8 @@ async fn drive(ctx: &NodeContext, me: &str, id: &str, driven: &mut HashMap<Strin
             priority: Priority::Batch,
             wait_for_model: true,
             owner: b.owner.clone(),
+            // A line may have been submitted before (by a gateway whose lease lapsed).
+            new_id: false,
         };
         match ctx.bus.request::<_, SubmitReply>(ctx.bus.subjects().task_submit(), &submit, None, None).await {
             Ok(SubmitReply::Accepted(_)) => {}

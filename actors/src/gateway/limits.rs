@@ -7,8 +7,16 @@
 //!
 //! Counting costs one round trip per request of a limited key (the request counter's
 //! increment and the two token reads run at once) and nothing for a key without limits.
+//! A refusal is remembered by the gateway until its window ends: while it stands, that
+//! key's requests are refused from memory, with no round trip (a flood from a key over
+//! its limit costs a lock per request).
 //! Tokens are counted when a task finishes, so a burst of long answers can overshoot a
 //! token limit by what was in flight; the next request is refused.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock},
+};
 
 use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
@@ -64,6 +72,42 @@ pub(super) fn verdict(limits: &KeyLimits, w: &Window, now_ms: u64) -> (HeaderMap
             .with_retry_after(retry.max(1))
     });
     (headers, refusal)
+}
+
+/// A key's refusal while it stands: until when, under which limits, and the answer.
+struct Standing {
+    until_ms: u64,
+    limits: KeyLimits,
+    refusal: ApiError,
+    headers: HeaderMap,
+}
+
+fn standing() -> &'static Mutex<HashMap<String, Standing>> {
+    static STANDING: OnceLock<Mutex<HashMap<String, Standing>>> = OnceLock::new();
+    STANDING.get_or_init(Mutex::default)
+}
+
+/// Remembers that `key_id` (with `limits`) was refused at `now_ms` with `refusal`, whose
+/// `Retry-After` says when its window ends.
+pub(super) fn remember(key_id: &str, limits: &KeyLimits, now_ms: u64, refusal: &ApiError, headers: &HeaderMap) {
+    // Retry-After is whole seconds up to the window's end (a minute's, or midnight UTC),
+    // both on whole seconds: from the start of this second it is the end exactly.
+    let until_ms = now_ms - now_ms % 1000 + refusal.retry_after().unwrap_or(1) * 1000;
+    if let Ok(mut s) = standing().lock() {
+        // Bounded by the keys that exist: one entry each at most, gone when it lapses.
+        s.retain(|_, st| st.until_ms > now_ms);
+        let (refusal, headers) = (refusal.clone(), headers.clone());
+        s.insert(key_id.to_string(), Standing { until_ms, limits: *limits, refusal, headers });
+    }
+}
+
+/// The refusal `key_id` still stands under at `now_ms`, with the same limits (a key whose
+/// limits changed is counted again), its `Retry-After` brought up to date.
+pub(super) fn still_refused(key_id: &str, limits: &KeyLimits, now_ms: u64) -> Option<Response> {
+    let s = standing().lock().ok()?;
+    let st = s.get(key_id).filter(|st| st.until_ms > now_ms && st.limits == *limits)?;
+    let left = (st.until_ms - now_ms).div_ceil(1000).max(1);
+    Some(refused(st.refusal.clone().with_retry_after(left), st.headers.clone()))
 }
 
 /// Adds `headers` to `resp`.

@@ -109,7 +109,7 @@ pub(crate) struct ErrorDetail {
 }
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     kind: &'static str,
@@ -137,6 +137,11 @@ impl ApiError {
     pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
+    }
+
+    /// The `Retry-After` it answers with, in seconds.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        self.retry_after
     }
 
     /// Sets the `code` (a machine-readable reason such as `invalid_api_key`).

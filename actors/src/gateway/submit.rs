@@ -142,7 +142,9 @@ pub(super) async fn submit_chat(
             .is_some_and(|v| v.eq_ignore_ascii_case("false"));
     // The task belongs to the key; its idempotency key is scoped to it.
     let owner = Some(key.id.clone());
-    let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model, owner };
+    // Without an idempotency key the id is a new ULID made here: no earlier task has it.
+    let new_id = idempotency_key.is_none();
+    let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model, owner, new_id };
     let task_id: TaskId = task_id_for(&submit);
     submit.task_id = Some(task_id.clone());
     let watch = TaskWatch::subscribe(&ctx.bus, &ctx.store, &task_id).await?;

@@ -1,8 +1,10 @@
-//! Queue limits: a full queue refuses new tasks at once (429 with `Retry-After` at the
-//! gateway) and never drops accepted ones. Count and bytes are enforced by the tasks
-//! stream itself (discard-new per subject; the storage layer maps a refusal to
-//! `overloaded`); age is checked here against the oldest task
-//! waiting in the model's queue.
+//! Refusals at the speed of a cache: a full queue refuses new tasks at once (429 with
+//! `Retry-After` at the gateway) and never drops accepted ones. The count per model and
+//! class is this task manager's (a reading of the queue's consumer, refreshed at most every
+//! 250 ms, plus what it queued since); bytes are enforced by the tasks stream itself
+//! (discard-new; the storage layer maps a refusal to `overloaded`); age is checked against
+//! the oldest task waiting in the model's queue, read at most every 250 ms. A model found
+//! unknown is refused from memory for 250 ms.
 
 use std::{
     collections::HashMap,
@@ -52,4 +54,153 @@ pub(super) async fn check_age(ctx: &NodeContext, model: &str, priority: Priority
         ));
     }
     Ok(())
+}
+
+/// How long a model found unknown is refused from memory: a flood naming a model nobody
+/// registered costs the registry reads once per this, not once per request.
+const UNKNOWN_FRESH: Duration = Duration::from_millis(250);
+
+fn unknown() -> &'static Mutex<HashMap<String, (Instant, WireError)>> {
+    static UNKNOWN: OnceLock<Mutex<HashMap<String, (Instant, WireError)>>> = OnceLock::new();
+    UNKNOWN.get_or_init(Mutex::default)
+}
+
+/// The refusal of `model` as unknown, when one was decided within [`UNKNOWN_FRESH`].
+pub(super) fn still_unknown(model: &str) -> Option<WireError> {
+    let u = unknown().lock().ok()?;
+    u.get(model).filter(|(at, _)| at.elapsed() < UNKNOWN_FRESH).map(|(_, e)| e.clone())
+}
+
+/// Remembers `err` when it says `model` is unknown.
+pub(super) fn remember_unknown(model: &str, err: &WireError) {
+    if err.kind != ErrorKind::UnknownModel {
+        return;
+    }
+    if let Ok(mut u) = unknown().lock() {
+        // Bounded: what lapsed goes whenever another is remembered.
+        u.retain(|_, (at, _)| at.elapsed() < UNKNOWN_FRESH);
+        u.insert(model.to_string(), (Instant::now(), err.clone()));
+    }
+}
+
+/// How long a queue's depth, read from its consumer, is reused: a flood costs one read
+/// per queue per this, not one per task.
+const DEPTH_FRESH: Duration = Duration::from_millis(250);
+
+/// A queue's depth as last read, plus the places this task manager reserved since.
+struct Depth {
+    read_at: Instant,
+    tasks: u64,
+}
+
+type Depths = Mutex<HashMap<(String, Priority), Depth>>;
+
+fn depths() -> &'static Depths {
+    static DEPTHS: OnceLock<Depths> = OnceLock::new();
+    DEPTHS.get_or_init(Depths::default)
+}
+
+/// One read of a stale depth at a time: the others use the reading it brings.
+fn refreshing() -> &'static tokio::sync::Mutex<()> {
+    static REFRESHING: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    REFRESHING.get_or_init(|| tokio::sync::Mutex::new(()))
+}
+
+/// A place reserved in a model's queue for a task about to be published; given back when
+/// dropped without [`Place::keep`] (the task was not queued after all).
+pub(super) struct Place {
+    queue: Option<(String, Priority)>,
+}
+
+impl Place {
+    /// The task is in the queue: the place stays taken until the next reading.
+    pub(super) fn keep(mut self) {
+        self.queue = None;
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let (Some(queue), Ok(mut depths)) = (self.queue.take(), depths().lock()) {
+            if let Some(d) = depths.get_mut(&queue) {
+                d.tasks = d.tasks.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Decides a place in a queue (pure): refused at `limit` tasks, waiting and running
+/// together.
+fn admit(tasks: u64, limit: u64) -> bool {
+    tasks < limit
+}
+
+/// Reserves a place for one task in `model`'s queue of `priority`, or refuses it when the
+/// queue holds `task_manager.queue_max_tasks` tasks (waiting or running). The depth is
+/// this task manager's reading of the queue's consumer, at most [`DEPTH_FRESH`] old, plus
+/// the tasks it queued since: no JetStream call per task, so a flood is refused at the
+/// speed of a lock. Several task managers each count their own tasks between readings, so
+/// together they may admit a few more than the limit for that long.
+pub(super) async fn reserve(ctx: &NodeContext, model: &str, priority: Priority) -> Result<Place, WireError> {
+    let limit = ctx.config.task_manager.queue_max_tasks.max(1) as u64;
+    let queue = (model.to_string(), priority);
+    // A reading counts the tasks this task manager queued since as still there, though
+    // some may have finished: a queue that looks full is read again (at most every
+    // FULL_RECHECK) before a task is refused.
+    let mut fresh_for = DEPTH_FRESH;
+    loop {
+        refresh(ctx, &queue, fresh_for).await?;
+        let mut depths = depths().lock().map_err(|_| WireError::new(ErrorKind::Internal, "queue depths unreadable"))?;
+        let depth = depths.entry(queue.clone()).or_insert(Depth { read_at: Instant::now(), tasks: 0 });
+        if admit(depth.tasks, limit) {
+            depth.tasks += 1;
+            return Ok(Place { queue: Some(queue) });
+        }
+        if fresh_for == FULL_RECHECK {
+            return Err(WireError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "the {} queue of `{model}` is full ({} tasks waiting or running, task_manager.queue_max_tasks {limit}); retry later",
+                    priority.as_str(),
+                    depth.tasks
+                ),
+            ));
+        }
+        fresh_for = FULL_RECHECK;
+    }
+}
+
+/// How old a reading of a queue that looks full may be before a refusal reads it again.
+const FULL_RECHECK: Duration = Duration::from_millis(50);
+
+/// Reads `queue`'s depth again when the last reading is older than `fresh_for` (one
+/// reader at a time; the others use what it read).
+async fn refresh(ctx: &NodeContext, queue: &(String, Priority), fresh_for: Duration) -> Result<(), WireError> {
+    let fresh = |queue| {
+        depths().lock().ok().is_some_and(|d| d.get(queue).is_some_and(|d: &Depth| d.read_at.elapsed() < fresh_for))
+    };
+    if fresh(queue) {
+        return Ok(());
+    }
+    let _one = refreshing().lock().await;
+    if !fresh(queue) {
+        let tasks = ctx.store.queue().depth(&queue.0, queue.1).await?;
+        if let Ok(mut depths) = depths().lock() {
+            depths.insert(queue.clone(), Depth { read_at: Instant::now(), tasks });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_admits_up_to_its_limit() {
+        assert!(admit(0, 1));
+        assert!(admit(7, 8));
+        assert!(!admit(8, 8));
+        assert!(!admit(9, 8));
+    }
 }

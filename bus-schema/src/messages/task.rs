@@ -135,6 +135,12 @@ pub struct SubmitRequest {
     /// admin key) sees it over HTTP, and idempotency keys are scoped to it.
     #[serde(default)]
     pub owner: Option<String>,
+    /// True when the submitter has just made `task_id` up (a new ULID), so no earlier
+    /// task can have it: the task manager then does not look for one before queueing (a
+    /// retry with the same id within `jetstream.dedupe_window` is still the same task).
+    /// Leave it false for an id that may have been used before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_id: bool,
 }
 
 impl ChatParams {
@@ -155,6 +161,7 @@ impl SubmitRequest {
             priority: Priority::Interactive,
             wait_for_model: true,
             owner: None,
+            new_id: false,
         }
     }
 }
@@ -196,6 +203,24 @@ pub struct TaskSpec {
     pub priority: Priority,
     /// When the task manager accepted it, ms since the epoch.
     pub accepted_ms: u64,
+    /// The API key (its id) the task belongs to, as submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// sha256 of the request as validated (an idempotency key reused with another
+    /// request is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_sha256: Option<String>,
+}
+
+impl TaskSpec {
+    /// The record of this task while it waits in its queue (the stream message is its
+    /// only record until a worker claims it).
+    pub fn queued_record(&self) -> TaskRecord {
+        let mut r = TaskRecord::queued(self.task_id.clone(), self.chat.model.clone(), self.priority, self.accepted_ms);
+        r.owner = self.owner.clone();
+        r.request_sha256 = self.request_sha256.clone();
+        r
+    }
 }
 
 /// Request on `…task.get`: read one task's status record.
@@ -394,8 +419,9 @@ mod tests {
             priority: Priority::Batch,
             wait_for_model: false,
             owner: Some("k1".into()),
+            new_id: true,
         };
-        pin(req, &["chat", "task_id", "idempotency_key", "priority", "wait_for_model", "owner"]);
+        pin(req, &["chat", "task_id", "idempotency_key", "priority", "wait_for_model", "owner", "new_id"]);
         pin(chat(), &["model", "messages", "max_tokens", "temperature", "top_p", "stop", "seed"]);
         pin(ChatMessage::new("user", "x"), &["role", "content"]);
         let full = ChatParams {
@@ -487,8 +513,15 @@ mod tests {
     fn task_spec_and_record_pin_their_fields() {
         let id = TaskId::parse("t1").unwrap();
         pin(
-            TaskSpec { task_id: id.clone(), chat: chat(), priority: Priority::Interactive, accepted_ms: 5 },
-            &["task_id", "chat", "priority", "accepted_ms"],
+            TaskSpec {
+                task_id: id.clone(),
+                chat: chat(),
+                priority: Priority::Interactive,
+                accepted_ms: 5,
+                owner: Some("k1".into()),
+                request_sha256: Some("ab".into()),
+            },
+            &["task_id", "chat", "priority", "accepted_ms", "owner", "request_sha256"],
         );
         let mut record = TaskRecord::queued(id.clone(), "m".into(), Priority::Batch, 1);
         record.state = TaskState::Running;

@@ -1,6 +1,7 @@
-//! The tasks stream: a work queue with one subject per model and priority class. The
-//! task manager queues accepted tasks here; each model's workers share one durable pull
-//! consumer per class; queue statistics and the oldest task's age are read from it.
+//! The tasks stream: a work queue with one subject per task, under its model and
+//! priority class (`…queue.<model>.<class>.<task id>`). The task manager queues accepted
+//! tasks here; each model's workers share one durable pull consumer per class; queue
+//! statistics, the oldest task's age, and a waiting task by its id are read from it.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use async_nats::jetstream::{
     context::{PublishError, PublishErrorKind},
     ErrorCode,
 };
-use bitinglip_bus_schema::{decode_body, Priority, TaskSpec};
+use bitinglip_bus_schema::{decode_body, Priority, TaskId, TaskSpec};
 use futures::StreamExt;
 
 use super::{Store, StoreError, MAX_VALUE_BYTES};
@@ -89,7 +90,7 @@ impl Queue<'_> {
             super::envelope(&inner.node_id, spec).map_err(|e| StoreError::TooLarge { message: e.to_string() })?;
         let mut headers = Bus::headers(trace);
         headers.insert(async_nats::header::NATS_MESSAGE_ID, spec.task_id.as_str());
-        let subject = inner.subjects.queue(&spec.chat.model, spec.priority);
+        let subject = inner.subjects.queued_task(&spec.chat.model, spec.priority, &spec.task_id);
         let ack = inner
             .js
             .publish_with_headers(subject, headers, payload)
@@ -106,8 +107,9 @@ impl Queue<'_> {
         let inner = &self.store.inner;
         let consumer = |priority| async move {
             let config = crate::worker_consumer_config(&inner.subjects, model, priority, &inner.jetstream);
-            let name = config.durable_name.clone().unwrap_or_default();
-            stream.get_or_create_consumer(&name, config).await.map_err(|e| StoreError::unavailable(WHAT, e))
+            // Create or update: a consumer made before tasks had subjects of their own gets
+            // the filters of now (which still take what was queued before).
+            stream.create_consumer(config).await.map_err(|e| StoreError::unavailable(WHAT, e))
         };
         Ok(Consumers { interactive: consumer(Priority::Interactive).await?, batch: consumer(Priority::Batch).await? })
     }
@@ -148,17 +150,68 @@ impl Queue<'_> {
 
     /// True when the stream holds a task (queued or running) for `model`.
     pub async fn has_tasks(&self, model: &str) -> Result<bool, StoreError> {
-        let stream = self.stream().await?;
-        let mut counts = stream
-            .info_with_subjects(self.store.inner.subjects.model_queues(model))
+        let stream = self.handle().await?;
+        match stream.get_first_raw_message_by_subject(self.store.inner.subjects.model_queues(model), 0).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(StoreError::unavailable(WHAT, e)),
+        }
+    }
+
+    /// Tasks in `model`'s queue of `priority`, waiting or running (not yet acked): its
+    /// consumer's pending and unacknowledged counts (one read), or, before any worker made
+    /// the consumer, the stream's count of the queue's subjects.
+    pub async fn depth(&self, model: &str, priority: Priority) -> Result<u64, StoreError> {
+        let stream = self.handle().await?;
+        let inner = &self.store.inner;
+        match stream.consumer_info(inner.subjects.worker_consumer(model, priority)).await {
+            Ok(info) => return Ok(info.num_pending + info.num_ack_pending as u64),
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::unavailable(WHAT, e)),
+        }
+        let full = self.stream().await?;
+        let mut subjects = full
+            .info_with_subjects(inner.subjects.queue(model, priority))
             .await
             .map_err(|e| StoreError::unavailable(WHAT, e))?;
-        while let Some(Ok((_, n))) = counts.next().await {
-            if n > 0 {
-                return Ok(true);
+        let mut n = 0;
+        while let Some(entry) = subjects.next().await {
+            n += entry.map_err(|e| StoreError::unavailable(WHAT, e))?.1 as u64;
+        }
+        Ok(n)
+    }
+
+    /// The task `task_id` while it is in a queue (waiting, or running and not yet acked).
+    pub async fn find(&self, task_id: &TaskId) -> Result<Option<TaskSpec>, StoreError> {
+        let stream = self.handle().await?;
+        let subject = self.store.inner.subjects.queued_task_anywhere(task_id);
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => Ok(decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES).ok()),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(StoreError::unavailable(WHAT, e)),
+        }
+    }
+
+    /// Up to `limit` tasks of every queue (waiting or running), oldest first. Each read
+    /// goes to the next message there is, so acked tasks' gaps cost nothing.
+    pub async fn waiting(&self, limit: usize) -> Result<Vec<TaskSpec>, StoreError> {
+        let stream = self.handle().await?;
+        let all = self.store.inner.subjects.all_queues();
+        let mut out = Vec::new();
+        let mut seq = 0;
+        while out.len() < limit {
+            match stream.get_first_raw_message_by_subject(&all, seq).await {
+                Ok(message) => {
+                    seq = message.sequence + 1;
+                    if let Ok(spec) = decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES) {
+                        out.push(spec);
+                    }
+                }
+                Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => break,
+                Err(e) => return Err(StoreError::unavailable(WHAT, e)),
             }
         }
-        Ok(false)
+        Ok(out)
     }
 
     /// The tasks stream's handle, without asking for its info.

@@ -1,6 +1,8 @@
-//! Task status records, one per task under its id: written queued by the task manager,
-//! claimed and finished by workers (fenced on the claim's revision), cancelled while
-//! queued by the task manager, failed as poison by a cluster manager.
+//! Task status records, one per task under its id. A queued task has none: its message in
+//! the tasks stream (one subject per task) is its record until a worker claims it, which
+//! writes the first record (a create: no read before it). Workers then finish it (fenced
+//! on the claim's revision); the task manager writes one for a task cancelled while
+//! queued, a cluster manager for a poisoned one. [`Tasks::status`] reads either.
 //!
 //! The decisions (may this attempt claim it? may this cancel apply?) are pure functions
 //! of the record, with unit tests; the operations feed them through the bucket's one
@@ -15,27 +17,19 @@ use crate::now_ms;
 /// The task records.
 pub struct Tasks<'a> {
     bucket: &'a Bucket,
+    store: &'a Store,
 }
 
 impl Store {
     /// The task status records.
     pub fn tasks(&self) -> Tasks<'_> {
-        Tasks { bucket: &self.inner.tasks }
+        Tasks { bucket: &self.inner.tasks, store: self }
     }
 }
 
 /// The key of a task's record.
 fn key(task_id: &TaskId) -> &str {
     task_id.as_str()
-}
-
-/// What creating a queued record found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Created {
-    /// The record is new.
-    New,
-    /// A record was there already (a retry of the same task): as it is now.
-    Existing(Option<Box<TaskRecord>>),
 }
 
 /// What a worker's claim of a delivery found.
@@ -79,11 +73,10 @@ pub enum Cancelled {
     NotQueued,
 }
 
-/// Decides a claim from the current record (pure).
+/// Decides a claim from the current record (pure): none yet is the usual case, a task
+/// that waited in its queue with the stream message as its only record.
 fn decide_claim(current: Option<TaskRecord>, spec: &TaskSpec, who: &Claimant<'_>, now: u64) -> Step<TaskRecord, Claim> {
-    let mut record = current.unwrap_or_else(|| {
-        TaskRecord::queued(spec.task_id.clone(), spec.chat.model.clone(), spec.priority, spec.accepted_ms)
-    });
+    let mut record = current.unwrap_or_else(|| spec.queued_record());
     if record.state.is_final() {
         return Step::Done(Claim::Final(Box::new(record)));
     }
@@ -120,27 +113,53 @@ fn decide_cancel(mut record: TaskRecord, now: u64) -> Step<TaskRecord, Cancelled
 }
 
 impl Tasks<'_> {
-    /// Writes a new task's queued record; a record already there (a retry) is returned.
-    pub async fn create_queued(&self, record: &TaskRecord) -> Result<Created, StoreError> {
-        match self.bucket.create(key(&record.task_id), record).await {
-            Ok(_) => Ok(Created::New),
-            Err(StoreError::Conflict { .. }) => Ok(Created::Existing(self.get(&record.task_id).await?.map(Box::new))),
-            Err(err) => Err(err),
-        }
-    }
-
-    /// A task's record.
+    /// A task's record, when a worker, a cancel or a failure wrote one.
     pub async fn get(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
         self.bucket.get(key(task_id)).await
+    }
+
+    /// A task's status: its record, or, for a task still waiting in its queue (no record
+    /// yet), the one its stream message stands for. `None` when there is no such task.
+    pub async fn status(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        if let Some(record) = self.get(task_id).await? {
+            return Ok(Some(record));
+        }
+        let queued = self.store.queue().find(task_id).await?;
+        // Claimed between the two reads: the record is there now.
+        match queued {
+            Some(spec) => Ok(Some(self.get(task_id).await?.unwrap_or_else(|| spec.queued_record()))),
+            None => Ok(None),
+        }
     }
 
     /// A page of records, most recently changed first, filtered by state and owner: at
     /// most `limit` (1 to 1000, 100 when absent), and the cursor of the next page. The
     /// work is bounded: records are read newest first from the bucket's stream (no list of
     /// every key), at most twenty per record asked for, so a filter that matches little
-    /// ends a page early with a cursor to go on from.
+    /// ends a page early with a cursor to go on from. The first page starts with the tasks
+    /// still waiting in their queues (they have no record yet), oldest `limit` of them.
     pub async fn list(&self, query: &ListTasks) -> Result<(Vec<TaskRecord>, Option<u64>), StoreError> {
         let limit = query.limit.unwrap_or(100).clamp(1, 1000) as usize;
+        let mut waiting = Vec::new();
+        if query.before.is_none() && query.state.is_none_or(|s| s == TaskState::Queued) {
+            for spec in self.store.queue().waiting(limit).await? {
+                if (query.owner.is_none() || spec.owner == query.owner) && self.get(&spec.task_id).await?.is_none() {
+                    waiting.push(spec.queued_record());
+                }
+            }
+            waiting.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
+        }
+        if query.state == Some(TaskState::Queued) && query.before.is_none() && waiting.len() >= limit {
+            return Ok((waiting, None));
+        }
+        let (mut records, next) = self.recorded(query, limit - waiting.len()).await?;
+        waiting.append(&mut records);
+        Ok((waiting, next))
+    }
+
+    /// [`Tasks::list`] of the records only, at most `limit` (a page with none left over
+    /// for them answers none, and a cursor at the newest).
+    async fn recorded(&self, query: &ListTasks, limit: usize) -> Result<(Vec<TaskRecord>, Option<u64>), StoreError> {
         let unavailable = |e: &dyn std::fmt::Display| self.bucket.unavailable(e);
         let mut stream = self.bucket.kv.stream.clone();
         let (last, first) = {
@@ -151,6 +170,9 @@ impl Tasks<'_> {
             Some(before) => before.saturating_sub(1).min(last),
             None => last,
         };
+        if limit == 0 {
+            return Ok((Vec::new(), (seq >= first).then_some(seq + 1)));
+        }
         let mut tasks = Vec::new();
         let mut reads = 0usize;
         while seq >= first && tasks.len() < limit && reads < limit * 20 {
@@ -182,6 +204,18 @@ impl Tasks<'_> {
     /// attempts at once exactly one owns it.
     pub async fn claim(&self, spec: &TaskSpec, who: &Claimant<'_>) -> Result<Claim, StoreError> {
         let now = now_ms();
+        // A first delivery is almost always of a task without a record: create it, with
+        // no read first. A record already there (cancelled while queued, a copy of a
+        // resubmitted task) makes the create conflict; then read and decide.
+        if who.attempt <= 1 {
+            if let Step::Write(record, _) = decide_claim(None, spec, who, now) {
+                match self.bucket.create(key(&spec.task_id), &record).await {
+                    Ok(revision) => return Ok(Claim::Owned { revision, record: Box::new(record) }),
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
         let (claim, revision) =
             self.bucket.modify(key(&spec.task_id), |current| Ok(decide_claim(current, spec, who, now))).await?;
         Ok(match (claim, revision) {
@@ -216,33 +250,45 @@ impl Tasks<'_> {
     /// claim). `None` when there is no such task.
     pub async fn cancel_queued(&self, task_id: &TaskId) -> Result<Option<Cancelled>, StoreError> {
         let now = now_ms();
-        let (outcome, _) = self
-            .bucket
-            .modify(key(task_id), |current| {
-                Ok(match current.map(|r| decide_cancel(r, now)) {
-                    None => Step::Done(None),
-                    Some(Step::Write(r, c)) => Step::Write(r, Some(c)),
-                    Some(Step::Done(c)) => Step::Done(Some(c)),
-                })
+        let decide = |current: Option<TaskRecord>| {
+            Ok(match current.map(|r| decide_cancel(r, now)) {
+                None => Step::Done(None),
+                Some(Step::Write(r, c)) => Step::Write(r, Some(c)),
+                Some(Step::Done(c)) => Step::Done(Some(c)),
             })
-            .await?;
-        Ok(outcome)
+        };
+        let (outcome, _) = self.bucket.modify(key(task_id), decide).await?;
+        if outcome.is_some() {
+            return Ok(outcome);
+        }
+        // No record: queued (its stream message is its record) or no such task.
+        let Some(spec) = self.store.queue().find(task_id).await? else { return Ok(None) };
+        let Step::Write(record, cancelled) = decide_cancel(spec.queued_record(), now) else {
+            return Ok(Some(Cancelled::NotQueued));
+        };
+        match self.bucket.create(key(task_id), &record).await {
+            Ok(_) => Ok(Some(cancelled)),
+            // A worker claimed it meanwhile: it is running, its worker's to stop.
+            Err(StoreError::Conflict { .. }) => Ok(Some(Cancelled::NotQueued)),
+            Err(err) => Err(err),
+        }
     }
 
-    /// Marks a task failed with `error` unless it already ended; the record written, if any.
-    pub async fn fail(&self, task_id: &TaskId, error: &WireError) -> Result<Option<TaskRecord>, StoreError> {
+    /// Marks a task failed with `error` unless it already ended (one never claimed gets
+    /// its first record); the record written, if any.
+    pub async fn fail(&self, spec: &TaskSpec, error: &WireError) -> Result<Option<TaskRecord>, StoreError> {
         let now = now_ms();
         let (failed, _) = self
             .bucket
-            .modify(key(task_id), |current: Option<TaskRecord>| {
-                Ok(match current {
-                    Some(mut r) if !r.state.is_final() => {
-                        r.state = TaskState::Failed;
-                        r.error = Some(error.clone());
-                        r.updated_ms = now;
-                        Step::Write(r.clone(), Some(r))
-                    }
-                    _ => Step::Done(None),
+            .modify(key(&spec.task_id), |current: Option<TaskRecord>| {
+                let mut r = current.unwrap_or_else(|| spec.queued_record());
+                Ok(if r.state.is_final() {
+                    Step::Done(None)
+                } else {
+                    r.state = TaskState::Failed;
+                    r.error = Some(error.clone());
+                    r.updated_ms = now;
+                    Step::Write(r.clone(), Some(r))
                 })
             })
             .await?;
@@ -262,6 +308,8 @@ mod tests {
             chat: ChatParams::user("m", "hi"),
             priority: Priority::Interactive,
             accepted_ms: 5,
+            owner: Some("k1".into()),
+            request_sha256: None,
         }
     }
 
@@ -288,6 +336,7 @@ mod tests {
         let r = claimed(decide_claim(None, &spec(), &who(1, 7), 10));
         assert_eq!((r.state, r.attempt, r.stream_seq, r.worker.as_deref()), (TaskState::Running, 1, 7, Some("w1")));
         assert_eq!(r.created_ms, 5, "a record made at claim time keeps the acceptance time");
+        assert_eq!(r.owner.as_deref(), Some("k1"), "and the owner the stream message carries");
         let queued = TaskRecord::queued(spec().task_id, "m".into(), Priority::Interactive, 5);
         let r = claimed(decide_claim(Some(queued), &spec(), &who(1, 7), 10));
         assert_eq!(r.ack_subject.as_deref(), Some("$JS.ACK.x"));

@@ -42,15 +42,24 @@ pub(crate) async fn request_reply(url: &str, clients: usize, duration: Duration)
     Ok(series.pop().unwrap_or_default())
 }
 
-/// One JetStream round: publish and wait for the PubAck, then pull the message from a
-/// durable consumer and ack it, sequentially.
-pub(crate) async fn jetstream_publish_consume(url: &str, duration: Duration) -> anyhow::Result<Samples> {
+/// One JetStream round per client: publish and wait for the PubAck, then pull a message
+/// from a durable consumer shared by all clients and ack it (waiting for the ack's
+/// confirmation), sequentially; `clients` such loops at once. Each round stores one message
+/// and removes one, as a task's queue hop does; like the platform's tasks stream, the
+/// stream is a file-backed work queue on the same server (`sync_interval` as the run's).
+pub(crate) async fn jetstream_publish_consume(
+    url: &str,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Samples> {
     let client = async_nats::connect(url).await?;
     let js = jetstream::new(client);
+    let name = format!("BENCH_FLOOR_{clients}");
+    let subject = format!("bench.floor.queue.{clients}");
     let stream = js
         .get_or_create_stream(stream::Config {
-            name: "BENCH_FLOOR".into(),
-            subjects: vec!["bench.floor.queue".into()],
+            name: name.clone(),
+            subjects: vec![subject.clone()],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             ..Default::default()
@@ -62,17 +71,26 @@ pub(crate) async fn jetstream_publish_consume(url: &str, duration: Duration) -> 
             pull::Config { durable_name: Some("bench-floor".into()), ..Default::default() },
         )
         .await?;
-    let (mut series, _) = closed_loop(1, duration, move || {
-        let (js, consumer) = (js.clone(), consumer.clone());
+    let (mut series, _) = closed_loop(clients, duration, move || {
+        let (js, consumer, subject) = (js.clone(), consumer.clone(), subject.clone());
         async move {
             let t = Instant::now();
-            js.publish("bench.floor.queue", payload()).await.ok()?.await.ok()?;
-            let mut batch = consumer.fetch().max_messages(1).messages().await.ok()?;
+            js.publish(subject, payload()).await.ok()?.await.ok()?;
+            let mut batch = consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages().await.ok()?;
             let msg = batch.next().await?.ok()?;
             msg.double_ack().await.ok()?;
             Some(vec![t.elapsed().as_secs_f64()])
         }
     })
     .await;
+    let _ = js_delete(url, &name).await;
     Ok(series.pop().unwrap_or_default())
+}
+
+/// Removes a floor stream once measured (a work queue left behind would hold nothing,
+/// but its files would stay on the benchmark's server until it stops).
+async fn js_delete(url: &str, name: &str) -> anyhow::Result<()> {
+    let js = jetstream::new(async_nats::connect(url).await?);
+    js.delete_stream(name).await?;
+    Ok(())
 }

@@ -151,13 +151,24 @@ where
 
 /// Sets a deployment of the echo engine: `replicas` of `model` at `tokens_per_sec`.
 async fn deploy(bus: &Bus, model: &str, replicas: u32, tokens_per_sec: f64) -> anyhow::Result<()> {
+    deploy_echo(bus, model, replicas, tokens_per_sec, 8).await
+}
+
+/// Sets a deployment of the echo engine with `slots` sequences per replica.
+pub(crate) async fn deploy_echo(
+    bus: &Bus,
+    model: &str,
+    replicas: u32,
+    tokens_per_sec: f64,
+    slots: u32,
+) -> anyhow::Result<()> {
     let req = SetDeployment {
         model: Some(model.to_string()),
         spec: ModelSpec {
             source: model.to_string(),
             revision: None,
             engine: EngineKind::Echo,
-            max_sequences: Some(8),
+            max_sequences: Some(slots),
             echo_tokens_per_sec: Some(tokens_per_sec),
         },
         replicas,
@@ -302,6 +313,7 @@ pub(crate) async fn run_one(nats_binary: &str, n: usize, load: Duration) -> anyh
     let words: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
     let submit = bitinglip_bus_schema::SubmitRequest {
         task_id: Some(task_id.clone()),
+        new_id: true,
         ..bitinglip_bus_schema::SubmitRequest::new(platform::chat("sim-stream", &words.join(" "), 200))
     };
     bus.request::<_, bitinglip_bus_schema::SubmitReply>(subjects.task_submit(), &submit, None, None).await?;
@@ -430,13 +442,23 @@ pub(crate) fn markdown(rows: &[SimRow], machine: &str, png: Option<&str>) -> Str
 
 /// Writes the figures into `doc` between the markers (appended when it has none).
 pub(crate) fn write_doc(doc: &Path, generated: &str) -> std::io::Result<()> {
+    write_between(doc, (BEGIN, END), "The control plane at scale", "bitinglip bench --sim", generated)
+}
+
+/// Writes `generated` (which starts and ends with `markers`) into `doc` in place of what
+/// is between them; appended under a new `heading` when `doc` has no such markers.
+pub(crate) fn write_between(
+    doc: &Path,
+    markers: (&str, &str),
+    heading: &str,
+    command: &str,
+    generated: &str,
+) -> std::io::Result<()> {
+    let (begin, end) = markers;
     let old = std::fs::read_to_string(doc).unwrap_or_default();
-    let text = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{}{}", &old[..b], generated.trim_end(), &old[e + END.len()..]),
-        _ => format!(
-            "{}\n## The control plane at scale\n\nMeasured by `bitinglip bench --sim`.\n\n{generated}",
-            old.trim_end()
-        ),
+    let text = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{}{}", &old[..b], generated.trim_end(), &old[e + end.len()..]),
+        _ => format!("{}\n\n## {heading}\n\nMeasured by `{command}`.\n\n{generated}", old.trim_end()),
     };
     std::fs::write(doc, text)
 }

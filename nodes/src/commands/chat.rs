@@ -30,6 +30,7 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
         priority: Priority::Interactive,
         wait_for_model: true,
         owner: None,
+        new_id: true,
     };
     let store = bitinglip_nats::Store::open(&bus, &config).await?;
     let mut watch = TaskWatch::subscribe(&bus, &store, &task_id).await?;
