@@ -66,19 +66,64 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_payload: usize) -> Result<E
     if bytes.len() > max_payload {
         return Err(CodecError::TooLarge { size: bytes.len(), limit: max_payload });
     }
-    // Decode the version first, so a newer sender gets a version error rather than a
-    // confusing field error.
+    // One pass in the usual case; the version is read on its own only when the whole does
+    // not decode, so a newer sender gets a version error rather than a confusing field
+    // error.
+    match from_slice_bounded::<Envelope<T>>(bytes) {
+        Ok(envelope) if envelope.v == SCHEMA_VERSION => Ok(envelope),
+        Ok(envelope) => Err(CodecError::Version { found: envelope.v }),
+        Err(source) => {
+            #[derive(serde::Deserialize)]
+            struct VersionOnly {
+                v: u16,
+            }
+            let version: VersionOnly =
+                from_slice_bounded(bytes).map_err(|source| CodecError::Decode { what: "envelope", source })?;
+            if version.v != SCHEMA_VERSION {
+                return Err(CodecError::Version { found: version.v });
+            }
+            let what = std::any::type_name::<T>().rsplit("::").next().unwrap_or("message");
+            Err(CodecError::Decode { what, source })
+        }
+    }
+}
+
+/// Decodes a task event, the message a relay decodes per token. A `chunk` is read as
+/// the plain struct it is (its `type` one field among the others), which costs a fraction
+/// of serde's generic path for an internally tagged enum (that buffers every field first);
+/// any other event, or a chunk that does not read that way, goes the generic path.
+pub fn decode_event(bytes: &[u8], max_payload: usize) -> Result<crate::TaskEvent, CodecError> {
+    if bytes.len() > max_payload {
+        return Err(CodecError::TooLarge { size: bytes.len(), limit: max_payload });
+    }
+    // TokenChunk's fields, spelled out (`flatten` would buffer like the tagged enum).
     #[derive(serde::Deserialize)]
-    struct VersionOnly {
-        v: u16,
+    struct Chunk {
+        #[serde(rename = "type")]
+        kind: String,
+        task_id: crate::TaskId,
+        attempt: u32,
+        seq: u64,
+        text: String,
+        #[serde(default)]
+        logprobs: Vec<crate::TokenLogprob>,
+        #[serde(default)]
+        tool_calls: Vec<crate::ToolCall>,
     }
-    let what = std::any::type_name::<T>().rsplit("::").next().unwrap_or("message");
-    let version: VersionOnly =
-        from_slice_bounded(bytes).map_err(|source| CodecError::Decode { what: "envelope", source })?;
-    if version.v != SCHEMA_VERSION {
-        return Err(CodecError::Version { found: version.v });
+    if let Ok(Envelope { v: SCHEMA_VERSION, body, .. }) = from_slice_bounded::<Envelope<Chunk>>(bytes) {
+        if body.kind == "chunk" {
+            let Chunk { task_id, attempt, seq, text, logprobs, tool_calls, .. } = body;
+            return Ok(crate::TaskEvent::Chunk(crate::TokenChunk {
+                task_id,
+                attempt,
+                seq,
+                text,
+                logprobs,
+                tool_calls,
+            }));
+        }
     }
-    from_slice_bounded(bytes).map_err(|source| CodecError::Decode { what, source })
+    decode(bytes, max_payload).map(|e| e.body)
 }
 
 /// Deepest nesting accepted. BitingLip's messages nest a few levels; a hostile payload of
@@ -99,6 +144,28 @@ pub fn decode_body<T: DeserializeOwned>(bytes: &[u8], max_payload: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_decodes_the_same_by_the_short_path_and_other_events_by_the_long_one() {
+        use crate::{TaskEvent, TaskFailed, TaskId, TokenChunk, TokenLogprob, ToolCall};
+        let id = TaskId::parse("t1").unwrap();
+        let chunk = TaskEvent::Chunk(TokenChunk {
+            task_id: id.clone(),
+            attempt: 2,
+            seq: 7,
+            text: "héllo".into(),
+            logprobs: vec![TokenLogprob { token: "h".into(), logprob: -0.5, bytes: None, top: vec![] }],
+            tool_calls: vec![ToolCall { id: "c".into(), name: "f".into(), arguments: "{}".into() }],
+        });
+        let failed =
+            TaskEvent::Failed(TaskFailed { task_id: id, attempt: 1, error: WireError::new(ErrorKind::Engine, "x") });
+        for event in [chunk, failed] {
+            let bytes = encode(&Envelope::new("id", 1, "n", event.clone())).unwrap();
+            assert_eq!(decode_event(&bytes, DEFAULT_MAX_PAYLOAD).unwrap(), event);
+        }
+        let newer = encode(&Envelope { v: 99, id: "i".into(), time_ms: 1, source: "n".into(), body: 1u8 }).unwrap();
+        assert!(matches!(decode_event(&newer, DEFAULT_MAX_PAYLOAD), Err(CodecError::Version { found: 99 })));
+    }
 
     #[test]
     fn refuses_garbage_and_truncation_with_a_decode_error() {

@@ -12,7 +12,7 @@ pub mod kinds;
 pub mod messages;
 pub mod subjects;
 
-pub use codec::{decode, decode_body, encode, CodecError, DEFAULT_MAX_PAYLOAD};
+pub use codec::{decode, decode_body, decode_event, encode, CodecError, DEFAULT_MAX_PAYLOAD};
 pub use envelope::{Envelope, SCHEMA_VERSION};
 pub use error::{ErrorKind, WireError};
 pub use kinds::{EngineKind, Role, WorkerState};

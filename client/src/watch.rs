@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use async_nats::Subscriber;
-use bitinglip_bus_schema::{Ack, CancelTask, ErrorKind, GetTask, TaskEvent, TaskId, TaskStatusReply, WireError};
+use bitinglip_bus_schema::{Ack, CancelTask, ErrorKind, GetTask, TaskId, TaskStatusReply, WireError};
 use bitinglip_nats::{async_nats, Bus, Store};
 use futures::StreamExt;
 
@@ -63,8 +63,8 @@ impl TaskWatch {
             let event = match self.sequencer.pop_backlog() {
                 Some(e) => e,
                 None => match tokio::time::timeout(QUIET, self.sub.next()).await {
-                    Ok(Some(msg)) => match self.bus.decode::<TaskEvent>(&msg) {
-                        Ok(e) => e.envelope.body,
+                    Ok(Some(msg)) => match self.bus.decode_event(&msg) {
+                        Ok(e) => e,
                         Err(err) => {
                             tracing::warn!(task.id = %self.task_id, cause = %err, "undecodable event ignored");
                             continue;

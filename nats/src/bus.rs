@@ -36,6 +36,34 @@ struct Inner {
     subjects: Subjects,
     node_id: String,
     request_timeout: Duration,
+    /// The server's max payload as last read, and when (ms since the epoch): reading the
+    /// client's server info clones it whole, too dear for every message decoded.
+    max_payload: std::sync::atomic::AtomicU64,
+    max_payload_read_ms: std::sync::atomic::AtomicU64,
+}
+
+/// How long a reading of the server's max payload is used (a reconnect may reach a
+/// server with another limit).
+const MAX_PAYLOAD_FRESH_MS: u64 = 1000;
+
+impl Inner {
+    fn new(
+        client: Client,
+        js: jetstream::Context,
+        subjects: Subjects,
+        node_id: String,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            client,
+            js,
+            subjects,
+            node_id,
+            request_timeout,
+            max_payload: std::sync::atomic::AtomicU64::new(0),
+            max_payload_read_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
 }
 
 impl std::fmt::Debug for Bus {
@@ -48,7 +76,7 @@ impl Bus {
     /// Wraps a connected client.
     pub fn new(client: Client, subjects: Subjects, node_id: impl Into<String>, request_timeout: Duration) -> Self {
         let js = jetstream::new(client.clone());
-        Self { inner: Arc::new(Inner { client, js, subjects, node_id: node_id.into(), request_timeout }) }
+        Self { inner: Arc::new(Inner::new(client, js, subjects, node_id.into(), request_timeout)) }
     }
 
     /// The same connection reaching JetStream in `domain` (through a leaf node): every
@@ -58,13 +86,13 @@ impl Bus {
         let inner = &self.inner;
         let js = jetstream::with_domain(inner.client.clone(), domain);
         Self {
-            inner: Arc::new(Inner {
-                client: inner.client.clone(),
+            inner: Arc::new(Inner::new(
+                inner.client.clone(),
                 js,
-                subjects: inner.subjects.clone(),
-                node_id: inner.node_id.clone(),
-                request_timeout: inner.request_timeout,
-            }),
+                inner.subjects.clone(),
+                inner.node_id.clone(),
+                inner.request_timeout,
+            )),
         }
     }
 
@@ -90,7 +118,15 @@ impl Bus {
 
     /// The server's max payload (what one message may carry).
     pub fn max_payload(&self) -> usize {
-        self.inner.client.server_info().max_payload.max(1024)
+        use std::sync::atomic::Ordering::Relaxed;
+        let inner = &self.inner;
+        let now = now_ms();
+        if now.saturating_sub(inner.max_payload_read_ms.load(Relaxed)) > MAX_PAYLOAD_FRESH_MS {
+            let read = inner.client.server_info().max_payload.max(1024) as u64;
+            inner.max_payload.store(read, Relaxed);
+            inner.max_payload_read_ms.store(now, Relaxed);
+        }
+        inner.max_payload.load(Relaxed) as usize
     }
 
     /// Wraps `body` in an envelope from this node and encodes it.
@@ -105,6 +141,12 @@ impl Bus {
         Ok(Incoming { envelope, trace: trace_of(msg) })
     }
 
+    /// Decodes a task event (the relay's message per token): the short path for chunks
+    /// ([`schema::decode_event`]), and no trace context read (a relay has no use for it).
+    pub fn decode_event(&self, msg: &Message) -> Result<schema::TaskEvent, CodecError> {
+        schema::decode_event(&msg.payload, self.max_payload())
+    }
+
     /// Headers carrying the trace on: the current span when spans are exported (so the
     /// receiver's span has its real parent), else a child of `trace` (or a new root).
     pub fn headers(trace: Option<&TraceParent>) -> HeaderMap {
@@ -113,6 +155,23 @@ impl Bus {
             .unwrap_or_else(|| trace.map(TraceParent::child).unwrap_or_else(TraceParent::new_root));
         headers.insert(crate::trace::TRACEPARENT, tp.to_string().as_str());
         headers
+    }
+
+    /// Publishes `body` on `subject` with `headers` made once for many messages (a task's
+    /// chunks: one subject and one trace for all of them, built once rather than per
+    /// token). Core NATS, as [`Bus::publish`].
+    pub async fn publish_prepared<T: Serialize>(
+        &self,
+        subject: &async_nats::Subject,
+        headers: &HeaderMap,
+        body: &T,
+    ) -> Result<(), BusError> {
+        let payload = self.encode(body)?;
+        self.inner
+            .client
+            .publish_with_headers(subject.clone(), headers.clone(), payload)
+            .await
+            .map_err(|e| BusError::Publish { subject: subject.to_string(), message: e.to_string() })
     }
 
     /// Publishes `body` on `subject` (core NATS: no acknowledgement, no round trip).

@@ -376,6 +376,50 @@ struct Streaming {
     calls: u32,
     /// Bytes of text sent so far (a legacy completion's `text_offset`).
     sent: usize,
+    /// A chat chunk of plain text, as JSON around its content: made once per stream, so a
+    /// token costs the escaping of its own text only.
+    text_frame: TextFrame,
+}
+
+/// The JSON of a chat chunk whose only news is text, split around the content string.
+struct TextFrame {
+    before: String,
+    after: String,
+}
+
+impl TextFrame {
+    /// The frame of `shape`'s chunks: everything but the text is the same in each.
+    fn of(shape: &Shape) -> Self {
+        let delta = Delta { role: None, content: Some(String::new()), tool_calls: None };
+        let json =
+            serde_json::to_string(&openai::chunk(&shape.id, shape.created, &shape.model, delta, None, None, None))
+                .unwrap_or_default();
+        const EMPTY: &str = "\"content\":\"\"";
+        match json.find(EMPTY) {
+            Some(at) => {
+                Self { before: json[..at + EMPTY.len() - 2].to_string(), after: json[at + EMPTY.len()..].to_string() }
+            }
+            None => Self { before: String::new(), after: String::new() },
+        }
+    }
+
+    /// The chunk of `text`, the same bytes serde would write for it; none when the frame
+    /// could not be made.
+    fn event(&self, text: &str) -> Option<Event> {
+        self.json(text).map(|data| Event::default().data(data))
+    }
+
+    fn json(&self, text: &str) -> Option<String> {
+        if self.before.is_empty() {
+            return None;
+        }
+        let quoted = serde_json::to_string(text).ok()?;
+        let mut data = String::with_capacity(self.before.len() + quoted.len() + self.after.len());
+        data.push_str(&self.before);
+        data.push_str(&quoted);
+        data.push_str(&self.after);
+        Some(data)
+    }
 }
 
 impl Streaming {
@@ -412,6 +456,12 @@ impl Streaming {
             return Some(self.text(text, &logprobs, None, None));
         }
         let delta = match &self.shape.mode {
+            ToolMode::Free if tool_calls.is_empty() && !text.is_empty() && !self.shape.logprobs => {
+                if let Some(event) = self.text_frame.event(&text) {
+                    return Some(event);
+                }
+                Delta { role: None, content: Some(text), tool_calls: None }
+            }
             ToolMode::Free => {
                 let calls: Vec<ToolCallOut> = tool_calls
                     .iter()
@@ -528,6 +578,34 @@ fn sse_events(
     shape: Shape,
     relay: tracing::Span,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let state = Streaming { watch, cancel, shape, relay, phase: Phase::Start, calls: 0, sent: 0 };
+    let text_frame = TextFrame::of(&shape);
+    let state = Streaming { watch, cancel, shape, relay, phase: Phase::Start, calls: 0, sent: 0, text_frame };
     futures::stream::unfold(state, Streaming::next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_chunk_from_its_frame_is_the_chunk_serde_writes() {
+        let shape = Shape {
+            api: Api::Chat,
+            id: "chatcmpl-t1".into(),
+            created: 1_700_000_000,
+            model: "org/m \"x\"".into(),
+            include_usage: false,
+            mode: ToolMode::Free,
+            logprobs: false,
+            task_id: "t1".into(),
+        };
+        let frame = TextFrame::of(&shape);
+        for text in ["hello", " w\"o\\r\nld", "é\u{1}\u{2028}😀", "\"content\":\"\""] {
+            let delta = Delta { role: None, content: Some(text.to_string()), tool_calls: None };
+            let serde =
+                serde_json::to_string(&openai::chunk(&shape.id, shape.created, &shape.model, delta, None, None, None))
+                    .unwrap();
+            assert_eq!(frame.json(text).as_deref(), Some(serde.as_str()), "{text:?}");
+        }
+    }
 }

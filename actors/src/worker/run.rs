@@ -427,6 +427,11 @@ async fn generate(
         tokens_per_second = tracing::field::Empty,
         gen_ai.response.finish_reasons = tracing::field::Empty
     );
+    // Made once for every chunk of this attempt: the subject, the trace header, and the
+    // model's inter-token histogram.
+    let events_subject = async_nats::Subject::from(publish_event_subject(ctx, task_id));
+    let chunk_headers = bitinglip_nats::Bus::headers(trace);
+    let inter_token = metrics().inter_token_latency.with_label_values(&[model]);
     let relay = async {
         while let Some(piece) = rx.recv().await {
             if stale.is_cancelled() {
@@ -447,7 +452,7 @@ async fn generate(
             let now = Instant::now();
             first_token.get_or_insert_with(|| now - owned.claimed_at);
             if let Some(last) = last_token {
-                metrics().inter_token_latency.with_label_values(&[model]).observe((now - last).as_secs_f64());
+                inter_token.observe((now - last).as_secs_f64());
             }
             last_token = Some(now);
             first_at.get_or_insert(now);
@@ -478,7 +483,9 @@ async fn generate(
                 tool_calls: piece_calls,
             });
             seq += 1;
-            publish_event(ctx, task_id, &chunk, trace).await;
+            if let Err(err) = ctx.bus.publish_prepared(&events_subject, &chunk_headers, &chunk).await {
+                tracing::warn!(task.id = %task_id, cause = %err, "chunk not published");
+            }
         }
     };
     let result = tokio::select! {
