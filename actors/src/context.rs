@@ -11,9 +11,24 @@ use bitinglip_bus_schema::{Role, WorkerInfo};
 use bitinglip_config::Config;
 use bitinglip_nats::{store::nodes::NodeWatch, Bus, Store};
 
-/// Shared, immutable handles plus the workers' status table.
+/// Shared, immutable handles plus the workers' status table, behind one `Arc`: every
+/// request and every actor holds a clone, which costs one count, not one per handle.
 #[derive(Clone)]
 pub struct NodeContext {
+    shared: Arc<NodeShared>,
+}
+
+impl std::ops::Deref for NodeContext {
+    type Target = NodeShared;
+
+    fn deref(&self) -> &NodeShared {
+        &self.shared
+    }
+}
+
+/// What a [`NodeContext`] holds.
+#[derive(Clone)]
+pub struct NodeShared {
     /// The typed bus.
     pub bus: Bus,
     /// Every record kind's operations (the only way to the buckets and streams).
@@ -46,7 +61,7 @@ pub struct NodeContext {
 impl NodeContext {
     /// Builds a context for a connected, provisioned node.
     pub fn new(bus: Bus, store: Store, config: Config) -> Self {
-        Self {
+        let shared = NodeShared {
             bus,
             nodes: store.watch_nodes(),
             store,
@@ -59,30 +74,30 @@ impl NodeContext {
             dropped: Arc::default(),
             roles: Arc::default(),
             events: None,
-        }
+        };
+        Self { shared: Arc::new(shared) }
     }
 
     /// The same context with the `events` user's connection.
     pub fn with_events(mut self, events: Option<async_nats::Client>) -> Self {
-        self.events = events;
+        Arc::make_mut(&mut self.shared).events = events;
         self
     }
 
     /// The same context with a connection of its own for each of these roles.
     pub fn with_role_connections(mut self, roles: BTreeMap<Role, (Bus, Store)>) -> Self {
-        self.roles = Arc::new(roles);
+        Arc::make_mut(&mut self.shared).roles = Arc::new(roles);
         self
     }
 
     /// The context `role`'s actors run with: its own connection (its NATS user) when the
     /// node has one per role, this one otherwise. Everything else is shared.
     pub fn for_role(&self, role: Role) -> NodeContext {
-        let mut ctx = self.clone();
-        if let Some((bus, store)) = self.roles.get(&role) {
-            ctx.bus = bus.clone();
-            ctx.store = store.clone();
-        }
-        ctx
+        let Some((bus, store)) = self.roles.get(&role) else { return self.clone() };
+        let mut shared = (*self.shared).clone();
+        shared.bus = bus.clone();
+        shared.store = store.clone();
+        NodeContext { shared: Arc::new(shared) }
     }
 
     /// This node's id.

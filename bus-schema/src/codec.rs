@@ -58,7 +58,11 @@ impl From<CodecError> for WireError {
 
 /// Encodes an envelope as MessagePack with field names.
 pub fn encode<T: Serialize>(envelope: &Envelope<T>) -> Result<Vec<u8>, CodecError> {
-    Ok(rmp_serde::to_vec_named(envelope)?)
+    // Room for a typical message (an envelope and a chunk of text is about 150 bytes), so
+    // encoding one does not grow the buffer step by step from nothing.
+    let mut out = Vec::with_capacity(256);
+    rmp_serde::encode::write_named(&mut out, envelope)?;
+    Ok(out)
 }
 
 /// Decodes an envelope, refusing payloads over `max_payload` bytes and unknown versions.
@@ -96,11 +100,12 @@ pub fn decode_event(bytes: &[u8], max_payload: usize) -> Result<crate::TaskEvent
     if bytes.len() > max_payload {
         return Err(CodecError::TooLarge { size: bytes.len(), limit: max_payload });
     }
-    // TokenChunk's fields, spelled out (`flatten` would buffer like the tagged enum).
+    // TokenChunk's fields, spelled out (`flatten` would buffer like the tagged enum); of
+    // the envelope only the version (the id, time and source are skipped, not copied).
     #[derive(serde::Deserialize)]
-    struct Chunk {
+    struct Chunk<'a> {
         #[serde(rename = "type")]
-        kind: String,
+        kind: &'a str,
         task_id: crate::TaskId,
         attempt: u32,
         seq: u64,
@@ -110,7 +115,13 @@ pub fn decode_event(bytes: &[u8], max_payload: usize) -> Result<crate::TaskEvent
         #[serde(default)]
         tool_calls: Vec<crate::ToolCall>,
     }
-    if let Ok(Envelope { v: SCHEMA_VERSION, body, .. }) = from_slice_bounded::<Envelope<Chunk>>(bytes) {
+    #[derive(serde::Deserialize)]
+    struct ChunkEnvelope<'a> {
+        v: u16,
+        #[serde(borrow)]
+        body: Chunk<'a>,
+    }
+    if let Ok(ChunkEnvelope { v: SCHEMA_VERSION, body }) = from_slice_bounded::<ChunkEnvelope>(bytes) {
         if body.kind == "chunk" {
             let Chunk { task_id, attempt, seq, text, logprobs, tool_calls, .. } = body;
             return Ok(crate::TaskEvent::Chunk(crate::TokenChunk {
@@ -130,7 +141,7 @@ pub fn decode_event(bytes: &[u8], max_payload: usize) -> Result<crate::TaskEvent
 /// nested arrays must fail long before it can exhaust a thread's stack.
 const MAX_DEPTH: usize = 32;
 
-fn from_slice_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+fn from_slice_bounded<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
     T::deserialize(&mut de)

@@ -197,7 +197,7 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     }
     let ctx = NodeContext::new(bus, store, config).with_role_connections(role_connections).with_events(events);
     // The admin key is written as the gateway (the one role that writes keys).
-    let key_store = ctx.for_role(Role::Gateway).store;
+    let key_store = ctx.for_role(Role::Gateway).store.clone();
     let metrics = match &metrics_listen {
         Some(addr) => {
             let (local, task) = bitinglip_actors::health::listen(ctx.clone(), addr)
