@@ -140,6 +140,12 @@ pub(super) async fn submit_chat(
             .get("x-wait-for-model")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    // A queue a task manager just called full is refused here, without a subscription
+    // or a round trip (a flood costs the task managers one submit per queue per
+    // FULL_REMEMBERED, not one per request).
+    if let Some(err) = still_full(&chat.model, priority) {
+        return Err(err.into());
+    }
     // The task belongs to the key; its idempotency key is scoped to it.
     let owner = Some(key.id.clone());
     // Without an idempotency key the id is a new ULID made here: no earlier task has it.
@@ -180,8 +186,37 @@ pub(super) async fn submit_chat(
             let watch = if duplicate { TaskWatch::resume(&ctx.bus, &ctx.store, &task_id, 0).await? } else { watch };
             Ok((task_id, watch, duplicate))
         }
-        SubmitReply::Rejected(err) => Err(err.into()),
+        SubmitReply::Rejected(err) => {
+            if err.kind == ErrorKind::Overloaded {
+                remember_full(&submit.chat.model, submit.priority, &err);
+            }
+            Err(err.into())
+        }
     }
+}
+
+/// How long a queue a task manager called full is refused by this gateway on its own.
+/// Short: a task finishing frees a place, and the next request after this asks again.
+const FULL_REMEMBERED: Duration = Duration::from_millis(50);
+
+type FullQueues = std::sync::Mutex<std::collections::HashMap<(String, Priority), (Instant, WireError)>>;
+
+fn full_queues() -> &'static FullQueues {
+    static FULL: std::sync::OnceLock<FullQueues> = std::sync::OnceLock::new();
+    FULL.get_or_init(FullQueues::default)
+}
+
+fn remember_full(model: &str, priority: Priority, err: &WireError) {
+    if let Ok(mut full) = full_queues().lock() {
+        // Bounded: what lapsed goes whenever another is remembered.
+        full.retain(|_, (at, _)| at.elapsed() < FULL_REMEMBERED);
+        full.insert((model.to_string(), priority), (Instant::now(), err.clone()));
+    }
+}
+
+fn still_full(model: &str, priority: Priority) -> Option<WireError> {
+    let full = full_queues().lock().ok()?;
+    full.get(&(model.to_string(), priority)).filter(|(at, _)| at.elapsed() < FULL_REMEMBERED).map(|(_, e)| e.clone())
 }
 
 /// How long a submit waits for the bus to heal at most: a server cut off from a cluster

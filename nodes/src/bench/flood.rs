@@ -116,6 +116,12 @@ pub(crate) async fn run(url: &str, factor: usize) -> anyhow::Result<Flood> {
     let mut config = node_config(url, "bench-flood", Role::ALL.to_vec(), vec![echo]);
     config.nats.subject_root = root.into();
     config.task_manager.queue_max_tasks = ADMITTED as i64;
+    // Its streams and buckets beside the main run's on the same server: small ones, so
+    // their reservations fit the server's storage together.
+    config.task_manager.queue_max_bytes = 64 << 20;
+    config.jetstream.tasks_max_bytes = 64 << 20;
+    config.jetstream.files_max_bytes = 16 << 20;
+    config.jetstream.responses_max_bytes = 16 << 20;
     let node = InProcessNode::start(config.clone()).await?;
     let base = node.http.clone().context("the flood node's gateway")?;
 
