@@ -49,14 +49,16 @@ pub(crate) async fn provision(
     let tm = &config.task_manager;
     // Accepted tasks: a work queue on file storage. No max age: an accepted task leaves
     // the stream only when a worker acks it (or it is terminated after max_deliver).
-    // Queue limits refuse new tasks (never drop accepted ones): per model and class by
-    // count, all together by bytes.
+    // One subject per task (`…queue.<model>.<class>.<task id>`), so a waiting task is
+    // found by its id. Limits refuse new tasks (never drop accepted ones): all together by
+    // bytes here; per model and class by count in the task manager (a per-subject limit
+    // is now per task, which never holds more than one).
     ensure_stream(
         js,
         changes,
         stream::Config {
             name: subjects.tasks_stream(),
-            description: Some("BitingLip accepted tasks, one subject per model and priority".into()),
+            description: Some("BitingLip accepted tasks, one subject per task under its model and priority".into()),
             subjects: vec![subjects.all_queues()],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,

@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -100,10 +100,13 @@ fn depths() -> &'static Depths {
     DEPTHS.get_or_init(Depths::default)
 }
 
-/// One read of a stale depth at a time: the others use the reading it brings.
-fn refreshing() -> &'static tokio::sync::Mutex<()> {
-    static REFRESHING: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
-    REFRESHING.get_or_init(|| tokio::sync::Mutex::new(()))
+/// One read of a stale depth at a time per queue: the others use the reading it brings.
+type RefreshLocks = Mutex<HashMap<(String, Priority), Arc<tokio::sync::Mutex<()>>>>;
+
+fn refreshing(queue: &(String, Priority)) -> Arc<tokio::sync::Mutex<()>> {
+    static REFRESHING: OnceLock<RefreshLocks> = OnceLock::new();
+    let locks = REFRESHING.get_or_init(Mutex::default);
+    locks.lock().map(|mut l| l.entry(queue.clone()).or_default().clone()).unwrap_or_default()
 }
 
 /// A place reserved in a model's queue for a task about to be published; given back when
@@ -182,11 +185,19 @@ async fn refresh(ctx: &NodeContext, queue: &(String, Priority), fresh_for: Durat
     if fresh(queue) {
         return Ok(());
     }
-    let _one = refreshing().lock().await;
+    let one = refreshing(queue);
+    let _one = one.lock().await;
     if !fresh(queue) {
-        let tasks = ctx.store.queue().depth(&queue.0, queue.1).await?;
+        // A store that cannot answer (an election, a restart) leaves the last count in
+        // place for another period rather than making every submit wait its turn to fail:
+        // the publish that follows meets the same outage, and the gateway asks again.
+        let read = ctx.store.queue().depth(&queue.0, queue.1).await;
         if let Ok(mut depths) = depths().lock() {
-            depths.insert(queue.clone(), Depth { read_at: Instant::now(), tasks });
+            let last = depths.get(queue).map_or(0, |d| d.tasks);
+            if let Err(err) = &read {
+                tracing::warn!(model = %queue.0, cause = %err, "queue depth not read; counting on");
+            }
+            depths.insert(queue.clone(), Depth { read_at: Instant::now(), tasks: read.unwrap_or(last) });
         }
     }
     Ok(())
