@@ -42,6 +42,12 @@ pub struct TestNats {
     _dir: TempDir,
 }
 
+/// JetStream's limits on the test servers: memory as a small machine has it, and a file
+/// store far above what any test writes. JetStream reserves each stream's byte limit
+/// against the file store, whose default is three quarters of the disk's free space, so
+/// without this a test that raises a limit fails on a machine short of free disk.
+const TEST_JETSTREAM_LIMITS: (u64, u64) = (4 << 30, 1 << 40);
+
 impl TestNats {
     /// Starts a server on a free port.
     pub async fn start() -> Self {
@@ -60,6 +66,7 @@ impl TestNats {
         opts.binary = nats_server_bin().display().to_string();
         // Tests need no fsync per write; the default stays `always` for users.
         opts.sync = "2m".into();
+        opts.limits = Some(TEST_JETSTREAM_LIMITS);
         let creds = dir.path().join("creds");
         bitinglip_nats::permissions::init_credentials(&creds, &Subjects::default(), None).expect("test credentials");
         opts.credentials_dir = Some(creds.clone());
@@ -79,6 +86,7 @@ impl TestNats {
         opts.wrapper = host.wrapper();
         opts.binary = nats_server_bin().display().to_string();
         opts.sync = "2m".into();
+        opts.limits = Some(TEST_JETSTREAM_LIMITS);
         opts.credentials_dir = Some(creds.to_path_buf());
         opts.jetstream_domain = Some(domain.to_string());
         opts.extra_config = format!("leafnodes {{ listen: \"{}:7422\" }}\n", host.ip());
@@ -142,6 +150,7 @@ impl TestCluster {
             let mut opts = ServerOptions::new(dir.path().join(format!("nats-{i}")));
             opts.binary = nats_server_bin().display().to_string();
             opts.sync = "2m".into();
+            opts.limits = Some(TEST_JETSTREAM_LIMITS);
             opts.host = addrs[i].clone();
             opts.port = ports[i];
             opts.credentials_dir = Some(creds.clone());
