@@ -375,6 +375,11 @@ impl Subjects {
         self.subject(&["rate", &encode_token(key), &minute.to_string(), field])
     }
 
+    /// Every key's token counters of every minute (what a worker adds to).
+    pub fn all_rate_token_counters(&self) -> String {
+        self.subject(&["rate", "*", "*", "tokens"])
+    }
+
     /// Every rate counter (the rates stream's subjects).
     pub fn all_rate_counters(&self) -> String {
         self.subject(&["rate", ">"])
