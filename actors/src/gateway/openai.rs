@@ -4,9 +4,11 @@
 
 mod answer;
 mod request;
+mod unsupported;
 
 pub(crate) use answer::*;
 pub(crate) use request::*;
+pub(crate) use unsupported::Unsupported;
 
 use axum::{
     http::StatusCode,
