@@ -58,13 +58,13 @@ try {
   await page.locator(`#models-table tr[data-model="${hubModel}"] button[data-action="load"]`).click();
   await page.locator('nav a[href="#/deployments"]').click();
   // Its row shows the node serving it (the page refreshes itself; the test only looks).
-  const serving = page.locator(`#deployments-table tr[data-model="${hubModel}"] td`).nth(3);
-  await serving.waitFor({ timeout: 60000 });
-  const until = Date.now() + 120000;
-  while ((await serving.textContent()).trim() === "-") {
-    if (Date.now() > until) throw new Error("the deployment never served");
-    await page.waitForTimeout(250);
-  }
+  // Waits on the DOM (the cell showing a node instead of "-"), not on a clock.
+  const serving = page.locator(`#deployments-table tr[data-model="${hubModel}"] td:nth-child(4)`, {
+    hasNotText: /^\s*-\s*$/,
+  });
+  await serving.waitFor({ timeout: 180000 }).catch(() => {
+    throw new Error("the deployment never served");
+  });
   await shot("dashboard-deployments");
 
   step = "the playground streams an answer";
