@@ -11,7 +11,7 @@ use std::time::Duration;
 use bitinglip_tests::{
     echo_model, fake_hub::FakeHub, test_config, words, Arch, ModelDir, ModelSpec, NodeProcess, TestNats, TEST_ADMIN_KEY,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_works_in_a_real_browser() {
@@ -55,15 +55,11 @@ async fn the_dashboard_works_in_a_real_browser() {
         assert_eq!(resp.status(), 200);
     }
     // A task that runs for minutes, for the browser to cancel.
-    let slow: Value = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&json!({"model": "echo-slow", "messages": [{"role": "user", "content": words(400)}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let slow = bitinglip_tests::post_json(
+        http.post(format!("{base}/v1/tasks")),
+        &json!({"model": "echo-slow", "messages": [{"role": "user", "content": words(400)}]}),
+    )
+    .await;
     let slow = slow["id"].as_str().unwrap_or_else(|| panic!("{slow}")).to_string();
     bitinglip_tests::wait_task_status(&http, &base, &slow, "running").await;
 
