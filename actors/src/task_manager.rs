@@ -26,7 +26,7 @@ mod validate;
 
 use async_nats::service::Request;
 use bitinglip_bus_schema::{
-    ErrorKind, GetTask, NodeHeartbeat, Role, SubmitReply, SubmitRequest, TaskAccepted, TaskRecord, TaskSpec, TaskState,
+    ErrorKind, GetTask, NodeHeartbeat, Role, SubmitReply, SubmitRequest, TaskAccepted, TaskRecord, TaskSpec,
     TaskStatusReply, WireError,
 };
 use bitinglip_nats::{now_ms, trace::TraceParent, trace_of};
@@ -163,18 +163,14 @@ async fn submit(
     let sha = request_sha256(&req.chat);
     let may_exist = req.idempotency_key.is_some() || (req.task_id.is_some() && !req.new_id);
     if may_exist {
-        if let Some(existing) = ctx.store.tasks().status(&task_id).await? {
+        if let Some(existing) = ctx.store.tasks().existing(&task_id).await? {
             let mut asked = TaskRecord::queued(task_id.clone(), model.clone(), req.priority, now);
             asked.owner = req.owner.clone();
             asked.request_sha256 = Some(sha.clone());
             if let Some(why) = conflict(&existing, &asked) {
                 return Err(WireError::new(ErrorKind::Conflict, why));
             }
-            // A queued record written by an older version whose publish never happened is
-            // no task yet: queue it.
-            if existing.state != TaskState::Queued || ctx.store.queue().find(&task_id).await?.is_some() {
-                return Ok(TaskAccepted { duplicate: true, ..accepted });
-            }
+            return Ok(TaskAccepted { duplicate: true, ..accepted });
         }
     }
 

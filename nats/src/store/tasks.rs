@@ -132,6 +132,17 @@ impl Tasks<'_> {
         }
     }
 
+    /// The task `task_id` when there is one, for a submit that may be its retry: as
+    /// [`Tasks::status`], except that a `queued` record with no stream message (written by
+    /// an older version whose publish never happened) is no task yet.
+    pub async fn existing(&self, task_id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        match self.get(task_id).await? {
+            Some(r) if r.state == TaskState::Queued => Ok(self.store.queue().find(task_id).await?.map(|_| r)),
+            Some(r) => Ok(Some(r)),
+            None => self.status(task_id).await,
+        }
+    }
+
     /// A page of records, most recently changed first, filtered by state and owner: at
     /// most `limit` (1 to 1000, 100 when absent), and the cursor of the next page. The
     /// work is bounded: records are read newest first from the bucket's stream (no list of
