@@ -50,6 +50,10 @@ pub struct NodeShared {
     pub dropped: Arc<std::sync::atomic::AtomicU64>,
     /// The gateway's requests in progress (`gateway.max_concurrent_requests`).
     pub gateway_permits: Arc<tokio::sync::Semaphore>,
+    /// `/ready`'s last answer and when it was made: a probe is answered from it for a
+    /// moment, so a flood of unauthenticated probes costs no JetStream round trips. The
+    /// lock makes concurrent probes share one check.
+    pub ready: Arc<tokio::sync::Mutex<Option<(std::time::Instant, crate::health::Readiness)>>>,
     /// With per-role NATS users (`nats.credentials_dir`): each role's own connection, on
     /// which its actors run (see [`NodeContext::for_role`]).
     roles: Arc<BTreeMap<Role, (Bus, Store)>>,
@@ -72,6 +76,7 @@ impl NodeContext {
             http_addr: Arc::default(),
             heartbeat_now: Arc::default(),
             dropped: Arc::default(),
+            ready: Arc::default(),
             roles: Arc::default(),
             events: None,
         };

@@ -16,6 +16,7 @@ mod auth;
 mod batch_runner;
 mod batches;
 mod embeddings;
+mod in_flight;
 mod keys;
 mod limits;
 mod live;
@@ -83,14 +84,15 @@ impl Actor for Gateway {
             keys: ctx.store.watch_keys(),
             store: ctx.store.clone(),
             admin_key_sha256: ctx.config.gateway.admin_key.as_ref().map(|k| hash_secret(k.expose())),
+            max_concurrent_per_key: ctx.config.gateway.max_concurrent_per_key,
         };
         let app = routes::router(ctx.clone(), auth);
         // Batches are driven from every gateway (one at a time each, by a lease).
         tokio::spawn(batch_runner::run(ctx.clone(), stop.clone()));
         let shutdown = stop.clone();
-        let header_timeout = ctx.config.gateway.header_timeout;
+        let limits = crate::http::Limits::of(&ctx.config.gateway);
         let server = tokio::spawn(async move {
-            crate::http::serve(listener, app, header_timeout, shutdown.cancelled_owned()).await;
+            crate::http::serve(listener, app, limits, shutdown.cancelled_owned()).await;
             let _ = myself.cast(GatewayMsg::ServerEnded("stopped".to_string()));
         });
         Ok(GatewayState { stop, server: Some(server) })

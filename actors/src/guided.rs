@@ -110,6 +110,30 @@ pub fn guide(chat: &ChatParams) -> Result<Guide, String> {
     })
 }
 
+/// Compiles a regex or a Lark grammar as llguidance will, without a tokenizer and within
+/// llguidance's default limits, so that a request whose grammar cannot compile is refused
+/// at submit rather than failing on a worker after the queue. Other guides pass.
+pub fn compile_check(guide: &Guide) -> Result<(), String> {
+    use llguidance::{
+        api::{GrammarInit, ParserLimits, TopLevelGrammar},
+        earley::ValidationResult,
+    };
+    let (grammar, what) = match guide {
+        Guide::Regex(rx) => (TopLevelGrammar::from_regex(rx), "`response_format` regex"),
+        Guide::Lark(g) => (TopLevelGrammar::from_lark(g.clone()), "`response_format` Lark grammar"),
+        Guide::None | Guide::JsonSchema(_) => return Ok(()),
+    };
+    // A grammar is a client's input: a panic in the compiler is a refusal, not a crash.
+    let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        GrammarInit::Serialized(grammar).validate(None, ParserLimits::default())
+    }));
+    match verdict {
+        Ok(ValidationResult::Error(e)) => Err(format!("the {what} does not compile: {e}")),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("the {what} does not compile")),
+    }
+}
+
 /// The id of call `index` of task `task`: stable across attempts, so a continued answer
 /// names its calls as the first attempt would have.
 pub fn call_id(task: &str, index: usize) -> String {
@@ -218,6 +242,13 @@ mod tests {
         let Guide::JsonSchema(s) = guide(&chat(OutputFormat::JsonObject)).unwrap() else { panic!() };
         assert_eq!(s["type"], "object");
         assert_eq!(guide(&chat(OutputFormat::Regex { pattern: "a+".into() })).unwrap(), Guide::Regex("a+".into()));
+        assert!(compile_check(&Guide::Regex("a+[0-9]{2}".into())).is_ok());
+        let err = compile_check(&Guide::Regex("a(".into())).unwrap_err();
+        assert!(err.contains("regex does not compile"), "{err}");
+        assert!(compile_check(&Guide::Lark("start: \"yes\" | \"no\"".into())).is_ok());
+        let err = compile_check(&Guide::Lark("start: (".into())).unwrap_err();
+        assert!(err.contains("Lark grammar does not compile"), "{err}");
+        assert!(compile_check(&Guide::Lark("start: missing_rule".into())).is_err());
         let schema = r#"{"type":"object","x-guidance":{"whitespace_flexible":true}}"#.to_string();
         let Guide::JsonSchema(s) =
             guide(&chat(OutputFormat::JsonSchema { name: "n".into(), schema, strict: false })).unwrap()

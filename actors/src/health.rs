@@ -59,16 +59,29 @@ impl Readiness {
     }
 }
 
-/// Checks what a request needs: NATS, JetStream, a loaded model.
+/// How long a readiness check stands for the probes that follow it.
+const READY_FRESH: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Checks what a request needs: NATS, JetStream, a loaded model. A check made within
+/// [`READY_FRESH`] is answered again; the cluster's workers come from the heartbeats this
+/// node already follows.
 pub async fn readiness(ctx: &NodeContext) -> Readiness {
+    let mut last = ctx.ready.lock().await;
+    if let Some((at, r)) = *last {
+        if at.elapsed() < READY_FRESH {
+            return r;
+        }
+    }
     let nats = ctx.bus.client().connection_state() == async_nats::connection::State::Connected;
     let jetstream = nats && ctx.store.jetstream_answers().await;
     let model = if ctx.config.has_role(Role::Worker) {
         ctx.workers.read().is_ok_and(|w| w.values().any(|w| w.state == WorkerState::Ready))
     } else {
-        jetstream && ctx.store.nodes().live().await.is_ok_and(|nodes| nodes.iter().any(|n| n.has_ready_worker()))
+        jetstream && ctx.nodes.any_ready_worker()
     };
-    Readiness { nats, jetstream, model }
+    let r = Readiness { nats, jetstream, model };
+    *last = Some((std::time::Instant::now(), r));
+    r
 }
 
 /// `GET /ready`.
@@ -115,10 +128,9 @@ pub async fn listen(ctx: NodeContext, addr: &str) -> std::io::Result<(std::net::
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tracing::info!(http = %local, "metrics listening");
-    let ctx_header_timeout = ctx.config.gateway.header_timeout;
+    let limits = crate::http::Limits::of(&ctx.config.gateway);
     let (app, _) = routes().split_for_parts();
     let app = app.with_state(ctx);
-    let header_timeout = ctx_header_timeout;
-    let server = tokio::spawn(crate::http::serve(listener, app, header_timeout, std::future::pending()));
+    let server = tokio::spawn(crate::http::serve(listener, app, limits, std::future::pending()));
     Ok((local, server))
 }

@@ -244,6 +244,17 @@ async fn read_queues(ctx: &NodeContext) {
     }
 }
 
+/// The `model` label of a request's series: the model when a live node serves it,
+/// `other` when it names one nobody serves (so a caller cannot mint series with made-up
+/// names), `-` when the request named none that could be read.
+pub(crate) fn model_label<'a>(nodes: &bitinglip_nats::store::nodes::NodeWatch, model: Option<&'a str>) -> &'a str {
+    match model {
+        None => "-",
+        Some(m) if nodes.serves(m) => m,
+        Some(_) => "other",
+    }
+}
+
 /// Most distinct API keys labelled in the per-key series; later keys count as `other`, so
 /// a cluster with many keys cannot grow a node's series without bound.
 const MAX_KEY_LABELS: usize = 1000;

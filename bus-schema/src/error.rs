@@ -24,6 +24,8 @@ pub enum ErrorKind {
     ContextLength,
     /// A queue limit was reached; retry later.
     Overloaded,
+    /// An API key's rate limit or token budget was reached.
+    RateLimitExceeded,
     /// No such task or object.
     NotFound,
     /// The request conflicts with what exists (an idempotency key reused with another
@@ -57,6 +59,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::ContextLength => "context_length",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::RateLimitExceeded => "rate_limit_exceeded",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Cancelled => "cancelled",

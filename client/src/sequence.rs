@@ -340,6 +340,7 @@ mod tests {
             tool_calls: vec![],
             logprobs: vec![],
             embeddings: vec![],
+            parts_object: None,
         })
     }
 

@@ -51,8 +51,24 @@ impl TaskWatch {
         Ok(watch)
     }
 
-    /// The next thing to tell the client; `None` after the end.
+    /// The next thing to tell the client; `None` after the end. The end's large parts
+    /// (tool calls, logprobs, embeddings), when kept in the results store, are read back.
     pub async fn next(&mut self) -> Option<Relayed> {
+        match self.next_event().await? {
+            Relayed::Done(mut done) if done.parts_object.is_some() => {
+                Some(match self.store.results().resolve_parts(&mut done).await {
+                    Ok(()) => Relayed::Done(done),
+                    Err(err) => Relayed::Failed(WireError::new(
+                        ErrorKind::Unavailable,
+                        format!("the answer's tool calls, logprobs or embeddings could not be read: {err}"),
+                    )),
+                })
+            }
+            other => Some(other),
+        }
+    }
+
+    async fn next_event(&mut self) -> Option<Relayed> {
         if let Some(done) = self.sequencer.take_pending() {
             return Some(done);
         }

@@ -126,7 +126,16 @@ pub struct HubConfig {
     /// Chunks of one file downloaded at once (default 8). With 1, chunks arrive in order,
     /// so an interruption loses at most the chunk in flight.
     pub parallel_chunks: Option<usize>,
+    /// Most bytes one pull may download, all files together (default 1 TiB). A hub that
+    /// lists or sends more is refused before the excess is written.
+    pub max_pull_bytes: Option<u64>,
+    /// Allow an `http://` endpoint (default false: what comes over plain HTTP can be
+    /// changed by anyone on the path). For a mirror on a trusted network, and for tests.
+    pub allow_http: bool,
 }
+
+/// The default of `hub.max_pull_bytes`: 1 TiB.
+pub const DEFAULT_MAX_PULL_BYTES: u64 = 1 << 40;
 
 impl HubConfig {
     /// The endpoint, from config, else `HF_ENDPOINT`, else the public hub.
@@ -137,6 +146,11 @@ impl HubConfig {
             .unwrap_or_else(|| "https://huggingface.co".to_string())
             .trim_end_matches('/')
             .to_string()
+    }
+
+    /// The most bytes one pull may download.
+    pub fn max_pull_bytes(&self) -> u64 {
+        self.max_pull_bytes.unwrap_or(DEFAULT_MAX_PULL_BYTES)
     }
 
     /// The token, from config, else `HF_TOKEN`.
@@ -316,6 +330,9 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// Most requests in progress at once; more get 503 with `Retry-After` at once.
     pub max_concurrent_requests: usize,
+    /// Most requests and event streams one API key may have in progress at once on this
+    /// gateway (a key's own `max_concurrent` overrides it); more get 429 at once.
+    pub max_concurrent_per_key: u32,
     /// Longest a client may take to send a request's headers; the connection is then
     /// closed (a client that trickles headers cannot hold connections).
     #[serde(with = "humantime_serde")]
@@ -328,6 +345,22 @@ pub struct GatewayConfig {
     /// count); a closed chat stream cancels its task, as a client that went away would.
     #[serde(with = "humantime_serde")]
     pub stream_idle_timeout: Duration,
+    /// Most open HTTP connections. At the cap, a new connection closes the connection
+    /// that has been idle longest (silent since it opened, or between requests); when none
+    /// is idle, the new one is closed.
+    pub max_connections: usize,
+    /// A connection with no request in progress for this long is closed (HTTP/1
+    /// keep-alive and HTTP/2 alike). Before its first request, `header_timeout` applies.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 keep-alive: a ping after this long without frames; a connection that does
+    /// not answer within the same time is closed (a peer that vanished mid-stream).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_interval: Duration,
+    /// An event stream whose client takes none of what was sent for this long (its
+    /// buffers are full: it stopped reading) is closed, and a chat stream's task cancelled.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// An admin API key accepted besides those in the keys bucket, for automation that
     /// cannot run `bitinglip keys create` first (at least 32 characters; prefer the
     /// environment, `BITINGLIP_GATEWAY__ADMIN_KEY`, to a file). None by default: every
@@ -342,9 +375,14 @@ impl Default for GatewayConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(600),
             max_concurrent_requests: 4096,
+            max_concurrent_per_key: 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(15),
             stream_idle_timeout: Duration::from_secs(15 * 60),
+            max_connections: 8192,
+            idle_timeout: Duration::from_secs(60),
+            keep_alive_interval: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(30),
             admin_key: None,
         }
     }

@@ -54,6 +54,12 @@ fn bad_values_name_their_key() {
         ("BITINGLIP_LOG__FORMAT", "xml", "log.format"),
         ("BITINGLIP_NATS__SUBJECT_ROOT", "a..b", "nats.subject_root"),
         ("BITINGLIP_NATS__EMBEDDED__SYNC", "sometimes", "nats.embedded.sync"),
+        ("BITINGLIP_HUB__ENDPOINT", "http://mirror.example:8080", "hub.allow_http"),
+        ("BITINGLIP_HUB__ENDPOINT", "ftp://mirror.example", "hub.endpoint"),
+        ("BITINGLIP_HUB__CHUNK_SIZE", "0", "hub.chunk_size"),
+        ("BITINGLIP_HUB__MAX_PULL_BYTES", "0", "hub.max_pull_bytes"),
+        ("BITINGLIP_GATEWAY__MAX_CONNECTIONS", "1", "gateway.max_connections"),
+        ("BITINGLIP_GATEWAY__IDLE_TIMEOUT", "0s", "gateway.idle_timeout"),
     ];
     for (k, v, key) in cases {
         let err = Config::load(Sources { env: env(&[(k, v)]), ..Default::default() }).unwrap_err();
@@ -159,4 +165,15 @@ fn credentials_in_server_urls_never_print() {
     });
     let err = c.unwrap_err().to_string();
     assert!(!err.contains("s3cret") && err.contains("nats.servers"), "{err}");
+}
+
+#[test]
+fn an_http_hub_needs_allow_http() {
+    let plain = env(&[("BITINGLIP_HUB__ENDPOINT", "http://10.0.0.5:8080")]);
+    assert!(Config::load(Sources { env: plain.clone(), ..Default::default() }).is_err());
+    let mut allowed = plain;
+    allowed.insert("BITINGLIP_HUB__ALLOW_HTTP".into(), "true".into());
+    let c = Config::load(Sources { env: allowed, ..Default::default() }).unwrap();
+    assert!(c.hub.allow_http);
+    assert_eq!(c.hub.max_pull_bytes(), DEFAULT_MAX_PULL_BYTES);
 }

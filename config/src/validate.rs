@@ -180,6 +180,9 @@ impl Config {
             ("gateway.header_timeout", self.gateway.header_timeout),
             ("gateway.body_timeout", self.gateway.body_timeout),
             ("gateway.stream_idle_timeout", self.gateway.stream_idle_timeout),
+            ("gateway.idle_timeout", self.gateway.idle_timeout),
+            ("gateway.keep_alive_interval", self.gateway.keep_alive_interval),
+            ("gateway.write_timeout", self.gateway.write_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "0s", "must be above zero"));
@@ -202,6 +205,13 @@ impl Config {
         if tm.queue_max_bytes < 1024 {
             return Err(invalid("task_manager.queue_max_bytes", tm.queue_max_bytes, "must be at least 1024"));
         }
+        if self.gateway.max_concurrent_per_key == 0 {
+            return Err(invalid("gateway.max_concurrent_per_key", 0, "must be at least 1"));
+        }
+        if self.gateway.max_connections < 2 {
+            return Err(invalid("gateway.max_connections", self.gateway.max_connections, "must be at least 2"));
+        }
+        self.validate_hub()?;
         if self.gateway.max_concurrent_requests == 0 {
             return Err(invalid("gateway.max_concurrent_requests", 0, "must be at least 1"));
         }
@@ -279,6 +289,39 @@ impl Config {
             return Err(invalid("log.format", &self.log.format, "`text` or `json`"));
         }
         self.validate_observability()
+    }
+
+    fn validate_hub(&self) -> Result<(), ConfigError> {
+        let h = &self.hub;
+        if let Some(endpoint) = &h.endpoint {
+            let parsed = url::Url::parse(endpoint)
+                .map_err(|e| invalid("hub.endpoint", endpoint, &format!("not a URL ({e})")))?;
+            match parsed.scheme() {
+                "https" => {}
+                "http" if h.allow_http => {}
+                "http" => {
+                    return Err(invalid(
+                        "hub.endpoint",
+                        endpoint,
+                        "an http:// hub is refused: set hub.allow_http = true for a mirror on a trusted network",
+                    ))
+                }
+                _ => return Err(invalid("hub.endpoint", endpoint, "scheme must be https:// (or http://)")),
+            }
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(invalid("hub.endpoint", endpoint, "no host"));
+            }
+        }
+        if h.chunk_size == Some(0) {
+            return Err(invalid("hub.chunk_size", 0, "must be at least 1"));
+        }
+        if h.parallel_chunks == Some(0) {
+            return Err(invalid("hub.parallel_chunks", 0, "must be at least 1"));
+        }
+        if h.max_pull_bytes == Some(0) {
+            return Err(invalid("hub.max_pull_bytes", 0, "must be at least 1"));
+        }
+        Ok(())
     }
 
     fn validate_observability(&self) -> Result<(), ConfigError> {

@@ -261,7 +261,7 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         scope: bitinglip_bus_schema::Scope::Inference,
         models: Vec::new(),
         expires_ms: None,
-        limits: bitinglip_bus_schema::KeyLimits { rpm: Some(u32::MAX), tpm: None, tokens_per_day: None },
+        limits: bitinglip_bus_schema::KeyLimits { rpm: Some(u32::MAX), ..Default::default() },
     };
     let (_, limited) = bus.store.keys().create(new).await?;
     echo_runs.push(platform::echo_http(&base, &limited, "http-limited", "echo", prompt, 16, duration).await?);

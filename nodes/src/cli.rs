@@ -123,6 +123,10 @@ pub(crate) enum KeysCommand {
         /// Tokens per day (UTC).
         #[arg(long)]
         tokens_per_day: Option<u64>,
+        /// Requests and event streams in progress at once, on each gateway (default:
+        /// `gateway.max_concurrent_per_key`).
+        #[arg(long)]
+        max_concurrent: Option<u32>,
         /// Print JSON (with `id` and `key`).
         #[arg(long)]
         json: bool,

@@ -3,7 +3,9 @@
 //! search (`/api/models?search=`), and files with ranges (`/{id}/resolve/{rev}/{file}`).
 //! It can cut a file's download once (an interrupted transfer), serve corrupted bytes
 //! under the right checksum, or redirect large files to a "CDN" on another address (as the
-//! real hub does), recording which requests carried an `Authorization` header.
+//! real hub does), recording which requests carried an `Authorization` header. It can
+//! also be hostile ([`Attack`]): names that are paths, sizes that lie, redirects that go
+//! nowhere or for ever, bodies longer than asked for.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,6 +23,29 @@ use axum::{
 };
 use serde_json::{json, Value};
 use sha2::Digest;
+
+/// What a hostile hub does for one repository.
+#[derive(Clone, Debug)]
+pub enum Attack {
+    /// The model info's `sha` (the commit) is this.
+    InfoSha(String),
+    /// The model info lists one more file under this name (16 bytes of it).
+    FileName(String),
+    /// The model info lists every file at this size.
+    ListedSize(u64),
+    /// Every file answer's `ETag` and `X-Linked-Etag` is this.
+    Etag(String),
+    /// Every file answer's `X-Repo-Commit` is this.
+    Commit(String),
+    /// Every file answer's `Content-Range` names this total size.
+    ContentRangeSize(String),
+    /// Every file request is answered `302 Found` without a `Location`.
+    RedirectWithoutLocation,
+    /// Every file request is redirected to itself.
+    RedirectLoop,
+    /// Every ranged answer carries this many bytes more than the range asked for.
+    ExtraBytes(usize),
+}
 
 /// One repository.
 #[derive(Clone)]
@@ -46,6 +71,8 @@ struct Inner {
     cdn: Option<String>,
     /// (where: `hub` or `cdn`, the Authorization header) of every file request.
     auth_seen: Vec<(&'static str, Option<String>)>,
+    /// Repository id → what the hub does wrong for it.
+    attacks: HashMap<String, Attack>,
 }
 
 /// The running fake hub.
@@ -57,6 +84,15 @@ pub struct FakeHub {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A git blob id, the hub's `ETag` of a file kept in git (not LFS).
+fn git_blob_id(bytes: &[u8]) -> String {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", bytes.len()).as_bytes());
+    h.update(bytes);
+    hex(&h.finalize())
 }
 
 fn is_lfs(name: &str) -> bool {
@@ -95,6 +131,17 @@ impl FakeHub {
         }
         files.sort();
         self.inner.lock().unwrap().repos.insert(id.to_string(), HubRepo { sha: sha.to_string(), files });
+    }
+
+    /// Makes the hub hostile for repository `id` (see [`Attack`]).
+    pub fn attack(&self, id: &str, attack: Attack) {
+        self.inner.lock().unwrap().attacks.insert(id.to_string(), attack);
+    }
+
+    /// Points `hub` at this server (plain http, so `allow_http` is set).
+    pub fn configure(&self, hub: &mut bitinglip_config::HubConfig) {
+        hub.endpoint = Some(self.url());
+        hub.allow_http = true;
     }
 
     /// Cuts the first transfer of `file` after `bytes` bytes.
@@ -165,7 +212,8 @@ async fn info(State(inner): Shared, UrlPath(rest): UrlPath<String>) -> Response 
     let Some(repo) = inner.repos.get(id) else {
         return (StatusCode::NOT_FOUND, Json(json!({"error": "Repository not found"}))).into_response();
     };
-    let siblings: Vec<Value> = repo
+    let attack = inner.attacks.get(id).cloned();
+    let mut siblings: Vec<Value> = repo
         .files
         .iter()
         .map(|(name, bytes)| {
@@ -173,10 +221,22 @@ async fn info(State(inner): Shared, UrlPath(rest): UrlPath<String>) -> Response 
             if is_lfs(name) {
                 s["lfs"] = json!({"sha256": hex(&sha2::Sha256::digest(bytes)), "size": bytes.len()});
             }
+            if let Some(Attack::ListedSize(size)) = &attack {
+                s["size"] = json!(size);
+                if is_lfs(name) {
+                    s["lfs"]["size"] = json!(size);
+                }
+            }
             s
         })
         .collect();
-    Json(json!({"id": id, "sha": repo.sha, "siblings": siblings})).into_response()
+    let mut sha = repo.sha.clone();
+    match attack {
+        Some(Attack::InfoSha(s)) => sha = s,
+        Some(Attack::FileName(name)) => siblings.push(json!({"rfilename": name, "size": 16})),
+        _ => {}
+    }
+    Json(json!({"id": id, "sha": sha, "siblings": siblings})).into_response()
 }
 
 async fn file(
@@ -185,11 +245,14 @@ async fn file(
     headers: HeaderMap,
 ) -> Response {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let cdn = {
+    let (cdn, attack) = {
         let mut guard = inner.lock().unwrap();
         guard.auth_seen.push(("hub", auth));
-        guard.cdn.clone().filter(|_| is_lfs(&file))
+        (guard.cdn.clone().filter(|_| is_lfs(&file)), guard.attacks.get(&format!("{org}/{name}")).cloned())
     };
+    if let Some(resp) = hostile_redirect(&inner, attack, &org, &name, &file) {
+        return resp;
+    }
     if let Some(cdn) = cdn {
         return redirect(&inner, &cdn, &org, &name, &file);
     }
@@ -198,6 +261,30 @@ async fn file(
         tokio::time::sleep(d).await;
     }
     resp
+}
+
+/// A redirect without a `Location`, or to the same URL again.
+fn hostile_redirect(
+    inner: &Mutex<Inner>,
+    attack: Option<Attack>,
+    org: &str,
+    name: &str,
+    file: &str,
+) -> Option<Response> {
+    let location = match attack? {
+        Attack::RedirectWithoutLocation => None,
+        Attack::RedirectLoop => Some(format!("/{org}/{name}/resolve/main/{file}")),
+        _ => return None,
+    };
+    let sha = inner.lock().unwrap().repos.get(&format!("{org}/{name}"))?.sha.clone();
+    let mut resp = Response::builder()
+        .status(StatusCode::FOUND)
+        .header("x-repo-commit", sha)
+        .header("etag", format!("\"{}\"", "a".repeat(40)));
+    if let Some(l) = location {
+        resp = resp.header("location", l);
+    }
+    Some(resp.body(Body::empty()).expect("a redirect"))
 }
 
 /// The hub's answer for a file on the CDN: a redirect that names the commit and the etag.
@@ -254,7 +341,12 @@ fn prepare(
         .unwrap_or((0, size.saturating_sub(1)));
     let end = end.min(size.saturating_sub(1));
     let digest = hex(&sha2::Sha256::digest(&bytes));
+    let blob_id = git_blob_id(&bytes);
     let mut body = bytes[start..=end].to_vec();
+    let attack = guard.attacks.get(&id).cloned();
+    if let (Some(Attack::ExtraBytes(n)), true) = (&attack, end > start) {
+        body.extend(std::iter::repeat_n(b'x', *n));
+    }
     if guard.corrupt.contains(&file) && !body.is_empty() && end > 0 {
         body[0] ^= 0xff;
     }
@@ -268,14 +360,30 @@ fn prepare(
     }
     let delay = guard.delay.filter(|_| end > start);
     drop(guard);
-    (respond(repo.sha, file, bytes, start, end, size, digest, body, cut), delay)
+    let mut resp = respond(repo.sha, file, blob_id, start, end, size, digest, body, cut);
+    let headers = resp.headers_mut();
+    let value = |v: String| axum::http::HeaderValue::from_str(&v).expect("a header value");
+    match attack {
+        Some(Attack::Etag(e)) => {
+            headers.insert("etag", value(e.clone()));
+            headers.insert("x-linked-etag", value(e));
+        }
+        Some(Attack::Commit(c)) => {
+            headers.insert("x-repo-commit", value(c));
+        }
+        Some(Attack::ContentRangeSize(n)) => {
+            headers.insert("content-range", value(format!("bytes {start}-{end}/{n}")));
+        }
+        _ => {}
+    }
+    (resp, delay)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn respond(
     sha: String,
     file: String,
-    _bytes: Vec<u8>,
+    blob_id: String,
     start: usize,
     end: usize,
     size: usize,
@@ -291,7 +399,7 @@ fn respond(
     resp = if is_lfs(&file) {
         resp.header("x-linked-etag", format!("\"{digest}\"")).header("etag", format!("\"{digest}\""))
     } else {
-        resp.header("etag", format!("\"{}\"", &digest[..40]))
+        resp.header("etag", format!("\"{blob_id}\""))
     };
     let body = match cut {
         // Send the first part, then fail the body: the connection is cut mid-transfer.

@@ -6,7 +6,8 @@
 //!   touches a KV bucket or a stream, except the benchmark's raw JetStream floor (the
 //!   baseline it measures the platform against), the local server launcher's readiness
 //!   probe, and the test harness, which reads state as an outside observer;
-//! - no test waits on log text.
+//! - no test waits on log text;
+//! - a plain `cargo build` never compiles the echo engine's fault injection.
 
 use std::path::{Path, PathBuf};
 
@@ -140,4 +141,27 @@ fn the_module_check_sees_whole_words_only() {
     assert!(names_module("    worker::{A, B},", "worker"));
     assert!(!names_module("ChildKind::worker_id", "worker"));
     assert!(!names_module("let my_worker::x", "worker"));
+}
+
+/// The features of `bitinglip-actors` that `cargo tree` sees for `scope`.
+fn actors_features(scope: &[&str]) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let out = std::process::Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["tree", "--offline", "--locked", "-e", "features", "-i", "bitinglip-actors"])
+        .args(scope)
+        .output()
+        .expect("cargo tree runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_plain_build_never_compiles_fault_injection() {
+    // What `cargo build` builds (the default members): no fault injection.
+    let plain = actors_features(&[]);
+    assert!(plain.contains("bitinglip-actors"), "{plain}");
+    assert!(!plain.contains("fault-injection"), "a plain build turns fault injection on:\n{plain}");
+    // The check sees it where it is: the workspace build the tests use.
+    assert!(actors_features(&["--workspace"]).contains("fault-injection"));
 }

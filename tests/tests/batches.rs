@@ -1,7 +1,9 @@
 //! The Files and Batch APIs: a batch of real mistral.rs chat requests through the official
 //! `openai` Python client (`tests/clients/openai_batch.py`) that survives the worker's
 //! kill -9 and a nats-server restart in its middle, each line run exactly once; cancel;
-//! and files and batches out of another key's reach.
+//! and files and batches out of another key's reach. A batch spends its key's limits
+//! line by line (requests per minute, the day's token budget, after which the rest fail
+//! with `rate_limit_exceeded`), and a revoked key's batch is cancelled.
 
 use std::time::Duration;
 
@@ -225,4 +227,123 @@ async fn a_cancelled_batch_stops_its_lines_and_another_key_sees_nothing() {
         .await
         .unwrap();
     assert_eq!(bad["error"]["param"], "input_file_id", "{bad}");
+}
+
+/// Uploads `lines` (JSON values, one a line) as a batch input file with `client`; its id.
+async fn upload(client: &reqwest::Client, base: &str, lines: &[Value]) -> String {
+    let lines: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    let boundary = "BitingLipTestBoundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n{lines}\r\n--{boundary}--\r\n"
+    );
+    let file: Value = client
+        .post(format!("{base}/v1/files"))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    file["id"].as_str().unwrap_or_else(|| panic!("{file}")).to_string()
+}
+
+/// Creates a batch of chat completions over `file_id` with `client`; its id.
+async fn start_batch(client: &reqwest::Client, base: &str, file_id: &str) -> String {
+    let created: Value = client
+        .post(format!("{base}/v1/batches"))
+        .json(&json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string()
+}
+
+fn echo_line(i: usize, model: &str, max_tokens: u32) -> Value {
+    json!({"custom_id": format!("l{i}"), "method": "POST", "url": "/v1/chat/completions",
+           "body": {"model": model, "messages": [{"role": "user", "content": "a b c d e f g h"}], "max_tokens": max_tokens}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_spends_its_keys_limits_and_a_revoked_keys_batch_is_cancelled() {
+    let nats = TestNats::start().await;
+    let url = nats.url();
+    let mut config = test_config(&url);
+    config.worker.models =
+        vec![bitinglip_tests::echo_model("echo", 0.0, 8), bitinglip_tests::echo_model("slow", 1.0, 4)];
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_model("echo", LOAD).await;
+    node.wait_for_model("slow", LOAD).await;
+    let base = node.http.clone().unwrap();
+    let http = bitinglip_tests::http();
+
+    // A day's budget of 40 tokens; each line costs about 16 (8 words in, 8 out). The
+    // running lines hold their max_tokens against the budget, so the first lines run, and
+    // once the budget is spent the rest fail with `rate_limit_exceeded`.
+    let (_, secret) = bitinglip_tests::cli_key(&url, &["--name", "budget", "--tokens-per-day", "40", "--rpm", "1000"]);
+    let budget = bitinglip_tests::http_with(&secret);
+    let lines: Vec<Value> = (0..10).map(|i| echo_line(i, "echo", 8)).collect();
+    let file = upload(&budget, &base, &lines).await;
+    let id = start_batch(&budget, &base, &file).await;
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(60),
+        async { batch(&budget, &base, &id).await["status"] == "completed" },
+        "the budget batch never ended: {}",
+        batch(&budget, &base, &id).await
+    );
+    let b = batch(&budget, &base, &id).await;
+    let (completed, failed) =
+        (b["request_counts"]["completed"].as_u64().unwrap(), b["request_counts"]["failed"].as_u64().unwrap());
+    assert_eq!(completed + failed, 10, "{b}");
+    assert!(completed >= 1 && failed >= 1, "some lines ran, the rest were refused: {b}");
+    assert!(completed <= 5, "the budget held the lines back: {b}");
+    let errors = budget
+        .get(format!("{base}/v1/files/{}/content", b["error_file_id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(errors.lines().count() as u64, failed, "{errors}");
+    for line in errors.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["response"]["status_code"], 429, "{v}");
+        assert_eq!(v["response"]["body"]["error"]["code"], "rate_limit_exceeded", "{v}");
+    }
+    // Every line that ran was a request of the key: the batch (1), its lines and this one.
+    let resp = budget
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    // The day's budget is spent: refused, as the batch's last lines were.
+    assert_eq!(resp.status(), 429);
+
+    // A revoked key's batch is cancelled within moments, its running line stopped.
+    let (revoked_id, secret) = bitinglip_tests::cli_key(&url, &["--name", "soon-revoked"]);
+    let doomed = bitinglip_tests::http_with(&secret);
+    let lines: Vec<Value> = (0..3).map(|i| echo_line(i, "slow", 30)).collect();
+    let file = upload(&doomed, &base, &lines).await;
+    let id = start_batch(&doomed, &base, &file).await;
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(30),
+        async { bitinglip_tests::task_record(&http, &base, &format!("{id}-0")).await["status"] == "running" },
+        "the batch's first line never started"
+    );
+    let (code, out, err) = bitinglip_tests::run_cli(&["keys", "revoke", &revoked_id, "--nats", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(15),
+        async { batch(&http, &base, &id).await["status"] == "cancelled" },
+        "the revoked key's batch was not cancelled: {}",
+        batch(&http, &base, &id).await
+    );
+    let line = bitinglip_tests::task_record(&http, &base, &format!("{id}-0")).await;
+    assert_eq!(line["status"], "cancelled", "{line}");
 }

@@ -34,7 +34,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     hub.add_repo_from_dir("acme/tiny-pull", "0123456789abcdef0123456789abcdef01234567", &model.path());
     let cache = tempfile::tempdir().unwrap();
     let mut config = test_config(&nats.url());
-    config.hub.endpoint = Some(hub.url());
+    hub.configure(&mut config.hub);
     config.hub.cache_dir = Some(cache.path().to_path_buf());
     config.hub.chunk_size = Some(64 * 1024);
     let mut chat = bitinglip_config::ModelConfig::new(model.path().display().to_string());

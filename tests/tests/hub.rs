@@ -1,12 +1,17 @@
 //! Hub downloads through the same hf-hub code users run, against a local server that
 //! speaks the hub's API: a pull with live progress into the standard cache layout, an
 //! interrupted download that resumes, a corrupted file that is refused, search, and a
-//! pulled model served by id.
+//! pulled model served by id. A hostile hub (names that are paths, sizes that lie,
+//! redirects that go nowhere or for ever, longer bodies than asked for) gets each pull
+//! refused and writes nothing outside the cache.
 
 use std::time::Duration;
 
 use bitinglip_config::Role;
-use bitinglip_tests::{fake_hub::FakeHub, run_cli, test_config, Arch, ModelDir, ModelSpec, NodeProcess, TestNats};
+use bitinglip_tests::{
+    fake_hub::{Attack, FakeHub},
+    run_cli, test_config, Arch, ModelDir, ModelSpec, NodeProcess, TestNats,
+};
 use serde_json::{json, Value};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -25,7 +30,7 @@ async fn pull_resumes_verifies_searches_and_serves() {
 
     let cache = tempfile::tempdir().unwrap();
     let mut config = test_config(&nats.url());
-    config.hub.endpoint = Some(hub.url());
+    hub.configure(&mut config.hub);
     config.hub.cache_dir = Some(cache.path().to_path_buf());
     config.hub.chunk_size = Some(64 * 1024);
     // In order, so what the cut leaves behind is exactly the chunks before it.
@@ -123,7 +128,7 @@ async fn a_corrupted_file_is_refused() {
     hub.corrupt("model.safetensors");
     let cache = tempfile::tempdir().unwrap();
     let mut config = test_config(&nats.url());
-    config.hub.endpoint = Some(hub.url());
+    hub.configure(&mut config.hub);
     config.hub.cache_dir = Some(cache.path().to_path_buf());
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_http(Duration::from_secs(30)).await;
@@ -143,7 +148,7 @@ async fn a_node_killed_mid_download_leaves_nothing_stuck_and_another_resumes() {
     hub.slow(Duration::from_millis(400));
     let cache = tempfile::tempdir().unwrap();
     let hub_config = |c: &mut bitinglip_config::Config| {
-        c.hub.endpoint = Some(hub.url());
+        hub.configure(&mut c.hub);
         c.hub.cache_dir = Some(cache.path().to_path_buf());
         c.hub.chunk_size = Some(64 * 1024);
         c.hub.parallel_chunks = Some(1);
@@ -214,7 +219,7 @@ async fn the_hub_token_goes_to_the_hub_only_never_to_the_host_it_redirects_to() 
     hub.redirect_large_files_to_a_cdn().await;
     let cache = tempfile::tempdir().unwrap();
     let mut config = test_config(&nats.url());
-    config.hub.endpoint = Some(hub.url());
+    hub.configure(&mut config.hub);
     config.hub.cache_dir = Some(cache.path().to_path_buf());
     config.hub.token = Some(bitinglip_config::Secret("hf_test_token_never_to_the_cdn".into()));
     let mut node = NodeProcess::spawn(&config, &["node"]);
@@ -249,7 +254,7 @@ async fn up_with_a_hub_model_shows_the_download_then_the_load() {
     // No server runs at this URL: `up` starts its own.
     let mut config = test_config(&format!("nats://127.0.0.1:{}", bitinglip_tests::free_port()));
     config.data_dir = data.path().to_path_buf();
-    config.hub.endpoint = Some(hub.url());
+    hub.configure(&mut config.hub);
     config.hub.cache_dir = Some(cache.path().to_path_buf());
     config.hub.chunk_size = Some(64 * 1024);
     let file = data.path().join("bitinglip.toml");
@@ -294,4 +299,81 @@ async fn up_with_a_hub_model_shows_the_download_then_the_load() {
     let bar = bar.unwrap_or_else(|| panic!("a progress bar to 100%: {seen:#?}"));
     let (loading, serving) = (at("bitinglip: loading acme/tiny-up"), at("bitinglip: acme/tiny-up loaded; serving"));
     assert!(bar < loading && loading < serving, "{seen:#?}");
+}
+
+/// Every file and folder under `root` but `skip`, with its bytes (None for a folder).
+fn tree(
+    root: &std::path::Path,
+    skip: &std::path::Path,
+) -> std::collections::BTreeMap<std::path::PathBuf, Option<Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path == skip {
+                continue;
+            }
+            if path.is_dir() {
+                out.insert(path.clone(), None);
+                stack.push(path);
+            } else {
+                out.insert(path.clone(), Some(std::fs::read(&path).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_hub_gets_every_pull_refused_and_writes_nothing_outside_the_cache() {
+    let nats = TestNats::start().await;
+    let hub = FakeHub::start().await;
+    let model = ModelDir::generate("tiny-hostile", &ModelSpec::tiny(Arch::Llama));
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("a/b/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(root.path().join("victim.txt"), b"keep me").unwrap();
+    std::fs::write(root.path().join("a/victim.txt"), b"keep me too").unwrap();
+    // From `cache/models--acme--x/blobs` (or `…/snapshots`), five levels up is the root.
+    let up = "../../../../../";
+    let absolute = root.path().join("victim.txt").display().to_string();
+    let cases: Vec<(&str, Attack, &str)> = vec![
+        ("acme/sha-path", Attack::InfoSha(format!("{up}victim-dir")), "no commit id"),
+        ("acme/name-up", Attack::FileName(format!("{up}victim.txt")), "leaves the model's folder"),
+        ("acme/name-absolute", Attack::FileName(absolute), "leaves the model's folder"),
+        ("acme/name-backslash", Attack::FileName("..\\..\\victim.txt".into()), "leaves the model's folder"),
+        ("acme/listed-huge", Attack::ListedSize(u64::MAX / 2), "hub.max_pull_bytes"),
+        ("acme/disk-short", Attack::ListedSize(200 << 30), "not enough disk"),
+        ("acme/etag-path", Attack::Etag(format!("\"{up}victim.txt\"")), "no blob id"),
+        ("acme/commit-path", Attack::Commit(format!("{up}victim-dir")), "no commit id"),
+        ("acme/range-huge", Attack::ContentRangeSize(u64::MAX.to_string()), "this pull may still fetch"),
+        ("acme/range-garbage", Attack::ContentRangeSize("lots".into()), "refused"),
+        ("acme/no-location", Attack::RedirectWithoutLocation, "location"),
+        ("acme/redirect-loop", Attack::RedirectLoop, "redirect"),
+        ("acme/extra-bytes", Attack::ExtraBytes(1 << 20), "more bytes than the range"),
+    ];
+    for (id, attack, _) in &cases {
+        hub.add_repo_from_dir(id, SHA, &model.path());
+        hub.attack(id, attack.clone());
+    }
+    hub.add_repo_from_dir("acme/fine", SHA, &model.path());
+    let before = tree(root.path(), &cache);
+
+    let mut config = test_config(&nats.url());
+    hub.configure(&mut config.hub);
+    config.hub.cache_dir = Some(cache.clone());
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_http(Duration::from_secs(30)).await;
+    for (id, attack, says) in &cases {
+        let (code, out, err) = run_cli(&["models", "pull", id, "--nats", &nats.url()]);
+        assert_ne!(code, 0, "{attack:?}: {out}");
+        assert!(err.to_lowercase().contains(says), "{attack:?} should say {says:?}: {err}");
+        assert_eq!(tree(root.path(), &cache), before, "{attack:?} changed something outside the cache");
+    }
+    // The node is none the worse: a pull from an honest repository works.
+    let (code, out, err) = run_cli(&["models", "pull", "acme/fine", "--nats", &nats.url()]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", node.log());
+    assert!(cache.join("models--acme--fine/snapshots").join(SHA).join("model.safetensors").exists());
+    assert_eq!(tree(root.path(), &cache), before);
 }

@@ -1,11 +1,15 @@
 //! An answer larger than one NATS message (1 MiB) completes: the worker keeps it in the
 //! results object store and the record and the `completed` event carry its name. The task
 //! API returns the whole text, the events end with it, and a plain chat completion
-//! returns it; nothing is handed back.
+//! returns it; nothing is handed back. The same for an answer whose logprobs alone are
+//! larger than one message: it completes on its first attempt and its usage is counted.
 
 use std::time::Duration;
 
-use bitinglip_tests::{echo_model, http, sse_data, test_config, wait_task_status, NodeProcess, TestNats};
+use bitinglip_tests::{
+    assert_eventually, cli_key, echo_model, http, http_with, run_cli, sse_data, test_config, wait_task_status, Arch,
+    ModelDir, ModelSpec, NodeProcess, TestNats,
+};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -47,4 +51,54 @@ async fn an_answer_larger_than_one_message_completes() {
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"].as_str().map(str::len), Some(expected.len()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_with_twenty_logprobs_a_token_past_one_message_completes_and_is_counted() {
+    let nats = TestNats::start().await;
+    let url = nats.url();
+    let model = ModelDir::generate("tiny-logprobs", &ModelSpec { max_positions: 4096, ..ModelSpec::tiny(Arch::Qwen2) });
+    let config = test_config(&url);
+    let path = model.path();
+    let mut node = NodeProcess::spawn(&config, &["node", "--model", path.to_str().unwrap()]);
+    node.wait_for_model("tiny-logprobs", Duration::from_secs(120)).await;
+    let base = node.http.clone().unwrap();
+    let (key_id, secret) = cli_key(&url, &["--name", "logprobs"]);
+
+    // 1,800 tokens with 20 alternatives each: about 1.2 MB of logprobs, over the 1 MiB a
+    // message may carry. The end tokens are banned, so the answer runs its whole length.
+    let vocab = bitinglip_modelgen::vocab_size();
+    let request = json!({
+        "model": "tiny-logprobs",
+        "messages": [{"role": "user", "content": "count"}],
+        "max_tokens": 1800,
+        "logprobs": true,
+        "top_logprobs": 20,
+        "logit_bias": {(vocab - 1).to_string(): -100, (vocab - 3).to_string(): -100},
+    });
+    let resp = http_with(&secret).post(format!("{base}/v1/chat/completions")).json(&request).send().await.unwrap();
+    let status = resp.status();
+    let id = resp.headers().get("x-task-id").map(|v| v.to_str().unwrap().to_string());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{}", node.log());
+    let tokens = body["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(tokens, 1800, "{}", body["usage"]);
+    let content = body["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len() as u64, tokens);
+    assert!(content.iter().all(|t| t["top_logprobs"].as_array().is_some_and(|a| a.len() == 20)));
+
+    // Completed on its first attempt, the record read back whole.
+    let id = id.expect("x-task-id");
+    let record = wait_task_status(&http(), &base, &id, "completed").await;
+    assert_eq!(record["attempts"], 1, "never handed back");
+    // Its usage is counted, once.
+    assert_eventually!(
+        Duration::from_secs(10),
+        async {
+            let (code, out, _) = run_cli(&["usage", "--nats", &url, "--key", &key_id, "--json"]);
+            let rows: Value = serde_json::from_str(&out).unwrap_or_default();
+            code == 0 && rows.as_array().is_some_and(|r| r.iter().any(|row| row["completion_tokens"] == 1800))
+        },
+        "the answer's usage is counted"
+    );
 }

@@ -120,6 +120,14 @@ async fn task_api_events_resume_across_gateways_without_gap_or_repeat() {
     let t = wait_status(&http, &base_b, &id, "completed").await;
     assert_eq!(t["result"]["text"], prompt.as_str());
     assert_eq!(http.get(format!("{base_a}/v1/tasks/no-such-task")).send().await.unwrap().status(), 404);
+    // The largest number is no chunk number (its next one would overflow): 400, not a panic.
+    let resp = http
+        .get(format!("{base_b}/v1/tasks/{id}/events"))
+        .header("Last-Event-ID", u64::MAX.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
     let list: Value = http.get(format!("{base_b}/v1/tasks?limit=5")).send().await.unwrap().json().await.unwrap();
     assert!(list["data"].as_array().unwrap().iter().any(|t| t["id"] == id.as_str()), "{list}");
 

@@ -1,14 +1,17 @@
 //! Limits and usage of API keys across two gateways: requests per minute counted
 //! cluster-wide with OpenAI's headers and a 429 at the limit, a daily token budget, and
 //! usage per key, model and day equal to the sum of the responses' `usage`, over HTTP, the
-//! CLI and `/metrics`.
+//! CLI and `/metrics`; and a cap on the requests and streams one key has in progress.
 
 use std::{
     collections::BTreeMap,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use bitinglip_tests::{assert_eventually, cli_key, http, http_with, metric_sum, run_cli, two_gateways, TestNats};
+use bitinglip_tests::{
+    assert_eventually, cli_key, echo_model, http, http_with, metric_sum, run_cli, test_config, two_gateways,
+    NodeProcess, TestNats,
+};
 use serde_json::{json, Value};
 
 fn chat(model: &str, prompt: &str, max_tokens: u32) -> Value {
@@ -130,4 +133,51 @@ async fn limits_count_across_gateways_and_usage_adds_up() {
     assert_eq!(metric_sum(&metrics, "bitinglip_key_tokens_total", &[&key_label]), Some(tokens as f64));
     assert!(!metrics.contains("blk-"));
     let _ = (&mut front, &mut second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_holds_at_most_its_cap_of_requests_and_streams_at_once() {
+    let nats = TestNats::start().await;
+    let url = nats.url();
+    let mut config = test_config(&url);
+    // Two tokens a second: a stream of six stays open about three seconds.
+    config.worker.models = vec![echo_model("slow", 2.0, 8)];
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_model("slow", Duration::from_secs(60)).await;
+    let base = node.http.clone().unwrap();
+    let (_, secret) = cli_key(&url, &["--name", "one-at-a-time", "--max-concurrent", "1"]);
+    let key = http_with(&secret);
+    let stream = json!({"model": "slow", "messages": [{"role": "user", "content": "a b c d e f"}], "max_tokens": 6, "stream": true});
+    let open = key.post(format!("{base}/v1/chat/completions")).json(&stream).send().await.unwrap();
+    assert_eq!(open.status(), 200);
+
+    // While it is open, the same key is refused at once, on a run and on an event stream.
+    let resp = key.post(format!("{base}/v1/chat/completions")).json(&chat("slow", "x", 1)).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(header(&resp, "retry-after"), "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_concurrent_requests", "{body}");
+    let id = open.headers()["x-task-id"].to_str().unwrap().to_string();
+    let resp = key.get(format!("{base}/v1/tasks/{id}/events")).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    // Reads are not counted, and another key is not affected.
+    assert_eq!(key.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().status(), 200);
+    let resp = http().post(format!("{base}/v1/chat/completions")).json(&chat("slow", "x", 1)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The key shows its cap.
+    let keys: Value = http().get(format!("{base}/api/v1/keys")).send().await.unwrap().json().await.unwrap();
+    let shown = keys["data"].as_array().unwrap().iter().find(|k| k["name"] == "one-at-a-time").cloned().unwrap();
+    assert_eq!(shown["limits"]["max_concurrent"], 1, "{shown}");
+
+    // Once the stream is read to its end, its place is free again.
+    let text = open.text().await.unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    assert_eventually!(
+        Duration::from_secs(10),
+        async {
+            let resp = key.post(format!("{base}/v1/chat/completions")).json(&chat("slow", "x", 1)).send().await;
+            resp.is_ok_and(|r| r.status() == 200)
+        },
+        "the key is served again"
+    );
 }

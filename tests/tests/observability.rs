@@ -207,6 +207,14 @@ async fn metrics_health_and_status_after_real_traffic() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // A made-up model name mints no series: it is counted under `other`.
+    let resp = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "made-up-7f3a", "messages": [{"role": "user", "content": "a"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 
     // The cluster's health on one screen.
     let (code, out, err) = bitinglip_tests::run_cli(&["status", "--nats", &nats.url()]);
@@ -237,6 +245,8 @@ async fn metrics_health_and_status_after_real_traffic() {
         assert!(v.is_some_and(|v| v > 0.0), "{name}{labels:?} = {v:?} in\n{text}");
     };
     must(&front_text, "bitinglip_requests_total", &[model, "outcome=\"ok\""]);
+    must(&front_text, "bitinglip_requests_total", &["model=\"other\"", "outcome=\"unknown_model\""]);
+    assert!(!front_text.contains("made-up-7f3a"), "a made-up model name became a label");
     must(&front_text, "bitinglip_task_submits_total", &[model, "outcome=\"accepted\""]);
     must(&back_text, "bitinglip_tasks_total", &[model, "outcome=\"completed\""]);
     must(&back_text, "bitinglip_tasks_total", &[model, "outcome=\"cancelled\""]);

@@ -65,7 +65,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     let cache = tempfile::tempdir().unwrap();
     let mut config = test_config(&nats.url());
     config.worker.models = vec![echo_model("echo", 0.0, 8)];
-    config.hub.endpoint = Some(hub.url());
+    hub.configure(&mut config.hub);
     config.hub.cache_dir = Some(cache.path().to_path_buf());
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_http(Duration::from_secs(30)).await;

@@ -259,7 +259,7 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     let cache = tempfile::tempdir().unwrap();
     let mut w = worker(&nats, "gpu-1", None);
     w.worker.drain_grace = Duration::ZERO;
-    w.hub.endpoint = Some(hub.url());
+    hub.configure(&mut w.hub);
     w.hub.cache_dir = Some(cache.path().to_path_buf());
     let mut back = NodeProcess::spawn(&w, &["node"]);
     front.wait_for_http(Duration::from_secs(30)).await;

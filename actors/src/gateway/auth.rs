@@ -27,7 +27,7 @@ use bitinglip_nats::{
 use super::openai::ApiError;
 
 /// The id the configured admin key goes by (in task ownership and usage).
-const CONFIG_ADMIN_ID: &str = "config-admin";
+pub(super) const CONFIG_ADMIN_ID: &str = "config-admin";
 
 /// What the check needs: the mirrored keys and the configured admin key's hash.
 #[derive(Clone)]
@@ -35,6 +35,8 @@ pub(super) struct Auth {
     pub(super) keys: KeyWatch,
     pub(super) store: Store,
     pub(super) admin_key_sha256: Option<String>,
+    /// Requests and streams in progress per key when the key sets none.
+    pub(super) max_concurrent_per_key: u32,
 }
 
 /// The scope a path needs; `None` for the open probes.
@@ -70,7 +72,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The middleware: authenticates the key, checks the path's scope, and hands the key to
 /// the handlers as an extension.
-pub(super) async fn require_key(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
+pub(super) async fn require_key(State(auth): State<Auth>, req: Request, next: Next) -> Response {
     let Some(needed) = needs(req.uri().path()) else { return next.run(req).await };
     let Some(secret) = bearer(req.headers()) else {
         return unauthorized("missing API key: send it as `Authorization: Bearer <key>`");
@@ -101,6 +103,24 @@ pub(super) async fn require_key(State(auth): State<Auth>, mut req: Request, next
         let msg = format!("this key's scope ({}) does not allow {}", key.scope.as_str(), req.uri().path());
         return forbidden(msg, "insufficient_scope").into_response();
     }
+    // Counted from here until the response body ends: a stream for as long as it is open.
+    let in_flight = if super::in_flight::applies(req.method(), req.uri().path()) {
+        match super::in_flight::enter(&key.id, key.limits.max_concurrent.unwrap_or(auth.max_concurrent_per_key)) {
+            Ok(held) => Some(held),
+            Err(refused) => return refused.into_response(),
+        }
+    } else {
+        None
+    };
+    let resp = limited(auth, req, next, key).await;
+    match in_flight {
+        Some(held) => crate::http::hold(resp, held),
+        None => resp,
+    }
+}
+
+/// The rate limits and budgets of `key` (see `limits.rs`), then the route.
+async fn limited(auth: Auth, mut req: Request, next: Next, key: ApiKey) -> Response {
     let limited = key.limits.any() && super::limits::counted(req.method(), req.uri().path());
     let limits = key.limits;
     let key_id = key.id.clone();

@@ -3,6 +3,13 @@
 //! renewed by compare-and-swap) submits its next lines, follows their tasks, and writes
 //! the output and error files when every line has ended.
 //!
+//! A batch spends its key's limits as the same requests sent one by one would: each line
+//! counts against the key's `rpm`, `tpm` and `tokens_per_day` before it is submitted (a
+//! line over the minute's limits waits for the next minute, without spending requests on
+//! waiting); once the day's token budget is spent, the remaining lines fail with
+//! `rate_limit_exceeded` in the error file. A batch whose key is revoked, expires or is
+//! gone is cancelled at the next round (within a second or so).
+//!
 //! Nothing lives only here: the record says how many lines were submitted, line `n` runs
 //! as task `<batch id>-<n>` (submitting it again is recognised by the task manager and
 //! runs nothing twice), and a task's record says how it ended. A gateway that dies loses
@@ -11,13 +18,18 @@
 use std::collections::HashMap;
 
 use bitinglip_bus_schema::{
-    BatchRecord, BatchStatus, ChatParams, ErrorKind, FileRecord, GetTask, LineError, Priority, SubmitReply,
+    BatchRecord, BatchStatus, ChatParams, ErrorKind, FileRecord, GetTask, KeyLimits, LineError, Priority, SubmitReply,
     SubmitRequest, TaskId, TaskRecord, TaskState, TaskStatusReply, WireError,
 };
+use bitinglip_nats::store::keys::KeyWatch;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{batches, embeddings, openai};
+use super::{
+    batches, embeddings,
+    limits::{line_verdict, LineCost, LineVerdict},
+    openai,
+};
 use crate::NodeContext;
 
 /// One request of a batch.
@@ -72,6 +84,7 @@ struct Driven {
 /// Drives every batch until `stop`.
 pub(super) async fn run(ctx: NodeContext, stop: CancellationToken) {
     let me = ctx.bus.node_id().to_string();
+    let keys = ctx.store.watch_keys();
     let mut driven: HashMap<String, Driven> = HashMap::new();
     loop {
         tokio::select! {
@@ -86,14 +99,20 @@ pub(super) async fn run(ctx: NodeContext, stop: CancellationToken) {
             }
         };
         for id in ids {
-            if let Err(err) = drive(&ctx, &me, &id, &mut driven).await {
+            if let Err(err) = drive(&ctx, &keys, &me, &id, &mut driven).await {
                 tracing::warn!(batch = %id, cause = %err, "batch not driven this round; trying again");
             }
         }
     }
 }
 
-async fn drive(ctx: &NodeContext, me: &str, id: &str, driven: &mut HashMap<String, Driven>) -> Result<(), String> {
+async fn drive(
+    ctx: &NodeContext,
+    keys: &KeyWatch,
+    me: &str,
+    id: &str,
+    driven: &mut HashMap<String, Driven>,
+) -> Result<(), String> {
     let store_err = |e: bitinglip_nats::StoreError| e.to_string();
     let Some((mut b, rev)) = ctx.store.batches().get(id).await.map_err(store_err)? else { return Ok(()) };
     if b.status.is_final() {
@@ -106,6 +125,21 @@ async fn drive(ctx: &NodeContext, me: &str, id: &str, driven: &mut HashMap<Strin
         driven.remove(id);
         return Ok(());
     }
+    // The key that made it: revoked, expired or gone, its batch is cancelled; else its
+    // limits hold for every line.
+    let limits = match b.owner.as_deref() {
+        Some(owner) if owner != super::auth::CONFIG_ADMIN_ID => {
+            let key = keys.get(owner).await.map_err(store_err)?.filter(|k| k.active(now));
+            if key.is_none() && b.status == BatchStatus::InProgress {
+                tracing::info!(batch = %id, key = owner, "the batch's key was revoked or expired; cancelling");
+                b.status = BatchStatus::Cancelling;
+                b.error = Some("the API key that made this batch was revoked or expired".into());
+                b.times.insert("cancelling".into(), now);
+            }
+            key.map(|k| k.limits).filter(KeyLimits::any)
+        }
+        _ => None,
+    };
     if !driven.contains_key(id) {
         let lines = match ctx.store.files().read(&b.input_file_id).await.map_err(store_err)? {
             Some(bytes) => batches::parse_lines(&b.endpoint, &bytes),
@@ -134,12 +168,47 @@ async fn drive(ctx: &NodeContext, me: &str, id: &str, driven: &mut HashMap<Strin
             error: WireError::new(kind_of(&e.code), e.message.clone()),
         });
     }
+    if let Some(e) = &b.refused_from {
+        for n in e.line..b.total {
+            d.ended.entry(n).or_insert_with(|| Ended::Failed {
+                task: None,
+                error: WireError::new(kind_of(&e.code), e.message.clone()),
+            });
+        }
+    }
     while !stopping && b.status == BatchStatus::InProgress && b.submitted < b.total {
         let unfinished = b.submitted - d.ended.keys().filter(|n| **n < b.submitted).count() as u32;
         if unfinished >= WINDOW {
             break;
         }
         let n = b.submitted;
+        if let (Some(limits), Some(owner)) = (&limits, b.owner.as_deref()) {
+            let max_tokens = |m: u32| {
+                u64::from(d.lines[m as usize].chat.max_tokens.unwrap_or(ctx.config.task_manager.default_max_tokens))
+            };
+            let reserved = (0..b.submitted).filter(|m| !d.ended.contains_key(m)).map(max_tokens).sum();
+            match spend(ctx, owner, limits, now, reserved, max_tokens(n)).await.map_err(store_err)? {
+                LineVerdict::Go => {}
+                LineVerdict::Wait => break,
+                LineVerdict::BudgetSpent(message) => {
+                    // This line and every one after it fail, as one entry in the record.
+                    let e = LineError { line: n, code: ErrorKind::RateLimitExceeded.as_str().to_string(), message };
+                    for m in n..b.total {
+                        d.ended.insert(
+                            m,
+                            Ended::Failed {
+                                task: None,
+                                error: WireError::new(ErrorKind::RateLimitExceeded, &e.message),
+                            },
+                        );
+                    }
+                    b.refused_from = Some(e);
+                    b.submitted = b.total;
+                    d.submitted = b.total;
+                    break;
+                }
+            }
+        }
         let line = &d.lines[n as usize];
         let submit = SubmitRequest {
             chat: line.chat.clone(),
@@ -276,6 +345,28 @@ async fn drive(ctx: &NodeContext, me: &str, id: &str, driven: &mut HashMap<Strin
             }
             Err(err.to_string())
         }
+    }
+}
+
+/// Spends one request of `owner`'s minute for a batch line, when its limits allow one now:
+/// the windows are read first, so a line that must wait spends nothing on waiting.
+async fn spend(
+    ctx: &NodeContext,
+    owner: &str,
+    limits: &KeyLimits,
+    now: u64,
+    reserved: u64,
+    tokens: u64,
+) -> Result<LineVerdict, bitinglip_nats::StoreError> {
+    let counters = ctx.store.counters();
+    let seen = counters.peek(owner, now).await?;
+    match line_verdict(limits, &seen, LineCost { requests: seen.requests + 1, reserved, tokens }) {
+        LineVerdict::Go => {
+            // Another request of the key may have come in meanwhile: the count decides.
+            let counted = counters.count_request(owner, now).await?;
+            Ok(line_verdict(limits, &counted, LineCost { requests: counted.requests, reserved, tokens }))
+        }
+        other => Ok(other),
     }
 }
 

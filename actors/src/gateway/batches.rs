@@ -246,10 +246,11 @@ pub(crate) struct CreateBatch {
 /// A batch, as the Batch API shows it.
 pub(super) fn batch_object(b: &BatchRecord) -> Value {
     let at = |name: &str| b.times.get(name).map(|ms| ms / 1000);
-    let errors = (!b.refused.is_empty() || b.error.is_some()).then(|| {
+    let errors = (!b.refused.is_empty() || b.error.is_some() || b.refused_from.is_some()).then(|| {
         let mut data: Vec<Value> = b
             .refused
             .iter()
+            .chain(b.refused_from.as_ref())
             .map(|e| json!({"code": e.code, "message": e.message, "line": e.line + 1, "param": null}))
             .collect();
         if let Some(e) = &b.error {
@@ -384,6 +385,7 @@ pub(super) async fn create(
         error: None,
         runner: None,
         runner_until_ms: 0,
+        refused_from: None,
     };
     ctx.store.batches().create(&batch).await.map_err(store_error)?;
     Ok(Json(batch_object(&batch)))

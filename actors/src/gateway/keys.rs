@@ -51,6 +51,11 @@ pub(super) struct CreateKey {
     #[serde(default)]
     #[schema(minimum = 1)]
     tokens_per_day: Option<u64>,
+    /// Requests and event streams in progress at once, on each gateway (default: the
+    /// gateway's `gateway.max_concurrent_per_key`).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    max_concurrent: Option<u32>,
 }
 
 /// A list of keys.
@@ -90,7 +95,12 @@ pub(super) async fn create(
 ) -> Result<Json<KeyView>, ApiError> {
     let body = read_body(&ctx, &headers, body).await?;
     let req: CreateKey = parse_json(&body)?;
-    let limits = KeyLimits { rpm: req.rpm, tpm: req.tpm, tokens_per_day: req.tokens_per_day };
+    let limits = KeyLimits {
+        rpm: req.rpm,
+        tpm: req.tpm,
+        tokens_per_day: req.tokens_per_day,
+        max_concurrent: req.max_concurrent,
+    };
     let new = new_key(&req.name, &req.scope, &req.models, req.expires.as_deref(), limits, bitinglip_nats::now_ms())?;
     let (key, secret) = ctx.store.keys().create(new).await.map_err(WireError::from)?;
     tracing::info!(key.id = %key.id, scope = key.scope.as_str(), "API key created");

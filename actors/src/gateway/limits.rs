@@ -30,7 +30,15 @@ use super::openai::ApiError;
 /// The routes that spend a key's budget.
 pub(super) fn counted(method: &axum::http::Method, path: &str) -> bool {
     method == axum::http::Method::POST
-        && matches!(path, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/responses" | "/v1/tasks")
+        && matches!(
+            path,
+            "/v1/chat/completions"
+                | "/v1/completions"
+                | "/v1/embeddings"
+                | "/v1/responses"
+                | "/v1/tasks"
+                | "/v1/batches"
+        )
 }
 
 /// What the counts say (pure): the headers to send, and the refusal when over a limit.
@@ -72,6 +80,54 @@ pub(super) fn verdict(limits: &KeyLimits, w: &Window, now_ms: u64) -> (HeaderMap
             .with_retry_after(retry.max(1))
     });
     (headers, refusal)
+}
+
+/// What a batch's next line may do under its key's limits (pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum LineVerdict {
+    /// Submit it.
+    Go,
+    /// Wait until the minute's window ends (`rpm` or `tpm`).
+    Wait,
+    /// The day's token budget is spent: this line and every one after it fail with
+    /// `rate_limit_exceeded` (the message says why).
+    BudgetSpent(String),
+}
+
+/// What a batch line would spend: its request's number in the minute, and tokens.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LineCost {
+    /// The line's request would be this one of the minute.
+    pub(super) requests: u64,
+    /// `max_tokens` of the key's lines still running (they count when they finish).
+    pub(super) reserved: u64,
+    /// This line's `max_tokens`.
+    pub(super) tokens: u64,
+}
+
+/// [`LineVerdict`] for a line costing `cost` in `w`'s windows. Tokens count when a task
+/// finishes, so the lines still running hold their `max_tokens` against the day's budget:
+/// a line that would not fit waits for them, and runs alone when none is left (a budget
+/// is overshot at most by one line, as by one request).
+pub(super) fn line_verdict(limits: &KeyLimits, w: &Window, cost: LineCost) -> LineVerdict {
+    if let Some(day) = limits.tokens_per_day {
+        if w.tokens_today >= day {
+            return LineVerdict::BudgetSpent(format!(
+                "this API key's budget of {day} tokens per day (UTC) is spent; the line did not run"
+            ));
+        }
+        if cost.reserved > 0 && w.tokens_today + cost.reserved + cost.tokens > day {
+            return LineVerdict::Wait;
+        }
+    }
+    let requests = cost.requests;
+    let over_rpm = limits.rpm.is_some_and(|rpm| requests > u64::from(rpm));
+    let over_tpm = limits.tpm.is_some_and(|tpm| w.tokens >= tpm);
+    if over_rpm || over_tpm {
+        LineVerdict::Wait
+    } else {
+        LineVerdict::Go
+    }
 }
 
 /// A key's refusal while it stands: until when, under which limits, and the answer.
@@ -131,13 +187,30 @@ mod tests {
 
     #[test]
     fn under_every_limit_the_headers_say_what_is_left() {
-        let limits = KeyLimits { rpm: Some(3), tpm: Some(100), tokens_per_day: Some(1000) };
+        let limits = KeyLimits { rpm: Some(3), tpm: Some(100), tokens_per_day: Some(1000), max_concurrent: None };
         let (h, refusal) = verdict(&limits, &window(1, 40, 500), 0);
         assert!(refusal.is_none());
         assert_eq!(h["x-ratelimit-remaining-requests"], "2");
         assert_eq!(h["x-ratelimit-reset-requests"], "12s");
         assert_eq!(h["x-ratelimit-remaining-tokens"], "60");
         assert_eq!(h["x-ratelimit-remaining-tokens-per-day"], "500");
+    }
+
+    #[test]
+    fn a_batch_line_waits_for_the_minute_and_stops_when_the_day_is_spent() {
+        let limits = KeyLimits { rpm: Some(3), tpm: Some(100), tokens_per_day: Some(1000), max_concurrent: None };
+        let cost = |requests, reserved, tokens| LineCost { requests, reserved, tokens };
+        assert_eq!(line_verdict(&limits, &window(2, 0, 0), cost(3, 0, 10)), LineVerdict::Go);
+        let fourth = line_verdict(&limits, &window(3, 0, 0), cost(4, 0, 10));
+        assert_eq!(fourth, LineVerdict::Wait, "the fourth request this minute");
+        let spent = line_verdict(&limits, &window(0, 100, 0), cost(1, 0, 10));
+        assert_eq!(spent, LineVerdict::Wait, "the minute's tokens are spent");
+        assert!(matches!(line_verdict(&limits, &window(0, 0, 1000), cost(1, 0, 10)), LineVerdict::BudgetSpent(_)));
+        // Running lines hold their max_tokens against the day; alone, a line runs anyway.
+        assert_eq!(line_verdict(&limits, &window(0, 0, 900), cost(1, 90, 20)), LineVerdict::Wait);
+        assert_eq!(line_verdict(&limits, &window(0, 0, 900), cost(1, 0, 200)), LineVerdict::Go);
+        let free = line_verdict(&KeyLimits::default(), &window(1_000, 1_000, 1_000), cost(1_001, 9, 9));
+        assert_eq!(free, LineVerdict::Go);
     }
 
     #[test]

@@ -168,6 +168,7 @@ impl From<WireError> for ApiError {
             }
             ErrorKind::ModelLoading => (StatusCode::SERVICE_UNAVAILABLE, "model_loading", Some(2)),
             ErrorKind::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", Some(1)),
+            ErrorKind::RateLimitExceeded => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", None),
             ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", None),
             ErrorKind::Cancelled => (StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST), "cancelled", None),
             ErrorKind::Engine | ErrorKind::Internal | ErrorKind::Unknown => {
@@ -225,6 +226,7 @@ mod tests {
             (ErrorKind::InvalidRequest, 400),
             (ErrorKind::ContextLength, 400),
             (ErrorKind::Overloaded, 429),
+            (ErrorKind::RateLimitExceeded, 429),
             (ErrorKind::Internal, 500),
         ];
         for (kind, status) in cases {

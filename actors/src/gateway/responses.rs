@@ -208,6 +208,9 @@ async fn respond(
         let events = futures::stream::unfold((rx, permit), |(mut rx, permit)| async move {
             rx.recv().await.map(|e| (Ok::<_, Infallible>(e), (rx, permit)))
         });
+        // As a chat stream: closed after `gateway.stream_idle_timeout` with no event, which
+        // ends the run and so cancels the task.
+        let events = super::submit::idle_limited(events, ctx.config.gateway.stream_idle_timeout);
         Sse::new(events).keep_alive(KeepAlive::default()).into_response()
     } else {
         let timeout = ctx.config.gateway.request_timeout;

@@ -206,13 +206,11 @@ async fn generation(
 ) -> Result<Response, ApiError> {
     let span = gateway_span(api.route(), &headers);
     let mut model = None;
+    let nodes = ctx.nodes.clone();
     let result = generate(ctx, &key, headers, body, span.clone(), &mut model, api).instrument(span).await;
     if let Err(err) = &result {
-        // A model the registry does not know, or an unreadable request, is not a series.
-        let label = match err.code() {
-            "unknown_model" | "invalid_request" | "invalid_request_error" | "decode" => "-",
-            _ => model.as_deref().unwrap_or("-"),
-        };
+        // A model no node serves is not a series of its own, whatever the error.
+        let label = crate::metrics::model_label(&nodes, model.as_deref());
         crate::metrics::metrics().requests.with_label_values(&[label, err.code()]).inc();
     }
     result

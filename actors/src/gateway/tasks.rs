@@ -160,12 +160,13 @@ pub(super) struct TaskAccepted {
 }
 
 /// The record with an answer kept in the results store (too large for one message) read
-/// back into it.
+/// back into it, its other large parts too.
 async fn with_text(ctx: &NodeContext, mut record: TaskRecord) -> Result<TaskRecord, ApiError> {
     if let Some(done) = record.result.as_mut() {
         if let Some(name) = &done.text_object {
             done.text = ctx.store.results().get(name).await.map_err(WireError::from)?.unwrap_or_default();
         }
+        ctx.store.results().resolve_parts(done).await.map_err(WireError::from)?;
     }
     Ok(record)
 }
@@ -334,11 +335,13 @@ pub(super) async fn events(
     read(&ctx, &key, &id).await?;
     let next_seq = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         None => 0,
+        // u64::MAX would overflow the next sequence number: it is no chunk number either.
         Some(v) => v
             .trim()
             .parse::<u64>()
-            .map(|n| n + 1)
-            .map_err(|_| ApiError::invalid("Last-Event-ID must be a chunk number", Some("Last-Event-ID")))?,
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .ok_or_else(|| ApiError::invalid("Last-Event-ID must be a chunk number", Some("Last-Event-ID")))?,
     };
     let watch = TaskWatch::resume(&ctx.bus, &ctx.store, &id, next_seq).await?;
     let results = ctx.clone();

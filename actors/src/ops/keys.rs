@@ -21,9 +21,12 @@ pub fn new_key(
     limits: KeyLimits,
     now_ms: u64,
 ) -> Result<NewKey, WireError> {
-    for (field, value) in
-        [("rpm", limits.rpm.map(u64::from)), ("tpm", limits.tpm), ("tokens_per_day", limits.tokens_per_day)]
-    {
+    for (field, value) in [
+        ("rpm", limits.rpm.map(u64::from)),
+        ("tpm", limits.tpm),
+        ("tokens_per_day", limits.tokens_per_day),
+        ("max_concurrent", limits.max_concurrent.map(u64::from)),
+    ] {
         if value == Some(0) {
             return Err(invalid(format!("`{field}` must be at least 1 (leave it out for no limit)")));
         }
@@ -87,6 +90,8 @@ pub struct LimitsView {
     pub tpm: Option<u64>,
     /// Tokens per UTC day.
     pub tokens_per_day: Option<u64>,
+    /// Requests and event streams in progress at once, on each gateway.
+    pub max_concurrent: Option<u32>,
 }
 
 /// A key's view; with `secret` once, at creation.
@@ -100,7 +105,12 @@ pub fn key_view(key: &ApiKey, secret: Option<&str>) -> KeyView {
         expires_ms: key.expires_ms,
         created_ms: key.created_ms,
         revoked_ms: key.revoked_ms,
-        limits: LimitsView { rpm: key.limits.rpm, tpm: key.limits.tpm, tokens_per_day: key.limits.tokens_per_day },
+        limits: LimitsView {
+            rpm: key.limits.rpm,
+            tpm: key.limits.tpm,
+            tokens_per_day: key.limits.tokens_per_day,
+            max_concurrent: key.limits.max_concurrent,
+        },
         key: secret.map(str::to_string),
     }
 }

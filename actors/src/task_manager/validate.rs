@@ -132,7 +132,9 @@ fn generation(chat: &bitinglip_bus_schema::ChatParams) -> Result<(), WireError> 
             return Err(invalid(format!("`tools[{i}].function.name` {:?} is there twice", tool.name)));
         }
     }
-    crate::guided::guide(chat).map(|_| ()).map_err(invalid)
+    // A grammar that cannot compile is refused here, not by a worker after the queue.
+    let guide = crate::guided::guide(chat).map_err(invalid)?;
+    crate::guided::compile_check(&guide).map_err(invalid)
 }
 
 #[cfg(test)]

@@ -127,6 +127,7 @@ pub(super) fn ending(
                 tool_calls,
                 logprobs: generated.logprobs.clone(),
                 embeddings: g.embeddings.clone(),
+                parts_object: None,
             };
             let mut r = claimed.clone();
             r.state = TaskState::Completed;

@@ -1,5 +1,5 @@
-//! The last step of an attempt that finished: the answer (into the results store when too
-//! large for one message), the final record fenced on the claim, the final event, the
+//! The last step of an attempt that finished: the answer and its other large parts (into
+//! the results store when too large for one message), the final record fenced on the claim, the final event, the
 //! key's usage, and only then the ack.
 
 use std::time::Duration;
@@ -76,6 +76,23 @@ pub(super) async fn finish(
                     nak(msg, Some(Duration::from_secs(1))).await;
                     return;
                 }
+            }
+        }
+        // So do its tool calls, logprobs and embeddings when with them the record would not
+        // fit one message (20 alternatives a token pass 1 MiB at about 1,400 tokens): a
+        // record that cannot be written would be retried until poisoned, never counted.
+        match ctx.store.results().offload_parts(done).await {
+            Ok(true) => {
+                completed.tool_calls = Vec::new();
+                completed.logprobs = Vec::new();
+                completed.embeddings = Vec::new();
+                completed.parts_object = done.parts_object.clone();
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(cause = %err, "answer's parts not stored; handing back");
+                nak(msg, Some(Duration::from_secs(1))).await;
+                return;
             }
         }
     }

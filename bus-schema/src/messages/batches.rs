@@ -130,6 +130,10 @@ pub struct BatchRecord {
     /// The lease's end, ms since the epoch.
     #[serde(default)]
     pub runner_until_ms: u64,
+    /// Every line from `line` on was refused with this error, without running (its key's
+    /// token budget for the day was spent): one entry, whatever the number of lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_from: Option<LineError>,
 }
 
 #[cfg(test)]
@@ -171,6 +175,7 @@ mod tests {
             error: None,
             runner: None,
             runner_until_ms: 0,
+            refused_from: None,
         };
         pin(
             batch,

@@ -151,6 +151,26 @@ pub struct TaskCompleted {
     /// An embedding task's vectors, one per input text, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub embeddings: Vec<Vec<f32>>,
+    /// When `tool_calls`, `logprobs` and `embeddings` together are too large for one
+    /// message, they are not here (empty then) but in the results object store under this
+    /// name, as a MessagePack [`LargeParts`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts_object: Option<String>,
+}
+
+/// The parts of a [`TaskCompleted`] kept in the results object store when too large for
+/// one message (see `parts_object`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LargeParts {
+    /// The answer's tool calls.
+    #[serde(default)]
+    pub tool_calls: Vec<crate::ToolCall>,
+    /// Every generated token's log probability.
+    #[serde(default)]
+    pub logprobs: Vec<crate::TokenLogprob>,
+    /// An embedding task's vectors.
+    #[serde(default)]
+    pub embeddings: Vec<Vec<f32>>,
 }
 
 /// The task failed.
@@ -213,9 +233,11 @@ mod tests {
                 tool_calls: vec![],
                 logprobs: vec![],
                 embeddings: vec![],
+                parts_object: None,
             }),
             &["type", "task_id", "attempt", "text", "finish_reason", "usage", "chunks"],
         );
+        pin(LargeParts::default(), &["tool_calls", "logprobs", "embeddings"]);
         pin(usage, &["prompt_tokens", "completion_tokens", "time_to_first_token_ms", "total_time_ms", "queue_time_ms"]);
         pin(
             TaskEvent::Failed(TaskFailed { task_id: id(), attempt: 2, error: WireError::new(ErrorKind::Engine, "x") }),

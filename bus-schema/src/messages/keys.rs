@@ -72,6 +72,10 @@ pub struct KeyLimits {
     /// Tokens per day (UTC).
     #[serde(default)]
     pub tokens_per_day: Option<u64>,
+    /// Requests and event streams in progress at once, on each gateway (absent: the
+    /// gateway's `gateway.max_concurrent_per_key`).
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 impl KeyLimits {
@@ -108,7 +112,7 @@ mod tests {
             secret_sha256: "ab".into(),
             created_ms: 1,
             revoked_ms: None,
-            limits: KeyLimits { rpm: Some(60), tpm: None, tokens_per_day: Some(1000) },
+            limits: KeyLimits { rpm: Some(60), tpm: None, tokens_per_day: Some(1000), max_concurrent: Some(4) },
         }
     }
 
@@ -118,7 +122,7 @@ mod tests {
             key(),
             &["id", "name", "scope", "models", "expires_ms", "secret_sha256", "created_ms", "revoked_ms", "limits"],
         );
-        pin(KeyLimits::default(), &["rpm", "tpm", "tokens_per_day"]);
+        pin(KeyLimits::default(), &["rpm", "tpm", "tokens_per_day", "max_concurrent"]);
         assert_eq!(rmp_serde::to_vec_named(&Scope::Admin).unwrap(), rmp_serde::to_vec_named("admin").unwrap());
         let newer = rmp_serde::to_vec_named("superuser").unwrap();
         assert_eq!(rmp_serde::from_slice::<Scope>(&newer).unwrap(), Scope::Unknown);

@@ -157,6 +157,31 @@ impl Counters<'_> {
         Ok(Window { requests: requests?, tokens, tokens_today, reset_secs: 60 - (now_ms / 1000) % 60 })
     }
 
+    /// What [`Counters::count_request`] would see, without counting a request: for a
+    /// caller that must wait its turn without spending the minute's requests on waiting
+    /// (a batch's next line).
+    pub async fn peek(&self, key: &str, now_ms: u64) -> Result<Window, StoreError> {
+        let inner = &self.store.inner;
+        let subjects = &inner.subjects;
+        let minute = now_ms / 60_000;
+        let rates = inner
+            .js
+            .get_stream_no_info(subjects.rates_stream())
+            .await
+            .map_err(|e| StoreError::unavailable(RATES, e))?;
+        let usage = inner
+            .js
+            .get_stream_no_info(subjects.usage_stream())
+            .await
+            .map_err(|e| StoreError::unavailable(USAGE, e))?;
+        let (requests, tokens, tokens_today) = tokio::join!(
+            self.read(&rates, subjects.rate_counter(key, minute, "requests")),
+            self.read(&rates, subjects.rate_counter(key, minute, "tokens")),
+            self.read(&usage, subjects.day_tokens_counter(key, &day_of(now_ms))),
+        );
+        Ok(Window { requests, tokens, tokens_today, reset_secs: 60 - (now_ms / 1000) % 60 })
+    }
+
     /// Adds a finished task's usage to its key's counters. Each addition carries a message
     /// id derived from the task, so adding the same task again within ten minutes changes
     /// nothing.

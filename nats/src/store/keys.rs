@@ -142,12 +142,55 @@ impl Keys<'_> {
 pub struct KeyWatch {
     keys: Mirror<ApiKey>,
     store: Store,
+    /// Ids the bucket did not have a moment ago: a flood of made-up ids costs one read
+    /// each per [`ABSENT_FOR_MS`], not one per request.
+    absent: std::sync::Arc<std::sync::Mutex<Absent>>,
+}
+
+/// How long an id the bucket did not have is taken as unknown without asking again.
+pub const ABSENT_FOR_MS: u64 = 2_000;
+/// Ids remembered as unknown at the most (one entry is an id of 16 hex digits).
+const ABSENT_MAX: usize = 8_192;
+
+/// Key ids recently found absent from the bucket (pure: time is passed in).
+#[derive(Debug, Default)]
+pub struct Absent {
+    since: std::collections::HashMap<String, u64>,
+}
+
+impl Absent {
+    /// Whether `id` was found absent within [`ABSENT_FOR_MS`] of `now`.
+    pub fn recently(&self, id: &str, now: u64) -> bool {
+        self.since.get(id).is_some_and(|at| now.saturating_sub(*at) < ABSENT_FOR_MS)
+    }
+
+    /// Remembers that the bucket did not have `id` at `now`. At [`ABSENT_MAX`] entries the
+    /// stale ones go, and if none is stale, all do: the memory stays bounded.
+    pub fn remember(&mut self, id: &str, now: u64) {
+        if self.since.len() >= ABSENT_MAX {
+            self.since.retain(|_, at| now.saturating_sub(*at) < ABSENT_FOR_MS);
+            if self.since.len() >= ABSENT_MAX {
+                self.since.clear();
+            }
+        }
+        self.since.insert(id.to_string(), now);
+    }
+
+    /// How many ids are remembered.
+    pub fn len(&self) -> usize {
+        self.since.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.since.is_empty()
+    }
 }
 
 impl Store {
     /// Starts the watch on the API keys.
     pub fn watch_keys(&self) -> KeyWatch {
-        KeyWatch { keys: Mirror::start(self.inner.keys.clone()), store: self.clone() }
+        KeyWatch { keys: Mirror::start(self.inner.keys.clone()), store: self.clone(), absent: Default::default() }
     }
 }
 
@@ -178,15 +221,35 @@ pub fn check(secret: &str, key: Option<&ApiKey>, now: u64) -> Result<ApiKey, Ref
 }
 
 impl KeyWatch {
+    /// The key with id `id` as last seen (read from the bucket when not mirrored yet).
+    pub async fn get(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        match self.keys.get(id) {
+            Some(k) => Ok(Some(k)),
+            None => self.store.keys().get(id).await,
+        }
+    }
+
     /// The key a secret belongs to, when it is valid now. A store that cannot be read
     /// for a key not seen yet is an outage, not a refusal.
     pub async fn authenticate(&self, secret: &str) -> Result<Result<ApiKey, Refused>, StoreError> {
         let Some(id) = id_of(secret) else { return Ok(Err(Refused::Unknown)) };
+        let now = now_ms();
         let key = match self.keys.get(id) {
             Some(k) => Some(k),
-            None => self.store.keys().get(id).await?,
+            // Not mirrored (yet): a key created a moment ago, or a made-up id. Ask the
+            // bucket, unless it said no a moment ago.
+            None if self.absent.lock().is_ok_and(|a| a.recently(id, now)) => None,
+            None => {
+                let read = self.store.keys().get(id).await?;
+                if read.is_none() {
+                    if let Ok(mut a) = self.absent.lock() {
+                        a.remember(id, now);
+                    }
+                }
+                read
+            }
         };
-        Ok(check(secret, key.as_ref(), now_ms()))
+        Ok(check(secret, key.as_ref(), now))
     }
 }
 
@@ -224,6 +287,19 @@ mod tests {
         let other = format!("blk-0123456789abcdef-{}", "cd".repeat(24));
         assert_eq!(check(&other, Some(&k), 50), Err(Refused::Unknown));
         assert_eq!(check(&secret, None, 50), Err(Refused::Unknown));
+    }
+
+    #[test]
+    fn an_absent_id_is_remembered_for_a_moment_and_memory_stays_bounded() {
+        let mut a = Absent::default();
+        assert!(!a.recently("x", 1_000));
+        a.remember("x", 1_000);
+        assert!(a.recently("x", 1_000 + ABSENT_FOR_MS - 1));
+        assert!(!a.recently("x", 1_000 + ABSENT_FOR_MS), "then the bucket is asked again");
+        for i in 0..ABSENT_MAX + 10 {
+            a.remember(&format!("{i:016x}"), 5_000);
+        }
+        assert!(a.len() <= ABSENT_MAX, "{}", a.len());
     }
 
     #[test]

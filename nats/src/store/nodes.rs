@@ -125,6 +125,12 @@ impl NodeWatch {
         self.mirror().all()
     }
 
+    /// True when a live node has a ready worker, for any model.
+    pub fn any_ready_worker(&self) -> bool {
+        let now = now_ms();
+        self.mirror().any(|n| alive(n, now, self.ttl) && n.has_ready_worker())
+    }
+
     /// The nodes heard from whose last heartbeat is older than the TTL.
     pub fn silent(&self) -> Vec<NodeHeartbeat> {
         let now = now_ms();

@@ -14,6 +14,9 @@ use bitinglip_bus_schema::{ErrorKind, ListTasks, TaskId, TaskRecord, TaskSpec, T
 use super::{Bucket, Step, Store, StoreError};
 use crate::now_ms;
 
+/// The most records one page of the task list reads (stream messages, gaps included).
+const MAX_PAGE_READS: usize = 1_000;
+
 /// The task records.
 pub struct Tasks<'a> {
     bucket: &'a Bucket,
@@ -186,7 +189,10 @@ impl Tasks<'_> {
         }
         let mut tasks = Vec::new();
         let mut reads = 0usize;
-        while seq >= first && tasks.len() < limit && reads < limit * 20 {
+        // A page costs at most this many reads, whatever the filter: a key with few tasks
+        // among many pages through them with the cursor, each page as cheap as the next.
+        let max_reads = (limit * 4).clamp(limit, MAX_PAGE_READS.max(limit));
+        while seq >= first && tasks.len() < limit && reads < max_reads {
             reads += 1;
             match stream.direct_get(seq).await {
                 Ok(msg) => {

@@ -23,8 +23,8 @@ pub(super) async fn run(config: Config, cmd: KeysCommand) -> anyhow::Result<()> 
     let bus = super::client_bus(&config).await?;
     let store = Store::open(&bus, &config).await?;
     match cmd {
-        KeysCommand::Create { name, scope, models, expires, rpm, tpm, tokens_per_day, json } => {
-            let limits = bitinglip_bus_schema::KeyLimits { rpm, tpm, tokens_per_day };
+        KeysCommand::Create { name, scope, models, expires, rpm, tpm, tokens_per_day, max_concurrent, json } => {
+            let limits = bitinglip_bus_schema::KeyLimits { rpm, tpm, tokens_per_day, max_concurrent };
             let new = new_key(&name, &scope, &models, expires.as_deref(), limits, bitinglip_nats::now_ms())
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             let (key, secret) = store.keys().create(new).await?;

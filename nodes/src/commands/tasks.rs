@@ -47,9 +47,12 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
                 TaskStatusReply::Found(mut r) => {
                     // An answer too large for one message is in the results store.
                     if let Some(done) = r.result.as_mut() {
-                        if let Some(name) = done.text_object.clone() {
+                        if done.text_object.is_some() || done.parts_object.is_some() {
                             let store = bitinglip_nats::Store::open(&bus, &config).await?;
-                            done.text = store.results().get(&name).await?.unwrap_or_default();
+                            if let Some(name) = done.text_object.clone() {
+                                done.text = store.results().get(&name).await?.unwrap_or_default();
+                            }
+                            store.results().resolve_parts(done).await?;
                         }
                     }
                     println!("{}", serde_json::to_string_pretty(&record_json(&r))?)

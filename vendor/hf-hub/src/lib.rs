@@ -11,6 +11,9 @@ use std::path::PathBuf;
 #[cfg(any(feature = "tokio", feature = "ureq"))]
 pub mod api;
 
+/// BitingLip: checks on what a hub sends before it becomes a path, a size or an address.
+pub mod guard;
+
 const HF_HOME: &str = "HF_HOME";
 
 /// The type of repo to interact with
@@ -141,6 +144,10 @@ impl CacheRepo {
     pub fn get(&self, filename: &str) -> Option<PathBuf> {
         let commit_path = self.ref_path();
         let commit_hash = std::fs::read_to_string(commit_path).ok()?;
+        // BitingLip: the ref's content and the file name become a path.
+        if !guard::is_commit(&commit_hash) || !guard::is_safe_filename(filename) {
+            return None;
+        }
         let mut pointer_path = self.pointer_path(&commit_hash);
         pointer_path.push(filename);
         if pointer_path.exists() {
@@ -166,6 +173,13 @@ impl CacheRepo {
     /// Creates a reference in the cache directory that points branches to the correct
     /// commits within the blobs.
     pub fn create_ref(&self, commit_hash: &str) -> Result<(), std::io::Error> {
+        // BitingLip: the revision and the commit become a path and a ref's content.
+        if !guard::is_safe_revision(self.repo.revision()) || !guard::is_commit(commit_hash.trim()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a ref name or commit that is not safe to store",
+            ));
+        }
         let ref_path = self.ref_path();
         // Needs to be done like this because revision might contain `/` creating subfolders here.
         std::fs::create_dir_all(ref_path.parent().unwrap())?;

@@ -160,7 +160,7 @@ async function renderModels(body) {
         if (b.dataset.pull) await pull(b.dataset.pull, "");
         else if (b.dataset.action === "load") await json("/api/v1/models/load", { method: "POST", body: { model: b.dataset.model, replicas: 1 } });
         else if (b.dataset.action === "unload") await json("/api/v1/models/unload", { method: "POST", body: { model: b.dataset.model } });
-        else if (b.dataset.action === "remove" && confirm(`Remove ${b.dataset.model}?`)) await api(`/api/v1/models/${b.dataset.model}`, { method: "DELETE" });
+        else if (b.dataset.action === "remove" && confirm(`Remove ${b.dataset.model}?`)) await api(`/api/v1/models/${encodeURIComponent(b.dataset.model)}`, { method: "DELETE" });
       } catch (err) {
         $("#view-error").textContent = err.message;
       } finally {
@@ -234,7 +234,7 @@ async function renderDeployments(body) {
       b.disabled = true;
       const d = state.deployments.find((x) => x.deployment.model === (b.dataset.scale || b.dataset.undeploy));
       try {
-        if (b.dataset.undeploy) await api(`/api/v1/deployments/${d.deployment.model}`, { method: "DELETE" });
+        if (b.dataset.undeploy) await api(`/api/v1/deployments/${encodeURIComponent(d.deployment.model)}`, { method: "DELETE" });
         else {
           const dep = d.deployment;
           const replicas = Math.max(0, dep.replicas + Number(b.dataset.by));

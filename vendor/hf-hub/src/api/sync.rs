@@ -512,11 +512,16 @@ impl Api {
                 .ok_or(ApiError::MissingHeader(header_etag))?,
         };
         // Cleaning extra quotes
-        let etag = etag.to_string().replace('"', "");
+        // BitingLip: the etag and the commit become path names; only hex ids of the right
+        // length are taken.
+        let etag = crate::guard::blob_name(etag).ok_or(ApiError::InvalidHeader(header_etag))?;
         let commit_hash = response
             .header(header_commit)
             .ok_or(ApiError::MissingHeader(header_commit))?
             .to_string();
+        if !crate::guard::is_commit(&commit_hash) {
+            return Err(ApiError::InvalidHeader(header_commit));
+        }
 
         // The response was redirected o S3 most likely which will
         // know about the size of the file
@@ -524,7 +529,7 @@ impl Api {
         let is_redirection = (300..400).contains(&status);
         let response = if is_redirection {
             self.client
-                .get(response.header(LOCATION).unwrap())
+                .get(response.header(LOCATION).ok_or(ApiError::MissingHeader(LOCATION))?)
                 .set(RANGE, "bytes=0-0")
                 .call()
                 .map_err(Box::new)?
@@ -748,6 +753,10 @@ impl ApiRepo {
         filename: &str,
         progress: P,
     ) -> Result<PathBuf, ApiError> {
+        // BitingLip: the file name becomes a path under the snapshot.
+        if !crate::guard::is_safe_filename(filename) {
+            return Err(ApiError::InvalidHeader("x-bitinglip-filename"));
+        }
         let url = self.url(filename);
         let metadata = self.api.metadata(&url)?;
 

@@ -1,7 +1,6 @@
 use super::Progress as SyncProgress;
 use super::{RepoInfo, HF_ENDPOINT};
 use crate::{Cache, Repo, RepoType};
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use rand::Rng;
@@ -17,6 +16,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::num::ParseIntError;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
@@ -201,6 +201,77 @@ pub enum ApiError {
     /// Someone else is writing/downloading said file
     #[error("Lock acquisition failed: {0}")]
     LockAcquisition(PathBuf),
+
+    /// BitingLip: the hub's answer cannot be used as it stands (a name that is no hex id, a
+    /// file name that leaves the snapshot, a size over the cap, a redirect that is not allowed).
+    #[error("the hub's answer was refused: {0}")]
+    Refused(String),
+
+    /// BitingLip: the bytes downloaded do not match the blob id the hub named them by.
+    #[error("{0} does not match the checksum the hub named it by; nothing was placed in the cache")]
+    ChecksumMismatch(String),
+}
+
+impl ApiError {
+    /// BitingLip: whether trying again may help (a network or disk failure), as opposed to
+    /// an answer from the hub that will be refused again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::RequestError(e) => !e.is_redirect() && !e.is_builder() && !e.is_status(),
+            ApiError::IoError(_) | ApiError::Join(_) | ApiError::LockAcquisition(_) => true,
+            ApiError::TooManyRetries(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// BitingLip: follows at most [`crate::guard::MAX_REDIRECTS`] redirects, each allowed by
+/// [`crate::guard::redirect_allowed`].
+fn guarded_policy(local_allowed: Arc<AtomicBool>) -> Policy {
+    Policy::custom(move |attempt| {
+        if attempt.previous().len() > crate::guard::MAX_REDIRECTS {
+            return attempt.error("too many redirects");
+        }
+        let verdict = match attempt.previous().last() {
+            Some(from) => crate::guard::redirect_allowed(from, attempt.url(), local_allowed.load(Ordering::Relaxed)),
+            None => Ok(()),
+        };
+        match verdict {
+            Ok(()) => attempt.follow(),
+            Err(why) => attempt.error(why),
+        }
+    })
+}
+
+/// BitingLip: resolves host names, and drops local addresses unless the hub itself is
+/// local. The endpoint's own name may resolve anywhere (a mirror on the local network);
+/// when it resolves to a local address, redirects to local addresses are allowed too.
+struct GuardedResolver {
+    endpoint_host: Option<String>,
+    local_allowed: Arc<AtomicBool>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        let is_endpoint = self.endpoint_host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(&host));
+        let local_allowed = self.local_allowed.clone();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if is_endpoint {
+                if addrs.iter().any(|a| crate::guard::is_local_ip(a.ip())) {
+                    local_allowed.store(true, Ordering::Relaxed);
+                }
+                return Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs);
+            }
+            let allowed = local_allowed.load(Ordering::Relaxed);
+            let addrs: Vec<_> = addrs.into_iter().filter(|a| allowed || !crate::guard::is_local_ip(a.ip())).collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves only to local addresses, where a hub that is not local may not lead").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// Helper to create [`Api`] with all the options.
@@ -215,6 +286,7 @@ pub struct ApiBuilder {
     max_retries: usize,
     progress: bool,
     user_agent: Vec<(String, String)>,
+    max_file_size: u64,
 }
 
 impl Default for ApiBuilder {
@@ -295,7 +367,15 @@ impl ApiBuilder {
             max_retries: 0,
             progress,
             user_agent,
+            max_file_size: u64::MAX,
         }
+    }
+
+    /// BitingLip: the largest file a download may fetch; a hub that announces a larger one
+    /// is refused before anything is written.
+    pub fn with_max_file_size(mut self, max: u64) -> Self {
+        self.max_file_size = max;
+        self
     }
 
     /// Wether to show a progressbar
@@ -361,13 +441,24 @@ impl ApiBuilder {
     /// Consumes the builder and builds the final [`Api`]
     pub fn build(self) -> Result<Api, ApiError> {
         let headers = self.build_headers()?;
-        let client = Client::builder().default_headers(headers.clone()).build()?;
+        // BitingLip: every client follows only allowed redirects and connects to local
+        // addresses only when the hub is local itself.
+        let local_allowed = Arc::new(AtomicBool::new(crate::guard::endpoint_is_local(&self.endpoint)));
+        let resolver = Arc::new(GuardedResolver {
+            endpoint_host: reqwest::Url::parse(&self.endpoint).ok().and_then(|u| u.host_str().map(str::to_string)),
+            local_allowed: local_allowed.clone(),
+        });
+        let client = Client::builder()
+            .default_headers(headers.clone())
+            .redirect(guarded_policy(local_allowed.clone()))
+            .dns_resolver(resolver.clone())
+            .build()?;
 
         // Policy: only follow relative redirects
         // See: https://github.com/huggingface/huggingface_hub/blob/9c6af39cdce45b570f0b7f8fad2b311c96019804/src/huggingface_hub/file_download.py#L411
         let relative_redirect_policy = Policy::custom(|attempt| {
             // Follow redirects up to a maximum of 10.
-            if attempt.previous().len() > 10 {
+            if attempt.previous().len() > crate::guard::MAX_REDIRECTS {
                 return attempt.error("too many redirects");
             }
 
@@ -384,10 +475,15 @@ impl ApiBuilder {
 
         let mut anonymous_headers = headers.clone();
         anonymous_headers.remove(AUTHORIZATION);
-        let anonymous_client = Client::builder().default_headers(anonymous_headers).build()?;
+        let anonymous_client = Client::builder()
+            .default_headers(anonymous_headers)
+            .redirect(guarded_policy(local_allowed.clone()))
+            .dns_resolver(resolver.clone())
+            .build()?;
         let relative_redirect_client = Client::builder()
             .redirect(relative_redirect_policy)
             .default_headers(headers)
+            .dns_resolver(resolver)
             .build()?;
         Ok(Api {
             endpoint: self.endpoint,
@@ -400,6 +496,8 @@ impl ApiBuilder {
             parallel_failures: self.parallel_failures,
             max_retries: self.max_retries,
             progress: self.progress,
+            max_file_size: self.max_file_size,
+            local_allowed,
         })
     }
 }
@@ -426,6 +524,8 @@ pub struct Api {
     parallel_failures: usize,
     max_retries: usize,
     progress: bool,
+    max_file_size: u64,
+    local_allowed: Arc<AtomicBool>,
 }
 
 fn make_relative(src: &Path, dst: &Path) -> PathBuf {
@@ -521,13 +621,19 @@ impl Api {
                 .get(&header_etag)
                 .ok_or(ApiError::MissingHeader(header_etag))?,
         };
-        // Cleaning extra quotes
-        let etag = etag.to_str()?.to_string().replace('"', "");
+        // BitingLip: the etag names the blob file and the commit the snapshot folder: only
+        // hex ids of the right length are taken.
+        let etag = etag.to_str()?;
+        let etag = crate::guard::blob_name(etag)
+            .ok_or_else(|| ApiError::Refused(format!("an etag that is no blob id: {etag:?}")))?;
         let commit_hash = headers
             .get(&header_commit)
             .ok_or(ApiError::MissingHeader(header_commit))?
             .to_str()?
             .to_string();
+        if !crate::guard::is_commit(&commit_hash) {
+            return Err(ApiError::Refused(format!("a commit that is no commit id: {commit_hash:?}")));
+        }
 
         // The response was redirected o S3 most likely which will
         // know about the size of the file
@@ -535,15 +641,16 @@ impl Api {
             // BitingLip: the token goes to the hub only. A redirect to another host (a
             // CDN's pre-signed URL) is followed without `Authorization`, as reqwest's own
             // redirects do.
-            let location = headers.get(LOCATION).unwrap().to_str()?.to_string();
-            let same_origin = match (reqwest::Url::parse(url), reqwest::Url::parse(&location)) {
-                (Ok(from), Ok(to)) => {
-                    from.scheme() == to.scheme()
-                        && from.host_str() == to.host_str()
-                        && from.port_or_known_default() == to.port_or_known_default()
-                }
-                _ => false,
-            };
+            let location = headers.get(LOCATION).ok_or(ApiError::MissingHeader(LOCATION))?.to_str()?;
+            let from = reqwest::Url::parse(url).map_err(|e| ApiError::Refused(format!("the file URL {url}: {e}")))?;
+            let location = from
+                .join(location)
+                .map_err(|e| ApiError::Refused(format!("a redirect to {location:?}: {e}")))?;
+            crate::guard::redirect_allowed(&from, &location, self.local_allowed.load(Ordering::Relaxed))
+                .map_err(ApiError::Refused)?;
+            let same_origin = from.scheme() == location.scheme()
+                && from.host_str() == location.host_str()
+                && from.port_or_known_default() == location.port_or_known_default();
             let client = if same_origin { &self.client } else { &self.anonymous_client };
             client.get(location).header(RANGE, "bytes=0-0").send().await?
         } else {
@@ -555,11 +662,19 @@ impl Api {
             .ok_or(ApiError::MissingHeader(CONTENT_RANGE))?
             .to_str()?;
 
-        let size = content_range
+        let size: u64 = content_range
             .split('/')
             .next_back()
             .ok_or(ApiError::InvalidHeader(CONTENT_RANGE))?
             .parse()?;
+        // BitingLip: the size decides the chunks and the file's length on disk.
+        if size > self.max_file_size {
+            return Err(ApiError::Refused(format!(
+                "a file of {size} bytes, over the {} bytes this pull may still fetch",
+                self.max_file_size
+            )));
+        }
+        let size = usize::try_from(size).map_err(|_| ApiError::InvalidHeader(CONTENT_RANGE))?;
         Ok(Metadata {
             commit_hash,
             etag,
@@ -681,10 +796,11 @@ impl ApiRepo {
         };
         progressbar.update(start).await;
 
-        let chunk_size = self.api.chunk_size.unwrap_or(length);
-        let n_chunks = length / chunk_size;
-        let mut handles = Vec::with_capacity(n_chunks);
-        for start in (start..length).step_by(chunk_size) {
+        // BitingLip: a zero chunk size would never advance, and chunks are spawned lazily
+        // (below), never all up front.
+        let chunk_size = self.api.chunk_size.unwrap_or(length).max(1);
+        let max_files = self.api.max_files.max(1);
+        let chunks = (start..length).step_by(chunk_size).map(|start| {
             let url = url.to_string();
             let filename = filename.clone();
             let client = self.api.client.clone();
@@ -695,7 +811,7 @@ impl ApiRepo {
             let max_retries = self.api.max_retries;
             let parallel_failures_semaphore = parallel_failures_semaphore.clone();
             let progress = progressbar.clone();
-            handles.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let permit = permit.acquire_owned().await?;
                 let mut chunk =
                     Self::download_chunk(&client, &url, &filename, start, stop, progress.clone())
@@ -728,10 +844,10 @@ impl ApiRepo {
                 }
                 drop(permit);
                 chunk
-            }));
-        }
+            })
+        });
 
-        let mut futures: FuturesUnordered<_> = handles.into_iter().collect();
+        let mut futures = futures::stream::iter(chunks).buffer_unordered(max_files);
         let mut temporaries = BinaryHeap::new();
         let mut committed: u64 = start as u64;
         while let Some(chunk) = futures.next().await {
@@ -759,6 +875,7 @@ impl ApiRepo {
                 file.flush().await?;
             }
         }
+        drop(futures);
         let mut f = tokio::fs::OpenOptions::new()
             .write(true)
             .open(&filename)
@@ -796,8 +913,15 @@ impl ApiRepo {
             .error_for_status()?;
         let mut byte_stream = response.bytes_stream();
         let mut buf: Vec<u8> = Vec::with_capacity(stop - start);
+        // BitingLip: never hold more than the range asked for.
+        let want = stop - start + 1;
         while let Some(next) = byte_stream.next().await {
             let next = next?;
+            if buf.len() + next.len() > want {
+                return Err(ApiError::Refused(format!(
+                    "more bytes than the range {start}-{stop} asked for"
+                )));
+            }
             buf.extend(&next);
             progress.update(next.len()).await;
         }
@@ -885,6 +1009,10 @@ impl ApiRepo {
         filename: &str,
         mut progress: P,
     ) -> Result<PathBuf, ApiError> {
+        // BitingLip: the file name becomes a path under the snapshot folder.
+        if !crate::guard::is_safe_filename(filename) {
+            return Err(ApiError::Refused(format!("a file name that leaves its folder: {filename:?}")));
+        }
         let url = self.url(filename);
         let metadata = self.api.metadata(&url).await?;
         let cache = self.api.cache.repo(self.repo.clone());
@@ -900,6 +1028,13 @@ impl ApiRepo {
             .download_tempfile(&url, metadata.size, tmp_path, progress)
             .await?;
 
+        // BitingLip: verified before it is placed: the bytes must be what the blob id says.
+        let (blob, tmp) = (metadata.etag.clone(), tmp_filename.clone());
+        let matches = tokio::task::spawn_blocking(move || crate::guard::content_matches(&blob, &tmp)).await??;
+        if !matches {
+            let _ = tokio::fs::remove_file(&tmp_filename).await;
+            return Err(ApiError::ChecksumMismatch(filename.to_string()));
+        }
         tokio::fs::rename(&tmp_filename, &blob_path).await?;
         drop(lock);
 
