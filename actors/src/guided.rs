@@ -119,8 +119,8 @@ pub fn compile_check(guide: &Guide) -> Result<(), String> {
         earley::ValidationResult,
     };
     let (grammar, what) = match guide {
-        Guide::Regex(rx) => (TopLevelGrammar::from_regex(rx), "`response_format` regex"),
-        Guide::Lark(g) => (TopLevelGrammar::from_lark(g.clone()), "`response_format` Lark grammar"),
+        Guide::Regex(rx) => (TopLevelGrammar::from_regex(rx), "`grammar` regex"),
+        Guide::Lark(g) => (TopLevelGrammar::from_lark(g.clone()), "`grammar` Lark grammar"),
         Guide::None | Guide::JsonSchema(_) => return Ok(()),
     };
     // A grammar is a client's input: a panic in the compiler is a refusal, not a crash.

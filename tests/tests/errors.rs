@@ -54,6 +54,15 @@ async fn http_errors_have_the_right_status_and_shape() {
     assert_eq!(s, 400);
     assert!(b["error"]["message"].as_str().unwrap().contains("temperature"), "{b}");
 
+    // 400 at submit, never queued: a grammar that does not compile.
+    for grammar in [json!({"type": "regex", "value": "(yes|no"}), json!({"type": "lark", "value": "start: ("})] {
+        let mut bad = ok.clone();
+        bad["grammar"] = grammar.clone();
+        let (s, b) = error_of(http.post(&url).json(&bad).send().await.unwrap()).await;
+        assert_eq!(s, 400, "{grammar}: {b}");
+        assert!(b["error"]["message"].as_str().unwrap().contains("does not compile"), "{b}");
+    }
+
     // 404: unknown model.
     let mut unknown = ok.clone();
     unknown["model"] = json!("no-such-model");

@@ -66,15 +66,19 @@ async fn an_answer_with_twenty_logprobs_a_token_past_one_message_completes_and_i
     let (key_id, secret) = cli_key(&url, &["--name", "logprobs"]);
 
     // 1,800 tokens with 20 alternatives each: about 1.2 MB of logprobs, over the 1 MiB a
-    // message may carry. The end tokens are banned, so the answer runs its whole length.
+    // message may carry. The special tokens are banned, so the answer runs its whole
+    // length, and so are the bytes above 127 (byte-level token ids are the bytes), so every
+    // token completes a character and comes with its logprobs.
     let vocab = bitinglip_modelgen::vocab_size();
+    let banned: serde_json::Map<String, Value> =
+        (128..256).chain(vocab - 3..vocab).map(|id| (id.to_string(), json!(-100))).collect();
     let request = json!({
         "model": "tiny-logprobs",
         "messages": [{"role": "user", "content": "count"}],
         "max_tokens": 1800,
         "logprobs": true,
         "top_logprobs": 20,
-        "logit_bias": {(vocab - 1).to_string(): -100, (vocab - 3).to_string(): -100},
+        "logit_bias": banned,
     });
     let resp = http_with(&secret).post(format!("{base}/v1/chat/completions")).json(&request).send().await.unwrap();
     let status = resp.status();
@@ -82,7 +86,7 @@ async fn an_answer_with_twenty_logprobs_a_token_past_one_message_completes_and_i
     let body: Value = resp.json().await.unwrap();
     assert_eq!(status, 200, "{}", node.log());
     let tokens = body["usage"]["completion_tokens"].as_u64().unwrap();
-    assert_eq!(tokens, 1800, "{}", body["usage"]);
+    assert_eq!(tokens, 1800, "{} {}", body["usage"], body["choices"][0]["finish_reason"]);
     let content = body["choices"][0]["logprobs"]["content"].as_array().unwrap();
     assert_eq!(content.len() as u64, tokens);
     assert!(content.iter().all(|t| t["top_logprobs"].as_array().is_some_and(|a| a.len() == 20)));
