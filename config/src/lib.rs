@@ -333,6 +333,12 @@ pub struct GatewayConfig {
     /// Most requests and event streams one API key may have in progress at once on this
     /// gateway (a key's own `max_concurrent` overrides it); more get 429 at once.
     pub max_concurrent_per_key: u32,
+    /// Most files one API key may keep in the Files API (uploads and batch outputs).
+    pub max_files_per_key: u32,
+    /// Most bytes of files one API key may keep.
+    pub max_file_bytes_per_key: u64,
+    /// Most batches one API key may have in progress at once.
+    pub max_batches_per_key: u32,
     /// Longest a client may take to send a request's headers; the connection is then
     /// closed (a client that trickles headers cannot hold connections).
     #[serde(with = "humantime_serde")]
@@ -376,6 +382,9 @@ impl Default for GatewayConfig {
             request_timeout: Duration::from_secs(600),
             max_concurrent_requests: 4096,
             max_concurrent_per_key: 1024,
+            max_files_per_key: 500,
+            max_file_bytes_per_key: 512 * 1024 * 1024,
+            max_batches_per_key: 20,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(15),
             stream_idle_timeout: Duration::from_secs(15 * 60),

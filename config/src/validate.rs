@@ -205,8 +205,15 @@ impl Config {
         if tm.queue_max_bytes < 1024 {
             return Err(invalid("task_manager.queue_max_bytes", tm.queue_max_bytes, "must be at least 1024"));
         }
-        if self.gateway.max_concurrent_per_key == 0 {
-            return Err(invalid("gateway.max_concurrent_per_key", 0, "must be at least 1"));
+        for (key, value) in [
+            ("gateway.max_concurrent_per_key", u64::from(self.gateway.max_concurrent_per_key)),
+            ("gateway.max_files_per_key", u64::from(self.gateway.max_files_per_key)),
+            ("gateway.max_file_bytes_per_key", self.gateway.max_file_bytes_per_key),
+            ("gateway.max_batches_per_key", u64::from(self.gateway.max_batches_per_key)),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, 0, "must be at least 1"));
+            }
         }
         if self.gateway.max_connections < 2 {
             return Err(invalid("gateway.max_connections", self.gateway.max_connections, "must be at least 2"));

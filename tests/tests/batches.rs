@@ -347,3 +347,101 @@ async fn a_batch_spends_its_keys_limits_and_a_revoked_keys_batch_is_cancelled() 
     let line = bitinglip_tests::task_record(&http, &base, &format!("{id}-0")).await;
     assert_eq!(line["status"], "cancelled", "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_keeps_at_most_its_share_of_files_and_batches() {
+    let nats = TestNats::start().await;
+    let url = nats.url();
+    let mut config = test_config(&url);
+    config.worker.models = vec![bitinglip_tests::echo_model("slow", 1.0, 4)];
+    config.gateway.max_files_per_key = 2;
+    config.gateway.max_file_bytes_per_key = 100_000;
+    config.gateway.max_batches_per_key = 1;
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_model("slow", LOAD).await;
+    let base = node.http.clone().unwrap();
+    let (_, secret) = bitinglip_tests::cli_key(&url, &["--name", "thrifty"]);
+    let key = bitinglip_tests::http_with(&secret);
+    let lines: Vec<Value> = (0..2).map(|i| echo_line(i, "slow", 30)).collect();
+    let first = upload(&key, &base, &lines).await;
+    upload(&key, &base, &lines).await;
+
+    // A third file is over the key's count.
+    let refused_upload = |client: reqwest::Client, lines: Vec<Value>| {
+        let base = base.clone();
+        async move {
+            let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+            let form = format!(
+                "--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jsonl\"\r\n\r\n{body}\r\n--B--\r\n"
+            );
+            let resp = client
+                .post(format!("{base}/v1/files"))
+                .header("content-type", "multipart/form-data; boundary=B")
+                .body(form)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = refused_upload(key.clone(), lines.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("gateway.max_files_per_key"), "{body}");
+    // So is a file larger than what is left of its bytes, for another key.
+    let (_, other) = bitinglip_tests::cli_key(&url, &["--name", "bulky"]);
+    let big: Vec<Value> = (0..1000).map(|i| echo_line(i, "slow", 30)).collect();
+    let (status, body) = refused_upload(bitinglip_tests::http_with(&other), big).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("gateway.max_file_bytes_per_key"), "{body}");
+
+    // One batch in progress at a time.
+    let id = start_batch(&key, &base, &first).await;
+    let resp = key
+        .post(format!("{base}/v1/batches"))
+        .json(&json!({"input_file_id": first, "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    // Once it has ended, the next one may start.
+    let cancelled: Value =
+        key.post(format!("{base}/v1/batches/{id}/cancel")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelling", "{cancelled}");
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(30),
+        async { batch(&key, &base, &id).await["status"] == "cancelled" },
+        "the batch never ended"
+    );
+    start_batch(&key, &base, &first).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_whose_lines_are_all_refused_ends_at_once_with_a_bounded_record() {
+    let nats = TestNats::start().await;
+    let mut config = test_config(&nats.url());
+    config.worker.models = vec![bitinglip_tests::echo_model("echo", 0.0, 4)];
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_model("echo", LOAD).await;
+    let base = node.http.clone().unwrap();
+    let http = bitinglip_tests::http();
+    // 6,000 lines for a model nobody serves, its name long: every line is refused at
+    // submit, and their refusals together are larger than one message.
+    let model = format!("no-such-model-{}", "x".repeat(150));
+    let lines: Vec<Value> = (0..6000).map(|i| echo_line(i, &model, 4)).collect();
+    let file = upload(&http, &base, &lines).await;
+    let id = start_batch(&http, &base, &file).await;
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(60),
+        async { batch(&http, &base, &id).await["status"] == "failed" },
+        "the batch never ended: {}",
+        batch(&http, &base, &id).await["status"]
+    );
+    let b = batch(&http, &base, &id).await;
+    let errors = b["errors"]["data"].as_array().unwrap();
+    assert!(errors.len() <= 1_001, "{} errors listed", errors.len());
+    assert!(errors.iter().any(|e| e["code"] == "unknown_model"), "{}", errors[0]);
+    assert!(errors.iter().any(|e| e["code"] == "batch_failed"), "{}", errors.last().unwrap());
+}

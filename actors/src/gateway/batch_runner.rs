@@ -47,6 +47,13 @@ pub(crate) struct Line {
 /// batch never fills the model's queue.
 const WINDOW: u32 = 64;
 
+/// The most refused lines a batch record lists (each message cut to [`REFUSAL_CHARS`]): past
+/// it the batch fails as a whole, so its record stays far under one message whatever its
+/// lines are, and a batch of lines that are all refused ends in one round.
+const MAX_REFUSED: usize = 1_000;
+/// A refusal's message is kept to this many characters in the record.
+const REFUSAL_CHARS: usize = 200;
+
 /// How long a gateway's lease on a batch lasts without renewal.
 const LEASE_MS: u64 = 15_000;
 
@@ -231,10 +238,19 @@ async fn drive(
                 break;
             }
             Ok(SubmitReply::Rejected(err)) => {
+                if b.refused.len() >= MAX_REFUSED {
+                    tracing::info!(batch = %id, refused = b.refused.len(), "too many lines refused; the batch fails");
+                    b.status = BatchStatus::Failed;
+                    b.error = Some(format!(
+                        "more than {MAX_REFUSED} of its lines were refused (the first are listed); the rest did not run"
+                    ));
+                    b.times.insert("failed".into(), now);
+                    break;
+                }
                 b.refused.push(LineError {
                     line: n,
                     code: err.kind.as_str().to_string(),
-                    message: err.message.clone(),
+                    message: err.message.chars().take(REFUSAL_CHARS).collect(),
                 });
                 d.ended.insert(n, Ended::Failed { task: None, error: err });
             }
@@ -245,6 +261,14 @@ async fn drive(
         }
         b.submitted += 1;
         d.submitted = d.submitted.max(b.submitted);
+    }
+
+    // A batch that failed as a whole stops the lines it started (best effort: they belong
+    // to nothing once it has ended).
+    if b.status == BatchStatus::Failed {
+        for n in (0..b.submitted).filter(|n| !d.ended.contains_key(n)) {
+            let _ = bitinglip_client::cancel(&ctx.bus, &task_of(id, n), "batch failed").await;
+        }
     }
 
     // Lines submitted past the recorded count (a gateway that died, or a record changed

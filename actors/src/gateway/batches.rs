@@ -159,6 +159,29 @@ pub(super) async fn upload(
     if file.data.is_empty() {
         return Err(ApiError::invalid("`file` is empty", Some("file")));
     }
+    // The key's share of the store: so many files, so many bytes.
+    let (count, bytes) = ctx
+        .store
+        .files()
+        .list()
+        .await
+        .map_err(store_error)?
+        .iter()
+        .filter(|f| f.owner.as_deref() == Some(key.id.as_str()))
+        .fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.bytes));
+    let g = &ctx.config.gateway;
+    if count >= u64::from(g.max_files_per_key) {
+        return Err(quota(format!(
+            "this key keeps {count} files, its limit (gateway.max_files_per_key); delete some first"
+        )));
+    }
+    if bytes + file.data.len() as u64 > g.max_file_bytes_per_key {
+        return Err(quota(format!(
+            "this key keeps {bytes} bytes of files; {} more would pass its limit of {} (gateway.max_file_bytes_per_key)",
+            file.data.len(),
+            g.max_file_bytes_per_key
+        )));
+    }
     let record = FileRecord {
         id: format!("file-{}", ulid::Ulid::new()),
         owner: Some(key.id.clone()),
@@ -169,6 +192,11 @@ pub(super) async fn upload(
     };
     let stored = ctx.store.files().put(&record, file.data).await.map_err(store_error)?;
     Ok(Json((&stored).into()))
+}
+
+/// A refusal for a key over its share of files or batches.
+fn quota(message: String) -> ApiError {
+    ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message).with_code("quota_exceeded")
 }
 
 /// This key's files (an admin key: all), newest first.
@@ -356,6 +384,19 @@ pub(super) async fn create(
     })?;
     if file.purpose != "batch" {
         return Err(ApiError::invalid("`input_file_id` must name a file of purpose `batch`", Some("input_file_id")));
+    }
+    // The key's batches in progress, at most so many: each one is driven by a gateway.
+    let mut running = 0u32;
+    for id in ctx.store.batches().ids().await.map_err(store_error)? {
+        if let Some((b, _)) = ctx.store.batches().get(&id).await.map_err(store_error)? {
+            running += u32::from(b.owner.as_deref() == Some(key.id.as_str()) && !b.status.is_final());
+        }
+    }
+    let max = ctx.config.gateway.max_batches_per_key;
+    if running >= max {
+        return Err(quota(format!(
+            "this key has {running} batches in progress, its limit (gateway.max_batches_per_key); wait for one to end"
+        )));
     }
     let bytes =
         ctx.store.files().read(&file.id).await.map_err(store_error)?.ok_or_else(|| not_found("file", &file.id))?;
