@@ -44,14 +44,9 @@ pub enum ModelManagerMsg {
 }
 
 async fn register(ctx: &NodeContext, req: RegisterModel) -> Result<(), WireError> {
-    if req.model.id.trim().is_empty() {
-        return Err(WireError::new(ErrorKind::InvalidRequest, "model.id is empty"));
-    }
-    if req.model.id.len() > bitinglip_bus_schema::MAX_ID_BYTES {
-        return Err(WireError::new(
-            ErrorKind::InvalidRequest,
-            format!("model.id is over {} bytes", bitinglip_bus_schema::MAX_ID_BYTES),
-        ));
+    // Checked as an id from HTTP is: a worker's seed is no more trusted than a client.
+    if let Some(problem) = bitinglip_bus_schema::model_id_problem(&req.model.id) {
+        return Err(WireError::new(ErrorKind::InvalidRequest, format!("model.id {problem}")));
     }
     let existing = ctx.store.models().get(&req.model.id).await?;
     let record = merge_registration(req.model, existing, bitinglip_nats::now_ms());

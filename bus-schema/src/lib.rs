@@ -17,4 +17,4 @@ pub use envelope::{Envelope, SCHEMA_VERSION};
 pub use error::{ErrorKind, WireError};
 pub use kinds::{EngineKind, Role, WorkerState};
 pub use messages::*;
-pub use subjects::{decode_token, encode_token, SubjectError, Subjects, TaskId, MAX_ID_BYTES};
+pub use subjects::{decode_token, encode_token, model_id_problem, SubjectError, Subjects, TaskId, MAX_ID_BYTES};

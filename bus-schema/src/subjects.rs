@@ -35,6 +35,25 @@ fn is_plain(c: char) -> bool {
 /// KV key and a metric label, so it is capped before it reaches any of them.
 pub const MAX_ID_BYTES: usize = 256;
 
+/// Why `id` cannot be a model id, from whichever door it comes (HTTP, a worker's
+/// registration, a deployment): empty, over [`MAX_ID_BYTES`], with control characters, or
+/// with a `..` segment (an id also names a folder in the hub cache).
+pub fn model_id_problem(id: &str) -> Option<String> {
+    if id.trim().is_empty() {
+        return Some("is empty".into());
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Some(format!("is over {MAX_ID_BYTES} bytes"));
+    }
+    if id.chars().any(char::is_control) {
+        return Some("has control characters".into());
+    }
+    if id.split(['/', '\\']).any(|part| part == "..") {
+        return Some("has a `..` segment".into());
+    }
+    None
+}
+
 /// Encodes any string (a model id, a node id) as one subject token that is also a valid
 /// JetStream key and consumer name. Bytes outside `[A-Za-z0-9_-]` become `=XX`.
 pub fn encode_token(raw: &str) -> String {
@@ -472,6 +491,16 @@ impl Subjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_id_is_checked_the_same_from_every_door() {
+        for ok in ["Qwen/Qwen2.5-0.5B-Instruct", "tiny-chat", "/srv/models/tiny", "a..b"] {
+            assert_eq!(model_id_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "  ", "a/../b", "..", "a\\..\\b", "a\nb", &"x".repeat(MAX_ID_BYTES + 1)] {
+            assert!(model_id_problem(bad).is_some(), "{bad:?}");
+        }
+    }
     use crate::Priority;
 
     #[test]

@@ -312,8 +312,64 @@ async fn ensure_object_store(
         .await
     {
         Ok(store) => Ok(store),
-        Err(create) => js.get_object_store(bucket).await.map_err(|_| err(bucket, create)),
+        Err(create) => {
+            let store = js.get_object_store(bucket).await.map_err(|_| err(bucket, create))?;
+            let name = format!("OBJ_{bucket}");
+            let mut stream = js.get_stream(&name).await.map_err(|e| err(&name, e))?;
+            let have = stream.info().await.map_err(|e| err(&name, e))?.config.clone();
+            refuse_foreign(&name, &have, &[format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")], None)?;
+            Ok(store)
+        }
     }
+}
+
+/// Refuses an existing stream or bucket with settings provisioning never makes (see
+/// [`foreign`]): someone made it first (a leaked seed), and adopting it would copy, take
+/// in or pass on what BitingLip stores.
+fn refuse_foreign(
+    name: &str,
+    have: &stream::Config,
+    subjects: &[String],
+    root: Option<&str>,
+) -> Result<(), ProvisionError> {
+    let found = foreign(have, subjects, root);
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(err(
+        name,
+        format!(
+            "it exists with settings BitingLip never makes ({}); it was not made by BitingLip's provisioning: \
+             inspect it and delete it (`nats stream rm {name}`) before starting a node",
+            found.join(", ")
+        ),
+    ))
+}
+
+/// The settings of an existing stream that provisioning never makes (pure): a republish,
+/// a mirror, sources or a subject transform (each copies, takes in or passes on messages),
+/// and subjects other than `own` or, when given, outside `root` (`<root>.`).
+pub(crate) fn foreign(have: &stream::Config, own: &[String], root: Option<&str>) -> Vec<String> {
+    let mut found = Vec::new();
+    if have.republish.is_some() {
+        found.push("a republish".to_string());
+    }
+    if have.mirror.is_some() {
+        found.push("a mirror".to_string());
+    }
+    if have.sources.as_ref().is_some_and(|s| !s.is_empty()) {
+        found.push("sources".to_string());
+    }
+    if have.subject_transform.is_some() {
+        found.push("a subject transform".to_string());
+    }
+    let others: Vec<&String> =
+        have.subjects.iter().filter(|s| !own.contains(s) && !root.is_some_and(|r| s.starts_with(r))).collect();
+    if !others.is_empty() {
+        found
+            .push(format!("subjects not its own: {}", others.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")));
+    }
+    found
 }
 
 /// Finds the buckets an earlier start provisioned, creating nothing (a client such as
@@ -375,6 +431,10 @@ async fn ensure_stream(
     match js.get_stream(&name).await {
         Ok(mut existing) => {
             let have = existing.info().await.map_err(|e| err(&name, e))?.config.clone();
+            // Subjects under the same root are the tasks' and events' own, whatever version
+            // of BitingLip made them (an upgrade changes them).
+            let root = config.subjects.first().and_then(|s| s.split('.').next()).map(|r| format!("{r}."));
+            refuse_foreign(&name, &have, &config.subjects, root.as_deref())?;
             apply(js, changes, Data::Kept, &have, config).await
         }
         Err(_) => match js.create_stream(config.clone()).await {
@@ -479,6 +539,7 @@ async fn ensure_kv(
             let name = format!("KV_{bucket}");
             let mut stream = js.get_stream(&name).await.map_err(|e| err(&name, e))?;
             let have = stream.info().await.map_err(|e| err(&name, e))?.config.clone();
+            refuse_foreign(&name, &have, &[format!("$KV.{bucket}.>")], None)?;
             let mut want = have.clone();
             want.max_age = config.max_age;
             want.max_bytes = if config.max_bytes == 0 { -1 } else { config.max_bytes };
@@ -515,6 +576,32 @@ pub fn worker_consumer_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_with_settings_provisioning_never_makes_is_foreign() {
+        let own = vec!["$KV.keys.>".to_string()];
+        let ours = stream::Config { name: "KV_keys".into(), subjects: own.clone(), ..Default::default() };
+        assert!(foreign(&ours, &own, None).is_empty());
+        let republish = stream::Config {
+            republish: Some(stream::Republish {
+                source: ">".into(),
+                destination: "evil.>".into(),
+                headers_only: false,
+            }),
+            ..ours.clone()
+        };
+        assert_eq!(foreign(&republish, &own, None), vec!["a republish".to_string()]);
+        let more = stream::Config { subjects: vec!["$KV.keys.>".into(), "evil.>".into()], ..ours.clone() };
+        assert_eq!(foreign(&more, &own, None), vec!["subjects not its own: evil.>".to_string()]);
+        // A stream's subjects under its root are its own, from any version.
+        let tasks =
+            stream::Config { subjects: vec!["bl.v1.queue.>".into(), "bl.v0.queue.>".into()], ..Default::default() };
+        assert!(foreign(&tasks, &["bl.v1.queue.>".to_string()], Some("bl.")).is_empty());
+        let sourced = stream::Config { sources: Some(vec![stream::Source::default()]), ..ours.clone() };
+        assert_eq!(foreign(&sourced, &own, None), vec!["sources".to_string()]);
+        let mirrored = stream::Config { mirror: Some(stream::Source::default()), subjects: vec![], ..ours };
+        assert_eq!(foreign(&mirrored, &own, None), vec!["a mirror".to_string()]);
+    }
 
     #[test]
     fn lowering_a_limit_or_an_age_drops_data_raising_does_not() {

@@ -113,6 +113,25 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
         worker.flush().await.unwrap();
         refused(&mut errors, &subject).await;
     }
+    // A worker's registration is checked as an id from HTTP is: a `..` segment is refused.
+    let forged = bitinglip_bus_schema::RegisterModel {
+        model: bitinglip_bus_schema::ModelRecord {
+            id: "acme/../../../etc".into(),
+            source: bitinglip_bus_schema::ModelSource::Hub { revision: "main".into() },
+            context_length: None,
+            revision_sha: None,
+            files: vec![],
+            estimated_memory: None,
+            engine: Default::default(),
+            created_ms: 0,
+            updated_ms: 0,
+        },
+        worker: "forger".into(),
+    };
+    let payload = bitinglip_bus_schema::encode(&Envelope::new("forged-1", 0, "bus-auth-test", forged)).unwrap();
+    let reply = worker.request(s.model_register(), payload.into()).await.expect("a worker may register");
+    let reply = String::from_utf8_lossy(&reply.payload).to_string();
+    assert!(reply.contains("invalid_request") && reply.contains(".."), "{reply}");
     // The streams are all still there, with their tasks.
     let admin = async_nats::ConnectOptions::with_nkey(admin_seed.trim().to_string())
         .custom_inbox_prefix("_INBOX_admin")

@@ -2,7 +2,9 @@
 //! message (a longer heartbeat TTL, a higher limit) reach existing streams and buckets on
 //! the next start; settings that would drop stored data (a lower byte limit, a shorter
 //! age) are left alone until `bitinglip admin migrate` applies them. The events stream
-//! caps each task, so one task cannot evict another's replay.
+//! caps each task, so one task cannot evict another's replay. A stream or bucket made
+//! before provisioning with settings it never makes (a republish, sources, a mirror,
+//! foreign subjects), as a leaked seed could, is refused rather than adopted.
 
 use std::time::Duration;
 
@@ -62,4 +64,40 @@ async fn settings_that_keep_data_apply_and_those_that_drop_it_wait_for_migrate()
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(stream_config(&js, &s.tasks_stream()).await.max_bytes, before / 2);
     assert_eq!(stream_config(&js, &tasks).await.max_age, Duration::from_secs(3600));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_or_stream_made_first_with_a_republish_or_foreign_subjects_is_refused_not_adopted() {
+    use async_nats::jetstream::{kv, stream};
+    let nats = TestNats::start().await;
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let s = Subjects::default();
+    let bus = Bus::new(client, s.clone(), "provisioning-test", Duration::from_secs(5));
+    let config = test_config(&nats.url());
+
+    // The events stream, made first, also capturing subjects outside BitingLip's.
+    js.create_stream(stream::Config {
+        name: s.events_stream(),
+        subjects: vec![s.all_task_events(), "elsewhere.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = Store::provision(&bus, &config).await.unwrap_err().to_string();
+    assert!(err.contains(&s.events_stream()) && err.contains("elsewhere.>"), "{err}");
+    js.delete_stream(s.events_stream()).await.unwrap();
+
+    // The API keys' bucket, made first, republishing every key to a subject its maker reads.
+    let republish = stream::Republish { source: ">".into(), destination: "stolen.>".into(), headers_only: false };
+    js.create_key_value(kv::Config { bucket: s.keys_bucket(), republish: Some(republish), ..Default::default() })
+        .await
+        .unwrap();
+    let err = Store::provision(&bus, &config).await.unwrap_err().to_string();
+    assert!(err.contains(&s.keys_bucket()) && err.contains("republish"), "{err}");
+    js.delete_key_value(s.keys_bucket()).await.unwrap();
+
+    // Made by provisioning itself, everything is adopted on the next start.
+    Store::provision(&bus, &config).await.unwrap();
+    Store::provision(&bus, &config).await.unwrap();
 }

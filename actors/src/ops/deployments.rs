@@ -43,14 +43,8 @@ fn check_spec(spec: &ModelSpec) -> Result<(), WireError> {
 pub async fn set(store: &Store, req: SetDeployment) -> Result<Deployment, WireError> {
     check_spec(&req.spec)?;
     let model = req.model.clone().unwrap_or_else(|| req.spec.source.clone());
-    if model.trim().is_empty() {
-        return Err(WireError::new(ErrorKind::InvalidRequest, "`model` is empty"));
-    }
-    if model.len() > bitinglip_bus_schema::MAX_ID_BYTES {
-        return Err(WireError::new(
-            ErrorKind::InvalidRequest,
-            format!("`model` is over {} bytes", bitinglip_bus_schema::MAX_ID_BYTES),
-        ));
+    if let Some(problem) = bitinglip_bus_schema::model_id_problem(&model) {
+        return Err(WireError::new(ErrorKind::InvalidRequest, format!("`model` {problem}")));
     }
     if req.replicas > 1000 {
         return Err(WireError::new(ErrorKind::InvalidRequest, format!("`replicas` is {}; at most 1000", req.replicas)));

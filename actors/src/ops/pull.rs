@@ -9,8 +9,8 @@ use crate::NodeContext;
 
 /// Pulls `model` at `revision` into the hub cache.
 pub async fn pull(ctx: &NodeContext, model: &str, revision: &str) -> Result<Pulled, WireError> {
-    if model.trim().is_empty() || model.contains("..") || model.len() > bitinglip_bus_schema::MAX_ID_BYTES {
-        return Err(WireError::new(ErrorKind::InvalidRequest, format!("invalid model id {model:?}")));
+    if let Some(problem) = bitinglip_bus_schema::model_id_problem(model) {
+        return Err(WireError::new(ErrorKind::InvalidRequest, format!("invalid model id {model:?}: it {problem}")));
     }
     let hub = Hub::new(&ctx.config.hub)?;
     let bus = ctx.bus.clone();
