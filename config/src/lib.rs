@@ -339,6 +339,10 @@ pub struct GatewayConfig {
     pub max_file_bytes_per_key: u64,
     /// Most batches one API key may have in progress at once.
     pub max_batches_per_key: u32,
+    /// A batch that ended is removed this long after it ended, with its output and error
+    /// files (its input file stays until its owner deletes it).
+    #[serde(with = "humantime_serde")]
+    pub batch_retention: Duration,
     /// Longest a client may take to send a request's headers; the connection is then
     /// closed (a client that trickles headers cannot hold connections).
     #[serde(with = "humantime_serde")]
@@ -385,6 +389,7 @@ impl Default for GatewayConfig {
             max_files_per_key: 500,
             max_file_bytes_per_key: 512 * 1024 * 1024,
             max_batches_per_key: 20,
+            batch_retention: Duration::from_secs(30 * 24 * 3600),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(15),
             stream_idle_timeout: Duration::from_secs(15 * 60),

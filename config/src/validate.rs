@@ -183,6 +183,7 @@ impl Config {
             ("gateway.idle_timeout", self.gateway.idle_timeout),
             ("gateway.keep_alive_interval", self.gateway.keep_alive_interval),
             ("gateway.write_timeout", self.gateway.write_timeout),
+            ("gateway.batch_retention", self.gateway.batch_retention),
         ] {
             if d.is_zero() {
                 return Err(invalid(key, "0s", "must be above zero"));

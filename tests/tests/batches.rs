@@ -357,6 +357,7 @@ async fn a_key_keeps_at_most_its_share_of_files_and_batches() {
     config.gateway.max_files_per_key = 2;
     config.gateway.max_file_bytes_per_key = 100_000;
     config.gateway.max_batches_per_key = 1;
+    config.gateway.batch_retention = Duration::from_secs(5);
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_model("slow", LOAD).await;
     let base = node.http.clone().unwrap();
@@ -416,6 +417,16 @@ async fn a_key_keeps_at_most_its_share_of_files_and_batches() {
         "the batch never ended"
     );
     start_batch(&key, &base, &first).await;
+    // The ended batch is removed after its retention, with its error file.
+    let error_file = batch(&key, &base, &id).await["error_file_id"].as_str().map(str::to_string);
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(30),
+        async { key.get(format!("{base}/v1/batches/{id}")).send().await.unwrap().status() == 404 },
+        "the ended batch was never removed"
+    );
+    if let Some(file) = error_file {
+        assert_eq!(key.get(format!("{base}/v1/files/{file}")).send().await.unwrap().status(), 404);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -122,11 +122,11 @@ async fn drive(
 ) -> Result<(), String> {
     let store_err = |e: bitinglip_nats::StoreError| e.to_string();
     let Some((mut b, rev)) = ctx.store.batches().get(id).await.map_err(store_err)? else { return Ok(()) };
+    let now = bitinglip_nats::now_ms();
     if b.status.is_final() {
         driven.remove(id);
-        return Ok(());
+        return expire(ctx, &b, now).await.map_err(store_err);
     }
-    let now = bitinglip_nats::now_ms();
     if b.runner.as_deref().is_some_and(|r| r != me) && b.runner_until_ms > now {
         // Another gateway drives it.
         driven.remove(id);
@@ -370,6 +370,22 @@ async fn drive(
             Err(err.to_string())
         }
     }
+}
+
+/// Removes a batch that ended more than `gateway.batch_retention` ago, its output and error
+/// files first (so a crash between leaves the record, and the next round finishes).
+async fn expire(ctx: &NodeContext, b: &BatchRecord, now: u64) -> Result<(), bitinglip_nats::StoreError> {
+    let ended = b.times.values().copied().max().unwrap_or(b.created_ms);
+    let retention = ctx.config.gateway.batch_retention.as_millis() as u64;
+    if now.saturating_sub(ended) < retention {
+        return Ok(());
+    }
+    for file in [&b.output_file_id, &b.error_file_id].into_iter().flatten() {
+        ctx.store.files().delete(file).await?;
+    }
+    ctx.store.batches().delete(&b.id).await?;
+    tracing::info!(batch = %b.id, "batch removed after its retention");
+    Ok(())
 }
 
 /// Spends one request of `owner`'s minute for a batch line, when its limits allow one now:

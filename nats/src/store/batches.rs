@@ -52,6 +52,14 @@ impl Batches<'_> {
         self.bucket.update(&batch.id, batch, revision).await
     }
 
+    /// Removes batch `id`'s record (a no-op when absent).
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        if !is_id(id) {
+            return Ok(());
+        }
+        self.bucket.delete(id).await
+    }
+
     /// Every batch id.
     pub async fn ids(&self) -> Result<Vec<String>, StoreError> {
         let mut keys = match self.bucket.kv.keys().await {
