@@ -456,3 +456,76 @@ async fn a_batch_whose_lines_are_all_refused_ends_at_once_with_a_bounded_record(
     assert!(errors.iter().any(|e| e["code"] == "unknown_model"), "{}", errors[0]);
     assert!(errors.iter().any(|e| e["code"] == "batch_failed"), "{}", errors.last().unwrap());
 }
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_batches_over_one_large_file_keep_the_gateways_memory_flat() {
+    let nats = TestNats::start().await;
+    let mut config = test_config(&nats.url());
+    // A slow model: the batches stay in progress while the memory is measured.
+    config.worker.models = vec![bitinglip_tests::echo_model("slow", 1.0, 2)];
+    config.gateway.max_batches_per_key = 40;
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_model("slow", LOAD).await;
+    let base = node.http.clone().unwrap();
+    let http = bitinglip_tests::http();
+    // 30,000 lines of about 1 kB: a 30 MB input file.
+    let pad = "word ".repeat(180);
+    let lines: Vec<Value> = (0..30_000)
+        .map(|i| {
+            json!({"custom_id": format!("l{i}"), "method": "POST", "url": "/v1/chat/completions",
+                   "body": {"model": "slow", "messages": [{"role": "user", "content": pad}], "max_tokens": 2}})
+        })
+        .collect();
+    let file = upload(&http, &base, &lines).await;
+    let driven = |id: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move { bitinglip_tests::task_record(&http, &base, &format!("{id}-0")).await["status"].is_string() }
+    };
+
+    // One batch first, driven: whatever parsing the file once costs is in the baseline.
+    let first = start_batch(&http, &base, &file).await;
+    bitinglip_tests::assert_eventually!(Duration::from_secs(60), driven(first.clone()), "the first batch never ran");
+    let before = rss(node.pid());
+    let mut ids = vec![first];
+    for _ in 0..29 {
+        ids.push(start_batch(&http, &base, &file).await);
+    }
+    for id in &ids {
+        bitinglip_tests::assert_eventually!(Duration::from_secs(60), driven(id.clone()), "batch {id} never ran");
+    }
+    // Rounds of driving all thirty, until their lines have completed a few at a time.
+    let completed = || {
+        let (http, base, ids) = (http.clone(), base.clone(), ids.clone());
+        async move {
+            let mut n = 0;
+            for id in &ids {
+                n += batch(&http, &base, id).await["request_counts"]["completed"].as_u64().unwrap_or(0);
+            }
+            n
+        }
+    };
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(90),
+        async { completed().await >= 10 },
+        "the batches never made progress"
+    );
+    let after = rss(node.pid());
+    eprintln!("resident: {} MiB before the 29 batches, {} MiB with all 30 driven", before >> 20, after >> 20);
+    // Holding every batch's lines would be about 30 × 30 MB; a page or two each is a few.
+    let grown = after.saturating_sub(before);
+    assert!(grown < 300 << 20, "the node grew by {} MiB driving thirty batches over one file", grown >> 20);
+    for id in &ids {
+        http.post(format!("{base}/v1/batches/{id}/cancel")).send().await.unwrap();
+    }
+}

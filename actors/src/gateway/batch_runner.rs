@@ -10,12 +10,18 @@
 //! `rate_limit_exceeded` in the error file. A batch whose key is revoked, expires or is
 //! gone is cancelled at the next round (within a second or so).
 //!
+//! A driven batch's lines are read a page at a time from the files store (the input file
+//! is kept in pages of [`batches::PAGE_LINES`] lines), and an ended line is kept as its
+//! outcome only (a completed line's answer is read again from its task when the output
+//! file is written): what a gateway holds per batch is a page or two and a small entry per
+//! ended line, whatever the size of the file.
+//!
 //! Nothing lives only here: the record says how many lines were submitted, line `n` runs
 //! as task `<batch id>-<n>` (submitting it again is recognised by the task manager and
 //! runs nothing twice), and a task's record says how it ended. A gateway that dies loses
 //! nothing; another takes the lease when it lapses and goes on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bitinglip_bus_schema::{
     BatchRecord, BatchStatus, ChatParams, ErrorKind, FileRecord, GetTask, KeyLimits, LineError, Priority, SubmitReply,
@@ -75,17 +81,47 @@ pub(crate) fn task_of(id: &str, n: u32) -> TaskId {
 /// How a line ended, as far as this gateway has seen.
 #[derive(Debug, Clone)]
 enum Ended {
-    Completed(Box<TaskRecord>),
-    Failed { task: Option<String>, error: WireError },
+    /// Its answer is read again from its task when the output file is written.
+    Completed,
+    Failed {
+        task: Option<String>,
+        error: WireError,
+    },
 }
 
 /// What this gateway keeps of a batch it drives (all of it can be read again).
+#[derive(Default)]
 struct Driven {
-    lines: Vec<Line>,
+    /// The pages of input lines loaded now, by page number.
+    pages: BTreeMap<u32, Vec<Line>>,
     ended: HashMap<u32, Ended>,
     cancels_sent: bool,
     /// Lines this gateway submitted (the record may not say so yet).
     submitted: u32,
+    /// `max_tokens` of the lines submitted and not ended yet.
+    running_max_tokens: HashMap<u32, u32>,
+}
+
+impl Driven {
+    /// Line `n`, when its page is loaded.
+    fn line(&self, n: u32) -> Option<&Line> {
+        self.pages.get(&(n / batches::PAGE_LINES)).and_then(|p| p.get((n % batches::PAGE_LINES) as usize))
+    }
+
+    /// Loads line `n`'s page when it is not. `Ok(false)`: the input file is gone.
+    async fn load(&mut self, ctx: &NodeContext, b: &BatchRecord, n: u32) -> Result<bool, String> {
+        let k = n / batches::PAGE_LINES;
+        if self.pages.contains_key(&k) {
+            return Ok(true);
+        }
+        match batches::page_lines(ctx, &b.endpoint, &b.input_file_id, k).await? {
+            Some(lines) => {
+                self.pages.insert(k, lines);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
 }
 
 /// Drives every batch until `stop`.
@@ -147,25 +183,14 @@ async fn drive(
         }
         _ => None,
     };
-    if !driven.contains_key(id) {
-        let lines = match ctx.store.files().read(&b.input_file_id).await.map_err(store_err)? {
-            Some(bytes) => batches::parse_lines(&b.endpoint, &bytes),
-            None => Err(format!("the input file {} is gone", b.input_file_id)),
-        };
-        match lines {
-            Ok(lines) => {
-                let d = Driven { lines, ended: HashMap::new(), cancels_sent: false, submitted: 0 };
-                driven.insert(id.to_string(), d);
-            }
-            Err(error) => {
-                b.status = BatchStatus::Failed;
-                b.error = Some(error);
-                b.times.insert("failed".into(), now);
-                return ctx.store.batches().update(&b, rev).await.map(|_| ()).map_err(store_err);
-            }
-        }
+    let d = driven.entry(id.to_string()).or_default();
+    if b.submitted < b.total && !d.load(ctx, &b, b.submitted).await? {
+        b.status = BatchStatus::Failed;
+        b.error = Some(format!("the input file {} is gone", b.input_file_id));
+        b.times.insert("failed".into(), now);
+        driven.remove(id);
+        return ctx.store.batches().update(&b, rev).await.map(|_| ()).map_err(store_err);
     }
-    let d = driven.get_mut(id).expect("inserted above");
     let stopping = b.status == BatchStatus::Cancelling || now > b.expires_ms;
 
     // Submit the next lines, at most WINDOW of them unfinished at once.
@@ -189,12 +214,18 @@ async fn drive(
             break;
         }
         let n = b.submitted;
+        if !d.load(ctx, &b, n).await? {
+            break;
+        }
+        let default_max_tokens = ctx.config.task_manager.default_max_tokens;
+        let max_tokens = d.line(n).and_then(|l| l.chat.max_tokens).unwrap_or(default_max_tokens);
         if let (Some(limits), Some(owner)) = (&limits, b.owner.as_deref()) {
-            let max_tokens = |m: u32| {
-                u64::from(d.lines[m as usize].chat.max_tokens.unwrap_or(ctx.config.task_manager.default_max_tokens))
-            };
-            let reserved = (0..b.submitted).filter(|m| !d.ended.contains_key(m)).map(max_tokens).sum();
-            match spend(ctx, owner, limits, now, reserved, max_tokens(n)).await.map_err(store_err)? {
+            // Lines running since before this gateway took the batch count at the default.
+            let reserved = (0..b.submitted)
+                .filter(|m| !d.ended.contains_key(m))
+                .map(|m| u64::from(d.running_max_tokens.get(&m).copied().unwrap_or(default_max_tokens)))
+                .sum();
+            match spend(ctx, owner, limits, now, reserved, u64::from(max_tokens)).await.map_err(store_err)? {
                 LineVerdict::Go => {}
                 LineVerdict::Wait => break,
                 LineVerdict::BudgetSpent(message) => {
@@ -216,7 +247,7 @@ async fn drive(
                 }
             }
         }
-        let line = &d.lines[n as usize];
+        let Some(line) = d.line(n) else { break };
         let submit = SubmitRequest {
             chat: line.chat.clone(),
             task_id: Some(task_of(id, n)),
@@ -228,7 +259,9 @@ async fn drive(
             new_id: false,
         };
         match ctx.bus.request::<_, SubmitReply>(ctx.bus.subjects().task_submit(), &submit, None, None).await {
-            Ok(SubmitReply::Accepted(_)) => {}
+            Ok(SubmitReply::Accepted(_)) => {
+                d.running_max_tokens.insert(n, max_tokens);
+            }
             Ok(SubmitReply::Rejected(err))
                 if matches!(
                     err.kind,
@@ -289,7 +322,7 @@ async fn drive(
         let task = task_of(id, n);
         let Some(record) = record_of(ctx, &task).await? else { continue };
         let ended = match record.state {
-            TaskState::Completed => Ended::Completed(Box::new(record)),
+            TaskState::Completed => Ended::Completed,
             TaskState::Failed | TaskState::Cancelled => Ended::Failed {
                 task: Some(task.to_string()),
                 error: record.error.clone().unwrap_or_else(|| WireError::new(ErrorKind::Internal, "the line failed")),
@@ -297,8 +330,12 @@ async fn drive(
             TaskState::Queued | TaskState::Running => continue,
         };
         d.ended.insert(n, ended);
+        d.running_max_tokens.remove(&n);
     }
-    b.completed = d.ended.values().filter(|e| matches!(e, Ended::Completed(_))).count() as u32;
+    // Pages before the next line to submit are done with (the output file reads them again).
+    let current = b.submitted / batches::PAGE_LINES;
+    d.pages.retain(|k, _| *k >= current);
+    b.completed = d.ended.values().filter(|e| matches!(e, Ended::Completed)).count() as u32;
     b.failed = d.ended.len() as u32 - b.completed;
 
     // Stopping: no line starts any more, and the running ones are told to stop.
@@ -426,22 +463,35 @@ fn kind_of(code: &str) -> ErrorKind {
 }
 
 /// The output file (completed lines) and the error file (failed ones), in OpenAI's line
-/// format, in line order.
+/// format, in line order: a page of lines at a time, each completed line's answer read
+/// again from its task.
 async fn files_of(ctx: &NodeContext, b: &BatchRecord, d: &Driven) -> Result<(String, String), String> {
     let mut output = String::new();
     let mut errors = String::new();
+    let mut page: Option<(u32, Vec<Line>)> = None;
     for n in 0..b.total {
         let Some(ended) = d.ended.get(&n) else { continue };
-        let line = &d.lines[n as usize];
+        let k = n / batches::PAGE_LINES;
+        if page.as_ref().is_none_or(|(loaded, _)| *loaded != k) {
+            let lines = batches::page_lines(ctx, &b.endpoint, &b.input_file_id, k)
+                .await?
+                .ok_or_else(|| format!("the input file {} is gone", b.input_file_id))?;
+            page = Some((k, lines));
+        }
+        let Some(line) = page.as_ref().and_then(|(_, lines)| lines.get((n % batches::PAGE_LINES) as usize)) else {
+            continue;
+        };
         let task = task_of(&b.id, n).to_string();
         let (out, status, request_id, body) = match ended {
-            Ended::Completed(record) => {
-                let Some(done) = &record.result else { continue };
+            Ended::Completed => {
+                let Some(record) = record_of(ctx, &task_of(&b.id, n)).await? else { continue };
+                let Some(mut done) = record.result else { continue };
                 let text = match &done.text_object {
                     Some(name) => ctx.store.results().get(name).await.map_err(|e| e.to_string())?.unwrap_or_default(),
-                    None => done.text.clone(),
+                    None => std::mem::take(&mut done.text),
                 };
-                (&mut output, 200, Some(task.clone()), render(&b.endpoint, line, &task, text, done))
+                ctx.store.results().resolve_parts(&mut done).await.map_err(|e| e.to_string())?;
+                (&mut output, 200, Some(task.clone()), render(&b.endpoint, line, &task, text, &done))
             }
             Ended::Failed { task: ran, error } => {
                 let body = serde_json::to_value(openai::ApiError::from(error.clone()).body()).unwrap_or_default();

@@ -312,6 +312,35 @@ pub(super) fn batch_object(b: &BatchRecord) -> Value {
 
 /// The lines of a batch's input file, each checked as its endpoint's request; an error
 /// names the line (from 1) and what is wrong.
+/// Request lines a page of an input file holds (see `store::files`): a driving gateway
+/// holds a page or two of a batch at once.
+pub(super) const PAGE_LINES: u32 = 256;
+
+/// An input file's request lines (those that are not blank), in pages of [`PAGE_LINES`]
+/// (pure).
+pub(super) fn pages_of(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines.chunks(PAGE_LINES as usize).map(|page| page.join("\n").into_bytes()).collect()
+}
+
+/// Page `k` of file `file_id`'s request lines; `None` when the file is gone. A file from
+/// before pages is paged first (once, by whichever gateway comes first).
+pub(super) async fn page_lines(
+    ctx: &NodeContext,
+    endpoint: &str,
+    file_id: &str,
+    k: u32,
+) -> Result<Option<Vec<Line>>, String> {
+    let files = ctx.store.files();
+    if files.pages(file_id).await.map_err(|e| e.to_string())?.is_none() {
+        let Some(bytes) = files.read(file_id).await.map_err(|e| e.to_string())? else { return Ok(None) };
+        files.put_pages(file_id, &pages_of(&bytes)).await.map_err(|e| e.to_string())?;
+    }
+    let Some(page) = files.page(file_id, k).await.map_err(|e| e.to_string())? else { return Ok(None) };
+    parse_lines(endpoint, &page).map(Some)
+}
+
 pub(super) fn parse_lines(endpoint: &str, bytes: &[u8]) -> Result<Vec<Line>, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "the input file is not UTF-8".to_string())?;
     let mut lines = Vec::new();
@@ -404,6 +433,13 @@ pub(super) async fn create(
     for line in &lines {
         check_model(&key, &line.chat.model)?;
     }
+    let total = lines.len() as u32;
+    drop(lines);
+    // Paged once per file, for the gateways that will drive batches over it.
+    if ctx.store.files().pages(&file.id).await.map_err(store_error)?.is_none() {
+        ctx.store.files().put_pages(&file.id, &pages_of(&bytes)).await.map_err(store_error)?;
+    }
+    drop(bytes);
     let now = bitinglip_nats::now_ms();
     let batch = BatchRecord {
         id: format!("batch_{}", ulid::Ulid::new()),
@@ -413,7 +449,7 @@ pub(super) async fn create(
         completion_window: req.completion_window,
         metadata,
         status: BatchStatus::InProgress,
-        total: lines.len() as u32,
+        total,
         submitted: 0,
         completed: 0,
         failed: 0,
@@ -527,6 +563,20 @@ pub(super) fn status_of(kind: ErrorKind) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_input_file_is_paged_by_its_request_lines() {
+        let lines: Vec<String> = (0..PAGE_LINES * 2 + 3).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let file = format!("\n{}\n\n", lines.join("\n\n"));
+        let pages = pages_of(file.as_bytes());
+        assert_eq!(pages.len(), 3);
+        let back: Vec<String> = pages
+            .iter()
+            .flat_map(|p| String::from_utf8_lossy(p).lines().map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(back, lines, "every request line once, in order, blank lines left out");
+        assert_eq!(String::from_utf8_lossy(&pages[2]).lines().count(), 3);
+    }
 
     #[test]
     fn multipart_bodies_are_read_part_by_part() {

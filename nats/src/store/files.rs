@@ -1,6 +1,10 @@
 //! The Files API's files, in the files object store under their ids (`file-<ulid>`): the
 //! bytes chunked by JetStream, the record (owner, purpose, name, size, time) in the
 //! object's metadata, so the two can never disagree.
+//!
+//! A batch input file is also kept in pages (`<file id>.p<k>`, a fixed number of its
+//! request lines each, and `<file id>.pages` with their count, written last), so that a
+//! gateway driving batches over it reads a page at a time, never the whole file.
 
 use std::collections::HashMap;
 
@@ -91,16 +95,72 @@ impl Files<'_> {
         Ok(Some(bytes))
     }
 
-    /// Deletes file `id` (a no-op when absent).
+    /// Deletes file `id` (a no-op when absent), its pages too.
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         if !is_id(id) {
             return Ok(());
         }
-        match self.store.inner.files.delete(id).await {
+        if let Some(pages) = self.pages(id).await? {
+            self.remove(&format!("{id}.pages")).await?;
+            for k in 0..pages {
+                self.remove(&format!("{id}.p{k}")).await?;
+            }
+        }
+        self.remove(id).await
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), StoreError> {
+        match self.store.inner.files.delete(name).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == async_nats::jetstream::object_store::DeleteErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::unavailable(WHAT, e)),
         }
+    }
+
+    async fn object(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut object = match self.store.inner.files.get(name).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::unavailable(WHAT, e)),
+        };
+        let mut bytes = Vec::new();
+        object.read_to_end(&mut bytes).await.map_err(|e| StoreError::unavailable(WHAT, e))?;
+        Ok(Some(bytes))
+    }
+
+    async fn put_object(&self, name: String, bytes: &[u8]) -> Result<(), StoreError> {
+        let meta = ObjectMetadata { name, ..Default::default() };
+        let mut reader = bytes;
+        self.store.inner.files.put(meta, &mut reader).await.map_err(|e| StoreError::unavailable(WHAT, e))?;
+        Ok(())
+    }
+
+    /// How many pages file `id` is kept in, once they are all written.
+    pub async fn pages(&self, id: &str) -> Result<Option<u32>, StoreError> {
+        if !is_id(id) {
+            return Ok(None);
+        }
+        let Some(count) = self.object(&format!("{id}.pages")).await? else { return Ok(None) };
+        Ok(std::str::from_utf8(&count).ok().and_then(|c| c.trim().parse().ok()))
+    }
+
+    /// Writes file `id`'s pages, then their count (so a count means every page is there).
+    pub async fn put_pages(&self, id: &str, pages: &[Vec<u8>]) -> Result<(), StoreError> {
+        if !is_id(id) {
+            return Err(StoreError::Corrupt { what: WHAT, key: id.to_string(), message: "not a file id".into() });
+        }
+        for (k, page) in pages.iter().enumerate() {
+            self.put_object(format!("{id}.p{k}"), page).await?;
+        }
+        self.put_object(format!("{id}.pages"), pages.len().to_string().as_bytes()).await
+    }
+
+    /// Page `k` of file `id`, when it is there.
+    pub async fn page(&self, id: &str, k: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        if !is_id(id) {
+            return Ok(None);
+        }
+        self.object(&format!("{id}.p{k}")).await
     }
 
     /// Every file, newest first.
