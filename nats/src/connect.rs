@@ -38,10 +38,22 @@ pub async fn connect(
 }
 
 /// Connects as `role`: with `nats.credentials_dir`, as that role's NATS user (its nkey
-/// seed, its inbox prefix); otherwise as [`connect`] does.
+/// seed, its inbox prefix; a worker node's own identity, `worker-<node id>.nk`, when the
+/// folder has one); otherwise as [`connect`] does.
 pub async fn connect_as(
     cfg: &NatsConfig,
     role: NatsRole,
+    name: &str,
+    reconnected: Option<std::sync::Arc<tokio::sync::Notify>>,
+) -> Result<async_nats::Client, ConnectError> {
+    connect_node(cfg, role, "", name, reconnected).await
+}
+
+/// [`connect_as`] for node `node_id`.
+pub async fn connect_node(
+    cfg: &NatsConfig,
+    role: NatsRole,
+    node_id: &str,
     name: &str,
     reconnected: Option<std::sync::Arc<tokio::sync::Notify>>,
 ) -> Result<async_nats::Client, ConnectError> {
@@ -82,7 +94,7 @@ pub async fn connect_as(
         opts = opts.nkey(seed.expose().to_string());
     }
     if let Some(dir) = &cfg.credentials_dir {
-        let path = crate::permissions::seed_file(dir, role);
+        let path = crate::permissions::seed_for(dir, role, node_id);
         let seed = std::fs::read_to_string(&path)
             .map_err(|source| ConnectError::Credentials { path: path.display().to_string(), source })?;
         opts = opts.nkey(seed.trim().to_string()).custom_inbox_prefix(role.inbox_prefix());

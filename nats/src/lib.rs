@@ -14,7 +14,7 @@ pub mod trace;
 
 pub use async_nats;
 pub use bus::{now_ms, trace_of, Bus, Incoming};
-pub use connect::{connect, connect_as, ensure_tls_provider};
+pub use connect::{connect, connect_as, connect_node, ensure_tls_provider};
 pub use error::{BusError, ConnectError, ProvisionError, ServerError};
 pub use provision::{worker_consumer_config, Changes};
 pub use server::{find_nats_server, LocalNatsServer, ServerOptions, ServerTls};

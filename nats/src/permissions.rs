@@ -11,8 +11,9 @@ use crate::store::access;
 mod config;
 
 pub use config::{
-    authorization_block, in_domain, init_credentials, leaf_authorization_block, seed_file, write_leaf_config,
-    AUTH_FILE, LEAF_AUTH_FILE, LEAF_FILE,
+    authorization_block, in_domain, init_credentials, is_worker_name, leaf_authorization_block,
+    manage_worker_identities, seed_file, seed_for, worker_seed_file, write_leaf_config, AUTH_FILE, LEAF_AUTH_FILE,
+    LEAF_FILE,
 };
 
 /// A kind of NATS user.

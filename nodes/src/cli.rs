@@ -95,6 +95,14 @@ pub(crate) enum NatsCommand {
         /// (`nats-leaf://host:7422`, repeatable); writes `leaf.conf` for an edge site.
         #[arg(long, requires = "jetstream_domain")]
         hub: Vec<String>,
+        /// A worker node's own identity (`worker-NAME.nk`, NAME its node id; repeatable):
+        /// a `worker` user of its own, revocable alone.
+        #[arg(long)]
+        worker: Vec<String>,
+        /// Removes worker identity NAME (repeatable); copy the new `auth.conf` to the
+        /// servers and reload them (`nats-server --signal reload`).
+        #[arg(long)]
+        revoke_worker: Vec<String>,
     },
 }
 

@@ -29,8 +29,8 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Deployments(cmd) => deployments::run(config, cmd).await,
         Command::Keys(cmd) => keys::run(config, cmd).await,
         Command::Usage { key, from, to, json } => keys::usage(config, key, from, to, json).await,
-        Command::Nats(crate::cli::NatsCommand::Init { out, jetstream_domain, hub }) => {
-            nats_init(&config, &out, jetstream_domain.as_deref(), &hub)
+        Command::Nats(crate::cli::NatsCommand::Init { out, jetstream_domain, hub, worker, revoke_worker }) => {
+            nats_init(&config, &out, jetstream_domain.as_deref(), &hub, (&worker, &revoke_worker))
         }
         Command::Admin(crate::cli::AdminCommand::Migrate) => {
             let bus = client_bus(&config).await?;
@@ -64,8 +64,16 @@ fn ack(reply: bitinglip_bus_schema::Ack, done: &str) -> anyhow::Result<()> {
 }
 
 /// `bitinglip nats init --out DIR`.
-fn nats_init(config: &Config, out: &std::path::Path, domain: Option<&str>, hubs: &[String]) -> anyhow::Result<()> {
+fn nats_init(
+    config: &Config,
+    out: &std::path::Path,
+    domain: Option<&str>,
+    hubs: &[String],
+    (workers, revoked): (&[String], &[String]),
+) -> anyhow::Result<()> {
     use bitinglip_nats::permissions::{self as p, NatsRole};
+    let added = p::manage_worker_identities(out, workers, revoked)
+        .map_err(|e| anyhow::anyhow!("worker identities in {}: {e}", out.display()))?;
     if let Some(d) = domain {
         let mut check = config.clone();
         check.jetstream.domain = Some(d.to_string());
@@ -78,6 +86,13 @@ fn nats_init(config: &Config, out: &std::path::Path, domain: Option<&str>, hubs:
         let path = p::seed_file(out, role);
         let what = if created.contains(&role) { "created" } else { "kept" };
         println!("{what} {}", path.display());
+    }
+    for name in workers {
+        let what = if added.contains(name) { "created" } else { "kept" };
+        println!("{what} {} (worker node {name}'s own identity)", p::worker_seed_file(out, name).display());
+    }
+    for name in revoked {
+        println!("revoked worker identity {name}: reload each nats-server with the new auth.conf");
     }
     let auth = out.join(p::AUTH_FILE);
     // nats-server resolves an include against the folder of the config that names it.

@@ -2,7 +2,8 @@
 //! `bitinglip nats init` wrote, a node whose roles each connect as their own user and
 //! serve a chat, and then, as the server sees them: what a worker's and a client's
 //! credentials may not do is refused with the server's permissions error; a client
-//! submits and follows its task; an anonymous connection is refused.
+//! submits and follows its task; an anonymous connection is refused. Each worker node may
+//! have an identity of its own, and one is revoked without touching the others.
 
 use std::time::Duration;
 
@@ -228,4 +229,65 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
     }
     // The node served on, and the tasks stream is still there.
     assert!(js.get_stream(s.tasks_stream()).await.is_ok());
+}
+
+/// A connection with the seed in `file` as a worker (the worker's inbox prefix).
+async fn connect_worker_seed(url: &str, file: &std::path::Path) -> Result<async_nats::Client, String> {
+    let seed = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let connect = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        .custom_inbox_prefix("_INBOX_worker")
+        .max_reconnects(Some(0))
+        .connect(url);
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_worker_node_has_an_identity_of_its_own_and_one_is_revoked_alone() {
+    let creds = tempfile::tempdir().unwrap();
+    let dir = creds.path().to_str().unwrap();
+    let (code, out, err) = run_cli(&["nats", "init", "--out", dir, "--worker", "box-a", "--worker", "box-b"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for name in ["box-a", "box-b"] {
+        let path = creds.path().join(format!("worker-{name}.nk"));
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut opts = ServerOptions::new(data.path());
+    opts.binary = nats_server_bin().display().to_string();
+    opts.credentials_dir = Some(creds.path().to_path_buf());
+    let mut server = LocalNatsServer::start(opts).await.unwrap();
+    let url = server.url();
+    assert!(connect_worker_seed(&url, &creds.path().join("worker-box-b.nk")).await.is_ok());
+
+    // A node with id box-a connects its worker as box-a and serves: the shared worker seed
+    // is not even there.
+    std::fs::remove_file(creds.path().join("worker.nk")).unwrap();
+    let mut config = test_config(&url);
+    config.node_id = "box-a".into();
+    config.nats.credentials_dir = Some(creds.path().to_path_buf());
+    config.worker.models = vec![echo_model("echo", 0.0, 4)];
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_http(Duration::from_secs(30)).await;
+    let base = format!("http://{}", config.gateway.http);
+    let answer = bitinglip_tests::chat_when_served(&base, "echo", "one two").await;
+    assert_eq!(answer["choices"][0]["message"]["content"], "one two", "{answer}");
+
+    // box-b is revoked: its seed goes, the users block no longer lists it, and once the
+    // servers have the new block its seed is refused while box-a goes on serving.
+    let box_b = std::fs::read_to_string(creds.path().join("worker-box-b.nk")).unwrap();
+    let (code, out, err) = run_cli(&["nats", "init", "--out", dir, "--revoke-worker", "box-b"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!creds.path().join("worker-box-b.nk").exists());
+    let kept = creds.path().join("revoked-box-b.nk");
+    std::fs::write(&kept, &box_b).unwrap();
+    server.restart().await.unwrap();
+    assert!(connect_worker_seed(&url, &kept).await.is_err(), "a revoked worker identity still connects");
+    assert!(connect_worker_seed(&url, &creds.path().join("worker-box-a.nk")).await.is_ok());
+    let answer = bitinglip_tests::chat_when_served(&base, "echo", "three four").await;
+    assert_eq!(answer["choices"][0]["message"]["content"], "three four", "{answer}\n{}", node.log());
 }

@@ -130,6 +130,81 @@ pub fn seed_file(dir: &Path, role: NatsRole) -> PathBuf {
     dir.join(format!("{}.nk", role.as_str()))
 }
 
+/// The seed file of worker node `name`'s own identity (`worker-<name>.nk`): a `worker`
+/// user of its own, revocable alone.
+pub fn worker_seed_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("worker-{name}.nk"))
+}
+
+/// Whether `name` can name a worker identity: a node id (letters, digits, `-`, `_`; at
+/// most 64).
+pub fn is_worker_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The seed `role` connects with from folder `dir` on node `node_id`: a worker node's own
+/// identity (`worker-<node id>.nk`) when there is one, else the role's (`<role>.nk`).
+pub fn seed_for(dir: &Path, role: NatsRole, node_id: &str) -> PathBuf {
+    if role == NatsRole::Worker && is_worker_name(node_id) {
+        let own = worker_seed_file(dir, node_id);
+        if own.exists() {
+            return own;
+        }
+    }
+    seed_file(dir, role)
+}
+
+/// Makes a seed for each worker identity of `add` that has none (mode 0600, never
+/// overwritten) and removes those of `revoke`; returns the identities created. Run
+/// [`init_credentials`] after, so that `auth.conf` lists the identities left.
+pub fn manage_worker_identities(dir: &Path, add: &[String], revoke: &[String]) -> std::io::Result<Vec<String>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = add.iter().chain(revoke).find(|n| !is_worker_name(n));
+    if let Some(name) = bad {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("worker identity {name:?}: use 1 to 64 letters, digits, '-' and '_' (the node's id)"),
+        ));
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut created = Vec::new();
+    for name in add {
+        let path = worker_seed_file(dir, name);
+        if path.exists() {
+            continue;
+        }
+        let pair = nkeys::KeyPair::new_user();
+        let seed = pair.seed().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        std::io::Write::write_all(&mut file, format!("{seed}\n").as_bytes())?;
+        created.push(name.clone());
+    }
+    for name in revoke {
+        match std::fs::remove_file(worker_seed_file(dir, name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(created)
+}
+
+/// The worker identities whose seeds are in `dir` (`worker-<name>.nk`), by name.
+fn worker_identities(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(id) = name.strip_prefix("worker-").and_then(|n| n.strip_suffix(".nk")) {
+            if is_worker_name(id) {
+                found.push((id.to_string(), path.clone()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// The file `include`d by a server's config.
 pub const AUTH_FILE: &str = "auth.conf";
 
@@ -165,6 +240,17 @@ pub fn init_credentials(dir: &Path, s: &Subjects, domain: Option<&str>) -> std::
             Err(e) => return Err(e),
         };
         users.push((role, pair.public_key()));
+    }
+    // Worker nodes' own identities: `worker` users each, revoked by removing the seed.
+    for (name, path) in worker_identities(dir)? {
+        let seed = std::fs::read_to_string(&path)?;
+        let pair = nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: not an nkey seed ({name}): {e}", path.display()),
+            )
+        })?;
+        users.push((NatsRole::Worker, pair.public_key()));
     }
     let block = authorization_block(&users, s, domain);
     let tmp = dir.join(format!("{AUTH_FILE}.tmp"));
@@ -228,6 +314,29 @@ mod tests {
         assert!(!leaf.contains("allow_responses"), "{leaf}");
         // Every other user may only connect as a client.
         assert_eq!(block.matches("\"STANDARD\"").count(), NatsRole::ALL.len() - 1);
+    }
+
+    #[test]
+    fn worker_identities_are_node_ids_listed_in_the_block_and_revoked_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Subjects::default();
+        assert!(manage_worker_identities(dir.path(), &["../x".to_string()], &[]).is_err());
+        let names = vec!["box-a".to_string(), "box-b".to_string()];
+        assert_eq!(manage_worker_identities(dir.path(), &names, &[]).unwrap(), names);
+        init_credentials(dir.path(), &s, None).unwrap();
+        let key = |name: &str| {
+            let seed = std::fs::read_to_string(worker_seed_file(dir.path(), name)).unwrap();
+            nkeys::KeyPair::from_seed(seed.trim()).unwrap().public_key()
+        };
+        let (a, b) = (key("box-a"), key("box-b"));
+        let block = std::fs::read_to_string(dir.path().join(AUTH_FILE)).unwrap();
+        assert!(block.contains(&a) && block.contains(&b));
+        assert_eq!(seed_for(dir.path(), NatsRole::Worker, "box-a"), worker_seed_file(dir.path(), "box-a"));
+        assert_eq!(seed_for(dir.path(), NatsRole::Worker, "box-c"), seed_file(dir.path(), NatsRole::Worker));
+        manage_worker_identities(dir.path(), &[], &["box-b".to_string()]).unwrap();
+        init_credentials(dir.path(), &s, None).unwrap();
+        let block = std::fs::read_to_string(dir.path().join(AUTH_FILE)).unwrap();
+        assert!(block.contains(&a) && !block.contains(&b), "box-b revoked, box-a kept");
     }
 
     #[test]

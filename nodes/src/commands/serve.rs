@@ -106,7 +106,8 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     };
     let reconnected = std::sync::Arc::new(tokio::sync::Notify::new());
     let name = format!("bitinglip-{node_id}");
-    let client = bitinglip_nats::connect_as(&config.nats, node_user, &name, Some(reconnected.clone())).await?;
+    let client =
+        bitinglip_nats::connect_node(&config.nats, node_user, &node_id, &name, Some(reconnected.clone())).await?;
     let domain = config.jetstream.domain.clone();
     let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout)
         .in_jetstream_domain(domain.as_deref());
@@ -116,7 +117,7 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
         for role in config.roles.clone() {
             let Some(user) = NatsRole::of(role) else { continue };
             let name = format!("bitinglip-{node_id}-{}", role.as_str());
-            let client = bitinglip_nats::connect_as(&config.nats, user, &name, None).await?;
+            let client = bitinglip_nats::connect_node(&config.nats, user, &node_id, &name, None).await?;
             let bus = Bus::new(client, subjects.clone(), node_id.clone(), config.nats.request_timeout)
                 .in_jetstream_domain(domain.as_deref());
             let store = Store::open(&bus, &config).await?;
