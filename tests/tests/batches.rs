@@ -53,6 +53,12 @@ fn end_tokens_banned() -> Value {
     json!({(vocab - 1).to_string(): -100, (vocab - 3).to_string(): -100})
 }
 
+/// The content of batch `b`'s error file.
+async fn error_file(http: &reqwest::Client, base: &str, b: &Value) -> String {
+    let id = b["error_file_id"].as_str().unwrap_or_else(|| panic!("no error file: {b}"));
+    http.get(format!("{base}/v1/files/{id}/content")).send().await.unwrap().text().await.unwrap()
+}
+
 async fn batch(http: &reqwest::Client, base: &str, id: &str) -> Value {
     http.get(format!("{base}/v1/batches/{id}")).send().await.unwrap().json().await.unwrap()
 }
@@ -139,40 +145,15 @@ async fn a_cancelled_batch_stops_its_lines_and_another_key_sees_nothing() {
     let base = control.http.clone().unwrap();
     let http = bitinglip_tests::http();
     // Long lines (their end tokens banned): the cancel catches each of them running.
-    let lines: String = (0..3)
+    let lines: Vec<Value> = (0..3)
         .map(|i| {
             json!({"custom_id": format!("c{i}"), "method": "POST", "url": "/v1/chat/completions",
                    "body": {"model": model.id(), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 300,
                             "logit_bias": end_tokens_banned()}})
-            .to_string()
-                + "\n"
         })
         .collect();
-    let boundary = "BitingLipTestBoundary";
-    let body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n{lines}\r\n--{boundary}--\r\n"
-    );
-    let file: Value = http
-        .post(format!("{base}/v1/files"))
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let file_id = file["id"].as_str().unwrap_or_else(|| panic!("{file}")).to_string();
-    let created: Value = http
-        .post(format!("{base}/v1/batches"))
-        .json(&json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let file_id = upload(&http, &base, &lines).await;
+    let id = start_batch(&http, &base, &file_id).await;
     bitinglip_tests::assert_eventually!(
         Duration::from_secs(30),
         async { bitinglip_tests::task_record(&http, &base, &format!("{id}-2")).await["status"] == "running" },
@@ -203,14 +184,7 @@ async fn a_cancelled_batch_stops_its_lines_and_another_key_sees_nothing() {
     let b = batch(&http, &base, &id).await;
     assert_eq!(b["request_counts"], json!({"total": 3, "completed": 0, "failed": 3}), "{b}");
     assert!(b["cancelled_at"].is_u64() && b["output_file_id"].is_null(), "{b}");
-    let errors = http
-        .get(format!("{base}/v1/files/{}/content", b["error_file_id"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let errors = error_file(&http, &base, &b).await;
     assert_eq!(errors.lines().count(), 3, "{errors}");
     for n in 0..3 {
         let t = bitinglip_tests::task_record(&http, &base, &format!("{id}-{n}")).await;
@@ -229,23 +203,27 @@ async fn a_cancelled_batch_stops_its_lines_and_another_key_sees_nothing() {
     assert_eq!(bad["error"]["param"], "input_file_id", "{bad}");
 }
 
-/// Uploads `lines` (JSON values, one a line) as a batch input file with `client`; its id.
-async fn upload(client: &reqwest::Client, base: &str, lines: &[Value]) -> String {
+/// Sends `lines` (JSON values, one a line) as a batch input file with `client`: the
+/// status and the answer.
+async fn try_upload(client: &reqwest::Client, base: &str, lines: &[Value]) -> (u16, Value) {
     let lines: String = lines.iter().map(|l| l.to_string() + "\n").collect();
     let boundary = "BitingLipTestBoundary";
     let body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n{lines}\r\n--{boundary}--\r\n"
     );
-    let file: Value = client
+    let resp = client
         .post(format!("{base}/v1/files"))
         .header("content-type", format!("multipart/form-data; boundary={boundary}"))
         .body(body)
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// Uploads `lines` as a batch input file with `client`; its id.
+async fn upload(client: &reqwest::Client, base: &str, lines: &[Value]) -> String {
+    let (_, file) = try_upload(client, base, lines).await;
     file["id"].as_str().unwrap_or_else(|| panic!("{file}")).to_string()
 }
 
@@ -301,14 +279,7 @@ async fn a_batch_spends_its_keys_limits_and_a_revoked_keys_batch_is_cancelled() 
     assert_eq!(completed + failed, 10, "{b}");
     assert!(completed >= 1 && failed >= 1, "some lines ran, the rest were refused: {b}");
     assert!(completed <= 5, "the budget held the lines back: {b}");
-    let errors = budget
-        .get(format!("{base}/v1/files/{}/content", b["error_file_id"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let errors = error_file(&budget, &base, &b).await;
     assert_eq!(errors.lines().count() as u64, failed, "{errors}");
     for line in errors.lines() {
         let v: Value = serde_json::from_str(line).unwrap();
@@ -368,31 +339,14 @@ async fn a_key_keeps_at_most_its_share_of_files_and_batches() {
     upload(&key, &base, &lines).await;
 
     // A third file is over the key's count.
-    let refused_upload = |client: reqwest::Client, lines: Vec<Value>| {
-        let base = base.clone();
-        async move {
-            let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
-            let form = format!(
-                "--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jsonl\"\r\n\r\n{body}\r\n--B--\r\n"
-            );
-            let resp = client
-                .post(format!("{base}/v1/files"))
-                .header("content-type", "multipart/form-data; boundary=B")
-                .body(form)
-                .send()
-                .await
-                .unwrap();
-            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
-        }
-    };
-    let (status, body) = refused_upload(key.clone(), lines.clone()).await;
+    let (status, body) = try_upload(&key, &base, &lines).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("gateway.max_files_per_key"), "{body}");
     // So is a file larger than what is left of its bytes, for another key.
     let (_, other) = bitinglip_tests::cli_key(&url, &["--name", "bulky"]);
     let big: Vec<Value> = (0..1000).map(|i| echo_line(i, "slow", 30)).collect();
-    let (status, body) = refused_upload(bitinglip_tests::http_with(&other), big).await;
+    let (status, body) = try_upload(&bitinglip_tests::http_with(&other), &base, &big).await;
     assert_eq!(status, 429, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("gateway.max_file_bytes_per_key"), "{body}");
 

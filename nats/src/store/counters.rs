@@ -136,6 +136,11 @@ impl Counters<'_> {
     /// Counts one request of `key` and reads its tokens this minute and today: one round
     /// trip (the three run at once).
     pub async fn count_request(&self, key: &str, now_ms: u64) -> Result<Window, StoreError> {
+        self.window(key, now_ms, true).await
+    }
+
+    /// The key's windows at `now_ms`, counting one request when `count`.
+    async fn window(&self, key: &str, now_ms: u64, count: bool) -> Result<Window, StoreError> {
         let inner = &self.store.inner;
         let subjects = &inner.subjects;
         let minute = now_ms / 60_000;
@@ -149,8 +154,16 @@ impl Counters<'_> {
             .get_stream_no_info(subjects.usage_stream())
             .await
             .map_err(|e| StoreError::unavailable(USAGE, e))?;
+        let requests = async {
+            let subject = subjects.rate_counter(key, minute, "requests");
+            if count {
+                self.add(subject, 1, None, RATES).await
+            } else {
+                Ok(self.read(&rates, subject).await)
+            }
+        };
         let (requests, tokens, tokens_today) = tokio::join!(
-            self.add(subjects.rate_counter(key, minute, "requests"), 1, None, RATES),
+            requests,
             self.read(&rates, subjects.rate_counter(key, minute, "tokens")),
             self.read(&usage, subjects.day_tokens_counter(key, &day_of(now_ms))),
         );
@@ -161,25 +174,7 @@ impl Counters<'_> {
     /// caller that must wait its turn without spending the minute's requests on waiting
     /// (a batch's next line).
     pub async fn peek(&self, key: &str, now_ms: u64) -> Result<Window, StoreError> {
-        let inner = &self.store.inner;
-        let subjects = &inner.subjects;
-        let minute = now_ms / 60_000;
-        let rates = inner
-            .js
-            .get_stream_no_info(subjects.rates_stream())
-            .await
-            .map_err(|e| StoreError::unavailable(RATES, e))?;
-        let usage = inner
-            .js
-            .get_stream_no_info(subjects.usage_stream())
-            .await
-            .map_err(|e| StoreError::unavailable(USAGE, e))?;
-        let (requests, tokens, tokens_today) = tokio::join!(
-            self.read(&rates, subjects.rate_counter(key, minute, "requests")),
-            self.read(&rates, subjects.rate_counter(key, minute, "tokens")),
-            self.read(&usage, subjects.day_tokens_counter(key, &day_of(now_ms))),
-        );
-        Ok(Window { requests, tokens, tokens_today, reset_secs: 60 - (now_ms / 1000) % 60 })
+        self.window(key, now_ms, false).await
     }
 
     /// Adds a finished task's usage to its key's counters. Each addition carries a message

@@ -85,14 +85,7 @@ impl Files<'_> {
         if !is_id(id) {
             return Ok(None);
         }
-        let mut object = match self.store.inner.files.get(id).await {
-            Ok(object) => object,
-            Err(e) if e.kind() == GetErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::unavailable(WHAT, e)),
-        };
-        let mut bytes = Vec::new();
-        object.read_to_end(&mut bytes).await.map_err(|e| StoreError::unavailable(WHAT, e))?;
-        Ok(Some(bytes))
+        self.object(id).await
     }
 
     /// Deletes file `id` (a no-op when absent), its pages too.
