@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::super::batch_runner::{self, Line};
+use crate::gateway::batch_runner::{self, Line};
 use crate::NodeContext;
 
 /// The most lines of one batch.
