@@ -62,11 +62,73 @@ where
     F: Future<Output = Result<Rep, bitinglip_bus_schema::WireError>> + Send + 'static,
 {
     let handle = std::sync::Arc::new(handle);
+    spawn_subject_endpoint(endpoint, owner, on_end, ctx, on_error, move |ctx, _subject: &str, req| handle(ctx, req))
+}
+
+/// [`spawn_endpoint`] for a task owner's subjects (`…task.<owner>.<verb>`, a wildcard
+/// endpoint): `handle` also gets the owner the subject names, which is who asks, since
+/// the server lets each NATS user publish only its own owner's subjects.
+pub(crate) fn spawn_owner_endpoint<M, Req, Rep, H, F>(
+    endpoint: async_nats::service::endpoint::Endpoint,
+    owner: ActorRef<M>,
+    on_end: M,
+    ctx: crate::NodeContext,
+    on_error: fn(bitinglip_bus_schema::WireError) -> Rep,
+    handle: H,
+) -> tokio::task::JoinHandle<()>
+where
+    M: ractor::Message + Clone,
+    Req: serde::de::DeserializeOwned + Send + 'static,
+    Rep: serde::Serialize + Send + Sync + 'static,
+    H: Fn(crate::NodeContext, Option<String>, Req) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Rep, bitinglip_bus_schema::WireError>> + Send + 'static,
+{
+    let handle = std::sync::Arc::new(handle);
+    spawn_subject_endpoint(
+        endpoint,
+        owner,
+        on_end,
+        ctx,
+        on_error,
+        move |ctx: crate::NodeContext, subject: &str, req| {
+            let asker = ctx.bus.subjects().owner_of_task_subject(subject);
+            let handle = handle.clone();
+            async move {
+                let Some(asker) = asker else {
+                    return Err(bitinglip_bus_schema::WireError::new(
+                        bitinglip_bus_schema::ErrorKind::InvalidRequest,
+                        "the subject names no task owner",
+                    ));
+                };
+                handle(ctx, asker, req).await
+            }
+        },
+    )
+}
+
+fn spawn_subject_endpoint<M, Req, Rep, H, F>(
+    endpoint: async_nats::service::endpoint::Endpoint,
+    owner: ActorRef<M>,
+    on_end: M,
+    ctx: crate::NodeContext,
+    on_error: fn(bitinglip_bus_schema::WireError) -> Rep,
+    handle: H,
+) -> tokio::task::JoinHandle<()>
+where
+    M: ractor::Message + Clone,
+    Req: serde::de::DeserializeOwned + Send + 'static,
+    Rep: serde::Serialize + Send + Sync + 'static,
+    H: Fn(crate::NodeContext, &str, Req) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Rep, bitinglip_bus_schema::WireError>> + Send + 'static,
+{
+    let handle = std::sync::Arc::new(handle);
     spawn_serve(endpoint, owner, on_end, move |req: async_nats::service::Request| {
         let (ctx, handle) = (ctx.clone(), handle.clone());
         async move {
             let reply = match ctx.bus.decode::<Req>(&req.message) {
-                Ok(incoming) => handle(ctx.clone(), incoming.envelope.body).await.unwrap_or_else(on_error),
+                Ok(incoming) => handle(ctx.clone(), req.message.subject.as_str(), incoming.envelope.body)
+                    .await
+                    .unwrap_or_else(on_error),
                 Err(err) => {
                     if req.message.reply.is_none() {
                         tracing::warn!(subject = %req.message.subject, cause = %err, "undecodable message dropped");

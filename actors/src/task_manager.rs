@@ -39,7 +39,7 @@ use crate::{
         deployments,
         task_ids::{request_sha256, task_id_for},
     },
-    serve::{spawn_endpoint, spawn_serve},
+    serve::{spawn_endpoint, spawn_owner_endpoint, spawn_serve},
     NodeContext,
 };
 
@@ -108,7 +108,7 @@ async fn load_on_demand(ctx: &NodeContext, model: &str, nodes: &[NodeHeartbeat],
 /// than answered with the old task).
 fn conflict(existing: &TaskRecord, new: &TaskRecord) -> Option<String> {
     if existing.owner != new.owner {
-        return Some(format!("task {} belongs to another API key", new.task_id));
+        return Some(format!("task {} belongs to another owner", new.task_id));
     }
     match (&existing.request_sha256, &new.request_sha256) {
         (Some(old), Some(this)) if old != this => {
@@ -152,7 +152,7 @@ async fn submit(
     let now = now_ms();
     let accepted = TaskAccepted {
         task_id: task_id.clone(),
-        events_subject: ctx.bus.subjects().task_events(&task_id),
+        events_subject: ctx.bus.subjects().task_events(req.owner.as_deref(), &task_id),
         duplicate: false,
     };
 
@@ -214,7 +214,7 @@ impl Actor for TaskManager {
             .bus
             .service("bitinglip-task-manager", "BitingLip task manager: submit, get, list, cancel", &group)
             .await?;
-        let submit_sub = ctx.bus.endpoint(&service, "submit", subjects.task_submit()).await?;
+        let submit_sub = ctx.bus.endpoint(&service, "submit", subjects.all_task_submits()).await?;
         let submit_ctx = ctx.clone();
         let submit_serve =
             spawn_serve(submit_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |req: Request| {
@@ -224,11 +224,21 @@ impl Actor for TaskManager {
                 bitinglip_nats::trace::continue_trace(&span, trace.as_ref());
                 async move {
                     let msg = &req.message;
-                    let reply = match ctx.bus.decode::<SubmitRequest>(msg) {
-                        Err(err) => SubmitReply::Rejected(err.into()),
-                        Ok(req) => {
-                            let model = req.envelope.body.chat.model.clone();
-                            let reply = match submit(&ctx, req.envelope.body, trace.as_ref()).await {
+                    let owner = ctx.bus.subjects().owner_of_task_subject(&msg.subject);
+                    let reply = match (ctx.bus.decode::<SubmitRequest>(msg), owner) {
+                        (Err(err), _) => SubmitReply::Rejected(err.into()),
+                        (Ok(_), None) => SubmitReply::Rejected(WireError::new(
+                            ErrorKind::InvalidRequest,
+                            "the subject names no task owner",
+                        )),
+                        (Ok(req), Some(owner)) => {
+                            let mut body = req.envelope.body;
+                            let model = body.chat.model.clone();
+                            // The task is the subject's owner's; only a gateway's (or the
+                            // admin's) made-up id skips the lookup.
+                            body.new_id &= !bitinglip_bus_schema::is_client_owner(owner.as_deref());
+                            body.owner = owner;
+                            let reply = match submit(&ctx, body, trace.as_ref()).await {
                                 Ok(accepted) => SubmitReply::Accepted(accepted),
                                 Err(err) => SubmitReply::Rejected(err),
                             };
@@ -260,7 +270,31 @@ impl Actor for TaskManager {
                     .ok_or_else(|| WireError::new(ErrorKind::NotFound, format!("no task {}", req.task_id)))
             },
         );
-        let cancel_serve = spawn_endpoint(
+        let get_own_serve = spawn_owner_endpoint(
+            ctx.bus.endpoint(&service, "get-own", subjects.all_owner_task_gets()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            TaskStatusReply::Error,
+            cancel::get_own,
+        );
+        let list_own_serve = spawn_owner_endpoint(
+            ctx.bus.endpoint(&service, "list-own", subjects.all_owner_task_lists()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            bitinglip_bus_schema::TaskList::Error,
+            cancel::list_own,
+        );
+        let result_serve = spawn_owner_endpoint(
+            ctx.bus.endpoint(&service, "result", subjects.all_owner_task_results()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            bitinglip_bus_schema::ResultReply::Error,
+            cancel::result_part,
+        );
+        let cancel_serve = spawn_owner_endpoint(
             ctx.bus.endpoint(&service, "cancel", subjects.all_task_cancels()).await?,
             myself.clone(),
             end(),
@@ -276,7 +310,9 @@ impl Actor for TaskManager {
             bitinglip_bus_schema::TaskList::Error,
             cancel::list,
         );
-        Ok(TaskManagerState { tasks: vec![submit_serve, get_serve, cancel_serve, list_serve], _service: service })
+        let tasks =
+            vec![submit_serve, get_serve, get_own_serve, list_own_serve, result_serve, cancel_serve, list_serve];
+        Ok(TaskManagerState { tasks, _service: service })
     }
 
     async fn handle(
@@ -313,7 +349,7 @@ mod tests {
     fn a_retry_is_the_same_key_and_request_anything_else_conflicts() {
         assert_eq!(conflict(&record("k1", "a"), &record("k1", "a")), None);
         assert!(conflict(&record("k1", "a"), &record("k1", "b")).unwrap().contains("Idempotency-Key"));
-        assert!(conflict(&record("k1", "a"), &record("k2", "a")).unwrap().contains("another API key"));
+        assert!(conflict(&record("k1", "a"), &record("k2", "a")).unwrap().contains("another owner"));
         // A record written before requests were hashed is taken as a retry.
         let mut old = record("k1", "a");
         old.request_sha256 = None;

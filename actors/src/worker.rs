@@ -63,6 +63,8 @@ pub struct WorkerArgs {
 
 /// A task running in one of the slots.
 pub(crate) struct Running {
+    /// Whose task it is: only a cancel on that owner's subject stops it.
+    pub(crate) owner: Option<String>,
     pub(crate) cancel: CancellationToken,
     pub(crate) attempt: u32,
     pub(crate) ack_subject: String,
@@ -79,7 +81,7 @@ pub(crate) struct WorkerShared {
     pub(crate) running: Mutex<HashMap<TaskId, Running>>,
     /// Cancels of tasks not running here when they arrived, for a minute: a task claimed
     /// just after its cancel went by is stopped at once.
-    pub(crate) recent_cancels: Mutex<HashMap<TaskId, Instant>>,
+    pub(crate) recent_cancels: Mutex<HashMap<(Option<String>, TaskId), Instant>>,
     /// Fires when the worker starts draining: slots take no new task.
     pub(crate) stop_fetching: CancellationToken,
     /// Fires when the drain grace is over: running tasks stop and are handed back.
@@ -401,8 +403,11 @@ async fn spawn_cancel_listener(
                     continue;
                 }
             };
+            // The subject names who asks (each NATS user may publish only its own owner's
+            // cancels): another owner's task is not stopped.
+            let Some(owner) = shared.ctx.bus.subjects().owner_of_task_subject(&msg.subject) else { continue };
             let token = shared.running.lock().ok().and_then(|mut r| {
-                r.get_mut(&cancel.task_id).map(|t| {
+                r.get_mut(&cancel.task_id).filter(|t| t.owner == owner).map(|t| {
                     t.cancelled_at.get_or_insert_with(Instant::now);
                     t.cancel.clone()
                 })
@@ -412,7 +417,7 @@ async fn spawn_cancel_listener(
                 token.cancel();
             } else if let Ok(mut recent) = shared.recent_cancels.lock() {
                 recent.retain(|_, at| at.elapsed() < Duration::from_secs(60));
-                recent.insert(cancel.task_id, Instant::now());
+                recent.insert((owner, cancel.task_id), Instant::now());
             }
         }
         if !shared.stop_fetching.is_cancelled() {

@@ -17,4 +17,7 @@ pub use envelope::{Envelope, SCHEMA_VERSION};
 pub use error::{ErrorKind, WireError};
 pub use kinds::{EngineKind, Role, WorkerState};
 pub use messages::*;
-pub use subjects::{decode_token, encode_token, model_id_problem, SubjectError, Subjects, TaskId, MAX_ID_BYTES};
+pub use subjects::{
+    client_name_problem, client_owner, decode_token, encode_token, is_client_owner, model_id_problem, owner_of_token,
+    owner_token, SubjectError, Subjects, TaskId, CLIENT_OWNER_PREFIX, DEFAULT_CLIENT, MAX_ID_BYTES, NO_OWNER_TOKEN,
+};

@@ -24,19 +24,21 @@ pub struct TaskWatch {
     bus: Bus,
     store: Store,
     sub: Subscriber,
+    owner: Option<String>,
     task_id: TaskId,
     sequencer: Sequencer,
 }
 
 impl TaskWatch {
-    /// Subscribes to the task's events from the start. Call before submitting, so nothing
-    /// is missed.
-    pub async fn subscribe(bus: &Bus, store: &Store, task_id: &TaskId) -> Result<Self, WireError> {
-        let sub = bus.subscribe(bus.subjects().task_events(task_id)).await.map_err(|e| WireError::from(&e))?;
+    /// Subscribes to the events of `owner`'s task from the start. Call before submitting,
+    /// so nothing is missed.
+    pub async fn subscribe(bus: &Bus, store: &Store, owner: Option<&str>, task_id: &TaskId) -> Result<Self, WireError> {
+        let sub = bus.subscribe(bus.subjects().task_events(owner, task_id)).await.map_err(|e| WireError::from(&e))?;
         Ok(Self {
             bus: bus.clone(),
             store: store.clone(),
             sub,
+            owner: owner.map(String::from),
             task_id: task_id.clone(),
             sequencer: Sequencer::from_seq(0),
         })
@@ -44,10 +46,16 @@ impl TaskWatch {
 
     /// Follows a task that may have started: chunks from `next_seq` on (everything when
     /// 0), read back from the events stream, then live.
-    pub async fn resume(bus: &Bus, store: &Store, task_id: &TaskId, next_seq: u64) -> Result<Self, WireError> {
-        let mut watch = Self::subscribe(bus, store, task_id).await?;
+    pub async fn resume(
+        bus: &Bus,
+        store: &Store,
+        owner: Option<&str>,
+        task_id: &TaskId,
+        next_seq: u64,
+    ) -> Result<Self, WireError> {
+        let mut watch = Self::subscribe(bus, store, owner, task_id).await?;
         watch.sequencer = Sequencer::from_seq(next_seq);
-        watch.sequencer.push_stored(store.stored_events(task_id).await?);
+        watch.sequencer.push_stored(store.stored_events(owner, task_id).await?);
         Ok(watch)
     }
 
@@ -99,7 +107,8 @@ impl TaskWatch {
             let handled = match self.sequencer.handle(event, false) {
                 Handled::Gap { until, event } => {
                     // A stream that cannot be read leaves the gap; the end's text fills it.
-                    let stored = self.store.stored_events(&self.task_id).await.unwrap_or_default();
+                    let stored =
+                        self.store.stored_events(self.owner.as_deref(), &self.task_id).await.unwrap_or_default();
                     self.sequencer.fill_gap(&stored, until);
                     self.sequencer.handle(event, true)
                 }
@@ -114,18 +123,18 @@ impl TaskWatch {
     /// Consults the status record; a final one ends the watch.
     async fn check_record(&mut self) -> Option<Relayed> {
         let req = GetTask { task_id: self.task_id.clone() };
-        let reply: TaskStatusReply =
-            self.bus.request(self.bus.subjects().task_get(), &req, None, Some(Duration::from_secs(5))).await.ok()?;
+        let subject = self.bus.subjects().owner_task_get(self.owner.as_deref());
+        let reply: TaskStatusReply = self.bus.request(subject, &req, None, Some(Duration::from_secs(5))).await.ok()?;
         let TaskStatusReply::Found(record) = reply else { return None };
         self.sequencer.on_record(record)
     }
 }
 
-/// Asks for a task to be cancelled: a queued task is marked cancelled, a running one is
-/// stopped by its worker.
-pub async fn cancel(bus: &Bus, task_id: &TaskId, reason: &str) -> Result<(), WireError> {
+/// Asks for `owner`'s task to be cancelled: a queued task is marked cancelled, a running
+/// one is stopped by its worker.
+pub async fn cancel(bus: &Bus, owner: Option<&str>, task_id: &TaskId, reason: &str) -> Result<(), WireError> {
     let req = CancelTask { task_id: task_id.clone(), reason: reason.to_string() };
-    match bus.request::<_, Ack>(bus.subjects().task_cancel(task_id), &req, None, None).await {
+    match bus.request::<_, Ack>(bus.subjects().task_cancel(owner, task_id), &req, None, None).await {
         Ok(Ack::Ok) => Ok(()),
         Ok(Ack::Error(e)) => Err(e),
         Err(e) => Err(WireError::from(&e)),
@@ -136,14 +145,15 @@ pub async fn cancel(bus: &Bus, task_id: &TaskId, reason: &str) -> Result<(), Wir
 /// stops the engine's sequence.
 pub struct CancelOnDrop {
     bus: Bus,
+    owner: Option<String>,
     task_id: TaskId,
     armed: bool,
 }
 
 impl CancelOnDrop {
-    /// Armed: dropping it cancels `task_id`.
-    pub fn new(bus: &Bus, task_id: &TaskId) -> Self {
-        Self { bus: bus.clone(), task_id: task_id.clone(), armed: true }
+    /// Armed: dropping it cancels `owner`'s `task_id`.
+    pub fn new(bus: &Bus, owner: Option<&str>, task_id: &TaskId) -> Self {
+        Self { bus: bus.clone(), owner: owner.map(String::from), task_id: task_id.clone(), armed: true }
     }
 
     /// The task ended; dropping no longer cancels it.
@@ -159,8 +169,9 @@ impl Drop for CancelOnDrop {
         }
         let bus = self.bus.clone();
         let task_id = self.task_id.clone();
+        let owner = self.owner.take();
         tokio::spawn(async move {
-            if let Err(err) = cancel(&bus, &task_id, "client disconnected").await {
+            if let Err(err) = cancel(&bus, owner.as_deref(), &task_id, "client disconnected").await {
                 tracing::warn!(task.id = %task_id, cause = %err, "cancel not delivered");
             }
         });

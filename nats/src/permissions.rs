@@ -4,16 +4,16 @@
 //! `authorization { users = [...] }` block with nkey users; replies go to a per-role
 //! inbox prefix, so no role reads another's replies.
 
-use bitinglip_bus_schema::Subjects;
+use bitinglip_bus_schema::{client_owner, Subjects, DEFAULT_CLIENT};
 
 use crate::store::access;
 
 mod config;
 
 pub use config::{
-    authorization_block, in_domain, init_credentials, is_worker_name, leaf_authorization_block,
-    manage_worker_identities, seed_file, seed_for, worker_seed_file, write_leaf_config, AUTH_FILE, LEAF_AUTH_FILE,
-    LEAF_FILE,
+    authorization_block, client_identities, client_seed_file, in_domain, init_credentials, is_worker_name,
+    leaf_authorization_block, manage_client_identities, manage_worker_identities, seed_file, seed_for,
+    worker_seed_file, write_leaf_config, User, AUTH_FILE, LEAF_AUTH_FILE, LEAF_FILE,
 };
 
 /// A kind of NATS user.
@@ -29,7 +29,9 @@ pub enum NatsRole {
     ClusterManager,
     /// Runs engines: its queue consumers, its events, its model statuses, its heartbeats.
     Worker,
-    /// An outside program: submit, cancel, get and list tasks, follow their events.
+    /// An outside program, as one client identity (`client.nk` is the identity
+    /// `default`; `nats init --client NAME` makes others): submit, cancel, get and list
+    /// its own tasks, follow their events, read their large answers.
     Client,
     /// Everything, for the CLI's admin commands.
     Admin,
@@ -90,9 +92,21 @@ impl NatsRole {
     }
 
     /// The prefix of this role's reply subjects (`<prefix>.<id>`): the only inbox it may
-    /// subscribe to.
+    /// subscribe to. (A client identity other than `default` has its own:
+    /// [`client_inbox_prefix`].)
     pub fn inbox_prefix(self) -> String {
         format!("_INBOX_{}", self.as_str().replace('-', "_"))
+    }
+}
+
+/// The reply prefix of client identity `name`: `_INBOX_client` for `default` (the shared
+/// `client.nk`), `_INBOX_client_<name>` for the others, so that no identity reads
+/// another's replies.
+pub fn client_inbox_prefix(name: &str) -> String {
+    if name == DEFAULT_CLIENT {
+        NatsRole::Client.inbox_prefix()
+    } else {
+        format!("{}_{name}", NatsRole::Client.inbox_prefix())
     }
 }
 
@@ -147,12 +161,37 @@ fn node_common(s: &Subjects, p: &mut Permissions) {
     p.publish(access::queue_stats(s));
 }
 
-/// Following a task: its live events and its stored ones.
+/// Following any task: its live events and its stored ones.
 fn follow_tasks(s: &Subjects, p: &mut Permissions) {
     p.subscribe([s.all_task_events()]);
     p.publish(access::stream_scan(&s.events_stream()));
     // An answer too large for one message is read from the results store.
     p.publish(access::results_read(s));
+}
+
+/// The permissions of client identity `name`: its own tasks only. Every subject it may
+/// use names its owner (`client-<name>`), so the server itself keeps it from another
+/// identity's or an API key's tasks, and from setting another owner. Its stored events
+/// are read through consumers whose filter (in the create request's subject) is its own;
+/// its large answers through the task manager (`…task.<owner>.result`), never the
+/// results store itself.
+pub fn client_permissions(name: &str, s: &Subjects) -> Permissions {
+    let owner = client_owner(name);
+    let owner = Some(owner.as_str());
+    let mut p = Permissions::default();
+    p.subscribe([format!("{}.>", client_inbox_prefix(name))]);
+    p.publish(access::open(s));
+    p.publish([
+        s.task_submit(owner),
+        s.owner_task_get(owner),
+        s.owner_task_list(owner),
+        s.owner_task_result(owner),
+        s.owner_task_cancels(owner),
+    ]);
+    p.subscribe([s.owner_task_events(owner)]);
+    p.publish(access::stream_scan_filtered(&s.events_stream(), &s.owner_task_events(owner)));
+    deny_destructive(NatsRole::Client, s, &mut p);
+    p
 }
 
 /// The permissions of `role` for a deployment whose subjects are `s`.
@@ -167,9 +206,12 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
         NatsRole::Gateway => {
             node_common(s, &mut p);
             p.publish([
-                s.task_submit(),
+                s.all_task_submits(),
                 s.task_get(),
                 s.task_list(),
+                s.all_owner_task_gets(),
+                s.all_owner_task_lists(),
+                s.all_owner_task_results(),
                 s.all_task_cancels(),
                 s.model_list(),
                 s.model_search(),
@@ -205,10 +247,20 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
         NatsRole::TaskManager => {
             node_common(s, &mut p);
             p.allow_responses = true;
-            p.subscribe([s.task_submit(), s.task_get(), s.task_list(), s.all_task_cancels()]);
+            p.subscribe([
+                s.all_task_submits(),
+                s.task_get(),
+                s.task_list(),
+                s.all_owner_task_gets(),
+                s.all_owner_task_lists(),
+                s.all_owner_task_results(),
+                s.all_task_cancels(),
+            ]);
             p.subscribe(service_discovery());
             // Queues accepted tasks; fails a cancelled queued task with an event.
             p.publish([s.all_queues(), s.all_task_events()]);
+            // Hands out the owner's large answers (`…task.<owner>.result`).
+            p.publish(access::results_read(s));
             p.publish(access::kv_watch(&tasks));
             p.publish(access::kv_write(&tasks, ">"));
             p.publish(access::kv_watch(&deployments));
@@ -275,11 +327,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish(s.all_usage_counters());
             p.publish([s.all_rate_token_counters()]);
         }
-        NatsRole::Client => {
-            p.publish(access::open(s));
-            p.publish([s.task_submit(), s.task_get(), s.task_list(), s.all_task_cancels()]);
-            follow_tasks(s, &mut p);
-        }
+        NatsRole::Client => return client_permissions(DEFAULT_CLIENT, s),
         NatsRole::Leaf => {
             // A worker's, plus the replies to those whose requests workers answer (a leaf
             // connection knows no `allow_responses`): the cluster managers' (alive), the
@@ -304,8 +352,14 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             return p;
         }
     }
-    // Nothing but the admin may destroy, forge the server's advisories, or write what it
-    // does not own.
+    deny_destructive(role, s, &mut p);
+    p
+}
+
+/// Nothing but the admin may destroy, forge the server's advisories, or write what it
+/// does not own.
+fn deny_destructive(role: NatsRole, s: &Subjects, p: &mut Permissions) {
+    let keys = s.keys_bucket();
     // The gateway deletes the Files API's files, which purges their chunks (and only
     // theirs: the purge names the object's subject).
     let files_purge = access::files_purge(s);
@@ -320,7 +374,6 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
     if matches!(role, NatsRole::Worker | NatsRole::Client) {
         p.publish_deny.extend([s.deployment_set(), s.deployment_delete(), s.model_delete(), s.model_unload()]);
     }
-    p
 }
 
 #[cfg(test)]
@@ -360,8 +413,19 @@ mod tests {
     fn a_client_submits_and_follows_only() {
         let s = Subjects::default();
         let c = permissions(NatsRole::Client, &s);
-        assert!(c.publish_allow.contains(&"bitinglip.v1.task.submit".to_string()));
-        assert!(c.subscribe_allow.contains(&"bitinglip.v1.task.*.events".to_string()));
+        assert_eq!(c, client_permissions("default", &s));
+        let c = client_permissions("app", &s);
+        assert!(c.publish_allow.contains(&"bitinglip.v1.task.client-app.submit".to_string()));
+        assert!(c.publish_allow.contains(&"bitinglip.v1.task.client-app.*.cancel".to_string()));
+        assert_eq!(c.subscribe_allow, ["_INBOX_client_app.>", "bitinglip.v1.task.client-app.*.events"]);
+        // Never another owner's subjects, the trusted get and list, or a consumer of every event.
+        for other in ["bitinglip.v1.task.*.submit", "bitinglip.v1.task.get", "bitinglip.v1.task.list"] {
+            assert!(!c.publish_allow.contains(&other.to_string()), "{other}");
+        }
+        assert!(c.publish_allow.iter().all(|s| !s.starts_with("$JS.API.CONSUMER.CREATE.BITINGLIP_EVENTS")
+            || s.ends_with(".bitinglip.v1.task.client-app.*.events")));
+        // The results store's stream info at most: no reads of its messages.
+        assert!(!c.publish_allow.iter().any(|s| s.contains("OBJ_bitinglip_results") && !s.contains("STREAM.INFO")));
         assert!(!c.allow_responses);
         assert!(!c.publish_allow.iter().any(|s| s.starts_with("$KV.")));
         assert!(!c.publish_allow.iter().any(|s| s.contains(".model.") || s.contains(".deployment.")));

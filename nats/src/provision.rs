@@ -85,7 +85,7 @@ pub(crate) async fn provision(
         stream::Config {
             name: subjects.events_stream(),
             description: Some("BitingLip task events, for replay and resume".into()),
-            subjects: vec![subjects.all_task_events()],
+            subjects: vec![subjects.all_task_events(), subjects.task_events_before_owners()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::Memory,
             num_replicas: cfg.replicas,

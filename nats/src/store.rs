@@ -394,6 +394,10 @@ async fn read_matching(
         if last_per_subject { consumer::DeliverPolicy::LastPerSubject } else { consumer::DeliverPolicy::All };
     let mut consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
+            // Named, so that the create request's subject carries the filter
+            // (`CONSUMER.CREATE.<stream>.<name>.<filter>`): permissions can then hold a
+            // user to the subjects it may read.
+            name: Some(format!("scan-{}", ulid::Ulid::new())),
             filter_subject: filter,
             deliver_policy,
             ack_policy: consumer::AckPolicy::None,

@@ -103,6 +103,15 @@ pub(crate) enum NatsCommand {
         /// servers and reload them (`nats-server --signal reload`).
         #[arg(long)]
         revoke_worker: Vec<String>,
+        /// A NATS client application's own identity (`client-NAME.nk`; NAME: letters,
+        /// digits and `_`; repeatable): it owns the tasks it submits (`client-NAME`) and
+        /// may read, list and cancel only those. `client.nk` is the identity `default`.
+        #[arg(long)]
+        client: Vec<String>,
+        /// Removes client identity NAME (repeatable); copy the new `auth.conf` to the
+        /// servers and reload them.
+        #[arg(long)]
+        revoke_client: Vec<String>,
     },
 }
 

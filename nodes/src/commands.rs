@@ -29,9 +29,22 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
         Command::Deployments(cmd) => deployments::run(config, cmd).await,
         Command::Keys(cmd) => keys::run(config, cmd).await,
         Command::Usage { key, from, to, json } => keys::usage(config, key, from, to, json).await,
-        Command::Nats(crate::cli::NatsCommand::Init { out, jetstream_domain, hub, worker, revoke_worker }) => {
-            nats_init(&config, &out, jetstream_domain.as_deref(), &hub, (&worker, &revoke_worker))
-        }
+        Command::Nats(crate::cli::NatsCommand::Init {
+            out,
+            jetstream_domain,
+            hub,
+            worker,
+            revoke_worker,
+            client,
+            revoke_client,
+        }) => nats_init(
+            &config,
+            &out,
+            jetstream_domain.as_deref(),
+            &hub,
+            (&worker, &revoke_worker),
+            (&client, &revoke_client),
+        ),
         Command::Admin(crate::cli::AdminCommand::Migrate) => {
             let bus = client_bus(&config).await?;
             bitinglip_nats::Store::provision_as(&bus, &config, bitinglip_nats::Changes::All).await?;
@@ -70,10 +83,13 @@ fn nats_init(
     domain: Option<&str>,
     hubs: &[String],
     (workers, revoked): (&[String], &[String]),
+    (clients, revoked_clients): (&[String], &[String]),
 ) -> anyhow::Result<()> {
     use bitinglip_nats::permissions::{self as p, NatsRole};
     let added = p::manage_worker_identities(out, workers, revoked)
         .map_err(|e| anyhow::anyhow!("worker identities in {}: {e}", out.display()))?;
+    let added_clients = p::manage_client_identities(out, clients, revoked_clients)
+        .map_err(|e| anyhow::anyhow!("client identities in {}: {e}", out.display()))?;
     if let Some(d) = domain {
         let mut check = config.clone();
         check.jetstream.domain = Some(d.to_string());
@@ -93,6 +109,19 @@ fn nats_init(
     }
     for name in revoked {
         println!("revoked worker identity {name}: reload each nats-server with the new auth.conf");
+    }
+    for name in clients {
+        let what = if added_clients.contains(name) { "created" } else { "kept" };
+        let owner = bitinglip_bus_schema::client_owner(name);
+        println!(
+            "{what} {} (client {name}: owner {owner}, subjects {}, inbox prefix {})",
+            p::client_seed_file(out, name).display(),
+            subjects.task_submit(Some(&owner)).replace(".submit", ".>"),
+            p::client_inbox_prefix(name)
+        );
+    }
+    for name in revoked_clients {
+        println!("revoked client identity {name}: reload each nats-server with the new auth.conf");
     }
     let auth = out.join(p::AUTH_FILE);
     // nats-server resolves an include against the folder of the config that names it.

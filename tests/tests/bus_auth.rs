@@ -3,7 +3,9 @@
 //! serve a chat, and then, as the server sees them: what a worker's and a client's
 //! credentials may not do is refused with the server's permissions error; a client
 //! submits and follows its task; an anonymous connection is refused. Each worker node may
-//! have an identity of its own, and one is revoked without touching the others.
+//! have an identity of its own, and one is revoked without touching the others. Each
+//! client application may have one too, and owns its tasks: another identity can neither
+//! read, list, cancel, replace nor charge them (checked with nats.py).
 
 use std::time::Duration;
 
@@ -146,12 +148,13 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
 
     // A client's credentials: submit and follow a task over NATS, nothing else.
     let (client, mut errors) = connect_as(&url, creds.path(), "client").await;
-    let mut events = client.subscribe("bitinglip.v1.task.bus-auth-client-1.events").await.unwrap();
+    let mut events = client.subscribe("bitinglip.v1.task.client-default.bus-auth-client-1.events").await.unwrap();
     client.flush().await.unwrap();
     let mut submit = SubmitRequest::new(bitinglip_bus_schema::ChatParams::user("echo", "four five"));
     submit.task_id = Some(bitinglip_bus_schema::TaskId::parse("bus-auth-client-1").unwrap());
     let payload = bitinglip_bus_schema::encode(&Envelope::new("bus-auth-1", 0, "bus-auth-test", submit)).unwrap();
-    let reply = client.request(s.task_submit(), payload.into()).await.expect("a client may submit");
+    let reply =
+        client.request(s.task_submit(Some("client-default")), payload.into()).await.expect("a client may submit");
     assert!(String::from_utf8_lossy(&reply.payload).contains("accepted"));
     let mut text = String::new();
     let done = tokio::time::timeout(Duration::from_secs(30), async {
@@ -206,10 +209,10 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
     assert_eq!(left, Ok(true), "the events user saw the client's connection close");
     let sub = events.subscribe(s.all_task_events()).await.unwrap();
     drop(sub);
-    events.publish(s.task_submit(), "{}".into()).await.unwrap();
+    events.publish(s.task_submit(None), "{}".into()).await.unwrap();
     events.flush().await.unwrap();
     refused(&mut errors, &s.all_task_events()).await;
-    refused(&mut errors, &s.task_submit()).await;
+    refused(&mut errors, &s.task_submit(None)).await;
 
     // The same from another language's client (nats.py), as the server refuses it.
     let python = bitinglip_tests::workspace_root().join(".venv/bin/python");
@@ -290,4 +293,54 @@ async fn each_worker_node_has_an_identity_of_its_own_and_one_is_revoked_alone() 
     assert!(connect_worker_seed(&url, &creds.path().join("worker-box-a.nk")).await.is_ok());
     let answer = bitinglip_tests::chat_when_served(&base, "echo", "three four").await;
     assert_eq!(answer["choices"][0]["message"]["content"], "three four", "{answer}\n{}", node.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_client_identity_owns_its_tasks_and_reaches_no_one_elses() {
+    let creds = tempfile::tempdir().unwrap();
+    let dir = creds.path().to_str().unwrap();
+    let (code, out, err) = run_cli(&["nats", "init", "--out", dir, "--client", "alpha", "--client", "beta"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("owner client-alpha"), "{out}");
+    for bad in ["default", "../x", "a-b"] {
+        let (code, _, err) = run_cli(&["nats", "init", "--out", dir, "--client", bad]);
+        assert_ne!(code, 0, "--client {bad} was taken");
+        assert!(err.contains("client identit"), "{err}");
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut opts = ServerOptions::new(data.path());
+    opts.binary = nats_server_bin().display().to_string();
+    opts.credentials_dir = Some(creds.path().to_path_buf());
+    let server = LocalNatsServer::start(opts).await.unwrap();
+    let url = server.url();
+    let mut config = test_config(&url);
+    config.nats.credentials_dir = Some(creds.path().to_path_buf());
+    // 20 tokens a second: alpha's 200-word task runs while beta tries its worst.
+    config.worker.models = vec![echo_model("echo", 20.0, 4)];
+    let mut node = NodeProcess::spawn(&config, &["node"]);
+    node.wait_for_http(Duration::from_secs(30)).await;
+    let base = format!("http://{}", config.gateway.http);
+    bitinglip_tests::chat_when_served(&base, "echo", "ready").await;
+
+    let s = Subjects::default();
+    let python = bitinglip_tests::workspace_root().join(".venv/bin/python");
+    assert!(python.is_file(), "{} missing: run .ci/setup", python.display());
+    let script = bitinglip_tests::workspace_root().join("tests/py/client_isolation.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .args([url.as_str(), dir, &s.events_stream(), "0123456789abcdef"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), node.log());
+    let results: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(results.len() >= 20, "{stdout}");
+    for r in &results {
+        assert_eq!(r["ok"], true, "{r}");
+    }
+    // Over HTTP the tasks are the identities', and no API key's.
+    let tasks: Value = http().get(format!("{base}/v1/tasks?limit=100")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = tasks["data"].as_array().unwrap().iter().filter_map(|t| t["id"].as_str()).collect();
+    assert!(ids.contains(&"alpha-task-1") && ids.contains(&"beta-task-1"), "{tasks}");
 }

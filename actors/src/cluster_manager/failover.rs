@@ -336,7 +336,8 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
                     tracing::error!(task.id = %spec.task_id, deliveries = advisory.deliveries, "poison task failed");
                     let event =
                         TaskEvent::Failed(TaskFailed { task_id: spec.task_id.clone(), attempt: record.attempt, error });
-                    let _ = ctx.bus.publish(subjects.task_events(&spec.task_id), &event, None).await;
+                    let _ =
+                        ctx.bus.publish(subjects.task_events(spec.owner.as_deref(), &spec.task_id), &event, None).await;
                 }
                 if let Err(err) = ctx.store.queue().remove(advisory.stream_seq).await {
                     tracing::warn!(task.id = %spec.task_id, cause = %err, "poison message not removed");

@@ -258,7 +258,11 @@ async fn drive(
             // A line may have been submitted before (by a gateway whose lease lapsed).
             new_id: false,
         };
-        match ctx.bus.request::<_, SubmitReply>(ctx.bus.subjects().task_submit(), &submit, None, None).await {
+        match ctx
+            .bus
+            .request::<_, SubmitReply>(ctx.bus.subjects().task_submit(b.owner.as_deref()), &submit, None, None)
+            .await
+        {
             Ok(SubmitReply::Accepted(_)) => {
                 d.running_max_tokens.insert(n, max_tokens);
             }
@@ -300,7 +304,7 @@ async fn drive(
     // to nothing once it has ended).
     if b.status == BatchStatus::Failed {
         for n in (0..b.submitted).filter(|n| !d.ended.contains_key(n)) {
-            let _ = bitinglip_client::cancel(&ctx.bus, &task_of(id, n), "batch failed").await;
+            let _ = bitinglip_client::cancel(&ctx.bus, b.owner.as_deref(), &task_of(id, n), "batch failed").await;
         }
     }
 
@@ -342,7 +346,9 @@ async fn drive(
     if stopping && !d.cancels_sent {
         let mut all = true;
         for n in (0..b.submitted).filter(|n| !d.ended.contains_key(n)) {
-            if let Err(err) = bitinglip_client::cancel(&ctx.bus, &task_of(id, n), "batch cancelled").await {
+            if let Err(err) =
+                bitinglip_client::cancel(&ctx.bus, b.owner.as_deref(), &task_of(id, n), "batch cancelled").await
+            {
                 tracing::debug!(batch = %id, line = n, cause = %err, "cancel not delivered; the next round asks again");
                 all = false;
                 break;

@@ -197,7 +197,7 @@ async fn respond(
     span.record("task.id", task_id.as_str());
     let ids = Ids::new(task_id.as_str());
     let created = bitinglip_nats::now_ms() / 1000;
-    let mut cancel = CancelOnDrop::new(&ctx.bus, &task_id);
+    let mut cancel = CancelOnDrop::new(&ctx.bus, Some(&key.id), &task_id);
     if duplicate {
         cancel.disarm();
     }

@@ -263,7 +263,7 @@ async fn generate(
     let (task_id, watch, duplicate) = submit_chat(&ctx, &headers, key, chat, wait_for_model.unwrap_or(true)).await?;
     span.record("task.id", task_id.as_str());
     let relay = tracing::info_span!(parent: &span, "relay", task.id = %task_id, gen_ai.response.finish_reasons = tracing::field::Empty);
-    let mut cancel = CancelOnDrop::new(&ctx.bus, &task_id);
+    let mut cancel = CancelOnDrop::new(&ctx.bus, Some(&key.id), &task_id);
     if duplicate {
         // A retry follows the original; its client going away must not cancel it.
         cancel.disarm();

@@ -153,7 +153,7 @@ pub(super) async fn submit_chat(
     let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model, owner, new_id };
     let task_id: TaskId = task_id_for(&submit);
     submit.task_id = Some(task_id.clone());
-    let watch = TaskWatch::subscribe(&ctx.bus, &ctx.store, &task_id).await?;
+    let watch = TaskWatch::subscribe(&ctx.bus, &ctx.store, submit.owner.as_deref(), &task_id).await?;
     // While the bus heals (a server restart, a stream leader's election) a submit waits
     // and asks again with the same task id, which the task manager recognises (the
     // record, and the stream's `Nats-Msg-Id`): the client sees no error and never gets
@@ -163,7 +163,7 @@ pub(super) async fn submit_chat(
     let mut retried = false;
     let reply = loop {
         let result: Result<SubmitReply, _> =
-            ctx.bus.request(ctx.bus.subjects().task_submit(), &submit, Some(&trace), None).await;
+            ctx.bus.request(ctx.bus.subjects().task_submit(submit.owner.as_deref()), &submit, Some(&trace), None).await;
         if !passing(&result) || Instant::now() + delay > deadline {
             break result;
         }
@@ -183,7 +183,11 @@ pub(super) async fn submit_chat(
             // Without an idempotency key a duplicate can only be our own earlier try.
             let duplicate = a.duplicate && !(retried && submit.idempotency_key.is_none());
             // A retry of a task that already ran: follow it from its stored events.
-            let watch = if duplicate { TaskWatch::resume(&ctx.bus, &ctx.store, &task_id, 0).await? } else { watch };
+            let watch = if duplicate {
+                TaskWatch::resume(&ctx.bus, &ctx.store, submit.owner.as_deref(), &task_id, 0).await?
+            } else {
+                watch
+            };
             Ok((task_id, watch, duplicate))
         }
         SubmitReply::Rejected(err) => {

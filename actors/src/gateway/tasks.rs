@@ -307,8 +307,8 @@ pub(super) async fn cancel(
 ) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     // Only a task this key may see can be cancelled by it.
-    read(&ctx, &key, &id).await?;
-    bitinglip_client::cancel(&ctx.bus, &id, "cancelled over HTTP").await?;
+    let record = read(&ctx, &key, &id).await?;
+    bitinglip_client::cancel(&ctx.bus, record.owner.as_deref(), &id, "cancelled over HTTP").await?;
     let record = with_text(&ctx, read(&ctx, &key, &id).await?).await?;
     Ok(Json((&record).into()))
 }
@@ -332,7 +332,7 @@ pub(super) async fn events(
     let permit = admit(&ctx)?;
     let id = parse_id(&id)?;
     // Unknown ids (and other keys' tasks) are a 404 now, not an endless stream.
-    read(&ctx, &key, &id).await?;
+    let owner = read(&ctx, &key, &id).await?.owner;
     let next_seq = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
         None => 0,
         // u64::MAX would overflow the next sequence number: it is no chunk number either.
@@ -343,7 +343,7 @@ pub(super) async fn events(
             .and_then(|n| n.checked_add(1))
             .ok_or_else(|| ApiError::invalid("Last-Event-ID must be a chunk number", Some("Last-Event-ID")))?,
     };
-    let watch = TaskWatch::resume(&ctx.bus, &ctx.store, &id, next_seq).await?;
+    let watch = TaskWatch::resume(&ctx.bus, &ctx.store, owner.as_deref(), &id, next_seq).await?;
     let results = ctx.clone();
     let stream = futures::stream::unfold(Some(watch), move |watch| {
         let ctx = results.clone();

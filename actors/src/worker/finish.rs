@@ -113,7 +113,7 @@ pub(super) async fn finish(
             return;
         }
     }
-    publish_event(ctx, &task_id, &event, trace).await;
+    publish_event(ctx, owner.as_deref(), &task_id, &event, trace).await;
     // Usage is counted before the ack: a failure hands the task back, and the redelivery
     // (which finds it finished) counts it again, deduplicated.
     if record_usage(ctx, &task_id, owner.as_deref(), model, tokens).await.is_err() {

@@ -80,12 +80,18 @@ struct Owned {
     claimed_at: Instant,
 }
 
-fn publish_event_subject(ctx: &NodeContext, task: &TaskId) -> String {
-    ctx.bus.subjects().task_events(task)
+fn publish_event_subject(ctx: &NodeContext, owner: Option<&str>, task: &TaskId) -> String {
+    ctx.bus.subjects().task_events(owner, task)
 }
 
-pub(super) async fn publish_event(ctx: &NodeContext, task: &TaskId, event: &TaskEvent, trace: Option<&TraceParent>) {
-    if let Err(err) = ctx.bus.publish(publish_event_subject(ctx, task), event, trace).await {
+pub(super) async fn publish_event(
+    ctx: &NodeContext,
+    owner: Option<&str>,
+    task: &TaskId,
+    event: &TaskEvent,
+    trace: Option<&TraceParent>,
+) {
+    if let Err(err) = ctx.bus.publish(publish_event_subject(ctx, owner, task), event, trace).await {
         tracing::warn!(task.id = %task, cause = %err, "event not published");
     }
 }
@@ -167,16 +173,16 @@ async fn run_claimed(
     if attempt == 1 {
         metrics().queue_time.with_label_values(&[&model]).observe(queue_time_ms / 1000.0);
     }
-    let Some(prefix) = resume_prefix(ctx, &msg, &task_id, attempt).await else { return };
+    let Some(prefix) = resume_prefix(ctx, &msg, spec.owner.as_deref(), &task_id, attempt).await else { return };
 
-    let cancel = start_running(shared, &task_id, attempt, &owned.ack_subject);
+    let cancel = start_running(shared, spec.owner.as_deref(), &task_id, attempt, &owned.ack_subject);
     let started = TaskStarted {
         task_id: task_id.clone(),
         attempt,
         worker: shared.worker_id.clone(),
         resume_from_seq: prefix.next_seq,
     };
-    publish_event(ctx, &task_id, &TaskEvent::Started(started), trace.as_ref()).await;
+    publish_event(ctx, spec.owner.as_deref(), &task_id, &TaskEvent::Started(started), trace.as_ref()).await;
 
     let generated = generate(shared, &msg, &spec, attempt, &owned, prefix, cancel, trace.as_ref()).await;
     if generated.stale {
@@ -280,11 +286,17 @@ async fn claim_delivery(
 
 /// What earlier attempts streamed, which this one continues after. `None` when it
 /// cannot be read: the task was handed back.
-async fn resume_prefix(ctx: &NodeContext, msg: &jetstream::Message, task_id: &TaskId, attempt: u32) -> Option<Prefix> {
+async fn resume_prefix(
+    ctx: &NodeContext,
+    msg: &jetstream::Message,
+    owner: Option<&str>,
+    task_id: &TaskId,
+    attempt: u32,
+) -> Option<Prefix> {
     if attempt == 1 {
         return Some(Prefix::default());
     }
-    match patiently(msg, "earlier chunks", || ctx.store.stored_events(task_id)).await {
+    match patiently(msg, "earlier chunks", || ctx.store.stored_events(owner, task_id)).await {
         Ok(events) => {
             let prefix = prefix_of(&events);
             if prefix.next_seq > 0 {
@@ -302,13 +314,22 @@ async fn resume_prefix(ctx: &NodeContext, msg: &jetstream::Message, task_id: &Ta
 
 /// Marks the task running in this worker (for cancels and the heartbeat) and returns
 /// its cancel token, already fired when a cancel arrived just before the claim.
-fn start_running(shared: &WorkerShared, task_id: &TaskId, attempt: u32, ack_subject: &str) -> CancellationToken {
+fn start_running(
+    shared: &WorkerShared,
+    owner: Option<&str>,
+    task_id: &TaskId,
+    attempt: u32,
+    ack_subject: &str,
+) -> CancellationToken {
     let cancel = CancellationToken::new();
-    let cancelled_before = shared.recent_cancels.lock().ok().and_then(|mut r| r.remove(task_id));
+    let owner = owner.map(String::from);
+    let cancelled_before =
+        shared.recent_cancels.lock().ok().and_then(|mut r| r.remove(&(owner.clone(), task_id.clone())));
     if let Ok(mut running) = shared.running.lock() {
         running.insert(
             task_id.clone(),
             Running {
+                owner,
                 cancel: cancel.clone(),
                 attempt,
                 ack_subject: ack_subject.to_string(),
@@ -429,7 +450,7 @@ async fn generate(
     );
     // Made once for every chunk of this attempt: the subject, the trace header, and the
     // model's inter-token histogram.
-    let events_subject = async_nats::Subject::from(publish_event_subject(ctx, task_id));
+    let events_subject = async_nats::Subject::from(publish_event_subject(ctx, spec.owner.as_deref(), task_id));
     let chunk_headers = bitinglip_nats::Bus::headers(trace);
     let inter_token = metrics().inter_token_latency.with_label_values(&[model]);
     let relay = async {

@@ -131,14 +131,18 @@ pub struct SubmitRequest {
     /// replica loads; false answers `model_loading` (and still starts the load).
     #[serde(default = "yes")]
     pub wait_for_model: bool,
-    /// The API key (its id) the task belongs to, set by the gateway: only that key (or an
-    /// admin key) sees it over HTTP, and idempotency keys are scoped to it.
+    /// Who the task belongs to: always the owner its submit subject names
+    /// (`…task.<owner>.submit`), whatever a sender put here. An API key's id for a
+    /// gateway's task (only that key, or an admin key, sees it over HTTP), `client-<name>`
+    /// for a NATS client identity's. Idempotency keys are scoped to it.
     #[serde(default)]
     pub owner: Option<String>,
     /// True when the submitter has just made `task_id` up (a new ULID), so no earlier
     /// task can have it: the task manager then does not look for one before queueing (a
     /// retry with the same id within `jetstream.dedupe_window` is still the same task).
-    /// Leave it false for an id that may have been used before.
+    /// Leave it false for an id that may have been used before. Honoured only on an API
+    /// key's or an owner-less subject (gateways, admin): a NATS client identity's ids are
+    /// always looked up.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub new_id: bool,
 }
@@ -238,6 +242,40 @@ pub enum TaskStatusReply {
     /// The record.
     Found(TaskRecord),
     /// Unknown id (or expired), or the store failed.
+    Error(WireError),
+}
+
+/// Request on `…task.<owner>.result`: a part of an answer the results store keeps (a
+/// `text_object` or `parts_object` of one of the owner's tasks), from `offset`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetResult {
+    /// The task the object belongs to.
+    pub task_id: TaskId,
+    /// The object's name, as the task's record or `completed` event gives it.
+    pub name: String,
+    /// Where to start, in bytes.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// The most bytes one [`ResultReply::Part`] carries.
+pub const RESULT_PART_MAX: usize = 512 * 1024;
+
+/// Reply on `…task.<owner>.result`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResultReply {
+    /// Up to [`RESULT_PART_MAX`] bytes from `offset`; the object is `size` bytes long.
+    Part {
+        /// Where these bytes start.
+        offset: u64,
+        /// The bytes (MessagePack `bin`).
+        #[serde(with = "crate::codec::bin")]
+        data: Vec<u8>,
+        /// The whole object's size.
+        size: u64,
+    },
+    /// Not the owner's task, no such object, or the store failed.
     Error(WireError),
 }
 

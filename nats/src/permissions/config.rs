@@ -8,9 +8,42 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use bitinglip_bus_schema::Subjects;
+use bitinglip_bus_schema::{client_name_problem, Subjects, DEFAULT_CLIENT};
 
-use super::{permissions, NatsRole};
+use super::{client_permissions, permissions, NatsRole, Permissions};
+
+/// One nkey user of the server's config: a role, and for a client identity its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Its role.
+    pub role: NatsRole,
+    /// A client identity's name (`None` for every other role, and for `client.nk`, the
+    /// identity `default`).
+    pub client: Option<String>,
+    /// Its nkey public key.
+    pub public_key: String,
+}
+
+impl User {
+    /// A user of `role` (a client: the identity `default`).
+    pub fn of(role: NatsRole, public_key: impl Into<String>) -> Self {
+        Self { role, client: None, public_key: public_key.into() }
+    }
+
+    fn permissions(&self, s: &Subjects) -> Permissions {
+        match (self.role, &self.client) {
+            (NatsRole::Client, Some(name)) => client_permissions(name, s),
+            (role, _) => permissions(role, s),
+        }
+    }
+
+    fn label(&self) -> String {
+        match &self.client {
+            Some(name) => format!("client {name}"),
+            None => self.role.as_str().to_string(),
+        }
+    }
+}
 
 fn quoted(list: &[String]) -> String {
     let items: Vec<String> = list.iter().map(|s| format!("\"{s}\"")).collect();
@@ -33,18 +66,12 @@ pub fn in_domain(subject: &str, domain: Option<&str>) -> String {
 
 /// One nkey user of a server's config with its permissions (publish subjects as sent in
 /// `domain`), allowed only `connection_type` connections.
-fn user_entry(
-    out: &mut String,
-    role: NatsRole,
-    public_key: &str,
-    s: &Subjects,
-    domain: Option<&str>,
-    connection_type: &str,
-) {
-    let mut p = permissions(role, s);
+fn user_entry(out: &mut String, user: &User, s: &Subjects, domain: Option<&str>, connection_type: &str) {
+    let public_key = &user.public_key;
+    let mut p = user.permissions(s);
     p.publish_allow = p.publish_allow.iter().map(|x| in_domain(x, domain)).collect();
     p.publish_deny = p.publish_deny.iter().map(|x| in_domain(x, domain)).collect();
-    let _ = writeln!(out, "    # {}", role.as_str());
+    let _ = writeln!(out, "    # {}", user.label());
     let _ = writeln!(out, "    {{\n      nkey: \"{public_key}\"\n      allowed_connection_types: [\"{connection_type}\"]\n      permissions: {{");
     if p.publish_allow.is_empty() {
         let _ = writeln!(out, "        publish: {{ deny: {} }}", quoted(&p.publish_deny));
@@ -67,22 +94,22 @@ fn user_entry(
 /// global account, each allowed only client connections), the system account `$SYS`
 /// with the `events` user, and, when the cluster's JetStream has a `domain`, the `leaf`
 /// user, allowed only leaf node connections.
-pub fn authorization_block(users: &[(NatsRole, String)], s: &Subjects, domain: Option<&str>) -> String {
+pub fn authorization_block(users: &[User], s: &Subjects, domain: Option<&str>) -> String {
     let mut out =
         String::from("# BitingLip's NATS users, one per role (`bitinglip nats init`).\nauthorization {\n  users = [\n");
-    for (role, public_key) in users.iter().filter(|(r, _)| !matches!(r, NatsRole::Events | NatsRole::Leaf)) {
-        user_entry(&mut out, *role, public_key, s, None, "STANDARD");
+    for user in users.iter().filter(|u| !matches!(u.role, NatsRole::Events | NatsRole::Leaf)) {
+        user_entry(&mut out, user, s, None, "STANDARD");
     }
-    if let (Some(d), Some((_, public_key))) = (domain, users.iter().find(|(r, _)| *r == NatsRole::Leaf)) {
-        user_entry(&mut out, NatsRole::Leaf, public_key, s, Some(d), "LEAFNODE");
+    if let (Some(d), Some(leaf)) = (domain, users.iter().find(|u| u.role == NatsRole::Leaf)) {
+        user_entry(&mut out, leaf, s, Some(d), "LEAFNODE");
     }
     out.push_str("  ]\n}\n");
-    let events: Vec<_> = users.iter().filter(|(r, _)| *r == NatsRole::Events).collect();
+    let events: Vec<_> = users.iter().filter(|u| u.role == NatsRole::Events).collect();
     if !events.is_empty() {
         out.push_str("# The server's own account: its events of client connections (cluster managers read\n");
         out.push_str("# which node's connection closed).\naccounts {\n  \"$SYS\" {\n  users = [\n");
-        for (role, public_key) in events {
-            user_entry(&mut out, *role, public_key, s, None, "STANDARD");
+        for user in events {
+            user_entry(&mut out, user, s, None, "STANDARD");
         }
         out.push_str("  ]\n  }\n}\nsystem_account: \"$SYS\"\n");
     }
@@ -95,7 +122,7 @@ pub fn leaf_authorization_block(worker_public_key: &str, s: &Subjects, domain: &
     let mut out = String::from(
         "# The users of an edge site's leaf node (`bitinglip nats init --jetstream-domain`).\nauthorization {\n  users = [\n",
     );
-    user_entry(&mut out, NatsRole::Worker, worker_public_key, s, Some(domain), "STANDARD");
+    user_entry(&mut out, &User::of(NatsRole::Worker, worker_public_key), s, Some(domain), "STANDARD");
     out.push_str("  ]\n}\n");
     out
 }
@@ -136,6 +163,79 @@ pub fn worker_seed_file(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("worker-{name}.nk"))
 }
 
+/// The seed file of client identity `name` (`client-<name>.nk`); the identity
+/// `default` is `client.nk`.
+pub fn client_seed_file(dir: &Path, name: &str) -> PathBuf {
+    if name == DEFAULT_CLIENT {
+        seed_file(dir, NatsRole::Client)
+    } else {
+        dir.join(format!("client-{name}.nk"))
+    }
+}
+
+/// Makes a seed for each client identity of `add` that has none (mode 0600, never
+/// overwritten) and removes those of `revoke`; returns the identities created. Run
+/// [`init_credentials`] after, so that `auth.conf` lists the identities left.
+pub fn manage_client_identities(dir: &Path, add: &[String], revoke: &[String]) -> std::io::Result<Vec<String>> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    for name in add.iter().chain(revoke) {
+        if let Some(problem) = client_name_problem(name) {
+            return Err(invalid(problem));
+        }
+        if name == DEFAULT_CLIENT {
+            return Err(invalid(format!("client identity {name:?} is the shared client.nk; pick another name")));
+        }
+    }
+    let paths = |names: &[String]| names.iter().map(|n| (n.clone(), client_seed_file(dir, n))).collect::<Vec<_>>();
+    manage_seeds(dir, &paths(add), &paths(revoke))
+}
+
+/// The client identities whose seeds are in `dir` (`client-<name>.nk`), by name.
+pub fn client_identities(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    identities(dir, "client-", |n| client_name_problem(n).is_none() && n != DEFAULT_CLIENT)
+}
+
+/// Makes the seeds of `add` that are missing and removes those of `revoke`.
+fn manage_seeds(dir: &Path, add: &[(String, PathBuf)], revoke: &[(String, PathBuf)]) -> std::io::Result<Vec<String>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    let mut created = Vec::new();
+    for (name, path) in add {
+        if path.exists() {
+            continue;
+        }
+        let pair = nkeys::KeyPair::new_user();
+        let seed = pair.seed().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+        std::io::Write::write_all(&mut file, format!("{seed}\n").as_bytes())?;
+        created.push(name.clone());
+    }
+    for (_, path) in revoke {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(created)
+}
+
+/// The identities whose seeds are `<prefix><name>.nk` in `dir`, by name.
+fn identities(dir: &Path, prefix: &str, valid: impl Fn(&str) -> bool) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(id) = name.strip_prefix(prefix).and_then(|n| n.strip_suffix(".nk")) {
+            if valid(id) {
+                found.push((id.to_string(), path.clone()));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// Whether `name` can name a worker identity: a node id (letters, digits, `-`, `_`; at
 /// most 64).
 pub fn is_worker_name(name: &str) -> bool {
@@ -158,7 +258,6 @@ pub fn seed_for(dir: &Path, role: NatsRole, node_id: &str) -> PathBuf {
 /// overwritten) and removes those of `revoke`; returns the identities created. Run
 /// [`init_credentials`] after, so that `auth.conf` lists the identities left.
 pub fn manage_worker_identities(dir: &Path, add: &[String], revoke: &[String]) -> std::io::Result<Vec<String>> {
-    use std::os::unix::fs::OpenOptionsExt;
     let bad = add.iter().chain(revoke).find(|n| !is_worker_name(n));
     if let Some(name) = bad {
         return Err(std::io::Error::new(
@@ -166,43 +265,13 @@ pub fn manage_worker_identities(dir: &Path, add: &[String], revoke: &[String]) -
             format!("worker identity {name:?}: use 1 to 64 letters, digits, '-' and '_' (the node's id)"),
         ));
     }
-    std::fs::create_dir_all(dir)?;
-    let mut created = Vec::new();
-    for name in add {
-        let path = worker_seed_file(dir, name);
-        if path.exists() {
-            continue;
-        }
-        let pair = nkeys::KeyPair::new_user();
-        let seed = pair.seed().map_err(|e| std::io::Error::other(e.to_string()))?;
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        std::io::Write::write_all(&mut file, format!("{seed}\n").as_bytes())?;
-        created.push(name.clone());
-    }
-    for name in revoke {
-        match std::fs::remove_file(worker_seed_file(dir, name)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(created)
+    let paths = |names: &[String]| names.iter().map(|n| (n.clone(), worker_seed_file(dir, n))).collect::<Vec<_>>();
+    manage_seeds(dir, &paths(add), &paths(revoke))
 }
 
 /// The worker identities whose seeds are in `dir` (`worker-<name>.nk`), by name.
 fn worker_identities(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if let Some(id) = name.strip_prefix("worker-").and_then(|n| n.strip_suffix(".nk")) {
-            if is_worker_name(id) {
-                found.push((id.to_string(), path.clone()));
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
+    identities(dir, "worker-", is_worker_name)
 }
 
 /// The file `include`d by a server's config.
@@ -239,25 +308,33 @@ pub fn init_credentials(dir: &Path, s: &Subjects, domain: Option<&str>) -> std::
             }
             Err(e) => return Err(e),
         };
-        users.push((role, pair.public_key()));
+        users.push(User::of(role, pair.public_key()));
     }
     // Worker nodes' own identities: `worker` users each, revoked by removing the seed.
-    for (name, path) in worker_identities(dir)? {
-        let seed = std::fs::read_to_string(&path)?;
+    let public_key = |name: &str, path: &Path| -> std::io::Result<String> {
+        let seed = std::fs::read_to_string(path)?;
         let pair = nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{}: not an nkey seed ({name}): {e}", path.display()),
             )
         })?;
-        users.push((NatsRole::Worker, pair.public_key()));
+        Ok(pair.public_key())
+    };
+    for (name, path) in worker_identities(dir)? {
+        users.push(User::of(NatsRole::Worker, public_key(&name, &path)?));
+    }
+    // Client applications' own identities, each held to its own tasks.
+    for (name, path) in client_identities(dir)? {
+        let key = public_key(&name, &path)?;
+        users.push(User { role: NatsRole::Client, client: Some(name), public_key: key });
     }
     let block = authorization_block(&users, s, domain);
     let tmp = dir.join(format!("{AUTH_FILE}.tmp"));
     std::fs::write(&tmp, block)?;
     std::fs::rename(&tmp, dir.join(AUTH_FILE))?;
-    if let (Some(d), Some((_, worker))) = (domain, users.iter().find(|(r, _)| *r == NatsRole::Worker)) {
-        std::fs::write(dir.join(LEAF_AUTH_FILE), leaf_authorization_block(worker, s, d))?;
+    if let (Some(d), Some(worker)) = (domain, users.iter().find(|u| u.role == NatsRole::Worker)) {
+        std::fs::write(dir.join(LEAF_AUTH_FILE), leaf_authorization_block(&worker.public_key, s, d))?;
     }
     Ok(created)
 }
@@ -269,10 +346,11 @@ mod tests {
     #[test]
     fn the_block_names_every_user() {
         let s = Subjects::default();
-        let users: Vec<_> = NatsRole::ALL.iter().map(|r| (*r, format!("U{}", r.as_str().to_uppercase()))).collect();
+        let users: Vec<_> =
+            NatsRole::ALL.iter().map(|r| User::of(*r, format!("U{}", r.as_str().to_uppercase()))).collect();
         let block = authorization_block(&users, &s, None);
-        for (role, key) in users.iter().filter(|(r, _)| *r != NatsRole::Leaf) {
-            assert!(block.contains(&format!("nkey: \"{key}\"")), "{role:?}");
+        for user in users.iter().filter(|u| u.role != NatsRole::Leaf) {
+            assert!(block.contains(&format!("nkey: \"{}\"", user.public_key)), "{user:?}");
         }
         // Without a JetStream domain there is no leaf user (a leaf could not reach JetStream).
         assert!(!block.contains("ULEAF"));
@@ -299,7 +377,8 @@ mod tests {
     #[test]
     fn the_leaf_user_is_a_worker_through_the_domain_on_leaf_connections_only() {
         let s = Subjects::default();
-        let users: Vec<_> = NatsRole::ALL.iter().map(|r| (*r, format!("U{}", r.as_str().to_uppercase()))).collect();
+        let users: Vec<_> =
+            NatsRole::ALL.iter().map(|r| User::of(*r, format!("U{}", r.as_str().to_uppercase()))).collect();
         let block = authorization_block(&users, &s, Some("hub"));
         let leaf = &block[block.find("# leaf").expect("a leaf user")..];
         // The last user of the application's block.
@@ -337,6 +416,36 @@ mod tests {
         init_credentials(dir.path(), &s, None).unwrap();
         let block = std::fs::read_to_string(dir.path().join(AUTH_FILE)).unwrap();
         assert!(block.contains(&a) && !block.contains(&b), "box-b revoked, box-a kept");
+    }
+
+    #[test]
+    fn client_identities_each_get_a_user_held_to_their_own_tasks_and_are_revoked_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Subjects::default();
+        for bad in ["default", "a-b", "../x", ""] {
+            assert!(manage_client_identities(dir.path(), &[bad.to_string()], &[]).is_err(), "{bad}");
+        }
+        let names = vec!["billing".to_string(), "search".to_string()];
+        assert_eq!(manage_client_identities(dir.path(), &names, &[]).unwrap(), names);
+        init_credentials(dir.path(), &s, None).unwrap();
+        let key = |name: &str| {
+            let seed = std::fs::read_to_string(client_seed_file(dir.path(), name)).unwrap();
+            nkeys::KeyPair::from_seed(seed.trim()).unwrap().public_key()
+        };
+        let block = std::fs::read_to_string(dir.path().join(AUTH_FILE)).unwrap();
+        let entry = |key: &str| {
+            let at = block.find(key).unwrap();
+            block[at..at + block[at..].find("\n    }").unwrap()].to_string()
+        };
+        let billing = entry(&key("billing"));
+        assert!(billing.contains("\"bitinglip.v1.task.client-billing.submit\""), "{billing}");
+        assert!(billing.contains("\"_INBOX_client_billing.>\""), "{billing}");
+        assert!(!billing.contains("client-search"), "{billing}");
+        assert_eq!(client_seed_file(dir.path(), "default"), seed_file(dir.path(), NatsRole::Client));
+        manage_client_identities(dir.path(), &[], &["search".to_string()]).unwrap();
+        init_credentials(dir.path(), &s, None).unwrap();
+        let block = std::fs::read_to_string(dir.path().join(AUTH_FILE)).unwrap();
+        assert!(block.contains(&key("billing")) && !block.contains("client-search"), "search revoked, billing kept");
     }
 
     #[test]

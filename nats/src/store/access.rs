@@ -154,6 +154,19 @@ pub fn stream_scan(stream: &str) -> Vec<String> {
     ]
 }
 
+/// Reading a stream through short-lived pull consumers whose filter is within `filter`
+/// (the create request's subject names it: `CONSUMER.CREATE.<stream>.<name>.<filter>`),
+/// and nothing else of the stream.
+pub fn stream_scan_filtered(stream: &str, filter: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.*.{filter}"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+    ]
+}
+
 /// Reading counters' last values by subject.
 pub fn counters_read(stream: &str) -> Vec<String> {
     vec![format!("$JS.API.DIRECT.GET.{stream}"), format!("$JS.API.DIRECT.GET.{stream}.>")]

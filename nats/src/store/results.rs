@@ -71,6 +71,24 @@ impl Results<'_> {
         Ok(Some(bytes))
     }
 
+    /// Up to `max` bytes of the object `name` from `offset`, and the object's size; `None`
+    /// when there is no such object.
+    pub async fn part(&self, name: &str, offset: u64, max: usize) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        let mut object = match self.store.inner.results.get(name).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::unavailable(WHAT, e)),
+        };
+        let size = object.info().size as u64;
+        let start = offset.min(size);
+        let io = |e: std::io::Error| StoreError::unavailable(WHAT, e);
+        // Objects are read in order: skip to the offset, then take at most `max`.
+        tokio::io::copy(&mut (&mut object).take(start), &mut tokio::io::sink()).await.map_err(io)?;
+        let mut bytes = Vec::with_capacity(max.min((size - start) as usize));
+        (&mut object).take(max as u64).read_to_end(&mut bytes).await.map_err(io)?;
+        Ok(Some((bytes, size)))
+    }
+
     /// Moves `done`'s tool calls, logprobs and embeddings to the object store when its
     /// encoding is over [`INLINE_PARTS_MAX`]; `done` then names them in `parts_object`.
     /// True when it did.

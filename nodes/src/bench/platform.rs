@@ -79,9 +79,9 @@ pub(crate) struct NatsTimes {
 pub(crate) async fn nats_request(bus: &Client, chat: ChatParams) -> Option<NatsTimes> {
     let started = Instant::now();
     let task_id = TaskId::parse(ulid::Ulid::new().to_string()).ok()?;
-    let mut watch = TaskWatch::subscribe(&bus.bus, &bus.store, &task_id).await.ok()?;
+    let mut watch = TaskWatch::subscribe(&bus.bus, &bus.store, None, &task_id).await.ok()?;
     let req = SubmitRequest { task_id: Some(task_id), new_id: true, ..SubmitRequest::new(chat) };
-    match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await.ok()? {
+    match bus.request::<_, SubmitReply>(bus.subjects().task_submit(None), &req, None, None).await.ok()? {
         SubmitReply::Accepted(_) => {}
         SubmitReply::Rejected(_) => return None,
     }

@@ -307,7 +307,7 @@ pub(crate) async fn run_one(nats_binary: &str, n: usize, load: Duration) -> anyh
     })
     .await?;
     let task_id = bitinglip_bus_schema::TaskId::parse(ulid::Ulid::new().to_string())?;
-    let mut watch = bitinglip_client::TaskWatch::subscribe(&bus, &store, &task_id)
+    let mut watch = bitinglip_client::TaskWatch::subscribe(&bus, &store, None, &task_id)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let words: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
@@ -316,7 +316,7 @@ pub(crate) async fn run_one(nats_binary: &str, n: usize, load: Duration) -> anyh
         new_id: true,
         ..bitinglip_bus_schema::SubmitRequest::new(platform::chat("sim-stream", &words.join(" "), 200))
     };
-    bus.request::<_, bitinglip_bus_schema::SubmitReply>(subjects.task_submit(), &submit, None, None).await?;
+    bus.request::<_, bitinglip_bus_schema::SubmitReply>(subjects.task_submit(None), &submit, None, None).await?;
     let mut tokens = 0;
     while tokens < 20 {
         match watch.next().await {

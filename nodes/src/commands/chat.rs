@@ -33,8 +33,8 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
         new_id: true,
     };
     let store = bitinglip_nats::Store::open(&bus, &config).await?;
-    let mut watch = TaskWatch::subscribe(&bus, &store, &task_id).await?;
-    match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await? {
+    let mut watch = TaskWatch::subscribe(&bus, &store, None, &task_id).await?;
+    match bus.request::<_, SubmitReply>(bus.subjects().task_submit(None), &req, None, None).await? {
         SubmitReply::Accepted(_) => {}
         SubmitReply::Rejected(err) => bail!("rejected ({}): {}", err.kind, err.message),
     }

@@ -24,6 +24,15 @@ fn record_json(r: &TaskRecord) -> serde_json::Value {
     })
 }
 
+/// Whose task `task_id` is: its subjects name the owner.
+async fn owner_of(bus: &bitinglip_nats::Bus, task_id: &TaskId) -> anyhow::Result<Option<String>> {
+    let get = GetTask { task_id: task_id.clone() };
+    match bus.request::<_, TaskStatusReply>(bus.subjects().task_get(), &get, None, None).await? {
+        TaskStatusReply::Found(r) => Ok(r.owner),
+        TaskStatusReply::Error(e) => bail!("{}: {}", e.kind, e.message),
+    }
+}
+
 pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()> {
     let bus = super::client_bus(&config).await?;
     match cmd {
@@ -35,7 +44,7 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
             };
             let chat = ChatParams { max_tokens, ..ChatParams::user(model, prompt) };
             let req = SubmitRequest { idempotency_key, priority, ..SubmitRequest::new(chat) };
-            match bus.request::<_, SubmitReply>(bus.subjects().task_submit(), &req, None, None).await? {
+            match bus.request::<_, SubmitReply>(bus.subjects().task_submit(None), &req, None, None).await? {
                 SubmitReply::Accepted(a) => println!("{}", a.task_id),
                 SubmitReply::Rejected(e) => bail!("rejected ({}): {}", e.kind, e.message),
             }
@@ -63,7 +72,8 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
         TasksCommand::Watch { id, from } => {
             let task_id = TaskId::parse(id)?;
             let store = bitinglip_nats::Store::open(&bus, &config).await?;
-            let mut watch = TaskWatch::resume(&bus, &store, &task_id, from).await?;
+            let owner = owner_of(&bus, &task_id).await?;
+            let mut watch = TaskWatch::resume(&bus, &store, owner.as_deref(), &task_id, from).await?;
             let mut out = std::io::stdout().lock();
             while let Some(r) = watch.next().await {
                 match r {
@@ -84,7 +94,8 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
         }
         TasksCommand::Cancel { id } => {
             let task_id = TaskId::parse(id)?;
-            cancel(&bus, &task_id, "cancelled from the CLI").await?;
+            let owner = owner_of(&bus, &task_id).await?;
+            cancel(&bus, owner.as_deref(), &task_id, "cancelled from the CLI").await?;
             println!("cancel requested for {task_id}");
         }
         TasksCommand::Ls { state, limit, json } => {
