@@ -9,10 +9,12 @@
 //! | `hub` | the Hugging Face hub through hf-hub: search and verified downloads |
 //! | `pull` | a download with progress on the bus and a status lease |
 //! | `task_ids` | the task id of a request |
+//! | `limits` | whether a window of use is over an API key's or a client identity's limits |
 
 pub mod deployments;
 pub mod hub;
 pub mod keys;
+pub mod limits;
 pub mod models;
 pub mod pull;
 pub mod task_ids;

@@ -103,6 +103,37 @@ async fn load_on_demand(ctx: &NodeContext, model: &str, nodes: &[NodeHeartbeat],
     Err(WireError::new(ErrorKind::ModelLoading, format!("model `{model}` is loading ({progress}); retry shortly")))
 }
 
+/// A NATS client identity's submit counted against its limits
+/// (`task_manager.client_limits`), across the cluster as an API key's are: over one, the
+/// answer is `rate_limit_exceeded` with when to retry. Other owners pass (API keys are
+/// counted at the gateways).
+async fn client_limits(ctx: &NodeContext, owner: Option<&str>) -> Result<(), WireError> {
+    let Some((owner, name)) = owner.and_then(|o| Some((o, o.strip_prefix(bitinglip_bus_schema::CLIENT_OWNER_PREFIX)?)))
+    else {
+        return Ok(());
+    };
+    let table = &ctx.config.task_manager.client_limits;
+    let Some(set) = table.get(name).or_else(|| table.get("*")) else { return Ok(()) };
+    let limits = bitinglip_bus_schema::KeyLimits {
+        rpm: set.rpm,
+        tpm: set.tpm,
+        tokens_per_day: set.tokens_per_day,
+        max_concurrent: None,
+    };
+    if !limits.any() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let window = ctx.store.counters().count_request(owner, now).await?;
+    match crate::ops::limits::over(&limits, &window, now) {
+        None => Ok(()),
+        Some((why, retry)) => Err(WireError::new(
+            ErrorKind::RateLimitExceeded,
+            format!("client identity {name} is {why}; retry in {retry} s"),
+        )),
+    }
+}
+
 /// Why a resubmitted task is not a retry of `existing` (pure): another API key's task,
 /// or another request under the same idempotency key (refused, as Stripe does, rather
 /// than answered with the old task).
@@ -124,6 +155,7 @@ async fn submit(
     trace: Option<&TraceParent>,
 ) -> Result<TaskAccepted, WireError> {
     validate::request(&ctx.config.task_manager, &mut req, ctx.bus.max_payload())?;
+    client_limits(ctx, req.owner.as_deref()).await?;
     let model = req.chat.model.clone();
     // The watch answers yes quickly; a no is checked against the bucket itself, since a
     // fresh node's watch may not have caught up yet.

@@ -419,6 +419,22 @@ pub struct TaskManagerConfig {
     /// A model whose oldest queued task is older than this takes no more (429); 0 = off.
     #[serde(with = "humantime_serde")]
     pub queue_max_age: Duration,
+    /// Limits of NATS client identities, by name (`default` is `client.nk`); `*` applies
+    /// to every identity without an entry of its own. None: unlimited.
+    pub client_limits: BTreeMap<String, ClientLimits>,
+}
+
+/// What one NATS client identity may spend, counted across the cluster as an API key's
+/// limits are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientLimits {
+    /// Submits per minute.
+    pub rpm: Option<u32>,
+    /// Tokens (prompt and completion) per minute.
+    pub tpm: Option<u64>,
+    /// Tokens per day (UTC).
+    pub tokens_per_day: Option<u64>,
 }
 
 impl Default for TaskManagerConfig {
@@ -430,6 +446,7 @@ impl Default for TaskManagerConfig {
             queue_max_tasks: 10_000,
             queue_max_bytes: 1 << 30,
             queue_max_age: Duration::from_secs(600),
+            client_limits: BTreeMap::new(),
         }
     }
 }

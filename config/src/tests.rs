@@ -177,3 +177,17 @@ fn an_http_hub_needs_allow_http() {
     assert!(c.hub.allow_http);
     assert_eq!(c.hub.max_pull_bytes(), DEFAULT_MAX_PULL_BYTES);
 }
+
+#[test]
+fn client_limits_are_named_by_identity_and_never_zero() {
+    let mut c = Config::default();
+    c.task_manager.client_limits.insert("*".into(), ClientLimits { rpm: Some(60), ..Default::default() });
+    c.task_manager.client_limits.insert("billing".into(), ClientLimits { tpm: Some(1000), ..Default::default() });
+    assert!(c.validate().is_ok());
+    let mut bad = c.clone();
+    bad.task_manager.client_limits.insert("a-b".into(), ClientLimits::default());
+    assert!(bad.validate().unwrap_err().to_string().contains("task_manager.client_limits"));
+    let mut zero = c;
+    zero.task_manager.client_limits.insert("x".into(), ClientLimits { rpm: Some(0), ..Default::default() });
+    assert!(zero.validate().unwrap_err().to_string().contains("task_manager.client_limits.x"));
+}

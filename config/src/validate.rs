@@ -206,6 +206,27 @@ impl Config {
         if tm.queue_max_bytes < 1024 {
             return Err(invalid("task_manager.queue_max_bytes", tm.queue_max_bytes, "must be at least 1024"));
         }
+        for (name, limits) in &tm.client_limits {
+            let named = name == "*"
+                || (!name.is_empty()
+                    && name.len() <= 64
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+            if !named {
+                return Err(invalid(
+                    "task_manager.client_limits",
+                    name,
+                    "keys are client identity names (1 to 64 letters, digits and '_') or \"*\"",
+                ));
+            }
+            let zero = limits.rpm == Some(0) || limits.tpm == Some(0) || limits.tokens_per_day == Some(0);
+            if zero {
+                return Err(invalid(
+                    &format!("task_manager.client_limits.{name}"),
+                    0,
+                    "a limit must be at least 1 (leave it out for none)",
+                ));
+            }
+        }
         for (key, value) in [
             ("gateway.max_concurrent_per_key", u64::from(self.gateway.max_concurrent_per_key)),
             ("gateway.max_files_per_key", u64::from(self.gateway.max_files_per_key)),

@@ -261,6 +261,10 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish([s.all_queues(), s.all_task_events()]);
             // Hands out the owner's large answers (`…task.<owner>.result`).
             p.publish(access::results_read(s));
+            // Counts client identities' submits against their limits.
+            p.publish([s.all_rate_counters()]);
+            p.publish(access::counters_read(&s.rates_stream()));
+            p.publish(access::counters_read(&s.usage_stream()));
             p.publish(access::kv_watch(&tasks));
             p.publish(access::kv_write(&tasks, ">"));
             p.publish(access::kv_watch(&deployments));

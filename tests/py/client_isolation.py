@@ -159,6 +159,28 @@ async def main():
     except Exception as e:  # noqa: BLE001
         check("beta reads back its own stored events", False, repr(e))
 
+    # beta's limits (task_manager.client_limits: 4 submits a minute) are its own: its
+    # flood is refused with rate_limit_exceeded, and alpha (no limits) submits on.
+    refusal = None
+    for i in range(10):
+        reply = await request(
+            beta,
+            f"{ROOT}.task.client-beta.submit",
+            {"chat": {"model": "echo", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+             "task_id": f"beta-flood-{i}"},
+        )
+        if reply.get("type") == "rejected":
+            refusal = reply
+            break
+    check("beta is refused past its rpm", refusal and refusal.get("kind") == "rate_limit_exceeded", refusal)
+    reply = await request(
+        alpha,
+        f"{ROOT}.task.client-alpha.submit",
+        {"chat": {"model": "echo", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+         "task_id": "alpha-task-2"},
+    )
+    check("alpha is not held to beta's limits", reply.get("type") == "accepted", reply)
+
     # alpha's task ran to its end, untouched.
     text = []
     while True:

@@ -317,6 +317,9 @@ async fn each_client_identity_owns_its_tasks_and_reaches_no_one_elses() {
     config.nats.credentials_dir = Some(creds.path().to_path_buf());
     // 20 tokens a second: alpha's 200-word task runs while beta tries its worst.
     config.worker.models = vec![echo_model("echo", 20.0, 4)];
+    // beta's limits are its own; alpha has none.
+    let beta = bitinglip_config::ClientLimits { rpm: Some(4), ..Default::default() };
+    config.task_manager.client_limits.insert("beta".into(), beta);
     let mut node = NodeProcess::spawn(&config, &["node"]);
     node.wait_for_http(Duration::from_secs(30)).await;
     let base = format!("http://{}", config.gateway.http);
@@ -335,7 +338,7 @@ async fn each_client_identity_owns_its_tasks_and_reaches_no_one_elses() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), node.log());
     let results: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(results.len() >= 20, "{stdout}");
+    assert!(results.len() >= 24, "{stdout}");
     for r in &results {
         assert_eq!(r["ok"], true, "{r}");
     }

@@ -46,6 +46,72 @@ async fn an_answer_larger_than_one_message_completes() {
         .unwrap_or_else(|| panic!("no completed event in {} bytes", events.len()));
     assert_eq!(completed["text"].as_str().map(str::len), Some(expected.len()));
 
+    // Over NATS a client identity reads the same answer through its own `result`
+    // subject, part by part (it may not read the results store itself).
+    use bitinglip_bus_schema::{
+        decode_body, encode, ChatParams, Envelope, GetResult, ResultReply, Subjects, SubmitReply, SubmitRequest,
+        TaskEvent, TaskId, DEFAULT_MAX_PAYLOAD,
+    };
+    let seed = std::fs::read_to_string(nats.credentials_dir().join("client.nk")).unwrap();
+    let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        .custom_inbox_prefix("_INBOX_client")
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let (s, owner) = (Subjects::default(), Some("client-default"));
+    let ask = |subject: String, body: Vec<u8>| {
+        let client = client.clone();
+        async move { client.request(subject, body.into()).await.unwrap().payload }
+    };
+    fn envelope<T: serde::Serialize>(body: T) -> Vec<u8> {
+        let id =
+            format!("large-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+        encode(&Envelope::new(id, 0, "large-answer-test", body)).unwrap()
+    }
+    let task = TaskId::parse("large-over-nats").unwrap();
+    let mut events = client.subscribe(s.task_events(owner, &task)).await.unwrap();
+    client.flush().await.unwrap();
+    let chat = ChatParams { max_tokens: Some(30_000), ..ChatParams::user("echo", prompt.clone()) };
+    let submit = SubmitRequest { task_id: Some(task.clone()), ..SubmitRequest::new(chat) };
+    let reply: SubmitReply =
+        decode_body(&ask(s.task_submit(owner), envelope(submit)).await, DEFAULT_MAX_PAYLOAD).unwrap();
+    assert!(matches!(reply, SubmitReply::Accepted(_)), "{reply:?}");
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let msg = futures::StreamExt::next(&mut events).await.unwrap();
+            if let Ok(TaskEvent::Completed(done)) =
+                bitinglip_bus_schema::decode_event(&msg.payload, DEFAULT_MAX_PAYLOAD)
+            {
+                return done;
+            }
+        }
+    })
+    .await
+    .expect("the task completes");
+    let name = done.text_object.clone().expect("the text is in the results store");
+    assert!(done.text.is_empty());
+    let mut text = Vec::new();
+    loop {
+        let get = GetResult { task_id: task.clone(), name: name.clone(), offset: text.len() as u64 };
+        let part: ResultReply =
+            decode_body(&ask(s.owner_task_result(owner), envelope(get)).await, DEFAULT_MAX_PAYLOAD).unwrap();
+        let ResultReply::Part { data, size, .. } = part else { panic!("{part:?}") };
+        assert!(!data.is_empty() && data.len() <= bitinglip_bus_schema::RESULT_PART_MAX);
+        text.extend(data);
+        if text.len() as u64 >= size {
+            break;
+        }
+    }
+    assert!(text == expected.as_bytes(), "the whole answer, read in parts");
+    // Another task's name is not this task's result.
+    let get = GetResult { task_id: task.clone(), name: format!("{id}.1"), offset: 0 };
+    let part: ResultReply =
+        decode_body(&ask(s.owner_task_result(owner), envelope(get)).await, DEFAULT_MAX_PAYLOAD).unwrap();
+    assert!(
+        matches!(part, ResultReply::Error(ref e) if e.kind == bitinglip_bus_schema::ErrorKind::NotFound),
+        "{part:?}"
+    );
+
     // A plain chat completion of the same size.
     let resp = http().post(format!("{base}/v1/chat/completions")).json(&request).send().await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -305,10 +305,13 @@ async fn hostile_input_on_every_subject_gets_an_error_and_service_goes_on() {
     node.wait_for_model("echo", Duration::from_secs(60)).await;
     let client = nats.client().await;
     let subjects = [
-        "bitinglip.v1.task.submit",
+        "bitinglip.v1.task.=.submit",
         "bitinglip.v1.task.get",
         "bitinglip.v1.task.list",
-        "bitinglip.v1.task.some-task.cancel",
+        "bitinglip.v1.task.client-x.get",
+        "bitinglip.v1.task.client-x.list",
+        "bitinglip.v1.task.client-x.result",
+        "bitinglip.v1.task.=.some-task.cancel",
         "bitinglip.v1.model.register",
         "bitinglip.v1.model.list",
         "bitinglip.v1.cluster.status",

@@ -1,6 +1,6 @@
 //! A client that follows only the README: a plain NATS connection and hand-built
 //! MessagePack maps, no BitingLip crate. It subscribes to the task's events subject,
-//! submits on `bitinglip.v1.task.submit`, and reads the streamed answer.
+//! submits on `bitinglip.v1.task.client-default.submit`, and reads the streamed answer.
 
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
         .await
         .unwrap();
     let task_id = "readme-client-task-1";
-    let mut events = client.subscribe(format!("bitinglip.v1.task.{task_id}.events")).await.unwrap();
+    let mut events = client.subscribe(format!("bitinglip.v1.task.client-default.{task_id}.events")).await.unwrap();
     client.flush().await.unwrap();
 
     let submit = map(vec![
@@ -67,12 +67,15 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
         ),
         ("task_id", Value::from(task_id)),
     ]);
-    let reply = client.request("bitinglip.v1.task.submit", envelope(submit).into()).await.unwrap();
+    let reply = client.request("bitinglip.v1.task.client-default.submit", envelope(submit).into()).await.unwrap();
     let reply = decode(&reply.payload);
     let body = get(&reply, "body");
     assert_eq!(get(body, "type").as_str(), Some("accepted"), "{reply}");
     assert_eq!(get(body, "task_id").as_str(), Some(task_id));
-    assert_eq!(get(body, "events_subject").as_str(), Some("bitinglip.v1.task.readme-client-task-1.events"));
+    assert_eq!(
+        get(body, "events_subject").as_str(),
+        Some("bitinglip.v1.task.client-default.readme-client-task-1.events")
+    );
 
     let mut next_seq = 0;
     let mut text = String::new();
@@ -101,14 +104,14 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
 
     // The status record says completed, over the documented request subject.
     let get_req = map(vec![("task_id", Value::from(task_id))]);
-    let reply = client.request("bitinglip.v1.task.get", envelope(get_req).into()).await.unwrap();
+    let reply = client.request("bitinglip.v1.task.client-default.get", envelope(get_req).into()).await.unwrap();
     let reply = decode(&reply.payload);
     let body = get(&reply, "body");
     assert_eq!(get(body, "type").as_str(), Some("found"), "{reply}");
     assert_eq!(get(body, "state").as_str(), Some("completed"));
 
     // Garbage on the submit subject gets a decode error, and the next request still works.
-    let reply = client.request("bitinglip.v1.task.submit", vec![0xc1, 0x00, 0xff].into()).await.unwrap();
+    let reply = client.request("bitinglip.v1.task.client-default.submit", vec![0xc1, 0x00, 0xff].into()).await.unwrap();
     let reply = decode(&reply.payload);
     let body = get(&reply, "body");
     assert_eq!(get(body, "type").as_str(), Some("rejected"));
@@ -133,7 +136,7 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
     let info = client.request("$SRV.INFO.bitinglip-task-manager", "".into()).await.unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
     let endpoints = info["endpoints"].as_array().unwrap();
-    assert!(endpoints.iter().any(|e| e["name"] == "submit" && e["subject"] == "bitinglip.v1.task.submit"), "{info}");
+    assert!(endpoints.iter().any(|e| e["name"] == "submit" && e["subject"] == "bitinglip.v1.task.*.submit"), "{info}");
     let stats = client.request("$SRV.STATS.bitinglip-task-manager", "".into()).await.unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&stats.payload).unwrap();
     let submit = stats["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == "submit").unwrap().clone();
@@ -147,7 +150,7 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
         .await
         .unwrap();
     let task_id = "readme-client-tool-1";
-    let mut events = client.subscribe(format!("bitinglip.v1.task.{task_id}.events")).await.unwrap();
+    let mut events = client.subscribe(format!("bitinglip.v1.task.client-default.{task_id}.events")).await.unwrap();
     client.flush().await.unwrap();
     let parameters =
         r#"{"type":"object","properties":{"ok":{"type":"boolean"}},"required":["ok"],"additionalProperties":false}"#;
@@ -173,7 +176,9 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
         ),
         ("task_id", Value::from(task_id)),
     ]);
-    let reply = decode(&client.request("bitinglip.v1.task.submit", envelope(submit).into()).await.unwrap().payload);
+    let reply = decode(
+        &client.request("bitinglip.v1.task.client-default.submit", envelope(submit).into()).await.unwrap().payload,
+    );
     assert_eq!(get(get(&reply, "body"), "type").as_str(), Some("accepted"), "{reply}");
     let completed = loop {
         let msg = tokio::time::timeout(Duration::from_secs(60), events.next()).await.unwrap().unwrap();

@@ -49,32 +49,21 @@ pub(super) fn verdict(limits: &KeyLimits, w: &Window, now_ms: u64) -> (HeaderMap
             headers.insert(name, v);
         }
     };
-    let mut over: Option<(String, u64)> = None;
     if let Some(rpm) = limits.rpm.map(u64::from) {
         put("x-ratelimit-limit-requests", rpm.to_string());
         put("x-ratelimit-remaining-requests", rpm.saturating_sub(w.requests).to_string());
         put("x-ratelimit-reset-requests", format!("{}s", w.reset_secs));
-        if w.requests > rpm {
-            over = Some((format!("over the limit of {rpm} requests per minute"), w.reset_secs));
-        }
     }
     if let Some(tpm) = limits.tpm {
         put("x-ratelimit-limit-tokens", tpm.to_string());
         put("x-ratelimit-remaining-tokens", tpm.saturating_sub(w.tokens).to_string());
         put("x-ratelimit-reset-tokens", format!("{}s", w.reset_secs));
-        if over.is_none() && w.tokens >= tpm {
-            over = Some((format!("over the limit of {tpm} tokens per minute"), w.reset_secs));
-        }
     }
     if let Some(day) = limits.tokens_per_day {
-        let to_midnight = (86_400_000 - now_ms % 86_400_000).div_ceil(1000);
         put("x-ratelimit-limit-tokens-per-day", day.to_string());
         put("x-ratelimit-remaining-tokens-per-day", day.saturating_sub(w.tokens_today).to_string());
-        if over.is_none() && w.tokens_today >= day {
-            over = Some((format!("over the budget of {day} tokens per day (UTC)"), to_midnight));
-        }
     }
-    let refusal = over.map(|(why, retry)| {
+    let refusal = crate::ops::limits::over(limits, w, now_ms).map(|(why, retry)| {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", format!("this API key is {why}; retry later"))
             .with_code("rate_limit_exceeded")
             .with_retry_after(retry.max(1))
