@@ -22,6 +22,7 @@
 
 mod backpressure;
 mod cancel;
+mod usage;
 mod validate;
 
 use async_nats::service::Request;
@@ -334,6 +335,22 @@ impl Actor for TaskManager {
             bitinglip_bus_schema::Ack::Error,
             cancel::handle,
         );
+        let usage_serve = spawn_endpoint(
+            ctx.bus.endpoint(&service, "usage", subjects.task_usage()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            bitinglip_bus_schema::Ack::Error,
+            usage::record,
+        );
+        let consumers_serve = spawn_endpoint(
+            ctx.bus.endpoint(&service, "consumers", subjects.task_consumers()).await?,
+            myself.clone(),
+            end(),
+            ctx.clone(),
+            bitinglip_bus_schema::Ack::Error,
+            usage::consumers,
+        );
         let list_serve = spawn_endpoint(
             ctx.bus.endpoint(&service, "list", subjects.task_list()).await?,
             myself,
@@ -342,8 +359,17 @@ impl Actor for TaskManager {
             bitinglip_bus_schema::TaskList::Error,
             cancel::list,
         );
-        let tasks =
-            vec![submit_serve, get_serve, get_own_serve, list_own_serve, result_serve, cancel_serve, list_serve];
+        let tasks = vec![
+            submit_serve,
+            get_serve,
+            get_own_serve,
+            list_own_serve,
+            result_serve,
+            cancel_serve,
+            usage_serve,
+            consumers_serve,
+            list_serve,
+        ];
         Ok(TaskManagerState { tasks, _service: service })
     }
 

@@ -251,7 +251,7 @@ impl Actor for Worker {
                         Lifecycle::Ready,
                     )),
                 });
-                let consumers = state.ctx.store.queue().consumers(&served).await?;
+                let consumers = queue_consumers(&state.ctx, &served).await?;
                 state.listener = Some(spawn_cancel_listener(shared.clone(), myself.clone()).await?);
                 for slot in 0..state.model.max_sequences {
                     let shared = shared.clone();
@@ -342,6 +342,37 @@ impl Actor for Worker {
 }
 
 /// Announces the served model to the model managers, retrying until one answers.
+/// `model`'s queue consumers, as a task manager made them: bound when they are there with
+/// the filters of now, else asked for (`…task.consumers`) and bound again, patiently
+/// while no task manager answers (a worker may not create or change a consumer).
+async fn queue_consumers(
+    ctx: &NodeContext,
+    model: &str,
+) -> Result<bitinglip_nats::store::queue::Consumers, ActorProcessingErr> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let problem = match ctx.store.queue().bind(model).await {
+            Ok(Some(consumers)) => return Ok(consumers),
+            Ok(None) => {
+                let req = bitinglip_bus_schema::EnsureConsumers { model: model.to_string() };
+                match ctx.bus.request::<_, Ack>(ctx.bus.subjects().task_consumers(), &req, None, None).await {
+                    Ok(Ack::Ok) => continue,
+                    Ok(Ack::Error(err)) => format!("{}: {}", err.kind, err.message),
+                    Err(err) => err.to_string(),
+                }
+            }
+            Err(err) => err.to_string(),
+        };
+        if Instant::now() + delay > deadline {
+            return Err(format!("the queue consumers of {model} could not be had: {problem}").into());
+        }
+        tracing::warn!(model, cause = %problem, "queue consumers not there yet; asking again");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
 async fn register_model(
     ctx: &NodeContext,
     model: &ModelConfig,

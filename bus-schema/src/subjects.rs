@@ -314,6 +314,20 @@ impl Subjects {
         self.subject(&["task", "list"])
     }
 
+    /// Request/reply: count a finished task's usage ([`crate::RecordUsage`] →
+    /// [`crate::Ack`]); workers ask, task managers add what the task's record says to its
+    /// owner's counters (a worker never writes a counter).
+    pub fn task_usage(&self) -> String {
+        self.subject(&["task", "usage"])
+    }
+
+    /// Request/reply: make (or bring up to date) a model's queue consumers
+    /// ([`crate::EnsureConsumers`] → [`crate::Ack`]); workers ask, task managers create
+    /// them, so a worker never sets a consumer's config.
+    pub fn task_consumers(&self) -> String {
+        self.subject(&["task", "consumers"])
+    }
+
     /// Request/reply: the most recent tasks of `owner`.
     pub fn owner_task_list(&self, owner: Option<&str>) -> String {
         self.subject(&["task", &owner_token(owner), "list"])
@@ -510,11 +524,6 @@ impl Subjects {
     /// since the epoch). Internal: only the storage layer reads and writes it.
     pub fn rate_counter(&self, key: &str, minute: u64, field: &str) -> String {
         self.subject(&["rate", &encode_token(key), &minute.to_string(), field])
-    }
-
-    /// Every key's token counters of every minute (what a worker adds to).
-    pub fn all_rate_token_counters(&self) -> String {
-        self.subject(&["rate", "*", "*", "tokens"])
     }
 
     /// Every rate counter (the rates stream's subjects).

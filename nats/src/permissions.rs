@@ -242,6 +242,8 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish([s.all_rate_counters()]);
             p.publish(access::counters_read(&s.rates_stream()));
             p.publish(access::counters_read(&s.usage_stream()));
+            // Counts finished tasks' usage (workers ask; the record says how much).
+            p.publish(s.all_usage_counters());
             p.publish(access::stream_scan(&s.usage_stream()));
         }
         NatsRole::TaskManager => {
@@ -255,8 +257,12 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
                 s.all_owner_task_lists(),
                 s.all_owner_task_results(),
                 s.all_task_cancels(),
+                s.task_usage(),
+                s.task_consumers(),
             ]);
             p.subscribe(service_discovery());
+            // Makes the queues' consumers for the workers that ask.
+            p.publish(access::queue_consumers(s));
             // Queues accepted tasks; fails a cancelled queued task with an event.
             p.publish([s.all_queues(), s.all_task_events()]);
             // Hands out the owner's large answers (`…task.<owner>.result`).
@@ -265,6 +271,8 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish([s.all_rate_counters()]);
             p.publish(access::counters_read(&s.rates_stream()));
             p.publish(access::counters_read(&s.usage_stream()));
+            // Counts finished tasks' usage (workers ask; the record says how much).
+            p.publish(s.all_usage_counters());
             p.publish(access::kv_watch(&tasks));
             p.publish(access::kv_write(&tasks, ">"));
             p.publish(access::kv_watch(&deployments));
@@ -315,7 +323,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.allow_responses = true;
             p.subscribe([s.all_task_cancels(), s.model_pull()]);
             p.subscribe(service_discovery());
-            p.publish([s.all_task_events(), s.model_register()]);
+            p.publish([s.all_task_events(), s.model_register(), s.task_usage(), s.task_consumers()]);
             p.publish([s.all_model_progress()]);
             p.publish(access::queue_take(s));
             p.publish(access::results_write(s));
@@ -327,9 +335,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish(access::kv_write(&models, "*.*"));
             // Its placement.
             p.publish(access::kv_watch(&deployments));
-            // Usage and token counters of the tasks it finishes.
-            p.publish(s.all_usage_counters());
-            p.publish([s.all_rate_token_counters()]);
+            // No counter: a task manager counts the usage of the tasks it finishes.
         }
         NatsRole::Client => return client_permissions(DEFAULT_CLIENT, s),
         NatsRole::Leaf => {

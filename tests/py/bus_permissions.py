@@ -13,6 +13,7 @@ import sys
 
 import nats
 from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig
 
 
 async def attempts(url, creds, role, tasks_stream):
@@ -64,6 +65,23 @@ async def attempts(url, creds, role, tasks_stream):
     if role == "worker":
         await jetstream("delete consumer", lambda: js.delete_consumer(tasks_stream, "worker-echo-interactive"))
         await publish("set deployment", "bitinglip.v1.deployment.set")
+        # Reconfigure the queue's shared consumer (one delivery, then poison).
+        reconfigured = ConsumerConfig(
+            name="worker-echo-interactive",
+            durable_name="worker-echo-interactive",
+            filter_subject="bitinglip.v1.queue.echo.interactive.*",
+            max_deliver=1,
+            ack_policy=AckPolicy.EXPLICIT,
+        )
+        await jetstream("update consumer", lambda: js.add_consumer(tasks_stream, reconfigured))
+        # Erase a key's usage with a negative increment.
+        errors.clear()
+        await nc.publish(
+            "bitinglip.v1.usage-day.0123456789abcdef.2026-12-07", b"", headers={"Nats-Incr": "-1000"}
+        )
+        await nc.flush()
+        hit = await refusal("usage-day")
+        results.append({"role": role, "action": "negative usage increment", "refused": hit is not None, "error": hit})
     await nc.close()
     return results
 

@@ -111,6 +111,17 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
         s.model_delete(),
         format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.worker-echo-interactive", s.tasks_stream()),
         format!("$KV.{}.forged", s.keys_bucket()),
+        // Nor make or change the queue's consumers, nor touch a counter (a negative
+        // `Nats-Incr` would erase a key's usage).
+        format!("$JS.API.CONSUMER.CREATE.{}", s.tasks_stream()),
+        format!(
+            "$JS.API.CONSUMER.CREATE.{}.worker-echo-interactive.{}",
+            s.tasks_stream(),
+            s.queue("echo", bitinglip_bus_schema::Priority::Interactive)
+        ),
+        s.day_tokens_counter("0123456789abcdef", "2026-12-07"),
+        s.rate_counter("0123456789abcdef", 29_000_000, "tokens"),
+        s.usage_counter("0123456789abcdef", "echo", "2026-12-07", "completion_tokens"),
     ] {
         worker.publish(subject.clone(), "{}".into()).await.unwrap();
         worker.flush().await.unwrap();
@@ -226,7 +237,7 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let results: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(results.len(), 11, "{stdout}");
+    assert_eq!(results.len(), 13, "{stdout}");
     for r in &results {
         assert_eq!(r["refused"], true, "{r}");
     }

@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use bitinglip_bus_schema::{TaskEvent, TaskId};
+use bitinglip_bus_schema::{Ack, RecordUsage, TaskEvent, TaskId};
 use bitinglip_nats::{
-    now_ms,
-    store::{counters::TaskUsage, results::INLINE_TEXT_MAX},
+    store::{counters::NO_KEY, results::INLINE_TEXT_MAX},
     trace::TraceParent,
 };
 
@@ -21,28 +20,21 @@ use crate::{
     NodeContext,
 };
 
-/// The usage key of tasks submitted over NATS without an API key.
-const NO_KEY: &str = "-";
-
-/// Adds a finished task's usage to its key's counters (deduplicated per task).
-pub(super) async fn record_usage(
-    ctx: &NodeContext,
-    task_id: &TaskId,
-    owner: Option<&str>,
-    model: &str,
-    (prompt, completion): (u32, u32),
-) -> Result<(), ()> {
-    let usage = TaskUsage {
-        task_id: task_id.as_str(),
-        key: owner.unwrap_or(NO_KEY),
-        model,
-        prompt_tokens: u64::from(prompt),
-        completion_tokens: u64::from(completion),
-        at_ms: now_ms(),
-    };
-    ctx.store.counters().record(&usage).await.map_err(|err| {
-        tracing::warn!(cause = %err, "usage not counted; handing back to count it again");
-    })
+/// Has a task manager add the finished task's usage, as its record says, to its owner's
+/// counters (deduplicated per task): a worker writes no counter itself.
+pub(super) async fn record_usage(ctx: &NodeContext, task_id: &TaskId) -> Result<(), ()> {
+    let req = RecordUsage { task_id: task_id.clone() };
+    match ctx.bus.request::<_, Ack>(ctx.bus.subjects().task_usage(), &req, None, None).await {
+        Ok(Ack::Ok) => Ok(()),
+        Ok(Ack::Error(err)) => {
+            tracing::warn!(kind = %err.kind, cause = %err.message, "usage not counted; handing back to count it again");
+            Err(())
+        }
+        Err(err) => {
+            tracing::warn!(cause = %err, "usage not counted; handing back to count it again");
+            Err(())
+        }
+    }
 }
 
 /// Writes the final record (fenced on the claim), publishes the final event, and only
@@ -116,7 +108,7 @@ pub(super) async fn finish(
     publish_event(ctx, owner.as_deref(), &task_id, &event, trace).await;
     // Usage is counted before the ack: a failure hands the task back, and the redelivery
     // (which finds it finished) counts it again, deduplicated.
-    if record_usage(ctx, &task_id, owner.as_deref(), model, tokens).await.is_err() {
+    if record_usage(ctx, &task_id).await.is_err() {
         nak(msg, Some(Duration::from_secs(1))).await;
         return;
     }

@@ -259,8 +259,7 @@ async fn claim_delivery(
         Ok(Claim::Final(record)) => {
             // Finished before a crash stopped the ack: its usage may not have been counted.
             // Counting it again is deduplicated, so count, then ack.
-            let usage = record.result.as_ref().map_or((0, 0), |r| (r.usage.prompt_tokens, r.usage.completion_tokens));
-            if record_usage(&shared.ctx, &record.task_id, record.owner.as_deref(), &record.model, usage).await.is_ok() {
+            if record_usage(&shared.ctx, &record.task_id).await.is_ok() {
                 let _ = msg.double_ack().await;
             } else {
                 nak(msg, Some(Duration::from_secs(1))).await;

@@ -245,6 +245,22 @@ pub enum TaskStatusReply {
     Error(WireError),
 }
 
+/// Request on `…task.consumers` (workers): make `model`'s queue consumers, both classes,
+/// with the cluster's config (or bring them up to date).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnsureConsumers {
+    /// The served model name.
+    pub model: String,
+}
+
+/// Request on `…task.usage` (workers): count the usage of a finished task, as its record
+/// says, once (a repeat within ten minutes changes nothing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordUsage {
+    /// The finished task.
+    pub task_id: TaskId,
+}
+
 /// Request on `…task.<owner>.result`: a part of an answer the results store keeps (a
 /// `text_object` or `parts_object` of one of the owner's tasks), from `offset`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

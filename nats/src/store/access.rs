@@ -182,16 +182,25 @@ pub fn queue_stats(subjects: &Subjects) -> Vec<String> {
     ]
 }
 
-/// Taking tasks as a worker: its model's durable consumers (created when missing, never
-/// deleted), pulls, and acks of its deliveries.
+/// Taking tasks as a worker: its model's durable consumers (bound, never created,
+/// changed or deleted), pulls, and acks of its deliveries.
 pub fn queue_take(subjects: &Subjects) -> Vec<String> {
     let s = subjects.tasks_stream();
     vec![
         format!("$JS.API.STREAM.INFO.{s}"),
         format!("$JS.API.CONSUMER.INFO.{s}.>"),
-        format!("$JS.API.CONSUMER.CREATE.{s}.>"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{s}.>"),
         queue_acks(subjects),
+    ]
+}
+
+/// Making (or bringing up to date) the queues' durable consumers.
+pub fn queue_consumers(subjects: &Subjects) -> Vec<String> {
+    let s = subjects.tasks_stream();
+    vec![
+        format!("$JS.API.STREAM.INFO.{s}"),
+        format!("$JS.API.CONSUMER.INFO.{s}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{s}.>"),
     ]
 }
 

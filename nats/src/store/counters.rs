@@ -79,6 +79,9 @@ pub struct UsageRow {
     pub completion_tokens: u64,
 }
 
+/// The usage key of tasks without an owner (the CLI's, as `admin`).
+pub const NO_KEY: &str = "-";
+
 /// What one finished task used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskUsage<'a> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{
     self,
-    consumer::PullConsumer,
-    context::{PublishError, PublishErrorKind},
+    consumer::{pull::Config as PullConfig, PullConsumer},
+    context::{ConsumerInfoErrorKind, PublishError, PublishErrorKind},
     ErrorCode,
 };
 use bitinglip_bus_schema::{decode_body, Priority, TaskId, TaskSpec};
@@ -101,7 +101,36 @@ impl Queue<'_> {
         Ok(Queued { sequence: ack.sequence, duplicate: ack.duplicate })
     }
 
-    /// Creates (or finds) `model`'s durable consumers.
+    /// `model`'s durable consumers as they are, without creating or changing them (a
+    /// worker's view); `None` when one is missing or its filters are not those of now
+    /// (made before tasks had subjects of their own): then a task manager makes them
+    /// ([`Self::consumers`]).
+    pub async fn bind(&self, model: &str) -> Result<Option<Consumers>, StoreError> {
+        let stream = &self.stream().await?;
+        let inner = &self.store.inner;
+        let consumer = |priority| async move {
+            let want = crate::worker_consumer_config(&inner.subjects, model, priority, &inner.jetstream);
+            let name = want.durable_name.clone().unwrap_or_default();
+            let info = match stream.consumer_info(&name).await {
+                Ok(info) => info,
+                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(StoreError::unavailable(WHAT, e)),
+            };
+            let (mut have, mut wanted) = (info.config.filter_subjects.clone(), want.filter_subjects.clone());
+            have.sort();
+            wanted.sort();
+            if have != wanted {
+                return Ok(None);
+            }
+            stream.get_consumer::<PullConfig>(&name).await.map(Some).map_err(|e| StoreError::unavailable(WHAT, e))
+        };
+        let interactive = consumer(Priority::Interactive).await?;
+        let batch = consumer(Priority::Batch).await?;
+        Ok(interactive.zip(batch).map(|(interactive, batch)| Consumers { interactive, batch }))
+    }
+
+    /// Creates (or brings up to date) `model`'s durable consumers: task managers do, for
+    /// the workers that ask (a worker may not create or change a consumer).
     pub async fn consumers(&self, model: &str) -> Result<Consumers, StoreError> {
         let stream = &self.stream().await?;
         let inner = &self.store.inner;
@@ -166,7 +195,7 @@ impl Queue<'_> {
         let inner = &self.store.inner;
         match stream.consumer_info(inner.subjects.worker_consumer(model, priority)).await {
             Ok(info) => return Ok(info.num_pending + info.num_ack_pending as u64),
-            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {}
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::unavailable(WHAT, e)),
         }
         let full = self.stream().await?;
