@@ -149,13 +149,16 @@ fn service_discovery() -> Vec<String> {
     ["PING", "INFO", "STATS"].iter().flat_map(|v| [format!("$SRV.{v}"), format!("$SRV.{v}.>")]).collect()
 }
 
-/// What every node does whatever its roles: find or create the streams and buckets,
-/// write its heartbeat, watch the others', answer readiness and metrics.
-fn node_common(s: &Subjects, p: &mut Permissions) {
+/// What every node does whatever its roles: find the streams and buckets (and, on a node
+/// with a control role, create those missing), write its heartbeat, watch the others',
+/// answer readiness and metrics.
+fn node_common(s: &Subjects, p: &mut Permissions, provisions: bool) {
     // Its heartbeat answers whether it is alive.
     p.subscribe([s.all_node_alive()]);
     p.allow_responses = true;
-    p.publish(access::provision(s));
+    // A worker only finds them: a leaked worker seed cannot create a stream or bucket
+    // before provisioning does.
+    p.publish(if provisions { access::provision(s) } else { access::open(s) });
     p.publish(access::kv_watch(&s.nodes_bucket()));
     p.publish(access::kv_write(&s.nodes_bucket(), ">"));
     p.publish(access::queue_stats(s));
@@ -204,7 +207,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
     let keys = s.keys_bucket();
     match role {
         NatsRole::Gateway => {
-            node_common(s, &mut p);
+            node_common(s, &mut p, true);
             p.publish([
                 s.all_task_submits(),
                 s.task_get(),
@@ -247,7 +250,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish(access::stream_scan(&s.usage_stream()));
         }
         NatsRole::TaskManager => {
-            node_common(s, &mut p);
+            node_common(s, &mut p, true);
             p.allow_responses = true;
             p.subscribe([
                 s.all_task_submits(),
@@ -280,7 +283,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish(access::kv_watch(&models));
         }
         NatsRole::ModelManager => {
-            node_common(s, &mut p);
+            node_common(s, &mut p, true);
             p.allow_responses = true;
             p.subscribe([
                 s.model_register(),
@@ -298,7 +301,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish(access::kv_write(&deployments, "deploy.>"));
         }
         NatsRole::ClusterManager => {
-            node_common(s, &mut p);
+            node_common(s, &mut p, true);
             p.allow_responses = true;
             p.subscribe([s.cluster_status(), s.deployment_set(), s.deployment_delete(), s.deployment_list()]);
             p.subscribe([s.max_deliveries_advisory()]);
@@ -318,7 +321,7 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.publish(access::update_streams(s));
         }
         NatsRole::Worker => {
-            node_common(s, &mut p);
+            node_common(s, &mut p, false);
             // The puller answers pull requests.
             p.allow_responses = true;
             p.subscribe([s.all_task_cancels(), s.model_pull()]);

@@ -106,6 +106,8 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
     for subject in [
         format!("$JS.API.STREAM.DELETE.{}", s.tasks_stream()),
         format!("$JS.API.STREAM.PURGE.{}", s.tasks_stream()),
+        format!("$JS.API.STREAM.CREATE.{}", s.events_stream()),
+        format!("$JS.API.STREAM.CREATE.KV_{}", s.keys_bucket()),
         format!("$JS.API.CONSUMER.DELETE.{}.worker-echo-interactive", s.tasks_stream()),
         s.deployment_set(),
         s.model_delete(),

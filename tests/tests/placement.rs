@@ -228,9 +228,15 @@ async fn a_cluster_manager_killed_mid_reconcile_is_taken_over_and_restarts_clean
         "scaled down to two: {:?}",
         deployment(&nats, "spread")
     );
-    let workers = cli_json(&nats, &["workers", "ls"]);
-    let spread = workers.as_array().unwrap().iter().filter(|w| w["model"] == "spread").count();
-    assert_eq!(spread, 2, "{workers}");
+    // The replica let go drains, then unloads: two are left.
+    let spread =
+        || cli_json(&nats, &["workers", "ls"]).as_array().unwrap().iter().filter(|w| w["model"] == "spread").count();
+    assert_eventually!(
+        Duration::from_secs(30),
+        async { spread() == 2 },
+        "two spread workers: {}",
+        cli_json(&nats, &["workers", "ls"])
+    );
     let listed: Value = http.get(format!("{base}/api/v1/deployments")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["data"][0]["deployment"]["replicas"], 2, "{listed}");
     let resp = http.delete(format!("{base}/api/v1/deployments/spread")).send().await.unwrap();

@@ -111,7 +111,14 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
     let domain = config.jetstream.domain.clone();
     let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout)
         .in_jetstream_domain(domain.as_deref());
-    let store = Store::provision_as(&bus, &config, changes).await?;
+    // A worker-only node may not create streams or buckets (its user cannot): it finds
+    // those a node with a control role provisioned, waiting for one when it comes first.
+    let worker_only = per_role && node_role == Role::Worker;
+    let store = if worker_only {
+        open_when_provisioned(&bus, &config).await
+    } else {
+        Store::provision_as(&bus, &config, changes).await?
+    };
     let mut role_connections = std::collections::BTreeMap::new();
     if per_role {
         for role in config.roles.clone() {
@@ -151,6 +158,10 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
         tokio::spawn(async move {
             loop {
                 reconnected.notified().await;
+                if worker_only {
+                    // The control nodes provision again; a worker's handles are found by name.
+                    continue;
+                }
                 let mut delay = Duration::from_millis(100);
                 loop {
                     // The handles stay valid: buckets and streams are found by name.
@@ -316,4 +327,23 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     // A file that existed before keeps its mode through `open`: set it again.
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     writeln!(file, "{secret}")
+}
+
+/// The streams and buckets a node with a control role provisioned, once they are there.
+async fn open_when_provisioned(bus: &Bus, config: &bitinglip_config::Config) -> Store {
+    let mut delay = Duration::from_millis(100);
+    let mut said = false;
+    loop {
+        match Store::open(bus, config).await {
+            Ok(store) => return store,
+            Err(err) => {
+                if !said {
+                    tracing::info!(cause = %err, "waiting for a node with a control role to provision JetStream");
+                    said = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
