@@ -170,6 +170,26 @@ pub fn forced_calls(chat: &ChatParams, task: &str, text: &str) -> Option<Vec<Too
     }
 }
 
+/// The calls of a forced answer that `max_tokens` cut short (OpenAI returns them, with
+/// `finish_reason: "length"`): a named function's arguments so far, or under `required`
+/// the first call's name and arguments so far (none while its name is incomplete).
+pub fn cut_calls(chat: &ChatParams, task: &str, text: &str) -> Vec<ToolCall> {
+    match &chat.tool_choice {
+        ToolChoice::Function { name } => {
+            vec![ToolCall { id: call_id(task, 0), name: name.clone(), arguments: text.to_string() }]
+        }
+        ToolChoice::Required => {
+            // `[{"name":"f","arguments":{…` or `{"name":"f","arguments":{…`: the grammar
+            // writes the name first, compact.
+            let Some(rest) = text.split_once("\"name\":\"").map(|(_, r)| r) else { return vec![] };
+            let Some((name, rest)) = rest.split_once('"') else { return vec![] };
+            let arguments = rest.split_once("\"arguments\":").map_or("", |(_, a)| a);
+            vec![ToolCall { id: call_id(task, 0), name: name.to_string(), arguments: arguments.to_string() }]
+        }
+        ToolChoice::Auto | ToolChoice::None => vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +276,17 @@ mod tests {
             panic!()
         };
         assert_eq!(s["x-guidance"]["whitespace_flexible"], true, "the caller's own options stand");
+    }
+
+    #[test]
+    fn a_cut_forced_answer_keeps_its_calls_so_far() {
+        let named = with(ToolChoice::Function { name: "get_weather".into() });
+        let calls = cut_calls(&named, "t", r#"{"city":"Os"#);
+        assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), ("get_weather", r#"{"city":"Os"#));
+        let required = with(ToolChoice::Required);
+        let calls = cut_calls(&required, "t", r#"[{"name":"get_weather","arguments":{"ci"#);
+        assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), ("get_weather", r#"{"ci"#));
+        assert!(cut_calls(&required, "t", r#"[{"name":"get_w"#).is_empty(), "no call before its name is whole");
+        assert!(cut_calls(&with(ToolChoice::Auto), "t", "text").is_empty());
     }
 }

@@ -38,20 +38,60 @@ pub struct ModelSpec {
     pub max_positions: usize,
     /// PRNG seed for the weights.
     pub seed: u64,
+    /// Which tokens end a sequence, and where the model's files say so.
+    pub ends: EndTokens,
+}
+
+/// Where a model's files name the tokens that end a sequence, in the ways real models
+/// disagree with each other (and with a grammar engine, which ends a constrained answer
+/// with the tokenizer's `<|endoftext|>`, whatever the config says).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EndTokens {
+    /// `config.json`: `<|im_end|>`; `generation_config.json`: `<|im_end|>` and
+    /// `<|endoftext|>` (Qwen's instruct models).
+    #[default]
+    TurnAndText,
+    /// `<|im_end|>` only, in both files; `<|endoftext|>` is the tokenizer's pad token
+    /// (Qwen-style models whose generation config names one end token).
+    TurnOnly,
+    /// No `eos_token_id` in `config.json`: `<|im_end|>` only in `generation_config.json`.
+    GenerationConfigOnly,
+    /// `<|endoftext|>` is the beginning token and the pad token as well as an end token:
+    /// `config.json` names it, `generation_config.json` names `<|im_end|>`.
+    BosIsEnd,
 }
 
 impl ModelSpec {
     /// A very small model: fast enough for many tests on 2 cores.
     pub fn tiny(arch: Arch) -> Self {
-        Self { arch, hidden: 64, layers: 2, heads: 4, kv_heads: 2, intermediate: 128, max_positions: 2048, seed: 7 }
+        Self {
+            arch,
+            hidden: 64,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            intermediate: 128,
+            max_positions: 2048,
+            seed: 7,
+            ends: EndTokens::default(),
+        }
     }
 
     /// About `params` parameters (for benchmarks: big enough that decoding, not the
     /// platform, dominates): Llama-shaped layers of width 1024, as many as it takes.
     pub fn with_params(arch: Arch, params: usize) -> Self {
         let (hidden, intermediate) = (1024, 2816);
-        let mut spec =
-            Self { arch, hidden, layers: 1, heads: 16, kv_heads: 4, intermediate, max_positions: 4096, seed: 11 };
+        let mut spec = Self {
+            arch,
+            hidden,
+            layers: 1,
+            heads: 16,
+            kv_heads: 4,
+            intermediate,
+            max_positions: 4096,
+            seed: 11,
+            ends: EndTokens::default(),
+        };
         spec.layers = (params.saturating_sub(spec.params_outside_layers()) / spec.params_per_layer()).max(1);
         spec
     }
@@ -198,6 +238,19 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
         "torch_dtype": "float32",
         "use_cache": true,
     });
+    // Where the end tokens are named (`bos` is `<|endoftext|>`, `eos` `<|im_end|>`).
+    let (generation_eos, bos_token) = match spec.ends {
+        EndTokens::TurnAndText => (json!([eos, bos]), Value::Null),
+        EndTokens::TurnOnly => (json!(eos), Value::Null),
+        EndTokens::GenerationConfigOnly => {
+            config.as_object_mut().expect("an object").remove("eos_token_id");
+            (json!(eos), Value::Null)
+        }
+        EndTokens::BosIsEnd => {
+            config["eos_token_id"] = json!(bos);
+            (json!(eos), json!(SPECIALS[0]))
+        }
+    };
     if spec.arch == Arch::Qwen2 {
         config["sliding_window"] = json!(spec.max_positions);
         config["use_sliding_window"] = json!(false);
@@ -224,7 +277,7 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
         dir.join("tokenizer_config.json"),
         serde_json::to_vec_pretty(&json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": null,
+            "bos_token": bos_token,
             "eos_token": "<|im_end|>",
             "pad_token": "<|endoftext|>",
             "unk_token": null,
@@ -240,7 +293,7 @@ pub fn generate(dir: &Path, spec: &ModelSpec) -> std::io::Result<Value> {
         dir.join("generation_config.json"),
         // Like Qwen's instruct models: the end of a turn and the end of text both end a
         // sequence (constrained decoding ends an answer with the latter).
-        serde_json::to_vec_pretty(&json!({"bos_token_id": bos, "eos_token_id": [eos, bos], "do_sample": false}))?,
+        serde_json::to_vec_pretty(&json!({"bos_token_id": bos, "eos_token_id": generation_eos, "do_sample": false}))?,
     )?;
 
     let mut rng = Rng(spec.seed.max(1));

@@ -28,7 +28,7 @@ use tempfile::TempDir;
 
 pub use servers::{admin_options, credentials_of, LeafServer, TestCluster, TestNats};
 pub use state::{metric_sum, KeyRecorder};
-pub use tiny_model::{Arch, ModelSpec};
+pub use tiny_model::{Arch, EndTokens, ModelSpec};
 pub use web::*;
 
 /// How often the harness's waits poll the state they wait on.

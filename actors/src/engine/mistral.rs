@@ -32,6 +32,66 @@ pub(crate) struct MistralEngine {
     /// A sentence-transformers model (a `modules.json` in its folder): it makes
     /// embeddings, not text.
     embedding: bool,
+    /// The special tokens of its vocabulary that end a sequence in one model or another
+    /// ([`END_TOKENS`]): every answer stops at any of them.
+    ends: Vec<String>,
+    /// Every special token of its vocabulary named in [`END_TOKENS`] or
+    /// [`TEMPLATE_TOKENS`]: never text of an answer.
+    specials: Vec<String>,
+}
+
+/// Tokens that end a sequence in one model family or another. A grammar engine
+/// (llguidance) ends a constrained answer with the first of the first five its tokenizer
+/// has, whatever the model's `eos_token_id` says: a Qwen model whose generation config
+/// names `<|im_end|>` alone gets `<|endoftext|>` at the end of a forced tool call, which
+/// the engine would otherwise print as text, again and again, until `max_tokens`.
+pub(crate) const END_TOKENS: [&str; 11] = [
+    "</s>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "<eos>",
+    "<|end|>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|return|>",
+];
+
+/// Other special tokens of chat templates: markers, never text of an answer.
+pub(crate) const TEMPLATE_TOKENS: [&str; 14] = [
+    "<|im_start|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|start|>",
+    "<|message|>",
+    "<|channel|>",
+    "<|python_tag|>",
+    "<s>",
+    "<bos>",
+    "<start_of_turn>",
+    "<pad>",
+    "<|pad|>",
+    "<unk>",
+];
+
+/// `text` without the special tokens of `specials` (pure). A marker made of `<|…|>` (or
+/// DeepSeek's `<｜…｜>`) is cut wherever it is, since no text spells one; a shorter one
+/// (`<s>`, `<eos>`) only when it is the whole piece: one token, not an answer's HTML.
+pub(crate) fn without_specials<'a>(text: &'a str, specials: &[String]) -> std::borrow::Cow<'a, str> {
+    let mut out = std::borrow::Cow::Borrowed(text);
+    for s in specials {
+        let piped = s.starts_with("<|") || (s.starts_with('<') && s.contains('\u{ff5c}'));
+        if out.as_ref() == s.as_str() {
+            return std::borrow::Cow::Borrowed("");
+        }
+        if piped && out.contains(s.as_str()) {
+            out = std::borrow::Cow::Owned(out.replace(s.as_str(), ""));
+        }
+    }
+    out
 }
 
 impl MistralEngine {
@@ -72,7 +132,21 @@ impl MistralEngine {
         };
         let model = built.map_err(|e| EngineError::Failed(format!("loading {}: {e:#}", cfg.source)))?;
         let context_length = model.max_sequence_length().ok().flatten().map(|n| n.min(u32::MAX as usize) as u32);
-        Ok(Self { model, context_length, embedding })
+        let mut engine = Self { model, context_length, embedding, ends: Vec::new(), specials: Vec::new() };
+        if !embedding {
+            // Which of the known special tokens this vocabulary has: each is one token.
+            for name in END_TOKENS.iter().chain(TEMPLATE_TOKENS.iter()) {
+                let tokens = engine.tokenize(Either::Right(name.to_string()), None, false, false).await;
+                if tokens.is_ok_and(|t| t.len() == 1) {
+                    if END_TOKENS.contains(name) {
+                        engine.ends.push(name.to_string());
+                    }
+                    engine.specials.push(name.to_string());
+                }
+            }
+            tracing::debug!(model = %cfg.source, ends = ?engine.ends, "end tokens");
+        }
+        Ok(engine)
     }
 
     /// One vector per input; `dimensions` cuts each to its first values, renormalized.
@@ -382,8 +456,12 @@ impl Engine for MistralEngine {
                 std::sync::Arc::new(LogitBias(chat.logit_bias.clone()));
             vec![bias]
         });
-        if !chat.stop.is_empty() {
-            sampling.stop_toks = Some(StopTokens::Seqs(chat.stop.clone()));
+        // The caller's stop sequences, and every end token of the vocabulary: whichever
+        // one the model (or the grammar engine) picks ends the answer, and none is text.
+        let mut stops = chat.stop.clone();
+        stops.extend(self.ends.iter().filter(|e| !chat.stop.contains(e)).cloned());
+        if !stops.is_empty() {
+            sampling.stop_toks = Some(StopTokens::Seqs(stops));
         }
         if let Some(top) = chat.logprobs {
             sampling.top_n_logprobs = top as usize;
@@ -454,8 +532,9 @@ impl Engine for MistralEngine {
                 Response::Chunk(chunk) => {
                     let mut finished = None;
                     for choice in &chunk.choices {
+                        let text = choice.delta.content.as_deref().unwrap_or_default();
                         let piece = Piece {
-                            text: choice.delta.content.clone().unwrap_or_default(),
+                            text: without_specials(text, &self.specials).into_owned(),
                             logprobs: choice.logprobs.iter().map(token_logprob).collect(),
                             tool_calls: choice.delta.tool_calls.iter().flatten().map(tool_call).collect(),
                         };
@@ -480,7 +559,7 @@ impl Engine for MistralEngine {
                     let mut finished = None;
                     for choice in &chunk.choices {
                         let piece = Piece {
-                            text: choice.text.clone(),
+                            text: without_specials(&choice.text, &self.specials).into_owned(),
                             logprobs: choice.logprobs.iter().map(token_logprob).collect(),
                             tool_calls: vec![],
                         };
@@ -519,6 +598,17 @@ impl Engine for MistralEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_tokens_are_never_text_but_html_stays() {
+        let specials: Vec<String> = ["<|endoftext|>", "<|im_start|>", "</s>", "<s>"].map(String::from).to_vec();
+        assert_eq!(without_specials("{\"a\":1}<|endoftext|>", &specials), "{\"a\":1}");
+        assert_eq!(without_specials("<|im_start|>assistant", &specials), "assistant");
+        assert_eq!(without_specials("</s>", &specials), "");
+        assert_eq!(without_specials("<s>old</s> price", &specials), "<s>old</s> price", "HTML is text");
+        assert_eq!(without_specials("plain", &specials), "plain");
+        assert!(END_TOKENS.iter().all(|t| t.starts_with('<') && t.ends_with('>')));
+    }
 
     #[test]
     fn dimensions_cut_and_renormalize() {

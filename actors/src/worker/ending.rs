@@ -110,12 +110,20 @@ pub(super) fn ending(
         Ok(g) => {
             // A forced tool choice's answer is the calls' JSON (the grammar saw to it); a
             // free answer's calls are those the engine recognized.
-            let tool_calls = if chat.tool_choice.is_forced() {
-                guided::forced_calls(chat, task_id.as_str(), &generated.text).unwrap_or_default()
+            // One that `max_tokens` cut short keeps its calls so far, finishing by length.
+            let (tool_calls, cut) = if chat.tool_choice.is_forced() {
+                match guided::forced_calls(chat, task_id.as_str(), &generated.text) {
+                    Some(calls) => (calls, false),
+                    None if g.finish_reason == FinishReason::Length => {
+                        (guided::cut_calls(chat, task_id.as_str(), &generated.text), true)
+                    }
+                    None => (Vec::new(), false),
+                }
             } else {
-                generated.tool_calls.clone()
+                (generated.tool_calls.clone(), false)
             };
-            let finish_reason = if tool_calls.is_empty() { g.finish_reason } else { FinishReason::ToolCalls };
+            let finish_reason =
+                if tool_calls.is_empty() || cut { g.finish_reason } else { FinishReason::ToolCalls };
             let completed = TaskCompleted {
                 task_id: task_id.clone(),
                 attempt,
