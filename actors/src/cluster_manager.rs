@@ -72,8 +72,12 @@ impl Actor for ClusterManager {
         });
         let handed = failover::Handed::default();
         let watcher = tokio::spawn(failover::watch_nodes(ctx.clone(), handed.clone()));
-        let disconnects =
-            ctx.events.clone().map(|events| tokio::spawn(failover::watch_disconnects(ctx.clone(), events, handed)));
+        // A dead node is found from the server's client-disconnect events, or, without the
+        // `events` user, by asking the nodes that run tasks whether they are alive.
+        let disconnects = match ctx.events.clone() {
+            Some(events) => tokio::spawn(failover::watch_disconnects(ctx.clone(), events, handed)),
+            None => tokio::spawn(failover::probe_nodes(ctx.clone(), handed)),
+        };
         let reconciler = tokio::spawn(leader::run(ctx.clone()));
         let service = ctx
             .bus
@@ -92,7 +96,8 @@ impl Actor for ClusterManager {
                 // The leader is a detail of the answer: a leases bucket that cannot be read
                 // leaves it out rather than failing the status.
                 let leader = ctx.store.leader().await.ok().flatten();
-                Ok(ClusterStatus::Nodes { nodes: ctx.store.nodes().live().await?, leader })
+                let warnings = crate::health::warnings(&ctx);
+                Ok(ClusterStatus::Nodes { nodes: ctx.store.nodes().live().await?, leader, warnings })
             },
         );
         let set = spawn_endpoint(
@@ -132,7 +137,7 @@ impl Actor for ClusterManager {
             },
         );
         let mut tasks = vec![poison, watcher, reconciler, serve, set, delete, list];
-        tasks.extend(disconnects);
+        tasks.push(disconnects);
         Ok(ClusterManagerState { ctx, tasks, _service: service })
     }
 

@@ -84,6 +84,22 @@ pub async fn readiness(ctx: &NodeContext) -> Readiness {
     r
 }
 
+/// What this node cannot do as set up, each naming the fix: said at start, in `/ready`
+/// and in the cluster status.
+pub fn warnings(ctx: &NodeContext) -> Vec<String> {
+    let mut out = Vec::new();
+    if ctx.config.has_role(Role::ClusterManager) && ctx.events.is_none() {
+        out.push(NO_EVENTS.to_string());
+    }
+    out
+}
+
+/// The warning of a cluster manager without the server's client-disconnect events.
+pub const NO_EVENTS: &str = "this cluster manager does not follow the server's client-disconnect events (no `events` \
+     user): a dead node is found by asking every node that runs tasks whether it is alive, about 4 times a second, and \
+     after cluster.node_ttl otherwise. Fix: configure the servers with the users block of `bitinglip nats init` (its \
+     `events` user in the system account) and put its events.nk in nats.credentials_dir";
+
 /// `GET /ready`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Ready {
@@ -95,6 +111,8 @@ pub struct Ready {
     pub jetstream: bool,
     /// A model is loaded (on this node's worker, or anywhere for a node without one).
     pub model_loaded: bool,
+    /// What this node cannot do as set up, each naming the fix (empty when nothing).
+    pub warnings: Vec<String>,
 }
 
 /// Whether this node can serve: NATS connected, JetStream answering, a model loaded.
@@ -110,6 +128,7 @@ async fn ready(State(ctx): State<NodeContext>) -> Response {
         nats: r.nats,
         jetstream: r.jetstream,
         model_loaded: r.model,
+        warnings: warnings(&ctx),
     };
     (status, Json(body)).into_response()
 }

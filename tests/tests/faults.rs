@@ -147,6 +147,46 @@ async fn kill9_of_a_worker_mid_stream_continues_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn kill9_of_a_worker_is_found_at_once_without_the_servers_events_user_and_the_node_says_so() {
+    // A server set up by hand, as far as BitingLip can tell: no `events` user to follow
+    // the server's client-disconnect events (the seeds of every other role, as before).
+    let nats = TestNats::start().await;
+    let creds = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(nats.credentials_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "nk") && path.file_stem().is_some_and(|s| s != "events") {
+            std::fs::copy(&path, creds.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut base = default_failover(&nats.url());
+    base.nats.credentials_dir = Some(creds.path().to_path_buf());
+    let (front, mut a, mut b, api) =
+        front_and_two_workers_with(base.clone(), "echo", echo_model("echo", 25.0, 2)).await;
+
+    // It says so, naming the fix: in /ready and in `bitinglip status`.
+    let ready: Value = bitinglip_tests::http().get(format!("{api}/ready")).send().await.unwrap().json().await.unwrap();
+    let warning = ready["warnings"][0].as_str().unwrap_or_else(|| panic!("no warning in {ready}"));
+    assert!(warning.contains("events") && warning.contains("bitinglip nats init"), "{warning}");
+    let (code, _, err) = bitinglip_tests::run_cli(&["status", "--nats", &nats.url()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning:") && err.contains("events.nk"), "{err}");
+
+    // And a killed worker is still found at once, well under the node TTL (10 s).
+    let prompt = words(80);
+    let body =
+        json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000, "stream": true});
+    let (text, id, gap) =
+        stream_with_fault(&api, body, 15, |w, _| if w.starts_with("worker-a") { a.kill9() } else { b.kill9() })
+            .await
+            .expect("the stream outlives the kill");
+    eprintln!("without the events user: kill -9 of the worker to the next token: {gap:?} (node TTL 10 s)");
+    assert_eq!(text, prompt, "one unbroken answer");
+    assert!(gap < Duration::from_secs(4), "found by asking the node, not by the TTL: {gap:?}\n{}", front.log());
+    let record = task(&bitinglip_tests::http(), &api, &id).await;
+    assert_eq!(record["status"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kill9_of_a_mistralrs_worker_mid_stream_continues_on_another() {
     let nats = TestNats::start().await;
     // Big enough that decoding takes a few seconds on 2 cores, so it can be killed mid-stream.

@@ -197,6 +197,43 @@ pub(super) async fn watch_disconnects(ctx: NodeContext, events: async_nats::Clie
     }
 }
 
+/// How often, without the server's disconnect events, the nodes that run tasks are asked
+/// whether they are alive.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// Without the `events` user: asks every node that runs tasks whether it is alive, every
+/// [`PROBE_EVERY`]. A killed process's connection is gone at once, so NATS answers
+/// no-responders at once: its tasks are handed on within a second, as with the events
+/// (a frozen one still waits for `cluster.node_ttl`).
+pub(super) async fn probe_nodes(ctx: NodeContext, handed: Handed) {
+    tracing::warn!("{}", crate::health::NO_EVENTS);
+    let asking: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let busy = ctx
+            .nodes
+            .heard()
+            .into_iter()
+            .filter(|hb| hb.node_id != ctx.node_id() && hb.workers.iter().any(|w| !w.running.is_empty()));
+        for hb in busy {
+            // One question at a time per node.
+            if !asking.lock().is_ok_and(|mut a| a.insert(hb.node_id.clone())) {
+                continue;
+            }
+            let (ctx, handed, asking) = (ctx.clone(), handed.clone(), asking.clone());
+            tokio::spawn(async move {
+                let node = hb.node_id.clone();
+                confirm_and_hand_on(&ctx, hb, &handed).await;
+                if let Ok(mut a) = asking.lock() {
+                    a.remove(&node);
+                }
+            });
+        }
+    }
+}
+
 /// Asks a node whether it is alive, twice 300 ms apart; hands it on when both say no.
 async fn confirm_and_hand_on(ctx: &NodeContext, hb: NodeHeartbeat, handed: &Handed) {
     if ask_alive(ctx, &hb.node_id).await != Alive::No {

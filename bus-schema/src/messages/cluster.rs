@@ -105,6 +105,11 @@ pub enum ClusterStatus {
         /// The cluster manager leading placement, if any.
         #[serde(default)]
         leader: Option<String>,
+        /// What the answering cluster manager cannot do as set up, each naming the fix
+        /// (such as following the server's client-disconnect events without the `events`
+        /// user).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     /// The registry could not be read.
     Error(WireError),
@@ -175,6 +180,6 @@ mod tests {
             ],
         );
         pin(GetClusterStatus {}, &[]);
-        pin(ClusterStatus::Nodes { nodes: vec![hb], leader: None }, &["type", "nodes", "leader"]);
+        pin(ClusterStatus::Nodes { nodes: vec![hb], leader: None, warnings: vec![] }, &["type", "nodes", "leader"]);
     }
 }

@@ -140,12 +140,12 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
                 match bitinglip_nats::connect_as(&config.nats, NatsRole::Events, &name, None).await {
                     Ok(client) => Some(client),
                     Err(err) => {
-                        tracing::warn!(cause = %err, "no events connection: dead nodes are found by cluster.node_ttl only");
+                        tracing::warn!(cause = %err, "no events connection: dead nodes are found by asking the nodes that run tasks (and cluster.node_ttl)");
                         None
                     }
                 }
             } else {
-                tracing::warn!(dir = %dir.display(), "no events.nk (run `bitinglip nats init` again): dead nodes are found by cluster.node_ttl only");
+                tracing::warn!(dir = %dir.display(), "no events.nk (run `bitinglip nats init` again): dead nodes are found by asking the nodes that run tasks (and cluster.node_ttl)");
                 None
             }
         }

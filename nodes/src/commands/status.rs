@@ -7,8 +7,13 @@ use bitinglip_config::Config;
 use crate::cli::StatusArgs;
 
 async fn nodes(bus: &bitinglip_nats::Bus) -> anyhow::Result<Vec<bitinglip_bus_schema::NodeHeartbeat>> {
+    status(bus).await.map(|(nodes, _)| nodes)
+}
+
+/// The live nodes, and what the answering cluster manager warns of.
+async fn status(bus: &bitinglip_nats::Bus) -> anyhow::Result<(Vec<bitinglip_bus_schema::NodeHeartbeat>, Vec<String>)> {
     match bus.request::<_, ClusterStatus>(bus.subjects().cluster_status(), &GetClusterStatus {}, None, None).await? {
-        ClusterStatus::Nodes { nodes, .. } => Ok(nodes),
+        ClusterStatus::Nodes { nodes, warnings, .. } => Ok((nodes, warnings)),
         ClusterStatus::Error(err) => anyhow::bail!("cluster status failed ({}): {}", err.kind, err.message),
     }
 }
@@ -63,7 +68,10 @@ fn health(n: &bitinglip_bus_schema::NodeHeartbeat, now_ms: u64, interval_ms: u64
 
 pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> {
     let bus = super::client_bus(&config).await?;
-    let nodes = nodes(&bus).await?;
+    let (nodes, warnings) = status(&bus).await?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     let now = bitinglip_nats::now_ms();
     let interval = config.cluster.heartbeat_interval.as_millis() as u64;
     let store = bitinglip_nats::Store::open(&bus, &config).await.ok();
