@@ -120,6 +120,60 @@ async fn stream_with_fault(
     gap.map(|g| (text, id, g))
 }
 
+/// Streams `prompt` back from `model` through the official openai client
+/// (`tests/clients/openai_stream.py`); after `after` pieces calls `fault` with the task's
+/// worker id; returns (the text the client got, the task id, the time from the fault to
+/// the next piece the client got).
+async fn openai_stream_with_fault(
+    base: &str,
+    model: &str,
+    prompt: &str,
+    after: usize,
+    mut fault: impl FnMut(&str),
+) -> (String, String, Duration) {
+    use tokio::io::AsyncBufReadExt;
+    let root = bitinglip_tests::workspace_root();
+    let mut child = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/clients/openai_stream.py"))
+        .args([&format!("{base}/v1"), bitinglip_tests::TEST_ADMIN_KEY, model, prompt, "1000"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut text, mut id, mut pieces) = (String::new(), String::new(), 0);
+    let (mut faulted_at, mut gap): (Option<Instant>, Option<Duration>) = (None, None);
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let (kind, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            match kind {
+                "task" => id = rest.to_string(),
+                "chunk" => {
+                    if let (Some(at), None) = (faulted_at, gap) {
+                        gap = Some(at.elapsed());
+                    }
+                    let (_, piece) = rest.split_once(' ').unwrap();
+                    text.push_str(&serde_json::from_str::<String>(piece).unwrap());
+                    pieces += 1;
+                    if pieces == after {
+                        let record = task(&bitinglip_tests::http(), base, &id).await;
+                        fault(record["worker"].as_str().unwrap());
+                        faulted_at = Some(Instant::now());
+                    }
+                }
+                "done" => {
+                    assert_eq!(rest, "stop", "the answer ended whole");
+                    break;
+                }
+                other => panic!("unexpected line {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), read).await.expect("the stream ends");
+    assert!(child.wait().await.unwrap().success(), "the openai client failed");
+    (text, id, gap.expect("the stream outlived the fault"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_of_a_worker_mid_stream_continues_on_another() {
     let nats = TestNats::start().await;
@@ -171,14 +225,17 @@ async fn kill9_of_a_worker_is_found_at_once_without_the_servers_events_user_and_
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("warning:") && err.contains("events.nk"), "{err}");
 
-    // And a killed worker is still found at once, well under the node TTL (10 s).
+    // And a killed worker is still found at once, well under the node TTL (10 s), as a
+    // user of the official openai client sees it.
     let prompt = words(80);
-    let body =
-        json!({"model": "echo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1000, "stream": true});
-    let (text, id, gap) =
-        stream_with_fault(&api, body, 15, |w, _| if w.starts_with("worker-a") { a.kill9() } else { b.kill9() })
-            .await
-            .expect("the stream outlives the kill");
+    let (text, id, gap) = openai_stream_with_fault(&api, "echo", &prompt, 15, |w| {
+        if w.starts_with("worker-a") {
+            a.kill9()
+        } else {
+            b.kill9()
+        }
+    })
+    .await;
     eprintln!("without the events user: kill -9 of the worker to the next token: {gap:?} (node TTL 10 s)");
     assert_eq!(text, prompt, "one unbroken answer");
     assert!(gap < Duration::from_secs(4), "found by asking the node, not by the TTL: {gap:?}\n{}", front.log());
