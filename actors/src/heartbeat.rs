@@ -64,6 +64,7 @@ pub fn current_heartbeat(ctx: &NodeContext) -> NodeHeartbeat {
         device: device().to_string(),
         memory_total,
         memory_free,
+        gpus: crate::gpus::inventory(ctx.config.worker.gpu_budget),
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! | layer | modules | may import |
 //! | --- | --- | --- |
-//! | shared | `context`, `engine`, `guided`, `ops`, `serve`, `spans`, `metrics`, `health`, `http` | the crates below, each other |
+//! | shared | `context`, `engine`, `gpus`, `guided`, `ops`, `serve`, `spans`, `metrics`, `health`, `http` | the crates below, each other |
 //! | actors | one per file (table below) | the shared layer; never another actor's module |
 //! | supervisor | `node` | everything: it alone names the actors |
 //!
@@ -25,6 +25,7 @@
 
 pub mod context;
 pub mod engine;
+pub mod gpus;
 pub mod guided;
 pub mod health;
 mod http;

@@ -51,6 +51,9 @@ pub struct Metrics {
     key_tokens: IntCounterVec,
     slots_in_use: IntGaugeVec,
     slots: IntGaugeVec,
+    /// This node's GPUs: memory total, used, free and budget (bytes), by GPU and field.
+    gpu_memory: IntGaugeVec,
+    gpu_utilization: IntGaugeVec,
     queue_depth: IntGaugeVec,
     queue_running: IntGaugeVec,
     queue_oldest_age: GaugeVec,
@@ -157,6 +160,16 @@ impl Metrics {
             ),
             slots_in_use: gauge("bitinglip_worker_slots_in_use", "Sequences a worker is running", &["model", "worker"]),
             slots: gauge("bitinglip_worker_slots", "Sequences a worker may run at once", &["model", "worker"]),
+            gpu_memory: gauge(
+                "bitinglip_gpu_memory_bytes",
+                "Memory of this node's GPUs (NVML): total, used, free, and the budget BitingLip may use",
+                &["gpu", "uuid", "name", "kind"],
+            ),
+            gpu_utilization: gauge(
+                "bitinglip_gpu_utilization_percent",
+                "Utilization of this node's GPUs (NVML) over the last sample",
+                &["gpu", "uuid", "name"],
+            ),
             queue_depth: gauge("bitinglip_queue_depth", "Tasks waiting in the model's queue", &["model", "priority"]),
             queue_running: gauge(
                 "bitinglip_queue_running",
@@ -203,6 +216,19 @@ pub async fn render(ctx: &NodeContext) -> String {
         for w in workers.values() {
             m.slots_in_use.with_label_values(&[&w.model, &w.worker_id]).set(i64::from(w.in_flight));
             m.slots.with_label_values(&[&w.model, &w.worker_id]).set(i64::from(w.max_sequences));
+        }
+    }
+    m.gpu_memory.reset();
+    m.gpu_utilization.reset();
+    for g in crate::gpus::inventory(ctx.config.worker.gpu_budget) {
+        let index = g.index.to_string();
+        for (kind, bytes) in
+            [("total", g.memory_total), ("used", g.memory_used), ("free", g.memory_free), ("budget", g.budget)]
+        {
+            m.gpu_memory.with_label_values(&[&index, &g.uuid, &g.name, kind]).set(bytes as i64);
+        }
+        if let Some(u) = g.utilization {
+            m.gpu_utilization.with_label_values(&[&index, &g.uuid, &g.name]).set(i64::from(u));
         }
     }
     read_queues(ctx).await;

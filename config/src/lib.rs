@@ -18,7 +18,7 @@ mod validate;
 
 pub use bitinglip_bus_schema::{EngineKind, Role};
 pub use bytes::{parse_bytes, SizeError};
-pub use models::{ClusterConfig, DeploymentConfig, ModelConfig, WorkerConfig};
+pub use models::{ClusterConfig, DeploymentConfig, GpuBudget, ModelConfig, WorkerConfig};
 pub use observability::{MetricsConfig, TelemetryConfig};
 pub use validate::ConfigError;
 

@@ -81,11 +81,84 @@ pub struct WorkerConfig {
     /// machine's (or the GPU's) total.
     #[serde(with = "crate::bytes::opt")]
     pub memory: Option<u64>,
+    /// Of each GPU's memory, what BitingLip may use: a fraction (`0.9`) or bytes
+    /// (`"70GiB"`).
+    pub gpu_budget: GpuBudget,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { models: Vec::new(), force_cpu: false, drain_grace: Duration::from_secs(30), memory: None }
+        Self {
+            models: Vec::new(),
+            force_cpu: false,
+            drain_grace: Duration::from_secs(30),
+            memory: None,
+            gpu_budget: GpuBudget::default(),
+        }
+    }
+}
+
+/// What BitingLip may use of each GPU's memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GpuBudget {
+    /// This fraction of the card, above 0 and at most 1.
+    Fraction(f64),
+    /// At most these bytes of each card.
+    Bytes(u64),
+}
+
+impl Default for GpuBudget {
+    fn default() -> Self {
+        GpuBudget::Fraction(0.9)
+    }
+}
+
+impl GpuBudget {
+    /// Of a card of `total` bytes, the bytes BitingLip may use.
+    pub fn of(self, total: u64) -> u64 {
+        match self {
+            GpuBudget::Fraction(f) => (total as f64 * f.clamp(0.0, 1.0)) as u64,
+            GpuBudget::Bytes(b) => b.min(total),
+        }
+    }
+
+    /// Reads `0.9` or `"0.9"` as a fraction, `"70GiB"` (any size) as bytes.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if let Ok(f) = raw.parse::<f64>() {
+            return if f > 0.0 && f <= 1.0 {
+                Ok(GpuBudget::Fraction(f))
+            } else {
+                Err(format!("{raw}: a fraction of each GPU is above 0 and at most 1 (or give bytes: `70GiB`)"))
+            };
+        }
+        crate::bytes::parse_bytes(raw).map(GpuBudget::Bytes).map_err(|e| format!("{raw}: {e}"))
+    }
+}
+
+impl serde::Serialize for GpuBudget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GpuBudget::Fraction(f) => s.serialize_f64(*f),
+            GpuBudget::Bytes(b) => s.serialize_u64(*b),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GpuBudget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            // A whole number above 1 is bytes.
+            Raw::Number(n) if n > 1.0 && n.fract() == 0.0 => Ok(GpuBudget::Bytes(n as u64)),
+            Raw::Number(n) => GpuBudget::parse(&n.to_string()).map_err(serde::de::Error::custom),
+            Raw::Text(t) => GpuBudget::parse(&t).map_err(serde::de::Error::custom),
+        }
     }
 }
 

@@ -191,3 +191,17 @@ fn client_limits_are_named_by_identity_and_never_zero() {
     zero.task_manager.client_limits.insert("x".into(), ClientLimits { rpm: Some(0), ..Default::default() });
     assert!(zero.validate().unwrap_err().to_string().contains("task_manager.client_limits.x"));
 }
+
+#[test]
+fn the_gpu_budget_is_a_fraction_or_bytes_and_says_what_is_wrong() {
+    let load =
+        |v: &str| Config::load(Sources { env: env(&[("BITINGLIP_WORKER__GPU_BUDGET", v)]), ..Default::default() });
+    assert_eq!(load("0.8").unwrap().worker.gpu_budget, GpuBudget::Fraction(0.8));
+    assert_eq!(load("70GiB").unwrap().worker.gpu_budget, GpuBudget::Bytes(70 << 30));
+    assert_eq!(Config::default().worker.gpu_budget.of(100), 90);
+    assert_eq!(GpuBudget::Bytes(70 << 30).of(24 << 30), 24 << 30, "never more than the card");
+    for bad in ["1.5", "0", "lots"] {
+        let err = load(bad).unwrap_err().to_string();
+        assert!(err.contains("gpu_budget") || err.contains(bad), "{bad}: {err}");
+    }
+}

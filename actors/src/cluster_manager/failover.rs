@@ -431,6 +431,7 @@ mod tests {
             device: "cpu".into(),
             memory_total: 0,
             memory_free: 0,
+            gpus: vec![],
         }
     }
 

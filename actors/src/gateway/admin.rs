@@ -186,6 +186,8 @@ pub(super) struct NodeView {
     version: String,
     /// Its workers.
     workers: Vec<NodeWorkerView>,
+    /// Its GPUs (NVML), with the budget BitingLip may use of each.
+    gpus: Vec<bitinglip_bus_schema::GpuInfo>,
 }
 
 /// `GET /api/v1/cluster`.
@@ -380,6 +382,7 @@ pub(super) async fn cluster(State(ctx): State<NodeContext>) -> Result<Json<Clust
             started_ms: n.started_ms,
             last_heartbeat_ms: n.time_ms,
             version: n.version,
+            gpus: n.gpus,
         })
         .collect();
     let leader = match ctx

@@ -71,6 +71,36 @@ pub struct NodeHeartbeat {
     /// Memory free now, bytes.
     #[serde(default)]
     pub memory_free: u64,
+    /// Its GPUs, as the driver (NVML) reports them now; empty on a node without.
+    #[serde(default)]
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// One GPU of a node, as NVML reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GpuInfo {
+    /// Its index (the CUDA device ordinal).
+    pub index: u32,
+    /// Its UUID (`GPU-…`).
+    pub uuid: String,
+    /// Its name (`NVIDIA H100 80GB HBM3`).
+    pub name: String,
+    /// Memory, bytes.
+    pub memory_total: u64,
+    /// Memory in use (by any process), bytes.
+    pub memory_used: u64,
+    /// Memory free, bytes.
+    pub memory_free: u64,
+    /// Of its memory, what BitingLip may use (`worker.gpu_budget`), bytes.
+    #[serde(default)]
+    pub budget: u64,
+    /// Compute capability (`9.0`).
+    #[serde(default)]
+    pub compute_capability: Option<String>,
+    /// Utilization over the last sample period, percent.
+    #[serde(default)]
+    pub utilization: Option<u32>,
 }
 
 impl NodeHeartbeat {
@@ -163,6 +193,7 @@ mod tests {
             device: "cpu".into(),
             memory_total: 8,
             memory_free: 4,
+            gpus: vec![],
         };
         pin(
             hb.clone(),
@@ -177,6 +208,32 @@ mod tests {
                 "device",
                 "memory_total",
                 "memory_free",
+                "gpus",
+            ],
+        );
+        let gpu = GpuInfo {
+            index: 0,
+            uuid: "GPU-1".into(),
+            name: "NVIDIA H100 80GB HBM3".into(),
+            memory_total: 80,
+            memory_used: 1,
+            memory_free: 79,
+            budget: 72,
+            compute_capability: Some("9.0".into()),
+            utilization: Some(3),
+        };
+        pin(
+            gpu,
+            &[
+                "index",
+                "uuid",
+                "name",
+                "memory_total",
+                "memory_used",
+                "memory_free",
+                "budget",
+                "compute_capability",
+                "utilization",
             ],
         );
         pin(GetClusterStatus {}, &[]);

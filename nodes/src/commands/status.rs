@@ -88,6 +88,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
                     "time_ms": n.time_ms, "version": n.version, "device": n.device,
                     "memory_total": n.memory_total, "memory_free": n.memory_free,
                     "health": health(n, now, interval),
+                    "gpus": n.gpus,
                     "workers": n.workers.iter().map(|w| serde_json::json!({
                         "worker_id": w.worker_id, "model": w.model, "engine": w.engine, "state": w.state,
                         "in_flight": w.in_flight, "max_sequences": w.max_sequences,
@@ -156,6 +157,29 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
     }
     super::print_table(&rows);
     println!("{} node(s)", nodes.len());
+    if nodes.iter().any(|n| !n.gpus.is_empty()) {
+        println!();
+        let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+        let mut rows = vec![["NODE", "GPU", "NAME", "UUID", "MEM USED", "MEM TOTAL", "BUDGET", "CC", "UTIL"]
+            .map(String::from)
+            .to_vec()];
+        for n in &nodes {
+            for g in &n.gpus {
+                rows.push(vec![
+                    n.node_id.clone(),
+                    g.index.to_string(),
+                    g.name.clone(),
+                    g.uuid.clone(),
+                    gib(g.memory_used),
+                    gib(g.memory_total),
+                    gib(g.budget),
+                    g.compute_capability.clone().unwrap_or_else(|| "-".into()),
+                    g.utilization.map_or_else(|| "-".into(), |u| format!("{u}%")),
+                ]);
+            }
+        }
+        super::print_table(&rows);
+    }
     if !queues.is_empty() {
         println!();
         let mut rows = vec![["QUEUE", "PRIORITY", "WAITING", "RUNNING", "OLDEST"].map(String::from).to_vec()];
@@ -204,6 +228,7 @@ mod tests {
             device: "cpu".into(),
             memory_total: 0,
             memory_free: 0,
+            gpus: vec![],
         }
     }
 
