@@ -119,6 +119,8 @@ try {
   await page.locator('#chat-answer[data-done="true"]').waitFor({ timeout: 60000 });
   await page.locator('nav a[href="#/tasks"]').click();
   await page.locator("#own-usage tbody tr", { hasText: chatModel }).waitFor({ timeout: 30000 });
+  // The task list and the usage come in their own requests: wait for the list too.
+  await page.locator("#tasks-table tbody tr").first().waitFor({ timeout: 30000 });
   const rows = await page.locator("#tasks-table tbody tr").count();
   if (rows !== 1) throw new Error(`an inference key sees ${rows} tasks, not its own one`);
   await user.close();
