@@ -41,7 +41,9 @@ async fn the_dashboard_works_in_a_real_browser() {
     chat.name = Some("tiny-ui".into());
     config.worker.models.push(chat);
     config.worker.models.push(echo_model("echo-slow", 2.0, 2));
-    let mut node = NodeProcess::spawn(&config, &["node"]);
+    // A GPU, through the test builds' NVML seam, for the cluster view's GPU table.
+    let gpus = r#"[{"index":0,"uuid":"GPU-ui","name":"NVIDIA L4","memory_total":25769803776,"memory_used":1073741824,"memory_free":24696061952,"compute_capability":"8.9","utilization":5}]"#;
+    let mut node = NodeProcess::spawn_under(&["env".into(), format!("TEST_NVML_GPUS={gpus}")], &config, &["node"]);
     node.wait_for_model("tiny-ui", Duration::from_secs(120)).await;
     node.wait_for_model("echo-slow", Duration::from_secs(60)).await;
     let base = node.http.clone().unwrap();

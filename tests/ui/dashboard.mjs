@@ -34,6 +34,8 @@ try {
   await page.goto(`${base}/ui/#/cluster`);
   await page.locator(".card[data-node] .badge.ok", { hasText: "live" }).first().waitFor();
   await page.locator(".card[data-node]", { hasText: chatModel }).first().waitFor();
+  // The node's GPU, as NVML reports it, with the budget BitingLip may use of it.
+  await page.locator('.card[data-node] table.gpus tr[data-gpu="GPU-ui"]', { hasText: "NVIDIA L4" }).waitFor();
   // Metrics at a glance: time to first token, tokens per second and time queued, as charts
   // of the tasks just finished (the test's first chats).
   await page.locator("figure.chart polyline").nth(2).waitFor({ state: "attached", timeout: 30000 });

@@ -111,12 +111,17 @@ async function renderCluster(body) {
     const workers = n.workers.map((w) => `<tr><td>${esc(w.model)}</td><td>${badge(w.state, w.state === "ready" ? "ok" : w.state === "failed" ? "bad" : "warn")}</td><td>${w.in_flight} / ${w.max_sequences}</td></tr>`).join("");
     const used = n.memory_total ? (1 - n.memory_free / n.memory_total) * 100 : 0;
     const stale = Date.now() - n.last_heartbeat_ms > 5000;
+    const gpus = (n.gpus || []).map((g) => {
+      const share = g.memory_total ? (g.memory_used / g.memory_total) * 100 : 0;
+      return `<tr data-gpu="${esc(g.uuid)}"><td>${g.index}</td><td>${esc(g.name)}</td><td>${mib(g.memory_used)} of ${mib(g.memory_total)}<div class="bar"><span style="width:${share.toFixed(0)}%"></span></div></td><td>${mib(g.budget)}</td><td>${esc(g.compute_capability || "-")}</td><td>${g.utilization == null ? "-" : `${g.utilization}%`}</td></tr>`;
+    }).join("");
     return `<article class="card" data-node="${esc(n.node_id)}">
       <h3>${esc(n.node_id)} ${n.node_id === cluster.leader ? badge("leader", "ok") : ""} ${badge(stale ? "stale" : "live", stale ? "warn" : "ok")}</h3>
       <dl class="kv"><dt>roles</dt><dd>${esc(n.roles.join(", "))}</dd>
       <dt>device</dt><dd>${esc(n.device)}</dd>
       <dt>memory</dt><dd>${mib(n.memory_total - n.memory_free)} used of ${mib(n.memory_total)}<div class="bar"><span style="width:${used.toFixed(0)}%"></span></div></dd>
       <dt>up</dt><dd>${ago(n.started_ms)}</dd><dt>http</dt><dd>${esc(n.http || "-")}</dd><dt>version</dt><dd>${esc(n.version)}</dd></dl>
+      ${gpus ? `<div class="table-wrap"><table class="gpus"><thead><tr><th>gpu</th><th>name</th><th>memory</th><th>budget</th><th>cc</th><th>util</th></tr></thead><tbody>${gpus}</tbody></table></div>` : ""}
       ${workers ? `<div class="table-wrap"><table><thead><tr><th>model</th><th>worker</th><th>slots</th></tr></thead><tbody>${workers}</tbody></table></div>` : ""}
     </article>`;
   }).join("");
@@ -132,7 +137,8 @@ async function renderCluster(body) {
   const tps = done.filter((t) => u(t).total_time_ms > u(t).time_to_first_token_ms)
     .map((t) => [t.updated_ms, u(t).completion_tokens / ((u(t).total_time_ms - u(t).time_to_first_token_ms) / 1000)]);
   const queued = done.map((t) => [t.updated_ms, u(t).queue_time_ms]);
-  body.innerHTML = `<p>This gateway: ${checks} &nbsp; Leading cluster manager: <strong>${esc(cluster.leader || "none")}</strong></p>
+  const warnings = (ready.warnings || []).map((w) => `<p class="warning">${badge("warning", "warn")} ${esc(w)}</p>`).join("");
+  body.innerHTML = `<p>This gateway: ${checks} &nbsp; Leading cluster manager: <strong>${esc(cluster.leader || "none")}</strong></p>${warnings}
     <div class="charts">${chart("Time to first token", ttft, "ms")}${chart("Tokens per second", tps, "tok/s")}${chart("Time queued", queued, "ms")}</div>
     <div class="cards">${nodes || "<p>No live node.</p>"}</div>`;
 }
