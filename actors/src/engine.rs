@@ -5,6 +5,7 @@
 
 mod echo;
 mod mistral;
+mod specials;
 
 use std::sync::Arc;
 

@@ -9,6 +9,7 @@ mod keys;
 mod models;
 mod responses;
 mod task;
+mod task_requests;
 
 pub use batches::*;
 pub use cluster::*;
@@ -19,6 +20,7 @@ pub use keys::*;
 pub use models::*;
 pub use responses::*;
 pub use task::*;
+pub use task_requests::*;
 
 use serde::{Deserialize, Serialize};
 

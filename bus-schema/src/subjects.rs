@@ -10,6 +10,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod owner;
+mod tasks;
+
+pub use owner::{
+    client_name_problem, client_owner, is_client_owner, owner_of_token, owner_token, CLIENT_OWNER_PREFIX,
+    DEFAULT_CLIENT, NO_OWNER_TOKEN,
+};
+
 /// The version token in every subject.
 pub const VERSION_TOKEN: &str = "v1";
 
@@ -94,53 +102,6 @@ pub fn decode_token(token: &str) -> Result<String, SubjectError> {
     String::from_utf8(out).map_err(|_| SubjectError::Token(token.into()))
 }
 
-/// The token of a task without an owner in its subjects.
-pub const NO_OWNER_TOKEN: &str = "=";
-
-/// What every NATS client identity's owner starts with (`client-<name>`); an API key's
-/// owner is the key's id (16 hex digits), so the two never meet.
-pub const CLIENT_OWNER_PREFIX: &str = "client-";
-
-/// The name of the shared client identity (`client.nk`).
-pub const DEFAULT_CLIENT: &str = "default";
-
-/// The subject token of a task's owner: the owner encoded ([`encode_token`]), or
-/// [`NO_OWNER_TOKEN`] for none.
-pub fn owner_token(owner: Option<&str>) -> String {
-    match owner {
-        Some(o) if !o.is_empty() => encode_token(o),
-        _ => NO_OWNER_TOKEN.to_string(),
-    }
-}
-
-/// Reverses [`owner_token`].
-pub fn owner_of_token(token: &str) -> Result<Option<String>, SubjectError> {
-    if token == NO_OWNER_TOKEN {
-        return Ok(None);
-    }
-    decode_token(token).map(Some)
-}
-
-/// The owner of the tasks of NATS client identity `name`.
-pub fn client_owner(name: &str) -> String {
-    format!("{CLIENT_OWNER_PREFIX}{name}")
-}
-
-/// Whether `owner` is a NATS client identity's (its tasks' ids and flags are its own
-/// choice, never trusted the way a gateway's are).
-pub fn is_client_owner(owner: Option<&str>) -> bool {
-    owner.is_some_and(|o| o.starts_with(CLIENT_OWNER_PREFIX))
-}
-
-/// Why `name` cannot name a NATS client identity: 1 to 64 letters, digits and `_`
-/// (it becomes a seed file's name, a subject token and an inbox prefix).
-pub fn client_name_problem(name: &str) -> Option<String> {
-    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Some(format!("client identity {name:?}: use 1 to 64 letters, digits and '_'"));
-    }
-    None
-}
-
 /// A validated task id: 1 to 128 of `[A-Za-z0-9_-]`, so it is one subject token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -220,144 +181,6 @@ impl Subjects {
             s.push_str(token);
         }
         s
-    }
-
-    // ---- tasks -------------------------------------------------------------------------
-    //
-    // Every subject a task's owner uses names the owner ([`owner_token`]): nats-server's
-    // permissions then hold each NATS client identity to its own tasks. The unscoped
-    // `task.get` and `task.list` are for the trusted roles (gateway, admin) only.
-
-    /// Request/reply: submit a chat task for `owner` ([`crate::SubmitRequest`] →
-    /// [`crate::SubmitReply`]); the task belongs to the subject's owner, whatever the body
-    /// says. Task managers serve it on the queue group [`Self::task_manager_queue_group`].
-    pub fn task_submit(&self, owner: Option<&str>) -> String {
-        self.subject(&["task", &owner_token(owner), "submit"])
-    }
-
-    /// Submits for every owner (what task managers serve).
-    pub fn all_task_submits(&self) -> String {
-        self.subject(&["task", "*", "submit"])
-    }
-
-    /// Queue group of the task managers.
-    pub fn task_manager_queue_group(&self) -> String {
-        "task-manager".to_string()
-    }
-
-    /// Queue group of the model managers.
-    pub fn model_manager_queue_group(&self) -> String {
-        "model-manager".to_string()
-    }
-
-    /// Queue group of the cluster managers.
-    pub fn cluster_manager_queue_group(&self) -> String {
-        "cluster-manager".to_string()
-    }
-
-    /// Publish: the events of `owner`'s task ([`crate::TaskEvent`]), in sequence order.
-    pub fn task_events(&self, owner: Option<&str>, task: &TaskId) -> String {
-        self.subject(&["task", &owner_token(owner), task.as_str(), "events"])
-    }
-
-    /// The events of every task (the events stream captures this).
-    pub fn all_task_events(&self) -> String {
-        self.subject(&["task", "*", "*", "events"])
-    }
-
-    /// What every task's events were before their subjects named the owner: the events
-    /// stream still captures it, so an upgrade removes none of its subjects.
-    pub fn task_events_before_owners(&self) -> String {
-        self.subject(&["task", "*", "events"])
-    }
-
-    /// The events of every task of `owner`.
-    pub fn owner_task_events(&self, owner: Option<&str>) -> String {
-        self.subject(&["task", &owner_token(owner), "*", "events"])
-    }
-
-    /// Publish: cancel `owner`'s task ([`crate::CancelTask`]).
-    pub fn task_cancel(&self, owner: Option<&str>, task: &TaskId) -> String {
-        self.subject(&["task", &owner_token(owner), task.as_str(), "cancel"])
-    }
-
-    /// Cancels of every task (workers and task managers subscribe to this).
-    pub fn all_task_cancels(&self) -> String {
-        self.subject(&["task", "*", "*", "cancel"])
-    }
-
-    /// Cancels of every task of `owner`.
-    pub fn owner_task_cancels(&self, owner: Option<&str>) -> String {
-        self.subject(&["task", &owner_token(owner), "*", "cancel"])
-    }
-
-    /// Request/reply: any task's status record ([`crate::GetTask`] →
-    /// [`crate::TaskStatusReply`]); trusted roles only.
-    pub fn task_get(&self) -> String {
-        self.subject(&["task", "get"])
-    }
-
-    /// Request/reply: the status record of one of `owner`'s tasks (another owner's is
-    /// `not_found`).
-    pub fn owner_task_get(&self, owner: Option<&str>) -> String {
-        self.subject(&["task", &owner_token(owner), "get"])
-    }
-
-    /// The owner-scoped gets of every owner (what task managers serve).
-    pub fn all_owner_task_gets(&self) -> String {
-        self.subject(&["task", "*", "get"])
-    }
-
-    /// Request/reply: the most recent tasks of any owner ([`crate::ListTasks`] →
-    /// [`crate::TaskList`]); trusted roles only.
-    pub fn task_list(&self) -> String {
-        self.subject(&["task", "list"])
-    }
-
-    /// Request/reply: count a finished task's usage ([`crate::RecordUsage`] →
-    /// [`crate::Ack`]); workers ask, task managers add what the task's record says to its
-    /// owner's counters (a worker never writes a counter).
-    pub fn task_usage(&self) -> String {
-        self.subject(&["task", "usage"])
-    }
-
-    /// Request/reply: make (or bring up to date) a model's queue consumers
-    /// ([`crate::EnsureConsumers`] → [`crate::Ack`]); workers ask, task managers create
-    /// them, so a worker never sets a consumer's config.
-    pub fn task_consumers(&self) -> String {
-        self.subject(&["task", "consumers"])
-    }
-
-    /// Request/reply: the most recent tasks of `owner`.
-    pub fn owner_task_list(&self, owner: Option<&str>) -> String {
-        self.subject(&["task", &owner_token(owner), "list"])
-    }
-
-    /// The owner-scoped lists of every owner (what task managers serve).
-    pub fn all_owner_task_lists(&self) -> String {
-        self.subject(&["task", "*", "list"])
-    }
-
-    /// Request/reply: a part of one of `owner`'s answers kept in the results store
-    /// ([`crate::GetResult`] → [`crate::ResultReply`]).
-    pub fn owner_task_result(&self, owner: Option<&str>) -> String {
-        self.subject(&["task", &owner_token(owner), "result"])
-    }
-
-    /// The result reads of every owner (what task managers serve).
-    pub fn all_owner_task_results(&self) -> String {
-        self.subject(&["task", "*", "result"])
-    }
-
-    /// The owner a task subject names (`<root>.v1.task.<owner>.…`): `None` when it is no
-    /// owner-scoped task subject, `Some(None)` for a task without an owner.
-    pub fn owner_of_task_subject(&self, subject: &str) -> Option<Option<String>> {
-        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".task.")?;
-        let (token, rest) = rest.split_once('.')?;
-        if rest.is_empty() {
-            return None;
-        }
-        owner_of_token(token).ok()
     }
 
     /// JetStream's advisory that a message of the tasks stream used up its deliveries
@@ -673,12 +496,6 @@ mod tests {
         }
         assert_eq!(s.owner_of_task_subject("acme.prod.v1.task.get"), None);
         assert_eq!(s.owner_of_task_subject("bitinglip.v1.task.x.get"), None);
-        assert!(is_client_owner(Some(&client_owner("app"))));
-        assert!(!is_client_owner(Some("0123456789abcdef")) && !is_client_owner(None));
-        assert!(client_name_problem("app_1").is_none());
-        for bad in ["", "a-b", "a.b", "../x", &"x".repeat(65)] {
-            assert!(client_name_problem(bad).is_some(), "{bad}");
-        }
     }
 
     #[test]

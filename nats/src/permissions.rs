@@ -164,6 +164,19 @@ fn node_common(s: &Subjects, p: &mut Permissions, provisions: bool) {
     p.publish(access::queue_stats(s));
 }
 
+/// The task requests of every owner: what gateways send and task managers answer.
+fn task_requests(s: &Subjects) -> Vec<String> {
+    vec![
+        s.all_task_submits(),
+        s.task_get(),
+        s.task_list(),
+        s.all_owner_task_gets(),
+        s.all_owner_task_lists(),
+        s.all_owner_task_results(),
+        s.all_task_cancels(),
+    ]
+}
+
 /// Following any task: its live events and its stored ones.
 fn follow_tasks(s: &Subjects, p: &mut Permissions) {
     p.subscribe([s.all_task_events()]);
@@ -208,14 +221,9 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
     match role {
         NatsRole::Gateway => {
             node_common(s, &mut p, true);
+            // Every owner's task requests (it serves every API key).
+            p.publish(task_requests(s));
             p.publish([
-                s.all_task_submits(),
-                s.task_get(),
-                s.task_list(),
-                s.all_owner_task_gets(),
-                s.all_owner_task_lists(),
-                s.all_owner_task_results(),
-                s.all_task_cancels(),
                 s.model_list(),
                 s.model_search(),
                 s.model_pull(),
@@ -252,17 +260,9 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
         NatsRole::TaskManager => {
             node_common(s, &mut p, true);
             p.allow_responses = true;
-            p.subscribe([
-                s.all_task_submits(),
-                s.task_get(),
-                s.task_list(),
-                s.all_owner_task_gets(),
-                s.all_owner_task_lists(),
-                s.all_owner_task_results(),
-                s.all_task_cancels(),
-                s.task_usage(),
-                s.task_consumers(),
-            ]);
+            // What it answers: every owner's task requests, and the workers'.
+            p.subscribe(task_requests(s));
+            p.subscribe([s.task_usage(), s.task_consumers()]);
             p.subscribe(service_discovery());
             // Makes the queues' consumers for the workers that ask.
             p.publish(access::queue_consumers(s));

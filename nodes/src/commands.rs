@@ -116,7 +116,7 @@ fn nats_init(
         println!(
             "{what} {} (client {name}: owner {owner}, subjects {}, inbox prefix {})",
             p::client_seed_file(out, name).display(),
-            subjects.task_submit(Some(&owner)).replace(".submit", ".>"),
+            subjects.owner_tasks(Some(&owner)),
             p::client_inbox_prefix(name)
         );
     }
