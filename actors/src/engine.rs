@@ -4,6 +4,7 @@
 //! worker runs, in its own process, as the baseline of the platform's streaming rate.
 
 mod echo;
+mod loading;
 mod mistral;
 mod specials;
 

@@ -85,6 +85,9 @@ impl Actor for Gateway {
             store: ctx.store.clone(),
             admin_key_sha256: ctx.config.gateway.admin_key.as_ref().map(|k| hash_secret(k.expose())),
             max_concurrent_per_key: ctx.config.gateway.max_concurrent_per_key,
+            in_flight: Default::default(),
+            refusals: std::sync::Arc::new(limits::Refusals::new(std::time::Duration::from_secs(60))),
+            full: std::sync::Arc::new(limits::full_queues()),
         };
         let app = routes::router(ctx.clone(), auth);
         // Batches are driven from every gateway (one at a time each, by a lease).

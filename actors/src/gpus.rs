@@ -22,6 +22,25 @@ fn nvml() -> Option<&'static nvml_wrapper::Nvml> {
     .as_ref()
 }
 
+/// What this node's engines run on: `cuda` or `metal` in a build with that backend,
+/// else (or with `worker.force_cpu`) `cpu`. Test builds with a GPU inventory from the
+/// seam below count as `cuda`, so that placement on GPUs is tested without one.
+pub fn device(force_cpu: bool) -> &'static str {
+    #[cfg(feature = "fault-injection")]
+    if !force_cpu && std::env::var_os("TEST_NVML_GPUS").is_some() {
+        return "cuda";
+    }
+    if force_cpu {
+        "cpu"
+    } else if cfg!(feature = "cuda") {
+        "cuda"
+    } else if cfg!(feature = "metal") {
+        "metal"
+    } else {
+        "cpu"
+    }
+}
+
 /// Each GPU as NVML reports it now, with `budget` of its memory BitingLip may use.
 pub fn inventory(budget: GpuBudget) -> Vec<GpuInfo> {
     #[cfg(feature = "fault-injection")]

@@ -8,7 +8,7 @@
 //! Because the grammar constrains every token, the calls parse and validate whatever the
 //! model's weights.
 
-use bitinglip_bus_schema::{ChatParams, OutputFormat, ToolCall, ToolChoice, ToolSpec};
+use bitinglip_bus_schema::{ChatParams, ErrorKind, OutputFormat, ToolCall, ToolChoice, ToolSpec, WireError};
 use serde_json::{json, Value};
 
 /// The most calls one answer may make under `required` with parallel calls.
@@ -27,12 +27,17 @@ pub enum Guide {
     Lark(String),
 }
 
+/// A request this module refuses, with what is wrong.
+fn invalid(message: impl Into<String>) -> WireError {
+    WireError::new(ErrorKind::InvalidRequest, message)
+}
+
 /// The schema of `tool`'s parameters, parsed.
-fn parameters(tool: &ToolSpec) -> Result<Value, String> {
+fn parameters(tool: &ToolSpec) -> Result<Value, WireError> {
     let v: Value = serde_json::from_str(&tool.parameters)
-        .map_err(|e| format!("the parameters of tool `{}` are not JSON: {e}", tool.name))?;
+        .map_err(|e| invalid(format!("the parameters of tool `{}` are not JSON: {e}", tool.name)))?;
     if !v.is_object() {
-        return Err(format!("the parameters of tool `{}` must be a JSON Schema object", tool.name));
+        return Err(invalid(format!("the parameters of tool `{}` must be a JSON Schema object", tool.name)));
     }
     Ok(v)
 }
@@ -47,7 +52,7 @@ fn compact(mut schema: Value) -> Value {
 }
 
 /// One call of `tool`: `{"name": <its name>, "arguments": <its parameters>}`.
-fn call_schema(tool: &ToolSpec) -> Result<Value, String> {
+fn call_schema(tool: &ToolSpec) -> Result<Value, WireError> {
     Ok(json!({
         "type": "object",
         "properties": {"name": {"const": tool.name}, "arguments": parameters(tool)?},
@@ -57,31 +62,31 @@ fn call_schema(tool: &ToolSpec) -> Result<Value, String> {
 }
 
 /// The tool `name` among `tools`.
-fn named<'a>(tools: &'a [ToolSpec], name: &str) -> Result<&'a ToolSpec, String> {
+fn named<'a>(tools: &'a [ToolSpec], name: &str) -> Result<&'a ToolSpec, WireError> {
     tools
         .iter()
         .find(|t| t.name == name)
-        .ok_or_else(|| format!("`tool_choice` names `{name}`, which is not in `tools`"))
+        .ok_or_else(|| invalid(format!("`tool_choice` names `{name}`, which is not in `tools`")))
 }
 
 /// The grammar `chat` asks for; an error names what is wrong with the request.
-pub fn guide(chat: &ChatParams) -> Result<Guide, String> {
+pub fn guide(chat: &ChatParams) -> Result<Guide, WireError> {
     for tool in &chat.tools {
         parameters(tool)?;
     }
     match &chat.tool_choice {
         ToolChoice::Function { name } => {
             if chat.format.is_some() {
-                return Err("a forced tool call and `response_format` cannot be combined".into());
+                return Err(invalid("a forced tool call and `response_format` cannot be combined"));
             }
             return Ok(Guide::JsonSchema(compact(parameters(named(&chat.tools, name)?)?)));
         }
         ToolChoice::Required => {
             if chat.tools.is_empty() {
-                return Err("`tool_choice` is `required` but there are no `tools`".into());
+                return Err(invalid("`tool_choice` is `required` but there are no `tools`"));
             }
             if chat.format.is_some() {
-                return Err("a forced tool call and `response_format` cannot be combined".into());
+                return Err(invalid("a forced tool call and `response_format` cannot be combined"));
             }
             let calls = chat.tools.iter().map(call_schema).collect::<Result<Vec<_>, _>>()?;
             let one = json!({"anyOf": calls});
@@ -99,9 +104,9 @@ pub fn guide(chat: &ChatParams) -> Result<Guide, String> {
         Some(OutputFormat::JsonObject) => Guide::JsonSchema(compact(json!({"type": "object"}))),
         Some(OutputFormat::JsonSchema { schema, .. }) => {
             let v: Value = serde_json::from_str(schema)
-                .map_err(|e| format!("`response_format.json_schema.schema` is not JSON: {e}"))?;
+                .map_err(|e| invalid(format!("`response_format.json_schema.schema` is not JSON: {e}")))?;
             if !v.is_object() && !v.is_boolean() {
-                return Err("`response_format.json_schema.schema` must be a JSON Schema object".into());
+                return Err(invalid("`response_format.json_schema.schema` must be a JSON Schema object"));
             }
             Guide::JsonSchema(compact(v))
         }
@@ -113,7 +118,7 @@ pub fn guide(chat: &ChatParams) -> Result<Guide, String> {
 /// Compiles a regex or a Lark grammar as llguidance will, without a tokenizer and within
 /// llguidance's default limits, so that a request whose grammar cannot compile is refused
 /// at submit rather than failing on a worker after the queue. Other guides pass.
-pub fn compile_check(guide: &Guide) -> Result<(), String> {
+pub fn compile_check(guide: &Guide) -> Result<(), WireError> {
     use llguidance::{
         api::{GrammarInit, ParserLimits, TopLevelGrammar},
         earley::ValidationResult,
@@ -128,9 +133,9 @@ pub fn compile_check(guide: &Guide) -> Result<(), String> {
         GrammarInit::Serialized(grammar).validate(None, ParserLimits::default())
     }));
     match verdict {
-        Ok(ValidationResult::Error(e)) => Err(format!("the {what} does not compile: {e}")),
+        Ok(ValidationResult::Error(e)) => Err(invalid(format!("the {what} does not compile: {e}"))),
         Ok(_) => Ok(()),
-        Err(_) => Err(format!("the {what} does not compile")),
+        Err(_) => Err(invalid(format!("the {what} does not compile"))),
     }
 }
 
@@ -242,17 +247,17 @@ mod tests {
     #[test]
     fn bad_requests_are_named() {
         let err = guide(&with(ToolChoice::Function { name: "nope".into() })).unwrap_err();
-        assert!(err.contains("`nope`"), "{err}");
+        assert!(err.message.contains("`nope`"), "{err}");
         let err = guide(&ChatParams { tool_choice: ToolChoice::Required, ..ChatParams::user("m", "x") }).unwrap_err();
-        assert!(err.contains("no `tools`"), "{err}");
+        assert!(err.message.contains("no `tools`"), "{err}");
         let mut chat = with(ToolChoice::Auto);
         chat.tools[0].parameters = "{".into();
-        assert!(guide(&chat).unwrap_err().contains("get_weather"));
+        assert!(guide(&chat).unwrap_err().message.contains("get_weather"));
         let chat = ChatParams {
             format: Some(OutputFormat::JsonSchema { name: "s".into(), schema: "[".into(), strict: true }),
             ..ChatParams::user("m", "x")
         };
-        assert!(guide(&chat).unwrap_err().contains("json_schema.schema"));
+        assert!(guide(&chat).unwrap_err().message.contains("json_schema.schema"));
     }
 
     #[test]
@@ -264,10 +269,10 @@ mod tests {
         assert_eq!(guide(&chat(OutputFormat::Regex { pattern: "a+".into() })).unwrap(), Guide::Regex("a+".into()));
         assert!(compile_check(&Guide::Regex("a+[0-9]{2}".into())).is_ok());
         let err = compile_check(&Guide::Regex("a(".into())).unwrap_err();
-        assert!(err.contains("regex does not compile"), "{err}");
+        assert!(err.message.contains("regex does not compile"), "{err}");
         assert!(compile_check(&Guide::Lark("start: \"yes\" | \"no\"".into())).is_ok());
         let err = compile_check(&Guide::Lark("start: (".into())).unwrap_err();
-        assert!(err.contains("Lark grammar does not compile"), "{err}");
+        assert!(err.message.contains("Lark grammar does not compile"), "{err}");
         assert!(compile_check(&Guide::Lark("start: missing_rule".into())).is_err());
         let schema = r#"{"type":"object","x-guidance":{"whitespace_flexible":true}}"#.to_string();
         let Guide::JsonSchema(s) =

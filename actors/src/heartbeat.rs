@@ -61,21 +61,10 @@ pub fn current_heartbeat(ctx: &NodeContext) -> NodeHeartbeat {
         started_ms: ctx.started_ms,
         time_ms: bitinglip_nats::now_ms(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        device: device().to_string(),
+        device: crate::gpus::device(ctx.config.worker.force_cpu).to_string(),
         memory_total,
         memory_free,
         gpus: crate::gpus::inventory(ctx.config.worker.gpu_budget),
-    }
-}
-
-/// What this build's engines run on.
-fn device() -> &'static str {
-    if cfg!(feature = "cuda") {
-        "cuda"
-    } else if cfg!(feature = "metal") {
-        "metal"
-    } else {
-        "cpu"
     }
 }
 

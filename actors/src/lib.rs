@@ -5,7 +5,7 @@
 //!
 //! | layer | modules | may import |
 //! | --- | --- | --- |
-//! | shared | `context`, `engine`, `gpus`, `guided`, `ops`, `serve`, `spans`, `metrics`, `health`, `http` | the crates below, each other |
+//! | shared | `context`, `engine`, `gpus`, `guided`, `ops`, `serve`, `spans`, `metrics`, `health`, `http`, `timed` | the crates below, each other |
 //! | actors | one per file (table below) | the shared layer; never another actor's module |
 //! | supervisor | `node` | everything: it alone names the actors |
 //!
@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod ops;
 mod serve;
 mod spans;
+pub mod timed;
 
 pub mod cluster_manager;
 pub mod gateway;

@@ -199,7 +199,7 @@ impl Actor for NodeSupervisor {
                 let gone: Vec<u32> = state
                     .replicas
                     .iter()
-                    .filter(|(_, r)| !wanted.iter().any(|w| w.model == r.model && w.spec == r.spec))
+                    .filter(|(_, r)| !wanted.iter().any(|w| w.same_slot(r)))
                     .map(|(id, _)| *id)
                     .collect();
                 for id in gone {
@@ -212,12 +212,12 @@ impl Actor for NodeSupervisor {
                     }
                 }
                 for w in wanted {
-                    if state.replicas.values().any(|r| r.model == w.model) {
+                    if state.replicas.values().any(|r| r.same_slot(&w)) {
                         continue;
                     }
                     let id = state.next_replica;
                     state.next_replica += 1;
-                    tracing::info!(model = %w.model, "replica placed here; loading");
+                    tracing::info!(model = %w.model, gpus = ?w.gpus, "replica placed here; loading");
                     state.replicas.insert(id, w);
                     if let Err(err) = spawn_child(&myself, state, ChildKind::Replica(id)).await {
                         tracing::error!(cause = %err, "replica worker did not start; retrying");

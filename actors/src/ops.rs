@@ -4,7 +4,8 @@
 //! | module | for |
 //! | --- | --- |
 //! | `deployments` | set, seed, load on demand, scale, status of deployments |
-//! | `models` | memory estimates, merging a registration, a replica's worker config |
+//! | `estimate` | a model's shape from its files, and what a replica of a deployment takes |
+//! | `models` | merging a registration, a replica's worker config |
 //! | `keys` | a new API key's fields checked, and its JSON view |
 //! | `hub` | the Hugging Face hub through hf-hub: search and verified downloads |
 //! | `pull` | a download with progress on the bus and a status lease |
@@ -12,6 +13,7 @@
 //! | `limits` | whether a window of use is over an API key's or a client identity's limits |
 
 pub mod deployments;
+pub mod estimate;
 pub mod hub;
 pub mod keys;
 pub mod limits;

@@ -12,7 +12,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::{
-    ops::{models::estimate_memory, pull::pull},
+    ops::{models::folder_estimate, pull::pull},
     serve::spawn_endpoint,
     NodeContext,
 };
@@ -42,14 +42,17 @@ pub enum PullerMsg {
 async fn pull_and_register(ctx: &NodeContext, req: PullModel) -> Result<ModelRecord, WireError> {
     let revision = req.revision.clone().unwrap_or_else(|| "main".to_string());
     let pulled = pull(ctx, &req.model, &revision).await?;
+    let dir = pulled.dir.clone();
+    let (shape, memory) = tokio::task::spawn_blocking(move || folder_estimate(&dir)).await.unwrap_or((None, None));
     let record = ModelRecord {
         id: req.model.clone(),
         source: ModelSource::Hub { revision },
         context_length: None,
         revision_sha: Some(pulled.sha),
-        estimated_memory: Some(estimate_memory(pulled.files.iter().map(|f| (f.name.as_str(), f.size)))),
+        estimated_memory: memory,
         files: pulled.files,
         engine: Default::default(),
+        shape,
         created_ms: 0,
         updated_ms: 0,
     };

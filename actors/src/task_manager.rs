@@ -25,6 +25,8 @@ mod cancel;
 mod usage;
 mod validate;
 
+use std::sync::Arc;
+
 use async_nats::service::Request;
 use bitinglip_bus_schema::{
     ErrorKind, GetTask, NodeHeartbeat, Role, SubmitReply, SubmitRequest, TaskAccepted, TaskRecord, TaskSpec,
@@ -35,6 +37,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use self::backpressure::Admission;
 use crate::{
     ops::{
         deployments,
@@ -152,6 +155,7 @@ fn conflict(existing: &TaskRecord, new: &TaskRecord) -> Option<String> {
 
 async fn submit(
     ctx: &NodeContext,
+    admission: &Arc<Admission>,
     mut req: SubmitRequest,
     trace: Option<&TraceParent>,
 ) -> Result<TaskAccepted, WireError> {
@@ -161,7 +165,7 @@ async fn submit(
     // The watch answers yes quickly; a no is checked against the bucket itself, since a
     // fresh node's watch may not have caught up yet.
     if !ctx.nodes.serves(&model) {
-        if let Some(err) = backpressure::still_unknown(&model) {
+        if let Some(err) = admission.still_unknown(&model) {
             return Err(err);
         }
         let nodes = ctx.store.nodes().live().await?;
@@ -176,10 +180,10 @@ async fn submit(
             }
             load_on_demand(ctx, &model, &nodes, req.wait_for_model)
                 .await
-                .inspect_err(|err| backpressure::remember_unknown(&model, err))?;
+                .inspect_err(|err| admission.remember_unknown(&model, err))?;
         }
     }
-    backpressure::check_age(ctx, &model, req.priority).await?;
+    admission.check_age(ctx, &model, req.priority).await?;
     let task_id = task_id_for(&req);
     tracing::Span::current().record("task.id", task_id.as_str());
     let now = now_ms();
@@ -211,7 +215,7 @@ async fn submit(
     // then the stream. Its acknowledgement means the task is on disk (and replicated):
     // only now may we say accepted. A duplicate Nats-Msg-Id within the window is
     // acknowledged without storing a second copy.
-    let place = backpressure::reserve(ctx, &model, req.priority).await?;
+    let place = admission.reserve(ctx, &model, req.priority).await?;
     let spec = TaskSpec {
         task_id: task_id.clone(),
         chat: req.chat,
@@ -249,9 +253,12 @@ impl Actor for TaskManager {
             .await?;
         let submit_sub = ctx.bus.endpoint(&service, "submit", subjects.all_task_submits()).await?;
         let submit_ctx = ctx.clone();
+        // This task manager's knowledge of its queues, for as long as it runs.
+        let admission = Arc::new(Admission::default());
         let submit_serve =
             spawn_serve(submit_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |req: Request| {
                 let ctx = submit_ctx.clone();
+                let admission = admission.clone();
                 let trace = trace_of(&req.message);
                 let span = tracing::info_span!("task_manager", otel.kind = "server", task.id = tracing::field::Empty);
                 bitinglip_nats::trace::continue_trace(&span, trace.as_ref());
@@ -271,7 +278,7 @@ impl Actor for TaskManager {
                             // admin's) made-up id skips the lookup.
                             body.new_id &= !bitinglip_bus_schema::is_client_owner(owner.as_deref());
                             body.owner = owner;
-                            let reply = match submit(&ctx, body, trace.as_ref()).await {
+                            let reply = match submit(&ctx, &admission, body, trace.as_ref()).await {
                                 Ok(accepted) => SubmitReply::Accepted(accepted),
                                 Err(err) => SubmitReply::Rejected(err),
                             };

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     engine::Engine,
-    ops::models::{estimate_folder_memory, source_of},
+    ops::models::{folder_estimate, source_of},
     NodeContext,
 };
 
@@ -158,6 +158,7 @@ fn info(worker_id: &str, model: &ModelConfig, placed: bool, engine: EngineKind, 
         in_flight: 0,
         state,
         running: Vec::new(),
+        gpus: model.gpus.clone(),
     }
 }
 
@@ -333,8 +334,11 @@ impl Actor for Worker {
         state.ctx.remove_worker(&state.worker_id);
         // A failed load stays recorded (with its reason): the leader places the replica on
         // another node rather than here again.
-        if !state.load_failed {
-            let served = state.model.served_name();
+        let served = state.model.served_name();
+        // Another worker of this node serving the model (a replica on another GPU) keeps
+        // the node's status of it.
+        let others = state.ctx.workers.read().is_ok_and(|w| w.values().any(|w| w.model == served));
+        if !state.load_failed && !others {
             let _ = tokio::time::timeout(Duration::from_secs(2), state.ctx.store.model_status().clear(&served)).await;
         }
         Ok(())
@@ -379,6 +383,13 @@ async fn register_model(
     worker_id: &str,
     context_length: Option<u32>,
 ) -> Result<(), ActorProcessingErr> {
+    // A local folder's shape (a hub model's comes with its pull).
+    let (shape, estimated_memory) = if model.is_local() {
+        let dir = std::path::PathBuf::from(&model.source);
+        tokio::task::spawn_blocking(move || folder_estimate(&dir)).await.unwrap_or((None, None))
+    } else {
+        (None, None)
+    };
     let req = RegisterModel {
         model: ModelRecord {
             id: model.served_name(),
@@ -391,11 +402,9 @@ async fn register_model(
             } else {
                 Vec::new()
             },
-            estimated_memory: model
-                .is_local()
-                .then(|| estimate_folder_memory(std::path::Path::new(&model.source)))
-                .flatten(),
+            estimated_memory,
             engine: model.engine,
+            shape,
             created_ms: 0,
             updated_ms: 0,
         },

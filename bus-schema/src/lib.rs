@@ -2,7 +2,7 @@
 //!
 //! This crate is deliberately pure (serde and rmp-serde only: no tokio, no NATS, no
 //! ractor) so that every node and every outside Rust client can share it, and so that it
-//! compiles in seconds. A client in another language needs only the README: every payload
+//! compiles in seconds. A client in another language needs only `docs/NATS-API.md`: every payload
 //! is an [`Envelope`] encoded as MessagePack with named fields.
 
 pub mod codec;

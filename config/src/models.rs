@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bitinglip_bus_schema::EngineKind;
+use bitinglip_bus_schema::{EngineKind, Quantize};
 use serde::{Deserialize, Serialize};
 
 /// One model a worker serves.
@@ -24,6 +24,13 @@ pub struct ModelConfig {
     pub max_sequences: u32,
     /// Echo engine only: tokens per second (0 = as fast as possible).
     pub echo_tokens_per_sec: f64,
+    /// Tokens each sequence may hold (default: the model's, at most 8192).
+    pub context_length: Option<u32>,
+    /// Quantize the linear layers as the model loads (`Q4K`, `Q8_0`, …).
+    #[serde(deserialize_with = "crate::strict::quantize")]
+    pub quantize: Option<Quantize>,
+    /// The GPUs (CUDA ordinals) this worker runs on; empty: the first, or the CPU.
+    pub gpus: Vec<u32>,
 }
 
 impl Default for ModelConfig {
@@ -35,6 +42,9 @@ impl Default for ModelConfig {
             engine: EngineKind::Mistralrs,
             max_sequences: 4,
             echo_tokens_per_sec: 0.0,
+            context_length: None,
+            quantize: None,
+            gpus: Vec::new(),
         }
     }
 }
@@ -190,6 +200,11 @@ pub struct DeploymentConfig {
     /// Memory one replica needs; estimated from the weights when absent.
     #[serde(with = "crate::bytes::opt")]
     pub memory: Option<u64>,
+    /// Tokens each sequence may hold (default: the model's, at most 8192).
+    pub context_length: Option<u32>,
+    /// Quantize the linear layers as the model loads (`Q4K`, `Q8_0`, …).
+    #[serde(deserialize_with = "crate::strict::quantize")]
+    pub quantize: Option<Quantize>,
 }
 
 impl Default for DeploymentConfig {
@@ -206,6 +221,8 @@ impl Default for DeploymentConfig {
             min_memory: None,
             device: None,
             memory: None,
+            context_length: None,
+            quantize: m.quantize,
         }
     }
 }

@@ -272,6 +272,12 @@ impl Config {
             if !(m.echo_tokens_per_sec >= 0.0 && m.echo_tokens_per_sec.is_finite()) {
                 return Err(invalid(&key("echo_tokens_per_sec"), m.echo_tokens_per_sec, "must be 0 or above"));
             }
+            if m.context_length == Some(0) {
+                return Err(invalid(&key("context_length"), 0, "must be 1 or more tokens"));
+            }
+            if m.gpus.len() > 64 || m.gpus.iter().any(|g| *g >= 64) {
+                return Err(invalid(&key("gpus"), format!("{:?}", m.gpus), "at most 64 CUDA ordinals below 64"));
+            }
         }
         let c = &self.cluster;
         if c.reconcile_interval < std::time::Duration::from_millis(100) {
@@ -302,6 +308,9 @@ impl Config {
             }
             if !(d.echo_tokens_per_sec >= 0.0 && d.echo_tokens_per_sec.is_finite()) {
                 return Err(invalid(&key("echo_tokens_per_sec"), d.echo_tokens_per_sec, "must be 0 or above"));
+            }
+            if d.context_length == Some(0) {
+                return Err(invalid(&key("context_length"), 0, "must be 1 or more tokens"));
             }
         }
         if c.heartbeat_interval.is_zero() {

@@ -9,14 +9,16 @@
 //! | [`models`] | the model registry (`bitinglip_models`) | `<model token>` |
 //! | [`model_status`] | each node's state of each model (`bitinglip_models`) | `<model token>.<node token>` |
 //! | [`nodes`] | node heartbeats (`bitinglip_nodes`, entries expire) | `<node token>` |
-//! | [`deployments`] | deployments and placements (`bitinglip_deployments`) | `deploy.<model token>`, `place.<node token>` |
-//! | [`leases`] | the cluster managers' leader lease (`bitinglip_leases`) | `leader` |
+//! | [`deployments`] | deployments, placements and why replicas are missing (`bitinglip_deployments`) | `deploy.<model token>`, `place.<node token>`, `unplaced.<model token>` |
+//! | [`leases`] | the cluster managers' leader lease (`bitinglip_leases`) | `cluster-leader` |
 //! | [`keys`] | API keys, hashed (`bitinglip_keys`) | `<key id>` |
 //! | [`batches`] | batches of the Batch API (`bitinglip_batches`) | `<batch id>` |
 //! | [`files`] | files of the Files API (object store `bitinglip_files`) | `<file id>` |
 //! | [`responses`] | stored Responses API answers (`bitinglip_responses`) | `<response id>` |
 //! | [`queue`] | the tasks stream: queueing, worker consumers, queue statistics | — |
 //! | [`events`] | the task events stream: reading back what was published | — |
+//! | [`results`] | answers' large parts (object store `bitinglip_results`) | `<task id>.<attempt>.parts` |
+//! | [`counters`] | rates and daily usage per key (streams `…_RATES`, `…_USAGE`, JetStream counters) | per key, minute or day |
 //!
 //! Values are [`Envelope`]s, MessagePack with named fields, written and read by one codec
 //! here. Every read-modify-write goes through one compare-and-swap helper

@@ -9,6 +9,7 @@
 //! the figures into `docs/BENCHMARKS.md` with a plot. Timings are never asserted; the
 //! ratios against baselines measured in the same run are what it is for.
 
+mod against;
 mod flood;
 mod floor;
 mod instructions;
@@ -73,6 +74,26 @@ pub(crate) struct BenchArgs {
     /// `callgrind_annotate`), one per workload and process in the order measured.
     #[arg(long)]
     callgrind_dir: Option<PathBuf>,
+    /// Instead of the baseline, stream from this deployment of the running cluster (the
+    /// config's NATS) against its folder (`--model-dir`) loaded in this process, at each
+    /// of `--streams` (what `.ci/gpu-check` runs).
+    #[arg(long, requires = "model_dir")]
+    against: Option<String>,
+    /// With `--against`: the deployment's model folder.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// With `--against`: the numbers of concurrent streams.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
+    streams: Vec<usize>,
+    /// With `--against`: sequences at once in this process's engine (as the deployment's).
+    #[arg(long, default_value_t = 64)]
+    max_sequences: u32,
+    /// With `--against`: the context of this process's engine (as the deployment's).
+    #[arg(long)]
+    context_length: Option<u32>,
+    /// With `--against`: write the figures to this file as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// The nats-server to start: the configured binary, else the one `.ci/setup` installs.
@@ -194,6 +215,19 @@ async fn run_sim(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
+    if let (Some(model), Some(dir)) = (args.against.clone(), args.model_dir.clone()) {
+        let against = against::Against {
+            model,
+            dir,
+            streams: args.streams.clone(),
+            tokens: args.tokens,
+            max_sequences: args.max_sequences,
+            context_length: args.context_length,
+            rounds: args.rounds,
+            json: args.json.clone(),
+        };
+        return against::run(&config, against).await;
+    }
     if !args.sim.is_empty() {
         return run_sim(&config, &args).await;
     }

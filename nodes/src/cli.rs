@@ -203,9 +203,16 @@ pub(crate) struct DeploymentArgs {
     /// Only nodes of this device kind: cpu, cuda or metal.
     #[arg(long)]
     pub(crate) device: Option<String>,
-    /// Memory one replica needs (`4GiB`); estimated from the weights when absent.
+    /// Memory one replica needs (`4GiB`); estimated from the model's shape when absent.
     #[arg(long)]
     pub(crate) memory: Option<String>,
+    /// Tokens each sequence may hold (default: the model's, at most 8192).
+    #[arg(long)]
+    pub(crate) context_length: Option<u32>,
+    /// Quantize the linear layers as the model loads: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K,
+    /// Q3K, Q4K, Q5K, Q6K or Q8K.
+    #[arg(long)]
+    pub(crate) quantize: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -168,7 +168,7 @@ fn cli_nats(config: &Config) -> bitinglip_config::NatsConfig {
 }
 
 /// A client connection for the CLI's one-shot commands.
-async fn client_bus(config: &Config) -> anyhow::Result<Bus> {
+pub(crate) async fn client_bus(config: &Config) -> anyhow::Result<Bus> {
     let name = format!("bitinglip-cli-{}", std::process::id());
     let client = bitinglip_nats::connect(&cli_nats(config), &name, None).await?;
     let subjects = Subjects::new(config.nats.subject_root.clone())?;

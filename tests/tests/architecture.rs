@@ -7,7 +7,11 @@
 //!   baseline it measures the platform against), the local server launcher's readiness
 //!   probe, and the test harness, which reads state as an outside observer;
 //! - no test waits on log text;
-//! - a plain `cargo build` never compiles the echo engine's fault injection.
+//! - a plain `cargo build` never compiles the echo engine's fault injection;
+//! - the gateway's modules import each other without a circle;
+//! - actors hold no process-global state (`static … OnceLock`): what an actor knows is
+//!   its own (the task manager's admission, the gateway's refusals), except the metrics
+//!   registry and the NVIDIA driver's library, which are the process's.
 
 use std::path::{Path, PathBuf};
 
@@ -133,6 +137,142 @@ fn no_test_waits_on_log_text() {
         }
     }
     assert!(violations.is_empty(), "tests must wait on state, not on log text:\n{}", violations.join("\n"));
+}
+
+/// The sibling modules of the gateway a file names: `super::x`, `super::{x, y::…}`,
+/// `crate::gateway::x` (in a module's own folder, `super::` is the module itself).
+fn gateway_modules_named(text: &str, in_subfolder: bool, modules: &[String]) -> Vec<String> {
+    let mut named = Vec::new();
+    let mut take = |rest: &str| {
+        let rest = rest.trim_start();
+        if let Some(group) = rest.strip_prefix('{') {
+            // The first name of each item at the group's own depth.
+            let (mut depth, mut item_start) = (0, true);
+            let mut name = String::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && depth == 0 && (c.is_alphanumeric() || c == '_') => name.push(c),
+                    _ if item_start && !name.is_empty() => {
+                        named.push(std::mem::take(&mut name));
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+            }
+            if !name.is_empty() {
+                named.push(name);
+            }
+        } else {
+            named.push(rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect());
+        }
+    };
+    for (i, _) in text.match_indices("crate::gateway::") {
+        take(&text[i + "crate::gateway::".len()..]);
+    }
+    if !in_subfolder {
+        for (i, _) in text.match_indices("super::") {
+            if !text[..i].ends_with("super::") && !text[i + 7..].starts_with("super::") {
+                take(&text[i + "super::".len()..]);
+            }
+        }
+    }
+    named.retain(|n| modules.contains(n));
+    named.sort();
+    named.dedup();
+    named
+}
+
+#[test]
+fn the_gateways_modules_import_each_other_without_a_circle() {
+    let dir = workspace_root().join("actors/src/gateway");
+    let mut modules: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension().is_some_and(|x| x == "rs")).then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+        })
+        .collect();
+    modules.sort();
+    // What each module (its file and the files of its folder) names, tests left out.
+    let mut edges: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for m in &modules {
+        let mut files = vec![(dir.join(format!("{m}.rs")), false)];
+        if dir.join(m).is_dir() {
+            files.extend(rust_files(&dir.join(m)).into_iter().map(|f| (f, true)));
+        }
+        let mut named = Vec::new();
+        for (file, sub) in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let code: String =
+                text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+            named.extend(gateway_modules_named(&code, sub, &modules));
+        }
+        named.retain(|n| n != m);
+        named.sort();
+        named.dedup();
+        edges.insert(m.clone(), named);
+    }
+    // A depth-first search for a path back to where it started.
+    fn circle(
+        edges: &std::collections::BTreeMap<String, Vec<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        let last = path.last().unwrap().clone();
+        for next in edges.get(&last).into_iter().flatten() {
+            if let Some(at) = path.iter().position(|p| p == next) {
+                let mut found = path[at..].to_vec();
+                found.push(next.clone());
+                return Some(found);
+            }
+            if done.contains(next) {
+                continue;
+            }
+            path.push(next.clone());
+            if let Some(found) = circle(edges, path, done) {
+                return Some(found);
+            }
+            path.pop();
+        }
+        done.insert(last);
+        None
+    }
+    let mut done = Default::default();
+    for m in &modules {
+        if let Some(found) = circle(&edges, &mut vec![m.clone()], &mut done) {
+            panic!("the gateway's modules import each other in a circle: {}", found.join(" → "));
+        }
+    }
+    // The check sees both forms of a name.
+    let named = gateway_modules_named(
+        "use super::{auth::check, openai::{self, X}};\nuse crate::gateway::submit::gather;",
+        false,
+        &["auth".into(), "openai".into(), "submit".into()],
+    );
+    assert_eq!(named, ["auth", "openai", "submit"]);
+}
+
+#[test]
+fn actors_hold_no_process_global_state() {
+    let root = workspace_root().join("actors/src");
+    let allowed = [root.join("metrics.rs"), root.join("gpus.rs")];
+    let mut found = Vec::new();
+    for file in rust_files(&root).into_iter().filter(|f| !allowed.contains(f)) {
+        for (n, line) in code(&file) {
+            if line.contains("static ")
+                && (line.contains("OnceLock") || line.contains("LazyLock") || line.contains("Mutex<"))
+            {
+                found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "process-global state in actors (own it in the actor instead):\n{}", found.join("\n"));
 }
 
 #[test]

@@ -139,6 +139,7 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
             files: vec![],
             estimated_memory: None,
             engine: Default::default(),
+            shape: None,
             created_ms: 0,
             updated_ms: 0,
         },

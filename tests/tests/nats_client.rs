@@ -1,4 +1,4 @@
-//! A client that follows only the README: a plain NATS connection and hand-built
+//! A client that follows only the docs (`docs/NATS-API.md`): a plain NATS connection and hand-built
 //! MessagePack maps, no BitingLip crate. It subscribes to the task's events subject,
 //! submits on `bitinglip.v1.task.client-default.submit`, and reads the streamed answer.
 
@@ -42,7 +42,7 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
     let mut node = NodeProcess::spawn(&config, &["node", "--model", path.to_str().unwrap()]);
     node.wait_for_model("tiny-nats", Duration::from_secs(120)).await;
 
-    // As the README's `client` user: its nkey seed, and replies under its inbox prefix.
+    // As the docs' `client` user: its nkey seed, and replies under its inbox prefix.
     let seed = std::fs::read_to_string(nats.credentials_dir().join("client.nk")).unwrap();
     let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
         .custom_inbox_prefix("_INBOX_client")
@@ -142,7 +142,7 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
     let submit = stats["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == "submit").unwrap().clone();
     assert!(submit["num_requests"].as_u64().unwrap() >= 2, "{stats}");
 
-    // A forced tool call, as the README's schema puts it: the tool's parameters and the
+    // A forced tool call, as the docs' schema puts it: the tool's parameters and the
     // call's arguments are JSON text; the completed event carries the parsed call.
     let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
         .custom_inbox_prefix("_INBOX_client")

@@ -67,6 +67,9 @@ try {
   await serving.waitFor({ timeout: 180000 }).catch(() => {
     throw new Error("the deployment never served");
   });
+  // Its memory estimate (read from the pulled model's config and weights) is shown.
+  const estimate = await page.locator(`#deployments-table tr[data-model="${hubModel}"] td.estimate`).textContent();
+  if (!/weights .*KV .*tokens × 4/.test(estimate)) throw new Error(`the estimate cell reads ${JSON.stringify(estimate)}`);
   await shot("dashboard-deployments");
 
   step = "the playground streams an answer";

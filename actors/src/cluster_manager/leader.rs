@@ -10,11 +10,14 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use bitinglip_bus_schema::{ModelState, NodePlacement, Replica, Role, WireError};
+use bitinglip_bus_schema::{ModelState, NodePlacement, Replica, Role, Unplaced, WireError};
 use bitinglip_nats::{now_ms, store::leases::LeaderLease};
 
 use super::placement;
-use crate::{ops::deployments, NodeContext};
+use crate::{
+    ops::{deployments, estimate},
+    NodeContext,
+};
 
 /// How long a node where a model failed to load is passed over for it.
 const FAILED_LOAD_BACKOFF_MS: u64 = 5 * 60 * 1000;
@@ -35,11 +38,9 @@ async fn reconcile(ctx: &NodeContext) -> Result<(), WireError> {
     let nodes = store.nodes().live().await?;
     let mut wants = Vec::with_capacity(deployments.len());
     for d in deployments {
-        let memory = match d.memory {
-            Some(m) => m,
-            None => store.models().get(&d.model).await?.and_then(|r| r.estimated_memory).unwrap_or(0),
-        };
-        wants.push(placement::Want { deployment: d, memory });
+        let record = store.models().get(&d.model).await?;
+        let (reserve, _) = estimate::for_deployment(&d, record.as_ref());
+        wants.push(placement::Want { deployment: d, memory: reserve.cpu, gpu_memory: reserve.gpu });
     }
     let mut views: Vec<placement::NodeView> =
         nodes.iter().filter(|n| n.runs(Role::Worker)).map(placement::NodeView::of).collect();
@@ -90,8 +91,17 @@ async fn reconcile(ctx: &NodeContext) -> Result<(), WireError> {
         tracing::info!(node = %node, "node gone; its replicas are placed elsewhere");
         store.deployments().delete_placement(node).await?;
     }
+    // Why deployments are short of replicas, for `deployments ls` and the dashboard.
+    let recorded = store.deployments().unplaced().await?;
     for (model, why) in &plan.unplaced {
-        tracing::debug!(model = %model, reason = %why, "replicas not placed");
+        if recorded.get(model).is_none_or(|u| &u.reason != why) {
+            tracing::info!(model = %model, reason = %why, "replicas not placed");
+            let note = Unplaced { model: model.clone(), reason: why.clone(), updated_ms: now_ms() };
+            store.deployments().write_unplaced(&note).await?;
+        }
+    }
+    for model in recorded.keys().filter(|m| !plan.unplaced.contains_key(*m)) {
+        store.deployments().delete_unplaced(model).await?;
     }
     Ok(())
 }

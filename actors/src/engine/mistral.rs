@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use bitinglip_bus_schema::{
-    ChatMessage, ChatParams, EngineKind, FinishReason, TokenLogprob, ToolCall, ToolSpec, TopLogprob,
+    ChatMessage, ChatParams, EngineKind, FinishReason, ModelShape, TokenLogprob, ToolCall, ToolSpec, TopLogprob,
 };
 use bitinglip_config::ModelConfig;
 use either::Either;
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    loading::{device_map, empty_shape, isq, model_shape, spec_of},
     specials::{without_specials, END_TOKENS, TEMPLATE_TOKENS},
     Engine, EngineError, GenerateRequest, Generation, Piece,
 };
@@ -56,6 +57,7 @@ impl MistralEngine {
             cfg.source.clone()
         };
         let cpu = force_cpu || !cfg!(any(feature = "cuda", feature = "metal"));
+        let shape = model_shape(cfg, &source);
         // A sentence-transformers layout (its `modules.json`: transformer, pooling,
         // normalization) is an embedding model.
         let embedding = std::path::Path::new(&source).join("modules.json").is_file();
@@ -63,6 +65,9 @@ impl MistralEngine {
             let mut builder = EmbeddingModelBuilder::new(&source).with_max_num_seqs(cfg.max_sequences as usize);
             if cpu {
                 builder = builder.with_force_cpu();
+            }
+            if let Some(q) = cfg.quantize {
+                builder = builder.with_isq(isq(q));
             }
             builder.build().await
         } else {
@@ -74,13 +79,38 @@ impl MistralEngine {
             if !cfg.is_local() {
                 builder = builder.with_hf_revision(&cfg.revision);
             }
+            if let Some(q) = cfg.quantize {
+                builder = builder.with_isq(isq(q));
+            }
             if cpu {
                 builder = builder.with_force_cpu();
+            } else {
+                // On a GPU the KV cache is reserved up front, as the estimate counts it:
+                // the context of each sequence times the sequences.
+                let context = crate::ops::estimate::context_of(shape.as_ref(), &spec_of(cfg));
+                let tokens = context as usize * cfg.max_sequences as usize;
+                let paged = mistralrs::PagedAttentionMetaBuilder::default()
+                    .with_gpu_memory(mistralrs::MemoryGpuConfig::ContextSize(tokens))
+                    .build()
+                    .map_err(|e| EngineError::Failed(format!("paged attention for {}: {e:#}", cfg.source)))?;
+                builder = builder.with_paged_attn(paged);
+                if let Some((device, mapping)) = device_map(&cfg.gpus, shape.as_ref())? {
+                    builder = builder.with_device(device);
+                    if let Some(mapping) = mapping {
+                        builder = builder.with_device_mapping(mapping);
+                    }
+                }
             }
             builder.build().await
         };
         let model = built.map_err(|e| EngineError::Failed(format!("loading {}: {e:#}", cfg.source)))?;
-        let context_length = model.max_sequence_length().ok().flatten().map(|n| n.min(u32::MAX as usize) as u32);
+        // The context a sequence gets: the model's, cut to the deployment's (at most 8192
+        // tokens unless it says more), as the memory estimate counts it.
+        let model_context = model.max_sequence_length().ok().flatten().map(|n| n.min(u32::MAX as usize) as u32);
+        let context_length = model_context.map(|n| {
+            let served = ModelShape { max_context: Some(n), ..shape.clone().unwrap_or_else(empty_shape) };
+            crate::ops::estimate::context_of(Some(&served), &spec_of(cfg))
+        });
         let mut engine = Self { model, context_length, embedding, ends: Vec::new(), specials: Vec::new() };
         if !embedding {
             // Which of the known special tokens this vocabulary has: each is one token.
@@ -356,7 +386,7 @@ impl Engine for MistralEngine {
                 chat.model
             )));
         }
-        let guide = guided::guide(chat).map_err(EngineError::Invalid)?;
+        let guide = guided::guide(chat).map_err(|e| EngineError::Invalid(e.message))?;
         let tools = engine_tools(&chat.tools)?;
         // mistral.rs reads tool calls out of any answer unless told not to: only a free
         // answer with tools on offer may hold calls it recognizes (a forced call is read

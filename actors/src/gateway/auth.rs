@@ -12,6 +12,8 @@
 //! memory by one watch (no round trip per request; a revocation reaches every gateway as
 //! soon as the bucket's change does), plus `gateway.admin_key` when configured.
 
+use std::sync::Arc;
+
 use axum::{
     extract::{Request, State},
     http::{header, HeaderMap, StatusCode},
@@ -37,6 +39,13 @@ pub(super) struct Auth {
     pub(super) admin_key_sha256: Option<String>,
     /// Requests and streams in progress per key when the key sets none.
     pub(super) max_concurrent_per_key: u32,
+    /// This gateway's requests and streams in progress, per key.
+    pub(super) in_flight: super::in_flight::Counts,
+    /// This gateway's standing refusals of keys over their limits.
+    pub(super) refusals: Arc<super::limits::Refusals>,
+    /// The queues a task manager called full lately (handed to the handlers as an
+    /// extension).
+    pub(super) full: Arc<super::limits::FullQueues>,
 }
 
 /// The scope a path needs; `None` for the open probes.
@@ -72,7 +81,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The middleware: authenticates the key, checks the path's scope, and hands the key to
 /// the handlers as an extension.
-pub(super) async fn require_key(State(auth): State<Auth>, req: Request, next: Next) -> Response {
+pub(super) async fn require_key(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(auth.full.clone());
     let Some(needed) = needs(req.uri().path()) else { return next.run(req).await };
     let Some(secret) = bearer(req.headers()) else {
         return unauthorized("missing API key: send it as `Authorization: Bearer <key>`");
@@ -105,7 +115,11 @@ pub(super) async fn require_key(State(auth): State<Auth>, req: Request, next: Ne
     }
     // Counted from here until the response body ends: a stream for as long as it is open.
     let in_flight = if super::in_flight::applies(req.method(), req.uri().path()) {
-        match super::in_flight::enter(&key.id, key.limits.max_concurrent.unwrap_or(auth.max_concurrent_per_key)) {
+        match super::in_flight::enter(
+            &auth.in_flight,
+            &key.id,
+            key.limits.max_concurrent.unwrap_or(auth.max_concurrent_per_key),
+        ) {
             Ok(held) => Some(held),
             Err(refused) => return refused.into_response(),
         }
@@ -129,7 +143,7 @@ async fn limited(auth: Auth, mut req: Request, next: Next, key: ApiKey) -> Respo
         return next.run(req).await;
     }
     let now = bitinglip_nats::now_ms();
-    if let Some(refused) = super::limits::still_refused(&key_id, &limits, now) {
+    if let Some(refused) = super::limits::still_refused(&auth.refusals, &key_id, &limits, now) {
         return refused;
     }
     let window = match auth.store.counters().count_request(&key_id, now).await {
@@ -139,7 +153,7 @@ async fn limited(auth: Auth, mut req: Request, next: Next, key: ApiKey) -> Respo
     let (headers, refusal) = super::limits::verdict(&limits, &window, now);
     match refusal {
         Some(err) => {
-            super::limits::remember(&key_id, &limits, now, &err, &headers);
+            super::limits::remember(&auth.refusals, &key_id, &limits, now, &err, &headers);
             super::limits::refused(err, headers)
         }
         None => super::limits::with_headers(next.run(req).await, headers),

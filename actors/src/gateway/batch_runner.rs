@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bitinglip_bus_schema::{
-    BatchRecord, BatchStatus, ChatParams, ErrorKind, FileRecord, GetTask, KeyLimits, LineError, Priority, SubmitReply,
+    BatchRecord, BatchStatus, ErrorKind, FileRecord, GetTask, KeyLimits, LineError, Priority, SubmitReply,
     SubmitRequest, TaskId, TaskRecord, TaskState, TaskStatusReply, WireError,
 };
 use bitinglip_nats::store::keys::KeyWatch;
@@ -32,22 +32,12 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    batches, embeddings,
+    batches::{self, Line},
+    embeddings,
     limits::{line_verdict, LineCost, LineVerdict},
     openai,
 };
 use crate::NodeContext;
-
-/// One request of a batch.
-#[derive(Debug, Clone)]
-pub(crate) struct Line {
-    /// The caller's id of the line.
-    pub(crate) custom_id: String,
-    /// The task it runs.
-    pub(crate) chat: ChatParams,
-    /// Embeddings: answer in base64.
-    pub(crate) base64: bool,
-}
 
 /// The most lines of one batch in the queue at once: the rest wait their turn, so one
 /// batch never fills the model's queue.
@@ -62,16 +52,6 @@ const REFUSAL_CHARS: usize = 200;
 
 /// How long a gateway's lease on a batch lasts without renewal.
 const LEASE_MS: u64 = 15_000;
-
-/// The task parameters of one line's `body` for `endpoint`.
-pub(crate) fn params_of(endpoint: &str, body: &Value) -> Result<(ChatParams, bool), openai::ApiError> {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    match endpoint {
-        "/v1/chat/completions" => Ok((openai::parse_request(&bytes)?.into_chat()?, false)),
-        "/v1/completions" => Ok((openai::parse_completion(&bytes)?.into_chat()?, false)),
-        _ => embeddings::params_of(&bytes),
-    }
-}
 
 /// The task that runs line `n` of batch `id`.
 pub(crate) fn task_of(id: &str, n: u32) -> TaskId {
@@ -573,10 +553,5 @@ mod tests {
     fn lines_run_as_tasks_named_after_the_batch() {
         assert_eq!(task_of("batch_01J", 7).as_str(), "batch_01J-7");
         assert_eq!(kind_of("unknown_model"), ErrorKind::UnknownModel);
-        let (chat, base64) =
-            params_of("/v1/embeddings", &json!({"model": "e", "input": ["a"], "encoding_format": "base64"})).unwrap();
-        assert_eq!((chat.input.len(), base64), (1, true));
-        let (chat, _) = params_of("/v1/completions", &json!({"model": "m", "prompt": "p"})).unwrap();
-        assert_eq!(chat.prompt.as_deref(), Some("p"));
     }
 }

@@ -26,7 +26,7 @@ use crate::NodeContext;
 mod input;
 
 use input::multipart;
-pub(super) use input::{page_lines, pages_of, parse_lines, PAGE_LINES};
+pub(super) use input::{page_lines, pages_of, parse_lines, Line, PAGE_LINES};
 
 /// The most bytes of one uploaded file (the whole is held in memory while it is stored).
 const FILE_MAX: usize = 256 * 1024 * 1024;

@@ -3,6 +3,8 @@
 //! model is an embedding model; the vectors come back in OpenAI's list format, as floats
 //! or as base64 of little-endian f32s.
 
+use std::sync::Arc;
+
 use axum::{
     body::Body,
     extract::{Extension, State},
@@ -18,9 +20,9 @@ use tracing::Instrument;
 use utoipa::ToSchema;
 
 use super::{
+    limits::FullQueues,
     openai::{self, ApiError},
-    routes::gather,
-    submit::{admit, gateway_span, read_body, submit_chat},
+    submit::{admit, gateway_span, gather, read_body, submit_chat},
 };
 use crate::NodeContext;
 
@@ -161,11 +163,12 @@ fn base64_of(vector: &[f32]) -> String {
 pub(super) async fn embeddings(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
+    Extension(full): Extension<Arc<FullQueues>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let span = gateway_span("/v1/embeddings", &headers);
-    let result = embed(ctx, &key, headers, body, span.clone()).instrument(span).await;
+    let result = embed(ctx, &key, &full, headers, body, span.clone()).instrument(span).await;
     if let Err(err) = &result {
         crate::metrics::metrics().requests.with_label_values(&["-", err.code()]).inc();
     }
@@ -175,6 +178,7 @@ pub(super) async fn embeddings(
 async fn embed(
     ctx: NodeContext,
     key: &ApiKey,
+    full: &FullQueues,
     headers: HeaderMap,
     body: Body,
     span: tracing::Span,
@@ -183,7 +187,7 @@ async fn embed(
     let _permit = admit(&ctx)?;
     let (params, base64) = params_of(&body)?;
     let model = params.model.clone();
-    let (task_id, watch, _) = submit_chat(&ctx, &headers, key, params, true).await?;
+    let (task_id, watch, _) = submit_chat(&ctx, full, &headers, key, params, true).await?;
     span.record("task.id", task_id.as_str());
     let timeout = ctx.config.gateway.request_timeout;
     let (_, done) = match tokio::time::timeout(timeout, gather(watch)).await {

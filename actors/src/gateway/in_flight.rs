@@ -11,17 +11,16 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, OnceLock},
+    sync::{Arc, Mutex},
 };
 
 use axum::http::Method;
 
 use super::openai::ApiError;
 
-fn counts() -> &'static Mutex<HashMap<String, u32>> {
-    static COUNTS: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
-    COUNTS.get_or_init(Default::default)
-}
+/// This gateway's requests in progress per key (its `Auth` holds them).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Counts(Arc<Mutex<HashMap<String, u32>>>);
 
 /// Whether a request to `path` is counted: the routes that run a task, and event streams.
 pub(super) fn applies(method: &Method, path: &str) -> bool {
@@ -33,11 +32,12 @@ pub(super) fn applies(method: &Method, path: &str) -> bool {
 #[derive(Debug)]
 pub(super) struct InFlight {
     key: String,
+    counts: Counts,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut counts = counts().lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = counts.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -48,8 +48,8 @@ impl Drop for InFlight {
 }
 
 /// Counts a request of `key`, or refuses it when `cap` are in progress already.
-pub(super) fn enter(key: &str, cap: u32) -> Result<InFlight, ApiError> {
-    let mut counts = counts().lock().unwrap_or_else(|e| e.into_inner());
+pub(super) fn enter(all: &Counts, key: &str, cap: u32) -> Result<InFlight, ApiError> {
+    let mut counts = all.0.lock().unwrap_or_else(|e| e.into_inner());
     let n = counts.entry(key.to_string()).or_insert(0);
     if *n >= cap {
         return Err(ApiError::new(
@@ -61,7 +61,7 @@ pub(super) fn enter(key: &str, cap: u32) -> Result<InFlight, ApiError> {
         .with_retry_after(1));
     }
     *n += 1;
-    Ok(InFlight { key: key.to_string() })
+    Ok(InFlight { key: key.to_string(), counts: all.clone() })
 }
 
 #[cfg(test)]
@@ -70,13 +70,16 @@ mod tests {
 
     #[test]
     fn a_key_has_at_most_its_cap_in_progress_and_a_finished_one_frees_its_place() {
-        let a = enter("in-flight-test", 2).unwrap();
-        let _b = enter("in-flight-test", 2).unwrap();
-        let refused = enter("in-flight-test", 2).unwrap_err();
+        let counts = Counts::default();
+        let a = enter(&counts, "in-flight-test", 2).unwrap();
+        let _b = enter(&counts, "in-flight-test", 2).unwrap();
+        let refused = enter(&counts, "in-flight-test", 2).unwrap_err();
         assert_eq!(axum::response::IntoResponse::into_response(refused).status(), 429);
-        assert!(enter("in-flight-other", 2).is_ok(), "another key is not affected");
+        assert!(enter(&counts, "in-flight-other", 2).is_ok(), "another key is not affected");
         drop(a);
-        assert!(enter("in-flight-test", 2).is_ok());
+        assert!(enter(&counts, "in-flight-test", 2).is_ok());
+        // Another gateway's counts are its own.
+        assert!(enter(&Counts::default(), "in-flight-test", 1).is_ok());
     }
 
     #[test]

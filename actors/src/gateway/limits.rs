@@ -13,11 +13,6 @@
 //! Tokens are counted when a task finishes, so a burst of long answers can overshoot a
 //! token limit by what was in flight; the next request is refused.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, OnceLock},
-};
-
 use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -120,39 +115,56 @@ pub(super) fn line_verdict(limits: &KeyLimits, w: &Window, cost: LineCost) -> Li
 }
 
 /// A key's refusal while it stands: until when, under which limits, and the answer.
-struct Standing {
+#[derive(Clone)]
+pub(super) struct Standing {
     until_ms: u64,
     limits: KeyLimits,
     refusal: ApiError,
     headers: HeaderMap,
 }
 
-fn standing() -> &'static Mutex<HashMap<String, Standing>> {
-    static STANDING: OnceLock<Mutex<HashMap<String, Standing>>> = OnceLock::new();
-    STANDING.get_or_init(Mutex::default)
-}
+/// This gateway's standing refusals, by key id (its `Auth` holds them): bounded by the
+/// keys that exist, one entry each at most, gone when it lapses.
+pub(super) type Refusals = crate::timed::Remembered<String, Standing>;
 
 /// Remembers that `key_id` (with `limits`) was refused at `now_ms` with `refusal`, whose
 /// `Retry-After` says when its window ends.
-pub(super) fn remember(key_id: &str, limits: &KeyLimits, now_ms: u64, refusal: &ApiError, headers: &HeaderMap) {
+pub(super) fn remember(
+    refusals: &Refusals,
+    key_id: &str,
+    limits: &KeyLimits,
+    now_ms: u64,
+    refusal: &ApiError,
+    headers: &HeaderMap,
+) {
     // Retry-After is whole seconds up to the window's end (a minute's, or midnight UTC),
     // both on whole seconds: from the start of this second it is the end exactly.
     let until_ms = now_ms - now_ms % 1000 + refusal.retry_after().unwrap_or(1) * 1000;
-    if let Ok(mut s) = standing().lock() {
-        // Bounded by the keys that exist: one entry each at most, gone when it lapses.
-        s.retain(|_, st| st.until_ms > now_ms);
-        let (refusal, headers) = (refusal.clone(), headers.clone());
-        s.insert(key_id.to_string(), Standing { until_ms, limits: *limits, refusal, headers });
-    }
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(until_ms.saturating_sub(now_ms));
+    let (refusal, headers) = (refusal.clone(), headers.clone());
+    refusals.remember_until(key_id.to_string(), Standing { until_ms, limits: *limits, refusal, headers }, until);
 }
 
 /// The refusal `key_id` still stands under at `now_ms`, with the same limits (a key whose
 /// limits changed is counted again), its `Retry-After` brought up to date.
-pub(super) fn still_refused(key_id: &str, limits: &KeyLimits, now_ms: u64) -> Option<Response> {
-    let s = standing().lock().ok()?;
-    let st = s.get(key_id).filter(|st| st.until_ms > now_ms && st.limits == *limits)?;
+pub(super) fn still_refused(refusals: &Refusals, key_id: &str, limits: &KeyLimits, now_ms: u64) -> Option<Response> {
+    let st = refusals.get(&key_id.to_string()).filter(|st| st.until_ms > now_ms && st.limits == *limits)?;
     let left = (st.until_ms - now_ms).div_ceil(1000).max(1);
-    Some(refused(st.refusal.clone().with_retry_after(left), st.headers.clone()))
+    Some(refused(st.refusal.with_retry_after(left), st.headers))
+}
+
+/// How long a queue a task manager called full is refused by this gateway on its own.
+/// Short: a task finishing frees a place, and the next request after this asks again.
+const FULL_REMEMBERED: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The queues a task manager called full lately, by model and class (this gateway's
+/// `Auth` holds them).
+pub(super) type FullQueues =
+    crate::timed::Remembered<(String, bitinglip_bus_schema::Priority), bitinglip_bus_schema::WireError>;
+
+/// A gateway's memory of full queues, each for [`FULL_REMEMBERED`].
+pub(super) fn full_queues() -> FullQueues {
+    FullQueues::new(FULL_REMEMBERED)
 }
 
 /// Adds `headers` to `resp`.

@@ -3,7 +3,7 @@
 //! like a chat completion; its answer and the conversation it closes are stored (owned by
 //! the key) so that `previous_response_id` continues it from any gateway.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, sync::Arc};
 
 use axum::{
     body::Body,
@@ -23,9 +23,9 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::{
+    limits::FullQueues,
     openai::{self, ApiError, Path, ToolMode},
-    routes::gather,
-    submit::{admit, gateway_span, read_body, submit_chat},
+    submit::{admit, gateway_span, gather, read_body, submit_chat},
 };
 use crate::NodeContext;
 
@@ -169,11 +169,12 @@ async fn keep(
 pub(super) async fn create(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
+    Extension(full): Extension<Arc<FullQueues>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let span = gateway_span("/v1/responses", &headers);
-    let result = respond(ctx, key, headers, body, span.clone()).instrument(span).await;
+    let result = respond(ctx, key, full, headers, body, span.clone()).instrument(span).await;
     if let Err(err) = &result {
         crate::metrics::metrics().requests.with_label_values(&["-", err.code()]).inc();
     }
@@ -183,6 +184,7 @@ pub(super) async fn create(
 async fn respond(
     ctx: NodeContext,
     key: ApiKey,
+    full: Arc<FullQueues>,
     headers: HeaderMap,
     body: Body,
     span: tracing::Span,
@@ -193,7 +195,7 @@ async fn respond(
     let prepared = prepare(&ctx, &key, request).await?;
     let mode = ToolMode::of(&prepared.chat);
     let model = prepared.chat.model.clone();
-    let (task_id, watch, duplicate) = submit_chat(&ctx, &headers, &key, prepared.chat.clone(), true).await?;
+    let (task_id, watch, duplicate) = submit_chat(&ctx, &full, &headers, &key, prepared.chat.clone(), true).await?;
     span.record("task.id", task_id.as_str());
     let ids = Ids::new(task_id.as_str());
     let created = bitinglip_nats::now_ms() / 1000;

@@ -3,6 +3,8 @@
 //! description together, so the document cannot list a route the router lacks or miss one
 //! it has.
 
+use std::sync::Arc;
+
 use axum::{
     body::Body,
     extract::{Extension, Request, State},
@@ -21,14 +23,16 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{
     admin, api,
     auth::{require_key, Auth},
-    batches, embeddings, keys, live,
+    batches, embeddings, keys,
+    limits::FullQueues,
+    live,
     openai::{self, ApiError, ModelObject, ModelObjectList, ToolMode},
     responses,
-    submit::{admit, gateway_span, read_body, submit_chat},
+    submit::{admit, gateway_span, gather, read_body, submit_chat},
     tasks,
 };
 use crate::NodeContext;
-use bitinglip_client::{CancelOnDrop, Relayed, TaskWatch};
+use bitinglip_client::CancelOnDrop;
 
 mod stream;
 
@@ -149,10 +153,11 @@ pub(super) async fn models(
 pub(super) async fn chat_completions(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
+    Extension(full): Extension<Arc<FullQueues>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    generation(ctx, key, headers, body, Api::Chat).await
+    generation(ctx, key, full, headers, body, Api::Chat).await
 }
 
 /// A legacy text completion of a raw prompt (no chat template), whole or streamed.
@@ -173,10 +178,11 @@ pub(super) async fn chat_completions(
 pub(super) async fn completions(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
+    Extension(full): Extension<Arc<FullQueues>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    generation(ctx, key, headers, body, Api::Text).await
+    generation(ctx, key, full, headers, body, Api::Text).await
 }
 
 /// Which OpenAI API a generation answers in.
@@ -200,6 +206,7 @@ impl Api {
 async fn generation(
     ctx: NodeContext,
     key: ApiKey,
+    full: Arc<FullQueues>,
     headers: HeaderMap,
     body: Body,
     api: Api,
@@ -207,7 +214,7 @@ async fn generation(
     let span = gateway_span(api.route(), &headers);
     let mut model = None;
     let nodes = ctx.nodes.clone();
-    let result = generate(ctx, &key, headers, body, span.clone(), &mut model, api).instrument(span).await;
+    let result = generate(ctx, &key, &full, headers, body, span.clone(), &mut model, api).instrument(span).await;
     if let Err(err) = &result {
         // A model no node serves is not a series of its own, whatever the error.
         let label = crate::metrics::model_label(&nodes, model.as_deref());
@@ -229,9 +236,11 @@ struct Shape {
     task_id: String,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn generate(
     ctx: NodeContext,
     key: &ApiKey,
+    full: &FullQueues,
     headers: HeaderMap,
     body: Body,
     span: tracing::Span,
@@ -260,7 +269,8 @@ async fn generate(
     *model_seen = Some(model.clone());
     let mode = ToolMode::of(&chat);
     let logprobs = chat.logprobs.is_some();
-    let (task_id, watch, duplicate) = submit_chat(&ctx, &headers, key, chat, wait_for_model.unwrap_or(true)).await?;
+    let (task_id, watch, duplicate) =
+        submit_chat(&ctx, full, &headers, key, chat, wait_for_model.unwrap_or(true)).await?;
     span.record("task.id", task_id.as_str());
     let relay = tracing::info_span!(parent: &span, "relay", task.id = %task_id, gen_ai.response.finish_reasons = tracing::field::Empty);
     let mut cancel = CancelOnDrop::new(&ctx.bus, Some(&key.id), &task_id);
@@ -318,19 +328,6 @@ async fn generate(
     };
     resp.headers_mut().insert("x-task-id", task_id.as_str().parse().expect("task ids are valid header values"));
     Ok(resp)
-}
-
-pub(super) async fn gather(mut watch: TaskWatch) -> Result<(String, bitinglip_bus_schema::TaskCompleted), WireError> {
-    let mut text = String::new();
-    while let Some(r) = watch.next().await {
-        match r {
-            Relayed::Text { text: t, .. } => text.push_str(&t),
-            Relayed::Started { .. } => {}
-            Relayed::Done(done) => return Ok((text, done)),
-            Relayed::Failed(err) => return Err(err),
-        }
-    }
-    Err(WireError::new(ErrorKind::Internal, "event stream ended without a result"))
 }
 
 /// A `data:` event holding `v` as JSON.

@@ -7,7 +7,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use bitinglip_bus_schema::{ApiKey, ErrorKind, Priority, SubmitReply, SubmitRequest, TaskId, WireError};
-use bitinglip_client::TaskWatch;
+use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_nats::trace::TraceParent;
 use std::time::{Duration, Instant};
 
@@ -117,6 +117,7 @@ pub(super) fn gateway_span(route: &'static str, headers: &HeaderMap) -> tracing:
 /// first chunk can be missed; returns the watch and whether it was a retry.
 pub(super) async fn submit_chat(
     ctx: &NodeContext,
+    full: &super::limits::FullQueues,
     headers: &HeaderMap,
     key: &ApiKey,
     chat: bitinglip_bus_schema::ChatParams,
@@ -142,8 +143,8 @@ pub(super) async fn submit_chat(
             .is_some_and(|v| v.eq_ignore_ascii_case("false"));
     // A queue a task manager just called full is refused here, without a subscription
     // or a round trip (a flood costs the task managers one submit per queue per
-    // FULL_REMEMBERED, not one per request).
-    if let Some(err) = still_full(&chat.model, priority) {
+    // `limits::FULL_REMEMBERED`, not one per request).
+    if let Some(err) = full.get(&(chat.model.clone(), priority)) {
         return Err(err.into());
     }
     // The task belongs to the key; its idempotency key is scoped to it.
@@ -192,35 +193,25 @@ pub(super) async fn submit_chat(
         }
         SubmitReply::Rejected(err) => {
             if err.kind == ErrorKind::Overloaded {
-                remember_full(&submit.chat.model, submit.priority, &err);
+                full.remember((submit.chat.model.clone(), submit.priority), err.clone());
             }
             Err(err.into())
         }
     }
 }
 
-/// How long a queue a task manager called full is refused by this gateway on its own.
-/// Short: a task finishing frees a place, and the next request after this asks again.
-const FULL_REMEMBERED: Duration = Duration::from_millis(50);
-
-type FullQueues = std::sync::Mutex<std::collections::HashMap<(String, Priority), (Instant, WireError)>>;
-
-fn full_queues() -> &'static FullQueues {
-    static FULL: std::sync::OnceLock<FullQueues> = std::sync::OnceLock::new();
-    FULL.get_or_init(FullQueues::default)
-}
-
-fn remember_full(model: &str, priority: Priority, err: &WireError) {
-    if let Ok(mut full) = full_queues().lock() {
-        // Bounded: what lapsed goes whenever another is remembered.
-        full.retain(|_, (at, _)| at.elapsed() < FULL_REMEMBERED);
-        full.insert((model.to_string(), priority), (Instant::now(), err.clone()));
+/// The answer of a task followed to its end: its text and its result.
+pub(super) async fn gather(mut watch: TaskWatch) -> Result<(String, bitinglip_bus_schema::TaskCompleted), WireError> {
+    let mut text = String::new();
+    while let Some(r) = watch.next().await {
+        match r {
+            Relayed::Text { text: t, .. } => text.push_str(&t),
+            Relayed::Started { .. } => {}
+            Relayed::Done(done) => return Ok((text, done)),
+            Relayed::Failed(err) => return Err(err),
+        }
     }
-}
-
-fn still_full(model: &str, priority: Priority) -> Option<WireError> {
-    let full = full_queues().lock().ok()?;
-    full.get(&(model.to_string(), priority)).filter(|(at, _)| at.elapsed() < FULL_REMEMBERED).map(|(_, e)| e.clone())
+    Err(WireError::new(ErrorKind::Internal, "event stream ended without a result"))
 }
 
 /// How long a submit waits for the bus to heal at most: a server cut off from a cluster

@@ -1,6 +1,6 @@
 //! The task API: submit now, read the result or the events later, from any gateway.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, sync::Arc};
 
 use axum::{
     body::Body,
@@ -22,6 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{
     auth::sees,
+    limits::FullQueues,
     openai::{self, ApiError, Path, Query},
     submit::{admit, read_body, submit_chat},
 };
@@ -197,6 +198,7 @@ async fn read(ctx: &NodeContext, key: &ApiKey, id: &TaskId) -> Result<TaskRecord
 pub(super) async fn submit(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
+    Extension(full): Extension<Arc<FullQueues>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -204,10 +206,16 @@ pub(super) async fn submit(
     let caller =
         headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(bitinglip_nats::trace::TraceParent::parse);
     bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
-    tracing::Instrument::instrument(submit_task(ctx, key, headers, body), span).await
+    tracing::Instrument::instrument(submit_task(ctx, key, full, headers, body), span).await
 }
 
-async fn submit_task(ctx: NodeContext, key: ApiKey, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn submit_task(
+    ctx: NodeContext,
+    key: ApiKey,
+    full: Arc<FullQueues>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     // The body first: a slow client spends its own time, not one of the request slots.
     let body = read_body(&ctx, &headers, body).await?;
     let _permit = admit(&ctx)?;
@@ -215,7 +223,7 @@ async fn submit_task(ctx: NodeContext, key: ApiKey, headers: HeaderMap, body: Bo
     let wait_for_model = request.sampling.wait_for_model.unwrap_or(true);
     let chat = request.into_chat()?;
     let model = chat.model.clone();
-    let (task_id, _watch, duplicate) = submit_chat(&ctx, &headers, &key, chat, wait_for_model).await?;
+    let (task_id, _watch, duplicate) = submit_chat(&ctx, &full, &headers, &key, chat, wait_for_model).await?;
     let body = TaskAccepted {
         id: task_id.as_str().to_string(),
         object: "task",

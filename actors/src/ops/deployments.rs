@@ -5,7 +5,7 @@
 
 use bitinglip_bus_schema::{
     Deployment, DeploymentStatus, EngineKind, ErrorKind, ModelSource, ModelSpec, NodeHeartbeat, NodePlacement,
-    SetDeployment, WireError,
+    ReplicaPlace, SetDeployment, WireError,
 };
 use bitinglip_nats::Store;
 
@@ -30,6 +30,9 @@ fn check_spec(spec: &ModelSpec) -> Result<(), WireError> {
     let most = bitinglip_bus_schema::MAX_SEQUENCES;
     if let Some(n) = spec.max_sequences.filter(|n| !(1..=most).contains(n)) {
         return invalid(format!("`spec.max_sequences` is {n}; use 1 to {most}"));
+    }
+    if spec.context_length == Some(0) {
+        return invalid("`spec.context_length` is 0; give the tokens each sequence may hold (1 or more)".into());
     }
     if let Some(t) = spec.echo_tokens_per_sec {
         if !(t >= 0.0 && t.is_finite()) {
@@ -82,6 +85,8 @@ pub async fn seed(store: &Store, d: &bitinglip_config::DeploymentConfig) -> Resu
             engine: d.engine,
             max_sequences: Some(d.max_sequences),
             echo_tokens_per_sec: Some(d.echo_tokens_per_sec),
+            context_length: d.context_length,
+            quantize: d.quantize,
         },
         replicas: d.replicas,
         constraints: bitinglip_bus_schema::Constraints { min_memory: d.min_memory, device: d.device.clone() },
@@ -120,6 +125,8 @@ pub async fn ensure_loaded(store: &Store, model: &str, replicas: u32) -> Result<
                     engine: record.engine,
                     max_sequences: None,
                     echo_tokens_per_sec: None,
+                    context_length: None,
+                    quantize: None,
                 },
                 replicas,
                 constraints: Default::default(),
@@ -150,12 +157,21 @@ pub async fn scale(store: &Store, model: &str, replicas: u32) -> Result<Deployme
     .ok_or_else(|| WireError::new(ErrorKind::Internal, "deployment not written"))
 }
 
-/// Every deployment with the nodes it is placed on and the nodes serving it now.
+/// Every deployment with where its replicas are, what one is estimated to take, and why
+/// any are missing.
 pub async fn statuses(store: &Store) -> Result<Vec<DeploymentStatus>, WireError> {
     let deployments = store.deployments().list().await?;
     let placements = store.deployments().placements().await?;
+    let mut unplaced = store.deployments().unplaced().await?;
     let nodes = store.nodes().live().await?;
-    Ok(deployments.into_iter().map(|d| status(d, placements.values(), &nodes)).collect())
+    let mut all = Vec::with_capacity(deployments.len());
+    for d in deployments {
+        let record = store.models().get(&d.model).await?;
+        let (_, estimate) = super::estimate::for_deployment(&d, record.as_ref());
+        let why = unplaced.remove(&d.model).map(|u| u.reason);
+        all.push(DeploymentStatus { estimate, unplaced: why, ..status(d, placements.values(), &nodes) });
+    }
+    Ok(all)
 }
 
 /// One deployment's status from the placements and the live nodes (pure).
@@ -164,10 +180,18 @@ fn status<'a>(
     placements: impl Iterator<Item = &'a NodePlacement>,
     nodes: &[NodeHeartbeat],
 ) -> DeploymentStatus {
-    let placed =
-        placements.filter(|p| p.replicas.iter().any(|r| r.model == deployment.model)).map(|p| p.node.clone()).collect();
+    let mut placed = Vec::new();
+    let mut replicas = Vec::new();
+    for p in placements {
+        for r in p.replicas.iter().filter(|r| r.model == deployment.model) {
+            if !placed.contains(&p.node) {
+                placed.push(p.node.clone());
+            }
+            replicas.push(ReplicaPlace { node: p.node.clone(), gpus: r.gpus.clone(), memory: r.memory });
+        }
+    }
     let serving = nodes.iter().filter(|n| n.serves(&deployment.model)).map(|n| n.node_id.clone()).collect();
-    DeploymentStatus { deployment, placed, serving }
+    DeploymentStatus { deployment, placed, serving, replicas, estimate: None, unplaced: None }
 }
 
 #[cfg(test)]
@@ -181,6 +205,8 @@ mod tests {
             engine: EngineKind::Echo,
             max_sequences,
             echo_tokens_per_sec: None,
+            context_length: None,
+            quantize: None,
         }
     }
 

@@ -1,10 +1,10 @@
 //! Model bookkeeping that several actors share: memory estimates from files, merging a
 //! registration into the registry's record, and the worker config of a placed replica.
 
-use bitinglip_bus_schema::{ModelRecord, ModelSource, Replica};
+use bitinglip_bus_schema::{ModelRecord, ModelShape, ModelSource, Replica};
 use bitinglip_config::ModelConfig;
 
-/// Memory one replica needs, estimated from its files (name, bytes): the weights plus a
+/// Memory one replica needs when only its files' sizes are known: the weights plus a
 /// fifth for the KV cache and activations.
 pub fn estimate_memory<'a>(files: impl IntoIterator<Item = (&'a str, u64)>) -> u64 {
     let weights: u64 = files
@@ -15,14 +15,30 @@ pub fn estimate_memory<'a>(files: impl IntoIterator<Item = (&'a str, u64)>) -> u
     weights + weights / 5
 }
 
-/// The same, for a model folder on this node.
-pub fn estimate_folder_memory(dir: &std::path::Path) -> Option<u64> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    let files: Vec<(String, u64)> = entries
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
-        .collect();
-    Some(estimate_memory(files.iter().map(|(n, s)| (n.as_str(), *s))))
+/// A model folder's shape and the estimate of one replica with the default spec (its
+/// context up to 8192 tokens, 4 sequences): what a registration records.
+pub fn folder_estimate(dir: &std::path::Path) -> (Option<ModelShape>, Option<u64>) {
+    let shape = super::estimate::read_shape(dir);
+    let memory = match &shape {
+        Some(shape) => Some(super::estimate::estimate(shape, &default_spec()).total),
+        None => {
+            let files = folder_files(dir);
+            Some(estimate_memory(files.iter().map(|f| (f.name.as_str(), f.size))))
+        }
+    };
+    (shape, memory)
+}
+
+fn default_spec() -> bitinglip_bus_schema::ModelSpec {
+    bitinglip_bus_schema::ModelSpec {
+        source: String::new(),
+        revision: None,
+        engine: Default::default(),
+        max_sequences: None,
+        echo_tokens_per_sec: None,
+        context_length: None,
+        quantize: None,
+    }
 }
 
 /// The files of a model folder (names relative to it, `/`-separated, sorted; sizes; no
@@ -62,6 +78,7 @@ pub fn merge_registration(mut record: ModelRecord, existing: Option<ModelRecord>
             }
             record.revision_sha = record.revision_sha.or(existing.revision_sha);
             record.estimated_memory = record.estimated_memory.or(existing.estimated_memory);
+            record.shape = record.shape.or(existing.shape);
             if is_pull {
                 // A pull keeps the engine a worker recorded.
                 record.engine = existing.engine;
@@ -97,6 +114,9 @@ pub fn replica_config(r: &Replica) -> ModelConfig {
             .unwrap_or(defaults.max_sequences)
             .clamp(1, bitinglip_bus_schema::MAX_SEQUENCES),
         echo_tokens_per_sec: r.spec.echo_tokens_per_sec.unwrap_or(defaults.echo_tokens_per_sec),
+        context_length: r.spec.context_length,
+        quantize: r.spec.quantize,
+        gpus: r.gpus.clone(),
     }
 }
 
@@ -115,6 +135,7 @@ mod tests {
             files,
             estimated_memory: None,
             engine,
+            shape: None,
             created_ms: 0,
             updated_ms: 0,
         }

@@ -133,8 +133,8 @@ fn generation(chat: &bitinglip_bus_schema::ChatParams) -> Result<(), WireError> 
         }
     }
     // A grammar that cannot compile is refused here, not by a worker after the queue.
-    let guide = crate::guided::guide(chat).map_err(invalid)?;
-    crate::guided::compile_check(&guide).map_err(invalid)
+    let guide = crate::guided::guide(chat)?;
+    crate::guided::compile_check(&guide)
 }
 
 #[cfg(test)]

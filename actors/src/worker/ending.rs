@@ -48,7 +48,7 @@ pub(super) enum Ending {
     /// The engine failed and attempts are left: nak with a delay.
     Retry,
     /// Write `record` (fenced), publish `event`, then ack with `ack`.
-    Finish { record: Box<TaskRecord>, event: Box<TaskEvent>, ack: FinalAck, outcome: &'static str },
+    Finish { record: Box<TaskRecord>, event: Box<TaskEvent>, ack: FinalAck, outcome: TaskState },
 }
 
 /// The ack that ends a finished attempt.
@@ -87,7 +87,7 @@ pub(super) fn ending(
             record: Box::new(r),
             event: Box::new(event),
             ack,
-            outcome: if cancelled { "cancelled" } else { "failed" },
+            outcome: if cancelled { TaskState::Cancelled } else { TaskState::Failed },
         }
     };
     match &generated.result {
@@ -144,7 +144,7 @@ pub(super) fn ending(
                 record: Box::new(r),
                 event: Box::new(TaskEvent::Completed(completed)),
                 ack: FinalAck::Ack,
-                outcome: "completed",
+                outcome: TaskState::Completed,
             }
         }
         Err(err @ (EngineError::Invalid(_) | EngineError::ContextLength(_))) => {
@@ -194,7 +194,7 @@ mod tests {
         Ok(Generation::ended(finish_reason, 3, 2))
     }
 
-    fn finished(e: Ending) -> (TaskRecord, TaskEvent, FinalAck, &'static str) {
+    fn finished(e: Ending) -> (TaskRecord, TaskEvent, FinalAck, TaskState) {
         match e {
             Ending::Finish { record, event, ack, outcome } => (*record, *event, ack, outcome),
             other => panic!("expected a finish, got {other:?}"),
@@ -213,7 +213,7 @@ mod tests {
             Some(Usage::default()),
             None,
         ));
-        assert_eq!((r.state, ack, outcome), (TaskState::Completed, FinalAck::Ack, "completed"));
+        assert_eq!((r.state, ack, outcome), (TaskState::Completed, FinalAck::Ack, TaskState::Completed));
         let TaskEvent::Completed(c) = event else { panic!("a completed event") };
         assert_eq!((c.text.as_str(), c.chunks, c.attempt), ("ab", 2, 1));
         assert_eq!(r.result, Some(c));
@@ -233,7 +233,7 @@ mod tests {
         ));
         assert_eq!(
             (r.state, ack, outcome, r.cancel_to_stop_ms),
-            (TaskState::Cancelled, FinalAck::Ack, "cancelled", Some(12.0))
+            (TaskState::Cancelled, FinalAck::Ack, TaskState::Cancelled, Some(12.0))
         );
         assert_eq!(r.error.unwrap().kind, ErrorKind::Cancelled);
     }

@@ -92,7 +92,7 @@ pub(super) async fn finish(
     // answer's text).
     let owner = record.owner.clone();
     match ctx.store.tasks().finish(*record, revision).await {
-        Ok(true) => metrics().tasks.with_label_values(&[model, outcome]).inc(),
+        Ok(true) => metrics().tasks.with_label_values(&[model, outcome.as_str()]).inc(),
         Ok(false) => {
             tracing::info!("a newer attempt owns the task; result dropped");
             return;

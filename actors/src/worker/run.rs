@@ -19,7 +19,7 @@ use std::{
 };
 
 use async_nats::jetstream::{self, AckKind};
-use bitinglip_bus_schema::{TaskEvent, TaskId, TaskRecord, TaskSpec, TaskStarted, TokenChunk, Usage};
+use bitinglip_bus_schema::{TaskEvent, TaskId, TaskRecord, TaskSpec, TaskStarted, TaskState, TokenChunk, Usage};
 use bitinglip_client::{prefix_of, Prefix};
 use bitinglip_nats::{
     now_ms,
@@ -228,7 +228,7 @@ async fn run_claimed(
             nak(&msg, Some(Duration::from_secs(1))).await;
         }
         Ending::Finish { outcome, .. } => {
-            if *outcome == "cancelled" {
+            if *outcome == TaskState::Cancelled {
                 tracing::info!(cancel_to_stop_ms = ?stop_ms, "cancelled");
                 metrics().cancels.with_label_values(&[&model]).inc();
                 if let Some(ms) = stop_ms {

@@ -29,6 +29,9 @@ pub struct WorkerInfo {
     /// `worker.models`).
     #[serde(default)]
     pub placed: bool,
+    /// The GPUs (CUDA ordinals) it runs on; empty on the CPU.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
 }
 
 /// A task a worker is generating.
@@ -166,6 +169,7 @@ mod tests {
             }],
             last_used_ms: 9,
             placed: true,
+            gpus: vec![0],
         };
         pin(
             worker.clone(),
@@ -179,6 +183,7 @@ mod tests {
                 "running",
                 "last_used_ms",
                 "placed",
+                "gpus",
             ],
         );
         pin(worker.running[0].clone(), &["task_id", "attempt", "ack_subject"]);

@@ -42,10 +42,45 @@ pub struct ModelRecord {
     /// The engine that serves it (what an on-demand load uses).
     #[serde(default)]
     pub engine: crate::EngineKind,
+    /// Its shape, read from `config.json` and the weights' headers: what memory
+    /// estimates are computed from.
+    #[serde(default)]
+    pub shape: Option<ModelShape>,
     /// First registered, ms since the epoch.
     pub created_ms: u64,
     /// Last registration, ms since the epoch.
     pub updated_ms: u64,
+}
+
+/// What memory estimates need of a model, read from its files once (by the node that
+/// pulled it, or the worker that loaded its folder).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModelShape {
+    /// Parameters in all.
+    pub params: u64,
+    /// Of them, those in the weight matrices of linear layers (what quantization packs;
+    /// embeddings and norms stay in the model's dtype).
+    pub linear_params: u64,
+    /// Transformer layers.
+    pub layers: u32,
+    /// Key/value heads per layer.
+    pub kv_heads: u32,
+    /// Size of one head.
+    pub head_dim: u32,
+    /// Hidden size.
+    pub hidden: u32,
+    /// MLP width.
+    pub intermediate: u32,
+    /// Attention heads.
+    pub heads: u32,
+    /// Vocabulary size.
+    pub vocab: u32,
+    /// Longest sequence the model takes (`max_position_embeddings`), when its config says.
+    #[serde(default)]
+    pub max_context: Option<u32>,
+    /// The dtype of the weights in the files (`bf16`, `f32`, …).
+    pub file_dtype: String,
 }
 
 /// Where a model is on one node.
@@ -265,6 +300,7 @@ mod tests {
             files: vec![ModelFile { name: "config.json".into(), size: 10, sha256: None }],
             estimated_memory: Some(12),
             engine: crate::EngineKind::Mistralrs,
+            shape: None,
             created_ms: 1,
             updated_ms: 2,
         }
@@ -282,6 +318,7 @@ mod tests {
                 "files",
                 "estimated_memory",
                 "engine",
+                "shape",
                 "created_ms",
                 "updated_ms",
             ],
@@ -299,6 +336,7 @@ mod tests {
                 "files",
                 "estimated_memory",
                 "engine",
+                "shape",
                 "created_ms",
                 "updated_ms",
             ],

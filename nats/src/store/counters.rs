@@ -7,8 +7,9 @@
 //!   each minute, for `rpm` and `tpm` limits across every gateway.
 //! - Usage (stream `…_USAGE`, on disk, 400 days): requests, prompt and completion tokens of
 //!   each key and model per day (UTC), and each key's tokens per day (for `tokens_per_day`).
-//!   Workers add a finished task's usage with message ids derived from the task, so adding
-//!   it again (a redelivery after a crash) is deduplicated.
+//!   A task manager adds a finished task's usage (workers ask it, `task.usage`), with
+//!   message ids derived from the task, so adding it again (a redelivery after a crash)
+//!   is deduplicated.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
-//! Deployments (`deploy.<model>`) and placements (`place.<node>`) in the deployments
-//! bucket. Every deployment write is a compare-and-swap, so concurrent writers (two task
+//! Deployments (`deploy.<model>`), placements (`place.<node>`) and why a deployment is
+//! short of replicas (`unplaced.<model>`) in the deployments bucket. Every deployment write is a compare-and-swap, so concurrent writers (two task
 //! managers loading the same model on demand, a CLI and the leader) never lose each
 //! other's change. Placements are written by the leader only, and followed by the node
 //! they name.
@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use async_nats::jetstream::kv;
-use bitinglip_bus_schema::{encode_token, Deployment, NodePlacement, Replica};
+use bitinglip_bus_schema::{encode_token, Deployment, NodePlacement, Replica, Unplaced};
 use futures::StreamExt;
 
 use super::{Bucket, Step, Store, StoreError};
@@ -27,8 +27,9 @@ impl Store {
 
 const DEPLOY: &str = "deploy.";
 const PLACE: &str = "place.";
+const UNPLACED: &str = "unplaced.";
 
-/// The key of a model's deployment (documented in the README: outside readers use it).
+/// The key of a model's deployment (documented in `docs/NATS-API.md`: outside readers use it).
 pub fn deployment_key(model: &str) -> String {
     format!("{DEPLOY}{}", encode_token(model))
 }
@@ -107,6 +108,27 @@ impl Deployments<'_> {
     /// Removes a node's placement (the node is gone).
     pub async fn delete_placement(&self, node: &str) -> Result<(), StoreError> {
         self.bucket.delete(&placement_key(node)).await
+    }
+
+    /// Why deployments are short of replicas, by model id.
+    pub async fn unplaced(&self) -> Result<BTreeMap<String, Unplaced>, StoreError> {
+        Ok(self
+            .bucket
+            .scan::<Unplaced>(|k| k.starts_with(UNPLACED))
+            .await?
+            .into_values()
+            .map(|u| (u.model.clone(), u))
+            .collect())
+    }
+
+    /// Records why a deployment is short of replicas (the leader only).
+    pub async fn write_unplaced(&self, unplaced: &Unplaced) -> Result<(), StoreError> {
+        self.bucket.put(&format!("{UNPLACED}{}", encode_token(&unplaced.model)), unplaced).await.map(drop)
+    }
+
+    /// Forgets why a deployment was short (it is not any more, or it is gone).
+    pub async fn delete_unplaced(&self, model: &str) -> Result<(), StoreError> {
+        self.bucket.delete(&format!("{UNPLACED}{}", encode_token(model))).await
     }
 
     /// Follows `node`'s placement, its current value first: `placed` gets the replicas

@@ -170,6 +170,8 @@ pub(crate) async fn deploy_echo(
             engine: EngineKind::Echo,
             max_sequences: Some(slots),
             echo_tokens_per_sec: Some(tokens_per_sec),
+            context_length: None,
+            quantize: None,
         },
         replicas,
         constraints: Constraints::default(),

@@ -17,7 +17,7 @@ use super::platform::{chat, nats_request};
 pub(crate) const PROMPT: &str = "Write a long story about a lighthouse keeper and the sea.";
 
 /// One measurement: streams at once, tokens generated in all, wall time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct StreamRun {
     /// Concurrent streams.
     pub(crate) streams: usize,
@@ -25,9 +25,18 @@ pub(crate) struct StreamRun {
     pub(crate) tokens: u64,
     /// From the first submit to the last completion, in seconds.
     pub(crate) secs: f64,
+    /// Each stream's time from its submit to its first token, in seconds.
+    pub(crate) first: Vec<f64>,
 }
 
 impl StreamRun {
+    /// The median time to the first token, in milliseconds.
+    pub(crate) fn first_p50_ms(&self) -> f64 {
+        let mut v = self.first.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).map_or(0.0, |s| s * 1000.0)
+    }
+
     /// Tokens per second, all streams together.
     pub(crate) fn tokens_per_sec(&self) -> f64 {
         if self.secs > 0.0 {
@@ -52,11 +61,13 @@ pub(crate) async fn platform(
         handles.push(tokio::spawn(async move { nats_request(&bus, chat).await }));
     }
     let mut tokens = 0u64;
+    let mut first = Vec::with_capacity(streams);
     for h in handles {
         let times = h.await?.ok_or_else(|| anyhow::anyhow!("a streamed request through the platform failed"))?;
         tokens += u64::from(times.tokens);
+        first.push(times.first);
     }
-    Ok(StreamRun { streams, tokens, secs: started.elapsed().as_secs_f64() })
+    Ok(StreamRun { streams, tokens, secs: started.elapsed().as_secs_f64(), first })
 }
 
 /// `streams` concurrent generations straight on the engine, each read as a stream.
@@ -66,19 +77,28 @@ pub(crate) async fn direct(engine: &Arc<dyn Engine>, streams: usize, max_tokens:
     for _ in 0..streams {
         let engine = engine.clone();
         handles.push(tokio::spawn(async move {
+            let begun = Instant::now();
             let chat = ChatParams { temperature: Some(0.0), ..ChatParams::user("direct", PROMPT) };
             let request = GenerateRequest::new(chat, max_tokens);
             let (tx, mut rx) = mpsc::channel(256);
-            let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+            let drain = tokio::spawn(async move {
+                let mut first = None;
+                while rx.recv().await.is_some() {
+                    first.get_or_insert_with(|| begun.elapsed().as_secs_f64());
+                }
+                first
+            });
             let generated = engine.generate(request, tx, CancellationToken::new()).await;
-            let _ = drain.await;
-            generated
+            let first = drain.await.ok().flatten().unwrap_or_else(|| begun.elapsed().as_secs_f64());
+            generated.map(|g| (g, first))
         }));
     }
     let mut tokens = 0u64;
+    let mut first = Vec::with_capacity(streams);
     for h in handles {
-        let g = h.await?.map_err(|e| anyhow::anyhow!("direct generation failed: {e}"))?;
+        let (g, at) = h.await?.map_err(|e| anyhow::anyhow!("direct generation failed: {e}"))?;
         tokens += u64::from(g.completion_tokens);
+        first.push(at);
     }
-    Ok(StreamRun { streams, tokens, secs: started.elapsed().as_secs_f64() })
+    Ok(StreamRun { streams, tokens, secs: started.elapsed().as_secs_f64(), first })
 }

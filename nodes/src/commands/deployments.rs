@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use bitinglip_bus_schema::{
-    Constraints, DeleteDeployment, DeploymentList, DeploymentReply, EngineKind, ListDeployments, ModelSpec,
+    Constraints, DeleteDeployment, DeploymentList, DeploymentReply, EngineKind, ListDeployments, ModelSpec, Quantize,
     SetDeployment,
 };
 use bitinglip_config::{parse_bytes, Config};
@@ -20,6 +20,15 @@ fn human(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
+/// `node` or `node:gpu0+gpu1`.
+fn place(r: &bitinglip_bus_schema::ReplicaPlace) -> String {
+    if r.gpus.is_empty() {
+        return r.node.clone();
+    }
+    let gpus: Vec<String> = r.gpus.iter().map(|g| format!("gpu{g}")).collect();
+    format!("{}:{}", r.node, gpus.join("+"))
+}
+
 fn request(a: DeploymentArgs) -> anyhow::Result<SetDeployment> {
     let Some(engine) = EngineKind::parse(&a.engine) else { bail!("--engine {:?}: use mistralrs or echo", a.engine) };
     Ok(SetDeployment {
@@ -30,6 +39,13 @@ fn request(a: DeploymentArgs) -> anyhow::Result<SetDeployment> {
             engine,
             max_sequences: a.max_sequences,
             echo_tokens_per_sec: None,
+            context_length: a.context_length,
+            quantize: a
+                .quantize
+                .as_deref()
+                .map(Quantize::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--quantize {e}"))?,
         },
         replicas: a.replicas,
         constraints: Constraints { min_memory: size("--min-memory", a.min_memory)?, device: a.device },
@@ -66,9 +82,25 @@ pub(super) async fn run(config: Config, cmd: DeploymentsCommand) -> anyhow::Resu
                 println!("{}", serde_json::to_string_pretty(&all)?);
                 return Ok(());
             }
-            let mut rows = vec![["MODEL", "SOURCE", "ENGINE", "REPLICAS", "PLACED", "SERVING", "MEMORY", "ON-DEMAND"]
-                .map(String::from)
-                .to_vec()];
+            let all_unplaced: Vec<String> = all
+                .iter()
+                .filter_map(|s| s.unplaced.as_ref().map(|why| format!("{}: {why}", s.deployment.model)))
+                .collect();
+            let mut rows = vec![[
+                "MODEL",
+                "SOURCE",
+                "ENGINE",
+                "REPLICAS",
+                "PLACED",
+                "SERVING",
+                "MEMORY",
+                "WEIGHTS",
+                "KV CACHE",
+                "QUANTIZE",
+                "ON-DEMAND",
+            ]
+            .map(String::from)
+            .to_vec()];
             for s in all {
                 let d = &s.deployment;
                 rows.push(vec![
@@ -76,13 +108,23 @@ pub(super) async fn run(config: Config, cmd: DeploymentsCommand) -> anyhow::Resu
                     d.spec.source.clone(),
                     format!("{:?}", d.spec.engine).to_lowercase(),
                     d.replicas.to_string(),
-                    if s.placed.is_empty() { "-".into() } else { s.placed.join(",") },
+                    if s.replicas.is_empty() {
+                        "-".into()
+                    } else {
+                        s.replicas.iter().map(place).collect::<Vec<_>>().join(",")
+                    },
                     if s.serving.is_empty() { "-".into() } else { s.serving.join(",") },
-                    human(d.memory.unwrap_or(0)),
+                    human(d.memory.or(s.estimate.as_ref().map(|e| e.total)).unwrap_or(0)),
+                    human(s.estimate.as_ref().map_or(0, |e| e.weights)),
+                    human(s.estimate.as_ref().map_or(0, |e| e.kv_cache)),
+                    d.spec.quantize.map_or("-".into(), |q| q.to_string()),
                     if d.on_demand { "yes".into() } else { "no".into() },
                 ]);
             }
             super::print_table(&rows);
+            for s in all_unplaced {
+                eprintln!("{s}");
+            }
         }
     }
     Ok(())

@@ -27,7 +27,7 @@ pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
             .flat_map(|n| {
                 n.workers.iter().map(move |w| {
                     serde_json::json!({"worker_id": w.worker_id, "node_id": n.node_id, "model": w.model, "engine": w.engine,
-                        "device": n.device, "state": w.state, "in_flight": w.in_flight, "max_sequences": w.max_sequences})
+                        "device": n.device, "gpus": w.gpus, "state": w.state, "in_flight": w.in_flight, "max_sequences": w.max_sequences})
                 })
             })
             .collect();
@@ -42,7 +42,7 @@ pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
                 n.node_id.clone(),
                 w.model.clone(),
                 w.engine.to_string(),
-                n.device.clone(),
+                device_of(&n.device, &w.gpus),
                 w.state.to_string(),
                 format!("{}/{}", w.in_flight, w.max_sequences),
             ]);
@@ -50,6 +50,15 @@ pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
     }
     super::print_table(&rows);
     Ok(())
+}
+
+/// `cuda`, or `cuda:0+1` for a worker pinned to GPUs 0 and 1.
+fn device_of(device: &str, gpus: &[u32]) -> String {
+    if gpus.is_empty() {
+        return device.to_string();
+    }
+    let ordinals: Vec<String> = gpus.iter().map(u32::to_string).collect();
+    format!("{device}:{}", ordinals.join("+"))
 }
 
 /// A node's health from its heartbeat: `failed` when a worker failed to load its model,
@@ -91,7 +100,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
                     "gpus": n.gpus,
                     "workers": n.workers.iter().map(|w| serde_json::json!({
                         "worker_id": w.worker_id, "model": w.model, "engine": w.engine, "state": w.state,
-                        "in_flight": w.in_flight, "max_sequences": w.max_sequences,
+                        "in_flight": w.in_flight, "max_sequences": w.max_sequences, "gpus": w.gpus,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -220,6 +229,7 @@ mod tests {
                     running: vec![],
                     last_used_ms: 0,
                     placed: false,
+                    gpus: vec![],
                 })
                 .collect(),
             started_ms: 0,

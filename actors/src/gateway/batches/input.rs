@@ -1,10 +1,34 @@
 //! A batch's input: the `multipart/form-data` upload it arrives in, its request lines
 //! checked and parsed, and the pages of lines a driving gateway reads one at a time.
 
+use bitinglip_bus_schema::ChatParams;
 use serde_json::Value;
 
-use crate::gateway::batch_runner::{self, Line};
-use crate::NodeContext;
+use crate::{
+    gateway::{embeddings, openai},
+    NodeContext,
+};
+
+/// One request of a batch.
+#[derive(Debug, Clone)]
+pub(crate) struct Line {
+    /// The caller's id of the line.
+    pub(crate) custom_id: String,
+    /// The task it runs.
+    pub(crate) chat: ChatParams,
+    /// Embeddings: answer in base64.
+    pub(crate) base64: bool,
+}
+
+/// The task parameters of one line's `body` for `endpoint`.
+pub(crate) fn params_of(endpoint: &str, body: &Value) -> Result<(ChatParams, bool), openai::ApiError> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    match endpoint {
+        "/v1/chat/completions" => Ok((openai::parse_request(&bytes)?.into_chat()?, false)),
+        "/v1/completions" => Ok((openai::parse_completion(&bytes)?.into_chat()?, false)),
+        _ => embeddings::params_of(&bytes),
+    }
+}
 
 /// The most lines of one batch.
 pub(crate) const LINES_MAX: usize = 50_000;
@@ -116,8 +140,7 @@ pub(crate) fn parse_lines(endpoint: &str, bytes: &[u8]) -> Result<Vec<Line>, Str
             return Err(format!("line {n}: `url` must be the batch's endpoint {endpoint}"));
         }
         let body = v.get("body").filter(|b| b.is_object()).ok_or_else(|| format!("line {n} has no `body` object"))?;
-        let (chat, base64) =
-            batch_runner::params_of(endpoint, body).map_err(|e| format!("line {n}: {}", e.body().error.message))?;
+        let (chat, base64) = params_of(endpoint, body).map_err(|e| format!("line {n}: {}", e.body().error.message))?;
         lines.push(Line { custom_id, chat, base64 });
         if lines.len() > LINES_MAX {
             return Err(format!("the input file has over {LINES_MAX} lines"));
@@ -132,6 +155,18 @@ pub(crate) fn parse_lines(endpoint: &str, bytes: &[u8]) -> Result<Vec<Line>, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lines_body_becomes_its_endpoints_task() {
+        let (chat, base64) = params_of(
+            "/v1/embeddings",
+            &serde_json::json!({"model": "e", "input": ["a"], "encoding_format": "base64"}),
+        )
+        .unwrap();
+        assert_eq!((chat.input.len(), base64), (1, true));
+        let (chat, _) = params_of("/v1/completions", &serde_json::json!({"model": "m", "prompt": "p"})).unwrap();
+        assert_eq!(chat.prompt.as_deref(), Some("p"));
+    }
 
     #[test]
     fn an_input_file_is_paged_by_its_request_lines() {

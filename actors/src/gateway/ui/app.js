@@ -220,17 +220,25 @@ async function pull(model, revision) {
   }
 }
 
+/** The quantizations a deployment may ask for (mistral.rs's in-situ quantization). */
+const QUANTIZE = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K"];
+
 async function renderDeployments(body) {
   if (!$("#deployments-table", body)) {
     body.innerHTML = `<form id="deploy-form" class="row"><div><label for="deploy-source">Source (hub id or folder)</label><input id="deploy-source" required></div>
       <div><label for="deploy-replicas">Replicas</label><input id="deploy-replicas" type="number" min="0" value="1"></div>
       <div><label for="deploy-device">Device</label><select id="deploy-device"><option value="">any</option><option>cpu</option><option>cuda</option><option>metal</option></select></div>
+      <div><label for="deploy-quantize">Quantize</label><select id="deploy-quantize"><option value="">none</option>${QUANTIZE.map((q) => `<option>${q}</option>`).join("")}</select></div>
+      <div><label for="deploy-context">Context (tokens)</label><input id="deploy-context" type="number" min="1" placeholder="model's, ≤ 8192"></div>
       <div><button type="submit">Deploy</button></div></form>
-      <div class="table-wrap"><table id="deployments-table"><thead><tr><th>model</th><th>wanted</th><th>placed</th><th>serving</th><th>constraints</th><th></th></tr></thead><tbody></tbody></table></div>`;
+      <div class="table-wrap"><table id="deployments-table"><thead><tr><th>model</th><th>wanted</th><th>placed</th><th>serving</th><th>memory (estimate)</th><th>quantize</th><th>constraints</th><th></th></tr></thead><tbody></tbody></table></div>`;
     $("#deploy-form", body).addEventListener("submit", async (e) => {
       e.preventDefault();
       const constraints = $("#deploy-device").value ? { device: $("#deploy-device").value } : {};
-      await json("/api/v1/deployments", { method: "POST", body: { spec: { source: $("#deploy-source").value.trim() }, replicas: Number($("#deploy-replicas").value), constraints } })
+      const spec = { source: $("#deploy-source").value.trim() };
+      if ($("#deploy-quantize").value) spec.quantize = $("#deploy-quantize").value;
+      if ($("#deploy-context").value) spec.context_length = Number($("#deploy-context").value);
+      await json("/api/v1/deployments", { method: "POST", body: { spec, replicas: Number($("#deploy-replicas").value), constraints } })
         .catch((err) => { $("#view-error").textContent = err.message; });
       renderDeployments(body);
     });
@@ -258,9 +266,15 @@ async function renderDeployments(body) {
     const dep = d.deployment;
     const c = dep.constraints || {};
     const constraints = [c.device && `device ${c.device}`, c.min_memory && `≥ ${mib(c.min_memory)}`].filter(Boolean).join(", ") || "-";
-    return `<tr data-model="${esc(dep.model)}"><td>${esc(dep.model)}</td><td>${dep.replicas}</td><td>${esc(d.placed.join(", ") || "-")}</td><td>${esc(d.serving.join(", ") || "-")}</td><td>${esc(constraints)}</td>
-      <td><button type="button" class="secondary" data-scale="${esc(dep.model)}" data-by="1" aria-label="one more replica">+1</button> <button type="button" class="secondary" data-scale="${esc(dep.model)}" data-by="-1" aria-label="one replica less">−1</button> <button type="button" class="secondary" data-undeploy="${esc(dep.model)}">Remove</button></td></tr>`;
-  }).join("") || `<tr><td colspan="6">No deployment.</td></tr>`;
+    const places = (d.replicas || []).map((r) => r.gpus.length ? `${r.node}:${r.gpus.map((g) => `gpu${g}`).join("+")}` : r.node);
+    const e = d.estimate;
+    const memory = dep.memory ? `${mib(dep.memory)} (set)` : e
+      ? `${mib(e.total)} CPU / ${mib(e.gpu_total)} GPU — weights ${mib(e.weights)}, KV ${mib(e.kv_cache)} (${e.context_length} tokens × ${e.sequences})`
+      : "-";
+    const why = d.unplaced ? `<tr class="note" data-unplaced="${esc(dep.model)}"><td colspan="8">${esc(d.unplaced)}</td></tr>` : "";
+    return `<tr data-model="${esc(dep.model)}"><td>${esc(dep.model)}</td><td>${dep.replicas}</td><td>${esc(places.join(", ") || "-")}</td><td>${esc(d.serving.join(", ") || "-")}</td><td class="estimate">${esc(memory)}</td><td>${esc(dep.spec.quantize || "-")}</td><td>${esc(constraints)}</td>
+      <td><button type="button" class="secondary" data-scale="${esc(dep.model)}" data-by="1" aria-label="one more replica">+1</button> <button type="button" class="secondary" data-scale="${esc(dep.model)}" data-by="-1" aria-label="one replica less">−1</button> <button type="button" class="secondary" data-undeploy="${esc(dep.model)}">Remove</button></td></tr>${why}`;
+  }).join("") || `<tr><td colspan="8">No deployment.</td></tr>`;
 }
 
 async function renderTasks(body) {
