@@ -1,27 +1,36 @@
-//! The gateway: the HTTP bridge. OpenAI-compatible `POST /v1/chat/completions` (plain
-//! and SSE-streamed), `GET /v1/models`, `GET /health`, `GET /ready`, and the task API for
-//! clients that do not wait on one connection: `POST /v1/tasks`, `GET /v1/tasks`,
-//! `GET /v1/tasks/{id}`, `GET /v1/tasks/{id}/events` (resumable SSE), `DELETE /v1/tasks/{id}`.
+//! The gateway: the HTTP bridge. It serves the OpenAI API (`/v1/…`), the task API for
+//! clients that do not wait on one connection (`/v1/tasks…`, with resumable SSE), the
+//! Files and Batch APIs, the admin API (`/api/v1/…`), health, metrics, the OpenAPI
+//! document and the dashboard, every route behind the key check. It keeps no state a
+//! request needs beyond its own connection (the stores and the bus hold the rest), so any
+//! number run behind a load balancer.
 //!
-//! Supervised by the node supervisor; supervises nothing (the HTTP server is a task it
-//! owns). For a chat request it subscribes to the task's events subject, then requests
-//! `…task.submit`, then relays the events; a client that disconnects publishes
-//! `…task.<id>.cancel`. It keeps no state of its own, so any number can run behind a load
-//! balancer. If its listener fails the actor fails and the supervisor starts it again; a
-//! port already in use at start fails the node's start instead.
+//! Its areas, each a module (a file, and a folder of the same name for its parts); they
+//! import each other downward only, with no circle (a test checks it):
+//!
+//! | area | what it holds |
+//! |---|---|
+//! | `routes` | the route table and the OpenAPI document it makes (`api`) |
+//! | `openai/` | the OpenAI API: its wire format (`request`, `answer`), the generation pipeline written once (`pipeline`) with a shape per API (`chat` for chat and legacy completions, `embeddings`, `responses`), `models` |
+//! | `tasks` | the task API: submit, read, list, cancel, events |
+//! | `batches/` | the Files (`files`) and Batch APIs, the input's pages (`input`), the loop that drives batches (`runner`) |
+//! | `admin/` | models, deployments, workers, cluster; keys and usage (`keys`); live queues and progress (`live`) |
+//! | `submit` | what every task-making route does first: the request slots, the body's limits, the submit with its watch |
+//! | `access/` | the key check (`auth`), per-key rate limits and full queues (`limits`), requests in progress per key (`in_flight`) |
+//! | `error` | the error every route answers, in OpenAI's shape, and the readers of bodies, queries and paths that name the field at fault |
+//! | `ui` | the dashboard's files |
+//!
+//! Supervised by the node supervisor. It owns two tasks: the HTTP server, and the batch
+//! loop ([`batches::Runner`]); both stop with it. If its listener fails the actor fails
+//! and the supervisor starts it again; a port already in use at start fails the node's
+//! start instead.
 
+mod access;
 mod admin;
 mod api;
-mod auth;
-mod batch_runner;
 mod batches;
-mod embeddings;
-mod in_flight;
-mod keys;
-mod limits;
-mod live;
+mod error;
 mod openai;
-mod responses;
 mod routes;
 mod submit;
 mod tasks;
@@ -46,10 +55,11 @@ pub struct GatewayArgs {
     pub ctx: NodeContext,
 }
 
-/// Its state: the server task and its stop signal.
+/// Its state: the server task, its stop signal, and the batch loop.
 pub struct GatewayState {
     stop: CancellationToken,
     server: Option<JoinHandle<()>>,
+    batches: batches::Runner,
 }
 
 /// Messages to the gateway.
@@ -57,6 +67,8 @@ pub struct GatewayState {
 pub enum GatewayMsg {
     /// The HTTP server ended on its own.
     ServerEnded(String),
+    /// The batch loop ended on its own (a panic).
+    BatchesEnded(String),
 }
 
 #[ractor::async_trait]
@@ -80,25 +92,28 @@ impl Actor for Gateway {
         }
         tracing::info!(http = %local, "gateway listening");
         let stop = CancellationToken::new();
-        let auth = auth::Auth {
+        let auth = access::auth::Auth {
             keys: ctx.store.watch_keys(),
             store: ctx.store.clone(),
             admin_key_sha256: ctx.config.gateway.admin_key.as_ref().map(|k| hash_secret(k.expose())),
             max_concurrent_per_key: ctx.config.gateway.max_concurrent_per_key,
             in_flight: Default::default(),
-            refusals: std::sync::Arc::new(limits::Refusals::new(std::time::Duration::from_secs(60))),
-            full: std::sync::Arc::new(limits::full_queues()),
+            refusals: std::sync::Arc::new(access::limits::Refusals::new(Duration::from_secs(60))),
+            full: std::sync::Arc::new(access::limits::full_queues()),
         };
         let app = routes::router(ctx.clone(), auth);
         // Batches are driven from every gateway (one at a time each, by a lease).
-        tokio::spawn(batch_runner::run(ctx.clone(), stop.clone()));
+        let ended = myself.clone();
+        let batches = batches::Runner::start(ctx.clone(), move |reason| {
+            let _ = ended.cast(GatewayMsg::BatchesEnded(reason));
+        });
         let shutdown = stop.clone();
         let limits = crate::http::Limits::of(&ctx.config.gateway);
         let server = tokio::spawn(async move {
             crate::http::serve(listener, app, limits, shutdown.cancelled_owned()).await;
             let _ = myself.cast(GatewayMsg::ServerEnded("stopped".to_string()));
         });
-        Ok(GatewayState { stop, server: Some(server) })
+        Ok(GatewayState { stop, server: Some(server), batches })
     }
 
     async fn handle(
@@ -111,7 +126,10 @@ impl Actor for Gateway {
             GatewayMsg::ServerEnded(reason) if !state.stop.is_cancelled() => {
                 Err(format!("HTTP server ended: {reason}").into())
             }
-            GatewayMsg::ServerEnded(_) => Ok(()),
+            GatewayMsg::BatchesEnded(reason) if !state.stop.is_cancelled() => {
+                Err(format!("batch loop ended: {reason}").into())
+            }
+            GatewayMsg::ServerEnded(_) | GatewayMsg::BatchesEnded(_) => Ok(()),
         }
     }
 
@@ -121,6 +139,7 @@ impl Actor for Gateway {
         state: &mut GatewayState,
     ) -> Result<(), ActorProcessingErr> {
         state.stop.cancel();
+        state.batches.stop(Duration::from_secs(5)).await;
         if let Some(server) = state.server.take() {
             // Open streams get a moment to finish; then they are cut (their tasks go on).
             let abort = server.abort_handle();

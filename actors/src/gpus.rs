@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use bitinglip_bus_schema::GpuInfo;
+use bitinglip_bus_schema::{DeviceKind, GpuInfo};
 use bitinglip_config::GpuBudget;
 
 /// NVML, initialized once; `None` where the driver's library is not there.
@@ -25,19 +25,19 @@ fn nvml() -> Option<&'static nvml_wrapper::Nvml> {
 /// What this node's engines run on: `cuda` or `metal` in a build with that backend,
 /// else (or with `worker.force_cpu`) `cpu`. Test builds with a GPU inventory from the
 /// seam below count as `cuda`, so that placement on GPUs is tested without one.
-pub fn device(force_cpu: bool) -> &'static str {
+pub fn device(force_cpu: bool) -> DeviceKind {
     #[cfg(feature = "fault-injection")]
     if !force_cpu && std::env::var_os("TEST_NVML_GPUS").is_some() {
-        return "cuda";
+        return DeviceKind::Cuda;
     }
     if force_cpu {
-        "cpu"
+        DeviceKind::Cpu
     } else if cfg!(feature = "cuda") {
-        "cuda"
+        DeviceKind::Cuda
     } else if cfg!(feature = "metal") {
-        "metal"
+        DeviceKind::Metal
     } else {
-        "cpu"
+        DeviceKind::Cpu
     }
 }
 

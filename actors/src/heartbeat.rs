@@ -61,7 +61,7 @@ pub fn current_heartbeat(ctx: &NodeContext) -> NodeHeartbeat {
         started_ms: ctx.started_ms,
         time_ms: bitinglip_nats::now_ms(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        device: crate::gpus::device(ctx.config.worker.force_cpu).to_string(),
+        device: crate::gpus::device(ctx.config.worker.force_cpu),
         memory_total,
         memory_free,
         gpus: crate::gpus::inventory(ctx.config.worker.gpu_budget),

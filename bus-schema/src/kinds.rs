@@ -97,6 +97,48 @@ impl fmt::Display for EngineKind {
     }
 }
 
+/// What a node's engines run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// The CPU (the default; also a node without a GPU driver).
+    #[default]
+    Cpu,
+    /// NVIDIA GPUs (a `cuda` build on a node with the driver).
+    Cuda,
+    /// Apple's GPU (a `metal` build).
+    Metal,
+    /// A device this build does not know (from a newer node).
+    #[serde(other)]
+    Unknown,
+}
+
+impl DeviceKind {
+    /// Every device this build knows.
+    pub const ALL: [DeviceKind; 3] = [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::Metal];
+
+    /// The name used in config, on the wire and in the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Metal => "metal",
+            DeviceKind::Unknown => "unknown",
+        }
+    }
+
+    /// Parses a known device's name.
+    pub fn parse(s: &str) -> Option<DeviceKind> {
+        DeviceKind::ALL.into_iter().find(|d| d.as_str() == s.trim())
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -221,6 +263,11 @@ mod tests {
         assert_eq!(rmp_serde::from_slice::<Role>(&newer).unwrap(), Role::Unknown);
         assert_eq!(rmp_serde::from_slice::<EngineKind>(&newer).unwrap(), EngineKind::Unknown);
         assert_eq!(rmp_serde::from_slice::<WorkerState>(&newer).unwrap(), WorkerState::Unknown);
+        assert_eq!(rmp_serde::from_slice::<DeviceKind>(&newer).unwrap(), DeviceKind::Unknown);
+        for d in DeviceKind::ALL {
+            assert_eq!(rmp_serde::to_vec_named(&d).unwrap(), rmp_serde::to_vec_named(d.as_str()).unwrap());
+            assert_eq!(DeviceKind::parse(d.as_str()), Some(d));
+        }
         assert_eq!(Role::parse("unknown"), None);
         assert_eq!(EngineKind::parse("unknown"), None);
     }

@@ -15,7 +15,7 @@ pub mod subjects;
 pub use codec::{decode, decode_body, decode_event, encode, CodecError, DEFAULT_MAX_PAYLOAD};
 pub use envelope::{Envelope, SCHEMA_VERSION};
 pub use error::{ErrorKind, WireError};
-pub use kinds::{EngineKind, Role, WorkerState};
+pub use kinds::{DeviceKind, EngineKind, Role, WorkerState};
 pub use messages::*;
 pub use subjects::{
     client_name_problem, client_owner, decode_token, encode_token, is_client_owner, model_id_problem, owner_of_token,

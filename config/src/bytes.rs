@@ -8,6 +8,12 @@ use serde::{Deserialize, Deserializer, Serializer};
 #[error("{0}")]
 pub struct SizeError(String);
 
+impl SizeError {
+    pub(crate) fn new(message: String) -> Self {
+        Self(message)
+    }
+}
+
 /// Parses `8GiB`, `512 MB`, `1000` (bytes).
 pub fn parse_bytes(raw: &str) -> Result<u64, SizeError> {
     let s = raw.trim();

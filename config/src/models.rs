@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::bytes::SizeError;
 use bitinglip_bus_schema::{EngineKind, Quantize};
 use serde::{Deserialize, Serialize};
 
@@ -133,16 +134,18 @@ impl GpuBudget {
     }
 
     /// Reads `0.9` or `"0.9"` as a fraction, `"70GiB"` (any size) as bytes.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, SizeError> {
         let raw = raw.trim();
         if let Ok(f) = raw.parse::<f64>() {
             return if f > 0.0 && f <= 1.0 {
                 Ok(GpuBudget::Fraction(f))
             } else {
-                Err(format!("{raw}: a fraction of each GPU is above 0 and at most 1 (or give bytes: `70GiB`)"))
+                Err(SizeError::new(format!(
+                    "{raw}: a fraction of each GPU is above 0 and at most 1 (or give bytes: `70GiB`)"
+                )))
             };
         }
-        crate::bytes::parse_bytes(raw).map(GpuBudget::Bytes).map_err(|e| format!("{raw}: {e}"))
+        crate::bytes::parse_bytes(raw).map(GpuBudget::Bytes).map_err(|e| SizeError::new(format!("{raw}: {e}")))
     }
 }
 

@@ -11,7 +11,13 @@
 //! - the gateway's modules import each other without a circle;
 //! - actors hold no process-global state (`static … OnceLock`): what an actor knows is
 //!   its own (the task manager's admission, the gateway's refusals), except the metrics
-//!   registry and the NVIDIA driver's library, which are the process's.
+//!   registry and the NVIDIA driver's library, which are the process's;
+//! - gateway handlers answer typed structs (with schemas in the OpenAPI document), never
+//!   `Json<Value>`;
+//! - JetStream's types stay in the bus layer (`nats/`): actors answer a delivery through
+//!   `store::queue::Delivery`, never with ack kinds or a raw `-NAK`;
+//! - no library returns `Result<_, String>`: errors are types (the binary and the tests
+//!   may).
 
 use std::path::{Path, PathBuf};
 
@@ -273,6 +279,86 @@ fn actors_hold_no_process_global_state() {
         }
     }
     assert!(found.is_empty(), "process-global state in actors (own it in the actor instead):\n{}", found.join("\n"));
+}
+
+#[test]
+fn gateway_handlers_answer_typed_structs() {
+    let dir = workspace_root().join("actors/src/gateway");
+    let mut found = Vec::new();
+    for file in rust_files(&dir) {
+        for (n, line) in code(&file) {
+            let squeezed: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+            if squeezed.contains("Json<Value>") || squeezed.contains("Json<serde_json::Value>") {
+                found.push(format!("{}:{n}: {}", file.display(), line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "untyped answers (give them a struct with a schema):\n{}", found.join("\n"));
+}
+
+#[test]
+fn jetstream_stays_in_the_bus_layer() {
+    let root = workspace_root();
+    let mut found = Vec::new();
+    for dir in ["actors", "client", "bus-schema", "config"] {
+        for file in rust_files(&root.join(dir)) {
+            for (n, line) in code(&file) {
+                if ["async_nats::jetstream", "jetstream::Message", "AckKind", "\"-NAK\"", "\"+ACK\""]
+                    .iter()
+                    .any(|h| line.contains(h))
+                {
+                    found.push(format!("{}:{n}: {}", file.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "JetStream outside `nats/` (use store::queue::Delivery):\n{}", found.join("\n"));
+}
+
+/// The error type of the first `Result<T, E>` in `line`, if it has two arguments.
+fn result_error(line: &str) -> Option<String> {
+    let at = line.find("Result<")?;
+    let (mut depth, mut comma) = (0, None);
+    for (i, c) in line[at + "Result<".len()..].char_indices() {
+        match c {
+            '<' | '(' => depth += 1,
+            ')' => depth -= 1,
+            '>' if depth == 0 => {
+                let start = comma?;
+                return Some(line[at + "Result<".len() + start + 1..at + "Result<".len() + i].trim().to_string());
+            }
+            '>' => depth -= 1,
+            ',' if depth == 0 => comma = Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[test]
+fn libraries_return_typed_errors() {
+    let root = workspace_root();
+    let mut found = Vec::new();
+    for dir in ["actors", "nats", "bus-schema", "config", "client", "modelgen/src"] {
+        for file in rust_files(&root.join(dir)) {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            // Unit tests may say what they like.
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (n, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                if result_error(line).is_some_and(|e| e == "String" || e == "&'static str") {
+                    found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "`Result<_, String>` in a library (give the error a type):\n{}", found.join("\n"));
+    assert_eq!(result_error("fn f() -> Result<Vec<u32>, String> {").as_deref(), Some("String"));
+    assert_eq!(result_error("fn f() -> Result<HashMap<u32, String>, E> {").as_deref(), Some("E"));
+    assert_eq!(result_error("fn f() -> Result<(u8, String), StoreError> {").as_deref(), Some("StoreError"));
+    assert_eq!(result_error("io::Result<()>"), None);
 }
 
 #[test]

@@ -28,6 +28,7 @@ use std::{
 };
 
 use bitinglip_bus_schema::{ErrorKind, NodeHeartbeat, TaskEvent, TaskFailed, TaskId, WireError};
+use bitinglip_nats::store::queue;
 use serde::Deserialize;
 
 use crate::NodeContext;
@@ -108,7 +109,7 @@ async fn nak_again(ctx: &NodeContext, handed: &Handed) {
         let (task_id, attempt) = (&key.0, key.1);
         match ctx.store.tasks().claim_stands(task_id, attempt).await {
             Ok(true) => {
-                let sent = ctx.bus.client().publish(ack_subject, "-NAK".into()).await.is_ok();
+                let sent = queue::hand_on(&ctx.bus, &ack_subject).await;
                 if let Ok(mut h) = handed.lock() {
                     let done = h.naks.get_mut(&key).is_none_or(|n| {
                         n.sent = std::time::Instant::now();
@@ -265,9 +266,10 @@ async fn hand_on(ctx: &NodeContext, hb: &NodeHeartbeat, handed: &Handed) {
         if !ctx.store.tasks().claim_stands(&task.task_id, task.attempt).await.unwrap_or(false) {
             continue;
         }
-        match ctx.bus.client().publish(task.ack_subject.clone(), "-NAK".into()).await {
-            Ok(()) => tracing::info!(task.id = %task.task_id, attempt = task.attempt, "task handed on"),
-            Err(err) => tracing::warn!(task.id = %task.task_id, cause = %err, "nak not sent"),
+        if queue::hand_on(&ctx.bus, &task.ack_subject).await {
+            tracing::info!(task.id = %task.task_id, attempt = task.attempt, "task handed on");
+        } else {
+            tracing::warn!(task.id = %task.task_id, "nak not sent");
         }
         if let Ok(mut h) = handed.lock() {
             h.naks.insert(
@@ -287,6 +289,31 @@ struct MaxDeliveries {
     deliveries: u64,
 }
 
+/// Why a max-deliveries advisory is not about a task that used up its deliveries.
+#[derive(Debug, PartialEq)]
+enum NotPoisoned {
+    /// It is about another stream.
+    Stream(String),
+    /// From a consumer that does not serve the task.
+    Consumer { advised: String, serving: String },
+    /// Fewer deliveries than `max_deliver`.
+    Deliveries { deliveries: u64, max_deliver: i64 },
+}
+
+impl std::fmt::Display for NotPoisoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotPoisoned::Stream(s) => write!(f, "stream {s} is not the tasks stream"),
+            NotPoisoned::Consumer { advised, serving } => {
+                write!(f, "consumer {advised} does not serve this task (its is {serving})")
+            }
+            NotPoisoned::Deliveries { deliveries, max_deliver } => {
+                write!(f, "{deliveries} deliveries is under max_deliver {max_deliver}")
+            }
+        }
+    }
+}
+
 /// Whether an advisory is about a task that really used up its deliveries (pure): on the
 /// tasks stream, from the consumer of the task's model and priority, at `max_deliver`.
 fn advisory_holds(
@@ -294,15 +321,15 @@ fn advisory_holds(
     tasks_stream: &str,
     consumer: &str,
     max_deliver: i64,
-) -> Result<(), String> {
+) -> Result<(), NotPoisoned> {
     if advisory.stream != tasks_stream {
-        return Err(format!("stream {} is not the tasks stream", advisory.stream));
+        return Err(NotPoisoned::Stream(advisory.stream.clone()));
     }
     if advisory.consumer != consumer {
-        return Err(format!("consumer {} does not serve this task (its is {consumer})", advisory.consumer));
+        return Err(NotPoisoned::Consumer { advised: advisory.consumer.clone(), serving: consumer.to_string() });
     }
     if (advisory.deliveries as i64) < max_deliver {
-        return Err(format!("{} deliveries is under max_deliver {max_deliver}", advisory.deliveries));
+        return Err(NotPoisoned::Deliveries { deliveries: advisory.deliveries, max_deliver });
     }
     Ok(())
 }
@@ -355,7 +382,7 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
     let consumer = subjects.worker_consumer(&spec.chat.model, spec.priority);
     let max_deliver = ctx.config.jetstream.max_deliver;
     if let Err(why) = advisory_holds(&advisory, &subjects.tasks_stream(), &consumer, max_deliver) {
-        tracing::warn!(task.id = %spec.task_id, why, "max-deliveries advisory ignored");
+        tracing::warn!(task.id = %spec.task_id, why = %why, "max-deliveries advisory ignored");
         return;
     }
     let error = WireError::new(
@@ -428,7 +455,7 @@ mod tests {
             started_ms: 0,
             time_ms,
             version: "0".into(),
-            device: "cpu".into(),
+            device: bitinglip_bus_schema::DeviceKind::Cpu,
             memory_total: 0,
             memory_free: 0,
             gpus: vec![],

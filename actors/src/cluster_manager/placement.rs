@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use bitinglip_bus_schema::{Deployment, NodeHeartbeat, Replica, WorkerState};
+use bitinglip_bus_schema::{Deployment, DeviceKind, NodeHeartbeat, Replica, WorkerState};
 
 pub use crate::ops::estimate::GPU_RUNTIME;
 
@@ -49,7 +49,7 @@ pub struct NodeView {
     /// Node id.
     pub id: String,
     /// Device kind.
-    pub device: String,
+    pub device: DeviceKind,
     /// Memory it offers to models, bytes.
     pub capacity: u64,
     /// Tasks in flight on all its workers.
@@ -75,14 +75,14 @@ impl NodeView {
             u.0 += w.in_flight;
             u.1 = u.1.max(w.last_used_ms);
         }
-        let gpus = if hb.device == "cuda" {
+        let gpus = if hb.device == DeviceKind::Cuda {
             hb.gpus.iter().map(|g| GpuView { index: g.index, budget: g.budget, free: g.memory_free }).collect()
         } else {
             Vec::new()
         };
         NodeView {
             id: hb.node_id.clone(),
-            device: hb.device.clone(),
+            device: hb.device,
             capacity: hb.memory_total,
             in_flight: hb.workers.iter().map(|w| w.in_flight).sum(),
             pinned: hb.workers.iter().filter(|w| !w.placed).map(|w| w.model.clone()).collect(),
@@ -141,7 +141,7 @@ pub struct Plan {
 
 fn fits(node: &NodeView, d: &Deployment, memory: u64) -> bool {
     let c = &d.constraints;
-    c.device.as_ref().is_none_or(|dev| *dev == node.device)
+    c.device.is_none_or(|dev| dev == node.device)
         && c.min_memory.is_none_or(|min| node.capacity >= min)
         && (!node.gpus.is_empty() || node.capacity >= memory)
         && !node.pinned.contains(&d.model)
@@ -472,7 +472,7 @@ mod tests {
     fn node(id: &str, gib: u64) -> NodeView {
         NodeView {
             id: id.into(),
-            device: "cpu".into(),
+            device: DeviceKind::Cpu,
             capacity: gib * GIB,
             in_flight: 0,
             pinned: HashSet::new(),
@@ -585,11 +585,11 @@ mod tests {
     #[test]
     fn pinned_models_and_device_constraints_are_respected() {
         let mut gpu = node("gpu", 8);
-        gpu.device = "cuda".into();
+        gpu.device = DeviceKind::Cuda;
         let mut pinned = node("cpu", 8);
         pinned.pinned.insert("m".into());
         let mut m = want("m", 2, 1, false);
-        m.deployment.constraints.device = Some("cuda".into());
+        m.deployment.constraints.device = Some(DeviceKind::Cuda);
         let p = plan(&[m], &[gpu, pinned, node("cpu2", 8)], &BTreeMap::new(), 1, 0);
         assert_eq!(models_on(&p, "gpu"), ["m"]);
         assert!(p.placements["cpu"].is_empty() && p.placements["cpu2"].is_empty());
@@ -599,7 +599,7 @@ mod tests {
     /// A node with GPUs of these sizes (GiB), all free, with the default budget (0.9).
     fn gpu_node(id: &str, sizes: &[u64]) -> NodeView {
         let mut n = node(id, 64);
-        n.device = "cuda".into();
+        n.device = DeviceKind::Cuda;
         n.gpus = sizes
             .iter()
             .enumerate()

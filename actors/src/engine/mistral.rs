@@ -332,6 +332,11 @@ fn constraint(guide: Guide) -> Constraint {
     }
 }
 
+/// Why a text could not be tokenized (the engine's words).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TokenizeError(String);
+
 impl MistralEngine {
     async fn tokenize(
         &self,
@@ -339,7 +344,7 @@ impl MistralEngine {
         tools: Option<Vec<Tool>>,
         special: bool,
         generation_prompt: bool,
-    ) -> Result<Vec<u32>, String> {
+    ) -> Result<Vec<u32>, TokenizeError> {
         let (tx, mut rx) = mpsc::channel(1);
         let request = Request::Tokenize(TokenizationRequest {
             text,
@@ -350,12 +355,12 @@ impl MistralEngine {
             reasoning_effort: None,
             response: tx,
         });
-        let sender = self.model.inner().get_sender(None).map_err(|e| e.to_string())?;
-        sender.send(request).await.map_err(|e| format!("engine stopped: {e}"))?;
+        let sender = self.model.inner().get_sender(None).map_err(|e| TokenizeError(e.to_string()))?;
+        sender.send(request).await.map_err(|e| TokenizeError(format!("engine stopped: {e}")))?;
         match rx.recv().await {
             Some(Ok(tokens)) => Ok(tokens),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("the engine dropped the request".into()),
+            Some(Err(e)) => Err(TokenizeError(e.to_string())),
+            None => Err(TokenizeError("the engine dropped the request".into())),
         }
     }
 }

@@ -1,18 +1,22 @@
 //! The admin API under `/api/v1`: models (registry, hub search, pull, load, unload,
-//! remove), deployments, workers and the cluster.
+//! remove), deployments, workers and the cluster; API keys and usage (`keys.rs`); the
+//! live views of queues and progress (`live.rs`).
+
+pub(super) mod keys;
+pub(super) mod live;
 
 use std::time::Duration;
 
 use axum::{extract::State, Json};
 use bitinglip_bus_schema::{
-    Ack, ClusterStatus, DeleteDeployment, Deployment, DeploymentList, DeploymentReply, DeploymentStatus, EngineKind,
-    GetClusterStatus, ListDeployments, ListModels, LoadModel, ModelList, ModelRecord, ModelRef, ModelSource, PullModel,
-    PullReply, Role, SearchModels, SearchResults, SetDeployment, WireError, WorkerState,
+    Ack, ClusterStatus, DeleteDeployment, Deployment, DeploymentList, DeploymentReply, DeploymentStatus, DeviceKind,
+    EngineKind, GetClusterStatus, ListDeployments, ListModels, LoadModel, ModelList, ModelRecord, ModelRef,
+    ModelSource, PullModel, PullReply, Role, SearchModels, SearchResults, SetDeployment, WireError, WorkerState,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::openai::{ApiError, Path, Query};
+use super::error::{ApiError, Path, Query};
 use crate::NodeContext;
 
 fn bus_error(e: bitinglip_nats::BusError) -> ApiError {
@@ -135,7 +139,8 @@ pub(super) struct WorkerView {
     /// Its engine.
     engine: EngineKind,
     /// Its node's device: `cpu`, `cuda`, `metal`.
-    device: String,
+    #[schema(value_type = String)]
+    device: DeviceKind,
     /// Where it is in its life.
     state: WorkerState,
     /// Tasks it runs now.
@@ -173,7 +178,8 @@ pub(super) struct NodeView {
     /// Its gateway's address, when it runs one.
     http: Option<String>,
     /// `cpu`, `cuda` or `metal`.
-    device: String,
+    #[schema(value_type = String)]
+    device: DeviceKind,
     /// Memory it offers for models, bytes.
     memory_total: u64,
     /// Of which free, bytes.
@@ -343,7 +349,7 @@ pub(super) async fn workers(State(ctx): State<NodeContext>) -> Result<Json<Page<
                 node_id: n.node_id.clone(),
                 model: w.model.clone(),
                 engine: w.engine,
-                device: n.device.clone(),
+                device: n.device,
                 state: w.state,
                 in_flight: w.in_flight,
                 max_sequences: w.max_sequences,

@@ -19,7 +19,7 @@ use utoipa::{
     OpenApi, ToSchema,
 };
 
-use super::openai::{ChatCompletionChunk, ErrorBody};
+use super::{error::ErrorBody, openai::ChatCompletionChunk};
 
 /// What the derive adds to the routes' descriptions: the title, the groups, the schemas
 /// no route names directly (the stream chunk, the error), and the two routes whose path
@@ -121,7 +121,7 @@ pub(super) fn finish(mut doc: Document) -> Document {
 
 fn complete(path: &str, method: &Method, operation: &mut Operation) {
     let responses = &mut operation.responses.responses;
-    let Some(scope) = super::auth::needs(path) else {
+    let Some(scope) = super::access::auth::needs(path) else {
         operation.security = Some(vec![]);
         return;
     };
@@ -130,7 +130,7 @@ fn complete(path: &str, method: &Method, operation: &mut Operation) {
     responses.insert("401".into(), unauthorized.into());
     let forbidden = format!("the key's scope is not `{}`, or its model list does not hold the model", scope.as_str());
     responses.insert("403".into(), error_response(&forbidden).into());
-    if super::limits::counted(method, path) {
+    if super::access::limits::counted(method, path) {
         let over = rate_headers(error_response("over one of the key's limits; `Retry-After` says when to retry"));
         let over = with_header(over, "Retry-After".into(), "seconds", Type::Integer);
         responses.insert("429".into(), over.into());

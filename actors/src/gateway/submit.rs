@@ -11,7 +11,7 @@ use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_nats::trace::TraceParent;
 use std::time::{Duration, Instant};
 
-use super::{auth::check_model, openai::ApiError};
+use super::{access::auth::check_model, error::ApiError};
 use crate::{ops::task_ids::task_id_for, NodeContext};
 
 /// Takes one of the gateway's request slots, or answers 503 with `Retry-After` at once:
@@ -117,7 +117,7 @@ pub(super) fn gateway_span(route: &'static str, headers: &HeaderMap) -> tracing:
 /// first chunk can be missed; returns the watch and whether it was a retry.
 pub(super) async fn submit_chat(
     ctx: &NodeContext,
-    full: &super::limits::FullQueues,
+    full: &super::access::limits::FullQueues,
     headers: &HeaderMap,
     key: &ApiKey,
     chat: bitinglip_bus_schema::ChatParams,

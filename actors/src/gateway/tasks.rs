@@ -21,9 +21,9 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    auth::sees,
-    limits::FullQueues,
-    openai::{self, ApiError, Path, Query},
+    access::{auth::sees, limits::FullQueues},
+    error::{ApiError, Path, Query},
+    openai,
     submit::{admit, read_body, submit_chat},
 };
 use crate::NodeContext;

@@ -52,13 +52,11 @@ pub async fn set(store: &Store, req: SetDeployment) -> Result<Deployment, WireEr
     if req.replicas > 1000 {
         return Err(WireError::new(ErrorKind::InvalidRequest, format!("`replicas` is {}; at most 1000", req.replicas)));
     }
-    if let Some(dev) = &req.constraints.device {
-        if !matches!(dev.as_str(), "cpu" | "cuda" | "metal") {
-            return Err(WireError::new(
-                ErrorKind::InvalidRequest,
-                format!("`constraints.device` is {dev:?}; use cpu, cuda or metal"),
-            ));
-        }
+    if req.constraints.device == Some(bitinglip_bus_schema::DeviceKind::Unknown) {
+        return Err(WireError::new(
+            ErrorKind::InvalidRequest,
+            "`constraints.device` is no device this node knows; use cpu, cuda or metal",
+        ));
     }
     let deployment = Deployment {
         model: model.clone(),
@@ -89,7 +87,10 @@ pub async fn seed(store: &Store, d: &bitinglip_config::DeploymentConfig) -> Resu
             quantize: d.quantize,
         },
         replicas: d.replicas,
-        constraints: bitinglip_bus_schema::Constraints { min_memory: d.min_memory, device: d.device.clone() },
+        constraints: bitinglip_bus_schema::Constraints {
+            min_memory: d.min_memory,
+            device: d.device.as_deref().and_then(bitinglip_bus_schema::DeviceKind::parse),
+        },
         memory: d.memory,
     };
     let model = req.model.clone().unwrap_or_else(|| req.spec.source.clone());

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
 use bitinglip_bus_schema::{Ack, RecordUsage, TaskEvent, TaskId};
+use bitinglip_nats::store::queue::Delivery;
 use bitinglip_nats::{
     store::{counters::NO_KEY, results::INLINE_TEXT_MAX},
     trace::TraceParent,
@@ -43,7 +43,7 @@ pub(super) async fn record_usage(ctx: &NodeContext, task_id: &TaskId) -> Result<
 #[allow(clippy::too_many_arguments)] // the last step of one task, from run_claimed
 pub(super) async fn finish(
     ctx: &NodeContext,
-    msg: &jetstream::Message,
+    msg: &Delivery,
     ending: Ending,
     revision: u64,
     model: &str,
@@ -114,8 +114,8 @@ pub(super) async fn finish(
     }
     metrics::count_key_usage(owner.as_deref().unwrap_or(NO_KEY), model, tokens);
     let acked = match ack {
-        FinalAck::Ack => msg.double_ack().await,
-        FinalAck::Term => msg.ack_with(AckKind::Term).await,
+        FinalAck::Ack => msg.ack().await,
+        FinalAck::Term => msg.term().await,
     };
     if let Err(err) = acked {
         tracing::warn!(cause = %err, "ack not confirmed; a redelivery will find the task finished");

@@ -18,9 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{self, AckKind};
 use bitinglip_bus_schema::{TaskEvent, TaskId, TaskRecord, TaskSpec, TaskStarted, TaskState, TokenChunk, Usage};
 use bitinglip_client::{prefix_of, Prefix};
+use bitinglip_nats::store::queue::Delivery;
 use bitinglip_nats::{
     now_ms,
     store::tasks::{Claim, Claimant},
@@ -96,8 +96,8 @@ pub(super) async fn publish_event(
     }
 }
 
-pub(super) async fn nak(msg: &jetstream::Message, delay: Option<Duration>) {
-    let _ = msg.ack_with(AckKind::Nak(delay)).await;
+pub(super) async fn nak(msg: &Delivery, delay: Option<Duration>) {
+    msg.nak(delay).await;
 }
 
 /// How long a delivery waits for the store (an election, a server rejoining its
@@ -107,7 +107,7 @@ const STORE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Runs `op` against the store until it answers or [`STORE_PATIENCE`] is over, keeping
 /// the delivery `msg` meanwhile; the last error when it never answered.
-async fn patiently<T, F, Fut>(msg: &jetstream::Message, what: &str, mut op: F) -> Result<T, bitinglip_nats::StoreError>
+async fn patiently<T, F, Fut>(msg: &Delivery, what: &str, mut op: F) -> Result<T, bitinglip_nats::StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, bitinglip_nats::StoreError>>,
@@ -119,7 +119,7 @@ where
             Ok(v) => return Ok(v),
             Err(err) if Instant::now() + delay < deadline => {
                 tracing::warn!(cause = %err, what, "store not answering; keeping the delivery and asking again");
-                let _ = msg.ack_with(AckKind::Progress).await;
+                let _ = msg.progress().await;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(3));
             }
@@ -129,16 +129,16 @@ where
 }
 
 /// Runs one delivered task to its end.
-pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: jetstream::Message) {
+pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: Delivery) {
     let ctx = &shared.ctx;
-    let attempt = msg.info().map(|i| i.delivered as u32).unwrap_or(1);
-    let trace = bitinglip_nats::trace_of(&msg.message);
-    let spec = match ctx.bus.decode::<TaskSpec>(&msg.message) {
+    let attempt = msg.attempt();
+    let trace = bitinglip_nats::trace_of(msg.message());
+    let spec = match ctx.bus.decode::<TaskSpec>(msg.message()) {
         Ok(s) => s.envelope.body,
         Err(err) => {
             // Nothing can ever run this message: terminate it so it is not redelivered.
-            tracing::error!(subject = %msg.subject, cause = %err, "undecodable task terminated");
-            let _ = msg.ack_with(AckKind::Term).await;
+            tracing::error!(subject = %msg.subject(), cause = %err, "undecodable task terminated");
+            let _ = msg.term().await;
             return;
         }
     };
@@ -156,7 +156,7 @@ pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: jetstream::Message
 
 async fn run_claimed(
     shared: &Arc<WorkerShared>,
-    msg: jetstream::Message,
+    msg: Delivery,
     spec: TaskSpec,
     attempt: u32,
     trace: Option<TraceParent>,
@@ -243,14 +243,9 @@ async fn run_claimed(
 
 /// Claims the delivery in the task's record. `None` when this attempt does not own the
 /// task; the message was then acked, terminated or handed back as the record says.
-async fn claim_delivery(
-    shared: &WorkerShared,
-    msg: &jetstream::Message,
-    spec: &TaskSpec,
-    attempt: u32,
-) -> Option<Owned> {
-    let ack_subject = msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default();
-    let stream_seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+async fn claim_delivery(shared: &WorkerShared, msg: &Delivery, spec: &TaskSpec, attempt: u32) -> Option<Owned> {
+    let ack_subject = msg.ack_subject();
+    let stream_seq = msg.stream_sequence();
     let claimed_at = Instant::now();
     let who = Claimant { worker: &shared.worker_id, attempt, stream_seq, ack_subject: &ack_subject };
     let tasks = shared.ctx.store.tasks();
@@ -260,7 +255,7 @@ async fn claim_delivery(
             // Finished before a crash stopped the ack: its usage may not have been counted.
             // Counting it again is deduplicated, so count, then ack.
             if record_usage(&shared.ctx, &record.task_id).await.is_ok() {
-                let _ = msg.double_ack().await;
+                let _ = msg.ack().await;
             } else {
                 nak(msg, Some(Duration::from_secs(1))).await;
             }
@@ -272,7 +267,7 @@ async fn claim_delivery(
         }
         Ok(Claim::Duplicate) => {
             tracing::info!("duplicate copy of a running task dropped");
-            let _ = msg.ack_with(AckKind::Term).await;
+            let _ = msg.term().await;
             None
         }
         Err(err) => {
@@ -287,7 +282,7 @@ async fn claim_delivery(
 /// cannot be read: the task was handed back.
 async fn resume_prefix(
     ctx: &NodeContext,
-    msg: &jetstream::Message,
+    msg: &Delivery,
     owner: Option<&str>,
     task_id: &TaskId,
     attempt: u32,
@@ -349,7 +344,7 @@ fn start_running(
 #[allow(clippy::too_many_arguments)] // the steps of one task, each from run_claimed
 async fn generate(
     shared: &Arc<WorkerShared>,
-    msg: &jetstream::Message,
+    msg: &Delivery,
     spec: &TaskSpec,
     attempt: u32,
     owned: &Owned,
@@ -395,7 +390,7 @@ async fn generate(
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(err) = msg.ack_with(AckKind::Progress).await {
+            if let Err(err) = msg.progress().await {
                 tracing::warn!(cause = %err, "in-progress ack failed");
             }
             confirm().await;

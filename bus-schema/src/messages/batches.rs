@@ -63,6 +63,111 @@ impl BatchStatus {
     }
 }
 
+/// The API a batch's lines call (every line's `url`), stored as its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BatchEndpoint {
+    /// `/v1/chat/completions`.
+    #[serde(rename = "/v1/chat/completions")]
+    ChatCompletions,
+    /// `/v1/completions`.
+    #[serde(rename = "/v1/completions")]
+    Completions,
+    /// `/v1/embeddings`.
+    #[serde(rename = "/v1/embeddings")]
+    Embeddings,
+}
+
+impl BatchEndpoint {
+    /// Every endpoint, in the order the API lists them.
+    pub const ALL: [BatchEndpoint; 3] =
+        [BatchEndpoint::ChatCompletions, BatchEndpoint::Completions, BatchEndpoint::Embeddings];
+
+    /// Its route.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchEndpoint::ChatCompletions => "/v1/chat/completions",
+            BatchEndpoint::Completions => "/v1/completions",
+            BatchEndpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    /// The endpoint of `route`, if a batch may call it.
+    pub fn of(route: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == route)
+    }
+}
+
+impl std::fmt::Display for BatchEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When a batch's status changed to each, ms since the epoch (stored as a map of the
+/// statuses' names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchTimes {
+    /// Created (its lines began).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<u64>,
+    /// Every line ended; its files are being written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalizing: Option<u64>,
+    /// Done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<u64>,
+    /// Failed as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<u64>,
+    /// Its window passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired: Option<u64>,
+    /// Cancel asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelling: Option<u64>,
+    /// Cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<u64>,
+}
+
+impl BatchTimes {
+    /// Records that the batch reached `status` at `ms`.
+    pub fn set(&mut self, status: BatchStatus, ms: u64) {
+        let slot = match status {
+            BatchStatus::InProgress => &mut self.in_progress,
+            BatchStatus::Finalizing => &mut self.finalizing,
+            BatchStatus::Completed => &mut self.completed,
+            BatchStatus::Failed => &mut self.failed,
+            BatchStatus::Expired => &mut self.expired,
+            BatchStatus::Cancelling => &mut self.cancelling,
+            BatchStatus::Cancelled => &mut self.cancelled,
+        };
+        *slot = Some(ms);
+    }
+
+    /// When the batch reached `status`, if it did.
+    pub fn at(&self, status: BatchStatus) -> Option<u64> {
+        match status {
+            BatchStatus::InProgress => self.in_progress,
+            BatchStatus::Finalizing => self.finalizing,
+            BatchStatus::Completed => self.completed,
+            BatchStatus::Failed => self.failed,
+            BatchStatus::Expired => self.expired,
+            BatchStatus::Cancelling => self.cancelling,
+            BatchStatus::Cancelled => self.cancelled,
+        }
+    }
+
+    /// The latest change.
+    pub fn latest(&self) -> Option<u64> {
+        use BatchStatus::*;
+        [InProgress, Finalizing, Completed, Failed, Expired, Cancelling, Cancelled]
+            .into_iter()
+            .filter_map(|s| self.at(s))
+            .max()
+    }
+}
+
 /// A line that could not run (its request was refused at submit).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LineError {
@@ -82,8 +187,8 @@ pub struct BatchRecord {
     /// The API key (its id) that created it.
     #[serde(default)]
     pub owner: Option<String>,
-    /// `/v1/chat/completions`, `/v1/completions` or `/v1/embeddings`.
-    pub endpoint: String,
+    /// The API its lines call.
+    pub endpoint: BatchEndpoint,
     /// The JSONL file of requests.
     pub input_file_id: String,
     /// `24h`.
@@ -119,7 +224,7 @@ pub struct BatchRecord {
     pub expires_ms: u64,
     /// When its status changed to each, ms since the epoch.
     #[serde(default)]
-    pub times: BTreeMap<String, u64>,
+    pub times: BatchTimes,
     /// Why it failed, when it did.
     #[serde(default)]
     pub error: Option<String>,
@@ -157,7 +262,7 @@ mod tests {
         let batch = BatchRecord {
             id: "batch_1".into(),
             owner: Some("k".into()),
-            endpoint: "/v1/chat/completions".into(),
+            endpoint: BatchEndpoint::ChatCompletions,
             input_file_id: "file-1".into(),
             completion_window: "24h".into(),
             metadata: BTreeMap::new(),
@@ -171,7 +276,7 @@ mod tests {
             error_file_id: None,
             created_ms: 1,
             expires_ms: 2,
-            times: BTreeMap::new(),
+            times: BatchTimes::default(),
             error: None,
             runner: None,
             runner_until_ms: 0,
@@ -203,5 +308,26 @@ mod tests {
             ],
         );
         assert!(BatchStatus::Cancelled.is_final() && !BatchStatus::Cancelling.is_final());
+    }
+
+    #[test]
+    fn endpoints_and_times_read_as_they_were_stored() {
+        for e in BatchEndpoint::ALL {
+            let bytes = rmp_serde::to_vec_named(&e).unwrap();
+            assert_eq!(bytes, rmp_serde::to_vec_named(e.as_str()).unwrap());
+            assert_eq!(BatchEndpoint::of(e.as_str()), Some(e));
+        }
+        assert_eq!(BatchEndpoint::of("/v1/responses"), None);
+        // Times were a map of status names: such a record still reads.
+        let old = BTreeMap::from([("in_progress".to_string(), 5u64), ("cancelling".to_string(), 9)]);
+        let times: BatchTimes = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+        assert_eq!((times.at(BatchStatus::InProgress), times.at(BatchStatus::Cancelling)), (Some(5), Some(9)));
+        assert_eq!(times.latest(), Some(9));
+        let mut t = BatchTimes::default();
+        t.set(BatchStatus::Finalizing, 3);
+        assert_eq!(
+            rmp_serde::to_vec_named(&t).unwrap(),
+            rmp_serde::to_vec_named(&BTreeMap::from([("finalizing", 3u64)])).unwrap()
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EngineKind, Role, WireError, WorkerState};
+use crate::{DeviceKind, EngineKind, Role, WireError, WorkerState};
 
 /// One worker actor on a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,7 +66,7 @@ pub struct NodeHeartbeat {
     pub version: String,
     /// `cpu`, `cuda` or `metal`: what its engines run on.
     #[serde(default)]
-    pub device: String,
+    pub device: DeviceKind,
     /// Memory the node offers to models (`worker.memory`, else the machine's or the
     /// GPU's), bytes.
     #[serde(default)]
@@ -195,7 +195,7 @@ mod tests {
             started_ms: 1,
             time_ms: 2,
             version: "0.1.0".into(),
-            device: "cpu".into(),
+            device: DeviceKind::Cpu,
             memory_total: 8,
             memory_free: 4,
             gpus: vec![],

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EngineKind, WireError};
+use crate::{DeviceKind, EngineKind, WireError};
 
 /// The most sequences one worker generates at once. Each is a pull waiting on the
 /// model's queue consumers, which take a bounded number of them (JetStream's
@@ -75,6 +75,19 @@ pub enum Quantize {
     Q8K,
 }
 
+/// A name that is no quantization; its message lists those there are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownQuantize(pub String);
+
+impl std::fmt::Display for UnknownQuantize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = Quantize::ALL.iter().map(|q| q.name()).collect();
+        write!(f, "{:?} is not a quantization; use one of {}", self.0, names.join(", "))
+    }
+}
+
+impl std::error::Error for UnknownQuantize {}
+
 impl Quantize {
     /// Every format, in the order the docs list them.
     pub const ALL: [Quantize; 11] = [
@@ -109,11 +122,11 @@ impl Quantize {
     }
 
     /// Reads a name, in any case (`q4k`, `Q8_0`).
-    pub fn parse(raw: &str) -> Result<Quantize, String> {
-        Quantize::ALL.into_iter().find(|q| q.name().eq_ignore_ascii_case(raw.trim())).ok_or_else(|| {
-            let names: Vec<&str> = Quantize::ALL.iter().map(|q| q.name()).collect();
-            format!("{raw:?} is not a quantization; use one of {}", names.join(", "))
-        })
+    pub fn parse(raw: &str) -> Result<Quantize, UnknownQuantize> {
+        Quantize::ALL
+            .into_iter()
+            .find(|q| q.name().eq_ignore_ascii_case(raw.trim()))
+            .ok_or_else(|| UnknownQuantize(raw.to_string()))
     }
 
     /// Bytes of one block and the weights it holds (ggml's layouts).
@@ -191,7 +204,8 @@ pub struct Constraints {
     pub min_memory: Option<u64>,
     /// Only nodes of this device kind (`cpu`, `cuda`, `metal`).
     #[serde(default)]
-    pub device: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub device: Option<DeviceKind>,
 }
 
 /// A deployment, in the deployments bucket under `deploy.<model token>`.
@@ -402,7 +416,7 @@ mod tests {
             model: "m".into(),
             spec: spec(),
             replicas: 2,
-            constraints: Constraints { min_memory: Some(1 << 30), device: Some("cpu".into()) },
+            constraints: Constraints { min_memory: Some(1 << 30), device: Some(DeviceKind::Cpu) },
             memory: Some(5),
             on_demand: false,
             created_ms: 1,
@@ -456,7 +470,7 @@ mod tests {
     fn quantizations_read_their_names_in_any_case_and_size_their_blocks() {
         assert_eq!(Quantize::parse("q4k"), Ok(Quantize::Q4K));
         assert_eq!(Quantize::parse("Q8_0"), Ok(Quantize::Q8_0));
-        let err = Quantize::parse("Q4").unwrap_err();
+        let err = Quantize::parse("Q4").unwrap_err().to_string();
         assert!(err.contains("Q4K") && err.contains("\"Q4\""), "{err}");
         for q in Quantize::ALL {
             assert_eq!(Quantize::parse(q.name()), Ok(q));

@@ -9,7 +9,7 @@ use async_nats::jetstream::{
     self,
     consumer::{pull::Config as PullConfig, PullConsumer},
     context::{ConsumerInfoErrorKind, PublishError, PublishErrorKind},
-    ErrorCode,
+    AckKind, ErrorCode,
 };
 use bitinglip_bus_schema::{decode_body, Priority, TaskId, TaskSpec};
 use futures::StreamExt;
@@ -26,6 +26,70 @@ pub struct Queued {
     pub sequence: u64,
     /// The stream already held a message with this task id (within the dedupe window).
     pub duplicate: bool,
+}
+
+/// A task delivered to a worker, and the worker's answers to the stream about it: the
+/// actors see this, never the JetStream message or its ack kinds.
+#[derive(Debug)]
+pub struct Delivery {
+    msg: jetstream::Message,
+}
+
+impl Delivery {
+    /// Which delivery of its task this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.msg.info().map(|i| i.delivered as u32).unwrap_or(1)
+    }
+
+    /// Its sequence in the stream.
+    pub fn stream_sequence(&self) -> u64 {
+        self.msg.info().map(|i| i.stream_sequence).unwrap_or(0)
+    }
+
+    /// Its subject (`…queue.<model>.<class>.<task id>`).
+    pub fn subject(&self) -> &str {
+        self.msg.subject.as_str()
+    }
+
+    /// The message as it came (its envelope and headers, to decode and trace).
+    pub fn message(&self) -> &async_nats::Message {
+        &self.msg.message
+    }
+
+    /// The subject its acks go to: another node hands the delivery on with it
+    /// ([`hand_on`]) when this one dies holding it.
+    pub fn ack_subject(&self) -> String {
+        self.msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default()
+    }
+
+    /// Done: the task leaves the queue (confirmed by the server).
+    pub async fn ack(&self) -> Result<(), StoreError> {
+        self.msg.double_ack().await.map_err(|e| StoreError::unavailable(WHAT, e))
+    }
+
+    /// Still working on it: its ack wait starts again.
+    pub async fn progress(&self) -> Result<(), StoreError> {
+        self.msg.ack_with(AckKind::Progress).await.map_err(|e| StoreError::unavailable(WHAT, e))
+    }
+
+    /// Hands it back to the queue, for delivery again after `delay` (at once: `None`).
+    /// Best effort: unanswered, the ack wait hands it back anyway.
+    pub async fn nak(&self, delay: Option<Duration>) {
+        if let Err(err) = self.msg.ack_with(AckKind::Nak(delay)).await {
+            tracing::debug!(cause = %err, "nak not sent; the ack wait hands the task back");
+        }
+    }
+
+    /// Never to be delivered again (it cannot run, or it ended for good).
+    pub async fn term(&self) -> Result<(), StoreError> {
+        self.msg.ack_with(AckKind::Term).await.map_err(|e| StoreError::unavailable(WHAT, e))
+    }
+}
+
+/// Hands the delivery whose acks go to `ack_subject` back to the queue at once, for
+/// another worker (a NAK sent for a worker that died holding it). True when sent.
+pub async fn hand_on(bus: &Bus, ack_subject: &str) -> bool {
+    bus.client().publish(ack_subject.to_string(), "-NAK".into()).await.is_ok()
 }
 
 /// One queue's numbers: a model and a priority class.
@@ -274,18 +338,14 @@ impl Consumers {
     }
 
     /// Takes one task of `priority` if one is waiting, without waiting.
-    pub async fn take_now(&self, priority: Priority) -> Result<Option<jetstream::Message>, StoreError> {
+    pub async fn take_now(&self, priority: Priority) -> Result<Option<Delivery>, StoreError> {
         let batch =
             self.of(priority).fetch().max_messages(1).messages().await.map_err(|e| StoreError::unavailable(WHAT, e))?;
         first(batch, PULL_ANSWER).await
     }
 
     /// Waits up to `wait` for one task of `priority`.
-    pub async fn take_within(
-        &self,
-        priority: Priority,
-        wait: Duration,
-    ) -> Result<Option<jetstream::Message>, StoreError> {
+    pub async fn take_within(&self, priority: Priority, wait: Duration) -> Result<Option<Delivery>, StoreError> {
         let batch = self
             .of(priority)
             .batch()
@@ -306,12 +366,11 @@ impl Consumers {
 const PULL_ANSWER: Duration = Duration::from_secs(5);
 
 /// The first message of `batch`, or none when `within` passes without an answer.
-async fn first(
-    mut batch: jetstream::consumer::pull::Batch,
-    within: Duration,
-) -> Result<Option<jetstream::Message>, StoreError> {
+async fn first(mut batch: jetstream::consumer::pull::Batch, within: Duration) -> Result<Option<Delivery>, StoreError> {
     match tokio::time::timeout(within, batch.next()).await {
-        Ok(next) => next.transpose().map_err(|e| StoreError::unavailable(WHAT, e)),
+        Ok(next) => {
+            next.transpose().map(|m| m.map(|msg| Delivery { msg })).map_err(|e| StoreError::unavailable(WHAT, e))
+        }
         Err(_) => {
             tracing::warn!(waited = ?within, "a pull went unanswered; pulling again");
             Ok(None)

@@ -2,8 +2,8 @@
 
 use anyhow::bail;
 use bitinglip_bus_schema::{
-    Constraints, DeleteDeployment, DeploymentList, DeploymentReply, EngineKind, ListDeployments, ModelSpec, Quantize,
-    SetDeployment,
+    Constraints, DeleteDeployment, DeploymentList, DeploymentReply, DeviceKind, EngineKind, ListDeployments, ModelSpec,
+    Quantize, SetDeployment,
 };
 use bitinglip_config::{parse_bytes, Config};
 
@@ -29,6 +29,11 @@ fn place(r: &bitinglip_bus_schema::ReplicaPlace) -> String {
     format!("{}:{}", r.node, gpus.join("+"))
 }
 
+/// A device kind named on the command line.
+fn device(name: &str) -> anyhow::Result<DeviceKind> {
+    DeviceKind::parse(name).ok_or_else(|| anyhow::anyhow!("--device {name:?}: use cpu, cuda or metal"))
+}
+
 fn request(a: DeploymentArgs) -> anyhow::Result<SetDeployment> {
     let Some(engine) = EngineKind::parse(&a.engine) else { bail!("--engine {:?}: use mistralrs or echo", a.engine) };
     Ok(SetDeployment {
@@ -48,7 +53,10 @@ fn request(a: DeploymentArgs) -> anyhow::Result<SetDeployment> {
                 .map_err(|e| anyhow::anyhow!("--quantize {e}"))?,
         },
         replicas: a.replicas,
-        constraints: Constraints { min_memory: size("--min-memory", a.min_memory)?, device: a.device },
+        constraints: Constraints {
+            min_memory: size("--min-memory", a.min_memory)?,
+            device: a.device.as_deref().map(device).transpose()?,
+        },
         memory: size("--memory", a.memory)?,
     })
 }

@@ -42,7 +42,7 @@ pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
                 n.node_id.clone(),
                 w.model.clone(),
                 w.engine.to_string(),
-                device_of(&n.device, &w.gpus),
+                device_of(n.device.as_str(), &w.gpus),
                 w.state.to_string(),
                 format!("{}/{}", w.in_flight, w.max_sequences),
             ]);
@@ -141,7 +141,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
             health(n, now, interval).to_string(),
             n.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
             n.http.clone().unwrap_or_else(|| "-".into()),
-            n.device.clone(),
+            n.device.to_string(),
             mem,
             uptime,
         ];
@@ -235,7 +235,7 @@ mod tests {
             started_ms: 0,
             time_ms,
             version: "0".into(),
-            device: "cpu".into(),
+            device: bitinglip_bus_schema::DeviceKind::Cpu,
             memory_total: 0,
             memory_free: 0,
             gpus: vec![],

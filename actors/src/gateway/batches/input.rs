@@ -1,13 +1,41 @@
 //! A batch's input: the `multipart/form-data` upload it arrives in, its request lines
 //! checked and parsed, and the pages of lines a driving gateway reads one at a time.
 
-use bitinglip_bus_schema::ChatParams;
+use bitinglip_bus_schema::{BatchEndpoint, ChatParams, ErrorKind, WireError};
 use serde_json::Value;
 
 use crate::{
-    gateway::{embeddings, openai},
+    gateway::{
+        error::ApiError,
+        openai::{
+            chat::{Chat, Text},
+            embeddings::Embeddings,
+        },
+    },
     NodeContext,
 };
+
+/// Why an upload or an input file cannot be used, for a person (naming the line at fault).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BadInput(String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for BadInput {
+    fn from(s: &str) -> Self {
+        BadInput(s.to_string())
+    }
+}
+
+impl From<String> for BadInput {
+    fn from(s: String) -> Self {
+        BadInput(s)
+    }
+}
 
 /// One request of a batch.
 #[derive(Debug, Clone)]
@@ -20,13 +48,14 @@ pub(crate) struct Line {
     pub(crate) base64: bool,
 }
 
-/// The task parameters of one line's `body` for `endpoint`.
-pub(crate) fn params_of(endpoint: &str, body: &Value) -> Result<(ChatParams, bool), openai::ApiError> {
+/// The task parameters of one line's `body` for `endpoint` (read as that route reads its
+/// body), and whether its answer is in base64 (embeddings).
+pub(crate) fn params_of(endpoint: BatchEndpoint, body: &Value) -> Result<(ChatParams, bool), ApiError> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     match endpoint {
-        "/v1/chat/completions" => Ok((openai::parse_request(&bytes)?.into_chat()?, false)),
-        "/v1/completions" => Ok((openai::parse_completion(&bytes)?.into_chat()?, false)),
-        _ => embeddings::params_of(&bytes),
+        BatchEndpoint::ChatCompletions => Ok((Chat::parse(&bytes)?.chat, false)),
+        BatchEndpoint::Completions => Ok((Text::parse(&bytes)?.chat, false)),
+        BatchEndpoint::Embeddings => Embeddings::parse(&bytes).map(|a| (a.chat, a.shape.base64())),
     }
 }
 
@@ -42,7 +71,7 @@ pub(super) struct Part<'a> {
 }
 
 /// The parts of a `multipart/form-data` body (RFC 7578).
-pub(super) fn multipart<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<Part<'a>>, String> {
+pub(super) fn multipart<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<Part<'a>>, BadInput> {
     let boundary = content_type
         .split(';')
         .map(str::trim)
@@ -101,21 +130,23 @@ pub(crate) fn pages_of(bytes: &[u8]) -> Vec<Vec<u8>> {
 /// before pages is paged first (once, by whichever gateway comes first).
 pub(crate) async fn page_lines(
     ctx: &NodeContext,
-    endpoint: &str,
+    endpoint: BatchEndpoint,
     file_id: &str,
     k: u32,
-) -> Result<Option<Vec<Line>>, String> {
+) -> Result<Option<Vec<Line>>, WireError> {
     let files = ctx.store.files();
-    if files.pages(file_id).await.map_err(|e| e.to_string())?.is_none() {
-        let Some(bytes) = files.read(file_id).await.map_err(|e| e.to_string())? else { return Ok(None) };
-        files.put_pages(file_id, &pages_of(&bytes)).await.map_err(|e| e.to_string())?;
+    if files.pages(file_id).await?.is_none() {
+        let Some(bytes) = files.read(file_id).await? else { return Ok(None) };
+        files.put_pages(file_id, &pages_of(&bytes)).await?;
     }
-    let Some(page) = files.page(file_id, k).await.map_err(|e| e.to_string())? else { return Ok(None) };
-    parse_lines(endpoint, &page).map(Some)
+    let Some(page) = files.page(file_id, k).await? else { return Ok(None) };
+    parse_lines(endpoint, &page).map(Some).map_err(|e| WireError::new(ErrorKind::InvalidRequest, e.to_string()))
 }
 
-pub(crate) fn parse_lines(endpoint: &str, bytes: &[u8]) -> Result<Vec<Line>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "the input file is not UTF-8".to_string())?;
+/// The lines of a batch's input file, each checked as its endpoint's request; an error
+/// names the line (from 1) and what is wrong.
+pub(crate) fn parse_lines(endpoint: BatchEndpoint, bytes: &[u8]) -> Result<Vec<Line>, BadInput> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "the input file is not UTF-8")?;
     let mut lines = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (i, raw) in text.lines().enumerate() {
@@ -131,19 +162,19 @@ pub(crate) fn parse_lines(endpoint: &str, bytes: &[u8]) -> Result<Vec<Line>, Str
             .ok_or_else(|| format!("line {n} has no `custom_id`"))?
             .to_string();
         if !seen.insert(custom_id.clone()) {
-            return Err(format!("line {n}: `custom_id` {custom_id:?} is not unique"));
+            return Err(format!("line {n}: `custom_id` {custom_id:?} is not unique").into());
         }
         if v.get("method").and_then(Value::as_str) != Some("POST") {
-            return Err(format!("line {n}: `method` must be POST"));
+            return Err(format!("line {n}: `method` must be POST").into());
         }
-        if v.get("url").and_then(Value::as_str) != Some(endpoint) {
-            return Err(format!("line {n}: `url` must be the batch's endpoint {endpoint}"));
+        if v.get("url").and_then(Value::as_str) != Some(endpoint.as_str()) {
+            return Err(format!("line {n}: `url` must be the batch's endpoint {endpoint}").into());
         }
         let body = v.get("body").filter(|b| b.is_object()).ok_or_else(|| format!("line {n} has no `body` object"))?;
         let (chat, base64) = params_of(endpoint, body).map_err(|e| format!("line {n}: {}", e.body().error.message))?;
         lines.push(Line { custom_id, chat, base64 });
         if lines.len() > LINES_MAX {
-            return Err(format!("the input file has over {LINES_MAX} lines"));
+            return Err(format!("the input file has over {LINES_MAX} lines").into());
         }
     }
     if lines.is_empty() {
@@ -159,12 +190,13 @@ mod tests {
     #[test]
     fn a_lines_body_becomes_its_endpoints_task() {
         let (chat, base64) = params_of(
-            "/v1/embeddings",
+            BatchEndpoint::Embeddings,
             &serde_json::json!({"model": "e", "input": ["a"], "encoding_format": "base64"}),
         )
         .unwrap();
         assert_eq!((chat.input.len(), base64), (1, true));
-        let (chat, _) = params_of("/v1/completions", &serde_json::json!({"model": "m", "prompt": "p"})).unwrap();
+        let (chat, _) =
+            params_of(BatchEndpoint::Completions, &serde_json::json!({"model": "m", "prompt": "p"})).unwrap();
         assert_eq!(chat.prompt.as_deref(), Some("p"));
     }
 
@@ -196,7 +228,7 @@ mod tests {
     #[test]
     fn input_lines_are_checked_and_named() {
         let ok = r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hi"}]}}"#;
-        let lines = parse_lines("/v1/chat/completions", format!("{ok}\n\n").as_bytes()).unwrap();
+        let lines = parse_lines(BatchEndpoint::ChatCompletions, format!("{ok}\n\n").as_bytes()).unwrap();
         assert_eq!((lines.len(), lines[0].custom_id.as_str()), (1, "a"));
         for (bad, says) in [
             (format!("{ok}\n{ok}"), "not unique"),
@@ -209,7 +241,7 @@ mod tests {
             ),
             (String::new(), "no request"),
         ] {
-            let err = parse_lines("/v1/chat/completions", bad.as_bytes()).unwrap_err();
+            let err = parse_lines(BatchEndpoint::ChatCompletions, bad.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(says), "{says}: {err}");
         }
     }

@@ -399,3 +399,19 @@ pub(crate) fn text_completion(
         usage: usage.map(OpenAiUsage::from),
     }
 }
+/// The answer to deleting a stored object (a file, a response).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Deleted {
+    /// The object's id.
+    id: String,
+    /// Its kind: `file`, `response`.
+    object: &'static str,
+    /// `true`.
+    deleted: bool,
+}
+
+impl Deleted {
+    pub(crate) fn new(id: String, object: &'static str) -> Self {
+        Self { id, object, deleted: true }
+    }
+}

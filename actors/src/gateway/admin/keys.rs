@@ -12,9 +12,9 @@ use bitinglip_bus_schema::{ApiKey, ErrorKind, KeyLimits, WireError};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{
-    admin::parse_json,
-    openai::{ApiError, Path, Query},
+use super::parse_json;
+use crate::gateway::{
+    error::{ApiError, Path, Query},
     submit::read_body,
 };
 use crate::{
@@ -25,7 +25,7 @@ use crate::{
 /// The body of `POST /api/v1/keys`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct CreateKey {
+pub(crate) struct CreateKey {
     /// A name for people, 1 to 100 characters.
     #[schema(min_length = 1, max_length = 100)]
     name: String,
@@ -60,7 +60,7 @@ pub(super) struct CreateKey {
 
 /// A list of keys.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct KeyPage {
+pub(crate) struct KeyPage {
     /// `list`.
     object: &'static str,
     /// Every key, oldest first.
@@ -74,13 +74,13 @@ fn inference() -> String {
 /// The API key of this request (never its secret): its scope and the models it may use,
 /// for a client (the dashboard) to show what the key may do.
 #[utoipa::path(get, path = "/v1/key", tag = "keys", responses((status = 200, body = KeyView)))]
-pub(super) async fn whoami(Extension(key): Extension<ApiKey>) -> Json<KeyView> {
+pub(crate) async fn whoami(Extension(key): Extension<ApiKey>) -> Json<KeyView> {
     Json(key_view(&key, None))
 }
 
 /// API keys, oldest first, never their secrets.
 #[utoipa::path(get, path = "/api/v1/keys", tag = "keys", responses((status = 200, body = KeyPage)))]
-pub(super) async fn list(State(ctx): State<NodeContext>) -> Result<Json<KeyPage>, ApiError> {
+pub(crate) async fn list(State(ctx): State<NodeContext>) -> Result<Json<KeyPage>, ApiError> {
     let keys = ctx.store.keys().list().await.map_err(WireError::from)?;
     Ok(Json(KeyPage { object: "list", data: keys.iter().map(|k| key_view(k, None)).collect() }))
 }
@@ -88,7 +88,7 @@ pub(super) async fn list(State(ctx): State<NodeContext>) -> Result<Json<KeyPage>
 /// Create an API key; the answer holds its secret (`key`), once.
 #[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateKey,
     responses((status = 200, body = KeyView)))]
-pub(super) async fn create(
+pub(crate) async fn create(
     State(ctx): State<NodeContext>,
     headers: HeaderMap,
     body: Body,
@@ -110,7 +110,7 @@ pub(super) async fn create(
 /// The query of `GET /api/v1/usage`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(super) struct UsageQuery {
+pub(crate) struct UsageQuery {
     /// Only this key's id.
     key: Option<String>,
     /// From this UTC day on, `YYYY-MM-DD`.
@@ -124,7 +124,7 @@ pub(super) struct UsageQuery {
 /// The query of `GET /v1/usage`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(super) struct OwnUsageQuery {
+pub(crate) struct OwnUsageQuery {
     /// From this UTC day on, `YYYY-MM-DD`.
     #[param(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     from: Option<String>,
@@ -136,7 +136,7 @@ pub(super) struct OwnUsageQuery {
 /// This request's key's own requests and tokens per model and UTC day (any key).
 #[utoipa::path(get, path = "/v1/usage", tag = "keys", params(OwnUsageQuery),
     responses((status = 200, body = UsagePage)))]
-pub(super) async fn own_usage(
+pub(crate) async fn own_usage(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
     Query(q): Query<OwnUsageQuery>,
@@ -151,7 +151,7 @@ pub(super) async fn own_usage(
 /// Requests and tokens per key, model and UTC day.
 #[utoipa::path(get, path = "/api/v1/usage", tag = "keys", params(UsageQuery),
     responses((status = 200, body = UsagePage)))]
-pub(super) async fn usage(
+pub(crate) async fn usage(
     State(ctx): State<NodeContext>,
     Query(q): Query<UsageQuery>,
 ) -> Result<Json<UsagePage>, ApiError> {
@@ -170,7 +170,7 @@ pub(super) async fn usage(
 #[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "the key's id")),
     responses((status = 200, body = KeyView)))]
-pub(super) async fn revoke(State(ctx): State<NodeContext>, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
+pub(crate) async fn revoke(State(ctx): State<NodeContext>, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
     match ctx.store.keys().revoke(&id).await.map_err(WireError::from)? {
         Some(key) => {
             tracing::info!(key.id = %key.id, "API key revoked");

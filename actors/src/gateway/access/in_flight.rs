@@ -16,21 +16,21 @@ use std::{
 
 use axum::http::Method;
 
-use super::openai::ApiError;
+use crate::gateway::error::ApiError;
 
 /// This gateway's requests in progress per key (its `Auth` holds them).
 #[derive(Debug, Clone, Default)]
-pub(super) struct Counts(Arc<Mutex<HashMap<String, u32>>>);
+pub(crate) struct Counts(Arc<Mutex<HashMap<String, u32>>>);
 
 /// Whether a request to `path` is counted: the routes that run a task, and event streams.
-pub(super) fn applies(method: &Method, path: &str) -> bool {
+pub(crate) fn applies(method: &Method, path: &str) -> bool {
     super::limits::counted(method, path)
         || (method == Method::GET && (path.ends_with("/events") || path == "/api/v1/models/progress"))
 }
 
 /// One request of a key in progress; dropping it ends it.
 #[derive(Debug)]
-pub(super) struct InFlight {
+pub(crate) struct InFlight {
     key: String,
     counts: Counts,
 }
@@ -48,7 +48,7 @@ impl Drop for InFlight {
 }
 
 /// Counts a request of `key`, or refuses it when `cap` are in progress already.
-pub(super) fn enter(all: &Counts, key: &str, cap: u32) -> Result<InFlight, ApiError> {
+pub(crate) fn enter(all: &Counts, key: &str, cap: u32) -> Result<InFlight, ApiError> {
     let mut counts = all.0.lock().unwrap_or_else(|e| e.into_inner());
     let n = counts.entry(key.to_string()).or_insert(0);
     if *n >= cap {

@@ -7,7 +7,9 @@ use bitinglip_client::{CancelOnDrop, Relayed, TaskWatch};
 use serde_json::{json, Value};
 
 use super::input::Prepared;
-use super::{call_item, keep, message_item, output_items, response_object, text_part, Ids};
+use super::{
+    call_item, keep, message_item, output_items, response_object, text_part, Ids, OutputItem, ResponseObject, Status,
+};
 use crate::gateway::openai::ToolMode;
 use crate::{guided, NodeContext};
 
@@ -39,7 +41,7 @@ impl Events {
 }
 
 impl Run {
-    fn object(&self, status: &str, output: Vec<Value>, done: Option<&TaskCompleted>) -> Value {
+    fn object(&self, status: Status, output: Vec<OutputItem>, done: Option<&TaskCompleted>) -> ResponseObject {
         response_object(&self.ids, &self.model, self.created, &self.prepared.echo, status, output, done)
     }
 
@@ -51,7 +53,7 @@ impl Run {
     ) {
         let mut ev = Events { tx, seq: 0 };
         let ids = &self.ids;
-        let in_progress = self.object("in_progress", vec![], None);
+        let in_progress = self.object(Status::InProgress, vec![], None);
         if !ev.send("response.created", json!({"response": in_progress})).await
             || !ev.send("response.in_progress", json!({"response": in_progress})).await
         {
@@ -62,7 +64,7 @@ impl Run {
             ToolMode::Free => ev
                 .send(
                     "response.output_item.added",
-                    json!({"output_index": 0, "item": message_item(ids, "", "in_progress")}),
+                    json!({"output_index": 0, "item": message_item(ids, "", Status::InProgress)}),
                 )
                 .await
                 && ev
@@ -75,7 +77,7 @@ impl Run {
                 let call = ToolCall { id: guided::call_id(&ids.task, 0), name: name.clone(), arguments: String::new() };
                 ev.send(
                     "response.output_item.added",
-                    json!({"output_index": 0, "item": call_item(ids, 0, &call, "in_progress")}),
+                    json!({"output_index": 0, "item": call_item(ids, 0, &call, Status::InProgress)}),
                 )
                 .await
             }
@@ -115,8 +117,7 @@ impl Run {
                 Some(Relayed::Failed(err)) => {
                     cancel.disarm();
                     crate::metrics::metrics().requests.with_label_values(&[&self.model, err.kind.as_str()]).inc();
-                    let mut failed = self.object("failed", vec![], None);
-                    failed["error"] = json!({"code": err.kind.as_str(), "message": err.message});
+                    let failed = self.object(Status::Failed, vec![], None).failed(err.kind.as_str(), &err.message);
                     ev.send("response.failed", json!({"response": failed})).await;
                     return;
                 }
@@ -128,13 +129,20 @@ impl Run {
         let output = output_items(ids, &self.mode, &text, &done);
         // Close what was opened, then announce the items that come whole.
         for (index, item) in output.iter().enumerate() {
-            let kind = item["type"].as_str().unwrap_or_default();
-            let streamed = (kind == "message" && self.mode == ToolMode::Free && index == 0)
-                || (kind == "function_call" && matches!(self.mode, ToolMode::Named(_)));
+            let streamed = match item {
+                OutputItem::Message { .. } => self.mode == ToolMode::Free && index == 0,
+                OutputItem::FunctionCall { .. } => matches!(self.mode, ToolMode::Named(_)),
+            };
             if !streamed && !ev.send("response.output_item.added", json!({"output_index": index, "item": item})).await {
                 return;
             }
-            let closed = if kind == "message" {
+            let closed = if let OutputItem::FunctionCall { id, arguments, .. } = item {
+                ev.send(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": index, "arguments": arguments}),
+                )
+                .await
+            } else {
                 let part = text_part(&text);
                 ev.send(
                     "response.output_text.done",
@@ -147,26 +155,18 @@ impl Run {
                             json!({"item_id": ids.message, "output_index": index, "content_index": 0, "part": part}),
                         )
                         .await
-            } else {
-                ev.send(
-                    "response.function_call_arguments.done",
-                    json!({"item_id": item["id"], "output_index": index, "arguments": item["arguments"]}),
-                )
-                .await
             };
             if !closed || !ev.send("response.output_item.done", json!({"output_index": index, "item": item})).await {
                 return;
             }
         }
-        let object = self.object("completed", output, Some(&done));
+        let object = self.object(Status::Completed, output, Some(&done));
         if let Err(err) = keep(&self.ctx, &self.key, &self.prepared, ids, &text, &done, &object).await {
-            let mut failed = object.clone();
-            failed["status"] = json!("failed");
-            failed["error"] = json!({"code": err.code(), "message": "the response could not be stored"});
+            let failed = object.clone().failed(err.code(), "the response could not be stored");
             ev.send("response.failed", json!({"response": failed})).await;
             return;
         }
-        let kind = if object["status"] == "incomplete" { "response.incomplete" } else { "response.completed" };
+        let kind = if object.status == Status::Incomplete { "response.incomplete" } else { "response.completed" };
         ev.send(kind, json!({"response": object})).await;
     }
 }

@@ -9,9 +9,12 @@ use bitinglip_bus_schema::{FinishReason, TokenLogprob, ToolCall, Usage};
 use bitinglip_client::{CancelOnDrop, Relayed, TaskWatch};
 use futures::Stream;
 
-use super::{sse_data, Api, Shape};
+use super::Api;
 use crate::{
-    gateway::openai::{self, ApiError, Delta, ToolCallOut, ToolMode},
+    gateway::{
+        error::ApiError,
+        openai::{self, pipeline::sse_data, Delta, ToolCallOut, ToolMode},
+    },
     guided,
 };
 
@@ -37,11 +40,24 @@ enum Phase {
     End,
 }
 
+/// What a streamed answer's chunks carry besides its pieces.
+#[derive(Debug, Clone)]
+pub(super) struct Answering {
+    pub(super) api: Api,
+    pub(super) id: String,
+    pub(super) created: u64,
+    pub(super) model: String,
+    pub(super) include_usage: bool,
+    pub(super) mode: ToolMode,
+    pub(super) logprobs: bool,
+    pub(super) task_id: String,
+}
+
 /// A streamed answer's state between events.
 struct Streaming {
     watch: TaskWatch,
     cancel: CancelOnDrop,
-    shape: Shape,
+    shape: Answering,
     relay: tracing::Span,
     phase: Phase,
     /// Calls the engine recognized so far (their `index`).
@@ -61,7 +77,7 @@ struct TextFrame {
 
 impl TextFrame {
     /// The frame of `shape`'s chunks: everything but the text is the same in each.
-    fn of(shape: &Shape) -> Self {
+    fn of(shape: &Answering) -> Self {
         let delta = Delta { role: None, content: Some(String::new()), tool_calls: None };
         let json =
             serde_json::to_string(&openai::chunk(&shape.id, shape.created, &shape.model, delta, None, None, None))
@@ -247,7 +263,7 @@ impl Streaming {
 pub(super) fn sse_events(
     watch: TaskWatch,
     cancel: CancelOnDrop,
-    shape: Shape,
+    shape: Answering,
     relay: tracing::Span,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let text_frame = TextFrame::of(&shape);
@@ -261,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_text_chunk_from_its_frame_is_the_chunk_serde_writes() {
-        let shape = Shape {
+        let shape = Answering {
             api: Api::Chat,
             id: "chatcmpl-t1".into(),
             created: 1_700_000_000,

@@ -9,22 +9,22 @@ use axum::{
     body::Body,
     extract::{Extension, State},
     http::HeaderMap,
-    response::{IntoResponse, Response},
-    Json,
+    response::Response,
 };
 use base64::Engine as _;
-use bitinglip_bus_schema::{ApiKey, ChatParams, ErrorKind, WireError};
+use bitinglip_bus_schema::{ApiKey, ChatParams};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::Instrument;
 use utoipa::ToSchema;
 
-use super::{
-    limits::FullQueues,
-    openai::{self, ApiError},
-    submit::{admit, gateway_span, gather, read_body, submit_chat},
+use super::pipeline::{self, Asked, Finished, Shape};
+use crate::{
+    gateway::{
+        access::limits::FullQueues,
+        error::{self, ApiError},
+    },
+    NodeContext,
 };
-use crate::NodeContext;
 
 /// `POST /v1/embeddings` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -120,25 +120,54 @@ impl EmbeddingRequest {
     }
 }
 
-/// The answer of an embedding task, as `POST /v1/embeddings` returns it.
-pub(super) fn list_of(model: String, done: &bitinglip_bus_schema::TaskCompleted, base64: bool) -> EmbeddingList {
-    let data = done
-        .embeddings
-        .iter()
-        .enumerate()
-        .map(|(index, v)| EmbeddingObject {
-            object: "embedding",
-            index,
-            embedding: if base64 { Value::String(base64_of(v)) } else { serde_json::json!(v) },
-        })
-        .collect();
-    let tokens = done.usage.prompt_tokens;
-    EmbeddingList { object: "list", data, model, usage: EmbeddingUsage { prompt_tokens: tokens, total_tokens: tokens } }
+/// `/v1/embeddings`: the model, and whether the vectors go out in base64.
+pub(crate) struct Embeddings {
+    model: String,
+    base64: bool,
 }
 
-/// The task parameters of an embeddings request body, and whether it asked for base64.
-pub(super) fn params_of(body: &[u8]) -> Result<(ChatParams, bool), ApiError> {
-    openai::parse::<EmbeddingRequest>(body)?.into_params()
+impl Embeddings {
+    /// The shape of an embeddings answer.
+    pub(crate) fn of(model: &str, base64: bool) -> Self {
+        Self { model: model.to_string(), base64 }
+    }
+
+    /// The task of a `POST /v1/embeddings` body (it never streams).
+    pub(crate) fn parse(body: &[u8]) -> Result<Asked<Self>, ApiError> {
+        let (chat, base64) = error::parse::<EmbeddingRequest>(body)?.into_params()?;
+        Ok(Asked { shape: Self::of(&chat.model, base64), chat, stream: false, wait_for_model: true })
+    }
+
+    /// Whether the vectors go out in base64.
+    pub(crate) fn base64(&self) -> bool {
+        self.base64
+    }
+}
+
+impl Shape for Embeddings {
+    const ROUTE: &'static str = "/v1/embeddings";
+    type Answer = EmbeddingList;
+
+    async fn read(_: &NodeContext, _: &ApiKey, body: &[u8]) -> Result<Asked<Self>, ApiError> {
+        Self::parse(body)
+    }
+
+    fn answer(&self, f: &Finished) -> EmbeddingList {
+        let data = f
+            .done
+            .embeddings
+            .iter()
+            .enumerate()
+            .map(|(index, v)| EmbeddingObject {
+                object: "embedding",
+                index,
+                embedding: if self.base64 { Value::String(base64_of(v)) } else { serde_json::json!(v) },
+            })
+            .collect();
+        let tokens = f.done.usage.prompt_tokens;
+        let usage = EmbeddingUsage { prompt_tokens: tokens, total_tokens: tokens };
+        EmbeddingList { object: "list", data, model: self.model.clone(), usage }
+    }
 }
 
 /// Little-endian f32s in base64, as OpenAI's `encoding_format: base64`.
@@ -160,44 +189,14 @@ fn base64_of(vector: &[f32]) -> String {
         ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller"),
     ),
     responses((status = 200, body = EmbeddingList, headers(("x-task-id" = String, description = "the task's id")))))]
-pub(super) async fn embeddings(
+pub(crate) async fn embeddings(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
     Extension(full): Extension<Arc<FullQueues>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let span = gateway_span("/v1/embeddings", &headers);
-    let result = embed(ctx, &key, &full, headers, body, span.clone()).instrument(span).await;
-    if let Err(err) = &result {
-        crate::metrics::metrics().requests.with_label_values(&["-", err.code()]).inc();
-    }
-    result
-}
-
-async fn embed(
-    ctx: NodeContext,
-    key: &ApiKey,
-    full: &FullQueues,
-    headers: HeaderMap,
-    body: Body,
-    span: tracing::Span,
-) -> Result<Response, ApiError> {
-    let body = read_body(&ctx, &headers, body).await?;
-    let _permit = admit(&ctx)?;
-    let (params, base64) = params_of(&body)?;
-    let model = params.model.clone();
-    let (task_id, watch, _) = submit_chat(&ctx, full, &headers, key, params, true).await?;
-    span.record("task.id", task_id.as_str());
-    let timeout = ctx.config.gateway.request_timeout;
-    let (_, done) = match tokio::time::timeout(timeout, gather(watch)).await {
-        Err(_) => return Err(WireError::new(ErrorKind::Timeout, format!("no answer within {timeout:?}")).into()),
-        Ok(result) => result?,
-    };
-    crate::metrics::metrics().requests.with_label_values(&[&model, "ok"]).inc();
-    let mut resp = Json(list_of(model, &done, base64)).into_response();
-    resp.headers_mut().insert("x-task-id", task_id.as_str().parse().expect("task ids are valid header values"));
-    Ok(resp)
+    pipeline::run::<Embeddings>(ctx, key, full, headers, body).await
 }
 
 #[cfg(test)]

@@ -13,12 +13,12 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::openai::{ApiError, Query};
+use crate::gateway::error::{ApiError, Query};
 use crate::NodeContext;
 
 /// One queue: a model and a priority class.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct QueueView {
+pub(crate) struct QueueView {
     /// The model.
     model: String,
     /// `interactive` or `batch`.
@@ -33,7 +33,7 @@ pub(super) struct QueueView {
 
 /// `GET /api/v1/queues`.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct QueueList {
+pub(crate) struct QueueList {
     /// `list`.
     object: &'static str,
     /// Every registered model's two queues.
@@ -42,7 +42,7 @@ pub(super) struct QueueList {
 
 /// Every registered model's queues: waiting, running, the oldest task's age.
 #[utoipa::path(get, path = "/api/v1/queues", tag = "admin", responses((status = 200, body = QueueList)))]
-pub(super) async fn queues(State(ctx): State<NodeContext>) -> Result<Json<QueueList>, ApiError> {
+pub(crate) async fn queues(State(ctx): State<NodeContext>) -> Result<Json<QueueList>, ApiError> {
     let reply: ModelList = ctx
         .bus
         .request(ctx.bus.subjects().model_list(), &ListModels {}, None, None)
@@ -76,7 +76,7 @@ const PULL_QUIET: std::time::Duration = std::time::Duration::from_secs(120);
 /// The query of `GET /api/v1/models/progress`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub(super) struct ProgressQuery {
+pub(crate) struct ProgressQuery {
     /// The hub id being pulled.
     #[param(min_length = 1, max_length = 256)]
     model: String,
@@ -88,7 +88,7 @@ pub(super) struct ProgressQuery {
 /// within 5 s of opening, or when one goes quiet for 2 minutes.
 #[utoipa::path(get, path = "/api/v1/models/progress", tag = "admin", params(ProgressQuery),
     responses((status = 200, description = "the progress events", content_type = "text/event-stream", body = String)))]
-pub(super) async fn progress(
+pub(crate) async fn progress(
     State(ctx): State<NodeContext>,
     Extension(_key): Extension<ApiKey>,
     Query(q): Query<ProgressQuery>,

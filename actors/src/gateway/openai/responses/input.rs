@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
-use crate::gateway::openai::ApiError;
+use crate::gateway::error::ApiError;
 use crate::NodeContext;
 
 /// `POST /v1/responses` body (text only).

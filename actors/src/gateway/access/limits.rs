@@ -20,10 +20,10 @@ use axum::{
 use bitinglip_bus_schema::KeyLimits;
 use bitinglip_nats::store::counters::Window;
 
-use super::openai::ApiError;
+use crate::gateway::error::ApiError;
 
 /// The routes that spend a key's budget.
-pub(super) fn counted(method: &axum::http::Method, path: &str) -> bool {
+pub(crate) fn counted(method: &axum::http::Method, path: &str) -> bool {
     method == axum::http::Method::POST
         && matches!(
             path,
@@ -37,7 +37,7 @@ pub(super) fn counted(method: &axum::http::Method, path: &str) -> bool {
 }
 
 /// What the counts say (pure): the headers to send, and the refusal when over a limit.
-pub(super) fn verdict(limits: &KeyLimits, w: &Window, now_ms: u64) -> (HeaderMap, Option<ApiError>) {
+pub(crate) fn verdict(limits: &KeyLimits, w: &Window, now_ms: u64) -> (HeaderMap, Option<ApiError>) {
     let mut headers = HeaderMap::new();
     let mut put = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
@@ -68,7 +68,7 @@ pub(super) fn verdict(limits: &KeyLimits, w: &Window, now_ms: u64) -> (HeaderMap
 
 /// What a batch's next line may do under its key's limits (pure).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum LineVerdict {
+pub(crate) enum LineVerdict {
     /// Submit it.
     Go,
     /// Wait until the minute's window ends (`rpm` or `tpm`).
@@ -80,20 +80,20 @@ pub(super) enum LineVerdict {
 
 /// What a batch line would spend: its request's number in the minute, and tokens.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct LineCost {
+pub(crate) struct LineCost {
     /// The line's request would be this one of the minute.
-    pub(super) requests: u64,
+    pub(crate) requests: u64,
     /// `max_tokens` of the key's lines still running (they count when they finish).
-    pub(super) reserved: u64,
+    pub(crate) reserved: u64,
     /// This line's `max_tokens`.
-    pub(super) tokens: u64,
+    pub(crate) tokens: u64,
 }
 
 /// [`LineVerdict`] for a line costing `cost` in `w`'s windows. Tokens count when a task
 /// finishes, so the lines still running hold their `max_tokens` against the day's budget:
 /// a line that would not fit waits for them, and runs alone when none is left (a budget
 /// is overshot at most by one line, as by one request).
-pub(super) fn line_verdict(limits: &KeyLimits, w: &Window, cost: LineCost) -> LineVerdict {
+pub(crate) fn line_verdict(limits: &KeyLimits, w: &Window, cost: LineCost) -> LineVerdict {
     if let Some(day) = limits.tokens_per_day {
         if w.tokens_today >= day {
             return LineVerdict::BudgetSpent(format!(
@@ -116,7 +116,7 @@ pub(super) fn line_verdict(limits: &KeyLimits, w: &Window, cost: LineCost) -> Li
 
 /// A key's refusal while it stands: until when, under which limits, and the answer.
 #[derive(Clone)]
-pub(super) struct Standing {
+pub(crate) struct Standing {
     until_ms: u64,
     limits: KeyLimits,
     refusal: ApiError,
@@ -125,11 +125,11 @@ pub(super) struct Standing {
 
 /// This gateway's standing refusals, by key id (its `Auth` holds them): bounded by the
 /// keys that exist, one entry each at most, gone when it lapses.
-pub(super) type Refusals = crate::timed::Remembered<String, Standing>;
+pub(crate) type Refusals = crate::timed::Remembered<String, Standing>;
 
 /// Remembers that `key_id` (with `limits`) was refused at `now_ms` with `refusal`, whose
 /// `Retry-After` says when its window ends.
-pub(super) fn remember(
+pub(crate) fn remember(
     refusals: &Refusals,
     key_id: &str,
     limits: &KeyLimits,
@@ -147,7 +147,7 @@ pub(super) fn remember(
 
 /// The refusal `key_id` still stands under at `now_ms`, with the same limits (a key whose
 /// limits changed is counted again), its `Retry-After` brought up to date.
-pub(super) fn still_refused(refusals: &Refusals, key_id: &str, limits: &KeyLimits, now_ms: u64) -> Option<Response> {
+pub(crate) fn still_refused(refusals: &Refusals, key_id: &str, limits: &KeyLimits, now_ms: u64) -> Option<Response> {
     let st = refusals.get(&key_id.to_string()).filter(|st| st.until_ms > now_ms && st.limits == *limits)?;
     let left = (st.until_ms - now_ms).div_ceil(1000).max(1);
     Some(refused(st.refusal.with_retry_after(left), st.headers))
@@ -159,22 +159,22 @@ const FULL_REMEMBERED: std::time::Duration = std::time::Duration::from_millis(50
 
 /// The queues a task manager called full lately, by model and class (this gateway's
 /// `Auth` holds them).
-pub(super) type FullQueues =
+pub(crate) type FullQueues =
     crate::timed::Remembered<(String, bitinglip_bus_schema::Priority), bitinglip_bus_schema::WireError>;
 
 /// A gateway's memory of full queues, each for [`FULL_REMEMBERED`].
-pub(super) fn full_queues() -> FullQueues {
+pub(crate) fn full_queues() -> FullQueues {
     FullQueues::new(FULL_REMEMBERED)
 }
 
 /// Adds `headers` to `resp`.
-pub(super) fn with_headers(mut resp: Response, headers: HeaderMap) -> Response {
+pub(crate) fn with_headers(mut resp: Response, headers: HeaderMap) -> Response {
     resp.headers_mut().extend(headers);
     resp
 }
 
 /// A refusal with its headers.
-pub(super) fn refused(err: ApiError, headers: HeaderMap) -> Response {
+pub(crate) fn refused(err: ApiError, headers: HeaderMap) -> Response {
     with_headers(err.into_response(), headers)
 }
 

@@ -26,30 +26,30 @@ use bitinglip_nats::{
     Store,
 };
 
-use super::openai::ApiError;
+use crate::gateway::error::ApiError;
 
 /// The id the configured admin key goes by (in task ownership and usage).
-pub(super) const CONFIG_ADMIN_ID: &str = "config-admin";
+pub(crate) const CONFIG_ADMIN_ID: &str = "config-admin";
 
 /// What the check needs: the mirrored keys and the configured admin key's hash.
 #[derive(Clone)]
-pub(super) struct Auth {
-    pub(super) keys: KeyWatch,
-    pub(super) store: Store,
-    pub(super) admin_key_sha256: Option<String>,
+pub(crate) struct Auth {
+    pub(crate) keys: KeyWatch,
+    pub(crate) store: Store,
+    pub(crate) admin_key_sha256: Option<String>,
     /// Requests and streams in progress per key when the key sets none.
-    pub(super) max_concurrent_per_key: u32,
+    pub(crate) max_concurrent_per_key: u32,
     /// This gateway's requests and streams in progress, per key.
-    pub(super) in_flight: super::in_flight::Counts,
+    pub(crate) in_flight: super::in_flight::Counts,
     /// This gateway's standing refusals of keys over their limits.
-    pub(super) refusals: Arc<super::limits::Refusals>,
+    pub(crate) refusals: Arc<super::limits::Refusals>,
     /// The queues a task manager called full lately (handed to the handlers as an
     /// extension).
-    pub(super) full: Arc<super::limits::FullQueues>,
+    pub(crate) full: Arc<super::limits::FullQueues>,
 }
 
 /// The scope a path needs; `None` for the open probes.
-pub(super) fn needs(path: &str) -> Option<Scope> {
+pub(crate) fn needs(path: &str) -> Option<Scope> {
     match path {
         "/health" | "/ready" => None,
         // The dashboard's page, script and style: it signs in with a key, then calls the API.
@@ -69,7 +69,7 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// A 403 in OpenAI's shape.
-pub(super) fn forbidden(message: impl Into<String>, code: &str) -> ApiError {
+pub(crate) fn forbidden(message: impl Into<String>, code: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "permission_error", message).with_code(code)
 }
 
@@ -81,7 +81,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The middleware: authenticates the key, checks the path's scope, and hands the key to
 /// the handlers as an extension.
-pub(super) async fn require_key(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn require_key(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(auth.full.clone());
     let Some(needed) = needs(req.uri().path()) else { return next.run(req).await };
     let Some(secret) = bearer(req.headers()) else {
@@ -161,7 +161,7 @@ async fn limited(auth: Auth, mut req: Request, next: Next, key: ApiKey) -> Respo
 }
 
 /// Refuses a model outside the key's list.
-pub(super) fn check_model(key: &ApiKey, model: &str) -> Result<(), ApiError> {
+pub(crate) fn check_model(key: &ApiKey, model: &str) -> Result<(), ApiError> {
     if key.allows_model(model) {
         return Ok(());
     }
@@ -169,7 +169,7 @@ pub(super) fn check_model(key: &ApiKey, model: &str) -> Result<(), ApiError> {
 }
 
 /// True when `key` may see `task`: its own, or any for an admin key.
-pub(super) fn sees(key: &ApiKey, task: &TaskRecord) -> bool {
+pub(crate) fn sees(key: &ApiKey, task: &TaskRecord) -> bool {
     key.scope == Scope::Admin || task.owner.as_deref() == Some(key.id.as_str())
 }
 

@@ -11,7 +11,7 @@
 //! gone is cancelled at the next round (within a second or so).
 //!
 //! A driven batch's lines are read a page at a time from the files store (the input file
-//! is kept in pages of [`batches::PAGE_LINES`] lines), and an ended line is kept as its
+//! is kept in pages of [`PAGE_LINES`] lines), and an ended line is kept as its
 //! outcome only (a completed line's answer is read again from its task when the output
 //! file is written): what a gateway holds per batch is a page or two and a small entry per
 //! ended line, whatever the size of the file.
@@ -20,24 +20,40 @@
 //! as task `<batch id>-<n>` (submitting it again is recognised by the task manager and
 //! runs nothing twice), and a task's record says how it ended. A gateway that dies loses
 //! nothing; another takes the lease when it lapses and goes on.
+//!
+//! The loop is a task its gateway owns ([`Runner`]): stopped with the gateway, and started
+//! again with it when its supervisor restarts it.
 
 use std::collections::{BTreeMap, HashMap};
 
 use bitinglip_bus_schema::{
-    BatchRecord, BatchStatus, ErrorKind, FileRecord, GetTask, KeyLimits, LineError, Priority, SubmitReply,
-    SubmitRequest, TaskId, TaskRecord, TaskState, TaskStatusReply, WireError,
+    BatchEndpoint, BatchRecord, BatchStatus, ErrorKind, FileRecord, GetTask, KeyLimits, LineError, Priority,
+    SubmitReply, SubmitRequest, TaskId, TaskRecord, TaskState, TaskStatusReply, WireError,
 };
 use bitinglip_nats::store::keys::KeyWatch;
 use serde_json::{json, Value};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    batches::{self, Line},
-    embeddings,
-    limits::{line_verdict, LineCost, LineVerdict},
-    openai,
+    input::{page_lines, Line, PAGE_LINES},
+    status_of,
 };
-use crate::NodeContext;
+use crate::{
+    gateway::{
+        access::{
+            auth::CONFIG_ADMIN_ID,
+            limits::{line_verdict, LineCost, LineVerdict},
+        },
+        error::ApiError,
+        openai::{
+            chat::{Chat, Text},
+            embeddings::Embeddings,
+            pipeline::{Finished, Shape},
+        },
+    },
+    NodeContext,
+};
 
 /// The most lines of one batch in the queue at once: the rest wait their turn, so one
 /// batch never fills the model's queue.
@@ -85,16 +101,16 @@ struct Driven {
 impl Driven {
     /// Line `n`, when its page is loaded.
     fn line(&self, n: u32) -> Option<&Line> {
-        self.pages.get(&(n / batches::PAGE_LINES)).and_then(|p| p.get((n % batches::PAGE_LINES) as usize))
+        self.pages.get(&(n / PAGE_LINES)).and_then(|p| p.get((n % PAGE_LINES) as usize))
     }
 
     /// Loads line `n`'s page when it is not. `Ok(false)`: the input file is gone.
-    async fn load(&mut self, ctx: &NodeContext, b: &BatchRecord, n: u32) -> Result<bool, String> {
-        let k = n / batches::PAGE_LINES;
+    async fn load(&mut self, ctx: &NodeContext, b: &BatchRecord, n: u32) -> Result<bool, WireError> {
+        let k = n / PAGE_LINES;
         if self.pages.contains_key(&k) {
             return Ok(true);
         }
-        match batches::page_lines(ctx, &b.endpoint, &b.input_file_id, k).await? {
+        match page_lines(ctx, b.endpoint, &b.input_file_id, k).await? {
             Some(lines) => {
                 self.pages.insert(k, lines);
                 Ok(true)
@@ -104,8 +120,49 @@ impl Driven {
     }
 }
 
+/// The batch loop of one gateway: its task and its stop signal.
+pub(crate) struct Runner {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    inner: tokio::task::AbortHandle,
+}
+
+impl Runner {
+    /// Starts driving batches; `ended` is called with the reason when the loop ends (a
+    /// panic included), so that its owner can fail and be started again.
+    pub(crate) fn start(ctx: NodeContext, ended: impl FnOnce(String) + Send + 'static) -> Self {
+        let stop = CancellationToken::new();
+        let inner = tokio::spawn(run(ctx, stop.clone()));
+        let abort = inner.abort_handle();
+        let task = tokio::spawn(async move {
+            ended(match inner.await {
+                Ok(()) => "stopped".to_string(),
+                Err(err) => err.to_string(),
+            })
+        });
+        Self { stop, task: Some(task), inner: abort }
+    }
+
+    /// Stops the loop after its current round (a round cut short loses nothing: the next
+    /// gateway to hold the lease reads the record again), waiting up to `patience`.
+    pub(crate) async fn stop(&mut self, patience: std::time::Duration) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            if tokio::time::timeout(patience, task).await.is_err() {
+                self.inner.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// Drives every batch until `stop`.
-pub(super) async fn run(ctx: NodeContext, stop: CancellationToken) {
+async fn run(ctx: NodeContext, stop: CancellationToken) {
     let me = ctx.bus.node_id().to_string();
     let keys = ctx.store.watch_keys();
     let mut driven: HashMap<String, Driven> = HashMap::new();
@@ -113,6 +170,9 @@ pub(super) async fn run(ctx: NodeContext, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if stop.is_cancelled() {
+            return;
         }
         let ids = match ctx.store.batches().ids().await {
             Ok(ids) => ids,
@@ -135,13 +195,12 @@ async fn drive(
     me: &str,
     id: &str,
     driven: &mut HashMap<String, Driven>,
-) -> Result<(), String> {
-    let store_err = |e: bitinglip_nats::StoreError| e.to_string();
-    let Some((mut b, rev)) = ctx.store.batches().get(id).await.map_err(store_err)? else { return Ok(()) };
+) -> Result<(), WireError> {
+    let Some((mut b, rev)) = ctx.store.batches().get(id).await? else { return Ok(()) };
     let now = bitinglip_nats::now_ms();
     if b.status.is_final() {
         driven.remove(id);
-        return expire(ctx, &b, now).await.map_err(store_err);
+        return Ok(expire(ctx, &b, now).await?);
     }
     if b.runner.as_deref().is_some_and(|r| r != me) && b.runner_until_ms > now {
         // Another gateway drives it.
@@ -151,13 +210,13 @@ async fn drive(
     // The key that made it: revoked, expired or gone, its batch is cancelled; else its
     // limits hold for every line.
     let limits = match b.owner.as_deref() {
-        Some(owner) if owner != super::auth::CONFIG_ADMIN_ID => {
-            let key = keys.get(owner).await.map_err(store_err)?.filter(|k| k.active(now));
+        Some(owner) if owner != CONFIG_ADMIN_ID => {
+            let key = keys.get(owner).await?.filter(|k| k.active(now));
             if key.is_none() && b.status == BatchStatus::InProgress {
                 tracing::info!(batch = %id, key = owner, "the batch's key was revoked or expired; cancelling");
                 b.status = BatchStatus::Cancelling;
                 b.error = Some("the API key that made this batch was revoked or expired".into());
-                b.times.insert("cancelling".into(), now);
+                b.times.set(BatchStatus::Cancelling, now);
             }
             key.map(|k| k.limits).filter(KeyLimits::any)
         }
@@ -167,9 +226,9 @@ async fn drive(
     if b.submitted < b.total && !d.load(ctx, &b, b.submitted).await? {
         b.status = BatchStatus::Failed;
         b.error = Some(format!("the input file {} is gone", b.input_file_id));
-        b.times.insert("failed".into(), now);
+        b.times.set(BatchStatus::Failed, now);
         driven.remove(id);
-        return ctx.store.batches().update(&b, rev).await.map(|_| ()).map_err(store_err);
+        return Ok(ctx.store.batches().update(&b, rev).await.map(|_| ())?);
     }
     let stopping = b.status == BatchStatus::Cancelling || now > b.expires_ms;
 
@@ -205,7 +264,7 @@ async fn drive(
                 .filter(|m| !d.ended.contains_key(m))
                 .map(|m| u64::from(d.running_max_tokens.get(&m).copied().unwrap_or(default_max_tokens)))
                 .sum();
-            match spend(ctx, owner, limits, now, reserved, u64::from(max_tokens)).await.map_err(store_err)? {
+            match spend(ctx, owner, limits, now, reserved, u64::from(max_tokens)).await? {
                 LineVerdict::Go => {}
                 LineVerdict::Wait => break,
                 LineVerdict::BudgetSpent(message) => {
@@ -261,7 +320,7 @@ async fn drive(
                     b.error = Some(format!(
                         "more than {MAX_REFUSED} of its lines were refused (the first are listed); the rest did not run"
                     ));
-                    b.times.insert("failed".into(), now);
+                    b.times.set(BatchStatus::Failed, now);
                     break;
                 }
                 b.refused.push(LineError {
@@ -317,7 +376,7 @@ async fn drive(
         d.running_max_tokens.remove(&n);
     }
     // Pages before the next line to submit are done with (the output file reads them again).
-    let current = b.submitted / batches::PAGE_LINES;
+    let current = b.submitted / PAGE_LINES;
     d.pages.retain(|k, _| *k >= current);
     b.completed = d.ended.values().filter(|e| matches!(e, Ended::Completed)).count() as u32;
     b.failed = d.ended.len() as u32 - b.completed;
@@ -353,7 +412,7 @@ async fn drive(
                 bytes: content.len() as u64,
                 created_ms: now,
             };
-            ctx.store.files().put(&record, content.as_bytes()).await.map_err(store_err)?;
+            ctx.store.files().put(&record, content.as_bytes()).await?;
             if which == "output" {
                 b.output_file_id = Some(record.id.clone());
             } else {
@@ -361,13 +420,13 @@ async fn drive(
             }
             written.push(record.id);
         }
-        let (status, at) = match (b.status, now > b.expires_ms) {
-            (BatchStatus::Cancelling, _) => (BatchStatus::Cancelled, "cancelled"),
-            (_, true) => (BatchStatus::Expired, "expired"),
-            _ => (BatchStatus::Completed, "completed"),
+        let status = match (b.status, now > b.expires_ms) {
+            (BatchStatus::Cancelling, _) => BatchStatus::Cancelled,
+            (_, true) => BatchStatus::Expired,
+            _ => BatchStatus::Completed,
         };
-        b.times.insert("finalizing".into(), now);
-        b.times.insert(at.into(), now);
+        b.times.set(BatchStatus::Finalizing, now);
+        b.times.set(status, now);
         b.status = status;
     }
     b.runner = Some(me.to_string());
@@ -390,7 +449,7 @@ async fn drive(
             if let Some(d) = driven.get_mut(id) {
                 d.cancels_sent = false;
             }
-            Err(err.to_string())
+            Err(err.into())
         }
     }
 }
@@ -398,7 +457,7 @@ async fn drive(
 /// Removes a batch that ended more than `gateway.batch_retention` ago, its output and error
 /// files first (so a crash between leaves the record, and the next round finishes).
 async fn expire(ctx: &NodeContext, b: &BatchRecord, now: u64) -> Result<(), bitinglip_nats::StoreError> {
-    let ended = b.times.values().copied().max().unwrap_or(b.created_ms);
+    let ended = b.times.latest().unwrap_or(b.created_ms);
     let retention = ctx.config.gateway.batch_retention.as_millis() as u64;
     if now.saturating_sub(ended) < retention {
         return Ok(());
@@ -434,13 +493,13 @@ async fn spend(
 }
 
 /// A task's record, read through the task managers (`None`: no such task).
-async fn record_of(ctx: &NodeContext, task_id: &TaskId) -> Result<Option<TaskRecord>, String> {
+async fn record_of(ctx: &NodeContext, task_id: &TaskId) -> Result<Option<TaskRecord>, WireError> {
     let get = GetTask { task_id: task_id.clone() };
     match ctx.bus.request::<_, TaskStatusReply>(ctx.bus.subjects().task_get(), &get, None, None).await {
         Ok(TaskStatusReply::Found(record)) => Ok(Some(record)),
         Ok(TaskStatusReply::Error(e)) if e.kind == ErrorKind::NotFound => Ok(None),
-        Ok(TaskStatusReply::Error(e)) => Err(e.message),
-        Err(e) => Err(e.to_string()),
+        Ok(TaskStatusReply::Error(e)) => Err(e),
+        Err(e) => Err(WireError::from(&e)),
     }
 }
 
@@ -451,20 +510,20 @@ fn kind_of(code: &str) -> ErrorKind {
 /// The output file (completed lines) and the error file (failed ones), in OpenAI's line
 /// format, in line order: a page of lines at a time, each completed line's answer read
 /// again from its task.
-async fn files_of(ctx: &NodeContext, b: &BatchRecord, d: &Driven) -> Result<(String, String), String> {
+async fn files_of(ctx: &NodeContext, b: &BatchRecord, d: &Driven) -> Result<(String, String), WireError> {
     let mut output = String::new();
     let mut errors = String::new();
     let mut page: Option<(u32, Vec<Line>)> = None;
     for n in 0..b.total {
         let Some(ended) = d.ended.get(&n) else { continue };
-        let k = n / batches::PAGE_LINES;
+        let k = n / PAGE_LINES;
         if page.as_ref().is_none_or(|(loaded, _)| *loaded != k) {
-            let lines = batches::page_lines(ctx, &b.endpoint, &b.input_file_id, k)
-                .await?
-                .ok_or_else(|| format!("the input file {} is gone", b.input_file_id))?;
+            let lines = page_lines(ctx, b.endpoint, &b.input_file_id, k).await?.ok_or_else(|| {
+                WireError::new(ErrorKind::NotFound, format!("the input file {} is gone", b.input_file_id))
+            })?;
             page = Some((k, lines));
         }
-        let Some(line) = page.as_ref().and_then(|(_, lines)| lines.get((n % batches::PAGE_LINES) as usize)) else {
+        let Some(line) = page.as_ref().and_then(|(_, lines)| lines.get((n % PAGE_LINES) as usize)) else {
             continue;
         };
         let task = task_of(&b.id, n).to_string();
@@ -473,15 +532,16 @@ async fn files_of(ctx: &NodeContext, b: &BatchRecord, d: &Driven) -> Result<(Str
                 let Some(record) = record_of(ctx, &task_of(&b.id, n)).await? else { continue };
                 let Some(mut done) = record.result else { continue };
                 let text = match &done.text_object {
-                    Some(name) => ctx.store.results().get(name).await.map_err(|e| e.to_string())?.unwrap_or_default(),
+                    Some(name) => ctx.store.results().get(name).await?.unwrap_or_default(),
                     None => std::mem::take(&mut done.text),
                 };
-                ctx.store.results().resolve_parts(&mut done).await.map_err(|e| e.to_string())?;
-                (&mut output, 200, Some(task.clone()), render(&b.endpoint, line, &task, text, &done))
+                ctx.store.results().resolve_parts(&mut done).await?;
+                let finished = Finished { task_id: task_of(&b.id, n), created: record.updated_ms / 1000, text, done };
+                (&mut output, 200, Some(task.clone()), render(b.endpoint, line, &finished))
             }
             Ended::Failed { task: ran, error } => {
-                let body = serde_json::to_value(openai::ApiError::from(error.clone()).body()).unwrap_or_default();
-                (&mut errors, batches::status_of(error.kind), ran.clone(), body)
+                let body = serde_json::to_value(ApiError::from(error.clone()).body()).unwrap_or_default();
+                (&mut errors, status_of(error.kind), ran.clone(), body)
             }
         };
         let row = json!({
@@ -507,31 +567,13 @@ fn jsonl_safe(json: String) -> String {
 }
 
 /// A completed line's answer, as its endpoint would have returned it.
-fn render(endpoint: &str, line: &Line, task: &str, text: String, done: &bitinglip_bus_schema::TaskCompleted) -> Value {
-    let created = done.usage.total_time_ms as u64 / 1000;
-    let model = line.chat.model.clone();
-    let logprobs = line.chat.logprobs.is_some();
+fn render(endpoint: BatchEndpoint, line: &Line, finished: &Finished) -> Value {
     let value = match endpoint {
-        "/v1/chat/completions" => serde_json::to_value(openai::completion(
-            &format!("chatcmpl-{task}"),
-            created,
-            &model,
-            text,
-            done,
-            line.chat.tool_choice.is_forced(),
-            logprobs,
-        )),
-        "/v1/completions" => {
-            let lp = openai::legacy_logprobs(logprobs, &done.logprobs, 0);
-            serde_json::to_value(openai::text_completion(
-                &format!("cmpl-{task}"),
-                created,
-                &model,
-                Some((text, lp, Some(done.finish_reason))),
-                Some(&done.usage),
-            ))
+        BatchEndpoint::ChatCompletions => serde_json::to_value(Chat::of(&line.chat).answer(finished)),
+        BatchEndpoint::Completions => serde_json::to_value(Text::of(&line.chat).answer(finished)),
+        BatchEndpoint::Embeddings => {
+            serde_json::to_value(Embeddings::of(&line.chat.model, line.base64).answer(finished))
         }
-        _ => serde_json::to_value(embeddings::list_of(model, done, line.base64)),
     };
     value.unwrap_or_default()
 }

@@ -1,0 +1,44 @@
+//! `GET /v1/models`: the models the key may use, in OpenAI's list format.
+
+use axum::{
+    extract::{Extension, State},
+    Json,
+};
+use bitinglip_bus_schema::{ApiKey, ListModels, ModelList, WireError};
+
+use crate::{
+    gateway::{
+        error::ApiError,
+        openai::{ModelObject, ModelObjectList},
+    },
+    NodeContext,
+};
+
+/// The models this key may use, in OpenAI's list format.
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = ModelObjectList)))]
+pub(crate) async fn models(
+    State(ctx): State<NodeContext>,
+    Extension(key): Extension<ApiKey>,
+) -> Result<Json<ModelObjectList>, ApiError> {
+    let reply: ModelList = ctx
+        .bus
+        .request(ctx.bus.subjects().model_list(), &ListModels {}, None, None)
+        .await
+        .map_err(|e| ApiError::from(WireError::from(&e)))?;
+    let models = match reply {
+        ModelList::Models { models } => models,
+        ModelList::Error(err) => return Err(err.into()),
+    };
+    let data = models
+        .into_iter()
+        .filter(|m| key.allows_model(&m.id))
+        .map(|m| ModelObject {
+            object: "model",
+            created: m.created_ms / 1000,
+            owned_by: "bitinglip",
+            context_length: m.context_length,
+            id: m.id,
+        })
+        .collect();
+    Ok(Json(ModelObjectList { object: "list", data }))
+}
