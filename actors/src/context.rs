@@ -105,6 +105,11 @@ impl NodeContext {
         NodeContext { shared: Arc::new(shared) }
     }
 
+    /// The per-role connections, when the node has them.
+    pub fn role_connections(&self) -> impl Iterator<Item = &(Bus, Store)> {
+        self.roles.values()
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> &str {
         self.bus.node_id()

@@ -46,4 +46,4 @@ pub mod worker;
 
 pub use context::NodeContext;
 pub use engine::{Engine, EngineError, GenerateRequest, Generation, Piece};
-pub use node::{NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
+pub use node::{Node, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg, StartError};

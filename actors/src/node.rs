@@ -13,6 +13,10 @@
 //! survives. Stopping the supervisor stops the gateway first (no new requests), then the
 //! workers (they hand back what they hold), then the rest.
 
+mod assembly;
+
+pub use assembly::{Node, StartError};
+
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,

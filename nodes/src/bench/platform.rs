@@ -5,47 +5,36 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bitinglip_actors::{NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
-use bitinglip_bus_schema::{ChatParams, Subjects, SubmitReply, SubmitRequest, TaskId};
+use bitinglip_actors::Node;
+use bitinglip_bus_schema::{ChatParams, SubmitReply, SubmitRequest, TaskId};
 use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_config::Config;
 use bitinglip_nats::{Bus, Store};
-use ractor::{Actor, ActorRef};
 
 use super::stats::{closed_loop, Samples};
 
-/// A node running in this process.
+/// A node running in this process, started as production starts one ([`Node::start`]:
+/// its connections, JetStream, reprovision on reconnect, the actors).
 pub(crate) struct InProcessNode {
-    supervisor: ActorRef<NodeSupervisorMsg>,
-    handle: tokio::task::JoinHandle<()>,
+    node: Node,
     /// Its gateway, when it runs one.
     pub(crate) http: Option<String>,
 }
 
 impl InProcessNode {
-    /// Connects, provisions and starts the node supervisor with `config`'s roles.
+    /// Starts a node with `config`'s roles.
     pub(crate) async fn start(config: Config) -> anyhow::Result<Self> {
-        let client = bitinglip_nats::connect(&config.nats, &format!("bitinglip-{}", config.node_id), None).await?;
-        let subjects = Subjects::new(config.nats.subject_root.clone())?;
-        let bus = Bus::new(client, subjects.clone(), config.node_id.clone(), config.nats.request_timeout);
-        let store = bitinglip_nats::Store::provision(&bus, &config).await?;
-        let ctx = NodeContext::new(bus, store, config);
-        let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, NodeSupervisorArgs { ctx: ctx.clone() })
-            .await
-            .map_err(|e| anyhow::anyhow!("node failed to start: {e}"))?;
-        let http = ctx.http_addr.read().ok().and_then(|a| a.clone()).map(|a| format!("http://{a}"));
-        Ok(Self { supervisor, handle, http })
+        let node = Node::start(config).await?;
+        let http = node.http_addr().map(|a| format!("http://{a}"));
+        Ok(Self { node, http })
     }
 
     /// Stops it the way a signal would.
     pub(crate) async fn stop(self) {
-        let _ = ractor::call!(self.supervisor, NodeSupervisorMsg::Shutdown);
-        self.supervisor.stop(None);
-        let _ = self.handle.await;
+        self.node.stop().await;
     }
 }
 
-/// A chat request for `model`.
 pub(crate) fn chat(model: &str, prompt: &str, max_tokens: u32) -> ChatParams {
     ChatParams { max_tokens: Some(max_tokens), temperature: Some(0.0), ..ChatParams::user(model, prompt) }
 }

@@ -15,14 +15,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bitinglip_actors::{NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
+use bitinglip_actors::Node;
 use bitinglip_bus_schema::{
     Constraints, DeploymentList, DeploymentReply, EngineKind, ListDeployments, ModelSpec, Role, SetDeployment, Subjects,
 };
 use bitinglip_config::Config;
-use bitinglip_nats::{permissions::NatsRole, Bus, LocalNatsServer, ServerOptions, Store};
+use bitinglip_nats::{Bus, LocalNatsServer, ServerOptions, Store};
 use futures::{FutureExt as _, StreamExt};
-use ractor::{Actor, ActorRef};
 
 use super::{platform, stats::Samples, step};
 
@@ -65,41 +64,28 @@ pub(crate) struct SimRow {
 /// A simulated worker node running in this process.
 struct SimNode {
     id: String,
-    client: async_nats::Client,
-    supervisor: ActorRef<NodeSupervisorMsg>,
-    handle: tokio::task::JoinHandle<()>,
+    node: Node,
 }
 
 impl SimNode {
+    /// A worker node, started as production starts one ([`Node::start`]: as the
+    /// `worker` user, on the streams and buckets the control plane provisioned).
     async fn start(mut config: Config) -> anyhow::Result<Self> {
         config.roles = vec![Role::Worker];
         config.worker.memory = Some(NODE_MEMORY);
         let id = config.node_id.clone();
-        let name = format!("bitinglip-{id}");
-        let client = bitinglip_nats::connect_as(&config.nats, NatsRole::Worker, &name, None).await?;
-        let subjects = Subjects::new(config.nats.subject_root.clone())?;
-        let bus = Bus::new(client.clone(), subjects, id.clone(), config.nats.request_timeout);
-        // The control plane provisioned the streams and buckets.
-        let store = Store::open(&bus, &config).await?;
-        let ctx = NodeContext::new(bus, store, config);
-        let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, NodeSupervisorArgs { ctx })
-            .await
-            .map_err(|e| anyhow::anyhow!("simulated node {id} failed to start: {e}"))?;
-        Ok(Self { id, client, supervisor, handle })
+        let node = Node::start(config).await.with_context(|| format!("simulated node {id}"))?;
+        Ok(Self { id, node })
     }
 
-    /// Dies: its connection closes first (the server sees it go, its heartbeat stays
+    /// Dies: its connections close first (the server sees it go, its heartbeat stays
     /// behind, unremoved), then its actors stop.
     async fn die(self) {
-        let _ = self.client.drain().await;
-        self.supervisor.kill();
-        let _ = self.handle.await;
+        self.node.die().await;
     }
 
     async fn stop(self) {
-        let _ = ractor::call!(self.supervisor, NodeSupervisorMsg::Shutdown);
-        self.supervisor.stop(None);
-        let _ = self.handle.await;
+        self.node.stop().await;
     }
 }
 

@@ -1,19 +1,15 @@
-//! `bitinglip up` and `bitinglip node`: connect (starting a local nats-server for `up`
-//! when none answers), provision JetStream, start the node supervisor, wait for Ctrl-C or
-//! SIGTERM, stop cleanly.
+//! `bitinglip up` and `bitinglip node`: start a local nats-server for `up` when none
+//! answers (with per-role credentials made on the first start), start the node
+//! ([`Node::start`]: connections, JetStream, the actors), wait for Ctrl-C or SIGTERM, stop
+//! cleanly.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bitinglip_actors::{NodeContext, NodeSupervisor, NodeSupervisorArgs, NodeSupervisorMsg};
+use bitinglip_actors::Node;
 use bitinglip_bus_schema::Subjects;
 use bitinglip_config::{Config, Role};
-use bitinglip_nats::{permissions::NatsRole, Bus, LocalNatsServer, ServerOptions, Store};
-
-/// The role a node's own connection runs as, most trusted first.
-const NODE_ROLE_ORDER: [Role; 5] =
-    [Role::ClusterManager, Role::TaskManager, Role::ModelManager, Role::Gateway, Role::Worker];
-use ractor::Actor;
+use bitinglip_nats::{LocalNatsServer, ServerOptions, Store};
 
 /// `<hostname>-<random>`: the node id when none is configured.
 pub(crate) fn default_node_id() -> String {
@@ -94,100 +90,12 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
         local_server = Some(server);
     }
 
-    // With per-role users the node's own work (provisioning, heartbeats, readiness) runs
-    // as its most trusted role; only the cluster manager may change a stream's config.
-    let per_role = config.nats.credentials_dir.is_some();
-    let node_role = NODE_ROLE_ORDER.into_iter().find(|r| config.has_role(*r)).unwrap_or(Role::Worker);
-    let node_user = if per_role { NatsRole::of(node_role).unwrap_or(NatsRole::Worker) } else { NatsRole::Admin };
-    let changes = if !per_role || node_role == Role::ClusterManager {
-        bitinglip_nats::Changes::Safe
-    } else {
-        bitinglip_nats::Changes::None
-    };
-    let reconnected = std::sync::Arc::new(tokio::sync::Notify::new());
-    let name = format!("bitinglip-{node_id}");
-    let client =
-        bitinglip_nats::connect_node(&config.nats, node_user, &node_id, &name, Some(reconnected.clone())).await?;
-    let domain = config.jetstream.domain.clone();
-    let bus = Bus::new(client.clone(), subjects.clone(), node_id.clone(), config.nats.request_timeout)
-        .in_jetstream_domain(domain.as_deref());
-    // A worker-only node may not create streams or buckets (its user cannot): it finds
-    // those a node with a control role provisioned, waiting for one when it comes first.
-    let worker_only = per_role && node_role == Role::Worker;
-    let store = if worker_only {
-        open_when_provisioned(&bus, &config).await
-    } else {
-        Store::provision_as(&bus, &config, changes).await?
-    };
-    let mut role_connections = std::collections::BTreeMap::new();
-    if per_role {
-        for role in config.roles.clone() {
-            let Some(user) = NatsRole::of(role) else { continue };
-            let name = format!("bitinglip-{node_id}-{}", role.as_str());
-            let client = bitinglip_nats::connect_node(&config.nats, user, &node_id, &name, None).await?;
-            let bus = Bus::new(client, subjects.clone(), node_id.clone(), config.nats.request_timeout)
-                .in_jetstream_domain(domain.as_deref());
-            let store = Store::open(&bus, &config).await?;
-            role_connections.insert(role, (bus, store));
-        }
-    }
-    // A cluster manager follows the server's client-disconnect events, to find a dead
-    // node at once, when the credentials hold the `events` user (`nats init` makes it).
-    let events = match &config.nats.credentials_dir {
-        Some(dir) if config.has_role(Role::ClusterManager) => {
-            if bitinglip_nats::permissions::seed_file(dir, NatsRole::Events).exists() {
-                let name = format!("bitinglip-{node_id}-events");
-                match bitinglip_nats::connect_as(&config.nats, NatsRole::Events, &name, None).await {
-                    Ok(client) => Some(client),
-                    Err(err) => {
-                        tracing::warn!(cause = %err, "no events connection: dead nodes are found by asking the nodes that run tasks (and cluster.node_ttl)");
-                        None
-                    }
-                }
-            } else {
-                tracing::warn!(dir = %dir.display(), "no events.nk (run `bitinglip nats init` again): dead nodes are found by asking the nodes that run tasks (and cluster.node_ttl)");
-                None
-            }
-        }
-        _ => None,
-    };
-    // After a reconnect (a restarted server, a failover) provision again: memory-stored
-    // streams and buckets may be gone, and every operation is idempotent.
-    let reprovision = {
-        let (bus, config) = (bus.clone(), config.clone());
-        tokio::spawn(async move {
-            loop {
-                reconnected.notified().await;
-                if worker_only {
-                    // The control nodes provision again; a worker's handles are found by name.
-                    continue;
-                }
-                let mut delay = Duration::from_millis(100);
-                loop {
-                    // The handles stay valid: buckets and streams are found by name.
-                    match Store::provision_as(&bus, &config, changes).await {
-                        Ok(_) => {
-                            tracing::info!("JetStream provisioned again after reconnect");
-                            break;
-                        }
-                        Err(err) => {
-                            tracing::warn!(cause = %err, "provisioning after reconnect failed; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                }
-            }
-        })
-    };
-
     let roles: Vec<&str> = config.roles.iter().map(|r| r.as_str()).collect();
     let roles = roles.join(",");
     let has_gateway = config.has_role(Role::Gateway);
     let has_worker = config.has_role(Role::Worker);
     let no_models = config.worker.models.is_empty();
     let http = config.gateway.http.clone();
-    let metrics_listen = config.metrics.listen.clone();
     let data_dir = config.data_dir.clone();
     // `up` shows a hub model's download and load as `models pull` shows a pull.
     let hub_models: Vec<(String, String)> = config
@@ -207,26 +115,17 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
             }
         }
     }
-    let ctx = NodeContext::new(bus, store, config).with_role_connections(role_connections).with_events(events);
+    let node = Node::start(config).await?;
+    let ctx = node.ctx.clone();
     // The admin key is written as the gateway (the one role that writes keys).
     let key_store = ctx.for_role(Role::Gateway).store.clone();
-    let metrics = match &metrics_listen {
-        Some(addr) => {
-            let (local, task) = bitinglip_actors::health::listen(ctx.clone(), addr)
-                .await
-                .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
-            println!("bitinglip: metrics at http://{local}/metrics");
-            Some(task)
-        }
-        None => None,
-    };
-    let (supervisor, handle) = Actor::spawn(None, NodeSupervisor, NodeSupervisorArgs { ctx: ctx.clone() })
-        .await
-        .map_err(|e| anyhow::anyhow!("node failed to start: {e}"))?;
+    if let Some(local) = node.metrics_addr() {
+        println!("bitinglip: metrics at http://{local}/metrics");
+    }
 
     println!("bitinglip: node {node_id} running roles {roles}");
     if has_gateway {
-        let addr = ctx.http_addr.read().ok().and_then(|a| a.clone()).unwrap_or(http);
+        let addr = node.http_addr().unwrap_or(http);
         println!("bitinglip: OpenAI-compatible API at http://{addr}/v1");
         if embedded {
             let (path, created) = ensure_admin_key(&key_store, &data_dir).await?;
@@ -249,17 +148,9 @@ pub(super) async fn run(mut config: Config, embedded: bool) -> anyhow::Result<()
 
     wait_for_signal().await;
     println!("bitinglip: stopping");
-    reprovision.abort();
-    if let Some(task) = metrics {
-        task.abort();
-    }
-    let _ = ractor::call!(supervisor, NodeSupervisorMsg::Shutdown);
-    supervisor.stop(None);
-    let _ = handle.await;
-    let _ = client.flush().await;
     // Every handle to the connection goes before the server it talks to.
     drop(ctx);
-    drop(client);
+    node.stop().await;
     if let Some(mut server) = local_server {
         server.stop().await;
     }
@@ -327,23 +218,4 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     // A file that existed before keeps its mode through `open`: set it again.
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     writeln!(file, "{secret}")
-}
-
-/// The streams and buckets a node with a control role provisioned, once they are there.
-async fn open_when_provisioned(bus: &Bus, config: &bitinglip_config::Config) -> Store {
-    let mut delay = Duration::from_millis(100);
-    let mut said = false;
-    loop {
-        match Store::open(bus, config).await {
-            Ok(store) => return store,
-            Err(err) => {
-                if !said {
-                    tracing::info!(cause = %err, "waiting for a node with a control role to provision JetStream");
-                    said = true;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
 }
