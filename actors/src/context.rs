@@ -48,8 +48,6 @@ pub struct NodeShared {
     pub heartbeat_now: Arc<tokio::sync::Notify>,
     /// Messages dropped because they could not be decoded and had no reply subject.
     pub dropped: Arc<std::sync::atomic::AtomicU64>,
-    /// The gateway's requests in progress (`gateway.max_concurrent_requests`).
-    pub gateway_permits: Arc<tokio::sync::Semaphore>,
     /// `/ready`'s last answer and when it was made: a probe is answered from it for a
     /// moment, so a flood of unauthenticated probes costs no JetStream round trips. The
     /// lock makes concurrent probes share one check.
@@ -69,7 +67,6 @@ impl NodeContext {
             bus,
             nodes: store.watch_nodes(),
             store,
-            gateway_permits: Arc::new(tokio::sync::Semaphore::new(config.gateway.max_concurrent_requests)),
             config: Arc::new(config),
             started_ms: bitinglip_nats::now_ms(),
             workers: Arc::default(),

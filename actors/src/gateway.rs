@@ -99,7 +99,7 @@ impl Actor for Gateway {
             max_concurrent_per_key: ctx.config.gateway.max_concurrent_per_key,
             in_flight: Default::default(),
             refusals: std::sync::Arc::new(access::limits::Refusals::new(Duration::from_secs(60))),
-            full: std::sync::Arc::new(access::limits::full_queues()),
+            admission: std::sync::Arc::new(access::limits::Admission::new(ctx.config.gateway.max_concurrent_requests)),
         };
         let app = routes::router(ctx.clone(), auth);
         // Batches are driven from every gateway (one at a time each, by a lease).

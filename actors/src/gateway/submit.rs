@@ -14,17 +14,6 @@ use std::time::{Duration, Instant};
 use super::{access::auth::check_model, error::ApiError};
 use crate::{ops::task_ids::task_id_for, NodeContext};
 
-/// Takes one of the gateway's request slots, or answers 503 with `Retry-After` at once:
-/// a flood of requests costs a bounded amount of memory.
-pub(super) fn admit(ctx: &NodeContext) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    ctx.gateway_permits.clone().try_acquire_owned().map_err(|_| {
-        ApiError::from(WireError::new(
-            ErrorKind::Unavailable,
-            format!("the gateway has {} requests in progress; retry later", ctx.config.gateway.max_concurrent_requests),
-        ))
-    })
-}
-
 /// Ends `events` when nothing comes for `idle` (keep-alive comments do not count): an
 /// abandoned or stuck stream does not hold a connection and a request slot for ever.
 pub(super) fn idle_limited<S>(events: S, idle: std::time::Duration) -> impl futures::Stream<Item = S::Item>

@@ -21,10 +21,10 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    access::{auth::sees, limits::FullQueues},
+    access::{auth::sees, limits::Admission},
     error::{ApiError, Path, Query},
     openai,
-    submit::{admit, read_body, submit_chat},
+    submit::{read_body, submit_chat},
 };
 use crate::NodeContext;
 use bitinglip_client::{Relayed, TaskWatch};
@@ -198,7 +198,7 @@ async fn read(ctx: &NodeContext, key: &ApiKey, id: &TaskId) -> Result<TaskRecord
 pub(super) async fn submit(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
-    Extension(full): Extension<Arc<FullQueues>>,
+    Extension(admission): Extension<Arc<Admission>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -206,24 +206,24 @@ pub(super) async fn submit(
     let caller =
         headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(bitinglip_nats::trace::TraceParent::parse);
     bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
-    tracing::Instrument::instrument(submit_task(ctx, key, full, headers, body), span).await
+    tracing::Instrument::instrument(submit_task(ctx, key, admission, headers, body), span).await
 }
 
 async fn submit_task(
     ctx: NodeContext,
     key: ApiKey,
-    full: Arc<FullQueues>,
+    admission: Arc<Admission>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     // The body first: a slow client spends its own time, not one of the request slots.
     let body = read_body(&ctx, &headers, body).await?;
-    let _permit = admit(&ctx)?;
+    let _permit = admission.admit()?;
     let request = openai::parse_request(&body)?;
     let wait_for_model = request.sampling.wait_for_model.unwrap_or(true);
     let chat = request.into_chat()?;
     let model = chat.model.clone();
-    let (task_id, _watch, duplicate) = submit_chat(&ctx, &full, &headers, &key, chat, wait_for_model).await?;
+    let (task_id, _watch, duplicate) = submit_chat(&ctx, &admission.full, &headers, &key, chat, wait_for_model).await?;
     let body = TaskAccepted {
         id: task_id.as_str().to_string(),
         object: "task",
@@ -334,10 +334,11 @@ pub(super) async fn cancel(
 pub(super) async fn events(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
+    Extension(admission): Extension<Arc<Admission>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let permit = admit(&ctx)?;
+    let permit = admission.admit()?;
     let id = parse_id(&id)?;
     // Unknown ids (and other keys' tasks) are a 404 now, not an endless stream.
     let owner = read(&ctx, &key, &id).await?.owner;

@@ -5,15 +5,11 @@
 use std::time::Duration;
 
 use bitinglip_bus_schema::{Ack, RecordUsage, TaskEvent, TaskId};
-use bitinglip_nats::store::queue::Delivery;
-use bitinglip_nats::{
-    store::{counters::NO_KEY, results::INLINE_TEXT_MAX},
-    trace::TraceParent,
-};
+use bitinglip_nats::store::{counters::NO_KEY, results::INLINE_TEXT_MAX};
 
 use super::{
     ending::{Ending, FinalAck},
-    run::{nak, publish_event},
+    run::{nak, publish_event, Attempt},
 };
 use crate::{
     metrics::{self, metrics},
@@ -40,16 +36,8 @@ pub(super) async fn record_usage(ctx: &NodeContext, task_id: &TaskId) -> Result<
 /// Writes the final record (fenced on the claim), publishes the final event, and only
 /// then acks: a crash before the ack means redelivery, and the redelivery finds the task
 /// finished.
-#[allow(clippy::too_many_arguments)] // the last step of one task, from run_claimed
-pub(super) async fn finish(
-    ctx: &NodeContext,
-    msg: &Delivery,
-    ending: Ending,
-    revision: u64,
-    model: &str,
-    tokens: (u32, u32),
-    trace: Option<&TraceParent>,
-) {
+pub(super) async fn finish(ctx: &NodeContext, a: &Attempt, ending: Ending, revision: u64, tokens: (u32, u32)) {
+    let (msg, model, trace) = (&a.msg, a.spec.chat.model.as_str(), a.trace.as_ref());
     let Ending::Finish { mut record, mut event, ack, outcome } = ending else { return };
     let task_id = record.task_id.clone();
     // An answer too large for one message goes to the results store first; the record

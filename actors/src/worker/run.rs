@@ -80,6 +80,32 @@ struct Owned {
     claimed_at: Instant,
 }
 
+/// One delivery of a task, as every step of running it reads it.
+pub(super) struct Attempt {
+    /// The delivery, answered at the end (ack, nak, term) and kept meanwhile (progress).
+    pub(super) msg: Delivery,
+    /// The task.
+    pub(super) spec: TaskSpec,
+    /// Which delivery of the task this is, from 1.
+    pub(super) number: u32,
+    /// The caller's trace, continued by this attempt's events.
+    pub(super) trace: Option<TraceParent>,
+}
+
+impl Attempt {
+    fn owner(&self) -> Option<&str> {
+        self.spec.owner.as_deref()
+    }
+}
+
+/// What a claimed attempt holds while it generates: its claim, where an earlier
+/// attempt's answer stopped, and its cancel token.
+struct Claimed {
+    owned: Owned,
+    prefix: Prefix,
+    cancel: CancellationToken,
+}
+
 fn publish_event_subject(ctx: &NodeContext, owner: Option<&str>, task: &TaskId) -> String {
     ctx.bus.subjects().task_events(owner, task)
 }
@@ -151,40 +177,35 @@ pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: Delivery) {
     let span = tracing::info_span!("worker", otel.kind = "consumer", task.id = %spec.task_id, attempt, worker = %shared.worker_id,
         gen_ai.request.model = %model, trace_id = trace.map(|t| t.trace_id_hex()).unwrap_or_default());
     bitinglip_nats::trace::continue_trace(&span, queued.as_ref());
-    run_claimed(shared, msg, spec, attempt, trace).instrument(span).await
+    run_claimed(shared, Attempt { msg, spec, number: attempt, trace }).instrument(span).await
 }
 
-async fn run_claimed(
-    shared: &Arc<WorkerShared>,
-    msg: Delivery,
-    spec: TaskSpec,
-    attempt: u32,
-    trace: Option<TraceParent>,
-) {
+async fn run_claimed(shared: &Arc<WorkerShared>, a: Attempt) {
     let ctx = &shared.ctx;
+    let (spec, attempt) = (&a.spec, a.number);
     let task_id = spec.task_id.clone();
     let model = spec.chat.model.clone();
-    let Some(owned) =
-        claim_delivery(shared, &msg, &spec, attempt).instrument(tracing::info_span!("claim", attempt)).await
-    else {
+    let Some(owned) = claim_delivery(shared, &a).instrument(tracing::info_span!("claim", attempt)).await else {
         return;
     };
     let queue_time_ms = now_ms().saturating_sub(spec.accepted_ms) as f64;
     if attempt == 1 {
         metrics().queue_time.with_label_values(&[&model]).observe(queue_time_ms / 1000.0);
     }
-    let Some(prefix) = resume_prefix(ctx, &msg, spec.owner.as_deref(), &task_id, attempt).await else { return };
+    let Some(prefix) = resume_prefix(ctx, &a).await else { return };
 
-    let cancel = start_running(shared, spec.owner.as_deref(), &task_id, attempt, &owned.ack_subject);
+    let cancel = start_running(shared, &a, &owned.ack_subject);
     let started = TaskStarted {
         task_id: task_id.clone(),
         attempt,
         worker: shared.worker_id.clone(),
         resume_from_seq: prefix.next_seq,
     };
-    publish_event(ctx, spec.owner.as_deref(), &task_id, &TaskEvent::Started(started), trace.as_ref()).await;
+    publish_event(ctx, a.owner(), &task_id, &TaskEvent::Started(started), a.trace.as_ref()).await;
 
-    let generated = generate(shared, &msg, &spec, attempt, &owned, prefix, cancel, trace.as_ref()).await;
+    let claimed = Claimed { owned, prefix, cancel };
+    let generated = generate(shared, &a, &claimed).await;
+    let owned = claimed.owned;
     if generated.stale {
         return;
     }
@@ -220,12 +241,12 @@ async fn run_claimed(
         Ending::HandBack => {
             tracing::info!("worker stopping; task handed back");
             metrics().tasks.with_label_values(&[&model, "handed_back"]).inc();
-            nak(&msg, None).await;
+            nak(&a.msg, None).await;
         }
         Ending::Retry => {
             tracing::warn!(cause = ?generated.result.as_ref().err(), "engine failed; task will be retried");
             metrics().tasks.with_label_values(&[&model, "retried"]).inc();
-            nak(&msg, Some(Duration::from_secs(1))).await;
+            nak(&a.msg, Some(Duration::from_secs(1))).await;
         }
         Ending::Finish { outcome, .. } => {
             if *outcome == TaskState::Cancelled {
@@ -236,14 +257,15 @@ async fn run_claimed(
                 }
             }
             let tokens = generated.result.as_ref().map_or((0, 0), |g| (g.prompt_tokens, g.completion_tokens.min(most)));
-            finish(ctx, &msg, ending, owned.revision, &model, tokens, trace.as_ref()).await;
+            finish(ctx, &a, ending, owned.revision, tokens).await;
         }
     }
 }
 
 /// Claims the delivery in the task's record. `None` when this attempt does not own the
 /// task; the message was then acked, terminated or handed back as the record says.
-async fn claim_delivery(shared: &WorkerShared, msg: &Delivery, spec: &TaskSpec, attempt: u32) -> Option<Owned> {
+async fn claim_delivery(shared: &WorkerShared, a: &Attempt) -> Option<Owned> {
+    let (msg, spec, attempt) = (&a.msg, &a.spec, a.number);
     let ack_subject = msg.ack_subject();
     let stream_seq = msg.stream_sequence();
     let claimed_at = Instant::now();
@@ -280,17 +302,12 @@ async fn claim_delivery(shared: &WorkerShared, msg: &Delivery, spec: &TaskSpec, 
 
 /// What earlier attempts streamed, which this one continues after. `None` when it
 /// cannot be read: the task was handed back.
-async fn resume_prefix(
-    ctx: &NodeContext,
-    msg: &Delivery,
-    owner: Option<&str>,
-    task_id: &TaskId,
-    attempt: u32,
-) -> Option<Prefix> {
-    if attempt == 1 {
+async fn resume_prefix(ctx: &NodeContext, a: &Attempt) -> Option<Prefix> {
+    if a.number == 1 {
         return Some(Prefix::default());
     }
-    match patiently(msg, "earlier chunks", || ctx.store.stored_events(owner, task_id)).await {
+    let msg = &a.msg;
+    match patiently(msg, "earlier chunks", || ctx.store.stored_events(a.owner(), &a.spec.task_id)).await {
         Ok(events) => {
             let prefix = prefix_of(&events);
             if prefix.next_seq > 0 {
@@ -308,15 +325,10 @@ async fn resume_prefix(
 
 /// Marks the task running in this worker (for cancels and the heartbeat) and returns
 /// its cancel token, already fired when a cancel arrived just before the claim.
-fn start_running(
-    shared: &WorkerShared,
-    owner: Option<&str>,
-    task_id: &TaskId,
-    attempt: u32,
-    ack_subject: &str,
-) -> CancellationToken {
+fn start_running(shared: &WorkerShared, a: &Attempt, ack_subject: &str) -> CancellationToken {
+    let (task_id, attempt) = (&a.spec.task_id, a.number);
     let cancel = CancellationToken::new();
-    let owner = owner.map(String::from);
+    let owner = a.owner().map(String::from);
     let cancelled_before =
         shared.recent_cancels.lock().ok().and_then(|mut r| r.remove(&(owner.clone(), task_id.clone())));
     if let Ok(mut running) = shared.running.lock() {
@@ -341,17 +353,9 @@ fn start_running(
 
 /// Runs the engine and relays its text as chunk events, holding the lease (in-progress
 /// acks) and the fence (no chunk without a recent confirmation of the claim).
-#[allow(clippy::too_many_arguments)] // the steps of one task, each from run_claimed
-async fn generate(
-    shared: &Arc<WorkerShared>,
-    msg: &Delivery,
-    spec: &TaskSpec,
-    attempt: u32,
-    owned: &Owned,
-    prefix: Prefix,
-    cancel: CancellationToken,
-    trace: Option<&TraceParent>,
-) -> Generated {
+async fn generate(shared: &Arc<WorkerShared>, a: &Attempt, claimed: &Claimed) -> Generated {
+    let (msg, spec, attempt, trace) = (&a.msg, &a.spec, a.number, a.trace.as_ref());
+    let Claimed { owned, prefix, cancel } = claimed;
     let ctx = &shared.ctx;
     let task_id = &spec.task_id;
     let model = spec.chat.model.as_str();
@@ -427,7 +431,8 @@ async fn generate(
             Err(join) => Err(EngineError::Failed(format!("the engine panicked: {join}"))),
         }
     };
-    let (mut text, mut logprobs) = if restart { (String::new(), vec![]) } else { (prefix.text, prefix.logprobs) };
+    let (mut text, mut logprobs) =
+        if restart { (String::new(), vec![]) } else { (prefix.text.clone(), prefix.logprobs.clone()) };
     let mut tool_calls = Vec::new();
     let mut seq = prefix.next_seq;
     let mut first_token: Option<Duration> = None;

@@ -45,7 +45,7 @@ pub(crate) struct Auth {
     pub(crate) refusals: Arc<super::limits::Refusals>,
     /// The queues a task manager called full lately (handed to the handlers as an
     /// extension).
-    pub(crate) full: Arc<super::limits::FullQueues>,
+    pub(crate) admission: Arc<super::limits::Admission>,
 }
 
 /// The scope a path needs; `None` for the open probes.
@@ -82,7 +82,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The middleware: authenticates the key, checks the path's scope, and hands the key to
 /// the handlers as an extension.
 pub(crate) async fn require_key(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
-    req.extensions_mut().insert(auth.full.clone());
+    req.extensions_mut().insert(auth.admission.clone());
     let Some(needed) = needs(req.uri().path()) else { return next.run(req).await };
     let Some(secret) = bearer(req.headers()) else {
         return unauthorized("missing API key: send it as `Authorization: Bearer <key>`");

@@ -20,6 +20,8 @@ use axum::{
 use bitinglip_bus_schema::KeyLimits;
 use bitinglip_nats::store::counters::Window;
 
+use std::sync::Arc;
+
 use crate::gateway::error::ApiError;
 
 /// The routes that spend a key's budget.
@@ -162,9 +164,33 @@ const FULL_REMEMBERED: std::time::Duration = std::time::Duration::from_millis(50
 pub(crate) type FullQueues =
     crate::timed::Remembered<(String, bitinglip_bus_schema::Priority), bitinglip_bus_schema::WireError>;
 
-/// A gateway's memory of full queues, each for [`FULL_REMEMBERED`].
-pub(crate) fn full_queues() -> FullQueues {
-    FullQueues::new(FULL_REMEMBERED)
+/// What a gateway decides before a request becomes a task: its request slots
+/// (`gateway.max_concurrent_requests`) and the queues a task manager called full lately
+/// (each remembered for [`FULL_REMEMBERED`]). The gateway owns it; handlers get it as an
+/// extension.
+pub(crate) struct Admission {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    /// The queues a task manager called full lately.
+    pub(crate) full: FullQueues,
+}
+
+impl Admission {
+    /// `max` request slots, and no queue known full.
+    pub(crate) fn new(max: usize) -> Self {
+        Self { slots: Arc::new(tokio::sync::Semaphore::new(max)), max, full: FullQueues::new(FULL_REMEMBERED) }
+    }
+
+    /// Takes one of the request slots, or answers 503 with `Retry-After` at once: a flood
+    /// of requests costs a bounded amount of memory.
+    pub(crate) fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::from(bitinglip_bus_schema::WireError::new(
+                bitinglip_bus_schema::ErrorKind::Unavailable,
+                format!("the gateway has {} requests in progress; retry later", self.max),
+            ))
+        })
+    }
 }
 
 /// Adds `headers` to `resp`.

@@ -12,11 +12,12 @@ use axum::{
     response::Response,
 };
 use bitinglip_bus_schema::{ApiKey, ChatParams};
+use serde::Serialize;
 
 use super::pipeline::{self, Asked, Events, Finished, Shape, Streamed};
 use crate::{
     gateway::{
-        access::limits::FullQueues,
+        access::limits::Admission,
         error::ApiError,
         openai::{self, ChatCompletion, TextCompletion, ToolMode},
     },
@@ -44,11 +45,11 @@ mod stream;
 pub(crate) async fn chat_completions(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
-    Extension(full): Extension<Arc<FullQueues>>,
+    Extension(admission): Extension<Arc<Admission>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    pipeline::run::<Chat>(ctx, key, full, headers, body).await
+    pipeline::run::<Chat>(ctx, key, admission, headers, body).await
 }
 
 /// A legacy text completion of a raw prompt (no chat template), whole or streamed.
@@ -69,11 +70,11 @@ pub(crate) async fn chat_completions(
 pub(crate) async fn completions(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
-    Extension(full): Extension<Arc<FullQueues>>,
+    Extension(admission): Extension<Arc<Admission>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    pipeline::run::<Text>(ctx, key, full, headers, body).await
+    pipeline::run::<Text>(ctx, key, admission, headers, body).await
 }
 
 /// Which of the two completion APIs an answer is in.
@@ -85,36 +86,97 @@ enum Api {
     Text,
 }
 
-/// What a completion request asked of its answer's shape.
+/// What a completion request asked of its answer's shape: a chat completion
+/// (`CHAT`) or a legacy one.
 #[derive(Debug, Clone)]
-struct Completion {
-    api: Api,
+pub(crate) struct Completion<const CHAT: bool> {
     model: String,
     include_usage: bool,
     mode: ToolMode,
     logprobs: bool,
 }
 
-impl Completion {
-    fn of(api: Api, chat: &ChatParams, include_usage: bool) -> Self {
-        Self {
-            api,
-            model: chat.model.clone(),
-            include_usage,
-            mode: ToolMode::of(chat),
-            logprobs: chat.logprobs.is_some(),
-        }
+/// `/v1/chat/completions`.
+pub(crate) type Chat = Completion<true>;
+/// `/v1/completions`.
+pub(crate) type Text = Completion<false>;
+
+/// A whole completion, in its API's shape.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum CompletionAnswer {
+    Chat(ChatCompletion),
+    Text(TextCompletion),
+}
+
+impl<const CHAT: bool> Completion<CHAT> {
+    const API: Api = if CHAT { Api::Chat } else { Api::Text };
+
+    /// The shape of a request's answer (as a batch line's, which never streams).
+    pub(crate) fn of(chat: &ChatParams) -> Self {
+        Self::with_usage(chat, false)
+    }
+
+    fn with_usage(chat: &ChatParams, include_usage: bool) -> Self {
+        Self { model: chat.model.clone(), include_usage, mode: ToolMode::of(chat), logprobs: chat.logprobs.is_some() }
+    }
+
+    /// A request body of this API: the task, and what it asks of its delivery.
+    pub(crate) fn parse(body: &[u8]) -> Result<Asked<Self>, ApiError> {
+        // What the shared fields ask of the delivery: a stream, the usage chunk, waiting
+        // for the model.
+        let asks = |s: &openai::Sampling| {
+            (s.stream, s.stream_options.as_ref().is_some_and(|o| o.include_usage), s.wait_for_model.unwrap_or(true))
+        };
+        let ((stream, include_usage, wait_for_model), chat) = if CHAT {
+            let r = openai::parse_request(body)?;
+            (asks(&r.sampling), r.into_chat()?)
+        } else {
+            let r = openai::parse_completion(body)?;
+            (asks(&r.sampling), r.into_chat()?)
+        };
+        Ok(Asked { shape: Self::with_usage(&chat, include_usage), chat, stream, wait_for_model })
     }
 
     /// The answer's id, from the task's.
     fn id(&self, task_id: &str) -> String {
-        let prefix = if self.api == Api::Chat { "chatcmpl" } else { "cmpl" };
+        let prefix = if CHAT { "chatcmpl" } else { "cmpl" };
         format!("{prefix}-{task_id}")
+    }
+}
+
+impl<const CHAT: bool> Shape for Completion<CHAT> {
+    const ROUTE: &'static str = if CHAT { "/v1/chat/completions" } else { "/v1/completions" };
+    type Answer = CompletionAnswer;
+
+    async fn read(_: &NodeContext, _: &ApiKey, body: &[u8]) -> Result<Asked<Self>, ApiError> {
+        Self::parse(body)
+    }
+
+    fn answer(&self, f: &Finished) -> CompletionAnswer {
+        let id = self.id(f.task_id.as_str());
+        if CHAT {
+            let forced = self.mode != ToolMode::Free;
+            let text = f.text.clone();
+            CompletionAnswer::Chat(openai::completion(
+                &id,
+                f.created,
+                &self.model,
+                text,
+                &f.done,
+                forced,
+                self.logprobs,
+            ))
+        } else {
+            let lp = openai::legacy_logprobs(self.logprobs, &f.done.logprobs, 0);
+            let choice = Some((f.text.clone(), lp, Some(f.done.finish_reason)));
+            CompletionAnswer::Text(openai::text_completion(&id, f.created, &self.model, choice, Some(&f.done.usage)))
+        }
     }
 
     fn events(self, s: Streamed) -> Events {
         let answering = stream::Answering {
-            api: self.api,
+            api: Self::API,
             id: self.id(s.task_id.as_str()),
             created: s.created,
             model: self.model,
@@ -124,87 +186,5 @@ impl Completion {
             task_id: s.task_id.to_string(),
         };
         Box::pin(stream::sse_events(s.watch, s.cancel, answering, s.relay))
-    }
-}
-
-/// What the shared fields of a completion request ask of its delivery: a stream, the
-/// usage chunk, waiting for the model.
-fn delivery(s: &openai::Sampling) -> (bool, bool, bool) {
-    (s.stream, s.stream_options.as_ref().is_some_and(|o| o.include_usage), s.wait_for_model.unwrap_or(true))
-}
-
-/// `/v1/chat/completions`.
-pub(crate) struct Chat(Completion);
-
-impl Chat {
-    /// The shape of a chat request's answer (as a batch line's, which never streams).
-    pub(crate) fn of(chat: &ChatParams) -> Self {
-        Chat(Completion::of(Api::Chat, chat, false))
-    }
-
-    /// A `POST /v1/chat/completions` body.
-    pub(crate) fn parse(body: &[u8]) -> Result<Asked<Self>, ApiError> {
-        let r = openai::parse_request(body)?;
-        let (stream, include_usage, wait_for_model) = delivery(&r.sampling);
-        let chat = r.into_chat()?;
-        Ok(Asked { shape: Chat(Completion::of(Api::Chat, &chat, include_usage)), chat, stream, wait_for_model })
-    }
-}
-
-impl Shape for Chat {
-    const ROUTE: &'static str = "/v1/chat/completions";
-    type Answer = ChatCompletion;
-
-    async fn read(_: &NodeContext, _: &ApiKey, body: &[u8]) -> Result<Asked<Self>, ApiError> {
-        Self::parse(body)
-    }
-
-    fn answer(&self, f: &Finished) -> ChatCompletion {
-        let c = &self.0;
-        let forced = c.mode != ToolMode::Free;
-        let id = c.id(f.task_id.as_str());
-        openai::completion(&id, f.created, &c.model, f.text.clone(), &f.done, forced, c.logprobs)
-    }
-
-    fn events(self, streamed: Streamed) -> Events {
-        self.0.events(streamed)
-    }
-}
-
-/// `/v1/completions`.
-pub(crate) struct Text(Completion);
-
-impl Text {
-    /// The shape of a legacy completion request's answer (as a batch line's).
-    pub(crate) fn of(chat: &ChatParams) -> Self {
-        Text(Completion::of(Api::Text, chat, false))
-    }
-
-    /// A `POST /v1/completions` body.
-    pub(crate) fn parse(body: &[u8]) -> Result<Asked<Self>, ApiError> {
-        let r = openai::parse_completion(body)?;
-        let (stream, include_usage, wait_for_model) = delivery(&r.sampling);
-        let chat = r.into_chat()?;
-        Ok(Asked { shape: Text(Completion::of(Api::Text, &chat, include_usage)), chat, stream, wait_for_model })
-    }
-}
-
-impl Shape for Text {
-    const ROUTE: &'static str = "/v1/completions";
-    type Answer = TextCompletion;
-
-    async fn read(_: &NodeContext, _: &ApiKey, body: &[u8]) -> Result<Asked<Self>, ApiError> {
-        Self::parse(body)
-    }
-
-    fn answer(&self, f: &Finished) -> TextCompletion {
-        let c = &self.0;
-        let lp = openai::legacy_logprobs(c.logprobs, &f.done.logprobs, 0);
-        let choice = Some((f.text.clone(), lp, Some(f.done.finish_reason)));
-        openai::text_completion(&c.id(f.task_id.as_str()), f.created, &c.model, choice, Some(&f.done.usage))
-    }
-
-    fn events(self, streamed: Streamed) -> Events {
-        self.0.events(streamed)
     }
 }

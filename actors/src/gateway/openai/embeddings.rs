@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use super::pipeline::{self, Asked, Finished, Shape};
 use crate::{
     gateway::{
-        access::limits::FullQueues,
+        access::limits::Admission,
         error::{self, ApiError},
     },
     NodeContext,
@@ -192,11 +192,11 @@ fn base64_of(vector: &[f32]) -> String {
 pub(crate) async fn embeddings(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
-    Extension(full): Extension<Arc<FullQueues>>,
+    Extension(admission): Extension<Arc<Admission>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    pipeline::run::<Embeddings>(ctx, key, full, headers, body).await
+    pipeline::run::<Embeddings>(ctx, key, admission, headers, body).await
 }
 
 #[cfg(test)]

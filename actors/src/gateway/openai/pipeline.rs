@@ -31,9 +31,9 @@ use tracing::Instrument;
 
 use crate::{
     gateway::{
-        access::limits::FullQueues,
+        access::limits::Admission,
         error::ApiError,
-        submit::{admit, gateway_span, gather, idle_limited, read_body, submit_chat},
+        submit::{gateway_span, gather, idle_limited, read_body, submit_chat},
     },
     NodeContext,
 };
@@ -127,14 +127,14 @@ pub(crate) trait Shape: Sized + Send + 'static {
 pub(crate) async fn run<S: Shape>(
     ctx: NodeContext,
     key: ApiKey,
-    full: Arc<FullQueues>,
+    admission: Arc<Admission>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let span = gateway_span(S::ROUTE, &headers);
     let mut model = None;
     let nodes = ctx.nodes.clone();
-    let result = generate::<S>(ctx, &key, &full, headers, body, span.clone(), &mut model).instrument(span).await;
+    let result = generate::<S>(ctx, &key, &admission, headers, body, span.clone(), &mut model).instrument(span).await;
     if let Err(err) = &result {
         // A model no node serves is not a series of its own, whatever the error.
         let label = crate::metrics::model_label(&nodes, model.as_deref());
@@ -146,7 +146,7 @@ pub(crate) async fn run<S: Shape>(
 async fn generate<S: Shape>(
     ctx: NodeContext,
     key: &ApiKey,
-    full: &FullQueues,
+    admission: &Admission,
     headers: HeaderMap,
     body: Body,
     span: tracing::Span,
@@ -154,12 +154,12 @@ async fn generate<S: Shape>(
 ) -> Result<Response, ApiError> {
     // The body first: a slow client spends its own time, not one of the request slots.
     let body = read_body(&ctx, &headers, body).await?;
-    let permit = admit(&ctx)?;
+    let permit = admission.admit()?;
     let Asked { shape, chat, stream, wait_for_model } = S::read(&ctx, key, &body).await?;
     let model = chat.model.clone();
     span.record("gen_ai.request.model", model.as_str());
     *model_seen = Some(model.clone());
-    let (task_id, watch, duplicate) = submit_chat(&ctx, full, &headers, key, chat, wait_for_model).await?;
+    let (task_id, watch, duplicate) = submit_chat(&ctx, &admission.full, &headers, key, chat, wait_for_model).await?;
     span.record("task.id", task_id.as_str());
     let relay = tracing::info_span!(parent: &span, "relay", task.id = %task_id, gen_ai.response.finish_reasons = tracing::field::Empty);
     let mut cancel = CancelOnDrop::new(&ctx.bus, Some(&key.id), &task_id);

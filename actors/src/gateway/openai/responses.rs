@@ -23,7 +23,7 @@ use utoipa::ToSchema;
 use super::pipeline::{self, Asked, Events, Finished, Shape, Streamed};
 use crate::{
     gateway::{
-        access::limits::FullQueues,
+        access::limits::Admission,
         error::{self, ApiError, Path},
         openai::{Deleted, ToolMode},
     },
@@ -274,11 +274,11 @@ async fn keep(
 pub(crate) async fn create(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
-    Extension(full): Extension<Arc<FullQueues>>,
+    Extension(admission): Extension<Arc<Admission>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    pipeline::run::<Responses>(ctx, key, full, headers, body).await
+    pipeline::run::<Responses>(ctx, key, admission, headers, body).await
 }
 
 /// `/v1/responses`: the prepared request (its conversation, settings and store choice).
