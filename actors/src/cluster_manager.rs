@@ -15,15 +15,14 @@ mod leader;
 pub mod placement;
 
 use bitinglip_bus_schema::{
-    Ack, ClusterStatus, DeleteDeployment, DeploymentList, DeploymentReply, ErrorKind, GetClusterStatus,
-    ListDeployments, SetDeployment, WireError,
+    ClusterNodes, DeleteDeployment, ErrorKind, GetClusterStatus, ListDeployments, SetDeployment, WireError,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::{
     ops::deployments,
-    serve::{spawn_endpoint, spawn_serve},
+    serve::{spawn_serve, Server},
     NodeContext,
 };
 
@@ -84,57 +83,34 @@ impl Actor for ClusterManager {
             .service("bitinglip-cluster-manager", "BitingLip membership, deployments and placement", &group)
             .await?;
         let subjects = ctx.bus.subjects().clone();
-        let end = || ClusterManagerMsg::SubscriptionEnded;
+        let server = Server::new(myself, ClusterManagerMsg::SubscriptionEnded, ctx.clone());
         let endpoint = |name, subject| ctx.bus.endpoint(&service, name, subject);
-        let serve = spawn_endpoint(
-            endpoint("status", subject).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            ClusterStatus::Error,
-            |ctx, _: GetClusterStatus| async move {
-                // The leader is a detail of the answer: a leases bucket that cannot be read
-                // leaves it out rather than failing the status.
-                let leader = ctx.store.leader().await.ok().flatten();
-                let warnings = crate::health::warnings(&ctx);
-                Ok(ClusterStatus::Nodes { nodes: ctx.store.nodes().live().await?, leader, warnings })
-            },
-        );
-        let set = spawn_endpoint(
+        let serve = server.serve(endpoint("status", subject).await?, |ctx, _: GetClusterStatus| async move {
+            // The leader is a detail of the answer: a leases bucket that cannot be read
+            // leaves it out rather than failing the status.
+            let leader = ctx.store.leader().await.ok().flatten();
+            let warnings = crate::health::warnings(&ctx);
+            Ok(ClusterNodes { nodes: ctx.store.nodes().live().await?, leader, warnings })
+        });
+        let set = server.serve(
             endpoint("deployment-set", subjects.deployment_set()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            DeploymentReply::Error,
-            |ctx, req: SetDeployment| async move {
-                deployments::set(&ctx.store, req).await.map(DeploymentReply::Deployment)
-            },
+            |ctx, req: SetDeployment| async move { deployments::set(&ctx.store, req).await },
         );
-        let delete = spawn_endpoint(
+        let delete = server.serve(
             endpoint("deployment-delete", subjects.deployment_delete()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            Ack::Error,
             |ctx, req: DeleteDeployment| async move {
                 match ctx.store.deployments().delete(&req.model).await? {
                     true => {
                         tracing::info!(model = %req.model, "deployment deleted");
-                        Ok(Ack::Ok)
+                        Ok(())
                     }
                     false => Err(WireError::new(ErrorKind::NotFound, format!("no deployment of `{}`", req.model))),
                 }
             },
         );
-        let list = spawn_endpoint(
+        let list = server.serve(
             endpoint("deployment-list", subjects.deployment_list()).await?,
-            myself,
-            end(),
-            ctx.clone(),
-            DeploymentList::Error,
-            |ctx, _: ListDeployments| async move {
-                Ok(DeploymentList::Deployments { deployments: deployments::statuses(&ctx.store).await? })
-            },
+            |ctx, _: ListDeployments| async move { deployments::statuses(&ctx.store).await },
         );
         let mut tasks = vec![poison, watcher, reconciler, serve, set, delete, list];
         tasks.push(disconnects);

@@ -9,15 +9,14 @@
 //! restarted.
 
 use bitinglip_bus_schema::{
-    Ack, DeploymentReply, ErrorKind, GetModelStatus, ListModels, LoadModel, ModelList, ModelRef, ModelStatusList,
-    RegisterModel, SearchModels, SearchResults, WireError,
+    DeleteModel, ErrorKind, GetModelStatus, ListModels, LoadModel, RegisterModel, SearchModels, UnloadModel, WireError,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::{
     ops::{deployments, hub::Hub, models::merge_registration},
-    serve::spawn_endpoint,
+    serve::Server,
     NodeContext,
 };
 
@@ -86,74 +85,39 @@ impl Actor for ModelManager {
             .bus
             .service("bitinglip-model-manager", "BitingLip model registry: register, list, search", &group)
             .await?;
-        let end = || ModelManagerMsg::SubscriptionEnded;
+        let server = Server::new(myself, ModelManagerMsg::SubscriptionEnded, ctx.clone());
         let endpoint = |name, subject| ctx.bus.endpoint(&service, name, subject);
 
-        let register_serve = spawn_endpoint(
-            endpoint("register", subjects.model_register()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            Ack::Error,
-            |ctx, req: RegisterModel| async move { register(&ctx, req).await.map(|()| Ack::Ok) },
-        );
-        let search_serve = spawn_endpoint(
-            endpoint("search", subjects.model_search()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            SearchResults::Error,
-            |ctx, req: SearchModels| async move {
+        let register_serve = server
+            .serve(endpoint("register", subjects.model_register()).await?, |ctx, req: RegisterModel| async move {
+                register(&ctx, req).await
+            });
+        let search_serve =
+            server.serve(endpoint("search", subjects.model_search()).await?, |ctx, req: SearchModels| async move {
                 let hub = Hub::new(&ctx.config.hub)?;
-                let models = hub.search(&req.query, req.limit.unwrap_or(20).clamp(1, 100)).await?;
-                Ok(SearchResults::Models { models })
-            },
-        );
-        let status_serve = spawn_endpoint(
-            endpoint("status", subjects.model_status()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            ModelStatusList::Error,
-            |ctx, q: GetModelStatus| async move {
-                Ok(ModelStatusList::Statuses { statuses: ctx.store.model_status().list(q.model.as_deref()).await? })
-            },
-        );
-        let load_serve = spawn_endpoint(
-            endpoint("load", subjects.model_load()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            DeploymentReply::Error,
-            |ctx, req: LoadModel| async move {
+                hub.search(&req.query, req.limit.unwrap_or(20).clamp(1, 100)).await
+            });
+        let status_serve = server
+            .serve(endpoint("status", subjects.model_status()).await?, |ctx, q: GetModelStatus| async move {
+                Ok(ctx.store.model_status().list(q.model.as_deref()).await?)
+            });
+        let load_serve =
+            server.serve(endpoint("load", subjects.model_load()).await?, |ctx, req: LoadModel| async move {
                 let replicas = req.replicas.unwrap_or(1).max(1);
-                deployments::ensure_loaded(&ctx.store, &req.model, replicas).await.map(DeploymentReply::Deployment)
-            },
-        );
-        let unload_serve = spawn_endpoint(
-            endpoint("unload", subjects.model_unload()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            Ack::Error,
-            |ctx, req: ModelRef| async move { deployments::scale(&ctx.store, &req.model, 0).await.map(|_| Ack::Ok) },
-        );
-        let delete_serve = spawn_endpoint(
-            endpoint("delete", subjects.model_delete()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            Ack::Error,
-            |ctx, req: ModelRef| async move { remove(&ctx, &req.model).await.map(|()| Ack::Ok) },
-        );
-        let list_serve = spawn_endpoint(
-            endpoint("list", subjects.model_list()).await?,
-            myself,
-            end(),
-            ctx.clone(),
-            ModelList::Error,
-            |ctx, _: ListModels| async move { Ok(ModelList::Models { models: ctx.store.models().list().await? }) },
-        );
+                deployments::ensure_loaded(&ctx.store, &req.model, replicas).await
+            });
+        let unload_serve = server
+            .serve(endpoint("unload", subjects.model_unload()).await?, |ctx, UnloadModel(req)| async move {
+                deployments::scale(&ctx.store, &req.model, 0).await.map(|_| ())
+            });
+        let delete_serve = server
+            .serve(endpoint("delete", subjects.model_delete()).await?, |ctx, DeleteModel(req)| async move {
+                remove(&ctx, &req.model).await
+            });
+        let list_serve = server
+            .serve(endpoint("list", subjects.model_list()).await?, |ctx, _: ListModels| async move {
+                Ok(ctx.store.models().list().await?)
+            });
         Ok(ModelManagerState {
             serves: vec![
                 register_serve,

@@ -7,13 +7,13 @@
 //! through `…model.register`. A pull that fails leaves hf-hub's partial files in the
 //! cache, so the next pull resumes. If its subscription ends it fails and is restarted.
 
-use bitinglip_bus_schema::{Ack, ModelRecord, ModelSource, PullModel, PullReply, RegisterModel, WireError};
+use bitinglip_bus_schema::{ModelRecord, ModelSource, PullModel, RegisterModel, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::{
     ops::{models::folder_estimate, pull::pull},
-    serve::spawn_endpoint,
+    serve::Server,
     NodeContext,
 };
 
@@ -57,11 +57,7 @@ async fn pull_and_register(ctx: &NodeContext, req: PullModel) -> Result<ModelRec
         updated_ms: 0,
     };
     let reg = RegisterModel { model: record.clone(), worker: ctx.node_id().to_string() };
-    match ctx.bus.request::<_, Ack>(ctx.bus.subjects().model_register(), &reg, None, None).await {
-        Ok(Ack::Ok) => Ok(record),
-        Ok(Ack::Error(e)) => Err(e),
-        Err(e) => Err(WireError::from(&e)),
-    }
+    ctx.bus.call(&reg).await.map(|()| record)
 }
 
 #[ractor::async_trait]
@@ -82,14 +78,8 @@ impl Actor for Puller {
             .service("bitinglip-puller", "BitingLip hub downloads on worker nodes", &subjects.puller_queue_group())
             .await?;
         let sub = ctx.bus.endpoint(&service, "pull", subjects.model_pull()).await?;
-        let serve = spawn_endpoint(
-            sub,
-            myself,
-            PullerMsg::SubscriptionEnded,
-            ctx,
-            PullReply::Error,
-            |ctx, req: PullModel| async move { pull_and_register(&ctx, req).await.map(PullReply::Pulled) },
-        );
+        let server = Server::new(myself, PullerMsg::SubscriptionEnded, ctx);
+        let serve = server.serve(sub, |ctx, req: PullModel| async move { pull_and_register(&ctx, req).await });
         Ok(PullerState { serve, _service: service })
     }
 

@@ -6,6 +6,8 @@
 
 use std::future::Future;
 
+use async_nats::service::endpoint::Endpoint;
+use bitinglip_bus_schema::{ErrorKind, OwnerRequest, Reply, Request, WireError};
 use futures::{Stream, StreamExt};
 use ractor::ActorRef;
 
@@ -43,103 +45,88 @@ where
     })
 }
 
-/// Serves one request/reply endpoint of a NATS service: decodes each request as `Req`,
-/// answers with what `handle` returns, its error (or a request that does not decode,
-/// counted as dropped when it has no reply subject) wrapped by `on_error`.
-pub(crate) fn spawn_endpoint<M, Req, Rep, H, F>(
-    endpoint: async_nats::service::endpoint::Endpoint,
+/// An actor's request/reply endpoints: each serves one request type, answering with what
+/// its handler returns (or the handler's error, or the decoding error of a request that
+/// does not decode, counted as dropped when it has no reply subject), in the reply type
+/// the request names. When an endpoint's subscription ends, `on_end` goes to `owner`.
+pub(crate) struct Server<M> {
     owner: ActorRef<M>,
     on_end: M,
     ctx: crate::NodeContext,
-    on_error: fn(bitinglip_bus_schema::WireError) -> Rep,
-    handle: H,
-) -> tokio::task::JoinHandle<()>
-where
-    M: ractor::Message + Clone,
-    Req: serde::de::DeserializeOwned + Send + 'static,
-    Rep: serde::Serialize + Send + Sync + 'static,
-    H: Fn(crate::NodeContext, Req) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<Rep, bitinglip_bus_schema::WireError>> + Send + 'static,
-{
-    let handle = std::sync::Arc::new(handle);
-    spawn_subject_endpoint(endpoint, owner, on_end, ctx, on_error, move |ctx, _subject: &str, req| handle(ctx, req))
 }
 
-/// [`spawn_endpoint`] for a task owner's subjects (`…task.<owner>.<verb>`, a wildcard
-/// endpoint): `handle` also gets the owner the subject names, which is who asks, since
-/// the server lets each NATS user publish only its own owner's subjects.
-pub(crate) fn spawn_owner_endpoint<M, Req, Rep, H, F>(
-    endpoint: async_nats::service::endpoint::Endpoint,
-    owner: ActorRef<M>,
-    on_end: M,
-    ctx: crate::NodeContext,
-    on_error: fn(bitinglip_bus_schema::WireError) -> Rep,
-    handle: H,
-) -> tokio::task::JoinHandle<()>
-where
-    M: ractor::Message + Clone,
-    Req: serde::de::DeserializeOwned + Send + 'static,
-    Rep: serde::Serialize + Send + Sync + 'static,
-    H: Fn(crate::NodeContext, Option<String>, Req) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<Rep, bitinglip_bus_schema::WireError>> + Send + 'static,
-{
-    let handle = std::sync::Arc::new(handle);
-    spawn_subject_endpoint(
-        endpoint,
-        owner,
-        on_end,
-        ctx,
-        on_error,
-        move |ctx: crate::NodeContext, subject: &str, req| {
+/// What a handler of `R` answers.
+type Answered<R> = Result<<<R as Request>::Reply as Reply>::Answer, WireError>;
+/// What a handler of owner request `R` answers.
+type OwnerAnswered<R> = Result<<<R as OwnerRequest>::Reply as Reply>::Answer, WireError>;
+
+impl<M: ractor::Message + Clone> Server<M> {
+    pub(crate) fn new(owner: ActorRef<M>, on_end: M, ctx: crate::NodeContext) -> Self {
+        Self { owner, on_end, ctx }
+    }
+
+    /// Serves `R` on `endpoint` with `handle`.
+    pub(crate) fn serve<R, H, F>(&self, endpoint: Endpoint, handle: H) -> tokio::task::JoinHandle<()>
+    where
+        R: Request,
+        H: Fn(crate::NodeContext, R) -> F + Send + Sync + 'static,
+        F: Future<Output = Answered<R>> + Send + 'static,
+    {
+        let handle = std::sync::Arc::new(handle);
+        self.spawn(endpoint, move |ctx, _subject: &str, req: R| {
+            let answer = handle(ctx, req);
+            async move { answer.await.map(R::Reply::answer) }
+        })
+    }
+
+    /// Serves owner request `R` on `endpoint` (a wildcard over the owners' subjects):
+    /// `handle` also gets the owner the subject names, which is who asks.
+    pub(crate) fn serve_owned<R, H, F>(&self, endpoint: Endpoint, handle: H) -> tokio::task::JoinHandle<()>
+    where
+        R: OwnerRequest,
+        H: Fn(crate::NodeContext, Option<String>, R) -> F + Send + Sync + 'static,
+        F: Future<Output = OwnerAnswered<R>> + Send + 'static,
+    {
+        let handle = std::sync::Arc::new(handle);
+        self.spawn(endpoint, move |ctx: crate::NodeContext, subject: &str, req: R| {
             let asker = ctx.bus.subjects().owner_of_task_subject(subject);
             let handle = handle.clone();
             async move {
                 let Some(asker) = asker else {
-                    return Err(bitinglip_bus_schema::WireError::new(
-                        bitinglip_bus_schema::ErrorKind::InvalidRequest,
-                        "the subject names no task owner",
-                    ));
+                    return Err(WireError::new(ErrorKind::InvalidRequest, "the subject names no task owner"));
                 };
-                handle(ctx, asker, req).await
+                handle(ctx, asker, req).await.map(R::Reply::answer)
             }
-        },
-    )
-}
+        })
+    }
 
-fn spawn_subject_endpoint<M, Req, Rep, H, F>(
-    endpoint: async_nats::service::endpoint::Endpoint,
-    owner: ActorRef<M>,
-    on_end: M,
-    ctx: crate::NodeContext,
-    on_error: fn(bitinglip_bus_schema::WireError) -> Rep,
-    handle: H,
-) -> tokio::task::JoinHandle<()>
-where
-    M: ractor::Message + Clone,
-    Req: serde::de::DeserializeOwned + Send + 'static,
-    Rep: serde::Serialize + Send + Sync + 'static,
-    H: Fn(crate::NodeContext, &str, Req) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<Rep, bitinglip_bus_schema::WireError>> + Send + 'static,
-{
-    let handle = std::sync::Arc::new(handle);
-    spawn_serve(endpoint, owner, on_end, move |req: async_nats::service::Request| {
-        let (ctx, handle) = (ctx.clone(), handle.clone());
-        async move {
-            let reply = match ctx.bus.decode::<Req>(&req.message) {
-                Ok(incoming) => handle(ctx.clone(), req.message.subject.as_str(), incoming.envelope.body)
-                    .await
-                    .unwrap_or_else(on_error),
-                Err(err) => {
-                    if req.message.reply.is_none() {
-                        tracing::warn!(subject = %req.message.subject, cause = %err, "undecodable message dropped");
-                        ctx.count_dropped();
+    fn spawn<Req, Rep, H, F>(&self, endpoint: Endpoint, handle: H) -> tokio::task::JoinHandle<()>
+    where
+        Req: serde::de::DeserializeOwned + Send + 'static,
+        Rep: Reply,
+        H: Fn(crate::NodeContext, &str, Req) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Rep, WireError>> + Send + 'static,
+    {
+        let (handle, ctx) = (std::sync::Arc::new(handle), self.ctx.clone());
+        spawn_serve(endpoint, self.owner.clone(), self.on_end.clone(), move |req: async_nats::service::Request| {
+            let (ctx, handle) = (ctx.clone(), handle.clone());
+            async move {
+                let reply = match ctx.bus.decode::<Req>(&req.message) {
+                    Ok(incoming) => handle(ctx.clone(), req.message.subject.as_str(), incoming.envelope.body)
+                        .await
+                        .unwrap_or_else(Rep::error),
+                    Err(err) => {
+                        if req.message.reply.is_none() {
+                            tracing::warn!(subject = %req.message.subject, cause = %err, "undecodable message dropped");
+                            ctx.count_dropped();
+                        }
+                        Rep::error(err.into())
                     }
-                    on_error(err.into())
+                };
+                if let Err(err) = ctx.bus.respond(&req, &reply).await {
+                    tracing::warn!(subject = %req.message.subject, cause = %err, "reply not sent");
                 }
-            };
-            if let Err(err) = ctx.bus.respond(&req, &reply).await {
-                tracing::warn!(subject = %req.message.subject, cause = %err, "reply not sent");
             }
-        }
-    })
+        })
+    }
 }

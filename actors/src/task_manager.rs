@@ -29,8 +29,7 @@ use std::sync::Arc;
 
 use async_nats::service::Request;
 use bitinglip_bus_schema::{
-    ErrorKind, GetTask, NodeHeartbeat, Role, SubmitReply, SubmitRequest, TaskAccepted, TaskRecord, TaskSpec,
-    TaskStatusReply, WireError,
+    ErrorKind, GetTask, NodeHeartbeat, Role, SubmitReply, SubmitRequest, TaskAccepted, TaskRecord, TaskSpec, WireError,
 };
 use bitinglip_nats::{now_ms, trace::TraceParent, trace_of};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -43,7 +42,7 @@ use crate::{
         deployments,
         task_ids::{request_sha256, task_id_for},
     },
-    serve::{spawn_endpoint, spawn_owner_endpoint, spawn_serve},
+    serve::{spawn_serve, Server},
     NodeContext,
 };
 
@@ -296,76 +295,22 @@ impl Actor for TaskManager {
                 .instrument(span)
             });
 
-        let end = || TaskManagerMsg::SubscriptionEnded;
-        let get_serve = spawn_endpoint(
-            ctx.bus.endpoint(&service, "get", subjects.task_get()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            TaskStatusReply::Error,
-            |ctx, req: GetTask| async move {
-                let record = ctx.store.tasks().status(&req.task_id).await?;
-                record
-                    .map(TaskStatusReply::Found)
-                    .ok_or_else(|| WireError::new(ErrorKind::NotFound, format!("no task {}", req.task_id)))
-            },
-        );
-        let get_own_serve = spawn_owner_endpoint(
-            ctx.bus.endpoint(&service, "get-own", subjects.all_owner_task_gets()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            TaskStatusReply::Error,
-            cancel::get_own,
-        );
-        let list_own_serve = spawn_owner_endpoint(
-            ctx.bus.endpoint(&service, "list-own", subjects.all_owner_task_lists()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            bitinglip_bus_schema::TaskList::Error,
-            cancel::list_own,
-        );
-        let result_serve = spawn_owner_endpoint(
-            ctx.bus.endpoint(&service, "result", subjects.all_owner_task_results()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            bitinglip_bus_schema::ResultReply::Error,
-            cancel::result_part,
-        );
-        let cancel_serve = spawn_owner_endpoint(
-            ctx.bus.endpoint(&service, "cancel", subjects.all_task_cancels()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            bitinglip_bus_schema::Ack::Error,
-            cancel::handle,
-        );
-        let usage_serve = spawn_endpoint(
-            ctx.bus.endpoint(&service, "usage", subjects.task_usage()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            bitinglip_bus_schema::Ack::Error,
-            usage::record,
-        );
-        let consumers_serve = spawn_endpoint(
-            ctx.bus.endpoint(&service, "consumers", subjects.task_consumers()).await?,
-            myself.clone(),
-            end(),
-            ctx.clone(),
-            bitinglip_bus_schema::Ack::Error,
-            usage::consumers,
-        );
-        let list_serve = spawn_endpoint(
-            ctx.bus.endpoint(&service, "list", subjects.task_list()).await?,
-            myself,
-            end(),
-            ctx.clone(),
-            bitinglip_bus_schema::TaskList::Error,
-            cancel::list,
-        );
+        let server = Server::new(myself, TaskManagerMsg::SubscriptionEnded, ctx.clone());
+        let endpoint = |name, subject| ctx.bus.endpoint(&service, name, subject);
+        let get_serve = server.serve(endpoint("get", subjects.task_get()).await?, |ctx, req: GetTask| async move {
+            let record = ctx.store.tasks().status(&req.task_id).await?;
+            record.ok_or_else(|| WireError::new(ErrorKind::NotFound, format!("no task {}", req.task_id)))
+        });
+        let get_own_serve =
+            server.serve_owned(endpoint("get-own", subjects.all_owner_task_gets()).await?, cancel::get_own);
+        let list_own_serve =
+            server.serve_owned(endpoint("list-own", subjects.all_owner_task_lists()).await?, cancel::list_own);
+        let result_serve =
+            server.serve_owned(endpoint("result", subjects.all_owner_task_results()).await?, cancel::result_part);
+        let cancel_serve = server.serve_owned(endpoint("cancel", subjects.all_task_cancels()).await?, cancel::handle);
+        let usage_serve = server.serve(endpoint("usage", subjects.task_usage()).await?, usage::record);
+        let consumers_serve = server.serve(endpoint("consumers", subjects.task_consumers()).await?, usage::consumers);
+        let list_serve = server.serve(endpoint("list", subjects.task_list()).await?, cancel::list);
         let tasks = vec![
             submit_serve,
             get_serve,

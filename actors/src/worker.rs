@@ -31,7 +31,7 @@ use std::{
 };
 
 use bitinglip_bus_schema::{
-    Ack, CancelTask, EngineKind, ModelRecord, ModelState, RegisterModel, RunningTask, TaskId, WorkerInfo,
+    CancelTask, EngineKind, ModelRecord, ModelState, RegisterModel, Reply, RunningTask, TaskId, WorkerInfo,
     WorkerState as Lifecycle,
 };
 use bitinglip_config::ModelConfig;
@@ -360,10 +360,9 @@ async fn queue_consumers(
             Ok(Some(consumers)) => return Ok(consumers),
             Ok(None) => {
                 let req = bitinglip_bus_schema::EnsureConsumers { model: model.to_string() };
-                match ctx.bus.request::<_, Ack>(ctx.bus.subjects().task_consumers(), &req, None, None).await {
-                    Ok(Ack::Ok) => continue,
-                    Ok(Ack::Error(err)) => format!("{}: {}", err.kind, err.message),
-                    Err(err) => err.to_string(),
+                match ctx.bus.call(&req).await {
+                    Ok(()) => continue,
+                    Err(err) => format!("{}: {}", err.kind, err.message),
                 }
             }
             Err(err) => err.to_string(),
@@ -412,13 +411,9 @@ async fn register_model(
     };
     let mut delay = Duration::from_millis(100);
     loop {
-        match ctx
-            .bus
-            .request::<_, Ack>(ctx.bus.subjects().model_register(), &req, None, Some(Duration::from_secs(5)))
-            .await
-        {
-            Ok(Ack::Ok) => return Ok(()),
-            Ok(Ack::Error(err)) => return Err(format!("model registration refused: {err}").into()),
+        match ctx.bus.ask(&req, None, Some(Duration::from_secs(5))).await.map(Reply::into_answer) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => return Err(format!("model registration refused: {err}").into()),
             Err(err) => {
                 tracing::warn!(cause = %err, "model registration not answered yet; retrying");
                 tokio::time::sleep(delay).await;

@@ -5,6 +5,7 @@
 //! compiles in seconds. A client in another language needs only `docs/NATS-API.md`: every payload
 //! is an [`Envelope`] encoded as MessagePack with named fields.
 
+pub mod call;
 pub mod codec;
 pub mod envelope;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod kinds;
 pub mod messages;
 pub mod subjects;
 
+pub use call::{ClusterNodes, DeleteModel, OwnerRequest, Reply, Request, ResultPart, TaskPage, UnloadModel};
 pub use codec::{decode, decode_body, decode_event, encode, CodecError, DEFAULT_MAX_PAYLOAD};
 pub use envelope::{Envelope, SCHEMA_VERSION};
 pub use error::{ErrorKind, WireError};

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use async_nats::Subscriber;
-use bitinglip_bus_schema::{Ack, CancelTask, ErrorKind, GetTask, TaskId, TaskStatusReply, WireError};
+use bitinglip_bus_schema::{CancelTask, ErrorKind, GetTask, Reply, TaskId, WireError};
 use bitinglip_nats::{async_nats, Bus, Store};
 use futures::StreamExt;
 
@@ -123,9 +123,8 @@ impl TaskWatch {
     /// Consults the status record; a final one ends the watch.
     async fn check_record(&mut self) -> Option<Relayed> {
         let req = GetTask { task_id: self.task_id.clone() };
-        let subject = self.bus.subjects().owner_task_get(self.owner.as_deref());
-        let reply: TaskStatusReply = self.bus.request(subject, &req, None, Some(Duration::from_secs(5))).await.ok()?;
-        let TaskStatusReply::Found(record) = reply else { return None };
+        let reply = self.bus.ask_as(self.owner.as_deref(), &req, None, Some(Duration::from_secs(5))).await.ok()?;
+        let record = reply.into_answer().ok()?;
         self.sequencer.on_record(record)
     }
 }
@@ -134,11 +133,7 @@ impl TaskWatch {
 /// one is stopped by its worker.
 pub async fn cancel(bus: &Bus, owner: Option<&str>, task_id: &TaskId, reason: &str) -> Result<(), WireError> {
     let req = CancelTask { task_id: task_id.clone(), reason: reason.to_string() };
-    match bus.request::<_, Ack>(bus.subjects().task_cancel(owner, task_id), &req, None, None).await {
-        Ok(Ack::Ok) => Ok(()),
-        Ok(Ack::Error(e)) => Err(e),
-        Err(e) => Err(WireError::from(&e)),
-    }
+    bus.call_as(owner, &req).await
 }
 
 /// Cancels the task when dropped unless disarmed: a client that goes away mid-request

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::{jetstream, Client, HeaderMap, Message};
-use bitinglip_bus_schema::{self as schema, CodecError, Envelope, Subjects};
+use bitinglip_bus_schema::{self as schema, CodecError, Envelope, Subjects, WireError};
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -191,7 +191,7 @@ impl Bus {
 
     /// Sends a request and decodes the reply's body. `timeout` defaults to the configured
     /// request timeout.
-    pub async fn request<Req: Serialize, Rep: DeserializeOwned>(
+    pub(crate) async fn request<Req: Serialize, Rep: DeserializeOwned>(
         &self,
         subject: String,
         body: &Req,
@@ -209,6 +209,55 @@ impl Bus {
             _ => BusError::Request { subject: subject.clone(), message: e.to_string() },
         })?;
         Ok(schema::decode::<Rep>(&reply.payload, self.max_payload().max(reply.payload.len()))?.body)
+    }
+
+    /// Sends `req` on its subject and reads its answer: the server's error, or the bus's
+    /// (no responder, a timeout) as a [`WireError`], when there is none.
+    pub async fn call<R: schema::Request>(&self, req: &R) -> Result<<R::Reply as schema::Reply>::Answer, WireError> {
+        self.call_with(req, None, None).await
+    }
+
+    /// [`Bus::call`] continuing `trace`, waiting up to `timeout` (the configured request
+    /// timeout by default).
+    pub async fn call_with<R: schema::Request>(
+        &self,
+        req: &R,
+        trace: Option<&TraceParent>,
+        timeout: Option<Duration>,
+    ) -> Result<<R::Reply as schema::Reply>::Answer, WireError> {
+        schema::Reply::into_answer(self.ask(req, trace, timeout).await.map_err(|e| WireError::from(&e))?)
+    }
+
+    /// Sends `req` on its subject and reads its reply whole, with the bus's own error: for
+    /// a caller that tells a bus that heals (no responder, a timeout) from an answer.
+    pub async fn ask<R: schema::Request>(
+        &self,
+        req: &R,
+        trace: Option<&TraceParent>,
+        timeout: Option<Duration>,
+    ) -> Result<R::Reply, BusError> {
+        self.request(req.subject(self.subjects()), req, trace, timeout).await
+    }
+
+    /// [`Bus::call`] for a request on `owner`'s subjects.
+    pub async fn call_as<R: schema::OwnerRequest>(
+        &self,
+        owner: Option<&str>,
+        req: &R,
+    ) -> Result<<R::Reply as schema::Reply>::Answer, WireError> {
+        let reply = self.ask_as(owner, req, None, None).await.map_err(|e| WireError::from(&e))?;
+        schema::Reply::into_answer(reply)
+    }
+
+    /// [`Bus::ask`] for a request on `owner`'s subjects.
+    pub async fn ask_as<R: schema::OwnerRequest>(
+        &self,
+        owner: Option<&str>,
+        req: &R,
+        trace: Option<&TraceParent>,
+        timeout: Option<Duration>,
+    ) -> Result<R::Reply, BusError> {
+        self.request(req.subject(self.subjects(), owner), req, trace, timeout).await
     }
 
     /// Answers a request; a message without a reply subject is ignored.

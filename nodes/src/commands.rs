@@ -66,14 +66,9 @@ fn print_table(rows: &[Vec<String>]) {
 }
 
 /// Prints `done` for an ok, fails with the error otherwise.
-fn ack(reply: bitinglip_bus_schema::Ack, done: &str) -> anyhow::Result<()> {
-    match reply {
-        bitinglip_bus_schema::Ack::Ok => {
-            println!("{done}");
-            Ok(())
-        }
-        bitinglip_bus_schema::Ack::Error(e) => anyhow::bail!("{}: {}", e.kind, e.message),
-    }
+/// A bus call's error as the CLI says it: `<kind>: <message>`.
+fn said(e: bitinglip_bus_schema::WireError) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", e.kind, e.message)
 }
 
 /// `bitinglip nats init --out DIR`.

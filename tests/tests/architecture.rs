@@ -17,7 +17,9 @@
 //! - JetStream's types stay in the bus layer (`nats/`): actors answer a delivery through
 //!   `store::queue::Delivery`, never with ack kinds or a raw `-NAK`;
 //! - no library returns `Result<_, String>`: errors are types (the binary and the tests
-//!   may).
+//!   may);
+//! - bus calls are typed: a request names its subject and reply (`bus-schema/src/call.rs`),
+//!   so no call site pairs them by hand (`Bus::call`, `ask`, and the actors' `Server`).
 
 use std::path::{Path, PathBuf};
 
@@ -313,6 +315,34 @@ fn jetstream_stays_in_the_bus_layer() {
         }
     }
     assert!(found.is_empty(), "JetStream outside `nats/` (use store::queue::Delivery):\n{}", found.join("\n"));
+}
+
+#[test]
+fn bus_calls_are_typed() {
+    let root = workspace_root();
+    let mut found = Vec::new();
+    for dir in ["actors", "client", "nodes"] {
+        for file in rust_files(&root.join(dir)) {
+            // The benchmark's floor is raw NATS request/reply on purpose: the baseline.
+            if file.ends_with("bench/floor.rs") {
+                continue;
+            }
+            for (n, line) in code(&file) {
+                let squeezed: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+                if squeezed.contains("bus.request(")
+                    || squeezed.contains(".request::<")
+                    || squeezed.contains("spawn_endpoint")
+                {
+                    found.push(format!("{}:{n}: {}", file.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a bus call paired by hand (use Bus::call / ask, or Server::serve):\n{}",
+        found.join("\n")
+    );
 }
 
 /// The error type of the first `Result<T, E>` in `line`, if it has two arguments.

@@ -9,19 +9,15 @@ use std::time::Duration;
 
 use axum::{extract::State, Json};
 use bitinglip_bus_schema::{
-    Ack, ClusterStatus, DeleteDeployment, Deployment, DeploymentList, DeploymentReply, DeploymentStatus, DeviceKind,
-    EngineKind, GetClusterStatus, ListDeployments, ListModels, LoadModel, ModelList, ModelRecord, ModelRef,
-    ModelSource, PullModel, PullReply, Role, SearchModels, SearchResults, SetDeployment, WireError, WorkerState,
+    DeleteDeployment, DeleteModel, Deployment, DeploymentStatus, DeviceKind, EngineKind, GetClusterStatus,
+    ListDeployments, ListModels, LoadModel, ModelRecord, ModelRef, ModelSource, PullModel, Role, SearchModels,
+    SetDeployment, UnloadModel, WorkerState,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, Path, Query};
 use crate::NodeContext;
-
-fn bus_error(e: bitinglip_nats::BusError) -> ApiError {
-    ApiError::from(WireError::from(&e))
-}
 
 /// A list under `data`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -215,15 +211,8 @@ pub(super) struct Done {
 /// The model registry.
 #[utoipa::path(get, path = "/api/v1/models", tag = "admin", responses((status = 200, body = Page<ModelView>)))]
 pub(super) async fn models(State(ctx): State<NodeContext>) -> Result<Json<Page<ModelView>>, ApiError> {
-    match ctx
-        .bus
-        .request::<_, ModelList>(ctx.bus.subjects().model_list(), &ListModels {}, None, None)
-        .await
-        .map_err(bus_error)?
-    {
-        ModelList::Models { models } => Ok(Json(Page { data: models.into_iter().map(ModelView::from).collect() })),
-        ModelList::Error(e) => Err(e.into()),
-    }
+    let models = ctx.bus.call(&ListModels {}).await?;
+    Ok(Json(Page { data: models.into_iter().map(ModelView::from).collect() }))
 }
 
 /// The query of `GET /api/v1/models/search`.
@@ -244,17 +233,10 @@ pub(super) async fn search(
     Query(q): Query<SearchQuery>,
 ) -> Result<Json<Page<SearchHit>>, ApiError> {
     let req = SearchModels { query: q.q, limit: q.limit };
-    match ctx
-        .bus
-        .request::<_, SearchResults>(ctx.bus.subjects().model_search(), &req, None, Some(Duration::from_secs(60)))
-        .await
-        .map_err(bus_error)?
-    {
-        SearchResults::Models { models } => Ok(Json(Page {
-            data: models.into_iter().map(|m| SearchHit { id: m.id, downloads: m.downloads, likes: m.likes }).collect(),
-        })),
-        SearchResults::Error(e) => Err(e.into()),
-    }
+    let models = ctx.bus.call_with(&req, None, Some(Duration::from_secs(60))).await?;
+    Ok(Json(Page {
+        data: models.into_iter().map(|m| SearchHit { id: m.id, downloads: m.downloads, likes: m.likes }).collect(),
+    }))
 }
 
 /// The body of `POST /api/v1/models/pull`.
@@ -275,15 +257,8 @@ pub(super) struct PullBody {
 pub(super) async fn pull(State(ctx): State<NodeContext>, body: axum::body::Bytes) -> Result<Json<ModelView>, ApiError> {
     let body: PullBody = parse_json(&body)?;
     let req = PullModel { model: body.model, revision: body.revision };
-    match ctx
-        .bus
-        .request::<_, PullReply>(ctx.bus.subjects().model_pull(), &req, None, Some(Duration::from_secs(24 * 3600)))
-        .await
-        .map_err(bus_error)?
-    {
-        PullReply::Pulled(record) => Ok(Json(record.into())),
-        PullReply::Error(e) => Err(e.into()),
-    }
+    let record = ctx.bus.call_with(&req, None, Some(Duration::from_secs(24 * 3600))).await?;
+    Ok(Json(record.into()))
 }
 
 /// The query of `GET /api/v1/models/status`.
@@ -302,39 +277,24 @@ pub(super) async fn status(
     Query(q): Query<StatusQuery>,
 ) -> Result<Json<Page<ModelStatusView>>, ApiError> {
     let req = bitinglip_bus_schema::GetModelStatus { model: q.model };
-    match ctx
-        .bus
-        .request::<_, bitinglip_bus_schema::ModelStatusList>(ctx.bus.subjects().model_status(), &req, None, None)
-        .await
-        .map_err(bus_error)?
-    {
-        bitinglip_bus_schema::ModelStatusList::Statuses { statuses } => Ok(Json(Page {
-            data: statuses
-                .into_iter()
-                .map(|s| ModelStatusView {
-                    state: s.state.as_str(),
-                    model: s.model,
-                    node: s.node,
-                    reason: s.reason,
-                    lease_until_ms: s.lease_until_ms,
-                    updated_ms: s.updated_ms,
-                })
-                .collect(),
-        })),
-        bitinglip_bus_schema::ModelStatusList::Error(e) => Err(e.into()),
-    }
+    let statuses = ctx.bus.call(&req).await?;
+    Ok(Json(Page {
+        data: statuses
+            .into_iter()
+            .map(|s| ModelStatusView {
+                state: s.state.as_str(),
+                model: s.model,
+                node: s.node,
+                reason: s.reason,
+                lease_until_ms: s.lease_until_ms,
+                updated_ms: s.updated_ms,
+            })
+            .collect(),
+    }))
 }
 
 async fn cluster_nodes(ctx: &NodeContext) -> Result<Vec<bitinglip_bus_schema::NodeHeartbeat>, ApiError> {
-    match ctx
-        .bus
-        .request::<_, ClusterStatus>(ctx.bus.subjects().cluster_status(), &GetClusterStatus {}, None, None)
-        .await
-        .map_err(bus_error)?
-    {
-        ClusterStatus::Nodes { nodes, .. } => Ok(nodes),
-        ClusterStatus::Error(e) => Err(e.into()),
-    }
+    Ok(ctx.bus.call(&GetClusterStatus {}).await?.nodes)
 }
 
 /// Live workers.
@@ -391,14 +351,7 @@ pub(super) async fn cluster(State(ctx): State<NodeContext>) -> Result<Json<Clust
             gpus: n.gpus,
         })
         .collect();
-    let leader = match ctx
-        .bus
-        .request::<_, ClusterStatus>(ctx.bus.subjects().cluster_status(), &GetClusterStatus {}, None, None)
-        .await
-    {
-        Ok(ClusterStatus::Nodes { leader, .. }) => leader,
-        _ => None,
-    };
+    let leader = ctx.bus.call(&GetClusterStatus {}).await.ok().and_then(|c| c.leader);
     Ok(Json(ClusterView { nodes: data, leader }))
 }
 
@@ -411,28 +364,12 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
     })
 }
 
-fn ack(reply: Ack) -> Result<Json<Done>, ApiError> {
-    match reply {
-        Ack::Ok => Ok(Json(Done { ok: true })),
-        Ack::Error(e) => Err(e.into()),
-    }
-}
-
-fn deployment(reply: DeploymentReply) -> Result<Json<Deployment>, ApiError> {
-    match reply {
-        DeploymentReply::Deployment(d) => Ok(Json(d)),
-        DeploymentReply::Error(e) => Err(e.into()),
-    }
-}
+const DONE: Done = Done { ok: true };
 
 /// Every deployment, with the nodes it is placed on and served by.
 #[utoipa::path(get, path = "/api/v1/deployments", tag = "admin", responses((status = 200, body = Page<DeploymentStatus>)))]
 pub(super) async fn deployments(State(ctx): State<NodeContext>) -> Result<Json<Page<DeploymentStatus>>, ApiError> {
-    let subject = ctx.bus.subjects().deployment_list();
-    match ctx.bus.request::<_, DeploymentList>(subject, &ListDeployments {}, None, None).await.map_err(bus_error)? {
-        DeploymentList::Deployments { deployments } => Ok(Json(Page { data: deployments })),
-        DeploymentList::Error(e) => Err(e.into()),
-    }
+    Ok(Json(Page { data: ctx.bus.call(&ListDeployments {}).await? }))
 }
 
 /// Create or replace a deployment: the cluster places its replicas.
@@ -443,7 +380,7 @@ pub(super) async fn set_deployment(
     body: axum::body::Bytes,
 ) -> Result<Json<Deployment>, ApiError> {
     let req: SetDeployment = parse_json(&body)?;
-    deployment(ctx.bus.request(ctx.bus.subjects().deployment_set(), &req, None, None).await.map_err(bus_error)?)
+    Ok(Json(ctx.bus.call(&req).await?))
 }
 
 /// Remove a deployment; its replicas are unloaded.
@@ -454,8 +391,8 @@ pub(super) async fn delete_deployment(
     State(ctx): State<NodeContext>,
     Path(model): Path<String>,
 ) -> Result<Json<Done>, ApiError> {
-    let req = DeleteDeployment { model };
-    ack(ctx.bus.request(ctx.bus.subjects().deployment_delete(), &req, None, None).await.map_err(bus_error)?)
+    ctx.bus.call(&DeleteDeployment { model }).await?;
+    Ok(Json(DONE))
 }
 
 /// Load a known model on at least `replicas` workers (1 when absent).
@@ -466,15 +403,15 @@ pub(super) async fn load(
     body: axum::body::Bytes,
 ) -> Result<Json<Deployment>, ApiError> {
     let req: LoadModel = parse_json(&body)?;
-    deployment(ctx.bus.request(ctx.bus.subjects().model_load(), &req, None, None).await.map_err(bus_error)?)
+    Ok(Json(ctx.bus.call(&req).await?))
 }
 
 /// Unload a model everywhere (its deployment goes to 0 replicas).
 #[utoipa::path(post, path = "/api/v1/models/unload", tag = "admin", request_body = ModelRef,
     responses((status = 200, body = Done)))]
 pub(super) async fn unload(State(ctx): State<NodeContext>, body: axum::body::Bytes) -> Result<Json<Done>, ApiError> {
-    let req: ModelRef = parse_json(&body)?;
-    ack(ctx.bus.request(ctx.bus.subjects().model_unload(), &req, None, None).await.map_err(bus_error)?)
+    ctx.bus.call(&UnloadModel(parse_json(&body)?)).await?;
+    Ok(Json(DONE))
 }
 
 /// Remove a model: its deployment, its registry entry and every node's status of it.
@@ -482,6 +419,6 @@ pub(super) async fn unload(State(ctx): State<NodeContext>, body: axum::body::Byt
     params(("model" = String, Path, description = "the model's id; it may hold slashes")),
     responses((status = 200, body = Done)))]
 pub(super) async fn remove(State(ctx): State<NodeContext>, Path(model): Path<String>) -> Result<Json<Done>, ApiError> {
-    let req = ModelRef { model };
-    ack(ctx.bus.request(ctx.bus.subjects().model_delete(), &req, None, None).await.map_err(bus_error)?)
+    ctx.bus.call(&DeleteModel(ModelRef { model })).await?;
+    Ok(Json(DONE))
 }

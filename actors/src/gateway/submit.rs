@@ -152,8 +152,7 @@ pub(super) async fn submit_chat(
     let mut delay = Duration::from_millis(100);
     let mut retried = false;
     let reply = loop {
-        let result: Result<SubmitReply, _> =
-            ctx.bus.request(ctx.bus.subjects().task_submit(submit.owner.as_deref()), &submit, Some(&trace), None).await;
+        let result = ctx.bus.ask_as(submit.owner.as_deref(), &submit, Some(&trace), None).await;
         if !passing(&result) || Instant::now() + delay > deadline {
             break result;
         }

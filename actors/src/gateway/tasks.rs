@@ -12,9 +12,7 @@ use axum::{
     },
     Json,
 };
-use bitinglip_bus_schema::{
-    ApiKey, ErrorKind, GetTask, ListTasks, Scope, TaskId, TaskList, TaskRecord, TaskState, TaskStatusReply, WireError,
-};
+use bitinglip_bus_schema::{ApiKey, ErrorKind, GetTask, ListTasks, Scope, TaskId, TaskRecord, TaskState, WireError};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -175,16 +173,11 @@ async fn with_text(ctx: &NodeContext, mut record: TaskRecord) -> Result<TaskReco
 /// A task's record, when `key` may see it: another key's task is a 404, as if it did
 /// not exist.
 async fn read(ctx: &NodeContext, key: &ApiKey, id: &TaskId) -> Result<TaskRecord, ApiError> {
-    let reply: TaskStatusReply = ctx
-        .bus
-        .request(ctx.bus.subjects().task_get(), &GetTask { task_id: id.clone() }, None, None)
-        .await
-        .map_err(|e| ApiError::from(WireError::from(&e)))?;
-    match reply {
-        TaskStatusReply::Found(r) if sees(key, &r) => Ok(r),
-        TaskStatusReply::Found(_) => Err(WireError::new(ErrorKind::NotFound, format!("no task {id}")).into()),
-        TaskStatusReply::Error(e) => Err(e.into()),
+    let record = ctx.bus.call(&GetTask { task_id: id.clone() }).await?;
+    if !sees(key, &record) {
+        return Err(WireError::new(ErrorKind::NotFound, format!("no task {id}")).into());
     }
+    Ok(record)
 }
 
 /// Queue a chat task; answers 202 with its id at once.
@@ -277,31 +270,12 @@ pub(super) async fn list(
             TaskState::parse(s).ok_or_else(|| ApiError::invalid(&format!("unknown status {s:?}"), Some("status")))?,
         ),
     };
-    let reply: TaskList = ctx
-        .bus
-        .request(
-            ctx.bus.subjects().task_list(),
-            &ListTasks { limit: q.limit, state, owner, before: q.before },
-            None,
-            None,
-        )
-        .await
-        .map_err(|e| ApiError::from(WireError::from(&e)))?;
-    match reply {
-        TaskList::Tasks { tasks, next } => Ok(Json(TaskPage {
-            object: "list",
-            data: {
-                let mut data = Vec::with_capacity(tasks.len());
-                for record in tasks {
-                    data.push(TaskView::from(&with_text(&ctx, record).await?));
-                }
-                data
-            },
-            has_more: next.is_some(),
-            next,
-        })),
-        TaskList::Error(e) => Err(e.into()),
+    let page = ctx.bus.call(&ListTasks { limit: q.limit, state, owner, before: q.before }).await?;
+    let mut data = Vec::with_capacity(page.tasks.len());
+    for record in page.tasks {
+        data.push(TaskView::from(&with_text(&ctx, record).await?));
     }
+    Ok(Json(TaskPage { object: "list", data, has_more: page.next.is_some(), next: page.next }))
 }
 
 /// Cancel a task; answers with its record (the engine stops within one token).

@@ -4,14 +4,14 @@
 //! another owner), and a model's queue consumers are made with the cluster's config
 //! (so no worker can reconfigure the consumers every worker shares).
 
-use bitinglip_bus_schema::{Ack, EnsureConsumers, ErrorKind, RecordUsage, WireError};
+use bitinglip_bus_schema::{EnsureConsumers, ErrorKind, RecordUsage, WireError};
 use bitinglip_nats::store::counters::{TaskUsage, NO_KEY};
 
 use crate::NodeContext;
 
 /// Answers `…task.usage`: adds the finished task's tokens (as its record says) to its
 /// owner's counters, once per task (a repeat within ten minutes changes nothing).
-pub(super) async fn record(ctx: NodeContext, req: RecordUsage) -> Result<Ack, WireError> {
+pub(super) async fn record(ctx: NodeContext, req: RecordUsage) -> Result<(), WireError> {
     let record = ctx
         .store
         .tasks()
@@ -35,15 +35,15 @@ pub(super) async fn record(ctx: NodeContext, req: RecordUsage) -> Result<Ack, Wi
         at_ms: record.updated_ms,
     };
     ctx.store.counters().record(&usage).await?;
-    Ok(Ack::Ok)
+    Ok(())
 }
 
 /// Answers `…task.consumers`: makes `model`'s queue consumers (both classes) with the
 /// cluster's config, or brings them up to date.
-pub(super) async fn consumers(ctx: NodeContext, req: EnsureConsumers) -> Result<Ack, WireError> {
+pub(super) async fn consumers(ctx: NodeContext, req: EnsureConsumers) -> Result<(), WireError> {
     if let Some(problem) = bitinglip_bus_schema::model_id_problem(&req.model) {
         return Err(WireError::new(ErrorKind::InvalidRequest, format!("model id {:?} {problem}", req.model)));
     }
     ctx.store.queue().consumers(&req.model).await?;
-    Ok(Ack::Ok)
+    Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bitinglip_bus_schema::{Ack, RecordUsage, TaskEvent, TaskId};
+use bitinglip_bus_schema::{RecordUsage, TaskEvent, TaskId};
 use bitinglip_nats::store::{counters::NO_KEY, results::INLINE_TEXT_MAX};
 
 use super::{
@@ -20,17 +20,9 @@ use crate::{
 /// counters (deduplicated per task): a worker writes no counter itself.
 pub(super) async fn record_usage(ctx: &NodeContext, task_id: &TaskId) -> Result<(), ()> {
     let req = RecordUsage { task_id: task_id.clone() };
-    match ctx.bus.request::<_, Ack>(ctx.bus.subjects().task_usage(), &req, None, None).await {
-        Ok(Ack::Ok) => Ok(()),
-        Ok(Ack::Error(err)) => {
-            tracing::warn!(kind = %err.kind, cause = %err.message, "usage not counted; handing back to count it again");
-            Err(())
-        }
-        Err(err) => {
-            tracing::warn!(cause = %err, "usage not counted; handing back to count it again");
-            Err(())
-        }
-    }
+    ctx.bus.call(&req).await.map_err(|err| {
+        tracing::warn!(kind = %err.kind, cause = %err.message, "usage not counted; handing back to count it again");
+    })
 }
 
 /// Writes the final record (fenced on the claim), publishes the final event, and only

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bitinglip_actors::Node;
-use bitinglip_bus_schema::{ChatParams, SubmitReply, SubmitRequest, TaskId};
+use bitinglip_bus_schema::{ChatParams, SubmitRequest, TaskId};
 use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_config::Config;
 use bitinglip_nats::{Bus, Store};
@@ -70,10 +70,7 @@ pub(crate) async fn nats_request(bus: &Client, chat: ChatParams) -> Option<NatsT
     let task_id = TaskId::parse(ulid::Ulid::new().to_string()).ok()?;
     let mut watch = TaskWatch::subscribe(&bus.bus, &bus.store, None, &task_id).await.ok()?;
     let req = SubmitRequest { task_id: Some(task_id), new_id: true, ..SubmitRequest::new(chat) };
-    match bus.request::<_, SubmitReply>(bus.subjects().task_submit(None), &req, None, None).await.ok()? {
-        SubmitReply::Accepted(_) => {}
-        SubmitReply::Rejected(_) => return None,
-    }
+    bus.call_as(None, &req).await.ok()?;
     let accepted = started.elapsed().as_secs_f64();
     let mut first = None;
     while let Some(event) = watch.next().await {

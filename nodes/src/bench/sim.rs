@@ -16,9 +16,7 @@ use std::{
 
 use anyhow::Context as _;
 use bitinglip_actors::Node;
-use bitinglip_bus_schema::{
-    Constraints, DeploymentList, DeploymentReply, EngineKind, ListDeployments, ModelSpec, Role, SetDeployment, Subjects,
-};
+use bitinglip_bus_schema::{Constraints, EngineKind, ListDeployments, ModelSpec, Role, SetDeployment, Subjects};
 use bitinglip_config::Config;
 use bitinglip_nats::{Bus, LocalNatsServer, ServerOptions, Store};
 use futures::{FutureExt as _, StreamExt};
@@ -163,17 +161,12 @@ pub(crate) async fn deploy_echo(
         constraints: Constraints::default(),
         memory: Some(REPLICA_MEMORY),
     };
-    match bus.request::<_, DeploymentReply>(bus.subjects().deployment_set(), &req, None, None).await? {
-        DeploymentReply::Deployment(_) => Ok(()),
-        DeploymentReply::Error(e) => anyhow::bail!("deployment of {model} not set: {}", e.message),
-    }
+    bus.call(&req).await.map_err(|e| anyhow::anyhow!("deployment of {model} not set: {}", e.message))?;
+    Ok(())
 }
 
 async fn deployments(bus: &Bus) -> Vec<bitinglip_bus_schema::DeploymentStatus> {
-    match bus.request::<_, DeploymentList>(bus.subjects().deployment_list(), &ListDeployments {}, None, None).await {
-        Ok(DeploymentList::Deployments { deployments }) => deployments,
-        _ => Vec::new(),
-    }
+    bus.call(&ListDeployments {}).await.unwrap_or_default()
 }
 
 /// Runs the simulated cluster of `n` worker nodes and measures it.
@@ -304,7 +297,7 @@ pub(crate) async fn run_one(nats_binary: &str, n: usize, load: Duration) -> anyh
         new_id: true,
         ..bitinglip_bus_schema::SubmitRequest::new(platform::chat("sim-stream", &words.join(" "), 200))
     };
-    bus.request::<_, bitinglip_bus_schema::SubmitReply>(subjects.task_submit(None), &submit, None, None).await?;
+    bus.call_as(None, &submit).await?;
     let mut tokens = 0;
     while tokens < 20 {
         match watch.next().await {

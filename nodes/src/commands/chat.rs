@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::bail;
-use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority, SubmitReply, SubmitRequest, TaskId};
+use bitinglip_bus_schema::{ChatMessage, ChatParams, Priority, SubmitRequest, TaskId};
 use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_config::Config;
 
@@ -34,10 +34,7 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
     };
     let store = bitinglip_nats::Store::open(&bus, &config).await?;
     let mut watch = TaskWatch::subscribe(&bus, &store, None, &task_id).await?;
-    match bus.request::<_, SubmitReply>(bus.subjects().task_submit(None), &req, None, None).await? {
-        SubmitReply::Accepted(_) => {}
-        SubmitReply::Rejected(err) => bail!("rejected ({}): {}", err.kind, err.message),
-    }
+    bus.call_as(None, &req).await.map_err(|err| anyhow::anyhow!("rejected ({}): {}", err.kind, err.message))?;
     let mut out = std::io::stdout().lock();
     while let Some(r) = watch.next().await {
         match r {

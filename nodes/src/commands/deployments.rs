@@ -2,8 +2,7 @@
 
 use anyhow::bail;
 use bitinglip_bus_schema::{
-    Constraints, DeleteDeployment, DeploymentList, DeploymentReply, DeviceKind, EngineKind, ListDeployments, ModelSpec,
-    Quantize, SetDeployment,
+    Constraints, DeleteDeployment, DeviceKind, EngineKind, ListDeployments, ModelSpec, Quantize, SetDeployment,
 };
 use bitinglip_config::{parse_bytes, Config};
 
@@ -66,26 +65,15 @@ pub(super) async fn run(config: Config, cmd: DeploymentsCommand) -> anyhow::Resu
     match cmd {
         DeploymentsCommand::Set(args) => {
             let req = request(args)?;
-            match bus.request::<_, DeploymentReply>(bus.subjects().deployment_set(), &req, None, None).await? {
-                DeploymentReply::Deployment(d) => println!("{}: {} replica(s)", d.model, d.replicas),
-                DeploymentReply::Error(e) => bail!("{}: {}", e.kind, e.message),
-            }
+            let d = bus.call(&req).await.map_err(super::said)?;
+            println!("{}: {} replica(s)", d.model, d.replicas);
         }
         DeploymentsCommand::Rm { model } => {
-            let req = DeleteDeployment { model: model.clone() };
-            super::ack(
-                bus.request(bus.subjects().deployment_delete(), &req, None, None).await?,
-                &format!("{model}: removed"),
-            )?;
+            bus.call(&DeleteDeployment { model: model.clone() }).await.map_err(super::said)?;
+            println!("{model}: removed");
         }
         DeploymentsCommand::Ls { json } => {
-            let all = match bus
-                .request::<_, DeploymentList>(bus.subjects().deployment_list(), &ListDeployments {}, None, None)
-                .await?
-            {
-                DeploymentList::Deployments { deployments } => deployments,
-                DeploymentList::Error(e) => bail!("{}: {}", e.kind, e.message),
-            };
+            let all = bus.call(&ListDeployments {}).await.map_err(super::said)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
                 return Ok(());

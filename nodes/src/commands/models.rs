@@ -2,9 +2,8 @@
 
 use std::{io::Write, time::Duration};
 
-use anyhow::bail;
 use bitinglip_bus_schema::{
-    ListModels, ModelList, ModelSource, ModelState, PullModel, PullProgress, PullReply, SearchModels, SearchResults,
+    DeleteModel, ListModels, ModelRef, ModelSource, ModelState, PullModel, PullProgress, SearchModels, UnloadModel,
 };
 use bitinglip_config::Config;
 use futures::StreamExt;
@@ -92,13 +91,10 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
     match cmd {
         ModelsCommand::Search { query, limit, json } => {
             let req = SearchModels { query, limit: Some(limit) };
-            let models = match bus
-                .request::<_, SearchResults>(bus.subjects().model_search(), &req, None, Some(Duration::from_secs(60)))
-                .await?
-            {
-                SearchResults::Models { models } => models,
-                SearchResults::Error(e) => bail!("search failed ({}): {}", e.kind, e.message),
-            };
+            let models = bus
+                .call_with(&req, None, Some(Duration::from_secs(60)))
+                .await
+                .map_err(|e| anyhow::anyhow!("search failed ({}): {}", e.kind, e.message))?;
             if json {
                 let v: Vec<_> = models
                     .iter()
@@ -117,17 +113,12 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
         ModelsCommand::Pull { model, revision } => {
             let mut progress = bus.subscribe(bus.subjects().model_progress(&model)).await?;
             let req = PullModel { model: model.clone(), revision: Some(revision) };
-            let pull = bus.request::<_, PullReply>(
-                bus.subjects().model_pull(),
-                &req,
-                None,
-                Some(Duration::from_secs(24 * 3600)),
-            );
+            let pull = bus.call_with(&req, None, Some(Duration::from_secs(24 * 3600)));
             tokio::pin!(pull);
             let mut err = std::io::stderr();
             let reply = loop {
                 tokio::select! {
-                    reply = &mut pull => break reply?,
+                    reply = &mut pull => break reply,
                     Some(msg) = progress.next() => {
                         if let Ok(p) = bus.decode::<PullProgress>(&msg) {
                             let _ = write!(err, "{}", bar(&p.envelope.body));
@@ -137,29 +128,19 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
                 }
             };
             let _ = writeln!(err);
-            match reply {
-                PullReply::Pulled(record) => {
-                    let bytes: u64 = record.files.iter().map(|f| f.size).sum();
-                    println!(
-                        "pulled {} at {} ({} files, {:.1} MB)",
-                        record.id,
-                        record.revision_sha.unwrap_or_default(),
-                        record.files.len(),
-                        bytes as f64 / 1e6
-                    );
-                }
-                PullReply::Error(e) => bail!("pull failed ({}): {}", e.kind, e.message),
-            }
+            let record = reply.map_err(|e| anyhow::anyhow!("pull failed ({}): {}", e.kind, e.message))?;
+            let bytes: u64 = record.files.iter().map(|f| f.size).sum();
+            println!(
+                "pulled {} at {} ({} files, {:.1} MB)",
+                record.id,
+                record.revision_sha.unwrap_or_default(),
+                record.files.len(),
+                bytes as f64 / 1e6
+            );
         }
         ModelsCommand::Status { model } => {
             let req = bitinglip_bus_schema::GetModelStatus { model };
-            let statuses = match bus
-                .request::<_, bitinglip_bus_schema::ModelStatusList>(bus.subjects().model_status(), &req, None, None)
-                .await?
-            {
-                bitinglip_bus_schema::ModelStatusList::Statuses { statuses } => statuses,
-                bitinglip_bus_schema::ModelStatusList::Error(e) => bail!("{}: {}", e.kind, e.message),
-            };
+            let statuses = bus.call(&req).await.map_err(super::said)?;
             let mut rows = vec![vec!["MODEL".to_string(), "NODE".into(), "STATE".into(), "REASON".into()]];
             for s in statuses {
                 rows.push(vec![s.model, s.node, s.state.as_str().into(), s.reason.unwrap_or_else(|| "-".into())]);
@@ -167,11 +148,7 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
             super::print_table(&rows);
         }
         ModelsCommand::Ls { json } => {
-            let models =
-                match bus.request::<_, ModelList>(bus.subjects().model_list(), &ListModels {}, None, None).await? {
-                    ModelList::Models { models } => models,
-                    ModelList::Error(e) => bail!("{}: {}", e.kind, e.message),
-                };
+            let models = bus.call(&ListModels {}).await.map_err(super::said)?;
             if json {
                 let v: Vec<_> = models
                     .iter()
@@ -200,32 +177,21 @@ pub(super) async fn run(config: Config, cmd: ModelsCommand) -> anyhow::Result<()
         }
         ModelsCommand::Load { model, replicas } => {
             let req = bitinglip_bus_schema::LoadModel { model, replicas: Some(replicas) };
-            match bus
-                .request::<_, bitinglip_bus_schema::DeploymentReply>(bus.subjects().model_load(), &req, None, None)
-                .await?
-            {
-                bitinglip_bus_schema::DeploymentReply::Deployment(d) => {
-                    println!(
-                        "{}: {} replica(s) wanted; `bitinglip models status --model {}` shows the load",
-                        d.model, d.replicas, d.model
-                    )
-                }
-                bitinglip_bus_schema::DeploymentReply::Error(e) => bail!("load failed ({}): {}", e.kind, e.message),
-            }
+            let d = bus.call(&req).await.map_err(|e| anyhow::anyhow!("load failed ({}): {}", e.kind, e.message))?;
+            println!(
+                "{}: {} replica(s) wanted; `bitinglip models status --model {}` shows the load",
+                d.model, d.replicas, d.model
+            )
         }
         ModelsCommand::Unload { model } => {
-            let req = bitinglip_bus_schema::ModelRef { model: model.clone() };
-            super::ack(
-                bus.request(bus.subjects().model_unload(), &req, None, None).await?,
-                &format!("{model}: unloading"),
-            )?;
+            let req = UnloadModel(ModelRef { model: model.clone() });
+            bus.call(&req).await.map_err(super::said)?;
+            println!("{model}: unloading");
         }
         ModelsCommand::Rm { model } => {
-            let req = bitinglip_bus_schema::ModelRef { model: model.clone() };
-            super::ack(
-                bus.request(bus.subjects().model_delete(), &req, None, None).await?,
-                &format!("{model}: removed"),
-            )?;
+            let req = DeleteModel(ModelRef { model: model.clone() });
+            bus.call(&req).await.map_err(super::said)?;
+            println!("{model}: removed");
         }
     }
     Ok(())

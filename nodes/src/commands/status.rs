@@ -1,7 +1,7 @@
 //! `bitinglip status`: the cluster's health on one screen: the bus, every live node with
 //! its health and workers, and every model's queue.
 
-use bitinglip_bus_schema::{ClusterStatus, GetClusterStatus, WorkerState};
+use bitinglip_bus_schema::{GetClusterStatus, WorkerState};
 use bitinglip_config::Config;
 
 use crate::cli::StatusArgs;
@@ -12,10 +12,11 @@ async fn nodes(bus: &bitinglip_nats::Bus) -> anyhow::Result<Vec<bitinglip_bus_sc
 
 /// The live nodes, and what the answering cluster manager warns of.
 async fn status(bus: &bitinglip_nats::Bus) -> anyhow::Result<(Vec<bitinglip_bus_schema::NodeHeartbeat>, Vec<String>)> {
-    match bus.request::<_, ClusterStatus>(bus.subjects().cluster_status(), &GetClusterStatus {}, None, None).await? {
-        ClusterStatus::Nodes { nodes, warnings, .. } => Ok((nodes, warnings)),
-        ClusterStatus::Error(err) => anyhow::bail!("cluster status failed ({}): {}", err.kind, err.message),
-    }
+    let status = bus
+        .call(&GetClusterStatus {})
+        .await
+        .map_err(|err| anyhow::anyhow!("cluster status failed ({}): {}", err.kind, err.message))?;
+    Ok((status.nodes, status.warnings))
 }
 
 /// `bitinglip workers ls`.

@@ -3,10 +3,7 @@
 use std::io::Write;
 
 use anyhow::bail;
-use bitinglip_bus_schema::{
-    ChatParams, GetTask, ListTasks, Priority, SubmitReply, SubmitRequest, TaskId, TaskList, TaskRecord, TaskState,
-    TaskStatusReply,
-};
+use bitinglip_bus_schema::{ChatParams, GetTask, ListTasks, Priority, SubmitRequest, TaskId, TaskRecord, TaskState};
 use bitinglip_client::{cancel, Relayed, TaskWatch};
 use bitinglip_config::Config;
 
@@ -26,11 +23,7 @@ fn record_json(r: &TaskRecord) -> serde_json::Value {
 
 /// Whose task `task_id` is: its subjects name the owner.
 async fn owner_of(bus: &bitinglip_nats::Bus, task_id: &TaskId) -> anyhow::Result<Option<String>> {
-    let get = GetTask { task_id: task_id.clone() };
-    match bus.request::<_, TaskStatusReply>(bus.subjects().task_get(), &get, None, None).await? {
-        TaskStatusReply::Found(r) => Ok(r.owner),
-        TaskStatusReply::Error(e) => bail!("{}: {}", e.kind, e.message),
-    }
+    Ok(bus.call(&GetTask { task_id: task_id.clone() }).await.map_err(super::said)?.owner)
 }
 
 pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()> {
@@ -44,30 +37,24 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
             };
             let chat = ChatParams { max_tokens, ..ChatParams::user(model, prompt) };
             let req = SubmitRequest { idempotency_key, priority, ..SubmitRequest::new(chat) };
-            match bus.request::<_, SubmitReply>(bus.subjects().task_submit(None), &req, None, None).await? {
-                SubmitReply::Accepted(a) => println!("{}", a.task_id),
-                SubmitReply::Rejected(e) => bail!("rejected ({}): {}", e.kind, e.message),
-            }
+            let a =
+                bus.call_as(None, &req).await.map_err(|e| anyhow::anyhow!("rejected ({}): {}", e.kind, e.message))?;
+            println!("{}", a.task_id);
         }
         TasksCommand::Get { id } => {
             let task_id = TaskId::parse(id)?;
-            match bus.request::<_, TaskStatusReply>(bus.subjects().task_get(), &GetTask { task_id }, None, None).await?
-            {
-                TaskStatusReply::Found(mut r) => {
-                    // An answer too large for one message is in the results store.
-                    if let Some(done) = r.result.as_mut() {
-                        if done.text_object.is_some() || done.parts_object.is_some() {
-                            let store = bitinglip_nats::Store::open(&bus, &config).await?;
-                            if let Some(name) = done.text_object.clone() {
-                                done.text = store.results().get(&name).await?.unwrap_or_default();
-                            }
-                            store.results().resolve_parts(done).await?;
-                        }
+            let mut r = bus.call(&GetTask { task_id }).await.map_err(super::said)?;
+            // An answer too large for one message is in the results store.
+            if let Some(done) = r.result.as_mut() {
+                if done.text_object.is_some() || done.parts_object.is_some() {
+                    let store = bitinglip_nats::Store::open(&bus, &config).await?;
+                    if let Some(name) = done.text_object.clone() {
+                        done.text = store.results().get(&name).await?.unwrap_or_default();
                     }
-                    println!("{}", serde_json::to_string_pretty(&record_json(&r))?)
+                    store.results().resolve_parts(done).await?;
                 }
-                TaskStatusReply::Error(e) => bail!("{}: {}", e.kind, e.message),
             }
+            println!("{}", serde_json::to_string_pretty(&record_json(&r))?)
         }
         TasksCommand::Watch { id, from } => {
             let task_id = TaskId::parse(id)?;
@@ -105,18 +92,8 @@ pub(super) async fn run(config: Config, cmd: TasksCommand) -> anyhow::Result<()>
                     anyhow::anyhow!("--state {s:?}: use queued, running, completed, failed or cancelled")
                 })?),
             };
-            let tasks = match bus
-                .request::<_, TaskList>(
-                    bus.subjects().task_list(),
-                    &ListTasks { limit: Some(limit), state, owner: None, before: None },
-                    None,
-                    None,
-                )
-                .await?
-            {
-                TaskList::Tasks { tasks, .. } => tasks,
-                TaskList::Error(e) => bail!("{}: {}", e.kind, e.message),
-            };
+            let query = ListTasks { limit: Some(limit), state, owner: None, before: None };
+            let tasks = bus.call(&query).await.map_err(super::said)?.tasks;
             if json {
                 let v: Vec<_> = tasks.iter().map(record_json).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);

@@ -8,7 +8,7 @@ use axum::{
     response::sse::{Event, KeepAlive, Sse},
     Json,
 };
-use bitinglip_bus_schema::{ApiKey, ListModels, ModelList, PullProgress, WireError};
+use bitinglip_bus_schema::{ApiKey, ListModels, PullProgress, WireError};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -43,15 +43,7 @@ pub(crate) struct QueueList {
 /// Every registered model's queues: waiting, running, the oldest task's age.
 #[utoipa::path(get, path = "/api/v1/queues", tag = "admin", responses((status = 200, body = QueueList)))]
 pub(crate) async fn queues(State(ctx): State<NodeContext>) -> Result<Json<QueueList>, ApiError> {
-    let reply: ModelList = ctx
-        .bus
-        .request(ctx.bus.subjects().model_list(), &ListModels {}, None, None)
-        .await
-        .map_err(|e| ApiError::from(WireError::from(&e)))?;
-    let models: Vec<String> = match reply {
-        ModelList::Models { models } => models.into_iter().map(|m| m.id).collect(),
-        ModelList::Error(err) => return Err(err.into()),
-    };
+    let models: Vec<String> = ctx.bus.call(&ListModels {}).await?.into_iter().map(|m| m.id).collect();
     let stats = ctx.store.queue().stats(&models).await.map_err(|e| ApiError::from(WireError::from(e)))?;
     let data = stats
         .into_iter()

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bitinglip_bus_schema::{
     BatchEndpoint, BatchRecord, BatchStatus, ErrorKind, FileRecord, GetTask, KeyLimits, LineError, Priority,
-    SubmitReply, SubmitRequest, TaskId, TaskRecord, TaskState, TaskStatusReply, WireError,
+    SubmitReply, SubmitRequest, TaskId, TaskRecord, TaskState, WireError,
 };
 use bitinglip_nats::store::keys::KeyWatch;
 use serde_json::{json, Value};
@@ -297,11 +297,7 @@ async fn drive(
             // A line may have been submitted before (by a gateway whose lease lapsed).
             new_id: false,
         };
-        match ctx
-            .bus
-            .request::<_, SubmitReply>(ctx.bus.subjects().task_submit(b.owner.as_deref()), &submit, None, None)
-            .await
-        {
+        match ctx.bus.ask_as(b.owner.as_deref(), &submit, None, None).await {
             Ok(SubmitReply::Accepted(_)) => {
                 d.running_max_tokens.insert(n, max_tokens);
             }
@@ -494,12 +490,10 @@ async fn spend(
 
 /// A task's record, read through the task managers (`None`: no such task).
 async fn record_of(ctx: &NodeContext, task_id: &TaskId) -> Result<Option<TaskRecord>, WireError> {
-    let get = GetTask { task_id: task_id.clone() };
-    match ctx.bus.request::<_, TaskStatusReply>(ctx.bus.subjects().task_get(), &get, None, None).await {
-        Ok(TaskStatusReply::Found(record)) => Ok(Some(record)),
-        Ok(TaskStatusReply::Error(e)) if e.kind == ErrorKind::NotFound => Ok(None),
-        Ok(TaskStatusReply::Error(e)) => Err(e),
-        Err(e) => Err(WireError::from(&e)),
+    match ctx.bus.call(&GetTask { task_id: task_id.clone() }).await {
+        Ok(record) => Ok(Some(record)),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

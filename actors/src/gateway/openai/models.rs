@@ -4,7 +4,7 @@ use axum::{
     extract::{Extension, State},
     Json,
 };
-use bitinglip_bus_schema::{ApiKey, ListModels, ModelList, WireError};
+use bitinglip_bus_schema::{ApiKey, ListModels};
 
 use crate::{
     gateway::{
@@ -20,15 +20,7 @@ pub(crate) async fn models(
     State(ctx): State<NodeContext>,
     Extension(key): Extension<ApiKey>,
 ) -> Result<Json<ModelObjectList>, ApiError> {
-    let reply: ModelList = ctx
-        .bus
-        .request(ctx.bus.subjects().model_list(), &ListModels {}, None, None)
-        .await
-        .map_err(|e| ApiError::from(WireError::from(&e)))?;
-    let models = match reply {
-        ModelList::Models { models } => models,
-        ModelList::Error(err) => return Err(err.into()),
-    };
+    let models = ctx.bus.call(&ListModels {}).await?;
     let data = models
         .into_iter()
         .filter(|m| key.allows_model(&m.id))
