@@ -1,9 +1,12 @@
 //! What both the OpenAI routes and the task API do with a request before it is a task:
-//! admission (the gateway's request slots), reading the body within the limits, and
-//! submitting it with a watch on its events already in place.
+//! what it arrives with ([`Call`]), reading the body within the limits, and submitting it
+//! with a watch on its events already in place.
+
+use std::sync::Arc;
 
 use axum::{
     body::{Body, Bytes},
+    extract::{FromRequest, Request},
     http::{HeaderMap, StatusCode},
 };
 use bitinglip_bus_schema::{ApiKey, ErrorKind, Priority, SubmitReply, SubmitRequest, TaskId, WireError};
@@ -11,8 +14,35 @@ use bitinglip_client::{Relayed, TaskWatch};
 use bitinglip_nats::trace::TraceParent;
 use std::time::{Duration, Instant};
 
-use super::{access::auth::check_model, error::ApiError};
+use super::{
+    access::{auth::check_model, limits::Admission},
+    error::ApiError,
+};
 use crate::{ops::task_ids::task_id_for, NodeContext};
+
+/// A request to a route that makes a task, as it arrives: the node, the key the check
+/// found, the gateway's admission, the headers and the body (not read yet: it is read
+/// within the limits before a request slot is taken).
+pub(crate) struct Call {
+    pub(crate) ctx: NodeContext,
+    pub(crate) key: ApiKey,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Body,
+}
+
+impl FromRequest<NodeContext> for Call {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, ctx: &NodeContext) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        // Both are put there by the key check every route is behind.
+        let missing = || ApiError::from(WireError::new(ErrorKind::Internal, "the request passed no key check"));
+        let key = parts.extensions.remove::<ApiKey>().ok_or_else(missing)?;
+        let admission = parts.extensions.remove::<Arc<Admission>>().ok_or_else(missing)?;
+        Ok(Call { ctx: ctx.clone(), key, admission, headers: parts.headers, body })
+    }
+}
 
 /// Ends `events` when nothing comes for `idle` (keep-alive comments do not count): an
 /// abandoned or stuck stream does not hold a connection and a request slot for ever.

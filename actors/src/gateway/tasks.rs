@@ -3,7 +3,6 @@
 use std::{convert::Infallible, sync::Arc};
 
 use axum::{
-    body::Body,
     extract::{Extension, State},
     http::{HeaderMap, StatusCode},
     response::{
@@ -22,7 +21,7 @@ use super::{
     access::{auth::sees, limits::Admission},
     error::{ApiError, Path, Query},
     openai,
-    submit::{read_body, submit_chat},
+    submit::{gateway_span, read_body, submit_chat, Call},
 };
 use crate::NodeContext;
 use bitinglip_client::{Relayed, TaskWatch};
@@ -188,27 +187,13 @@ async fn read(ctx: &NodeContext, key: &ApiKey, id: &TaskId) -> Result<TaskRecord
     request_body = openai::ChatCompletionRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "the same key and body: the same task, once")),
     responses((status = 202, body = TaskAccepted)))]
-pub(super) async fn submit(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Extension(admission): Extension<Arc<Admission>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let span = tracing::info_span!("gateway", otel.kind = "server", http.route = "/v1/tasks");
-    let caller =
-        headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(bitinglip_nats::trace::TraceParent::parse);
-    bitinglip_nats::trace::continue_trace(&span, caller.as_ref());
-    tracing::Instrument::instrument(submit_task(ctx, key, admission, headers, body), span).await
+pub(super) async fn submit(call: Call) -> Result<Response, ApiError> {
+    let span = gateway_span("/v1/tasks", &call.headers);
+    tracing::Instrument::instrument(submit_task(call), span).await
 }
 
-async fn submit_task(
-    ctx: NodeContext,
-    key: ApiKey,
-    admission: Arc<Admission>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn submit_task(call: Call) -> Result<Response, ApiError> {
+    let Call { ctx, key, admission, headers, body } = call;
     // The body first: a slow client spends its own time, not one of the request slots.
     let body = read_body(&ctx, &headers, body).await?;
     let _permit = admission.admit()?;

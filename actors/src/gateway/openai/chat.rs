@@ -3,23 +3,16 @@
 //! `chat.completion.chunk`), a legacy completion of a raw prompt in `text_completion`;
 //! both stream through `chat/stream.rs`.
 
-use std::sync::Arc;
-
-use axum::{
-    body::Body,
-    extract::{Extension, State},
-    http::HeaderMap,
-    response::Response,
-};
+use axum::response::Response;
 use bitinglip_bus_schema::{ApiKey, ChatParams};
 use serde::Serialize;
 
 use super::pipeline::{self, Asked, Events, Finished, Shape, Streamed};
 use crate::{
     gateway::{
-        access::limits::Admission,
         error::ApiError,
         openai::{self, ChatCompletion, TextCompletion, ToolMode},
+        submit::Call,
     },
     NodeContext,
 };
@@ -42,14 +35,8 @@ mod stream;
     responses((status = 200, description = "the completion, or with `stream: true` its chunks as server-sent events",
         headers(("x-task-id" = String, description = "the task's id")),
         content((openai::ChatCompletion = "application/json"), (String = "text/event-stream")))))]
-pub(crate) async fn chat_completions(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Extension(admission): Extension<Arc<Admission>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    pipeline::run::<Chat>(ctx, key, admission, headers, body).await
+pub(crate) async fn chat_completions(call: Call) -> Result<Response, ApiError> {
+    pipeline::run::<Chat>(call).await
 }
 
 /// A legacy text completion of a raw prompt (no chat template), whole or streamed.
@@ -67,14 +54,8 @@ pub(crate) async fn chat_completions(
     responses((status = 200, description = "the completion, or with `stream: true` its chunks as server-sent events",
         headers(("x-task-id" = String, description = "the task's id")),
         content((openai::TextCompletion = "application/json"), (String = "text/event-stream")))))]
-pub(crate) async fn completions(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Extension(admission): Extension<Arc<Admission>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    pipeline::run::<Text>(ctx, key, admission, headers, body).await
+pub(crate) async fn completions(call: Call) -> Result<Response, ApiError> {
+    pipeline::run::<Text>(call).await
 }
 
 /// Which of the two completion APIs an answer is in.

@@ -3,14 +3,7 @@
 //! model is an embedding model; the vectors come back in OpenAI's list format, as floats
 //! or as base64 of little-endian f32s.
 
-use std::sync::Arc;
-
-use axum::{
-    body::Body,
-    extract::{Extension, State},
-    http::HeaderMap,
-    response::Response,
-};
+use axum::response::Response;
 use base64::Engine as _;
 use bitinglip_bus_schema::{ApiKey, ChatParams};
 use serde::{Deserialize, Serialize};
@@ -20,8 +13,8 @@ use utoipa::ToSchema;
 use super::pipeline::{self, Asked, Finished, Shape};
 use crate::{
     gateway::{
-        access::limits::Admission,
         error::{self, ApiError},
+        submit::Call,
     },
     NodeContext,
 };
@@ -189,14 +182,8 @@ fn base64_of(vector: &[f32]) -> String {
         ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller"),
     ),
     responses((status = 200, body = EmbeddingList, headers(("x-task-id" = String, description = "the task's id")))))]
-pub(crate) async fn embeddings(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Extension(admission): Extension<Arc<Admission>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    pipeline::run::<Embeddings>(ctx, key, admission, headers, body).await
+pub(crate) async fn embeddings(call: Call) -> Result<Response, ApiError> {
+    pipeline::run::<Embeddings>(call).await
 }
 
 #[cfg(test)]

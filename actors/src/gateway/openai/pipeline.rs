@@ -12,7 +12,7 @@
 //! API from its pipeline. The shapes: `chat::{Chat, Text}`, `embeddings::Embeddings`,
 //! `responses::Responses`; the batch runner renders its lines' answers with the same ones.
 
-use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
+use std::{convert::Infallible, future::Future, pin::Pin};
 
 use axum::{
     body::Body,
@@ -33,7 +33,7 @@ use crate::{
     gateway::{
         access::limits::Admission,
         error::ApiError,
-        submit::{gateway_span, gather, idle_limited, read_body, submit_chat},
+        submit::{gateway_span, gather, idle_limited, read_body, submit_chat, Call},
     },
     NodeContext,
 };
@@ -124,13 +124,8 @@ pub(crate) trait Shape: Sized + Send + 'static {
 }
 
 /// A request to a generating route, from its body to its answer.
-pub(crate) async fn run<S: Shape>(
-    ctx: NodeContext,
-    key: ApiKey,
-    admission: Arc<Admission>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub(crate) async fn run<S: Shape>(call: Call) -> Result<Response, ApiError> {
+    let Call { ctx, key, admission, headers, body } = call;
     let span = gateway_span(S::ROUTE, &headers);
     let mut model = None;
     let nodes = ctx.nodes.clone();

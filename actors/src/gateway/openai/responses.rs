@@ -3,12 +3,11 @@
 //! like a chat completion; its answer and the conversation it closes are stored (owned by
 //! the key) so that `previous_response_id` continues it from any gateway.
 
-use std::{convert::Infallible, sync::Arc};
+use std::convert::Infallible;
 
 use axum::{
-    body::Body,
     extract::{Extension, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{sse::Event, Response},
     Json,
 };
@@ -23,9 +22,9 @@ use utoipa::ToSchema;
 use super::pipeline::{self, Asked, Events, Finished, Shape, Streamed};
 use crate::{
     gateway::{
-        access::limits::Admission,
         error::{self, ApiError, Path},
         openai::{Deleted, ToolMode},
+        submit::Call,
     },
     NodeContext,
 };
@@ -271,14 +270,8 @@ async fn keep(
     responses((status = 200, description = "the response object, or with `stream: true` its events",
         headers(("x-task-id" = String, description = "the task's id")),
         content((ResponseObject = "application/json"), (String = "text/event-stream")))))]
-pub(crate) async fn create(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Extension(admission): Extension<Arc<Admission>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    pipeline::run::<Responses>(ctx, key, admission, headers, body).await
+pub(crate) async fn create(call: Call) -> Result<Response, ApiError> {
+    pipeline::run::<Responses>(call).await
 }
 
 /// `/v1/responses`: the prepared request (its conversation, settings and store choice).
