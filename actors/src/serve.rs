@@ -72,7 +72,6 @@ impl<M: ractor::Message + Clone> Server<M> {
         H: Fn(crate::NodeContext, R) -> F + Send + Sync + 'static,
         F: Future<Output = Answered<R>> + Send + 'static,
     {
-        let handle = std::sync::Arc::new(handle);
         self.spawn(endpoint, move |ctx, _subject: &str, req: R| {
             let answer = handle(ctx, req);
             async move { answer.await.map(R::Reply::answer) }

@@ -73,6 +73,24 @@ macro_rules! reply {
             }
         }
     };
+    ($reply:ident: struct $answer:ident, $variant:ident { $($field:ident),+ }, $error:ident) => {
+        impl Reply for $reply {
+            type Answer = $answer;
+            fn into_answer(self) -> Result<$answer, WireError> {
+                match self {
+                    $reply::$variant { $($field),+ } => Ok($answer { $($field),+ }),
+                    $reply::$error(e) => Err(e),
+                }
+            }
+            fn answer(answer: $answer) -> Self {
+                let $answer { $($field),+ } = answer;
+                $reply::$variant { $($field),+ }
+            }
+            fn error(error: WireError) -> Self {
+                $reply::$error(error)
+            }
+        }
+    };
     ($reply:ident: $answer:ty, $variant:ident(), $error:ident) => {
         impl Reply for $reply {
             type Answer = $answer;
@@ -100,6 +118,9 @@ reply!(PullReply: ModelRecord, Pulled(), Error);
 reply!(DeploymentReply: Deployment, Deployment(), Error);
 reply!(TaskStatusReply: TaskRecord, Found(), Error);
 reply!(SubmitReply: TaskAccepted, Accepted(), Rejected);
+reply!(TaskList: struct TaskPage, Tasks { tasks, next }, Error);
+reply!(ResultReply: struct ResultPart, Part { offset, data, size }, Error);
+reply!(ClusterStatus: struct ClusterNodes, Nodes { nodes, leader, warnings }, Error);
 
 impl Reply for Ack {
     type Answer = ();
@@ -126,22 +147,6 @@ pub struct TaskPage {
     pub next: Option<u64>,
 }
 
-impl Reply for TaskList {
-    type Answer = TaskPage;
-    fn into_answer(self) -> Result<TaskPage, WireError> {
-        match self {
-            TaskList::Tasks { tasks, next } => Ok(TaskPage { tasks, next }),
-            TaskList::Error(e) => Err(e),
-        }
-    }
-    fn answer(page: TaskPage) -> Self {
-        TaskList::Tasks { tasks: page.tasks, next: page.next }
-    }
-    fn error(error: WireError) -> Self {
-        TaskList::Error(error)
-    }
-}
-
 /// Bytes of a stored result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultPart {
@@ -153,22 +158,6 @@ pub struct ResultPart {
     pub size: u64,
 }
 
-impl Reply for ResultReply {
-    type Answer = ResultPart;
-    fn into_answer(self) -> Result<ResultPart, WireError> {
-        match self {
-            ResultReply::Part { offset, data, size } => Ok(ResultPart { offset, data, size }),
-            ResultReply::Error(e) => Err(e),
-        }
-    }
-    fn answer(part: ResultPart) -> Self {
-        ResultReply::Part { offset: part.offset, data: part.data, size: part.size }
-    }
-    fn error(error: WireError) -> Self {
-        ResultReply::Error(error)
-    }
-}
-
 /// The cluster as a cluster manager sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterNodes {
@@ -178,22 +167,6 @@ pub struct ClusterNodes {
     pub leader: Option<String>,
     /// What the answering cluster manager cannot do as set up.
     pub warnings: Vec<String>,
-}
-
-impl Reply for ClusterStatus {
-    type Answer = ClusterNodes;
-    fn into_answer(self) -> Result<ClusterNodes, WireError> {
-        match self {
-            ClusterStatus::Nodes { nodes, leader, warnings } => Ok(ClusterNodes { nodes, leader, warnings }),
-            ClusterStatus::Error(e) => Err(e),
-        }
-    }
-    fn answer(c: ClusterNodes) -> Self {
-        ClusterStatus::Nodes { nodes: c.nodes, leader: c.leader, warnings: c.warnings }
-    }
-    fn error(error: WireError) -> Self {
-        ClusterStatus::Error(error)
-    }
 }
 
 /// Request on `…model.unload`: a [`ModelRef`] (its deployment goes to 0 replicas).

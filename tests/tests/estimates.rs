@@ -37,6 +37,21 @@ fn proc_memory(pid: u32, field: &str) -> u64 {
     kb * 1024
 }
 
+/// The node's anonymous memory once it has settled: two readings 200 ms apart within
+/// 1 MiB of each other (30 s at most; then the last reading).
+async fn settled_memory(pid: u32) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = proc_memory(pid, "RssAnon:");
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = proc_memory(pid, "RssAnon:");
+        if now.abs_diff(last) < 1 << 20 || std::time::Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn deployments(url: &str) -> Vec<Value> {
     let (code, out, err) = run_cli(&["deployments", "ls", "--json", "--nats", url]);
     assert_eq!(code, 0, "{err}");
@@ -51,11 +66,10 @@ async fn load_and_fill(model: &ModelDir, name: &str, extra: &[&str]) -> (Value, 
     let mut node = NodeProcess::spawn(&test_config(&url), &["node"]);
     node.wait_for_http(Duration::from_secs(60)).await;
     node.wait_node_live(Duration::from_secs(30)).await;
-    // What the node holds before any model: the baseline.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    // Anonymous memory only: the weights' files are mapped while they load, and pages of
-    // a file are not memory the model keeps.
-    let before = proc_memory(node.pid(), "RssAnon:");
+    // What the node holds before any model, once settled: the baseline. Anonymous memory
+    // only: the weights' files are mapped while they load, and pages of a file are not
+    // memory the model keeps.
+    let before = settled_memory(node.pid()).await;
 
     let path = model.path();
     let mut args = vec![

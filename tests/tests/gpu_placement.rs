@@ -44,8 +44,21 @@ fn on(node: &str, gpus: &[u64]) -> (String, Vec<u64>) {
 /// Sets a deployment of the echo engine needing `gib` GiB and waits until `expect` is
 /// where its replicas are.
 async fn deploy(url: &str, model: &str, replicas: u32, gib: u64, expect: &[(String, Vec<u64>)]) {
-    let memory = format!("{gib}GiB");
-    let replicas = replicas.to_string();
+    set_deployment(url, model, replicas, gib);
+    let mut seen = Vec::new();
+    assert_eventually!(
+        Duration::from_secs(30),
+        async {
+            seen = places(&deployments(url), model);
+            seen == expect
+        },
+        "{model}: placed on {seen:?}, not {expect:?}"
+    );
+}
+
+/// `deployments set` of `replicas` echo replicas of `gib` GiB each.
+fn set_deployment(url: &str, model: &str, replicas: u32, gib: u64) {
+    let (memory, replicas) = (format!("{gib}GiB"), replicas.to_string());
     let (code, out, err) = run_cli(&[
         "deployments",
         "set",
@@ -60,15 +73,6 @@ async fn deploy(url: &str, model: &str, replicas: u32, gib: u64, expect: &[(Stri
         url,
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    let mut seen = Vec::new();
-    assert_eventually!(
-        Duration::from_secs(30),
-        async {
-            seen = places(&deployments(url), model);
-            seen == expect
-        },
-        "{model}: placed on {seen:?}, not {expect:?}"
-    );
 }
 
 /// No GPU holds more than its budget (21.6 GiB of GPU 0, 72 of GPU 1), and no GPU runs two
@@ -258,21 +262,7 @@ async fn deployments_go_to_the_gpus_the_rule_says_and_never_overcommit_one() {
         (1, 15),
     ];
     for (i, (replicas, gib)) in more.iter().enumerate() {
-        let (model, memory, replicas) = (format!("s{i:02}"), format!("{gib}GiB"), replicas.to_string());
-        let (code, out, err) = run_cli(&[
-            "deployments",
-            "set",
-            &model,
-            "--engine",
-            "echo",
-            "--replicas",
-            &replicas,
-            "--memory",
-            &memory,
-            "--nats",
-            &url,
-        ]);
-        assert_eq!(code, 0, "{out}{err}");
+        set_deployment(&url, &format!("s{i:02}"), *replicas, *gib);
     }
     let mut settled = Vec::new();
     assert_eventually!(
