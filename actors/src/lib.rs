@@ -20,6 +20,9 @@
 //! | model manager | `model_manager.rs` | `…model.register|list|status|search|load|unload|delete` |
 //! | cluster manager | `cluster_manager.rs` | `…cluster.status`, `…deployment.*`, failover, placement |
 //!
+//! The four service roles (task manager, model manager, cluster manager, puller) are each
+//! a `serve::Service`, run by the one actor `serve::Served`.
+//!
 //! Storage is `bitinglip_nats::store` (no bucket or stream handle here); following a task
 //! is `bitinglip_client`.
 

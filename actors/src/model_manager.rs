@@ -9,38 +9,18 @@
 //! restarted.
 
 use bitinglip_bus_schema::{
-    DeleteModel, ErrorKind, GetModelStatus, ListModels, LoadModel, RegisterModel, SearchModels, UnloadModel, WireError,
+    DeleteModel, ErrorKind, GetModelStatus, ListModels, LoadModel, RegisterModel, SearchModels, Subjects, UnloadModel,
+    WireError,
 };
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
 
 use crate::{
     ops::{deployments, hub::Hub, models::merge_registration},
-    serve::Server,
+    serve::{Endpoints, Service, Started},
     NodeContext,
 };
 
-/// The model manager actor.
+/// The model manager, run by `serve::Served<ModelManager>`.
 pub struct ModelManager;
-
-/// Its arguments.
-pub struct ModelManagerArgs {
-    /// Shared node context.
-    pub ctx: NodeContext,
-}
-
-/// Its state: the serving tasks.
-pub struct ModelManagerState {
-    serves: Vec<JoinHandle<()>>,
-    _service: async_nats::service::Service,
-}
-
-/// Messages to the model manager.
-#[derive(Debug, Clone)]
-pub enum ModelManagerMsg {
-    /// A subscription ended; fail so the supervisor restarts us.
-    SubscriptionEnded,
-}
 
 async fn register(ctx: &NodeContext, req: RegisterModel) -> Result<(), WireError> {
     // Checked as an id from HTTP is: a worker's seed is no more trusted than a client.
@@ -67,84 +47,47 @@ async fn remove(ctx: &NodeContext, model: &str) -> Result<(), WireError> {
 }
 
 #[ractor::async_trait]
-impl Actor for ModelManager {
-    type Msg = ModelManagerMsg;
-    type State = ModelManagerState;
-    type Arguments = ModelManagerArgs;
+impl Service for ModelManager {
+    const DESCRIPTION: &'static str = "BitingLip model registry: register, list, search";
+    const GROUP: fn(&Subjects) -> String = Subjects::model_manager_queue_group;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: ModelManagerArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let ctx = args.ctx;
-        let subjects = ctx.bus.subjects().clone();
-        let group = subjects.model_manager_queue_group();
-
-        let service = ctx
-            .bus
-            .service("bitinglip-model-manager", "BitingLip model registry: register, list, search", &group)
-            .await?;
-        let server = Server::new(myself, ModelManagerMsg::SubscriptionEnded, ctx.clone());
-        let endpoint = |name, subject| ctx.bus.endpoint(&service, name, subject);
-
-        let register_serve = server
-            .serve(endpoint("register", subjects.model_register()).await?, |ctx, req: RegisterModel| async move {
-                register(&ctx, req).await
-            });
-        let search_serve =
-            server.serve(endpoint("search", subjects.model_search()).await?, |ctx, req: SearchModels| async move {
-                let hub = Hub::new(&ctx.config.hub)?;
-                hub.search(&req.query, req.limit.unwrap_or(20).clamp(1, 100)).await
-            });
-        let status_serve = server
-            .serve(endpoint("status", subjects.model_status()).await?, |ctx, q: GetModelStatus| async move {
-                Ok(ctx.store.model_status().list(q.model.as_deref()).await?)
-            });
-        let load_serve =
-            server.serve(endpoint("load", subjects.model_load()).await?, |ctx, req: LoadModel| async move {
-                let replicas = req.replicas.unwrap_or(1).max(1);
-                deployments::ensure_loaded(&ctx.store, &req.model, replicas).await
-            });
-        let unload_serve = server
-            .serve(endpoint("unload", subjects.model_unload()).await?, |ctx, UnloadModel(req)| async move {
-                deployments::scale(&ctx.store, &req.model, 0).await.map(|_| ())
-            });
-        let delete_serve = server
-            .serve(endpoint("delete", subjects.model_delete()).await?, |ctx, DeleteModel(req)| async move {
-                remove(&ctx, &req.model).await
-            });
-        let list_serve = server
-            .serve(endpoint("list", subjects.model_list()).await?, |ctx, _: ListModels| async move {
-                Ok(ctx.store.models().list().await?)
-            });
-        Ok(ModelManagerState {
-            serves: vec![
-                register_serve,
-                search_serve,
-                status_serve,
-                load_serve,
-                unload_serve,
-                delete_serve,
-                list_serve,
-            ],
-            _service: service,
+    async fn start(on: &Endpoints) -> Started {
+        let subjects = on.subjects();
+        on.serve(
+            "register",
+            subjects.model_register(),
+            |ctx, req: RegisterModel| async move { register(&ctx, req).await },
+        )
+        .await?;
+        on.serve("search", subjects.model_search(), |ctx, req: SearchModels| async move {
+            let hub = Hub::new(&ctx.config.hub)?;
+            hub.search(&req.query, req.limit.unwrap_or(20).clamp(1, 100)).await
         })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        _state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ModelManagerMsg::SubscriptionEnded => Err("model manager subscription ended".into()),
-        }
-    }
-
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        state.serves.iter().for_each(JoinHandle::abort);
-        Ok(())
+        .await?;
+        on.serve("status", subjects.model_status(), |ctx, q: GetModelStatus| async move {
+            Ok(ctx.store.model_status().list(q.model.as_deref()).await?)
+        })
+        .await?;
+        on.serve("load", subjects.model_load(), |ctx, req: LoadModel| async move {
+            let replicas = req.replicas.unwrap_or(1).max(1);
+            deployments::ensure_loaded(&ctx.store, &req.model, replicas).await
+        })
+        .await?;
+        on.serve("unload", subjects.model_unload(), |ctx, UnloadModel(req)| async move {
+            deployments::scale(&ctx.store, &req.model, 0).await.map(|_| ())
+        })
+        .await?;
+        on.serve(
+            "delete",
+            subjects.model_delete(),
+            |ctx, DeleteModel(req)| async move { remove(&ctx, &req.model).await },
+        )
+        .await?;
+        on.serve(
+            "list",
+            subjects.model_list(),
+            |ctx, _: ListModels| async move { Ok(ctx.store.models().list().await?) },
+        )
+        .await
     }
 }

@@ -29,13 +29,14 @@ use tokio::task::JoinHandle;
 use bitinglip_config::Role;
 
 use crate::{
-    cluster_manager::{ClusterManager, ClusterManagerArgs},
+    cluster_manager::ClusterManager,
     gateway::{Gateway, GatewayArgs},
     heartbeat::{Heartbeat, HeartbeatArgs},
-    model_manager::{ModelManager, ModelManagerArgs},
+    model_manager::ModelManager,
     ops::models::replica_config,
-    puller::{Puller, PullerArgs},
-    task_manager::{TaskManager, TaskManagerArgs},
+    puller::Puller,
+    serve::Served,
+    task_manager::TaskManager,
     worker::{Worker, WorkerArgs},
     NodeContext,
 };
@@ -285,6 +286,11 @@ fn schedule_restart(myself: &ActorRef<NodeSupervisorMsg>, state: &mut NodeSuperv
     myself.send_after(backoff, move || NodeSupervisorMsg::Restart(kind));
 }
 
+/// Starts service `S`'s actor under `sup`.
+async fn spawn<S: crate::serve::Service>(ctx: NodeContext, sup: ActorCell) -> Result<ActorCell, ActorProcessingErr> {
+    Ok(Actor::spawn_linked(None, Served::<S>::default(), ctx, sup).await?.0.get_cell())
+}
+
 async fn spawn_child(
     myself: &ActorRef<NodeSupervisorMsg>,
     state: &mut NodeSupervisorState,
@@ -297,15 +303,9 @@ async fn spawn_child(
     let sup = myself.get_cell();
     let cell = match kind {
         ChildKind::Heartbeat => Actor::spawn_linked(None, Heartbeat, HeartbeatArgs { ctx }, sup).await?.0.get_cell(),
-        ChildKind::ClusterManager => {
-            Actor::spawn_linked(None, ClusterManager, ClusterManagerArgs { ctx }, sup).await?.0.get_cell()
-        }
-        ChildKind::ModelManager => {
-            Actor::spawn_linked(None, ModelManager, ModelManagerArgs { ctx }, sup).await?.0.get_cell()
-        }
-        ChildKind::TaskManager => {
-            Actor::spawn_linked(None, TaskManager, TaskManagerArgs { ctx }, sup).await?.0.get_cell()
-        }
+        ChildKind::ClusterManager => spawn::<ClusterManager>(ctx, sup).await?,
+        ChildKind::ModelManager => spawn::<ModelManager>(ctx, sup).await?,
+        ChildKind::TaskManager => spawn::<TaskManager>(ctx, sup).await?,
         ChildKind::Worker(index) => {
             let model = ctx.config.worker.models[index].clone();
             let worker_id = format!("{}-w{index}", ctx.node_id());
@@ -324,7 +324,7 @@ async fn spawn_child(
                 .get_cell()
         }
         ChildKind::Gateway => Actor::spawn_linked(None, Gateway, GatewayArgs { ctx }, sup).await?.0.get_cell(),
-        ChildKind::Puller => Actor::spawn_linked(None, Puller, PullerArgs { ctx }, sup).await?.0.get_cell(),
+        ChildKind::Puller => spawn::<Puller>(ctx, sup).await?,
     };
     state.children.insert(cell.get_id(), (kind, cell));
     Ok(())

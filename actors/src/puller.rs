@@ -7,37 +7,16 @@
 //! through `…model.register`. A pull that fails leaves hf-hub's partial files in the
 //! cache, so the next pull resumes. If its subscription ends it fails and is restarted.
 
-use bitinglip_bus_schema::{ModelRecord, ModelSource, PullModel, RegisterModel, WireError};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
+use bitinglip_bus_schema::{ModelRecord, ModelSource, PullModel, RegisterModel, Subjects, WireError};
 
 use crate::{
     ops::{models::folder_estimate, pull::pull},
-    serve::Server,
+    serve::{Endpoints, Service, Started},
     NodeContext,
 };
 
-/// The puller actor.
+/// The puller, run by `serve::Served<Puller>`.
 pub struct Puller;
-
-/// Its arguments.
-pub struct PullerArgs {
-    /// Shared node context.
-    pub ctx: NodeContext,
-}
-
-/// Its state: the serving task.
-pub struct PullerState {
-    serve: JoinHandle<()>,
-    _service: async_nats::service::Service,
-}
-
-/// Messages to the puller.
-#[derive(Debug, Clone)]
-pub enum PullerMsg {
-    /// The subscription ended; fail so the supervisor restarts us.
-    SubscriptionEnded,
-}
 
 async fn pull_and_register(ctx: &NodeContext, req: PullModel) -> Result<ModelRecord, WireError> {
     let revision = req.revision.clone().unwrap_or_else(|| "main".to_string());
@@ -61,41 +40,12 @@ async fn pull_and_register(ctx: &NodeContext, req: PullModel) -> Result<ModelRec
 }
 
 #[ractor::async_trait]
-impl Actor for Puller {
-    type Msg = PullerMsg;
-    type State = PullerState;
-    type Arguments = PullerArgs;
+impl Service for Puller {
+    const DESCRIPTION: &'static str = "BitingLip hub downloads on worker nodes";
+    const GROUP: fn(&Subjects) -> String = Subjects::puller_queue_group;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<PullerMsg>,
-        args: PullerArgs,
-    ) -> Result<PullerState, ActorProcessingErr> {
-        let ctx = args.ctx;
-        let subjects = ctx.bus.subjects().clone();
-        let service = ctx
-            .bus
-            .service("bitinglip-puller", "BitingLip hub downloads on worker nodes", &subjects.puller_queue_group())
-            .await?;
-        let sub = ctx.bus.endpoint(&service, "pull", subjects.model_pull()).await?;
-        let server = Server::new(myself, PullerMsg::SubscriptionEnded, ctx);
-        let serve = server.serve(sub, |ctx, req: PullModel| async move { pull_and_register(&ctx, req).await });
-        Ok(PullerState { serve, _service: service })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<PullerMsg>,
-        msg: PullerMsg,
-        _state: &mut PullerState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            PullerMsg::SubscriptionEnded => Err("puller subscription ended".into()),
-        }
-    }
-
-    async fn post_stop(&self, _myself: ActorRef<PullerMsg>, state: &mut PullerState) -> Result<(), ActorProcessingErr> {
-        state.serve.abort();
-        Ok(())
+    async fn start(on: &Endpoints) -> Started {
+        let pull = on.subjects().model_pull();
+        on.serve("pull", pull, |ctx, req: PullModel| async move { pull_and_register(&ctx, req).await }).await
     }
 }

@@ -29,11 +29,10 @@ use std::sync::Arc;
 
 use async_nats::service::Request;
 use bitinglip_bus_schema::{
-    ErrorKind, GetTask, NodeHeartbeat, Role, SubmitReply, SubmitRequest, TaskAccepted, TaskRecord, TaskSpec, WireError,
+    ErrorKind, GetTask, NodeHeartbeat, Role, Subjects, SubmitReply, SubmitRequest, TaskAccepted, TaskRecord, TaskSpec,
+    WireError,
 };
 use bitinglip_nats::{now_ms, trace::TraceParent, trace_of};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use self::backpressure::Admission;
@@ -42,31 +41,12 @@ use crate::{
         deployments,
         task_ids::{request_sha256, task_id_for},
     },
-    serve::{spawn_serve, Server},
+    serve::{Endpoints, Service, Started},
     NodeContext,
 };
 
-/// The task manager actor.
+/// The task manager, run by `serve::Served<TaskManager>`.
 pub struct TaskManager;
-
-/// Its arguments.
-pub struct TaskManagerArgs {
-    /// Shared node context.
-    pub ctx: NodeContext,
-}
-
-/// Its state: the serving tasks and the NATS service they belong to.
-pub struct TaskManagerState {
-    tasks: Vec<JoinHandle<()>>,
-    _service: async_nats::service::Service,
-}
-
-/// Messages to the task manager.
-#[derive(Debug, Clone)]
-pub enum TaskManagerMsg {
-    /// A subscription ended; fail so the supervisor restarts us.
-    SubscriptionEnded,
-}
 
 /// No worker serves `model` now: a known model (registered or deployed) is loaded on
 /// demand, through its deployment (an on-demand one is created when it has none). The
@@ -232,113 +212,68 @@ async fn submit(
 }
 
 #[ractor::async_trait]
-impl Actor for TaskManager {
-    type Msg = TaskManagerMsg;
-    type State = TaskManagerState;
-    type Arguments = TaskManagerArgs;
+impl Service for TaskManager {
+    const DESCRIPTION: &'static str = "BitingLip task manager: submit, get, list, cancel";
+    const GROUP: fn(&Subjects) -> String = Subjects::task_manager_queue_group;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: TaskManagerArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let ctx = args.ctx;
-        let subjects = ctx.bus.subjects().clone();
-        let group = subjects.task_manager_queue_group();
-
-        let service = ctx
-            .bus
-            .service("bitinglip-task-manager", "BitingLip task manager: submit, get, list, cancel", &group)
-            .await?;
-        let submit_sub = ctx.bus.endpoint(&service, "submit", subjects.all_task_submits()).await?;
-        let submit_ctx = ctx.clone();
+    async fn start(on: &Endpoints) -> Started {
+        let subjects = on.subjects();
+        let submits = on.endpoint("submit", subjects.all_task_submits()).await?;
+        let submit_ctx = on.ctx().clone();
         // This task manager's knowledge of its queues, for as long as it runs.
         let admission = Arc::new(Admission::default());
-        let submit_serve =
-            spawn_serve(submit_sub, myself.clone(), TaskManagerMsg::SubscriptionEnded, move |req: Request| {
-                let ctx = submit_ctx.clone();
-                let admission = admission.clone();
-                let trace = trace_of(&req.message);
-                let span = tracing::info_span!("task_manager", otel.kind = "server", task.id = tracing::field::Empty);
-                bitinglip_nats::trace::continue_trace(&span, trace.as_ref());
-                async move {
-                    let msg = &req.message;
-                    let owner = ctx.bus.subjects().owner_of_task_subject(&msg.subject);
-                    let reply = match (ctx.bus.decode::<SubmitRequest>(msg), owner) {
-                        (Err(err), _) => SubmitReply::Rejected(err.into()),
-                        (Ok(_), None) => SubmitReply::Rejected(WireError::new(
-                            ErrorKind::InvalidRequest,
-                            "the subject names no task owner",
-                        )),
-                        (Ok(req), Some(owner)) => {
-                            let mut body = req.envelope.body;
-                            let model = body.chat.model.clone();
-                            // The task is the subject's owner's; only a gateway's (or the
-                            // admin's) made-up id skips the lookup.
-                            body.new_id &= !bitinglip_bus_schema::is_client_owner(owner.as_deref());
-                            body.owner = owner;
-                            let reply = match submit(&ctx, &admission, body, trace.as_ref()).await {
-                                Ok(accepted) => SubmitReply::Accepted(accepted),
-                                Err(err) => SubmitReply::Rejected(err),
-                            };
-                            crate::metrics::count_submit(&model, &reply);
-                            reply
-                        }
-                    };
-                    if let SubmitReply::Rejected(err) = &reply {
-                        tracing::info!(kind = %err.kind, cause = %err.message, "submit rejected");
+        on.each(submits, move |req: Request| {
+            let ctx = submit_ctx.clone();
+            let admission = admission.clone();
+            let trace = trace_of(&req.message);
+            let span = tracing::info_span!("task_manager", otel.kind = "server", task.id = tracing::field::Empty);
+            bitinglip_nats::trace::continue_trace(&span, trace.as_ref());
+            async move {
+                let msg = &req.message;
+                let owner = ctx.bus.subjects().owner_of_task_subject(&msg.subject);
+                let reply = match (ctx.bus.decode::<SubmitRequest>(msg), owner) {
+                    (Err(err), _) => SubmitReply::Rejected(err.into()),
+                    (Ok(_), None) => SubmitReply::Rejected(WireError::new(
+                        ErrorKind::InvalidRequest,
+                        "the subject names no task owner",
+                    )),
+                    (Ok(req), Some(owner)) => {
+                        let mut body = req.envelope.body;
+                        let model = body.chat.model.clone();
+                        // The task is the subject's owner's; only a gateway's (or the
+                        // admin's) made-up id skips the lookup.
+                        body.new_id &= !bitinglip_bus_schema::is_client_owner(owner.as_deref());
+                        body.owner = owner;
+                        let reply = match submit(&ctx, &admission, body, trace.as_ref()).await {
+                            Ok(accepted) => SubmitReply::Accepted(accepted),
+                            Err(err) => SubmitReply::Rejected(err),
+                        };
+                        crate::metrics::count_submit(&model, &reply);
+                        reply
                     }
-                    if let Err(err) = ctx.bus.respond(&req, &reply).await {
-                        tracing::warn!(cause = %err, "submit reply not sent");
-                    }
+                };
+                if let SubmitReply::Rejected(err) = &reply {
+                    tracing::info!(kind = %err.kind, cause = %err.message, "submit rejected");
                 }
-                .instrument(span)
-            });
+                if let Err(err) = ctx.bus.respond(&req, &reply).await {
+                    tracing::warn!(cause = %err, "submit reply not sent");
+                }
+            }
+            .instrument(span)
+        });
 
-        let server = Server::new(myself, TaskManagerMsg::SubscriptionEnded, ctx.clone());
-        let endpoint = |name, subject| ctx.bus.endpoint(&service, name, subject);
-        let get_serve = server.serve(endpoint("get", subjects.task_get()).await?, |ctx, req: GetTask| async move {
+        on.serve("get", subjects.task_get(), |ctx, req: GetTask| async move {
             let record = ctx.store.tasks().status(&req.task_id).await?;
             record.ok_or_else(|| WireError::new(ErrorKind::NotFound, format!("no task {}", req.task_id)))
-        });
-        let get_own_serve =
-            server.serve_owned(endpoint("get-own", subjects.all_owner_task_gets()).await?, cancel::get_own);
-        let list_own_serve =
-            server.serve_owned(endpoint("list-own", subjects.all_owner_task_lists()).await?, cancel::list_own);
-        let result_serve =
-            server.serve_owned(endpoint("result", subjects.all_owner_task_results()).await?, cancel::result_part);
-        let cancel_serve = server.serve_owned(endpoint("cancel", subjects.all_task_cancels()).await?, cancel::handle);
-        let usage_serve = server.serve(endpoint("usage", subjects.task_usage()).await?, usage::record);
-        let consumers_serve = server.serve(endpoint("consumers", subjects.task_consumers()).await?, usage::consumers);
-        let list_serve = server.serve(endpoint("list", subjects.task_list()).await?, cancel::list);
-        let tasks = vec![
-            submit_serve,
-            get_serve,
-            get_own_serve,
-            list_own_serve,
-            result_serve,
-            cancel_serve,
-            usage_serve,
-            consumers_serve,
-            list_serve,
-        ];
-        Ok(TaskManagerState { tasks, _service: service })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        _state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            TaskManagerMsg::SubscriptionEnded => Err("task manager subscription ended".into()),
-        }
-    }
-
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
-        state.tasks.iter().for_each(JoinHandle::abort);
-        Ok(())
+        })
+        .await?;
+        on.serve_owned("get-own", subjects.all_owner_task_gets(), cancel::get_own).await?;
+        on.serve_owned("list-own", subjects.all_owner_task_lists(), cancel::list_own).await?;
+        on.serve_owned("result", subjects.all_owner_task_results(), cancel::result_part).await?;
+        on.serve_owned("cancel", subjects.all_task_cancels(), cancel::handle).await?;
+        on.serve("usage", subjects.task_usage(), usage::record).await?;
+        on.serve("consumers", subjects.task_consumers(), usage::consumers).await?;
+        on.serve("list", subjects.task_list(), cancel::list).await
     }
 }
 

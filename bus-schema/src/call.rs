@@ -52,6 +52,14 @@ macro_rules! request {
             }
         }
     };
+    (owned $request:ty => $reply:ty, $subject:ident) => {
+        impl OwnerRequest for $request {
+            type Reply = $reply;
+            fn subject(&self, subjects: &Subjects, owner: Option<&str>) -> String {
+                subjects.$subject(owner)
+            }
+        }
+    };
 }
 
 /// `Reply` for an enum of an answer variant and an error variant.
@@ -197,33 +205,10 @@ request!(ListTasks => TaskList, task_list);
 request!(RecordUsage => Ack, task_usage);
 request!(EnsureConsumers => Ack, task_consumers);
 
-impl OwnerRequest for SubmitRequest {
-    type Reply = SubmitReply;
-    fn subject(&self, subjects: &Subjects, owner: Option<&str>) -> String {
-        subjects.task_submit(owner)
-    }
-}
-
-impl OwnerRequest for GetTask {
-    type Reply = TaskStatusReply;
-    fn subject(&self, subjects: &Subjects, owner: Option<&str>) -> String {
-        subjects.owner_task_get(owner)
-    }
-}
-
-impl OwnerRequest for ListTasks {
-    type Reply = TaskList;
-    fn subject(&self, subjects: &Subjects, owner: Option<&str>) -> String {
-        subjects.owner_task_list(owner)
-    }
-}
-
-impl OwnerRequest for GetResult {
-    type Reply = ResultReply;
-    fn subject(&self, subjects: &Subjects, owner: Option<&str>) -> String {
-        subjects.owner_task_result(owner)
-    }
-}
+request!(owned SubmitRequest => SubmitReply, task_submit);
+request!(owned GetTask => TaskStatusReply, owner_task_get);
+request!(owned ListTasks => TaskList, owner_task_list);
+request!(owned GetResult => ResultReply, owner_task_result);
 
 impl OwnerRequest for CancelTask {
     type Reply = Ack;

@@ -10,6 +10,37 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// For an enum of names with an `Unknown` variant: `ALL` (every variant this build knows,
+/// in the order given), `as_str` (the name used in config, on the wire and in the CLI;
+/// `unknown` for `Unknown`), `parse` (a known name) and `Display`.
+macro_rules! named {
+    ($kind:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $kind {
+            /// Every one this build knows.
+            pub const ALL: [$kind; [$($name),+].len()] = [$($kind::$variant),+];
+
+            /// The name used in config, on the wire and in the CLI.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($kind::$variant => $name,)+
+                    $kind::Unknown => "unknown",
+                }
+            }
+
+            /// Parses a known name.
+            pub fn parse(s: &str) -> Option<$kind> {
+                Self::ALL.into_iter().find(|k| k.as_str() == s.trim())
+            }
+        }
+
+        impl fmt::Display for $kind {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// A role a node can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -29,34 +60,14 @@ pub enum Role {
     Unknown,
 }
 
-impl Role {
-    /// Every known role, in start order.
-    pub const ALL: [Role; 5] =
-        [Role::ClusterManager, Role::ModelManager, Role::TaskManager, Role::Worker, Role::Gateway];
-
-    /// The kebab-case name used in config and on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Gateway => "gateway",
-            Role::TaskManager => "task-manager",
-            Role::ModelManager => "model-manager",
-            Role::ClusterManager => "cluster-manager",
-            Role::Worker => "worker",
-            Role::Unknown => "unknown",
-        }
-    }
-
-    /// Parses a known role's name.
-    pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s.trim())
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(Role {
+    // In start order.
+    ClusterManager => "cluster-manager",
+    ModelManager => "model-manager",
+    TaskManager => "task-manager",
+    Worker => "worker",
+    Gateway => "gateway",
+});
 
 /// The engine a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -72,30 +83,7 @@ pub enum EngineKind {
     Unknown,
 }
 
-impl EngineKind {
-    /// Every engine this build runs.
-    pub const ALL: [EngineKind; 2] = [EngineKind::Mistralrs, EngineKind::Echo];
-
-    /// The snake-case name used in config and on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineKind::Mistralrs => "mistralrs",
-            EngineKind::Echo => "echo",
-            EngineKind::Unknown => "unknown",
-        }
-    }
-
-    /// Parses a known engine's name.
-    pub fn parse(s: &str) -> Option<EngineKind> {
-        EngineKind::ALL.into_iter().find(|e| e.as_str() == s.trim())
-    }
-}
-
-impl fmt::Display for EngineKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(EngineKind { Mistralrs => "mistralrs", Echo => "echo" });
 
 /// What a node's engines run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -113,31 +101,7 @@ pub enum DeviceKind {
     Unknown,
 }
 
-impl DeviceKind {
-    /// Every device this build knows.
-    pub const ALL: [DeviceKind; 3] = [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::Metal];
-
-    /// The name used in config, on the wire and in the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceKind::Cpu => "cpu",
-            DeviceKind::Cuda => "cuda",
-            DeviceKind::Metal => "metal",
-            DeviceKind::Unknown => "unknown",
-        }
-    }
-
-    /// Parses a known device's name.
-    pub fn parse(s: &str) -> Option<DeviceKind> {
-        DeviceKind::ALL.into_iter().find(|d| d.as_str() == s.trim())
-    }
-}
-
-impl fmt::Display for DeviceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(DeviceKind { Cpu => "cpu", Cuda => "cuda", Metal => "metal" });
 
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -156,28 +120,7 @@ pub enum WorkerState {
     Unknown,
 }
 
-impl WorkerState {
-    /// Every state this build knows.
-    pub const ALL: [WorkerState; 4] =
-        [WorkerState::Loading, WorkerState::Ready, WorkerState::Draining, WorkerState::Failed];
-
-    /// The snake-case name used on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerState::Loading => "loading",
-            WorkerState::Ready => "ready",
-            WorkerState::Draining => "draining",
-            WorkerState::Failed => "failed",
-            WorkerState::Unknown => "unknown",
-        }
-    }
-}
-
-impl fmt::Display for WorkerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named!(WorkerState { Loading => "loading", Ready => "ready", Draining => "draining", Failed => "failed" });
 
 /// OpenAPI schemas (feature `openapi`): a string enum of the names this build knows. Roles
 /// and worker states are only ever answered, so their schema adds `unknown` (what a newer

@@ -57,219 +57,132 @@ pub(crate) async fn provision(
     // found by its id. Limits refuse new tasks (never drop accepted ones): all together by
     // bytes here; per model and class by count in the task manager (a per-subject limit
     // is now per task, which never holds more than one).
-    ensure_stream(
-        js,
-        changes,
-        stream::Config {
-            name: subjects.tasks_stream(),
-            description: Some("BitingLip accepted tasks, one subject per task under its model and priority".into()),
-            subjects: vec![subjects.all_queues()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            duplicate_window: cfg.dedupe_window,
-            max_messages_per_subject: tm.queue_max_tasks,
-            max_bytes: tm.queue_max_bytes,
-            discard: stream::DiscardPolicy::New,
-            discard_new_per_subject: true,
-            ..Default::default()
-        },
-    )
+    // Streams replicated as configured, on file storage unless said.
+    let stream = |name: String, description: &str, subjects: Vec<String>| stream::Config {
+        name,
+        description: Some(description.into()),
+        subjects,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    };
+    let ensure = |config| ensure_stream(js, changes, config);
+    let queues = vec![subjects.all_queues()];
+    ensure(stream::Config {
+        retention: stream::RetentionPolicy::WorkQueue,
+        duplicate_window: cfg.dedupe_window,
+        max_messages_per_subject: tm.queue_max_tasks,
+        max_bytes: tm.queue_max_bytes,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        ..stream(
+            subjects.tasks_stream(),
+            "BitingLip accepted tasks, one subject per task under its model and priority",
+            queues,
+        )
+    })
     .await?;
 
     // Task events: published with core NATS (no per-token round trip) and captured here
     // for replay. Memory storage: a per-token fsync would cost more than the token.
-    ensure_stream(
-        js,
-        changes,
-        stream::Config {
-            name: subjects.events_stream(),
-            description: Some("BitingLip task events, for replay and resume".into()),
-            subjects: vec![subjects.all_task_events(), subjects.task_events_before_owners()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::Memory,
-            num_replicas: cfg.replicas,
-            max_age: cfg.events_max_age,
-            max_bytes: 512 * 1024 * 1024,
-            // Per task (one subject each): a runaway task drops its own oldest events,
-            // never another task's replay.
-            max_messages_per_subject: EVENTS_PER_TASK,
-            max_message_size: 1024 * 1024,
-            discard: stream::DiscardPolicy::Old,
-            ..Default::default()
-        },
-    )
+    let events = vec![subjects.all_task_events(), subjects.task_events_before_owners()];
+    ensure(stream::Config {
+        storage: stream::StorageType::Memory,
+        max_age: cfg.events_max_age,
+        max_bytes: 512 * MIB,
+        // Per task (one subject each): a runaway task drops its own oldest events,
+        // never another task's replay.
+        max_messages_per_subject: EVENTS_PER_TASK,
+        max_message_size: 1024 * 1024,
+        discard: stream::DiscardPolicy::Old,
+        ..stream(subjects.events_stream(), "BitingLip task events, for replay and resume", events)
+    })
     .await?;
 
     // Counters (JetStream's distributed counters: a publish with `Nats-Incr` adds to the
     // subject's total and the acknowledgement carries the new total, one round trip, no
     // compare-and-swap). Per-minute rates live two minutes, in memory; daily usage is kept
     // on disk for 400 days, deduplicated by message id so a worker may publish twice.
-    ensure_stream(
-        js,
-        changes,
-        stream::Config {
-            name: subjects.rates_stream(),
-            description: Some("BitingLip per-minute requests and tokens of each API key".into()),
-            subjects: vec![subjects.all_rate_counters()],
-            storage: stream::StorageType::Memory,
-            num_replicas: cfg.replicas,
-            max_age: std::time::Duration::from_secs(120),
-            allow_message_counter: true,
-            allow_direct: true,
-            ..Default::default()
-        },
-    )
+    let rates = vec![subjects.all_rate_counters()];
+    ensure(stream::Config {
+        storage: stream::StorageType::Memory,
+        max_age: std::time::Duration::from_secs(120),
+        allow_message_counter: true,
+        allow_direct: true,
+        ..stream(subjects.rates_stream(), "BitingLip per-minute requests and tokens of each API key", rates)
+    })
     .await?;
-    ensure_stream(
-        js,
-        changes,
-        stream::Config {
-            name: subjects.usage_stream(),
-            description: Some("BitingLip daily usage of each API key and model".into()),
-            subjects: subjects.all_usage_counters(),
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            max_age: std::time::Duration::from_secs(400 * 86_400),
-            duplicate_window: std::time::Duration::from_secs(600),
-            allow_message_counter: true,
-            allow_direct: true,
-            ..Default::default()
-        },
-    )
+    let usage = subjects.all_usage_counters();
+    ensure(stream::Config {
+        max_age: std::time::Duration::from_secs(400 * 86_400),
+        duplicate_window: std::time::Duration::from_secs(600),
+        allow_message_counter: true,
+        allow_direct: true,
+        ..stream(subjects.usage_stream(), "BitingLip daily usage of each API key and model", usage)
+    })
     .await?;
 
-    let tasks = ensure_kv(
-        js,
-        changes,
+    // Buckets on file storage, replicated like the streams, kept forever unless said.
+    let bucket = |bucket: String, description: &str, max_bytes: i64, history: i64| kv::Config {
+        bucket,
+        max_bytes,
+        description: description.into(),
+        history,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    };
+    let make = |data, config| ensure_kv(js, changes, data, config);
+    let tasks = make(
         Data::Kept,
         kv::Config {
-            bucket: subjects.tasks_bucket(),
-            max_bytes: cfg.tasks_max_bytes,
-            description: "BitingLip task status records".into(),
-            history: 1,
             max_age: cfg.tasks_max_age,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
+            ..bucket(subjects.tasks_bucket(), "BitingLip task status records", cfg.tasks_max_bytes, 1)
         },
     )
     .await?;
-    let models = ensure_kv(
-        js,
-        changes,
-        Data::Kept,
-        kv::Config {
-            bucket: subjects.models_bucket(),
-            max_bytes: 256 * MIB,
-            description: "BitingLip model registry".into(),
-            history: 5,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let models = make(Data::Kept, bucket(subjects.models_bucket(), "BitingLip model registry", 256 * MIB, 5)).await?;
     // Heartbeats expire on their own: a node that stops writing disappears after the TTL.
-    let nodes = ensure_kv(
-        js,
-        changes,
+    let nodes = make(
         Data::Ephemeral,
         kv::Config {
-            bucket: subjects.nodes_bucket(),
-            max_bytes: 64 * MIB,
-            description: "BitingLip node heartbeats".into(),
-            history: 1,
             max_age: cluster.node_ttl,
             storage: stream::StorageType::Memory,
-            num_replicas: cfg.replicas,
-            ..Default::default()
+            ..bucket(subjects.nodes_bucket(), "BitingLip node heartbeats", 64 * MIB, 1)
         },
     )
     .await?;
-    let deployments = ensure_kv(
-        js,
-        changes,
-        Data::Kept,
-        kv::Config {
-            bucket: subjects.deployments_bucket(),
-            max_bytes: 64 * MIB,
-            description: "BitingLip deployments and placements".into(),
-            history: 5,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let deployments =
+        make(Data::Kept, bucket(subjects.deployments_bucket(), "BitingLip deployments and placements", 64 * MIB, 5))
+            .await?;
     // The leader lease: the leader renews it; if it dies, the entry expires and another
     // cluster manager takes over.
-    let leases = ensure_kv(
-        js,
-        changes,
+    let leases = make(
         Data::Ephemeral,
-        kv::Config {
-            bucket: subjects.leases_bucket(),
-            max_bytes: MIB,
-            description: "BitingLip leases".into(),
-            history: 1,
-            max_age: cluster.node_ttl,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        },
+        kv::Config { max_age: cluster.node_ttl, ..bucket(subjects.leases_bucket(), "BitingLip leases", MIB, 1) },
     )
     .await?;
     // API keys: only hashes of the secrets, replicated like the registry.
-    let keys = ensure_kv(
-        js,
-        changes,
-        Data::Kept,
-        kv::Config {
-            bucket: subjects.keys_bucket(),
-            max_bytes: 256 * MIB,
-            description: "BitingLip API keys (sha256 of each secret)".into(),
-            history: 5,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let keys =
+        make(Data::Kept, bucket(subjects.keys_bucket(), "BitingLip API keys (sha256 of each secret)", 256 * MIB, 5))
+            .await?;
     // Responses API answers with their conversations (`previous_response_id`), kept as
     // long as the task records.
-    let responses = ensure_kv(
-        js,
-        changes,
+    let responses = make(
         Data::Kept,
         kv::Config {
-            bucket: subjects.responses_bucket(),
-            max_bytes: cfg.responses_max_bytes,
-            description: "BitingLip stored responses and their conversations".into(),
-            history: 1,
             max_age: cfg.tasks_max_age,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
+            ..bucket(
+                subjects.responses_bucket(),
+                "BitingLip stored responses and their conversations",
+                cfg.responses_max_bytes,
+                1,
+            )
         },
     )
     .await?;
     // Batches: a batch's record is its whole state. Kept until deleted.
-    let batches = ensure_kv(
-        js,
-        changes,
-        Data::Kept,
-        kv::Config {
-            bucket: subjects.batches_bucket(),
-            max_bytes: 64 * MIB,
-            description: "BitingLip batches".into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let batches = make(Data::Kept, bucket(subjects.batches_bucket(), "BitingLip batches", 64 * MIB, 1)).await?;
     // Files of the Files API (batch input, output and error files), kept until deleted,
     // at most `jetstream.files_max_bytes` in all.
     let files = ensure_object_store(

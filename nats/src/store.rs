@@ -214,6 +214,14 @@ impl Store {
 }
 
 /// The one codec of stored values: `value` in an envelope from `source`.
+/// True when `id` is `prefix` then 1 to `max` letters and digits (or bytes of `also`):
+/// an id a client may name, which can be neither a wildcard nor a subject's separator.
+fn is_prefixed_id(id: &str, prefix: &str, max: usize, also: &[u8]) -> bool {
+    id.strip_prefix(prefix).is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= max && rest.bytes().all(|b| b.is_ascii_alphanumeric() || also.contains(&b))
+    })
+}
+
 fn envelope<T: Serialize>(source: &str, value: &T) -> Result<bytes::Bytes, bitinglip_bus_schema::CodecError> {
     let env = Envelope::new(ulid::Ulid::new().to_string(), now_ms(), source, value);
     encode(&env).map(Into::into)
@@ -508,6 +516,22 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Mirror<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_ids_of_batches_files_and_responses_name_their_records() {
+        type IsId = fn(&str) -> bool;
+        let kinds: [(IsId, &str, [&str; 5]); 3] = [
+            (batches::is_id, "batch_01J9ABC", ["01J", "batch_", "batch_a.b", "batch_a>", "batch_a-1"]),
+            (files::is_id, "file-01J9ABC", ["01J", "file-", "file-a.b", "file-a>", "file-a/b"]),
+            (responses::is_id, "resp_01J", ["01J", "resp_", "resp_a.b", "resp_a>", "resp_*"]),
+        ];
+        for (is_id, good, bads) in kinds {
+            assert!(is_id(good));
+            for bad in bads {
+                assert!(!is_id(bad), "{bad}");
+            }
+        }
+    }
 
     #[test]
     fn errors_cross_the_bus_as_their_kind() {

@@ -15,6 +15,7 @@ import urllib.request
 
 import jsonschema
 from openai import BadRequestError, OpenAI
+from refusals import refused
 
 base_url, model, api_key = sys.argv[1], sys.argv[2], sys.argv[3]
 embedder = sys.argv[4] if len(sys.argv) > 4 else None
@@ -57,14 +58,20 @@ def valid_call(name, fn_name, arguments):
     return args
 
 
+def call_get_weather(**extra):
+    """A chat completion of ASK that must call get_weather, with the `extra` arguments."""
+    return client.chat.completions.create(
+        model=model,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=200,
+        **extra,
+    )
+
+
 # 1. A named function, plain: its arguments are JSON valid against its schema.
-resp = client.chat.completions.create(
-    model=model,
-    messages=ASK,
-    tools=TOOLS,
-    tool_choice={"type": "function", "function": {"name": "get_weather"}},
-    max_tokens=200,
-)
+resp = call_get_weather()
 choice = resp.choices[0]
 check("named: finish_reason", choice.finish_reason == "tool_calls", choice)
 calls = choice.message.tool_calls
@@ -74,14 +81,7 @@ valid_call("named", calls[0].function.name, calls[0].function.arguments)
 first_call = calls[0]
 
 # 2. The same, streamed: the call's id and name first, then its arguments in pieces.
-stream = client.chat.completions.create(
-    model=model,
-    messages=ASK,
-    tools=TOOLS,
-    tool_choice={"type": "function", "function": {"name": "get_weather"}},
-    max_tokens=200,
-    stream=True,
-)
+stream = call_get_weather(stream=True)
 name, call_id, pieces, finish = None, None, [], None
 for chunk in stream:
     for c in chunk.choices:
@@ -187,11 +187,8 @@ for chunk in stream:
         texts.append(c.text)
         finish = c.finish_reason or finish
 check("completions streamed", finish in ("stop", "length") and len(texts) >= 1, texts)
-try:
-    client.completions.create(model=model, prompt="x", echo=True)
-    raise SystemExit("echo must be refused")
-except BadRequestError as err:
-    check("completions: echo refused", "echo" in str(err), err)
+err = refused(BadRequestError, lambda: client.completions.create(model=model, prompt="x", echo=True), "echo must be refused")
+check("completions: echo refused", "echo" in str(err), err)
 
 # 9. The grammar extension: a regular expression.
 resp = client.chat.completions.create(
@@ -215,11 +212,12 @@ for kwargs, field in [
     ({"extra_body": {"audio": {"voice": "alloy", "format": "wav"}}}, "audio"),
     ({"tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": TOOLS}, "nope"),
 ]:
-    try:
-        client.chat.completions.create(model=model, messages=ASK, max_tokens=2, **kwargs)
-        raise SystemExit(f"{field} must be refused")
-    except BadRequestError as err:
-        check(f"refused: {field}", field in str(err), err)
+    err = refused(
+        BadRequestError,
+        lambda: client.chat.completions.create(model=model, messages=ASK, max_tokens=2, **kwargs),
+        f"{field} must be refused",
+    )
+    check(f"refused: {field}", field in str(err), err)
 
 if embedder:
     # 11. Embeddings, as floats and as base64, with `dimensions`; a chat model makes none.
@@ -243,15 +241,15 @@ if embedder:
     check("embeddings: the SDK reads base64", all(abs(a - b) < 1e-6 for a, b in zip(sdk, vectors[0])), sdk[:4])
     short = client.embeddings.create(model=embedder, input="the cat", dimensions=8).data[0].embedding
     check("embeddings: dimensions", len(short) == 8 and abs(math.sqrt(sum(v * v for v in short)) - 1) < 1e-3, short)
-    try:
-        client.embeddings.create(model=model, input="x")
-        raise SystemExit("a chat model must make no embeddings")
-    except BadRequestError as err:
-        check("embeddings: a chat model refuses", "not an embedding model" in str(err), err)
-    try:
-        client.chat.completions.create(model=embedder, messages=ASK, max_tokens=2)
-        raise SystemExit("an embedding model must not chat")
-    except BadRequestError as err:
-        check("chat: an embedding model refuses", "embedding model" in str(err), err)
+    err = refused(
+        BadRequestError, lambda: client.embeddings.create(model=model, input="x"), "a chat model must make no embeddings"
+    )
+    check("embeddings: a chat model refuses", "not an embedding model" in str(err), err)
+    err = refused(
+        BadRequestError,
+        lambda: client.chat.completions.create(model=embedder, messages=ASK, max_tokens=2),
+        "an embedding model must not chat",
+    )
+    check("chat: an embedding model refuses", "embedding model" in str(err), err)
 
 print("ok all")

@@ -13,6 +13,7 @@ import sys
 import time
 
 from openai import NotFoundError, OpenAI
+from refusals import refused
 
 base_url, model, api_key, step = sys.argv[1:5]
 client = OpenAI(base_url=base_url, api_key=api_key, max_retries=3, timeout=60)
@@ -81,11 +82,8 @@ elif step == "finish":
     info = client.files.retrieve(batch.output_file_id)
     check("output file: its record", info.purpose == "batch_output", info)
     client.files.delete(batch.output_file_id)
-    try:
-        client.files.retrieve(batch.output_file_id)
-        raise SystemExit("a deleted file must be gone")
-    except NotFoundError:
-        check("output file: deleted", True, None)
+    refused(NotFoundError, lambda: client.files.retrieve(batch.output_file_id), "a deleted file must be gone")
+    check("output file: deleted", True, None)
     print("ok all")
 else:
     raise SystemExit(f"unknown step {step}")

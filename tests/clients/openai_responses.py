@@ -10,6 +10,7 @@ import sys
 
 import jsonschema
 from openai import BadRequestError, NotFoundError, OpenAI
+from refusals import refused
 
 base_url, model, api_key, other_key = sys.argv[1:5]
 client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
@@ -45,22 +46,17 @@ check(
 # 2. Read back and delete; another key sees nothing.
 back = client.responses.retrieve(first.id)
 check("retrieve: the same response", back.id == first.id and back.output_text == first.output_text, back)
-try:
-    other.responses.retrieve(first.id)
-    raise SystemExit("another key must not read the response")
-except NotFoundError:
-    check("retrieve: another key gets 404", True, None)
-try:
-    other.responses.create(model=model, input="x", previous_response_id=first.id, max_output_tokens=2)
-    raise SystemExit("another key must not continue the response")
-except NotFoundError:
-    check("continue: another key gets 404", True, None)
+refused(NotFoundError, lambda: other.responses.retrieve(first.id), "another key must not read the response")
+check("retrieve: another key gets 404", True, None)
+refused(
+    NotFoundError,
+    lambda: other.responses.create(model=model, input="x", previous_response_id=first.id, max_output_tokens=2),
+    "another key must not continue the response",
+)
+check("continue: another key gets 404", True, None)
 client.responses.delete(alone.id)
-try:
-    client.responses.retrieve(alone.id)
-    raise SystemExit("a deleted response must be gone")
-except NotFoundError:
-    check("delete: gone", True, None)
+refused(NotFoundError, lambda: client.responses.retrieve(alone.id), "a deleted response must be gone")
+check("delete: gone", True, None)
 
 # 3. Streamed: typed events in order, text deltas adding up to the final text.
 events = list(
@@ -127,15 +123,14 @@ jsonschema.validate(json.loads(resp.output_text), ANSWER)
 check("text.format json_schema: valid", True, resp.output_text)
 
 # 6. Refusals name the field.
-try:
-    client.responses.create(model=model, input=[{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}])
-    raise SystemExit("an image part must be refused")
-except BadRequestError as err:
-    check("refused: input_image", "input[0].content[0].type" in str(err), err)
-try:
-    client.responses.create(model=model, input="x", previous_response_id="resp_nope")
-    raise SystemExit("an unknown previous response must be refused")
-except NotFoundError:
-    check("refused: unknown previous_response_id", True, None)
+image = [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]
+err = refused(BadRequestError, lambda: client.responses.create(model=model, input=image), "an image part must be refused")
+check("refused: input_image", "input[0].content[0].type" in str(err), err)
+refused(
+    NotFoundError,
+    lambda: client.responses.create(model=model, input="x", previous_response_id="resp_nope"),
+    "an unknown previous response must be refused",
+)
+check("refused: unknown previous_response_id", True, None)
 
 print("ok all")

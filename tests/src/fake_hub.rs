@@ -116,6 +116,15 @@ impl FakeHub {
         Self { inner, url }
     }
 
+    /// Starts one that publishes a generated tiny model of `arch` (its folder named
+    /// `name`) as repository `repo` at commit `sha`; returns it with the model.
+    pub async fn start_with(repo: &str, sha: &str, name: &str, arch: crate::Arch) -> (Self, crate::ModelDir) {
+        let hub = Self::start().await;
+        let model = crate::ModelDir::generate(name, &crate::ModelSpec::tiny(arch));
+        hub.add_repo_from_dir(repo, sha, &model.path());
+        (hub, model)
+    }
+
     /// Its base URL (`HF_ENDPOINT`).
     pub fn url(&self) -> String {
         self.url.clone()
@@ -142,6 +151,12 @@ impl FakeHub {
     pub fn configure(&self, hub: &mut bitinglip_config::HubConfig) {
         hub.endpoint = Some(self.url());
         hub.allow_http = true;
+    }
+
+    /// [`FakeHub::configure`], with the hub cache in `cache`.
+    pub fn configure_cached(&self, hub: &mut bitinglip_config::HubConfig, cache: &Path) {
+        self.configure(hub);
+        hub.cache_dir = Some(cache.to_path_buf());
     }
 
     /// Cuts the first transfer of `file` after `bytes` bytes.

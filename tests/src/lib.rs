@@ -23,10 +23,10 @@ use std::{
 };
 
 use bitinglip_bus_schema::{NodeHeartbeat, Subjects};
-use bitinglip_config::Config;
+use bitinglip_config::{Config, Role};
 use tempfile::TempDir;
 
-pub use servers::{admin_options, credentials_of, LeafServer, TestCluster, TestNats};
+pub use servers::{admin_options, credentials_of, server_with_credentials, LeafServer, TestCluster, TestNats};
 pub use state::{metric_sum, KeyRecorder};
 pub use tiny_model::{Arch, EndTokens, ModelSpec};
 pub use web::*;
@@ -141,6 +141,52 @@ pub fn test_config(nats_url: &str) -> Config {
     c.log.level = "info,bitinglip=debug".into();
     c.gateway.admin_key = Some(bitinglip_config::Secret(TEST_ADMIN_KEY.into()));
     c
+}
+
+/// A [`test_config`] with the control roles: every role but the worker.
+pub fn control_config(nats_url: &str) -> Config {
+    let mut c = test_config(nats_url);
+    c.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
+    c
+}
+
+/// A [`test_config`] with the worker role only.
+pub fn worker_config(nats_url: &str) -> Config {
+    let mut c = test_config(nats_url);
+    c.roles = vec![Role::Worker];
+    c
+}
+
+/// Starts a `node` with `config` and waits until it serves `model` (see
+/// [`NodeProcess::wait_for_model`]); returns it with its gateway's base URL.
+pub async fn serving_node(config: &Config, model: &str, timeout: Duration) -> (NodeProcess, String) {
+    let mut node = NodeProcess::spawn(config, &["node"]);
+    node.wait_for_model(model, timeout).await;
+    let base = node.http.clone().expect("a gateway node");
+    (node, base)
+}
+
+/// A [`test_config`] whose worker serves one echo model, `echo`, at `tokens_per_sec`
+/// with `max_sequences` slots.
+pub fn echo_config(nats_url: &str, tokens_per_sec: f64, max_sequences: u32) -> Config {
+    let mut config = test_config(nats_url);
+    config.worker.models.push(echo_model("echo", tokens_per_sec, max_sequences));
+    config
+}
+
+/// A node with every role and [`echo_config`], its echo model loaded; returns it with
+/// its gateway's base URL.
+pub async fn echo_node(nats_url: &str, tokens_per_sec: f64, max_sequences: u32) -> (NodeProcess, String) {
+    serving_node(&echo_config(nats_url, tokens_per_sec, max_sequences), "echo", Duration::from_secs(60)).await
+}
+
+/// Starts a `node` with `config` and waits until its gateway answers (30 s at most);
+/// returns it with its gateway's base URL.
+pub async fn spawn_gateway(config: &Config) -> (NodeProcess, String) {
+    let mut node = NodeProcess::spawn(config, &["node"]);
+    node.wait_for_http(Duration::from_secs(30)).await;
+    let base = node.http.clone().expect("a gateway node");
+    (node, base)
 }
 
 impl NodeProcess {
@@ -456,19 +502,21 @@ pub fn cli_key(nats_url: &str, args: &[&str]) -> (String, String) {
 }
 
 /// Two gateways on `nats_url`: `all-roles` (every role, echo workers for `models`) and
-/// `second-gateway` (the gateway role only), both serving.
-pub async fn two_gateways(nats_url: &str, models: &[&str]) -> (NodeProcess, NodeProcess) {
+/// `second-gateway` (the gateway role only), both serving; returns them with their base
+/// URLs.
+pub async fn two_gateways(nats_url: &str, models: &[&str]) -> (NodeProcess, NodeProcess, String, String) {
     let mut all = test_config(nats_url);
     all.node_id = "all-roles".into();
     all.worker.models = models.iter().map(|m| echo_model(m, 0.0, 4)).collect();
     let mut front = NodeProcess::spawn(&all, &["node"]);
     let mut gateway = test_config(nats_url);
     gateway.node_id = "second-gateway".into();
-    gateway.roles = vec![bitinglip_config::Role::Gateway];
+    gateway.roles = vec![Role::Gateway];
     let mut second = NodeProcess::spawn(&gateway, &["node"]);
     for model in models {
         front.wait_for_model(model, Duration::from_secs(60)).await;
     }
     second.wait_for_http(Duration::from_secs(30)).await;
-    (front, second)
+    let (a, b) = (front.http.clone().expect("a gateway node"), second.http.clone().expect("a gateway node"));
+    (front, second, a, b)
 }

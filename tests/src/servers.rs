@@ -48,6 +48,35 @@ pub struct TestNats {
 /// without this a test that raises a limit fails on a machine short of free disk.
 const TEST_JETSTREAM_LIMITS: (u64, u64) = (4 << 30, 1 << 40);
 
+/// The options of a test server with its data in `data`: the harness's nats-server, no
+/// fsync per write and [`TEST_JETSTREAM_LIMITS`]; on `host` (its address, port 4222) when
+/// given.
+fn test_options(data: PathBuf, host: Option<&crate::netns::Host>) -> ServerOptions {
+    let mut opts = ServerOptions::new(data);
+    if let Some(host) = host {
+        opts.host = host.ip().to_string();
+        opts.port = 4222;
+        opts.wrapper = host.wrapper();
+    }
+    opts.binary = nats_server_bin().display().to_string();
+    // Tests need no fsync per write; the default stays `always` for users.
+    opts.sync = "2m".into();
+    opts.limits = Some(TEST_JETSTREAM_LIMITS);
+    opts
+}
+
+/// A nats-server as an operator starts one: on a free port, authorizing the users of the
+/// credentials folder `creds`, with its data in a new temporary folder (returned first,
+/// so that it outlives the server).
+pub async fn server_with_credentials(creds: &std::path::Path) -> (TempDir, LocalNatsServer) {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut opts = ServerOptions::new(data.path());
+    opts.binary = nats_server_bin().display().to_string();
+    opts.credentials_dir = Some(creds.to_path_buf());
+    let server = LocalNatsServer::start(opts).await.expect("nats-server starts");
+    (data, server)
+}
+
 impl TestNats {
     /// Starts a server on a free port.
     pub async fn start() -> Self {
@@ -57,16 +86,7 @@ impl TestNats {
     /// [`TestNats::start`] on `host` (its address, port 4222) when given.
     pub async fn start_on(host: Option<&crate::netns::Host>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut opts = ServerOptions::new(dir.path().join("nats"));
-        if let Some(host) = host {
-            opts.host = host.ip().to_string();
-            opts.port = 4222;
-            opts.wrapper = host.wrapper();
-        }
-        opts.binary = nats_server_bin().display().to_string();
-        // Tests need no fsync per write; the default stays `always` for users.
-        opts.sync = "2m".into();
-        opts.limits = Some(TEST_JETSTREAM_LIMITS);
+        let mut opts = test_options(dir.path().join("nats"), host);
         let creds = dir.path().join("creds");
         bitinglip_nats::permissions::init_credentials(&creds, &Subjects::default(), None).expect("test credentials");
         opts.credentials_dir = Some(creds.clone());
@@ -80,13 +100,7 @@ impl TestNats {
     /// --jetstream-domain` made, whose `leaf` user edge sites connect as).
     pub async fn start_hub(host: &crate::netns::Host, creds: &std::path::Path, domain: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut opts = ServerOptions::new(dir.path().join("nats"));
-        opts.host = host.ip().to_string();
-        opts.port = 4222;
-        opts.wrapper = host.wrapper();
-        opts.binary = nats_server_bin().display().to_string();
-        opts.sync = "2m".into();
-        opts.limits = Some(TEST_JETSTREAM_LIMITS);
+        let mut opts = test_options(dir.path().join("nats"), Some(host));
         opts.credentials_dir = Some(creds.to_path_buf());
         opts.jetstream_domain = Some(domain.to_string());
         opts.extra_config = format!("leafnodes {{ listen: \"{}:7422\" }}\n", host.ip());
@@ -103,6 +117,17 @@ impl TestNats {
     /// A plain client, as the `admin` user.
     pub async fn client(&self) -> async_nats::Client {
         admin_options(&self.url()).connect(self.url()).await.expect("connect to the test nats-server")
+    }
+
+    /// A plain client as the `client` user (the docs' client identity), with its inbox
+    /// prefix.
+    pub async fn client_user(&self) -> async_nats::Client {
+        let seed = std::fs::read_to_string(self.credentials_dir().join("client.nk")).expect("the client seed");
+        async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+            .custom_inbox_prefix("_INBOX_client")
+            .connect(self.url())
+            .await
+            .expect("connect as the client user")
     }
 
     /// The folder of its per-role credentials (`<role>.nk`).
@@ -147,10 +172,7 @@ impl TestCluster {
         };
         let route_urls: Vec<String> = (0..3).map(|i| format!("\"nats://{}:{}\"", addrs[i], routes[i])).collect();
         let starts = (0..3).map(|i| {
-            let mut opts = ServerOptions::new(dir.path().join(format!("nats-{i}")));
-            opts.binary = nats_server_bin().display().to_string();
-            opts.sync = "2m".into();
-            opts.limits = Some(TEST_JETSTREAM_LIMITS);
+            let mut opts = test_options(dir.path().join(format!("nats-{i}")), None);
             opts.host = addrs[i].clone();
             opts.port = ports[i];
             opts.credentials_dir = Some(creds.clone());

@@ -72,6 +72,57 @@ impl SseReader {
             }
         }
     }
+
+    /// The next piece of a streamed chat completion's text (empty pieces skipped); `None`
+    /// at `[DONE]` or the end of the body. Panics on an error chunk.
+    pub async fn next_text(&mut self) -> Option<String> {
+        while let Some((_, _, data)) = self.next().await {
+            if data == "[DONE]" {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_str(&data).expect("a JSON chunk");
+            assert!(v.get("error").is_none(), "stream failed: {v}");
+            if let Some(t) = v["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
+                return Some(t.to_string());
+            }
+        }
+        None
+    }
+}
+
+/// The task id a gateway names in an answer's `x-task-id` header.
+pub fn task_id_of(resp: &reqwest::Response) -> String {
+    resp.headers()["x-task-id"].to_str().expect("a task id is text").to_string()
+}
+
+/// `POST /v1/chat/completions` on `base` with the JSON `body`; the answer, whatever its
+/// status.
+pub async fn post_chat(http: &reqwest::Client, base: &str, body: &serde_json::Value) -> reqwest::Response {
+    http.post(format!("{base}/v1/chat/completions")).json(body).send().await.expect("gateway answers")
+}
+
+/// The JSON answer of [`post_chat`], whatever its status.
+pub async fn chat_json(http: &reqwest::Client, base: &str, body: &serde_json::Value) -> serde_json::Value {
+    post_chat(http, base, body).await.json().await.expect("JSON")
+}
+
+/// `POST /v1/tasks` on `base` with the JSON `body`: the answer's status and JSON body.
+pub async fn post_task(http: &reqwest::Client, base: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let resp = http.post(format!("{base}/v1/tasks")).json(body).send().await.expect("gateway answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON"))
+}
+
+/// Submits `body` as a task (`POST /v1/tasks` on `base`) and returns its id; panics when
+/// the answer names none.
+pub async fn submit_task(http: &reqwest::Client, base: &str, body: &serde_json::Value) -> String {
+    let (_, answer) = post_task(http, base, body).await;
+    answer["id"].as_str().unwrap_or_else(|| panic!("no task id in {answer}")).to_string()
+}
+
+/// `GET {base}{path}`'s JSON answer, whatever its status.
+pub async fn get_json(http: &reqwest::Client, base: &str, path: &str) -> serde_json::Value {
+    http.get(format!("{base}{path}")).send().await.expect("gateway answers").json().await.expect("JSON")
 }
 
 /// Sends `req` with the JSON `body` and returns the JSON answer, whatever its status.
@@ -81,7 +132,7 @@ pub async fn post_json(req: reqwest::RequestBuilder, body: &serde_json::Value) -
 
 /// `GET /v1/tasks/{id}` on `base`.
 pub async fn task_record(http: &reqwest::Client, base: &str, id: &str) -> serde_json::Value {
-    http.get(format!("{base}/v1/tasks/{id}")).send().await.expect("gateway answers").json().await.expect("JSON")
+    get_json(http, base, &format!("/v1/tasks/{id}")).await
 }
 
 /// Polls `GET /v1/tasks/{id}` until its status is `status` (60 s at most).

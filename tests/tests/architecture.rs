@@ -55,6 +55,24 @@ fn code(path: &Path) -> Vec<(usize, String)> {
         .collect()
 }
 
+/// Every code line of `files` that `hit` holds for, as `path:line: code`.
+fn code_lines_where(files: impl IntoIterator<Item = PathBuf>, hit: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    for file in files {
+        for (n, line) in code(&file) {
+            if hit(&line) {
+                found.push(format!("{}:{n}: {}", file.display(), line.trim()));
+            }
+        }
+    }
+    found
+}
+
+/// `line` without its white space.
+fn squeezed(line: &str) -> String {
+    line.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
 /// True when `line` names module `name` as a path (`name::`), as a whole word.
 fn names_module(line: &str, name: &str) -> bool {
     let needle = format!("{name}::");
@@ -133,17 +151,10 @@ fn only_the_storage_layer_touches_buckets_and_streams() {
 fn no_test_waits_on_log_text() {
     let root = workspace_root().join("tests");
     let this = file!().rsplit('/').next().unwrap();
-    let mut violations = Vec::new();
-    for file in rust_files(&root) {
-        if file.file_name().is_some_and(|n| n == this) {
-            continue;
-        }
-        for (n, line) in code(&file) {
-            if line.contains("wait_for_log") || line.contains("log().contains(") || line.contains("log.contains(") {
-                violations.push(format!("{}:{n}: {}", file.display(), line.trim()));
-            }
-        }
-    }
+    let files = rust_files(&root).into_iter().filter(|file| file.file_name().is_none_or(|n| n != this));
+    let violations = code_lines_where(files, |line| {
+        line.contains("wait_for_log") || line.contains("log().contains(") || line.contains("log.contains(")
+    });
     assert!(violations.is_empty(), "tests must wait on state, not on log text:\n{}", violations.join("\n"));
 }
 
@@ -286,58 +297,37 @@ fn actors_hold_no_process_global_state() {
 #[test]
 fn gateway_handlers_answer_typed_structs() {
     let dir = workspace_root().join("actors/src/gateway");
-    let mut found = Vec::new();
-    for file in rust_files(&dir) {
-        for (n, line) in code(&file) {
-            let squeezed: String = line.chars().filter(|c| !c.is_whitespace()).collect();
-            if squeezed.contains("Json<Value>") || squeezed.contains("Json<serde_json::Value>") {
-                found.push(format!("{}:{n}: {}", file.display(), line.trim()));
-            }
-        }
-    }
+    let found = code_lines_where(rust_files(&dir), |line| {
+        let squeezed = squeezed(line);
+        squeezed.contains("Json<Value>") || squeezed.contains("Json<serde_json::Value>")
+    });
     assert!(found.is_empty(), "untyped answers (give them a struct with a schema):\n{}", found.join("\n"));
 }
 
 #[test]
 fn jetstream_stays_in_the_bus_layer() {
     let root = workspace_root();
-    let mut found = Vec::new();
-    for dir in ["actors", "client", "bus-schema", "config"] {
-        for file in rust_files(&root.join(dir)) {
-            for (n, line) in code(&file) {
-                if ["async_nats::jetstream", "jetstream::Message", "AckKind", "\"-NAK\"", "\"+ACK\""]
-                    .iter()
-                    .any(|h| line.contains(h))
-                {
-                    found.push(format!("{}:{n}: {}", file.display(), line.trim()));
-                }
-            }
-        }
-    }
+    let files = ["actors", "client", "bus-schema", "config"].into_iter().flat_map(|dir| rust_files(&root.join(dir)));
+    let found = code_lines_where(files, |line| {
+        ["async_nats::jetstream", "jetstream::Message", "AckKind", "\"-NAK\"", "\"+ACK\""]
+            .iter()
+            .any(|h| line.contains(h))
+    });
     assert!(found.is_empty(), "JetStream outside `nats/` (use store::queue::Delivery):\n{}", found.join("\n"));
 }
 
 #[test]
 fn bus_calls_are_typed() {
     let root = workspace_root();
-    let mut found = Vec::new();
-    for dir in ["actors", "client", "nodes"] {
-        for file in rust_files(&root.join(dir)) {
-            // The benchmark's floor is raw NATS request/reply on purpose: the baseline.
-            if file.ends_with("bench/floor.rs") {
-                continue;
-            }
-            for (n, line) in code(&file) {
-                let squeezed: String = line.chars().filter(|c| !c.is_whitespace()).collect();
-                if squeezed.contains("bus.request(")
-                    || squeezed.contains(".request::<")
-                    || squeezed.contains("spawn_endpoint")
-                {
-                    found.push(format!("{}:{n}: {}", file.display(), line.trim()));
-                }
-            }
-        }
-    }
+    let files = ["actors", "client", "nodes"]
+        .into_iter()
+        .flat_map(|dir| rust_files(&root.join(dir)))
+        // The benchmark's floor is raw NATS request/reply on purpose: the baseline.
+        .filter(|file| !file.ends_with("bench/floor.rs"));
+    let found = code_lines_where(files, |line| {
+        let squeezed = squeezed(line);
+        squeezed.contains("bus.request(") || squeezed.contains(".request::<") || squeezed.contains("spawn_endpoint")
+    });
     assert!(
         found.is_empty(),
         "a bus call paired by hand (use Bus::call / ask, or Server::serve):\n{}",

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use bitinglip_tests::{echo_model, test_config, words, NodeProcess, TestNats};
+use bitinglip_tests::{echo_config, serving_node, words, TestNats};
 use serde_json::{json, Value};
 
 async fn submit(http: &reqwest::Client, base: &str, prompt: &str, batch: bool) -> reqwest::Response {
@@ -28,13 +28,10 @@ use bitinglip_tests::wait_task_status as until;
 #[tokio::test(flavor = "multi_thread")]
 async fn full_queues_refuse_at_once_and_priorities_are_fair() {
     let nats = TestNats::start().await;
-    let mut config = test_config(&nats.url());
-    config.task_manager.queue_max_tasks = 8;
     // One slot: tasks wait in the queue behind the one running.
-    config.worker.models.push(echo_model("echo", 20.0, 1));
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
+    let mut config = echo_config(&nats.url(), 20.0, 1);
+    config.task_manager.queue_max_tasks = 8;
+    let (_node, base) = serving_node(&config, "echo", Duration::from_secs(60)).await;
     let http = bitinglip_tests::http();
 
     let blocker = id_of(submit(&http, &base, &words(400), false).await).await;

@@ -7,8 +7,11 @@
 
 use std::time::Duration;
 
-use bitinglip_config::{ModelConfig, Role};
-use bitinglip_tests::{test_config, Arch, ModelDir, ModelSpec, NodeProcess, TestNats, TEST_ADMIN_KEY};
+use bitinglip_config::ModelConfig;
+use bitinglip_tests::{
+    control_config, serving_node, test_config, worker_config, Arch, ModelDir, ModelSpec, NodeProcess, TestNats,
+    TEST_ADMIN_KEY,
+};
 use serde_json::{json, Value};
 
 const LOAD: Duration = Duration::from_secs(120);
@@ -21,10 +24,8 @@ fn control_and_worker(url: &str, model: &ModelDir) -> (NodeProcess, bitinglip_co
 
 /// The configs of the two nodes: control (every role but the worker), and worker.
 fn configs(url: &str, model: &ModelDir) -> (bitinglip_config::Config, bitinglip_config::Config) {
-    let mut control = test_config(url);
-    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
-    let mut worker = test_config(url);
-    worker.roles = vec![Role::Worker];
+    let control = control_config(url);
+    let mut worker = worker_config(url);
     let mut m = ModelConfig::new(model.path().display().to_string());
     m.name = Some(model.id().to_string());
     worker.worker.models.push(m);
@@ -59,8 +60,22 @@ async fn error_file(http: &reqwest::Client, base: &str, b: &Value) -> String {
     http.get(format!("{base}/v1/files/{id}/content")).send().await.unwrap().text().await.unwrap()
 }
 
+/// Batch `id` as `GET /v1/batches/{id}` answers with `http`.
 async fn batch(http: &reqwest::Client, base: &str, id: &str) -> Value {
-    http.get(format!("{base}/v1/batches/{id}")).send().await.unwrap().json().await.unwrap()
+    bitinglip_tests::get_json(http, base, &format!("/v1/batches/{id}")).await
+}
+
+/// Cancels batch `id` with `client`, which answers that it is `cancelling`, and waits
+/// until it has ended `cancelled` (30 s at most, else panics saying `never`).
+async fn cancel_batch(client: &reqwest::Client, base: &str, id: &str, never: &str) {
+    let cancelling: Value =
+        client.post(format!("{base}/v1/batches/{id}/cancel")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cancelling["status"], "cancelling", "{cancelling}");
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(30),
+        async { batch(client, base, id).await["status"] == "cancelled" },
+        "{never}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,14 +188,7 @@ async fn a_cancelled_batch_stops_its_lines_and_another_key_sees_nothing() {
 
     // Cancel: the running lines stop in the engine; the batch ends cancelled, with an
     // error file.
-    let cancelling: Value =
-        http.post(format!("{base}/v1/batches/{id}/cancel")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(cancelling["status"], "cancelling", "{cancelling}");
-    bitinglip_tests::assert_eventually!(
-        Duration::from_secs(30),
-        async { batch(&http, &base, &id).await["status"] == "cancelled" },
-        "the batch never ended cancelled"
-    );
+    cancel_batch(&http, &base, &id, "the batch never ended cancelled").await;
     let b = batch(&http, &base, &id).await;
     assert_eq!(b["request_counts"], json!({"total": 3, "completed": 0, "failed": 3}), "{b}");
     assert!(b["cancelled_at"].is_u64() && b["output_file_id"].is_null(), "{b}");
@@ -191,15 +199,7 @@ async fn a_cancelled_batch_stops_its_lines_and_another_key_sees_nothing() {
         assert_eq!(t["status"], "cancelled", "{t}");
     }
     // A batch of an endpoint it does not serve, or of an unknown file, is refused by name.
-    let bad: Value = http
-        .post(format!("{base}/v1/batches"))
-        .json(&json!({"input_file_id": "file-nope", "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, bad) = try_start_batch(&http, &base, "file-nope").await;
     assert_eq!(bad["error"]["param"], "input_file_id", "{bad}");
 }
 
@@ -227,18 +227,28 @@ async fn upload(client: &reqwest::Client, base: &str, lines: &[Value]) -> String
     file["id"].as_str().unwrap_or_else(|| panic!("{file}")).to_string()
 }
 
-/// Creates a batch of chat completions over `file_id` with `client`; its id.
-async fn start_batch(client: &reqwest::Client, base: &str, file_id: &str) -> String {
-    let created: Value = client
+/// Asks for a batch of chat completions over `file_id` with `client`: the status and the
+/// answer.
+async fn try_start_batch(client: &reqwest::Client, base: &str, file_id: &str) -> (u16, Value) {
+    let resp = client
         .post(format!("{base}/v1/batches"))
         .json(&json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// Creates a batch of chat completions over `file_id` with `client`; its id.
+async fn start_batch(client: &reqwest::Client, base: &str, file_id: &str) -> String {
+    let (_, created) = try_start_batch(client, base, file_id).await;
     created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string()
+}
+
+/// Uploads `lines` as a batch input file and starts a batch over it with `client`; its id.
+async fn batch_of(client: &reqwest::Client, base: &str, lines: &[Value]) -> String {
+    let file = upload(client, base, lines).await;
+    start_batch(client, base, &file).await
 }
 
 fn echo_line(i: usize, model: &str, max_tokens: u32) -> Value {
@@ -253,10 +263,8 @@ async fn a_batch_spends_its_keys_limits_and_a_revoked_keys_batch_is_cancelled() 
     let mut config = test_config(&url);
     config.worker.models =
         vec![bitinglip_tests::echo_model("echo", 0.0, 8), bitinglip_tests::echo_model("slow", 1.0, 4)];
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", LOAD).await;
+    let (mut node, base) = serving_node(&config, "echo", LOAD).await;
     node.wait_for_model("slow", LOAD).await;
-    let base = node.http.clone().unwrap();
     let http = bitinglip_tests::http();
 
     // A day's budget of 40 tokens; each line costs about 16 (8 words in, 8 out). The
@@ -265,8 +273,7 @@ async fn a_batch_spends_its_keys_limits_and_a_revoked_keys_batch_is_cancelled() 
     let (_, secret) = bitinglip_tests::cli_key(&url, &["--name", "budget", "--tokens-per-day", "40", "--rpm", "1000"]);
     let budget = bitinglip_tests::http_with(&secret);
     let lines: Vec<Value> = (0..10).map(|i| echo_line(i, "echo", 8)).collect();
-    let file = upload(&budget, &base, &lines).await;
-    let id = start_batch(&budget, &base, &file).await;
+    let id = batch_of(&budget, &base, &lines).await;
     bitinglip_tests::assert_eventually!(
         Duration::from_secs(60),
         async { batch(&budget, &base, &id).await["status"] == "completed" },
@@ -300,8 +307,7 @@ async fn a_batch_spends_its_keys_limits_and_a_revoked_keys_batch_is_cancelled() 
     let (revoked_id, secret) = bitinglip_tests::cli_key(&url, &["--name", "soon-revoked"]);
     let doomed = bitinglip_tests::http_with(&secret);
     let lines: Vec<Value> = (0..3).map(|i| echo_line(i, "slow", 30)).collect();
-    let file = upload(&doomed, &base, &lines).await;
-    let id = start_batch(&doomed, &base, &file).await;
+    let id = batch_of(&doomed, &base, &lines).await;
     bitinglip_tests::assert_eventually!(
         Duration::from_secs(30),
         async { bitinglip_tests::task_record(&http, &base, &format!("{id}-0")).await["status"] == "running" },
@@ -329,9 +335,7 @@ async fn a_key_keeps_at_most_its_share_of_files_and_batches() {
     config.gateway.max_file_bytes_per_key = 100_000;
     config.gateway.max_batches_per_key = 1;
     config.gateway.batch_retention = Duration::from_secs(5);
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("slow", LOAD).await;
-    let base = node.http.clone().unwrap();
+    let (_node, base) = serving_node(&config, "slow", LOAD).await;
     let (_, secret) = bitinglip_tests::cli_key(&url, &["--name", "thrifty"]);
     let key = bitinglip_tests::http_with(&secret);
     let lines: Vec<Value> = (0..2).map(|i| echo_line(i, "slow", 30)).collect();
@@ -352,24 +356,11 @@ async fn a_key_keeps_at_most_its_share_of_files_and_batches() {
 
     // One batch in progress at a time.
     let id = start_batch(&key, &base, &first).await;
-    let resp = key
-        .post(format!("{base}/v1/batches"))
-        .json(&json!({"input_file_id": first, "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 429);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = try_start_batch(&key, &base, &first).await;
+    assert_eq!(status, 429);
     assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
     // Once it has ended, the next one may start.
-    let cancelled: Value =
-        key.post(format!("{base}/v1/batches/{id}/cancel")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(cancelled["status"], "cancelling", "{cancelled}");
-    bitinglip_tests::assert_eventually!(
-        Duration::from_secs(30),
-        async { batch(&key, &base, &id).await["status"] == "cancelled" },
-        "the batch never ended"
-    );
+    cancel_batch(&key, &base, &id, "the batch never ended").await;
     start_batch(&key, &base, &first).await;
     // The ended batch is removed after its retention, with its error file.
     let error_file = batch(&key, &base, &id).await["error_file_id"].as_str().map(str::to_string);
@@ -388,16 +379,13 @@ async fn a_batch_whose_lines_are_all_refused_ends_at_once_with_a_bounded_record(
     let nats = TestNats::start().await;
     let mut config = test_config(&nats.url());
     config.worker.models = vec![bitinglip_tests::echo_model("echo", 0.0, 4)];
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", LOAD).await;
-    let base = node.http.clone().unwrap();
+    let (_node, base) = serving_node(&config, "echo", LOAD).await;
     let http = bitinglip_tests::http();
     // 6,000 lines for a model nobody serves, its name long: every line is refused at
     // submit, and their refusals together are larger than one message.
     let model = format!("no-such-model-{}", "x".repeat(150));
     let lines: Vec<Value> = (0..6000).map(|i| echo_line(i, &model, 4)).collect();
-    let file = upload(&http, &base, &lines).await;
-    let id = start_batch(&http, &base, &file).await;
+    let id = batch_of(&http, &base, &lines).await;
     bitinglip_tests::assert_eventually!(
         Duration::from_secs(60),
         async { batch(&http, &base, &id).await["status"] == "failed" },
@@ -429,9 +417,7 @@ async fn thirty_batches_over_one_large_file_keep_the_gateways_memory_flat() {
     // A slow model: the batches stay in progress while the memory is measured.
     config.worker.models = vec![bitinglip_tests::echo_model("slow", 1.0, 2)];
     config.gateway.max_batches_per_key = 40;
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("slow", LOAD).await;
-    let base = node.http.clone().unwrap();
+    let (node, base) = serving_node(&config, "slow", LOAD).await;
     let http = bitinglip_tests::http();
     // 30,000 lines of about 1 kB: a 30 MB input file.
     let pad = "word ".repeat(180);

@@ -10,8 +10,7 @@
 use std::time::Duration;
 
 use bitinglip_bus_schema::{Envelope, Subjects, SubmitRequest};
-use bitinglip_nats::{LocalNatsServer, ServerOptions};
-use bitinglip_tests::{echo_model, http, nats_server_bin, run_cli, test_config, NodeProcess};
+use bitinglip_tests::{echo_config, http, run_cli, server_with_credentials, spawn_gateway};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -54,12 +53,21 @@ async fn refused(errors: &mut mpsc::UnboundedReceiver<String>, subject: &str) {
         .unwrap_or_else(|_| panic!("no permissions violation for {subject}"));
 }
 
+/// Credentials for a deployment: `bitinglip nats init --out <a new folder>` with `args`,
+/// which succeeds; returns the folder and what it printed.
+fn nats_init(args: &[&str]) -> (tempfile::TempDir, String) {
+    let creds = tempfile::tempdir().unwrap();
+    let mut all = vec!["nats", "init", "--out", creds.path().to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_cli(&all);
+    assert_eq!(code, 0, "{out}{err}");
+    (creds, out)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_role_may_do_its_work_and_nothing_destructive() {
     // The operator's step: credentials for a deployment, then a server that includes them.
-    let creds = tempfile::tempdir().unwrap();
-    let (code, out, err) = run_cli(&["nats", "init", "--out", creds.path().to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
+    let (creds, _) = nats_init(&[]);
     for role in ["gateway", "task-manager", "model-manager", "cluster-manager", "worker", "client", "admin", "events"] {
         let path = creds.path().join(format!("{role}.nk"));
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
@@ -76,11 +84,7 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(seeds(creds.path()), first);
 
-    let data = tempfile::tempdir().unwrap();
-    let mut opts = ServerOptions::new(data.path());
-    opts.binary = nats_server_bin().display().to_string();
-    opts.credentials_dir = Some(creds.path().to_path_buf());
-    let server = LocalNatsServer::start(opts).await.unwrap();
+    let (_data, server) = server_with_credentials(creds.path()).await;
     let url = server.url();
 
     // Anonymous is refused.
@@ -88,12 +92,9 @@ async fn each_role_may_do_its_work_and_nothing_destructive() {
     assert!(!matches!(anonymous, Ok(Ok(_))), "an anonymous client was let in");
 
     // A node with every role, each on its own user, provisions and serves.
-    let mut config = test_config(&url);
+    let mut config = echo_config(&url, 0.0, 4);
     config.nats.credentials_dir = Some(creds.path().to_path_buf());
-    config.worker.models = vec![echo_model("echo", 0.0, 4)];
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
-    let base = format!("http://{}", config.gateway.http);
+    let (node, base) = spawn_gateway(&config).await;
     let answer = bitinglip_tests::chat_when_served(&base, "echo", "one two three").await;
     assert_eq!(answer["choices"][0]["message"]["content"], "one two three", "{answer}\n{}", node.log());
     let tasks: Value = http().get(format!("{base}/v1/tasks")).send().await.unwrap().json().await.unwrap();
@@ -264,33 +265,24 @@ async fn connect_worker_seed(url: &str, file: &std::path::Path) -> Result<async_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_worker_node_has_an_identity_of_its_own_and_one_is_revoked_alone() {
-    let creds = tempfile::tempdir().unwrap();
+    let (creds, _) = nats_init(&["--worker", "box-a", "--worker", "box-b"]);
     let dir = creds.path().to_str().unwrap();
-    let (code, out, err) = run_cli(&["nats", "init", "--out", dir, "--worker", "box-a", "--worker", "box-b"]);
-    assert_eq!(code, 0, "{out}{err}");
     for name in ["box-a", "box-b"] {
         let path = creds.path().join(format!("worker-{name}.nk"));
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600, "{}", path.display());
     }
-    let data = tempfile::tempdir().unwrap();
-    let mut opts = ServerOptions::new(data.path());
-    opts.binary = nats_server_bin().display().to_string();
-    opts.credentials_dir = Some(creds.path().to_path_buf());
-    let mut server = LocalNatsServer::start(opts).await.unwrap();
+    let (_data, mut server) = server_with_credentials(creds.path()).await;
     let url = server.url();
     assert!(connect_worker_seed(&url, &creds.path().join("worker-box-b.nk")).await.is_ok());
 
     // A node with id box-a connects its worker as box-a and serves: the shared worker seed
     // is not even there.
     std::fs::remove_file(creds.path().join("worker.nk")).unwrap();
-    let mut config = test_config(&url);
+    let mut config = echo_config(&url, 0.0, 4);
     config.node_id = "box-a".into();
     config.nats.credentials_dir = Some(creds.path().to_path_buf());
-    config.worker.models = vec![echo_model("echo", 0.0, 4)];
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
-    let base = format!("http://{}", config.gateway.http);
+    let (node, base) = spawn_gateway(&config).await;
     let answer = bitinglip_tests::chat_when_served(&base, "echo", "one two").await;
     assert_eq!(answer["choices"][0]["message"]["content"], "one two", "{answer}");
 
@@ -311,32 +303,23 @@ async fn each_worker_node_has_an_identity_of_its_own_and_one_is_revoked_alone() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_client_identity_owns_its_tasks_and_reaches_no_one_elses() {
-    let creds = tempfile::tempdir().unwrap();
+    let (creds, out) = nats_init(&["--client", "alpha", "--client", "beta"]);
     let dir = creds.path().to_str().unwrap();
-    let (code, out, err) = run_cli(&["nats", "init", "--out", dir, "--client", "alpha", "--client", "beta"]);
-    assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("owner client-alpha"), "{out}");
     for bad in ["default", "../x", "a-b"] {
         let (code, _, err) = run_cli(&["nats", "init", "--out", dir, "--client", bad]);
         assert_ne!(code, 0, "--client {bad} was taken");
         assert!(err.contains("client identit"), "{err}");
     }
-    let data = tempfile::tempdir().unwrap();
-    let mut opts = ServerOptions::new(data.path());
-    opts.binary = nats_server_bin().display().to_string();
-    opts.credentials_dir = Some(creds.path().to_path_buf());
-    let server = LocalNatsServer::start(opts).await.unwrap();
+    let (_data, server) = server_with_credentials(creds.path()).await;
     let url = server.url();
-    let mut config = test_config(&url);
-    config.nats.credentials_dir = Some(creds.path().to_path_buf());
     // 20 tokens a second: alpha's 200-word task runs while beta tries its worst.
-    config.worker.models = vec![echo_model("echo", 20.0, 4)];
+    let mut config = echo_config(&url, 20.0, 4);
+    config.nats.credentials_dir = Some(creds.path().to_path_buf());
     // beta's limits are its own; alpha has none.
     let beta = bitinglip_config::ClientLimits { rpm: Some(4), ..Default::default() };
     config.task_manager.client_limits.insert("beta".into(), beta);
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
-    let base = format!("http://{}", config.gateway.http);
+    let (node, base) = spawn_gateway(&config).await;
     bitinglip_tests::chat_when_served(&base, "echo", "ready").await;
 
     let s = Subjects::default();

@@ -6,7 +6,7 @@
 use std::{path::Path, time::Duration};
 
 use bitinglip_nats::{LocalNatsServer, ServerOptions, ServerTls};
-use bitinglip_tests::{echo_model, nats_server_bin, test_config, NodeProcess};
+use bitinglip_tests::{echo_config, nats_server_bin, spawn_gateway};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
@@ -50,7 +50,7 @@ async fn serves_over_tls(mutual: bool) {
     let server = LocalNatsServer::start(opts).await.unwrap();
     let url = server.url();
 
-    let mut config = test_config(&url);
+    let mut config = echo_config(&url, 0.0, 4);
     config.nats.credentials_dir = Some(creds.clone());
     config.nats.tls_required = true;
     config.nats.tls_ca_file = Some(dir.path().join("ca.pem"));
@@ -58,10 +58,7 @@ async fn serves_over_tls(mutual: bool) {
         config.nats.tls_cert_file = Some(client_cert.0.clone());
         config.nats.tls_key_file = Some(client_cert.1.clone());
     }
-    config.worker.models = vec![echo_model("echo", 0.0, 4)];
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
-    let base = format!("http://{}", config.gateway.http);
+    let (node, base) = spawn_gateway(&config).await;
     let answer = bitinglip_tests::chat_when_served(&base, "echo", "over tls").await;
     assert_eq!(answer["choices"][0]["message"]["content"], "over tls", "mutual {mutual}: {answer}\n{}", node.log());
 

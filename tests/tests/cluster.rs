@@ -115,6 +115,18 @@ async fn two_of_three_servers_killed_and_back_keep_every_stream_and_bucket() {
     assert_eq!(after["choices"][0]["message"]["content"], "after the outage", "{after}\n{}", node.log());
 }
 
+/// Waits (60 s at most) until `count`, the submits accepted so far, has grown by ten;
+/// else panics saying that submits stalled `when`, with `node`'s log.
+async fn ten_more_accepted(count: &impl Fn() -> usize, when: &str, node: &NodeProcess) {
+    let before = count();
+    bitinglip_tests::assert_eventually!(
+        Duration::from_secs(60),
+        async { count() >= before + 10 },
+        "submits stalled {when}:\n{}",
+        node.log()
+    );
+}
+
 /// Every accepted task of `accepted` completes, and they are all the tasks there are
 /// (one per submit; the readiness probes' `ping` aside).
 async fn each_completes_once(http: &reqwest::Client, base: &str, accepted: &[String], node: &NodeProcess) {
@@ -189,13 +201,7 @@ async fn a_rolling_restart_of_all_three_servers_under_load_fails_no_submit_and_l
     for i in 0..3 {
         // Some submits before each restart, then the server goes and comes back, and the
         // next waits until it has caught up (as an operator's rolling restart does).
-        let before = count();
-        bitinglip_tests::assert_eventually!(
-            Duration::from_secs(60),
-            async { count() >= before + 10 },
-            "submits stalled before restarting server {i}:\n{}",
-            node.log()
-        );
+        ten_more_accepted(&count, &format!("before restarting server {i}"), &node).await;
         let restarted = Instant::now();
         cluster.kill(i);
         cluster.start_again(i).await;
@@ -206,13 +212,7 @@ async fn a_rolling_restart_of_all_three_servers_under_load_fails_no_submit_and_l
         );
         eprintln!("server n{i} restarted and caught up in {:?}", restarted.elapsed());
     }
-    let before = count();
-    bitinglip_tests::assert_eventually!(
-        Duration::from_secs(60),
-        async { count() >= before + 10 },
-        "submits stalled after the restarts:\n{}",
-        node.log()
-    );
+    ten_more_accepted(&count, "after the restarts", &node).await;
     stop.store(true, Ordering::SeqCst);
     submitter.await.unwrap();
     let failed = failed.lock().unwrap().clone();

@@ -9,7 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use bitinglip_tests::{echo_model, http, test_config, words, NodeProcess, TestNats, TEST_ADMIN_KEY};
+use bitinglip_tests::{
+    echo_config, echo_model, http, serving_node, spawn_gateway, test_config, words, NodeProcess, TestNats,
+    TEST_ADMIN_KEY,
+};
 use serde_json::{json, Value};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -40,15 +43,12 @@ async fn closed_by_server_bytes(mut conn: TcpStream, within: Duration) -> Option
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_clients_are_cut_off_while_a_real_client_is_served() {
     let nats = TestNats::start().await;
-    let mut config = test_config(&nats.url());
-    config.worker.models = vec![echo_model("echo", 0.0, 4)];
+    let mut config = echo_config(&nats.url(), 0.0, 4);
     config.gateway.header_timeout = Duration::from_secs(2);
     config.gateway.body_timeout = Duration::from_secs(2);
     // Few slots: stalled bodies must not take them.
     config.gateway.max_concurrent_requests = 2;
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
+    let (_node, base) = serving_node(&config, "echo", Duration::from_secs(60)).await;
     let addr = config.gateway.http.clone();
 
     // 200 connections that send half a request's headers, and 5 that send whole headers
@@ -138,9 +138,7 @@ async fn silent_sockets_past_the_connection_cap_never_keep_a_real_client_out() {
     config.gateway.keep_alive_interval = Duration::from_secs(1);
     config.gateway.idle_timeout = Duration::from_secs(2);
     config.gateway.max_connections = 16;
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
-    let base = node.http.clone().unwrap();
+    let (_node, base) = spawn_gateway(&config).await;
     let addr = config.gateway.http.clone();
 
     // Twice the cap of sockets that never send a request: nothing at all, half an HTTP/2
@@ -192,13 +190,10 @@ async fn silent_sockets_past_the_connection_cap_never_keep_a_real_client_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_whose_client_stops_reading_is_closed_after_the_write_timeout() {
     let nats = TestNats::start().await;
-    let mut config = test_config(&nats.url());
-    config.worker.models = vec![echo_model("echo", 0.0, 4)];
+    let mut config = echo_config(&nats.url(), 0.0, 4);
     config.gateway.write_timeout = Duration::from_secs(2);
     config.task_manager.max_tokens_limit = 100_000;
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
+    let (_node, base) = serving_node(&config, "echo", Duration::from_secs(60)).await;
     let addr: std::net::SocketAddr = config.gateway.http.parse().unwrap();
 
     // A long streamed answer (a test build's `[[repeat-N]]`: 301 words, 200 times over),

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use bitinglip_config::{Config, Role};
 use bitinglip_tests::{
-    echo_model, metric_sum, test_config, words, Arch, ModelDir, ModelSpec, NodeProcess, SseReader, TestNats,
+    chat_json, echo_model, metric_sum, post_chat, serving_node, submit_task, task_id_of, test_config, words, Arch,
+    ModelDir, ModelSpec, NodeProcess, SseReader, TestNats,
 };
 use serde_json::{json, Value};
 
@@ -86,35 +87,25 @@ async fn stream_with_fault(
     mut fault: impl FnMut(&str, &str),
 ) -> Option<(String, String, Duration)> {
     let http = bitinglip_tests::http();
-    let resp = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
+    let resp = post_chat(&http, base, &body).await;
     assert_eq!(resp.status(), 200);
-    let id = resp.headers()["x-task-id"].to_str().unwrap().to_string();
+    let id = task_id_of(&resp);
     let mut sse = SseReader::new(resp);
     let mut text = String::new();
     let mut chunks = 0;
     let mut faulted_at: Option<Instant> = None;
     let mut gap = None;
-    while let Some((_, _, data)) = sse.next().await {
-        if data == "[DONE]" {
-            break;
+    while let Some(t) = sse.next_text().await {
+        if let (Some(at), None) = (faulted_at, gap) {
+            gap = Some(at.elapsed());
         }
-        let v: Value = serde_json::from_str(&data).unwrap();
-        assert!(v.get("error").is_none(), "stream failed: {v}");
-        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
-            if t.is_empty() {
-                continue;
-            }
-            if let (Some(at), None) = (faulted_at, gap) {
-                gap = Some(at.elapsed());
-            }
-            text.push_str(t);
-            chunks += 1;
-            if chunks == after && faulted_at.is_none() {
-                let record = task(&http, base, &id).await;
-                let worker = record["worker"].as_str().unwrap().to_string();
-                fault(&worker, &id);
-                faulted_at = Some(Instant::now());
-            }
+        text.push_str(&t);
+        chunks += 1;
+        if chunks == after && faulted_at.is_none() {
+            let record = task(&http, base, &id).await;
+            let worker = record["worker"].as_str().unwrap().to_string();
+            fault(&worker, &id);
+            faulted_at = Some(Instant::now());
         }
     }
     gap.map(|g| (text, id, g))
@@ -318,33 +309,20 @@ async fn poison_tasks_fail_after_max_deliver_and_others_keep_flowing() {
     let mut config = fast_failover(&nats.url());
     config.jetstream.max_deliver = 3;
     config.worker.models.push(echo_model("echo", 0.0, 2));
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
+    let (node, base) = serving_node(&config, "echo", Duration::from_secs(60)).await;
     let http = bitinglip_tests::http();
     for fault in ["[[fail]]", "[[panic]]"] {
         let started = Instant::now();
-        let resp = http
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&json!({"model": "echo", "messages": [{"role": "user", "content": format!("poison {fault}")}]}))
-            .send()
-            .await
-            .unwrap();
+        let poison = json!({"model": "echo", "messages": [{"role": "user", "content": format!("poison {fault}")}]});
+        let resp = post_chat(&http, &base, &poison).await;
         assert_eq!(resp.status(), 500);
         let body: Value = resp.json().await.unwrap();
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("after 3 attempts"), "{fault}: {body}");
         eprintln!("{fault}: failed after 3 attempts in {:?}", started.elapsed());
         // Others keep flowing, and the worker did not crash-loop.
-        let ok: Value = http
-            .post(format!("{base}/v1/chat/completions"))
-            .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "fine"}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ok =
+            chat_json(&http, &base, &json!({"model": "echo", "messages": [{"role": "user", "content": "fine"}]})).await;
         assert_eq!(ok["choices"][0]["message"]["content"], "fine");
     }
     // No actor was restarted: the node's restart counter is absent or zero.
@@ -365,13 +343,8 @@ async fn a_task_that_crashes_every_worker_is_failed_by_the_cluster_manager() {
     front.wait_for_model("echo", Duration::from_secs(60)).await;
     let base = front.http.clone().unwrap();
     let http = bitinglip_tests::http();
-    let resp = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "a b c d e [[abort-at-2]]"}]}))
-        .send()
-        .await
-        .unwrap();
-    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let crash = json!({"model": "echo", "messages": [{"role": "user", "content": "a b c d e [[abort-at-2]]"}]});
+    let id = submit_task(&http, &base, &crash).await;
     // Each attempt aborts the worker process; a supervisor (here, the test) restarts it.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -387,15 +360,8 @@ async fn a_task_that_crashes_every_worker_is_failed_by_the_cluster_manager() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The queue is clear: a normal task runs.
-    let ok: Value = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "after"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ok =
+        chat_json(&http, &base, &json!({"model": "echo", "messages": [{"role": "user", "content": "after"}]})).await;
     assert_eq!(ok["choices"][0]["message"]["content"], "after");
 }
 
@@ -404,9 +370,7 @@ async fn a_nats_server_restart_under_load_loses_no_accepted_task() {
     let mut nats = TestNats::start().await;
     let mut config = fast_failover(&nats.url());
     config.worker.models.push(echo_model("echo", 200.0, 4));
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
+    let (node, base) = serving_node(&config, "echo", Duration::from_secs(60)).await;
     // A submit during the restart waits for the bus to heal (up to 30 s) instead of failing.
     let http = bitinglip_tests::http_builder().timeout(Duration::from_secs(45)).build().unwrap();
     let mut accepted = Vec::new();
@@ -456,9 +420,7 @@ async fn a_generation_longer_than_ack_wait_keeps_its_lease() {
     let mut config = test_config(&nats.url());
     config.jetstream.ack_wait = Duration::from_secs(2);
     config.worker.models.push(echo_model("echo", 10.0, 2));
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
+    let (_node, base) = serving_node(&config, "echo", Duration::from_secs(60)).await;
     let http = bitinglip_tests::http();
     // 50 tokens at 10 per second: 5 s, two and a half AckWaits.
     let prompt = words(50);

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use bitinglip_config::Role;
 use bitinglip_tests::{
+    control_config,
     fake_hub::{Attack, FakeHub},
-    run_cli, test_config, Arch, ModelDir, ModelSpec, NodeProcess, TestNats,
+    get_json, run_cli, spawn_gateway, test_config, worker_config, Arch, ModelDir, ModelSpec, NodeProcess, TestNats,
 };
 use serde_json::{json, Value};
 
@@ -19,9 +19,7 @@ const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_resumes_verifies_searches_and_serves() {
     let nats = TestNats::start().await;
-    let hub = FakeHub::start().await;
-    let model = ModelDir::generate("tiny-chat", &ModelSpec::tiny(Arch::Qwen2));
-    hub.add_repo_from_dir("acme/tiny-chat", SHA, &model.path());
+    let (hub, model) = FakeHub::start_with("acme/tiny-chat", SHA, "tiny-chat", Arch::Qwen2).await;
     hub.add_repo_from_dir("other/thing", SHA, &model.path());
     let weights = std::fs::metadata(model.path().join("model.safetensors")).unwrap().len() as usize;
     assert!(weights > 200_000, "weights of {weights} bytes are too small to cut");
@@ -30,13 +28,11 @@ async fn pull_resumes_verifies_searches_and_serves() {
 
     let cache = tempfile::tempdir().unwrap();
     let mut config = test_config(&nats.url());
-    hub.configure(&mut config.hub);
-    config.hub.cache_dir = Some(cache.path().to_path_buf());
+    hub.configure_cached(&mut config.hub, cache.path());
     config.hub.chunk_size = Some(64 * 1024);
     // In order, so what the cut leaves behind is exactly the chunks before it.
     config.hub.parallel_chunks = Some(1);
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
+    let (mut node, base) = spawn_gateway(&config).await;
 
     // Pull: progress on stderr, the resolved commit on stdout.
     let (code, out, err) = run_cli(&["models", "pull", "acme/tiny-chat", "--nats", &nats.url()]);
@@ -85,16 +81,14 @@ async fn pull_resumes_verifies_searches_and_serves() {
     assert!(out.contains("acme/tiny-chat") && !out.contains("other/thing"), "{out}");
 
     // The same over HTTP, described by the OpenAPI document.
-    let base = node.http.clone().unwrap();
     let http = bitinglip_tests::http();
-    let found: Value =
-        http.get(format!("{base}/api/v1/models/search?q=tiny")).send().await.unwrap().json().await.unwrap();
+    let found = get_json(&http, &base, "/api/v1/models/search?q=tiny").await;
     assert_eq!(found["data"][0]["id"], "acme/tiny-chat", "{found}");
-    let registry: Value = http.get(format!("{base}/api/v1/models")).send().await.unwrap().json().await.unwrap();
+    let registry = get_json(&http, &base, "/api/v1/models").await;
     assert!(registry["data"].as_array().unwrap().iter().any(|m| m["revision_sha"] == SHA), "{registry}");
-    let spec: Value = http.get(format!("{base}/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let spec = get_json(&http, &base, "/openapi.json").await;
     assert!(spec["paths"]["/api/v1/models/search"].is_object());
-    let cluster: Value = http.get(format!("{base}/api/v1/cluster")).send().await.unwrap().json().await.unwrap();
+    let cluster = get_json(&http, &base, "/api/v1/cluster").await;
     assert_eq!(cluster["nodes"].as_array().unwrap().len(), 1, "{cluster}");
 
     // An unknown model is a clear error.
@@ -103,13 +97,11 @@ async fn pull_resumes_verifies_searches_and_serves() {
     assert!(err.contains("unknown_model"), "{err}");
 
     // A pulled model is served by its hub id, loaded from the cache.
-    let mut w = test_config(&nats.url());
-    w.roles = vec![Role::Worker];
+    let mut w = worker_config(&nats.url());
     w.hub = config.hub.clone();
     w.worker.models.push(bitinglip_config::ModelConfig::new("acme/tiny-chat"));
     let mut worker = NodeProcess::spawn(&w, &["node"]);
     worker.wait_worker_ready("acme/tiny-chat", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
     node.wait_for_model("acme/tiny-chat", Duration::from_secs(60)).await;
     let body = bitinglip_tests::post_json(
         bitinglip_tests::http().post(format!("{base}/v1/chat/completions")),
@@ -122,16 +114,12 @@ async fn pull_resumes_verifies_searches_and_serves() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupted_file_is_refused() {
     let nats = TestNats::start().await;
-    let hub = FakeHub::start().await;
-    let model = ModelDir::generate("tiny-bad", &ModelSpec::tiny(Arch::Llama));
-    hub.add_repo_from_dir("acme/broken", SHA, &model.path());
+    let (hub, _model) = FakeHub::start_with("acme/broken", SHA, "tiny-bad", Arch::Llama).await;
     hub.corrupt("model.safetensors");
     let cache = tempfile::tempdir().unwrap();
     let mut config = test_config(&nats.url());
-    hub.configure(&mut config.hub);
-    config.hub.cache_dir = Some(cache.path().to_path_buf());
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
+    hub.configure_cached(&mut config.hub, cache.path());
+    let (_node, _) = spawn_gateway(&config).await;
     let (code, out, err) = run_cli(&["models", "pull", "acme/broken", "--nats", &nats.url()]);
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("model.safetensors failed verification"), "{err}");
@@ -142,27 +130,21 @@ async fn a_corrupted_file_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_killed_mid_download_leaves_nothing_stuck_and_another_resumes() {
     let nats = TestNats::start().await;
-    let hub = FakeHub::start().await;
-    let model = ModelDir::generate("tiny-slow", &ModelSpec::tiny(Arch::Llama));
-    hub.add_repo_from_dir("acme/slow", SHA, &model.path());
+    let (hub, _model) = FakeHub::start_with("acme/slow", SHA, "tiny-slow", Arch::Llama).await;
     hub.slow(Duration::from_millis(400));
     let cache = tempfile::tempdir().unwrap();
     let hub_config = |c: &mut bitinglip_config::Config| {
-        hub.configure(&mut c.hub);
-        c.hub.cache_dir = Some(cache.path().to_path_buf());
+        hub.configure_cached(&mut c.hub, cache.path());
         c.hub.chunk_size = Some(64 * 1024);
         c.hub.parallel_chunks = Some(1);
         c.cluster.heartbeat_interval = Duration::from_millis(300);
         c.cluster.node_ttl = Duration::from_secs(2);
     };
-    let mut control = test_config(&nats.url());
-    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
+    let mut control = control_config(&nats.url());
     hub_config(&mut control);
-    let mut front = NodeProcess::spawn(&control, &["node"]);
-    front.wait_for_http(Duration::from_secs(30)).await;
-    let mut a = test_config(&nats.url());
+    let (_front, _) = spawn_gateway(&control).await;
+    let mut a = worker_config(&nats.url());
     a.node_id = "puller-a".into();
-    a.roles = vec![Role::Worker];
     hub_config(&mut a);
     let mut node_a = NodeProcess::spawn(&a, &["node"]);
     node_a.wait_node_live(Duration::from_secs(30)).await;
@@ -213,17 +195,13 @@ async fn a_node_killed_mid_download_leaves_nothing_stuck_and_another_resumes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_hub_token_goes_to_the_hub_only_never_to_the_host_it_redirects_to() {
     let nats = TestNats::start().await;
-    let hub = FakeHub::start().await;
-    let model = ModelDir::generate("tiny-private", &ModelSpec::tiny(Arch::Qwen2));
-    hub.add_repo_from_dir("acme/tiny-private", SHA, &model.path());
+    let (hub, model) = FakeHub::start_with("acme/tiny-private", SHA, "tiny-private", Arch::Qwen2).await;
     hub.redirect_large_files_to_a_cdn().await;
     let cache = tempfile::tempdir().unwrap();
     let mut config = test_config(&nats.url());
-    hub.configure(&mut config.hub);
-    config.hub.cache_dir = Some(cache.path().to_path_buf());
+    hub.configure_cached(&mut config.hub, cache.path());
     config.hub.token = Some(bitinglip_config::Secret("hf_test_token_never_to_the_cdn".into()));
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
+    let (node, _) = spawn_gateway(&config).await;
     let (code, out, err) = run_cli(&["models", "pull", "acme/tiny-private", "--nats", &nats.url()]);
     assert_eq!(code, 0, "{out}\n{err}\n{}", node.log());
     let snapshot = cache.path().join("models--acme--tiny-private/snapshots").join(SHA);
@@ -246,16 +224,13 @@ async fn the_hub_token_goes_to_the_hub_only_never_to_the_host_it_redirects_to() 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_with_a_hub_model_shows_the_download_then_the_load() {
     use tokio::io::AsyncBufReadExt;
-    let hub = FakeHub::start().await;
-    let model = ModelDir::generate("tiny-up", &ModelSpec::tiny(Arch::Qwen2));
-    hub.add_repo_from_dir("acme/tiny-up", SHA, &model.path());
+    let (hub, _model) = FakeHub::start_with("acme/tiny-up", SHA, "tiny-up", Arch::Qwen2).await;
     let data = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     // No server runs at this URL: `up` starts its own.
     let mut config = test_config(&format!("nats://127.0.0.1:{}", bitinglip_tests::free_port()));
     config.data_dir = data.path().to_path_buf();
-    hub.configure(&mut config.hub);
-    config.hub.cache_dir = Some(cache.path().to_path_buf());
+    hub.configure_cached(&mut config.hub, cache.path());
     config.hub.chunk_size = Some(64 * 1024);
     let file = data.path().join("bitinglip.toml");
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
@@ -361,10 +336,8 @@ async fn a_hostile_hub_gets_every_pull_refused_and_writes_nothing_outside_the_ca
     let before = tree(root.path(), &cache);
 
     let mut config = test_config(&nats.url());
-    hub.configure(&mut config.hub);
-    config.hub.cache_dir = Some(cache.clone());
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
+    hub.configure_cached(&mut config.hub, &cache);
+    let (node, _) = spawn_gateway(&config).await;
     for (id, attack, says) in &cases {
         let (code, out, err) = run_cli(&["models", "pull", id, "--nats", &nats.url()]);
         assert_ne!(code, 0, "{attack:?}: {out}");

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bitinglip_tests::{
-    assert_eventually, cli_key, echo_model, http, http_with, run_cli, test_config, two_gateways, NodeProcess, TestNats,
+    assert_eventually, cli_key, echo_node, http, http_with, run_cli, test_config, two_gateways, NodeProcess, TestNats,
 };
 use serde_json::{json, Value};
 
@@ -23,8 +23,7 @@ async fn status_of(resp: reqwest::Response) -> (u16, Value) {
 async fn keys_guard_every_route_scope_models_and_tasks_and_revocation_reaches_every_gateway() {
     let nats = TestNats::start().await;
     let url = nats.url();
-    let (mut front, mut second) = two_gateways(&url, &["echo-a", "echo-b"]).await;
-    let (a, b) = (front.http.clone().unwrap(), second.http.clone().unwrap());
+    let (mut front, mut second, a, b) = two_gateways(&url, &["echo-a", "echo-b"]).await;
 
     // The probes are open; everything else needs a key, unknown routes included.
     let anonymous = reqwest::Client::new();
@@ -170,11 +169,7 @@ async fn a_bad_key_request_and_an_unknown_scope_are_refused_by_the_cli() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_task_list_is_paged_newest_first_without_repeats() {
     let nats = TestNats::start().await;
-    let mut config = test_config(&nats.url());
-    config.worker.models = vec![echo_model("echo", 0.0, 4)];
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
+    let (_node, base) = echo_node(&nats.url(), 0.0, 4).await;
     let (_, key) = cli_key(&nats.url(), &["--name", "pager"]);
     let client = http_with(&key);
     let mut ids = Vec::new();

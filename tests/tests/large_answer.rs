@@ -7,20 +7,16 @@
 use std::time::Duration;
 
 use bitinglip_tests::{
-    assert_eventually, cli_key, echo_model, http, http_with, run_cli, sse_data, test_config, wait_task_status, Arch,
-    ModelDir, ModelSpec, NodeProcess, TestNats,
+    assert_eventually, cli_key, echo_config, http, http_with, run_cli, spawn_gateway, sse_data, test_config,
+    wait_task_status, Arch, ModelDir, ModelSpec, NodeProcess, TestNats,
 };
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_answer_larger_than_one_message_completes() {
     let nats = TestNats::start().await;
-    let mut config = test_config(&nats.url());
-    config.worker.models = vec![echo_model("echo", 0.0, 4)];
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
+    let (mut node, base) = spawn_gateway(&echo_config(&nats.url(), 0.0, 4)).await;
     node.wait_worker_ready("echo", Duration::from_secs(30)).await;
-    let base = format!("http://{}", config.gateway.http);
 
     // The echo engine of test builds repeats the prompt: 6 kB × 250 is about 1.5 MB.
     let prompt = format!("{}[[repeat-250]] ", format!("{} ", "x".repeat(60)).repeat(100));
@@ -52,12 +48,7 @@ async fn an_answer_larger_than_one_message_completes() {
         decode_body, encode, ChatParams, Envelope, GetResult, ResultReply, Subjects, SubmitReply, SubmitRequest,
         TaskEvent, TaskId, DEFAULT_MAX_PAYLOAD,
     };
-    let seed = std::fs::read_to_string(nats.credentials_dir().join("client.nk")).unwrap();
-    let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
-        .custom_inbox_prefix("_INBOX_client")
-        .connect(nats.url())
-        .await
-        .unwrap();
+    let client = nats.client_user().await;
     let (s, owner) = (Subjects::default(), Some("client-default"));
     let ask = |subject: String, body: Vec<u8>| {
         let client = client.clone();

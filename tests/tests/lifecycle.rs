@@ -5,7 +5,10 @@
 use std::time::{Duration, Instant};
 
 use bitinglip_config::Role;
-use bitinglip_tests::{echo_model, test_config, words, NodeProcess, SseReader, TestNats};
+use bitinglip_tests::{
+    chat_json, control_config, echo_model, echo_node, post_chat, submit_task, task_id_of, test_config, words,
+    worker_config, NodeProcess, SseReader, TestNats,
+};
 use serde_json::{json, Value};
 
 fn chat(model: &str, prompt: &str) -> Value {
@@ -17,11 +20,7 @@ use bitinglip_tests::{task_record as task, wait_task_status as wait_status};
 #[tokio::test(flavor = "multi_thread")]
 async fn idempotent_submit_returns_the_same_task() {
     let nats = TestNats::start().await;
-    let mut config = test_config(&nats.url());
-    config.worker.models.push(echo_model("echo", 0.0, 4));
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
+    let (_node, base) = echo_node(&nats.url(), 0.0, 4).await;
     let http = bitinglip_tests::http();
 
     let send = || {
@@ -30,10 +29,10 @@ async fn idempotent_submit_returns_the_same_task() {
             .json(&chat("echo", "one two three"))
     };
     let first = send().send().await.unwrap();
-    let id1 = first.headers()["x-task-id"].to_str().unwrap().to_string();
+    let id1 = task_id_of(&first);
     let body1: Value = first.json().await.unwrap();
     let second = send().send().await.unwrap();
-    let id2 = second.headers()["x-task-id"].to_str().unwrap().to_string();
+    let id2 = task_id_of(&second);
     let body2: Value = second.json().await.unwrap();
     assert_eq!(id1, id2, "a retry is the same task");
     assert_eq!(body1["choices"][0]["message"]["content"], body2["choices"][0]["message"]["content"]);
@@ -143,41 +142,15 @@ async fn task_api_events_resume_across_gateways_without_gap_or_repeat() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_the_engine_and_frees_the_slot() {
     let nats = TestNats::start().await;
-    let mut config = test_config(&nats.url());
     // One slot, slow: a running task blocks the next, so a queued one can be cancelled.
-    config.worker.models.push(echo_model("echo", 20.0, 1));
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
+    let (_node, base) = echo_node(&nats.url(), 20.0, 1).await;
     let http = bitinglip_tests::http();
 
     // DELETE a running task.
-    let id = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&chat("echo", &words(200)))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit_task(&http, &base, &chat("echo", &words(200))).await;
     wait_status(&http, &base, &id, "running").await;
     // And a queued one behind it.
-    let queued = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&chat("echo", &words(200)))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let queued = submit_task(&http, &base, &chat("echo", &words(200))).await;
     let resp = http.delete(format!("{base}/v1/tasks/{queued}")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let t = wait_status(&http, &base, &queued, "cancelled").await;
@@ -194,8 +167,8 @@ async fn cancel_stops_the_engine_and_frees_the_slot() {
     assert!(stop_ms < 1000.0, "{t}");
 
     // A streaming client that disconnects cancels its task too, and the slot is free again.
-    let resp = http.post(format!("{base}/v1/chat/completions")).json(&json!({"model": "echo", "messages": [{"role": "user", "content": words(200)}], "max_tokens": 1000, "stream": true})).send().await.unwrap();
-    let id = resp.headers()["x-task-id"].to_str().unwrap().to_string();
+    let resp = post_chat(&http, &base, &json!({"model": "echo", "messages": [{"role": "user", "content": words(200)}], "max_tokens": 1000, "stream": true})).await;
+    let id = task_id_of(&resp);
     let mut sse = SseReader::new(resp);
     for _ in 0..3 {
         sse.next().await.unwrap();
@@ -203,30 +176,11 @@ async fn cancel_stops_the_engine_and_frees_the_slot() {
     drop(sse);
     let t = wait_status(&http, &base, &id, "cancelled").await;
     eprintln!("disconnect: cancel to the engine's last token: {:?} ms", t["cancel_to_stop_ms"]);
-    let body: Value = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat("echo", "slot is free"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = chat_json(&http, &base, &chat("echo", "slot is free")).await;
     assert_eq!(body["choices"][0]["message"]["content"], "slot is free");
 
     // And the CLI.
-    let id = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&chat("echo", &words(200)))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit_task(&http, &base, &chat("echo", &words(200))).await;
     wait_status(&http, &base, &id, "running").await;
     let (code, _, err) = bitinglip_tests::run_cli(&["tasks", "cancel", "--nats", &nats.url(), &id]);
     assert_eq!(code, 0, "{err}");
@@ -236,11 +190,8 @@ async fn cancel_stops_the_engine_and_frees_the_slot() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_then_hands_back() {
     let nats = TestNats::start().await;
-    let mut control = test_config(&nats.url());
-    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
-    let mut front = NodeProcess::spawn(&control, &["node"]);
-    let mut w = test_config(&nats.url());
-    w.roles = vec![Role::Worker];
+    let mut front = NodeProcess::spawn(&control_config(&nats.url()), &["node"]);
+    let mut w = worker_config(&nats.url());
     w.worker.drain_grace = Duration::from_secs(10);
     w.worker.models.push(echo_model("echo", 20.0, 2));
     let mut worker = NodeProcess::spawn(&w, &["node"]);
@@ -250,18 +201,7 @@ async fn sigterm_drains_then_hands_back() {
 
     // A short task finishes within the grace period; the node then exits 0.
     let prompt = words(20);
-    let id = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&chat("echo", &prompt))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit_task(&http, &base, &chat("echo", &prompt)).await;
     wait_status(&http, &base, &id, "running").await;
     let status = worker.sigterm(Duration::from_secs(30)).await.expect("exits");
     assert!(status.success(), "{status}");
@@ -274,18 +214,7 @@ async fn sigterm_drains_then_hands_back() {
     let mut worker = NodeProcess::spawn(&w, &["node"]);
     worker.wait_worker_ready("echo", Duration::from_secs(30)).await;
     let prompt = words(100);
-    let id = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&chat("echo", &prompt))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit_task(&http, &base, &chat("echo", &prompt)).await;
     wait_status(&http, &base, &id, "running").await;
     let status = worker.sigterm(Duration::from_secs(30)).await.expect("exits");
     assert!(status.success(), "{status}");
@@ -299,10 +228,7 @@ async fn sigterm_drains_then_hands_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_input_on_every_subject_gets_an_error_and_service_goes_on() {
     let nats = TestNats::start().await;
-    let mut config = test_config(&nats.url());
-    config.worker.models.push(echo_model("echo", 0.0, 2));
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
+    let (mut node, base) = echo_node(&nats.url(), 0.0, 2).await;
     let client = nats.client().await;
     let subjects = [
         "bitinglip.v1.task.=.submit",
@@ -344,16 +270,7 @@ async fn hostile_input_on_every_subject_gets_an_error_and_service_goes_on() {
     }
     client.flush().await.unwrap();
     // Service goes on.
-    let base = node.http.clone().unwrap();
-    let body: Value = bitinglip_tests::http()
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&chat("echo", "still here"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = chat_json(&bitinglip_tests::http(), &base, &chat("echo", "still here")).await;
     assert_eq!(body["choices"][0]["message"]["content"], "still here");
     assert!(node.try_exit_status().is_none());
 }

@@ -35,8 +35,7 @@ fn header(resp: &reqwest::Response, name: &str) -> String {
 async fn limits_count_across_gateways_and_usage_adds_up() {
     let nats = TestNats::start().await;
     let url = nats.url();
-    let (mut front, mut second) = two_gateways(&url, &["echo-a", "echo-b"]).await;
-    let (a, b) = (front.http.clone().unwrap(), second.http.clone().unwrap());
+    let (mut front, mut second, a, b) = two_gateways(&url, &["echo-a", "echo-b"]).await;
 
     // 3 requests a minute, counted across both gateways.
     let (_, limited) = cli_key(&url, &["--name", "limited", "--rpm", "3"]);

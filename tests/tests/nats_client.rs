@@ -33,6 +33,26 @@ fn decode(bytes: &[u8]) -> Value {
     rmpv::decode::read_value(&mut &bytes[..]).unwrap()
 }
 
+/// A submit request for task `task_id`: a chat of `content` with `tiny-nats`, at most
+/// `max_tokens`, and the chat fields of `extra`.
+fn submit_request(task_id: &str, content: &str, max_tokens: u32, extra: Vec<(&str, Value)>) -> Value {
+    let message = map(vec![("role", Value::from("user")), ("content", Value::from(content))]);
+    let mut chat = vec![
+        ("model", Value::from("tiny-nats")),
+        ("messages", Value::Array(vec![message])),
+        ("max_tokens", Value::from(max_tokens)),
+    ];
+    chat.extend(extra);
+    map(vec![("chat", map(chat)), ("task_id", Value::from(task_id))])
+}
+
+/// Subscribes `client` to the events of task `task_id`, on the subject the docs name.
+async fn follow(client: &async_nats::Client, task_id: &str) -> async_nats::Subscriber {
+    let events = client.subscribe(format!("bitinglip.v1.task.client-default.{task_id}.events")).await.unwrap();
+    client.flush().await.unwrap();
+    events
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_nats_client_submits_and_reads_the_stream() {
     let nats = TestNats::start().await;
@@ -43,30 +63,11 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
     node.wait_for_model("tiny-nats", Duration::from_secs(120)).await;
 
     // As the docs' `client` user: its nkey seed, and replies under its inbox prefix.
-    let seed = std::fs::read_to_string(nats.credentials_dir().join("client.nk")).unwrap();
-    let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
-        .custom_inbox_prefix("_INBOX_client")
-        .connect(nats.url())
-        .await
-        .unwrap();
+    let client = nats.client_user().await;
     let task_id = "readme-client-task-1";
-    let mut events = client.subscribe(format!("bitinglip.v1.task.client-default.{task_id}.events")).await.unwrap();
-    client.flush().await.unwrap();
+    let mut events = follow(&client, task_id).await;
 
-    let submit = map(vec![
-        (
-            "chat",
-            map(vec![
-                ("model", Value::from("tiny-nats")),
-                (
-                    "messages",
-                    Value::Array(vec![map(vec![("role", Value::from("user")), ("content", Value::from("hello"))])]),
-                ),
-                ("max_tokens", Value::from(6)),
-            ]),
-        ),
-        ("task_id", Value::from(task_id)),
-    ]);
+    let submit = submit_request(task_id, "hello", 6, vec![]);
     let reply = client.request("bitinglip.v1.task.client-default.submit", envelope(submit).into()).await.unwrap();
     let reply = decode(&reply.payload);
     let body = get(&reply, "body");
@@ -144,38 +145,21 @@ async fn plain_nats_client_submits_and_reads_the_stream() {
 
     // A forced tool call, as the docs' schema puts it: the tool's parameters and the
     // call's arguments are JSON text; the completed event carries the parsed call.
-    let client = async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
-        .custom_inbox_prefix("_INBOX_client")
-        .connect(nats.url())
-        .await
-        .unwrap();
+    let client = nats.client_user().await;
     let task_id = "readme-client-tool-1";
-    let mut events = client.subscribe(format!("bitinglip.v1.task.client-default.{task_id}.events")).await.unwrap();
-    client.flush().await.unwrap();
+    let mut events = follow(&client, task_id).await;
     let parameters =
         r#"{"type":"object","properties":{"ok":{"type":"boolean"}},"required":["ok"],"additionalProperties":false}"#;
-    let submit = map(vec![
-        (
-            "chat",
-            map(vec![
-                ("model", Value::from("tiny-nats")),
-                (
-                    "messages",
-                    Value::Array(vec![map(vec![("role", Value::from("user")), ("content", Value::from("check"))])]),
-                ),
-                ("max_tokens", Value::from(100)),
-                (
-                    "tools",
-                    Value::Array(vec![map(vec![
-                        ("name", Value::from("check")),
-                        ("parameters", Value::from(parameters)),
-                    ])]),
-                ),
-                ("tool_choice", map(vec![("type", Value::from("function")), ("name", Value::from("check"))])),
-            ]),
-        ),
-        ("task_id", Value::from(task_id)),
-    ]);
+    let tool = map(vec![("name", Value::from("check")), ("parameters", Value::from(parameters))]);
+    let submit = submit_request(
+        task_id,
+        "check",
+        100,
+        vec![
+            ("tools", Value::Array(vec![tool])),
+            ("tool_choice", map(vec![("type", Value::from("function")), ("name", Value::from("check"))])),
+        ],
+    );
     let reply = decode(
         &client.request("bitinglip.v1.task.client-default.submit", envelope(submit).into()).await.unwrap().payload,
     );

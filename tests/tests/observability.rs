@@ -5,24 +5,22 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use bitinglip_config::{Config, Role};
+use bitinglip_config::Config;
 use bitinglip_tests::{
-    assert_eventually, echo_model, free_port, metric_sum, otlp::OtlpReceiver, otlp::ReceivedSpan, test_config,
-    wait_task_status, words, NodeProcess, TestNats,
+    assert_eventually, control_config, echo_model, free_port, metric_sum, otlp::OtlpReceiver, otlp::ReceivedSpan,
+    post_chat, post_task, wait_task_status, words, worker_config, NodeProcess, TestNats,
 };
 use serde_json::json;
 
 /// A gateway node (with the control roles) and an echo worker node, on one nats-server.
 fn two_nodes(nats: &TestNats, tweak: impl Fn(&mut Config)) -> (NodeProcess, NodeProcess, String) {
-    let mut control = test_config(&nats.url());
+    let mut control = control_config(&nats.url());
     control.node_id = "front-1".into();
-    control.roles = vec![Role::Gateway, Role::TaskManager, Role::ModelManager, Role::ClusterManager];
     tweak(&mut control);
     let front = NodeProcess::spawn(&control, &["node"]);
 
-    let mut worker = test_config(&nats.url());
+    let mut worker = worker_config(&nats.url());
     worker.node_id = "back-1".into();
-    worker.roles = vec![Role::Worker];
     worker.worker.models = vec![echo_model("echo", 40.0, 1)];
     let metrics = format!("127.0.0.1:{}", free_port());
     worker.metrics.listen = Some(metrics.clone());
@@ -142,14 +140,11 @@ async fn metrics_health_and_status_after_real_traffic() {
         let http = http.clone();
         let base = base.clone();
         async move {
-            let resp = http
-                .post(format!("{base}/v1/tasks"))
-                .json(&json!({"model": "echo", "messages": [{"role": "user", "content": prompt}]}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 202);
-            resp.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+            let (status, task) =
+                post_task(&http, &base, &json!({"model": "echo", "messages": [{"role": "user", "content": prompt}]}))
+                    .await;
+            assert_eq!(status, 202);
+            task["id"].as_str().unwrap().to_string()
         }
     };
 
@@ -200,21 +195,12 @@ async fn metrics_health_and_status_after_real_traffic() {
     wait_task_status(&http, &base, &failing, "failed").await;
 
     // A chat request through the gateway, counted by model and outcome.
-    let resp = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "a b c"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        post_chat(&http, &base, &json!({"model": "echo", "messages": [{"role": "user", "content": "a b c"}]})).await;
     assert_eq!(resp.status(), 200);
     // A made-up model name mints no series: it is counted under `other`.
-    let resp = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&json!({"model": "made-up-7f3a", "messages": [{"role": "user", "content": "a"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    let made_up = json!({"model": "made-up-7f3a", "messages": [{"role": "user", "content": "a"}]});
+    assert_eq!(post_chat(&http, &base, &made_up).await.status(), 404);
 
     // The cluster's health on one screen.
     let (code, out, err) = bitinglip_tests::run_cli(&["status", "--nats", &nats.url()]);

@@ -9,8 +9,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use bitinglip_tests::{
-    echo_model, fake_hub::FakeHub, http, test_config, workspace_root, Arch, ModelDir, ModelSpec, NodeProcess, TestNats,
-    TEST_ADMIN_KEY,
+    echo_config, fake_hub::FakeHub, get_json, http, spawn_gateway, workspace_root, Arch, TestNats, TEST_ADMIN_KEY,
 };
 use serde_json::Value;
 
@@ -59,23 +58,17 @@ fn schemathesis(doc: &Path, base: &str, key: Option<&str>, checks: &str, report:
 async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
     let nats = TestNats::start().await;
     // Hub search and pull answer from a local hub (one repository), not the internet.
-    let hub = FakeHub::start().await;
-    let model = ModelDir::generate("tiny-chat", &ModelSpec::tiny(Arch::Qwen2));
-    hub.add_repo_from_dir("acme/tiny-chat", SHA, &model.path());
+    let (hub, _model) = FakeHub::start_with("acme/tiny-chat", SHA, "tiny-chat", Arch::Qwen2).await;
     let cache = tempfile::tempdir().unwrap();
-    let mut config = test_config(&nats.url());
-    config.worker.models = vec![echo_model("echo", 0.0, 8)];
-    hub.configure(&mut config.hub);
-    config.hub.cache_dir = Some(cache.path().to_path_buf());
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_http(Duration::from_secs(30)).await;
+    let mut config = echo_config(&nats.url(), 0.0, 8);
+    hub.configure_cached(&mut config.hub, cache.path());
+    let (mut node, base) = spawn_gateway(&config).await;
     node.wait_worker_ready("echo", Duration::from_secs(30)).await;
-    let base = format!("http://{}", config.gateway.http);
 
     // The document needs a key, like every route but the probes.
     let anonymous = reqwest::Client::new().get(format!("{base}/openapi.json")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
-    let doc: Value = http().get(format!("{base}/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc = get_json(&http(), &base, "/openapi.json").await;
     assert_eq!(doc["openapi"], "3.1.0");
     let dir = tempfile::tempdir().unwrap();
     let doc_path = dir.path().join("openapi.json");

@@ -16,13 +16,19 @@ async fn stream_config(js: &async_nats::jetstream::Context, name: &str) -> async
     js.get_stream(name).await.unwrap().info().await.unwrap().config.clone()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn settings_that_keep_data_apply_and_those_that_drop_it_wait_for_migrate() {
+/// A test server, with a JetStream context and a bus (as provisioning uses it) on it.
+async fn server_and_bus() -> (TestNats, async_nats::jetstream::Context, Bus) {
     let nats = TestNats::start().await;
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
+    let bus = Bus::new(client, Subjects::default(), "provisioning-test", Duration::from_secs(5));
+    (nats, js, bus)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_that_keep_data_apply_and_those_that_drop_it_wait_for_migrate() {
+    let (nats, js, bus) = server_and_bus().await;
     let s = Subjects::default();
-    let bus = Bus::new(client, s.clone(), "provisioning-test", Duration::from_secs(5));
     let mut config = test_config(&nats.url());
     config.cluster.node_ttl = Duration::from_secs(3);
     Store::provision(&bus, &config).await.unwrap();
@@ -69,11 +75,8 @@ async fn settings_that_keep_data_apply_and_those_that_drop_it_wait_for_migrate()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bucket_or_stream_made_first_with_a_republish_or_foreign_subjects_is_refused_not_adopted() {
     use async_nats::jetstream::{kv, stream};
-    let nats = TestNats::start().await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let (nats, js, bus) = server_and_bus().await;
     let s = Subjects::default();
-    let bus = Bus::new(client, s.clone(), "provisioning-test", Duration::from_secs(5));
     let config = test_config(&nats.url());
 
     // The events stream, made first, also capturing subjects outside BitingLip's.

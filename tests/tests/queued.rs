@@ -2,9 +2,7 @@
 //! until a worker claims it. It is still found by id, listed, owned, retried as the same
 //! task and cancelled, and accepting it writes nothing to the records bucket.
 
-use std::time::Duration;
-
-use bitinglip_tests::{create_inference_key, echo_model, http_with, test_config, words, NodeProcess, TestNats};
+use bitinglip_tests::{create_inference_key, echo_node, http_with, words, TestNats};
 use serde_json::{json, Value};
 
 async fn post_task(http: &reqwest::Client, base: &str, prompt: &str, idempotency_key: Option<&str>) -> (u16, Value) {
@@ -29,12 +27,8 @@ async fn record_writes(nats: &TestNats) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queued_task_is_its_stream_message_found_listed_owned_retried_and_cancelled() {
     let nats = TestNats::start().await;
-    let mut config = test_config(&nats.url());
     // One slot, slow: a running task keeps the others waiting in the queue.
-    config.worker.models.push(echo_model("echo", 20.0, 1));
-    let mut node = NodeProcess::spawn(&config, &["node"]);
-    node.wait_for_model("echo", Duration::from_secs(60)).await;
-    let base = node.http.clone().unwrap();
+    let (_node, base) = echo_node(&nats.url(), 20.0, 1).await;
     let admin = bitinglip_tests::http();
     let key = create_inference_key(&admin, &base, "queued-test").await;
     let http = http_with(&key);

@@ -447,19 +447,7 @@ mod tests {
     }
 
     fn hb(node: &str, time_ms: u64) -> NodeHeartbeat {
-        NodeHeartbeat {
-            node_id: node.into(),
-            roles: vec![],
-            http: None,
-            workers: vec![],
-            started_ms: 0,
-            time_ms,
-            version: "0".into(),
-            device: bitinglip_bus_schema::DeviceKind::Cpu,
-            memory_total: 0,
-            memory_free: 0,
-            gpus: vec![],
-        }
+        NodeHeartbeat { node_id: node.into(), time_ms, version: "0".into(), ..Default::default() }
     }
 
     #[test]

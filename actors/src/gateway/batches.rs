@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use axum::{
     body::Body,
-    extract::{Extension, State},
     http::{HeaderMap, StatusCode},
     Json,
 };
@@ -22,6 +21,7 @@ use super::{
     error::{self, ApiError, Path, Query},
     submit::read_body_up_to,
 };
+use crate::gateway::access::auth::Caller;
 use crate::NodeContext;
 
 pub(super) mod files;
@@ -181,8 +181,7 @@ impl From<&BatchRecord> for BatchObject {
 #[utoipa::path(post, path = "/v1/batches", tag = "openai", request_body = CreateBatch,
     responses((status = 200, description = "the batch", body = BatchObject)))]
 pub(crate) async fn create(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
+    Caller { ctx, key }: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<BatchObject>, ApiError> {
@@ -276,11 +275,7 @@ async fn owned_batch(ctx: &NodeContext, key: &ApiKey, id: &str) -> Result<(Batch
 #[utoipa::path(get, path = "/v1/batches/{id}", tag = "openai",
     params(("id" = String, Path, description = "the batch's id (`batch_…`)")),
     responses((status = 200, description = "the batch", body = BatchObject)))]
-pub(crate) async fn get(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Path(id): Path<String>,
-) -> Result<Json<BatchObject>, ApiError> {
+pub(crate) async fn get(Caller { ctx, key }: Caller, Path(id): Path<String>) -> Result<Json<BatchObject>, ApiError> {
     Ok(Json((&owned_batch(&ctx, &key, &id).await?.0).into()))
 }
 
@@ -298,8 +293,7 @@ pub(super) struct ListBatches {
 #[utoipa::path(get, path = "/v1/batches", tag = "openai", params(ListBatches),
     responses((status = 200, body = BatchList)))]
 pub(crate) async fn list(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
+    Caller { ctx, key }: Caller,
     Query(q): Query<ListBatches>,
 ) -> Result<Json<BatchList>, ApiError> {
     let limit = q.limit.unwrap_or(20).clamp(1, 100) as usize;
@@ -331,11 +325,7 @@ pub(crate) async fn list(
 #[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "openai",
     params(("id" = String, Path, description = "the batch's id (`batch_…`)")),
     responses((status = 200, description = "the batch, `cancelling` (or as it was, when it had ended)", body = BatchObject)))]
-pub(crate) async fn cancel(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Path(id): Path<String>,
-) -> Result<Json<BatchObject>, ApiError> {
+pub(crate) async fn cancel(Caller { ctx, key }: Caller, Path(id): Path<String>) -> Result<Json<BatchObject>, ApiError> {
     loop {
         let (mut b, rev) = owned_batch(&ctx, &key, &id).await?;
         if b.status.is_final() || matches!(b.status, BatchStatus::Cancelling | BatchStatus::Finalizing) {

@@ -44,6 +44,19 @@ impl FromRequest<NodeContext> for Call {
     }
 }
 
+/// The headers of a request that makes a task, for the OpenAPI document (`Call` reads
+/// them from the request).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub(crate) struct TaskHeaders {
+    /// the same key and body: the same task, once
+    #[param(rename = "Idempotency-Key")]
+    _idempotency_key: Option<String>,
+    /// W3C trace context of the caller
+    #[param(rename = "traceparent")]
+    _traceparent: Option<String>,
+}
+
 /// Ends `events` when nothing comes for `idle` (keep-alive comments do not count): an
 /// abandoned or stuck stream does not hold a connection and a request slot for ever.
 pub(super) fn idle_limited<S>(events: S, idle: std::time::Duration) -> impl futures::Stream<Item = S::Item>

@@ -3,7 +3,7 @@
 use std::{convert::Infallible, sync::Arc};
 
 use axum::{
-    extract::{Extension, State},
+    extract::Extension,
     http::{HeaderMap, StatusCode},
     response::{
         sse::{Event, KeepAlive, Sse},
@@ -23,6 +23,7 @@ use super::{
     openai,
     submit::{gateway_span, read_body, submit_chat, Call},
 };
+use crate::gateway::access::auth::Caller;
 use crate::NodeContext;
 use bitinglip_client::{Relayed, TaskWatch};
 
@@ -217,11 +218,7 @@ async fn submit_task(call: Call) -> Result<Response, ApiError> {
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks",
     params(("id" = String, Path, description = "the task's id", pattern = "^[A-Za-z0-9_-]{1,128}$")),
     responses((status = 200, body = TaskView)))]
-pub(super) async fn get(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Path(id): Path<String>,
-) -> Result<Json<TaskView>, ApiError> {
+pub(super) async fn get(Caller { ctx, key }: Caller, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     let record = with_text(&ctx, read(&ctx, &key, &id).await?).await?;
     Ok(Json((&record).into()))
@@ -242,11 +239,7 @@ pub(super) struct ListQuery {
 
 /// Recent tasks, newest first: this key's, or every task for an admin key.
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery), responses((status = 200, body = TaskPage)))]
-pub(super) async fn list(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<TaskPage>, ApiError> {
+pub(super) async fn list(Caller { ctx, key }: Caller, Query(q): Query<ListQuery>) -> Result<Json<TaskPage>, ApiError> {
     // An admin key lists every task; any other key its own.
     let owner = (key.scope != Scope::Admin).then(|| key.id.clone());
     let state = match q.status.as_deref() {
@@ -267,11 +260,7 @@ pub(super) async fn list(
 #[utoipa::path(delete, path = "/v1/tasks/{id}", tag = "tasks",
     params(("id" = String, Path, description = "the task's id", pattern = "^[A-Za-z0-9_-]{1,128}$")),
     responses((status = 200, body = TaskView)))]
-pub(super) async fn cancel(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Path(id): Path<String>,
-) -> Result<Json<TaskView>, ApiError> {
+pub(super) async fn cancel(Caller { ctx, key }: Caller, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
     let id = parse_id(&id)?;
     // Only a task this key may see can be cancelled by it.
     let record = read(&ctx, &key, &id).await?;
@@ -291,8 +280,7 @@ pub(super) async fn cancel(
         ("Last-Event-ID" = Option<String>, Header, description = "the last chunk's `seq` seen")),
     responses((status = 200, description = "the task's events", content_type = "text/event-stream", body = String)))]
 pub(super) async fn events(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
+    Caller { ctx, key }: Caller,
     Extension(admission): Extension<Arc<Admission>>,
     Path(id): Path<String>,
     headers: HeaderMap,

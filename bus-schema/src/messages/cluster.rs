@@ -46,7 +46,7 @@ pub struct RunningTask {
 }
 
 /// A node's heartbeat, in the nodes KV bucket (entries expire after the bucket's TTL).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeHeartbeat {
     /// The node's id.
     pub node_id: String,

@@ -306,41 +306,26 @@ mod tests {
         }
     }
 
+    /// A model record's fields, in order.
+    const RECORD_FIELDS: &[&str] = &[
+        "id",
+        "source",
+        "context_length",
+        "revision_sha",
+        "files",
+        "estimated_memory",
+        "engine",
+        "shape",
+        "created_ms",
+        "updated_ms",
+    ];
+
     #[test]
     fn registry_messages_pin_their_fields() {
-        pin(
-            record(),
-            &[
-                "id",
-                "source",
-                "context_length",
-                "revision_sha",
-                "files",
-                "estimated_memory",
-                "engine",
-                "shape",
-                "created_ms",
-                "updated_ms",
-            ],
-        );
+        pin(record(), RECORD_FIELDS);
         pin(record().files[0].clone(), &["name", "size", "sha256"]);
         pin(PullModel { model: "a/b".into(), revision: None }, &["model", "revision"]);
-        pin(
-            PullReply::Pulled(record()),
-            &[
-                "type",
-                "id",
-                "source",
-                "context_length",
-                "revision_sha",
-                "files",
-                "estimated_memory",
-                "engine",
-                "shape",
-                "created_ms",
-                "updated_ms",
-            ],
-        );
+        pin(PullReply::Pulled(record()), &[&["type"], RECORD_FIELDS].concat());
         pin(
             PullProgress {
                 model: "a/b".into(),

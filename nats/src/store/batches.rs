@@ -21,8 +21,7 @@ impl Store {
 
 /// True when `id` can name a batch (`batch_` and a ULID's characters).
 pub fn is_id(id: &str) -> bool {
-    id.strip_prefix("batch_")
-        .is_some_and(|rest| !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+    super::is_prefixed_id(id, "batch_", 64, b"")
 }
 
 impl Batches<'_> {
@@ -71,16 +70,5 @@ impl Batches<'_> {
             ids.push(key.map_err(|e| self.bucket.unavailable(e))?);
         }
         Ok(ids)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_batch_ids_name_records() {
-        assert!(super::is_id("batch_01J9ABC"));
-        for bad in ["01J", "batch_", "batch_a.b", "batch_a>", "batch_a-1"] {
-            assert!(!super::is_id(bad), "{bad}");
-        }
     }
 }

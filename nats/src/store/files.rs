@@ -30,9 +30,8 @@ impl Store {
 }
 
 /// True when `id` can name a file (`file-` and a ULID's characters).
-fn is_id(id: &str) -> bool {
-    id.strip_prefix("file-")
-        .is_some_and(|rest| !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+pub(crate) fn is_id(id: &str) -> bool {
+    super::is_prefixed_id(id, "file-", 64, b"")
 }
 
 fn record_of(info: &ObjectInfo) -> Option<FileRecord> {
@@ -166,16 +165,5 @@ impl Files<'_> {
         }
         files.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
         Ok(files)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_file_ids_name_objects() {
-        assert!(super::is_id("file-01J9ABC"));
-        for bad in ["01J", "file-", "file-a.b", "file-a>", "file-a/b"] {
-            assert!(!super::is_id(bad), "{bad}");
-        }
     }
 }

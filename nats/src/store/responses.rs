@@ -18,12 +18,8 @@ impl Store {
 }
 
 /// True when `id` can be a key of the bucket (`resp_` and a task id's characters).
-fn is_id(id: &str) -> bool {
-    id.strip_prefix("resp_").is_some_and(|rest| {
-        !rest.is_empty()
-            && rest.len() <= 128
-            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    })
+pub(crate) fn is_id(id: &str) -> bool {
+    super::is_prefixed_id(id, "resp_", 128, b"_-")
 }
 
 impl Responses<'_> {
@@ -53,16 +49,5 @@ impl Responses<'_> {
             return Ok(());
         }
         self.bucket.delete(id).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_response_ids_name_records() {
-        assert!(super::is_id("resp_01J"));
-        for bad in ["01J", "resp_", "resp_a.b", "resp_a>", "resp_*"] {
-            assert!(!super::is_id(bad), "{bad}");
-        }
     }
 }

@@ -233,13 +233,9 @@ mod tests {
                     gpus: vec![],
                 })
                 .collect(),
-            started_ms: 0,
             time_ms,
             version: "0".into(),
-            device: bitinglip_bus_schema::DeviceKind::Cpu,
-            memory_total: 0,
-            memory_free: 0,
-            gpus: vec![],
+            ..Default::default()
         }
     }
 

@@ -74,6 +74,13 @@ use units::*;
 
 // ---- the guide's sections ----
 
+/// A site on `lan` with the guide's install done (see [`install`]).
+fn installed(lan: Lan) -> Site {
+    let mut site = Site::new(lan);
+    install(&mut site);
+    site
+}
+
 /// Sections 1 to 5 on hostA, hostB and hostC, as the guide has them: certificates,
 /// credentials, each host's folder, the nats-servers, the nodes, the operators' CLI. Returns
 /// when `status` prints what the guide says it prints.
@@ -157,8 +164,7 @@ fn install(site: &mut Site) {
 fn the_guide_installs_three_hosts_then_adds_removes_and_upgrades_nodes() {
     let lan = lan_or_skip!();
     let started = Instant::now();
-    let mut site = Site::new(lan);
-    install(&mut site);
+    let mut site = installed(lan);
     let (a, b, ab) = ("hostA", "hostB", nodes(&["hostA", "hostB"]));
 
     // 5. The declared deployment on hostA and hostB, each node's state of the model, /ready.
@@ -341,8 +347,7 @@ fn the_guide_installs_three_hosts_then_adds_removes_and_upgrades_nodes() {
 fn the_guide_maintains_backs_up_restores_and_upgrades_nats_servers() {
     let lan = lan_or_skip!();
     let started = Instant::now();
-    let mut site = Site::new(lan);
-    install(&mut site);
+    let mut site = installed(lan);
 
     // Host maintenance on hostB: its node and its server stop; the other two keep serving.
     let maintenance = site.guide.block("systemctl stop bitinglip-node\nsystemctl stop nats-server");

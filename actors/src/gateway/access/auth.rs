@@ -173,6 +173,27 @@ pub(crate) fn sees(key: &ApiKey, task: &TaskRecord) -> bool {
     key.scope == Scope::Admin || task.owner.as_deref() == Some(key.id.as_str())
 }
 
+/// Who calls, with the node that answers: the key the key check found and the node's
+/// context, for the routes that act for a key (their records are that key's).
+pub(crate) struct Caller {
+    pub(crate) ctx: crate::NodeContext,
+    pub(crate) key: ApiKey,
+}
+
+impl axum::extract::FromRequestParts<crate::NodeContext> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        ctx: &crate::NodeContext,
+    ) -> Result<Self, ApiError> {
+        // Put there by the key check every such route is behind.
+        let key = parts.extensions.get::<ApiKey>().cloned();
+        let key = key.ok_or_else(|| WireError::new(bitinglip_bus_schema::ErrorKind::Internal, "no key check"))?;
+        Ok(Caller { ctx: ctx.clone(), key })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::parse_json;
+use crate::gateway::access::auth::Caller;
 use crate::gateway::{
     error::{ApiError, Path, Query},
     submit::read_body,
@@ -137,8 +138,7 @@ pub(crate) struct OwnUsageQuery {
 #[utoipa::path(get, path = "/v1/usage", tag = "keys", params(OwnUsageQuery),
     responses((status = 200, body = UsagePage)))]
 pub(crate) async fn own_usage(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
+    Caller { ctx, key }: Caller,
     Query(q): Query<OwnUsageQuery>,
 ) -> Result<Json<UsagePage>, ApiError> {
     check_day("from", q.from.as_deref())?;

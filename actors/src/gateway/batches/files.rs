@@ -3,7 +3,6 @@
 
 use axum::{
     body::Body,
-    extract::{Extension, State},
     http::{header, HeaderMap},
     response::{IntoResponse, Response},
     Json,
@@ -13,6 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{input::multipart, not_found, quota, sees, store_error};
+use crate::gateway::access::auth::Caller;
 use crate::{
     gateway::{
         error::{ApiError, Path},
@@ -64,8 +64,7 @@ impl From<&FileRecord> for FileObject {
         description = "`purpose`: `batch`; `file`: the JSONL file of requests (at most 256 MiB)"),
     responses((status = 200, body = FileObject)))]
 pub(crate) async fn upload(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
+    Caller { ctx, key }: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<FileObject>, ApiError> {
@@ -126,10 +125,7 @@ pub(crate) async fn upload(
 
 /// This key's files (an admin key: all), newest first.
 #[utoipa::path(get, path = "/v1/files", tag = "openai", responses((status = 200, body = FileList)))]
-pub(crate) async fn list(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-) -> Result<Json<FileList>, ApiError> {
+pub(crate) async fn list(Caller { ctx, key }: Caller) -> Result<Json<FileList>, ApiError> {
     let files = ctx.store.files().list().await.map_err(store_error)?;
     let data: Vec<FileObject> = files.iter().filter(|f| sees(&key, f.owner.as_deref())).map(Into::into).collect();
     Ok(Json(FileList { object: "list", data, has_more: false }))
@@ -157,11 +153,7 @@ pub(super) async fn owned_file(ctx: &NodeContext, key: &ApiKey, id: &str) -> Res
 #[utoipa::path(get, path = "/v1/files/{id}", tag = "openai",
     params(("id" = String, Path, description = "the file's id (`file-…`)")),
     responses((status = 200, body = FileObject)))]
-pub(crate) async fn get(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Path(id): Path<String>,
-) -> Result<Json<FileObject>, ApiError> {
+pub(crate) async fn get(Caller { ctx, key }: Caller, Path(id): Path<String>) -> Result<Json<FileObject>, ApiError> {
     Ok(Json((&owned_file(&ctx, &key, &id).await?).into()))
 }
 
@@ -169,11 +161,7 @@ pub(crate) async fn get(
 #[utoipa::path(get, path = "/v1/files/{id}/content", tag = "openai",
     params(("id" = String, Path, description = "the file's id (`file-…`)")),
     responses((status = 200, description = "the file, as it was stored", content_type = "application/octet-stream", body = String)))]
-pub(crate) async fn content(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub(crate) async fn content(Caller { ctx, key }: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     owned_file(&ctx, &key, &id).await?;
     let bytes = ctx.store.files().read(&id).await.map_err(store_error)?.ok_or_else(|| not_found("file", &id))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
@@ -183,11 +171,7 @@ pub(crate) async fn content(
 #[utoipa::path(delete, path = "/v1/files/{id}", tag = "openai",
     params(("id" = String, Path, description = "the file's id (`file-…`)")),
     responses((status = 200, description = "the file is deleted", body = Deleted)))]
-pub(crate) async fn delete(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Path(id): Path<String>,
-) -> Result<Json<Deleted>, ApiError> {
+pub(crate) async fn delete(Caller { ctx, key }: Caller, Path(id): Path<String>) -> Result<Json<Deleted>, ApiError> {
     owned_file(&ctx, &key, &id).await?;
     ctx.store.files().delete(&id).await.map_err(store_error)?;
     Ok(Json(Deleted::new(id, "file")))

@@ -12,7 +12,7 @@ use crate::{
     gateway::{
         error::ApiError,
         openai::{self, ChatCompletion, TextCompletion, ToolMode},
-        submit::Call,
+        submit::{Call, TaskHeaders},
     },
     NodeContext,
 };
@@ -28,10 +28,7 @@ mod stream;
 /// `gateway` span, a child of the caller's `traceparent` when it sent one.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     request_body = openai::ChatCompletionRequest,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "the same key and body: the same task, once"),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller"),
-    ),
+    params(TaskHeaders),
     responses((status = 200, description = "the completion, or with `stream: true` its chunks as server-sent events",
         headers(("x-task-id" = String, description = "the task's id")),
         content((openai::ChatCompletion = "application/json"), (String = "text/event-stream")))))]
@@ -47,10 +44,7 @@ pub(crate) async fn chat_completions(call: Call) -> Result<Response, ApiError> {
 /// `Idempotency-Key` and `x-task-id`.
 #[utoipa::path(post, path = "/v1/completions", tag = "openai",
     request_body = openai::CompletionRequest,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "the same key and body: the same task, once"),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller"),
-    ),
+    params(TaskHeaders),
     responses((status = 200, description = "the completion, or with `stream: true` its chunks as server-sent events",
         headers(("x-task-id" = String, description = "the task's id")),
         content((openai::TextCompletion = "application/json"), (String = "text/event-stream")))))]

@@ -14,7 +14,7 @@ use super::pipeline::{self, Asked, Finished, Shape};
 use crate::{
     gateway::{
         error::{self, ApiError},
-        submit::Call,
+        submit::{Call, TaskHeaders},
     },
     NodeContext,
 };
@@ -177,10 +177,7 @@ fn base64_of(vector: &[f32]) -> String {
 /// 400.
 #[utoipa::path(post, path = "/v1/embeddings", tag = "openai",
     request_body = EmbeddingRequest,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "the same key and body: the same task, once"),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller"),
-    ),
+    params(TaskHeaders),
     responses((status = 200, body = EmbeddingList, headers(("x-task-id" = String, description = "the task's id")))))]
 pub(crate) async fn embeddings(call: Call) -> Result<Response, ApiError> {
     pipeline::run::<Embeddings>(call).await

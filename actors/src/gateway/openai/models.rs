@@ -1,25 +1,17 @@
 //! `GET /v1/models`: the models the key may use, in OpenAI's list format.
 
-use axum::{
-    extract::{Extension, State},
-    Json,
-};
-use bitinglip_bus_schema::{ApiKey, ListModels};
+use axum::Json;
+use bitinglip_bus_schema::ListModels;
 
-use crate::{
-    gateway::{
-        error::ApiError,
-        openai::{ModelObject, ModelObjectList},
-    },
-    NodeContext,
+use crate::gateway::access::auth::Caller;
+use crate::gateway::{
+    error::ApiError,
+    openai::{ModelObject, ModelObjectList},
 };
 
 /// The models this key may use, in OpenAI's list format.
 #[utoipa::path(get, path = "/v1/models", tag = "openai", responses((status = 200, body = ModelObjectList)))]
-pub(crate) async fn models(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-) -> Result<Json<ModelObjectList>, ApiError> {
+pub(crate) async fn models(Caller { ctx, key }: Caller) -> Result<Json<ModelObjectList>, ApiError> {
     let models = ctx.bus.call(&ListModels {}).await?;
     let data = models
         .into_iter()

@@ -6,7 +6,6 @@
 use std::convert::Infallible;
 
 use axum::{
-    extract::{Extension, State},
     http::StatusCode,
     response::{sse::Event, Response},
     Json,
@@ -20,11 +19,12 @@ use tracing::Instrument;
 use utoipa::ToSchema;
 
 use super::pipeline::{self, Asked, Events, Finished, Shape, Streamed};
+use crate::gateway::access::auth::Caller;
 use crate::{
     gateway::{
         error::{self, ApiError, Path},
         openai::{Deleted, ToolMode},
-        submit::Call,
+        submit::{Call, TaskHeaders},
     },
     NodeContext,
 };
@@ -263,10 +263,7 @@ async fn keep(
 /// `response.failed`). Stored unless `store: false`.
 #[utoipa::path(post, path = "/v1/responses", tag = "openai",
     request_body = ResponseRequest,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "the same key and body: the same task, once"),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context of the caller"),
-    ),
+    params(TaskHeaders),
     responses((status = 200, description = "the response object, or with `stream: true` its events",
         headers(("x-task-id" = String, description = "the task's id")),
         content((ResponseObject = "application/json"), (String = "text/event-stream")))))]
@@ -337,11 +334,7 @@ async fn owned(ctx: &NodeContext, key: &ApiKey, id: &str) -> Result<StoredRespon
 #[utoipa::path(get, path = "/v1/responses/{id}", tag = "openai",
     params(("id" = String, Path, description = "the response's id (`resp_…`)")),
     responses((status = 200, description = "the response object", body = ResponseObject)))]
-pub(crate) async fn get(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Path(id): Path<String>,
-) -> Result<Json<ResponseObject>, ApiError> {
+pub(crate) async fn get(Caller { ctx, key }: Caller, Path(id): Path<String>) -> Result<Json<ResponseObject>, ApiError> {
     let stored = owned(&ctx, &key, &id).await?;
     let body: ResponseObject = serde_json::from_str(&stored.body)
         .map_err(|e| ApiError::from(WireError::new(ErrorKind::Internal, format!("stored response unreadable: {e}"))))?;
@@ -352,11 +345,7 @@ pub(crate) async fn get(
 #[utoipa::path(delete, path = "/v1/responses/{id}", tag = "openai",
     params(("id" = String, Path, description = "the response's id (`resp_…`)")),
     responses((status = 200, description = "the response is deleted", body = Deleted)))]
-pub(crate) async fn delete(
-    State(ctx): State<NodeContext>,
-    Extension(key): Extension<ApiKey>,
-    Path(id): Path<String>,
-) -> Result<Json<Deleted>, ApiError> {
+pub(crate) async fn delete(Caller { ctx, key }: Caller, Path(id): Path<String>) -> Result<Json<Deleted>, ApiError> {
     owned(&ctx, &key, &id).await?;
     ctx.store.responses().delete(&id).await.map_err(WireError::from)?;
     Ok(Json(Deleted::new(id, "response")))
