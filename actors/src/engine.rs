@@ -11,7 +11,7 @@ mod specials;
 use std::sync::Arc;
 
 use bitinglip_bus_schema::{ChatParams, EngineKind, FinishReason, TokenLogprob, ToolCall};
-use bitinglip_config::ModelConfig;
+use bitinglip_config::{ModelConfig, WorkerConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +49,12 @@ pub struct Piece {
 impl Generation {
     /// A generation that ended for `finish_reason` after `completion_tokens`.
     pub fn ended(finish_reason: FinishReason, prompt_tokens: u32, completion_tokens: u32) -> Self {
-        Self { finish_reason, prompt_tokens, completion_tokens, embeddings: vec![] }
+        Self { finish_reason, prompt_tokens, completion_tokens, embeddings: vec![], cached_tokens: None }
+    }
+
+    /// The same, with `cached` prompt tokens found in the engine's prefix cache.
+    pub fn with_cached(self, cached: Option<u32>) -> Self {
+        Self { cached_tokens: cached, ..self }
     }
 }
 
@@ -70,6 +75,9 @@ pub struct Generation {
     pub completion_tokens: u32,
     /// An embedding request's vectors, one per input.
     pub embeddings: Vec<Vec<f32>>,
+    /// Of the prompt tokens, those taken from the engine's prefix cache; `None` when the
+    /// engine looked in no cache (none kept, or an engine without one).
+    pub cached_tokens: Option<u32>,
 }
 
 /// Why a generation failed.
@@ -109,15 +117,15 @@ pub trait Engine: Send + Sync + 'static {
 
 /// Loads `model` into the engine its config names (a hub model must be in the local
 /// cache or reachable; a worker pulls it first).
-pub async fn load(model: &ModelConfig, force_cpu: bool) -> Result<Arc<dyn Engine>, EngineError> {
+pub async fn load(model: &ModelConfig, worker: &WorkerConfig) -> Result<Arc<dyn Engine>, EngineError> {
     match model.engine {
         EngineKind::Echo => Ok(Arc::new(echo::EchoEngine::new(model.echo_tokens_per_sec))),
-        EngineKind::Mistralrs => Ok(Arc::new(mistral::MistralEngine::load(model, force_cpu).await?)),
+        EngineKind::Mistralrs => Ok(Arc::new(mistral::MistralEngine::load(model, worker).await?)),
         EngineKind::Unknown => Err(EngineError::Invalid("this build does not know the engine".into())),
     }
 }
 
 /// Loads `model` into a mistral.rs engine, as a worker would.
-pub async fn load_mistralrs(model: &ModelConfig, force_cpu: bool) -> Result<Arc<dyn Engine>, EngineError> {
-    Ok(Arc::new(mistral::MistralEngine::load(model, force_cpu).await?))
+pub async fn load_mistralrs(model: &ModelConfig, worker: &WorkerConfig) -> Result<Arc<dyn Engine>, EngineError> {
+    Ok(Arc::new(mistral::MistralEngine::load(model, worker).await?))
 }

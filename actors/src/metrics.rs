@@ -37,6 +37,12 @@ pub struct Metrics {
     pub generated_tokens: IntCounterVec,
     /// Tokens per second of each finished generation (after its first token), by model.
     pub tokens_per_second: HistogramVec,
+    /// Generations that looked in their engine's prefix cache, by model.
+    pub prefix_cache_lookups: IntCounterVec,
+    /// Of those, the ones that found a prefix of their prompt there, by model.
+    pub prefix_cache_hits: IntCounterVec,
+    /// Prompt tokens taken from a prefix cache instead of computed, by model.
+    pub prefix_cache_tokens: IntCounterVec,
     /// Deliveries of a task after its first, by model.
     pub redeliveries: IntCounterVec,
     /// Cancels that stopped a running task, by model.
@@ -131,6 +137,21 @@ impl Metrics {
                 latency_buckets(),
             ),
             generated_tokens: counter("bitinglip_generated_tokens_total", "Tokens generated", &["model"]),
+            prefix_cache_lookups: counter(
+                "bitinglip_prefix_cache_lookups_total",
+                "Generations that looked in their engine's prefix cache",
+                &["model"],
+            ),
+            prefix_cache_hits: counter(
+                "bitinglip_prefix_cache_hits_total",
+                "Generations that found a prefix of their prompt in their engine's prefix cache",
+                &["model"],
+            ),
+            prefix_cache_tokens: counter(
+                "bitinglip_prefix_cache_tokens_total",
+                "Prompt tokens taken from a prefix cache instead of computed",
+                &["model"],
+            ),
             tokens_per_second: histogram(
                 "bitinglip_tokens_per_second",
                 "Tokens per second of each finished generation",

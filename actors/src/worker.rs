@@ -4,10 +4,10 @@
 //! Supervised by the node supervisor; supervises nothing (its slots are tokio tasks it
 //! owns). On start it loads the engine (mistral.rs by default) in the background, then
 //! registers the model with the model managers (`…model.register`), makes sure the model's
-//! durable consumer exists, and starts one slot loop per sequence it may run
-//! (`max_sequences`): each slot has at most one pull request outstanding and pulls the next
-//! task only when the previous one is finished, so a busy worker never takes work another
-//! could do. It subscribes to `…task.*.cancel` to stop a running sequence, and publishes
+//! durable consumer exists, and starts its fetcher: one loop that pulls as many tasks as
+//! the worker has free sequence slots (`max_sequences`), in one pull request, and runs each
+//! in its slot, so a busy worker never takes work another could do and an idle one costs
+//! a few pull requests a second. It subscribes to `…task.*.cancel` to stop a running sequence, and publishes
 //! each task's events on `…task.<id>.events`.
 //!
 //! If the engine fails to load, the worker reports `failed` in the heartbeat and serves
@@ -17,9 +17,9 @@
 //! a worker died continues from the text already streamed (the client library's `prefix_of` of the stored events).
 
 mod ending;
+mod fetch;
 mod finish;
 mod run;
-mod slots;
 
 use std::{
     collections::HashMap,
@@ -72,7 +72,7 @@ pub(crate) struct Running {
     pub(crate) cancelled_at: Option<Instant>,
 }
 
-/// What the slot loops share.
+/// What the fetcher and the running tasks share.
 pub(crate) struct WorkerShared {
     pub(crate) ctx: NodeContext,
     pub(crate) engine: Arc<dyn Engine>,
@@ -95,6 +95,17 @@ fn mark_used(info: &mut WorkerInfo) {
 }
 
 impl WorkerShared {
+    /// Counts a generation's look in the prefix cache (`cached` prompt tokens found), for
+    /// the heartbeat.
+    pub(crate) fn count_prefix_lookup(&self, cached: u32) {
+        if let Ok(mut info) = self.info.lock() {
+            let used = &mut info.prefix_cache;
+            used.lookups += 1;
+            used.hits += u64::from(cached > 0);
+            used.cached_tokens += u64::from(cached);
+        }
+    }
+
     /// Refreshes this worker's row (slots in use, running tasks) for the heartbeat.
     pub(crate) fn publish_info(&self) {
         let running: Vec<RunningTask> = self
@@ -128,7 +139,7 @@ pub struct WorkerState {
     /// The engine failed to load.
     load_failed: bool,
     shared: Option<Arc<WorkerShared>>,
-    /// The slot loops.
+    /// The fetcher (with the tasks it runs).
     tasks: Vec<JoinHandle<()>>,
     /// The cancel listener.
     listener: Option<JoinHandle<()>>,
@@ -159,6 +170,7 @@ fn info(worker_id: &str, model: &ModelConfig, placed: bool, engine: EngineKind, 
         state,
         running: Vec::new(),
         gpus: model.gpus.clone(),
+        prefix_cache: Default::default(),
     }
 }
 
@@ -175,7 +187,7 @@ impl Actor for Worker {
     ) -> Result<WorkerState, ActorProcessingErr> {
         let WorkerArgs { ctx, model, worker_id, placed } = args;
         ctx.set_worker(info(&worker_id, &model, placed, model.engine, Lifecycle::Loading));
-        let force_cpu = ctx.config.worker.force_cpu;
+        let worker_cfg = ctx.config.worker.clone();
         let mut load_cfg = model.clone();
         let pull_ctx = ctx.clone();
         let loader = tokio::spawn(async move {
@@ -196,7 +208,7 @@ impl Actor for Worker {
             tracing::info!(model = %load_cfg.source, engine = %load_cfg.engine, "loading model");
             let served = load_cfg.name.clone().unwrap_or_else(|| load_cfg.served_name());
             let lease = pull_ctx.store.hold_model_status(&served, ModelState::Loading).await;
-            let loaded = crate::engine::load(&load_cfg, force_cpu).await.map_err(|e| e.to_string());
+            let loaded = crate::engine::load(&load_cfg, &worker_cfg).await.map_err(|e| e.to_string());
             drop(lease);
             let (state, reason) = match &loaded {
                 Ok(_) => (ModelState::Loaded, None),
@@ -254,17 +266,13 @@ impl Actor for Worker {
                 });
                 let consumers = queue_consumers(&state.ctx, &served).await?;
                 state.listener = Some(spawn_cancel_listener(shared.clone(), myself.clone()).await?);
-                for slot in 0..state.model.max_sequences {
-                    let shared = shared.clone();
-                    let consumers = consumers.clone();
-                    let me = myself.clone();
-                    state.tasks.push(tokio::spawn(async move {
-                        slots::slot_loop(shared.clone(), consumers, slot).await;
-                        if !shared.stop_fetching.is_cancelled() {
-                            let _ = me.cast(WorkerMsg::LoopEnded("slot"));
-                        }
-                    }));
-                }
+                let (fetch_shared, slots, me) = (shared.clone(), state.model.max_sequences, myself.clone());
+                state.tasks.push(tokio::spawn(async move {
+                    fetch::fetch_loop(fetch_shared.clone(), consumers, slots).await;
+                    if !fetch_shared.stop_fetching.is_cancelled() {
+                        let _ = me.cast(WorkerMsg::LoopEnded("fetch"));
+                    }
+                }));
                 // Registered, then ready: the heartbeat tells task managers this model has a
                 // worker. Registration waits for a model manager without holding the actor.
                 let (reg_ctx, reg_model, reg_id, reg_shared, me) =

@@ -95,6 +95,20 @@ pub struct WorkerConfig {
     /// Of each GPU's memory, what BitingLip may use: a fraction (`0.9`) or bytes
     /// (`"70GiB"`).
     pub gpu_budget: GpuBudget,
+    /// Memory each engine may keep finished sequences' KV cache in, for prompts that
+    /// continue them (`1GiB`; `0`: no prefix cache); absent: [`DEFAULT_PREFIX_CACHE`].
+    #[serde(with = "crate::bytes::opt")]
+    pub prefix_cache: Option<u64>,
+}
+
+/// The prefix cache's memory per engine when the config does not say.
+pub(crate) const DEFAULT_PREFIX_CACHE: u64 = 1 << 30;
+
+impl WorkerConfig {
+    /// Memory each engine may keep its prefix cache in (0: none).
+    pub fn prefix_cache_bytes(&self) -> u64 {
+        self.prefix_cache.unwrap_or(DEFAULT_PREFIX_CACHE)
+    }
 }
 
 impl Default for WorkerConfig {
@@ -105,6 +119,7 @@ impl Default for WorkerConfig {
             drain_grace: Duration::from_secs(30),
             memory: None,
             gpu_budget: GpuBudget::default(),
+            prefix_cache: None,
         }
     }
 }

@@ -300,6 +300,9 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let (_, limited) = bus.store.keys().create(new).await?;
     echo_runs.push(platform::echo_http(&base, &limited, "http-limited", "echo", prompt, 16, duration).await?);
 
+    step("idle: the pull requests of the 64-slot echo worker, 10 s");
+    let idle = platform::idle_pulls(&client, 64, Duration::from_secs(10)).await?;
+
     step("a 10× flood of streamed chats against a model whose queue admits 40");
     let flood = flood::run(&url, 10).await?;
 
@@ -326,7 +329,7 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let worker =
         InProcessNode::start(node_config(&url, "bench-worker", vec![Role::Worker], vec![model.clone()])).await?;
     platform::wait_ready(&bus, model_name, Duration::from_secs(600)).await?;
-    let engine = bitinglip_actors::engine::load_mistralrs(&model, config.worker.force_cpu).await?;
+    let engine = bitinglip_actors::engine::load_mistralrs(&model, &config.worker).await?;
     stream::direct(&engine, 1, 1).await?;
     // Alternating rounds, so neither side gains from going first (warm caches, a busier
     // moment of the machine); each side's best round counts.
@@ -370,6 +373,7 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         floor_rr,
         floor_js,
         flood: Some(flood),
+        idle: Some(idle),
         echo: echo_runs,
         model: model_desc,
         platform: platform_runs,

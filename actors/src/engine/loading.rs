@@ -94,6 +94,28 @@ pub(super) fn device_map(
     Ok(Some((device, mapping)))
 }
 
+/// Finished sequences the prefix cache may keep within `budget` bytes: as many as fit
+/// when each holds the whole context (the most a sequence can hold), at least one when
+/// the budget is not 0; `None` (no prefix cache) for 0. A model whose shape is unknown
+/// keeps mistral.rs's default count.
+pub(super) fn prefix_cache_sequences(budget: u64, shape: Option<&ModelShape>, context: u32) -> Option<usize> {
+    if budget == 0 {
+        return None;
+    }
+    let Some(shape) = shape.filter(|s| s.layers > 0 && s.kv_heads > 0 && s.head_dim > 0) else {
+        return Some(DEFAULT_PREFIX_SEQUENCES);
+    };
+    let per_sequence = crate::ops::estimate::kv_bytes_per_token(shape) * u64::from(context.max(1));
+    Some(usize::try_from(budget / per_sequence.max(1)).unwrap_or(usize::MAX).clamp(1, MAX_PREFIX_SEQUENCES))
+}
+
+/// mistral.rs's own default count of cached sequences.
+const DEFAULT_PREFIX_SEQUENCES: usize = 16;
+
+/// The most sequences the cache keeps whatever the budget: each lookup compares the
+/// prompt with every cached sequence.
+const MAX_PREFIX_SEQUENCES: usize = 256;
+
 /// `layers` spread evenly over `gpus` in order, the first taking the remainder.
 fn layer_split(gpus: &[u32], layers: usize) -> Vec<(usize, usize)> {
     let (each, extra) = (layers / gpus.len(), layers % gpus.len());
@@ -103,6 +125,17 @@ fn layer_split(gpus: &[u32], layers: usize) -> Vec<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_cache_keeps_as_many_whole_contexts_as_its_budget_holds() {
+        // 2 × 2 layers × 2 KV heads × 16 × 2 bytes = 256 bytes a token; 1,024 tokens: 256 KiB.
+        let shape = ModelShape { layers: 2, kv_heads: 2, head_dim: 16, ..empty_shape() };
+        assert_eq!(prefix_cache_sequences(0, Some(&shape), 1024), None);
+        assert_eq!(prefix_cache_sequences(1 << 20, Some(&shape), 1024), Some(4));
+        assert_eq!(prefix_cache_sequences(1, Some(&shape), 1024), Some(1));
+        assert_eq!(prefix_cache_sequences(1 << 40, Some(&shape), 1024), Some(MAX_PREFIX_SEQUENCES));
+        assert_eq!(prefix_cache_sequences(1 << 20, None, 1024), Some(DEFAULT_PREFIX_SEQUENCES));
+    }
 
     #[test]
     fn layers_spread_evenly_over_gpus_the_first_taking_the_remainder() {

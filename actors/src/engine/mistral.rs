@@ -11,7 +11,7 @@ use std::time::Duration;
 use bitinglip_bus_schema::{
     ChatMessage, ChatParams, EngineKind, FinishReason, ModelShape, TokenLogprob, ToolCall, ToolSpec, TopLogprob,
 };
-use bitinglip_config::ModelConfig;
+use bitinglip_config::{ModelConfig, WorkerConfig};
 use either::Either;
 use indexmap::IndexMap;
 use mistralrs::core::{ResponseLogprob, TokenizationRequest};
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    loading::{device_map, empty_shape, isq, model_shape, spec_of},
+    loading::{device_map, empty_shape, isq, model_shape, prefix_cache_sequences, spec_of},
     specials::{without_specials, END_TOKENS, TEMPLATE_TOKENS},
     Engine, EngineError, GenerateRequest, Generation, Piece,
 };
@@ -36,6 +36,8 @@ pub(crate) struct MistralEngine {
     /// A sentence-transformers model (a `modules.json` in its folder): it makes
     /// embeddings, not text.
     embedding: bool,
+    /// It keeps a prefix cache (each generation looks in it).
+    prefix_cache: bool,
     /// The special tokens of its vocabulary that end a sequence in one model or another
     /// ([`END_TOKENS`]): every answer stops at any of them.
     ends: Vec<String>,
@@ -46,7 +48,7 @@ pub(crate) struct MistralEngine {
 
 impl MistralEngine {
     /// Loads the model (this can take minutes for a large one).
-    pub(crate) async fn load(cfg: &ModelConfig, force_cpu: bool) -> Result<Self, EngineError> {
+    pub(crate) async fn load(cfg: &ModelConfig, worker: &WorkerConfig) -> Result<Self, EngineError> {
         let source = if cfg.is_local() {
             std::path::Path::new(&cfg.source)
                 .canonicalize()
@@ -56,11 +58,20 @@ impl MistralEngine {
         } else {
             cfg.source.clone()
         };
-        let cpu = force_cpu || !cfg!(any(feature = "cuda", feature = "metal"));
+        let cpu = worker.force_cpu || !cfg!(any(feature = "cuda", feature = "metal"));
         let shape = model_shape(cfg, &source);
         // A sentence-transformers layout (its `modules.json`: transformer, pooling,
         // normalization) is an embedding model.
         let embedding = std::path::Path::new(&source).join("modules.json").is_file();
+        // The prefix cache keeps finished sequences' KV cache, so a prompt that continues
+        // one (a conversation's next turn) computes only what is new: at most as many
+        // sequences as `worker.prefix_cache` holds at the whole context, least recently
+        // used evicted first, on the CPU too (a patch of mistral.rs,
+        // `vendor/mistralrs-core/BITINGLIP.md`). Under paged attention (GPUs) the cache is
+        // the pool's blocks, shared by prefix.
+        let context = crate::ops::estimate::context_of(shape.as_ref(), &spec_of(cfg));
+        let cached = prefix_cache_sequences(worker.prefix_cache_bytes(), shape.as_ref(), context);
+        let prefix_cache = !embedding && cached.is_some();
         let built = if embedding {
             let mut builder = EmbeddingModelBuilder::new(&source).with_max_num_seqs(cfg.max_sequences as usize);
             if cpu {
@@ -73,9 +84,7 @@ impl MistralEngine {
         } else {
             let mut builder = TextModelBuilder::new(&source)
                 .with_max_num_seqs(cfg.max_sequences as usize)
-                // Prefix caching keeps finished sequences' KV cache around; a server with many
-                // unrelated prompts gains little from it and pays in memory.
-                .with_prefix_cache_n(None);
+                .with_prefix_cache_n(cached);
             if !cfg.is_local() {
                 builder = builder.with_hf_revision(&cfg.revision);
             }
@@ -87,7 +96,6 @@ impl MistralEngine {
             } else {
                 // On a GPU the KV cache is reserved up front, as the estimate counts it:
                 // the context of each sequence times the sequences.
-                let context = crate::ops::estimate::context_of(shape.as_ref(), &spec_of(cfg));
                 let tokens = context as usize * cfg.max_sequences as usize;
                 let paged = mistralrs::PagedAttentionMetaBuilder::default()
                     .with_gpu_memory(mistralrs::MemoryGpuConfig::ContextSize(tokens))
@@ -111,7 +119,8 @@ impl MistralEngine {
             let served = ModelShape { max_context: Some(n), ..shape.clone().unwrap_or_else(empty_shape) };
             crate::ops::estimate::context_of(Some(&served), &spec_of(cfg))
         });
-        let mut engine = Self { model, context_length, embedding, ends: Vec::new(), specials: Vec::new() };
+        let mut engine =
+            Self { model, context_length, embedding, prefix_cache, ends: Vec::new(), specials: Vec::new() };
         if !embedding {
             // Which of the known special tokens this vocabulary has: each is one token.
             for name in END_TOKENS.iter().chain(TEMPLATE_TOKENS.iter()) {
@@ -488,6 +497,8 @@ impl Engine for MistralEngine {
 
         let mut completion_tokens = prefix_len;
         let mut prompt_tokens = prompt_len;
+        // Known from the last chunk's usage; until then, nothing found.
+        let mut cached = self.prefix_cache.then_some(0);
         loop {
             let response = tokio::select! {
                 biased;
@@ -496,7 +507,7 @@ impl Engine for MistralEngine {
                     // next token; give it a moment so the slot is free when we return.
                     drop(rx);
                     tokio::time::sleep(Duration::from_millis(1)).await;
-                    return Ok(Generation::ended(FinishReason::Cancelled, prompt_tokens, completion_tokens));
+                    return Ok(Generation::ended(FinishReason::Cancelled, prompt_tokens, completion_tokens).with_cached(cached));
                 }
                 r = rx.recv() => r,
             };
@@ -510,7 +521,9 @@ impl Engine for MistralEngine {
                 // by length if we saw every token, else by a stop token.
                 let finish_reason =
                     if completion_tokens >= max_tokens { FinishReason::Length } else { FinishReason::Stop };
-                return Ok(Generation::ended(finish_reason, prompt_tokens, completion_tokens.max(1)));
+                return Ok(
+                    Generation::ended(finish_reason, prompt_tokens, completion_tokens.max(1)).with_cached(cached)
+                );
             };
             match response {
                 Response::Chunk(chunk) => {
@@ -534,9 +547,12 @@ impl Engine for MistralEngine {
                     if let Some(usage) = &chunk.usage {
                         prompt_tokens = usage.prompt_tokens as u32;
                         completion_tokens = usage.completion_tokens as u32 + prefix_len;
+                        cached = cached.map(|_| usage.cached_prompt_tokens.min(u32::MAX as usize) as u32);
                     }
                     if let Some(finish_reason) = finished {
-                        return Ok(Generation::ended(finish_reason, prompt_tokens, completion_tokens));
+                        return Ok(
+                            Generation::ended(finish_reason, prompt_tokens, completion_tokens).with_cached(cached)
+                        );
                     }
                 }
                 Response::CompletionChunk(chunk) => {
@@ -556,17 +572,21 @@ impl Engine for MistralEngine {
                         }
                     }
                     if let Some(finish_reason) = finished {
-                        return Ok(Generation::ended(finish_reason, prompt_tokens, completion_tokens));
+                        return Ok(
+                            Generation::ended(finish_reason, prompt_tokens, completion_tokens).with_cached(cached)
+                        );
                     }
                 }
                 Response::Done(done) => {
                     let reason =
                         done.choices.first().map(|c| finish_reason(&c.finish_reason)).unwrap_or(FinishReason::Stop);
+                    cached = cached.map(|_| done.usage.cached_prompt_tokens.min(u32::MAX as usize) as u32);
                     return Ok(Generation::ended(
                         reason,
                         done.usage.prompt_tokens as u32,
                         done.usage.completion_tokens as u32,
-                    ));
+                    )
+                    .with_cached(cached));
                 }
                 // The context length was checked above; anything else the engine refuses is
                 // a request it can never run.

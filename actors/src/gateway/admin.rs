@@ -162,6 +162,25 @@ pub(super) struct NodeWorkerView {
     in_flight: u32,
     /// Most tasks it runs at once.
     max_sequences: u32,
+    /// Its engine's prefix cache since it loaded.
+    prefix_cache: PrefixCacheView,
+}
+
+/// What a worker's prefix cache did since its engine loaded.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PrefixCacheView {
+    /// Generations that looked in it.
+    lookups: u64,
+    /// Of those, the ones that found a prefix of their prompt there.
+    hits: u64,
+    /// Prompt tokens taken from it instead of computed.
+    cached_tokens: u64,
+}
+
+impl From<bitinglip_bus_schema::PrefixCacheUse> for PrefixCacheView {
+    fn from(u: bitinglip_bus_schema::PrefixCacheUse) -> Self {
+        Self { lookups: u.lookups, hits: u.hits, cached_tokens: u.cached_tokens }
+    }
 }
 
 /// A live node.
@@ -337,6 +356,7 @@ pub(super) async fn cluster(State(ctx): State<NodeContext>) -> Result<Json<Clust
                     state: w.state,
                     in_flight: w.in_flight,
                     max_sequences: w.max_sequences,
+                    prefix_cache: w.prefix_cache.into(),
                 })
                 .collect(),
             node_id: n.node_id,

@@ -45,12 +45,16 @@ pub fn context_of(shape: Option<&ModelShape>, spec: &ModelSpec) -> u32 {
     }
 }
 
+/// What one token of a sequence takes in the KV cache: keys and values of every layer.
+pub fn kv_bytes_per_token(shape: &ModelShape) -> u64 {
+    2 * u64::from(shape.layers) * u64::from(shape.kv_heads) * u64::from(shape.head_dim) * DTYPE_BYTES
+}
+
 /// The estimate for one replica of `spec` of a model of `shape` (pure).
 pub fn estimate(shape: &ModelShape, spec: &ModelSpec) -> MemoryEstimate {
     let sequences = spec.max_sequences.unwrap_or(4).max(1);
     let context_length = context_of(Some(shape), spec);
-    let kv_bytes_per_token =
-        2 * u64::from(shape.layers) * u64::from(shape.kv_heads) * u64::from(shape.head_dim) * DTYPE_BYTES;
+    let kv_bytes_per_token = kv_bytes_per_token(shape);
     let kv_cache = kv_bytes_per_token.saturating_mul(u64::from(context_length)).saturating_mul(u64::from(sequences));
     let weights = match spec.quantize {
         Some(q) => {

@@ -52,6 +52,14 @@ fn record_generation(
     pieces: u64,
 ) {
     if let Ok(g) = result {
+        if let Some(cached) = g.cached_tokens {
+            metrics().prefix_cache_lookups.with_label_values(&[model]).inc();
+            if cached > 0 {
+                metrics().prefix_cache_hits.with_label_values(&[model]).inc();
+                metrics().prefix_cache_tokens.with_label_values(&[model]).inc_by(u64::from(cached));
+            }
+            span.record("gen_ai.usage.cached_input_tokens", cached);
+        }
         span.record("gen_ai.usage.input_tokens", g.prompt_tokens);
         span.record("gen_ai.usage.output_tokens", g.completion_tokens);
         span.record("gen_ai.response.finish_reasons", g.finish_reason.as_str());
@@ -221,6 +229,7 @@ async fn run_claimed(shared: &Arc<WorkerShared>, a: Attempt) {
             time_to_first_token_ms: generated.first_token.unwrap_or(total).as_secs_f64() * 1000.0,
             total_time_ms: total.as_secs_f64() * 1000.0,
             queue_time_ms,
+            cached_tokens: g.cached_tokens.unwrap_or(0),
         }
     };
     let stop_ms = generated
@@ -442,6 +451,7 @@ async fn generate(shared: &Arc<WorkerShared>, a: &Attempt, claimed: &Claimed) ->
     let generation = tracing::info_span!(
         "generate",
         gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.cached_input_tokens = tracing::field::Empty,
         gen_ai.usage.output_tokens = tracing::field::Empty,
         time_to_first_token_ms = tracing::field::Empty,
         tokens_per_second = tracing::field::Empty,
@@ -514,6 +524,9 @@ async fn generate(shared: &Arc<WorkerShared>, a: &Attempt, claimed: &Claimed) ->
         _ = watch_hand_back => unreachable!("the hand-back watch never ends"),
     };
     record_generation(&generation, model, &result, first_token, first_at.zip(last_token), pieces);
+    if let Some(cached) = result.as_ref().ok().and_then(|g| g.cached_tokens) {
+        shared.count_prefix_lookup(cached);
+    }
 
     let cancelled_at = shared.running.lock().ok().and_then(|mut r| r.remove(task_id)).and_then(|t| t.cancelled_at);
     shared.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -32,6 +32,20 @@ pub struct WorkerInfo {
     /// The GPUs (CUDA ordinals) it runs on; empty on the CPU.
     #[serde(default)]
     pub gpus: Vec<u32>,
+    /// Its engine's prefix cache since it loaded.
+    #[serde(default)]
+    pub prefix_cache: PrefixCacheUse,
+}
+
+/// What a worker's prefix cache did since its engine loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixCacheUse {
+    /// Generations that looked in it.
+    pub lookups: u64,
+    /// Of those, the ones that found a prefix of their prompt there.
+    pub hits: u64,
+    /// Prompt tokens taken from it instead of computed.
+    pub cached_tokens: u64,
 }
 
 /// A task a worker is generating.
@@ -170,6 +184,7 @@ mod tests {
             last_used_ms: 9,
             placed: true,
             gpus: vec![0],
+            prefix_cache: PrefixCacheUse { lookups: 3, hits: 2, cached_tokens: 900 },
         };
         pin(
             worker.clone(),
@@ -184,9 +199,11 @@ mod tests {
                 "last_used_ms",
                 "placed",
                 "gpus",
+                "prefix_cache",
             ],
         );
         pin(worker.running[0].clone(), &["task_id", "attempt", "ack_subject"]);
+        pin(worker.prefix_cache, &["lookups", "hits", "cached_tokens"]);
         let hb = NodeHeartbeat {
             node_id: "n1".into(),
             roles: vec![Role::Worker],

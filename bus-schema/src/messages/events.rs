@@ -47,6 +47,10 @@ pub struct Usage {
     /// From acceptance to the worker's claim (time in the queue), ms.
     #[serde(default)]
     pub queue_time_ms: f64,
+    /// Of the prompt tokens, those the engine took from its prefix cache instead of
+    /// computing them (an earlier sequence began the same way).
+    #[serde(default)]
+    pub cached_tokens: u32,
 }
 
 /// An event of one task, on `…task.<id>.events`. `seq` orders chunks; events of an older
@@ -220,6 +224,7 @@ mod tests {
             time_to_first_token_ms: 1.5,
             total_time_ms: 9.0,
             queue_time_ms: 0.5,
+            cached_tokens: 2,
         };
         pin(
             TaskEvent::Completed(TaskCompleted {
@@ -238,7 +243,17 @@ mod tests {
             &["type", "task_id", "attempt", "text", "finish_reason", "usage", "chunks"],
         );
         pin(LargeParts::default(), &["tool_calls", "logprobs", "embeddings"]);
-        pin(usage, &["prompt_tokens", "completion_tokens", "time_to_first_token_ms", "total_time_ms", "queue_time_ms"]);
+        pin(
+            usage,
+            &[
+                "prompt_tokens",
+                "completion_tokens",
+                "time_to_first_token_ms",
+                "total_time_ms",
+                "queue_time_ms",
+                "cached_tokens",
+            ],
+        );
         pin(
             TaskEvent::Failed(TaskFailed { task_id: id(), attempt: 2, error: WireError::new(ErrorKind::Engine, "x") }),
             &["type", "task_id", "attempt", "error"],

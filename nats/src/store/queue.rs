@@ -337,24 +337,41 @@ impl Consumers {
         }
     }
 
-    /// Takes one task of `priority` if one is waiting, without waiting.
-    pub async fn take_now(&self, priority: Priority) -> Result<Option<Delivery>, StoreError> {
-        let batch =
-            self.of(priority).fetch().max_messages(1).messages().await.map_err(|e| StoreError::unavailable(WHAT, e))?;
-        first(batch, PULL_ANSWER).await
+    /// Up to `n` tasks of `priority`, as they come: those waiting now (`wait` is
+    /// `None`), or those that come within `wait`. One pull request, whatever `n`: a
+    /// worker asks for as many tasks as it has free slots at once.
+    pub async fn pull(&self, priority: Priority, n: usize, wait: Option<Duration>) -> Result<Pull, StoreError> {
+        let n = n.max(1);
+        let consumer = self.of(priority);
+        let batch = match wait {
+            None => consumer.fetch().max_messages(n).messages().await,
+            Some(wait) => consumer.batch().max_messages(n).expires(wait).messages().await,
+        };
+        let batch = batch.map_err(|e| StoreError::unavailable(WHAT, e))?;
+        let deadline = tokio::time::Instant::now() + wait.unwrap_or_default() + PULL_ANSWER;
+        Ok(Pull { batch, deadline })
     }
+}
 
-    /// Waits up to `wait` for one task of `priority`.
-    pub async fn take_within(&self, priority: Priority, wait: Duration) -> Result<Option<Delivery>, StoreError> {
-        let batch = self
-            .of(priority)
-            .batch()
-            .max_messages(1)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| StoreError::unavailable(WHAT, e))?;
-        first(batch, wait + PULL_ANSWER).await
+/// The tasks one pull request brings, as they come.
+pub struct Pull {
+    batch: jetstream::consumer::pull::Batch,
+    deadline: tokio::time::Instant,
+}
+
+impl Pull {
+    /// The next task; `None` once the pull is over (all it asked for came, nothing more
+    /// was waiting, or its wait ran out).
+    pub async fn next(&mut self) -> Result<Option<Delivery>, StoreError> {
+        match tokio::time::timeout_at(self.deadline, self.batch.next()).await {
+            Ok(next) => {
+                next.transpose().map(|m| m.map(|msg| Delivery { msg })).map_err(|e| StoreError::unavailable(WHAT, e))
+            }
+            Err(_) => {
+                tracing::warn!("a pull went unanswered; pulling again");
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -364,16 +381,3 @@ impl Consumers {
 /// on it would wait for ever while the new leader sees no one pulling. Past this, the
 /// pull is given up and made again.
 const PULL_ANSWER: Duration = Duration::from_secs(5);
-
-/// The first message of `batch`, or none when `within` passes without an answer.
-async fn first(mut batch: jetstream::consumer::pull::Batch, within: Duration) -> Result<Option<Delivery>, StoreError> {
-    match tokio::time::timeout(within, batch.next()).await {
-        Ok(next) => {
-            next.transpose().map(|m| m.map(|msg| Delivery { msg })).map_err(|e| StoreError::unavailable(WHAT, e))
-        }
-        Err(_) => {
-            tracing::warn!(waited = ?within, "a pull went unanswered; pulling again");
-            Ok(None)
-        }
-    }
-}

@@ -47,7 +47,7 @@ pub(crate) async fn run(config: &Config, a: Against) -> anyhow::Result<()> {
     let mut model = ModelConfig::new(a.dir.display().to_string());
     model.max_sequences = a.max_sequences;
     model.context_length = a.context_length;
-    let engine = bitinglip_actors::engine::load_mistralrs(&model, config.worker.force_cpu).await?;
+    let engine = bitinglip_actors::engine::load_mistralrs(&model, &config.worker).await?;
     // Both sides warm: the first generation compiles kernels and fills pools.
     stream::direct(&engine, 1, 4).await?;
     stream::platform(&client, &a.model, 1, 4).await?;

@@ -211,3 +211,26 @@ pub(crate) fn bench_admin_key() -> &'static str {
     static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     KEY.get_or_init(|| format!("bench-{}-{}", ulid::Ulid::new(), ulid::Ulid::new()))
 }
+
+/// What an idle worker's pulls cost: the pull requests it makes a second.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdlePulls {
+    /// Its sequence slots.
+    pub(crate) slots: u32,
+    /// Pull requests a second, counted on JetStream's pull subject.
+    pub(crate) per_sec: f64,
+}
+
+/// Counts the pull requests every worker makes during `window` (a copy of each reaches a
+/// subscriber to JetStream's pull subject), with nothing queued: the cost of idle workers.
+pub(crate) async fn idle_pulls(client: &async_nats::Client, slots: u32, window: Duration) -> anyhow::Result<IdlePulls> {
+    use futures::StreamExt;
+    let mut pulls = client.subscribe("$JS.API.CONSUMER.MSG.NEXT.>").await?;
+    client.flush().await?;
+    let mut seen = 0u64;
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, pulls.next()).await {
+        seen += 1;
+    }
+    Ok(IdlePulls { slots, per_sec: seen as f64 / window.as_secs_f64() })
+}

@@ -16,6 +16,8 @@ pub(crate) struct Report {
     pub(crate) floor_js: Vec<(usize, Samples)>,
     /// The flood of refusals, when measured.
     pub(crate) flood: Option<super::flood::Flood>,
+    /// An idle worker's pull requests, when measured.
+    pub(crate) idle: Option<super::platform::IdlePulls>,
     pub(crate) echo: Vec<EchoRun>,
     pub(crate) model: String,
     pub(crate) platform: Vec<StreamRun>,
@@ -107,6 +109,10 @@ impl Report {
         for (p, d) in self.platform.iter().zip(&self.direct) {
             let r = ratio(p.tokens_per_sec(), d.tokens_per_sec());
             out.push((format!("platform ÷ direct tokens/s, {} stream(s)", p.streams), r, "≥ 0.95".into(), r >= 0.95));
+        }
+        if let Some(idle) = &self.idle {
+            let r = ratio(idle.per_sec, f64::from(idle.slots));
+            out.push((format!("idle pull requests/s ÷ slots, {} slots", idle.slots), r, "≤ 0.1".into(), r <= 0.1));
         }
         let accepted1 = self.echo("nats", 1).and_then(|r| r.accepted.as_ref()).map(Samples::p50);
         if let (Some(flood), Some(accepted1)) = (&self.flood, accepted1) {
@@ -201,6 +207,13 @@ impl Report {
         if let Some(flood) = &self.flood {
             let _ = writeln!(s, "\n### {}\n", flood.title());
             let _ = writeln!(s, "{}", flood.table());
+        }
+        if let Some(idle) = &self.idle {
+            let _ = writeln!(
+                s,
+                "\nAn idle worker with {} slots makes {:.1} pull requests a second (one fetcher per worker; one pull loop per slot made about three per slot).",
+                idle.slots, idle.per_sec
+            );
         }
         let _ = writeln!(s, "\n### Streaming, {}\n", self.model);
         let _ = writeln!(s, "| streams | platform tokens/s | direct mistral.rs tokens/s | platform ÷ direct |\n| ---: | ---: | ---: | ---: |");

@@ -28,14 +28,16 @@ pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
             .flat_map(|n| {
                 n.workers.iter().map(move |w| {
                     serde_json::json!({"worker_id": w.worker_id, "node_id": n.node_id, "model": w.model, "engine": w.engine,
-                        "device": n.device, "gpus": w.gpus, "state": w.state, "in_flight": w.in_flight, "max_sequences": w.max_sequences})
+                        "device": n.device, "gpus": w.gpus, "state": w.state, "in_flight": w.in_flight, "max_sequences": w.max_sequences,
+                        "prefix_cache": w.prefix_cache})
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let mut rows = vec![["WORKER", "NODE", "MODEL", "ENGINE", "DEVICE", "STATE", "SLOTS"].map(String::from).to_vec()];
+    let mut rows =
+        vec![["WORKER", "NODE", "MODEL", "ENGINE", "DEVICE", "STATE", "SLOTS", "CACHE"].map(String::from).to_vec()];
     for n in &nodes {
         for w in &n.workers {
             rows.push(vec![
@@ -46,11 +48,26 @@ pub(super) async fn workers(config: Config, json: bool) -> anyhow::Result<()> {
                 device_of(n.device.as_str(), &w.gpus),
                 w.state.to_string(),
                 format!("{}/{}", w.in_flight, w.max_sequences),
+                cache_of(&w.prefix_cache),
             ]);
         }
     }
     super::print_table(&rows);
     Ok(())
+}
+
+/// A worker's prefix cache: `2/3 hits, 1.8k tokens` (hits of lookups, prompt tokens taken
+/// from it), `-` before its first lookup.
+fn cache_of(used: &bitinglip_bus_schema::PrefixCacheUse) -> String {
+    if used.lookups == 0 {
+        return "-".into();
+    }
+    let tokens = match used.cached_tokens {
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}k", n as f64 / 1e3),
+        n => n.to_string(),
+    };
+    format!("{}/{} hits, {tokens} tokens", used.hits, used.lookups)
 }
 
 /// `cuda`, or `cuda:0+1` for a worker pinned to GPUs 0 and 1.
@@ -102,6 +119,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
                     "workers": n.workers.iter().map(|w| serde_json::json!({
                         "worker_id": w.worker_id, "model": w.model, "engine": w.engine, "state": w.state,
                         "in_flight": w.in_flight, "max_sequences": w.max_sequences, "gpus": w.gpus,
+                        "prefix_cache": w.prefix_cache,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -130,7 +148,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
     println!();
     let mut rows = vec![[
         "NODE", "HEALTH", "ROLES", "HTTP", "DEVICE", "MEM FREE", "UPTIME", "WORKER", "MODEL", "ENGINE", "STATE",
-        "SLOTS",
+        "SLOTS", "CACHE",
     ]
     .map(String::from)
     .to_vec()];
@@ -147,7 +165,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
             uptime,
         ];
         if n.workers.is_empty() {
-            rows.push([base.clone(), vec!["-".into(); 5]].concat());
+            rows.push([base.clone(), vec!["-".into(); 6]].concat());
         }
         for w in &n.workers {
             rows.push(
@@ -159,6 +177,7 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
                         w.engine.to_string(),
                         w.state.to_string(),
                         format!("{}/{}", w.in_flight, w.max_sequences),
+                        cache_of(&w.prefix_cache),
                     ],
                 ]
                 .concat(),
@@ -231,12 +250,21 @@ mod tests {
                     last_used_ms: 0,
                     placed: false,
                     gpus: vec![],
+                    prefix_cache: Default::default(),
                 })
                 .collect(),
             time_ms,
             version: "0".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_workers_cache_reads_as_hits_of_lookups_and_tokens() {
+        use bitinglip_bus_schema::PrefixCacheUse;
+        assert_eq!(super::cache_of(&PrefixCacheUse::default()), "-");
+        let used = PrefixCacheUse { lookups: 3, hits: 2, cached_tokens: 1_850 };
+        assert_eq!(super::cache_of(&used), "2/3 hits, 1.9k tokens");
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub(crate) struct OpenAiUsage {
     completion_tokens: u32,
     /// The sum.
     total_tokens: u32,
+    /// Of the prompt's tokens, those the engine took from its prefix cache.
+    prompt_tokens_details: PromptTokensDetails,
     /// From the task's start on a worker to its first token, ms.
     time_to_first_token_ms: f64,
     /// On the worker, ms.
@@ -25,12 +27,21 @@ pub(crate) struct OpenAiUsage {
     queue_time_ms: f64,
 }
 
+/// OpenAI's `prompt_tokens_details`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct PromptTokensDetails {
+    /// Prompt tokens found in the engine's prefix cache (an earlier sequence on the same
+    /// worker began the same way), not computed again. Exact: the engine counts them.
+    cached_tokens: u32,
+}
+
 impl From<&Usage> for OpenAiUsage {
     fn from(u: &Usage) -> Self {
         Self {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: u.cached_tokens },
             time_to_first_token_ms: u.time_to_first_token_ms,
             total_time_ms: u.total_time_ms,
             queue_time_ms: u.queue_time_ms,

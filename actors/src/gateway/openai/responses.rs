@@ -134,7 +134,7 @@ pub(crate) struct ResponseUsage {
     total_tokens: u32,
 }
 
-/// Input tokens read from a cache (none).
+/// Input tokens the engine took from its prefix cache.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(crate) struct CachedTokens {
     cached_tokens: u32,
@@ -202,7 +202,7 @@ fn response_object(
         let u = &done.usage;
         r.usage = Some(ResponseUsage {
             input_tokens: u.prompt_tokens,
-            input_tokens_details: CachedTokens { cached_tokens: 0 },
+            input_tokens_details: CachedTokens { cached_tokens: u.cached_tokens },
             output_tokens: u.completion_tokens,
             output_tokens_details: ReasoningTokens { reasoning_tokens: 0 },
             total_tokens: u.prompt_tokens + u.completion_tokens,

@@ -105,10 +105,28 @@ function route() {
   if (!views[name].once) state.timer = setInterval(() => { if (state.view === name) refresh(); }, 2000);
 }
 
+// A worker's prefix cache: hits of lookups and the prompt tokens taken from it.
+function cacheUse(c) {
+  if (!c || !c.lookups) return "-";
+  return `${c.hits} / ${c.lookups} hits · ${c.cached_tokens} tokens`;
+}
+
+// Each model's prefix-cache hit rate over its workers.
+function cacheRates(nodes) {
+  const byModel = {};
+  for (const w of nodes.flatMap((n) => n.workers)) {
+    const m = (byModel[w.model] ||= { lookups: 0, hits: 0, cached_tokens: 0 });
+    for (const k of ["lookups", "hits", "cached_tokens"]) m[k] += (w.prefix_cache || {})[k] || 0;
+  }
+  const rows = Object.entries(byModel).filter(([, c]) => c.lookups).map(([model, c]) =>
+    `<tr data-model="${esc(model)}"><td>${esc(model)}</td><td>${((c.hits / c.lookups) * 100).toFixed(0)}%</td><td>${c.hits} / ${c.lookups}</td><td>${c.cached_tokens}</td></tr>`).join("");
+  return rows ? `<h2>Prefix cache</h2><div class="table-wrap"><table id="cache-rates"><thead><tr><th>model</th><th>hit rate</th><th>hits</th><th>cached tokens</th></tr></thead><tbody>${rows}</tbody></table></div>` : "";
+}
+
 async function renderCluster(body) {
   const [cluster, ready] = await Promise.all([json("/api/v1/cluster"), fetch("/ready").then((r) => r.json().catch(() => ({})))]);
   const nodes = cluster.nodes.map((n) => {
-    const workers = n.workers.map((w) => `<tr><td>${esc(w.model)}</td><td>${badge(w.state, w.state === "ready" ? "ok" : w.state === "failed" ? "bad" : "warn")}</td><td>${w.in_flight} / ${w.max_sequences}</td></tr>`).join("");
+    const workers = n.workers.map((w) => `<tr data-worker="${esc(w.worker_id)}"><td>${esc(w.model)}</td><td>${badge(w.state, w.state === "ready" ? "ok" : w.state === "failed" ? "bad" : "warn")}</td><td>${w.in_flight} / ${w.max_sequences}</td><td class="cache">${cacheUse(w.prefix_cache)}</td></tr>`).join("");
     const used = n.memory_total ? (1 - n.memory_free / n.memory_total) * 100 : 0;
     const stale = Date.now() - n.last_heartbeat_ms > 5000;
     const gpus = (n.gpus || []).map((g) => {
@@ -122,7 +140,7 @@ async function renderCluster(body) {
       <dt>memory</dt><dd>${mib(n.memory_total - n.memory_free)} used of ${mib(n.memory_total)}<div class="bar"><span style="width:${used.toFixed(0)}%"></span></div></dd>
       <dt>up</dt><dd>${ago(n.started_ms)}</dd><dt>http</dt><dd>${esc(n.http || "-")}</dd><dt>version</dt><dd>${esc(n.version)}</dd></dl>
       ${gpus ? `<div class="table-wrap"><table class="gpus"><thead><tr><th>gpu</th><th>name</th><th>memory</th><th>budget</th><th>cc</th><th>util</th></tr></thead><tbody>${gpus}</tbody></table></div>` : ""}
-      ${workers ? `<div class="table-wrap"><table><thead><tr><th>model</th><th>worker</th><th>slots</th></tr></thead><tbody>${workers}</tbody></table></div>` : ""}
+      ${workers ? `<div class="table-wrap"><table><thead><tr><th>model</th><th>worker</th><th>slots</th><th>prefix cache</th></tr></thead><tbody>${workers}</tbody></table></div>` : ""}
     </article>`;
   }).join("");
   const checks = ["nats", "jetstream", "model_loaded"].map((k) => `${esc(k)} ${badge(ready[k] ? "ok" : "down", ready[k] ? "ok" : "bad")}`).join(" ");
@@ -140,6 +158,7 @@ async function renderCluster(body) {
   const warnings = (ready.warnings || []).map((w) => `<p class="warning">${badge("warning", "warn")} ${esc(w)}</p>`).join("");
   body.innerHTML = `<p>This gateway: ${checks} &nbsp; Leading cluster manager: <strong>${esc(cluster.leader || "none")}</strong></p>${warnings}
     <div class="charts">${chart("Time to first token", ttft, "ms")}${chart("Tokens per second", tps, "tok/s")}${chart("Time queued", queued, "ms")}</div>
+    ${cacheRates(cluster.nodes)}
     <div class="cards">${nodes || "<p>No live node.</p>"}</div>`;
 }
 
