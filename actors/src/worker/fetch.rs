@@ -1,22 +1,14 @@
-//! The worker's fetcher: it reserves the worker's free sequence slots and pulls as many
-//! tasks as it reserved, in one pull request, running each in a slot of its own. A busy
-//! worker never holds work another could do (it asks only for what it can start now); an
-//! idle one has one pull in flight for all its slots, a few requests a second whatever
-//! their number; under load each slot that frees starts a pull of its own at once, so
-//! pulls overlap as they did with a loop per slot.
+//! The worker's fetcher: one loop per worker that pulls as many tasks as the worker has
+//! free sequence slots, in one pull request, and runs each in a slot of its own. A busy
+//! worker never holds work another could do (it asks only for what it can start now),
+//! and an idle one costs a few pull requests a second whatever its slot count.
 //!
 //! Each model has two durable consumers, one per priority class. Free slots take
 //! interactive tasks first; after four interactive tasks in a row batch is looked at first
-//! once, so batch is never starved. When both are empty a pull waits on the interactive
-//! queue (woken at once by a new task) and looks at batch again every second.
+//! once, so batch is never starved. When both are empty the fetcher waits on the
+//! interactive queue (woken at once by a new task) and looks at batch again every second.
 
-use std::{
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use bitinglip_bus_schema::Priority;
 use bitinglip_nats::store::queue::{Consumers, Pull};
@@ -27,8 +19,8 @@ use tokio::{
 
 use super::{run::run_task, WorkerShared};
 
-/// How long an idle pull waits for an interactive task before it looks at the batch queue
-/// again.
+/// How long an idle fetcher's pull waits for an interactive task before it looks at the
+/// batch queue again.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Interactive tasks taken in a row before the batch queue is looked at first, once.
@@ -38,107 +30,106 @@ const INTERACTIVE_STREAK: u32 = 4;
 /// the running ones to end.
 pub(super) async fn fetch_loop(shared: Arc<WorkerShared>, consumers: Consumers, slots: u32) {
     let free = Arc::new(Semaphore::new(slots.max(1) as usize));
-    let streak = Arc::new(AtomicU32::new(0));
-    let mut pulls = JoinSet::new();
+    let mut running = JoinSet::new();
+    let mut fetcher = Fetcher { shared: &shared, free: &free, running: &mut running, interactive_streak: 0 };
+    let mut backoff = Duration::from_millis(100);
     while !shared.stop_fetching.is_cancelled() {
-        while pulls.try_join_next().is_some() {}
-        // A free slot first: a full worker asks for nothing. Then every other free one,
-        // for the same pull.
+        while fetcher.running.try_join_next().is_some() {}
+        // A free slot first: a full worker asks for nothing.
         let slot = tokio::select! {
             _ = shared.stop_fetching.cancelled() => break,
             slot = free.clone().acquire_owned() => slot,
         };
-        let Ok(mut reserved) = slot else { break };
-        while let Ok(more) = free.clone().try_acquire_owned() {
-            reserved.merge(more);
-        }
-        let pull = Pulling { shared: shared.clone(), consumers: consumers.clone(), streak: streak.clone() };
-        pulls.spawn(async move {
-            let stop = pull.shared.stop_fetching.clone();
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                () = pull.fill(reserved) => {}
-            }
-        });
-    }
-    // Draining: no pull goes on; what runs finishes (or is handed back when the grace
-    // runs out), each run holding its slot until it ends.
-    pulls.abort_all();
-    while pulls.join_next().await.is_some() {}
-    let _ = free.acquire_many(slots.max(1)).await;
-}
-
-/// One pull, for the slots it reserved.
-struct Pulling {
-    shared: Arc<WorkerShared>,
-    consumers: Consumers,
-    /// Interactive tasks taken in a row, across the worker's pulls.
-    streak: Arc<AtomicU32>,
-}
-
-impl Pulling {
-    /// Takes tasks for the `reserved` slots: waiting ones of the first class, then of the
-    /// other, else waits a while for an interactive one. Slots left unused free again.
-    async fn fill(self, mut reserved: OwnedSemaphorePermit) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.try_fill(&mut reserved).await {
-                Ok(()) => return,
-                Err(err) => {
-                    tracing::warn!(cause = %err, "fetch failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+        let Ok(slot) = slot else { break };
+        let got = tokio::select! {
+            _ = shared.stop_fetching.cancelled() => break,
+            got = fetcher.fill(&consumers, slot) => got,
+        };
+        match got {
+            Ok(_) => backoff = Duration::from_millis(100),
+            Err(err) => {
+                tracing::warn!(cause = %err, "fetch failed; retrying");
+                tokio::select! {
+                    _ = shared.stop_fetching.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
+    // Draining: what runs finishes (or is handed back when the grace runs out).
+    while running.join_next().await.is_some() {}
+}
 
-    async fn try_fill(&self, reserved: &mut OwnedSemaphorePermit) -> Result<(), bitinglip_nats::StoreError> {
-        let order = if self.streak.load(Ordering::Relaxed) >= INTERACTIVE_STREAK {
+/// The fetcher's state between pulls.
+struct Fetcher<'a> {
+    shared: &'a Arc<WorkerShared>,
+    free: &'a Arc<Semaphore>,
+    running: &'a mut JoinSet<()>,
+    interactive_streak: u32,
+}
+
+impl Fetcher<'_> {
+    /// Takes tasks for the free slots (`slot` held, and the others free now): waiting
+    /// ones of the first class, then of the other, else waits a while for an interactive
+    /// one. The number of tasks started.
+    async fn fill(
+        &mut self,
+        consumers: &Consumers,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<usize, bitinglip_nats::StoreError> {
+        let mut slot = Some(slot);
+        let order = if self.interactive_streak >= INTERACTIVE_STREAK {
             [Priority::Batch, Priority::Interactive]
         } else {
             [Priority::Interactive, Priority::Batch]
         };
         let mut started = 0;
         for priority in order {
-            if reserved.num_permits() == 0 {
-                return Ok(());
+            let wanted = self.free_slots(&slot);
+            if wanted == 0 {
+                return Ok(started);
             }
-            let pull = self.consumers.pull(priority, reserved.num_permits(), None).await?;
-            started += self.start_all(pull, priority, reserved).await?;
+            let pull = consumers.pull(priority, wanted, None).await?;
+            started += self.start_all(pull, priority, &mut slot).await?;
         }
         if started == 0 {
-            // Nothing waiting: a worker that found batch empty resets its streak.
-            self.streak.store(0, Ordering::Relaxed);
-            let pull = self.consumers.pull(Priority::Interactive, reserved.num_permits(), Some(IDLE_WAIT)).await?;
-            self.start_all(pull, Priority::Interactive, reserved).await?;
+            // Nothing waiting: a fetcher that found batch empty resets its streak.
+            self.interactive_streak = 0;
+            let wanted = self.free_slots(&slot);
+            let pull = consumers.pull(Priority::Interactive, wanted, Some(IDLE_WAIT)).await?;
+            started += self.start_all(pull, Priority::Interactive, &mut slot).await?;
         }
-        Ok(())
+        Ok(started)
     }
 
-    /// Starts every task `pull` brings, each in one of the `reserved` slots. The number
-    /// started.
+    /// Slots free now, counting the one held.
+    fn free_slots(&self, held: &Option<OwnedSemaphorePermit>) -> usize {
+        usize::from(held.is_some()) + self.free.available_permits()
+    }
+
+    /// Starts every task `pull` brings, each in a slot (the held one first).
     async fn start_all(
-        &self,
+        &mut self,
         mut pull: Pull,
         priority: Priority,
-        reserved: &mut OwnedSemaphorePermit,
+        held: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<usize, bitinglip_nats::StoreError> {
         let mut started = 0;
         while let Some(msg) = pull.next().await? {
-            let Some(slot) = reserved.split(1) else {
+            let Some(permit) = held.take().or_else(|| self.free.clone().try_acquire_owned().ok()) else {
                 // Never asked for: back to the queue at once, for whoever is free.
                 msg.nak(None).await;
                 continue;
             };
-            match priority {
-                Priority::Interactive => self.streak.fetch_add(1, Ordering::Relaxed),
-                Priority::Batch => self.streak.swap(0, Ordering::Relaxed),
+            self.interactive_streak = match priority {
+                Priority::Interactive => self.interactive_streak + 1,
+                Priority::Batch => 0,
             };
             let shared = self.shared.clone();
-            tokio::spawn(async move {
+            self.running.spawn(async move {
                 run_task(&shared, msg).await;
-                drop(slot);
+                drop(permit);
             });
             started += 1;
         }
