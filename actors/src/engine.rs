@@ -3,6 +3,7 @@
 //! measure the platform and to drive fault tests. The benchmark loads the very engine a
 //! worker runs, in its own process, as the baseline of the platform's streaming rate.
 
+mod convert;
 mod echo;
 mod loading;
 mod mistral;
