@@ -43,6 +43,13 @@ pub struct Metrics {
     pub prefix_cache_hits: IntCounterVec,
     /// Prompt tokens taken from a prefix cache instead of computed, by model.
     pub prefix_cache_tokens: IntCounterVec,
+    /// Interactive tasks queued, by model and route (`pinned` to a worker by cache
+    /// affinity, or `shared`).
+    pub routed: IntCounterVec,
+    /// Pinned tasks a saturated worker released to the shared queue, by model.
+    pub released: IntCounterVec,
+    /// Pinned tasks a worker took over from a worker gone, by model.
+    pub taken_over: IntCounterVec,
     /// Deliveries of a task after its first, by model.
     pub redeliveries: IntCounterVec,
     /// Cancels that stopped a running task, by model.
@@ -156,6 +163,21 @@ impl Metrics {
                 "bitinglip_tokens_per_second",
                 "Tokens per second of each finished generation",
                 exponential_buckets(1.0, 2.0, 16).expect("valid buckets"),
+            ),
+            routed: counter(
+                "bitinglip_routed_tasks_total",
+                "Interactive tasks queued, pinned to a worker by cache affinity or shared",
+                &["model", "route"],
+            ),
+            released: counter(
+                "bitinglip_pinned_released_total",
+                "Pinned tasks a saturated worker released to the shared queue",
+                &["model"],
+            ),
+            taken_over: counter(
+                "bitinglip_pinned_taken_over_total",
+                "Pinned tasks a worker took over from a worker gone",
+                &["model"],
             ),
             redeliveries: counter("bitinglip_redeliveries_total", "Deliveries of a task after its first", &["model"]),
             cancels: counter("bitinglip_cancels_total", "Cancels that stopped a running task", &["model"]),

@@ -6,7 +6,8 @@
 //! answered once. For a submit it validates the request (fields, known model, a live
 //! worker for it), picks the task id (the caller's, one derived from the idempotency key,
 //! or a new ULID), reserves a place in the model's queue from its own count, publishes the
-//! task to the task's subject in the tasks stream with `Nats-Msg-Id` = task id, and
+//! task to the task's subject in the tasks stream (pinned to one worker by cache-affinity
+//! routing, see `route`, or shared) with `Nats-Msg-Id` = task id, and
 //! answers `accepted` only after the stream's PubAck: from then on the task cannot be
 //! lost. It writes no record: the stream message is the task's record until a worker
 //! claims it. A resubmitted id within the dedupe window is a duplicate, not a second task;
@@ -22,6 +23,7 @@
 
 mod backpressure;
 mod cancel;
+mod route;
 mod usage;
 mod validate;
 
@@ -203,7 +205,14 @@ async fn submit(
         owner: req.owner,
         request_sha256: Some(sha),
     };
-    let queued = ctx.store.queue().publish(&spec, trace).await?;
+    // Cache affinity: pinned to the worker whose prefix cache should hold the prompt.
+    let key = route::affinity_key(&spec.chat);
+    let pin = route::pin(ctx.config.routing.mode, spec.priority, key, &ctx.nodes.workers_of(&model));
+    if spec.priority == bitinglip_bus_schema::Priority::Interactive {
+        let route = if pin.is_some() { "pinned" } else { "shared" };
+        crate::metrics::metrics().routed.with_label_values(&[&model, route]).inc();
+    }
+    let queued = ctx.store.queue().publish(&spec, trace, pin.as_deref()).await?;
     if !queued.duplicate {
         place.keep();
     }

@@ -171,6 +171,7 @@ fn info(worker_id: &str, model: &ModelConfig, placed: bool, engine: EngineKind, 
         running: Vec::new(),
         gpus: model.gpus.clone(),
         prefix_cache: Default::default(),
+        takes_pinned: true,
     }
 }
 
@@ -264,11 +265,12 @@ impl Actor for Worker {
                         Lifecycle::Ready,
                     )),
                 });
-                let consumers = queue_consumers(&state.ctx, &served).await?;
+                let consumers = queue_consumers(&state.ctx, &served, &state.worker_id).await?;
                 state.listener = Some(spawn_cancel_listener(shared.clone(), myself.clone()).await?);
                 let (fetch_shared, slots, me) = (shared.clone(), state.model.max_sequences, myself.clone());
+                let served_by = served.clone();
                 state.tasks.push(tokio::spawn(async move {
-                    fetch::fetch_loop(fetch_shared.clone(), consumers, slots).await;
+                    fetch::fetch_loop(fetch_shared.clone(), consumers, slots, served_by).await;
                     if !fetch_shared.stop_fetching.is_cancelled() {
                         let _ = me.cast(WorkerMsg::LoopEnded("fetch"));
                     }
@@ -353,21 +355,25 @@ impl Actor for Worker {
     }
 }
 
-/// Announces the served model to the model managers, retrying until one answers.
-/// `model`'s queue consumers, as a task manager made them: bound when they are there with
-/// the filters of now, else asked for (`…task.consumers`) and bound again, patiently
-/// while no task manager answers (a worker may not create or change a consumer).
+/// `model`'s queue consumers and this worker's pinned one, as a task manager made them:
+/// bound when they are there with the filters of now, else asked for (`…task.consumers`)
+/// and bound again, patiently while no task manager answers (a worker may not create or
+/// change a consumer).
 async fn queue_consumers(
     ctx: &NodeContext,
     model: &str,
+    worker_id: &str,
 ) -> Result<bitinglip_nats::store::queue::Consumers, ActorProcessingErr> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut delay = Duration::from_millis(100);
     loop {
-        let problem = match ctx.store.queue().bind(model).await {
+        let problem = match ctx.store.queue().bind(model, Some(worker_id)).await {
             Ok(Some(consumers)) => return Ok(consumers),
             Ok(None) => {
-                let req = bitinglip_bus_schema::EnsureConsumers { model: model.to_string() };
+                let req = bitinglip_bus_schema::EnsureConsumers {
+                    model: model.to_string(),
+                    worker_id: Some(worker_id.to_string()),
+                };
                 match ctx.bus.call(&req).await {
                     Ok(()) => continue,
                     Err(err) => format!("{}: {}", err.kind, err.message),
@@ -384,6 +390,7 @@ async fn queue_consumers(
     }
 }
 
+/// Announces the served model to the model managers, retrying until one answers.
 async fn register_model(
     ctx: &NodeContext,
     model: &ModelConfig,

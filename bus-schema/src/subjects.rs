@@ -196,6 +196,47 @@ impl Subjects {
         self.subject(&["queue", &encode_token(model), priority.as_str(), task.as_str()])
     }
 
+    /// JetStream subject of a queued task pinned to one worker (cache-affinity routing):
+    /// its model's queue for its class, its id, then the worker ([`encode_token`]). Only
+    /// that worker's consumer ([`Subjects::pinned_queue`]) takes it; the shared
+    /// consumer's filter has one token less.
+    pub fn pinned_task(&self, model: &str, priority: crate::Priority, task: &TaskId, worker: &str) -> String {
+        self.subject(&["queue", &encode_token(model), priority.as_str(), task.as_str(), &encode_token(worker)])
+    }
+
+    /// The tasks pinned to `worker` in `model`'s interactive queue (its own consumer's
+    /// filter, and what its fetcher listens on to wake up).
+    pub fn pinned_queue(&self, model: &str, worker: &str) -> String {
+        self.subject(&[
+            "queue",
+            &encode_token(model),
+            crate::Priority::Interactive.as_str(),
+            "*",
+            &encode_token(worker),
+        ])
+    }
+
+    /// Every task of one model's queue for one class, shared or pinned (the oldest age).
+    pub fn queue_all(&self, model: &str, priority: crate::Priority) -> String {
+        self.subject(&["queue", &encode_token(model), priority.as_str(), ">"])
+    }
+
+    /// Every shared queue's tasks (a worker releases a pinned task it has no room for to
+    /// its model's shared queue).
+    pub fn shared_queues(&self) -> String {
+        self.subject(&["queue", "*", "*", "*"])
+    }
+
+    /// Every worker's pinned interactive tasks (a worker listens on its own to wake up).
+    pub fn all_pinned_queues(&self) -> String {
+        self.subject(&["queue", "*", crate::Priority::Interactive.as_str(), "*", "*"])
+    }
+
+    /// One pinned task, in whichever queue and for whichever worker.
+    pub fn pinned_task_anywhere(&self, task: &TaskId) -> String {
+        self.subject(&["queue", "*", "*", task.as_str(), "*"])
+    }
+
     /// The tasks of one model's queue for one priority class (a worker consumer's filter).
     pub fn queue(&self, model: &str, priority: crate::Priority) -> String {
         self.subject(&["queue", &encode_token(model), priority.as_str(), "*"])
@@ -385,6 +426,13 @@ impl Subjects {
     /// class.
     pub fn worker_consumer(&self, model: &str, priority: crate::Priority) -> String {
         format!("worker-{}-{}", encode_token(model), priority.as_str())
+    }
+
+    /// The durable pull consumer of the tasks pinned to one worker of one model
+    /// (cache-affinity routing): the worker pulls it before the shared one; when the
+    /// worker is gone, its model's other workers empty it.
+    pub fn pinned_consumer(&self, model: &str, worker: &str) -> String {
+        format!("pin-{}-{}", encode_token(model), encode_token(worker))
     }
 
     /// KV bucket of task status records, keyed by task id.

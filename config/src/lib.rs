@@ -75,6 +75,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// The task manager.
     pub task_manager: TaskManagerConfig,
+    /// How tasks are sent to a model's workers.
+    pub routing: RoutingConfig,
     /// Workers.
     pub worker: WorkerConfig,
     /// Heartbeats and membership.
@@ -99,6 +101,7 @@ impl Default for Config {
             jetstream: JetStreamConfig::default(),
             gateway: GatewayConfig::default(),
             task_manager: TaskManagerConfig::default(),
+            routing: RoutingConfig::default(),
             worker: WorkerConfig::default(),
             cluster: ClusterConfig::default(),
             hub: HubConfig::default(),
@@ -400,6 +403,28 @@ impl Default for GatewayConfig {
             admin_key: None,
         }
     }
+}
+
+/// How tasks are sent to a model's workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// `affinity` (default): a conversation's turns go to the worker that served the
+    /// earlier ones while it has room (its engine's prefix cache holds their prompt);
+    /// `shared`: every task goes to the model's shared queue, for whichever worker is free.
+    pub mode: RoutingMode,
+}
+
+/// Where the task manager queues an interactive task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    /// Pinned to the worker that rendezvous hashing of its prompt-cache key picks among
+    /// the model's ready workers with room; shared when none has room.
+    #[default]
+    Affinity,
+    /// Always the shared queue.
+    Shared,
 }
 
 /// The task manager.

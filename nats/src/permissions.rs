@@ -325,8 +325,12 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             // The puller answers pull requests.
             p.allow_responses = true;
             p.subscribe([s.all_task_cancels(), s.model_pull()]);
+            // Wakes up when a task is pinned to it (cache-affinity routing).
+            p.subscribe([s.all_pinned_queues()]);
             p.subscribe(service_discovery());
             p.publish([s.all_task_events(), s.model_register(), s.task_usage(), s.task_consumers()]);
+            // Releases a pinned task it has no room for to its model's shared queue.
+            p.publish([s.shared_queues()]);
             p.publish([s.all_model_progress()]);
             p.publish(access::queue_take(s));
             p.publish(access::results_write(s));

@@ -418,3 +418,27 @@ pub fn worker_consumer_config(
         ..Default::default()
     }
 }
+
+/// How long a pinned consumer nobody pulls lives on: its worker's peers empty it within
+/// seconds of the worker's death, so this only clears consumers of workers long gone.
+const PINNED_INACTIVE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The durable pull consumer of the interactive tasks pinned to `worker` of `model`
+/// (cache-affinity routing): the same acks, lease and attempts as the shared consumer
+/// ([`worker_consumer_config`]), so a pinned task's deliveries count and continue as any
+/// other's, whoever pulls them.
+pub fn pinned_consumer_config(
+    subjects: &Subjects,
+    model: &str,
+    worker: &str,
+    cfg: &JetStreamConfig,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(subjects.pinned_consumer(model, worker)),
+        description: Some(format!("tasks of {model} pinned to worker {worker}")),
+        filter_subject: subjects.pinned_queue(model, worker),
+        filter_subjects: Vec::new(),
+        inactive_threshold: PINNED_INACTIVE,
+        ..worker_consumer_config(subjects, model, Priority::Interactive, cfg)
+    }
+}

@@ -500,6 +500,11 @@ impl<T: DeserializeOwned + Clone + Send + Sync + 'static> Mirror<T> {
         self.values.read().ok().and_then(|m| m.get(key).cloned())
     }
 
+    /// What `each` takes out of every value (one read lock, no value cloned).
+    fn collect<U>(&self, each: impl FnMut(&T) -> Vec<U>) -> Vec<U> {
+        self.values.read().map(|m| m.values().flat_map(each).collect()).unwrap_or_default()
+    }
+
     /// True when any value passes `test`.
     fn any(&self, test: impl Fn(&T) -> bool) -> bool {
         self.values.read().map(|m| m.values().any(test)).unwrap_or(false)

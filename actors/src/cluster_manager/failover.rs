@@ -315,7 +315,8 @@ impl std::fmt::Display for NotPoisoned {
 }
 
 /// Whether an advisory is about a task that really used up its deliveries (pure): on the
-/// tasks stream, from the consumer of the task's model and priority, at `max_deliver`.
+/// tasks stream, from the consumer that serves the task (its model's shared one for its
+/// priority, or the pinned one of its worker), at `max_deliver`.
 fn advisory_holds(
     advisory: &MaxDeliveries,
     tasks_stream: &str,
@@ -365,9 +366,9 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
             return;
         }
     };
-    let spec = match ctx.store.queue().peek(advisory.stream_seq).await {
-        Ok(Some(Some(spec))) => spec,
-        Ok(Some(None)) => {
+    let (spec, consumer) = match ctx.store.queue().peek_with_consumer(advisory.stream_seq).await {
+        Ok(Some((Some(spec), consumer))) => (spec, consumer),
+        Ok(Some((None, _))) => {
             // Not a task at all: nothing to fail.
             let _ = ctx.store.queue().remove(advisory.stream_seq).await;
             return;
@@ -379,7 +380,6 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
         }
     };
     let subjects = ctx.bus.subjects();
-    let consumer = subjects.worker_consumer(&spec.chat.model, spec.priority);
     let max_deliver = ctx.config.jetstream.max_deliver;
     if let Err(why) = advisory_holds(&advisory, &subjects.tasks_stream(), &consumer, max_deliver) {
         tracing::warn!(task.id = %spec.task_id, why = %why, "max-deliveries advisory ignored");

@@ -39,11 +39,16 @@ pub(super) async fn record(ctx: NodeContext, req: RecordUsage) -> Result<(), Wir
 }
 
 /// Answers `…task.consumers`: makes `model`'s queue consumers (both classes) with the
-/// cluster's config, or brings them up to date.
+/// cluster's config, or brings them up to date, and the asking worker's pinned one.
 pub(super) async fn consumers(ctx: NodeContext, req: EnsureConsumers) -> Result<(), WireError> {
     if let Some(problem) = bitinglip_bus_schema::model_id_problem(&req.model) {
         return Err(WireError::new(ErrorKind::InvalidRequest, format!("model id {:?} {problem}", req.model)));
     }
-    ctx.store.queue().consumers(&req.model).await?;
+    if let Some(worker) = &req.worker_id {
+        if worker.is_empty() || worker.len() > 128 {
+            return Err(WireError::new(ErrorKind::InvalidRequest, "worker_id must be 1 to 128 bytes"));
+        }
+    }
+    ctx.store.queue().consumers(&req.model, req.worker_id.as_deref()).await?;
     Ok(())
 }

@@ -7,6 +7,9 @@ fn invalid(msg: String) -> WireError {
     WireError::new(ErrorKind::InvalidRequest, msg)
 }
 
+/// Longest `prompt_cache_key` accepted, in bytes.
+const MAX_PROMPT_CACHE_KEY: usize = 512;
+
 /// Checks `req` and fills `max_tokens` when absent.
 pub(super) fn request(cfg: &TaskManagerConfig, req: &mut SubmitRequest, max_payload: usize) -> Result<(), WireError> {
     let chat = &mut req.chat;
@@ -38,6 +41,9 @@ pub(super) fn request(cfg: &TaskManagerConfig, req: &mut SubmitRequest, max_payl
     }
     if let Some(i) = chat.input.iter().position(String::is_empty) {
         return Err(invalid(format!("`input[{i}]` is empty")));
+    }
+    if chat.prompt_cache_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_PROMPT_CACHE_KEY) {
+        return Err(invalid(format!("`prompt_cache_key` must be 1 to {MAX_PROMPT_CACHE_KEY} bytes")));
     }
     if chat.dimensions == Some(0) {
         return Err(invalid("`dimensions` must be at least 1".into()));

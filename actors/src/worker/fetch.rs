@@ -3,17 +3,30 @@
 //! worker never holds work another could do (it asks only for what it can start now),
 //! and an idle one costs a few pull requests a second whatever its slot count.
 //!
-//! Each model has two durable consumers, one per priority class. Free slots take
-//! interactive tasks first; after four interactive tasks in a row batch is looked at first
-//! once, so batch is never starved. When both are empty the fetcher waits on the
-//! interactive queue (woken at once by a new task) and looks at batch again every second.
+//! Each model has two durable consumers, one per priority class, and each worker one of
+//! its own for the interactive tasks cache-affinity routing pinned to it. Free slots take
+//! the pinned tasks first, then those of workers gone (taken over, see [`Orphans`]), then
+//! interactive tasks; after four interactive tasks in a row batch is looked at first once,
+//! so batch is never starved. When all are empty the fetcher waits on the interactive
+//! queue (woken at once by a new task, or by a task pinned here: the fetcher listens on
+//! its pinned subject) and looks at the others again every second.
+//!
+//! Sticky until saturated: a task pinned here while every slot is busy is released to the
+//! shared queue at once (the pinned subject wakes the full fetcher too), so it waits for
+//! whichever worker frees a slot first instead of for this one.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use bitinglip_bus_schema::Priority;
-use bitinglip_nats::store::queue::{Consumers, Pull};
+use async_nats::jetstream::consumer::PullConsumer;
+use bitinglip_bus_schema::{Priority, WorkerState};
+use bitinglip_nats::store::queue::{self, Consumers, Delivery, Pull};
+use futures::StreamExt;
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
 
@@ -26,19 +39,54 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Interactive tasks taken in a row before the batch queue is looked at first, once.
 const INTERACTIVE_STREAK: u32 = 4;
 
+/// How often a worker looks for pinned consumers of workers gone, besides whenever a
+/// worker of its model leaves or starts draining.
+const ORPHAN_SCAN: Duration = Duration::from_secs(30);
+
+/// How long after a worker of the model leaves its pinned consumers are looked for every
+/// second (longer than a consumer must live before it counts as an orphan).
+const ORPHAN_WATCH: Duration = Duration::from_secs(15);
+
+/// How often the model's workers are read from the heartbeats, to notice one leaving.
+const MEMBERSHIP_CHECK: Duration = Duration::from_millis(250);
+
+/// Most pinned tasks released in one go by a full worker.
+const RELEASE_BATCH: usize = 16;
+
 /// Pulls and runs tasks in `slots` slots until the worker stops fetching, then waits for
 /// the running ones to end.
-pub(super) async fn fetch_loop(shared: Arc<WorkerShared>, consumers: Consumers, slots: u32) {
+pub(super) async fn fetch_loop(shared: Arc<WorkerShared>, consumers: Consumers, slots: u32, model: String) {
     let free = Arc::new(Semaphore::new(slots.max(1) as usize));
     let mut running = JoinSet::new();
-    let mut fetcher = Fetcher { shared: &shared, free: &free, running: &mut running, interactive_streak: 0 };
+    let wake = Arc::new(Notify::new());
+    let orphans = Orphans::default();
+    let watchers = [
+        tokio::spawn(listen_pinned(shared.clone(), model.clone(), wake.clone())),
+        tokio::spawn(find_orphans(shared.clone(), model.clone(), orphans.clone())),
+    ];
+    let mut fetcher = Fetcher {
+        shared: &shared,
+        free: &free,
+        running: &mut running,
+        interactive_streak: 0,
+        wake: &wake,
+        orphans: &orphans,
+        model: &model,
+    };
     let mut backoff = Duration::from_millis(100);
     while !shared.stop_fetching.is_cancelled() {
         while fetcher.running.try_join_next().is_some() {}
-        // A free slot first: a full worker asks for nothing.
+        // A free slot first: a full worker asks for nothing, but hands on what is pinned
+        // to it meanwhile.
         let slot = tokio::select! {
             _ = shared.stop_fetching.cancelled() => break,
             slot = free.clone().acquire_owned() => slot,
+            _ = wake.notified() => {
+                if let Err(err) = fetcher.release(&consumers).await {
+                    tracing::warn!(cause = %err, "pinned tasks not released; they wait for a slot here");
+                }
+                continue;
+            }
         };
         let Ok(slot) = slot else { break };
         let got = tokio::select! {
@@ -57,8 +105,102 @@ pub(super) async fn fetch_loop(shared: Arc<WorkerShared>, consumers: Consumers, 
             }
         }
     }
+    watchers.iter().for_each(|w| w.abort());
     // Draining: what runs finishes (or is handed back when the grace runs out).
     while running.join_next().await.is_some() {}
+}
+
+/// Wakes the fetcher whenever a task is pinned to this worker: a core subscription on its
+/// pinned subject (the stream's publish reaches it too). Resubscribes if it ends.
+async fn listen_pinned(shared: Arc<WorkerShared>, model: String, wake: Arc<Notify>) {
+    let subject = shared.ctx.bus.subjects().pinned_queue(&model, &shared.worker_id);
+    loop {
+        match shared.ctx.bus.subscribe(subject.clone()).await {
+            Ok(mut sub) => {
+                while sub.next().await.is_some() {
+                    wake.notify_one();
+                }
+            }
+            Err(err) => tracing::warn!(cause = %err, "cannot listen for pinned tasks; pulls still find them"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The pinned consumers of this model's workers that are gone (or draining), whose
+/// waiting tasks this worker takes over.
+#[derive(Clone, Default)]
+struct Orphans(Arc<Mutex<Vec<PullConsumer>>>);
+
+impl Orphans {
+    fn all(&self) -> Vec<PullConsumer> {
+        self.0.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, consumers: Vec<PullConsumer>) {
+        if let Ok(mut o) = self.0.lock() {
+            *o = consumers;
+        }
+    }
+
+    /// Forgets those whose worker takes tasks again (`taking`).
+    fn keep_orphans(&self, subjects: &bitinglip_bus_schema::Subjects, model: &str, taking: &HashSet<String>) {
+        if let Ok(mut o) = self.0.lock() {
+            o.retain(|c| {
+                let filter = &c.cached_info().config.filter_subject;
+                !taking.iter().any(|w| subjects.pinned_queue(model, w) == *filter)
+            });
+        }
+    }
+
+    /// Forgets one found empty (scanned for again later).
+    fn drop_empty(&self, name: &str) {
+        if let Ok(mut o) = self.0.lock() {
+            o.retain(|c| c.cached_info().name != name);
+        }
+    }
+}
+
+/// Keeps [`Orphans`] current: looks for pinned consumers of workers not taking tasks
+/// (gone from the heartbeats, draining or failed) whenever such a worker of the model
+/// leaves, and every [`ORPHAN_SCAN`] besides.
+async fn find_orphans(shared: Arc<WorkerShared>, model: String, orphans: Orphans) {
+    let mut taking: HashSet<String> = HashSet::new();
+    let mut last_scan: Option<tokio::time::Instant> = None;
+    let mut watch_until: Option<tokio::time::Instant> = None;
+    loop {
+        let now: HashSet<String> = shared
+            .ctx
+            .nodes
+            .workers_of(&model)
+            .into_iter()
+            .filter(|w| matches!(w.state, WorkerState::Ready | WorkerState::Loading))
+            .map(|w| w.worker_id)
+            .chain(std::iter::once(shared.worker_id.clone()))
+            .collect();
+        orphans.keep_orphans(shared.ctx.bus.subjects(), &model, &now);
+        if taking.iter().any(|w| !now.contains(w)) {
+            // Scanned every second for a while: a consumer too young to count as an
+            // orphan at first does count a few seconds later.
+            watch_until = Some(tokio::time::Instant::now() + ORPHAN_WATCH);
+        }
+        let watching = watch_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        let due = last_scan.is_none_or(|t| t.elapsed() >= if watching { Duration::from_secs(1) } else { ORPHAN_SCAN });
+        if due {
+            match shared.ctx.store.queue().orphaned(&model, &now).await {
+                Ok(found) => {
+                    if !found.is_empty() {
+                        tracing::info!(model, orphans = found.len(), "taking over the pinned tasks of workers gone");
+                    }
+                    orphans.set(found);
+                    last_scan = Some(tokio::time::Instant::now());
+                }
+                Err(err) => tracing::debug!(cause = %err, "pinned consumers not listed; trying again"),
+            }
+        }
+        taking = now;
+        tokio::time::sleep(MEMBERSHIP_CHECK).await;
+    }
 }
 
 /// The fetcher's state between pulls.
@@ -67,6 +209,9 @@ struct Fetcher<'a> {
     free: &'a Arc<Semaphore>,
     running: &'a mut JoinSet<()>,
     interactive_streak: u32,
+    wake: &'a Notify,
+    orphans: &'a Orphans,
+    model: &'a str,
 }
 
 impl Fetcher<'_> {
@@ -79,12 +224,31 @@ impl Fetcher<'_> {
         slot: OwnedSemaphorePermit,
     ) -> Result<usize, bitinglip_nats::StoreError> {
         let mut slot = Some(slot);
+        let mut started = 0;
+        // Pinned here first (their prompts are in this engine's cache), then those of
+        // workers gone.
+        if let Some(pull) = consumers.pull_pinned(self.free_slots(&slot), None).await? {
+            started += self.start_all(pull, Priority::Interactive, &mut slot).await?;
+        }
+        for orphan in self.orphans.all() {
+            let wanted = self.free_slots(&slot);
+            if wanted == 0 {
+                return Ok(started);
+            }
+            let took = self
+                .start_all(queue::pull_from(&orphan, wanted, None).await?, Priority::Interactive, &mut slot)
+                .await?;
+            if took == 0 {
+                self.orphans.drop_empty(&orphan.cached_info().name);
+            }
+            crate::metrics::metrics().taken_over.with_label_values(&[self.model]).inc_by(took as u64);
+            started += took;
+        }
         let order = if self.interactive_streak >= INTERACTIVE_STREAK {
             [Priority::Batch, Priority::Interactive]
         } else {
             [Priority::Interactive, Priority::Batch]
         };
-        let mut started = 0;
         for priority in order {
             let wanted = self.free_slots(&slot);
             if wanted == 0 {
@@ -97,10 +261,67 @@ impl Fetcher<'_> {
             // Nothing waiting: a fetcher that found batch empty resets its streak.
             self.interactive_streak = 0;
             let wanted = self.free_slots(&slot);
-            let pull = consumers.pull(Priority::Interactive, wanted, Some(IDLE_WAIT)).await?;
-            started += self.start_all(pull, Priority::Interactive, &mut slot).await?;
+            let mut pull = consumers.pull(Priority::Interactive, wanted, Some(IDLE_WAIT)).await?;
+            loop {
+                tokio::select! {
+                    next = pull.next() => match next? {
+                        Some(msg) => started += self.start_one(msg, Priority::Interactive, &mut slot).await,
+                        None => break,
+                    },
+                    // A task pinned here while waiting: taken at once (the shared pull
+                    // still covers the other free slots).
+                    _ = self.wake.notified() => match self.free_slots(&slot) {
+                        0 => self.release(consumers).await?,
+                        wanted => {
+                            if let Some(pinned) = consumers.pull_pinned(wanted, None).await? {
+                                started += self.start_all(pinned, Priority::Interactive, &mut slot).await?;
+                            }
+                        }
+                    }
+                }
+            }
         }
         Ok(started)
+    }
+
+    /// Every slot busy and tasks pinned here: each is released to the shared queue (a
+    /// first delivery only: a task an attempt already claimed waits for a slot here), or
+    /// run when a slot freed meanwhile.
+    async fn release(&mut self, consumers: &Consumers) -> Result<(), bitinglip_nats::StoreError> {
+        let Some(mut pull) = consumers.pull_pinned(RELEASE_BATCH, None).await? else { return Ok(()) };
+        while let Some(msg) = pull.next().await? {
+            if let Ok(permit) = self.free.clone().try_acquire_owned() {
+                self.start_one(msg, Priority::Interactive, &mut Some(permit)).await;
+            } else if msg.attempt() == 1 {
+                self.shared.ctx.store.queue().release(&msg).await?;
+                crate::metrics::metrics().released.with_label_values(&[self.model]).inc();
+            } else {
+                self.hold(msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps a delivery an earlier attempt claimed until a slot frees, renewing its lease
+    /// meanwhile: handing it back would spend one of its deliveries each time.
+    fn hold(&mut self, msg: Delivery) {
+        let (shared, free) = (self.shared.clone(), self.free.clone());
+        let renew = shared.ctx.config.jetstream.ack_wait / 3;
+        self.running.spawn(async move {
+            let permit = loop {
+                tokio::select! {
+                    permit = free.clone().acquire_owned() => break permit,
+                    _ = tokio::time::sleep(renew) => {
+                        if msg.progress().await.is_err() {
+                            tracing::debug!("a held pinned task's lease was not renewed");
+                        }
+                    }
+                }
+            };
+            let Ok(permit) = permit else { return };
+            run_task(&shared, msg).await;
+            drop(permit);
+        });
     }
 
     /// Slots free now, counting the one held.
@@ -117,22 +338,27 @@ impl Fetcher<'_> {
     ) -> Result<usize, bitinglip_nats::StoreError> {
         let mut started = 0;
         while let Some(msg) = pull.next().await? {
-            let Some(permit) = held.take().or_else(|| self.free.clone().try_acquire_owned().ok()) else {
-                // Never asked for: back to the queue at once, for whoever is free.
-                msg.nak(None).await;
-                continue;
-            };
-            self.interactive_streak = match priority {
-                Priority::Interactive => self.interactive_streak + 1,
-                Priority::Batch => 0,
-            };
-            let shared = self.shared.clone();
-            self.running.spawn(async move {
-                run_task(&shared, msg).await;
-                drop(permit);
-            });
-            started += 1;
+            started += self.start_one(msg, priority, held).await;
         }
         Ok(started)
+    }
+
+    /// Starts `msg` in a slot (the held one first); 1 when started, 0 when no slot was
+    /// free (it goes back to its queue at once, for whoever is free).
+    async fn start_one(&mut self, msg: Delivery, priority: Priority, held: &mut Option<OwnedSemaphorePermit>) -> usize {
+        let Some(permit) = held.take().or_else(|| self.free.clone().try_acquire_owned().ok()) else {
+            msg.nak(None).await;
+            return 0;
+        };
+        self.interactive_streak = match priority {
+            Priority::Interactive => self.interactive_streak + 1,
+            Priority::Batch => 0,
+        };
+        let shared = self.shared.clone();
+        self.running.spawn(async move {
+            run_task(&shared, msg).await;
+            drop(permit);
+        });
+        1
     }
 }

@@ -35,6 +35,10 @@ pub struct WorkerInfo {
     /// Its engine's prefix cache since it loaded.
     #[serde(default)]
     pub prefix_cache: PrefixCacheUse,
+    /// True when it pulls the tasks pinned to it (cache-affinity routing): task managers
+    /// pin tasks only to such workers.
+    #[serde(default)]
+    pub takes_pinned: bool,
 }
 
 /// What a worker's prefix cache did since its engine loaded.
@@ -185,6 +189,7 @@ mod tests {
             placed: true,
             gpus: vec![0],
             prefix_cache: PrefixCacheUse { lookups: 3, hits: 2, cached_tokens: 900 },
+            takes_pinned: true,
         };
         pin(
             worker.clone(),
@@ -200,6 +205,7 @@ mod tests {
                 "placed",
                 "gpus",
                 "prefix_cache",
+                "takes_pinned",
             ],
         );
         pin(worker.running[0].clone(), &["task_id", "attempt", "ack_subject"]);

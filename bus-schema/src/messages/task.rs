@@ -110,6 +110,11 @@ pub struct ChatParams {
     /// models trained so that a prefix is itself an embedding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimensions: Option<u32>,
+    /// Which conversation (or other family of requests sharing a prompt prefix) this is
+    /// (OpenAI's `prompt_cache_key`): cache-affinity routing sends requests with the same
+    /// key to the same worker while it has room. Absent: the prompt's beginning decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_key: Option<String>,
 }
 
 /// Request on `…task.submit`: queue a chat task.
@@ -441,6 +446,7 @@ mod tests {
             user: Some("u".into()),
             input: vec!["e".into()],
             dimensions: Some(8),
+            prompt_cache_key: Some("c".into()),
             ..chat()
         };
         pin(
@@ -465,6 +471,7 @@ mod tests {
                 "user",
                 "input",
                 "dimensions",
+                "prompt_cache_key",
             ],
         );
         let call = crate::ToolCall { id: "call_1".into(), name: "f".into(), arguments: "{}".into() };

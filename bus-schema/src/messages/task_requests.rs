@@ -7,11 +7,15 @@ use serde::{Deserialize, Serialize};
 use crate::{TaskId, WireError};
 
 /// Request on `…task.consumers` (workers): make `model`'s queue consumers, both classes,
-/// with the cluster's config (or bring them up to date).
+/// with the cluster's config (or bring them up to date), and the asking worker's own
+/// consumer of the tasks pinned to it (cache-affinity routing).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnsureConsumers {
     /// The served model name.
     pub model: String,
+    /// The asking worker's id: its pinned consumer is made too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
 }
 
 /// Request on `…task.usage` (workers): count the usage of a finished task, as its record

@@ -172,12 +172,14 @@ pub fn counters_read(stream: &str) -> Vec<String> {
     vec![format!("$JS.API.DIRECT.GET.{stream}"), format!("$JS.API.DIRECT.GET.{stream}.>")]
 }
 
-/// Queue statistics and the age of the oldest task (metrics, backpressure, status).
+/// Queue statistics and the age of the oldest task (metrics, backpressure, status), and
+/// the list of the queue's consumers (pinned ones counted, orphaned ones found).
 pub fn queue_stats(subjects: &Subjects) -> Vec<String> {
     let s = subjects.tasks_stream();
     vec![
         format!("$JS.API.STREAM.INFO.{s}"),
         format!("$JS.API.CONSUMER.INFO.{s}.>"),
+        format!("$JS.API.CONSUMER.LIST.{s}"),
         format!("$JS.API.STREAM.MSG.GET.{s}"),
     ]
 }

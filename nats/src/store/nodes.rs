@@ -120,6 +120,17 @@ impl NodeWatch {
         self.mirror().any(|n| alive(n, now, self.ttl) && n.serves(model))
     }
 
+    /// The workers of `model` on live nodes, in any state.
+    pub fn workers_of(&self, model: &str) -> Vec<bitinglip_bus_schema::WorkerInfo> {
+        let now = now_ms();
+        self.mirror().collect(|n| {
+            if !alive(n, now, self.ttl) {
+                return Vec::new();
+            }
+            n.workers.iter().filter(|w| w.model == model).cloned().collect()
+        })
+    }
+
     /// The last heartbeat of every node heard from, live or not.
     pub fn heard(&self) -> Vec<NodeHeartbeat> {
         self.mirror().all()

@@ -1,7 +1,9 @@
 //! The tasks stream: a work queue with one subject per task, under its model and
-//! priority class (`…queue.<model>.<class>.<task id>`). The task manager queues accepted
-//! tasks here; each model's workers share one durable pull consumer per class; queue
-//! statistics, the oldest task's age, and a waiting task by its id are read from it.
+//! priority class (`…queue.<model>.<class>.<task id>`), or, pinned to one worker by
+//! cache-affinity routing, with the worker after it (`…<task id>.<worker>`). The task
+//! manager queues accepted tasks here; each model's workers share one durable pull
+//! consumer per class, and each worker has one of its own for the tasks pinned to it;
+//! queue statistics, the oldest task's age, and a waiting task by its id are read from it.
 
 use std::time::Duration;
 
@@ -107,11 +109,13 @@ pub struct QueueStats {
     pub oldest_age_secs: f64,
 }
 
-/// A model's two durable consumers, as its workers pull from them.
+/// A model's two durable consumers, as its workers pull from them, and the asking
+/// worker's own consumer of the tasks pinned to it.
 #[derive(Clone)]
 pub struct Consumers {
     interactive: PullConsumer,
     batch: PullConsumer,
+    pinned: Option<PullConsumer>,
 }
 
 /// The tasks stream.
@@ -146,15 +150,61 @@ impl Queue<'_> {
         inner.js.get_stream(inner.subjects.tasks_stream()).await.map_err(|e| StoreError::unavailable(WHAT, e))
     }
 
-    /// Queues `spec` on its model's subject with `Nats-Msg-Id` = task id, and waits for
-    /// the stream's acknowledgement: from then on the task is on disk (and replicated).
-    pub async fn publish(&self, spec: &TaskSpec, trace: Option<&TraceParent>) -> Result<Queued, StoreError> {
+    /// Queues `spec` on its model's subject (pinned to worker `pin`, or shared) with
+    /// `Nats-Msg-Id` = task id, and waits for the stream's acknowledgement: from then on
+    /// the task is on disk (and replicated).
+    pub async fn publish(
+        &self,
+        spec: &TaskSpec,
+        trace: Option<&TraceParent>,
+        pin: Option<&str>,
+    ) -> Result<Queued, StoreError> {
+        let subjects = &self.store.inner.subjects;
+        let subject = match pin {
+            Some(worker) => subjects.pinned_task(&spec.chat.model, spec.priority, &spec.task_id, worker),
+            None => subjects.queued_task(&spec.chat.model, spec.priority, &spec.task_id),
+        };
+        self.publish_as(spec, trace, subject, spec.task_id.as_str()).await
+    }
+
+    /// Hands a pinned task its worker has no room for to the model's shared queue: a copy
+    /// there (deduplicated on the pinned message's sequence, so a release repeated after
+    /// a lost ack queues one copy), then the pinned message acked. Only a task no attempt
+    /// has claimed is released (its first delivery): the copy is then a fresh task.
+    pub async fn release(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let inner = &self.store.inner;
+        // The shared subject is the pinned one without its last token (the worker).
+        let Some((shared, _worker)) = delivery.subject().rsplit_once('.') else {
+            return Err(StoreError::unavailable(
+                WHAT,
+                format!("{} is not a pinned task's subject", delivery.subject()),
+            ));
+        };
+        let mut headers = delivery.msg.headers.clone().unwrap_or_default();
+        let id = format!("released-{}", delivery.stream_sequence());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        inner
+            .js
+            .publish_with_headers(shared.to_string(), headers, delivery.msg.payload.clone())
+            .await
+            .map_err(publish_error)?
+            .await
+            .map_err(publish_error)?;
+        delivery.ack().await
+    }
+
+    async fn publish_as(
+        &self,
+        spec: &TaskSpec,
+        trace: Option<&TraceParent>,
+        subject: String,
+        message_id: &str,
+    ) -> Result<Queued, StoreError> {
         let inner = &self.store.inner;
         let payload =
             super::envelope(&inner.node_id, spec).map_err(|e| StoreError::TooLarge { message: e.to_string() })?;
         let mut headers = Bus::headers(trace);
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, spec.task_id.as_str());
-        let subject = inner.subjects.queued_task(&spec.chat.model, spec.priority, &spec.task_id);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
         let ack = inner
             .js
             .publish_with_headers(subject, headers, payload)
@@ -169,7 +219,7 @@ impl Queue<'_> {
     /// worker's view); `None` when one is missing or its filters are not those of now
     /// (made before tasks had subjects of their own): then a task manager makes them
     /// ([`Self::consumers`]).
-    pub async fn bind(&self, model: &str) -> Result<Option<Consumers>, StoreError> {
+    pub async fn bind(&self, model: &str, worker: Option<&str>) -> Result<Option<Consumers>, StoreError> {
         let stream = &self.stream().await?;
         let inner = &self.store.inner;
         let consumer = |priority| async move {
@@ -190,12 +240,25 @@ impl Queue<'_> {
         };
         let interactive = consumer(Priority::Interactive).await?;
         let batch = consumer(Priority::Batch).await?;
-        Ok(interactive.zip(batch).map(|(interactive, batch)| Consumers { interactive, batch }))
+        let pinned = match worker {
+            None => None,
+            Some(worker) => {
+                let name = inner.subjects.pinned_consumer(model, worker);
+                match stream.consumer_info(&name).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(StoreError::unavailable(WHAT, e)),
+                }
+                Some(stream.get_consumer::<PullConfig>(&name).await.map_err(|e| StoreError::unavailable(WHAT, e))?)
+            }
+        };
+        Ok(interactive.zip(batch).map(|(interactive, batch)| Consumers { interactive, batch, pinned }))
     }
 
-    /// Creates (or brings up to date) `model`'s durable consumers: task managers do, for
-    /// the workers that ask (a worker may not create or change a consumer).
-    pub async fn consumers(&self, model: &str) -> Result<Consumers, StoreError> {
+    /// Creates (or brings up to date) `model`'s durable consumers, and `worker`'s pinned
+    /// one: task managers do, for the workers that ask (a worker may not create or change
+    /// a consumer).
+    pub async fn consumers(&self, model: &str, worker: Option<&str>) -> Result<Consumers, StoreError> {
         let stream = &self.stream().await?;
         let inner = &self.store.inner;
         let consumer = |priority| async move {
@@ -204,7 +267,76 @@ impl Queue<'_> {
             // the filters of now (which still take what was queued before).
             stream.create_consumer(config).await.map_err(|e| StoreError::unavailable(WHAT, e))
         };
-        Ok(Consumers { interactive: consumer(Priority::Interactive).await?, batch: consumer(Priority::Batch).await? })
+        let pinned = match worker {
+            None => None,
+            Some(worker) => {
+                let config = crate::pinned_consumer_config(&inner.subjects, model, worker, &inner.jetstream);
+                Some(stream.create_consumer(config).await.map_err(|e| StoreError::unavailable(WHAT, e))?)
+            }
+        };
+        Ok(Consumers {
+            interactive: consumer(Priority::Interactive).await?,
+            batch: consumer(Priority::Batch).await?,
+            pinned,
+        })
+    }
+
+    /// The pinned consumers of `model` whose workers are not in `live` (dead, or gone
+    /// since): their tasks are for the model's other workers to take. One listing of the
+    /// stream's consumers.
+    pub async fn orphaned(
+        &self,
+        model: &str,
+        live: &std::collections::HashSet<String>,
+    ) -> Result<Vec<PullConsumer>, StoreError> {
+        let stream = self.handle().await?;
+        let subjects = &self.store.inner.subjects;
+        let mut names = Vec::new();
+        let mut list = stream.consumers();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| StoreError::unavailable(WHAT, e))?;
+            let filter = &info.config.filter_subject;
+            // A consumer just made may belong to a worker whose first heartbeat is on
+            // its way: not an orphan yet.
+            let age_ms = now_ms() as i128 - info.created.unix_timestamp_nanos() / 1_000_000;
+            if self.pinned_of(model, filter)
+                && age_ms >= ORPHAN_AFTER_MS
+                && !live.iter().any(|w| subjects.pinned_queue(model, w) == *filter)
+            {
+                names.push(info.name);
+            }
+        }
+        let mut out = Vec::new();
+        for name in names {
+            // One deleted since the listing is simply not taken over.
+            if let Ok(consumer) = stream.get_consumer::<PullConfig>(&name).await {
+                out.push(consumer);
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when `filter` is a pinned consumer's filter of `model`.
+    fn pinned_of(&self, model: &str, filter: &str) -> bool {
+        let one = self.store.inner.subjects.pinned_queue(model, "w");
+        let stem = &one[..one.len() - 1];
+        filter.len() > stem.len() && filter.starts_with(stem) && !filter[stem.len()..].contains('.')
+    }
+
+    /// Tasks waiting (not yet delivered) and running (delivered, not acked) in the pinned
+    /// consumers of `model`: one listing of the stream's consumers.
+    async fn pinned_counts(&self, model: &str) -> Result<(u64, u64), StoreError> {
+        let stream = self.handle().await?;
+        let (mut waiting, mut running) = (0, 0);
+        let mut list = stream.consumers();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| StoreError::unavailable(WHAT, e))?;
+            if self.pinned_of(model, &info.config.filter_subject) {
+                waiting += info.num_pending;
+                running += info.num_ack_pending as u64;
+            }
+        }
+        Ok((waiting, running))
     }
 
     /// Age of the oldest task of `model` and `priority` (waiting or running: a work queue
@@ -212,7 +344,7 @@ impl Queue<'_> {
     pub async fn oldest_age_ms(&self, model: &str, priority: Priority) -> u64 {
         let inner = &self.store.inner;
         let Ok(stream) = inner.js.get_stream_no_info(inner.subjects.tasks_stream()).await else { return 0 };
-        match stream.get_first_raw_message_by_subject(inner.subjects.queue(model, priority), 0).await {
+        match stream.get_first_raw_message_by_subject(inner.subjects.queue_all(model, priority), 0).await {
             Ok(msg) => {
                 let at = msg.time.unix_timestamp_nanos() / 1_000_000;
                 (now_ms() as i128 - at).max(0) as u64
@@ -230,10 +362,15 @@ impl Queue<'_> {
         for model in models {
             for priority in [Priority::Interactive, Priority::Batch] {
                 let name = inner.subjects.worker_consumer(model, priority);
-                let (waiting, running) = match stream.consumer_info(&name).await {
+                let (mut waiting, mut running) = match stream.consumer_info(&name).await {
                     Ok(info) => (info.num_pending, info.num_ack_pending as u64),
                     Err(_) => (0, 0),
                 };
+                if priority == Priority::Interactive {
+                    let (w, r) = self.pinned_counts(model).await.unwrap_or_default();
+                    waiting += w;
+                    running += r;
+                }
                 let oldest_age_secs = self.oldest_age_ms(model, priority).await as f64 / 1000.0;
                 out.push(QueueStats { model: model.clone(), priority, waiting, running, oldest_age_secs });
             }
@@ -258,13 +395,19 @@ impl Queue<'_> {
         let stream = self.handle().await?;
         let inner = &self.store.inner;
         match stream.consumer_info(inner.subjects.worker_consumer(model, priority)).await {
-            Ok(info) => return Ok(info.num_pending + info.num_ack_pending as u64),
+            Ok(info) => {
+                let (waiting, running) = match priority {
+                    Priority::Interactive => self.pinned_counts(model).await?,
+                    Priority::Batch => (0, 0),
+                };
+                return Ok(info.num_pending + info.num_ack_pending as u64 + waiting + running);
+            }
             Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::unavailable(WHAT, e)),
         }
         let full = self.stream().await?;
         let mut subjects = full
-            .info_with_subjects(inner.subjects.queue(model, priority))
+            .info_with_subjects(inner.subjects.queue_all(model, priority))
             .await
             .map_err(|e| StoreError::unavailable(WHAT, e))?;
         let mut n = 0;
@@ -277,12 +420,15 @@ impl Queue<'_> {
     /// The task `task_id` while it is in a queue (waiting, or running and not yet acked).
     pub async fn find(&self, task_id: &TaskId) -> Result<Option<TaskSpec>, StoreError> {
         let stream = self.handle().await?;
-        let subject = self.store.inner.subjects.queued_task_anywhere(task_id);
-        match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => Ok(decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES).ok()),
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(StoreError::unavailable(WHAT, e)),
+        let subjects = &self.store.inner.subjects;
+        for subject in [subjects.queued_task_anywhere(task_id), subjects.pinned_task_anywhere(task_id)] {
+            match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => return Ok(decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES).ok()),
+                Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(StoreError::unavailable(WHAT, e)),
+            }
         }
+        Ok(None)
     }
 
     /// Up to `limit` tasks of every queue (waiting or running), oldest first. Each read
@@ -316,9 +462,27 @@ impl Queue<'_> {
     /// The message at `sequence` (a poison task JetStream gave up on), left in place:
     /// `Some(None)` when it does not decode, `None` when it is gone.
     pub async fn peek(&self, sequence: u64) -> Result<Option<Option<TaskSpec>>, StoreError> {
+        Ok(self.peek_with_consumer(sequence).await?.map(|(spec, _)| spec))
+    }
+
+    /// [`Self::peek`], with the name of the consumer that serves the message: its model's
+    /// shared one for its class, or the pinned one of the worker its subject names.
+    pub async fn peek_with_consumer(&self, sequence: u64) -> Result<Option<(Option<TaskSpec>, String)>, StoreError> {
         let stream = self.handle().await?;
         let Ok(message) = stream.get_raw_message(sequence).await else { return Ok(None) };
-        Ok(Some(decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES).ok()))
+        let Ok(spec) = decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES) else {
+            return Ok(Some((None, String::new())));
+        };
+        let subjects = &self.store.inner.subjects;
+        let shared = subjects.queued_task(&spec.chat.model, spec.priority, &spec.task_id);
+        let consumer = match message.subject.as_str().strip_prefix(shared.as_str()).and_then(|r| r.strip_prefix('.')) {
+            Some(worker) => {
+                let worker = bitinglip_bus_schema::decode_token(worker).unwrap_or_default();
+                subjects.pinned_consumer(&spec.chat.model, &worker)
+            }
+            None => subjects.worker_consumer(&spec.chat.model, spec.priority),
+        };
+        Ok(Some((Some(spec), consumer)))
     }
 
     /// Removes the message at `sequence` from the queue (only once its task's record says
@@ -341,8 +505,24 @@ impl Consumers {
     /// `None`), or those that come within `wait`. One pull request, whatever `n`: a
     /// worker asks for as many tasks as it has free slots at once.
     pub async fn pull(&self, priority: Priority, n: usize, wait: Option<Duration>) -> Result<Pull, StoreError> {
+        pull_from(self.of(priority), n, wait).await
+    }
+
+    /// Up to `n` of the tasks pinned to this worker, as [`Self::pull`]; an empty pull when
+    /// it has no pinned consumer.
+    pub async fn pull_pinned(&self, n: usize, wait: Option<Duration>) -> Result<Option<Pull>, StoreError> {
+        match &self.pinned {
+            Some(consumer) => pull_from(consumer, n, wait).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Up to `n` tasks of `consumer` (another worker's pinned consumer: an orphan's, taken
+/// over), as [`Consumers::pull`].
+pub async fn pull_from(consumer: &PullConsumer, n: usize, wait: Option<Duration>) -> Result<Pull, StoreError> {
+    {
         let n = n.max(1);
-        let consumer = self.of(priority);
         let batch = match wait {
             None => consumer.fetch().max_messages(n).messages().await,
             Some(wait) => consumer.batch().max_messages(n).expires(wait).messages().await,
@@ -374,6 +554,10 @@ impl Pull {
         }
     }
 }
+
+/// How old a pinned consumer must be before its worker's absence from the heartbeats
+/// makes it an orphan (a new worker makes its consumer before its first heartbeat).
+const ORPHAN_AFTER_MS: i128 = 10_000;
 
 /// How long past its expiry a pull may go unanswered. A pull request is answered by the
 /// consumer's leader; one that reached a leader as its server was cut off from the

@@ -251,6 +251,7 @@ mod tests {
                     placed: false,
                     gpus: vec![],
                     prefix_cache: Default::default(),
+                    takes_pinned: true,
                 })
                 .collect(),
             time_ms,

@@ -208,6 +208,12 @@ pub(crate) struct Sampling {
     /// The end user (kept for the caller's records).
     #[serde(default)]
     user: Option<String>,
+    /// Which conversation this is: requests with the same key go to the same worker while
+    /// it has room, so its prefix cache serves their common prompt (default: the prompt's
+    /// beginning decides).
+    #[serde(default)]
+    #[schema(max_length = 512)]
+    prompt_cache_key: Option<String>,
     /// Answer as server-sent events (`text/event-stream`), one chunk per event, then `[DONE]`.
     #[serde(default)]
     pub(crate) stream: bool,
@@ -248,6 +254,7 @@ impl Sampling {
         chat.frequency_penalty = self.frequency_penalty;
         chat.logit_bias = bias;
         chat.user = self.user;
+        chat.prompt_cache_key = self.prompt_cache_key;
         chat.logprobs = logprobs;
         chat.format = match self.grammar {
             None => None,

@@ -68,6 +68,11 @@ pub(crate) struct ResponseRequest {
     /// The end user (kept for the caller's records).
     #[serde(default)]
     user: Option<String>,
+    /// Which conversation this is: requests with the same key go to the same worker while
+    /// it has room (default: the input's beginning decides).
+    #[serde(default)]
+    #[schema(max_length = 512)]
+    prompt_cache_key: Option<String>,
     /// Not supported (reasoning models).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -279,6 +284,7 @@ pub(super) async fn prepare(ctx: &NodeContext, key: &ApiKey, r: ResponseRequest)
         parallel_tool_calls: r.parallel_tool_calls,
         format,
         user: r.user,
+        prompt_cache_key: r.prompt_cache_key,
         ..ChatParams::default()
     };
     Ok(Prepared { chat, conversation, echo, stream: r.stream, store: r.store.unwrap_or(true) })
