@@ -137,6 +137,7 @@ fn conflict(existing: &TaskRecord, new: &TaskRecord) -> Option<String> {
 async fn submit(
     ctx: &NodeContext,
     admission: &Arc<Admission>,
+    recent: &route::RecentPins,
     mut req: SubmitRequest,
     trace: Option<&TraceParent>,
 ) -> Result<TaskAccepted, WireError> {
@@ -207,7 +208,11 @@ async fn submit(
     };
     // Cache affinity: pinned to the worker whose prefix cache should hold the prompt.
     let key = route::affinity_key(&spec.chat);
-    let pin = route::pin(ctx.config.routing.mode, spec.priority, key, &ctx.nodes.workers_of(&model));
+    let workers = ctx.nodes.workers_of(&model);
+    let pin = route::pin(ctx.config.routing.mode, spec.priority, key, &workers, |w| recent.count(w));
+    if let Some(worker) = &pin {
+        recent.add(worker);
+    }
     if spec.priority == bitinglip_bus_schema::Priority::Interactive {
         let route = if pin.is_some() { "pinned" } else { "shared" };
         crate::metrics::metrics().routed.with_label_values(&[&model, route]).inc();
@@ -231,9 +236,12 @@ impl Service for TaskManager {
         let submit_ctx = on.ctx().clone();
         // This task manager's knowledge of its queues, for as long as it runs.
         let admission = Arc::new(Admission::default());
+        // The tasks it pinned to each worker lately (cache-affinity routing).
+        let recent = Arc::new(route::RecentPins::default());
         on.each(submits, move |req: Request| {
             let ctx = submit_ctx.clone();
             let admission = admission.clone();
+            let recent = recent.clone();
             let trace = trace_of(&req.message);
             let span = tracing::info_span!("task_manager", otel.kind = "server", task.id = tracing::field::Empty);
             bitinglip_nats::trace::continue_trace(&span, trace.as_ref());
@@ -253,7 +261,7 @@ impl Service for TaskManager {
                         // admin's) made-up id skips the lookup.
                         body.new_id &= !bitinglip_bus_schema::is_client_owner(owner.as_deref());
                         body.owner = owner;
-                        let reply = match submit(&ctx, &admission, body, trace.as_ref()).await {
+                        let reply = match submit(&ctx, &admission, &recent, body, trace.as_ref()).await {
                             Ok(accepted) => SubmitReply::Accepted(accepted),
                             Err(err) => SubmitReply::Rejected(err),
                         };

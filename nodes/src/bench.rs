@@ -10,6 +10,7 @@
 //! ratios against baselines measured in the same run are what it is for.
 
 mod against;
+mod conversations;
 mod flood;
 mod floor;
 mod instructions;
@@ -94,6 +95,27 @@ pub(crate) struct BenchArgs {
     /// With `--against`: write the figures to this file as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Instead of the baseline, the conversation benchmark: multi-turn chat on three
+    /// replicas in `affinity` and in `shared` routing, and on one mistral.rs engine in
+    /// this process with its prefix cache (see `docs/BENCHMARKS.md`).
+    #[arg(long)]
+    conversations: bool,
+    /// With `--conversations`: how many conversations.
+    #[arg(long, default_value_t = 12)]
+    conversation_count: usize,
+    /// With `--conversations`: turns of each.
+    #[arg(long, default_value_t = 4)]
+    turns: usize,
+    /// With `--conversations`: conversations at once.
+    #[arg(long, default_value_t = 3)]
+    concurrent: usize,
+    /// With `--conversations`: words of each conversation's distinct system prompt (about
+    /// six tokens each with the generated tokenizer).
+    #[arg(long, default_value_t = 200)]
+    prefix_words: usize,
+    /// With `--conversations`: parameters of the generated model.
+    #[arg(long, default_value_t = 20_000_000)]
+    conversation_params: usize,
 }
 
 /// The nats-server to start: the configured binary, else the one `.ci/setup` installs.
@@ -230,6 +252,33 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     }
     if !args.sim.is_empty() {
         return run_sim(&config, &args).await;
+    }
+    if args.conversations {
+        let shape = conversations::Shape {
+            conversations: args.conversation_count.max(1),
+            turns: args.turns.max(2),
+            concurrent: args.concurrent.max(1),
+            prefix_words: args.prefix_words.max(1),
+            answer_tokens: 16,
+            params: args.conversation_params,
+            replicas: 3,
+        };
+        let began = Instant::now();
+        let (rows, spill, model) = conversations::run(&config, &shape).await?;
+        let versions = format!(
+            "bitinglip {}, mistral.rs {}; {}; {:.0} s in all",
+            env!("CARGO_PKG_VERSION"),
+            mistralrs_version(),
+            build_profile(),
+            began.elapsed().as_secs_f64()
+        );
+        let text = conversations::markdown(&rows, &spill, &model, &machine(), &versions);
+        println!("{text}");
+        if !args.no_write {
+            conversations::write_doc(&args.doc, &text)?;
+            eprintln!("bench: wrote {}", args.doc.display());
+        }
+        return Ok(());
     }
     if args.instructions {
         let (rows, per_token) =

@@ -1,5 +1,6 @@
 //! The dashboard at `/ui/` in a real browser (Debian's Chromium driven by playwright-core,
-//! `tests/ui/dashboard.mjs`): sign in, a live node and its model, the playground's
+//! `tests/ui/dashboard.mjs`): sign in, a live node and its model, the prefix cache's hit
+//! rate per model and use per worker, the playground's
 //! streamed answer, a pull from a hub with its progress to 100%, loading it into a
 //! deployment that serves, queues, cancelling a running task, keys and usage, a key
 //! without admin scope seeing no admin view, a phone's width, no console error. The views' screenshots go to
@@ -53,6 +54,19 @@ async fn the_dashboard_works_in_a_real_browser() {
     // A few answers, for the metrics charts to draw.
     for i in 0..3 {
         let body = json!({"model": "tiny-ui", "messages": [{"role": "user", "content": format!("hello {i}")}], "max_tokens": 8});
+        let resp = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // A conversation's second turn, for the prefix cache's hit rate in the cluster view.
+    let opening =
+        json!([{"role": "system", "content": format!("notes: {}", words(150))}, {"role": "user", "content": "first"}]);
+    for turn in 0..2 {
+        let mut messages = opening.as_array().unwrap().clone();
+        if turn == 1 {
+            messages.push(json!({"role": "assistant", "content": "an answer"}));
+            messages.push(json!({"role": "user", "content": "second"}));
+        }
+        let body = json!({"model": "tiny-ui", "messages": messages, "max_tokens": 4});
         let resp = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.unwrap();
         assert_eq!(resp.status(), 200);
     }

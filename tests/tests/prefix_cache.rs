@@ -95,6 +95,45 @@ async fn a_conversations_next_turn_takes_the_earlier_turns_cache() {
     assert_eq!(counted, [2.0, 1.0, cached as f64], "lookups, hits and cached tokens");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn several_conversations_at_once_on_one_engine_keep_their_caches_whole() {
+    // Conversations of different lengths on one engine: the engine parks the sequences of
+    // other lengths while one length decodes. A parked sequence restored from the prefix
+    // cache used to be taken for a prompt again and append its whole length to its own
+    // cache, until a turn failed with the cache over the model's context.
+    let nats = TestNats::start().await;
+    let (node, base, model) = tiny_node(&nats, "pc-several", 4, 64 << 20).await;
+    let name = model.id().to_string();
+    let conversation = |c: usize| {
+        let base = base.clone();
+        let name = name.clone();
+        async move {
+            let system = format!("Conversation {c}. {}", bitinglip_tests::words(120 + 17 * c));
+            let mut messages = json!([{"role": "system", "content": system}, {"role": "user", "content": "Begin."}]);
+            let mut cached = Vec::new();
+            for turn in 1..=5 {
+                let (answer, _) = chat(&base, &name, &messages, 24).await;
+                assert!(answer["choices"][0]["message"].is_object(), "turn {turn} of conversation {c}: {answer}");
+                cached.push(cached_tokens(&answer));
+                let reply = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();
+                let turns = messages.as_array_mut().unwrap();
+                turns.push(json!({"role": "assistant", "content": reply}));
+                turns.push(json!({"role": "user", "content": format!("Turn {turn}: go on.")}));
+            }
+            cached
+        }
+    };
+    let all = futures::future::join_all((0..4).map(conversation)).await;
+    for (c, cached) in all.iter().enumerate() {
+        // Every later turn found its conversation's opening in the cache.
+        assert!(
+            cached[1..].iter().all(|&n| n >= 100),
+            "conversation {c}: cached tokens per turn {cached:?}\n{}",
+            node.log()
+        );
+    }
+}
+
 /// The resident memory of process `pid`, in bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

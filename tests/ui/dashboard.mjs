@@ -36,6 +36,10 @@ try {
   await page.locator(".card[data-node]", { hasText: chatModel }).first().waitFor();
   // The node's GPU, as NVML reports it, with the budget BitingLip may use of it.
   await page.locator('.card[data-node] table.gpus tr[data-gpu="GPU-ui"]', { hasText: "NVIDIA L4" }).waitFor();
+  // The prefix cache: the model's hit rate, and its worker's hits and cached tokens (the
+  // test's conversation took its second turn's opening from the cache).
+  await page.locator(`#cache-rates tr[data-model="${chatModel}"]`).waitFor();
+  await page.locator(".card[data-node] td.cache", { hasText: /[1-9][0-9]* \/ [0-9]+ hits/ }).first().waitFor();
   // Metrics at a glance: time to first token, tokens per second and time queued, as charts
   // of the tasks just finished (the test's first chats).
   await page.locator("figure.chart polyline").nth(2).waitFor({ state: "attached", timeout: 30000 });

@@ -59,20 +59,67 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// How many sequences more than the least loaded ready worker a key's worker may run and
+/// still get the key's task: sticky while the load is about even, balanced when one
+/// worker gets far more than its share (a burst of distinct prompts).
+const LOAD_SLACK: u32 = 2;
+
 /// Where to queue a task (pure): the id of the worker it is pinned to, or `None` for the
-/// shared queue (shared mode, batch class, no key, or no ready worker with room).
-pub(super) fn pin(mode: RoutingMode, priority: Priority, key: Option<u64>, workers: &[WorkerInfo]) -> Option<String> {
+/// shared queue (shared mode, batch class, no key, or no ready worker with room). A
+/// worker's load is what its heartbeat says it runs plus `recent(worker)`, the tasks this
+/// task manager pinned to it since (not in a heartbeat yet).
+pub(super) fn pin(
+    mode: RoutingMode,
+    priority: Priority,
+    key: Option<u64>,
+    workers: &[WorkerInfo],
+    recent: impl Fn(&str) -> u32,
+) -> Option<String> {
     if mode == RoutingMode::Shared || priority != Priority::Interactive {
         return None;
     }
     let key = key?;
-    let mut ranked: Vec<(u64, &WorkerInfo)> = workers
+    let mut ranked: Vec<(u64, &WorkerInfo, u32)> = workers
         .iter()
         .filter(|w| w.state == WorkerState::Ready && w.takes_pinned)
-        .map(|w| (weight(key, &w.worker_id), w))
+        .map(|w| (weight(key, &w.worker_id), w, w.in_flight + recent(&w.worker_id)))
         .collect();
+    let least = ranked.iter().map(|(_, _, load)| *load).min()?;
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.worker_id.cmp(&b.1.worker_id)));
-    ranked.into_iter().map(|(_, w)| w).find(|w| w.in_flight < w.max_sequences.max(1)).map(|w| w.worker_id.clone())
+    ranked
+        .into_iter()
+        .find(|(_, w, load)| *load < w.max_sequences.max(1) && *load <= least + LOAD_SLACK)
+        .map(|(_, w, _)| w.worker_id.clone())
+}
+
+/// The tasks this task manager pinned to each worker in the last [`RECENT`], which the
+/// worker's heartbeat may not count yet.
+#[derive(Default)]
+pub(super) struct RecentPins(
+    std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
+);
+
+/// How long a pin counts as not yet in its worker's heartbeat (a worker writes its
+/// heartbeat at once when it claims a task).
+const RECENT: std::time::Duration = std::time::Duration::from_millis(300);
+
+impl RecentPins {
+    /// Pins to `worker` in the last [`RECENT`].
+    pub(super) fn count(&self, worker: &str) -> u32 {
+        let Ok(mut pins) = self.0.lock() else { return 0 };
+        let Some(times) = pins.get_mut(worker) else { return 0 };
+        while times.front().is_some_and(|t| t.elapsed() > RECENT) {
+            times.pop_front();
+        }
+        times.len() as u32
+    }
+
+    /// Remembers a pin to `worker`; forgets workers with none left.
+    pub(super) fn add(&self, worker: &str) {
+        let Ok(mut pins) = self.0.lock() else { return };
+        pins.retain(|_, t| t.back().is_some_and(|t| t.elapsed() <= RECENT));
+        pins.entry(worker.to_string()).or_default().push_back(std::time::Instant::now());
+    }
 }
 
 /// The rendezvous weight of `worker` for `key`: a hash of both, the same in every task
@@ -163,8 +210,8 @@ mod tests {
         let mut per_worker: HashMap<String, u32> = HashMap::new();
         for k in 0..3000u64 {
             let key = fnv1a(&[&k.to_le_bytes()]);
-            let a = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &workers).unwrap();
-            let b = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &workers).unwrap();
+            let a = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &workers, |_| 0).unwrap();
+            let b = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &workers, |_| 0).unwrap();
             assert_eq!(a, b);
             *per_worker.entry(a).or_default() += 1;
         }
@@ -179,33 +226,60 @@ mod tests {
         let two = &three[..2];
         for k in 0..1000u64 {
             let key = fnv1a(&[&k.to_le_bytes()]);
-            let before = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &three).unwrap();
-            let after = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), two).unwrap();
+            let before = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &three, |_| 0).unwrap();
+            let after = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), two, |_| 0).unwrap();
             if before != "n2-w0" {
                 assert_eq!(before, after, "key {k} moved though its worker stayed");
             }
         }
         // Its first choice full: the next one; all full: the shared queue.
         let key = fnv1a(&[b"k"]);
-        let first = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &three).unwrap();
+        let first = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &three, |_| 0).unwrap();
         let mut full = three.clone();
         full.iter_mut().find(|w| w.worker_id == first).unwrap().in_flight = 4;
-        let next = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &full).unwrap();
+        let next = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &full, |_| 0).unwrap();
         assert_ne!(next, first);
         full.iter_mut().for_each(|w| w.in_flight = 4);
-        assert_eq!(pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &full), None);
+        assert_eq!(pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &full, |_| 0), None);
+    }
+
+    #[test]
+    fn a_key_stays_on_a_worker_a_little_busier_than_the_rest_but_not_on_a_far_busier_one() {
+        let mut workers: Vec<_> = (0..3).map(|i| worker(&format!("n{i}-w0"), 0)).collect();
+        workers.iter_mut().for_each(|w| w.max_sequences = 8);
+        let key = fnv1a(&[b"conversation"]);
+        let owner = pin(RoutingMode::Affinity, Priority::Interactive, Some(key), &workers, |_| 0).unwrap();
+        let at = |load: u32, recent: u32| {
+            let mut w = workers.clone();
+            w.iter_mut().find(|w| w.worker_id == owner).unwrap().in_flight = load;
+            let owner_id = owner.clone();
+            pin(
+                RoutingMode::Affinity,
+                Priority::Interactive,
+                Some(key),
+                &w,
+                move |id| if id == owner_id { recent } else { 0 },
+            )
+        };
+        assert_eq!(at(2, 0).unwrap(), owner, "two more than the least loaded: still sticky");
+        assert_ne!(at(3, 0).unwrap(), owner, "three more: balanced");
+        assert_ne!(at(1, 2).unwrap(), owner, "pins not in a heartbeat yet count too");
+        let recent = RecentPins::default();
+        recent.add("a");
+        recent.add("a");
+        assert_eq!((recent.count("a"), recent.count("b")), (2, 0));
     }
 
     #[test]
     fn shared_mode_batch_tasks_draining_and_old_workers_are_never_pinned() {
         let mut workers = vec![worker("a", 0)];
-        assert_eq!(pin(RoutingMode::Shared, Priority::Interactive, Some(1), &workers), None);
-        assert_eq!(pin(RoutingMode::Affinity, Priority::Batch, Some(1), &workers), None);
-        assert_eq!(pin(RoutingMode::Affinity, Priority::Interactive, None, &workers), None);
+        assert_eq!(pin(RoutingMode::Shared, Priority::Interactive, Some(1), &workers, |_| 0), None);
+        assert_eq!(pin(RoutingMode::Affinity, Priority::Batch, Some(1), &workers, |_| 0), None);
+        assert_eq!(pin(RoutingMode::Affinity, Priority::Interactive, None, &workers, |_| 0), None);
         workers[0].state = WorkerState::Draining;
-        assert_eq!(pin(RoutingMode::Affinity, Priority::Interactive, Some(1), &workers), None);
+        assert_eq!(pin(RoutingMode::Affinity, Priority::Interactive, Some(1), &workers, |_| 0), None);
         workers[0].state = WorkerState::Ready;
         workers[0].takes_pinned = false;
-        assert_eq!(pin(RoutingMode::Affinity, Priority::Interactive, Some(1), &workers), None);
+        assert_eq!(pin(RoutingMode::Affinity, Priority::Interactive, Some(1), &workers, |_| 0), None);
     }
 }

@@ -21,9 +21,8 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream::consumer::PullConsumer;
 use bitinglip_bus_schema::{Priority, WorkerState};
-use bitinglip_nats::store::queue::{self, Consumers, Delivery, Pull};
+use bitinglip_nats::store::queue::{Consumers, Delivery, Orphan, Pull};
 use futures::StreamExt;
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
@@ -49,6 +48,11 @@ const ORPHAN_WATCH: Duration = Duration::from_secs(15);
 
 /// How often the model's workers are read from the heartbeats, to notice one leaving.
 const MEMBERSHIP_CHECK: Duration = Duration::from_millis(250);
+
+/// How long a pull made on a wake-up waits for the pinned task: the core message that
+/// wakes the fetcher can arrive before the stream has the task ready for the consumer, and
+/// a pull that did not wait would then find nothing. The task starts as soon as it comes.
+const PINNED_ARRIVAL: Duration = Duration::from_millis(50);
 
 /// Most pinned tasks released in one go by a full worker.
 const RELEASE_BATCH: usize = 16;
@@ -130,14 +134,14 @@ async fn listen_pinned(shared: Arc<WorkerShared>, model: String, wake: Arc<Notif
 /// The pinned consumers of this model's workers that are gone (or draining), whose
 /// waiting tasks this worker takes over.
 #[derive(Clone, Default)]
-struct Orphans(Arc<Mutex<Vec<PullConsumer>>>);
+struct Orphans(Arc<Mutex<Vec<Orphan>>>);
 
 impl Orphans {
-    fn all(&self) -> Vec<PullConsumer> {
+    fn all(&self) -> Vec<Orphan> {
         self.0.lock().map(|o| o.clone()).unwrap_or_default()
     }
 
-    fn set(&self, consumers: Vec<PullConsumer>) {
+    fn set(&self, consumers: Vec<Orphan>) {
         if let Ok(mut o) = self.0.lock() {
             *o = consumers;
         }
@@ -146,17 +150,14 @@ impl Orphans {
     /// Forgets those whose worker takes tasks again (`taking`).
     fn keep_orphans(&self, subjects: &bitinglip_bus_schema::Subjects, model: &str, taking: &HashSet<String>) {
         if let Ok(mut o) = self.0.lock() {
-            o.retain(|c| {
-                let filter = &c.cached_info().config.filter_subject;
-                !taking.iter().any(|w| subjects.pinned_queue(model, w) == *filter)
-            });
+            o.retain(|c| !taking.iter().any(|w| subjects.pinned_queue(model, w) == c.filter()));
         }
     }
 
     /// Forgets one found empty (scanned for again later).
     fn drop_empty(&self, name: &str) {
         if let Ok(mut o) = self.0.lock() {
-            o.retain(|c| c.cached_info().name != name);
+            o.retain(|c| c.name() != name);
         }
     }
 }
@@ -235,11 +236,9 @@ impl Fetcher<'_> {
             if wanted == 0 {
                 return Ok(started);
             }
-            let took = self
-                .start_all(queue::pull_from(&orphan, wanted, None).await?, Priority::Interactive, &mut slot)
-                .await?;
+            let took = self.start_all(orphan.pull(wanted).await?, Priority::Interactive, &mut slot).await?;
             if took == 0 {
-                self.orphans.drop_empty(&orphan.cached_info().name);
+                self.orphans.drop_empty(orphan.name());
             }
             crate::metrics::metrics().taken_over.with_label_values(&[self.model]).inc_by(took as u64);
             started += took;
@@ -273,7 +272,7 @@ impl Fetcher<'_> {
                     _ = self.wake.notified() => match self.free_slots(&slot) {
                         0 => self.release(consumers).await?,
                         wanted => {
-                            if let Some(pinned) = consumers.pull_pinned(wanted, None).await? {
+                            if let Some(pinned) = consumers.pull_pinned(wanted, Some(PINNED_ARRIVAL)).await? {
                                 started += self.start_all(pinned, Priority::Interactive, &mut slot).await?;
                             }
                         }
@@ -288,7 +287,7 @@ impl Fetcher<'_> {
     /// first delivery only: a task an attempt already claimed waits for a slot here), or
     /// run when a slot freed meanwhile.
     async fn release(&mut self, consumers: &Consumers) -> Result<(), bitinglip_nats::StoreError> {
-        let Some(mut pull) = consumers.pull_pinned(RELEASE_BATCH, None).await? else { return Ok(()) };
+        let Some(mut pull) = consumers.pull_pinned(RELEASE_BATCH, Some(PINNED_ARRIVAL)).await? else { return Ok(()) };
         while let Some(msg) = pull.next().await? {
             if let Ok(permit) = self.free.clone().try_acquire_owned() {
                 self.start_one(msg, Priority::Interactive, &mut Some(permit)).await;

@@ -288,7 +288,7 @@ impl Queue<'_> {
         &self,
         model: &str,
         live: &std::collections::HashSet<String>,
-    ) -> Result<Vec<PullConsumer>, StoreError> {
+    ) -> Result<Vec<Orphan>, StoreError> {
         let stream = self.handle().await?;
         let subjects = &self.store.inner.subjects;
         let mut names = Vec::new();
@@ -310,7 +310,7 @@ impl Queue<'_> {
         for name in names {
             // One deleted since the listing is simply not taken over.
             if let Ok(consumer) = stream.get_consumer::<PullConfig>(&name).await {
-                out.push(consumer);
+                out.push(Orphan { consumer });
             }
         }
         Ok(out)
@@ -518,9 +518,32 @@ impl Consumers {
     }
 }
 
-/// Up to `n` tasks of `consumer` (another worker's pinned consumer: an orphan's, taken
-/// over), as [`Consumers::pull`].
-pub async fn pull_from(consumer: &PullConsumer, n: usize, wait: Option<Duration>) -> Result<Pull, StoreError> {
+/// The pinned consumer of a worker gone (or draining), whose tasks another worker takes
+/// over.
+#[derive(Clone)]
+pub struct Orphan {
+    consumer: PullConsumer,
+}
+
+impl Orphan {
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.consumer.cached_info().name
+    }
+
+    /// Its filter: the worker's pinned subject.
+    pub fn filter(&self) -> &str {
+        &self.consumer.cached_info().config.filter_subject
+    }
+
+    /// Up to `n` of its waiting tasks, those waiting now.
+    pub async fn pull(&self, n: usize) -> Result<Pull, StoreError> {
+        pull_from(&self.consumer, n, None).await
+    }
+}
+
+/// Up to `n` tasks of `consumer`, as [`Consumers::pull`].
+async fn pull_from(consumer: &PullConsumer, n: usize, wait: Option<Duration>) -> Result<Pull, StoreError> {
     {
         let n = n.max(1);
         let batch = match wait {

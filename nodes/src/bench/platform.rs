@@ -66,11 +66,19 @@ pub(crate) struct NatsTimes {
 
 /// One chat request over NATS, as the CLI makes it.
 pub(crate) async fn nats_request(bus: &Client, chat: ChatParams) -> Option<NatsTimes> {
+    nats_task(bus, chat).await.ok().map(|(times, _, _)| times)
+}
+
+/// One chat request over NATS: its times, how it ended, and its id.
+pub(crate) async fn nats_task(
+    bus: &Client,
+    chat: ChatParams,
+) -> anyhow::Result<(NatsTimes, bitinglip_bus_schema::TaskCompleted, TaskId)> {
     let started = Instant::now();
-    let task_id = TaskId::parse(ulid::Ulid::new().to_string()).ok()?;
-    let mut watch = TaskWatch::subscribe(&bus.bus, &bus.store, None, &task_id).await.ok()?;
-    let req = SubmitRequest { task_id: Some(task_id), new_id: true, ..SubmitRequest::new(chat) };
-    bus.call_as(None, &req).await.ok()?;
+    let task_id = TaskId::parse(ulid::Ulid::new().to_string())?;
+    let mut watch = TaskWatch::subscribe(&bus.bus, &bus.store, None, &task_id).await?;
+    let req = SubmitRequest { task_id: Some(task_id.clone()), new_id: true, ..SubmitRequest::new(chat) };
+    bus.call_as(None, &req).await.map_err(|e| anyhow::anyhow!("submit refused: {}", e.message))?;
     let accepted = started.elapsed().as_secs_f64();
     let mut first = None;
     while let Some(event) = watch.next().await {
@@ -81,17 +89,18 @@ pub(crate) async fn nats_request(bus: &Client, chat: ChatParams) -> Option<NatsT
             }
             Relayed::Done(done) => {
                 let total = started.elapsed().as_secs_f64();
-                return Some(NatsTimes {
+                let times = NatsTimes {
                     accepted,
                     first: first.unwrap_or(total),
                     done: total,
                     tokens: done.usage.completion_tokens,
-                });
+                };
+                return Ok((times, done, task_id));
             }
-            Relayed::Failed(_) => return None,
+            Relayed::Failed(error) => anyhow::bail!("the task failed: {}", error.message),
         }
     }
-    None
+    anyhow::bail!("the task's events ended early")
 }
 
 /// The same over HTTP: a streamed `POST /v1/chat/completions`, timed to the first SSE

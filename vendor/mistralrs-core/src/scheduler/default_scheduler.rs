@@ -224,7 +224,14 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
             }
             (_, 0) => {
                 for seq in waiting.into_iter() {
-                    seq.set_state(SequenceState::RunningPrompt);
+                    // BitingLip: a decoding sequence the bucketing parked in `waiting`
+                    // stays a completion (as in the `_` arm below). Upstream made it a
+                    // prompt again: a fresh one was recomputed from the start, and one
+                    // restored from the prefix cache (its token offset kept) appended its
+                    // whole length to its own cache again, until the cache overflowed.
+                    if !seq.is_completion() {
+                        seq.set_state(SequenceState::RunningPrompt);
+                    }
                     self.running.push(seq);
                 }
                 self.waiting = Backer::new();
@@ -232,9 +239,17 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 self.running = self.bucket_and_waitlist_seqs(running);
                 logger.set_num_running(self.running.len());
                 logger.set_num_waiting(self.waiting.len());
+                let (mut completion, mut prompt) = (Vec::new(), Vec::new());
+                for seq in &mut self.running {
+                    if seq.is_completion() {
+                        completion.push(seq);
+                    } else {
+                        prompt.push(seq);
+                    }
+                }
                 return DefaultSchedulerOutput {
-                    prompt: self.running.iter_mut().collect::<Vec<_>>().into(),
-                    completion: vec![].into(),
+                    prompt: prompt.into(),
+                    completion: completion.into(),
                 };
             }
             (0, _) => {
