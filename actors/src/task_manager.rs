@@ -208,10 +208,19 @@ async fn submit(
     };
     // Cache affinity: pinned to the worker whose prefix cache should hold the prompt.
     let key = route::affinity_key(&spec.chat);
-    let workers = ctx.nodes.workers_of(&model);
-    let pin = route::pin(ctx.config.routing.mode, spec.priority, key, &workers, |w| recent.count(w));
+    let (workers, beats): (Vec<_>, std::collections::HashMap<String, u64>) = ctx
+        .nodes
+        .workers_of(&model)
+        .into_iter()
+        .map(|(w, at)| {
+            let id = w.worker_id.clone();
+            (w, (id, at))
+        })
+        .unzip();
+    let beat = |w: &str| beats.get(w).copied().unwrap_or_default();
+    let pin = route::pin(ctx.config.routing.mode, spec.priority, key, &workers, |w| recent.count(w, beat(w)));
     if let Some(worker) = &pin {
-        recent.add(worker);
+        recent.add(worker, beat(worker));
     }
     if spec.priority == bitinglip_bus_schema::Priority::Interactive {
         let route = if pin.is_some() { "pinned" } else { "shared" };

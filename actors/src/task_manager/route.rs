@@ -12,6 +12,12 @@
 //! shared queue (see the worker's fetcher); one whose worker dies is taken over by the
 //! model's other workers.
 
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
 use bitinglip_bus_schema::{ChatParams, Priority, WorkerInfo, WorkerState};
 use bitinglip_config::RoutingMode;
 
@@ -67,7 +73,7 @@ const LOAD_SLACK: u32 = 2;
 /// Where to queue a task (pure): the id of the worker it is pinned to, or `None` for the
 /// shared queue (shared mode, batch class, no key, or no ready worker with room). A
 /// worker's load is what its heartbeat says it runs plus `recent(worker)`, the tasks this
-/// task manager pinned to it since (not in a heartbeat yet).
+/// task manager pinned to it since that heartbeat.
 pub(super) fn pin(
     mode: RoutingMode,
     priority: Priority,
@@ -92,33 +98,31 @@ pub(super) fn pin(
         .map(|(_, w, _)| w.worker_id.clone())
 }
 
-/// The tasks this task manager pinned to each worker in the last [`RECENT`], which the
-/// worker's heartbeat may not count yet.
+/// The tasks this task manager pinned to each worker that the worker's heartbeat does not
+/// count yet: each pin is remembered with the time of the worker's heartbeat when it was
+/// made, and counts until a newer heartbeat comes (a worker writes one at once when it
+/// claims a task), or for [`RECENT`] at most. Times are compared in the worker's clock.
 #[derive(Default)]
-pub(super) struct RecentPins(
-    std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>>,
-);
+pub(super) struct RecentPins(Mutex<HashMap<String, VecDeque<(Instant, u64)>>>);
 
-/// How long a pin counts as not yet in its worker's heartbeat (a worker writes its
-/// heartbeat at once when it claims a task).
-const RECENT: std::time::Duration = std::time::Duration::from_millis(300);
+/// Longest a pin counts as not yet in its worker's heartbeat.
+const RECENT: Duration = Duration::from_secs(1);
 
 impl RecentPins {
-    /// Pins to `worker` in the last [`RECENT`].
-    pub(super) fn count(&self, worker: &str) -> u32 {
+    /// Pins to `worker` made since its heartbeat of `heartbeat_ms`.
+    pub(super) fn count(&self, worker: &str, heartbeat_ms: u64) -> u32 {
         let Ok(mut pins) = self.0.lock() else { return 0 };
         let Some(times) = pins.get_mut(worker) else { return 0 };
-        while times.front().is_some_and(|t| t.elapsed() > RECENT) {
-            times.pop_front();
-        }
+        times.retain(|(at, seen)| at.elapsed() <= RECENT && *seen >= heartbeat_ms);
         times.len() as u32
     }
 
-    /// Remembers a pin to `worker`; forgets workers with none left.
-    pub(super) fn add(&self, worker: &str) {
+    /// Remembers a pin to `worker`, whose last heartbeat was at `heartbeat_ms`; forgets
+    /// workers with no pin left to count.
+    pub(super) fn add(&self, worker: &str, heartbeat_ms: u64) {
         let Ok(mut pins) = self.0.lock() else { return };
-        pins.retain(|_, t| t.back().is_some_and(|t| t.elapsed() <= RECENT));
-        pins.entry(worker.to_string()).or_default().push_back(std::time::Instant::now());
+        pins.retain(|_, t| t.back().is_some_and(|(at, _)| at.elapsed() <= RECENT));
+        pins.entry(worker.to_string()).or_default().push_back((Instant::now(), heartbeat_ms));
     }
 }
 
@@ -265,9 +269,11 @@ mod tests {
         assert_ne!(at(3, 0).unwrap(), owner, "three more: balanced");
         assert_ne!(at(1, 2).unwrap(), owner, "pins not in a heartbeat yet count too");
         let recent = RecentPins::default();
-        recent.add("a");
-        recent.add("a");
-        assert_eq!((recent.count("a"), recent.count("b")), (2, 0));
+        recent.add("a", 10);
+        recent.add("a", 10);
+        assert_eq!((recent.count("a", 10), recent.count("b", 10)), (2, 0));
+        // A newer heartbeat counts them itself.
+        assert_eq!(recent.count("a", 11), 0);
     }
 
     #[test]

@@ -175,8 +175,8 @@ async fn find_orphans(shared: Arc<WorkerShared>, model: String, orphans: Orphans
             .nodes
             .workers_of(&model)
             .into_iter()
-            .filter(|w| matches!(w.state, WorkerState::Ready | WorkerState::Loading))
-            .map(|w| w.worker_id)
+            .filter(|(w, _)| matches!(w.state, WorkerState::Ready | WorkerState::Loading))
+            .map(|(w, _)| w.worker_id)
             .chain(std::iter::once(shared.worker_id.clone()))
             .collect();
         orphans.keep_orphans(shared.ctx.bus.subjects(), &model, &now);

@@ -120,14 +120,15 @@ impl NodeWatch {
         self.mirror().any(|n| alive(n, now, self.ttl) && n.serves(model))
     }
 
-    /// The workers of `model` on live nodes, in any state.
-    pub fn workers_of(&self, model: &str) -> Vec<bitinglip_bus_schema::WorkerInfo> {
+    /// The workers of `model` on live nodes, in any state, each with the time its node's
+    /// last heartbeat says it was written (the node's clock).
+    pub fn workers_of(&self, model: &str) -> Vec<(bitinglip_bus_schema::WorkerInfo, u64)> {
         let now = now_ms();
         self.mirror().collect(|n| {
             if !alive(n, now, self.ttl) {
                 return Vec::new();
             }
-            n.workers.iter().filter(|w| w.model == model).cloned().collect()
+            n.workers.iter().filter(|w| w.model == model).map(|w| (w.clone(), n.time_ms)).collect()
         })
     }
 
