@@ -134,29 +134,37 @@ async fn listen_pinned(shared: Arc<WorkerShared>, model: String, wake: Arc<Notif
 /// The pinned consumers of this model's workers that are gone (or draining), whose
 /// waiting tasks this worker takes over.
 #[derive(Clone, Default)]
-struct Orphans(Arc<Mutex<Vec<Orphan>>>);
+struct Orphans {
+    list: Arc<Mutex<Vec<Orphan>>>,
+    /// Fires when a scan finds some: an idle fetcher takes their tasks at once.
+    found: Arc<Notify>,
+}
 
 impl Orphans {
     fn all(&self) -> Vec<Orphan> {
-        self.0.lock().map(|o| o.clone()).unwrap_or_default()
+        self.list.lock().map(|o| o.clone()).unwrap_or_default()
     }
 
     fn set(&self, consumers: Vec<Orphan>) {
-        if let Ok(mut o) = self.0.lock() {
+        let any = !consumers.is_empty();
+        if let Ok(mut o) = self.list.lock() {
             *o = consumers;
+        }
+        if any {
+            self.found.notify_one();
         }
     }
 
     /// Forgets those whose worker takes tasks again (`taking`).
     fn keep_orphans(&self, subjects: &bitinglip_bus_schema::Subjects, model: &str, taking: &HashSet<String>) {
-        if let Ok(mut o) = self.0.lock() {
+        if let Ok(mut o) = self.list.lock() {
             o.retain(|c| !taking.iter().any(|w| subjects.pinned_queue(model, w) == c.filter()));
         }
     }
 
     /// Forgets one found empty (scanned for again later).
     fn drop_empty(&self, name: &str) {
-        if let Ok(mut o) = self.0.lock() {
+        if let Ok(mut o) = self.list.lock() {
             o.retain(|c| c.name() != name);
         }
     }
@@ -169,6 +177,9 @@ async fn find_orphans(shared: Arc<WorkerShared>, model: String, orphans: Orphans
     let mut taking: HashSet<String> = HashSet::new();
     let mut last_scan: Option<tokio::time::Instant> = None;
     let mut watch_until: Option<tokio::time::Instant> = None;
+    // Workers of the model seen leaving (their consumers are orphans at once, however
+    // young), until they take tasks again.
+    let mut gone: HashSet<String> = HashSet::new();
     loop {
         let now: HashSet<String> = shared
             .ctx
@@ -180,15 +191,21 @@ async fn find_orphans(shared: Arc<WorkerShared>, model: String, orphans: Orphans
             .chain(std::iter::once(shared.worker_id.clone()))
             .collect();
         orphans.keep_orphans(shared.ctx.bus.subjects(), &model, &now);
-        if taking.iter().any(|w| !now.contains(w)) {
-            // Scanned every second for a while: a consumer too young to count as an
-            // orphan at first does count a few seconds later.
+        gone.retain(|w| !now.contains(w));
+        let left: Vec<String> = taking.iter().filter(|w| !now.contains(*w)).cloned().collect();
+        if !left.is_empty() {
+            gone.extend(left);
+            // Scanned now, then every second for a while.
             watch_until = Some(tokio::time::Instant::now() + ORPHAN_WATCH);
+            last_scan = None;
         }
         let watching = watch_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        if !watching {
+            gone.clear();
+        }
         let due = last_scan.is_none_or(|t| t.elapsed() >= if watching { Duration::from_secs(1) } else { ORPHAN_SCAN });
         if due {
-            match shared.ctx.store.queue().orphaned(&model, &now).await {
+            match shared.ctx.store.queue().orphaned(&model, &now, &gone).await {
                 Ok(found) => {
                     if !found.is_empty() {
                         tracing::info!(model, orphans = found.len(), "taking over the pinned tasks of workers gone");
@@ -231,18 +248,7 @@ impl Fetcher<'_> {
         if let Some(pull) = consumers.pull_pinned(self.free_slots(&slot), None).await? {
             started += self.start_all(pull, Priority::Interactive, &mut slot).await?;
         }
-        for orphan in self.orphans.all() {
-            let wanted = self.free_slots(&slot);
-            if wanted == 0 {
-                return Ok(started);
-            }
-            let took = self.start_all(orphan.pull(wanted).await?, Priority::Interactive, &mut slot).await?;
-            if took == 0 {
-                self.orphans.drop_empty(orphan.name());
-            }
-            crate::metrics::metrics().taken_over.with_label_values(&[self.model]).inc_by(took as u64);
-            started += took;
-        }
+        started += self.take_over(&mut slot).await?;
         let order = if self.interactive_streak >= INTERACTIVE_STREAK {
             [Priority::Batch, Priority::Interactive]
         } else {
@@ -267,6 +273,12 @@ impl Fetcher<'_> {
                         Some(msg) => started += self.start_one(msg, Priority::Interactive, &mut slot).await,
                         None => break,
                     },
+                    // Workers gone, found while waiting: their tasks taken at once.
+                    _ = self.orphans.found.notified() => {
+                        if self.free_slots(&slot) > 0 {
+                            started += self.take_over(&mut slot).await?;
+                        }
+                    }
                     // A task pinned here while waiting: taken at once (the shared pull
                     // still covers the other free slots).
                     _ = self.wake.notified() => match self.free_slots(&slot) {
@@ -279,6 +291,27 @@ impl Fetcher<'_> {
                     }
                 }
             }
+        }
+        Ok(started)
+    }
+
+    /// Takes the waiting tasks of workers gone, as many as slots are free.
+    async fn take_over(
+        &mut self,
+        slot: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<usize, bitinglip_nats::StoreError> {
+        let mut started = 0;
+        for orphan in self.orphans.all() {
+            let wanted = self.free_slots(slot);
+            if wanted == 0 {
+                break;
+            }
+            let took = self.start_all(orphan.pull(wanted).await?, Priority::Interactive, slot).await?;
+            if took == 0 {
+                self.orphans.drop_empty(orphan.name());
+            }
+            crate::metrics::metrics().taken_over.with_label_values(&[self.model]).inc_by(took as u64);
+            started += took;
         }
         Ok(started)
     }

@@ -282,12 +282,14 @@ impl Queue<'_> {
     }
 
     /// The pinned consumers of `model` whose workers are not in `live` (dead, or gone
-    /// since): their tasks are for the model's other workers to take. One listing of the
-    /// stream's consumers.
+    /// since): their tasks are for the model's other workers to take. A consumer younger
+    /// than 10 s counts only when its worker is in `gone` (seen leaving). One listing of
+    /// the stream's consumers.
     pub async fn orphaned(
         &self,
         model: &str,
         live: &std::collections::HashSet<String>,
+        gone: &std::collections::HashSet<String>,
     ) -> Result<Vec<Orphan>, StoreError> {
         let stream = self.handle().await?;
         let subjects = &self.store.inner.subjects;
@@ -297,10 +299,11 @@ impl Queue<'_> {
             let info = info.map_err(|e| StoreError::unavailable(WHAT, e))?;
             let filter = &info.config.filter_subject;
             // A consumer just made may belong to a worker whose first heartbeat is on
-            // its way: not an orphan yet.
+            // its way: not an orphan yet, unless its worker was seen leaving.
             let age_ms = now_ms() as i128 - info.created.unix_timestamp_nanos() / 1_000_000;
+            let seen_leaving = gone.iter().any(|w| subjects.pinned_queue(model, w) == *filter);
             if self.pinned_of(model, filter)
-                && age_ms >= ORPHAN_AFTER_MS
+                && (age_ms >= ORPHAN_AFTER_MS || seen_leaving)
                 && !live.iter().any(|w| subjects.pinned_queue(model, w) == *filter)
             {
                 names.push(info.name);
