@@ -376,10 +376,17 @@ impl Fetcher<'_> {
     }
 
     /// Starts `msg` in a slot (the held one first); 1 when started, 0 when no slot was
-    /// free (it goes back to its queue at once, for whoever is free).
+    /// free (a pull outstanding while a pinned task took the slot): a first delivery goes
+    /// back to the end of its queue for whoever is free, without spending a delivery; a
+    /// later one waits here for a slot.
     async fn start_one(&mut self, msg: Delivery, priority: Priority, held: &mut Option<OwnedSemaphorePermit>) -> usize {
         let Some(permit) = held.take().or_else(|| self.free.clone().try_acquire_owned().ok()) else {
-            msg.nak(None).await;
+            if msg.attempt() > 1 {
+                self.hold(msg);
+            } else if let Err(err) = self.shared.ctx.store.queue().requeue(&msg).await {
+                tracing::warn!(cause = %err, "a task with no slot here not requeued; handed back");
+                msg.nak(None).await;
+            }
             return 0;
         };
         self.interactive_streak = match priority {

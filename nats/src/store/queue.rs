@@ -172,7 +172,6 @@ impl Queue<'_> {
     /// a lost ack queues one copy), then the pinned message acked. Only a task no attempt
     /// has claimed is released (its first delivery): the copy is then a fresh task.
     pub async fn release(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        let inner = &self.store.inner;
         // The shared subject is the pinned one without its last token (the worker).
         let Some((shared, _worker)) = delivery.subject().rsplit_once('.') else {
             return Err(StoreError::unavailable(
@@ -180,12 +179,32 @@ impl Queue<'_> {
                 format!("{} is not a pinned task's subject", delivery.subject()),
             ));
         };
+        self.copy_then_ack(delivery, shared.to_string()).await
+    }
+
+    /// Puts a first delivery its worker has no slot for back at the end of its queue,
+    /// without spending one of its deliveries (a NAK would): a copy on its own subject,
+    /// deduplicated as [`Self::release`]'s, then the delivery acked.
+    pub async fn requeue(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        // `…queue.<model>.<class>.<task>`, or pinned with `.<worker>` after it: a pinned
+        // one goes to the shared queue (its worker has no slot).
+        let all = self.store.inner.subjects.all_queues();
+        let root = &all[..all.len() - 1];
+        let pinned = delivery.subject().strip_prefix(root).is_some_and(|rest| rest.split('.').count() == 4);
+        if pinned {
+            return self.release(delivery).await;
+        }
+        self.copy_then_ack(delivery, delivery.subject().to_string()).await
+    }
+
+    async fn copy_then_ack(&self, delivery: &Delivery, subject: String) -> Result<(), StoreError> {
+        let inner = &self.store.inner;
         let mut headers = delivery.msg.headers.clone().unwrap_or_default();
         let id = format!("released-{}", delivery.stream_sequence());
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         inner
             .js
-            .publish_with_headers(shared.to_string(), headers, delivery.msg.payload.clone())
+            .publish_with_headers(subject, headers, delivery.msg.payload.clone())
             .await
             .map_err(publish_error)?
             .await
