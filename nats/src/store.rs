@@ -339,17 +339,27 @@ impl Bucket {
         Ok(out)
     }
 
-    /// Every key that passes `keep`.
+    /// Every key that passes `keep` (a key whose last entry is a delete marker included:
+    /// readers find no value there). The list is the stream's own count of messages per
+    /// subject, one answer from the server: the client's key listing (an ordered consumer
+    /// that stops at the first message with nothing pending after it) can stop early while
+    /// other keys are written, and leave out keys that were there all along.
     async fn keys(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, StoreError> {
-        let keys: Vec<String> = self
+        let prefix = format!("$KV.{}.", self.kv.name);
+        let subjects: Vec<(String, usize)> = self
             .kv
-            .keys()
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
             .await
             .map_err(|e| self.unavailable(e))?
             .try_collect()
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(keys.into_iter().filter(|k| keep(k)).collect())
+        Ok(subjects
+            .into_iter()
+            .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_string))
+            .filter(|k| keep(k))
+            .collect())
     }
 
     /// Reads `key`, lets `step` decide, and writes its value with compare-and-swap on the

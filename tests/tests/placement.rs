@@ -360,3 +360,48 @@ async fn a_known_model_loads_on_its_first_request_and_unloads_when_idle() {
     assert_eq!(status, 404, "{body}");
     assert!(deployment(&nats, "acme/tiny-chat").is_none());
 }
+
+/// Placement and admission read the live nodes from the heartbeats bucket while every
+/// node keeps writing its heartbeat: the list is whole every time, never short of a node
+/// that was there all along because another one beat during the read.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_nodes_are_listed_whole_while_every_node_beats() {
+    let nats = TestNats::start().await;
+    let config = test_config(&nats.url());
+    let client = bitinglip_nats::connect(&config.nats, "bitinglip-test-store", None).await.expect("connect");
+    let subjects = Subjects::new(config.nats.subject_root.clone()).unwrap();
+    let bus = bitinglip_nats::Bus::new(client, subjects, "store-test", Duration::from_secs(30));
+    let store = bitinglip_nats::Store::provision(&bus, &config).await.expect("the store opens");
+    const NODES: usize = 24;
+    let beat = |i: usize| bitinglip_bus_schema::NodeHeartbeat {
+        node_id: format!("n{i}"),
+        roles: vec![Role::Worker],
+        started_ms: 1,
+        time_ms: bitinglip_nats::now_ms(),
+        ..Default::default()
+    };
+    for i in 0..NODES {
+        store.nodes().beat(&beat(i)).await.unwrap();
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beaters: Vec<_> = (0..4)
+        .map(|b| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for i in (b..NODES).step_by(4) {
+                        store.nodes().beat(&beat(i)).await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for round in 0..300 {
+        let live = store.nodes().live().await.expect("a read");
+        assert_eq!(live.len(), NODES, "round {round}: {:?}", live.iter().map(|n| &n.node_id).collect::<Vec<_>>());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in beaters {
+        b.await.unwrap();
+    }
+}

@@ -3,7 +3,6 @@
 //! at once never lose one another's progress.
 
 use bitinglip_bus_schema::BatchRecord;
-use futures::StreamExt;
 
 use super::{Bucket, Store, StoreError};
 
@@ -61,14 +60,6 @@ impl Batches<'_> {
 
     /// Every batch id.
     pub async fn ids(&self) -> Result<Vec<String>, StoreError> {
-        let mut keys = match self.bucket.kv.keys().await {
-            Ok(keys) => keys,
-            Err(e) => return Err(self.bucket.unavailable(e)),
-        };
-        let mut ids = Vec::new();
-        while let Some(key) = keys.next().await {
-            ids.push(key.map_err(|e| self.bucket.unavailable(e))?);
-        }
-        Ok(ids)
+        self.bucket.keys(is_id).await
     }
 }
