@@ -119,6 +119,28 @@ async fn client_limits(ctx: &NodeContext, owner: Option<&str>) -> Result<(), Wir
     }
 }
 
+/// The tenant a task is dispatched under, and its weight (pure): a NATS client identity
+/// is its own tenant (`client-<name>`), weighted by `task_manager.client_limits`, whatever
+/// its body says; a gateway's (an API key's or an owner-less subject, which only trusted
+/// roles publish on) names the key's tenant and weight, else the owner is the tenant.
+fn share(
+    config: &bitinglip_config::TaskManagerConfig,
+    owner: Option<&str>,
+    tenant: Option<String>,
+    weight: Option<u32>,
+) -> (String, u32) {
+    if let Some(name) = owner.and_then(|o| o.strip_prefix(bitinglip_bus_schema::CLIENT_OWNER_PREFIX)) {
+        let table = &config.client_limits;
+        let weight = table.get(name).or_else(|| table.get("*")).and_then(|l| l.weight).unwrap_or(1);
+        return (owner.unwrap_or_default().to_string(), weight.clamp(1, bitinglip_bus_schema::MAX_WEIGHT));
+    }
+    let tenant = tenant
+        .filter(|t| bitinglip_bus_schema::valid_tenant(t) || Some(t.as_str()) == owner)
+        .or_else(|| owner.map(str::to_string))
+        .unwrap_or_else(|| "=".to_string());
+    (tenant, weight.unwrap_or(1).clamp(1, bitinglip_bus_schema::MAX_WEIGHT))
+}
+
 /// Why a resubmitted task is not a retry of `existing` (pure): another API key's task,
 /// or another request under the same idempotency key (refused, as Stripe does, rather
 /// than answered with the old task).
@@ -198,6 +220,7 @@ async fn submit(
     // only now may we say accepted. A duplicate Nats-Msg-Id within the window is
     // acknowledged without storing a second copy.
     let place = admission.reserve(ctx, &model, req.priority).await?;
+    let (tenant, weight) = share(&ctx.config.task_manager, req.owner.as_deref(), req.tenant, req.weight);
     let spec = TaskSpec {
         task_id: task_id.clone(),
         chat: req.chat,
@@ -205,6 +228,8 @@ async fn submit(
         accepted_ms: now,
         owner: req.owner,
         request_sha256: Some(sha),
+        tenant: Some(tenant),
+        weight: Some(weight),
     };
     // Cache affinity: pinned to the worker whose prefix cache should hold the prompt.
     let key = route::affinity_key(&spec.chat);
@@ -314,6 +339,22 @@ mod tests {
         r.owner = Some(owner.into());
         r.request_sha256 = Some(sha.into());
         r
+    }
+
+    #[test]
+    fn a_client_identity_is_its_own_tenant_and_a_gateway_names_the_keys() {
+        let mut config = bitinglip_config::TaskManagerConfig::default();
+        let weighted = bitinglip_config::ClientLimits { weight: Some(3), ..Default::default() };
+        config.client_limits.insert("ops".into(), weighted);
+        // A client cannot claim another tenant or weight.
+        let claimed = share(&config, Some("client-ops"), Some("team-a".into()), Some(1000));
+        assert_eq!(claimed, ("client-ops".to_string(), 3));
+        assert_eq!(share(&config, Some("client-x"), None, None), ("client-x".to_string(), 1));
+        // A gateway's: the key's tenant and weight, else the key alone.
+        assert_eq!(share(&config, Some("k1"), Some("team-a".into()), Some(2)), ("team-a".to_string(), 2));
+        assert_eq!(share(&config, Some("k1"), None, None), ("k1".to_string(), 1));
+        assert_eq!(share(&config, Some("k1"), Some("no good".into()), Some(0)), ("k1".to_string(), 1));
+        assert_eq!(share(&config, None, None, Some(5000)), ("=".to_string(), 1000));
     }
 
     #[test]

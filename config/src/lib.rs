@@ -460,6 +460,9 @@ pub struct ClientLimits {
     pub tpm: Option<u64>,
     /// Tokens per day (UTC).
     pub tokens_per_day: Option<u64>,
+    /// Its weight in fair dispatch (1 to 1000; none: 1): a busy model serves tenants in
+    /// proportion to their weights, and each client identity is a tenant.
+    pub weight: Option<u32>,
 }
 
 impl Default for TaskManagerConfig {

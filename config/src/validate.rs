@@ -218,6 +218,9 @@ impl Config {
                     "keys are client identity names (1 to 64 letters, digits and '_') or \"*\"",
                 ));
             }
+            if let Some(w) = limits.weight.filter(|w| !(1..=1000).contains(w)) {
+                return Err(invalid(&format!("task_manager.client_limits.{name}.weight"), w, "must be 1 to 1000"));
+            }
             let zero = limits.rpm == Some(0) || limits.tpm == Some(0) || limits.tokens_per_day == Some(0);
             if zero {
                 return Err(invalid(

@@ -345,6 +345,8 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         models: Vec::new(),
         expires_ms: None,
         limits: bitinglip_bus_schema::KeyLimits { rpm: Some(u32::MAX), ..Default::default() },
+        tenant: None,
+        weight: None,
     };
     let (_, limited) = bus.store.keys().create(new).await?;
     echo_runs.push(platform::echo_http(&base, &limited, "http-limited", "echo", prompt, 16, duration).await?);

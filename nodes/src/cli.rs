@@ -144,6 +144,13 @@ pub(crate) enum KeysCommand {
         /// `gateway.max_concurrent_per_key`).
         #[arg(long)]
         max_concurrent: Option<u32>,
+        /// The tenant whose fair share of a busy model its tasks get (keys of one tenant
+        /// share it; default: a tenant of its own).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The tenant's weight (1 to 1000): a busy model serves tenants in proportion.
+        #[arg(long)]
+        weight: Option<u32>,
         /// Print JSON (with `id` and `key`).
         #[arg(long)]
         json: bool,

@@ -87,6 +87,26 @@ async fn keys_guard_every_route_scope_models_and_tasks_and_revocation_reaches_ev
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("scope"), "{body}");
+    // A key in a tenant, with the tenant's weight; alone, a key is its own tenant of weight 1.
+    let (status, teamed) = status_of(
+        http()
+            .post(format!("{a}/api/v1/keys"))
+            .json(&json!({"name": "t", "tenant": "team-a", "weight": 3}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &teamed["tenant"], &teamed["weight"]), (200, &json!("team-a"), &json!(3)), "{teamed}");
+    assert_eq!((&one["tenant"], &one["weight"]), (&one["id"], &json!(1)), "{one}");
+    for (bad, field) in [(json!({"weight": 0}), "weight"), (json!({"tenant": "client-x"}), "tenant")] {
+        let mut body = json!({"name": "x"});
+        body.as_object_mut().unwrap().extend(bad.as_object().unwrap().clone());
+        let (status, answer) =
+            status_of(http().post(format!("{a}/api/v1/keys")).json(&body).send().await.unwrap()).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(field), "{answer}");
+    }
 
     // Tasks are private to their key: another key sees a 404, an admin key sees all.
     let (one_http, two_http) = (http_with(one_key), http_with(two_key));
@@ -161,6 +181,15 @@ async fn a_bad_key_request_and_an_unknown_scope_are_refused_by_the_cli() {
     let (code, _, err) = run_cli(&["keys", "create", "--nats", &nats.url(), "--name", "x", "--scope", "root"]);
     assert_ne!(code, 0);
     assert!(err.contains("scope"), "{err}");
+    let url = nats.url();
+    let teamed = ["keys", "create", "--nats", &url, "--name", "t", "--tenant", "team-b", "--weight", "2", "--json"];
+    let (code, out, err) = run_cli(&teamed);
+    assert_eq!(code, 0, "{err}");
+    let view: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&view["tenant"], &view["weight"]), (&serde_json::json!("team-b"), &serde_json::json!(2)), "{out}");
+    let (code, _, err) = run_cli(&["keys", "create", "--nats", &url, "--name", "x", "--weight", "0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("weight"), "{err}");
     let (code, _, err) = run_cli(&["keys", "revoke", "--nats", &nats.url(), "nope"]);
     assert_ne!(code, 0);
     assert!(err.contains("no API key"), "{err}");

@@ -110,6 +110,15 @@ try {
   const tokens = await page.locator("#usage-charts figcaption strong").first().textContent();
   if (!(Number(tokens) > 0)) throw new Error(`${chatModel}'s tokens today: ${tokens}`);
   await page.locator("#usage-table tbody tr").first().waitFor();
+  // A key in a tenant, with its weight: the table shows both.
+  await page.locator("#key-name").fill("team key");
+  await page.locator("#key-tenant").fill("team-ui");
+  await page.locator("#key-weight").fill("4");
+  await page.locator("#key-form button[type=submit]").click();
+  await page.locator("#key-secret", { hasText: "shown once" }).waitFor();
+  const teamRow = page.locator("#keys-table tbody tr", { hasText: "team-ui" });
+  await teamRow.waitFor();
+  if (!(await teamRow.textContent()).includes("4")) throw new Error(`the tenant key's row: ${await teamRow.textContent()}`);
   await shot("dashboard-keys");
   await admin.close();
 

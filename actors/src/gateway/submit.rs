@@ -183,7 +183,18 @@ pub(super) async fn submit_chat(
     let owner = Some(key.id.clone());
     // Without an idempotency key the id is a new ULID made here: no earlier task has it.
     let new_id = idempotency_key.is_none();
-    let mut submit = SubmitRequest { chat, task_id: None, idempotency_key, priority, wait_for_model, owner, new_id };
+    let mut submit = SubmitRequest {
+        chat,
+        task_id: None,
+        idempotency_key,
+        priority,
+        wait_for_model,
+        owner,
+        new_id,
+        // The key's tenant and weight: its share of a busy model.
+        tenant: Some(key.tenant().to_string()),
+        weight: Some(key.weight()),
+    };
     let task_id: TaskId = task_id_for(&submit);
     submit.task_id = Some(task_id.clone());
     let watch = TaskWatch::subscribe(&ctx.bus, &ctx.store, submit.owner.as_deref(), &task_id).await?;

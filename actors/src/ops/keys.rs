@@ -50,7 +50,33 @@ pub fn new_key(
             Some(now_ms.saturating_add(after.as_millis().min(u64::MAX as u128) as u64))
         }
     };
-    Ok(NewKey { name: name.to_string(), scope, models: models.to_vec(), expires_ms, limits })
+    Ok(NewKey {
+        name: name.to_string(),
+        scope,
+        models: models.to_vec(),
+        expires_ms,
+        limits,
+        tenant: None,
+        weight: None,
+    })
+}
+
+/// `new` in `tenant`'s fair share (absent: a tenant of its own) with `weight` (absent: 1),
+/// both checked.
+pub fn with_share(mut new: NewKey, tenant: Option<&str>, weight: Option<u32>) -> Result<NewKey, WireError> {
+    if let Some(t) = tenant {
+        if !bitinglip_bus_schema::valid_tenant(t) {
+            return Err(invalid(format!(
+                "`tenant` is {t:?}: use 1 to 64 letters, digits, `-`, `_` or `.`, not starting with `client-`"
+            )));
+        }
+    }
+    if weight.is_some_and(|w| !(1..=bitinglip_bus_schema::MAX_WEIGHT).contains(&w)) {
+        return Err(invalid(format!("`weight` must be 1 to {}", bitinglip_bus_schema::MAX_WEIGHT)));
+    }
+    new.tenant = tenant.map(str::to_string);
+    new.weight = weight;
+    Ok(new)
 }
 
 /// A key as the admin API and the CLI show it: everything but the hash; the secret only
@@ -75,6 +101,11 @@ pub struct KeyView {
     pub revoked_ms: Option<u64>,
     /// Its limits.
     pub limits: LimitsView,
+    /// The tenant whose fair share of a busy model its tasks get: the one it was given,
+    /// or its own id.
+    pub tenant: String,
+    /// Its tenant's weight in fair dispatch (1 unless set).
+    pub weight: u32,
     /// The secret (`Authorization: Bearer <key>`): in the answer that creates the key, and
     /// never again.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,6 +142,8 @@ pub fn key_view(key: &ApiKey, secret: Option<&str>) -> KeyView {
             tokens_per_day: key.limits.tokens_per_day,
             max_concurrent: key.limits.max_concurrent,
         },
+        tenant: key.tenant().to_string(),
+        weight: key.weight(),
         key: secret.map(str::to_string),
     }
 }
@@ -192,6 +225,12 @@ mod tests {
         }
         let zero = KeyLimits { rpm: Some(0), ..Default::default() };
         assert!(new_key("x", "admin", &[], None, zero, 0).unwrap_err().message.contains("rpm"));
+        let plain = new_key("x", "inference", &[], None, KeyLimits::default(), 0).unwrap();
+        let shared = with_share(plain.clone(), Some("team-a"), Some(3)).unwrap();
+        assert_eq!((shared.tenant.as_deref(), shared.weight), (Some("team-a"), Some(3)));
+        assert!(with_share(plain.clone(), Some("client-x"), None).unwrap_err().message.contains("`tenant`"));
+        assert!(with_share(plain.clone(), None, Some(0)).unwrap_err().message.contains("`weight`"));
+        assert!(with_share(plain, None, Some(1001)).unwrap_err().message.contains("`weight`"));
     }
 
     #[test]
@@ -213,6 +252,8 @@ mod tests {
             created_ms: 1,
             revoked_ms: None,
             limits: Default::default(),
+            tenant: None,
+            weight: None,
         };
         let shown = |secret| serde_json::to_value(key_view(&k, secret)).unwrap();
         assert!(!shown(None).to_string().contains("deadbeef"));

@@ -58,6 +58,24 @@ pub struct ApiKey {
     /// Its limits, counted across every gateway.
     #[serde(default)]
     pub limits: KeyLimits,
+    /// The tenant it belongs to: keys of one tenant share its fair share of a busy model
+    /// ([`valid_tenant`]); absent: the key is a tenant of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Its tenant's weight in fair dispatch, 1 to [`MAX_WEIGHT`]; absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+/// The largest weight a tenant may have.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// True for a tenant name: 1 to 64 characters of letters, digits, `-`, `_` and `.`, not
+/// starting with `client-` (NATS client identities are tenants under that prefix).
+pub fn valid_tenant(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !name.starts_with(crate::CLIENT_OWNER_PREFIX)
 }
 
 /// What one API key may use; absent: no limit.
@@ -91,6 +109,16 @@ impl ApiKey {
         self.revoked_ms.is_none() && self.expires_ms.is_none_or(|at| now_ms < at)
     }
 
+    /// The tenant its tasks are dispatched under: its own, or its id.
+    pub fn tenant(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Its tenant's weight (1 when unset).
+    pub fn weight(&self) -> u32 {
+        self.weight.unwrap_or(1).clamp(1, MAX_WEIGHT)
+    }
+
     /// True when it may use `model`.
     pub fn allows_model(&self, model: &str) -> bool {
         self.scope == Scope::Admin || self.models.is_empty() || self.models.iter().any(|m| m == model)
@@ -113,6 +141,8 @@ mod tests {
             created_ms: 1,
             revoked_ms: None,
             limits: KeyLimits { rpm: Some(60), tpm: None, tokens_per_day: Some(1000), max_concurrent: Some(4) },
+            tenant: Some("team-a".into()),
+            weight: Some(3),
         }
     }
 
@@ -120,7 +150,19 @@ mod tests {
     fn keys_pin_their_fields_and_scopes_their_names() {
         pin(
             key(),
-            &["id", "name", "scope", "models", "expires_ms", "secret_sha256", "created_ms", "revoked_ms", "limits"],
+            &[
+                "id",
+                "name",
+                "scope",
+                "models",
+                "expires_ms",
+                "secret_sha256",
+                "created_ms",
+                "revoked_ms",
+                "limits",
+                "tenant",
+                "weight",
+            ],
         );
         pin(KeyLimits::default(), &["rpm", "tpm", "tokens_per_day", "max_concurrent"]);
         assert_eq!(rmp_serde::to_vec_named(&Scope::Admin).unwrap(), rmp_serde::to_vec_named("admin").unwrap());
@@ -140,5 +182,17 @@ mod tests {
         assert!(admin.allows_model("other"));
         let all = ApiKey { models: vec![], ..key() };
         assert!(all.allows_model("anything"));
+    }
+
+    #[test]
+    fn a_key_is_its_own_tenant_unless_it_names_one_and_weighs_one_unless_set() {
+        let k = key();
+        assert_eq!((k.tenant(), k.weight()), ("team-a", 3));
+        let alone = ApiKey { tenant: None, weight: None, ..key() };
+        assert_eq!((alone.tenant(), alone.weight()), ("k1", 1));
+        assert!(valid_tenant("team-a.prod_1"));
+        for bad in ["", "a b", "a*", "client-x", &"x".repeat(65)] {
+            assert!(!valid_tenant(bad), "{bad:?}");
+        }
     }
 }

@@ -150,6 +150,15 @@ pub struct SubmitRequest {
     /// always looked up.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub new_id: bool,
+    /// The tenant whose fair share of a busy model the task is dispatched under, and its
+    /// weight: set by gateways from the API key (honoured only on an API key's or an
+    /// owner-less subject). A NATS client identity's tasks are always its own tenant
+    /// (`client-<name>`), weighted by `task_manager.client_limits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// See `tenant`; 1 to 1000, absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 impl ChatParams {
@@ -171,6 +180,8 @@ impl SubmitRequest {
             wait_for_model: true,
             owner: None,
             new_id: false,
+            tenant: None,
+            weight: None,
         }
     }
 }
@@ -219,9 +230,26 @@ pub struct TaskSpec {
     /// request is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_sha256: Option<String>,
+    /// The tenant it is dispatched under (its queue subject names it); absent on tasks
+    /// queued before tenants: the owner's, or `=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The tenant's weight when the task was accepted (absent: 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 impl TaskSpec {
+    /// The tenant it is dispatched under.
+    pub fn tenant(&self) -> &str {
+        self.tenant.as_deref().or(self.owner.as_deref()).unwrap_or("=")
+    }
+
+    /// Its tenant's weight, 1 to 1000.
+    pub fn weight(&self) -> u32 {
+        self.weight.unwrap_or(1).clamp(1, crate::MAX_WEIGHT)
+    }
+
     /// The record of this task while it waits in its queue (the stream message is its
     /// only record until a worker claims it).
     pub fn queued_record(&self) -> TaskRecord {
@@ -429,8 +457,11 @@ mod tests {
             wait_for_model: false,
             owner: Some("k1".into()),
             new_id: true,
+            tenant: Some("team-a".into()),
+            weight: Some(2),
         };
-        pin(req, &["chat", "task_id", "idempotency_key", "priority", "wait_for_model", "owner", "new_id"]);
+        let fields = ["chat", "task_id", "idempotency_key", "priority", "wait_for_model", "owner", "new_id", "tenant"];
+        pin(req, &[&fields[..], &["weight"]].concat());
         pin(chat(), &["model", "messages", "max_tokens", "temperature", "top_p", "stop", "seed"]);
         pin(ChatMessage::new("user", "x"), &["role", "content"]);
         let full = ChatParams {
@@ -531,8 +562,10 @@ mod tests {
                 accepted_ms: 5,
                 owner: Some("k1".into()),
                 request_sha256: Some("ab".into()),
+                tenant: Some("team-a".into()),
+                weight: Some(2),
             },
-            &["task_id", "chat", "priority", "accepted_ms", "owner", "request_sha256"],
+            &["task_id", "chat", "priority", "accepted_ms", "owner", "request_sha256", "tenant", "weight"],
         );
         let mut record = TaskRecord::queued(id.clone(), "m".into(), Priority::Batch, 1);
         record.state = TaskState::Running;

@@ -70,6 +70,10 @@ pub struct NewKey {
     pub expires_ms: Option<u64>,
     /// Its limits.
     pub limits: KeyLimits,
+    /// Its tenant (absent: its own).
+    pub tenant: Option<String>,
+    /// Its tenant's weight (absent: 1).
+    pub weight: Option<u32>,
 }
 
 impl Keys<'_> {
@@ -94,6 +98,8 @@ impl Keys<'_> {
             created_ms: now_ms(),
             revoked_ms: None,
             limits: new.limits,
+            tenant: new.tenant,
+            weight: new.weight,
         };
         self.bucket.create(&id, &key).await?;
         Ok((key, secret))
@@ -273,6 +279,8 @@ mod tests {
             created_ms: 1,
             revoked_ms: None,
             limits: KeyLimits::default(),
+            tenant: None,
+            weight: None,
         }
     }
 

@@ -327,6 +327,8 @@ mod tests {
             accepted_ms: 5,
             owner: Some("k1".into()),
             request_sha256: None,
+            tenant: None,
+            weight: None,
         }
     }
 

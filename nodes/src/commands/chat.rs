@@ -31,6 +31,8 @@ pub(super) async fn run(config: Config, args: ChatArgs) -> anyhow::Result<()> {
         wait_for_model: true,
         owner: None,
         new_id: true,
+        tenant: None,
+        weight: None,
     };
     let store = bitinglip_nats::Store::open(&bus, &config).await?;
     let mut watch = TaskWatch::subscribe(&bus, &store, None, &task_id).await?;

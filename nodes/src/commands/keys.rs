@@ -2,7 +2,7 @@
 //! admin of the bus; the HTTP gateway's `/api/v1/keys` does the same for admin keys).
 
 use anyhow::bail;
-use bitinglip_actors::ops::keys::{check_day, key_view, new_key, usage_page};
+use bitinglip_actors::ops::keys::{check_day, key_view, new_key, usage_page, with_share};
 use bitinglip_config::Config;
 use bitinglip_nats::Store;
 
@@ -23,9 +23,22 @@ pub(super) async fn run(config: Config, cmd: KeysCommand) -> anyhow::Result<()> 
     let bus = super::client_bus(&config).await?;
     let store = Store::open(&bus, &config).await?;
     match cmd {
-        KeysCommand::Create { name, scope, models, expires, rpm, tpm, tokens_per_day, max_concurrent, json } => {
+        KeysCommand::Create {
+            name,
+            scope,
+            models,
+            expires,
+            rpm,
+            tpm,
+            tokens_per_day,
+            max_concurrent,
+            tenant,
+            weight,
+            json,
+        } => {
             let limits = bitinglip_bus_schema::KeyLimits { rpm, tpm, tokens_per_day, max_concurrent };
             let new = new_key(&name, &scope, &models, expires.as_deref(), limits, bitinglip_nats::now_ms())
+                .and_then(|k| with_share(k, tenant.as_deref(), weight))
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             let (key, secret) = store.keys().create(new).await?;
             if json {
@@ -48,7 +61,9 @@ pub(super) async fn run(config: Config, cmd: KeysCommand) -> anyhow::Result<()> 
                 return Ok(());
             }
             let now = bitinglip_nats::now_ms();
-            let mut rows = vec![["ID", "NAME", "SCOPE", "MODELS", "EXPIRES", "STATE"].map(String::from).to_vec()];
+            let mut rows = vec![["ID", "NAME", "SCOPE", "MODELS", "TENANT", "WEIGHT", "EXPIRES", "STATE"]
+                .map(String::from)
+                .to_vec()];
             for k in &keys {
                 let state = if k.revoked_ms.is_some() {
                     "revoked"
@@ -63,6 +78,8 @@ pub(super) async fn run(config: Config, cmd: KeysCommand) -> anyhow::Result<()> 
                     k.name.clone(),
                     k.scope.as_str().into(),
                     models,
+                    k.tenant().to_string(),
+                    k.weight().to_string(),
                     when(k.expires_ms, now),
                     state.into(),
                 ]);

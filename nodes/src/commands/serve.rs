@@ -203,6 +203,8 @@ async fn ensure_admin_key(
         models: Vec::new(),
         expires_ms: None,
         limits: Default::default(),
+        tenant: None,
+        weight: None,
     };
     let (key, secret) = store.keys().create(new).await?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;

@@ -98,6 +98,8 @@ pub(crate) async fn require_key(State(auth): State<Auth>, mut req: Request, next
             created_ms: 0,
             revoked_ms: None,
             limits: Default::default(),
+            tenant: None,
+            weight: None,
         }
     } else {
         match auth.keys.authenticate(secret).await {

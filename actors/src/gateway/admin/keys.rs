@@ -19,7 +19,7 @@ use crate::gateway::{
     submit::read_body,
 };
 use crate::{
-    ops::keys::{check_day, key_view, new_key, usage_page, KeyView, UsagePage},
+    ops::keys::{check_day, key_view, new_key, usage_page, with_share, KeyView, UsagePage},
     NodeContext,
 };
 
@@ -57,6 +57,15 @@ pub(crate) struct CreateKey {
     #[serde(default)]
     #[schema(minimum = 1)]
     max_concurrent: Option<u32>,
+    /// The tenant whose fair share of a busy model its tasks get (keys of one tenant
+    /// share it); default: the key is a tenant of its own.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]+$")]
+    tenant: Option<String>,
+    /// The tenant's weight: a busy model serves tenants in proportion to their weights.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
+    weight: Option<u32>,
 }
 
 /// A list of keys.
@@ -102,7 +111,8 @@ pub(crate) async fn create(
         tokens_per_day: req.tokens_per_day,
         max_concurrent: req.max_concurrent,
     };
-    let new = new_key(&req.name, &req.scope, &req.models, req.expires.as_deref(), limits, bitinglip_nats::now_ms())?;
+    let new = new_key(&req.name, &req.scope, &req.models, req.expires.as_deref(), limits, bitinglip_nats::now_ms())
+        .and_then(|k| with_share(k, req.tenant.as_deref(), req.weight))?;
     let (key, secret) = ctx.store.keys().create(new).await.map_err(WireError::from)?;
     tracing::info!(key.id = %key.id, scope = key.scope.as_str(), "API key created");
     Ok(Json(key_view(&key, Some(&secret))))

@@ -209,9 +209,12 @@ async fn drive(
     }
     // The key that made it: revoked, expired or gone, its batch is cancelled; else its
     // limits hold for every line.
+    let mut share = (None, None);
     let limits = match b.owner.as_deref() {
         Some(owner) if owner != CONFIG_ADMIN_ID => {
             let key = keys.get(owner).await?.filter(|k| k.active(now));
+            // Its lines go in the key's tenant's fair share, with its weight.
+            share = key.as_ref().map_or((None, None), |k| (Some(k.tenant().to_string()), Some(k.weight())));
             if key.is_none() && b.status == BatchStatus::InProgress {
                 tracing::info!(batch = %id, key = owner, "the batch's key was revoked or expired; cancelling");
                 b.status = BatchStatus::Cancelling;
@@ -296,6 +299,8 @@ async fn drive(
             owner: b.owner.clone(),
             // A line may have been submitted before (by a gateway whose lease lapsed).
             new_id: false,
+            tenant: share.0.clone(),
+            weight: share.1,
         };
         match ctx.bus.ask_as(b.owner.as_deref(), &submit, None, None).await {
             Ok(SubmitReply::Accepted(_)) => {

@@ -379,13 +379,18 @@ async function renderKeys(body) {
   if (!$("#keys-table", body)) {
     body.innerHTML = `<form id="key-form" class="row"><div><label for="key-name">New key</label><input id="key-name" required placeholder="name"></div>
       <div><label for="key-scope">Scope</label><select id="key-scope"><option>inference</option><option>admin</option></select></div>
+      <div><label for="key-tenant">Tenant</label><input id="key-tenant" placeholder="its own"></div>
+      <div><label for="key-weight">Weight</label><input id="key-weight" type="number" min="1" max="1000" placeholder="1"></div>
       <div><button type="submit">Create</button></div></form><p id="key-secret" class="hint"></p>
-      <div class="table-wrap"><table id="keys-table"><thead><tr><th>id</th><th>name</th><th>scope</th><th>models</th><th>created</th><th>state</th><th></th></tr></thead><tbody></tbody></table></div>
+      <div class="table-wrap"><table id="keys-table"><thead><tr><th>id</th><th>name</th><th>scope</th><th>models</th><th>tenant</th><th>weight</th><th>created</th><th>state</th><th></th></tr></thead><tbody></tbody></table></div>
       <h2>Usage</h2><label for="usage-of">Of</label><select id="usage-of"><option value="">every key and model</option></select>
       <div id="usage-charts" class="charts"></div><div class="table-wrap"><table id="usage-table"><thead><tr><th>key</th><th>model</th><th>day</th><th>requests</th><th>prompt tokens</th><th>completion tokens</th></tr></thead><tbody></tbody></table></div>`;
     $("#key-form", body).addEventListener("submit", async (e) => {
       e.preventDefault();
-      const created = await json("/api/v1/keys", { method: "POST", body: { name: $("#key-name").value, scope: $("#key-scope").value } });
+      const request = { name: $("#key-name").value, scope: $("#key-scope").value };
+      if ($("#key-tenant").value) request.tenant = $("#key-tenant").value;
+      if ($("#key-weight").value) request.weight = Number($("#key-weight").value);
+      const created = await json("/api/v1/keys", { method: "POST", body: request });
       $("#key-secret").textContent = `Key ${created.id} (shown once): ${created.key}`;
       renderKeys(body);
     });
@@ -398,7 +403,7 @@ async function renderKeys(body) {
   }
   const [keys, usage] = await Promise.all([json("/api/v1/keys"), json("/api/v1/usage")]);
   $("#keys-table tbody", body).innerHTML = keys.data.map((k) => `<tr><td>${esc(k.id)}</td><td>${esc(k.name)}</td><td>${esc(k.scope)}</td><td>${esc((k.models || []).join(", ") || "all")}</td>
-    <td>${ago(k.created_ms)}</td><td>${k.revoked_ms ? badge("revoked", "bad") : badge("active", "ok")}</td>
+    <td>${esc(k.tenant)}</td><td>${esc(k.weight)}</td><td>${ago(k.created_ms)}</td><td>${k.revoked_ms ? badge("revoked", "bad") : badge("active", "ok")}</td>
     <td>${k.revoked_ms ? "" : `<button type="button" class="secondary" data-revoke="${esc(k.id)}">Revoke</button>`}</td></tr>`).join("");
   // Tokens and requests per day: every key and model together, or the key or model chosen.
   const select = $("#usage-of", body);
