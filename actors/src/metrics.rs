@@ -62,6 +62,14 @@ pub struct Metrics {
     key_requests: IntCounterVec,
     /// Tokens of those tasks, by API key id, model and kind (`prompt`, `completion`).
     key_tokens: IntCounterVec,
+    /// From acceptance to dispatch of a task's first delivery, by model and tenant.
+    tenant_wait: HistogramVec,
+    /// Tokens served (prompt computed and generated), by model and tenant.
+    tenant_tokens: IntCounterVec,
+    /// Tasks waiting in a tenant's lane, by model, class and tenant.
+    tenant_waiting: IntGaugeVec,
+    /// The tenants labelled so far (at most [`MAX_TENANT_LABELS`]; later ones are `other`).
+    tenant_labels: std::sync::Mutex<std::collections::HashSet<String>>,
     slots_in_use: IntGaugeVec,
     slots: IntGaugeVec,
     /// This node's GPUs: memory total, used, free and budget (bytes), by GPU and field.
@@ -164,6 +172,30 @@ impl Metrics {
                 "Tokens per second of each finished generation",
                 exponential_buckets(1.0, 2.0, 16).expect("valid buckets"),
             ),
+            tenant_wait: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "bitinglip_tenant_wait_seconds",
+                        "From acceptance to dispatch of a task's first delivery, by model and tenant",
+                    )
+                    .buckets(latency_buckets()),
+                    &["model", "tenant"],
+                )
+                .expect("valid histogram");
+                registry.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
+            tenant_tokens: counter(
+                "bitinglip_tenant_tokens_total",
+                "Tokens served (prompt tokens computed, and generated), by model and tenant",
+                &["model", "tenant"],
+            ),
+            tenant_waiting: gauge(
+                "bitinglip_tenant_waiting_tasks",
+                "Tasks waiting in a tenant's lane of the model's queue",
+                &["model", "priority", "tenant"],
+            ),
+            tenant_labels: Default::default(),
             routed: counter(
                 "bitinglip_routed_tasks_total",
                 "Interactive tasks queued, pinned to a worker by cache affinity or shared",
@@ -278,6 +310,34 @@ pub async fn render(ctx: &NodeContext) -> String {
     TextEncoder::new().encode_to_string(&m.registry.gather()).unwrap_or_default()
 }
 
+/// Most distinct tenants labelled in the per-tenant series; later tenants count as
+/// `other`, so a cluster with many tenants cannot grow a node's series without bound.
+const MAX_TENANT_LABELS: usize = 1000;
+
+impl Metrics {
+    /// `tenant` as a label: itself while under [`MAX_TENANT_LABELS`] are labelled, else
+    /// `other`.
+    fn tenant_label(&self, tenant: &str) -> String {
+        match self.tenant_labels.lock() {
+            Ok(mut seen) if seen.contains(tenant) || seen.len() < MAX_TENANT_LABELS => {
+                seen.insert(tenant.to_string());
+                tenant.to_string()
+            }
+            _ => "other".to_string(),
+        }
+    }
+
+    /// Counts a task's wait from acceptance to its dispatch, under its tenant.
+    pub(crate) fn tenant_wait(&self, model: &str, tenant: &str, secs: f64) {
+        self.tenant_wait.with_label_values(&[model, &self.tenant_label(tenant)]).observe(secs);
+    }
+
+    /// Counts the tokens a finished task cost its tenant.
+    pub(crate) fn tenant_tokens(&self, model: &str, tenant: &str, tokens: u64) {
+        self.tenant_tokens.with_label_values(&[model, &self.tenant_label(tenant)]).inc_by(tokens);
+    }
+}
+
 /// Queue gauges for every model a live worker serves, from the tasks stream.
 async fn read_queues(ctx: &NodeContext) {
     let m = metrics();
@@ -305,7 +365,14 @@ async fn read_queues(ctx: &NodeContext) {
     m.queue_depth.reset();
     m.queue_running.reset();
     m.queue_oldest_age.reset();
+    m.tenant_waiting.reset();
     for q in stats {
+        for lane in &q.tenants {
+            let tenant = m.tenant_label(&lane.tenant);
+            m.tenant_waiting
+                .with_label_values(&[q.model.as_str(), q.priority.as_str(), &tenant])
+                .add(lane.waiting as i64);
+        }
         let labels = [q.model.as_str(), q.priority.as_str()];
         m.queue_depth.with_label_values(&labels).set(q.waiting as i64);
         m.queue_running.with_label_values(&labels).set(q.running as i64);

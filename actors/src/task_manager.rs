@@ -23,6 +23,7 @@
 
 mod backpressure;
 mod cancel;
+mod lanes;
 mod route;
 mod usage;
 mod validate;
@@ -160,6 +161,7 @@ async fn submit(
     ctx: &NodeContext,
     admission: &Arc<Admission>,
     recent: &route::RecentPins,
+    lanes: &lanes::Lanes,
     mut req: SubmitRequest,
     trace: Option<&TraceParent>,
 ) -> Result<TaskAccepted, WireError> {
@@ -251,6 +253,9 @@ async fn submit(
         let route = if pin.is_some() { "pinned" } else { "shared" };
         crate::metrics::metrics().routed.with_label_values(&[&model, route]).inc();
     }
+    // Its tenant's lane is there before the task (a pinned task is released to it when
+    // its worker is full).
+    lanes.ensure(&ctx.store, &model, spec.priority, spec.tenant(), spec.weight()).await?;
     let queued = ctx.store.queue().publish(&spec, trace, pin.as_deref()).await?;
     if !queued.duplicate {
         place.keep();
@@ -272,10 +277,13 @@ impl Service for TaskManager {
         let admission = Arc::new(Admission::default());
         // The tasks it pinned to each worker lately (cache-affinity routing).
         let recent = Arc::new(route::RecentPins::default());
+        // The tenant lanes it made.
+        let lanes = Arc::new(lanes::Lanes::default());
         on.each(submits, move |req: Request| {
             let ctx = submit_ctx.clone();
             let admission = admission.clone();
             let recent = recent.clone();
+            let lanes = lanes.clone();
             let trace = trace_of(&req.message);
             let span = tracing::info_span!("task_manager", otel.kind = "server", task.id = tracing::field::Empty);
             bitinglip_nats::trace::continue_trace(&span, trace.as_ref());
@@ -295,7 +303,7 @@ impl Service for TaskManager {
                         // admin's) made-up id skips the lookup.
                         body.new_id &= !bitinglip_bus_schema::is_client_owner(owner.as_deref());
                         body.owner = owner;
-                        let reply = match submit(&ctx, &admission, &recent, body, trace.as_ref()).await {
+                        let reply = match submit(&ctx, &admission, &recent, &lanes, body, trace.as_ref()).await {
                             Ok(accepted) => SubmitReply::Accepted(accepted),
                             Err(err) => SubmitReply::Rejected(err),
                         };

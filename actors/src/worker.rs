@@ -17,6 +17,7 @@
 //! a worker died continues from the text already streamed (the client library's `prefix_of` of the stored events).
 
 mod ending;
+mod fair;
 mod fetch;
 mod finish;
 mod run;
@@ -87,6 +88,8 @@ pub(crate) struct WorkerShared {
     /// Fires when the drain grace is over: running tasks stop and are handed back.
     pub(crate) hand_back: CancellationToken,
     pub(crate) in_flight: AtomicU32,
+    /// The fair share between the tenants of its model's queue, as this worker dispatches.
+    pub(crate) share: fair::Share,
     info: Mutex<WorkerInfo>,
 }
 
@@ -257,6 +260,7 @@ impl Actor for Worker {
                     stop_fetching: CancellationToken::new(),
                     hand_back: CancellationToken::new(),
                     in_flight: AtomicU32::new(0),
+                    share: fair::Share::default(),
                     info: Mutex::new(info(
                         &state.worker_id,
                         &state.model,
@@ -366,19 +370,25 @@ async fn queue_consumers(
 ) -> Result<bitinglip_nats::store::queue::Consumers, ActorProcessingErr> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut delay = Duration::from_millis(100);
+    let ensure =
+        bitinglip_bus_schema::EnsureConsumers { model: model.to_string(), worker_id: Some(worker_id.to_string()) };
     loop {
         let problem = match ctx.store.queue().bind(model, Some(worker_id)).await {
-            Ok(Some(consumers)) => return Ok(consumers),
-            Ok(None) => {
-                let req = bitinglip_bus_schema::EnsureConsumers {
-                    model: model.to_string(),
-                    worker_id: Some(worker_id.to_string()),
-                };
-                match ctx.bus.call(&req).await {
-                    Ok(()) => continue,
-                    Err(err) => format!("{}: {}", err.kind, err.message),
-                }
+            Ok(Some(consumers)) => {
+                // Asked once anyway, in the background: a task manager makes again any lane
+                // of the model that lost its consumer while its tasks waited.
+                let (ctx, req) = (ctx.clone(), ensure.clone());
+                tokio::spawn(async move {
+                    if let Err(err) = ctx.bus.call(&req).await {
+                        tracing::debug!(cause = %err.message, "lanes not checked; the next worker's start checks them");
+                    }
+                });
+                return Ok(consumers);
             }
+            Ok(None) => match ctx.bus.call(&ensure).await {
+                Ok(()) => continue,
+                Err(err) => format!("{}: {}", err.kind, err.message),
+            },
             Err(err) => err.to_string(),
         };
         if Instant::now() + delay > deadline {

@@ -248,6 +248,62 @@ impl Subjects {
         self.subject(&["queue", &encode_token(model), priority.as_str()])
     }
 
+    /// JetStream subject of one queued task in its tenant's lane of its model's queue for
+    /// its class (`…queue.<model>.<class>.t.<tenant>.<task>`, tenant as [`encode_token`]):
+    /// each tenant's waiting tasks are their own FIFO, which the workers' fetchers serve by
+    /// weighted fair share. Six tokens, so no lane's filter overlaps a pinned queue's or the
+    /// per-class queues' of before tenants.
+    pub fn fair_task(&self, model: &str, priority: crate::Priority, tenant: &str, task: &TaskId) -> String {
+        self.subject(&["queue", &encode_token(model), priority.as_str(), "t", &encode_token(tenant), task.as_str()])
+    }
+
+    /// One tenant's lane of a model's queue for one class (its consumer's filter).
+    pub fn tenant_queue(&self, model: &str, priority: crate::Priority, tenant: &str) -> String {
+        self.subject(&["queue", &encode_token(model), priority.as_str(), "t", &encode_token(tenant), "*"])
+    }
+
+    /// Every tenant lane's tasks of one model's queue for one class.
+    pub fn tenant_queues(&self, model: &str, priority: crate::Priority) -> String {
+        self.subject(&["queue", &encode_token(model), priority.as_str(), "t", "*", "*"])
+    }
+
+    /// Every tenant lane of every queue (a worker releases a pinned task it has no room
+    /// for, or requeues one it has no slot for, to its tenant's lane).
+    pub fn all_tenant_queues(&self) -> String {
+        self.subject(&["queue", "*", "*", "t", "*", "*"])
+    }
+
+    /// One task in whichever tenant lane it waits.
+    pub fn fair_task_anywhere(&self, task: &TaskId) -> String {
+        self.subject(&["queue", "*", "*", "t", "*", task.as_str()])
+    }
+
+    /// Core subject (no stream) that wakes a model's fetchers when a task joins a tenant's
+    /// lane: `…queued.<model>.<class>.<tenant>`, empty body. Published by whoever queued
+    /// the task (a task manager, or a worker releasing or requeueing one); a wake that is
+    /// lost costs a fetcher's next scan of the lanes (seconds), never the task.
+    pub fn queue_wake(&self, model: &str, priority: crate::Priority, tenant: &str) -> String {
+        self.subject(&["queued", &encode_token(model), priority.as_str(), &encode_token(tenant)])
+    }
+
+    /// Core subject that has a model's fetchers scan its lanes at once
+    /// (`…queued.<model>.rescan`): a delivery was handed back (a NAK), which a lane's
+    /// consumer gives out again only to a pull, and which lane is not known to whoever
+    /// handed it back.
+    pub fn model_rescan(&self, model: &str) -> String {
+        self.subject(&["queued", &encode_token(model), "rescan"])
+    }
+
+    /// The wakes of one model's lanes (what its fetchers listen on).
+    pub fn model_queue_wakes(&self, model: &str) -> String {
+        self.subject(&["queued", &encode_token(model), ">"])
+    }
+
+    /// Every lane's wakes.
+    pub fn all_queue_wakes(&self) -> String {
+        self.subject(&["queued", ">"])
+    }
+
     /// One task in whichever queue it is.
     pub fn queued_task_anywhere(&self, task: &TaskId) -> String {
         self.subject(&["queue", "*", "*", task.as_str()])
@@ -426,6 +482,13 @@ impl Subjects {
     /// class.
     pub fn worker_consumer(&self, model: &str, priority: crate::Priority) -> String {
         format!("worker-{}-{}", encode_token(model), priority.as_str())
+    }
+
+    /// The durable pull consumer of one tenant's lane of one model's queue for one class:
+    /// made by a task manager when it first queues a task of the tenant (a worker may not
+    /// make consumers), pulled by every worker of the model.
+    pub fn tenant_consumer(&self, model: &str, priority: crate::Priority, tenant: &str) -> String {
+        format!("fair-{}-{}-{}", encode_token(model), priority.as_str(), encode_token(tenant))
     }
 
     /// The durable pull consumer of the tasks pinned to one worker of one model

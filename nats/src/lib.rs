@@ -16,6 +16,6 @@ pub use async_nats;
 pub use bus::{now_ms, trace_of, Bus, Incoming};
 pub use connect::{connect, connect_as, connect_node, ensure_tls_provider};
 pub use error::{BusError, ConnectError, ProvisionError, ServerError};
-pub use provision::{pinned_consumer_config, worker_consumer_config, Changes};
+pub use provision::{pinned_consumer_config, tenant_consumer_config, worker_consumer_config, Changes};
 pub use server::{find_nats_server, LocalNatsServer, ServerOptions, ServerTls};
 pub use store::{Store, StoreError};

@@ -266,8 +266,9 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.subscribe(service_discovery());
             // Makes the queues' consumers for the workers that ask.
             p.publish(access::queue_consumers(s));
-            // Queues accepted tasks; fails a cancelled queued task with an event.
-            p.publish([s.all_queues(), s.all_task_events()]);
+            // Queues accepted tasks (and wakes the fetchers of their lanes); fails a
+            // cancelled queued task with an event.
+            p.publish([s.all_queues(), s.all_queue_wakes(), s.all_task_events()]);
             // Hands out the owner's large answers (`…task.<owner>.result`).
             p.publish(access::results_read(s));
             // Counts client identities' submits against their limits.
@@ -309,6 +310,8 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             // Hands a dead worker's delivery back (after asking whether it is alive);
             // fails and removes a poisoned task.
             p.publish([access::queue_acks(s), s.all_task_events(), s.all_node_alive()]);
+            // Has the dead worker's model's fetchers scan their lanes for what it handed on.
+            p.publish([s.all_queue_wakes()]);
             p.publish(access::queue_remove(s));
             p.publish(access::kv_watch(&s.leases_bucket()));
             p.publish(access::kv_write(&s.leases_bucket(), ">"));
@@ -327,10 +330,13 @@ pub fn permissions(role: NatsRole, s: &Subjects) -> Permissions {
             p.subscribe([s.all_task_cancels(), s.model_pull()]);
             // Wakes up when a task is pinned to it (cache-affinity routing).
             p.subscribe([s.all_pinned_queues()]);
+            // Wakes up when a task joins one of its model's tenant lanes.
+            p.subscribe([s.all_queue_wakes()]);
             p.subscribe(service_discovery());
             p.publish([s.all_task_events(), s.model_register(), s.task_usage(), s.task_consumers()]);
-            // Releases a pinned task it has no room for to its model's shared queue.
-            p.publish([s.shared_queues()]);
+            // Releases a pinned task it has no room for to its tenant's lane (and requeues
+            // a delivery it has no slot for), waking the model's fetchers.
+            p.publish([s.shared_queues(), s.all_tenant_queues(), s.all_queue_wakes()]);
             p.publish([s.all_model_progress()]);
             p.publish(access::queue_take(s));
             p.publish(access::results_write(s));

@@ -419,6 +419,48 @@ pub fn worker_consumer_config(
     }
 }
 
+/// How long a tenant lane's consumer nobody pulls lives on: a task manager makes it again
+/// when it queues the tenant's next task, or when a worker of the model starts.
+const LANE_INACTIVE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The durable pull consumer of `tenant`'s lane of `model`'s queue for `priority`: the
+/// same acks, lease and attempts as the per-class consumer ([`worker_consumer_config`]);
+/// its metadata names the model, class, tenant and weight (a fetcher's scan of the lanes
+/// reads them from the consumer listing).
+pub fn tenant_consumer_config(
+    subjects: &Subjects,
+    model: &str,
+    priority: Priority,
+    tenant: &str,
+    weight: u32,
+    cfg: &JetStreamConfig,
+) -> consumer::pull::Config {
+    let metadata = [
+        (LANE_MODEL, model.to_string()),
+        (LANE_CLASS, priority.as_str().to_string()),
+        (LANE_TENANT, tenant.to_string()),
+        (LANE_WEIGHT, weight.to_string()),
+    ];
+    consumer::pull::Config {
+        durable_name: Some(subjects.tenant_consumer(model, priority, tenant)),
+        description: Some(format!("workers of {model}, {} tasks of tenant {tenant}", priority.as_str())),
+        filter_subject: subjects.tenant_queue(model, priority, tenant),
+        filter_subjects: Vec::new(),
+        inactive_threshold: LANE_INACTIVE,
+        metadata: metadata.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        ..worker_consumer_config(subjects, model, priority, cfg)
+    }
+}
+
+/// A tenant lane consumer's metadata keys.
+pub(crate) const LANE_MODEL: &str = "bitinglip.model";
+/// The lane's class.
+pub(crate) const LANE_CLASS: &str = "bitinglip.class";
+/// The lane's tenant.
+pub(crate) const LANE_TENANT: &str = "bitinglip.tenant";
+/// The tenant's weight when the lane was made or last brought up to date.
+pub(crate) const LANE_WEIGHT: &str = "bitinglip.weight";
+
 /// How long a pinned consumer nobody pulls lives on: its worker's peers empty it within
 /// seconds of the worker's death, so this only clears consumers of workers long gone.
 const PINNED_INACTIVE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);

@@ -11,6 +11,7 @@
 
 mod against;
 mod conversations;
+mod fairness;
 mod flood;
 mod floor;
 mod instructions;
@@ -116,6 +117,15 @@ pub(crate) struct BenchArgs {
     /// With `--conversations`: parameters of the generated model.
     #[arg(long, default_value_t = 20_000_000)]
     conversation_params: usize,
+    /// Instead of the baseline, the fair-share benchmark: two tenants' keys against one
+    /// saturated echo worker, each alone, then together at equal weights and at 3:1 (see
+    /// `docs/BENCHMARKS.md`).
+    #[arg(long)]
+    fairness: bool,
+    /// With `--fairness`: seconds each of its five phases measures (after settling for a
+    /// fifth of that).
+    #[arg(long, default_value_t = 25.0)]
+    phase_seconds: f64,
 }
 
 /// The nats-server to start: the configured binary, else the one `.ci/setup` installs.
@@ -276,6 +286,23 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         println!("{text}");
         if !args.no_write {
             conversations::write_doc(&args.doc, &text)?;
+            eprintln!("bench: wrote {}", args.doc.display());
+        }
+        return Ok(());
+    }
+    if args.fairness {
+        let began = Instant::now();
+        let fair = fairness::run(&config, Duration::from_secs_f64(args.phase_seconds.max(1.0))).await?;
+        let versions = format!(
+            "bitinglip {}; {}; {:.0} s in all",
+            env!("CARGO_PKG_VERSION"),
+            build_profile(),
+            began.elapsed().as_secs_f64()
+        );
+        let text = fairness::markdown(&fair, &machine(), &versions);
+        println!("{text}");
+        if !args.no_write {
+            fairness::write_doc(&args.doc, &text)?;
             eprintln!("bench: wrote {}", args.doc.display());
         }
         return Ok(());

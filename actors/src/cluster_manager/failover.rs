@@ -52,6 +52,7 @@ pub(super) struct HandedOn {
 /// A NAK sent for a dead node's delivery (of a task and attempt).
 struct Nak {
     ack_subject: String,
+    model: String,
     sent: std::time::Instant,
     tries: u32,
 }
@@ -96,20 +97,20 @@ pub(super) async fn watch_nodes(ctx: NodeContext, handed: Handed) {
 /// Sends the NAK again for each handed-on delivery whose claim still stands
 /// [`NAK_AGAIN_AFTER`] after the last one; forgets those a new attempt claimed.
 async fn nak_again(ctx: &NodeContext, handed: &Handed) {
-    let due: Vec<((TaskId, u32), String)> = match handed.lock() {
+    let due: Vec<((TaskId, u32), String, String)> = match handed.lock() {
         Ok(h) => h
             .naks
             .iter()
             .filter(|(_, n)| n.sent.elapsed() >= NAK_AGAIN_AFTER)
-            .map(|(k, n)| (k.clone(), n.ack_subject.clone()))
+            .map(|(k, n)| (k.clone(), n.ack_subject.clone(), n.model.clone()))
             .collect(),
         Err(_) => return,
     };
-    for (key, ack_subject) in due {
+    for (key, ack_subject, model) in due {
         let (task_id, attempt) = (&key.0, key.1);
         match ctx.store.tasks().claim_stands(task_id, attempt).await {
             Ok(true) => {
-                let sent = queue::hand_on(&ctx.bus, &ack_subject).await;
+                let sent = queue::hand_on(&ctx.bus, &ack_subject, &model).await;
                 if let Ok(mut h) = handed.lock() {
                     let done = h.naks.get_mut(&key).is_none_or(|n| {
                         n.sent = std::time::Instant::now();
@@ -260,13 +261,13 @@ async fn confirm_and_hand_on(ctx: &NodeContext, hb: NodeHeartbeat, handed: &Hand
 /// Naks the tasks a dead node was running, where its claim still stands (and notes each
 /// NAK, to be sent again while the claim stands).
 async fn hand_on(ctx: &NodeContext, hb: &NodeHeartbeat, handed: &Handed) {
-    let running: Vec<_> = hb.workers.iter().flat_map(|w| w.running.iter()).collect();
+    let running: Vec<_> = hb.workers.iter().flat_map(|w| w.running.iter().map(move |t| (t, &w.model))).collect();
     tracing::warn!(node = %hb.node_id, tasks = running.len(), "node is gone; handing its tasks on");
-    for task in running {
+    for (task, model) in running {
         if !ctx.store.tasks().claim_stands(&task.task_id, task.attempt).await.unwrap_or(false) {
             continue;
         }
-        if queue::hand_on(&ctx.bus, &task.ack_subject).await {
+        if queue::hand_on(&ctx.bus, &task.ack_subject, model).await {
             tracing::info!(task.id = %task.task_id, attempt = task.attempt, "task handed on");
         } else {
             tracing::warn!(task.id = %task.task_id, "nak not sent");
@@ -274,7 +275,12 @@ async fn hand_on(ctx: &NodeContext, hb: &NodeHeartbeat, handed: &Handed) {
         if let Ok(mut h) = handed.lock() {
             h.naks.insert(
                 (task.task_id.clone(), task.attempt),
-                Nak { ack_subject: task.ack_subject.clone(), sent: std::time::Instant::now(), tries: 1 },
+                Nak {
+                    ack_subject: task.ack_subject.clone(),
+                    model: model.clone(),
+                    sent: std::time::Instant::now(),
+                    tries: 1,
+                },
             );
         }
     }

@@ -39,7 +39,8 @@ pub(super) async fn record(ctx: NodeContext, req: RecordUsage) -> Result<(), Wir
 }
 
 /// Answers `…task.consumers`: makes `model`'s queue consumers (both classes) with the
-/// cluster's config, or brings them up to date, and the asking worker's pinned one.
+/// cluster's config, or brings them up to date, and the asking worker's pinned one, and
+/// makes again any tenant lane that holds tasks but lost its consumer.
 pub(super) async fn consumers(ctx: NodeContext, req: EnsureConsumers) -> Result<(), WireError> {
     if let Some(problem) = bitinglip_bus_schema::model_id_problem(&req.model) {
         return Err(WireError::new(ErrorKind::InvalidRequest, format!("model id {:?} {problem}", req.model)));
@@ -49,6 +50,12 @@ pub(super) async fn consumers(ctx: NodeContext, req: EnsureConsumers) -> Result<
             return Err(WireError::new(ErrorKind::InvalidRequest, "worker_id must be 1 to 128 bytes"));
         }
     }
-    ctx.store.queue().consumers(&req.model, req.worker_id.as_deref()).await?;
+    let queue = ctx.store.queue();
+    queue.consumers(&req.model, req.worker_id.as_deref()).await?;
+    // Lanes the server deleted while nobody pulled them, whose tasks wait on.
+    let restored = queue.restore_lanes(&req.model).await?;
+    if restored > 0 {
+        tracing::info!(model = %req.model, lanes = restored, "tenant lanes with waiting tasks made again");
+    }
     Ok(())
 }

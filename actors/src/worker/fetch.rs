@@ -29,7 +29,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::{run::run_task, WorkerShared};
+use super::{fair, run::run_task, WorkerShared};
 
 /// How long an idle fetcher's pull waits for an interactive task before it looks at the
 /// batch queue again.
@@ -67,6 +67,8 @@ pub(super) async fn fetch_loop(shared: Arc<WorkerShared>, consumers: Consumers, 
     let watchers = [
         tokio::spawn(listen_pinned(shared.clone(), model.clone(), wake.clone())),
         tokio::spawn(find_orphans(shared.clone(), model.clone(), orphans.clone())),
+        tokio::spawn(fair::listen_wakes(shared.clone(), model.clone())),
+        tokio::spawn(fair::scan_lanes(shared.clone(), model.clone())),
     ];
     let mut fetcher = Fetcher {
         shared: &shared,
@@ -255,44 +257,71 @@ impl Fetcher<'_> {
             [Priority::Interactive, Priority::Batch]
         };
         for priority in order {
-            let wanted = self.free_slots(&slot);
-            if wanted == 0 {
-                return Ok(started);
-            }
-            let pull = consumers.pull(priority, wanted, None).await?;
-            started += self.start_all(pull, priority, &mut slot).await?;
+            started += self.fill_fair(priority, &mut slot).await?;
         }
         if started == 0 {
-            // Nothing waiting: a fetcher that found batch empty resets its streak.
+            // Nothing waiting: a fetcher that found batch empty resets its streak, and
+            // waits for a wake (a lane's, a pinned task's, workers gone) or a while.
             self.interactive_streak = 0;
-            let wanted = self.free_slots(&slot);
-            let mut pull = consumers.pull(Priority::Interactive, wanted, Some(IDLE_WAIT)).await?;
-            loop {
-                tokio::select! {
-                    next = pull.next() => match next? {
-                        Some(msg) => started += self.start_one(msg, Priority::Interactive, &mut slot).await,
-                        None => break,
-                    },
-                    // Workers gone, found while waiting: their tasks taken at once.
-                    _ = self.orphans.found.notified() => {
-                        if self.free_slots(&slot) > 0 {
-                            started += self.take_over(&mut slot).await?;
-                        }
-                    }
-                    // A task pinned here while waiting: taken at once (the shared pull
-                    // still covers the other free slots).
-                    _ = self.wake.notified() => match self.free_slots(&slot) {
-                        0 => self.release(consumers).await?,
-                        wanted => {
-                            if let Some(pinned) = consumers.pull_pinned(wanted, Some(PINNED_ARRIVAL)).await? {
-                                started += self.start_all(pinned, Priority::Interactive, &mut slot).await?;
-                            }
-                        }
+            let share = &self.shared.share;
+            tokio::select! {
+                _ = share.woken.notified() => {}
+                _ = self.orphans.found.notified() => started += self.take_over(&mut slot).await?,
+                // A task pinned here while waiting: taken at once.
+                _ = self.wake.notified() => {
+                    if let Some(pinned) = consumers.pull_pinned(self.free_slots(&slot), Some(PINNED_ARRIVAL)).await? {
+                        started += self.start_all(pinned, Priority::Interactive, &mut slot).await?;
                     }
                 }
+                _ = tokio::time::sleep(IDLE_WAIT) => {}
             }
         }
         Ok(started)
+    }
+
+    /// Fills the free slots from the waiting lanes of `priority`, each slot from the lane
+    /// the fair share picks (a lane alone takes them all in one pull). The number started.
+    async fn fill_fair(
+        &mut self,
+        priority: Priority,
+        slot: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<usize, bitinglip_nats::StoreError> {
+        let share = &self.shared.share;
+        let mut started = 0;
+        loop {
+            let wanted = self.free_slots(slot);
+            let Some(pick) = share.pick(priority).filter(|_| wanted > 0) else { return Ok(started) };
+            let lane = match pick.lane {
+                Some(lane) => lane,
+                None => match self.shared.ctx.store.queue().lane(self.model, priority, &pick.tenant).await? {
+                    Some(lane) => {
+                        share.bind(priority, &pick.tenant, Some(lane.clone()));
+                        lane
+                    }
+                    None => {
+                        share.emptied(priority, &pick.tenant, pick.wakes);
+                        continue;
+                    }
+                },
+            };
+            let n = if pick.contenders > 1 { 1 } else { wanted };
+            // A wake can overtake its task on the way to the lane's consumer.
+            let wait = pick.woken_lately.then_some(PINNED_ARRIVAL);
+            let pull = match lane.pull(n, wait).await {
+                Ok(pull) => pull,
+                Err(err) => {
+                    // Its consumer may be gone: bound again on the next wake or scan.
+                    share.bind(priority, &pick.tenant, None);
+                    share.emptied(priority, &pick.tenant, pick.wakes);
+                    return Err(err);
+                }
+            };
+            let got = self.start_all(pull, priority, slot).await?;
+            started += got;
+            if got < n {
+                share.emptied(priority, &pick.tenant, pick.wakes);
+            }
+        }
     }
 
     /// Takes the waiting tasks of workers gone, as many as slots are free.
@@ -394,10 +423,26 @@ impl Fetcher<'_> {
             Priority::Batch => 0,
         };
         let shared = self.shared.clone();
+        let task = dispatched(&shared, &msg, self.model);
         self.running.spawn(async move {
             run_task(&shared, msg).await;
+            if let Some(task) = task {
+                shared.share.forget(&task);
+            }
             drop(permit);
         });
         1
     }
+}
+
+/// Charges a task about to run to its tenant's fair share, and counts its wait; its id
+/// (`None`: it does not decode, and the run terminates it).
+fn dispatched(shared: &WorkerShared, msg: &Delivery, model: &str) -> Option<bitinglip_bus_schema::TaskId> {
+    let spec = shared.ctx.bus.decode::<bitinglip_bus_schema::TaskSpec>(msg.message()).ok()?.envelope.body;
+    shared.share.dispatched(&spec);
+    if msg.attempt() == 1 {
+        let waited = bitinglip_nats::now_ms().saturating_sub(spec.accepted_ms) as f64 / 1000.0;
+        crate::metrics::metrics().tenant_wait(model, spec.tenant(), waited);
+    }
+    Some(spec.task_id)
 }

@@ -236,6 +236,14 @@ async fn run_claimed(shared: &Arc<WorkerShared>, a: Attempt) {
         .cancelled_at
         .map(|at| generated.last_token.filter(|t| *t > at).map_or(0.0, |t| (t - at).as_secs_f64() * 1000.0));
     let usage = generated.result.as_ref().ok().map(usage_of);
+    if let Some(u) = &usage {
+        // The fair share is charged what the task cost: the prompt tokens the engine
+        // computed (not those from its prefix cache) and those generated.
+        let cost = u64::from(u.prompt_tokens.saturating_sub(u.cached_tokens)) + u64::from(u.completion_tokens);
+        if let Some(tenant) = shared.share.served(&task_id, cost) {
+            metrics().tenant_tokens(&model, &tenant, cost);
+        }
+    }
     let ending = ending(
         &owned.record,
         &spec.chat,

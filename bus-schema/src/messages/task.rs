@@ -45,6 +45,11 @@ impl Priority {
             Priority::Batch => "batch",
         }
     }
+
+    /// The class a subject token (or metadata value) names.
+    pub fn parse(token: &str) -> Option<Priority> {
+        [Priority::Interactive, Priority::Batch].into_iter().find(|p| p.as_str() == token)
+    }
 }
 
 /// What to generate: the OpenAI chat-completion fields BitingLip understands. Every field

@@ -16,8 +16,10 @@ use async_nats::jetstream::{
 use bitinglip_bus_schema::{decode_body, Priority, TaskId, TaskSpec};
 use futures::StreamExt;
 
+mod fair;
 mod pinned;
 
+pub use fair::{Census, Lane, LaneStats, UNNAMED_LANE};
 pub use pinned::Orphan;
 
 use super::{Store, StoreError, MAX_VALUE_BYTES};
@@ -80,9 +82,27 @@ impl Delivery {
 
     /// Hands it back to the queue, for delivery again after `delay` (at once: `None`).
     /// Best effort: unanswered, the ack wait hands it back anyway.
+    /// Hands it back at once, the model's fetchers woken to pull it again.
     pub async fn nak(&self, delay: Option<Duration>) {
         if let Err(err) = self.msg.ack_with(AckKind::Nak(delay)).await {
             tracing::debug!(cause = %err, "nak not sent; the ack wait hands the task back");
+        }
+        if delay.is_none() {
+            if let Some(wake) = self.wake_subject() {
+                let _ = self.msg.context.client().publish(wake, bytes::Bytes::new()).await;
+            }
+        }
+    }
+
+    /// The wake of its lane (`…queued.<model>.<class>.<tenant>`), or of its model's rescan
+    /// when it is not in a lane (pinned, or queued before tenants), from its subject.
+    fn wake_subject(&self) -> Option<String> {
+        let (root, rest) = self.subject().split_once(".queue.")?;
+        let tokens: Vec<&str> = rest.split('.').collect();
+        match tokens.as_slice() {
+            [model, class, "t", tenant, _task] => Some(format!("{root}.queued.{model}.{class}.{tenant}")),
+            [model, ..] => Some(format!("{root}.queued.{model}.rescan")),
+            [] => None,
         }
     }
 
@@ -93,9 +113,12 @@ impl Delivery {
 }
 
 /// Hands the delivery whose acks go to `ack_subject` back to the queue at once, for
-/// another worker (a NAK sent for a worker that died holding it). True when sent.
-pub async fn hand_on(bus: &Bus, ack_subject: &str) -> bool {
-    bus.client().publish(ack_subject.to_string(), "-NAK".into()).await.is_ok()
+/// another worker (a NAK sent for a worker that died holding it), and has `model`'s
+/// fetchers scan its lanes for it. True when sent.
+pub async fn hand_on(bus: &Bus, ack_subject: &str, model: &str) -> bool {
+    let sent = bus.client().publish(ack_subject.to_string(), "-NAK".into()).await.is_ok();
+    let _ = bus.client().publish(bus.subjects().model_rescan(model), bytes::Bytes::new()).await;
+    sent
 }
 
 /// One queue's numbers: a model and a priority class.
@@ -111,6 +134,8 @@ pub struct QueueStats {
     pub running: u64,
     /// Age of the oldest task still in the queue (waiting or running), in seconds.
     pub oldest_age_secs: f64,
+    /// Its tenant lanes (the pinned tasks are counted above, not here).
+    pub tenants: Vec<LaneStats>,
 }
 
 /// A model's two durable consumers, as its workers pull from them, and the asking
@@ -164,11 +189,16 @@ impl Queue<'_> {
         pin: Option<&str>,
     ) -> Result<Queued, StoreError> {
         let subjects = &self.store.inner.subjects;
+        let (model, priority, tenant) = (&spec.chat.model, spec.priority, spec.tenant());
         let subject = match pin {
-            Some(worker) => subjects.pinned_task(&spec.chat.model, spec.priority, &spec.task_id, worker),
-            None => subjects.queued_task(&spec.chat.model, spec.priority, &spec.task_id),
+            Some(worker) => subjects.pinned_task(model, priority, &spec.task_id, worker),
+            None => subjects.fair_task(model, priority, tenant, &spec.task_id),
         };
-        self.publish_as(spec, trace, subject, spec.task_id.as_str()).await
+        let queued = self.publish_as(spec, trace, subject, spec.task_id.as_str()).await?;
+        if pin.is_none() && !queued.duplicate {
+            self.wake(model, priority, tenant).await;
+        }
+        Ok(queued)
     }
 
     async fn publish_as(
@@ -273,26 +303,17 @@ impl Queue<'_> {
         }
     }
 
-    /// The queues of `models`, both classes each. A queue whose consumer does not exist
-    /// yet (no worker ever served the model) reads as empty.
+    /// The queues of `models`, both classes each, with their tenant lanes. A queue no
+    /// consumer takes yet (no task or worker ever came) reads as empty.
     pub async fn stats(&self, models: &[String]) -> Result<Vec<QueueStats>, StoreError> {
-        let stream = self.stream().await?;
-        let inner = &self.store.inner;
         let mut out = Vec::new();
         for model in models {
+            let census = self.census(model).await?;
             for priority in [Priority::Interactive, Priority::Batch] {
-                let name = inner.subjects.worker_consumer(model, priority);
-                let (mut waiting, mut running) = match stream.consumer_info(&name).await {
-                    Ok(info) => (info.num_pending, info.num_ack_pending as u64),
-                    Err(_) => (0, 0),
-                };
-                if priority == Priority::Interactive {
-                    let (w, r) = self.pinned_counts(model).await.unwrap_or_default();
-                    waiting += w;
-                    running += r;
-                }
+                let (waiting, running) = census.counts(priority);
                 let oldest_age_secs = self.oldest_age_ms(model, priority).await as f64 / 1000.0;
-                out.push(QueueStats { model: model.clone(), priority, waiting, running, oldest_age_secs });
+                let tenants = census.lanes.iter().filter(|l| l.priority == priority).cloned().collect();
+                out.push(QueueStats { model: model.clone(), priority, waiting, running, oldest_age_secs, tenants });
             }
         }
         Ok(out)
@@ -308,40 +329,16 @@ impl Queue<'_> {
         }
     }
 
-    /// Tasks in `model`'s queue of `priority`, waiting or running (not yet acked): its
-    /// consumer's pending and unacknowledged counts (one read), or, before any worker made
-    /// the consumer, the stream's count of the queue's subjects.
-    pub async fn depth(&self, model: &str, priority: Priority) -> Result<u64, StoreError> {
-        let stream = self.handle().await?;
-        let inner = &self.store.inner;
-        match stream.consumer_info(inner.subjects.worker_consumer(model, priority)).await {
-            Ok(info) => {
-                let (waiting, running) = match priority {
-                    Priority::Interactive => self.pinned_counts(model).await?,
-                    Priority::Batch => (0, 0),
-                };
-                return Ok(info.num_pending + info.num_ack_pending as u64 + waiting + running);
-            }
-            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::unavailable(WHAT, e)),
-        }
-        let full = self.stream().await?;
-        let mut subjects = full
-            .info_with_subjects(inner.subjects.queue_all(model, priority))
-            .await
-            .map_err(|e| StoreError::unavailable(WHAT, e))?;
-        let mut n = 0;
-        while let Some(entry) = subjects.next().await {
-            n += entry.map_err(|e| StoreError::unavailable(WHAT, e))?.1 as u64;
-        }
-        Ok(n)
-    }
-
     /// The task `task_id` while it is in a queue (waiting, or running and not yet acked).
     pub async fn find(&self, task_id: &TaskId) -> Result<Option<TaskSpec>, StoreError> {
         let stream = self.handle().await?;
         let subjects = &self.store.inner.subjects;
-        for subject in [subjects.queued_task_anywhere(task_id), subjects.pinned_task_anywhere(task_id)] {
+        let anywhere = [
+            subjects.fair_task_anywhere(task_id),
+            subjects.pinned_task_anywhere(task_id),
+            subjects.queued_task_anywhere(task_id),
+        ];
+        for subject in anywhere {
             match stream.get_last_raw_message_by_subject(&subject).await {
                 Ok(message) => return Ok(decode_body::<TaskSpec>(&message.payload, MAX_VALUE_BYTES).ok()),
                 Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
@@ -394,6 +391,10 @@ impl Queue<'_> {
             return Ok(Some((None, String::new())));
         };
         let subjects = &self.store.inner.subjects;
+        let (model, priority, tenant) = (&spec.chat.model, spec.priority, spec.tenant());
+        if message.subject.as_str() == subjects.fair_task(model, priority, tenant, &spec.task_id) {
+            return Ok(Some((Some(spec.clone()), subjects.tenant_consumer(model, priority, tenant))));
+        }
         let shared = subjects.queued_task(&spec.chat.model, spec.priority, &spec.task_id);
         let consumer = match message.subject.as_str().strip_prefix(shared.as_str()).and_then(|r| r.strip_prefix('.')) {
             Some(worker) => {

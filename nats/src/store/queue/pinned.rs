@@ -1,11 +1,13 @@
-//! The tasks pinned to one worker by cache-affinity routing: handing one on to the shared
-//! queue (a release by a full worker, or a requeue of a delivery with no slot), finding the
-//! pinned consumers of workers gone, and counting what waits in pinned consumers.
+//! The tasks pinned to one worker by cache-affinity routing: handing one on to its tenant's
+//! lane (a release by a full worker, or a requeue of a delivery with no slot), and finding
+//! the pinned consumers of workers gone.
 
 use async_nats::jetstream::consumer::{pull::Config as PullConfig, PullConsumer};
 use futures::StreamExt;
 
-use super::{publish_error, pull_from, Delivery, Pull, Queue, StoreError, WHAT};
+use bitinglip_bus_schema::{decode_body, TaskSpec};
+
+use super::{publish_error, pull_from, Delivery, Pull, Queue, StoreError, MAX_VALUE_BYTES, WHAT};
 use crate::now_ms;
 
 /// How old a pinned consumer must be before its worker's absence from the heartbeats
@@ -13,34 +15,39 @@ use crate::now_ms;
 const ORPHAN_AFTER_MS: i128 = 10_000;
 
 impl Queue<'_> {
-    /// Hands a pinned task its worker has no room for to the model's shared queue: a copy
-    /// there (deduplicated on the pinned message's sequence, so a release repeated after
-    /// a lost ack queues one copy), then the pinned message acked. Only a task no attempt
-    /// has claimed is released (its first delivery): the copy is then a fresh task.
+    /// Hands a pinned task its worker has no room for to its tenant's lane of the model's
+    /// queue: a copy there (deduplicated on the pinned message's sequence, so a release
+    /// repeated after a lost ack queues one copy), then the pinned message acked, then the
+    /// model's fetchers woken. Only a task no attempt has claimed is released (its first
+    /// delivery): the copy is then a fresh task.
     pub async fn release(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        // The shared subject is the pinned one without its last token (the worker).
-        let Some((shared, _worker)) = delivery.subject().rsplit_once('.') else {
-            return Err(StoreError::unavailable(
-                WHAT,
-                format!("{} is not a pinned task's subject", delivery.subject()),
-            ));
-        };
-        self.copy_then_ack(delivery, shared.to_string()).await
+        let spec = decode_body::<TaskSpec>(&delivery.msg.payload, MAX_VALUE_BYTES)
+            .map_err(|e| StoreError::unavailable(WHAT, format!("a pinned task that does not decode: {e}")))?;
+        let (model, priority, tenant) = (&spec.chat.model, spec.priority, spec.tenant());
+        let lane = self.store.inner.subjects.fair_task(model, priority, tenant, &spec.task_id);
+        self.copy_then_ack(delivery, lane).await?;
+        self.wake(model, priority, tenant).await;
+        Ok(())
     }
 
     /// Puts a first delivery its worker has no slot for back at the end of its queue,
     /// without spending one of its deliveries (a NAK would): a copy on its own subject,
-    /// deduplicated as [`Self::release`]'s, then the delivery acked.
+    /// deduplicated as [`Self::release`]'s, then the delivery acked. A pinned one goes to
+    /// its tenant's lane (its worker has no slot).
     pub async fn requeue(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        // `…queue.<model>.<class>.<task>`, or pinned with `.<worker>` after it: a pinned
-        // one goes to the shared queue (its worker has no slot).
+        // `…queue.<model>.<class>.<task>` (before tenants), `….t.<tenant>.<task>` (a
+        // lane), or pinned: `….<task>.<worker>`.
         let all = self.store.inner.subjects.all_queues();
         let root = &all[..all.len() - 1];
-        let pinned = delivery.subject().strip_prefix(root).is_some_and(|rest| rest.split('.').count() == 4);
-        if pinned {
+        let tokens = delivery.subject().strip_prefix(root).map_or(0, |rest| rest.split('.').count());
+        if tokens == 4 {
             return self.release(delivery).await;
         }
-        self.copy_then_ack(delivery, delivery.subject().to_string()).await
+        self.copy_then_ack(delivery, delivery.subject().to_string()).await?;
+        if let Ok(spec) = decode_body::<TaskSpec>(&delivery.msg.payload, MAX_VALUE_BYTES) {
+            self.wake(&spec.chat.model, spec.priority, spec.tenant()).await;
+        }
+        Ok(())
     }
 
     async fn copy_then_ack(&self, delivery: &Delivery, subject: String) -> Result<(), StoreError> {
@@ -97,26 +104,10 @@ impl Queue<'_> {
     }
 
     /// True when `filter` is a pinned consumer's filter of `model`.
-    fn pinned_of(&self, model: &str, filter: &str) -> bool {
+    pub(super) fn pinned_of(&self, model: &str, filter: &str) -> bool {
         let one = self.store.inner.subjects.pinned_queue(model, "w");
         let stem = &one[..one.len() - 1];
         filter.len() > stem.len() && filter.starts_with(stem) && !filter[stem.len()..].contains('.')
-    }
-
-    /// Tasks waiting (not yet delivered) and running (delivered, not acked) in the pinned
-    /// consumers of `model`: one listing of the stream's consumers.
-    pub(super) async fn pinned_counts(&self, model: &str) -> Result<(u64, u64), StoreError> {
-        let stream = self.handle().await?;
-        let (mut waiting, mut running) = (0, 0);
-        let mut list = stream.consumers();
-        while let Some(info) = list.next().await {
-            let info = info.map_err(|e| StoreError::unavailable(WHAT, e))?;
-            if self.pinned_of(model, &info.config.filter_subject) {
-                waiting += info.num_pending;
-                running += info.num_ack_pending as u64;
-            }
-        }
-        Ok((waiting, running))
     }
 }
 
