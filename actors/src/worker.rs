@@ -127,6 +127,7 @@ impl WorkerShared {
         if let Ok(mut info) = self.info.lock() {
             info.in_flight = self.in_flight.load(Ordering::Relaxed);
             info.running = running;
+            info.served = self.share.served();
             mark_used(&mut info);
             self.ctx.set_worker(info.clone());
         }
@@ -175,6 +176,7 @@ fn info(worker_id: &str, model: &ModelConfig, placed: bool, engine: EngineKind, 
         gpus: model.gpus.clone(),
         prefix_cache: Default::default(),
         takes_pinned: true,
+        served: Vec::new(),
     }
 }
 

@@ -90,6 +90,8 @@ try {
   step = "cancelling a running task changes its state";
   await page.locator('nav a[href="#/tasks"]').click();
   await page.locator("#queues-table td", { hasText: "echo-slow" }).first().waitFor();
+  // Each tenant's lane of the queue, with its weight and what it was served.
+  await page.locator("#tenants-table td", { hasText: "echo-slow" }).first().waitFor();
   const row = page.locator(`#tasks-table tr[data-task="${slowTask}"]`);
   await row.locator("button[data-cancel]").click();
   await page.locator(`#tasks-table tr[data-task="${slowTask}"][data-status="cancelled"]`).waitFor({ timeout: 30000 });

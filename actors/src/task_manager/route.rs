@@ -171,6 +171,7 @@ mod tests {
             gpus: vec![],
             prefix_cache: Default::default(),
             takes_pinned: true,
+            served: Vec::new(),
         }
     }
 

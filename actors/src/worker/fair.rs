@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitinglip_bus_schema::{decode_token, Priority, TaskId, TaskSpec};
+use bitinglip_bus_schema::{decode_token, Priority, TaskId, TaskSpec, TenantServed, MAX_SERVED_TENANTS};
 use bitinglip_nats::store::queue::Lane;
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -142,6 +142,8 @@ pub(crate) struct Share {
     pub(super) woken: Notify,
     /// Fires when the lanes are to be scanned at once (a delivery handed back).
     rescan: Notify,
+    /// Tasks ended here and their tokens, by tenant, since the engine loaded.
+    served: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl Share {
@@ -179,10 +181,28 @@ impl Share {
 
     /// A task ended here having cost `tokens` (computed prompt and generated): its charge
     /// is corrected to that. The tenant it was charged to.
-    pub(super) fn served(&self, task: &TaskId, tokens: u64) -> Option<String> {
+    pub(super) fn ended(&self, task: &TaskId, tokens: u64) -> Option<String> {
         let charge = self.charged.lock().ok()?.remove(task)?;
         self.with(|c| c.charge(charge.priority, &charge.tenant, tokens as f64 - charge.tokens, charge.weight));
+        if let Ok(mut served) = self.served.lock() {
+            let (tasks, total) = served.entry(charge.tenant.clone()).or_default();
+            *tasks += 1;
+            *total += tokens;
+        }
         Some(charge.tenant)
+    }
+
+    /// What this worker served each tenant, the most served first, at most
+    /// [`MAX_SERVED_TENANTS`] (for its heartbeat).
+    pub(crate) fn served(&self) -> Vec<TenantServed> {
+        let Ok(served) = self.served.lock() else { return Vec::new() };
+        let mut out: Vec<TenantServed> = served
+            .iter()
+            .map(|(tenant, (tasks, tokens))| TenantServed { tenant: tenant.clone(), tasks: *tasks, tokens: *tokens })
+            .collect();
+        out.sort_by(|a, b| b.tokens.cmp(&a.tokens).then_with(|| a.tenant.cmp(&b.tenant)));
+        out.truncate(MAX_SERVED_TENANTS);
+        out
     }
 
     /// A task's attempt here is over (ended, handed back or lost): its dispatch charge
@@ -332,9 +352,10 @@ mod tests {
         share.dispatched(&spec);
         let charged = share.with(|c| c.lanes[&(I, "a".to_string())].counter).expect("lock");
         assert_eq!(charged, 50.0);
-        assert_eq!(share.served(&spec.task_id, 20).as_deref(), Some("a"));
+        assert_eq!(share.ended(&spec.task_id, 20).as_deref(), Some("a"));
         let corrected = share.with(|c| c.lanes[&(I, "a".to_string())].counter).expect("lock");
         assert_eq!(corrected, 10.0);
-        assert_eq!(share.served(&spec.task_id, 20), None, "corrected once");
+        assert_eq!(share.ended(&spec.task_id, 20), None, "corrected once");
+        assert_eq!(share.served(), vec![TenantServed { tenant: "a".into(), tasks: 1, tokens: 20 }]);
     }
 }

@@ -240,7 +240,7 @@ async fn run_claimed(shared: &Arc<WorkerShared>, a: Attempt) {
         // The fair share is charged what the task cost: the prompt tokens the engine
         // computed (not those from its prefix cache) and those generated.
         let cost = u64::from(u.prompt_tokens.saturating_sub(u.cached_tokens)) + u64::from(u.completion_tokens);
-        if let Some(tenant) = shared.share.served(&task_id, cost) {
+        if let Some(tenant) = shared.share.ended(&task_id, cost) {
             metrics().tenant_tokens(&model, &tenant, cost);
         }
     }

@@ -39,6 +39,24 @@ pub struct WorkerInfo {
     /// pin tasks only to such workers.
     #[serde(default)]
     pub takes_pinned: bool,
+    /// What it served each tenant since its engine loaded (the tenants served most, at most
+    /// [`MAX_SERVED_TENANTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served: Vec<TenantServed>,
+}
+
+/// Most tenants a worker's heartbeat names in [`WorkerInfo::served`].
+pub const MAX_SERVED_TENANTS: usize = 64;
+
+/// What a worker served one tenant since its engine loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantServed {
+    /// The tenant.
+    pub tenant: String,
+    /// Tasks that ended here.
+    pub tasks: u64,
+    /// Their tokens: prompt tokens computed (not from the prefix cache) and generated.
+    pub tokens: u64,
 }
 
 /// What a worker's prefix cache did since its engine loaded.
@@ -190,6 +208,7 @@ mod tests {
             gpus: vec![0],
             prefix_cache: PrefixCacheUse { lookups: 3, hits: 2, cached_tokens: 900 },
             takes_pinned: true,
+            served: vec![TenantServed { tenant: "team-a".into(), tasks: 2, tokens: 300 }],
         };
         pin(
             worker.clone(),
@@ -206,9 +225,11 @@ mod tests {
                 "gpus",
                 "prefix_cache",
                 "takes_pinned",
+                "served",
             ],
         );
         pin(worker.running[0].clone(), &["task_id", "attempt", "ack_subject"]);
+        pin(worker.served[0].clone(), &["tenant", "tasks", "tokens"]);
         pin(worker.prefix_cache, &["lookups", "hits", "cached_tokens"]);
         let hb = NodeHeartbeat {
             node_id: "n1".into(),

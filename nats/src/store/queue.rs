@@ -292,9 +292,15 @@ impl Queue<'_> {
     /// Age of the oldest task of `model` and `priority` (waiting or running: a work queue
     /// keeps a task until it is acked), in ms; 0 when there is none or it cannot be read.
     pub async fn oldest_age_ms(&self, model: &str, priority: Priority) -> u64 {
+        self.first_age_ms(&self.store.inner.subjects.queue_all(model, priority)).await
+    }
+
+    /// Age of the first message on `filter`, in ms; 0 when there is none or it cannot be
+    /// read.
+    async fn first_age_ms(&self, filter: &str) -> u64 {
         let inner = &self.store.inner;
         let Ok(stream) = inner.js.get_stream_no_info(inner.subjects.tasks_stream()).await else { return 0 };
-        match stream.get_first_raw_message_by_subject(inner.subjects.queue_all(model, priority), 0).await {
+        match stream.get_first_raw_message_by_subject(filter, 0).await {
             Ok(msg) => {
                 let at = msg.time.unix_timestamp_nanos() / 1_000_000;
                 (now_ms() as i128 - at).max(0) as u64
@@ -312,7 +318,12 @@ impl Queue<'_> {
             for priority in [Priority::Interactive, Priority::Batch] {
                 let (waiting, running) = census.counts(priority);
                 let oldest_age_secs = self.oldest_age_ms(model, priority).await as f64 / 1000.0;
-                let tenants = census.lanes.iter().filter(|l| l.priority == priority).cloned().collect();
+                let mut tenants: Vec<LaneStats> =
+                    census.lanes.iter().filter(|l| l.priority == priority).cloned().collect();
+                for lane in tenants.iter_mut().filter(|l| l.waiting + l.running > 0) {
+                    lane.oldest_age_secs = self.lane_age_ms(model, priority, &lane.tenant).await as f64 / 1000.0;
+                }
+                tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
                 out.push(QueueStats { model: model.clone(), priority, waiting, running, oldest_age_secs, tenants });
             }
         }

@@ -222,6 +222,35 @@ pub(super) async fn run(config: Config, args: StatusArgs) -> anyhow::Result<()> 
             ]);
         }
         super::print_table(&rows);
+        // Each tenant's lane, with what the model's live workers served it.
+        let mut rows = vec![["QUEUE", "PRIORITY", "TENANT", "WEIGHT", "WAITING", "RUNNING", "OLDEST", "TOKENS SERVED"]
+            .map(String::from)
+            .to_vec()];
+        for q in &queues {
+            for l in &q.tenants {
+                let served: u64 = workers
+                    .iter()
+                    .filter(|w| w.model == q.model)
+                    .flat_map(|w| &w.served)
+                    .filter(|s| s.tenant == l.tenant)
+                    .map(|s| s.tokens)
+                    .sum();
+                rows.push(vec![
+                    q.model.clone(),
+                    q.priority.as_str().to_string(),
+                    if l.tenant.is_empty() { "(before tenants)".to_string() } else { l.tenant.clone() },
+                    l.weight.to_string(),
+                    l.waiting.to_string(),
+                    l.running.to_string(),
+                    format!("{:.1}s", l.oldest_age_secs),
+                    served.to_string(),
+                ]);
+            }
+        }
+        if rows.len() > 1 {
+            println!();
+            super::print_table(&rows);
+        }
     }
     Ok(())
 }
@@ -252,6 +281,7 @@ mod tests {
                     gpus: vec![],
                     prefix_cache: Default::default(),
                     takes_pinned: true,
+                    served: Vec::new(),
                 })
                 .collect(),
             time_ms,

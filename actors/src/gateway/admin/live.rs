@@ -29,6 +29,29 @@ pub(crate) struct QueueView {
     running: u64,
     /// Age of the oldest task in the queue, seconds (0 when empty).
     oldest_age_secs: f64,
+    /// Its tenants' lanes, by tenant (the tasks pinned to a worker by cache affinity are
+    /// counted above only).
+    tenants: Vec<TenantQueueView>,
+}
+
+/// One tenant's lane of a queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TenantQueueView {
+    /// The tenant (`""`: tasks queued before tenants).
+    tenant: String,
+    /// Its weight, as its lane was made or last brought up to date.
+    weight: u32,
+    /// Its tasks not yet delivered to a worker.
+    waiting: u64,
+    /// Its tasks delivered and not yet finished.
+    running: u64,
+    /// Age of its oldest task in the queue, seconds (0 when none).
+    oldest_age_secs: f64,
+    /// Tasks of the tenant the model's live workers finished since their engines loaded
+    /// (both classes).
+    tasks_served: u64,
+    /// Their tokens: prompt tokens computed (not from a prefix cache) and generated.
+    tokens_served: u64,
 }
 
 /// `GET /api/v1/queues`.
@@ -40,22 +63,57 @@ pub(crate) struct QueueList {
     data: Vec<QueueView>,
 }
 
-/// Every registered model's queues: waiting, running, the oldest task's age.
+/// Every registered model's queues: waiting, running, the oldest task's age, and the same
+/// for each tenant's lane with what its tenant was served.
 #[utoipa::path(get, path = "/api/v1/queues", tag = "admin", responses((status = 200, body = QueueList)))]
 pub(crate) async fn queues(State(ctx): State<NodeContext>) -> Result<Json<QueueList>, ApiError> {
     let models: Vec<String> = ctx.bus.call(&ListModels {}).await?.into_iter().map(|m| m.id).collect();
     let stats = ctx.store.queue().stats(&models).await.map_err(|e| ApiError::from(WireError::from(e)))?;
     let data = stats
         .into_iter()
-        .map(|q| QueueView {
-            model: q.model,
-            priority: q.priority.as_str(),
-            waiting: q.waiting,
-            running: q.running,
-            oldest_age_secs: q.oldest_age_secs,
+        .map(|q| {
+            let served = served_by_tenant(&ctx, &q.model);
+            let tenants = q
+                .tenants
+                .into_iter()
+                .map(|l| {
+                    let (tasks_served, tokens_served) = served.get(&l.tenant).copied().unwrap_or_default();
+                    TenantQueueView {
+                        tenant: l.tenant,
+                        weight: l.weight,
+                        waiting: l.waiting,
+                        running: l.running,
+                        oldest_age_secs: l.oldest_age_secs,
+                        tasks_served,
+                        tokens_served,
+                    }
+                })
+                .collect();
+            QueueView {
+                model: q.model,
+                priority: q.priority.as_str(),
+                waiting: q.waiting,
+                running: q.running,
+                oldest_age_secs: q.oldest_age_secs,
+                tenants,
+            }
         })
         .collect();
     Ok(Json(QueueList { object: "list", data }))
+}
+
+/// Tasks and tokens each tenant was served by `model`'s live workers, from their
+/// heartbeats.
+fn served_by_tenant(ctx: &NodeContext, model: &str) -> std::collections::HashMap<String, (u64, u64)> {
+    let mut out = std::collections::HashMap::<String, (u64, u64)>::new();
+    for (worker, _) in ctx.nodes.workers_of(model) {
+        for s in worker.served {
+            let e = out.entry(s.tenant).or_default();
+            e.0 += s.tasks;
+            e.1 += s.tokens;
+        }
+    }
+    out
 }
 
 /// How long a progress stream waits for a pull to start reporting.

@@ -317,6 +317,11 @@ async function renderTasks(body) {
     const queues = await json("/api/v1/queues");
     $("#queues", body).innerHTML = `<h2>Queues</h2><div class="table-wrap"><table id="queues-table"><thead><tr><th>model</th><th>class</th><th>waiting</th><th>running</th><th>oldest</th></tr></thead><tbody>${queues.data.map((q) =>
       `<tr><td>${esc(q.model)}</td><td>${esc(q.priority)}</td><td>${q.waiting}</td><td>${q.running}</td><td>${q.oldest_age_secs ? q.oldest_age_secs.toFixed(1) + " s" : "-"}</td></tr>`).join("")}</tbody></table></div>`;
+    const lanes = queues.data.flatMap((q) => (q.tenants || []).map((t) => ({ ...t, model: q.model, priority: q.priority })));
+    if (lanes.length) {
+      $("#queues", body).insertAdjacentHTML("beforeend", `<h2>Tenants</h2><div class="table-wrap"><table id="tenants-table"><thead><tr><th>model</th><th>class</th><th>tenant</th><th>weight</th><th>waiting</th><th>running</th><th>oldest</th><th>tokens served</th></tr></thead><tbody>${lanes.map((t) =>
+        `<tr><td>${esc(t.model)}</td><td>${esc(t.priority)}</td><td>${t.tenant ? esc(t.tenant) : "(before tenants)"}</td><td>${t.weight}</td><td>${t.waiting}</td><td>${t.running}</td><td>${t.oldest_age_secs ? t.oldest_age_secs.toFixed(1) + " s" : "-"}</td><td>${t.tokens_served}</td></tr>`).join("")}</tbody></table></div>`);
+    }
   }
   if (!state.admin) {
     const usage = await json("/v1/usage");

@@ -37,6 +37,9 @@ pub struct LaneStats {
     pub waiting: u64,
     /// Tasks delivered and not yet acked.
     pub running: u64,
+    /// Age of its oldest task (waiting or running), in seconds; read by
+    /// [`Queue::stats`] only (0 elsewhere).
+    pub oldest_age_secs: f64,
 }
 
 /// What waits and runs in one model's queues: its lanes, and its pinned consumers.
@@ -172,7 +175,15 @@ impl Queue<'_> {
                 _ => unnamed.iter().find(|(n, _)| *n == info.name).map(|(_, p)| (*p, UNNAMED_LANE.to_string(), 1)),
             };
             if let Some((priority, tenant, weight)) = lane {
-                census.lanes.push(LaneStats { model: model.to_string(), priority, tenant, weight, waiting, running });
+                census.lanes.push(LaneStats {
+                    model: model.to_string(),
+                    priority,
+                    tenant,
+                    weight,
+                    waiting,
+                    running,
+                    oldest_age_secs: 0.0,
+                });
             } else if self.pinned_of(model, &info.config.filter_subject) {
                 census.any_pinned = true;
                 census.pinned.0 += waiting;
@@ -201,6 +212,17 @@ impl Queue<'_> {
             n += entry.map_err(|e| StoreError::unavailable(WHAT, e))?.1 as u64;
         }
         Ok(n)
+    }
+
+    /// Age of the oldest task in `tenant`'s lane of `model`'s queue for `priority`
+    /// (waiting or running), in ms; 0 when there is none or it cannot be read.
+    pub(super) async fn lane_age_ms(&self, model: &str, priority: Priority, tenant: &str) -> u64 {
+        let subjects = &self.store.inner.subjects;
+        let filter = match tenant {
+            UNNAMED_LANE => subjects.queue(model, priority),
+            tenant => subjects.tenant_queue(model, priority, tenant),
+        };
+        self.first_age_ms(&filter).await
     }
 
     /// Wakes `model`'s fetchers: a task joined `tenant`'s lane for `priority` (a core
