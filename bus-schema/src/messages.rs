@@ -9,6 +9,7 @@ mod keys;
 mod models;
 mod responses;
 mod task;
+mod task_record;
 mod task_requests;
 
 pub use batches::*;
@@ -20,6 +21,7 @@ pub use keys::*;
 pub use models::*;
 pub use responses::*;
 pub use task::*;
+pub use task_record::*;
 pub use task_requests::*;
 
 use serde::{Deserialize, Serialize};

@@ -47,6 +47,8 @@ struct LaneState {
     wakes: u64,
     woken_at: Option<Instant>,
     weight: u32,
+    /// Its tasks running here (dispatched, not yet ended).
+    running: u32,
     lane: Option<Lane>,
 }
 
@@ -91,12 +93,14 @@ impl Counters {
         }
     }
 
-    /// The waiting lane of `priority` to serve next: the lowest counter (ties: by name).
+    /// The waiting lane of `priority` to serve next: the lowest counter; on a tie (a lane
+    /// just lifted to the lowest) the one with fewer tasks running here, then by name.
     fn pick(&self, priority: Priority) -> Option<Pick> {
         let waiting = self.lanes.iter().filter(|((p, _), l)| *p == priority && l.waiting);
         let contenders = waiting.clone().count();
-        let ((_, tenant), lane) =
-            waiting.min_by(|(a, x), (b, y)| x.counter.total_cmp(&y.counter).then(a.1.cmp(&b.1)))?;
+        let ((_, tenant), lane) = waiting.min_by(|(a, x), (b, y)| {
+            x.counter.total_cmp(&y.counter).then(x.running.cmp(&y.running)).then(a.1.cmp(&b.1))
+        })?;
         Some(Pick {
             tenant: tenant.clone(),
             contenders,
@@ -114,6 +118,12 @@ impl Counters {
                 lane.waiting = false;
             }
         }
+    }
+
+    /// One more (`true`) or one less of the lane's tasks running here.
+    fn running(&mut self, priority: Priority, tenant: &str, more: bool) {
+        let lane = self.lanes.entry((priority, tenant.to_string())).or_default();
+        lane.running = if more { lane.running + 1 } else { lane.running.saturating_sub(1) };
     }
 
     /// Adds `tokens` of `weight` to the lane's counter (negative: a correction).
@@ -173,7 +183,10 @@ impl Share {
     pub(super) fn dispatched(&self, spec: &TaskSpec) {
         let tokens = f64::from(expected_tokens(spec));
         let (priority, tenant, weight) = (spec.priority, spec.tenant().to_string(), spec.weight());
-        self.with(|c| c.charge(priority, &tenant, tokens, weight));
+        self.with(|c| {
+            c.charge(priority, &tenant, tokens, weight);
+            c.running(priority, &tenant, true);
+        });
         if let Ok(mut charged) = self.charged.lock() {
             charged.insert(spec.task_id.clone(), Charge { priority, tenant, tokens, weight });
         }
@@ -183,7 +196,10 @@ impl Share {
     /// is corrected to that. The tenant it was charged to.
     pub(super) fn ended(&self, task: &TaskId, tokens: u64) -> Option<String> {
         let charge = self.charged.lock().ok()?.remove(task)?;
-        self.with(|c| c.charge(charge.priority, &charge.tenant, tokens as f64 - charge.tokens, charge.weight));
+        self.with(|c| {
+            c.charge(charge.priority, &charge.tenant, tokens as f64 - charge.tokens, charge.weight);
+            c.running(charge.priority, &charge.tenant, false);
+        });
         if let Ok(mut served) = self.served.lock() {
             let (tasks, total) = served.entry(charge.tenant.clone()).or_default();
             *tasks += 1;
@@ -208,8 +224,9 @@ impl Share {
     /// A task's attempt here is over (ended, handed back or lost): its dispatch charge
     /// stands when it was not corrected.
     pub(super) fn forget(&self, task: &TaskId) {
-        if let Ok(mut charged) = self.charged.lock() {
-            charged.remove(task);
+        let charge = self.charged.lock().ok().and_then(|mut c| c.remove(task));
+        if let Some(charge) = charge {
+            self.with(|c| c.running(charge.priority, &charge.tenant, false));
         }
     }
 }
@@ -319,6 +336,18 @@ mod tests {
         c.backlogged(I, "b", Some(1), true);
         let got = serve(&mut c, 10, 10.0);
         assert!(got["a"] >= 40.0 && got["b"] >= 40.0, "{got:?}");
+    }
+
+    #[test]
+    fn a_tenant_lifted_to_a_tie_goes_before_one_with_tasks_running() {
+        let mut c = Counters::default();
+        c.backlogged(I, "a", Some(1), true);
+        for _ in 0..4 {
+            c.charge(I, "a", 64.0, 1);
+            c.running(I, "a", true);
+        }
+        c.backlogged(I, "z", Some(1), true);
+        assert_eq!(c.pick(I).expect("both wait").tenant, "z", "a light tenant waits for no one's next task");
     }
 
     #[test]

@@ -318,8 +318,13 @@ impl Queue<'_> {
             for priority in [Priority::Interactive, Priority::Batch] {
                 let (waiting, running) = census.counts(priority);
                 let oldest_age_secs = self.oldest_age_ms(model, priority).await as f64 / 1000.0;
-                let mut tenants: Vec<LaneStats> =
-                    census.lanes.iter().filter(|l| l.priority == priority).cloned().collect();
+                // The lane of before tenants only while it holds tasks.
+                let mut tenants: Vec<LaneStats> = census
+                    .lanes
+                    .iter()
+                    .filter(|l| l.priority == priority && (l.tenant != UNNAMED_LANE || l.waiting + l.running > 0))
+                    .cloned()
+                    .collect();
                 for lane in tenants.iter_mut().filter(|l| l.waiting + l.running > 0) {
                     lane.oldest_age_secs = self.lane_age_ms(model, priority, &lane.tenant).await as f64 / 1000.0;
                 }
