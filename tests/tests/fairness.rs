@@ -115,7 +115,7 @@ async fn a_tenant_behind_a_flood_is_served_in_turn_and_weights_share_in_proporti
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn kill9_of_the_worker_and_a_nats_restart_during_fair_dispatch_lose_and_repeat_nothing() {
+async fn kill9_of_the_worker_and_task_manager_and_a_nats_restart_during_fair_dispatch_lose_and_repeat_nothing() {
     let mut nats = TestNats::start().await;
     let control = control_config(&nats.url());
     let mut worker_cfg = worker_config(&nats.url());
@@ -132,14 +132,17 @@ async fn kill9_of_the_worker_and_a_nats_restart_during_fair_dispatch_lose_and_re
 
     let (a, b) = (key(&base, "team-a", 1).await, key(&base, "team-b", 2).await);
     let queued = flood(&base, &[(&a, 10), (&b, 10)], 30).await;
-    // Some have run, others wait in both lanes, two are running: the worker dies, the
-    // server restarts (its JetStream on disk), a new worker comes.
+    // Some have run, others wait in both lanes, two are running: the worker and the task
+    // manager's node die, the server restarts (its JetStream on disk), both come back.
     let client = http();
     let first = &queued[0][0];
     until(&client, &base, first, "completed").await;
     worker.kill9();
+    control_node.kill9();
     nats.restart().await;
     let _worker = NodeProcess::spawn(&worker_cfg, &["node"]);
+    let mut control_node = NodeProcess::spawn(&control, &["node"]);
+    control_node.wait_for_http(Duration::from_secs(30)).await;
 
     // Every task completes, once: its answer is the one its attempt claimed, and no task
     // of these keys other than these exists.

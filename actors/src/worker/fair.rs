@@ -63,7 +63,6 @@ pub(super) struct Pick {
     pub(super) tenant: String,
     /// How many lanes of the class wait (one alone takes every free slot in one pull).
     pub(super) contenders: usize,
-    pub(super) lane: Option<Lane>,
     pub(super) wakes: u64,
     pub(super) woken_lately: bool,
 }
@@ -93,10 +92,11 @@ impl Counters {
         }
     }
 
-    /// The waiting lane of `priority` to serve next: the lowest counter; on a tie (a lane
-    /// just lifted to the lowest) the one with fewer tasks running here, then by name.
-    fn pick(&self, priority: Priority) -> Option<Pick> {
-        let waiting = self.lanes.iter().filter(|((p, _), l)| *p == priority && l.waiting);
+    /// The waiting lane of `priority` to serve next (but `skip`): the lowest counter; on a
+    /// tie (a lane just lifted to the lowest) the one with fewer tasks running here, then by
+    /// name.
+    fn pick(&self, priority: Priority, skip: Option<&str>) -> Option<Pick> {
+        let waiting = self.lanes.iter().filter(|((p, t), l)| *p == priority && l.waiting && Some(t.as_str()) != skip);
         let contenders = waiting.clone().count();
         let ((_, tenant), lane) = waiting.min_by(|(a, x), (b, y)| {
             x.counter.total_cmp(&y.counter).then(x.running.cmp(&y.running)).then(a.1.cmp(&b.1))
@@ -104,7 +104,6 @@ impl Counters {
         Some(Pick {
             tenant: tenant.clone(),
             contenders,
-            lane: lane.lane.clone(),
             wakes: lane.wakes,
             woken_lately: lane.woken_at.is_some_and(|t| t.elapsed() < WOKEN_LATELY),
         })
@@ -154,6 +153,8 @@ pub(crate) struct Share {
     rescan: Notify,
     /// Tasks ended here and their tokens, by tenant, since the engine loaded.
     served: Mutex<HashMap<String, (u64, u64)>>,
+    /// The lane of the task dispatched last (an idle fetcher keeps a pull waiting on it).
+    last: Mutex<Option<(Priority, String)>>,
 }
 
 impl Share {
@@ -166,8 +167,18 @@ impl Share {
         self.woken.notify_one();
     }
 
-    pub(super) fn pick(&self, priority: Priority) -> Option<Pick> {
-        self.with(|c| c.pick(priority)).flatten()
+    pub(super) fn pick(&self, priority: Priority, skip: Option<&str>) -> Option<Pick> {
+        self.with(|c| c.pick(priority, skip)).flatten()
+    }
+
+    /// The lane's consumer, when bound.
+    pub(super) fn lane(&self, priority: Priority, tenant: &str) -> Option<Lane> {
+        self.with(|c| c.lanes.get(&(priority, tenant.to_string())).and_then(|l| l.lane.clone())).flatten()
+    }
+
+    /// The lane of the task dispatched last.
+    pub(super) fn last_served(&self) -> Option<(Priority, String)> {
+        self.last.lock().ok().and_then(|l| l.clone())
     }
 
     pub(super) fn emptied(&self, priority: Priority, tenant: &str, wakes: u64) {
@@ -187,6 +198,9 @@ impl Share {
             c.charge(priority, &tenant, tokens, weight);
             c.running(priority, &tenant, true);
         });
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((priority, tenant.clone()));
+        }
         if let Ok(mut charged) = self.charged.lock() {
             charged.insert(spec.task_id.clone(), Charge { priority, tenant, tokens, weight });
         }
@@ -302,7 +316,7 @@ mod tests {
     fn serve(c: &mut Counters, rounds: usize, cost: f64) -> HashMap<String, f64> {
         let mut got = HashMap::new();
         for _ in 0..rounds {
-            let pick = c.pick(I).expect("a lane waits");
+            let pick = c.pick(I, None).expect("a lane waits");
             let weight = c.lanes[&(I, pick.tenant.clone())].weight;
             c.charge(I, &pick.tenant, cost, weight);
             *got.entry(pick.tenant).or_default() += cost;
@@ -347,21 +361,21 @@ mod tests {
             c.running(I, "a", true);
         }
         c.backlogged(I, "z", Some(1), true);
-        assert_eq!(c.pick(I).expect("both wait").tenant, "z", "a light tenant waits for no one's next task");
+        assert_eq!(c.pick(I, None).expect("both wait").tenant, "z", "a light tenant waits for no one's next task");
     }
 
     #[test]
     fn a_short_pull_empties_a_lane_unless_a_wake_came_since() {
         let mut c = Counters::default();
         c.backlogged(I, "a", None, true);
-        let pick = c.pick(I).expect("waits");
+        let pick = c.pick(I, None).expect("waits");
         c.backlogged(I, "a", None, true);
         c.emptied(I, "a", pick.wakes);
-        assert!(c.pick(I).is_some(), "the wake after the pull keeps it waiting");
-        let pick = c.pick(I).expect("waits");
+        assert!(c.pick(I, None).is_some(), "the wake after the pull keeps it waiting");
+        let pick = c.pick(I, None).expect("waits");
         c.emptied(I, "a", pick.wakes);
-        assert!(c.pick(I).is_none());
-        assert!(c.pick(Priority::Batch).is_none(), "classes are apart");
+        assert!(c.pick(I, None).is_none());
+        assert!(c.pick(Priority::Batch, None).is_none(), "classes are apart");
     }
 
     #[test]

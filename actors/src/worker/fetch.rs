@@ -22,7 +22,7 @@ use std::{
 };
 
 use bitinglip_bus_schema::{Priority, WorkerState};
-use bitinglip_nats::store::queue::{Consumers, Delivery, Orphan, Pull};
+use bitinglip_nats::store::queue::{Consumers, Delivery, Lane, Orphan, Pull};
 use futures::StreamExt;
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
@@ -257,52 +257,111 @@ impl Fetcher<'_> {
             [Priority::Interactive, Priority::Batch]
         };
         for priority in order {
-            started += self.fill_fair(priority, &mut slot).await?;
+            started += self.fill_fair(priority, &mut slot, None).await?;
         }
         if started == 0 {
             // Nothing waiting: a fetcher that found batch empty resets its streak, and
-            // waits for a wake (a lane's, a pinned task's, workers gone) or a while.
+            // waits for a wake (a lane's, a pinned task's, workers gone) or a while; on the
+            // lane it served last it keeps a pull waiting meanwhile, so a tenant's next task
+            // comes at once, as it did before lanes.
             self.interactive_streak = 0;
-            let share = &self.shared.share;
+            started += self.idle(consumers, &mut slot).await?;
+        }
+        Ok(started)
+    }
+
+    /// Waits, with every slot free, for a task: up to [`IDLE_WAIT`] on the lane served
+    /// last (one pull for every free slot), taking meanwhile what the wakes bring (other
+    /// lanes, tasks pinned here, workers gone). The number started.
+    async fn idle(
+        &mut self,
+        consumers: &Consumers,
+        slot: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<usize, bitinglip_nats::StoreError> {
+        let shared = self.shared.clone();
+        let share = &shared.share;
+        let hot = match share.last_served() {
+            Some((priority, tenant)) => self.bound(priority, &tenant).await?.map(|lane| (priority, tenant, lane)),
+            None => None,
+        };
+        let mut pull = match &hot {
+            Some((_, _, lane)) => Some(lane.pull(self.free_slots(slot), Some(IDLE_WAIT)).await?),
+            None => None,
+        };
+        let hot = hot.map(|(priority, tenant, _)| (priority, tenant));
+        let idle = tokio::time::sleep(IDLE_WAIT);
+        tokio::pin!(idle);
+        let mut started = 0;
+        loop {
             tokio::select! {
-                _ = share.woken.notified() => {}
-                _ = self.orphans.found.notified() => started += self.take_over(&mut slot).await?,
-                // A task pinned here while waiting: taken at once.
-                _ = self.wake.notified() => {
-                    if let Some(pinned) = consumers.pull_pinned(self.free_slots(&slot), Some(PINNED_ARRIVAL)).await? {
-                        started += self.start_all(pinned, Priority::Interactive, &mut slot).await?;
+                next = next_of(&mut pull) => match next? {
+                    Some(msg) => {
+                        let priority = hot.as_ref().map_or(Priority::Interactive, |h| h.0);
+                        started += self.start_one(msg, priority, slot).await;
+                    }
+                    None => break,
+                },
+                _ = &mut idle, if pull.is_none() => break,
+                // A task in another lane: taken now (the pull covers the lane it waits on).
+                _ = share.woken.notified() => {
+                    if pull.is_none() {
+                        break;
+                    }
+                    for priority in [Priority::Interactive, Priority::Batch] {
+                        started += self.fill_fair(priority, slot, hot.as_ref()).await?;
                     }
                 }
-                _ = tokio::time::sleep(IDLE_WAIT) => {}
+                // Workers gone, found while waiting: their tasks taken at once.
+                _ = self.orphans.found.notified() => {
+                    if self.free_slots(slot) > 0 {
+                        started += self.take_over(slot).await?;
+                    }
+                }
+                // A task pinned here while waiting: taken at once.
+                _ = self.wake.notified() => match self.free_slots(slot) {
+                    0 => self.release(consumers).await?,
+                    wanted => {
+                        if let Some(pinned) = consumers.pull_pinned(wanted, Some(PINNED_ARRIVAL)).await? {
+                            started += self.start_all(pinned, Priority::Interactive, slot).await?;
+                        }
+                    }
+                }
             }
         }
         Ok(started)
     }
 
+    /// `tenant`'s lane of `priority`, bound (once) to pull; `None` when its consumer is not
+    /// there.
+    async fn bound(&self, priority: Priority, tenant: &str) -> Result<Option<Lane>, bitinglip_nats::StoreError> {
+        let share = &self.shared.share;
+        if let Some(lane) = share.lane(priority, tenant) {
+            return Ok(Some(lane));
+        }
+        let lane = self.shared.ctx.store.queue().lane(self.model, priority, tenant).await?;
+        share.bind(priority, tenant, lane.clone());
+        Ok(lane)
+    }
+
     /// Fills the free slots from the waiting lanes of `priority`, each slot from the lane
     /// the fair share picks (a lane alone takes them all in one pull). The number started.
+    /// `skip`: a lane a pull already waits on, passed over.
     async fn fill_fair(
         &mut self,
         priority: Priority,
         slot: &mut Option<OwnedSemaphorePermit>,
+        skip: Option<&(Priority, String)>,
     ) -> Result<usize, bitinglip_nats::StoreError> {
-        let share = &self.shared.share;
+        let shared = self.shared.clone();
+        let share = &shared.share;
+        let skip = skip.filter(|(p, _)| *p == priority).map(|(_, t)| t.as_str());
         let mut started = 0;
         loop {
             let wanted = self.free_slots(slot);
-            let Some(pick) = share.pick(priority).filter(|_| wanted > 0) else { return Ok(started) };
-            let lane = match pick.lane {
-                Some(lane) => lane,
-                None => match self.shared.ctx.store.queue().lane(self.model, priority, &pick.tenant).await? {
-                    Some(lane) => {
-                        share.bind(priority, &pick.tenant, Some(lane.clone()));
-                        lane
-                    }
-                    None => {
-                        share.emptied(priority, &pick.tenant, pick.wakes);
-                        continue;
-                    }
-                },
+            let Some(pick) = share.pick(priority, skip).filter(|_| wanted > 0) else { return Ok(started) };
+            let Some(lane) = self.bound(priority, &pick.tenant).await? else {
+                share.emptied(priority, &pick.tenant, pick.wakes);
+                continue;
             };
             let n = if pick.contenders > 1 { 1 } else { wanted };
             // A wake can overtake its task on the way to the lane's consumer.
@@ -432,6 +491,14 @@ impl Fetcher<'_> {
             drop(permit);
         });
         1
+    }
+}
+
+/// The next task of `pull`, or never when there is none.
+async fn next_of(pull: &mut Option<Pull>) -> Result<Option<Delivery>, bitinglip_nats::StoreError> {
+    match pull {
+        Some(pull) => pull.next().await,
+        None => std::future::pending().await,
     }
 }
 
