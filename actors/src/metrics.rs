@@ -69,7 +69,9 @@ pub struct Metrics {
     /// Tasks waiting in a tenant's lane, by model, class and tenant.
     tenant_waiting: IntGaugeVec,
     /// The tenants labelled so far (at most [`MAX_TENANT_LABELS`]; later ones are `other`).
-    tenant_labels: std::sync::Mutex<std::collections::HashSet<String>>,
+    tenant_labels: Capped,
+    /// The API keys labelled so far (at most [`MAX_KEY_LABELS`]).
+    key_labels: Capped,
     slots_in_use: IntGaugeVec,
     slots: IntGaugeVec,
     /// This node's GPUs: memory total, used, free and budget (bytes), by GPU and field.
@@ -195,7 +197,8 @@ impl Metrics {
                 "Tasks waiting in a tenant's lane of the model's queue",
                 &["model", "priority", "tenant"],
             ),
-            tenant_labels: Default::default(),
+            tenant_labels: Capped::new(MAX_TENANT_LABELS),
+            key_labels: Capped::new(MAX_KEY_LABELS),
             routed: counter(
                 "bitinglip_routed_tasks_total",
                 "Interactive tasks queued, pinned to a worker by cache affinity or shared",
@@ -314,17 +317,33 @@ pub async fn render(ctx: &NodeContext) -> String {
 /// `other`, so a cluster with many tenants cannot grow a node's series without bound.
 const MAX_TENANT_LABELS: usize = 1000;
 
-impl Metrics {
-    /// `tenant` as a label: itself while under [`MAX_TENANT_LABELS`] are labelled, else
-    /// `other`.
-    fn tenant_label(&self, tenant: &str) -> String {
-        match self.tenant_labels.lock() {
-            Ok(mut seen) if seen.contains(tenant) || seen.len() < MAX_TENANT_LABELS => {
-                seen.insert(tenant.to_string());
-                tenant.to_string()
+/// Label values seen so far, at most a number of them: later values are `other`, so a
+/// cluster with many keys or tenants cannot grow a node's series without bound.
+struct Capped {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    most: usize,
+}
+
+impl Capped {
+    fn new(most: usize) -> Self {
+        Self { seen: Default::default(), most }
+    }
+
+    /// `value` as a label: itself while under the cap, else `other`.
+    fn label(&self, value: &str) -> String {
+        match self.seen.lock() {
+            Ok(mut seen) if seen.contains(value) || seen.len() < self.most => {
+                seen.insert(value.to_string());
+                value.to_string()
             }
             _ => "other".to_string(),
         }
+    }
+}
+
+impl Metrics {
+    fn tenant_label(&self, tenant: &str) -> String {
+        self.tenant_labels.label(tenant)
     }
 
     /// Counts a task's wait from acceptance to its dispatch, under its tenant.
@@ -397,16 +416,8 @@ const MAX_KEY_LABELS: usize = 1000;
 
 /// Counts a finished task's usage under its API key id (never a secret).
 pub(crate) fn count_key_usage(key: &str, model: &str, (prompt, completion): (u32, u32)) {
-    static SEEN: OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = OnceLock::new();
-    let seen = SEEN.get_or_init(Default::default);
-    let label = match seen.lock() {
-        Ok(mut s) if s.contains(key) || s.len() < MAX_KEY_LABELS => {
-            s.insert(key.to_string());
-            key.to_string()
-        }
-        _ => "other".to_string(),
-    };
     let m = metrics();
+    let label = m.key_labels.label(key);
     m.key_requests.with_label_values(&[&label, model]).inc();
     m.key_tokens.with_label_values(&[&label, model, "prompt"]).inc_by(u64::from(prompt));
     m.key_tokens.with_label_values(&[&label, model, "completion"]).inc_by(u64::from(completion));
