@@ -439,7 +439,7 @@ impl Fetcher<'_> {
                 }
             };
             let Ok(permit) = permit else { return };
-            run_task(&shared, msg).await;
+            run_task(&shared, msg, None).await;
             drop(permit);
         });
     }
@@ -482,9 +482,10 @@ impl Fetcher<'_> {
             Priority::Batch => 0,
         };
         let shared = self.shared.clone();
-        let task = dispatched(&shared, &msg, self.model);
+        let spec = dispatched(&shared, &msg, self.model);
+        let task = spec.as_ref().map(|s| s.task_id.clone());
         self.running.spawn(async move {
-            run_task(&shared, msg).await;
+            run_task(&shared, msg, spec).await;
             if let Some(task) = task {
                 shared.share.forget(&task);
             }
@@ -502,14 +503,14 @@ async fn next_of(pull: &mut Option<Pull>) -> Result<Option<Delivery>, bitinglip_
     }
 }
 
-/// Charges a task about to run to its tenant's fair share, and counts its wait; its id
-/// (`None`: it does not decode, and the run terminates it).
-fn dispatched(shared: &WorkerShared, msg: &Delivery, model: &str) -> Option<bitinglip_bus_schema::TaskId> {
+/// Charges a task about to run to its tenant's fair share, and counts its wait; the task,
+/// decoded once for the run too (`None`: it does not decode, and the run terminates it).
+fn dispatched(shared: &WorkerShared, msg: &Delivery, model: &str) -> Option<bitinglip_bus_schema::TaskSpec> {
     let spec = shared.ctx.bus.decode::<bitinglip_bus_schema::TaskSpec>(msg.message()).ok()?.envelope.body;
     shared.share.dispatched(&spec);
     if msg.attempt() == 1 {
         let waited = bitinglip_nats::now_ms().saturating_sub(spec.accepted_ms) as f64 / 1000.0;
         crate::metrics::metrics().tenant_wait(model, spec.tenant(), waited);
     }
-    Some(spec.task_id)
+    Some(spec)
 }

@@ -162,13 +162,18 @@ where
     }
 }
 
-/// Runs one delivered task to its end.
-pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: Delivery) {
+/// Runs one delivered task to its end (`spec`: the task, when the fetcher decoded it
+/// already).
+pub(super) async fn run_task(shared: &Arc<WorkerShared>, msg: Delivery, spec: Option<TaskSpec>) {
     let ctx = &shared.ctx;
     let attempt = msg.attempt();
     let trace = bitinglip_nats::trace_of(msg.message());
-    let spec = match ctx.bus.decode::<TaskSpec>(msg.message()) {
-        Ok(s) => s.envelope.body,
+    let decoded = match spec {
+        Some(spec) => Ok(spec),
+        None => ctx.bus.decode::<TaskSpec>(msg.message()).map(|s| s.envelope.body),
+    };
+    let spec = match decoded {
+        Ok(s) => s,
         Err(err) => {
             // Nothing can ever run this message: terminate it so it is not redelivered.
             tracing::error!(subject = %msg.subject(), cause = %err, "undecodable task terminated");
