@@ -10,6 +10,7 @@
 //! `cluster_manager/failover.rs`). It holds no state that is not in KV. If a subscription
 //! ends it fails and is restarted.
 
+mod autoscale;
 mod failover;
 mod leader;
 pub mod placement;

@@ -80,6 +80,18 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     queue_running: IntGaugeVec,
     queue_oldest_age: GaugeVec,
+    /// Tasks given up after their most deliveries (poison), by model.
+    pub poisoned: IntCounterVec,
+    /// The share of a key's limit used in its current window, by key and limit.
+    key_quota: GaugeVec,
+    /// Deployments' replicas: wanted, serving, and the autoscaling bounds, by model.
+    deployment_replicas: IntGaugeVec,
+    /// Autoscaled deployments' targets, seconds, by model and signal.
+    autoscale_target: GaugeVec,
+    /// Live nodes running each role.
+    cluster_nodes: IntGaugeVec,
+    /// The account's JetStream file storage: used and (when it has one) its limit, bytes.
+    jetstream_storage: IntGaugeVec,
     nats_reconnects: IntCounter,
     nats_connected: IntGauge,
     dropped: IntCounter,
@@ -130,6 +142,11 @@ impl Metrics {
             c
         };
         let scrapes = plain_counter("bitinglip_metrics_scrapes_total", "Scrapes of this endpoint");
+        let float_gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
         Self {
             requests: counter("bitinglip_requests_total", "Chat requests through the gateway", &["model", "outcome"]),
             submits: counter(
@@ -255,6 +272,32 @@ impl Metrics {
                 &["model", "priority"],
             ),
             queue_oldest_age,
+            poisoned: counter(
+                "bitinglip_poisoned_tasks_total",
+                "Tasks given up after their most deliveries (poison), by model",
+                &["model"],
+            ),
+            key_quota: float_gauge(
+                "bitinglip_key_quota_used_ratio",
+                "Share of an API key's limit used in its current window, at its last counted request",
+                &["key", "limit"],
+            ),
+            deployment_replicas: gauge(
+                "bitinglip_deployment_replicas",
+                "Deployments' replicas: wanted, serving, and the autoscaling bounds min and max",
+                &["model", "kind"],
+            ),
+            autoscale_target: float_gauge(
+                "bitinglip_autoscale_target_seconds",
+                "Autoscaled deployments' targets, seconds",
+                &["model", "signal"],
+            ),
+            cluster_nodes: gauge("bitinglip_cluster_nodes", "Live nodes running each role", &["role"]),
+            jetstream_storage: gauge(
+                "bitinglip_jetstream_storage_bytes",
+                "The account's JetStream file storage: used, and its limit when it has one",
+                &["kind"],
+            ),
             nats_reconnects: plain_counter(
                 "bitinglip_nats_reconnects_total",
                 "Reconnections to NATS since the node started",
@@ -310,6 +353,7 @@ pub async fn render(ctx: &NodeContext) -> String {
         }
     }
     read_queues(ctx).await;
+    read_cluster(ctx).await;
     TextEncoder::new().encode_to_string(&m.registry.gather()).unwrap_or_default()
 }
 
@@ -354,6 +398,49 @@ impl Metrics {
     /// Counts the tokens a finished task cost its tenant.
     pub(crate) fn tenant_tokens(&self, model: &str, tenant: &str, tokens: u64) {
         self.tenant_tokens.with_label_values(&[model, &self.tenant_label(tenant)]).inc_by(tokens);
+    }
+}
+
+/// Gauges of the cluster's state: live nodes by role, deployments' replicas and
+/// autoscaling, JetStream's storage (the same on every node: aggregate with `max`).
+async fn read_cluster(ctx: &NodeContext) {
+    let m = metrics();
+    if let Ok(nodes) = ctx.store.nodes().live().await {
+        m.cluster_nodes.reset();
+        for role in bitinglip_bus_schema::Role::ALL {
+            let n = nodes.iter().filter(|n| n.runs(role)).count();
+            m.cluster_nodes.with_label_values(&[role.as_str()]).set(n as i64);
+        }
+    }
+    if let Ok(deployments) = ctx.store.deployments().list().await {
+        m.deployment_replicas.reset();
+        m.autoscale_target.reset();
+        for d in &deployments {
+            let serving = ctx
+                .nodes
+                .workers_of(&d.model)
+                .iter()
+                .filter(|(w, _)| w.state == bitinglip_bus_schema::WorkerState::Ready)
+                .count();
+            // Its poison counter exists at 0, so that `increase()` sees the first.
+            m.poisoned.with_label_values(&[&d.model]);
+            let replicas = &m.deployment_replicas;
+            replicas.with_label_values(&[&d.model, "wanted"]).set(i64::from(d.replicas));
+            replicas.with_label_values(&[&d.model, "serving"]).set(serving as i64);
+            if let Some(a) = &d.autoscale {
+                replicas.with_label_values(&[&d.model, "min"]).set(i64::from(a.min_replicas));
+                replicas.with_label_values(&[&d.model, "max"]).set(i64::from(a.max_replicas));
+                let target = a.target_ms as f64 / 1000.0;
+                m.autoscale_target.with_label_values(&[&d.model, a.signal.as_str()]).set(target);
+            }
+        }
+    }
+    if let Ok((used, limit)) = ctx.store.storage().await {
+        m.jetstream_storage.reset();
+        m.jetstream_storage.with_label_values(&["used"]).set(used as i64);
+        if let Some(limit) = limit {
+            m.jetstream_storage.with_label_values(&["limit"]).set(limit as i64);
+        }
     }
 }
 
@@ -421,6 +508,15 @@ pub(crate) fn count_key_usage(key: &str, model: &str, (prompt, completion): (u32
     m.key_requests.with_label_values(&[&label, model]).inc();
     m.key_tokens.with_label_values(&[&label, model, "prompt"]).inc_by(u64::from(prompt));
     m.key_tokens.with_label_values(&[&label, model, "completion"]).inc_by(u64::from(completion));
+}
+
+/// Notes the share of each of a key's limits used in its current window.
+pub(crate) fn key_quota(key: &str, used: &[(&str, f64)]) {
+    let m = metrics();
+    let label = m.key_labels.label(key);
+    for (limit, ratio) in used {
+        m.key_quota.with_label_values(&[label.as_str(), limit]).set(*ratio);
+    }
 }
 
 /// Counts a submit's answer: `accepted`, `duplicate`, or the rejection's kind (an unknown

@@ -326,6 +326,8 @@ async fn spawn_child(
         ChildKind::Gateway => Actor::spawn_linked(None, Gateway, GatewayArgs { ctx }, sup).await?.0.get_cell(),
         ChildKind::Puller => spawn::<Puller>(ctx, sup).await?,
     };
+    // Its restart counter exists from its start, at 0, so that `increase()` sees the first.
+    crate::metrics::metrics().actor_restarts.with_label_values(&[kind.name()]);
     state.children.insert(cell.get_id(), (kind, cell));
     Ok(())
 }

@@ -20,6 +20,7 @@ mod ending;
 mod fair;
 mod fetch;
 mod finish;
+mod recent;
 mod run;
 
 use std::{
@@ -90,6 +91,8 @@ pub(crate) struct WorkerShared {
     pub(crate) in_flight: AtomicU32,
     /// The fair share between the tenants of its model's queue, as this worker dispatches.
     pub(crate) share: fair::Share,
+    /// Its generations' times to first token lately, for the heartbeat.
+    pub(crate) first_tokens: Mutex<recent::Recent>,
     info: Mutex<WorkerInfo>,
 }
 
@@ -128,6 +131,7 @@ impl WorkerShared {
             info.in_flight = self.in_flight.load(Ordering::Relaxed);
             info.running = running;
             info.served = self.share.served();
+            info.first_token_p95_ms = self.first_tokens.lock().ok().and_then(|mut r| r.p95(Instant::now()));
             mark_used(&mut info);
             self.ctx.set_worker(info.clone());
         }
@@ -177,6 +181,7 @@ fn info(worker_id: &str, model: &ModelConfig, placed: bool, engine: EngineKind, 
         prefix_cache: Default::default(),
         takes_pinned: true,
         served: Vec::new(),
+        first_token_p95_ms: None,
     }
 }
 
@@ -263,6 +268,7 @@ impl Actor for Worker {
                     hand_back: CancellationToken::new(),
                     in_flight: AtomicU32::new(0),
                     share: fair::Share::default(),
+                    first_tokens: Mutex::new(recent::Recent::default()),
                     info: Mutex::new(info(
                         &state.worker_id,
                         &state.model,

@@ -1,5 +1,6 @@
 //! Every message type on the bus, grouped by domain.
 
+mod autoscale;
 mod batches;
 mod cluster;
 mod deployments;
@@ -12,6 +13,7 @@ mod task;
 mod task_record;
 mod task_requests;
 
+pub use autoscale::*;
 pub use batches::*;
 pub use cluster::*;
 pub use deployments::*;

@@ -263,6 +263,17 @@ pub struct ClusterConfig {
     /// An on-demand model without requests for this long is unloaded; 0s: never.
     #[serde(with = "humantime_serde")]
     pub idle_unload: Duration,
+    /// How often the leading cluster manager looks at the load of autoscaled deployments.
+    #[serde(with = "humantime_serde")]
+    pub autoscale_interval: Duration,
+    /// An autoscaled deployment grows only once the load has asked for more replicas for
+    /// this long (0s: at once; a replica still starting holds further growth anyway).
+    #[serde(with = "humantime_serde")]
+    pub scale_up_window: Duration,
+    /// An autoscaled deployment shrinks only to the most replicas the load asked for over
+    /// this window, so that it does not flap.
+    #[serde(with = "humantime_serde")]
+    pub scale_down_window: Duration,
     /// Deployments created at start when the cluster has none for their model.
     pub deployments: Vec<DeploymentConfig>,
 }
@@ -274,6 +285,9 @@ impl Default for ClusterConfig {
             node_ttl: Duration::from_secs(10),
             reconcile_interval: Duration::from_secs(5),
             idle_unload: Duration::from_secs(15 * 60),
+            autoscale_interval: Duration::from_secs(1),
+            scale_up_window: Duration::ZERO,
+            scale_down_window: Duration::from_secs(60),
             deployments: Vec::new(),
         }
     }

@@ -290,6 +290,13 @@ impl Config {
                 "must be at least 100ms",
             ));
         }
+        if c.autoscale_interval < std::time::Duration::from_millis(100) {
+            return Err(invalid(
+                "cluster.autoscale_interval",
+                format!("{:?}", c.autoscale_interval),
+                "must be at least 100ms",
+            ));
+        }
         for (i, d) in c.deployments.iter().enumerate() {
             let key = |k: &str| format!("cluster.deployments[{i}].{k}");
             if d.engine == crate::EngineKind::Unknown {

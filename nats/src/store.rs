@@ -207,6 +207,18 @@ impl Store {
         &self.inner.node_id
     }
 
+    /// The account's JetStream file storage: the bytes its streams hold, and its limit
+    /// when the account has one.
+    pub async fn storage(&self) -> Result<(u64, Option<u64>), StoreError> {
+        const WHAT: &str = "the JetStream account";
+        let account = tokio::time::timeout(Duration::from_secs(2), self.inner.js.query_account())
+            .await
+            .map_err(|e| StoreError::unavailable(WHAT, e))?
+            .map_err(|e| StoreError::unavailable(WHAT, e))?;
+        let limit = account.limits.max_storage.and_then(|m| u64::try_from(m).ok()).filter(|m| *m > 0);
+        Ok((account.storage, limit))
+    }
+
     /// True when JetStream answers an account query within two seconds.
     pub async fn jetstream_answers(&self) -> bool {
         tokio::time::timeout(Duration::from_secs(2), self.inner.js.query_account()).await.is_ok_and(|r| r.is_ok())

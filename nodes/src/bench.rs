@@ -10,6 +10,7 @@
 //! ratios against baselines measured in the same run are what it is for.
 
 mod against;
+mod autoscale;
 mod conversations;
 mod fairness;
 mod flood;
@@ -126,6 +127,11 @@ pub(crate) struct BenchArgs {
     /// fifth of that).
     #[arg(long, default_value_t = 25.0)]
     phase_seconds: f64,
+    /// Instead of the baseline, the autoscaling benchmark: three worker nodes, a step
+    /// from 1 to 8 requests a second, idle to zero, a cold start, scale-downs under load
+    /// (see `docs/BENCHMARKS.md`).
+    #[arg(long)]
+    autoscale: bool,
 }
 
 /// The nats-server to start: the configured binary, else the one `.ci/setup` installs.
@@ -238,9 +244,28 @@ async fn run_sim(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
         }
     };
     let text = sim::markdown(&rows, &machine(), drawn);
+    publish(args, &text, sim::write_doc)
+}
+
+/// `bitinglip VERSION; PROFILE; N s in all`, since `began`.
+fn timed_versions(began: Instant) -> String {
+    format!(
+        "bitinglip {}; {}; {:.0} s in all",
+        env!("CARGO_PKG_VERSION"),
+        build_profile(),
+        began.elapsed().as_secs_f64()
+    )
+}
+
+/// Prints a variant's report and, unless `--no-write`, writes it into the document.
+fn publish(
+    args: &BenchArgs,
+    text: &str,
+    write: impl Fn(&std::path::Path, &str) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     println!("{text}");
     if !args.no_write {
-        sim::write_doc(&args.doc, &text)?;
+        write(&args.doc, text)?;
         eprintln!("bench: wrote {}", args.doc.display());
     }
     Ok(())
@@ -283,41 +308,28 @@ pub(crate) async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
             began.elapsed().as_secs_f64()
         );
         let text = conversations::markdown(&rows, &spill, &model, &machine(), &versions);
-        println!("{text}");
-        if !args.no_write {
-            conversations::write_doc(&args.doc, &text)?;
-            eprintln!("bench: wrote {}", args.doc.display());
-        }
-        return Ok(());
+        return publish(&args, &text, conversations::write_doc);
+    }
+    if args.autoscale {
+        let began = Instant::now();
+        let scaling = autoscale::run(&config).await?;
+        let versions = timed_versions(began);
+        let text = autoscale::markdown(&scaling, &machine(), &versions);
+        return publish(&args, &text, autoscale::write_doc);
     }
     if args.fairness {
         let began = Instant::now();
         let fair = fairness::run(&config, Duration::from_secs_f64(args.phase_seconds.max(1.0))).await?;
-        let versions = format!(
-            "bitinglip {}; {}; {:.0} s in all",
-            env!("CARGO_PKG_VERSION"),
-            build_profile(),
-            began.elapsed().as_secs_f64()
-        );
+        let versions = timed_versions(began);
         let text = fairness::markdown(&fair, &machine(), &versions);
-        println!("{text}");
-        if !args.no_write {
-            fairness::write_doc(&args.doc, &text)?;
-            eprintln!("bench: wrote {}", args.doc.display());
-        }
-        return Ok(());
+        return publish(&args, &text, fairness::write_doc);
     }
     if args.instructions {
         let (rows, per_token) =
             instructions::run(&nats_binary(&config), args.requests.max(1), args.callgrind_dir.as_deref()).await?;
         let versions = format!("bitinglip {}; {}", env!("CARGO_PKG_VERSION"), build_profile());
         let text = instructions::markdown(&rows, per_token, &machine(), &versions);
-        println!("{text}");
-        if !args.no_write {
-            instructions::write_doc(&args.doc, &text)?;
-            eprintln!("bench: wrote {}", args.doc.display());
-        }
-        return Ok(());
+        return publish(&args, &text, instructions::write_doc);
     }
     let began = Instant::now();
     let duration = Duration::from_secs_f64(args.seconds.max(0.5));

@@ -177,7 +177,7 @@ pub(crate) enum DeploymentsCommand {
         json: bool,
     },
     /// Create or replace a deployment.
-    Set(DeploymentArgs),
+    Set(Box<DeploymentArgs>),
     /// Remove a deployment (its replicas are unloaded).
     Rm {
         /// The model's id.
@@ -220,6 +220,22 @@ pub(crate) struct DeploymentArgs {
     /// Q3K, Q4K, Q5K, Q6K or Q8K.
     #[arg(long)]
     pub(crate) quantize: Option<String>,
+    /// Autoscale: fewest replicas (0: unload when idle, start again on a request).
+    #[arg(long, requires = "max_replicas")]
+    pub(crate) min_replicas: Option<u32>,
+    /// Autoscale: most replicas (`--replicas` is where it starts).
+    #[arg(long)]
+    pub(crate) max_replicas: Option<u32>,
+    /// Autoscale target: queue wait p95 to stay under (`2s`, the default target).
+    #[arg(long, conflicts_with = "target_first_token")]
+    pub(crate) target_queue_wait: Option<String>,
+    /// Autoscale target: time to first token p95 to stay under (`1s`).
+    #[arg(long)]
+    pub(crate) target_first_token: Option<String>,
+    /// Autoscale with `--min-replicas 0`: idle this long, it goes to 0 replicas
+    /// (default: `cluster.idle_unload`).
+    #[arg(long)]
+    pub(crate) scale_to_zero_after: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -76,6 +76,22 @@ try {
   if (!/weights .*KV .*tokens × 4/.test(estimate)) throw new Error(`the estimate cell reads ${JSON.stringify(estimate)}`);
   await shot("dashboard-deployments");
 
+  step = "an autoscaled deployment shows its bounds and target";
+  await page.locator("#deploy-source").fill("autoscaled-echo");
+  await page.locator("#deploy-replicas").fill("0");
+  await page.locator("#deploy-min").fill("0");
+  await page.locator("#deploy-max").fill("3");
+  await page.locator("#deploy-target").fill("1.5");
+  await page.locator('#deploy-form button[type="submit"]').click();
+  const bounds = page.locator('#deployments-table tr[data-model="autoscaled-echo"] td.autoscale', {
+    hasText: "0–3, queue wait < 1.5 s",
+  });
+  await bounds.waitFor({ timeout: 30000 }).catch(async () => {
+    const row = await page.locator("#deployments-table").textContent();
+    throw new Error(`the autoscaled deployment's row: ${row}`);
+  });
+  await page.locator('#deployments-table button[data-undeploy="autoscaled-echo"]').click();
+
   step = "the playground streams an answer";
   await page.locator('nav a[href="#/playground"]').click();
   await page.locator("#chat-model").selectOption(chatModel);

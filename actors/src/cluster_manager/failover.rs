@@ -404,6 +404,7 @@ pub(super) async fn poison(ctx: &NodeContext, payload: &[u8]) {
             Poisoned::Remove { failed } => {
                 if let Some(record) = failed {
                     tracing::error!(task.id = %spec.task_id, deliveries = advisory.deliveries, "poison task failed");
+                    crate::metrics::metrics().poisoned.with_label_values(&[&spec.chat.model]).inc();
                     let event =
                         TaskEvent::Failed(TaskFailed { task_id: spec.task_id.clone(), attempt: record.attempt, error });
                     let _ =

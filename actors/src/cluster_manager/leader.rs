@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, time::Duration};
 use bitinglip_bus_schema::{ModelState, NodePlacement, Replica, Role, Unplaced, WireError};
 use bitinglip_nats::{now_ms, store::leases::LeaderLease};
 
-use super::placement;
+use super::{autoscale::Autoscaler, placement};
 use crate::{
     ops::{deployments, estimate},
     NodeContext,
@@ -130,18 +130,40 @@ pub(super) async fn run(ctx: NodeContext) {
     );
 }
 
+/// Holds or waits for the lease; while leading, reconciles every tick and at once on a
+/// change, and autoscales every `cluster.autoscale_interval` (a decision changes a
+/// deployment, which brings a reconcile at once).
 async fn lead(ctx: &NodeContext, changed: &tokio::sync::Notify) {
-    let tick = ctx.config.cluster.reconcile_interval.min(ctx.config.cluster.node_ttl / 3);
+    let cluster = &ctx.config.cluster;
+    let tick = cluster.reconcile_interval.min(cluster.node_ttl / 3);
+    let mut scale_tick = tokio::time::interval(cluster.autoscale_interval);
+    scale_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lease = LeaderLease::default();
+    let mut autoscaler = Autoscaler::default();
+    let mut next_reconcile = tokio::time::Instant::now();
     loop {
-        if lease.hold(&ctx.store).await {
-            if let Err(err) = reconcile(ctx).await {
-                tracing::warn!(cause = %err, "reconcile failed; retrying at the next tick");
-            }
-        }
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = changed.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ = tokio::time::sleep_until(next_reconcile) => {
+                if lease.hold(&ctx.store).await {
+                    if let Err(err) = reconcile(ctx).await {
+                        tracing::warn!(cause = %err, "reconcile failed; retrying at the next tick");
+                    }
+                }
+                next_reconcile = tokio::time::Instant::now() + tick;
+            }
+            _ = changed.notified() => {
+                next_reconcile = next_reconcile.min(tokio::time::Instant::now() + Duration::from_millis(50));
+            }
+            _ = scale_tick.tick() => {
+                if lease.hold(&ctx.store).await {
+                    if let Err(err) = autoscaler.step(ctx).await {
+                        tracing::warn!(cause = %err, "autoscaling failed; retrying at the next tick");
+                    }
+                } else {
+                    // Another leader decides; what this one saw is stale when it leads again.
+                    autoscaler = Autoscaler::default();
+                }
+            }
         }
     }
 }

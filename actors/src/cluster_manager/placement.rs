@@ -254,6 +254,8 @@ mod tests {
                 replicas,
                 constraints: Constraints::default(),
                 memory: None,
+                autoscale: None,
+                scaling: Vec::new(),
                 on_demand,
                 created_ms: 0,
                 updated_ms: 0,

@@ -49,8 +49,15 @@ pub async fn set(store: &Store, req: SetDeployment) -> Result<Deployment, WireEr
     if let Some(problem) = bitinglip_bus_schema::model_id_problem(&model) {
         return Err(WireError::new(ErrorKind::InvalidRequest, format!("`model` {problem}")));
     }
-    if req.replicas > 1000 {
-        return Err(WireError::new(ErrorKind::InvalidRequest, format!("`replicas` is {}; at most 1000", req.replicas)));
+    let most = bitinglip_bus_schema::MAX_REPLICAS;
+    if req.replicas > most {
+        return Err(WireError::new(
+            ErrorKind::InvalidRequest,
+            format!("`replicas` is {}; at most {most}", req.replicas),
+        ));
+    }
+    if let Some(problem) = req.autoscale.as_ref().and_then(|a| a.problem()) {
+        return Err(WireError::new(ErrorKind::InvalidRequest, problem));
     }
     if req.constraints.device == Some(bitinglip_bus_schema::DeviceKind::Unknown) {
         return Err(WireError::new(
@@ -64,13 +71,31 @@ pub async fn set(store: &Store, req: SetDeployment) -> Result<Deployment, WireEr
         replicas: req.replicas,
         constraints: req.constraints,
         memory: req.memory,
+        autoscale: req.autoscale,
+        scaling: Vec::new(),
         on_demand: false,
         created_ms: 0,
         updated_ms: 0,
     };
-    let stored = modify(store, &model, |_| Ok(Some(deployment.clone()))).await?;
-    tracing::info!(model = %model, replicas = deployment.replicas, "deployment set");
-    stored.ok_or_else(|| WireError::new(ErrorKind::Internal, "deployment not written"))
+    let stored = modify(store, &model, |current| {
+        let mut d = deployment.clone();
+        if let Some(a) = &d.autoscale {
+            // An autoscaled deployment keeps the count its load set, within the new
+            // bounds; a new one starts at `replicas` (at least 1, ready for a first
+            // request, even when it may go to 0).
+            d.replicas = match &current {
+                Some(c) if c.autoscale.is_some() => c.replicas.clamp(a.min_replicas, a.max_replicas),
+                _ => d.replicas.clamp(a.min_replicas.max(1), a.max_replicas),
+            };
+        }
+        // Its scaling decisions stay with it.
+        d.scaling = current.map(|c| c.scaling).unwrap_or_default();
+        Ok(Some(d))
+    })
+    .await?;
+    let stored = stored.ok_or_else(|| WireError::new(ErrorKind::Internal, "deployment not written"))?;
+    tracing::info!(model = %model, replicas = stored.replicas, "deployment set");
+    Ok(stored)
 }
 
 /// Creates a deployment from config when the cluster has none for its model.
@@ -92,6 +117,7 @@ pub async fn seed(store: &Store, d: &bitinglip_config::DeploymentConfig) -> Resu
             device: d.device.as_deref().and_then(bitinglip_bus_schema::DeviceKind::parse),
         },
         memory: d.memory,
+        autoscale: None,
     };
     let model = req.model.clone().unwrap_or_else(|| req.spec.source.clone());
     if store.deployments().get(&model).await?.is_none() {
@@ -107,6 +133,10 @@ pub async fn ensure_loaded(store: &Store, model: &str, replicas: u32) -> Result<
     let stored = modify(store, model, |current| match current {
         Some(d) if d.replicas >= replicas => Ok(None),
         Some(mut d) => {
+            if d.autoscale.is_some() {
+                let reason = "a task arrived with no replica to serve it".to_string();
+                record_scale(&mut d, replicas, bitinglip_nats::now_ms(), reason);
+            }
             d.replicas = replicas;
             Ok(Some(d))
         }
@@ -132,6 +162,8 @@ pub async fn ensure_loaded(store: &Store, model: &str, replicas: u32) -> Result<
                 replicas,
                 constraints: Default::default(),
                 memory: None,
+                autoscale: None,
+                scaling: Vec::new(),
                 on_demand: true,
                 created_ms: 0,
                 updated_ms: 0,
@@ -140,6 +172,13 @@ pub async fn ensure_loaded(store: &Store, model: &str, replicas: u32) -> Result<
     })
     .await?;
     stored.ok_or_else(|| WireError::new(ErrorKind::Internal, "deployment not written"))
+}
+
+/// Notes a scaling decision on `d` (keeping the last few), without changing its count.
+pub fn record_scale(d: &mut Deployment, to: u32, at_ms: u64, reason: String) {
+    d.scaling.push(bitinglip_bus_schema::ScaleEvent { from: d.replicas, to, at_ms, reason });
+    let extra = d.scaling.len().saturating_sub(bitinglip_bus_schema::SCALE_EVENTS_KEPT);
+    d.scaling.drain(..extra);
 }
 
 /// Sets a model's deployment to `replicas` (0 unloads it everywhere).

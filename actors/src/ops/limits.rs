@@ -28,9 +28,34 @@ pub fn over(limits: &KeyLimits, w: &Window, now_ms: u64) -> Option<(String, u64)
     None
 }
 
+/// The share of each of `limits` that `w` has used (pure), by the limit's name: what a
+/// key near its quota is alerted on.
+pub fn used(limits: &KeyLimits, w: &Window) -> Vec<(&'static str, f64)> {
+    let share = |used: u64, limit: u64| used as f64 / limit.max(1) as f64;
+    let mut out = Vec::new();
+    if let Some(rpm) = limits.rpm {
+        out.push(("rpm", share(w.requests, u64::from(rpm))));
+    }
+    if let Some(tpm) = limits.tpm {
+        out.push(("tpm", share(w.tokens, tpm)));
+    }
+    if let Some(day) = limits.tokens_per_day {
+        out.push(("tokens_per_day", share(w.tokens_today, day)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_share_used_is_given_for_each_limit_set() {
+        let w = Window { requests: 3, tokens: 50, tokens_today: 900, reset_secs: 7 };
+        let limits = KeyLimits { rpm: Some(4), tpm: None, tokens_per_day: Some(1000), max_concurrent: None };
+        assert_eq!(used(&limits, &w), vec![("rpm", 0.75), ("tokens_per_day", 0.9)]);
+        assert!(used(&KeyLimits::default(), &w).is_empty());
+    }
 
     #[test]
     fn the_first_limit_passed_is_named_with_its_reset() {

@@ -172,6 +172,7 @@ mod tests {
             prefix_cache: Default::default(),
             takes_pinned: true,
             served: Vec::new(),
+            first_token_p95_ms: None,
         }
     }
 

@@ -537,6 +537,9 @@ async fn generate(shared: &Arc<WorkerShared>, a: &Attempt, claimed: &Claimed) ->
         _ = watch_hand_back => unreachable!("the hand-back watch never ends"),
     };
     record_generation(&generation, model, &result, first_token, first_at.zip(last_token), pieces);
+    if let (Some(ttft), Ok(mut recent)) = (first_token, shared.first_tokens.lock()) {
+        recent.add(Instant::now(), ttft);
+    }
     if let Some(cached) = result.as_ref().ok().and_then(|g| g.cached_tokens) {
         shared.count_prefix_lookup(cached);
     }

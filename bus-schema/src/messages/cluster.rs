@@ -43,6 +43,10 @@ pub struct WorkerInfo {
     /// [`MAX_SERVED_TENANTS`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub served: Vec<TenantServed>,
+    /// Time to first token at p95 of the generations it finished in the last 10 s, ms
+    /// (absent: none finished); what autoscaling on `first_token` reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_p95_ms: Option<u32>,
 }
 
 /// Most tenants a worker's heartbeat names in [`WorkerInfo::served`].
@@ -209,6 +213,7 @@ mod tests {
             prefix_cache: PrefixCacheUse { lookups: 3, hits: 2, cached_tokens: 900 },
             takes_pinned: true,
             served: vec![TenantServed { tenant: "team-a".into(), tasks: 2, tokens: 300 }],
+            first_token_p95_ms: Some(40),
         };
         pin(
             worker.clone(),
@@ -226,6 +231,7 @@ mod tests {
                 "prefix_cache",
                 "takes_pinned",
                 "served",
+                "first_token_p95_ms",
             ],
         );
         pin(worker.running[0].clone(), &["task_id", "attempt", "ack_subject"]);

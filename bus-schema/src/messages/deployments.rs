@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DeviceKind, EngineKind, WireError};
+use crate::{Autoscale, DeviceKind, EngineKind, ScaleEvent, WireError};
 
 /// The most sequences one worker generates at once. Each is a pull waiting on the
 /// model's queue consumers, which take a bounded number of them (JetStream's
@@ -216,7 +216,7 @@ pub struct Deployment {
     pub model: String,
     /// How to load it.
     pub spec: ModelSpec,
-    /// Replicas wanted.
+    /// Replicas wanted (with `autoscale`, the count the leader chose last).
     pub replicas: u32,
     /// Where they may run.
     #[serde(default)]
@@ -224,6 +224,13 @@ pub struct Deployment {
     /// Memory one replica needs, bytes; estimated from the weights when absent.
     #[serde(default)]
     pub memory: Option<u64>,
+    /// Replicas follow the load between these bounds (absent: `replicas` stays as set).
+    #[serde(default)]
+    pub autoscale: Option<Autoscale>,
+    /// The last scaling decisions, newest last (at most
+    /// [`SCALE_EVENTS_KEPT`](crate::SCALE_EVENTS_KEPT)).
+    #[serde(default)]
+    pub scaling: Vec<ScaleEvent>,
     /// Created by a request for a model nobody served: unloaded (replicas set to 0) after
     /// `cluster.idle_unload` without requests, and first to go when memory is needed.
     #[serde(default)]
@@ -291,6 +298,9 @@ pub struct SetDeployment {
     /// Memory one replica needs, bytes (estimated from the weights when absent).
     #[serde(default)]
     pub memory: Option<u64>,
+    /// Replicas follow the load between these bounds; `replicas` is where they start.
+    #[serde(default)]
+    pub autoscale: Option<Autoscale>,
 }
 
 /// Request on `…deployment.delete`: remove a deployment (its replicas are unloaded).
@@ -353,6 +363,7 @@ pub struct Unplaced {
 /// Reply on `…deployment.set` and `…model.load`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // a reply, built once and sent; boxing buys nothing
 pub enum DeploymentReply {
     /// The deployment as stored.
     Deployment(Deployment),
@@ -418,6 +429,8 @@ mod tests {
             replicas: 2,
             constraints: Constraints { min_memory: Some(1 << 30), device: Some(DeviceKind::Cpu) },
             memory: Some(5),
+            autoscale: None,
+            scaling: vec![],
             on_demand: false,
             created_ms: 1,
             updated_ms: 2,
@@ -426,7 +439,18 @@ mod tests {
 
     #[test]
     fn deployment_messages_pin_their_fields() {
-        let d = &["model", "spec", "replicas", "constraints", "memory", "on_demand", "created_ms", "updated_ms"];
+        let d = &[
+            "model",
+            "spec",
+            "replicas",
+            "constraints",
+            "memory",
+            "autoscale",
+            "scaling",
+            "on_demand",
+            "created_ms",
+            "updated_ms",
+        ];
         pin(
             spec(),
             &["source", "revision", "engine", "max_sequences", "echo_tokens_per_sec", "context_length", "quantize"],
@@ -440,8 +464,15 @@ mod tests {
             &["node", "replicas", "leader", "updated_ms"],
         );
         pin(
-            SetDeployment { model: None, spec: spec(), replicas: 1, constraints: Constraints::default(), memory: None },
-            &["model", "spec", "replicas", "constraints", "memory"],
+            SetDeployment {
+                model: None,
+                spec: spec(),
+                replicas: 1,
+                constraints: Constraints::default(),
+                memory: None,
+                autoscale: None,
+            },
+            &["model", "spec", "replicas", "constraints", "memory", "autoscale"],
         );
         pin(DeleteDeployment { model: "m".into() }, &["model"]);
         pin(ListDeployments {}, &[]);

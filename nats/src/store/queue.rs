@@ -19,7 +19,7 @@ use futures::StreamExt;
 mod fair;
 mod pinned;
 
-pub use fair::{Census, Lane, LaneStats, UNNAMED_LANE};
+pub use fair::{Census, Lane, LaneStats, Load, UNNAMED_LANE};
 pub use pinned::Orphan;
 
 use super::{Store, StoreError, MAX_VALUE_BYTES};

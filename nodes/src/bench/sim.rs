@@ -160,6 +160,7 @@ pub(crate) async fn deploy_echo(
         replicas,
         constraints: Constraints::default(),
         memory: Some(REPLICA_MEMORY),
+        autoscale: None,
     };
     bus.call(&req).await.map_err(|e| anyhow::anyhow!("deployment of {model} not set: {}", e.message))?;
     Ok(())

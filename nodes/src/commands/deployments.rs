@@ -2,7 +2,8 @@
 
 use anyhow::bail;
 use bitinglip_bus_schema::{
-    Constraints, DeleteDeployment, DeviceKind, EngineKind, ListDeployments, ModelSpec, Quantize, SetDeployment,
+    Autoscale, Constraints, DeleteDeployment, DeviceKind, EngineKind, ListDeployments, ModelSpec, Quantize, ScaleEvent,
+    ScaleSignal, SetDeployment,
 };
 use bitinglip_config::{parse_bytes, Config};
 
@@ -33,7 +34,55 @@ fn device(name: &str) -> anyhow::Result<DeviceKind> {
     DeviceKind::parse(name).ok_or_else(|| anyhow::anyhow!("--device {name:?}: use cpu, cuda or metal"))
 }
 
+/// A duration flag (`2s`, `500ms`), in ms.
+fn millis(flag: &str, v: &str) -> anyhow::Result<u64> {
+    let d = humantime::parse_duration(v).map_err(|e| anyhow::anyhow!("{flag} {v:?}: {e} (write `2s`, `500ms`)"))?;
+    Ok(d.as_millis() as u64)
+}
+
+/// The autoscaling the flags ask for: none without `--max-replicas`.
+fn autoscale(a: &DeploymentArgs) -> anyhow::Result<Option<Autoscale>> {
+    let Some(max_replicas) = a.max_replicas else {
+        if a.target_queue_wait.is_some() || a.target_first_token.is_some() || a.scale_to_zero_after.is_some() {
+            bail!("an autoscale target or --scale-to-zero-after needs --max-replicas");
+        }
+        return Ok(None);
+    };
+    let (signal, target_ms) = match (&a.target_first_token, &a.target_queue_wait) {
+        (Some(t), _) => (ScaleSignal::FirstToken, millis("--target-first-token", t)?),
+        (None, Some(t)) => (ScaleSignal::QueueWait, millis("--target-queue-wait", t)?),
+        (None, None) => (ScaleSignal::QueueWait, 2000),
+    };
+    let idle_ms = a.scale_to_zero_after.as_deref().map(|v| millis("--scale-to-zero-after", v)).transpose()?;
+    let scale = Autoscale { min_replicas: a.min_replicas.unwrap_or(1), max_replicas, signal, target_ms, idle_ms };
+    if let Some(problem) = scale.problem() {
+        bail!("{problem}");
+    }
+    Ok(Some(scale))
+}
+
+/// A scaling decision as `deployments ls` shows it: `1 → 3 at 12:04:05: why`.
+fn scaled(e: &ScaleEvent) -> String {
+    let secs = e.at_ms / 1000;
+    let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    format!("{} → {} at {h:02}:{m:02}:{s:02}: {}", e.from, e.to, e.reason)
+}
+
+/// The AUTOSCALE column: `1-3 queue_wait<2s`, or `-`.
+fn bounds(a: Option<&Autoscale>) -> String {
+    a.map_or("-".into(), |a| {
+        format!(
+            "{}-{} {}<{}",
+            a.min_replicas,
+            a.max_replicas,
+            a.signal,
+            humantime::format_duration(std::time::Duration::from_millis(a.target_ms),)
+        )
+    })
+}
+
 fn request(a: DeploymentArgs) -> anyhow::Result<SetDeployment> {
+    let autoscale = autoscale(&a)?;
     let Some(engine) = EngineKind::parse(&a.engine) else { bail!("--engine {:?}: use mistralrs or echo", a.engine) };
     Ok(SetDeployment {
         model: a.name,
@@ -57,6 +106,7 @@ fn request(a: DeploymentArgs) -> anyhow::Result<SetDeployment> {
             device: a.device.as_deref().map(device).transpose()?,
         },
         memory: size("--memory", a.memory)?,
+        autoscale,
     })
 }
 
@@ -64,7 +114,7 @@ pub(super) async fn run(config: Config, cmd: DeploymentsCommand) -> anyhow::Resu
     let bus = super::client_bus(&config).await?;
     match cmd {
         DeploymentsCommand::Set(args) => {
-            let req = request(args)?;
+            let req = request(*args)?;
             let d = bus.call(&req).await.map_err(super::said)?;
             println!("{}: {} replica(s)", d.model, d.replicas);
         }
@@ -94,6 +144,8 @@ pub(super) async fn run(config: Config, cmd: DeploymentsCommand) -> anyhow::Resu
                 "KV CACHE",
                 "QUANTIZE",
                 "ON-DEMAND",
+                "AUTOSCALE",
+                "LAST SCALED (UTC)",
             ]
             .map(String::from)
             .to_vec()];
@@ -115,6 +167,8 @@ pub(super) async fn run(config: Config, cmd: DeploymentsCommand) -> anyhow::Resu
                     human(s.estimate.as_ref().map_or(0, |e| e.kv_cache)),
                     d.spec.quantize.map_or("-".into(), |q| q.to_string()),
                     if d.on_demand { "yes".into() } else { "no".into() },
+                    bounds(d.autoscale.as_ref()),
+                    d.scaling.last().map_or("-".into(), scaled),
                 ]);
             }
             super::print_table(&rows);

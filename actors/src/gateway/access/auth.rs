@@ -152,6 +152,7 @@ async fn limited(auth: Auth, mut req: Request, next: Next, key: ApiKey) -> Respo
         Ok(w) => w,
         Err(err) => return ApiError::from(WireError::from(err)).into_response(),
     };
+    crate::metrics::key_quota(&key_id, &crate::ops::limits::used(&limits, &window));
     let (headers, refusal) = super::limits::verdict(&limits, &window, now);
     match refusal {
         Some(err) => {

@@ -249,15 +249,24 @@ async function renderDeployments(body) {
       <div><label for="deploy-device">Device</label><select id="deploy-device"><option value="">any</option><option>cpu</option><option>cuda</option><option>metal</option></select></div>
       <div><label for="deploy-quantize">Quantize</label><select id="deploy-quantize"><option value="">none</option>${QUANTIZE.map((q) => `<option>${q}</option>`).join("")}</select></div>
       <div><label for="deploy-context">Context (tokens)</label><input id="deploy-context" type="number" min="1" placeholder="model's, ≤ 8192"></div>
+      <div><label for="deploy-min">Autoscale: min replicas</label><input id="deploy-min" type="number" min="0" placeholder="off"></div>
+      <div><label for="deploy-max">max replicas</label><input id="deploy-max" type="number" min="1" placeholder="off"></div>
+      <div><label for="deploy-target">queue wait p95 target (s)</label><input id="deploy-target" type="number" min="0.001" step="any" value="2"></div>
       <div><button type="submit">Deploy</button></div></form>
-      <div class="table-wrap"><table id="deployments-table"><thead><tr><th>model</th><th>wanted</th><th>placed</th><th>serving</th><th>memory (estimate)</th><th>quantize</th><th>constraints</th><th></th></tr></thead><tbody></tbody></table></div>`;
+      <div class="table-wrap"><table id="deployments-table"><thead><tr><th>model</th><th>wanted</th><th>placed</th><th>serving</th><th>autoscale</th><th>memory (estimate)</th><th>quantize</th><th>constraints</th><th></th></tr></thead><tbody></tbody></table></div>`;
     $("#deploy-form", body).addEventListener("submit", async (e) => {
       e.preventDefault();
       const constraints = $("#deploy-device").value ? { device: $("#deploy-device").value } : {};
       const spec = { source: $("#deploy-source").value.trim() };
       if ($("#deploy-quantize").value) spec.quantize = $("#deploy-quantize").value;
       if ($("#deploy-context").value) spec.context_length = Number($("#deploy-context").value);
-      await json("/api/v1/deployments", { method: "POST", body: { spec, replicas: Number($("#deploy-replicas").value), constraints } })
+      const autoscale = $("#deploy-max").value ? {
+        min_replicas: Number($("#deploy-min").value || 1),
+        max_replicas: Number($("#deploy-max").value),
+        signal: "queue_wait",
+        target_ms: Math.round(Number($("#deploy-target").value || 2) * 1000),
+      } : undefined;
+      await json("/api/v1/deployments", { method: "POST", body: { spec, replicas: Number($("#deploy-replicas").value), constraints, autoscale } })
         .catch((err) => { $("#view-error").textContent = err.message; });
       renderDeployments(body);
     });
@@ -271,7 +280,7 @@ async function renderDeployments(body) {
         else {
           const dep = d.deployment;
           const replicas = Math.max(0, dep.replicas + Number(b.dataset.by));
-          await json("/api/v1/deployments", { method: "POST", body: { model: dep.model, spec: dep.spec, replicas, constraints: dep.constraints, memory: dep.memory } });
+          await json("/api/v1/deployments", { method: "POST", body: { model: dep.model, spec: dep.spec, replicas, constraints: dep.constraints, memory: dep.memory, autoscale: dep.autoscale } });
         }
       } catch (err) {
         $("#view-error").textContent = err.message;
@@ -290,10 +299,14 @@ async function renderDeployments(body) {
     const memory = dep.memory ? `${mib(dep.memory)} (set)` : e
       ? `${mib(e.total)} CPU / ${mib(e.gpu_total)} GPU — weights ${mib(e.weights)}, KV ${mib(e.kv_cache)} (${e.context_length} tokens × ${e.sequences})`
       : "-";
-    const why = d.unplaced ? `<tr class="note" data-unplaced="${esc(dep.model)}"><td colspan="8">${esc(d.unplaced)}</td></tr>` : "";
-    return `<tr data-model="${esc(dep.model)}"><td>${esc(dep.model)}</td><td>${dep.replicas}</td><td>${esc(places.join(", ") || "-")}</td><td>${esc(d.serving.join(", ") || "-")}</td><td class="estimate">${esc(memory)}</td><td>${esc(dep.spec.quantize || "-")}</td><td>${esc(constraints)}</td>
-      <td><button type="button" class="secondary" data-scale="${esc(dep.model)}" data-by="1" aria-label="one more replica">+1</button> <button type="button" class="secondary" data-scale="${esc(dep.model)}" data-by="-1" aria-label="one replica less">−1</button> <button type="button" class="secondary" data-undeploy="${esc(dep.model)}">Remove</button></td></tr>${why}`;
-  }).join("") || `<tr><td colspan="8">No deployment.</td></tr>`;
+    const why = d.unplaced ? `<tr class="note" data-unplaced="${esc(dep.model)}"><td colspan="9">${esc(d.unplaced)}</td></tr>` : "";
+    const a = dep.autoscale;
+    const bounds = a ? `${a.min_replicas}–${a.max_replicas}, ${a.signal.replace("_", " ")} < ${a.target_ms / 1000} s` : "-";
+    const last = (dep.scaling || []).at(-1);
+    const scaled = last ? `<tr class="note" data-scaled="${esc(dep.model)}"><td colspan="9">${last.from} → ${last.to} at ${new Date(last.at_ms).toLocaleTimeString()}: ${esc(last.reason)}</td></tr>` : "";
+    return `<tr data-model="${esc(dep.model)}"><td>${esc(dep.model)}</td><td>${dep.replicas}</td><td>${esc(places.join(", ") || "-")}</td><td>${esc(d.serving.join(", ") || "-")}</td><td class="autoscale">${esc(bounds)}</td><td class="estimate">${esc(memory)}</td><td>${esc(dep.spec.quantize || "-")}</td><td>${esc(constraints)}</td>
+      <td><button type="button" class="secondary" data-scale="${esc(dep.model)}" data-by="1" aria-label="one more replica">+1</button> <button type="button" class="secondary" data-scale="${esc(dep.model)}" data-by="-1" aria-label="one replica less">−1</button> <button type="button" class="secondary" data-undeploy="${esc(dep.model)}">Remove</button></td></tr>${why}${scaled}`;
+  }).join("") || `<tr><td colspan="9">No deployment.</td></tr>`;
 }
 
 async function renderTasks(body) {

@@ -51,6 +51,20 @@ pub struct Census {
     pub pinned: (u64, u64),
     /// Whether any pinned consumer of the model exists.
     pub any_pinned: bool,
+    /// Each consumer with tasks waiting: its filter subject and the stream sequence after
+    /// its last delivery (where its oldest waiting task is, or after).
+    pub heads: Vec<(String, u64)>,
+}
+
+/// What one model's queue holds, for the autoscaler.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Load {
+    /// Tasks not yet delivered to a worker, both classes.
+    pub waiting: u64,
+    /// Tasks delivered and not yet acked, both classes.
+    pub running: u64,
+    /// Age of the oldest task not yet delivered, ms (0 when none waits).
+    pub oldest_waiting_ms: u64,
 }
 
 impl Census {
@@ -157,40 +171,97 @@ impl Queue<'_> {
     /// What waits and runs in `model`'s lanes and pinned consumers: one listing of the
     /// stream's consumers.
     pub async fn census(&self, model: &str) -> Result<Census, StoreError> {
+        let mut all = self.censuses(&[model.to_string()]).await?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// [`Queue::census`] of each of `models`, in their order, from one listing of the
+    /// stream's consumers (what the autoscaler reads every second, whatever the number of
+    /// models).
+    pub async fn censuses(&self, models: &[String]) -> Result<Vec<Census>, StoreError> {
         let stream = self.handle().await?;
         let subjects = &self.store.inner.subjects;
-        let unnamed = [Priority::Interactive, Priority::Batch].map(|p| (subjects.worker_consumer(model, p), p));
-        let mut census = Census::default();
+        let unnamed: Vec<(String, Priority, usize)> = models
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| [Priority::Interactive, Priority::Batch].map(|p| (subjects.worker_consumer(m, p), p, i)))
+            .collect();
+        let mut all = vec![Census::default(); models.len()];
         let mut list = stream.consumers();
         while let Some(info) = list.next().await {
             let info = info.map_err(|e| StoreError::unavailable(WHAT, e))?;
             let (waiting, running) = (info.num_pending, info.num_ack_pending as u64);
+            let filter = &info.config.filter_subject;
             let meta = &info.config.metadata;
             let lane = match (meta.get(LANE_MODEL), meta.get(LANE_CLASS), meta.get(LANE_TENANT)) {
-                (Some(m), Some(class), Some(tenant)) if m == model => {
+                (Some(m), Some(class), Some(tenant)) => models.iter().position(|x| x == m).and_then(|i| {
                     let weight = meta.get(LANE_WEIGHT).and_then(|w| w.parse().ok()).unwrap_or(1);
-                    Priority::parse(class).map(|p| (p, tenant.clone(), weight))
-                }
+                    Priority::parse(class).map(|p| (i, p, tenant.clone(), weight))
+                }),
                 (Some(_), _, _) => None,
-                _ => unnamed.iter().find(|(n, _)| *n == info.name).map(|(_, p)| (*p, UNNAMED_LANE.to_string(), 1)),
+                _ => unnamed
+                    .iter()
+                    .find(|(n, _, _)| *n == info.name)
+                    .map(|(_, p, i)| (*i, *p, UNNAMED_LANE.to_string(), 1)),
             };
-            if let Some((priority, tenant, weight)) = lane {
-                census.lanes.push(LaneStats {
-                    model: model.to_string(),
+            let owner = match &lane {
+                Some((i, ..)) => Some(*i),
+                None => models.iter().position(|m| self.pinned_of(m, filter)),
+            };
+            let Some(census) = owner.and_then(|i| all.get_mut(i)) else { continue };
+            if waiting > 0 && !filter.is_empty() {
+                census.heads.push((filter.clone(), info.delivered.stream_sequence + 1));
+            }
+            match lane {
+                Some((_, priority, tenant, weight)) => census.lanes.push(LaneStats {
+                    model: models[owner.unwrap_or_default()].clone(),
                     priority,
                     tenant,
                     weight,
                     waiting,
                     running,
                     oldest_age_secs: 0.0,
-                });
-            } else if self.pinned_of(model, &info.config.filter_subject) {
-                census.any_pinned = true;
-                census.pinned.0 += waiting;
-                census.pinned.1 += running;
+                }),
+                None => {
+                    census.any_pinned = true;
+                    census.pinned.0 += waiting;
+                    census.pinned.1 += running;
+                }
             }
         }
-        Ok(census)
+        Ok(all)
+    }
+
+    /// What each of `models`' queues holds now, in their order: its waiting and running
+    /// tasks (one listing of the consumers for all of them) and the age of its oldest
+    /// waiting task (one read per consumer with tasks waiting, from the sequence after its
+    /// last delivery).
+    pub async fn loads(&self, models: &[String]) -> Result<Vec<Load>, StoreError> {
+        let censuses = self.censuses(models).await?;
+        let mut out = Vec::with_capacity(censuses.len());
+        let mut stream = None;
+        for census in censuses {
+            let mut load = Load::default();
+            for priority in [Priority::Interactive, Priority::Batch] {
+                let (waiting, running) = census.counts(priority);
+                load.waiting += waiting;
+                load.running += running;
+            }
+            if load.waiting > 0 {
+                if stream.is_none() {
+                    stream = Some(self.handle().await?);
+                }
+                let stream = stream.as_ref().expect("just set");
+                for (filter, from) in &census.heads {
+                    if let Ok(msg) = stream.get_first_raw_message_by_subject(filter, *from).await {
+                        let at = (msg.time.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+                        load.oldest_waiting_ms = load.oldest_waiting_ms.max(crate::now_ms().saturating_sub(at));
+                    }
+                }
+            }
+            out.push(load);
+        }
+        Ok(out)
     }
 
     /// Tasks in `model`'s queue of `priority`, waiting or running (not yet acked): its
