@@ -57,6 +57,8 @@ pub(crate) struct SimRow {
     pub(crate) detect: Duration,
     /// From a node's death to its replicas serving on other nodes.
     pub(crate) replace: Duration,
+    /// Autoscaling's cost and decision time.
+    pub(crate) scaling: ScalingRow,
 }
 
 /// A simulated worker node running in this process.
@@ -146,6 +148,18 @@ pub(crate) async fn deploy_echo(
     tokens_per_sec: f64,
     slots: u32,
 ) -> anyhow::Result<()> {
+    set_echo(bus, model, replicas, tokens_per_sec, slots, None).await
+}
+
+/// [`deploy_echo`], autoscaled when `autoscale` says.
+async fn set_echo(
+    bus: &Bus,
+    model: &str,
+    replicas: u32,
+    tokens_per_sec: f64,
+    slots: u32,
+    autoscale: Option<bitinglip_bus_schema::Autoscale>,
+) -> anyhow::Result<()> {
     let req = SetDeployment {
         model: Some(model.to_string()),
         spec: ModelSpec {
@@ -160,7 +174,7 @@ pub(crate) async fn deploy_echo(
         replicas,
         constraints: Constraints::default(),
         memory: Some(REPLICA_MEMORY),
-        autoscale: None,
+        autoscale,
     };
     bus.call(&req).await.map_err(|e| anyhow::anyhow!("deployment of {model} not set: {}", e.message))?;
     Ok(())
@@ -358,6 +372,10 @@ pub(crate) async fn run_one(nats_binary: &str, n: usize, load: Duration) -> anyh
     .await?;
     let replace = died.elapsed();
 
+    step(&format!("sim {n}: every deployment autoscaled, at rest, 10 s; then a burst on one"));
+    let scaler = platform::Client { bus: bus.clone(), store: store.clone() };
+    let scaling = scaling_step(&bus, &scaler, &in_msgs, control_pid, all as f64 / secs).await?;
+
     step(&format!("sim {n}: stopping"));
     let stops = sims.into_iter().map(SimNode::stop);
     futures::future::join_all(stops).await;
@@ -379,7 +397,87 @@ pub(crate) async fn run_one(nats_binary: &str, n: usize, load: Duration) -> anyh
         next_token,
         detect,
         replace,
+        scaling,
     })
+}
+
+/// What autoscaling costs and how fast it decides, on the simulated cluster.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScalingRow {
+    /// Bus messages a second at rest with every deployment autoscaled, less those at rest
+    /// without: what the leader's reading of the load costs, a second (one step a second).
+    pub(crate) step_messages: f64,
+    /// The control plane's CPU at rest with every deployment autoscaled, in cores.
+    pub(crate) control_cpu: f64,
+    /// From a burst of tasks on an idle autoscaled deployment to its first decision up.
+    pub(crate) decision: Duration,
+    /// From the burst to every replica decided serving.
+    pub(crate) serving: Duration,
+}
+
+/// Autoscales every deployment, measures the bus and the control plane at rest, then
+/// sends a burst to one deployment and times its first decision up and its replicas.
+async fn scaling_step<F, Fut>(
+    bus: &Bus,
+    client: &platform::Client,
+    in_msgs: &F,
+    control_pid: u32,
+    rest_per_sec: f64,
+) -> anyhow::Result<ScalingRow>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let autoscale = |max| bitinglip_bus_schema::Autoscale {
+        min_replicas: 1,
+        max_replicas: max,
+        signal: bitinglip_bus_schema::ScaleSignal::QueueWait,
+        target_ms: 2000,
+        idle_ms: None,
+    };
+    for j in 0..DEPLOYMENTS {
+        let model = format!("sim-m{j:03}");
+        set_echo(bus, &model, 1, 0.0, 8, Some(autoscale(3))).await?;
+    }
+    // Settle, then the same window as at rest before.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (m0, c0, began) = (in_msgs().await?, cpu_secs(control_pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let secs = began.elapsed().as_secs_f64();
+    let per_sec = in_msgs().await?.saturating_sub(m0) as f64 / secs;
+    let control_cpu = (cpu_secs(control_pid) - c0) / secs;
+
+    // A burst: 16 tasks of 100 tokens at 20 a second (5 s each) on one replica of 2
+    // sequences: 16 fill 8 replicas, the most is 4.
+    set_echo(bus, "sim-burst", 1, 20.0, 2, Some(autoscale(4))).await?;
+    until("the burst deployment serving", Duration::from_secs(120), || async {
+        deployments(bus).await.iter().any(|d| d.deployment.model == "sim-burst" && !d.serving.is_empty())
+    })
+    .await?;
+    let words: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
+    let burst = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, chat) = (client.clone(), platform::chat("sim-burst", &words.join(" "), 100));
+            tokio::spawn(async move { platform::nats_request(&client, chat).await })
+        })
+        .collect();
+    let decision = until("the first decision up", Duration::from_secs(60), || async {
+        deployments(bus).await.iter().any(|d| d.deployment.model == "sim-burst" && d.deployment.replicas > 1)
+    })
+    .await?;
+    let serving = until("the decided replicas serving", Duration::from_secs(120), || async {
+        deployments(bus)
+            .await
+            .iter()
+            .any(|d| d.deployment.model == "sim-burst" && d.serving.len() >= 4.min(d.deployment.replicas as usize))
+    })
+    .await
+    .map(|_| burst.elapsed())?;
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(ScalingRow { step_messages: (per_sec - rest_per_sec).max(0.0), control_cpu, decision, serving })
 }
 
 /// Where the simulation's part of the document starts and ends.
@@ -411,6 +509,21 @@ pub(crate) fn markdown(rows: &[SimRow], machine: &str, png: Option<&str>) -> Str
             r.next_token.as_secs_f64(),
             r.detect.as_secs_f64(),
             r.replace.as_secs_f64(),
+        );
+    }
+    out.push_str("\nAutoscaling on the same cluster: every deployment autoscaled (1 to 3 replicas, queue wait < 2 s), at rest for 10 s; then a burst of 16 tasks of 5 s on an idle autoscaled deployment of 2 sequences a replica (1 to 4 replicas).\n\n");
+    out.push_str("| worker nodes | bus messages/s the leader's reading adds (one step a second) | control plane CPU, all autoscaled, at rest | burst → first decision up | burst → its replicas serving |\n");
+    out.push_str("| ---: | ---: | ---: | ---: | ---: |\n");
+    for r in rows {
+        let s = &r.scaling;
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.1} % of a core | {:.2} s | {:.2} s |",
+            r.nodes,
+            s.step_messages,
+            s.control_cpu * 100.0,
+            s.decision.as_secs_f64(),
+            s.serving.as_secs_f64(),
         );
     }
     if let Some(png) = png {
