@@ -195,6 +195,7 @@ pub(super) struct Autoscaler {
 impl Autoscaler {
     /// Reads the load of every autoscaled deployment and writes the decisions.
     pub(super) async fn step(&mut self, ctx: &NodeContext) -> Result<(), WireError> {
+        let began = std::time::Instant::now();
         let cluster = &ctx.config.cluster;
         let windows = Windows {
             up_ms: cluster.scale_up_window.as_millis() as u64,
@@ -208,7 +209,9 @@ impl Autoscaler {
             return Ok(());
         }
         let models: Vec<String> = scaled.iter().map(|d| d.model.clone()).collect();
+        let listed = began.elapsed();
         let loads = ctx.store.queue().loads(&models).await?;
+        let read = began.elapsed();
         for (d, load) in scaled.into_iter().zip(loads) {
             let Some(a) = &d.autoscale else { continue };
             let s = signals(ctx, d, load);
@@ -217,6 +220,13 @@ impl Autoscaler {
                 apply(ctx, &d.model, d.replicas, decision).await?;
             }
         }
+        tracing::debug!(
+            deployments = models.len(),
+            listed_ms = listed.as_millis() as u64,
+            loads_ms = (read - listed).as_millis() as u64,
+            total_ms = began.elapsed().as_millis() as u64,
+            "autoscale step"
+        );
         Ok(())
     }
 }

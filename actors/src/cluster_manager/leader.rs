@@ -8,7 +8,11 @@
 //! killed half-way through writing placements leaves a state the next leader (or itself,
 //! restarted) completes, with no manual step.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use bitinglip_bus_schema::{ModelState, NodePlacement, Replica, Role, Unplaced, WireError};
 use bitinglip_nats::{now_ms, store::leases::LeaderLease};
@@ -116,6 +120,7 @@ pub(super) async fn run(ctx: NodeContext) {
         }
     }
     let changed = tokio::sync::Notify::new();
+    let renewed = AtomicU64::new(0);
     let mut nodes = ctx.nodes.clone();
     let deployments = ctx.store.deployments();
     tokio::join!(
@@ -126,44 +131,51 @@ pub(super) async fn run(ctx: NodeContext) {
                 changed.notify_one();
             }
         },
-        lead(&ctx, &changed),
+        lead(&ctx, &changed, &renewed),
+        autoscale(&ctx, &renewed),
     );
 }
 
 /// Holds or waits for the lease; while leading, reconciles every tick and at once on a
-/// change, and autoscales every `cluster.autoscale_interval` (a decision changes a
-/// deployment, which brings a reconcile at once).
-async fn lead(ctx: &NodeContext, changed: &tokio::sync::Notify) {
-    let cluster = &ctx.config.cluster;
-    let tick = cluster.reconcile_interval.min(cluster.node_ttl / 3);
-    let mut scale_tick = tokio::time::interval(cluster.autoscale_interval);
-    scale_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// change. Notes in `renewed` when it last held the lease (0: it does not).
+async fn lead(ctx: &NodeContext, changed: &tokio::sync::Notify, renewed: &AtomicU64) {
+    let tick = ctx.config.cluster.reconcile_interval.min(ctx.config.cluster.node_ttl / 3);
     let mut lease = LeaderLease::default();
-    let mut autoscaler = Autoscaler::default();
-    let mut next_reconcile = tokio::time::Instant::now();
     loop {
+        if lease.hold(&ctx.store).await {
+            renewed.store(now_ms(), Ordering::Relaxed);
+            if let Err(err) = reconcile(ctx).await {
+                tracing::warn!(cause = %err, "reconcile failed; retrying at the next tick");
+            }
+        } else {
+            renewed.store(0, Ordering::Relaxed);
+        }
         tokio::select! {
-            _ = tokio::time::sleep_until(next_reconcile) => {
-                if lease.hold(&ctx.store).await {
-                    if let Err(err) = reconcile(ctx).await {
-                        tracing::warn!(cause = %err, "reconcile failed; retrying at the next tick");
-                    }
-                }
-                next_reconcile = tokio::time::Instant::now() + tick;
+            _ = tokio::time::sleep(tick) => {}
+            _ = changed.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Every `cluster.autoscale_interval`, while this node held the lease lately (within
+/// two thirds of its TTL), the autoscaler's step. A task of its own: a reconcile takes
+/// seconds at a thousand nodes, and decisions must not wait for it (a decision changes a
+/// deployment, which brings a reconcile at once). A stale flag at a change of leader
+/// costs nothing: a decision is written only over the count it was made from.
+async fn autoscale(ctx: &NodeContext, renewed: &AtomicU64) {
+    let fresh_ms = (ctx.config.cluster.node_ttl * 2 / 3).as_millis() as u64;
+    let mut tick = tokio::time::interval(ctx.config.cluster.autoscale_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut autoscaler = Autoscaler::default();
+    loop {
+        tick.tick().await;
+        if now_ms().saturating_sub(renewed.load(Ordering::Relaxed)) < fresh_ms {
+            if let Err(err) = autoscaler.step(ctx).await {
+                tracing::warn!(cause = %err, "autoscaling failed; retrying at the next tick");
             }
-            _ = changed.notified() => {
-                next_reconcile = next_reconcile.min(tokio::time::Instant::now() + Duration::from_millis(50));
-            }
-            _ = scale_tick.tick() => {
-                if lease.hold(&ctx.store).await {
-                    if let Err(err) = autoscaler.step(ctx).await {
-                        tracing::warn!(cause = %err, "autoscaling failed; retrying at the next tick");
-                    }
-                } else {
-                    // Another leader decides; what this one saw is stale when it leads again.
-                    autoscaler = Autoscaler::default();
-                }
-            }
+        } else {
+            // Another leader decides; what this one saw is stale when it leads again.
+            autoscaler = Autoscaler::default();
         }
     }
 }
