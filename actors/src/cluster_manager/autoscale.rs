@@ -22,7 +22,10 @@
 //! window are held by the leader only: a new leader starts a fresh window, which delays a
 //! scale-down, never a scale-up.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use bitinglip_bus_schema::{Autoscale, Deployment, ScaleSignal, WireError, WorkerState};
 use bitinglip_nats::{now_ms, store::queue::Load};
@@ -186,15 +189,24 @@ pub(super) fn decide(
     (to != current).then_some(Decision { to, reason })
 }
 
+/// How long the autoscaler goes on a list of the deployments with no change seen: a
+/// watch that missed one (reconnecting) costs at most this.
+const RELIST: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The autoscaler's memory, held by the leading cluster manager.
 #[derive(Debug, Default)]
 pub(super) struct Autoscaler {
     histories: HashMap<String, History>,
+    /// The deployments as last read, and when: read again on a change (the bucket's
+    /// watch), or after [`RELIST`]. Scanning the bucket every second was most of a step's
+    /// messages and time at a thousand nodes.
+    deployments: Option<(Vec<Deployment>, std::time::Instant)>,
 }
 
 impl Autoscaler {
-    /// Reads the load of every autoscaled deployment and writes the decisions.
-    pub(super) async fn step(&mut self, ctx: &NodeContext) -> Result<(), WireError> {
+    /// Reads the load of every autoscaled deployment and writes the decisions; `dirty`
+    /// says a deployment changed since the last step (it is cleared here).
+    pub(super) async fn step(&mut self, ctx: &NodeContext, dirty: &AtomicBool) -> Result<(), WireError> {
         let began = std::time::Instant::now();
         let cluster = &ctx.config.cluster;
         let windows = Windows {
@@ -202,7 +214,17 @@ impl Autoscaler {
             down_ms: cluster.scale_down_window.as_millis() as u64,
             idle_ms: cluster.idle_unload.as_millis() as u64,
         };
-        let all = ctx.store.deployments().list().await?;
+        let stale = self.deployments.as_ref().is_none_or(|(_, at)| at.elapsed() >= RELIST);
+        if dirty.swap(false, Ordering::Relaxed) || stale {
+            match ctx.store.deployments().list().await {
+                Ok(all) => self.deployments = Some((all, std::time::Instant::now())),
+                Err(err) => {
+                    dirty.store(true, Ordering::Relaxed);
+                    return Err(err.into());
+                }
+            }
+        }
+        let all = self.deployments.as_ref().map(|(all, _)| all.clone()).unwrap_or_default();
         let scaled: Vec<&Deployment> = all.iter().filter(|d| d.autoscale.is_some()).collect();
         self.histories.retain(|m, _| scaled.iter().any(|d| &d.model == m));
         if scaled.is_empty() {
@@ -218,6 +240,8 @@ impl Autoscaler {
             let h = self.histories.entry(d.model.clone()).or_default();
             if let Some(decision) = decide(a, d.replicas, &s, h, now_ms(), &windows) {
                 apply(ctx, &d.model, d.replicas, decision).await?;
+                // The list read is stale now: the next step reads it again.
+                dirty.store(true, Ordering::Relaxed);
             }
         }
         tracing::debug!(

@@ -10,7 +10,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -121,10 +121,15 @@ pub(super) async fn run(ctx: NodeContext) {
     }
     let changed = tokio::sync::Notify::new();
     let renewed = AtomicU64::new(0);
+    // Set on every change of a deployment: the autoscaler reads the bucket again.
+    let dirty = AtomicBool::new(true);
     let mut nodes = ctx.nodes.clone();
     let deployments = ctx.store.deployments();
     tokio::join!(
-        deployments.on_change(|| changed.notify_one()),
+        deployments.on_change(|| {
+            dirty.store(true, Ordering::Relaxed);
+            changed.notify_one();
+        }),
         async {
             loop {
                 nodes.membership_changed().await;
@@ -132,7 +137,7 @@ pub(super) async fn run(ctx: NodeContext) {
             }
         },
         lead(&ctx, &changed, &renewed),
-        autoscale(&ctx, &renewed),
+        autoscale(&ctx, &renewed, &dirty),
     );
 }
 
@@ -162,7 +167,7 @@ async fn lead(ctx: &NodeContext, changed: &tokio::sync::Notify, renewed: &Atomic
 /// seconds at a thousand nodes, and decisions must not wait for it (a decision changes a
 /// deployment, which brings a reconcile at once). A stale flag at a change of leader
 /// costs nothing: a decision is written only over the count it was made from.
-async fn autoscale(ctx: &NodeContext, renewed: &AtomicU64) {
+async fn autoscale(ctx: &NodeContext, renewed: &AtomicU64, dirty: &AtomicBool) {
     let fresh_ms = (ctx.config.cluster.node_ttl * 2 / 3).as_millis() as u64;
     let mut tick = tokio::time::interval(ctx.config.cluster.autoscale_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,7 +175,7 @@ async fn autoscale(ctx: &NodeContext, renewed: &AtomicU64) {
     loop {
         tick.tick().await;
         if now_ms().saturating_sub(renewed.load(Ordering::Relaxed)) < fresh_ms {
-            if let Err(err) = autoscaler.step(ctx).await {
+            if let Err(err) = autoscaler.step(ctx, dirty).await {
                 tracing::warn!(cause = %err, "autoscaling failed; retrying at the next tick");
             }
         } else {
