@@ -403,25 +403,21 @@ impl Metrics {
 
 /// Gauges of the cluster's state: live nodes by role, deployments' replicas and
 /// autoscaling, JetStream's storage (the same on every node: aggregate with `max`).
+/// The nodes come from the node's watch on the heartbeats (no round trip).
 async fn read_cluster(ctx: &NodeContext) {
     let m = metrics();
-    if let Ok(nodes) = ctx.store.nodes().live().await {
-        m.cluster_nodes.reset();
-        for role in bitinglip_bus_schema::Role::ALL {
-            let n = nodes.iter().filter(|n| n.runs(role)).count();
-            m.cluster_nodes.with_label_values(&[role.as_str()]).set(n as i64);
-        }
+    let nodes = &ctx.nodes.live();
+    m.cluster_nodes.reset();
+    for role in bitinglip_bus_schema::Role::ALL {
+        let n = nodes.iter().filter(|n| n.runs(role)).count();
+        m.cluster_nodes.with_label_values(&[role.as_str()]).set(n as i64);
     }
     if let Ok(deployments) = ctx.store.deployments().list().await {
         m.deployment_replicas.reset();
         m.autoscale_target.reset();
+        let ready = bitinglip_bus_schema::ready_workers(nodes);
         for d in &deployments {
-            let serving = ctx
-                .nodes
-                .workers_of(&d.model)
-                .iter()
-                .filter(|(w, _)| w.state == bitinglip_bus_schema::WorkerState::Ready)
-                .count();
+            let serving = ready.get(d.model.as_str()).map_or(0, Vec::len);
             // Its poison counter exists at 0, so that `increase()` sees the first.
             m.poisoned.with_label_values(&[&d.model]);
             let replicas = &m.deployment_replicas;

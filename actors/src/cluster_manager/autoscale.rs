@@ -27,7 +27,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use bitinglip_bus_schema::{Autoscale, Deployment, ScaleSignal, WireError, WorkerState};
+use bitinglip_bus_schema::{Autoscale, Deployment, ScaleSignal, WireError, WorkerInfo};
 use bitinglip_nats::{now_ms, store::queue::Load};
 
 use crate::{ops::deployments, NodeContext};
@@ -234,9 +234,11 @@ impl Autoscaler {
         let listed = began.elapsed();
         let loads = ctx.store.queue().loads(&models).await?;
         let read = began.elapsed();
+        let nodes = ctx.nodes.live();
+        let ready = bitinglip_bus_schema::ready_workers(&nodes);
         for (d, load) in scaled.into_iter().zip(loads) {
             let Some(a) = &d.autoscale else { continue };
-            let s = signals(ctx, d, load);
+            let s = signals(d, load, ready.get(d.model.as_str()).map_or(&[], Vec::as_slice));
             let h = self.histories.entry(d.model.clone()).or_default();
             if let Some(decision) = decide(a, d.replicas, &s, h, now_ms(), &windows) {
                 apply(ctx, &d.model, d.replicas, decision).await?;
@@ -255,10 +257,8 @@ impl Autoscaler {
     }
 }
 
-/// The load of `d` from its queue's `load` and its workers' heartbeats.
-fn signals(ctx: &NodeContext, d: &Deployment, load: Load) -> Signals {
-    let workers = ctx.nodes.workers_of(&d.model);
-    let ready: Vec<_> = workers.iter().map(|(w, _)| w).filter(|w| w.state == WorkerState::Ready).collect();
+/// The load of `d` from its queue's `load` and its `ready` workers' heartbeats.
+fn signals(d: &Deployment, load: Load, ready: &[&WorkerInfo]) -> Signals {
     let slots = ready.iter().map(|w| w.max_sequences).max().or(d.spec.max_sequences).unwrap_or(DEFAULT_SEQUENCES);
     Signals {
         waiting: load.waiting,

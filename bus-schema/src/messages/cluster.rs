@@ -163,6 +163,16 @@ impl NodeHeartbeat {
     }
 }
 
+/// The workers of `nodes` that take tasks, by model: one pass, for whoever looks at many
+/// models at once (the autoscaler's step, the cluster's gauges).
+pub fn ready_workers(nodes: &[NodeHeartbeat]) -> std::collections::HashMap<&str, Vec<&WorkerInfo>> {
+    let mut by_model: std::collections::HashMap<&str, Vec<&WorkerInfo>> = std::collections::HashMap::new();
+    for w in nodes.iter().flat_map(|n| &n.workers).filter(|w| w.state == WorkerState::Ready) {
+        by_model.entry(w.model.as_str()).or_default().push(w);
+    }
+    by_model
+}
+
 /// Request on `…cluster.status`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct GetClusterStatus {}

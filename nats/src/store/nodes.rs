@@ -143,6 +143,12 @@ impl NodeWatch {
         self.mirror().any(|n| alive(n, now, self.ttl) && n.has_ready_worker())
     }
 
+    /// The last heartbeat of every live node (heard from within the TTL).
+    pub fn live(&self) -> Vec<NodeHeartbeat> {
+        let now = now_ms();
+        self.heard().into_iter().filter(|hb| alive(hb, now, self.ttl)).collect()
+    }
+
     /// The nodes heard from whose last heartbeat is older than the TTL.
     pub fn silent(&self) -> Vec<NodeHeartbeat> {
         let now = now_ms();
